@@ -1,0 +1,251 @@
+"""Find the runs to process with pybids.
+
+For every participant/session/task/run: the preprocessed BOLD in the requested
+space (fMRIPrep-style derivatives), its brain mask, the raw ``events.tsv``
+(inheritance principle honoured) and ``RepetitionTime`` (sidecar inheritance
+honoured).  Runs that cannot be processed are kept with a ``skip_reason`` so the
+command line can print what is processed and what is skipped, and why.
+"""
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deeplight_bids.exceptions import InputDataError, NoRunsFoundError
+
+LOGGER = logging.getLogger("deeplight_bids.discover")
+
+#: Entities that identify one acquisition of one run (besides space/res/desc/suffix).
+RUN_ENTITIES = ("subject", "session", "task", "acquisition", "ceagent", "reconstruction", "direction", "run", "echo")
+_BOLD_EXTENSIONS = [".nii.gz", ".nii"]
+
+
+@dataclass
+class Run:
+    """One preprocessed task-fMRI run and what is needed to decode it.
+
+    Attributes
+    ----------
+    entities : dict
+        BIDS entities identifying the run (``subject``, ``task``, ``run``, ...).
+    bold : pathlib.Path or None
+        Preprocessed 4D BOLD, ``(x, y, z, n_volumes)``.
+    mask, events : pathlib.Path or None
+    t_r : float or None
+        Repetition time in seconds.
+    space, res : str or None
+        Template space and resolution of ``bold``.
+    skip_reason : str or None
+        Why the run cannot be processed (None: it can).
+    """
+
+    entities: dict
+    bold: Path | None = None
+    mask: Path | None = None
+    events: Path | None = None
+    t_r: float | None = None
+    space: str | None = None
+    res: str | None = None
+    skip_reason: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def subject(self):
+        return self.entities["subject"]
+
+    @property
+    def label(self):
+        """BIDS-style prefix of the run, e.g. ``sub-01_ses-1_task-motor_run-1``."""
+        keys = (("subject", "sub"), ("session", "ses"), ("task", "task"), ("acquisition", "acq"),
+                ("ceagent", "ce"), ("reconstruction", "rec"), ("direction", "dir"), ("run", "run"), ("echo", "echo"))
+        return "_".join(f"{short}-{self.entities[k]}" for k, short in keys if self.entities.get(k) is not None)
+
+
+def find_derivatives(bids_dir, derivatives=()):
+    """Folders holding the preprocessed BOLD.
+
+    Explicit ``derivatives`` win; else ``BIDS_DIR/derivatives/fmriprep*``; else
+    BIDS_DIR itself when its ``dataset_description.json`` says it is a derivative.
+    """
+    bids_dir = Path(bids_dir)
+    if derivatives:
+        out = [Path(d) for d in derivatives]
+    else:
+        out = sorted(p for p in (bids_dir / "derivatives").glob("fmriprep*") if p.is_dir())
+        if not out and _dataset_type(bids_dir) == "derivative":
+            out = [bids_dir]
+    for folder in out:
+        if not (folder / "dataset_description.json").is_file():
+            raise InputDataError(
+                f"{folder}: no dataset_description.json; a derivatives folder must be a BIDS-Derivatives "
+                "dataset (as fMRIPrep writes) — add the file or point --derivatives at the right folder."
+            )
+    return out
+
+
+def _dataset_type(folder):
+    try:
+        return json.loads((Path(folder) / "dataset_description.json").read_text()).get("DatasetType", "raw")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def build_layout(bids_dir, derivatives):
+    """A :class:`bids.BIDSLayout` over the raw dataset and its derivatives (read only)."""
+    from bids import BIDSLayout
+
+    bids_dir = Path(bids_dir)
+    if not (bids_dir / "dataset_description.json").is_file():
+        raise InputDataError(
+            f"{bids_dir}: not a BIDS dataset (no dataset_description.json); point BIDS_DIR at the dataset root."
+        )
+    is_derivative = _dataset_type(bids_dir) == "derivative"
+    extra = [d for d in derivatives if Path(d).resolve() != bids_dir.resolve()]
+    try:
+        return BIDSLayout(bids_dir, validate=False, is_derivative=is_derivative, derivatives=extra or False)
+    except Exception as err:  # pybids raises several types for malformed datasets
+        raise InputDataError(f"{bids_dir}: pybids could not index the dataset ({err}).") from err
+
+
+def _run_key(entities):
+    return tuple((k, str(entities.get(k))) for k in RUN_ENTITIES if entities.get(k) is not None)
+
+
+def _query_filters(participant_label=None, session_label=None, task=None, bids_filters=None, layout=None):
+    filters = dict(bids_filters or {})
+    if participant_label:
+        filters["subject"] = list(participant_label)
+    if session_label:
+        filters["session"] = list(session_label)
+    if task:
+        # Task labels are matched case-insensitively against those in the dataset.
+        wanted = {t.lower() for t in task}
+        filters["task"] = [t for t in layout.get_tasks() if t.lower() in wanted] or list(task)
+    return filters
+
+
+def discover_runs(layout, space="MNI152NLin6Asym", participant_label=None, session_label=None, task=None,
+                  bids_filters=None):
+    """List the runs to process (and those skipped, with reasons).
+
+    Parameters
+    ----------
+    layout : bids.BIDSLayout
+    space : str
+        Template space of the preprocessed BOLD to use.
+    participant_label, session_label, task : sequence of str or None
+    bids_filters : dict or None
+        Extra pybids filters applied to the BOLD query.
+
+    Returns
+    -------
+    list of Run
+        Sorted by subject, session, task, run; skipped runs have ``skip_reason``.
+
+    Raises
+    ------
+    NoRunsFoundError
+        When no preprocessed BOLD matches at all (the message says what was searched).
+    """
+    if participant_label:
+        known = set(layout.get_subjects())
+        missing = [p for p in participant_label if p not in known]
+        if missing:
+            raise NoRunsFoundError(
+                f"{layout.root}: participant(s) {', '.join('sub-' + m for m in missing)} not found in the dataset "
+                f"(present: {', '.join('sub-' + s for s in sorted(known)[:10]) or 'none'}); fix --participant-label."
+            )
+    filters = _query_filters(participant_label, session_label, task, bids_filters, layout)
+    bolds = layout.get(suffix="bold", desc="preproc", datatype="func", extension=_BOLD_EXTENSIONS,
+                       return_type="object", **filters)
+    if not bolds:
+        searched = ", ".join(f"{k}={v}" for k, v in filters.items()) or "all participants"
+        raise NoRunsFoundError(
+            f"{layout.root}: no preprocessed BOLD found (searched *_desc-preproc_bold.nii[.gz] in the derivatives "
+            f"for {searched}); run fMRIPrep first or point --derivatives at its outputs."
+        )
+
+    by_run = {}
+    for bold in bolds:
+        by_run.setdefault(_run_key(bold.entities), []).append(bold)
+
+    runs = []
+    for key, candidates in sorted(by_run.items()):
+        entities = dict(key)
+        in_space = [b for b in candidates if b.entities.get("space") == space]
+        if not in_space:
+            spaces = sorted({str(b.entities.get("space", "native")) for b in candidates})
+            runs.append(Run(entities=entities, skip_reason=f"no BOLD in space {space} (found: {', '.join(spaces)})"))
+            continue
+        # Prefer 2 mm (the reference grid): no resampling needed.
+        in_space.sort(key=lambda b: (str(b.entities.get("res")) != "2", str(b.entities.get("res")), b.path))
+        bold = in_space[0]
+        run = Run(entities=entities, bold=Path(bold.path), space=space, res=bold.entities.get("res"))
+        run.metadata = _metadata(layout, bold.path)
+        run.mask = _find_mask(layout, bold)
+        run.events = _find_events(layout, entities)
+        run.t_r = _repetition_time(run.metadata)
+        if run.mask is None:
+            run.skip_reason = "no brain mask (*_desc-brain_mask) next to the BOLD"
+        elif run.events is None:
+            run.skip_reason = "no events.tsv in the raw dataset"
+        elif run.t_r is None:
+            run.skip_reason = "RepetitionTime missing from the BOLD sidecar JSON"
+        runs.append(run)
+    return runs
+
+
+def _metadata(layout, path):
+    try:
+        return dict(layout.get_metadata(path))
+    except Exception:  # metadata is optional; a broken sidecar is reported as "TR missing"
+        return {}
+
+
+def _repetition_time(metadata):
+    t_r = metadata.get("RepetitionTime")
+    try:
+        t_r = float(t_r)
+    except (TypeError, ValueError):
+        return None
+    return t_r if t_r > 0 else None
+
+
+def _find_mask(layout, bold):
+    entities = {k: v for k, v in bold.entities.items() if k in RUN_ENTITIES or k in ("space", "res", "cohort")}
+    query = {k: entities.get(k) for k in ("subject", "session", "task", "acquisition", "direction", "run", "space")}
+    query = {k: v for k, v in query.items() if v is not None}
+    masks = layout.get(suffix="mask", desc="brain", extension=_BOLD_EXTENSIONS, datatype="func",
+                       return_type="object", **query)
+    # Same remaining entities (res, echo, ...) as the BOLD, when present.
+    masks = [m for m in masks if all(m.entities.get(k) == v for k, v in entities.items() if k not in query)]
+    return Path(masks[0].path) if masks else None
+
+
+def _find_events(layout, entities):
+    """Most specific events.tsv whose entities all agree with the run (inheritance principle)."""
+    candidates = layout.get(suffix="events", extension=".tsv", task=entities["task"], return_type="object")
+    best, best_score = None, -1
+    for cand in candidates:
+        cand_entities = {k: str(v) for k, v in cand.entities.items() if k in RUN_ENTITIES}
+        if any(entities.get(k) is None or str(entities[k]) != v for k, v in cand_entities.items()):
+            continue
+        if cand.entities.get("desc") is not None:
+            continue  # derivative event files are not the raw ones
+        score = len(cand_entities)
+        if score > best_score:
+            best, best_score = cand, score
+    return Path(best.path) if best is not None else None
+
+
+def format_run_table(runs):
+    """A plain-text table of what will be processed and what is skipped, and why."""
+    lines = [f"{'run':<48} {'status':<10} detail"]
+    for run in runs:
+        status = "skip" if run.skip_reason else "process"
+        detail = run.skip_reason or f"TR={run.t_r:g}s space={run.space}" + (f" res={run.res}" if run.res else "")
+        lines.append(f"{run.label:<48} {status:<10} {detail}")
+    n_proc = sum(r.skip_reason is None for r in runs)
+    lines.append(f"{n_proc} run(s) to process, {len(runs) - n_proc} skipped")
+    return "\n".join(lines)

@@ -1,0 +1,218 @@
+"""Command-line parser in the BIDS-Apps / fMRIPrep style.
+
+``deeplight-bids BIDS_DIR OUTPUT_DIR {participant,group} [options]`` plus the
+sub-commands ``deeplight-bids demo OUTPUT_DIR`` and ``deeplight-bids weights ...``.
+Validation lives in ``type=`` callables that either return a clean value or call
+``parser.error`` (usage + exit 2): a user mistake never produces a traceback.
+"""
+
+import argparse
+import json
+from functools import partial
+from pathlib import Path
+
+from deeplight_bids import __version__
+
+EXIT_CODES_HELP = """exit codes:
+  0  success (every selected run processed or already done)
+  1  internal error (please report with the -vv log)
+  2  command-line usage error
+  3  input data error (BIDS_DIR, derivatives, events, images)
+  4  model / weights error
+  5  output error (OUTPUT_DIR not writable, disk full)
+  6  partial success: some runs were skipped or failed (see the run table)
+"""
+
+ANALYSIS_LEVELS = ("participant", "group")
+
+
+def _path_exists(value, parser):
+    path = Path(value).expanduser()
+    if not path.exists():
+        parser.error(f"path does not exist: <{path}>.")
+    return path.absolute()
+
+
+def _is_file(value, parser):
+    path = _path_exists(value, parser)
+    if not path.is_file():
+        parser.error(f"path is not a file: <{path}>.")
+    return path
+
+
+def _min_one(value, parser):
+    try:
+        number = int(value)
+    except ValueError:
+        parser.error(f"expected a whole number, got {value!r}.")
+    if number < 1:
+        parser.error(f"expected a number >= 1, got {number}.")
+    return number
+
+
+def _non_negative_float(value, parser):
+    try:
+        number = float(value)
+    except ValueError:
+        parser.error(f"expected a number, got {value!r}.")
+    if not number >= 0:
+        parser.error(f"expected a number >= 0, got {value!r}.")
+    return number
+
+
+def _high_pass(value, parser):
+    if str(value).lower() in ("none", "off", "0"):
+        return None
+    try:
+        if "/" in str(value):
+            num, den = str(value).split("/", 1)
+            number = float(num) / float(den)
+        else:
+            number = float(value)
+    except (ValueError, ZeroDivisionError):
+        parser.error(f"--high-pass expects a frequency in Hz (e.g. 0.0078125 or 1/128) or 'none', got {value!r}.")
+    if number <= 0:
+        parser.error(f"--high-pass must be > 0 Hz (or 'none'), got {value!r}.")
+    return number
+
+
+def _bids_filter(value, parser):
+    """Load a pybids filter JSON (``null`` -> Query.NONE, ``"*"`` -> Query.ANY)."""
+    from bids.layout import Query
+
+    path = Path(value).expanduser()
+    if not path.is_file():
+        parser.error(f"--bids-filter-file: file not found: <{path}>.")
+
+    def _hook(obj):
+        return {k: (Query.NONE if v is None else Query.ANY if v == "*" else v) for k, v in obj.items()}
+
+    try:
+        loaded = json.loads(path.read_text(), object_hook=_hook)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        parser.error(f"--bids-filter-file: <{path}> is not valid JSON ({err}); fix the file or drop the option.")
+    if not isinstance(loaded, dict):
+        parser.error(f"--bids-filter-file: <{path}> must hold a JSON object (entity: value), not {type(loaded).__name__}.")
+    return loaded
+
+
+def _strip_prefix(prefix):
+    def _strip(value):
+        return str(value).removeprefix(prefix)
+
+    return _strip
+
+
+def build_parser():
+    """Build the argument parser of the main ``deeplight-bids`` command."""
+    parser = argparse.ArgumentParser(
+        prog="deeplight-bids",
+        description=(
+            "DeepLight cognitive decoding with LRP explanations for BIDS datasets. "
+            "Participant level: decode every volume of each preprocessed task-fMRI run "
+            "(fMRIPrep-style derivatives on MNI152NLin6Asym 2 mm) and explain each decision "
+            "with LRP. Group level: combine participants. "
+            "Also: 'deeplight-bids demo OUTPUT_DIR' (synthetic end-to-end demo) and "
+            "'deeplight-bids weights {list,fetch,convert}'."
+        ),
+        formatter_class=lambda prog: argparse.ArgumentDefaultsHelpFormatter(prog, width=100),
+        epilog=EXIT_CODES_HELP,
+    )
+    PathExists = partial(_path_exists, parser=parser)
+    IsFile = partial(_is_file, parser=parser)
+    MinOne = partial(_min_one, parser=parser)
+    NonNegative = partial(_non_negative_float, parser=parser)
+    HighPass = partial(_high_pass, parser=parser)
+    BidsFilter = partial(_bids_filter, parser=parser)
+
+    parser.add_argument("bids_dir", type=PathExists, help="the root folder of a BIDS dataset (read only; never written)")
+    parser.add_argument("output_dir", type=Path, help="where BIDS-Derivatives are written (created if missing)")
+    parser.add_argument("analysis_level", choices=ANALYSIS_LEVELS, help="processing stage")
+    parser.add_argument("--version", action="version", version=f"deeplight-bids {__version__}")
+
+    g_bids = parser.add_argument_group("Options for filtering BIDS queries")
+    g_bids.add_argument(
+        "--participant-label", "--participant_label", nargs="+", type=_strip_prefix("sub-"), metavar="LABEL",
+        help="participants to process, with or without 'sub-' (default: all)",
+    )
+    g_bids.add_argument("--session-label", nargs="+", type=_strip_prefix("ses-"), metavar="LABEL",
+                        help="sessions to process, with or without 'ses-' (default: all)")
+    g_bids.add_argument("-t", "--task", nargs="+", metavar="TASK",
+                        help="task labels to process (case-insensitive; default: all)")
+    g_bids.add_argument("--bids-filter-file", type=BidsFilter, metavar="FILE",
+                        help="JSON file of extra pybids filters for the BOLD query, "
+                             "e.g. {\"run\": 1}; null means 'entity absent', \"*\" means 'any value'")
+    g_bids.add_argument("-d", "--derivatives", nargs="+", type=PathExists, metavar="PATH",
+                        help="fMRIPrep-style derivatives holding the preprocessed BOLD and brain masks "
+                             "(default: BIDS_DIR/derivatives/fmriprep* if present, else BIDS_DIR itself "
+                             "when it is a derivatives dataset)")
+    g_bids.add_argument("--space", default="MNI152NLin6Asym",
+                        help="template space of the preprocessed BOLD to use; other spaces are resampled "
+                             "onto the MNI152NLin6Asym 2 mm reference grid")
+    g_bids.add_argument("--skip-bids-validation", action="store_true",
+                        help="do not validate BIDS_DIR with bids-validator-deno before processing")
+
+    g_model = parser.add_argument_group("Model and LRP options")
+    g_model.add_argument("--architecture", choices=("3D",), default="3D", help="DeepLight variant")
+    g_model.add_argument("--weights", metavar="PATH|NAME",
+                         help="model weights: a .keras file or folder from 'deeplight-bids demo'/fine-tuning, "
+                              "a published .hdf5/.npy file, or a registry name (see 'deeplight-bids weights list'); "
+                              "default: the published weights of --architecture")
+    g_model.add_argument("--state-map", type=IsFile, metavar="FILE",
+                         help="JSON {task: {trial_type: state}} mapping trial types to model output states "
+                              "(default: the HCP vocabulary for HCP tasks)")
+    g_model.add_argument("--lrp-target", choices=("predicted", "true"), default="predicted",
+                         help="state whose logit LRP explains ('true' uses the labelled state; unlabelled "
+                              "volumes then fall back to the predicted state)")
+    g_model.add_argument("--no-lrp", action="store_true", help="decode only; write no relevance maps")
+
+    g_prep = parser.add_argument_group("Preprocessing options (reference: DeepLight, Thomas et al. 2021)")
+    g_prep.add_argument("--smoothing-fwhm", type=NonNegative, default=3.0, metavar="MM",
+                        help="Gaussian smoothing FWHM in mm applied while masking (0 = none)")
+    g_prep.add_argument("--high-pass", type=HighPass, default=1.0 / 128, metavar="HZ",
+                        help="high-pass cut-off in Hz (e.g. 1/128), or 'none'")
+
+    g_perf = parser.add_argument_group("Options to handle performance")
+    g_perf.add_argument("--nprocs", "--n-cpus", type=MinOne, metavar="N",
+                        help="CPU threads for TensorFlow and preparation (default: all available)")
+    g_perf.add_argument("--batch-size", type=MinOne, default=4, metavar="N",
+                        help="volumes per forward/LRP batch (memory grows with it)")
+    g_perf.add_argument("-w", "--work-dir", type=Path, metavar="PATH",
+                        help="scratch folder (default: OUTPUT_DIR/work; removable after a successful run)")
+
+    g_other = parser.add_argument_group("Other options")
+    g_other.add_argument("--overwrite", action="store_true",
+                         help="recompute runs whose outputs already exist (default: skip them)")
+    g_other.add_argument("-v", "--verbose", action="count", default=0,
+                         help="more log output (-vv: debug, and tracebacks for errors)")
+    return parser
+
+
+def check_cross_arguments(parser, args):
+    """Checks that need several arguments (after parsing); calls ``parser.error``."""
+    bids_dir = Path(args.bids_dir).resolve()
+    output_dir = Path(args.output_dir).expanduser().absolute()
+    if _inside(output_dir, bids_dir):
+        parser.error(
+            f"the output folder <{output_dir}> is inside the input BIDS folder, which is never written to; "
+            f"use a folder outside it, e.g. <{bids_dir.parent / (bids_dir.name + '-deeplight')}>."
+        )
+    if args.work_dir is not None and _inside(Path(args.work_dir).expanduser().absolute(), bids_dir):
+        parser.error(f"the work folder <{args.work_dir}> is inside the BIDS dataset; choose a folder outside it.")
+    args.output_dir = output_dir
+    return args
+
+
+def _inside(path, parent):
+    try:
+        path.resolve().relative_to(parent)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_args(argv=None):
+    """Parse ``argv`` and run the cross-argument checks."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return check_cross_arguments(parser, args)

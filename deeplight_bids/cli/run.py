@@ -1,0 +1,82 @@
+"""``deeplight-bids`` entry point: parse -> config -> participant / group -> exit code.
+
+Sub-commands that do not follow the BIDS-Apps positionals are dispatched first:
+``deeplight-bids demo OUTPUT_DIR`` and ``deeplight-bids weights {list,fetch,convert}``.
+"""
+
+import logging
+import os
+import sys
+
+from deeplight_bids.exceptions import EXIT_INTERNAL, EXIT_OK, DeepLightBidsError
+
+LOGGER = logging.getLogger("deeplight_bids")
+
+
+def setup_logging(verbose=0):
+    level = logging.WARNING if verbose < 0 else logging.INFO if verbose < 2 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s deeplight-bids %(levelname)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("deeplight_bids")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    # TensorFlow's C++ start-up chatter is noise for users.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _fail(err, verbose):
+    if verbose >= 2:
+        LOGGER.exception("error")
+    print(f"deeplight-bids: error: {err}", file=sys.stderr)
+    return err.exit_code
+
+
+def main(argv=None):
+    """Run the command line; exits the process with the documented exit code."""
+    sys.exit(run(argv))
+
+
+def run(argv=None):
+    """Run the command line and return the exit code (no ``sys.exit``; for tests)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "demo":
+        from deeplight_bids.cli.demo import run_demo_command
+
+        return _guard(run_demo_command, argv[1:])
+    if argv and argv[0] == "weights":
+        from deeplight_bids.cli.weights import run_weights_command
+
+        return _guard(run_weights_command, argv[1:])
+
+    from deeplight_bids.cli.parser import parse_args
+    from deeplight_bids.config import Config
+
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    config = Config.from_args(args)
+
+    def _run():
+        if config.analysis_level == "participant":
+            from deeplight_bids.participant import run_participant_level
+
+            _, code = run_participant_level(config)
+            return code
+        print("deeplight-bids: error: the group level is not implemented yet in this version.", file=sys.stderr)
+        return 2
+
+    return _guard(_run, verbose=config.verbose)
+
+
+def _guard(func, *args, verbose=0):
+    try:
+        code = func(*args)
+    except DeepLightBidsError as err:
+        return _fail(err, verbose)
+    except KeyboardInterrupt:
+        print("deeplight-bids: interrupted; finished runs are kept, re-run to resume.", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("deeplight-bids: error: out of memory; lower --batch-size.", file=sys.stderr)
+        return EXIT_INTERNAL
+    return EXIT_OK if code is None else code

@@ -1,0 +1,54 @@
+"""``deeplight-bids weights {list,fetch,convert}``: manage published and converted weights."""
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="deeplight-bids weights",
+        description="Manage DeepLight weights. Published files are cached in $DEEPLIGHT_WEIGHTS_DIR "
+                    "(default: ~/.cache/deeplight-bids/weights).",
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="list the published weights and whether they are cached and verified")
+    fetch = sub.add_parser("fetch", help="download published weights (needs internet) and verify their checksum")
+    fetch.add_argument("names", nargs="*", help="registry names (default: all)")
+    fetch.add_argument("--dest", type=Path, help="target folder (default: the weights cache)")
+    convert = sub.add_parser("convert", help="convert the published 2D .npy into a .keras model with a model card")
+    convert.add_argument("source", type=Path, help="the published model-2D_DeepLight_desc-pretrained_model.npy")
+    convert.add_argument("output", type=Path, help="output .keras path")
+    return parser
+
+
+def run_weights_command(argv):
+    from deeplight_bids.models import weights as w
+
+    args = build_parser().parse_args(argv)
+    if args.action == "list":
+        cache = w.weights_cache_dir()
+        print(f"weights cache: {cache}")
+        for name, entry in w.REGISTRY.items():
+            path = cache / entry.filename
+            status = "missing"
+            if path.is_file():
+                status = "verified" if w.verify_published(entry, path) else "CHECKSUM MISMATCH"
+            print(f"{name:<16} {entry.architecture:<3} {status:<18} {entry.filename}  ({entry.url})")
+        return 0
+    if args.action == "fetch":
+        for name in args.names or list(w.REGISTRY):
+            if name not in w.REGISTRY:
+                print(f"deeplight-bids weights: error: unknown name {name!r}; choose from {', '.join(w.REGISTRY)}.",
+                      file=sys.stderr)
+                return 2
+            path = w.fetch_published(name, args.dest, progress=lambda m: print(m, file=sys.stderr))
+            print(path)
+        return 0
+    if args.action == "convert":
+        from deeplight_bids.models.published_2d import convert_published_2d, load_published_2d, save_converted
+
+        model = convert_published_2d(load_published_2d(args.source))
+        print(save_converted(model, args.output, args.source))
+        return 0
+    return 2

@@ -1,0 +1,114 @@
+"""The one settings object of a run, built from the parsed command line.
+
+A frozen dataclass passed explicitly (no module-level state), so concurrent
+participant jobs (SLURM arrays) stay independent; dumped as TOML under
+``OUTPUT_DIR/logs/`` for provenance.
+"""
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deeplight_bids import __version__
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of one ``deeplight-bids`` invocation.
+
+    Attributes
+    ----------
+    bids_dir, output_dir, work_dir : pathlib.Path
+        Input dataset (read only), derivatives output, scratch.
+    derivatives : tuple of pathlib.Path
+        Folders searched for preprocessed BOLD and masks.
+    participant_label, session_label, task : tuple of str or None
+        Selection (labels without ``sub-``/``ses-``).
+    bids_filters : dict
+        Extra pybids filters for the BOLD query.
+    space : str
+        Template space of the preprocessed BOLD.
+    architecture : {"3D", "2D"}
+    weights : str or None
+        Path or registry name; None means the published weights of ``architecture``.
+    state_map_file : pathlib.Path or None
+    smoothing_fwhm : float
+        mm.
+    high_pass : float or None
+        Hz.
+    lrp : bool
+    lrp_target : {"predicted", "true"}
+    batch_size, nprocs : int
+    overwrite, skip_bids_validation : bool
+    verbose : int
+    """
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str = "participant"
+    work_dir: Path | None = None
+    derivatives: tuple = ()
+    participant_label: tuple | None = None
+    session_label: tuple | None = None
+    task: tuple | None = None
+    bids_filters: dict = field(default_factory=dict)
+    space: str = "MNI152NLin6Asym"
+    architecture: str = "3D"
+    weights: str | None = None
+    state_map_file: Path | None = None
+    smoothing_fwhm: float = 3.0
+    high_pass: float | None = 1.0 / 128
+    lrp: bool = True
+    lrp_target: str = "predicted"
+    batch_size: int = 4
+    nprocs: int = 0
+    overwrite: bool = False
+    skip_bids_validation: bool = False
+    verbose: int = 0
+    version: str = __version__
+
+    @classmethod
+    def from_args(cls, args):
+        """Build from an :class:`argparse.Namespace` of :func:`cli.parser.parse_args`."""
+        output_dir = Path(args.output_dir)
+        return cls(
+            bids_dir=Path(args.bids_dir),
+            output_dir=output_dir,
+            analysis_level=args.analysis_level,
+            work_dir=Path(args.work_dir).absolute() if args.work_dir else output_dir / "work",
+            derivatives=tuple(Path(p) for p in (args.derivatives or ())),
+            participant_label=tuple(args.participant_label) if args.participant_label else None,
+            session_label=tuple(args.session_label) if args.session_label else None,
+            task=tuple(args.task) if args.task else None,
+            bids_filters=dict(args.bids_filter_file or {}),
+            space=args.space,
+            architecture=args.architecture,
+            weights=args.weights,
+            state_map_file=Path(args.state_map) if args.state_map else None,
+            smoothing_fwhm=float(args.smoothing_fwhm),
+            high_pass=args.high_pass,
+            lrp=not args.no_lrp,
+            lrp_target=args.lrp_target,
+            batch_size=int(args.batch_size),
+            nprocs=int(args.nprocs or os.cpu_count() or 1),
+            overwrite=bool(args.overwrite),
+            skip_bids_validation=bool(args.skip_bids_validation),
+            verbose=int(args.verbose),
+        )
+
+    def to_dict(self):
+        """JSON/TOML-friendly dict (paths as strings, pybids queries as text)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = [str(v) for v in value]
+            elif isinstance(value, dict):
+                value = {k: (v if isinstance(v, (str, int, float, list)) else str(v)) for k, v in value.items()}
+            if value is None:
+                continue  # TOML has no null
+            out[f.name] = value
+        return out

@@ -1,0 +1,77 @@
+"""User-facing errors and the exit codes the command line maps them to.
+
+Every error raised for a *user* mistake carries a one-line message that names the
+offending file (or option) and says how to fix it.  The command line prints
+``deeplight-bids: error: <message>`` and exits with :attr:`exit_code`; it never shows
+a traceback for these (use ``-vv`` to see one).
+
+Exit codes (documented in the README and ``--help``):
+
+==== ==============================================================
+0    success: every selected run was processed (or already done)
+1    internal error (a bug: please report it with the ``-vv`` log)
+2    command-line usage error (argparse)
+3    input data error (BIDS_DIR, derivatives, events, images)
+4    model / weights error (missing, corrupt or mismatched weights)
+5    output error (OUTPUT_DIR not writable, disk full)
+6    partial success: some runs failed or were skipped for bad data
+==== ==============================================================
+"""
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_INPUT = 3
+EXIT_WEIGHTS = 4
+EXIT_OUTPUT = 5
+EXIT_PARTIAL = 6
+
+
+class DeepLightBidsError(Exception):
+    """Base class of all errors meant for the user (one line, no traceback)."""
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, message):
+        # One line: the CLI prints the message as is.
+        super().__init__(" ".join(str(message).split()))
+
+
+class UsageError(DeepLightBidsError):
+    """A wrong combination of command-line options."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputDataError(DeepLightBidsError):
+    """Something in BIDS_DIR or the derivatives cannot be used."""
+
+    exit_code = EXIT_INPUT
+
+
+class NoRunsFoundError(InputDataError):
+    """Discovery found nothing to process."""
+
+
+class ImageError(InputDataError):
+    """A NIfTI image is unreadable, of the wrong dimensionality, or on the wrong grid."""
+
+
+class EventsError(InputDataError):
+    """An ``events.tsv`` file is missing columns or holds invalid values."""
+
+
+class MetadataError(InputDataError):
+    """Required BIDS metadata (e.g. ``RepetitionTime``) is missing or inconsistent."""
+
+
+class WeightsError(DeepLightBidsError):
+    """Model weights are missing, corrupt, or do not match the architecture."""
+
+    exit_code = EXIT_WEIGHTS
+
+
+class OutputError(DeepLightBidsError):
+    """OUTPUT_DIR cannot be written."""
+
+    exit_code = EXIT_OUTPUT

@@ -1,0 +1,27 @@
+"""Layer-wise relevance propagation (LRP) for the DeepLight models (reference section 7).
+
+Organised like zennit: :mod:`.rules` (one class per rule), :mod:`.types` (Keras layer
+classes grouped), :mod:`.composites` (layer type -> rule maps and named presets) and
+:mod:`.analyzer` (:class:`LRPAnalyzer`, the entry point).
+"""
+
+from .analyzer import RELEVANCE_START, LRPAnalyzer
+from .composites import COMPOSITES, Composite, UnmappedLayerError, get_composite, register_composite
+from .rules import AlphaBeta, BatchNormScale, Epsilon, Flat, Pass, Rule, ZRule
+
+__all__ = [
+    "COMPOSITES",
+    "RELEVANCE_START",
+    "AlphaBeta",
+    "BatchNormScale",
+    "Composite",
+    "Epsilon",
+    "Flat",
+    "LRPAnalyzer",
+    "Pass",
+    "Rule",
+    "UnmappedLayerError",
+    "ZRule",
+    "get_composite",
+    "register_composite",
+]

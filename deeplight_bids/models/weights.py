@@ -1,0 +1,286 @@
+"""Find, verify and load DeepLight weights.
+
+Three kinds of weights are understood:
+
+* the published files (a registry below knows their name, source URL at the pinned
+  commit and git blob / sha256): the 3D whole-model ``.hdf5`` saved by tf.keras 2.x,
+  read with Keras 3 ``Model.load_weights`` into :func:`build_3d_deeplight`, and the
+  2D pickled ``.npy`` (converted by :mod:`deeplight_bids.models.published_2d`);
+* native Keras 3 ``.keras`` files written by this tool (demo, fine-tuning, converter),
+  each with a model card JSON beside it that lists the output states in order;
+* a folder holding one ``.keras`` file and its card (``OUTPUT_DIR/models/<name>/``).
+
+Published files live in a cache folder: ``$DEEPLIGHT_WEIGHTS_DIR`` if set, else
+``$XDG_CACHE_HOME/deeplight-bids/weights`` (``~/.cache/...``).
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deeplight_bids.exceptions import WeightsError
+from deeplight_bids.states import PRETRAINED_STATES
+
+ORIGINAL_REPOSITORY = "https://github.com/athms/evaluating-deeplight-transfer"
+ORIGINAL_COMMIT = "4a8eeaa174e61f5a81feb93489e3662891c30248"
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    """One published weights file of the original DeepLight repository."""
+
+    name: str
+    architecture: str
+    filename: str
+    repo_path: str
+    git_blob: str
+    sha256: str | None = None
+    size: int | None = None
+    states: tuple = PRETRAINED_STATES
+
+    @property
+    def url(self):
+        return f"{ORIGINAL_REPOSITORY}/raw/{ORIGINAL_COMMIT}/{self.repo_path}"
+
+
+REGISTRY = {
+    "3D-pretrained": PublishedWeights(
+        name="3D-pretrained", architecture="3D",
+        filename="model-3D_DeepLight_desc-pretrained_model.hdf5",
+        repo_path="src/deeplight/three/pretrained_model/model-3D_DeepLight_desc-pretrained_model.hdf5",
+        git_blob="fc8de447a9e65595650f317d5f483b1f9d2df1a4",
+    ),
+    "2D-pretrained": PublishedWeights(
+        name="2D-pretrained", architecture="2D",
+        filename="model-2D_DeepLight_desc-pretrained_model.npy",
+        repo_path="src/deeplight/two/pretrained_model/model-2D_DeepLight_desc-pretrained_model.npy",
+        git_blob="d5d6fa36a2feaf8da01edc580b253b08cf7142df",
+        sha256="d1070ea1fadf4fc93f053c57bcadc6e37b38a6763276246efb25f35e1d1df90c",
+        size=3573425,
+    ),
+}
+DEFAULT_WEIGHTS = {"3D": "3D-pretrained", "2D": "2D-pretrained"}
+
+
+def weights_cache_dir():
+    """Folder of the published weights (``$DEEPLIGHT_WEIGHTS_DIR`` or the user cache)."""
+    env = os.environ.get("DEEPLIGHT_WEIGHTS_DIR")
+    if env:
+        return Path(env).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "deeplight-bids" / "weights"
+
+
+def sha256sum(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as fobj:
+        for block in iter(lambda: fobj.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_blob_sha1(path, chunk=1 << 20):
+    """The git blob id of a file (``git hash-object``), to check files named by blob."""
+    size = Path(path).stat().st_size
+    digest = hashlib.sha1(f"blob {size}\0".encode())
+    with open(path, "rb") as fobj:
+        for block in iter(lambda: fobj.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_published(entry, path):
+    """True when ``path`` is exactly the published file ``entry`` (by sha256 or git blob)."""
+    if entry.sha256 is not None:
+        return sha256sum(path) == entry.sha256
+    return git_blob_sha1(path) == entry.git_blob
+
+
+def published_path(name):
+    """Cached path of a published file, verified; WeightsError with a fix if missing or corrupt."""
+    entry = REGISTRY[name]
+    path = weights_cache_dir() / entry.filename
+    if not path.is_file():
+        raise WeightsError(
+            f"{path}: published {entry.architecture} weights not found; run 'deeplight-bids weights fetch "
+            f"{name}' (needs internet), set DEEPLIGHT_WEIGHTS_DIR to a folder holding {entry.filename}, "
+            "or pass --weights PATH."
+        )
+    if not verify_published(entry, path):
+        raise WeightsError(
+            f"{path}: checksum does not match the published {entry.filename}; delete it and run "
+            f"'deeplight-bids weights fetch {name}' again."
+        )
+    return path
+
+
+def fetch_published(name, dest_dir=None, progress=print):
+    """Download a published file from the original repository at its pinned commit.
+
+    Written to a temporary file, verified, then renamed: a partial download is never
+    taken as complete.  Returns the final path.
+    """
+    entry = REGISTRY[name]
+    dest_dir = Path(dest_dir or weights_cache_dir())
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    final = dest_dir / entry.filename
+    if final.is_file() and verify_published(entry, final):
+        progress(f"{name}: already present and verified at {final}")
+        return final
+    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{entry.filename}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(entry.url, timeout=60) as resp:
+            total = int(resp.headers.get("Content-Length") or 0)
+            done = 0
+            for block in iter(lambda: resp.read(1 << 20), b""):
+                out.write(block)
+                done += len(block)
+                progress(f"{name}: {done / 1e6:.1f} MB" + (f" of {total / 1e6:.1f} MB" if total else ""))
+        if not verify_published(entry, tmp):
+            raise WeightsError(f"{entry.url}: downloaded file failed its checksum; try again later.")
+        os.replace(tmp, final)
+    except OSError as err:
+        raise WeightsError(f"{entry.url}: download failed ({err}); check the network or copy the file into "
+                           f"{dest_dir} by hand.") from err
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return final
+
+
+@dataclass
+class DeepLightModel:
+    """A ready-to-decode DeepLight network and its provenance.
+
+    Attributes
+    ----------
+    model : keras.Model
+        Maps ``(batch, z, y, x, 1)`` float32 to ``(batch, n_states)`` logits.
+    architecture : {"3D", "2D"}
+    states : tuple of str
+        Output states in output order.
+    weights_path : pathlib.Path
+    weights_sha256 : str
+    card : dict
+        Model card (training data, preprocessing, ...); empty for published weights.
+    """
+
+    model: object
+    architecture: str
+    states: tuple
+    weights_path: Path
+    weights_sha256: str
+    name: str = ""
+    card: dict = field(default_factory=dict)
+
+    def provenance(self):
+        """JSON-serialisable description for output sidecars."""
+        info = {"Architecture": f"{self.architecture}-DeepLight", "Name": self.name,
+                "WeightsFile": self.weights_path.name, "WeightsSHA256": self.weights_sha256,
+                "States": list(self.states)}
+        if self.card.get("training_participants"):
+            info["TrainingParticipants"] = list(self.card["training_participants"])
+        return info
+
+
+def model_card_path(keras_path):
+    """Model card JSON beside a ``.keras`` file: ``<stem>.json`` (or ``model_card.json``)."""
+    keras_path = Path(keras_path)
+    for cand in (keras_path.with_suffix(".json"), keras_path.parent / "model_card.json"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def load_model_card(keras_path):
+    card_path = model_card_path(keras_path)
+    if card_path is None:
+        raise WeightsError(
+            f"{keras_path}: no model card ({Path(keras_path).with_suffix('.json').name}) beside the model; it lists "
+            "the output states — keep the card that was written with the model."
+        )
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as err:
+        raise WeightsError(f"{card_path}: model card is not valid JSON ({err}).") from err
+    if not isinstance(card.get("states"), list) or not card["states"]:
+        raise WeightsError(f"{card_path}: model card has no 'states' list; it must name the outputs in order.")
+    return card
+
+
+def save_model(model, path, card):
+    """Save a Keras model as ``.keras`` plus its model card, atomically."""
+    from deeplight_bids.derivatives.writers import atomic_path, write_json
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+    write_json(path.with_suffix(".json"), card)
+    return path
+
+
+def load_deeplight(weights=None, architecture="3D"):
+    """Resolve ``weights`` (path, folder, registry name or None) into a :class:`DeepLightModel`."""
+    from deeplight_bids.models.three import build_3d_deeplight
+
+    if weights is None:
+        weights = DEFAULT_WEIGHTS[architecture]
+    if str(weights) in REGISTRY:
+        entry = REGISTRY[str(weights)]
+        path = published_path(entry.name)
+        return _load_file(path, entry.architecture, build_3d_deeplight, published=entry)
+    path = Path(weights).expanduser()
+    if not path.exists():
+        raise WeightsError(
+            f"{path}: weights not found; pass an existing .keras/.hdf5/.npy file or folder, or one of "
+            f"{', '.join(REGISTRY)}."
+        )
+    if path.is_dir():
+        found = sorted(path.glob("*.keras"))
+        if len(found) != 1:
+            raise WeightsError(f"{path}: expected exactly one .keras model in the folder, found {len(found)}.")
+        path = found[0]
+    published = next((e for e in REGISTRY.values() if e.filename == path.name), None)
+    return _load_file(path, architecture, build_3d_deeplight, published=published)
+
+
+def _load_file(path, architecture, build_3d, published=None):
+    suffix = "".join(path.suffixes[-1:]).lower()
+    digest = sha256sum(path)
+    if suffix == ".keras":
+        import keras
+
+        card = load_model_card(path)
+        try:
+            model = keras.models.load_model(path, compile=False)
+        except Exception as err:  # keras raises many types for corrupt archives
+            raise WeightsError(f"{path}: not a readable Keras model ({type(err).__name__}: {err}).") from err
+        n_out = model.output_shape[-1]
+        if n_out != len(card["states"]):
+            raise WeightsError(f"{path}: the model has {n_out} outputs but its card lists {len(card['states'])} states.")
+        return DeepLightModel(model, card.get("architecture", architecture), tuple(card["states"]), path, digest,
+                              name=card.get("name", path.stem), card=card)
+    if suffix in (".hdf5", ".h5"):
+        states = published.states if published else PRETRAINED_STATES
+        model = build_3d(n_states=len(states))
+        try:
+            model.load_weights(path)
+        except Exception as err:
+            raise WeightsError(
+                f"{path}: cannot read 3D-DeepLight weights with {len(states)} outputs from this file "
+                f"({type(err).__name__}: {str(err)[:200]}); pass the published 3D .hdf5 or a .keras model."
+            ) from err
+        return DeepLightModel(model, "3D", tuple(states), path, digest, name=published.name if published else path.stem)
+    if suffix == ".npy":
+        try:
+            from deeplight_bids.models.published_2d import load_published_2d, convert_published_2d
+        except ImportError as err:
+            raise WeightsError(f"{path}: 2D-DeepLight weights are not supported in this version.") from err
+        arrays = load_published_2d(path)
+        model = convert_published_2d(arrays)
+        return DeepLightModel(model, "2D", PRETRAINED_STATES, path, digest, name="2D-pretrained")
+    raise WeightsError(f"{path}: unknown weights format '{suffix}'; expected .keras, .hdf5/.h5 or .npy.")

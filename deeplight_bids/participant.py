@@ -1,0 +1,449 @@
+"""Participant level: discover -> prepare -> decode -> explain -> write, run by run.
+
+Each run's outputs are written atomically; the predictions sidecar JSON is written
+last and records a hash of the settings that produced the run, so a re-run skips
+runs that are complete for the same settings (resume), and recomputes those made
+with other settings or left unfinished.
+"""
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from deeplight_bids import __version__
+from deeplight_bids.derivatives import naming
+from deeplight_bids.derivatives.writers import StreamingNifti4D, write_json, write_nifti, write_tsv
+from deeplight_bids.exceptions import DeepLightBidsError
+from deeplight_bids.models.decode import softmax
+from deeplight_bids.models.three import from_model_order, to_model_order
+from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_RES, REFERENCE_SHAPE, REFERENCE_SPACE
+
+LOGGER = logging.getLogger("deeplight_bids")
+
+LABEL_RULE = ("volume i (t_i = i*TR) takes the state of an event with onset o and duration d when "
+              "o + TR <= t_i <= o + d + 2*TR (haemodynamic shift; later onset wins on overlap); other volumes n/a")
+
+
+@dataclass
+class RunResult:
+    """Outcome of one run: ``status`` in {"done", "skipped", "failed"}."""
+
+    label: str
+    status: str
+    detail: str = ""
+    n_volumes: int = 0
+    accuracy: float | None = None
+
+
+class RunProcessor:
+    """Decode and explain runs with one loaded model.
+
+    Parameters
+    ----------
+    dl_model : deeplight_bids.models.weights.DeepLightModel
+    config : deeplight_bids.config.Config
+    user_state_map : dict or None
+        ``{task: {trial_type: state}}`` from ``--state-map``.
+    """
+
+    def __init__(self, dl_model, config, user_state_map=None):
+        from deeplight_bids.models.decode import Decoder
+
+        self.dl_model = dl_model
+        self.config = config
+        self.user_state_map = user_state_map
+        self.states = tuple(dl_model.states)
+        self.state_index = {s: i for i, s in enumerate(self.states)}
+        self.decoder = Decoder(dl_model.model)
+        self.analyzer = None
+        if config.lrp:
+            from deeplight_bids.lrp.analyzer import LRPAnalyzer
+
+            composite = "preset_b_flat" if dl_model.architecture == "3D" else "epsilon"
+            self.analyzer = LRPAnalyzer(dl_model.model, composite=composite)
+        self.settings_hash = self._settings_hash()
+
+    def _settings_hash(self):
+        c = self.config
+        settings = {"weights": self.dl_model.weights_sha256, "lrp": c.lrp, "target": c.lrp_target,
+                    "fwhm": c.smoothing_fwhm, "high_pass": c.high_pass, "version": __version__,
+                    "state_map": self.user_state_map}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    # -- resume -------------------------------------------------------------------------
+    def is_complete(self, outputs):
+        """True when a previous run with the same settings finished all outputs."""
+        marker = outputs["predictions_json"]
+        if not marker.is_file() or not outputs["predictions"].is_file():
+            return False
+        if self.config.lrp and not (outputs["relevance"].is_file() and outputs["relevance_json"].is_file()):
+            return False
+        try:
+            return json.loads(marker.read_text()).get("SettingsHash") == self.settings_hash
+        except (OSError, json.JSONDecodeError):
+            return False
+
+    # -- one run --------------------------------------------------------------------------
+    def process(self, run):
+        from deeplight_bids.prepare.clean import prepare_run
+        from deeplight_bids.prepare.labels import read_events, resolve_state_map, unmapped_trial_types, volume_labels
+
+        cfg = self.config
+        outputs = naming.run_outputs(cfg.output_dir, run.entities)
+        if not cfg.overwrite and self.is_complete(outputs):
+            return RunResult(run.label, "skipped", "outputs exist (same settings); use --overwrite to recompute")
+        t0 = time.monotonic()
+        LOGGER.info("%s: preparing (mask, smooth %.3g mm, detrend, high-pass, z-score)", run.label, cfg.smoothing_fwhm)
+        prepared = prepare_run(run.bold, run.mask, run.t_r, smoothing_fwhm=cfg.smoothing_fwhm,
+                               high_pass=cfg.high_pass)
+        events = read_events(run.events)
+        task = run.entities["task"]
+        state_map = resolve_state_map(task, self.user_state_map)
+        unmapped = unmapped_trial_types(events, state_map)
+        if unmapped:
+            LOGGER.warning("%s: trial types without a model state (volumes labelled n/a): %s",
+                           run.label, ", ".join(unmapped))
+        labels = volume_labels(events, prepared.n_volumes, run.t_r, state_map)
+        n_vol = prepared.n_volumes
+        true_idx = np.array([self.state_index.get(s, -1) if s is not None else -1 for s in labels])
+        not_decodable = sorted({s for s in labels if s is not None and s not in self.state_index})
+        if not_decodable:
+            LOGGER.warning("%s: labelled states the model cannot output (excluded from accuracy): %s",
+                           run.label, ", ".join(not_decodable))
+
+        stream = None
+        if self.analyzer is not None:
+            stream = StreamingNifti4D(outputs["relevance"], (*REFERENCE_SHAPE, n_vol), REFERENCE_AFFINE, run.t_r,
+                                      scratch_dir=cfg.work_dir, description="deeplight-bids LRP relevance")
+        logits = np.zeros((n_vol, len(self.states)), dtype=np.float32)
+        targets = np.full(n_vol, -1, dtype=int)
+        sums, counts = {}, {}
+        try:
+            for start in range(0, n_vol, cfg.batch_size):
+                stop = min(start + cfg.batch_size, n_vol)
+                tb = time.monotonic()
+                x = to_model_order(prepared.volumes(start, stop))
+                if self.analyzer is None:
+                    logits[start:stop] = self.decoder.logits(x)
+                else:
+                    target = None
+                    if cfg.lrp_target == "true":
+                        pred = self.decoder.logits(x).argmax(axis=1)
+                        true = true_idx[start:stop]
+                        target = np.where(true >= 0, true, pred)
+                    batch_logits, relevance = self.analyzer.explain(x, target=target)
+                    logits[start:stop] = batch_logits
+                    targets[start:stop] = batch_logits.argmax(axis=1) if target is None else target
+                    rel_xyz = from_model_order(relevance)
+                    stream.write(start, rel_xyz)
+                    for j, tgt in enumerate(targets[start:stop]):
+                        if tgt not in sums:
+                            sums[tgt] = np.zeros(REFERENCE_SHAPE, np.float64)
+                            counts[tgt] = 0
+                        sums[tgt] += rel_xyz[j]
+                        counts[tgt] += 1
+                LOGGER.info("%s: volumes %d-%d of %d (%.2f s/batch)", run.label, start + 1, stop, n_vol,
+                            time.monotonic() - tb)
+            if stream is not None:
+                stream.close()
+        except BaseException:
+            if stream is not None:
+                stream.abort()
+            raise
+
+        probs = softmax(logits)
+        pred_idx = probs.argmax(axis=1)
+        frame = self._predictions_frame(n_vol, run.t_r, labels, true_idx, pred_idx, probs, targets)
+        decodable = true_idx >= 0
+        accuracy = float((pred_idx[decodable] == true_idx[decodable]).mean()) if decodable.any() else None
+        provenance = self._provenance(run, unmapped, not_decodable, state_map)
+        if self.analyzer is not None:
+            write_json(outputs["relevance_json"], self._relevance_sidecar(run, provenance))
+            self._save_state_sums(run, sums, counts)
+        write_tsv(outputs["predictions"], frame)
+        sidecar = self._predictions_sidecar(provenance, accuracy, int(decodable.sum()))
+        write_json(outputs["predictions_json"], sidecar)  # last: marks the run complete
+        detail = f"{n_vol} volumes, accuracy {accuracy:.3f}" if accuracy is not None else f"{n_vol} volumes"
+        detail += f", {time.monotonic() - t0:.1f} s"
+        return RunResult(run.label, "done", detail, n_vol, accuracy)
+
+    def _predictions_frame(self, n_vol, t_r, labels, true_idx, pred_idx, probs, targets):
+        frame = pd.DataFrame({
+            "volume": np.arange(n_vol),
+            "onset": np.arange(n_vol) * float(t_r),
+            "true_state": [s if s is not None else None for s in labels],
+            "predicted_state": [self.states[i] for i in pred_idx],
+            "correct": [None if t < 0 else int(p == t) for p, t in zip(pred_idx, true_idx)],
+            "training_participant": None,
+        })
+        if self.analyzer is not None:
+            frame["lrp_target"] = [self.states[t] if t >= 0 else None for t in targets]
+        for i, state in enumerate(self.states):
+            frame[f"prob_{state}"] = probs[:, i]
+        frame["correct"] = frame["correct"].astype("Int64")
+        return frame
+
+    def _provenance(self, run, unmapped, not_decodable, state_map):
+        cfg = self.config
+        return {
+            "Sources": [f"bids::{p}" for p in (run.bold, run.mask, run.events)],
+            "Model": self.dl_model.provenance(),
+            "Preprocessing": {
+                "ReferenceGrid": {"Space": REFERENCE_SPACE, "Resolution": REFERENCE_RES,
+                                  "Shape": list(REFERENCE_SHAPE), "Affine": REFERENCE_AFFINE.tolist()},
+                "SmoothingFWHM": cfg.smoothing_fwhm, "SmoothingFWHMUnits": "mm",
+                "HighPass": cfg.high_pass, "HighPassUnits": "Hz", "Detrend": "linear",
+                "Standardize": "z-score per voxel over the run (population SD)",
+                "RepetitionTime": run.t_r,
+            },
+            "Labelling": {"Rule": LABEL_RULE, "StateMap": state_map, "UnmappedTrialTypes": unmapped,
+                          "StatesNotInModel": not_decodable},
+            "SettingsHash": self.settings_hash,
+            "SoftwareVersion": __version__,
+        }
+
+    def _predictions_sidecar(self, provenance, accuracy, n_labelled):
+        columns = {
+            "volume": {"Description": "0-based index of the volume in the run"},
+            "onset": {"Description": "acquisition time of the volume, volume * RepetitionTime", "Units": "s"},
+            "true_state": {"Description": "state from events.tsv after the haemodynamic shift (n/a: unlabelled "
+                                          "or trial type without a model state)"},
+            "predicted_state": {"Description": "state with the highest probability"},
+            "correct": {"Description": "1 if predicted_state equals true_state, 0 if not, n/a if the volume has no "
+                                       "state the model can output", "Levels": {"0": "wrong", "1": "right"}},
+            "training_participant": {"Description": "1 if this participant was in the model's training data "
+                                                    "(n/a: unknown, e.g. published weights)"},
+        }
+        if self.analyzer is not None:
+            columns["lrp_target"] = {"Description": "state whose logit the relevance map of this volume explains"}
+        for state in self.states:
+            columns[f"prob_{state}"] = {"Description": f"softmax probability of state {state}", "Units": "arbitrary"}
+        return {**columns, "Accuracy": accuracy, "NumberOfLabelledVolumes": n_labelled, **provenance}
+
+    def _relevance_sidecar(self, run, provenance):
+        lrp = self.analyzer.description if self.analyzer is not None else {}
+        return {
+            "Description": "LRP relevance of each volume's decoding decision, one 3D map per volume, on the "
+                           "MNI152NLin6Asym 2 mm reference grid (x, y, z as in the NIfTI); positive values "
+                           "speak for the explained state",
+            "RepetitionTime": run.t_r,
+            "SkullStripped": True,
+            "Resolution": "2 mm isotropic MNI152NLin6Asym grid (91 x 109 x 91)",
+            "LRP": lrp,
+            "LRPTarget": self.config.lrp_target,
+            "Units": "arbitrary (relevance; sums to about the explained logit)",
+            **provenance,
+        }
+
+    # -- participant summaries ----------------------------------------------------------------
+    def _sums_path(self, run_label):
+        return Path(self.config.work_dir) / "relevance_sums" / f"{run_label}_sums.npz"
+
+    def _save_state_sums(self, run, sums, counts):
+        arrays = {}
+        for idx, total in sums.items():
+            arrays[f"sum_{idx}"] = total.astype(np.float32)
+            arrays[f"count_{idx}"] = np.array(counts[idx])
+        path = self._sums_path(run.label)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from deeplight_bids.derivatives.writers import atomic_path
+
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fobj:
+                np.savez_compressed(fobj, settings=np.array(self.settings_hash), **arrays)
+
+    def _load_state_sums(self, run):
+        """Per-state relevance sums of a finished run (recomputed from its outputs if the work dir was cleaned)."""
+        path = self._sums_path(run.label)
+        if path.is_file():
+            with np.load(path) as data:
+                if str(data["settings"]) == self.settings_hash:
+                    return {int(k[4:]): (data[k].astype(np.float64), int(data[f"count_{k[4:]}"]))
+                            for k in data.files if k.startswith("sum_")}
+        import nibabel as nib
+
+        outputs = naming.run_outputs(self.config.output_dir, run.entities)
+        frame = pd.read_csv(outputs["predictions"], sep="\t", na_values="n/a", keep_default_na=False)
+        data = np.asarray(nib.load(outputs["relevance"]).dataobj, dtype=np.float32)
+        out = {}
+        for state, rows in frame.groupby("lrp_target").groups.items():
+            idx = self.state_index[state]
+            out[idx] = (data[..., np.asarray(rows)].sum(axis=-1, dtype=np.float64), len(rows))
+        return out
+
+    def write_participant_summaries(self, subject, runs):
+        """Mean relevance map per task and explained state, and the accuracy summary TSV."""
+        cfg = self.config
+        done = [r for r in runs if self.is_complete(naming.run_outputs(cfg.output_dir, r.entities))]
+        if not done:
+            return
+        rows = []
+        for run in done:
+            outputs = naming.run_outputs(cfg.output_dir, run.entities)
+            frame = pd.read_csv(outputs["predictions"], sep="\t", na_values="n/a", keep_default_na=False)
+            rows.append(_accuracy_row(run.label, run.entities["task"], frame))
+        summary = pd.DataFrame(rows)
+        for task, group in summary.groupby("task"):
+            n_lab = group["n_labelled"].sum()
+            n_cor = group["n_correct"].sum()
+            summary.loc[len(summary)] = {"run": "all", "task": task, "n_volumes": group["n_volumes"].sum(),
+                                         "n_labelled": n_lab, "n_correct": n_cor,
+                                         "accuracy": n_cor / n_lab if n_lab else np.nan}
+        out = naming.summary_output(cfg.output_dir, subject)
+        write_tsv(out, summary)
+        write_json(out.with_suffix(".json"), {
+            "run": {"Description": "run label, or 'all' for all runs of the task"},
+            "task": {"Description": "BIDS task label"},
+            "n_volumes": {"Description": "number of decoded volumes"},
+            "n_labelled": {"Description": "volumes with a state the model can output"},
+            "n_correct": {"Description": "labelled volumes decoded correctly"},
+            "accuracy": {"Description": "n_correct / n_labelled"},
+            "Model": self.dl_model.provenance(),
+        })
+        if not cfg.lrp:
+            return
+        import nibabel as nib
+
+        for task in sorted({r.entities["task"] for r in done}):
+            totals = {}
+            for run in (r for r in done if r.entities["task"] == task):
+                for idx, (total, count) in self._load_state_sums(run).items():
+                    acc, n = totals.get(idx, (0.0, 0))
+                    totals[idx] = (acc + total, n + count)
+            for idx, (total, count) in sorted(totals.items()):
+                state = self.states[idx]
+                path = naming.state_map_output(cfg.output_dir, subject, task, state)
+                img = nib.Nifti1Image((total / count).astype(np.float32), REFERENCE_AFFINE)
+                img.header.set_xyzt_units("mm")
+                write_nifti(path, img)
+                write_json(path.with_name(path.name.replace(".nii.gz", ".json")), {
+                    "Description": f"mean LRP relevance of the volumes of task {task} whose decision for state "
+                                   f"{state} was explained (lrp_target == {state})",
+                    "State": state, "NumberOfVolumes": int(count), "LRPTarget": cfg.lrp_target,
+                    "Model": self.dl_model.provenance(), "LRP": self.analyzer.description,
+                })
+
+
+def _accuracy_row(label, task, frame):
+    labelled = frame["correct"].notna()
+    n_lab = int(labelled.sum())
+    n_cor = int(frame.loc[labelled, "correct"].sum())
+    return {"run": label, "task": task, "n_volumes": len(frame), "n_labelled": n_lab, "n_correct": n_cor,
+            "accuracy": n_cor / n_lab if n_lab else np.nan}
+
+
+def run_participant_level(config, log=LOGGER):
+    """Process every selected run; returns (results, exit code)."""
+    from deeplight_bids.bids.discover import build_layout, discover_runs, find_derivatives, format_run_table
+    from deeplight_bids.derivatives.writers import write_dataset_files
+    from deeplight_bids.exceptions import EXIT_OK, EXIT_PARTIAL
+    from deeplight_bids.models.weights import load_deeplight
+
+    derivatives = find_derivatives(config.bids_dir, config.derivatives)
+    if not config.skip_bids_validation:
+        validate_bids(config.bids_dir, log)
+    layout = build_layout(config.bids_dir, derivatives)
+    runs = discover_runs(layout, space=config.space, participant_label=config.participant_label,
+                         session_label=config.session_label, task=config.task, bids_filters=config.bids_filters)
+    log.info("runs found:\n%s", format_run_table(runs))
+    todo = [r for r in runs if r.skip_reason is None]
+    if not todo:
+        from deeplight_bids.exceptions import NoRunsFoundError
+
+        reasons = "; ".join(f"{r.label}: {r.skip_reason}" for r in runs[:5])
+        raise NoRunsFoundError(f"{config.bids_dir}: no run can be processed ({reasons}).")
+
+    user_state_map = None
+    if config.state_map_file is not None:
+        from deeplight_bids.prepare.labels import load_state_map_file
+
+        user_state_map = load_state_map_file(config.state_map_file)
+    _configure_threads(config.nprocs)
+    dl_model = load_deeplight(config.weights, config.architecture)
+    log.info("model: %s-DeepLight '%s' (%d states) from %s", dl_model.architecture, dl_model.name,
+             len(dl_model.states), dl_model.weights_path)
+
+    write_dataset_files(config.output_dir, [config.bids_dir, *derivatives])
+    _write_config(config)
+    processor = RunProcessor(dl_model, config, user_state_map)
+    results = [RunResult(r.label, "skipped", r.skip_reason) for r in runs if r.skip_reason]
+    for i, run in enumerate(todo, start=1):
+        log.info("[%d/%d] %s", i, len(todo), run.label)
+        try:
+            result = processor.process(run)
+        except DeepLightBidsError as err:
+            if err.exit_code not in (3,):  # only bad data of one run is survivable; others stop
+                raise
+            log.error("%s: %s", run.label, err)
+            result = RunResult(run.label, "failed", str(err))
+        log.info("%s: %s (%s)", run.label, result.status, result.detail)
+        results.append(result)
+    for subject in sorted({r.subject for r in todo}):
+        processor.write_participant_summaries(subject, [r for r in todo if r.subject == subject])
+
+    log.info("summary:\n%s", format_results(results))
+    bad = [r for r in results if r.status == "failed" or (r.status == "skipped" and not r.detail.startswith("outputs exist"))]
+    return results, (EXIT_PARTIAL if bad else EXIT_OK)
+
+
+def format_results(results):
+    lines = [f"{'run':<48} {'status':<8} detail"]
+    lines += [f"{r.label:<48} {r.status:<8} {r.detail}" for r in results]
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return "\n".join(lines)
+
+
+def validate_bids(bids_dir, log):
+    """Run bids-validator-deno on BIDS_DIR when installed; errors stop the run."""
+    import shutil
+    import subprocess
+
+    from deeplight_bids.exceptions import InputDataError
+
+    exe = shutil.which("bids-validator-deno")
+    if exe is None:
+        log.warning("bids-validator-deno not found: BIDS validation skipped (pip install bids-validator-deno)")
+        return
+    proc = subprocess.run([exe, str(bids_dir), "--format", "json", "--ignoreWarnings"], capture_output=True,
+                          text=True, timeout=600)
+    if proc.returncode == 0:
+        log.info("BIDS validation: no errors")
+        return
+    try:
+        issues = json.loads(proc.stdout)["issues"]["issues"]
+        errors = [i for i in issues if i.get("severity") == "error"]
+        first = errors[0] if errors else {}
+        detail = f"{len(errors)} error(s), first: {first.get('code')} at {first.get('location')}"
+    except (json.JSONDecodeError, KeyError, IndexError):
+        detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["unknown error"]
+        detail = detail[0]
+    raise InputDataError(f"{bids_dir}: the BIDS validator found problems ({detail}); run bids-validator-deno "
+                         f"{bids_dir} to see them, fix them, or pass --skip-bids-validation.")
+
+
+def _configure_threads(nprocs):
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(nprocs))
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, int(nprocs)))
+    except RuntimeError:
+        pass  # already initialised in this process (tests); keep the existing setting
+
+
+def _write_config(config):
+    import tomli_w
+
+    from deeplight_bids.derivatives.writers import write_text
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    labels = "-".join(config.participant_label or ("all",))[:40]
+    path = Path(config.output_dir) / "logs" / f"config-{stamp}-{labels}.toml"
+    write_text(path, tomli_w.dumps(config.to_dict()))
