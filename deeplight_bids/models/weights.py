@@ -254,6 +254,8 @@ def _load_file(path, architecture, build_3d, published=None):
     if suffix == ".keras":
         import keras
 
+        import deeplight_bids.models.two  # noqa: F401  (registers the 2D model's custom layers)
+
         card = load_model_card(path)
         try:
             model = keras.models.load_model(path, compile=False)
