@@ -407,7 +407,11 @@ def validate_bids(bids_dir, log):
 
     from deeplight_bids.exceptions import InputDataError
 
-    exe = shutil.which("bids-validator-deno")
+    import sys
+
+    # Also beside the running interpreter: a venv's bin/ is often not on PATH.
+    beside = Path(sys.executable).parent / "bids-validator-deno"
+    exe = shutil.which("bids-validator-deno") or (str(beside) if beside.is_file() else None)
     if exe is None:
         log.warning("bids-validator-deno not found: BIDS validation skipped (pip install bids-validator-deno)")
         return

@@ -200,11 +200,11 @@ BIDSIGNORE = """\
 *_summary.tsv
 *_summary.json
 *.html
-logs/
-models/
-figures/
-work/
-group/
+logs
+models
+figures
+work
+group
 """
 
 

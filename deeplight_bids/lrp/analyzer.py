@@ -1,0 +1,156 @@
+"""Relevance maps for a batch of inputs: the public LRP entry point.
+
+>>> analyzer = LRPAnalyzer(model, composite="preset_b_flat")     # doctest: +SKIP
+>>> logits, relevance = analyzer.explain(x)                        # doctest: +SKIP
+
+One call runs one forward pass in inference mode (dropout off, BN moving statistics),
+records every layer's input and output, and walks the layers backwards applying each
+layer's rule.  Both passes are one compiled ``tf.function``, traced once per input
+shape.  Memory grows with the batch; the caller chooses the batch size.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from .composites import get_composite
+
+RELEVANCE_START = (
+    "logit of the target output (the argmax of the logits, i.e. the predicted state, unless a target is given); "
+    "all other logits 0"
+)
+
+
+class LRPAnalyzer:
+    """Layer-wise relevance propagation for a Keras ``Sequential`` model.
+
+    Parameters
+    ----------
+    model : keras.Sequential
+        A built model whose layers the composite covers; its output must be logits
+        (no softmax).
+    composite : str or Composite
+        A registered preset name (``"preset_b_flat"``, ``"epsilon"``) or a
+        :class:`~deeplight_bids.lrp.composites.Composite`.
+
+    Attributes
+    ----------
+    composite : Composite
+    layer_rules : list of (keras.layers.Layer, Rule)
+        The rule of each layer, in forward order.
+    description : dict
+        JSON-serialisable account of the analysis for output sidecars: composite name
+        and reference, rule per layer, epsilons, BN treatment, relevance start.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a built ``keras.Sequential``.
+    UnmappedLayerError
+        If the composite has no rule for one of the layers (named in the message).
+    ValueError
+        If a rule cannot handle its layer (e.g. a softmax or tanh activation).
+    """
+
+    def __init__(self, model, composite="preset_b_flat"):
+        import keras
+
+        if not isinstance(model, keras.Sequential):
+            raise TypeError(f"LRPAnalyzer needs a keras.Sequential model; got {type(model).__name__}")
+        if not model.built:
+            raise TypeError(f"model {model.name!r} is not built; give it an input shape first")
+        self.model = model
+        self.composite = get_composite(composite)
+        self.layer_rules = self.composite.assign(model.layers)
+        for layer, rule in self.layer_rules:
+            # Rules outside rules.Rule (e.g. lstm.LSTMEpsilon) need only be callable.
+            check = getattr(rule, "check", None)
+            if check is not None:
+                check(layer)
+        self._explain_graph = tf.function(self._forward_backward)
+        self.description = self._describe()
+
+    def _forward_backward(self, x, target):
+        """Forward pass, then the rules backwards; ``target < 0`` means the argmax.
+
+        Returns logits ``(batch, n_out)``, input relevance (``x``'s shape), targets ``(batch,)``.
+        """
+        layer_inputs, layer_outputs = [], []
+        activation = x
+        for layer, _ in self.layer_rules:
+            layer_inputs.append(activation)
+            activation = layer(activation, training=False)
+            layer_outputs.append(activation)
+        logits = activation
+        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        target = tf.where(target < 0, predicted, target)
+        relevance = tf.one_hot(target, tf.shape(logits)[-1], dtype=logits.dtype) * logits
+        for (layer, rule), x_in, y_out in zip(reversed(self.layer_rules), reversed(layer_inputs), reversed(layer_outputs)):
+            relevance = rule(layer, x_in, relevance, y_out=y_out)
+        return logits, relevance, target
+
+    def explain(self, x, target=None):
+        """Logits and the relevance map of each sample for one target output.
+
+        Parameters
+        ----------
+        x : np.ndarray
+            ``(batch, *model input shape)`` float32, e.g. ``(batch, z, y, x, 1)`` for
+            3D-DeepLight (z, y, x order, reference section 1).
+        target : None or array-like of int
+            ``None``: each sample's predicted output (argmax of its logits); otherwise
+            ``(batch,)`` output indices (or one int for all samples).
+
+        Returns
+        -------
+        logits : np.ndarray
+            ``(batch, n_out)`` float32.
+        relevance : np.ndarray
+            float32, the input's shape with a trailing channel axis of length 1 dropped,
+            e.g. ``(batch, z, y, x)``.  Relevance starts as the target logit (all other
+            logits 0).
+        """
+        x = np.asarray(x, dtype=np.float32)
+        expected = tuple(self.model.inputs[0].shape[1:])
+        if x.ndim != len(expected) + 1 or any(e is not None and e != s for e, s in zip(expected, x.shape[1:])):
+            raise ValueError(f"expected input of shape (batch, {', '.join(map(str, expected))}); got {x.shape}")
+        target_indices = self._check_target(target, len(x))
+        logits, relevance, _ = self._explain_graph(tf.constant(x), tf.constant(target_indices))
+        relevance = relevance.numpy().astype(np.float32, copy=False)
+        if relevance.ndim >= 3 and relevance.shape[-1] == 1:
+            relevance = relevance[..., 0]
+        return logits.numpy(), relevance
+
+    def _check_target(self, target, batch_size):
+        """``(batch,)`` int32 indices; -1 asks the graph for the argmax."""
+        if target is None:
+            return np.full(batch_size, -1, dtype=np.int32)
+        target = np.asarray(target)
+        if target.ndim == 0:
+            target = np.full(batch_size, target)
+        n_out = self.model.outputs[0].shape[-1]
+        if target.shape != (batch_size,) or not np.issubdtype(target.dtype, np.integer):
+            raise ValueError(f"target must be None or {batch_size} integer output indices; got {target!r}")
+        if target.min() < 0 or target.max() >= n_out:
+            raise ValueError(f"target indices must lie in [0, {n_out}); got {target.tolist()}")
+        return target.astype(np.int32)
+
+    def _describe(self):
+        layer_entries, epsilons, batch_norm = [], set(), set()
+        for layer, rule in self.layer_rules:
+            describe = getattr(rule, "describe", None)
+            entry = {"layer": layer.name, "type": type(layer).__name__,
+                     **(describe() if describe is not None else {"rule": type(rule).__name__})}
+            layer_entries.append(entry)
+            if "epsilon" in entry:
+                epsilons.add(entry["epsilon"])
+            if entry["type"] == "BatchNormalization":
+                batch_norm.add(entry.get("formula", entry["rule"]))
+        return {
+            "composite": self.composite.name,
+            "reference": self.composite.reference,
+            "relevance_start": RELEVANCE_START,
+            "epsilons": sorted(epsilons),
+            "batch_norm": sorted(batch_norm)[0] if len(batch_norm) == 1 else (sorted(batch_norm) or None),
+            "fused_activations": "rules use the linear part of a conv/dense layer; ReLU passes relevance unchanged",
+            "layers": layer_entries,
+        }

@@ -1,0 +1,151 @@
+"""Composites: which LRP rule each layer of a model gets.
+
+A :class:`Composite` holds ordered ``(layer type tuple, rule)`` maps; for each layer the
+first entry whose types match wins.  ``first_map`` is consulted only for the *first*
+layer of the model (in layer order) that one of its entries matches, e.g. the first
+convolution (zennit's ``SpecialFirstLayerMapComposite``; iNNvestigate's
+"input layer rule").  A layer no entry covers raises :class:`UnmappedLayerError`;
+there is no silent fallback to a plain gradient.
+
+Named presets live in :data:`COMPOSITES` (see :func:`get_composite`):
+
+- ``"preset_b_flat"``: 3D-DeepLight as published (reference section 7, iNNvestigate
+  ``LRPSequentialPresetBFlat`` with epsilon 1e-6): first conv :class:`~.rules.Flat`,
+  other convs :class:`~.rules.AlphaBeta` (2, 1), BN :class:`~.rules.BatchNormScale`,
+  global average pooling :class:`~.rules.ZRule`, dense :class:`~.rules.Epsilon` (1e-6),
+  ReLU / dropout / reshapes :class:`~.rules.Pass`.
+- ``"epsilon"``: 2D-DeepLight as published: :class:`~.rules.Epsilon` (1e-3) for every
+  conv, dense and global average pooling layer, pass-throughs :class:`~.rules.Pass`.
+"""
+
+from . import rules, types
+
+
+class UnmappedLayerError(TypeError):
+    """A layer of the model has no rule in the composite."""
+
+
+class Composite:
+    """Ordered layer-type -> rule maps with a special rule for the first matching layer.
+
+    Parameters
+    ----------
+    layer_map : sequence of (tuple of type, Rule)
+        Consulted in order for every layer; first match wins.
+    first_map : sequence of (tuple of type, Rule), optional
+        Consulted before ``layer_map`` for the first layer (in model order) that one of
+        its entries matches, and for no other layer.
+    name : str
+        Name written to output sidecars.
+    reference : str, optional
+        Where the composite comes from (written to output sidecars).
+    """
+
+    def __init__(self, layer_map, first_map=(), name="custom", reference=None):
+        self.layer_map = [(tuple(layer_types), rule) for layer_types, rule in layer_map]
+        self.first_map = [(tuple(layer_types), rule) for layer_types, rule in first_map]
+        self.name = str(name)
+        self.reference = reference
+
+    @staticmethod
+    def _match(entries, layer):
+        for layer_types, rule in entries:
+            if isinstance(layer, layer_types):
+                return rule
+        return None
+
+    def assign(self, layers):
+        """The rule for every layer, in order.
+
+        Parameters
+        ----------
+        layers : sequence of keras.layers.Layer
+            The model's layers in forward order (``model.layers`` of a Sequential).
+
+        Returns
+        -------
+        list of (keras.layers.Layer, Rule)
+
+        Raises
+        ------
+        UnmappedLayerError
+            If a layer matches no entry; the message names the layer and its class.
+        """
+        assigned = []
+        first_pending = bool(self.first_map)
+        for layer in layers:
+            rule = self._match(self.first_map, layer) if first_pending else None
+            if rule is not None:
+                first_pending = False
+            else:
+                rule = self._match(self.layer_map, layer)
+            if rule is None:
+                raise UnmappedLayerError(
+                    f"composite {self.name!r} has no LRP rule for layer {layer.name!r} ({type(layer).__name__}); "
+                    "add an entry for its type to the composite"
+                )
+            assigned.append((layer, rule))
+        return assigned
+
+    def __repr__(self):
+        return f"Composite(name={self.name!r}, first_map={self.first_map!r}, layer_map={self.layer_map!r})"
+
+
+#: Preset factories by name; each call returns a fresh :class:`Composite`.
+COMPOSITES = {}
+
+
+def register_composite(name):
+    """Decorator registering a zero-argument factory of a :class:`Composite` under ``name``."""
+
+    def decorator(factory):
+        COMPOSITES[name] = factory
+        return factory
+
+    return decorator
+
+
+def get_composite(composite):
+    """A :class:`Composite` from a registered name or the object itself.
+
+    Raises
+    ------
+    ValueError
+        If ``composite`` is a string that is not registered.
+    """
+    if isinstance(composite, Composite):
+        return composite
+    if composite not in COMPOSITES:
+        raise ValueError(f"unknown LRP composite {composite!r}; must be one of {sorted(COMPOSITES)}")
+    return COMPOSITES[composite]()
+
+
+@register_composite("preset_b_flat")
+def preset_b_flat(epsilon=1e-6):
+    """3D-DeepLight's published LRP (iNNvestigate ``LRPSequentialPresetBFlat``, epsilon 1e-6)."""
+    return Composite(
+        name="preset_b_flat",
+        reference=f"iNNvestigate 1.0.8 LRPSequentialPresetBFlat (epsilon {epsilon:g}, dedicated BN rule), as published for 3D-DeepLight",
+        first_map=[(types.Conv + types.Dense, rules.Flat())],
+        layer_map=[
+            (types.Conv, rules.AlphaBeta(alpha=2.0, beta=1.0)),
+            (types.Dense, rules.Epsilon(eps=epsilon)),
+            (types.BatchNorm, rules.BatchNormScale()),
+            (types.GlobalAvgPool, rules.ZRule()),
+            (types.PassThrough, rules.Pass()),
+        ],
+    )
+
+
+@register_composite("epsilon")
+def epsilon_everywhere(epsilon=1e-3):
+    """2D-DeepLight's published LRP: the epsilon rule (1e-3) through every layer with weights."""
+    epsilon_rule = rules.Epsilon(eps=epsilon)
+    return Composite(
+        name="epsilon",
+        reference=f"epsilon rule (epsilon {epsilon:g}) through every layer, as published for 2D-DeepLight",
+        layer_map=[
+            (types.Linear + types.GlobalAvgPool, epsilon_rule),
+            (types.PassThrough, rules.Pass()),
+        ],
+    )

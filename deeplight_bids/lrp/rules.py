@@ -1,0 +1,380 @@
+"""LRP rules: how one layer hands relevance from its output back to its input.
+
+A rule is called as ``relevance_in = rule(layer, x_in, relevance_out)``:
+
+- ``layer``: the Keras layer (its variables are read, never assigned);
+- ``x_in``: the layer's input recorded in the forward pass, e.g. ``(batch, z, y, x, c)``;
+- ``relevance_out``: relevance of the layer's output, same shape as the output;
+- returns the relevance of the input, same shape as ``x_in``.
+
+Most rules are one recipe (:class:`Rule`), as in zennit's ``BasicHook``: a *modified
+forward* ``z = f'(x')`` of the layer's linear part on modified copies of its input and
+parameters, the relevance divided by a stabilised ``z``, one gradient back to ``x'``, and
+``x' * gradient``.  A subclass only states what it modifies.  Rules on a convolution or
+dense layer with a fused ReLU use the linear part only (``conv(x) + bias``); the ReLU
+itself hands relevance through unchanged.
+
+Numerical conventions follow iNNvestigate (the published 3D-DeepLight analysis,
+reference section 7), which the test ``tests/lrp/test_innvestigate_reference.py`` checks
+against iNNvestigate 2.1.2 itself:
+
+- ``sign_stabilise(z, eps) = z + eps * (+1 if z >= 0 else -1)`` (epsilon rule, BN);
+- ``safe_divide(a, b) = a / (b + 1e-7 * (b == 0))`` (alpha-beta, flat, z-rule, BN), where
+  1e-7 is Keras' ``backend.epsilon()``.
+"""
+
+import tensorflow as tf
+
+from . import types
+
+#: Keras' ``backend.epsilon()``, iNNvestigate's factor for safe division.
+KERAS_EPSILON = 1e-7
+
+
+def sign_stabilise(z, eps):
+    """``z + eps * sign(z)`` with ``sign(0) = +1`` (same shape as ``z``)."""
+    return z + eps * tf.where(z >= 0, tf.ones_like(z), -tf.ones_like(z))
+
+
+def safe_divide(a, b, factor=KERAS_EPSILON):
+    """``a / b`` where exact zeros of ``b`` are replaced by ``factor`` (iNNvestigate's ``safe_divide``)."""
+    return a / (b + factor * tf.cast(tf.equal(b, 0), b.dtype))
+
+
+def _check_linear(layer):
+    """Refuse kernels the linear-part helpers below do not reproduce exactly."""
+    if isinstance(layer, types.Conv):
+        if layer.data_format != "channels_last":
+            raise ValueError(f"LRP supports channels_last convolutions only; layer {layer.name!r} is {layer.data_format}")
+        if getattr(layer, "groups", 1) != 1:
+            raise ValueError(f"LRP does not support grouped convolutions (layer {layer.name!r})")
+    if not types.has_passable_activation(layer):
+        raise ValueError(
+            f"layer {layer.name!r} has activation {types.activation_name(layer)!r}; LRP rules use the linear part and "
+            "pass relevance through ReLU/linear activations only"
+        )
+
+
+def linear_forward(layer, x, kernel, bias):
+    """Linear part of a conv or dense layer with the given (modified) parameters.
+
+    Parameters
+    ----------
+    layer : keras.layers.Conv2D | Conv3D | Dense
+        Supplies strides, padding, dilation (its own variables are not used).
+    x : tf.Tensor
+        ``(batch, ..., in_channels)``.
+    kernel : tf.Tensor
+        ``(*kernel_size, in_channels, out_channels)`` (conv) or ``(in, out)`` (dense).
+    bias : tf.Tensor or None
+        ``(out_channels,)``; ``None`` for no bias.
+
+    Returns
+    -------
+    tf.Tensor
+        ``(batch, ..., out_channels)``, no activation applied.
+    """
+    if isinstance(layer, types.Conv):
+        z = layer.convolution_op(x, kernel)
+    else:
+        z = tf.matmul(x, kernel) if x.shape.rank == 2 else tf.tensordot(x, kernel, axes=[[-1], [0]])
+    if bias is not None:
+        z = z + bias
+    return z
+
+
+def layer_parameters(layer):
+    """``(kernel, bias)`` of a conv or dense layer as tensors (bias ``None`` when unused)."""
+    kernel = tf.convert_to_tensor(layer.kernel)
+    bias = tf.convert_to_tensor(layer.bias) if layer.use_bias else None
+    return kernel, bias
+
+
+class Rule:
+    """Base rule: modified forward, divide by stabilised denominator, gradient x input.
+
+    Subclasses override :meth:`modify_input`, :meth:`forward`, :meth:`output_gradient`
+    and :meth:`reduce` as needed.  For a layer with output ``z = f(x)`` the default is
+    the z-rule ``R_in = x * df/dx^T (R_out / z)``.
+
+    Attributes
+    ----------
+    supported : tuple of type
+        Layer classes the rule applies to; others raise ``TypeError``.
+    """
+
+    supported = types.Linear
+
+    def __call__(self, layer, x_in, relevance_out, y_out=None):
+        """Relevance of the input of ``layer``.
+
+        Parameters
+        ----------
+        layer : keras.layers.Layer
+            One of :attr:`supported`.
+        x_in : tf.Tensor
+            The layer's input from the forward pass, ``(batch, ...)``.
+        relevance_out : tf.Tensor
+            Relevance of the layer's output, the output's shape.
+        y_out : tf.Tensor, optional
+            The layer's output from the forward pass (used by rules that need it).
+
+        Returns
+        -------
+        tf.Tensor
+            Relevance of the input, ``x_in``'s shape and dtype.
+        """
+        self.check(layer)
+        x_in = tf.convert_to_tensor(x_in)
+        relevance_out = tf.convert_to_tensor(relevance_out, dtype=x_in.dtype)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            inputs = self.modify_input(x_in)
+            tape.watch(inputs)
+            z = self.forward(layer, inputs)
+        output_gradient = self.output_gradient(z, relevance_out)
+        gradient = tape.gradient(z, inputs, output_gradients=output_gradient)
+        return self.reduce(inputs, gradient)
+
+    def check(self, layer):
+        """Raise ``TypeError``/``ValueError`` if the rule cannot be applied to ``layer``."""
+        if not isinstance(layer, self.supported):
+            names = ", ".join(cls.__name__ for cls in self.supported)
+            raise TypeError(f"{type(self).__name__} applies to {names}; layer {layer.name!r} is {type(layer).__name__}")
+        if isinstance(layer, types.Linear):
+            _check_linear(layer)
+
+    def modify_input(self, x):
+        """The input the modified forward starts from (default: ``x``)."""
+        return x
+
+    def forward(self, layer, inputs):
+        """Modified forward (default: linear part of the layer with its own parameters)."""
+        kernel, bias = layer_parameters(layer)
+        return linear_forward(layer, inputs, kernel, bias)
+
+    def output_gradient(self, z, relevance_out):
+        """Weights sent back through the gradient (default: ``safe_divide(R_out, z)``)."""
+        return safe_divide(relevance_out, z)
+
+    def reduce(self, inputs, gradient):
+        """Input relevance from the gradient (default: ``inputs * gradient``)."""
+        return inputs * gradient
+
+    def describe(self):
+        """JSON-serialisable description of the rule and its parameters."""
+        return {"rule": type(self).__name__}
+
+    def __repr__(self):
+        params = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k not in ("rule", "formula"))
+        return f"{type(self).__name__}({params})"
+
+
+class Epsilon(Rule):
+    """Epsilon rule: ``R_in = x * W^T (R_out / (z + eps * sign(z)))``, ``z = Wx + b``.
+
+    The bias is part of ``z`` (it absorbs relevance), ``sign(0) = +1`` (iNNvestigate's
+    ``EpsilonRule``, zennit's ``Epsilon``).  On a global average pooling layer ``z`` is
+    the mean.
+
+    Parameters
+    ----------
+    eps : float
+        Stabiliser added to the denominator, > 0.
+    """
+
+    supported = types.Linear + types.GlobalAvgPool
+
+    def __init__(self, eps=1e-6):
+        if not eps > 0:
+            raise ValueError(f"Epsilon needs eps > 0; got {eps}")
+        self.eps = float(eps)
+
+    def forward(self, layer, inputs):
+        if isinstance(layer, types.GlobalAvgPool):
+            return layer(inputs)
+        return super().forward(layer, inputs)
+
+    def output_gradient(self, z, relevance_out):
+        return relevance_out / sign_stabilise(z, self.eps)
+
+    def describe(self):
+        return {"rule": "Epsilon", "epsilon": self.eps, "formula": "R_in = x * W^T (R_out / (z + eps*sign(z))), bias in z"}
+
+
+class AlphaBeta(Rule):
+    """Alpha-beta rule on the linear part of a conv / dense layer.
+
+    With ``x+ = max(x, 0)``, ``x- = min(x, 0)``, ``W+ = max(W, 0)``, ``W- = min(W, 0)``::
+
+        z_a = W+ x+ + W- x- + b        (activating contributions)
+        z_i = W- x+ + W+ x- + b        (inhibiting contributions)
+        R_in = alpha * [x+ * W+^T s_a + x- * W-^T s_a] - beta * [x+ * W-^T s_i + x- * W+^T s_i]
+        s_a = safe_divide(R_out, z_a),  s_i = safe_divide(R_out, z_i)
+
+    The bias convention is iNNvestigate's (1.0.8 and 2.x ``AlphaBetaRule``, the
+    published analysis): it splits ``b`` into ``b+`` (kept by the positive-weight copy)
+    and ``b-`` (kept by the negative-weight copy), and each of ``z_a``, ``z_i`` sums one
+    positive- and one negative-weight copy, so *both* denominators contain the full
+    bias ``b``.  No epsilon is added; only exact zeros are replaced (``safe_divide``).
+    Without bias the rule conserves relevance (``alpha - beta = 1``) wherever an output
+    has both activating and inhibiting contributions; where it has none of one kind
+    (e.g. ``z_i = 0`` on non-negative inputs and positive weights) that part passes
+    nothing.
+
+    Parameters
+    ----------
+    alpha, beta : float
+        Weights of the activating and inhibiting parts; ``alpha, beta >= 0`` and
+        ``alpha - beta == 1``.
+    """
+
+    def __init__(self, alpha=2.0, beta=1.0):
+        if alpha < 0 or beta < 0 or alpha - beta != 1:
+            raise ValueError(f"AlphaBeta needs alpha - beta = 1 with alpha, beta >= 0; got alpha={alpha}, beta={beta}")
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+
+    # The four (input part, weight part) terms are computed as one layer on the
+    # concatenated input [x+, x-] with the block kernel [[W+, W-], [W-, W+]], whose first
+    # half of outputs is z_a and second half z_i: one convolution and one transposed
+    # convolution instead of four of each, the same sums.
+    def modify_input(self, x):
+        return tf.concat([tf.maximum(x, 0.0), tf.minimum(x, 0.0)], axis=-1)
+
+    def forward(self, layer, inputs):
+        kernel, bias = layer_parameters(layer)
+        positive, negative = tf.maximum(kernel, 0.0), tf.minimum(kernel, 0.0)
+        block_kernel = tf.concat(
+            [tf.concat([positive, negative], axis=-1), tf.concat([negative, positive], axis=-1)], axis=-2
+        )
+        block_bias = None if bias is None else tf.concat([bias, bias], axis=0)
+        return linear_forward(layer, inputs, block_kernel, block_bias)
+
+    def output_gradient(self, z, relevance_out):
+        z_activating, z_inhibiting = tf.split(z, 2, axis=-1)
+        return tf.concat(
+            [self.alpha * safe_divide(relevance_out, z_activating), -self.beta * safe_divide(relevance_out, z_inhibiting)],
+            axis=-1,
+        )
+
+    def reduce(self, inputs, gradient):
+        from_positive, from_negative = tf.split(inputs * gradient, 2, axis=-1)
+        return from_positive + from_negative
+
+    def describe(self):
+        return {
+            "rule": "AlphaBeta",
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "bias": "full bias in both the activating and the inhibiting denominator (iNNvestigate)",
+            "stabiliser": f"exact zeros of the denominator replaced by {KERAS_EPSILON}",
+        }
+
+
+class Flat(Rule):
+    """Flat rule: relevance spread uniformly over each output's receptive field.
+
+    ``R_in_i = sum_j R_out_j / n_j`` over the outputs ``j`` whose receptive field holds
+    input ``i``, with ``n_j`` the number of *in-bounds* inputs of ``j`` (zero padding
+    counts nothing): all weights set to one, bias dropped, input ignored
+    (iNNvestigate's ``FlatRule``).
+    """
+
+    def modify_input(self, x):
+        return tf.ones_like(x)
+
+    def forward(self, layer, inputs):
+        kernel, _ = layer_parameters(layer)
+        return linear_forward(layer, inputs, tf.ones_like(kernel), None)
+
+    def describe(self):
+        return {"rule": "Flat", "formula": "weights = 1, bias dropped, input = 1: uniform over the receptive field"}
+
+
+class ZRule(Rule):
+    """Z-rule: relevance in proportion to each input's share of the output.
+
+    ``R_in = x * W^T safe_divide(R_out, z)``.  On global average pooling ``z`` is the mean
+    and the input ``i`` of channel ``c`` gets ``x_i / (n * mean_c) * R_c``
+    (iNNvestigate's ``AveragePoolingReverseLayer``).  On conv / dense layers the bias is
+    part of ``z``.
+    """
+
+    supported = types.Linear + types.GlobalAvgPool
+
+    def forward(self, layer, inputs):
+        if isinstance(layer, types.GlobalAvgPool):
+            return layer(inputs)
+        return super().forward(layer, inputs)
+
+    def describe(self):
+        return {"rule": "ZRule", "formula": "R_in = x * W^T (R_out / z)", "stabiliser": f"exact zeros replaced by {KERAS_EPSILON}"}
+
+
+class Pass(Rule):
+    """Relevance handed through unchanged (reshaped to the input's shape).
+
+    For ReLU / linear activations, dropout (the identity at inference) and reshapes.
+    """
+
+    supported = types.PassThrough
+
+    def __call__(self, layer, x_in, relevance_out, y_out=None):
+        self.check(layer)
+        return tf.reshape(relevance_out, tf.shape(x_in))
+
+    def check(self, layer):
+        super().check(layer)
+        if not types.has_passable_activation(layer):
+            raise ValueError(
+                f"Pass cannot hand relevance through activation {types.activation_name(layer)!r} of layer {layer.name!r}"
+            )
+
+    def describe(self):
+        return {"rule": "Pass"}
+
+
+class BatchNormScale(Rule):
+    """Batch normalisation as its multiplicative part (iNNvestigate ``BatchNormalizationReverseLayer``).
+
+    With ``y = gamma * (x - mean) / sqrt(var + eps) + beta`` (moving statistics)::
+
+        R_in = x * (y - beta) * R_out / stab((x - mean) * y)
+
+    evaluated literally as in iNNvestigate (1.0.8 and 2.x with ``bn_layer_rule=None``):
+    ``stab(d) = d + 1e-7 * sign(d)`` (``sign(0) = +1``) then ``safe_divide``.  This is
+    ``x * scale / y * R_out``: the relevance share of ``x * scale`` in ``y``; the shift
+    ``beta - mean * scale`` absorbs the rest, so the rule does not conserve relevance.
+    """
+
+    supported = types.BatchNorm
+
+    def __call__(self, layer, x_in, relevance_out, y_out=None):
+        self.check(layer)
+        x_in = tf.convert_to_tensor(x_in)
+        relevance_out = tf.convert_to_tensor(relevance_out, dtype=x_in.dtype)
+        y = layer(x_in, training=False) if y_out is None else tf.convert_to_tensor(y_out)
+        mean = self._broadcastable(layer, layer.moving_mean, x_in)
+        y_minus_beta = y - self._broadcastable(layer, layer.beta, x_in) if layer.center else y
+        numerator = x_in * y_minus_beta * relevance_out
+        denominator = sign_stabilise((x_in - mean) * y, KERAS_EPSILON)
+        return safe_divide(numerator, denominator)
+
+    @staticmethod
+    def _broadcastable(layer, parameter, x):
+        axis = layer.axis
+        if isinstance(axis, (list, tuple)):
+            if len(axis) != 1:
+                raise ValueError(f"BatchNormScale supports one normalised axis; layer {layer.name!r} has {axis}")
+            axis = axis[0]
+        rank = x.shape.rank
+        shape = [1] * rank
+        shape[axis % rank] = -1
+        return tf.reshape(tf.cast(parameter, x.dtype), shape)
+
+    def describe(self):
+        return {
+            "rule": "BatchNormScale",
+            "formula": "R_in = x*(y-beta)/((x-mean)*y) * R_out (multiplicative part only; iNNvestigate 1.0.8)",
+            "stabiliser": f"denominator + {KERAS_EPSILON}*sign, then exact zeros replaced by {KERAS_EPSILON}",
+        }

@@ -1,0 +1,42 @@
+"""Shared fixtures: small synthetic datasets written once per test session.
+
+The datasets are on the full reference grid (91 x 109 x 91) but short (30 volumes, one
+12 s block per state: short runs with two blocks per state have too little rest for a
+clear planted signal), so writing one takes about a second.  ``sub-01`` has the same
+data in every one of them (same seed), which the orientation tests use.
+"""
+
+import pytest
+
+SYNTH_VOLUMES = 30
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory):
+    """2 participants, task motor (lh, rh, t), 30 volumes, TR 2 s, 1 block per state, reference grid (LAS)."""
+    from deeplight_bids.demo.synth import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "bids"
+    return make_synthetic_dataset(
+        root, n_participants=2, n_volumes=SYNTH_VOLUMES, seed=0, blocks_per_state=1
+    )
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset_ras(tmp_path_factory):
+    """Like ``synthetic_dataset`` (1 participant) but the derivatives stored RAS."""
+    from deeplight_bids.demo.synth import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synth_ras") / "bids"
+    return make_synthetic_dataset(
+        root, n_participants=1, n_volumes=SYNTH_VOLUMES, seed=0, blocks_per_state=1, grid="ras"
+    )
+
+
+@pytest.fixture(scope="session")
+def prepared_synthetic_run(synthetic_dataset):
+    """``prepare_run`` of sub-01 of ``synthetic_dataset`` with default settings."""
+    from deeplight_bids.prepare.clean import prepare_run
+
+    run = synthetic_dataset.runs[0]
+    return prepare_run(run.bold, run.mask, synthetic_dataset.t_r)

@@ -1,0 +1,167 @@
+"""Participant level end to end on generated data (full 91 x 109 x 91 grid).
+
+A random-weight 3D-DeepLight (fixed seed) stands in for trained weights: these
+tests check the pipeline, the outputs and their validity, not decoding accuracy
+(the demo test does that).
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from deeplight_bids.cli.run import run as cli
+from deeplight_bids.prepare.grid import REFERENCE_AFFINE
+
+STATES = ["MOTOR_lh", "MOTOR_rh", "MOTOR_t"]
+
+
+def tree_digest(root):
+    """Hash of every file path, size and content under ``root``."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(root).rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory):
+    from deeplight_bids.models.three import build_3d_deeplight
+    from deeplight_bids.models.weights import save_model
+
+    from .models.legacy_h5 import randomise_weights
+
+    folder = tmp_path_factory.mktemp("model") / "rand3d"
+    model = randomise_weights(build_3d_deeplight(n_states=len(STATES)), seed=3)
+    save_model(model, folder / "rand3d.keras", {"architecture": "3D", "states": STATES, "name": "rand3d"})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def participant_run(synthetic_dataset, random_model, tmp_path_factory):
+    """One participant processed with LRP; returns (output_dir, exit code, digest of BIDS_DIR before)."""
+    out = tmp_path_factory.mktemp("out") / "deeplight"
+    before = tree_digest(synthetic_dataset.bids_dir)
+    code = cli([str(synthetic_dataset.bids_dir), str(out), "participant", "--participant-label", "sub-01",
+                "--weights", str(random_model), "--batch-size", "8"])
+    return out, code, before
+
+
+def _outputs(out):
+    func = out / "sub-01" / "func"
+    return {
+        "pred": func / "sub-01_task-motor_desc-predictions_timeseries.tsv",
+        "pred_json": func / "sub-01_task-motor_desc-predictions_timeseries.json",
+        "rel": func / "sub-01_task-motor_space-MNI152NLin6Asym_res-2_desc-relevance_bold.nii.gz",
+        "rel_json": func / "sub-01_task-motor_space-MNI152NLin6Asym_res-2_desc-relevance_bold.json",
+        "summary": func / "sub-01_desc-accuracy_summary.tsv",
+    }
+
+
+def test_outputs_exist_and_are_consistent(participant_run, synthetic_dataset):
+    out, code, _ = participant_run
+    assert code == 0
+    files = _outputs(out)
+    for path in files.values():
+        assert path.is_file(), path
+    frame = pd.read_csv(files["pred"], sep="\t", na_values="n/a", keep_default_na=False)
+    n_vol = synthetic_dataset.n_volumes
+    assert list(frame["volume"]) == list(range(n_vol))
+    np.testing.assert_allclose(frame["onset"], np.arange(n_vol) * synthetic_dataset.t_r)
+    probs = frame[[f"prob_{s}" for s in STATES]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert (frame["predicted_state"] == np.array(STATES)[probs.argmax(axis=1)]).all()
+    # labels follow the events with the haemodynamic shift: compare with an independent computation
+    events = pd.read_csv(synthetic_dataset.runs[0].events, sep="\t")
+    t = np.arange(n_vol) * synthetic_dataset.t_r
+    expected = np.full(n_vol, None, dtype=object)
+    for _, ev in events.sort_values("onset").iterrows():
+        hit = (t >= ev.onset + synthetic_dataset.t_r - 1e-6) & (t <= ev.onset + ev.duration + 2 * synthetic_dataset.t_r + 1e-6)
+        expected[hit] = synthetic_dataset.state_map[ev.trial_type]
+    got = frame["true_state"].astype(object).where(frame["true_state"].notna(), None).to_numpy()
+    assert list(got) == list(expected)
+    labelled = frame["true_state"].notna()
+    assert (frame.loc[labelled, "correct"] == (frame.loc[labelled, "true_state"] == frame.loc[labelled, "predicted_state"]).astype(int)).all()
+    sidecar = json.loads(files["pred_json"].read_text())
+    for column in frame.columns:
+        assert column in sidecar and sidecar[column]["Description"], column
+    assert sidecar["Model"]["States"] == STATES
+
+
+def test_relevance_maps(participant_run, synthetic_dataset):
+    out, _, _ = participant_run
+    files = _outputs(out)
+    img = nib.load(files["rel"])
+    assert img.shape == (91, 109, 91, synthetic_dataset.n_volumes)
+    assert img.get_data_dtype() == np.float32
+    np.testing.assert_allclose(img.affine, REFERENCE_AFFINE)
+    data = np.asarray(img.dataobj)
+    assert np.isfinite(data).all() and np.abs(data).max() > 0
+    sidecar = json.loads(files["rel_json"].read_text())
+    assert sidecar["RepetitionTime"] == synthetic_dataset.t_r
+    assert sidecar["LRP"] and sidecar["Model"]["WeightsSHA256"]
+    # per-state means equal the mean of the per-volume maps of that target
+    frame = pd.read_csv(files["pred"], sep="\t", na_values="n/a", keep_default_na=False)
+    for state, rows in frame.groupby("lrp_target").groups.items():
+        label = state.replace("_", "")
+        mean_path = files["pred"].parent / f"sub-01_task-motor_space-MNI152NLin6Asym_res-2_label-{label}_desc-mean_relevance.nii.gz"
+        expected = data[..., np.asarray(rows)].mean(axis=-1)
+        np.testing.assert_allclose(nib.load(mean_path).get_fdata(), expected, rtol=1e-4, atol=1e-7)
+
+
+def test_bids_dir_untouched_and_outputs_valid(participant_run, synthetic_dataset):
+    out, _, before = participant_run
+    assert tree_digest(synthetic_dataset.bids_dir) == before
+    exe = shutil.which("bids-validator-deno") or str(Path(sys.executable).parent / "bids-validator-deno")
+    proc = subprocess.run([exe, str(out), "--format", "json"], capture_output=True, text=True, timeout=300)
+    issues = json.loads(proc.stdout)["issues"]["issues"]
+    errors = [(i["code"], i.get("location")) for i in issues if i.get("severity") == "error"]
+    assert errors == []
+    assert proc.returncode == 0
+
+
+def test_rerun_skips_and_overwrite_is_deterministic(participant_run, synthetic_dataset, random_model, caplog):
+    out, _, _ = participant_run
+    files = _outputs(out)
+    stamp = files["pred_json"].stat().st_mtime_ns
+    code = cli([str(synthetic_dataset.bids_dir), str(out), "participant", "--participant-label", "01",
+                "--weights", str(random_model), "--skip-bids-validation"])
+    assert code == 0
+    assert files["pred_json"].stat().st_mtime_ns == stamp  # nothing recomputed
+    before = {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in files.items() if k in ("pred", "rel")}
+    rel_before = np.asarray(nib.load(files["rel"]).dataobj)
+    code = cli([str(synthetic_dataset.bids_dir), str(out), "participant", "--participant-label", "01",
+                "--weights", str(random_model), "--skip-bids-validation", "--overwrite", "--batch-size", "3"])
+    assert code == 0
+    assert files["pred_json"].stat().st_mtime_ns != stamp
+    assert hashlib.sha256(files["pred"].read_bytes()).hexdigest() == before["pred"]
+    # batch size must not change the maps beyond float round-off
+    np.testing.assert_allclose(np.asarray(nib.load(files["rel"]).dataobj), rel_before, rtol=1e-4, atol=1e-6)
+
+
+def test_no_lrp_and_read_only_bids_dir(synthetic_dataset, random_model, tmp_path):
+    ro = tmp_path / "ro"
+    shutil.copytree(synthetic_dataset.bids_dir, ro)
+    for path in [ro, *ro.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    out = tmp_path / "out"
+    try:
+        code = cli([str(ro), str(out), "participant", "--participant-label", "02", "--weights", str(random_model),
+                    "--no-lrp", "--skip-bids-validation"])
+    finally:
+        for path in [ro, *ro.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert code == 0
+    func = out / "sub-02" / "func"
+    assert (func / "sub-02_task-motor_desc-predictions_timeseries.tsv").is_file()
+    assert not list(func.glob("*relevance*"))
