@@ -65,7 +65,8 @@ class RunProcessor:
         if config.lrp:
             from deeplight_bids.lrp.analyzer import LRPAnalyzer
 
-            composite = "preset_b_flat" if dl_model.architecture == "3D" else "epsilon"
+            # reference section 7: iNNvestigate's preset B-flat for 3D, epsilon (LSTM rule included) for 2D
+            composite = "preset_b_flat" if dl_model.architecture == "3D" else "deeplight_2d"
             self.analyzer = LRPAnalyzer(dl_model.model, composite=composite)
         self.settings_hash = self._settings_hash()
 

@@ -153,7 +153,8 @@ def build_parser():
                         help="do not validate BIDS_DIR with bids-validator-deno before processing")
 
     g_model = parser.add_argument_group("Model and LRP options")
-    g_model.add_argument("--architecture", choices=("3D",), default="3D", help="DeepLight variant")
+    g_model.add_argument("--architecture", choices=("3D", "2D"), default="3D",
+                         help="DeepLight variant: 3D convolutions, or 2D slice convolutions + bidirectional LSTM")
     g_model.add_argument("--weights", metavar="PATH|NAME",
                          help="model weights: a .keras file or folder from 'deeplight-bids demo'/fine-tuning, "
                               "a published .hdf5/.npy file, or a registry name (see 'deeplight-bids weights list'); "
