@@ -3,10 +3,13 @@
 Every file is written to a temporary name in the same folder and renamed into
 place (``os.replace`` is atomic on POSIX), so a killed job never leaves a partial
 file under a final name, and concurrent jobs writing the same shared file (as SLURM
-array tasks do) never corrupt it.  Writing through a symbolic link is refused.
+array tasks do) never corrupt it.  Writing through a symbolic link is refused; given
+the ``root`` of the outputs (OUTPUT_DIR), so is writing below a symbolically linked
+folder inside it (OUTPUT_DIR itself may be a link), so no write leaves OUTPUT_DIR.
 """
 
 import contextlib
+import errno
 import gzip
 import json
 import os
@@ -19,24 +22,65 @@ import numpy as np
 from deeplight_bids import __version__
 from deeplight_bids.exceptions import OutputError
 
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
 CODE_URL = "https://github.com/deeplight-bids/deeplight-bids"
 
 
-def _check_target(path):
+def _check_target(path, root=None):
+    """Refuse ``path`` if it is a symbolic link, or (given ``root``) below a linked folder inside ``root``.
+
+    Folders are checked before any is created, so a linked sub-folder of OUTPUT_DIR
+    that points elsewhere never receives a file or a folder.
+    """
     path = Path(path)
     if path.is_symlink():
         raise OutputError(f"{path}: refusing to write through a symbolic link; remove the link.")
+    if root is not None:
+        root = Path(root).absolute()
+        try:
+            parts = path.absolute().parent.relative_to(root).parts
+        except ValueError:
+            parts = ()  # outside root (e.g. --work-dir elsewhere): only the file itself is checked
+        folder = root
+        for part in parts:
+            folder = folder / part
+            if folder.is_symlink():
+                raise OutputError(f"{folder}: refusing to write below a symbolic link inside {root} (it may point "
+                                  "outside the output folder); replace the link with a folder.")
+            if not folder.exists():
+                break
     return path
 
 
+def ensure_writable(folder):
+    """Create ``folder`` if needed and check that a file can be created in it (else OutputError)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputError(f"{folder}: output folder not writable ({err.strerror or err}); "
+                          "choose a writable OUTPUT_DIR (and --work-dir).") from err
+    return folder
+
+
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, root=None):
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``.
 
     The temporary name keeps the final extension (some writers infer the format
-    from it, e.g. ``.nii.gz``, ``.keras``).
+    from it, e.g. ``.nii.gz``, ``.keras``).  ``root``: see :func:`_check_target`.
     """
-    path = _check_target(path)
+    path = _check_target(path, root)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         suffix = "".join(path.suffixes)
@@ -46,6 +90,8 @@ def atomic_path(path):
         raise OutputError(f"{path.parent}: cannot write here ({err.strerror}); choose a writable OUTPUT_DIR.") from err
     try:
         yield Path(tmp)
+        # mkstemp creates 0600; outputs get the usual permissions (0666 less the umask)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except OSError as err:
         raise OutputError(f"{path}: write failed ({err.strerror or err}); check free space and permissions.") from err
@@ -54,14 +100,14 @@ def atomic_path(path):
             os.unlink(tmp)
 
 
-def write_text(path, text):
-    with atomic_path(path) as tmp:
+def write_text(path, text, root=None):
+    with atomic_path(path, root) as tmp:
         Path(tmp).write_text(text)
     return Path(path)
 
 
-def write_json(path, obj):
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+def write_json(path, obj, root=None):
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n", root)
 
 
 def _json_default(value):
@@ -76,15 +122,15 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def write_tsv(path, frame):
+def write_tsv(path, frame, root=None):
     """Write a pandas DataFrame as BIDS TSV (tab separated, ``n/a`` for missing)."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, root) as tmp:
         frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
     return Path(path)
 
 
-def write_nifti(path, img):
-    with atomic_path(path) as tmp:
+def write_nifti(path, img, root=None):
+    with atomic_path(path, root) as tmp:
         img.to_filename(str(tmp))
     return Path(path)
 
@@ -107,12 +153,19 @@ class StreamingNifti4D:
         Seconds, stored in the header's 4th zoom (units mm / s).
     scratch_dir : path-like or None
         Where the uncompressed temporary goes (default: beside ``path``).
+    root : path-like or None
+        OUTPUT_DIR: no folder below it may be a symbolic link (see :func:`_check_target`).
+
+    The temporary is allocated in full at once (``posix_fallocate``), so a full disk
+    is an :class:`OutputError` here rather than a crash (SIGBUS) while writing into the
+    memory map; the gzip stream is deterministic (no time stamp, no file name).
     """
 
-    def __init__(self, path, shape, affine, t_r, scratch_dir=None, description=""):
+    def __init__(self, path, shape, affine, t_r, scratch_dir=None, description="", root=None):
         import nibabel as nib
 
-        self.path = _check_target(path)
+        self.root = root
+        self.path = _check_target(path, root)
         self.shape = tuple(int(s) for s in shape)
         header = nib.Nifti1Header()
         header.set_data_shape(self.shape)
@@ -125,7 +178,9 @@ class StreamingNifti4D:
             header["descrip"] = description[:79].encode()
         self.header = header
         scratch = Path(scratch_dir or self.path.parent)
+        self._raw = None
         try:
+            _check_target(scratch / "scratch", root)
             scratch.mkdir(parents=True, exist_ok=True)
             fd, self._raw = tempfile.mkstemp(dir=scratch, prefix=".stream.", suffix=".nii")
             with os.fdopen(fd, "wb") as fobj:
@@ -137,9 +192,17 @@ class StreamingNifti4D:
                     fobj.write(b"\0" * pad)
             size = offset + int(np.prod(self.shape)) * 4
             with open(self._raw, "r+b") as fobj:
-                fobj.truncate(size)
+                try:
+                    os.posix_fallocate(fobj.fileno(), 0, size)
+                except OSError as err:
+                    if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                        raise
+                    fobj.truncate(size)  # file system without fallocate
         except OSError as err:
-            raise OutputError(f"{scratch}: cannot write here ({err.strerror}); choose a writable folder.") from err
+            if self._raw is not None and os.path.exists(self._raw):
+                os.unlink(self._raw)
+            raise OutputError(f"{scratch}: cannot write the temporary relevance file ({err.strerror or err}); "
+                              "free disk space or choose a writable --work-dir.") from err
         self._data = np.memmap(self._raw, dtype=np.float32, mode="r+", offset=offset, shape=self.shape, order="F")
 
     def write(self, start, volumes):
@@ -153,8 +216,10 @@ class StreamingNifti4D:
         self._data.flush()
         del self._data
         try:
-            with atomic_path(self.path) as tmp:
-                with open(self._raw, "rb") as src, gzip.open(tmp, "wb", compresslevel=compresslevel) as dst:
+            with atomic_path(self.path, self.root) as tmp:
+                with open(self._raw, "rb") as src, open(tmp, "wb") as raw_dst, \
+                        gzip.GzipFile(filename="", mode="wb", fileobj=raw_dst, compresslevel=compresslevel,
+                                      mtime=0) as dst:
                     shutil.copyfileobj(src, dst, length=1 << 22)
         finally:
             self.abort()
@@ -164,7 +229,7 @@ class StreamingNifti4D:
         """Remove the temporary file (on error)."""
         if hasattr(self, "_data"):
             del self._data
-        if os.path.exists(self._raw):
+        if self._raw is not None and os.path.exists(self._raw):
             os.unlink(self._raw)
 
 
@@ -209,7 +274,11 @@ group
 
 
 def write_dataset_files(output_dir, source_dirs=()):
-    """Write ``dataset_description.json``, ``.bidsignore`` and ``README`` (idempotent, atomic)."""
+    """Write ``dataset_description.json``, ``.bidsignore`` and ``README`` (idempotent, atomic).
+
+    Concurrent jobs (SLURM arrays) each write the same content atomically: a reader
+    always sees one complete version, never a mix.
+    """
     output_dir = Path(output_dir)
     files = {
         output_dir / "dataset_description.json": json.dumps(dataset_description(source_dirs), indent=2) + "\n",
@@ -219,6 +288,9 @@ def write_dataset_files(output_dir, source_dirs=()):
                                    "written by deeplight-bids " + __version__ + ".\n"),
     }
     for path, text in files.items():
-        if path.is_file() and path.read_text() == text:
-            continue  # concurrent jobs: same content, nothing to do
-        write_text(path, text)
+        try:
+            if not path.is_symlink() and path.is_file() and path.read_text() == text:
+                continue  # concurrent jobs: same content, nothing to do
+        except (OSError, UnicodeDecodeError):
+            pass  # unreadable: rewrite it
+        write_text(path, text, root=output_dir)

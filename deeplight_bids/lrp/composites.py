@@ -16,6 +16,11 @@ Named presets live in :data:`COMPOSITES` (see :func:`get_composite`):
   ReLU / dropout / reshapes :class:`~.rules.Pass`.
 - ``"epsilon"``: 2D-DeepLight as published: :class:`~.rules.Epsilon` (1e-3) for every
   conv, dense and global average pooling layer, pass-throughs :class:`~.rules.Pass`.
+- ``"deeplight_2d"``: 2D-DeepLight as published (reference section 7):
+  :class:`~.rules.Epsilon` (1e-3) for the per-slice Conv2D layers and the dense output,
+  :class:`~.lstm.LSTMEpsilon` (1e-3) for the bidirectional LSTM (signal-take-all gates,
+  directions summed), :class:`~.rules.Pass` for slice folding/unfolding, dropout and
+  spatial dropout (the identity at inference).
 """
 
 from . import rules, types
@@ -146,6 +151,31 @@ def epsilon_everywhere(epsilon=1e-3):
         reference=f"epsilon rule (epsilon {epsilon:g}) through every layer, as published for 2D-DeepLight",
         layer_map=[
             (types.Linear + types.GlobalAvgPool, epsilon_rule),
+            (types.PassThrough, rules.Pass()),
+        ],
+    )
+
+
+@register_composite("deeplight_2d")
+def deeplight_2d(epsilon=1e-3):
+    """2D-DeepLight's published LRP: epsilon (1e-3) through convs, LSTM and the linear layer.
+
+    Per-slice ``Conv2D`` and ``Dense``: :class:`~.rules.Epsilon`; ``Bidirectional`` LSTM:
+    :class:`~.lstm.LSTMEpsilon` (the cell state's relevance split by epsilon, gates get
+    none, forward and backward input relevances summed); ``FoldSlices`` /
+    ``UnfoldSlices``, ``Dropout`` / ``SpatialDropout2D``: :class:`~.rules.Pass`.
+    """
+    from .lstm import LSTMEpsilon
+
+    return Composite(
+        name="deeplight_2d",
+        reference=(
+            f"epsilon rule (epsilon {epsilon:g}) through the per-slice convs, the bidirectional LSTM (cell-state "
+            "split by epsilon, gates pass none, directions summed) and the linear layer, as published for 2D-DeepLight"
+        ),
+        layer_map=[
+            (types.Conv + types.Dense, rules.Epsilon(eps=epsilon)),
+            (types.Recurrent, LSTMEpsilon(eps=epsilon)),
             (types.PassThrough, rules.Pass()),
         ],
     )

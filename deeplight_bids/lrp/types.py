@@ -7,6 +7,8 @@ grouped together, as in zennit's ``types``.
 
 from keras import activations, layers
 
+from deeplight_bids.models.two import FoldSlices, UnfoldSlices
+
 #: Convolutions whose linear part ``conv(x, kernel) + bias`` the rules rewrite.
 Conv = (layers.Conv2D, layers.Conv3D)
 
@@ -22,6 +24,14 @@ BatchNorm = (layers.BatchNormalization,)
 #: Global average pooling over the spatial axes.
 GlobalAvgPool = (layers.GlobalAveragePooling2D, layers.GlobalAveragePooling3D)
 
+#: 2D-DeepLight's slice folding: ``(batch, z, y, x, c)`` <-> ``(batch * z, y', x', c')``
+#: rows (pure reshapes, see :mod:`deeplight_bids.models.two`).
+SliceReshape = (FoldSlices, UnfoldSlices)
+
+#: Bidirectional recurrent layers (2D-DeepLight's ``bilstm``; the LSTM rule,
+#: :class:`deeplight_bids.lrp.lstm.LSTMEpsilon`, checks that it wraps an LSTM).
+Recurrent = (layers.Bidirectional,)
+
 #: Layers that hand relevance through unchanged: element-wise ReLU / identity, dropout
 #: (the identity at inference) and pure reshapes.
 PassThrough = (
@@ -33,7 +43,7 @@ PassThrough = (
     layers.Flatten,
     layers.Reshape,
     layers.InputLayer,
-)
+) + SliceReshape
 
 #: Activation functions relevance may pass unchanged (the rules use the linear part of
 #: a layer, so a fused activation must be one of these).

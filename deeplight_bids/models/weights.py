@@ -224,15 +224,36 @@ def save_model(model, path, card):
 
 
 def load_deeplight(weights=None, architecture="3D"):
-    """Resolve ``weights`` (path, folder, registry name or None) into a :class:`DeepLightModel`."""
+    """Resolve ``weights`` (path, folder, registry name or None) into a :class:`DeepLightModel`.
+
+    Parameters
+    ----------
+    weights : str, Path or None
+        ``None``: the published weights of ``architecture`` (``"3D-pretrained"`` or
+        ``"2D-pretrained"``, from :func:`weights_cache_dir`, checksum-verified); a
+        registry name; a ``.keras`` file (or a folder holding one) with its model card;
+        a published ``.hdf5`` (3D) or ``.npy`` (2D, converted on load).
+    architecture : {"3D", "2D"}
+        The variant asked for (``--architecture``).  A ``.keras`` model's card and a
+        published file name their own architecture, which is used; asking for ``"2D"``
+        and getting 3D weights is an error.
+
+    Raises
+    ------
+    WeightsError
+        Missing, corrupt or mismatching weights (one line saying what to do).
+    """
     from deeplight_bids.models.three import build_3d_deeplight
 
+    if architecture not in DEFAULT_WEIGHTS:
+        raise WeightsError(f"unknown architecture {architecture!r}; expected one of {', '.join(DEFAULT_WEIGHTS)}.")
     if weights is None:
         weights = DEFAULT_WEIGHTS[architecture]
     if str(weights) in REGISTRY:
         entry = REGISTRY[str(weights)]
         path = published_path(entry.name)
-        return _load_file(path, entry.architecture, build_3d_deeplight, published=entry)
+        loaded = _load_file(path, entry.architecture, build_3d_deeplight, published=entry)
+        return _check_architecture(loaded, architecture)
     path = Path(weights).expanduser()
     if not path.exists():
         raise WeightsError(
@@ -245,7 +266,43 @@ def load_deeplight(weights=None, architecture="3D"):
             raise WeightsError(f"{path}: expected exactly one .keras model in the folder, found {len(found)}.")
         path = found[0]
     published = next((e for e in REGISTRY.values() if e.filename == path.name), None)
-    return _load_file(path, architecture, build_3d_deeplight, published=published)
+    loaded = _load_file(path, architecture, build_3d_deeplight, published=published)
+    return _check_architecture(loaded, architecture)
+
+
+def _check_architecture(loaded, architecture):
+    """Refuse 3D weights when 2D-DeepLight was asked for (the default, 3D, takes what the file holds)."""
+    if architecture == "2D" and loaded.architecture != "2D":
+        raise WeightsError(
+            f"{loaded.weights_path}: holds {loaded.architecture}-DeepLight weights but --architecture 2D was asked "
+            "for; pass 2D weights (the published .npy, '2D-pretrained', or a .keras made by 'deeplight-bids weights "
+            "convert') or use --architecture 3D."
+        )
+    return loaded
+
+
+def _is_2d_model(model):
+    """Whether a Keras model has 2D-DeepLight's structure (slice folding and a bidirectional LSTM)."""
+    import keras
+
+    from deeplight_bids.models.two import FoldSlices
+
+    found = {type(layer) for layer in getattr(model, "layers", [])}
+    return any(issubclass(t, FoldSlices) for t in found) and any(issubclass(t, keras.layers.Bidirectional) for t in found)
+
+
+def _card_architecture(path, card, model, requested):
+    """Architecture of a ``.keras`` model: its card's, else inferred from the layers (2D) or ``requested``."""
+    card_arch = card.get("architecture")
+    if card_arch is None:
+        return "2D" if _is_2d_model(model) else requested
+    if card_arch not in DEFAULT_WEIGHTS:
+        raise WeightsError(f"{path}: model card names architecture {card_arch!r}; expected one of "
+                           f"{', '.join(DEFAULT_WEIGHTS)}.")
+    if card_arch == "2D" and not _is_2d_model(model):
+        raise WeightsError(f"{path}: model card says architecture 2D but the model has no slice folding and "
+                           "bidirectional LSTM; keep the card that was written with the model.")
+    return card_arch
 
 
 def _load_file(path, architecture, build_3d, published=None):
@@ -264,8 +321,8 @@ def _load_file(path, architecture, build_3d, published=None):
         n_out = model.output_shape[-1]
         if n_out != len(card["states"]):
             raise WeightsError(f"{path}: the model has {n_out} outputs but its card lists {len(card['states'])} states.")
-        return DeepLightModel(model, card.get("architecture", architecture), tuple(card["states"]), path, digest,
-                              name=card.get("name", path.stem), card=card)
+        return DeepLightModel(model, _card_architecture(path, card, model, architecture), tuple(card["states"]), path,
+                              digest, name=card.get("name", path.stem), card=card)
     if suffix in (".hdf5", ".h5"):
         states = published.states if published else PRETRAINED_STATES
         model = build_3d(n_states=len(states))
@@ -282,7 +339,10 @@ def _load_file(path, architecture, build_3d, published=None):
             from deeplight_bids.models.published_2d import load_published_2d, convert_published_2d
         except ImportError as err:
             raise WeightsError(f"{path}: 2D-DeepLight weights are not supported in this version.") from err
-        arrays = load_published_2d(path)
-        model = convert_published_2d(arrays)
-        return DeepLightModel(model, "2D", PRETRAINED_STATES, path, digest, name="2D-pretrained")
+        # load_published_2d checks the sha256 before unpickling; convert_published_2d names
+        # a missing/extra key or wrong shape in one line (both raise WeightsError).
+        states = published.states if published else PRETRAINED_STATES
+        model = convert_published_2d(load_published_2d(path), n_states=len(states))
+        return DeepLightModel(model, "2D", tuple(states), path, digest,
+                              name=published.name if published else "2D-pretrained")
     raise WeightsError(f"{path}: unknown weights format '{suffix}'; expected .keras, .hdf5/.h5 or .npy.")

@@ -83,3 +83,10 @@ def test_dataset_files_idempotent(tmp_path):
     write_dataset_files(tmp_path, [tmp_path / "bids"])
     assert (tmp_path / "dataset_description.json").stat().st_mtime_ns == first
     assert "*_timeseries.tsv" in (tmp_path / ".bidsignore").read_text()
+
+
+def test_outputs_get_umask_permissions(tmp_path):
+    path = write_json(tmp_path / "perm.json", {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
