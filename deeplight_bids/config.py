@@ -41,6 +41,8 @@ class Config:
     lrp_target : {"predicted", "true"}
     batch_size, nprocs : int
     overwrite, skip_bids_validation : bool
+    correct_only, reports_only : bool
+        Group level: add maps from correctly decoded volumes only; only rebuild the report.
     verbose : int
     """
 
@@ -65,6 +67,8 @@ class Config:
     nprocs: int = 0
     overwrite: bool = False
     skip_bids_validation: bool = False
+    correct_only: bool = False
+    reports_only: bool = False
     verbose: int = 0
     version: str = __version__
 
@@ -94,6 +98,8 @@ class Config:
             nprocs=int(args.nprocs or os.cpu_count() or 1),
             overwrite=bool(args.overwrite),
             skip_bids_validation=bool(args.skip_bids_validation),
+            correct_only=bool(getattr(args, "correct_only", False)),
+            reports_only=bool(getattr(args, "reports_only", False)),
             verbose=int(args.verbose),
         )
 

@@ -15,6 +15,8 @@ Exit codes (documented in the README and ``--help``):
 4    model / weights error (missing, corrupt or mismatched weights)
 5    output error (OUTPUT_DIR not writable, disk full)
 6    partial success: some runs failed or were skipped for bad data
+130  interrupted (Ctrl-C); 143 terminated (SIGTERM, e.g. a SLURM time limit):
+     temporaries are removed, finished runs are kept, a re-run resumes
 ==== ==============================================================
 """
 
@@ -75,3 +77,17 @@ class OutputError(DeepLightBidsError):
     """OUTPUT_DIR cannot be written."""
 
     exit_code = EXIT_OUTPUT
+
+
+class Interrupted(BaseException):
+    """A termination signal (SIGTERM) received while running.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``), so that no ``except Exception``
+    swallows it: it unwinds the stack, whose ``finally``/``except BaseException``
+    blocks remove temporary files, and the command line exits with ``128 + signum``.
+    """
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum

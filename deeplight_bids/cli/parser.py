@@ -181,6 +181,13 @@ def build_parser():
     g_perf.add_argument("-w", "--work-dir", type=Path, metavar="PATH",
                         help="scratch folder (default: OUTPUT_DIR/work; removable after a successful run)")
 
+    g_group = parser.add_argument_group("Group level options")
+    g_group.add_argument("--correct-only", action="store_true",
+                         help="group level: also make group relevance maps from only the correctly decoded volumes "
+                              "(reads every run's 4D relevance map)")
+    g_group.add_argument("--reports-only", action="store_true",
+                         help="group level: only rebuild OUTPUT_DIR/deeplight_report.html from existing group outputs")
+
     g_other = parser.add_argument_group("Other options")
     g_other.add_argument("--overwrite", action="store_true",
                          help="recompute runs whose outputs already exist (default: skip them)")

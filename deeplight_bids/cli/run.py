@@ -4,11 +4,13 @@ Sub-commands that do not follow the BIDS-Apps positionals are dispatched first:
 ``deeplight-bids demo OUTPUT_DIR`` and ``deeplight-bids weights {list,fetch,convert}``.
 """
 
+import contextlib
 import logging
 import os
+import signal
 import sys
 
-from deeplight_bids.exceptions import EXIT_INTERNAL, EXIT_OK, DeepLightBidsError
+from deeplight_bids.exceptions import EXIT_INTERNAL, EXIT_OK, DeepLightBidsError, Interrupted
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -62,17 +64,45 @@ def run(argv=None):
 
             _, code = run_participant_level(config)
             return code
-        print("deeplight-bids: error: the group level is not implemented yet in this version.", file=sys.stderr)
-        return 2
+        from deeplight_bids.group.run import run_group_level
+
+        return run_group_level(config)
 
     return _guard(_run, verbose=config.verbose)
 
 
+@contextlib.contextmanager
+def _terminate_as_exception():
+    """Turn SIGTERM (``kill``, SLURM/PBS time limits) into :class:`Interrupted` while inside.
+
+    The exception unwinds the stack like Ctrl-C, so temporaries are removed and no
+    partial file is left under a final name.  Only possible in the main thread.
+    """
+
+    def _raise(signum, frame):
+        raise Interrupted(signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _guard(func, *args, verbose=0):
     try:
-        code = func(*args)
+        with _terminate_as_exception():
+            code = func(*args)
     except DeepLightBidsError as err:
         return _fail(err, verbose)
+    except Interrupted as err:
+        print(f"deeplight-bids: terminated by signal {signal.Signals(err.signum).name}; temporary files removed, "
+              "finished runs are kept, re-run to resume.", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("deeplight-bids: interrupted; finished runs are kept, re-run to resume.", file=sys.stderr)
         return 130

@@ -183,6 +183,8 @@ class StreamingNifti4D:
             _check_target(scratch / "scratch", root)
             scratch.mkdir(parents=True, exist_ok=True)
             fd, self._raw = tempfile.mkstemp(dir=scratch, prefix=".stream.", suffix=".nii")
+            # single-file NIfTI: data right after the 348-byte header and 4-byte extension flag
+            header.set_data_offset(header.single_vox_offset)
             with os.fdopen(fd, "wb") as fobj:
                 header.write_to(fobj)
                 offset = int(header["vox_offset"])

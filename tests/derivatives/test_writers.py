@@ -62,6 +62,7 @@ def test_streaming_nifti_round_trip(tmp_path):
     np.testing.assert_allclose(img.affine, affine)
     assert img.header.get_zooms()[3] == pytest.approx(0.72)
     assert img.header.get_xyzt_units() == ("mm", "sec")
+    assert img.dataobj.offset == 352  # a valid single-file NIfTI: data right after the header
     assert os.listdir(tmp_path / "work") == []  # the uncompressed temporary is gone
 
 

@@ -1,0 +1,401 @@
+"""The self-contained HTML report ``OUTPUT_DIR/deeplight_report.html``.
+
+In the spirit of fMRIPrep/MRIQC reports: one HTML file whose figures are embedded as
+base64 PNG (``data:`` URIs), with inline CSS and no scripts, fonts or images fetched
+from elsewhere, so it renders offline and can be mailed around.  Links to the
+participants' files are relative to OUTPUT_DIR (the report sits there).
+
+Sections: summary, processed and skipped participants (partial outputs listed),
+per model (never mixed): model card, per task accuracy tables, confusion heatmaps,
+accuracy by time in block, group relevance maps per state (nilearn plots on the
+template), then per-participant sections, software versions and methods text.
+"""
+
+import base64
+import html
+import io
+import json
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from deeplight_bids import __version__
+from deeplight_bids.derivatives.writers import CODE_URL, write_text
+
+REPORT_NAME = "deeplight_report.html"
+
+PACKAGES = ("deeplight-bids", "tensorflow-cpu", "tensorflow", "keras", "numpy", "scipy", "pandas", "nibabel",
+            "nilearn", "pybids", "templateflow", "matplotlib")
+
+CITATIONS = [
+    "Thomas, A. W., Heekeren, H. R., Müller, K.-R., & Samek, W. (2019). Analyzing neuroimaging data through "
+    "recurrent deep learning models. Frontiers in Neuroscience, 13, 1321. doi:10.3389/fnins.2019.01321",
+    "Thomas, A. W., Lindenberger, U., Samek, W., & Müller, K.-R. (2021). Evaluating deep transfer learning for "
+    "whole-brain cognitive decoding. arXiv:2111.01562",
+    "Bach, S., Binder, A., Montavon, G., Klauschen, F., Müller, K.-R., & Samek, W. (2015). On pixel-wise "
+    "explanations for non-linear classifier decisions by layer-wise relevance propagation. PLoS ONE, 10(7), "
+    "e0130140. doi:10.1371/journal.pone.0130140",
+    "Ciric, R., et al. (2022). TemplateFlow: FAIR-sharing of multi-scale, multi-species brain models. Nature "
+    "Methods, 19, 1568-1571. doi:10.1038/s41592-022-01681-2",
+    "Abraham, A., et al. (2014). Machine learning for neuroimaging with scikit-learn (nilearn). Frontiers in "
+    "Neuroinformatics, 8, 14. doi:10.3389/fninf.2014.00014",
+]
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fff}
+header{background:#2c3e50;color:#fff;padding:14px 24px}header h1{margin:0;font-size:1.5em}
+nav{background:#ecf0f1;padding:6px 24px;position:sticky;top:0;border-bottom:1px solid #ccc}
+nav a{margin-right:14px;color:#2c3e50;text-decoration:none;font-weight:600}
+main{padding:6px 24px 40px}h2{border-bottom:2px solid #2c3e50;padding-bottom:3px;margin-top:28px}
+h3{color:#2c3e50}table{border-collapse:collapse;margin:8px 0 14px;font-size:.9em}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f4f6f7}
+td.num{text-align:right;font-family:monospace}.warn{background:#fff3cd;border:1px solid #e0c060;padding:8px;
+margin:8px 0}.ok{color:#1e7e34}.bad{color:#b02a37}.fig{margin:8px 0 16px}.fig img{max-width:100%;
+border:1px solid #ddd}.cap{font-size:.85em;color:#555}.box{background:#f8f9fa;border:1px solid #ddd;
+padding:10px;white-space:pre-wrap;font-size:.9em}code{background:#f4f4f4;padding:0 3px}
+.model{border-left:4px solid #2c3e50;padding-left:12px;margin:12px 0}
+"""
+
+
+# -------------------------------------------------------------------------------------------- helpers
+def esc(value):
+    return html.escape(str(value))
+
+
+def _fmt(value, digits=3):
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.{digits}f}"
+    return esc(value)
+
+
+def table_html(frame, columns=None, digits=3):
+    if frame is None or len(frame) == 0:
+        return "<p><em>no rows</em></p>"
+    columns = columns or list(frame.columns)
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    rows = []
+    for _, row in frame.iterrows():
+        cells = []
+        for c in columns:
+            v = row[c]
+            num = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            if isinstance(v, float) and pd.isna(v):
+                v = None
+            cells.append(f"<td class='num'>{_fmt(v, digits)}</td>" if num else f"<td>{_fmt(v, digits)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def png_data_uri(fig_or_display, dpi=80):
+    """Render a matplotlib Figure or a nilearn display into a ``data:image/png;base64,...`` URI."""
+    buf = io.BytesIO()
+    fig = fig_or_display.frame_axes.figure if hasattr(fig_or_display, "frame_axes") else fig_or_display
+    fig.savefig(buf, format="png", dpi=dpi, facecolor=fig.get_facecolor())
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def figure_html(uri, caption, alt):
+    return (f"<div class='fig'><img src='{uri}' alt='{esc(alt)}'>"
+            f"<div class='cap'>{esc(caption)}</div></div>")
+
+
+def _read_tsv(output_dir, rel):
+    from deeplight_bids.group.stats import read_tsv
+
+    path = Path(output_dir) / rel
+    return read_tsv(path) if path.is_file() else None
+
+
+def software_versions():
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    out["deeplight-bids"] = __version__
+    return out
+
+
+# -------------------------------------------------------------------------------------------- figures
+def confusion_figure(counts, props, title):
+    from matplotlib.figure import Figure
+
+    rows = list(props["true_state"])
+    cols = list(props.columns[1:])
+    values = props[cols].to_numpy(dtype=float)
+    raw = counts[cols].to_numpy()
+    fig = Figure(figsize=(1.6 + 0.75 * len(cols), 1.4 + 0.55 * len(rows)))
+    ax = fig.add_subplot(111)
+    im = ax.imshow(np.nan_to_num(values), vmin=0, vmax=1, cmap="Blues", aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            v = values[i, j]
+            ax.text(j, i, f"{raw[i, j]}\n{v:.2f}" if np.isfinite(v) else "–", ha="center", va="center", fontsize=7,
+                    color="white" if np.isfinite(v) and v > 0.6 else "black")
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_xlabel("predicted state")
+    ax.set_ylabel("true state")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.05, label="row proportion")
+    fig.tight_layout()
+    return fig
+
+
+def blocktime_figure(frame, chance, title):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 3))
+    ax = fig.add_subplot(111)
+    x = frame["volumes_since_onset"].to_numpy(dtype=float)
+    ax.plot(x, frame["accuracy_pooled"], "o-", label="pooled", color="#2c3e50")
+    if frame["ci95_low"].notna().any():
+        ax.fill_between(x, frame["ci95_low"].astype(float), frame["ci95_high"].astype(float), color="#3498db",
+                        alpha=0.25, label="95% interval (participants)")
+    if chance is not None and np.isfinite(chance):
+        ax.axhline(chance, ls="--", color="#b02a37", label="chance")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("volumes since block onset")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def _threshold(data, mask, percentile=90):
+    inside = np.abs(data[mask > 0])
+    inside = inside[inside > 0]
+    return float(np.percentile(inside, percentile)) if inside.size else None
+
+
+def map_figures(path, templates, title):
+    """(glass brain URI, slices URI, threshold) for one group map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import nibabel as nib
+    from nilearn import plotting
+
+    img = nib.load(path)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    mask = np.asarray(templates.mask.dataobj)
+    thr = _threshold(data, mask)
+    vmax = _threshold(data, mask, 99.5) or 1.0  # robust colour range: a few extreme voxels do not wash it out
+    if thr is not None and thr >= vmax:
+        thr = None
+    glass = plotting.plot_glass_brain(img, threshold=thr, colorbar=True, plot_abs=False, cmap="cold_hot",
+                                      vmax=vmax, vmin=-vmax, title=title, display_mode="lyrz")
+    uri_glass = png_data_uri(glass)
+    glass.close()
+    slices = plotting.plot_stat_map(img, bg_img=templates.t1w, threshold=thr, display_mode="z",
+                                    cut_coords=(-30, -10, 10, 30, 50, 70), colorbar=True, cmap="cold_hot",
+                                    vmax=vmax, title=title, black_bg=False, draw_cross=False)
+    uri_slices = png_data_uri(slices)
+    slices.close()
+    return uri_glass, uri_slices, thr
+
+
+# -------------------------------------------------------------------------------------------- sections
+def _summary_section(manifest, inventory, templates, config):
+    n_exp = len(inventory.expected)
+    parts = inventory.participants
+    tasks = sorted({r.task for r in inventory.runs})
+    rows = [("OUTPUT_DIR", str(inventory.output_dir)),
+            ("BIDS_DIR", str(getattr(config, "bids_dir", "")) or "n/a"),
+            ("participants with outputs", f"{len(parts)}" + (f" of {n_exp} in BIDS_DIR" if n_exp else "")),
+            ("finished runs", str(len(inventory.runs))),
+            ("tasks", ", ".join(tasks)),
+            ("models", str(len(manifest.get("ModelGroups", [])))),
+            ("relevance maps restricted to correct volumes (--correct-only)", "yes" if manifest.get("CorrectOnly") else "no"),
+            ("template", templates.description),
+            ("group outputs created", manifest.get("Created", "n/a"))]
+    body = "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + "</table>"
+    if templates.source != "templateflow":
+        body += ("<div class='warn'>TemplateFlow was unavailable: figures and the group mask use nilearn's bundled "
+                 "MNI152 template resampled to the reference grid.</div>")
+    if len(manifest.get("ModelGroups", [])) > 1:
+        body += ("<div class='warn'>The runs were processed by several different models; each model is reported "
+                 "separately and nothing is pooled across models.</div>")
+    return "<section id='summary'><h2>Summary</h2>" + body + "</section>"
+
+
+def _processing_section(inventory):
+    rows = []
+    for sub in sorted(set(inventory.participants) | set(inventory.expected)):
+        runs = [r for r in inventory.runs if r.subject == sub]
+        issues = [p for p in inventory.problems if p["participant"] == sub]
+        status = ("processed" if runs and not issues else "partial" if runs else "skipped")
+        cls = {"processed": "ok", "partial": "bad", "skipped": "bad"}[status]
+        rows.append(f"<tr><td>sub-{esc(sub)}</td><td class='{cls}'>{status}</td><td class='num'>{len(runs)}</td>"
+                    f"<td>{esc(', '.join(sorted({r.task for r in runs})))}</td></tr>")
+    body = ("<table><tr><th>participant</th><th>status</th><th>finished runs</th><th>tasks</th></tr>"
+            + "".join(rows) + "</table>")
+    if inventory.problems:
+        body += "<h3>Missing or partial outputs</h3>" + table_html(pd.DataFrame(inventory.problems))
+    else:
+        body += "<p class='ok'>No missing or partial participant outputs.</p>"
+    return "<section id='processing'><h2>Processed and skipped</h2>" + body + "</section>"
+
+
+def _model_card(model):
+    rows = [(k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in model.items()]
+    return "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _maps_html(output_dir, task_entry, templates, task):
+    import nibabel as nib
+
+    out = []
+    for entry in task_entry.get("maps", []):
+        stat_rel = entry.get("t") or entry["mean"]
+        stat = "t" if entry.get("t") else "mean"
+        which = "correctly decoded volumes only" if entry.get("correct_only") else "all explained volumes"
+        n = entry["n_participants"]
+        title = f"{task} {entry['state']} ({stat}, n={n})"
+        heading = f"<h4>{esc(entry['state'])} — {esc(which)}, {n} participant(s)</h4>"
+        note = ""
+        if not entry.get("t"):
+            note = ("<p class='warn'>Only one participant: no t-map (a one-sample test needs at least two); the "
+                    "mean map is shown.</p>")
+        path = Path(output_dir) / stat_rel
+        if not path.is_file():
+            out.append(heading + f"<p class='bad'>missing: {esc(stat_rel)}</p>")
+            continue
+        if not np.any(np.asarray(nib.load(path).dataobj)):
+            out.append(heading + note + f"<p class='warn'>{esc(stat_rel)} is 0 everywhere: no relevance for this "
+                                        "state (e.g. LRP gives none for a target the model never favours).</p>")
+            continue
+        glass, slices, thr = map_figures(path, templates, title)
+        thr_text = f"|value| ≥ {thr:.3g} (90th percentile of non-zero |values| in the brain mask)" if thr else "none"
+        cap = f"{stat_rel}; threshold {thr_text}"
+        out.append(heading + note + figure_html(glass, "glass brain: " + cap, f"glass brain {title}")
+                   + figure_html(slices, "axial slices on the template: " + cap, f"slices {title}"))
+    if not out:
+        note = task_entry.get("maps_note", "no group relevance maps")
+        return f"<p><em>{esc(note)}</em></p>"
+    return "".join(out)
+
+
+def _model_section(i, group, output_dir, templates):
+    model = group["Model"]
+    title = f"{model.get('Architecture', '?')} '{model.get('Name', '?')}' (weights sha256 {str(model.get('WeightsSHA256', '?'))[:12]}…)"
+    html_parts = [f"<section id='model-{i}' class='model'><h2>Model {i + 1}: {esc(title)}</h2>",
+                  "<h3>Model card</h3>", _model_card(model),
+                  f"<p>Group outputs: <code>{esc(group['Folder'] if group['Folder'] != '.' else 'group')}</code></p>"]
+    for task, entry in group["Tasks"].items():
+        html_parts.append(f"<h3 id='model-{i}-task-{esc(task)}'>Task {esc(task)}</h3>")
+        summary = _read_tsv(output_dir, entry["accuracy_group"])
+        table = _read_tsv(output_dir, entry["accuracy"])
+        html_parts.append("<h4>Decoding performance across participants</h4>")
+        html_parts.append(table_html(summary))
+        if summary is not None and int(summary["n_participants"].max()) < 2:
+            html_parts.append("<p><em>One participant: no SD or interval.</em></p>")
+        html_parts.append("<h4>Per participant and run</h4>")
+        html_parts.append(table_html(table))
+        counts = _read_tsv(output_dir, entry["confusion_counts"])
+        props = _read_tsv(output_dir, entry["confusion_proportions"])
+        if counts is not None and len(counts):
+            fig = confusion_figure(counts, props, f"task {task}: confusion (counts and row proportions)")
+            html_parts.append("<h4>Confusion matrix</h4>" + figure_html(
+                png_data_uri(fig), "labelled volumes of all participants pooled; each cell: count and row proportion",
+                f"confusion matrix {task}"))
+        block = _read_tsv(output_dir, entry["blocktime"])
+        if block is not None and len(block):
+            chance = None
+            if summary is not None:
+                row = summary[summary["metric"] == "chance_level"]
+                chance = float(row["mean"].iloc[0]) if len(row) else None
+            fig = blocktime_figure(block, chance, f"task {task}: accuracy by time in block")
+            html_parts.append("<h4>Accuracy by time within a block</h4>" + figure_html(
+                png_data_uri(fig), "block = consecutive volumes with the same (haemodynamically shifted) true state",
+                f"block time accuracy {task}"))
+        html_parts.append("<h4>Group relevance maps</h4>" + _maps_html(output_dir, entry, templates, task))
+    html_parts.append("</section>")
+    return "".join(html_parts)
+
+
+def _participant_section(inventory):
+    out = ["<section id='participants'><h2>Participants</h2>"]
+    root = inventory.output_dir
+    for sub in inventory.participants:
+        out.append(f"<h3 id='sub-{esc(sub)}'>sub-{esc(sub)}</h3><ul>")
+        for rec in sorted((r for r in inventory.runs if r.subject == sub), key=lambda r: r.label):
+            acc = rec.metadata.get("Accuracy")
+            acc_text = f"accuracy {acc:.3f}" if isinstance(acc, (int, float)) else "accuracy n/a"
+            links = [f"<a href='{esc(rec.predictions.relative_to(root).as_posix())}'>predictions</a>"]
+            if rec.relevance is not None:
+                links.append(f"<a href='{esc(rec.relevance.relative_to(root).as_posix())}'>relevance (4D)</a>")
+            out.append(f"<li>{esc(rec.label)}: {acc_text}, model {esc(rec.model.get('Name', '?'))} — "
+                       + " · ".join(links) + "</li>")
+        for m in sorted((m for m in inventory.maps if m.subject == sub), key=lambda m: (m.task, m.label)):
+            out.append(f"<li>mean relevance, task {esc(m.task)}, state {esc(m.state)} "
+                       f"({esc(m.metadata.get('NumberOfVolumes', '?'))} volumes): "
+                       f"<a href='{esc(m.path.relative_to(root).as_posix())}'>map</a></li>")
+        issues = [p for p in inventory.problems if p["participant"] == sub]
+        for p in issues:
+            out.append(f"<li class='bad'>{esc(p['item'])}: {esc(p['problem'])}</li>")
+        out.append("</ul>")
+    out.append("</section>")
+    return "".join(out)
+
+
+def methods_text(manifest, inventory, templates):
+    models = [g["Model"] for g in manifest.get("ModelGroups", [])]
+    arch = ", ".join(sorted({m.get("Architecture", "?") for m in models}))
+    n = len(inventory.participants)
+    tasks = ", ".join(sorted({r.task for r in inventory.runs}))
+    correct = (" Group maps restricted to correctly decoded volumes were computed in the same way from participant "
+               "means over those volumes." if manifest.get("CorrectOnly") else "")
+    return (
+        f"Cognitive states were decoded from every volume of the preprocessed task-fMRI runs ({tasks}) of {n} "
+        f"participant(s) with {arch} (DeepLight; Thomas et al., 2019; Thomas et al., 2021) using deeplight-bids "
+        f"{__version__} ({CODE_URL}). Runs were resampled to the MNI152NLin6Asym 2 mm grid, masked, smoothed "
+        "(3 mm FWHM unless stated otherwise in the output sidecars), linearly detrended, high-pass filtered and "
+        "z-scored per voxel. Volumes were labelled from the events with a haemodynamic shift. Each decoding "
+        "decision was explained with layer-wise relevance propagation (LRP; Bach et al., 2015). Decoding "
+        "accuracy, balanced accuracy and the chance level (1 / number of states) were computed per participant; "
+        "across participants we report the mean, SD and a t-based 95% interval. Group relevance maps are the "
+        "voxel-wise mean of the participant mean maps of each state and a one-sample t statistic "
+        "(intercept-only second-level model, nilearn; Abraham et al., 2014) within the "
+        f"{'TemplateFlow MNI152NLin6Asym' if templates.source == 'templateflow' else 'nilearn MNI152'} brain mask "
+        f"(Ciric et al., 2022).{correct}")
+
+
+def write_report(output_dir, manifest, inventory, templates, config=None):
+    """Build and write ``OUTPUT_DIR/deeplight_report.html``; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    output_dir = Path(output_dir)
+    groups = manifest.get("ModelGroups", [])
+    nav = ["<a href='#summary'>Summary</a>", "<a href='#processing'>Processed</a>"]
+    nav += [f"<a href='#model-{i}'>Model {i + 1}</a>" for i in range(len(groups))]
+    nav += ["<a href='#participants'>Participants</a>", "<a href='#software'>Software</a>",
+            "<a href='#methods'>Methods</a>"]
+    sections = [_summary_section(manifest, inventory, templates, config or object()), _processing_section(inventory)]
+    sections += [_model_section(i, g, output_dir, templates) for i, g in enumerate(groups)]
+    sections.append(_participant_section(inventory))
+    versions = software_versions()
+    sections.append("<section id='software'><h2>Software versions</h2>"
+                    + "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in versions.items())
+                    + "</table>" + f"<p>Templates: {esc(json.dumps(templates.provenance()))}</p></section>")
+    cites = "".join(f"<li>{esc(c)}</li>" for c in CITATIONS)
+    sections.append("<section id='methods'><h2>Methods (boilerplate)</h2><p>You may copy this text into a methods "
+                    "section; check the numbers against your settings.</p>"
+                    f"<div class='box'>{esc(methods_text(manifest, inventory, templates))}</div>"
+                    f"<h3>References</h3><ol>{cites}</ol></section>")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    doc = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+           "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+           f"<title>deeplight-bids group report</title><style>{CSS}</style></head><body>"
+           f"<header><h1>deeplight-bids group report</h1><div>deeplight-bids {esc(__version__)} · {esc(stamp)}</div>"
+           f"</header><nav>{''.join(nav)}</nav><main>{''.join(sections)}</main></body></html>\n")
+    return write_text(output_dir / REPORT_NAME, doc)

@@ -1,0 +1,318 @@
+"""Group level: statistics, group relevance maps and the HTML report.
+
+``deeplight-bids BIDS_DIR OUTPUT_DIR group`` reads the participant-level outputs of
+OUTPUT_DIR (see :mod:`deeplight_bids.group.stats`) and writes under ``OUTPUT_DIR/group/``
+(listed in ``.bidsignore``; every TSV has a JSON sidecar describing its columns):
+
+* ``task-<t>_desc-accuracy_summary.tsv``: per run and per participant accuracy, balanced
+  accuracy, chance level, labelled volumes;
+* ``task-<t>_desc-accuracygroup_summary.tsv``: mean, SD, 95% interval across participants;
+* ``task-<t>_desc-confusion_counts.tsv`` and ``task-<t>_desc-confusion_proportions.tsv``
+  (row-normalised);
+* ``task-<t>_desc-blocktime_accuracy.tsv``: accuracy by volumes since block onset;
+* ``task-<t>_space-MNI152NLin6Asym_res-2_label-<state>_stat-{mean,t}_relevance.nii.gz``
+  (+ ``.json`` with ``NumberOfParticipants``), and with ``--correct-only`` the same with
+  ``desc-correct``;
+* ``group_manifest.json``: what was written (read by ``--reports-only``);
+
+and the report ``OUTPUT_DIR/deeplight_report.html``.  When the runs were processed by
+more than one model (architecture / weights checksum), each model gets its own folder
+``group/model-<first 12 hex digits of the weights SHA-256>/`` with the same files, and
+nothing is pooled across models.
+"""
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from deeplight_bids import __version__
+from deeplight_bids.derivatives.writers import write_json, write_nifti, write_tsv
+from deeplight_bids.exceptions import EXIT_OK, InputDataError
+from deeplight_bids.group import stats
+from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_RES, REFERENCE_SPACE, is_on_reference_grid
+
+LOGGER = logging.getLogger("deeplight_bids")
+
+GROUP_FOLDER = "group"
+MANIFEST = "group_manifest.json"
+RESOLUTION_TEXT = "2 mm isotropic MNI152NLin6Asym grid (91 x 109 x 91)"
+
+ACCURACY_COLUMNS = {
+    "participant_id": {"Description": "participant label with 'sub-'"},
+    "session": {"Description": "session label of the run (n/a: none, or all sessions pooled)"},
+    "run": {"Description": "run name (source entities), or 'all' for all runs of the participant pooled"},
+    "level": {"Description": "'run': one run; 'participant': all runs (and sessions) of the task pooled",
+              "Levels": {"run": "one run", "participant": "runs pooled"}},
+    "n_volumes": {"Description": "number of decoded volumes"},
+    "n_labelled": {"Description": "volumes whose true state the model can output (correct is 1 or 0)"},
+    "n_correct": {"Description": "labelled volumes decoded correctly"},
+    "accuracy": {"Description": "n_correct / n_labelled"},
+    "balanced_accuracy": {"Description": "mean over the true states present of the per-state recall"},
+    "chance_level": {"Description": "1 / n_states: accuracy (and balanced accuracy) expected from guessing "
+                                    "uniformly among the true states present"},
+    "n_states": {"Description": "number of distinct true states among the labelled volumes"},
+}
+GROUP_COLUMNS = {
+    "metric": {"Description": "participant-level metric summarised (see the accuracy summary)"},
+    "n_participants": {"Description": "participants with a value"},
+    "mean": {"Description": "mean across participants"},
+    "sd": {"Description": "standard deviation across participants (ddof = 1; n/a for one participant)"},
+    "ci95_low": {"Description": "lower end of the t-based 95% interval of the mean: mean - t(0.975, n-1) * sd / sqrt(n)"},
+    "ci95_high": {"Description": "upper end of the t-based 95% interval of the mean"},
+    "min": {"Description": "lowest participant value"},
+    "max": {"Description": "highest participant value"},
+}
+BLOCK_COLUMNS = {
+    "volumes_since_onset": {"Description": "0-based position of the volume in its block; a block is a maximal "
+                                           "stretch of consecutive volumes with the same true_state (labels include "
+                                           "the haemodynamic shift, so 0 is the first labelled volume of a block)",
+                            "Units": "volumes"},
+    "n_volumes": {"Description": "labelled volumes at this position, all participants"},
+    "n_correct": {"Description": "of which decoded correctly"},
+    "accuracy_pooled": {"Description": "n_correct / n_volumes"},
+    "n_participants": {"Description": "participants with volumes at this position"},
+    "accuracy_mean": {"Description": "mean across participants of the participant accuracy at this position"},
+    "accuracy_sd": {"Description": "SD across participants (ddof = 1)"},
+    "ci95_low": {"Description": "lower end of the t-based 95% interval of accuracy_mean"},
+    "ci95_high": {"Description": "upper end of the t-based 95% interval of accuracy_mean"},
+}
+
+
+def _name(task, suffix, ext, label=None, stat=None, desc=None, space=False):
+    parts = [f"task-{task}"]
+    if space:
+        parts += [f"space-{REFERENCE_SPACE}", f"res-{REFERENCE_RES}"]
+    if label:
+        parts.append(f"label-{label}")
+    if stat:
+        parts.append(f"stat-{stat}")
+    if desc:
+        parts.append(f"desc-{desc}")
+    return "_".join(parts + [suffix]) + ext
+
+
+def _sidecar(path):
+    path = Path(path)
+    name = path.name
+    for ext in (".nii.gz", ".tsv"):
+        if name.endswith(ext):
+            return path.with_name(name[: -len(ext)] + ".json")
+    return path.with_suffix(".json")
+
+
+def _model_folder(output_dir, key, model, n_models):
+    base = Path(output_dir) / GROUP_FOLDER
+    if n_models == 1:
+        return base
+    sha = str((model or {}).get("WeightsSHA256") or "unknown")
+    return base / f"model-{stats.label_value(sha[:12]) or 'unknown'}"
+
+
+def _filter(inventory, config):
+    """Apply --participant-label / --task to the inventory."""
+    labels = set(config.participant_label or ())
+    tasks = {t.lower() for t in (config.task or ())}
+    if labels:
+        inventory.runs = [r for r in inventory.runs if r.subject in labels]
+        inventory.maps = [m for m in inventory.maps if m.subject in labels]
+        inventory.expected = [p for p in inventory.expected if p in labels]
+        inventory.problems = [p for p in inventory.problems if p["participant"] in labels]
+    if tasks:
+        inventory.runs = [r for r in inventory.runs if r.task.lower() in tasks]
+        inventory.maps = [m for m in inventory.maps if m.task.lower() in tasks]
+    if not inventory.runs:
+        raise InputDataError(
+            f"{inventory.output_dir}: no participant-level outputs match --participant-label/--task; drop the "
+            "filters or run the participant level for them first.")
+    inventory.models = {k: v for k, v in inventory.models.items() if any(r.key == k for r in inventory.runs)}
+    return inventory
+
+
+def _rel(path, output_dir):
+    return str(Path(path).relative_to(output_dir))
+
+
+def _write_table(path, frame, columns, extra):
+    write_tsv(path, frame)
+    described = {c: columns.get(c, {"Description": f"count of volumes predicted as {c}"}) for c in frame.columns}
+    write_json(_sidecar(path), {**described, **extra})
+
+
+def _write_map(path, data, sidecar):
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), REFERENCE_AFFINE)
+    img.header.set_xyzt_units("mm")
+    img.set_sform(REFERENCE_AFFINE, code=4)
+    img.set_qform(REFERENCE_AFFINE, code=4)
+    write_nifti(path, img)
+    write_json(_sidecar(path), sidecar)
+
+
+def _map_sidecar(task, state, stat, subjects, model, templates, correct_only, n_volumes=None):
+    n = len(subjects)
+    what = ("participant means over the correctly decoded volumes of the state" if correct_only else
+            "participant mean relevance maps (label-<state>_desc-mean)")
+    if stat == "mean":
+        desc = f"mean across {n} participant(s) of the {what}, task {task}, state {state}; 0 outside the brain mask"
+    else:
+        desc = (f"one-sample t statistic (H0: mean relevance = 0; df = {n - 1}) across {n} participants of the {what}, "
+                f"task {task}, state {state}; nilearn SecondLevelModel, intercept-only design; 0 outside the brain "
+                "mask and where all participants have the same value")
+    out = {"Description": desc, "Task": task, "State": state, "Statistic": stat,
+           "NumberOfParticipants": n, "Participants": [f"sub-{s}" for s in subjects],
+           "CorrectOnly": bool(correct_only), "Resolution": RESOLUTION_TEXT, "SkullStripped": True,
+           "Mask": templates.provenance(), "Model": model, "SoftwareVersion": __version__}
+    if stat == "t":
+        out["DegreesOfFreedom"] = n - 1
+    if n_volumes is not None:
+        out["NumberOfVolumes"] = {f"sub-{s}": int(v) for s, v in n_volumes.items()}
+    return out
+
+
+def _group_maps(folder, output_dir, task, model, map_records, templates, correct_only_means=None):
+    """Write mean (+ t) maps per state; returns the manifest entries."""
+    import nibabel as nib
+
+    entries = []
+    by_label = {}
+    for rec in map_records:
+        by_label.setdefault(rec.state, []).append(rec)
+    states = [s for s in model.get("States", []) if s in by_label] + sorted(set(by_label) - set(model.get("States", [])))
+    for state in states:
+        recs = sorted(by_label[state], key=lambda r: r.subject)
+        imgs, subjects, n_vols = [], [], {}
+        for rec in recs:
+            img = nib.load(rec.path)
+            if not is_on_reference_grid(img) or img.ndim != 3:
+                LOGGER.warning("%s: not a 3D map on the reference grid; left out of the group map", rec.path)
+                continue
+            imgs.append(img)
+            subjects.append(rec.subject)
+            n_vols[rec.subject] = rec.metadata.get("NumberOfVolumes", 0)
+        if not imgs:
+            continue
+        entries.append(_write_state_maps(folder, output_dir, task, state, imgs, subjects, model, templates, False,
+                                         n_vols, [str(r.path) for r in recs]))
+    for state, per in (correct_only_means or {}).items():
+        subjects = list(per)
+        arrays = [per[s][0] for s in subjects]
+        n_vols = {s: per[s][1] for s in subjects}
+        entries.append(_write_state_maps(folder, output_dir, task, state, arrays, subjects, model, templates, True,
+                                         n_vols, None))
+    return entries
+
+
+def _write_state_maps(folder, output_dir, task, state, images, subjects, model, templates, correct_only, n_vols,
+                      sources):
+    label = stats.state_label(state)
+    desc = "correct" if correct_only else None
+    mean, t = stats.one_sample_maps(images, templates.mask)
+    entry = {"state": state, "label": label, "correct_only": correct_only, "n_participants": len(subjects),
+             "participants": subjects}
+    path = folder / _name(task, "relevance", ".nii.gz", label=label, stat="mean", desc=desc, space=True)
+    side = _map_sidecar(task, state, "mean", subjects, model, templates, correct_only, n_vols)
+    if sources:
+        side["Sources"] = [f"bids::{_rel(s, output_dir)}" for s in sources]
+    _write_map(path, mean, side)
+    entry["mean"] = _rel(path, output_dir)
+    if t is not None:
+        path = folder / _name(task, "relevance", ".nii.gz", label=label, stat="t", desc=desc, space=True)
+        side = _map_sidecar(task, state, "t", subjects, model, templates, correct_only, n_vols)
+        if sources:
+            side["Sources"] = [f"bids::{_rel(s, output_dir)}" for s in sources]
+        _write_map(path, t, side)
+        entry["t"] = _rel(path, output_dir)
+    else:
+        entry["t"] = None
+        entry["note"] = "one participant: no t-map"
+    return entry
+
+
+def compute_group_outputs(config, inventory, templates):
+    """Write every group table and map; returns the manifest dict."""
+    out = Path(config.output_dir)
+    keys = sorted(inventory.models)
+    manifest = {"GeneratedBy": {"Name": "deeplight-bids", "Version": __version__},
+                "Created": time.strftime("%Y-%m-%dT%H:%M:%S"), "CorrectOnly": bool(config.correct_only),
+                "Templates": templates.provenance(), "ModelGroups": []}
+    for key in keys:
+        model = inventory.models[key]
+        folder = _model_folder(out, key, model, len(keys))
+        group = {"Key": key, "Model": model, "Folder": _rel(folder, out) if folder != out else ".", "Tasks": {}}
+        states = model.get("States", [])
+        for task in inventory.tasks_of(key):
+            runs = inventory.runs_of(key, task)
+            LOGGER.info("group: model %s, task %s: %d runs of %d participants", model.get("Name", key), task,
+                        len(runs), len({r.subject for r in runs}))
+            extra = {"Task": task, "Model": model, "SoftwareVersion": __version__}
+            entry = {"participants": sorted({r.subject for r in runs}), "runs": [r.label for r in runs]}
+            table = stats.accuracy_table(runs)
+            path = folder / _name(task, "summary", ".tsv", desc="accuracy")
+            _write_table(path, table, ACCURACY_COLUMNS,
+                         {"Description": f"decoding performance per run and per participant, task {task}", **extra})
+            entry["accuracy"] = _rel(path, out)
+            summary = stats.group_summary(table)
+            path = folder / _name(task, "summary", ".tsv", desc="accuracygroup")
+            _write_table(path, summary, GROUP_COLUMNS,
+                         {"Description": f"across-participant summary of the participant-level metrics, task {task}",
+                          **extra})
+            entry["accuracy_group"] = _rel(path, out)
+            counts, props = stats.confusion_tables(runs, states)
+            for kind, frame in (("counts", counts), ("proportions", props)):
+                path = folder / _name(task, kind, ".tsv", desc="confusion")
+                cols = {"true_state": {"Description": "true state (rows)"}}
+                cols.update({c: {"Description": (f"labelled volumes of all participants predicted as {c}" if kind ==
+                                                 "counts" else f"share of the row's volumes predicted as {c} "
+                                                 "(each row sums to 1)")} for c in frame.columns[1:]})
+                _write_table(path, frame, cols, {"Description": f"confusion matrix ({kind}), labelled volumes of all "
+                                                                f"participants pooled, task {task}", **extra})
+                entry[f"confusion_{kind}"] = _rel(path, out)
+            path = folder / _name(task, "accuracy", ".tsv", desc="blocktime")
+            _write_table(path, stats.block_time_table(runs), BLOCK_COLUMNS,
+                         {"Description": f"accuracy by volumes since block onset, task {task}", **extra})
+            entry["blocktime"] = _rel(path, out)
+
+            maps = [m for m in inventory.maps if m.key == key and m.task == task]
+            correct = None
+            if config.correct_only:
+                LOGGER.info("group: task %s: reading per-volume relevance maps for --correct-only", task)
+                correct = stats.correct_only_participant_means(runs, states)
+            entry["maps"] = _group_maps(folder, out, task, model, maps, templates, correct)
+            if not entry["maps"]:
+                entry["maps_note"] = "no relevance maps (participant level run with --no-lrp?)"
+            group["Tasks"][task] = entry
+        manifest["ModelGroups"].append(group)
+    write_json(out / GROUP_FOLDER / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(output_dir):
+    path = Path(output_dir) / GROUP_FOLDER / MANIFEST
+    if not path.is_file():
+        raise InputDataError(f"{output_dir}: no group outputs to report on ({_rel(path, output_dir)} missing); run "
+                             "the group level without --reports-only first.")
+    return json.loads(path.read_text())
+
+
+def run_group_level(config, log=LOGGER):
+    """Group level (or only its report with ``config.reports_only``); returns the exit code."""
+    from deeplight_bids.group.report import write_report
+    from deeplight_bids.group.templates import load_templates
+
+    out = Path(config.output_dir)
+    inventory = _filter(stats.collect_inventory(out, config.bids_dir), config)
+    log.info("group: %d finished runs of %d participants, %d model(s); %d problem(s) listed in the report",
+             len(inventory.runs), len(inventory.participants), len(inventory.models), len(inventory.problems))
+    for problem in inventory.problems:
+        log.warning("group: %s %s: %s", problem["participant"], problem["item"], problem["problem"])
+    manifest = read_manifest(out) if config.reports_only else None
+    templates = load_templates()
+    if manifest is None:
+        manifest = compute_group_outputs(config, inventory, templates)
+    path = write_report(out, manifest, inventory, templates, config)
+    log.info("group: report written to %s", path)
+    return EXIT_OK

@@ -1,0 +1,512 @@
+"""Group-level statistics from the participant-level outputs in OUTPUT_DIR.
+
+Inputs are found with pybids (``BIDSLayout(OUTPUT_DIR, validate=False,
+is_derivative=True)``), never by globbing names.  pybids' default ``bids`` +
+``derivatives`` configurations already parse every entity of our outputs (``desc``,
+``space``, ``res``, ``label``) and take the suffix (``timeseries``, ``bold``,
+``relevance``, ``summary``) from the name, so no custom configuration is needed; the
+folders that hold no participant outputs (``work``, ``logs``, ``group``, ``figures``,
+``models``) are excluded from the index.
+
+Units of analysis
+-----------------
+* A *run* is one ``*_desc-predictions_timeseries.tsv`` whose JSON sidecar exists (the
+  participant level writes the sidecar last; a TSV without it is an unfinished run and is
+  listed as partial, not used).
+* *Labelled* volumes are those with ``correct`` 1 or 0 (a state the model can output).
+* The participant is the unit of the across-participant statistics: its runs (and
+  sessions) of a task are pooled.
+* Runs are grouped by the model that processed them (``Model`` provenance: architecture
+  and weights SHA-256); different models are never mixed in one statistic or map.
+
+Metrics
+-------
+* accuracy = correct / labelled;
+* balanced accuracy = mean over the true states present of the per-state recall;
+* chance level = 1 / number of distinct true states among the labelled volumes (the
+  expected accuracy and balanced accuracy of guessing uniformly among those states);
+* across participants: mean, SD (ddof 1) and the t-based 95% interval
+  ``mean ± t(0.975, n-1) · SD / √n`` (n/a for fewer than 2 participants);
+* confusion matrices pool the labelled volumes of all participants (rows: true state,
+  columns: predicted state; row-normalised: each row divided by its sum);
+* time within a block: a *block* is a maximal stretch of consecutive volumes with the same
+  ``true_state`` (the labels already include the participant level's haemodynamic shift,
+  so "onset" is the first labelled volume of the block, not the event onset); volume k of
+  a block has ``volumes_since_onset = k`` (0-based).  Per participant the accuracy at
+  each k pools its blocks; the group row gives the pooled accuracy and the mean, SD and
+  95% interval of the participant accuracies.
+
+Relevance maps
+--------------
+Per model, task and state: the participant mean maps (``label-<state>_desc-mean``) are
+averaged (``stat-mean``) and tested voxel-wise against 0 with a one-sample t-test
+(``stat-t``, nilearn ``SecondLevelModel`` with an intercept-only design, i.e. the
+one-sample t statistic ``mean / (SD / √n)``, df = n - 1), inside the template brain mask
+(0 outside; voxels with zero variance get t = 0).  No t-map is made for a single
+participant.  ``--correct-only``: the same, from participant means over only the correctly
+decoded volumes of each state (read from the 4D per-volume maps, a few volumes at a time).
+"""
+
+import gzip
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from deeplight_bids.derivatives.naming import label_value
+from deeplight_bids.exceptions import InputDataError
+
+LOGGER = logging.getLogger("deeplight_bids")
+
+#: Folders of OUTPUT_DIR that hold no participant-level outputs.
+NON_PARTICIPANT_FOLDERS = ("work", "logs", "group", "figures", "models")
+RUN_ENTITIES = ("subject", "session", "task", "acquisition", "ceagent", "reconstruction", "direction", "run",
+                "echo")
+
+
+# --------------------------------------------------------------------------------------------
+# inventory of participant outputs
+# --------------------------------------------------------------------------------------------
+def model_key(model):
+    """Identity of a model: architecture + weights checksum (never mixed at the group level)."""
+    model = model or {}
+    return f"{model.get('Architecture', 'unknown')}:{model.get('WeightsSHA256', 'unknown')}"
+
+
+@dataclass
+class RunRecord:
+    """One finished participant-level run."""
+
+    entities: dict
+    predictions: Path
+    metadata: dict
+    relevance: Path | None = None
+
+    @property
+    def subject(self):
+        return self.entities["subject"]
+
+    @property
+    def task(self):
+        return self.entities["task"]
+
+    @property
+    def model(self):
+        return self.metadata.get("Model", {})
+
+    @property
+    def key(self):
+        return model_key(self.model)
+
+    @property
+    def label(self):
+        return "_".join(f"{short}-{self.entities[k]}" for k, short in
+                        (("subject", "sub"), ("session", "ses"), ("task", "task"), ("acquisition", "acq"),
+                         ("run", "run"), ("echo", "echo")) if self.entities.get(k) not in (None, ""))
+
+    def read(self):
+        return read_tsv(self.predictions)
+
+
+@dataclass
+class MapRecord:
+    """One participant mean relevance map (per task and explained state)."""
+
+    subject: str
+    task: str
+    label: str
+    path: Path
+    metadata: dict
+
+    @property
+    def key(self):
+        return model_key(self.metadata.get("Model"))
+
+    @property
+    def state(self):
+        return self.metadata.get("State", self.label)
+
+
+@dataclass
+class Inventory:
+    """What the participant level left in OUTPUT_DIR."""
+
+    output_dir: Path
+    runs: list = field(default_factory=list)
+    maps: list = field(default_factory=list)
+    problems: list = field(default_factory=list)  # dicts: participant, item, problem
+    expected: list = field(default_factory=list)  # participants of BIDS_DIR (labels)
+    models: dict = field(default_factory=dict)  # key -> Model provenance
+
+    @property
+    def participants(self):
+        return sorted({r.subject for r in self.runs})
+
+    def runs_of(self, key, task=None):
+        return [r for r in self.runs if r.key == key and (task is None or r.task == task)]
+
+    def tasks_of(self, key):
+        return sorted({r.task for r in self.runs if r.key == key})
+
+
+def read_tsv(path):
+    return pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
+
+
+def _layout(output_dir):
+    from bids.layout import BIDSLayout, BIDSLayoutIndexer
+
+    # pybids matches these against paths relative to OUTPUT_DIR, with a leading "/"
+    names = "|".join(NON_PARTICIPANT_FOLDERS + ("code", "sourcedata", "stimuli"))
+    ignore = [re.compile(rf"^/({names})(/|$)"), re.compile(r"/\.")]
+    indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, index_metadata=True)
+    return BIDSLayout(output_dir, validate=False, is_derivative=True, indexer=indexer)
+
+
+def _no_outputs_error(output_dir, detail):
+    return InputDataError(
+        f"{output_dir}: no participant-level outputs found ({detail}); run 'deeplight-bids BIDS_DIR {output_dir} "
+        "participant' first, and give the group level the same OUTPUT_DIR.")
+
+
+def _run_key(entities):
+    return tuple(str(entities.get(k)) if entities.get(k) is not None else "" for k in RUN_ENTITIES)
+
+
+def expected_participants(bids_dir):
+    """Participant labels of BIDS_DIR (participants.tsv, else the sub-* folders); [] if unknown."""
+    if bids_dir is None or not Path(bids_dir).is_dir():
+        return []
+    labels = set()
+    table = Path(bids_dir) / "participants.tsv"
+    if table.is_file():
+        try:
+            labels |= {str(p).removeprefix("sub-") for p in read_tsv(table)["participant_id"]}
+        except (KeyError, ValueError, OSError):
+            pass
+    labels |= {p.name.removeprefix("sub-") for p in Path(bids_dir).iterdir() if p.is_dir() and p.name.startswith("sub-")}
+    return sorted(labels)
+
+
+def collect_inventory(output_dir, bids_dir=None):
+    """Index OUTPUT_DIR with pybids; raises InputDataError when there is nothing to combine."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise _no_outputs_error(output_dir, "the folder does not exist")
+    if not (output_dir / "dataset_description.json").is_file():
+        raise _no_outputs_error(output_dir, "no dataset_description.json")
+    try:
+        layout = _layout(output_dir)
+    except Exception as err:  # pybids raises ValueError/BIDSValidationError on a broken description
+        raise _no_outputs_error(output_dir, f"pybids cannot index it: {err}") from err
+
+    inv = Inventory(output_dir, expected=expected_participants(bids_dir))
+    relevance = {_run_key(f.get_entities()): Path(f.path)
+                 for f in layout.get(desc="relevance", suffix="bold", extension=".nii.gz")}
+    for f in layout.get(desc="predictions", suffix="timeseries", extension=".tsv"):
+        ents = f.get_entities()
+        meta = f.get_metadata()
+        rec = RunRecord(ents, Path(f.path), meta, relevance.get(_run_key(ents)))
+        if "Model" not in meta:
+            inv.problems.append({"participant": ents["subject"], "item": Path(f.path).name,
+                                 "problem": "unfinished run (no JSON sidecar): not used; re-run the participant level"})
+            continue
+        try:
+            frame = rec.read()
+            missing = {"true_state", "predicted_state", "correct"} - set(frame.columns)
+            if missing:
+                raise ValueError(f"missing columns {sorted(missing)}")
+        except (ValueError, OSError, pd.errors.ParserError) as err:
+            inv.problems.append({"participant": ents["subject"], "item": Path(f.path).name,
+                                 "problem": f"unreadable predictions table ({err}): not used"})
+            continue
+        if rec.relevance is None and "lrp_target" in frame.columns:
+            inv.problems.append({"participant": ents["subject"], "item": Path(f.path).name,
+                                 "problem": "4D relevance map missing (run left out of --correct-only maps)"})
+        inv.runs.append(rec)
+        inv.models.setdefault(rec.key, rec.model)
+
+    for f in layout.get(desc="mean", suffix="relevance", extension=".nii.gz"):
+        ents = f.get_entities()
+        meta = f.get_metadata()
+        if "Model" not in meta or "task" not in ents or "label" not in ents:
+            inv.problems.append({"participant": ents.get("subject", "?"), "item": Path(f.path).name,
+                                 "problem": "mean relevance map without complete sidecar: not used"})
+            continue
+        inv.maps.append(MapRecord(ents["subject"], ents["task"], ents["label"], Path(f.path), meta))
+
+    if not inv.runs:
+        raise _no_outputs_error(output_dir, "no finished *_desc-predictions_timeseries.tsv with its JSON sidecar")
+
+    done = set(inv.participants)
+    for label in inv.expected:
+        if label not in done:
+            inv.problems.append({"participant": label, "item": f"sub-{label}",
+                                 "problem": "no participant-level outputs (not processed, or failed)"})
+    for rec in inv.runs:
+        has_lrp = rec.relevance is not None
+        if has_lrp and not any(m.subject == rec.subject and m.task == rec.task for m in inv.maps):
+            inv.problems.append({"participant": rec.subject, "item": f"sub-{rec.subject} task-{rec.task}",
+                                 "problem": "participant mean relevance maps missing (participant level unfinished?)"})
+    # one entry per (participant, item, problem)
+    seen, unique = set(), []
+    for p in inv.problems:
+        k = (p["participant"], p["item"], p["problem"])
+        if k not in seen:
+            seen.add(k)
+            unique.append(p)
+    inv.problems = sorted(unique, key=lambda p: (p["participant"], p["item"]))
+    return inv
+
+
+# --------------------------------------------------------------------------------------------
+# decoding performance
+# --------------------------------------------------------------------------------------------
+def labelled_frame(frame):
+    """Rows with a state the model can output (``correct`` 1 or 0)."""
+    return frame[frame["correct"].notna()]
+
+
+def decoding_metrics(true, pred):
+    """dict(n_labelled, n_correct, accuracy, balanced_accuracy, chance_level, n_states)."""
+    true = np.asarray(true, dtype=object)
+    pred = np.asarray(pred, dtype=object)
+    n = len(true)
+    if n == 0:
+        return {"n_labelled": 0, "n_correct": 0, "accuracy": np.nan, "balanced_accuracy": np.nan,
+                "chance_level": np.nan, "n_states": 0}
+    hit = true == pred
+    states = sorted(set(true))
+    recalls = [hit[true == s].mean() for s in states]
+    return {"n_labelled": n, "n_correct": int(hit.sum()), "accuracy": float(hit.mean()),
+            "balanced_accuracy": float(np.mean(recalls)), "chance_level": 1.0 / len(states),
+            "n_states": len(states)}
+
+
+def t_interval(values, level=0.95):
+    """(n, mean, sd, low, high) of ``values`` (NaNs dropped); SD/interval NaN for n < 2."""
+    from scipy import stats
+
+    values = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    n = len(values)
+    if n == 0:
+        return 0, np.nan, np.nan, np.nan, np.nan
+    mean = float(values.mean())
+    if n < 2:
+        return n, mean, np.nan, np.nan, np.nan
+    sd = float(values.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n))
+    return n, mean, sd, mean - half, mean + half
+
+
+def accuracy_table(runs):
+    """Per run and per participant (runs pooled) rows for the runs of one model and task."""
+    rows = []
+    pooled = {}
+    for rec in sorted(runs, key=lambda r: r.label):
+        full = rec.read()
+        frame = labelled_frame(full)
+        m = decoding_metrics(frame["true_state"], frame["predicted_state"])
+        rows.append({"participant_id": f"sub-{rec.subject}", "session": rec.entities.get("session"),
+                     "run": rec.label, "level": "run", "n_volumes": len(full), **m})
+        acc = pooled.setdefault(rec.subject, {"true": [], "pred": [], "n_volumes": 0, "n_runs": 0})
+        acc["true"].extend(frame["true_state"])
+        acc["pred"].extend(frame["predicted_state"])
+        acc["n_volumes"] += len(full)
+        acc["n_runs"] += 1
+    for subject, acc in sorted(pooled.items()):
+        m = decoding_metrics(acc["true"], acc["pred"])
+        rows.append({"participant_id": f"sub-{subject}", "session": None, "run": "all", "level": "participant",
+                     "n_volumes": acc["n_volumes"], **m})
+    columns = ["participant_id", "session", "run", "level", "n_volumes", "n_labelled", "n_correct", "accuracy",
+               "balanced_accuracy", "chance_level", "n_states"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def group_summary(table):
+    """mean, SD, 95% interval across participants of the participant-level metrics."""
+    part = table[table["level"] == "participant"]
+    rows = []
+    for metric in ("accuracy", "balanced_accuracy", "chance_level"):
+        n, mean, sd, low, high = t_interval(part[metric])
+        vals = part[metric].dropna()
+        rows.append({"metric": metric, "n_participants": n, "mean": mean, "sd": sd, "ci95_low": low,
+                     "ci95_high": high, "min": vals.min() if len(vals) else np.nan,
+                     "max": vals.max() if len(vals) else np.nan})
+    return pd.DataFrame(rows)
+
+
+def confusion_tables(runs, states):
+    """(counts, row-normalised) DataFrames; index = true states present, columns = model states."""
+    true, pred = [], []
+    for rec in runs:
+        frame = labelled_frame(rec.read())
+        true.extend(frame["true_state"])
+        pred.extend(frame["predicted_state"])
+    columns = list(states) + sorted(set(pred) - set(states))
+    rows = [s for s in columns if s in set(true)] + sorted(set(true) - set(columns))
+    counts = pd.DataFrame(0, index=rows, columns=columns, dtype=int)
+    for t, p in zip(true, pred):
+        counts.loc[t, p] += 1
+    sums = counts.sum(axis=1).replace(0, np.nan)
+    norm = counts.div(sums, axis=0)
+    counts.index.name = norm.index.name = "true_state"
+    return counts.reset_index(), norm.reset_index()
+
+
+def block_positions(true_state):
+    """0-based position of each volume in its block (runs of identical, non-missing true_state); NaN if unlabelled."""
+    pos = np.full(len(true_state), np.nan)
+    prev, k = None, 0
+    for i, s in enumerate(true_state):
+        if s is None or (isinstance(s, float) and np.isnan(s)):
+            prev = None
+            continue
+        k = k + 1 if s == prev else 0
+        pos[i] = k
+        prev = s
+    return pos
+
+
+def block_time_table(runs):
+    """Accuracy by volumes since block onset: pooled, and mean/SD/95% interval over participants."""
+    per = {}  # subject -> DataFrame(position, correct)
+    for rec in runs:
+        frame = rec.read()
+        frame = frame.assign(position=block_positions(list(frame["true_state"].astype(object).where(
+            frame["true_state"].notna(), None))))
+        frame = frame[frame["correct"].notna() & frame["position"].notna()]
+        per.setdefault(rec.subject, []).append(frame[["position", "correct"]])
+    if not per:
+        return pd.DataFrame(columns=["volumes_since_onset"])
+    per = {s: pd.concat(f) for s, f in per.items()}
+    positions = sorted({int(p) for f in per.values() for p in f["position"]})
+    rows = []
+    for k in positions:
+        accs, n_vol, n_cor = [], 0, 0
+        for frame in per.values():
+            sel = frame.loc[frame["position"] == k, "correct"].astype(float)
+            if len(sel):
+                accs.append(sel.mean())
+                n_vol += len(sel)
+                n_cor += int(sel.sum())
+        n, mean, sd, low, high = t_interval(accs)
+        rows.append({"volumes_since_onset": k, "n_volumes": n_vol, "n_correct": n_cor,
+                     "accuracy_pooled": n_cor / n_vol if n_vol else np.nan, "n_participants": n,
+                     "accuracy_mean": mean, "accuracy_sd": sd, "ci95_low": low, "ci95_high": high})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# relevance maps
+# --------------------------------------------------------------------------------------------
+def one_sample_maps(images, mask):
+    """Voxel-wise mean and one-sample t of 3D maps inside ``mask``; t is None for fewer than 2 maps.
+
+    Parameters
+    ----------
+    images : list of nibabel.Nifti1Image or ndarray (x, y, z)
+    mask : nibabel.Nifti1Image
+        Brain mask on the same grid.
+
+    Returns
+    -------
+    (mean ndarray, t ndarray or None) float32, 0 outside the mask.
+    """
+    import nibabel as nib
+
+    inside = np.asarray(mask.dataobj) > 0
+    arrays = [np.asarray(img.dataobj if hasattr(img, "dataobj") else img, dtype=np.float64) for img in images]
+    stack = np.stack(arrays)
+    mean = np.where(inside, stack.mean(axis=0), 0.0).astype(np.float32)
+    if len(arrays) < 2:
+        return mean, None
+    from nilearn.glm.second_level import SecondLevelModel
+
+    imgs = [nib.Nifti1Image(a.astype(np.float32), mask.affine) for a in arrays]
+    design = pd.DataFrame({"intercept": np.ones(len(imgs))})
+    model = SecondLevelModel(mask_img=mask, smoothing_fwhm=None, minimize_memory=True)
+    with np.errstate(divide="ignore", invalid="ignore"):  # zero-variance voxels: handled below
+        model.fit(imgs, design_matrix=design)
+        t_img = model.compute_contrast("intercept", output_type="stat")
+    t = np.asarray(t_img.dataobj, dtype=np.float64)
+    zero_var = stack.std(axis=0) == 0
+    t[~np.isfinite(t) | zero_var | ~inside] = 0.0
+    return mean, t.astype(np.float32)
+
+
+def iter_volumes(path, wanted, chunk=16):
+    """Yield ``(index, volume)`` for the wanted volume indices of a 4D NIfTI, in order.
+
+    Reads the (gzipped) file once, front to back, ``chunk`` volumes at a time, so memory
+    stays at ``chunk`` volumes whatever the run length (random access into a gzip stream
+    would decompress from the start for every volume).
+    """
+    import nibabel as nib
+
+    img = nib.load(path)
+    header = img.header
+    shape = img.shape
+    if len(shape) != 4:
+        raise InputDataError(f"{path}: expected a 4D relevance image, got shape {shape}; re-run the participant level.")
+    n_vox = int(np.prod(shape[:3]))
+    dtype = header.get_data_dtype()
+    vol_bytes = n_vox * dtype.itemsize
+    slope, inter = header.get_slope_inter()
+    # nibabel's own data offset (the header's vox_offset may be 0 in a single-file .nii, meaning 352)
+    offset = int(getattr(img.dataobj, "offset", 0) or header.get_data_offset() or 352)
+    wanted = sorted({int(w) for w in wanted if 0 <= int(w) < shape[3]})
+    if not wanted:
+        return
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as fobj:
+        fobj.seek(offset)
+        for start in range(0, wanted[-1] + 1, chunk):
+            stop = min(start + chunk, shape[3])
+            need = [w for w in wanted if start <= w < stop]
+            if not need:
+                continue
+            fobj.seek(offset + start * vol_bytes)  # forward seek: decompress and discard
+            buf = fobj.read((stop - start) * vol_bytes)
+            arr = np.frombuffer(buf, dtype=dtype).reshape(stop - start, n_vox)
+            for w in need:
+                vol = arr[w - start].reshape(shape[:3], order="F").astype(np.float64)
+                if slope is not None and np.isfinite(slope) and slope not in (0, 1):
+                    vol = vol * slope
+                if inter is not None and np.isfinite(inter) and inter != 0:
+                    vol = vol + inter
+                yield w, vol
+
+
+def correct_only_participant_means(runs, states, chunk=16):
+    """``{state: {subject: (mean map, n volumes)}}`` over correctly decoded volumes of each state.
+
+    A volume counts for state s when ``correct == 1``, ``true_state == s`` and its map
+    explains s (``lrp_target == s``, true for every correct volume under both LRP targets).
+    """
+    sums = {}
+    for rec in runs:
+        if rec.relevance is None:
+            continue
+        frame = rec.read()
+        if "lrp_target" not in frame.columns:
+            continue
+        ok = (frame["correct"] == 1) & (frame["lrp_target"] == frame["true_state"])
+        sel = frame.loc[ok.fillna(False).astype(bool)]
+        if sel.empty:
+            continue
+        state_of = dict(zip(sel["volume"].astype(int), sel["true_state"]))
+        for idx, vol in iter_volumes(rec.relevance, state_of, chunk=chunk):
+            state = state_of[idx]
+            per = sums.setdefault(state, {})
+            total, n = per.get(rec.subject, (0.0, 0))
+            per[rec.subject] = (total + vol, n + 1)
+    ordered = [s for s in states if s in sums] + sorted(set(sums) - set(states))
+    return {s: {sub: (total / n, n) for sub, (total, n) in sorted(sums[s].items())} for s in ordered}
+
+
+def state_label(state):
+    return label_value(state)

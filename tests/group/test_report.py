@@ -1,0 +1,201 @@
+"""The HTML report: self-contained, renders in headless Chromium, handles 1 participant
+and several models."""
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deeplight_bids.cli.run import run as cli
+
+from .conftest import link_copy
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+SPACE = "space-MNI152NLin6Asym_res-2"
+
+
+class _Refs(HTMLParser):
+    """Collect every reference an HTML page would load."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.loads, self.links = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        if tag in ("script", "iframe", "embed", "source", "video", "audio") and attrs.get("src"):
+            self.loads.append(attrs["src"])
+        if tag == "link" and attrs.get("href"):
+            self.loads.append(attrs["href"])
+        if tag == "a" and attrs.get("href"):
+            self.links.append(attrs["href"])
+
+
+def _refs(report):
+    parser = _Refs()
+    parser.feed(report.read_text())
+    return parser
+
+
+def check_images_not_broken(report):
+    """Every <img> is an embedded PNG (decodable) or an existing file; nothing else is loaded."""
+    refs = _refs(report)
+    assert refs.images, "the report has no images"
+    for src in refs.images:
+        if src.startswith("data:"):
+            assert src.startswith("data:image/png;base64,"), src[:40]
+            raw = base64.b64decode(src.split(",", 1)[1], validate=True)
+            assert raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) > 1000
+        else:
+            assert (report.parent / src).is_file(), f"broken image link: {src}"
+    assert refs.loads == [], f"the report loads external resources: {refs.loads}"
+    assert not re.search(r"url\((?!['\"]?data:)", report.read_text()), "CSS url() to an external resource"
+    return refs
+
+
+def find_chromium():
+    for name in CHROMIUM_NAMES:
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail("headless Chromium is required for the report screenshot test: install the Debian package "
+                "'chromium' (apt-get install -y chromium)")
+
+
+def screenshot(report, png, height=4000):
+    exe = find_chromium()
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.run(
+            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+             f"--screenshot={png}", f"--window-size=1280,{height}", report.resolve().as_uri()],
+            capture_output=True, text=True, timeout=120)
+    assert png.is_file() and png.stat().st_size > 0, proc.stderr[-2000:]
+    return png
+
+
+def test_report_is_self_contained(varied_out):
+    out, _ = varied_out
+    report = out / "deeplight_report.html"
+    refs = check_images_not_broken(report)
+    # confusion + block time, and a glass brain + slices per group map that is not all zero (the random
+    # model gives no relevance for some targets; the report says so instead of showing an empty plot)
+    import nibabel as nib
+
+    manifest = json.loads((out / "group" / "group_manifest.json").read_text())
+    entries = manifest["ModelGroups"][0]["Tasks"]["motor"]["maps"]
+    assert len(entries) >= 4  # 3 states (all volumes) + correct only where some volume was right
+    shown = sum(bool(np.any(np.asarray(nib.load(out / (e["t"] or e["mean"])).dataobj))) for e in entries)
+    assert shown >= 2
+    assert len(refs.images) == 2 + 2 * shown
+    for href in refs.links:  # participant links are relative and exist
+        if not href.startswith("#"):
+            assert not href.startswith(("http:", "https:", "/")) and (out / href).is_file(), href
+    text = report.read_text()
+    for needle in ("Summary", "Processed and skipped", "Model card", "Confusion matrix", "Group relevance maps",
+                   "Participants", "Software versions", "Methods", "DeepLight", "layer-wise relevance propagation",
+                   "sub-01", "sub-03", "tensorflow", "WeightsSHA256", "arXiv:2111.01562"):
+        assert needle in text, needle
+
+
+def test_report_renders_in_headless_chromium(varied_out, tmp_path):
+    import matplotlib.image as mpimg
+
+    out, _ = varied_out
+    png = screenshot(out / "deeplight_report.html", tmp_path / "report.png")
+    img = mpimg.imread(png)
+    assert img.shape[0] == 4000 and img.shape[1] == 1280
+    rgb = (img[..., :3] * 255).astype(np.uint8).reshape(-1, 3)
+    colours = np.unique(rgb[::7], axis=0)
+    assert rgb.std() > 20, "the screenshot is (nearly) blank"
+    assert len(colours) > 500, f"only {len(colours)} colours: the figures did not render"
+    # the figures region (below the tables) is not white: take the middle third of the page
+    middle = (img[1300:2700, :, :3] * 255).astype(np.uint8)
+    assert (middle.reshape(-1, 3).std(axis=0) > 20).all()
+
+
+@pytest.fixture(scope="module")
+def one_participant_out(participant_out, group_bids, staged_templateflow, tmp_path_factory):
+    """sub-01 complete; sub-02 only an unfinished run (predictions TSV without sidecar); sub-03 nothing."""
+    root = tmp_path_factory.mktemp("group_one") / "deeplight"
+
+    def ignore(folder, names):
+        if Path(folder).name == "func" and Path(folder).parent.name == "sub-02":
+            return [n for n in names if not n.endswith("_desc-predictions_timeseries.tsv")]
+        return [n for n in names if n == "sub-03"]
+
+    link_copy(participant_out, root, ignore=ignore)
+    code = cli([str(group_bids.bids_dir), str(root), "group"])
+    return root, code
+
+
+def test_one_participant(one_participant_out):
+    out, code = one_participant_out
+    assert code == 0
+    group = out / "group"
+    assert not list(group.glob("*_stat-t_*"))
+    means = sorted(group.glob(f"task-motor_{SPACE}_label-*_stat-mean_relevance.nii.gz"))
+    assert len(means) == 3
+    sidecar = json.loads(means[0].with_name(means[0].name.replace(".nii.gz", ".json")).read_text())
+    assert sidecar["NumberOfParticipants"] == 1
+    text = (out / "deeplight_report.html").read_text()
+    assert "no t-map" in text
+    # missing (sub-03) and partial (sub-02) participant outputs are listed, not fatal
+    assert "sub-03" in text and "no participant-level outputs" in text
+    assert "sub-02_task-motor_desc-predictions_timeseries.tsv" in text and "unfinished run" in text
+    table = pd.read_csv(out / "group" / "task-motor_desc-accuracy_summary.tsv", sep="\t")
+    assert set(table["participant_id"]) == {"sub-01"}
+    summary = pd.read_csv(out / "group" / "task-motor_desc-accuracygroup_summary.tsv", sep="\t",
+                          na_values="n/a", keep_default_na=False)
+    assert summary["sd"].isna().all() and (summary["n_participants"] == 1).all()
+    check_images_not_broken(out / "deeplight_report.html")
+
+
+def test_reports_only_rebuilds_the_report(one_participant_out, group_bids):
+    out, _ = one_participant_out
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "group").iterdir()}
+    (out / "deeplight_report.html").unlink()
+    assert cli([str(group_bids.bids_dir), str(out), "group", "--reports-only"]) == 0
+    assert (out / "deeplight_report.html").is_file()
+    assert {p: p.stat().st_mtime_ns for p in (out / "group").iterdir()} == stamps
+
+
+def test_models_are_never_mixed(varied_out, group_bids, tmp_path):
+    """sub-03 'processed by another model' (its sidecars say so): reported separately."""
+    from deeplight_bids.derivatives.writers import write_json
+
+    src, _ = varied_out
+    out = link_copy(src, tmp_path / "deeplight",
+                    ignore=shutil.ignore_patterns("group", "deeplight_report.html", "*_desc-relevance_bold.nii.gz"))
+    other = "f" * 64
+    for path in (out / "sub-03" / "func").glob("*.json"):
+        meta = json.loads(path.read_text())
+        if "Model" in meta:
+            meta["Model"] = {**meta["Model"], "WeightsSHA256": other, "Name": "other"}
+            write_json(path, meta)
+    assert cli([str(group_bids.bids_dir), str(out), "group"]) == 0
+    folders = sorted(p.name for p in (out / "group").iterdir() if p.is_dir())
+    assert len(folders) == 2 and "model-ffffffffffff" in folders
+    from .conftest import read_tsv
+
+    for folder in folders:
+        table = read_tsv(out / "group" / folder / "task-motor_desc-accuracy_summary.tsv")
+        subs = set(table["participant_id"])
+        assert subs == ({"sub-03"} if folder == "model-ffffffffffff" else {"sub-01", "sub-02"})
+        side = json.loads((out / "group" / folder / f"task-motor_{SPACE}_label-MOTORlh_stat-mean_relevance.json")
+                          .read_text())
+        assert side["NumberOfParticipants"] == len(subs)
+        assert (side["Model"]["WeightsSHA256"] == other) == (folder == "model-ffffffffffff")
+    assert not list((out / "group" / "model-ffffffffffff").glob("*_stat-t_*"))
+    text = (out / "deeplight_report.html").read_text()
+    assert "several different models" in text and "Model 2" in text
