@@ -100,6 +100,7 @@ class RunProcessor:
         if not cfg.overwrite and self.is_complete(outputs):
             return RunResult(run.label, "skipped", "outputs exist (same settings); use --overwrite to recompute")
         t0 = time.monotonic()
+        _check_headers(run)
         LOGGER.info("%s: preparing (mask, smooth %.3g mm, detrend, high-pass, z-score)", run.label, cfg.smoothing_fwhm)
         prepared = prepare_run(run.bold, run.mask, run.t_r, smoothing_fwhm=cfg.smoothing_fwhm,
                                high_pass=cfg.high_pass)
@@ -112,6 +113,12 @@ class RunProcessor:
                            run.label, ", ".join(unmapped))
         labels = volume_labels(events, prepared.n_volumes, run.t_r, state_map)
         n_vol = prepared.n_volumes
+        late = events["onset"].to_numpy(dtype=float) >= n_vol * run.t_r
+        if late.any():
+            LOGGER.warning("%s: %s: %d of %d event(s) start at or after the end of the run (%d volumes x TR %g s = "
+                           "%g s) and label nothing; check that the events file, RepetitionTime and onsets (in "
+                           "seconds) belong to this run.", run.label, run.events, int(late.sum()), len(events),
+                           n_vol, run.t_r, n_vol * run.t_r)
         true_idx = np.array([self.state_index.get(s, -1) if s is not None else -1 for s in labels])
         not_decodable = sorted({s for s in labels if s is not None and s not in self.state_index})
         if not_decodable:
@@ -121,7 +128,8 @@ class RunProcessor:
         stream = None
         if self.analyzer is not None:
             stream = StreamingNifti4D(outputs["relevance"], (*REFERENCE_SHAPE, n_vol), REFERENCE_AFFINE, run.t_r,
-                                      scratch_dir=cfg.work_dir, description="deeplight-bids LRP relevance")
+                                      scratch_dir=cfg.work_dir, description="deeplight-bids LRP relevance",
+                                      root=cfg.output_dir)
         logits = np.zeros((n_vol, len(self.states)), dtype=np.float32)
         targets = np.full(n_vol, -1, dtype=int)
         sums, counts = {}, {}
@@ -165,11 +173,11 @@ class RunProcessor:
         accuracy = float((pred_idx[decodable] == true_idx[decodable]).mean()) if decodable.any() else None
         provenance = self._provenance(run, unmapped, not_decodable, state_map)
         if self.analyzer is not None:
-            write_json(outputs["relevance_json"], self._relevance_sidecar(run, provenance))
+            write_json(outputs["relevance_json"], self._relevance_sidecar(run, provenance), root=cfg.output_dir)
             self._save_state_sums(run, sums, counts)
-        write_tsv(outputs["predictions"], frame)
+        write_tsv(outputs["predictions"], frame, root=cfg.output_dir)
         sidecar = self._predictions_sidecar(provenance, accuracy, int(decodable.sum()))
-        write_json(outputs["predictions_json"], sidecar)  # last: marks the run complete
+        write_json(outputs["predictions_json"], sidecar, root=cfg.output_dir)  # last: marks the run complete
         detail = f"{n_vol} volumes, accuracy {accuracy:.3f}" if accuracy is not None else f"{n_vol} volumes"
         detail += f", {time.monotonic() - t0:.1f} s"
         return RunResult(run.label, "done", detail, n_vol, accuracy)
@@ -252,10 +260,9 @@ class RunProcessor:
             arrays[f"sum_{idx}"] = total.astype(np.float32)
             arrays[f"count_{idx}"] = np.array(counts[idx])
         path = self._sums_path(run.label)
-        path.parent.mkdir(parents=True, exist_ok=True)
         from deeplight_bids.derivatives.writers import atomic_path
 
-        with atomic_path(path) as tmp:
+        with atomic_path(path, root=self.config.output_dir) as tmp:
             with open(tmp, "wb") as fobj:
                 np.savez_compressed(fobj, settings=np.array(self.settings_hash), **arrays)
 
@@ -297,8 +304,8 @@ class RunProcessor:
                                          "n_labelled": n_lab, "n_correct": n_cor,
                                          "accuracy": n_cor / n_lab if n_lab else np.nan}
         out = naming.summary_output(cfg.output_dir, subject)
-        write_tsv(out, summary)
-        write_json(out.with_suffix(".json"), {
+        write_tsv(out, summary, root=cfg.output_dir)
+        write_json(out.with_suffix(".json"), root=cfg.output_dir, obj={
             "run": {"Description": "run label, or 'all' for all runs of the task"},
             "task": {"Description": "BIDS task label"},
             "n_volumes": {"Description": "number of decoded volumes"},
@@ -322,8 +329,8 @@ class RunProcessor:
                 path = naming.state_map_output(cfg.output_dir, subject, task, state)
                 img = nib.Nifti1Image((total / count).astype(np.float32), REFERENCE_AFFINE)
                 img.header.set_xyzt_units("mm")
-                write_nifti(path, img)
-                write_json(path.with_name(path.name.replace(".nii.gz", ".json")), {
+                write_nifti(path, img, root=cfg.output_dir)
+                write_json(path.with_name(path.name.replace(".nii.gz", ".json")), root=cfg.output_dir, obj={
                     "Description": f"mean LRP relevance of the volumes of task {task} whose decision for state "
                                    f"{state} was explained (lrp_target == {state})",
                     "State": state, "NumberOfVolumes": int(count), "LRPTarget": cfg.lrp_target,
@@ -346,6 +353,9 @@ def run_participant_level(config, log=LOGGER):
     from deeplight_bids.exceptions import EXIT_OK, EXIT_PARTIAL
     from deeplight_bids.models.weights import load_deeplight
 
+    from deeplight_bids.derivatives.writers import ensure_writable
+
+    ensure_writable(config.output_dir)  # fail fast, before discovery and the model
     derivatives = find_derivatives(config.bids_dir, config.derivatives)
     if not config.skip_bids_validation:
         validate_bids(config.bids_dir, log)
@@ -390,7 +400,47 @@ def run_participant_level(config, log=LOGGER):
 
     log.info("summary:\n%s", format_results(results))
     bad = [r for r in results if r.status == "failed" or (r.status == "skipped" and not r.detail.startswith("outputs exist"))]
+    if bad and len(bad) == len(results):
+        from deeplight_bids.exceptions import InputDataError
+
+        # nothing usable at all: an input error (exit 3) with the first reason, not a "partial" success
+        first = next((r for r in bad if r.status == "failed"), bad[0])
+        more = f" (and {len(bad) - 1} more run(s) failed or skipped; see the run table)" if len(bad) > 1 else ""
+        raise InputDataError(f"{first.label}: {first.detail}{more}")
+    if bad:
+        log.warning("%d of %d run(s) skipped or failed for bad input (exit code %d; reasons in the table above); "
+                    "fix them and re-run: finished runs are kept.", len(bad), len(results), EXIT_PARTIAL)
     return results, (EXIT_PARTIAL if bad else EXIT_OK)
+
+
+def _check_headers(run):
+    """Warn about header inconsistencies that do not stop a run (header reads only; cheap).
+
+    * ``RepetitionTime`` (sidecar) vs the NIfTI ``pixdim[4]``: BIDS makes the sidecar
+      authoritative, so it is used; a header value that is set (> 0) and differs by more
+      than 1% is reported, as labels depend on the TR.
+    * A mask on another grid than the BOLD: both are resampled onto the reference grid
+      in world coordinates, which is correct when both headers are; a mask from another
+      space is caught later (BOLD 0 in most of the mask).
+    """
+    import nibabel as nib
+
+    try:
+        bold = nib.load(run.bold)
+        mask = nib.load(run.mask)
+    except Exception:  # unreadable files get their one-line error from prepare_run
+        return
+    if len(bold.shape) == 4:
+        zoom = float(bold.header.get_zooms()[3])
+        unit = bold.header.get_xyzt_units()[1]
+        header_tr = zoom / 1000.0 if unit == "msec" else zoom / 1e6 if unit == "usec" else zoom
+        if header_tr > 0 and abs(header_tr - run.t_r) > 0.01 * run.t_r:
+            LOGGER.warning("%s: RepetitionTime %g s in the sidecar JSON differs from the NIfTI header (pixdim[4] = %g "
+                           "s); the sidecar is used (BIDS) - fix whichever is wrong.", run.bold, run.t_r, header_tr)
+    if tuple(mask.shape[:3]) != tuple(bold.shape[:3]) or not np.allclose(mask.affine, bold.affine, atol=1e-3):
+        LOGGER.warning("%s: brain mask grid %s differs from the BOLD grid %s (%s); both are resampled onto the "
+                       "reference grid - check that the mask belongs to this run.", run.mask, tuple(mask.shape[:3]),
+                       tuple(bold.shape[:3]), run.bold)
 
 
 def format_results(results):
@@ -451,4 +501,4 @@ def _write_config(config):
     stamp = time.strftime("%Y%m%d-%H%M%S")
     labels = "-".join(config.participant_label or ("all",))[:40]
     path = Path(config.output_dir) / "logs" / f"config-{stamp}-{labels}.toml"
-    write_text(path, tomli_w.dumps(config.to_dict()))
+    write_text(path, tomli_w.dumps(config.to_dict()), root=config.output_dir)

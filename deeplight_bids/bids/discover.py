@@ -176,22 +176,39 @@ def discover_runs(layout, space="MNI152NLin6Asym", participant_label=None, sessi
         in_space = [b for b in candidates if b.entities.get("space") == space]
         if not in_space:
             spaces = sorted({str(b.entities.get("space", "native")) for b in candidates})
-            runs.append(Run(entities=entities, skip_reason=f"no BOLD in space {space} (found: {', '.join(spaces)})"))
+            runs.append(Run(entities=entities, skip_reason=(
+                f"no BOLD in space {space} (found: {', '.join(spaces)}: {Path(candidates[0].path).name}); run "
+                f"fMRIPrep with --output-spaces {space}:res-2, or pass --space")))
             continue
         # Prefer 2 mm (the reference grid): no resampling needed.
         in_space.sort(key=lambda b: (str(b.entities.get("res")) != "2", str(b.entities.get("res")), b.path))
         bold = in_space[0]
+        twins = [b for b in in_space[1:] if str(b.entities.get("res")) == str(bold.entities.get("res"))]
+        if twins:
+            # e.g. two fMRIPrep folders, or .nii and .nii.gz: which one is meant is not ours to guess
+            paths = ", ".join(str(Path(b.path)) for b in [bold, *twins])
+            runs.append(Run(entities=entities, bold=Path(bold.path), skip_reason=(
+                f"duplicate run: {len(twins) + 1} preprocessed BOLD files ({paths}); keep one, or select one "
+                "with --derivatives or --bids-filter-file")))
+            continue
         run = Run(entities=entities, bold=Path(bold.path), space=space, res=bold.entities.get("res"))
         run.metadata = _metadata(layout, bold.path)
         run.mask = _find_mask(layout, bold)
         run.events = _find_events(layout, entities)
         run.t_r = _repetition_time(run.metadata)
+        stem = run.bold.name.split("_desc-")[0]
         if run.mask is None:
-            run.skip_reason = "no brain mask (*_desc-brain_mask) next to the BOLD"
+            run.skip_reason = (f"no brain mask next to {run.bold}; add {stem}_desc-brain_mask.nii.gz "
+                               "(fMRIPrep writes it)")
         elif run.events is None:
-            run.skip_reason = "no events.tsv in the raw dataset"
+            run.skip_reason = (f"no events file for this run in {layout.root}; add {run.label}_events.tsv "
+                               "(onset, duration, trial_type) beside the raw BOLD")
         elif run.t_r is None:
-            run.skip_reason = "RepetitionTime missing from the BOLD sidecar JSON"
+            sidecar = run.bold.name.split(".")[0] + ".json"
+            got = run.metadata.get("RepetitionTime")
+            why = "missing" if got is None else f"invalid ({got!r})"
+            run.skip_reason = (f"RepetitionTime {why} for {run.bold}; add it in seconds to {sidecar} "
+                               "(or an inherited sidecar)")
         runs.append(run)
     return runs
 

@@ -21,6 +21,7 @@ Only the masked 2D array ``(n_volumes, n_mask_voxels)`` is kept; full volumes ar
 rebuilt in batches by :meth:`PreparedRun.volumes`.
 """
 
+import logging
 import math
 import zlib
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ FLAT_TOLERANCE = 1e-6
 MAX_EMPTY_MASK_FRACTION = 0.5
 
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
+
+LOGGER = logging.getLogger("deeplight_bids")
 
 
 @dataclass
@@ -202,7 +205,8 @@ def prepare_run(bold_img, mask_img, t_r, smoothing_fwhm=3.0, high_pass=1 / 128, 
     mask_on_grid = _mask_on_reference_grid(mask, mask_name)
     mask_bool = mask_on_grid.get_fdata(dtype=np.float32) > 0
     if not mask_bool.any():
-        raise ImageError(f"{mask_name}: the brain mask is empty on the reference grid; pass the run's brain mask.")
+        raise ImageError(f"{mask_name}: the brain mask is empty on the MNI152NLin6Asym reference grid (empty mask, "
+                         "or an image in native space); pass the run's brain mask in template space.")
     mask_on_grid = nib.Nifti1Image(mask_bool.astype(np.uint8), REFERENCE_AFFINE)
 
     raw = np.empty((n_volumes, int(mask_bool.sum())), dtype=np.float32)
@@ -217,15 +221,23 @@ def prepare_run(bold_img, mask_img, t_r, smoothing_fwhm=3.0, high_pass=1 / 128, 
         raw[start:stop] = _apply_mask(chunk, mask_on_grid, smoothing_fwhm)
         del chunk
         if start == 0:
-            _check_overlap(raw[:stop], bold_name, mask_name)
+            _check_overlap(raw[:stop], bold_name, mask_name, reader.nonfinite)
 
+    if reader.nonfinite:
+        LOGGER.warning("%s: %d NaN/inf voxel value(s) set to 0; check the preprocessing if the decoding looks off.",
+                       bold_name, reader.nonfinite)
     _clean_in_place(raw, t_r, high_pass)
     return PreparedRun(signals=raw, mask=mask_bool, t_r=t_r, source=bold_name)
 
 
-def _check_overlap(first_volumes, bold_name, mask_name):
-    """Refuse a BOLD that is 0 in most of the mask (mask and BOLD in different spaces)."""
+def _check_overlap(first_volumes, bold_name, mask_name, nonfinite=0):
+    """Refuse a BOLD that is 0 in most of the mask (mask and BOLD in different spaces, or NaN/inf data)."""
     empty = float(np.mean(~first_volumes.any(axis=0)))
+    if empty > MAX_EMPTY_MASK_FRACTION and nonfinite:
+        raise ImageError(
+            f"{bold_name}: the BOLD is NaN/inf or 0 in {100 * empty:.0f}% of the brain mask ({nonfinite} NaN/inf "
+            "values in the first volumes); re-run the preprocessing of this run."
+        )
     if empty > MAX_EMPTY_MASK_FRACTION:
         raise ImageError(
             f"{bold_name}: the BOLD is 0 in {100 * empty:.0f}% of the brain mask {mask_name}; "
@@ -330,6 +342,7 @@ class _ChunkReader:
     def __init__(self, img, name):
         self.img = img
         self.name = name
+        self.nonfinite = 0  # NaN/inf values read so far (set to 0 by the masking)
         self.unscaled = None
         proxy = img.dataobj
         if isinstance(proxy, nib.arrayproxy.ArrayProxy):
@@ -353,6 +366,7 @@ class _ChunkReader:
                 f"{self.name}: cannot read volumes {start}-{stop - 1} (file truncated or corrupt: {_short(exc)}); "
                 "re-create or re-download the file."
             ) from None
+        self.nonfinite += int(data.size - np.count_nonzero(np.isfinite(data)))
         chunk = nib.Nifti1Image(data, self.img.affine)
         return to_reference_grid(chunk, interpolation="continuous")
 
