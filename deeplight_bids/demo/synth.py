@@ -207,6 +207,7 @@ def make_synthetic_dataset(
     space=REFERENCE_SPACE,
     grid="reference",
     blocks_per_state=2,
+    region_radius=REGION_RADIUS,
 ):
     """Write a small synthetic BIDS dataset with fMRIPrep-style derivatives.
 
@@ -240,6 +241,8 @@ def make_synthetic_dataset(
         Storage grid of the derivatives (see :data:`GRIDS`).
     blocks_per_state : int, default=2
         Blocks of each state per run.
+    region_radius : float, default=REGION_RADIUS
+        Radius in mm of each state's activated sphere.
 
     Returns
     -------
@@ -260,10 +263,10 @@ def make_synthetic_dataset(
     gen_shape, gen_affine = (REFERENCE_SHAPE, REFERENCE_AFFINE) if grid != "other" else (shape, affine)
     world = _world_coordinates(gen_shape, gen_affine)
     brain, rho2 = _ellipsoid(world)
-    gen_regions = {s: _sphere(world, centers[s]) & brain for s in states}
+    gen_regions = {s: _sphere(world, centers[s], region_radius) & brain for s in states}
     ref_world = world if grid != "other" else _world_coordinates(REFERENCE_SHAPE, REFERENCE_AFFINE)
     ref_brain = brain if grid != "other" else _ellipsoid(ref_world)[0]
-    ref_regions = gen_regions if grid != "other" else {s: _sphere(ref_world, centers[s]) & ref_brain for s in states}
+    ref_regions = gen_regions if grid != "other" else {s: _sphere(ref_world, centers[s], region_radius) & ref_brain for s in states}
 
     _write_raw_top(root, participants, task, t_r, states, state_map)
     _write_deriv_top(deriv)
@@ -399,8 +402,8 @@ def _ellipsoid(world):
     return rho2 <= 1.0, rho2
 
 
-def _sphere(world, center):
-    return ((world - np.asarray(center, dtype=np.float32)) ** 2).sum(axis=-1) <= REGION_RADIUS**2
+def _sphere(world, center, radius=REGION_RADIUS):
+    return ((world - np.asarray(center, dtype=np.float32)) ** 2).sum(axis=-1) <= float(radius) ** 2
 
 
 # --------------------------------------------------------------------------- design and data

@@ -19,7 +19,8 @@ CONV_BLOCKS_3D = ((8, 1), (8, 1), (8, 2), (8, 1), (16, 2), (16, 1), (32, 2), (32
 INPUT_SHAPE_3D = (91, 109, 91, 1)
 
 
-def build_3d_deeplight(n_states=16, input_shape=INPUT_SHAPE_3D, dropout_rate=0.2, name="DeepLight3D"):
+def build_3d_deeplight(n_states=16, input_shape=INPUT_SHAPE_3D, dropout_rate=0.2, output_bias=0.0, bn_momentum=0.99,
+                       name="DeepLight3D"):
     """Build (uncompiled) 3D-DeepLight.
 
     Parameters
@@ -30,6 +31,12 @@ def build_3d_deeplight(n_states=16, input_shape=INPUT_SHAPE_3D, dropout_rate=0.2
         ``(z, y, x, 1)``; other shapes are for tests on small grids.
     dropout_rate : float
         SpatialDropout3D rate (active only in training).
+    output_bias : float
+        Initial bias of the output convolution.  A small positive value keeps the
+        output ReLU from starting dead when fitting from scratch.
+    bn_momentum : float
+        Momentum of the batch-norm moving statistics (Keras default 0.99).  Short
+        fits need less (e.g. 0.9) or the statistics used for decoding lag behind.
 
     Returns
     -------
@@ -44,9 +51,10 @@ def build_3d_deeplight(n_states=16, input_shape=INPUT_SHAPE_3D, dropout_rate=0.2
     for i, (filters, stride) in enumerate(CONV_BLOCKS_3D, start=1):
         model.add(layers.Conv3D(filters, 3, strides=stride, padding="same", activation="relu", name=f"conv_{i}"))
         model.add(layers.SpatialDropout3D(dropout_rate, name=f"dropout_{i}"))
-        model.add(layers.BatchNormalization(name=f"bn_{i}"))
+        model.add(layers.BatchNormalization(momentum=bn_momentum, name=f"bn_{i}"))
     n = len(CONV_BLOCKS_3D) + 1
-    model.add(layers.Conv3D(int(n_states), 1, strides=1, padding="same", activation=None, name=f"conv_{n}"))
+    model.add(layers.Conv3D(int(n_states), 1, strides=1, padding="same", activation=None, name=f"conv_{n}",
+                            bias_initializer=keras.initializers.Constant(float(output_bias))))
     model.add(layers.Activation("relu", name="relu_out"))
     model.add(layers.SpatialDropout3D(dropout_rate, name=f"dropout_{n}"))
     model.add(layers.GlobalAveragePooling3D(name="global_average"))
