@@ -21,7 +21,6 @@ from deeplight_bids.derivatives import naming
 from deeplight_bids.derivatives.writers import StreamingNifti4D, write_json, write_nifti, write_tsv
 from deeplight_bids.exceptions import DeepLightBidsError
 from deeplight_bids.models.decode import softmax
-from deeplight_bids.models.three import from_model_order, to_model_order
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_RES, REFERENCE_SHAPE, REFERENCE_SPACE
 
 LOGGER = logging.getLogger("deeplight_bids")
@@ -133,11 +132,12 @@ class RunProcessor:
         logits = np.zeros((n_vol, len(self.states)), dtype=np.float32)
         targets = np.full(n_vol, -1, dtype=int)
         sums, counts = {}, {}
+        batches = _ModelOrderBatches(prepared)
         try:
             for start in range(0, n_vol, cfg.batch_size):
                 stop = min(start + cfg.batch_size, n_vol)
                 tb = time.monotonic()
-                x = to_model_order(prepared.volumes(start, stop))
+                x = batches.get(start, stop)  # = to_model_order(prepared.volumes(start, stop)), one copy fewer
                 if self.analyzer is None:
                     logits[start:stop] = self.decoder.logits(x)
                 else:
@@ -149,11 +149,14 @@ class RunProcessor:
                     batch_logits, relevance = self.analyzer.explain(x, target=target)
                     logits[start:stop] = batch_logits
                     targets[start:stop] = batch_logits.argmax(axis=1) if target is None else target
-                    rel_xyz = from_model_order(relevance)
+                    # (batch, z, y, x) C order is (batch, x, y, z) Fortran order per volume: the
+                    # transposed view is what from_model_order would copy, and it goes into the
+                    # NIfTI's column-major volumes (and the sums below) as contiguous copies.
+                    rel_xyz = relevance.transpose(0, 3, 2, 1)
                     stream.write(start, rel_xyz)
                     for j, tgt in enumerate(targets[start:stop]):
                         if tgt not in sums:
-                            sums[tgt] = np.zeros(REFERENCE_SHAPE, np.float64)
+                            sums[tgt] = np.zeros(REFERENCE_SHAPE, np.float64, order="F")
                             counts[tgt] = 0
                         sums[tgt] += rel_xyz[j]
                         counts[tgt] += 1
@@ -168,7 +171,8 @@ class RunProcessor:
 
         probs = softmax(logits)
         pred_idx = probs.argmax(axis=1)
-        frame = self._predictions_frame(n_vol, run.t_r, labels, true_idx, pred_idx, probs, targets)
+        frame = self._predictions_frame(n_vol, run.t_r, labels, true_idx, pred_idx, probs, targets,
+                                        subject=run.subject)
         decodable = true_idx >= 0
         accuracy = float((pred_idx[decodable] == true_idx[decodable]).mean()) if decodable.any() else None
         provenance = self._provenance(run, unmapped, not_decodable, state_map)
@@ -182,15 +186,21 @@ class RunProcessor:
         detail += f", {time.monotonic() - t0:.1f} s"
         return RunResult(run.label, "done", detail, n_vol, accuracy)
 
-    def _predictions_frame(self, n_vol, t_r, labels, true_idx, pred_idx, probs, targets):
+    def _predictions_frame(self, n_vol, t_r, labels, true_idx, pred_idx, probs, targets, subject=None):
+        # 1/0: the participant was/was not in the model's training set (model card); n/a when unknown
+        trained_on = self.dl_model.card.get("training_participants") if self.dl_model.card else None
+        in_training = None
+        if trained_on and subject is not None:
+            in_training = int(str(subject) in {str(p).removeprefix("sub-") for p in trained_on})
         frame = pd.DataFrame({
             "volume": np.arange(n_vol),
             "onset": np.arange(n_vol) * float(t_r),
             "true_state": [s if s is not None else None for s in labels],
             "predicted_state": [self.states[i] for i in pred_idx],
             "correct": [None if t < 0 else int(p == t) for p, t in zip(pred_idx, true_idx)],
-            "training_participant": None,
+            "training_participant": [in_training] * n_vol,
         })
+        frame["training_participant"] = frame["training_participant"].astype("Int64")
         if self.analyzer is not None:
             frame["lrp_target"] = [self.states[t] if t >= 0 else None for t in targets]
         for i, state in enumerate(self.states):
@@ -257,7 +267,7 @@ class RunProcessor:
     def _save_state_sums(self, run, sums, counts):
         arrays = {}
         for idx, total in sums.items():
-            arrays[f"sum_{idx}"] = total.astype(np.float32)
+            arrays[f"sum_{idx}"] = np.ascontiguousarray(total, dtype=np.float32)
             arrays[f"count_{idx}"] = np.array(counts[idx])
         path = self._sums_path(run.label)
         from deeplight_bids.derivatives.writers import atomic_path
@@ -443,6 +453,27 @@ def _check_headers(run):
                        tuple(bold.shape[:3]), run.bold)
 
 
+class _ModelOrderBatches:
+    """Batches of a prepared run in model order, ``(batch, z, y, x, 1)`` float32.
+
+    Equal to ``to_model_order(prepared.volumes(start, stop))``, but the masked signals
+    are scattered straight into model order (one zero-filled array per batch) instead of
+    into NIfTI order and then transposed into a second array.
+    """
+
+    def __init__(self, prepared):
+        self.signals = prepared.signals
+        x, y, z = np.nonzero(prepared.mask)  # the signals' column order (C order of the mask)
+        nx, ny, nz = prepared.mask.shape
+        self.shape = (nz, ny, nx, 1)
+        self.index = (z * ny + y) * nx + x
+
+    def get(self, start, stop):
+        out = np.zeros((stop - start, int(np.prod(self.shape))), dtype=np.float32)
+        out[:, self.index] = self.signals[start:stop]
+        return out.reshape((stop - start, *self.shape))
+
+
 def format_results(results):
     lines = [f"{'run':<48} {'status':<8} detail"]
     lines += [f"{r.label:<48} {r.status:<8} {r.detail}" for r in results]
@@ -484,13 +515,23 @@ def validate_bids(bids_dir, log):
 
 
 def _configure_threads(nprocs):
+    """TensorFlow's thread pools for ``--nprocs``: ``nprocs`` intra-op threads, at most 2 inter-op.
+
+    Logs the settings in force (``TensorFlow threads: intra-op N, inter-op M``), so a
+    job's log shows that ``--nprocs`` was respected (e.g. a SLURM task's
+    ``--cpus-per-task``).
+    """
     import tensorflow as tf
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(int(nprocs))
         tf.config.threading.set_inter_op_parallelism_threads(min(2, int(nprocs)))
+        note = ""
     except RuntimeError:
-        pass  # already initialised in this process (tests); keep the existing setting
+        note = " (TensorFlow was already initialised in this process; its earlier setting is kept)"
+    LOGGER.info("TensorFlow threads: intra-op %d, inter-op %d (--nprocs %d)%s",
+                tf.config.threading.get_intra_op_parallelism_threads(),
+                tf.config.threading.get_inter_op_parallelism_threads(), int(nprocs), note)
 
 
 def _write_config(config):

@@ -205,17 +205,34 @@ class StreamingNifti4D:
                 os.unlink(self._raw)
             raise OutputError(f"{scratch}: cannot write the temporary relevance file ({err.strerror or err}); "
                               "free disk space or choose a writable --work-dir.") from err
-        self._data = np.memmap(self._raw, dtype=np.float32, mode="r+", offset=offset, shape=self.shape, order="F")
+        # Plain positioned writes, not a memory map: the pages of a mapped file count as the
+        # process's resident memory (a 405-volume run's map is 1.4 GB), written ones don't.
+        self._offset = offset
+        self._volume_bytes = int(np.prod(self.shape[:3])) * 4
+        self._data = open(self._raw, "r+b")
 
     def write(self, start, volumes):
-        """Store ``volumes`` ``(n, x, y, z)`` at time indices ``start .. start + n - 1``."""
-        volumes = np.asarray(volumes, dtype=np.float32)
-        for i, vol in enumerate(volumes):
-            self._data[..., start + i] = vol
+        """Store ``volumes`` ``(n, x, y, z)`` at time indices ``start .. start + n - 1``.
 
-    def close(self, compresslevel=4):
-        """Flush, compress, and move into place; returns the final path."""
-        self._data.flush()
+        A volume that is Fortran-contiguous (e.g. the ``(x, y, z)`` transposed view of a
+        model-order ``(z, y, x)`` map) is written without a copy.
+        """
+        volumes = np.asarray(volumes, dtype=np.float32)
+        if volumes.ndim != 4 or volumes.shape[1:] != self.shape[:3] or not 0 <= start <= self.shape[3] - len(volumes):
+            raise ValueError(f"expected volumes (n, {', '.join(map(str, self.shape[:3]))}) for time indices "
+                             f"{start}..{start + len(volumes) - 1} of {self.shape[3]}; got {volumes.shape}")
+        for i, vol in enumerate(volumes):
+            column_major = np.asfortranarray(vol).T  # (z, y, x) C-contiguous: NIfTI's byte order of the volume
+            os.pwrite(self._data.fileno(), memoryview(column_major).cast("B"),
+                      self._offset + (start + i) * self._volume_bytes)
+
+    def close(self, compresslevel=1):
+        """Compress and move into place; returns the final path.
+
+        Level 1: on float relevance maps level 4 compressed only a few percent better
+        at about twice the time; the stream is still deterministic.
+        """
+        self._data.close()
         del self._data
         try:
             with atomic_path(self.path, self.root) as tmp:
@@ -230,6 +247,7 @@ class StreamingNifti4D:
     def abort(self):
         """Remove the temporary file (on error)."""
         if hasattr(self, "_data"):
+            self._data.close()
             del self._data
         if self._raw is not None and os.path.exists(self._raw):
             os.unlink(self._raw)

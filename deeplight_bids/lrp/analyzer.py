@@ -74,18 +74,30 @@ class LRPAnalyzer:
 
         Returns logits ``(batch, n_out)``, input relevance (``x``'s shape), targets ``(batch,)``.
         """
-        layer_inputs, layer_outputs = [], []
+        layer_inputs, layer_outputs, linear_outputs = [], [], []
         activation = x
-        for layer, _ in self.layer_rules:
+        for layer, rule in self.layer_rules:
             layer_inputs.append(activation)
-            activation = layer(activation, training=False)
+            if getattr(rule, "uses_linear_output", False):
+                # The rule reuses the layer's linear part (e.g. W x of a convolution) instead
+                # of recomputing it: run the layer as linear part + bias + activation.
+                linear = rule.linear_output(layer, activation)
+                activation = rule.finish_forward(layer, linear)
+            else:
+                linear = None
+                activation = layer(activation, training=False)
+            linear_outputs.append(linear)
             layer_outputs.append(activation)
         logits = activation
         predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
         target = tf.where(target < 0, predicted, target)
         relevance = tf.one_hot(target, tf.shape(logits)[-1], dtype=logits.dtype) * logits
-        for (layer, rule), x_in, y_out in zip(reversed(self.layer_rules), reversed(layer_inputs), reversed(layer_outputs)):
-            relevance = rule(layer, x_in, relevance, y_out=y_out)
+        for (layer, rule), x_in, y_out, linear in zip(reversed(self.layer_rules), reversed(layer_inputs),
+                                                      reversed(layer_outputs), reversed(linear_outputs)):
+            if linear is None:
+                relevance = rule(layer, x_in, relevance, y_out=y_out)
+            else:
+                relevance = rule(layer, x_in, relevance, y_out=y_out, linear_out=linear)
         return logits, relevance, target
 
     def explain(self, x, target=None):

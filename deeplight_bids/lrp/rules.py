@@ -38,7 +38,36 @@ def sign_stabilise(z, eps):
 
 def safe_divide(a, b, factor=KERAS_EPSILON):
     """``a / b`` where exact zeros of ``b`` are replaced by ``factor`` (iNNvestigate's ``safe_divide``)."""
-    return a / (b + factor * tf.cast(tf.equal(b, 0), b.dtype))
+    # where(b == 0, factor, b) is b + factor * (b == 0) exactly, in two element-wise ops instead of four
+    return a / tf.where(tf.equal(b, 0), tf.cast(factor, b.dtype), b)
+
+
+# Element-wise parts of the rules, each compiled by XLA into one fused loop: on the full
+# grid an unfused chain of a dozen element-wise ops over (batch, 91, 109, 91, 8) tensors
+# costs about as much as the convolutions themselves.  The convolutions stay outside
+# (TensorFlow's oneDNN kernels are much faster on CPU than XLA's).
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _alpha_beta_weights(z_plain, z_abs, relevance_out, bias, alpha, beta):
+    """``(alpha s_a - beta s_i, alpha s_a + beta s_i)`` from ``W x``, ``|W| |x|`` and the bias."""
+    z_activating = 0.5 * (z_plain + z_abs)
+    z_inhibiting = 0.5 * (z_plain - z_abs)
+    if bias is not None:
+        z_activating = z_activating + bias
+        z_inhibiting = z_inhibiting + bias
+    s_activating = alpha * safe_divide(relevance_out, z_activating)
+    s_inhibiting = beta * safe_divide(relevance_out, z_inhibiting)
+    return s_activating - s_inhibiting, s_activating + s_inhibiting
+
+
+def _alpha_beta_reduce(x, abs_x, grad_plain, grad_abs):  # (XLA measured slower here than plain ops)
+    return 0.5 * (x * grad_plain + abs_x * grad_abs)
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _batch_norm_scale(x, y, relevance_out, mean, beta):
+    numerator = x * (y - beta) * relevance_out if beta is not None else x * y * relevance_out
+    return safe_divide(numerator, sign_stabilise((x - mean) * y, KERAS_EPSILON))
+
 
 
 def _check_linear(layer):
@@ -234,32 +263,53 @@ class AlphaBeta(Rule):
         self.alpha = float(alpha)
         self.beta = float(beta)
 
-    # The four (input part, weight part) terms are computed as one layer on the
-    # concatenated input [x+, x-] with the block kernel [[W+, W-], [W-, W+]], whose first
-    # half of outputs is z_a and second half z_i: one convolution and one transposed
-    # convolution instead of four of each, the same sums.
-    def modify_input(self, x):
-        return tf.concat([tf.maximum(x, 0.0), tf.minimum(x, 0.0)], axis=-1)
+    # The four (input part, weight part) terms need not be computed one by one.  With
+    # W+ = (W + |W|) / 2, W- = (W - |W|) / 2 and x+ = (x + |x|) / 2, x- = (x - |x|) / 2:
+    #
+    #     z_a - b = (W x + |W| |x|) / 2,    z_i - b = (W x - |W| |x|) / 2
+    #     R_in = x / 2 * W^T (alpha s_a - beta s_i) + |x| / 2 * |W|^T (alpha s_a + beta s_i)
+    #
+    # so the rule costs two convolutions (W x, |W| |x|) and two transposed convolutions
+    # of the layer's own size, instead of one of each at four times the size (the block
+    # kernel [[W+, W-], [W-, W+]] on [x+, x-]).  W x is the layer's own forward, which the
+    # analyzer records and passes as ``linear_out``: its recomputation below then has no
+    # consumer (the gradient of a convolution needs its input and kernel, not its
+    # output) and a compiled graph drops it.  Exact zeros stay exact: where every
+    # contribution is activating (or inhibiting), W x and |W| |x| are the same sum of the
+    # same products (up to sign), so z_i (or z_a) minus the bias is exactly 0.
 
-    def forward(self, layer, inputs):
+    #: The analyzer passes the layer's linear output without bias (``W x``) as ``linear_out``.
+    uses_linear_output = True
+
+    def __call__(self, layer, x_in, relevance_out, y_out=None, linear_out=None):
+        self.check(layer)
+        x_in = tf.convert_to_tensor(x_in)
+        relevance_out = tf.convert_to_tensor(relevance_out, dtype=x_in.dtype)
         kernel, bias = layer_parameters(layer)
-        positive, negative = tf.maximum(kernel, 0.0), tf.minimum(kernel, 0.0)
-        block_kernel = tf.concat(
-            [tf.concat([positive, negative], axis=-1), tf.concat([negative, positive], axis=-1)], axis=-2
+        abs_x = tf.abs(x_in)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch([x_in, abs_x])
+            z_plain = linear_forward(layer, x_in, kernel, None)
+            z_abs = linear_forward(layer, abs_x, tf.abs(kernel), None)
+        recorded = z_plain if linear_out is None else tf.convert_to_tensor(linear_out, dtype=x_in.dtype)
+        weights_plain, weights_abs = _alpha_beta_weights(recorded, z_abs, relevance_out, bias, self.alpha, self.beta)
+        grad_plain, grad_abs = tape.gradient(
+            [z_plain, z_abs], [x_in, abs_x], output_gradients=[weights_plain, weights_abs]
         )
-        block_bias = None if bias is None else tf.concat([bias, bias], axis=0)
-        return linear_forward(layer, inputs, block_kernel, block_bias)
+        return _alpha_beta_reduce(x_in, abs_x, grad_plain, grad_abs)
 
-    def output_gradient(self, z, relevance_out):
-        z_activating, z_inhibiting = tf.split(z, 2, axis=-1)
-        return tf.concat(
-            [self.alpha * safe_divide(relevance_out, z_activating), -self.beta * safe_divide(relevance_out, z_inhibiting)],
-            axis=-1,
-        )
+    @staticmethod
+    def linear_output(layer, x):
+        """``W x`` of ``layer`` (no bias, no activation): what :meth:`__call__` takes as ``linear_out``."""
+        kernel, _ = layer_parameters(layer)
+        return linear_forward(layer, x, kernel, None)
 
-    def reduce(self, inputs, gradient):
-        from_positive, from_negative = tf.split(inputs * gradient, 2, axis=-1)
-        return from_positive + from_negative
+    @staticmethod
+    def finish_forward(layer, linear):
+        """The layer's output from its :meth:`linear_output`: bias added, fused activation applied."""
+        if layer.use_bias:
+            linear = linear + tf.convert_to_tensor(layer.bias)
+        return layer.activation(linear) if getattr(layer, "activation", None) is not None else linear
 
     def describe(self):
         return {
@@ -279,6 +329,29 @@ class Flat(Rule):
     counts nothing): all weights set to one, bias dropped, input ignored
     (iNNvestigate's ``FlatRule``).
     """
+
+    def __call__(self, layer, x_in, relevance_out, y_out=None):
+        if not isinstance(layer, types.Conv):
+            return super().__call__(layer, x_in, relevance_out, y_out)
+        # On a convolution the all-ones kernel makes every output channel the same box
+        # sum, so it is computed once, on one sample of one channel: z_j = in_channels *
+        # (in-bounds inputs of j), and W1^T s = box sum of the channel sum of s, the same
+        # for every input channel (the same sums as the generic recipe, in another order).
+        self.check(layer)
+        x_in = tf.convert_to_tensor(x_in)
+        relevance_out = tf.convert_to_tensor(relevance_out, dtype=x_in.dtype)
+        kernel_shape = tuple(layer.kernel.shape)
+        in_channels = kernel_shape[-2]
+        ones_kernel = tf.ones((*kernel_shape[:-2], 1, 1), dtype=x_in.dtype)
+        one_sample = tf.ones(tf.concat([[1], tf.shape(x_in)[1:-1], [1]], axis=0), dtype=x_in.dtype)
+        counts = layer.convolution_op(one_sample, ones_kernel)
+        weights = tf.reduce_sum(safe_divide(relevance_out, counts * float(in_channels)), axis=-1, keepdims=True)
+        ones_in = tf.ones(tf.concat([tf.shape(x_in)[:-1], [1]], axis=0), dtype=x_in.dtype)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(ones_in)
+            z = layer.convolution_op(ones_in, ones_kernel)
+        spread = tape.gradient(z, ones_in, output_gradients=weights)
+        return tf.broadcast_to(spread, tf.shape(x_in)) if in_channels != 1 else spread
 
     def modify_input(self, x):
         return tf.ones_like(x)
@@ -355,10 +428,8 @@ class BatchNormScale(Rule):
         relevance_out = tf.convert_to_tensor(relevance_out, dtype=x_in.dtype)
         y = layer(x_in, training=False) if y_out is None else tf.convert_to_tensor(y_out)
         mean = self._broadcastable(layer, layer.moving_mean, x_in)
-        y_minus_beta = y - self._broadcastable(layer, layer.beta, x_in) if layer.center else y
-        numerator = x_in * y_minus_beta * relevance_out
-        denominator = sign_stabilise((x_in - mean) * y, KERAS_EPSILON)
-        return safe_divide(numerator, denominator)
+        beta = self._broadcastable(layer, layer.beta, x_in) if layer.center else None
+        return _batch_norm_scale(x_in, y, relevance_out, mean, beta)
 
     @staticmethod
     def _broadcastable(layer, parameter, x):

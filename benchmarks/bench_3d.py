@@ -1,0 +1,331 @@
+"""3D-DeepLight throughput and memory on the full reference grid: decode, decode + LRP, preparation, a 405-volume run.
+
+Usage::
+
+    python benchmarks/bench_3d.py [--batch-sizes 1 4 8] [--repeats 3] [--flow-volumes 405]
+                                  [--flow-batch-size 4] [--no-flow] [--results benchmarks/RESULTS.md]
+
+1. **Decode vs bare Keras**, per batch size, each batch size in a fresh child process:
+   the pipeline's decode (``to_model_order`` of NIfTI-order volumes, then
+   :class:`deeplight_bids.models.decode.Decoder`) and a bare ``model.predict_on_batch``
+   on the same (already model-order) arrays, called alternately ``repeats`` times
+   after one warm-up call each; throughput from the best call of each, and their ratio
+   (pipeline / bare throughput; >= 0.9 is the target).
+2. **Decode + LRP vs decode**: ``LRPAnalyzer.explain`` (``preset_b_flat``; the forward
+   pass and the relevance, as the participant level runs it) alternated with the
+   decoder on the same arrays; ratio of the best times (<= 3x is the target).  Peak
+   RSS of the child (``ru_maxrss``) after each phase.
+3. **Preparation** of one 405-volume run (TR 0.72 s, a synthetic dataset from
+   :func:`deeplight_bids.demo.synth.make_synthetic_dataset`): ``prepare_run``
+   (resample, mask, smooth, detrend, high-pass, z-score) plus the labels, in a child.
+4. **405-volume participant run**: ``deeplight-bids BIDS OUT participant`` with LRP and
+   all outputs, a random-weight 3D-DeepLight saved as ``.keras`` (the published 3D
+   weights are not on this workplace; the speed does not depend on the values), in a
+   child whose peak RSS comes from ``os.wait4`` (that child only; <= 3 GiB is the
+   target); wall time and output sizes.
+
+The figures are printed and written to ``--results`` under ``## 3D`` (other sections of
+that file are left as they are).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(HERE))
+
+RSS_LIMIT_MIB = 3072
+SECTION = "## 3D"
+N_STATES = 16
+
+
+def peak_rss_mib():
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if platform.system() == "Darwin" else peak / 1024
+
+
+def randomise_weights(model, seed=0):
+    """Random kernels/biases (fan-in scaled) and non-trivial BN statistics, as in the tests."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        new = []
+        for var in layer.weights:
+            shape = tuple(var.shape)
+            leaf = var.path.split("/")[-1]
+            if leaf == "moving_variance":
+                new.append(rng.uniform(0.5, 2.0, shape).astype(np.float32))
+            elif leaf == "gamma":
+                new.append(rng.uniform(0.5, 1.5, shape).astype(np.float32))
+            else:
+                fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+                new.append((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32))
+        if new:
+            layer.set_weights(new)
+    return model
+
+
+def build_random_model(n_states=N_STATES, seed=3):
+    from deeplight_bids.models.three import build_3d_deeplight
+
+    return randomise_weights(build_3d_deeplight(n_states=n_states), seed=seed)
+
+
+def machine_description():
+    from bench_2d import machine_description as describe
+
+    return describe()
+
+
+def _best(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+# -- 1 + 2. one batch size, in a child process ---------------------------------------------------
+
+def worker(batch, repeats):
+    import tensorflow as tf  # noqa: F401
+
+    from deeplight_bids.lrp.analyzer import LRPAnalyzer
+    from deeplight_bids.models.decode import Decoder
+    from deeplight_bids.models.three import INPUT_SHAPE_3D, to_model_order
+
+    model = build_random_model()
+    decoder = Decoder(model)
+    rng = np.random.default_rng(0)
+    z, y, x, _ = INPUT_SHAPE_3D
+    xyz = rng.standard_normal((batch, x, y, z)).astype(np.float32)  # NIfTI order, as prepare_run hands them
+    x_model = to_model_order(xyz)
+
+    pipeline = lambda: decoder.logits(to_model_order(xyz))  # noqa: E731
+    bare = lambda: model.predict_on_batch(x_model)  # noqa: E731
+    start = time.perf_counter()
+    pipeline()
+    decode_first = time.perf_counter() - start
+    bare()
+    np.testing.assert_allclose(decoder.logits(x_model), model.predict_on_batch(x_model), rtol=1e-4, atol=1e-4)
+    t_pipe, t_bare = [], []
+    for _ in range(repeats):  # alternate, so both see the same machine load
+        t_pipe.append(_best(pipeline, 1))
+        t_bare.append(_best(bare, 1))
+    rss_decode = peak_rss_mib()
+
+    analyzer = LRPAnalyzer(model, composite="preset_b_flat")
+    start = time.perf_counter()
+    _, relevance = analyzer.explain(x_model)
+    lrp_first = time.perf_counter() - start
+    finite = bool(np.isfinite(relevance).all())
+    t_lrp, t_dec = [], []
+    for _ in range(repeats):
+        t_lrp.append(_best(lambda: analyzer.explain(x_model), 1))
+        t_dec.append(_best(lambda: decoder.logits(x_model), 1))
+    row = {
+        "batch": batch, "repeats": repeats, "decode_first_s": decode_first, "lrp_first_s": lrp_first,
+        "decode_best_s": min(t_pipe), "bare_best_s": min(t_bare),
+        "decode_vol_s": batch / min(t_pipe), "bare_vol_s": batch / min(t_bare),
+        "decode_over_bare": min(t_bare) / min(t_pipe),
+        "lrp_best_s": min(t_lrp), "decode2_best_s": min(t_dec), "lrp_vol_s": batch / min(t_lrp),
+        "lrp_ratio": min(t_lrp) / min(t_dec), "rss_decode_mib": rss_decode, "rss_lrp_mib": peak_rss_mib(),
+        "relevance_finite": finite,
+    }
+    print(json.dumps(row), flush=True)
+
+
+def run_child(extra):
+    cmd = [sys.executable, str(Path(__file__).resolve()), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"child {extra} failed (exit {proc.returncode})")
+    return json.loads(lines[-1])
+
+
+def run_workers(args):
+    rows = []
+    print(f"{'batch':>5} {'reps':>4} {'decode v/s':>10} {'bare v/s':>9} {'dec/bare':>8} {'LRP v/s':>8} "
+          f"{'LRP/dec':>7} {'trace s':>7} {'LRP tr s':>8} {'RSS dec':>7} {'RSS LRP':>7}")
+    for batch in args.batch_sizes:
+        row = run_child(["--worker", str(batch), "--repeats", str(args.repeats)])
+        rows.append(row)
+        print(f"{row['batch']:>5} {row['repeats']:>4} {row['decode_vol_s']:>10.2f} {row['bare_vol_s']:>9.2f} "
+              f"{row['decode_over_bare']:>8.2f} {row['lrp_vol_s']:>8.2f} {row['lrp_ratio']:>6.2f}x "
+              f"{row['decode_first_s']:>7.1f} {row['lrp_first_s']:>8.1f} {row['rss_decode_mib']:>7.0f} "
+              f"{row['rss_lrp_mib']:>7.0f}", flush=True)
+    return rows
+
+
+# -- 3. preparation of one run ------------------------------------------------------------------
+
+def make_dataset(workdir, n_volumes):
+    from deeplight_bids.demo.synth import make_synthetic_dataset
+
+    start = time.perf_counter()
+    dataset = make_synthetic_dataset(Path(workdir) / "bids", n_participants=1, n_volumes=n_volumes, t_r=0.72)
+    return dataset, time.perf_counter() - start
+
+
+def prep_worker(bids_dir):
+    from deeplight_bids.prepare.clean import prepare_run
+    from deeplight_bids.prepare.labels import read_events, resolve_state_map, volume_labels
+
+    bids_dir = Path(bids_dir)
+    bold = next(bids_dir.rglob("*desc-preproc_bold.nii.gz"))
+    mask = next(bids_dir.rglob("*desc-brain_mask.nii.gz"))
+    events = next(bids_dir.rglob("*_events.tsv"))
+    task = re.search(r"task-([a-zA-Z0-9]+)", events.name).group(1)
+    start = time.perf_counter()
+    prepared = prepare_run(bold, mask, 0.72)
+    labels = volume_labels(read_events(events), prepared.n_volumes, 0.72, resolve_state_map(task, None))
+    prep_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(0, prepared.n_volumes, 4):
+        prepared.volumes(i, min(i + 4, prepared.n_volumes))
+    read_s = time.perf_counter() - start
+    print(json.dumps({"n_volumes": prepared.n_volumes, "prep_s": prep_s, "read_batches_s": read_s,
+                      "labelled": int(sum(s is not None for s in labels)), "rss_mib": peak_rss_mib()}), flush=True)
+
+
+# -- 4. a 405-volume participant run ------------------------------------------------------------
+
+def run_flow(dataset, workdir, batch_size):
+    from deeplight_bids.models.weights import save_model
+
+    states = sorted(set(dataset.state_map.values()))
+    model_dir = workdir / "model"
+    save_model(build_random_model(len(states)), model_dir / "rand3d.keras",
+               {"architecture": "3D", "states": states, "name": "rand3d"})
+    exe = shutil.which("deeplight-bids") or str(Path(sys.executable).parent / "deeplight-bids")
+    out = workdir / "out"
+    cmd = [exe, str(dataset.bids_dir), str(out), "participant", "--skip-bids-validation", "--weights",
+           str(model_dir), "--work-dir", str(workdir / "work"), "--batch-size", str(batch_size)]
+    start = time.perf_counter()
+    with open(workdir / "flow.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    log_text = (workdir / "flow.log").read_text()
+    if code != 0:
+        print(log_text[-3000:], file=sys.stderr)
+        raise SystemExit(f"participant run failed (exit {code})")
+    rss = usage.ru_maxrss / (1024 * 1024 if platform.system() == "Darwin" else 1024)
+    sizes = {p.name.split("_desc-")[-1] if "_desc-" in p.name else p.name: p.stat().st_size
+             for p in out.rglob("sub-*/**/*") if p.is_file()}
+    batch_times = [float(m) for m in re.findall(r"\(([\d.]+) s/batch\)", log_text)]
+    return {"n_volumes": dataset.n_volumes, "t_r": 0.72, "batch_size": batch_size, "run_s": elapsed,
+            "peak_rss_mib": rss, "vol_s": dataset.n_volumes / elapsed, "sizes": sizes,
+            "total_bytes": sum(sizes.values()), "batch_s_median": float(np.median(batch_times)) if batch_times else None}
+
+
+# -- results ----------------------------------------------------------------------------------
+
+def write_results(path, machine, rows, prep, flow):
+    today = datetime.date.today().isoformat()
+    lines = [SECTION, "", f"Date: {today}. Machine: {machine}.",
+             "Weights: random (fan-in scaled kernels, non-trivial BN statistics; the published 3D weights are not on "
+             "this workplace, and the speed does not depend on the values); input (91, 109, 91, 1) per volume, "
+             "float32, CPU. Command: `python benchmarks/bench_3d.py`.", "",
+             "Decode = `to_model_order` + `Decoder.logits` (what the participant level calls); bare = "
+             "`model.predict_on_batch` on the same model-order arrays; decode + LRP = `LRPAnalyzer.explain` with "
+             "`preset_b_flat`. Calls alternate (decode, bare, ... and LRP, decode, ...) so both see the same load; "
+             f"best of {rows[0]['repeats'] if rows else '?'} calls after a warm-up call; each batch size in a fresh "
+             "process.", "",
+             "| batch | decode vol/s | bare predict vol/s | decode / bare | decode + LRP vol/s | (decode + LRP) / "
+             "decode time | peak RSS decode MiB | peak RSS + LRP MiB |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['batch']} | {r['decode_vol_s']:.2f} | {r['bare_vol_s']:.2f} | {r['decode_over_bare']:.2f} "
+                     f"| {r['lrp_vol_s']:.2f} | {r['lrp_ratio']:.2f}x | {r['rss_decode_mib']:.0f} | "
+                     f"{r['rss_lrp_mib']:.0f} |")
+    if prep is not None:
+        lines += ["", f"Preparation of one {prep['n_volumes']}-volume run (synthetic, reference grid, TR 0.72 s; "
+                      f"`prepare_run` + labels): {prep['prep_s']:.1f} s ({prep['n_volumes'] / prep['prep_s']:.0f} "
+                      f"vol/s); reading it back in batches of 4: {prep['read_batches_s']:.1f} s; peak RSS "
+                      f"{prep['rss_mib']:.0f} MiB."]
+    if flow is not None:
+        verdict = "within" if flow["peak_rss_mib"] <= RSS_LIMIT_MIB else "OVER"
+        sizes = ", ".join(f"{k} {v / 2 ** 20:.1f} MiB" if v > 2 ** 20 else f"{k} {v / 1024:.1f} KiB"
+                          for k, v in sorted(flow["sizes"].items(), key=lambda kv: -kv[1])[:4])
+        lines += ["", f"{flow['n_volumes']}-volume participant run (`deeplight-bids BIDS OUT participant`, LRP on, "
+                      f"batch size {flow['batch_size']}, all outputs): {flow['run_s']:.0f} s wall "
+                      f"({flow['vol_s']:.2f} vol/s end to end, model load and preparation included; median "
+                      f"{flow['batch_s_median']:.2f} s per batch), peak RSS {flow['peak_rss_mib']:.0f} MiB "
+                      f"({flow['peak_rss_mib'] / 1024:.2f} GiB, {verdict} the 3 GiB target). Outputs "
+                      f"{flow['total_bytes'] / 2 ** 20:.1f} MiB in all; largest: {sizes}."]
+    section = "\n".join(lines) + "\n"
+    path = Path(path)
+    text = path.read_text() if path.is_file() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls of each kind per batch size")
+    parser.add_argument("--flow-volumes", type=int, default=405)
+    parser.add_argument("--flow-batch-size", type=int, default=4)
+    parser.add_argument("--no-flow", action="store_true", help="skip preparation and the participant run")
+    parser.add_argument("--no-workers", action="store_true", help="skip the decode / LRP measurements")
+    parser.add_argument("--results", default=str(HERE / "RESULTS.md"), help="markdown file to update ('' for none)")
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--prep-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker is not None:
+        worker(args.worker, args.repeats)
+        return
+    if args.prep_worker is not None:
+        prep_worker(args.prep_worker)
+        return
+
+    machine = machine_description()
+    print(f"3D-DeepLight on {machine}")
+    print(f"repetitions: {args.repeats} timed calls of each kind per batch size (after one warm-up call)")
+    rows = [] if args.no_workers else run_workers(args)
+    prep = flow = None
+    if not args.no_flow:
+        with tempfile.TemporaryDirectory(prefix="bench3d-") as tmp:
+            tmp = Path(tmp)
+            dataset, made = make_dataset(tmp, args.flow_volumes)
+            print(f"synthetic dataset ({args.flow_volumes} volumes) made in {made:.0f} s")
+            prep = run_child(["--prep-worker", str(dataset.bids_dir)])
+            print(f"preparation of {prep['n_volumes']} volumes: {prep['prep_s']:.1f} s, reading back in batches: "
+                  f"{prep['read_batches_s']:.1f} s, peak RSS {prep['rss_mib']:.0f} MiB")
+            flow = run_flow(dataset, tmp, args.flow_batch_size)
+        verdict = "ok" if flow["peak_rss_mib"] <= RSS_LIMIT_MIB else f"OVER {RSS_LIMIT_MIB} MiB"
+        print(f"{flow['n_volumes']}-volume participant run (3D, LRP, batch {flow['batch_size']}): "
+              f"{flow['run_s']:.0f} s ({flow['vol_s']:.2f} vol/s, median {flow['batch_s_median']:.2f} s/batch), "
+              f"peak RSS {flow['peak_rss_mib']:.0f} MiB ({verdict}), outputs {flow['total_bytes'] / 2 ** 20:.1f} MiB: "
+              f"{json.dumps(flow['sizes'])}")
+    if args.results and rows:
+        write_results(args.results, machine, rows, prep, flow)
+        print(f"written to {args.results} ({SECTION})")
+
+
+if __name__ == "__main__":
+    main()
