@@ -75,6 +75,8 @@ __all__ = [
 
 #: Radius (mm) of each state's activated sphere.
 REGION_RADIUS = 10.0
+#: Period (mm) of the sign stripes of ``make_synthetic_dataset(stripes=True)``.
+STRIPE_PERIOD = 12.0
 #: MNI coordinates (mm, x y z) of the regions of the HCP MOTOR trial types.
 REGION_CENTERS = {
     "lh": (40.0, -20.0, 50.0),  # left hand -> right motor cortex
@@ -208,6 +210,7 @@ def make_synthetic_dataset(
     grid="reference",
     blocks_per_state=2,
     region_radius=REGION_RADIUS,
+    stripes=False,
 ):
     """Write a small synthetic BIDS dataset with fMRIPrep-style derivatives.
 
@@ -243,6 +246,14 @@ def make_synthetic_dataset(
         Blocks of each state per run.
     region_radius : float, default=REGION_RADIUS
         Radius in mm of each state's activated sphere.
+    stripes : bool, default=False
+        If True, each region responds with a state-specific pattern of signs (stripes
+        of period :data:`STRIPE_PERIOD` mm along x for the first state, y for the
+        second, z for the third, ...) instead of uniformly.  Left- and right-hand
+        regions are mirror images, which a network with global average pooling can
+        only tell apart by subtle border effects; the stripes give each state a local
+        signature too, so a brief fit (the demo) learns the states instead of
+        memorising participants.  Region masks are unchanged.
 
     Returns
     -------
@@ -264,6 +275,8 @@ def make_synthetic_dataset(
     world = _world_coordinates(gen_shape, gen_affine)
     brain, rho2 = _ellipsoid(world)
     gen_regions = {s: _sphere(world, centers[s], region_radius) & brain for s in states}
+    patterns = {s: (_stripes(world, i % 3) if stripes else np.ones(world.shape[:3], np.float32))
+                for i, s in enumerate(states)}
     ref_world = world if grid != "other" else _world_coordinates(REFERENCE_SHAPE, REFERENCE_AFFINE)
     ref_brain = brain if grid != "other" else _ellipsoid(ref_world)[0]
     ref_regions = gen_regions if grid != "other" else {s: _sphere(ref_world, centers[s], region_radius) & ref_brain for s in states}
@@ -276,7 +289,8 @@ def make_synthetic_dataset(
         for r_index, run in enumerate(run_indices):
             rng = np.random.default_rng([seed, p_index, r_index])
             events = _block_design(rng, states, n_volumes, t_r, block_len, rest_len, blocks_per_state)
-            data = _run_data(rng, events, states, n_volumes, t_r, brain, rho2, gen_regions, gen_affine, noise, signal)
+            data = _run_data(rng, events, states, n_volumes, t_r, brain, rho2, gen_regions, gen_affine, noise, signal,
+                             patterns)
             if grid == "ras":
                 data = data[::-1]
             stem = f"sub-{label}_task-{task}" + (f"_run-{run}" if run is not None else "")
@@ -402,6 +416,12 @@ def _ellipsoid(world):
     return rho2 <= 1.0, rho2
 
 
+def _stripes(world, axis, period=None):
+    """+1/-1 stripes of ``period`` mm along world ``axis`` (float32, grid shape)."""
+    period = STRIPE_PERIOD if period is None else period
+    return np.where(np.sin(2 * np.pi * world[..., axis] / period + 0.5) >= 0, 1.0, -1.0).astype(np.float32)
+
+
 def _sphere(world, center, radius=REGION_RADIUS):
     return ((world - np.asarray(center, dtype=np.float32)) ** 2).sum(axis=-1) <= float(radius) ** 2
 
@@ -428,7 +448,7 @@ def _block_design(rng, states, n_volumes, t_r, block_len, rest_len, blocks_per_s
     )
 
 
-def _run_data(rng, events, states, n_volumes, t_r, brain, rho2, regions, affine, noise, signal):
+def _run_data(rng, events, states, n_volumes, t_r, brain, rho2, regions, affine, noise, signal, patterns):
     """(x, y, z, n_volumes) float32 array, Fortran order, 0 outside the brain."""
     from nilearn.glm.first_level import compute_regressor
     from scipy.ndimage import gaussian_filter
@@ -458,7 +478,7 @@ def _run_data(rng, events, states, n_volumes, t_r, brain, rho2, regions, affine,
             regressor = regressor / peak
         amplitude = signal / 100.0 * rng.uniform(0.8, 1.2)
         columns = regions[s][brain]
-        values[:, columns] += (amplitude * regressor).astype(np.float32)[:, None]
+        values[:, columns] += (amplitude * regressor).astype(np.float32)[:, None] * patterns[s][brain][columns][None, :]
 
     values += np.float32(1.0)
     values *= baseline[None, :]
