@@ -41,6 +41,8 @@ class Config:
     lrp_target : {"predicted", "true"}
     batch_size, nprocs : int
     overwrite, skip_bids_validation : bool
+    save_tfrecords : bool
+        Also export prepared, labelled volumes in the original TFRecord schema.
     correct_only, reports_only : bool
         Group level: add maps from correctly decoded volumes only; only rebuild the report.
     verbose : int
@@ -66,6 +68,7 @@ class Config:
     batch_size: int = 4
     nprocs: int = 0
     overwrite: bool = False
+    save_tfrecords: bool = False
     skip_bids_validation: bool = False
     correct_only: bool = False
     reports_only: bool = False
@@ -97,6 +100,7 @@ class Config:
             batch_size=int(args.batch_size),
             nprocs=int(args.nprocs or os.cpu_count() or 1),
             overwrite=bool(args.overwrite),
+            save_tfrecords=bool(getattr(args, "save_tfrecords", False)),
             skip_bids_validation=bool(args.skip_bids_validation),
             correct_only=bool(getattr(args, "correct_only", False)),
             reports_only=bool(getattr(args, "reports_only", False)),

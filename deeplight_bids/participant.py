@@ -111,6 +111,8 @@ class RunProcessor:
             LOGGER.warning("%s: trial types without a model state (volumes labelled n/a): %s",
                            run.label, ", ".join(unmapped))
         labels = volume_labels(events, prepared.n_volumes, run.t_r, state_map)
+        if cfg.save_tfrecords:
+            self._save_tfrecords(run, prepared, labels)
         n_vol = prepared.n_volumes
         late = events["onset"].to_numpy(dtype=float) >= n_vol * run.t_r
         if late.any():
@@ -185,6 +187,25 @@ class RunProcessor:
         detail = f"{n_vol} volumes, accuracy {accuracy:.3f}" if accuracy is not None else f"{n_vol} volumes"
         detail += f", {time.monotonic() - t0:.1f} s"
         return RunResult(run.label, "done", detail, n_vol, accuracy)
+
+    def _save_tfrecords(self, run, prepared, labels):
+        """Export the run's prepared, labelled volumes in the original TFRecord schema (reference §9)."""
+        from deeplight_bids.hcp.tfrecord import hcp_run_id, hcp_task_id, write_run_tfrecord
+        from deeplight_bids.states import HCP_STATES, hcp_task_name
+
+        task = hcp_task_name(run.entities["task"])
+        subject = str(run.subject)
+        if task is None or not subject.isdigit():
+            LOGGER.warning("%s: --save-tfrecords needs an HCP task and a numeric participant label (the original "
+                           "schema stores both as integers); no TFRecord written", run.label)
+            return
+        states = [HCP_STATES.index(s) if s in HCP_STATES else -1 for s in labels]
+        direction = str(run.entities.get("direction", "")).upper()
+        run_id = hcp_run_id(direction) if direction in ("LR", "RL") else int(run.entities.get("run") or 0)
+        path = Path(self.config.output_dir) / "tfrecords" / f"sub-{subject}" / f"{run.label}_volumes.tfrecords"
+        n_written = write_run_tfrecord(path, prepared.volumes, states, hcp_task_id(task), int(subject), run_id,
+                                       run.t_r)
+        LOGGER.info("%s: wrote %s labelled volumes to %s", run.label, n_written, path)
 
     def _predictions_frame(self, n_vol, t_r, labels, true_idx, pred_idx, probs, targets, subject=None):
         # 1/0: the participant was/was not in the model's training set (model card); n/a when unknown

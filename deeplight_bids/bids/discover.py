@@ -65,8 +65,10 @@ class Run:
 def find_derivatives(bids_dir, derivatives=()):
     """Folders holding the preprocessed BOLD.
 
-    Explicit ``derivatives`` win; else ``BIDS_DIR/derivatives/fmriprep*``; else
-    BIDS_DIR itself when its ``dataset_description.json`` says it is a derivative.
+    Explicit ``derivatives`` win; else ``BIDS_DIR/derivatives/fmriprep*``; else BIDS_DIR
+    itself when its ``dataset_description.json`` says it is a derivative; else the other
+    derivative datasets in ``BIDS_DIR/derivatives`` (e.g. ``hcp`` written by
+    ``deeplight-bids-hcp fetch``).
     """
     bids_dir = Path(bids_dir)
     if derivatives:
@@ -75,6 +77,9 @@ def find_derivatives(bids_dir, derivatives=()):
         out = sorted(p for p in (bids_dir / "derivatives").glob("fmriprep*") if p.is_dir())
         if not out and _dataset_type(bids_dir) == "derivative":
             out = [bids_dir]
+        if not out and (bids_dir / "derivatives").is_dir():
+            out = sorted(p for p in (bids_dir / "derivatives").iterdir()
+                         if p.is_dir() and _dataset_type(p) == "derivative")
     for folder in out:
         if not (folder / "dataset_description.json").is_file():
             raise InputDataError(
@@ -157,6 +162,11 @@ def discover_runs(layout, space="MNI152NLin6Asym", participant_label=None, sessi
                 f"(present: {', '.join('sub-' + s for s in sorted(known)[:10]) or 'none'}); fix --participant-label."
             )
     filters = _query_filters(participant_label, session_label, task, bids_filters, layout)
+    if "desc" not in layout.get_entities():
+        raise NoRunsFoundError(
+            f"{layout.root}: no derivatives dataset found (searched BIDS_DIR/derivatives/fmriprep* and other "
+            "derivative datasets there); run fMRIPrep first or point --derivatives at its outputs."
+        )
     bolds = layout.get(suffix="bold", desc="preproc", datatype="func", extension=_BOLD_EXTENSIONS,
                        return_type="object", **filters)
     if not bolds:

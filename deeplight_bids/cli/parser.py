@@ -188,6 +188,11 @@ def build_parser():
     g_group.add_argument("--reports-only", action="store_true",
                          help="group level: only rebuild OUTPUT_DIR/deeplight_report.html from existing group outputs")
 
+    g_out = parser.add_argument_group("Output options")
+    g_out.add_argument("--save-tfrecords", action="store_true",
+                       help="also write each run's prepared, labelled volumes as TFRecords in the original "
+                            "DeepLight schema (OUTPUT_DIR/tfrecords/; HCP states and numeric participant labels)")
+
     g_other = parser.add_argument_group("Other options")
     g_other.add_argument("--overwrite", action="store_true",
                          help="recompute runs whose outputs already exist (default: skip them)")

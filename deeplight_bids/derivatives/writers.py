@@ -290,6 +290,7 @@ models
 figures
 work
 group
+tfrecords
 """
 
 
