@@ -9,6 +9,7 @@ with other settings or left unfinished.
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -412,7 +413,8 @@ def run_participant_level(config, log=LOGGER):
              len(dl_model.states), dl_model.weights_path)
 
     write_dataset_files(config.output_dir, [config.bids_dir, *derivatives])
-    _write_config(config)
+    log_stem = _write_config(config)
+    file_log = _attach_log_file(log, log_stem.with_suffix(".log"))
     processor = RunProcessor(dl_model, config, user_state_map)
     results = [RunResult(r.label, "skipped", r.skip_reason) for r in runs if r.skip_reason]
     for i, run in enumerate(todo, start=1):
@@ -430,6 +432,10 @@ def run_participant_level(config, log=LOGGER):
         processor.write_participant_summaries(subject, [r for r in todo if r.subject == subject])
 
     log.info("summary:\n%s", format_results(results))
+    _write_run_table(config, log_stem.with_name(log_stem.name.replace("config-", "runs-") + ".tsv"), results)
+    if file_log is not None:
+        log.removeHandler(file_log)
+        file_log.close()
     bad = [r for r in results if r.status == "failed" or (r.status == "skipped" and not r.detail.startswith("outputs exist"))]
     if bad and len(bad) == len(results):
         from deeplight_bids.exceptions import InputDataError
@@ -560,7 +566,31 @@ def _write_config(config):
 
     from deeplight_bids.derivatives.writers import write_text
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    # the process id keeps concurrent jobs started in the same second apart
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     labels = "-".join(config.participant_label or ("all",))[:40]
     path = Path(config.output_dir) / "logs" / f"config-{stamp}-{labels}.toml"
     write_text(path, tomli_w.dumps(config.to_dict()), root=config.output_dir)
+    return path.with_suffix("")
+
+
+def _attach_log_file(log, path):
+    """Copy the log of this job to ``OUTPUT_DIR/logs/*.log`` (as fMRIPrep keeps its logs)."""
+    try:
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as err:
+        log.warning("cannot write the log file %s (%s); logging to the terminal only", path, err)
+        return None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    log.addHandler(handler)
+    return handler
+
+
+def _write_run_table(config, path, results):
+    """What happened to every run of this job (``run``, ``status``, ``detail``): read by the group report."""
+    from deeplight_bids.derivatives.writers import write_tsv
+
+    frame = pd.DataFrame([{"run": r.label, "status": r.status, "detail": r.detail} for r in results],
+                         columns=["run", "status", "detail"])
+    write_tsv(path, frame)

@@ -227,7 +227,23 @@ def _summary_section(manifest, inventory, templates, config):
     return "<section id='summary'><h2>Summary</h2>" + body + "</section>"
 
 
-def _processing_section(inventory):
+def participant_run_log(output_dir):
+    """Latest status of every run from the participant jobs' ``logs/runs-*.tsv`` (skips and failures with reasons)."""
+    frames = []
+    for path in sorted(Path(output_dir, "logs").glob("runs-*.tsv")):
+        try:
+            frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            continue
+        frame["log"] = path.name
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["run", "status", "detail", "log"])
+    # file names start with the job's time stamp: the last entry of a run is its latest status
+    return pd.concat(frames).drop_duplicates("run", keep="last").reset_index(drop=True)
+
+
+def _processing_section(inventory, output_dir=None):
     rows = []
     for sub in sorted(set(inventory.participants) | set(inventory.expected)):
         runs = [r for r in inventory.runs if r.subject == sub]
@@ -242,6 +258,12 @@ def _processing_section(inventory):
         body += "<h3>Missing or partial outputs</h3>" + table_html(pd.DataFrame(inventory.problems))
     else:
         body += "<p class='ok'>No missing or partial participant outputs.</p>"
+    if output_dir is not None:
+        runs = participant_run_log(output_dir)
+        bad = runs[runs["status"].isin(["skipped", "failed"]) & ~runs["detail"].str.startswith("outputs exist")]
+        if len(bad):
+            body += ("<h3>Runs skipped or failed at the participant level</h3>"
+                     "<p>From <code>logs/runs-*.tsv</code> (latest job per run).</p>" + table_html(bad))
     return "<section id='processing'><h2>Processed and skipped</h2>" + body + "</section>"
 
 
@@ -380,7 +402,7 @@ def write_report(output_dir, manifest, inventory, templates, config=None):
     nav += [f"<a href='#model-{i}'>Model {i + 1}</a>" for i in range(len(groups))]
     nav += ["<a href='#participants'>Participants</a>", "<a href='#software'>Software</a>",
             "<a href='#methods'>Methods</a>"]
-    sections = [_summary_section(manifest, inventory, templates, config or object()), _processing_section(inventory)]
+    sections = [_summary_section(manifest, inventory, templates, config or object()), _processing_section(inventory, output_dir)]
     sections += [_model_section(i, g, output_dir, templates) for i, g in enumerate(groups)]
     sections.append(_participant_section(inventory))
     versions = software_versions()

@@ -264,6 +264,25 @@ def test_messy_job_is_partial_without_traceback(messy):
     assert re.search(r"\d+ of \d+ run\(s\) skipped or failed for bad input \(exit code 6", messy["stderr"])
 
 
+def test_skip_reasons_are_kept_in_logs_and_the_report(messy):
+    """Skipped/failed runs and their reasons: the job's log file, its run table, and the group report."""
+    import pandas as pd
+
+    from deeplight_bids.group.report import participant_run_log
+
+    logs = messy["out"] / "logs"
+    assert len(list(logs.glob("*.log"))) == 1
+    table = participant_run_log(messy["out"])
+    bad = table[table["status"].isin(["skipped", "failed"])]
+    assert len(bad) >= len([c for c in CASES.values() if c[0] != "done"])
+    assert (bad["detail"].str.len() > 0).all()
+    log_text = next(logs.glob("*.log")).read_text()
+    for run in bad["run"]:
+        assert run in log_text
+    # the table is a plain BIDS-style TSV
+    assert list(pd.read_csv(next(logs.glob("runs-*.tsv")), sep="\t").columns) == ["run", "status", "detail"]
+
+
 def test_read_only_bids_dir_is_never_written(messy):
     assert messy["writes"] == []
 
