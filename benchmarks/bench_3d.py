@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import update_section  # benchmarks/_results.py (scripts run from this folder)
+
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -273,14 +275,7 @@ def write_results(path, machine, rows, prep, flow):
                       f"({flow['peak_rss_mib'] / 1024:.2f} GiB, {verdict} the 3 GiB target). Outputs "
                       f"{flow['total_bytes'] / 2 ** 20:.1f} MiB in all; largest: {sizes}."]
     section = "\n".join(lines) + "\n"
-    path = Path(path)
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    update_section(path, SECTION, section)
 
 
 def main(argv=None):

@@ -46,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import update_section  # benchmarks/_results.py (scripts run from this folder)
+
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 SECTION = "## Peers"
@@ -328,14 +330,7 @@ def write_results(path, machine, row):
              f"| {row['batch']} | {row['ours_s']:.2f} | {row['zennit_s']:.2f} | {row['ratio']:.2f} | "
              f"{row['max_abs_diff']:.2e} | {row['max_rel_diff']:.2e} | {row['logit_max_diff']:.2e} |"]
     section = "\n".join(lines) + "\n"
-    path = Path(path)
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    update_section(path, SECTION, section)
 
 
 if __name__ == "__main__":
