@@ -46,6 +46,9 @@ class Config:
     correct_only, reports_only : bool
         Group level: add maps from correctly decoded volumes only; only rebuild the report.
     verbose : int
+    finetune, finetune_init, finetune_states, epochs, learning_rate, finetune_batch_size, cv_folds,
+    val_participants, early_stopping_patience, seed, freeze_body, model_name
+        Group level ``--finetune`` (see :mod:`deeplight_bids.group.finetune`).
     """
 
     bids_dir: Path
@@ -73,6 +76,18 @@ class Config:
     correct_only: bool = False
     reports_only: bool = False
     verbose: int = 0
+    finetune: bool = False
+    finetune_init: str = "pretrained"
+    finetune_states: tuple | None = None
+    epochs: int = 10
+    learning_rate: float | None = None
+    finetune_batch_size: int | None = None
+    cv_folds: int = 0
+    val_participants: tuple | None = None
+    early_stopping_patience: int = 0
+    seed: int = 0
+    freeze_body: bool = False
+    model_name: str | None = None
     version: str = __version__
 
     @classmethod
@@ -105,6 +120,18 @@ class Config:
             correct_only=bool(getattr(args, "correct_only", False)),
             reports_only=bool(getattr(args, "reports_only", False)),
             verbose=int(args.verbose),
+            finetune=bool(getattr(args, "finetune", False)),
+            finetune_init=getattr(args, "finetune_init", "pretrained"),
+            finetune_states=tuple(args.finetune_states) if getattr(args, "finetune_states", None) else None,
+            epochs=int(getattr(args, "epochs", 10)),
+            learning_rate=getattr(args, "learning_rate", None),
+            finetune_batch_size=getattr(args, "finetune_batch_size", None),
+            cv_folds=int(getattr(args, "cv_folds", 0) or 0),
+            val_participants=tuple(args.val_participants) if getattr(args, "val_participants", None) else None,
+            early_stopping_patience=int(getattr(args, "early_stopping_patience", 0) or 0),
+            seed=int(getattr(args, "seed", 0) or 0),
+            freeze_body=bool(getattr(args, "freeze_body", False)),
+            model_name=getattr(args, "model_name", None),
         )
 
     def to_dict(self):

@@ -188,6 +188,10 @@ def build_parser():
     g_group.add_argument("--reports-only", action="store_true",
                          help="group level: only rebuild OUTPUT_DIR/deeplight_report.html from existing group outputs")
 
+    from deeplight_bids.group.finetune import add_finetune_arguments
+
+    add_finetune_arguments(parser)
+
     g_out = parser.add_argument_group("Output options")
     g_out.add_argument("--save-tfrecords", action="store_true",
                        help="also write each run's prepared, labelled volumes as TFRecords in the original "

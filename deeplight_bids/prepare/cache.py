@@ -1,0 +1,368 @@
+"""A cache of prepared runs for training, and a bounded-memory ``tf.data`` reader.
+
+Fine-tuning reads every labelled volume once per epoch.  Preparing a run (resample,
+mask, smooth, detrend, high-pass, z-score; :func:`deeplight_bids.prepare.clean.prepare_run`)
+takes seconds, so each run is prepared once and stored in the work folder in a compact
+form:
+
+``WORK_DIR/prepared/<key>/``
+    ``signals.npy``  float16 ``(n_volumes, n_mask_voxels)``: the in-mask voxels only
+    (~1/4 of a float32 full-grid volume per brain-masked volume, halved again by float16);
+    ``mask.npy``     bool ``(91, 109, 91)`` on the reference grid, (x, y, z) order;
+    ``meta.json``    the run, its inputs and the preprocessing parameters.
+``WORK_DIR/prepared/index.json``
+    ``key -> meta`` of every prepared run (the index).
+
+``key`` is a SHA-256 over the BOLD and mask paths, sizes and modification times, the
+repetition time, the preprocessing parameters and :data:`CACHE_VERSION`: editing an input or
+changing ``--smoothing-fwhm`` / ``--high-pass`` prepares again, anything else reuses the
+cache.  Entries are written to a temporary folder and renamed, so an interrupted
+preparation never leaves a partial entry.  Labels are not cached (they are cheap and depend
+on the events file and ``--states``); :func:`label_volumes` computes them.
+
+Reading: :class:`VolumeReader` memory-maps the cached signals and rebuilds one full
+volume at a time in model order ``(z, y, x, 1)``; :func:`make_volume_dataset` wraps it in
+``tf.data`` with per-epoch shuffling and class balancing (every class oversampled to the
+largest class), batching and prefetching; at most a few batches of full volumes are in
+memory at once.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from deeplight_bids.prepare.grid import REFERENCE_SHAPE
+
+LOGGER = logging.getLogger("deeplight_bids")
+
+#: Bump when the cached format or the preparation changes meaning.
+CACHE_VERSION = 1
+CACHE_FOLDER = "prepared"
+INDEX_FILE = "index.json"
+#: Model-order shape of one volume, (z, y, x, 1).
+MODEL_SHAPE = (REFERENCE_SHAPE[2], REFERENCE_SHAPE[1], REFERENCE_SHAPE[0], 1)
+_FLOAT16_MAX = 65000.0
+
+
+@dataclass
+class CacheStats:
+    """What :func:`prepare_cached` did: runs prepared now and runs reused from the cache."""
+
+    prepared: list = field(default_factory=list)
+    reused: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class CacheEntry:
+    """One prepared run in the cache."""
+
+    key: str
+    folder: Path
+    meta: dict
+
+    @property
+    def label(self):
+        return self.meta["run_label"]
+
+    @property
+    def subject(self):
+        return self.meta["subject"]
+
+    @property
+    def n_volumes(self):
+        return int(self.meta["n_volumes"])
+
+    def signals(self):
+        """Memory-mapped float16 ``(n_volumes, n_mask_voxels)``."""
+        return np.load(self.folder / "signals.npy", mmap_mode="r")
+
+    def mask(self):
+        return np.load(self.folder / "mask.npy")
+
+
+def _file_id(path):
+    path = Path(path)
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+def cache_key(run, smoothing_fwhm, high_pass):
+    """Key of a run's prepared data: inputs (path, size, mtime) + preprocessing parameters."""
+    content = {"version": CACHE_VERSION, "bold": _file_id(run.bold), "mask": _file_id(run.mask),
+               "t_r": float(run.t_r), "smoothing_fwhm": float(smoothing_fwhm),
+               "high_pass": None if high_pass is None else float(high_pass)}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24], content
+
+
+def cache_dir(work_dir):
+    return Path(work_dir) / CACHE_FOLDER
+
+
+def _prepare_one(bold, mask, t_r, smoothing_fwhm, high_pass, folder, meta):
+    """Prepare one run and write its cache entry (runs in a worker process)."""
+    from deeplight_bids.prepare.clean import prepare_run
+
+    t0 = time.monotonic()
+    prepared = prepare_run(bold, mask, t_r, smoothing_fwhm=smoothing_fwhm, high_pass=high_pass)
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        signals = np.clip(prepared.signals, -_FLOAT16_MAX, _FLOAT16_MAX).astype(np.float16)
+        np.save(tmp / "signals.npy", signals)
+        np.save(tmp / "mask.npy", prepared.mask)
+        meta = dict(meta, n_volumes=int(prepared.n_volumes), n_voxels=int(prepared.mask.sum()),
+                    seconds=round(time.monotonic() - t0, 3))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def _entry_ok(folder):
+    return all((folder / name).is_file() for name in ("signals.npy", "mask.npy", "meta.json"))
+
+
+def prepare_cached(runs, work_dir, smoothing_fwhm=3.0, high_pass=1 / 128, nprocs=1, log=LOGGER):
+    """Prepare ``runs`` into the cache (in parallel), reusing entries already there.
+
+    Parameters
+    ----------
+    runs : list of deeplight_bids.bids.discover.Run
+        Processable runs.
+    work_dir : path
+        The cache lives in ``work_dir/prepared``.
+    nprocs : int
+        Worker processes for the runs still to prepare (1: in this process).
+
+    Returns
+    -------
+    entries : list of CacheEntry
+        One per run, in the order of ``runs``.
+    stats : CacheStats
+    """
+    t0 = time.monotonic()
+    root = cache_dir(work_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    stats = CacheStats()
+    jobs, keys = [], []
+    for run in runs:
+        key, content = cache_key(run, smoothing_fwhm, high_pass)
+        keys.append(key)
+        folder = root / key
+        if _entry_ok(folder):
+            stats.reused.append(run.label)
+            continue
+        meta = {"run_label": run.label, "subject": run.subject, "entities": {k: v for k, v in run.entities.items()
+                                                                             if v is not None},
+                "events": str(run.events) if run.events else None, "inputs": content,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        jobs.append((str(run.bold), str(run.mask), float(run.t_r), smoothing_fwhm, high_pass, str(folder), meta))
+        stats.prepared.append(run.label)
+    if stats.reused:
+        log.info("cache: reusing %d prepared run(s) from %s", len(stats.reused), root)
+    workers = max(1, min(int(nprocs or 1), len(jobs)))
+    if jobs:
+        log.info("cache: preparing %d run(s) with %d process(es)", len(jobs), workers)
+    if workers > 1:
+        # spawn: the parent may hold TensorFlow threads, which do not survive fork
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_prepare_one, *job) for job in jobs]
+            for job, fut in zip(jobs, futures):
+                meta = fut.result()
+                log.info("cache: %s prepared (%d volumes, %.1f s)", job[6]["run_label"], meta["n_volumes"],
+                         meta["seconds"])
+    else:
+        for job in jobs:
+            meta = _prepare_one(*job)
+            log.info("cache: %s prepared (%d volumes, %.1f s)", job[6]["run_label"], meta["n_volumes"],
+                     meta["seconds"])
+    entries = [CacheEntry(key, root / key, json.loads((root / key / "meta.json").read_text())) for key in keys]
+    _write_index(root)
+    stats.seconds = time.monotonic() - t0
+    return entries, stats
+
+
+def _write_index(root):
+    index = {}
+    for folder in sorted(root.iterdir()):
+        if folder.is_dir() and not folder.name.startswith(".") and _entry_ok(folder):
+            try:
+                index[folder.name] = json.loads((folder / "meta.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+    tmp = root / f".{INDEX_FILE}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(index, indent=1))
+    os.replace(tmp, root / INDEX_FILE)
+
+
+@dataclass
+class Samples:
+    """Labelled volumes selected for training or evaluation (parallel arrays)."""
+
+    entry: np.ndarray  #: index into the entries list
+    volume: np.ndarray  #: volume index within the run
+    label: np.ndarray  #: index into ``states``
+    subject: np.ndarray  #: participant label (no ``sub-``)
+    run_label: np.ndarray  #: run name
+
+    def __len__(self):
+        return len(self.label)
+
+    def subset(self, keep):
+        keep = np.asarray(keep)
+        return Samples(self.entry[keep], self.volume[keep], self.label[keep], self.subject[keep],
+                       self.run_label[keep])
+
+    def of_subjects(self, subjects):
+        return self.subset(np.isin(self.subject, list(subjects)))
+
+
+def label_volumes(entries, runs, states, state_maps=None):
+    """Labelled volumes of the cached runs whose state is in ``states``.
+
+    Returns
+    -------
+    samples : Samples
+    counts : dict
+        ``state -> number of labelled volumes`` (all states found, also those not in ``states``).
+    """
+    from deeplight_bids.prepare.labels import read_events, resolve_state_map, volume_labels
+
+    index = {s: i for i, s in enumerate(states)} if states is not None else None
+    rows = []
+    counts = {}
+    for e_idx, (entry, run) in enumerate(zip(entries, runs)):
+        state_map = resolve_state_map(run.entities["task"], state_maps)
+        labels = volume_labels(read_events(run.events), entry.n_volumes, run.t_r, state_map)
+        for v, state in enumerate(labels):
+            if state is None:
+                continue
+            counts[state] = counts.get(state, 0) + 1
+            if index is None or state in index:
+                rows.append((e_idx, v, state, run.subject, run.label))
+    if index is None:
+        index = {s: i for i, s in enumerate(sorted(counts))}
+    return Samples(np.array([r[0] for r in rows], int), np.array([r[1] for r in rows], int),
+                   np.array([index[r[2]] for r in rows], int), np.array([r[3] for r in rows], dtype=object),
+                   np.array([r[4] for r in rows], dtype=object)), counts
+
+
+class VolumeReader:
+    """Rebuild full model-order volumes ``(z, y, x, 1)`` float32 from cache entries, one at a time."""
+
+    def __init__(self, entries):
+        self.entries = list(entries)
+        self._signals = {}
+        self._index = {}
+
+    def _open(self, e):
+        if e not in self._signals:
+            entry = self.entries[e]
+            mask = entry.mask()
+            # flat positions, in the (z, y, x) model array, of the mask voxels in (x, y, z) C order
+            xyz = np.nonzero(mask)
+            nz, ny, nx = MODEL_SHAPE[:3]
+            key = hashlib.sha1(np.packbits(mask).tobytes()).hexdigest()
+            if key not in self._index:
+                self._index[key] = (xyz[2] * ny + xyz[1]) * nx + xyz[0]
+            self._signals[e] = (entry.signals(), self._index[key])
+        return self._signals[e]
+
+    def volume(self, e, v):
+        signals, flat = self._open(int(e))
+        out = np.zeros(int(np.prod(MODEL_SHAPE)), np.float32)
+        out[flat] = signals[int(v)]
+        return out.reshape(MODEL_SHAPE)
+
+    def batch(self, samples, start, stop):
+        return np.stack([self.volume(samples.entry[i], samples.volume[i]) for i in range(start, stop)])
+
+
+def epoch_order(labels, rng, balance=True, shuffle=True):
+    """Indices of one epoch: with ``balance`` every class is oversampled to the largest class."""
+    labels = np.asarray(labels)
+    if balance and len(labels):
+        classes, counts = np.unique(labels, return_counts=True)
+        target = counts.max()
+        parts = []
+        for c, n in zip(classes, counts):
+            idx = np.flatnonzero(labels == c)
+            extra = rng.choice(idx, target - n, replace=True) if target > n else np.zeros(0, int)
+            parts.append(np.concatenate([idx, extra]))
+        order = np.concatenate(parts)
+    else:
+        order = np.arange(len(labels))
+    if shuffle:
+        order = rng.permutation(order)
+    return order
+
+
+def make_volume_dataset(reader, samples, batch_size, shuffle=True, balance=True, seed=0, start_epoch=0):
+    """``tf.data.Dataset`` of ``(volumes (b, z, y, x, 1) float32, labels (b,) int32)`` batches.
+
+    Each pass over the dataset (one Keras epoch) draws a new order from ``seed`` and the
+    epoch number (so a resumed run continues the same sequence of orders).
+    """
+    import tensorflow as tf
+
+    state = {"epoch": int(start_epoch)}
+
+    def generate():
+        rng = np.random.default_rng([*(int(v) for v in np.atleast_1d(seed)), state["epoch"]])
+        state["epoch"] += 1
+        for i in epoch_order(samples.label, rng, balance=balance, shuffle=shuffle):
+            yield reader.volume(samples.entry[i], samples.volume[i]), np.int32(samples.label[i])
+
+    ds = tf.data.Dataset.from_generator(
+        generate, output_signature=(tf.TensorSpec(MODEL_SHAPE, tf.float32), tf.TensorSpec((), tf.int32)))
+    return _finish(ds, epoch_length(samples.label, balance), batch_size)
+
+
+def make_array_dataset(features, labels, batch_size, shuffle=True, balance=True, seed=0, start_epoch=0):
+    """Like :func:`make_volume_dataset` for in-memory arrays (e.g. frozen-body features)."""
+    import tensorflow as tf
+
+    features = np.asarray(features, np.float32)
+    labels = np.asarray(labels, np.int32)
+    state = {"epoch": int(start_epoch)}
+
+    def generate():
+        rng = np.random.default_rng([*(int(v) for v in np.atleast_1d(seed)), state["epoch"]])
+        state["epoch"] += 1
+        for i in epoch_order(labels, rng, balance=balance, shuffle=shuffle):
+            yield features[i], labels[i]
+
+    ds = tf.data.Dataset.from_generator(
+        generate, output_signature=(tf.TensorSpec(features.shape[1:], tf.float32), tf.TensorSpec((), tf.int32)))
+    return _finish(ds, epoch_length(labels, balance), batch_size)
+
+
+def epoch_length(labels, balance=True):
+    """Samples per epoch (with ``balance``: classes x the largest class)."""
+    labels = np.asarray(labels)
+    if not balance or not len(labels):
+        return len(labels)
+    _, counts = np.unique(labels, return_counts=True)
+    return int(len(counts) * counts.max())
+
+
+def _finish(ds, n, batch_size):
+    import tensorflow as tf
+
+    n_batches = -(-int(n) // int(batch_size))
+    return ds.batch(int(batch_size)).apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(2)

@@ -1,0 +1,73 @@
+"""The prepared-volume cache: compact storage, reuse, invalidation, reading, balancing."""
+
+import os
+
+import numpy as np
+import pytest
+
+from deeplight_bids.bids.discover import build_layout, discover_runs, find_derivatives
+from deeplight_bids.prepare import cache
+
+
+@pytest.fixture(scope="module")
+def runs(ft_dataset):
+    layout = build_layout(ft_dataset.bids_dir, find_derivatives(ft_dataset.bids_dir))
+    return [r for r in discover_runs(layout) if r.skip_reason is None]
+
+
+def test_prepared_once_then_reused(runs, ft_work):
+    entries, stats = cache.prepare_cached(runs, ft_work, nprocs=2)  # in parallel (2 processes)
+    assert len(entries) == 4
+    stamps = {e.key: os.stat(e.folder / "signals.npy").st_mtime_ns for e in entries}
+    entries2, stats2 = cache.prepare_cached(runs, ft_work, nprocs=2)
+    assert stats2.prepared == [] and len(stats2.reused) == 4
+    assert {e.key: os.stat(e.folder / "signals.npy").st_mtime_ns for e in entries2} == stamps
+    index = (cache.cache_dir(ft_work) / cache.INDEX_FILE).read_text()
+    assert all(e.key in index for e in entries)
+    sig = entries[0].signals()
+    assert sig.dtype == np.float16 and sig.shape == (30, int(entries[0].mask().sum()))
+
+
+def test_key_follows_inputs_and_parameters(runs, ft_work, tmp_path):
+    key, _ = cache.cache_key(runs[0], 3.0, 1 / 128)
+    assert cache.cache_key(runs[0], 3.0, 1 / 128)[0] == key
+    assert cache.cache_key(runs[0], 4.0, 1 / 128)[0] != key
+    assert cache.cache_key(runs[0], 3.0, None)[0] != key
+    st = os.stat(runs[0].bold)
+    try:
+        os.utime(runs[0].bold, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        assert cache.cache_key(runs[0], 3.0, 1 / 128)[0] != key
+    finally:
+        os.utime(runs[0].bold, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_reader_rebuilds_model_order_volumes(runs, ft_work):
+    from deeplight_bids.models.three import to_model_order
+    from deeplight_bids.prepare.clean import prepare_run
+
+    entries, _ = cache.prepare_cached(runs[:1], ft_work)
+    prepared = prepare_run(runs[0].bold, runs[0].mask, runs[0].t_r)
+    expected = to_model_order(prepared.volumes(5, 7))
+    reader = cache.VolumeReader(entries)
+    got = np.stack([reader.volume(0, 5), reader.volume(0, 6)])
+    assert got.shape == expected.shape == (2, 91, 109, 91, 1)
+    np.testing.assert_allclose(got, expected, atol=0.01, rtol=2e-3)
+
+
+def test_balanced_shuffled_epochs_and_dataset(runs, ft_work):
+    labels = np.array([0] * 10 + [1] * 3 + [2] * 5)
+    order = cache.epoch_order(labels, np.random.default_rng(0))
+    assert np.bincount(labels[order]).tolist() == [10, 10, 10]
+    assert cache.epoch_length(labels) == 30
+    assert sorted(cache.epoch_order(labels, np.random.default_rng(0), balance=False)) == list(range(18))
+
+    entries, _ = cache.prepare_cached(runs, ft_work)
+    samples, counts = cache.label_volumes(entries, runs, ("MOTOR_lh", "MOTOR_rh", "MOTOR_t"))
+    assert set(counts) == {"MOTOR_lh", "MOTOR_rh", "MOTOR_t"} and len(samples) == sum(counts.values())
+    one = samples.of_subjects(["01"])
+    ds = cache.make_volume_dataset(cache.VolumeReader(entries), one, batch_size=4, seed=1)
+    seen = []
+    for x, y in ds.take(2):
+        assert tuple(x.shape[1:]) == (91, 109, 91, 1) and x.dtype.name == "float32"
+        seen.extend(y.numpy().tolist())
+    assert len(seen) == 8 and set(seen) <= {0, 1, 2}
