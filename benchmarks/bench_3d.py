@@ -45,6 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from _results import update_section  # benchmarks/_results.py (scripts run from this folder)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for the test helper
+from tests.models.legacy_h5 import randomise_weights  # noqa: E402  (random weights + BN statistics)
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
@@ -59,26 +61,6 @@ N_STATES = 16
 def peak_rss_mib():
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if platform.system() == "Darwin" else peak / 1024
-
-
-def randomise_weights(model, seed=0):
-    """Random kernels/biases (fan-in scaled) and non-trivial BN statistics, as in the tests."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        new = []
-        for var in layer.weights:
-            shape = tuple(var.shape)
-            leaf = var.path.split("/")[-1]
-            if leaf == "moving_variance":
-                new.append(rng.uniform(0.5, 2.0, shape).astype(np.float32))
-            elif leaf == "gamma":
-                new.append(rng.uniform(0.5, 1.5, shape).astype(np.float32))
-            else:
-                fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-                new.append((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32))
-        if new:
-            layer.set_weights(new)
-    return model
 
 
 def build_random_model(n_states=N_STATES, seed=3):

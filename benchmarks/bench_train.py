@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import update_section  # benchmarks/_results.py (scripts run from this folder)
+
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -127,14 +129,7 @@ def write_results(path, machine, rows, batch_size, steps, load=None):
         note = notes.get(r["case"], "").format(head=r.get("head_vol_s", 0.0))
         lines.append(f"| {r['case']} | {r['batch']} | {r['vol_s']:.2f} | {r['rss_mib']:.0f} | {note} |")
     section = "\n".join(lines) + "\n"
-    path = Path(path)
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    update_section(path, SECTION, section)
 
 
 def main(argv=None):

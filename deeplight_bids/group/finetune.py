@@ -66,38 +66,25 @@ VALIDATION_SHARE = 0.2
 def add_finetune_arguments(parser):
     """Add the "Fine-tuning options" group to the main parser."""
 
-    def positive_int(value):
-        import argparse
+    def bounded(cast, low, strict, what):
+        """A ``type=`` check: ``cast(value)`` must be > ``low`` (``strict``) or >= ``low``."""
 
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-        if number < 1:
-            raise argparse.ArgumentTypeError(f"expected a number >= 1, got {number}")
-        return number
+        def check(value):
+            import argparse
 
-    def non_negative_int(value):
-        import argparse
+            try:
+                number = cast(value)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+            if not (number > low if strict else number >= low):  # also refuses NaN
+                raise argparse.ArgumentTypeError(f"expected a number {'>' if strict else '>='} {low}, got {value!r}")
+            return number
 
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-        if number < 0:
-            raise argparse.ArgumentTypeError(f"expected a number >= 0, got {number}")
-        return number
+        return check
 
-    def positive_float(value):
-        import argparse
-
-        try:
-            number = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-        if not number > 0:
-            raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
-        return number
+    positive_int = bounded(int, 1, False, "a whole number")
+    non_negative_int = bounded(int, 0, False, "a whole number")
+    positive_float = bounded(float, 0, True, "a number")
 
     group = parser.add_argument_group(
         "Fine-tuning options",
