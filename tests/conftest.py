@@ -40,3 +40,24 @@ def prepared_synthetic_run(synthetic_dataset):
 
     run = synthetic_dataset.runs[0]
     return prepare_run(run.bold, run.mask, synthetic_dataset.t_r)
+
+
+#: Output states of the random-weight test model (the synthetic task's HCP states).
+MOTOR_STATES = ["MOTOR_lh", "MOTOR_rh", "MOTOR_t"]
+
+
+@pytest.fixture(scope="session")
+def random_3d_model(tmp_path_factory):
+    """Folder holding a random-weight 3D-DeepLight ``.keras`` (seed 3) and its model card (MOTOR states).
+
+    Stands in for trained weights where a test checks the pipeline, not decoding accuracy.
+    """
+    from deeplight_bids.models.three import build_3d_deeplight
+    from deeplight_bids.models.weights import save_model
+
+    from .models.legacy_h5 import randomise_weights
+
+    folder = tmp_path_factory.mktemp("random_model") / "rand3d"
+    model = randomise_weights(build_3d_deeplight(n_states=len(MOTOR_STATES)), seed=3)
+    save_model(model, folder / "rand3d.keras", {"architecture": "3D", "states": MOTOR_STATES, "name": "rand3d"})
+    return folder

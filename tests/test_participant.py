@@ -35,16 +35,9 @@ def tree_digest(root):
 
 
 @pytest.fixture(scope="module")
-def random_model(tmp_path_factory):
-    from deeplight_bids.models.three import build_3d_deeplight
-    from deeplight_bids.models.weights import save_model
-
-    from .models.legacy_h5 import randomise_weights
-
-    folder = tmp_path_factory.mktemp("model") / "rand3d"
-    model = randomise_weights(build_3d_deeplight(n_states=len(STATES)), seed=3)
-    save_model(model, folder / "rand3d.keras", {"architecture": "3D", "states": STATES, "name": "rand3d"})
-    return folder
+def random_model(random_3d_model):
+    """The shared random-weight 3D model (tests/conftest.py)."""
+    return random_3d_model
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,8 @@ def _relative_files(out):
         if path.is_file():
             name = str(path.relative_to(out))
             name = re.sub(r"_label-[A-Za-z0-9]+_", "_label-*_", name)
-            name = re.sub(r"config-\d{8}-\d{6}-", "config-*-", name)
+            # logs/{config,runs}-<date>-<time>-<pid>-<labels>.{toml,log,tsv}
+            name = re.sub(r"(config|runs)-\d{8}-\d{6}-\d+-", r"\1-*-", name)
             names.add(name)
     return names
 

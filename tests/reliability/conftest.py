@@ -28,17 +28,9 @@ def small_dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def rel_model(tmp_path_factory):
-    """Folder holding a random-weight 3D-DeepLight ``.keras`` (fixed seed) and its model card."""
-    from deeplight_bids.models.three import build_3d_deeplight
-    from deeplight_bids.models.weights import save_model
-
-    from ..models.legacy_h5 import randomise_weights
-
-    folder = tmp_path_factory.mktemp("rel_model") / "rand3d"
-    model = randomise_weights(build_3d_deeplight(n_states=len(STATES)), seed=3)
-    save_model(model, folder / "rand3d.keras", {"architecture": "3D", "states": STATES, "name": "rand3d"})
-    return folder
+def rel_model(random_3d_model):
+    """The shared random-weight 3D model (tests/conftest.py)."""
+    return random_3d_model
 
 
 def cli_inprocess(argv):
