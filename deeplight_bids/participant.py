@@ -317,8 +317,13 @@ class RunProcessor:
             out[idx] = (data[..., np.asarray(rows)].sum(axis=-1, dtype=np.float64), len(rows))
         return out
 
-    def write_participant_summaries(self, subject, runs):
-        """Mean relevance map per task and explained state, and the accuracy summary TSV."""
+    def write_participant_summaries(self, subject, runs, map_tasks=None):
+        """Mean relevance map per task and explained state, and the accuracy summary TSV.
+
+        ``runs`` are all the participant's runs (those complete for these settings are
+        summarised, whichever job made them); mean maps are rewritten only for
+        ``map_tasks`` (default: every task of ``runs``).
+        """
         cfg = self.config
         done = [r for r in runs if self.is_complete(naming.run_outputs(cfg.output_dir, r.entities))]
         if not done:
@@ -350,7 +355,7 @@ class RunProcessor:
             return
         import nibabel as nib
 
-        for task in sorted({r.entities["task"] for r in done}):
+        for task in sorted({r.entities["task"] for r in done} & set(map_tasks or {r.entities["task"] for r in done})):
             totals = {}
             for run in (r for r in done if r.entities["task"] == task):
                 for idx, (total, count) in self._load_state_sums(run).items():
@@ -429,7 +434,11 @@ def run_participant_level(config, log=LOGGER):
         log.info("%s: %s (%s)", run.label, result.status, result.detail)
         results.append(result)
     for subject in sorted({r.subject for r in todo}):
-        processor.write_participant_summaries(subject, [r for r in todo if r.subject == subject])
+        mine = [r for r in todo if r.subject == subject]
+        # the summary covers every finished run of the participant, also those of earlier jobs
+        # run with other --task/--session selections, so it is never narrowed by a later job
+        processor.write_participant_summaries(subject, _all_runs_of(layout, config, subject, mine),
+                                              map_tasks={r.entities["task"] for r in mine})
 
     log.info("summary:\n%s", format_results(results))
     _write_run_table(config, log_stem.with_name(log_stem.name.replace("config-", "runs-") + ".tsv"), results)
@@ -499,6 +508,18 @@ class _ModelOrderBatches:
         out = np.zeros((stop - start, int(np.prod(self.shape))), dtype=np.float32)
         out[:, self.index] = self.signals[start:stop]
         return out.reshape((stop - start, *self.shape))
+
+
+def _all_runs_of(layout, config, subject, fallback):
+    """Every processable run of ``subject`` in the dataset (any task or session)."""
+    from deeplight_bids.bids.discover import discover_runs
+    from deeplight_bids.exceptions import NoRunsFoundError
+
+    try:
+        runs = discover_runs(layout, space=config.space, participant_label=[subject])
+    except NoRunsFoundError:
+        return fallback
+    return [r for r in runs if r.skip_reason is None] or fallback
 
 
 def format_results(results):

@@ -158,3 +158,23 @@ def test_no_lrp_and_read_only_bids_dir(synthetic_dataset, random_model, tmp_path
     func = out / "sub-02" / "func"
     assert (func / "sub-02_task-motor_desc-predictions_timeseries.tsv").is_file()
     assert not list(func.glob("*relevance*"))
+
+
+def test_summary_keeps_tasks_of_earlier_jobs(synthetic_dataset, random_model, tmp_path):
+    """A job with --task B must not drop task A from the participant's accuracy summary."""
+    bids = tmp_path / "two-tasks"
+    shutil.copytree(synthetic_dataset.bids_dir, bids)
+    # a second task: the same files under the task label "motorb" (trial types then need a state map)
+    for path in list(bids.rglob("sub-01_task-motor_*")):
+        shutil.copy(path, path.with_name(path.name.replace("task-motor", "task-motorb")))
+    shutil.copy(bids / "task-motor_bold.json", bids / "task-motorb_bold.json")
+    state_map = tmp_path / "map.json"
+    state_map.write_text(json.dumps({"motorb": {"lh": "MOTOR_lh", "rh": "MOTOR_rh", "t": "MOTOR_t"}}))
+    out = tmp_path / "out"
+    common = [str(bids), str(out), "participant", "--participant-label", "01", "--weights", str(random_model),
+              "--no-lrp", "--skip-bids-validation", "--state-map", str(state_map)]
+    assert cli(common + ["--task", "motor"]) == 0
+    assert cli(common + ["--task", "motorb"]) == 0
+    summary = pd.read_csv(out / "sub-01" / "func" / "sub-01_desc-accuracy_summary.tsv", sep="\t")
+    assert set(summary["task"]) == {"motor", "motorb"}
+    assert set(summary.loc[summary["run"] == "all", "task"]) == {"motor", "motorb"}
