@@ -530,18 +530,23 @@ def format_results(results):
     return "\n".join(lines)
 
 
+def find_bids_validator():
+    """Path of ``bids-validator-deno`` (on PATH, or beside the running interpreter), or None."""
+    import shutil
+    import sys
+
+    # beside the interpreter too: a venv's bin/ is often not on PATH
+    beside = Path(sys.executable).parent / "bids-validator-deno"
+    return shutil.which("bids-validator-deno") or (str(beside) if beside.is_file() else None)
+
+
 def validate_bids(bids_dir, log):
     """Run bids-validator-deno on BIDS_DIR when installed; errors stop the run."""
-    import shutil
     import subprocess
 
     from deeplight_bids.exceptions import InputDataError
 
-    import sys
-
-    # Also beside the running interpreter: a venv's bin/ is often not on PATH.
-    beside = Path(sys.executable).parent / "bids-validator-deno"
-    exe = shutil.which("bids-validator-deno") or (str(beside) if beside.is_file() else None)
+    exe = find_bids_validator()
     if exe is None:
         log.warning("bids-validator-deno not found: BIDS validation skipped (pip install bids-validator-deno)")
         return

@@ -7,10 +7,7 @@ tests check the pipeline, the outputs and their validity, not decoding accuracy
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -20,6 +17,8 @@ import pytest
 
 from deeplight_bids.cli.run import run as cli
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE
+
+from .bids_validation import validator_errors
 
 STATES = ["MOTOR_lh", "MOTOR_rh", "MOTOR_t"]
 
@@ -115,12 +114,9 @@ def test_relevance_maps(participant_run, synthetic_dataset):
 def test_bids_dir_untouched_and_outputs_valid(participant_run, synthetic_dataset):
     out, _, before = participant_run
     assert tree_digest(synthetic_dataset.bids_dir) == before
-    exe = shutil.which("bids-validator-deno") or str(Path(sys.executable).parent / "bids-validator-deno")
-    proc = subprocess.run([exe, str(out), "--format", "json"], capture_output=True, text=True, timeout=300)
-    issues = json.loads(proc.stdout)["issues"]["issues"]
-    errors = [(i["code"], i.get("location")) for i in issues if i.get("severity") == "error"]
+    errors, returncode = validator_errors(out)
     assert errors == []
-    assert proc.returncode == 0
+    assert returncode == 0
 
 
 def test_rerun_skips_and_overwrite_is_deterministic(participant_run, synthetic_dataset, random_model, caplog):

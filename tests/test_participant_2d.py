@@ -15,9 +15,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -29,6 +26,8 @@ from deeplight_bids.cli.run import run as cli
 from deeplight_bids.exceptions import WeightsError
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE
 from deeplight_bids.states import PRETRAINED_STATES
+
+from .bids_validation import validator_errors
 
 from .test_participant import _outputs, participant_run, random_model, tree_digest  # noqa: F401 (fixtures)
 
@@ -152,12 +151,9 @@ def test_2d_relevance_maps(run_2d, synthetic_dataset):
 
 def test_2d_outputs_are_valid_bids(run_2d):
     out, _ = run_2d
-    exe = shutil.which("bids-validator-deno") or str(Path(sys.executable).parent / "bids-validator-deno")
-    proc = subprocess.run([exe, str(out), "--format", "json"], capture_output=True, text=True, timeout=300)
-    issues = json.loads(proc.stdout)["issues"]["issues"]
-    errors = [(i["code"], i.get("location")) for i in issues if i.get("severity") == "error"]
+    errors, returncode = validator_errors(out)
     assert errors == []
-    assert proc.returncode == 0
+    assert returncode == 0
 
 
 def test_converted_keras_weights_decode_deterministically(run_2d, synthetic_dataset, weights_dir, tmp_path):

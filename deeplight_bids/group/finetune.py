@@ -42,6 +42,7 @@ import numpy as np
 
 from deeplight_bids import __version__
 from deeplight_bids.exceptions import EXIT_OK, InputDataError, UsageError, WeightsError
+from deeplight_bids.models.weights import sha256sum
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -121,14 +122,6 @@ def add_finetune_arguments(parser):
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def _sha256(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as fobj:
-        for block in iter(lambda: fobj.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _digest(obj):
@@ -390,8 +383,8 @@ class FinetuneJob:
         out = []
         for run in self.runs:
             if run.subject in subjects:
-                out.append({"run": run.label, "bold": run.bold.name, "bold_sha256": _sha256(run.bold),
-                            "mask_sha256": _sha256(run.mask), "events_sha256": _sha256(run.events)})
+                out.append({"run": run.label, "bold": run.bold.name, "bold_sha256": sha256sum(run.bold),
+                            "mask_sha256": sha256sum(run.mask), "events_sha256": sha256sum(run.events)})
         return out
 
     # -- training --------------------------------------------------------------------------

@@ -1,16 +1,14 @@
 """Group level from the command line: options, bad input, BIDS validity of the outputs."""
 
-import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from deeplight_bids.cli.parser import parse_args
 from deeplight_bids.cli.run import run as cli
 from deeplight_bids.config import Config
+
+from ..bids_validation import validator_errors
 
 
 def test_group_options_reach_the_config(tmp_path):
@@ -48,9 +46,6 @@ def test_reports_only_needs_group_outputs(participant_out, group_bids, tmp_path,
 
 def test_group_outputs_pass_the_bids_validator(varied_out):
     out, _ = varied_out
-    exe = shutil.which("bids-validator-deno") or str(Path(sys.executable).parent / "bids-validator-deno")
-    proc = subprocess.run([exe, str(out), "--format", "json"], capture_output=True, text=True, timeout=300)
-    issues = json.loads(proc.stdout)["issues"]["issues"]
-    errors = [(i["code"], i.get("location")) for i in issues if i.get("severity") == "error"]
+    errors, returncode = validator_errors(out)
     assert errors == []
-    assert proc.returncode == 0
+    assert returncode == 0
