@@ -53,21 +53,22 @@ class RunProcessor:
     """
 
     def __init__(self, dl_model, config, user_state_map=None):
-        from deeplight_bids.models.decode import Decoder
+        from deeplight_bids.models.decode import Decoder, network_batch_limit
 
         self.dl_model = dl_model
         self.config = config
         self.user_state_map = user_state_map
         self.states = tuple(dl_model.states)
         self.state_index = {s: i for i, s in enumerate(self.states)}
-        self.decoder = Decoder(dl_model.model)
+        max_batch = network_batch_limit()
+        self.decoder = Decoder(dl_model.model, max_batch=max_batch)
         self.analyzer = None
         if config.lrp:
             from deeplight_bids.lrp.analyzer import LRPAnalyzer
 
             # reference section 7: iNNvestigate's preset B-flat for 3D, epsilon (LSTM rule included) for 2D
             composite = "preset_b_flat" if dl_model.architecture == "3D" else "deeplight_2d"
-            self.analyzer = LRPAnalyzer(dl_model.model, composite=composite)
+            self.analyzer = LRPAnalyzer(dl_model.model, composite=composite, max_batch=max_batch)
         self.settings_hash = self._settings_hash()
 
     def _settings_hash(self):

@@ -177,7 +177,8 @@ def build_parser():
     g_perf.add_argument("--nprocs", "--n-cpus", type=MinOne, metavar="N",
                         help="CPU threads for TensorFlow and preparation (default: all available)")
     g_perf.add_argument("--batch-size", type=MinOne, default=4, metavar="N",
-                        help="volumes per forward/LRP batch (memory grows with it)")
+                        help="volumes read, decoded, explained and written per step; on CPU the network takes at most 4 "
+                             "at a time (bounded memory), on a GPU the whole batch")
     g_perf.add_argument("-w", "--work-dir", type=Path, metavar="PATH",
                         help="scratch folder (default: OUTPUT_DIR/work; removable after a successful run)")
 

@@ -267,6 +267,37 @@ def _processing_section(inventory, output_dir=None):
     return "<section id='processing'><h2>Processed and skipped</h2>" + body + "</section>"
 
 
+def finetune_section(output_dir):
+    """Fine-tuned models (``group --finetune``) and the scratch-vs-pretrained comparisons; "" if none.
+
+    Reads ``OUTPUT_DIR/models/*/*_desc-heldout_summary.json`` (one row per fine-tuning) and
+    ``OUTPUT_DIR/group/finetune-comparison_arch-*.tsv`` (the paper's central comparison).
+    """
+    output_dir = Path(output_dir)
+    rows = []
+    for path in sorted((output_dir / "models").glob("*/*_desc-heldout_summary.json")):
+        try:
+            s = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        rows.append({"model": s.get("name"), "architecture": s.get("architecture"), "init": s.get("init"),
+                     "frozen body": "yes" if s.get("freeze_body") else "no",
+                     "folds": s.get("cv_folds") or "single split", "epochs": s.get("epochs"),
+                     "held-out volumes": s.get("n_volumes"), "held-out accuracy": s.get("heldout_accuracy_pooled"),
+                     "balanced accuracy": s.get("heldout_balanced_accuracy_pooled"), "chance": s.get("chance")})
+    comparisons = sorted((output_dir / "group").glob("finetune-comparison_arch-*.tsv"))
+    if not rows and not comparisons:
+        return ""
+    body = ("<p>Held-out accuracy of the models fitted by <code>group --finetune</code>: every volume is predicted "
+            "by a model that never saw its participant.</p>" + table_html(pd.DataFrame(rows)))
+    for path in comparisons:
+        frame = _read_tsv(output_dir, path.relative_to(output_dir))
+        body += (f"<h3>Scratch vs pretrained: {esc(path.stem.replace('finetune-comparison_', ''))}</h3>"
+                 f"<p>From <code>{esc(path.relative_to(output_dir))}</code>: the same participant folds, "
+                 "difference = pretrained - scratch.</p>" + table_html(frame))
+    return "<section id='finetune'><h2>Fine-tuning</h2>" + body + "</section>"
+
+
 def _model_card(model):
     rows = [(k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in model.items()]
     return "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + "</table>"
@@ -405,6 +436,10 @@ def write_report(output_dir, manifest, inventory, templates, config=None):
     sections = [_summary_section(manifest, inventory, templates, config or object()), _processing_section(inventory, output_dir)]
     sections += [_model_section(i, g, output_dir, templates) for i, g in enumerate(groups)]
     sections.append(_participant_section(inventory))
+    finetune = finetune_section(output_dir)
+    if finetune:
+        nav.insert(-3, "<a href='#finetune'>Fine-tuning</a>")
+        sections.append(finetune)
     versions = software_versions()
     sections.append("<section id='software'><h2>Software versions</h2>"
                     + "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in versions.items())

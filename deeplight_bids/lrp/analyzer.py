@@ -6,7 +6,7 @@
 One call runs one forward pass in inference mode (dropout off, BN moving statistics),
 records every layer's input and output, and walks the layers backwards applying each
 layer's rule.  Both passes are one compiled ``tf.function``, traced once per input
-shape.  Memory grows with the batch; the caller chooses the batch size.
+shape.  Memory grows with the batch; ``max_batch`` splits larger batches.
 """
 
 import numpy as np
@@ -31,6 +31,9 @@ class LRPAnalyzer:
     composite : str or Composite
         A registered preset name (``"preset_b_flat"``, ``"epsilon"``) or a
         :class:`~deeplight_bids.lrp.composites.Composite`.
+    max_batch : int or None
+        Most samples per forward/backward pass: :meth:`explain` splits larger batches
+        (memory grows with the samples of one pass); ``None``: the whole batch at once.
 
     Attributes
     ----------
@@ -51,7 +54,7 @@ class LRPAnalyzer:
         If a rule cannot handle its layer (e.g. a softmax or tanh activation).
     """
 
-    def __init__(self, model, composite="preset_b_flat"):
+    def __init__(self, model, composite="preset_b_flat", max_batch=None):
         import keras
 
         if not isinstance(model, keras.Sequential):
@@ -59,6 +62,7 @@ class LRPAnalyzer:
         if not model.built:
             raise TypeError(f"model {model.name!r} is not built; give it an input shape first")
         self.model = model
+        self.max_batch = max_batch
         self.composite = get_composite(composite)
         self.layer_rules = self.composite.assign(model.layers)
         for layer, rule in self.layer_rules:
@@ -126,11 +130,23 @@ class LRPAnalyzer:
         if x.ndim != len(expected) + 1 or any(e is not None and e != s for e, s in zip(expected, x.shape[1:])):
             raise ValueError(f"expected input of shape (batch, {', '.join(map(str, expected))}); got {x.shape}")
         target_indices = self._check_target(target, len(x))
-        logits, relevance, _ = self._explain_graph(tf.constant(x), tf.constant(target_indices))
-        relevance = relevance.numpy().astype(np.float32, copy=False)
+        from deeplight_bids.models.decode import in_chunks
+
+        chunks = in_chunks(len(x), self.max_batch)
+        if len(chunks) == 1:
+            logits, relevance, _ = self._explain_graph(tf.constant(x), tf.constant(target_indices))
+            logits, relevance = logits.numpy(), relevance.numpy().astype(np.float32, copy=False)
+        else:
+            logits, relevance = None, None
+            for a, b in chunks:
+                lg, rel, _ = self._explain_graph(tf.constant(x[a:b]), tf.constant(target_indices[a:b]))
+                if relevance is None:
+                    logits = np.empty((len(x), *lg.shape[1:]), np.float32)
+                    relevance = np.empty((len(x), *rel.shape[1:]), np.float32)
+                logits[a:b], relevance[a:b] = lg.numpy(), rel.numpy()
         if relevance.ndim >= 3 and relevance.shape[-1] == 1:
             relevance = relevance[..., 0]
-        return logits.numpy(), relevance
+        return logits, relevance
 
     def _check_target(self, target, batch_size):
         """``(batch,)`` int32 indices; -1 asks the graph for the argmax."""

@@ -97,6 +97,15 @@ def test_scratch_vs_pretrained_comparison(cv_out, ft_dataset, ft_work):
     assert {"accuracy_scratch", "accuracy_pretrained", "difference"} <= set(table)
     sidecar = json.loads((cv_out / "group" / "finetune-comparison_arch-2D_frozen.json").read_text())
     assert sidecar["models"] == {"scratch": "finetune-2D-scratch-frozen", "pretrained": "finetune-2D-pretrained-frozen"}
+    # the group report shows the fine-tuned models and the comparison side by side
+    from deeplight_bids.group.report import finetune_section
+
+    section = finetune_section(cv_out)
+    assert "finetune-2D-scratch-frozen" in section and "finetune-2D-pretrained-frozen" in section
+    assert "Scratch vs pretrained: arch-2D_frozen" in section
+    all_row = table[table["fold"] == "all"].iloc[0]
+    assert f"{all_row['accuracy_scratch']:.3f}" in section and f"{all_row['difference']:.3f}" in section
+    assert finetune_section(ft_work) == ""
 
 
 def test_interrupted_run_resumes_from_checkpoint(ft_dataset, ft_work, weights_dir, tmp_path):

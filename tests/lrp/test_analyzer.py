@@ -172,3 +172,21 @@ def test_description_is_json_and_names_every_layer_rule(rng):
     assert layers["global_average"]["rule"] == "ZRule"
     epsilon_description = LRPAnalyzer(bias_free_relu_net(rng), "epsilon").description
     assert epsilon_description["epsilons"] == [1e-3] and epsilon_description["batch_norm"] is None
+
+
+def test_max_batch_splits_without_changing_results(rng):
+    """A batch larger than ``max_batch`` is explained (and decoded) in pieces, with the same numbers."""
+    from deeplight_bids.models.decode import Decoder, in_chunks
+
+    assert in_chunks(5, 2) == [(0, 2), (2, 4), (4, 5)] and in_chunks(5, None) == [(0, 5)]
+    model = randomise(build_3d_deeplight(n_states=4, input_shape=SMALL_GRID), rng, bias_scale=0.3)
+    x = small_inputs(rng, batch=5)
+    target = np.array([0, 3, 1, 2, 0])
+    whole_logits, whole = LRPAnalyzer(model).explain(x, target=target)
+    split = LRPAnalyzer(model, max_batch=2)
+    split_logits, parts = split.explain(x, target=target)
+    np.testing.assert_allclose(split_logits, whole_logits, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-9)
+    _, predicted = split.explain(x)
+    np.testing.assert_allclose(predicted, LRPAnalyzer(model).explain(x)[1], rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(Decoder(model, max_batch=2).logits(x), Decoder(model).logits(x), rtol=1e-6, atol=1e-7)
