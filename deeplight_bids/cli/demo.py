@@ -2,8 +2,9 @@
 
 1. write a small synthetic BIDS dataset with fMRIPrep-style derivatives on the
    reference grid (``OUTPUT_DIR/bids``; each state activates a known region);
-2. fit 3D-DeepLight briefly on all participants but the last
-   (``OUTPUT_DIR/models/demo-3D/demo-3D.keras`` + model card);
+2. fit 3D-DeepLight briefly from scratch on all participants but the last, with the
+   fine-tuning machinery of ``group --finetune`` (``OUTPUT_DIR/models/demo-3D/demo-3D.keras``
+   + model card, held-out predictions and learning curve);
 3. run the participant level on the held-out participant (``OUTPUT_DIR/deeplight``);
 4. print held-out accuracy and the share of relevance inside the planted regions.
 
@@ -64,12 +65,9 @@ def run_demo_command(argv):
 def run_demo(output_dir, n_participants=4, n_volumes=60, epochs=4, batch_size=8, learning_rate=1e-3, seed=0,
              nprocs=0, lrp=True, signal=4.0, region_radius=16.0):
     """Run the demo; returns a dict with accuracy, relevance shares and paths."""
-    from deeplight_bids.bids.discover import build_layout, discover_runs, find_derivatives
     from deeplight_bids.config import Config
     from deeplight_bids.demo.synth import make_synthetic_dataset
-    from deeplight_bids.models.three import build_3d_deeplight
-    from deeplight_bids.models.train import collect_labelled_volumes, fit_deeplight
-    from deeplight_bids.models.weights import load_deeplight, save_model
+    from deeplight_bids.group.finetune import FinetuneJob
     from deeplight_bids.participant import _configure_threads, run_participant_level
 
     t_start = time.monotonic()
@@ -100,29 +98,19 @@ def run_demo(output_dir, n_participants=4, n_volumes=60, epochs=4, batch_size=8,
 
     model_path = model_dir / "demo-3D.keras"
     if not model_path.is_file():
-        layout = build_layout(bids_dir, find_derivatives(bids_dir))
-        runs = [r for r in discover_runs(layout, participant_label=training) if r.skip_reason is None]
-        x, y, _ = collect_labelled_volumes(runs, states)
-        LOGGER.info("demo: fitting 3D-DeepLight on %d volumes of participants %s (%d epochs)", len(y),
-                    ", ".join(training), epochs)
-        # A brief fit from scratch: SpatialDropout3D drops whole feature maps (of only 8 in the first
-        # blocks) and stalls such a short fit, so the demo fits without it (dropout is inactive when
-        # decoding, so the decoding network is the same); a positive output bias keeps the output
-        # ReLU alive at the start; a faster batch-norm momentum lets the moving statistics used for
-        # decoding catch up within a few dozen steps.
-        model = build_3d_deeplight(n_states=len(states), dropout_rate=0.0, output_bias=0.1, bn_momentum=0.8)
-        history = fit_deeplight(model, x, y, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                                seed=seed)
-        del x
-        card = {
-            "name": "demo-3D", "architecture": "3D", "states": list(states), "init": "scratch",
-            "training_participants": list(training), "epochs": epochs, "batch_size": batch_size,
-            "learning_rate": learning_rate, "seed": seed, "training_dropout_rate": 0.0, "bn_momentum": 0.8,
-            "final_training_accuracy": float(history.history["accuracy"][-1]),
-            "preprocessing": {"smoothing_fwhm": 3.0, "high_pass": 1 / 128},
-            "dataset": str(bids_dir), "description": "fitted by 'deeplight-bids demo' on synthetic data",
-        }
-        save_model(model, model_path, card)
+        # The fine-tuning machinery of 'group --finetune' (issue 5) with a random start: the
+        # prepared volumes are cached in OUTPUT_DIR/work, batches are class-balanced, every
+        # epoch is checkpointed (an interrupted demo resumes its fit), and the model card
+        # records the training and held-out participants.  The held-out participant is the
+        # one-split "validation" participant: with no early stopping it chooses nothing.
+        LOGGER.info("demo: fitting 3D-DeepLight from scratch on participants %s (%d epochs)", ", ".join(training),
+                    epochs)
+        finetune = Config(bids_dir=bids_dir, output_dir=output_dir, work_dir=output_dir / "work",
+                          analysis_level="group", finetune=True, architecture="3D", finetune_init="scratch",
+                          model_name="demo-3D", val_participants=(held_out,), epochs=epochs,
+                          learning_rate=learning_rate, finetune_batch_size=batch_size, seed=seed,
+                          nprocs=nprocs or __import__("os").cpu_count() or 1)
+        FinetuneJob(finetune).run()
     else:
         LOGGER.info("demo: reusing the model at %s", model_path)
 
