@@ -23,6 +23,9 @@ import numpy as np
 
 LOGGER = logging.getLogger("deeplight_bids")
 
+#: Weak-stripe response of the demo's planted regions (see make_synthetic_dataset).
+STRIPE_LOW = 0.25
+
 
 def build_parser():
     parser = argparse.ArgumentParser(
@@ -34,7 +37,7 @@ def build_parser():
     parser.add_argument("output_dir", type=Path, help="folder for the dataset, the model and the outputs")
     parser.add_argument("--participants", type=int, default=4, help="synthetic participants (last one held out)")
     parser.add_argument("--volumes", type=int, default=60, help="volumes per run")
-    parser.add_argument("--signal", type=float, default=4.0,
+    parser.add_argument("--signal", type=float, default=6.0,
                         help="peak signal change of a state's region, in percent of the mean intensity")
     parser.add_argument("--region-radius", type=float, default=16.0, help="radius of each planted region in mm")
     parser.add_argument("--epochs", type=int, default=4, help="training epochs")
@@ -63,7 +66,7 @@ def run_demo_command(argv):
 
 
 def run_demo(output_dir, n_participants=4, n_volumes=60, epochs=4, batch_size=8, learning_rate=1e-3, seed=0,
-             nprocs=0, lrp=True, signal=4.0, region_radius=16.0):
+             nprocs=0, lrp=True, signal=6.0, region_radius=16.0, stripe_low=STRIPE_LOW):
     """Run the demo; returns a dict with accuracy, relevance shares and paths."""
     from deeplight_bids.config import Config
     from deeplight_bids.demo.synth import make_synthetic_dataset
@@ -76,7 +79,7 @@ def run_demo(output_dir, n_participants=4, n_volumes=60, epochs=4, batch_size=8,
     model_dir = output_dir / "models" / "demo-3D"
     out_dir = output_dir / "deeplight"
     settings = {"participants": n_participants, "volumes": n_volumes, "seed": seed, "signal": signal,
-                "region_radius": region_radius, "stripes": True}
+                "region_radius": region_radius, "stripes": True, "stripe_low": stripe_low}
     stamp = output_dir / "bids_settings.json"
     if stamp.is_file() and json.loads(stamp.read_text()) != settings:
         # a dataset made with other settings: remake it, and refit
@@ -86,7 +89,7 @@ def run_demo(output_dir, n_participants=4, n_volumes=60, epochs=4, batch_size=8,
         shutil.rmtree(bids_dir, ignore_errors=True)
         LOGGER.info("demo: writing a synthetic dataset to %s", bids_dir)
         make_synthetic_dataset(bids_dir, n_participants=n_participants, n_volumes=n_volumes, seed=seed,
-                               signal=signal, region_radius=region_radius, stripes=True)
+                               signal=signal, region_radius=region_radius, stripes=True, stripe_low=stripe_low)
         output_dir.mkdir(parents=True, exist_ok=True)
         stamp.write_text(json.dumps(settings))
     info = _dataset_truth(n_volumes, seed, region_radius)

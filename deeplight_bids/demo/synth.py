@@ -211,6 +211,7 @@ def make_synthetic_dataset(
     blocks_per_state=2,
     region_radius=REGION_RADIUS,
     stripes=False,
+    stripe_low=-1.0,
 ):
     """Write a small synthetic BIDS dataset with fMRIPrep-style derivatives.
 
@@ -254,6 +255,10 @@ def make_synthetic_dataset(
         only tell apart by subtle border effects; the stripes give each state a local
         signature too, so a brief fit (the demo) learns the states instead of
         memorising participants.  Region masks are unchanged.
+    stripe_low : float, default=-1.0
+        With ``stripes``, the response of the weak stripes relative to the strong ones
+        (``-1``: a pattern of signs; ``0 < stripe_low < 1``: the whole region activates,
+        alternately at full and at ``stripe_low`` strength).
 
     Returns
     -------
@@ -275,7 +280,7 @@ def make_synthetic_dataset(
     world = _world_coordinates(gen_shape, gen_affine)
     brain, rho2 = _ellipsoid(world)
     gen_regions = {s: _sphere(world, centers[s], region_radius) & brain for s in states}
-    patterns = {s: (_stripes(world, i % 3) if stripes else np.ones(world.shape[:3], np.float32))
+    patterns = {s: (_stripes(world, i % 3, low=stripe_low) if stripes else np.ones(world.shape[:3], np.float32))
                 for i, s in enumerate(states)}
     ref_world = world if grid != "other" else _world_coordinates(REFERENCE_SHAPE, REFERENCE_AFFINE)
     ref_brain = brain if grid != "other" else _ellipsoid(ref_world)[0]
@@ -416,10 +421,12 @@ def _ellipsoid(world):
     return rho2 <= 1.0, rho2
 
 
-def _stripes(world, axis, period=None):
-    """+1/-1 stripes of ``period`` mm along world ``axis`` (float32, grid shape)."""
+def _stripes(world, axis, period=None, low=-1.0):
+    """1/``low`` stripes of ``period`` mm along world ``axis`` (float32, grid shape)."""
     period = STRIPE_PERIOD if period is None else period
-    return np.where(np.sin(2 * np.pi * world[..., axis] / period + 0.5) >= 0, 1.0, -1.0).astype(np.float32)
+    if not -1.0 <= float(low) < 1.0:
+        raise ValueError(f"stripe_low must be in [-1, 1), got {low!r}")
+    return np.where(np.sin(2 * np.pi * world[..., axis] / period + 0.5) >= 0, 1.0, float(low)).astype(np.float32)
 
 
 def _sphere(world, center, radius=REGION_RADIUS):

@@ -230,3 +230,22 @@ def test_ras_grid_stores_the_same_voxels_flipped(synthetic_dataset, synthetic_da
     np.testing.assert_array_equal(_data(ras.mask), _data(las.mask)[::-1])
     for trial_type in synthetic_dataset.regions:  # regions are given on the reference grid
         np.testing.assert_array_equal(synthetic_dataset_ras.regions[trial_type], synthetic_dataset.regions[trial_type])
+
+
+def test_stripes_of_full_and_weak_strength(tmp_path):
+    """``stripes=True, stripe_low=0.25`` (the demo): every region voxel rises during its state, some 4x more."""
+    from deeplight_bids.demo.synth import make_synthetic_dataset
+
+    info = make_synthetic_dataset(tmp_path / "d", n_participants=1, n_volumes=40, seed=1, signal=6.0, noise=0.2,
+                                  stripes=True, stripe_low=0.25)
+    run = info.runs[0]
+    data = _data(run.bold)
+    labels = volume_labels(read_events(run.events), info.n_volumes, info.t_r, resolve_state_map(info.task))
+    for trial_type, region in info.regions.items():
+        active = labels == info.state_map[trial_type]
+        change = data[region][:, active].mean(axis=1) / data[region][:, ~active].mean(axis=1) - 1.0  # per voxel
+        assert np.all(change > 0), trial_type  # no voxel of the region goes down
+        strong, weak = np.percentile(change, 90), np.percentile(change, 10)
+        assert strong > 2.5 * weak, (trial_type, strong, weak)
+    with pytest.raises(ValueError, match="stripe_low"):
+        make_synthetic_dataset(tmp_path / "e", n_participants=1, n_volumes=40, stripes=True, stripe_low=1.0)
