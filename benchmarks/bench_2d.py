@@ -166,7 +166,7 @@ def run_workers(args, weights):
 
 # -- 2. a 405-volume participant run -----------------------------------------------------------
 
-def run_flow(n_volumes, weights, workdir):
+def run_flow(n_volumes, weights, workdir, batch_size=None):
     """Make a 1-participant synthetic dataset and run the 2D participant level on it; peak RSS of the child."""
     from deeplight_bids.demo.synth import make_synthetic_dataset
 
@@ -177,6 +177,8 @@ def run_flow(n_volumes, weights, workdir):
     out = workdir / "out"
     cmd = [exe, str(dataset.bids_dir), str(out), "participant", "--architecture", "2D",
            "--skip-bids-validation", "--work-dir", str(workdir / "work")]
+    if batch_size is not None:
+        cmd += ["--batch-size", str(batch_size)]
     env = {**os.environ, "DEEPLIGHT_WEIGHTS_DIR": str(Path(weights).parent)}
     start = time.perf_counter()
     with open(workdir / "flow.log", "w") as log:
