@@ -391,9 +391,12 @@ def run_participant_level(config, log=LOGGER):
     from deeplight_bids.exceptions import EXIT_OK, EXIT_PARTIAL
     from deeplight_bids.models.weights import load_deeplight
 
-    from deeplight_bids.derivatives.writers import ensure_writable
+    from deeplight_bids.derivatives.writers import ensure_writable, remove_stale_temporaries
 
     ensure_writable(config.output_dir)  # fail fast, before discovery and the model
+    # temporaries of earlier jobs on this host that were killed (SIGKILL, out of memory)
+    for folder in {Path(config.output_dir), Path(config.work_dir or Path(config.output_dir) / "work")}:
+        remove_stale_temporaries(folder, log)
     derivatives = find_derivatives(config.bids_dir, config.derivatives)
     if not config.skip_bids_validation:
         validate_bids(config.bids_dir, log)

@@ -13,7 +13,9 @@ import errno
 import gzip
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -73,6 +75,55 @@ def ensure_writable(folder):
     return folder
 
 
+def owner_tag():
+    """``<host>-<pid>``: put into temporary names so a later run can tell whose they are."""
+    host = "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+_TEMP_PATTERN = re.compile(r"^\.(?:.+\.)?(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.[^/]*(?:\.tmp|\.stream)[^/]*$")
+
+
+def remove_stale_temporaries(folder, log=None):
+    """Delete temporaries left in ``folder`` (recursively) by writers that were killed (e.g. SIGKILL).
+
+    Temporaries (``.<name>.<host>-<pid>.<random>.tmp...`` and ``.stream.<host>-<pid>.<random>.nii``)
+    carry their writer's host and process id; one is stale when that host is this host and
+    that process no longer runs.  Temporaries of other hosts (a cluster writing into one shared
+    OUTPUT_DIR) and of live processes are kept.  Returns the removed paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    here = owner_tag().rsplit("-", 1)[0]
+    removed = []
+    for path in folder.rglob(".*"):
+        match = _TEMP_PATTERN.match(path.name)
+        if not match or not path.is_file() or match["host"] != here:
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or _process_alive(pid):
+            continue
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            continue
+    if removed and log is not None:
+        log.info("removed %d temporary file(s) left by interrupted runs in %s", len(removed), folder)
+    return removed
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path, root=None):
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``.
@@ -84,7 +135,8 @@ def atomic_path(path, root=None):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         suffix = "".join(path.suffixes)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name.split('.')[0]}.", suffix=f".tmp{suffix}")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name.split('.')[0]}.{owner_tag()}.",
+                                   suffix=f".tmp{suffix}")
         os.close(fd)
     except OSError as err:
         raise OutputError(f"{path.parent}: cannot write here ({err.strerror}); choose a writable OUTPUT_DIR.") from err
@@ -182,7 +234,7 @@ class StreamingNifti4D:
         try:
             _check_target(scratch / "scratch", root)
             scratch.mkdir(parents=True, exist_ok=True)
-            fd, self._raw = tempfile.mkstemp(dir=scratch, prefix=".stream.", suffix=".nii")
+            fd, self._raw = tempfile.mkstemp(dir=scratch, prefix=f".stream.{owner_tag()}.", suffix=".stream.nii")
             # single-file NIfTI: data right after the 348-byte header and 4-byte extension flag
             header.set_data_offset(header.single_vox_offset)
             with os.fdopen(fd, "wb") as fobj:

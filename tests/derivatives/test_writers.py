@@ -91,3 +91,28 @@ def test_outputs_get_umask_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    """Only temporaries of dead processes on this host go; live ones, other hosts' and outputs stay."""
+    import subprocess
+    import sys
+
+    from deeplight_bids.derivatives.writers import atomic_path, owner_tag, remove_stale_temporaries
+
+    with atomic_path(tmp_path / "sub-01" / "x.tsv") as live:  # this process's own temporary
+        live.write_text("a")
+        dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                  text=True).stdout.strip()
+        host = owner_tag().rsplit("-", 1)[0]
+        dead = tmp_path / "sub-01" / f".x.{host}-{dead_pid}.abc_12.tmp.tsv"
+        stream = tmp_path / "work" / f".stream.{host}-{dead_pid}.k9.stream.nii"
+        other_host = tmp_path / "sub-01" / f".x.elsewhere-{dead_pid}.abc.tmp.tsv"
+        output = tmp_path / "sub-01" / "sub-01_task-a_desc-predictions_timeseries.tsv"
+        for path in (dead, stream, other_host, output):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("x")
+        removed = remove_stale_temporaries(tmp_path)
+        assert sorted(removed) == sorted([dead, stream])
+        assert live.exists() and other_host.exists() and output.exists()
+    assert (tmp_path / "sub-01" / "x.tsv").read_text() == "a"

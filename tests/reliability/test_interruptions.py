@@ -70,11 +70,15 @@ def test_sigterm_sigkill_resume_equals_uninterrupted(concurrent_outputs, small_d
     fobj.close()
     assert code == -signal.SIGKILL
     assert [k for k, p in files.items() if p.exists()] == []
-    assert all(name.rsplit("/", 1)[-1].startswith(".") for name in _temporaries(out))  # hidden: ignored by BIDS tools
+    left = _temporaries(out)
+    assert any(".stream." in name for name in left), left  # the relevance being streamed when it was killed
+    assert all(name.rsplit("/", 1)[-1].startswith(".") for name in left)  # hidden: ignored by BIDS tools
 
     # 3. resume in a fresh process: same bytes as the uninterrupted run (determinism across processes)
     proc = subprocess.run(cli_command(argv), capture_output=True, text=True, timeout=400, env=cli_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _temporaries(out) == []  # the killed job's temporaries were swept (its process is gone)
+    assert "temporary file(s) left by interrupted runs" in proc.stderr
     for key in ("pred", "summary", "rel"):
         assert _sha(files[key]) == _sha(ref[key]), key
     np.testing.assert_array_equal(np.asarray(nib.load(files["rel"]).dataobj), np.asarray(nib.load(ref["rel"]).dataobj))
