@@ -223,6 +223,27 @@ def run_flow(dataset, workdir, batch_size):
 
 # -- results ----------------------------------------------------------------------------------
 
+def lrp_flop_floor():
+    """Lowest possible (decode + LRP) / decode time if convolutions dominated, from 3D-DeepLight's layers.
+
+    The forward pass costs one convolution per layer.  The alpha-beta rule (every conv but
+    the first) needs three more of the same size: ``|W| |x|`` forward and two input
+    gradients (of ``W x`` and of ``|W| |x|``); the flat rule of the first conv needs a
+    one-channel box sum (negligible).  Returns ``(forward GMAC per volume, floor ratio, share of
+    the largest layer in the forward pass)``.
+    """
+    from deeplight_bids.models.three import CONV_BLOCKS_3D, INPUT_SHAPE_3D
+
+    shape, c_in, macs = INPUT_SHAPE_3D[:3], 1, []
+    for filters, stride in CONV_BLOCKS_3D:
+        shape = tuple(-(-s // stride) for s in shape)
+        macs.append(int(np.prod(shape)) * 27 * c_in * filters)
+        c_in = filters
+    macs.append(int(np.prod(shape)) * c_in * N_STATES)  # the 1x1x1 output convolution
+    forward = float(sum(macs))
+    return forward / 1e9, (forward + 3 * (forward - macs[0])) / forward, max(macs) / forward
+
+
 def write_results(path, machine, rows, prep, flow):
     today = datetime.date.today().isoformat()
     lines = [SECTION, "", f"Date: {today}. Machine: {machine}.",
@@ -241,6 +262,12 @@ def write_results(path, machine, rows, prep, flow):
         lines.append(f"| {r['batch']} | {r['decode_vol_s']:.2f} | {r['bare_vol_s']:.2f} | {r['decode_over_bare']:.2f} "
                      f"| {r['lrp_vol_s']:.2f} | {r['lrp_ratio']:.2f}x | {r['rss_decode_mib']:.0f} | "
                      f"{r['rss_lrp_mib']:.0f} |")
+    gmac, floor, largest = lrp_flop_floor()
+    lines += ["", f"Arithmetic floor of (decode + LRP) / decode: the forward pass is {gmac:.2f} GMAC per volume "
+                  f"({largest:.0%} of it in the second, full-resolution 8-channel convolution); the alpha-beta rule needs three "
+                  "more convolutions of each layer's size (|W| |x| and two input gradients), the flat rule of the "
+                  f"first layer almost nothing, so exact preset-B-flat LRP costs at least {floor:.2f}x the decode "
+                  "time when convolutions dominate (`lrp_flop_floor()` in this script)."]
     if prep is not None:
         lines += ["", f"Preparation of one {prep['n_volumes']}-volume run (synthetic, reference grid, TR 0.72 s; "
                       f"`prepare_run` + labels): {prep['prep_s']:.1f} s ({prep['n_volumes'] / prep['prep_s']:.0f} "
@@ -282,6 +309,8 @@ def main(argv=None):
 
     machine = machine_description()
     print(f"3D-DeepLight on {machine}")
+    gmac, floor, _ = lrp_flop_floor()
+    print(f"forward {gmac:.2f} GMAC per volume; arithmetic floor of (decode + LRP) / decode: {floor:.2f}x")
     print(f"repetitions: {args.repeats} timed calls of each kind per batch size (after one warm-up call)")
     rows = [] if args.no_workers else run_workers(args)
     prep = flow = None
