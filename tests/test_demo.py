@@ -44,7 +44,10 @@ def test_model_is_reusable_with_weights_option(demo):
     assert card["states"] == ["MOTOR_lh", "MOTOR_rh", "MOTOR_t"]
     assert card["training_participants"] == report["training"]
     # fitted by the fine-tuning machinery (group --finetune): random start, held-out participant recorded
-    assert card["init"] == "scratch" and card["heldout_participants"] == [report["held_out"]]
+    # the validation participant (restarts of a fit that did not generalise) is neither trained on nor held out
+    assert card["init"] == "scratch" and card["heldout_participants"] == [report["validation"]]
+    assert report["validation"] not in report["training"] and report["validation"] != report["held_out"]
+    assert 1 <= report["fits"] <= 3 and report["validation_accuracy"] >= 0.7
     assert (out / "models" / "demo-3D" / "demo-3D_learningcurve.png").is_file()
     # the printed rerun command works as printed (minus the program name)
     argv = report["rerun"].split()[1:]

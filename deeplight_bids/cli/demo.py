@@ -2,9 +2,10 @@
 
 1. write a small synthetic BIDS dataset with fMRIPrep-style derivatives on the
    reference grid (``OUTPUT_DIR/bids``; each state activates a known region);
-2. fit 3D-DeepLight briefly from scratch on all participants but the last, with the
+2. fit 3D-DeepLight briefly from scratch on all participants but the last two, with the
    fine-tuning machinery of ``group --finetune`` (``OUTPUT_DIR/models/demo-3D/demo-3D.keras``
-   + model card, held-out predictions and learning curve);
+   + model card, validation predictions and learning curve); the last-but-one participant
+   validates the fit (a fit that did not generalise restarts from another random start);
 3. run the participant level on the held-out participant (``OUTPUT_DIR/deeplight``);
 4. print held-out accuracy and the share of relevance inside the planted regions.
 
@@ -25,17 +26,25 @@ LOGGER = logging.getLogger("deeplight_bids")
 
 #: Weak-stripe response of the demo's planted regions (see make_synthetic_dataset).
 STRIPE_LOW = 0.25
+#: Share of each stripe period at full strength.
+STRIPE_DUTY = 0.5
+#: A fit below this accuracy on the validation participant did not generalise: refit.
+MIN_VALIDATION_ACCURACY = 0.7
+#: Fits (random starts) at most.
+MAX_FITS = 3
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="deeplight-bids demo",
-        description="Synthetic end-to-end demo: make a dataset, fit 3D-DeepLight on all participants but one, "
+        description="Synthetic end-to-end demo: make a dataset, fit 3D-DeepLight on all participants but two (one "
+                    "validates the fit, one is held out), "
                     "decode and explain the held-out one, report accuracy and relevance in the planted regions.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("output_dir", type=Path, help="folder for the dataset, the model and the outputs")
-    parser.add_argument("--participants", type=int, default=4, help="synthetic participants (last one held out)")
+    parser.add_argument("--participants", type=int, default=5,
+                        help="synthetic participants (the last is held out, the one before validates the fit)")
     parser.add_argument("--volumes", type=int, default=60, help="volumes per run")
     parser.add_argument("--signal", type=float, default=6.0,
                         help="peak signal change of a state's region, in percent of the mean intensity")
@@ -53,8 +62,9 @@ def run_demo_command(argv):
     from deeplight_bids.cli.run import setup_logging
 
     args = build_parser().parse_args(argv)
-    if args.participants < 2:
-        print("deeplight-bids demo: error: --participants must be >= 2 (one is held out).", file=sys.stderr)
+    if args.participants < 3:
+        print("deeplight-bids demo: error: --participants must be >= 3 (one trains, one validates, one is held "
+              "out).", file=sys.stderr)
         return 2
     setup_logging(args.verbose)
     report = run_demo(args.output_dir, n_participants=args.participants, n_volumes=args.volumes,
@@ -65,8 +75,8 @@ def run_demo_command(argv):
     return 0
 
 
-def run_demo(output_dir, n_participants=4, n_volumes=60, epochs=4, batch_size=8, learning_rate=1e-3, seed=0,
-             nprocs=0, lrp=True, signal=6.0, region_radius=16.0, stripe_low=STRIPE_LOW):
+def run_demo(output_dir, n_participants=5, n_volumes=60, epochs=4, batch_size=8, learning_rate=1e-3, seed=0,
+             nprocs=0, lrp=True, signal=6.0, region_radius=16.0, stripe_low=STRIPE_LOW, stripe_duty=STRIPE_DUTY):
     """Run the demo; returns a dict with accuracy, relevance shares and paths."""
     from deeplight_bids.config import Config
     from deeplight_bids.demo.synth import make_synthetic_dataset
@@ -79,7 +89,8 @@ def run_demo(output_dir, n_participants=4, n_volumes=60, epochs=4, batch_size=8,
     model_dir = output_dir / "models" / "demo-3D"
     out_dir = output_dir / "deeplight"
     settings = {"participants": n_participants, "volumes": n_volumes, "seed": seed, "signal": signal,
-                "region_radius": region_radius, "stripes": True, "stripe_low": stripe_low}
+                "region_radius": region_radius, "stripes": True, "stripe_low": stripe_low,
+                "stripe_duty": stripe_duty}
     stamp = output_dir / "bids_settings.json"
     if stamp.is_file() and json.loads(stamp.read_text()) != settings:
         # a dataset made with other settings: remake it, and refit
@@ -89,31 +100,52 @@ def run_demo(output_dir, n_participants=4, n_volumes=60, epochs=4, batch_size=8,
         shutil.rmtree(bids_dir, ignore_errors=True)
         LOGGER.info("demo: writing a synthetic dataset to %s", bids_dir)
         make_synthetic_dataset(bids_dir, n_participants=n_participants, n_volumes=n_volumes, seed=seed,
-                               signal=signal, region_radius=region_radius, stripes=True, stripe_low=stripe_low)
+                               signal=signal, region_radius=region_radius, stripes=True, stripe_low=stripe_low, stripe_duty=stripe_duty)
         output_dir.mkdir(parents=True, exist_ok=True)
         stamp.write_text(json.dumps(settings))
     info = _dataset_truth(n_volumes, seed, region_radius)
     participants = sorted(p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir())
     held_out = participants[-1]
-    training = participants[:-1]
+    validation = participants[-2]
+    training = participants[:-2]
     states = tuple(info.state_map[s] for s in info.states)
     _configure_threads(nprocs or __import__("os").cpu_count() or 1)
 
     model_path = model_dir / "demo-3D.keras"
+    fits, validation_accuracy, attempts = 0, None, []
     if not model_path.is_file():
         # The fine-tuning machinery of 'group --finetune' (issue 5) with a random start: the
         # prepared volumes are cached in OUTPUT_DIR/work, batches are class-balanced, every
         # epoch is checkpointed (an interrupted demo resumes its fit), and the model card
-        # records the training and held-out participants.  The held-out participant is the
-        # one-split "validation" participant: with no early stopping it chooses nothing.
-        LOGGER.info("demo: fitting 3D-DeepLight from scratch on participants %s (%d epochs)", ", ".join(training),
-                    epochs)
-        finetune = Config(bids_dir=bids_dir, output_dir=output_dir, work_dir=output_dir / "work",
-                          analysis_level="group", finetune=True, architecture="3D", finetune_init="scratch",
-                          model_name="demo-3D", val_participants=(held_out,), epochs=epochs,
-                          learning_rate=learning_rate, finetune_batch_size=batch_size, seed=seed,
-                          nprocs=nprocs or __import__("os").cpu_count() or 1)
-        FinetuneJob(finetune).run()
+        # records the training and validation participants.  A brief fit from scratch
+        # sometimes stalls in a solution that does not generalise; the validation participant
+        # (never the held-out one) detects that, and the fit restarts from another random start.
+        for fits in range(1, MAX_FITS + 1):
+            fit_seed = seed + 1000 * (fits - 1)
+            LOGGER.info("demo: fitting 3D-DeepLight from scratch on participants %s, validating on %s (%d epochs, "
+                        "seed %d)", ", ".join(training), validation, epochs, fit_seed)
+            finetune = Config(bids_dir=bids_dir, output_dir=output_dir, work_dir=output_dir / "work",
+                              analysis_level="group", finetune=True, architecture="3D", finetune_init="scratch",
+                              participant_label=(*training, validation), model_name="demo-3D",
+                              val_participants=(validation,), epochs=epochs, learning_rate=learning_rate,
+                              finetune_batch_size=batch_size, seed=fit_seed, overwrite=fits > 1,
+                              nprocs=nprocs or __import__("os").cpu_count() or 1)
+            validation_accuracy = float(FinetuneJob(finetune).run()["heldout_accuracy_pooled"])
+            if validation_accuracy >= MIN_VALIDATION_ACCURACY:
+                break
+            LOGGER.warning("demo: accuracy %.3f on validation participant %s is below %.2f: the fit did not "
+                           "generalise%s", validation_accuracy, validation, MIN_VALIDATION_ACCURACY,
+                           "; refitting from another random start" if fits < MAX_FITS else "")
+            aside = output_dir / "work" / f"demo-fit-{fits}"
+            shutil.rmtree(aside, ignore_errors=True)
+            shutil.move(str(model_dir), str(aside))
+            attempts.append((validation_accuracy, fits, aside))
+        else:
+            # no fit reached the bar: keep the one that did best on the validation participant
+            validation_accuracy, best, aside = max(attempts)
+            shutil.move(str(aside), str(model_dir))
+            LOGGER.warning("demo: keeping fit %d (validation accuracy %.3f), the best of %d", best,
+                           validation_accuracy, MAX_FITS)
     else:
         LOGGER.info("demo: reusing the model at %s", model_path)
 
@@ -122,7 +154,8 @@ def run_demo(output_dir, n_participants=4, n_volumes=60, epochs=4, batch_size=8,
     results, code = run_participant_level(config)
     report = _evaluate(out_dir, held_out, info, states, lrp)
     report.update({"bids_dir": str(bids_dir), "model": str(model_path), "outputs": str(out_dir),
-                   "held_out": held_out, "training": training, "exit_code": code,
+                   "held_out": held_out, "training": training, "validation": validation,
+                   "validation_accuracy": validation_accuracy, "fits": fits, "exit_code": code,
                    "seconds": time.monotonic() - t_start,
                    "rerun": f"deeplight-bids {bids_dir} {out_dir} participant --participant-label {held_out} "
                             f"--weights {model_dir} --overwrite",
@@ -203,7 +236,10 @@ def format_report(report):
         "",
         "deeplight-bids demo",
         f"  dataset:  {report['bids_dir']}",
-        f"  model:    {report['model']} (trained on participants {', '.join(report['training'])})",
+        f"  model:    {report['model']} (trained on participants {', '.join(report['training'])}"
+        + (f"; validation participant {report['validation']}: accuracy {report['validation_accuracy']:.3f}, "
+           f"{report['fits']} fit(s) of at most {MAX_FITS})" if report.get("validation_accuracy") is not None
+           else f"; validated on participant {report['validation']})"),
         f"  outputs:  {report['outputs']}",
         f"  held-out participant {report['held_out']}: accuracy {report['accuracy']:.3f} over "
         f"{report['n_labelled']} labelled volumes (chance {report['chance']:.3f})",

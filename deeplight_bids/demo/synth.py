@@ -212,6 +212,7 @@ def make_synthetic_dataset(
     region_radius=REGION_RADIUS,
     stripes=False,
     stripe_low=-1.0,
+    stripe_duty=0.5,
 ):
     """Write a small synthetic BIDS dataset with fMRIPrep-style derivatives.
 
@@ -259,6 +260,9 @@ def make_synthetic_dataset(
         With ``stripes``, the response of the weak stripes relative to the strong ones
         (``-1``: a pattern of signs; ``0 < stripe_low < 1``: the whole region activates,
         alternately at full and at ``stripe_low`` strength).
+    stripe_duty : float, default=0.5
+        With ``stripes``, the share of each stripe period at full strength (the rest
+        at ``stripe_low``).
 
     Returns
     -------
@@ -280,7 +284,8 @@ def make_synthetic_dataset(
     world = _world_coordinates(gen_shape, gen_affine)
     brain, rho2 = _ellipsoid(world)
     gen_regions = {s: _sphere(world, centers[s], region_radius) & brain for s in states}
-    patterns = {s: (_stripes(world, i % 3, low=stripe_low) if stripes else np.ones(world.shape[:3], np.float32))
+    patterns = {s: (_stripes(world, i % 3, low=stripe_low, duty=stripe_duty) if stripes
+                    else np.ones(world.shape[:3], np.float32))
                 for i, s in enumerate(states)}
     ref_world = world if grid != "other" else _world_coordinates(REFERENCE_SHAPE, REFERENCE_AFFINE)
     ref_brain = brain if grid != "other" else _ellipsoid(ref_world)[0]
@@ -421,12 +426,17 @@ def _ellipsoid(world):
     return rho2 <= 1.0, rho2
 
 
-def _stripes(world, axis, period=None, low=-1.0):
-    """1/``low`` stripes of ``period`` mm along world ``axis`` (float32, grid shape)."""
+def _stripes(world, axis, period=None, low=-1.0, duty=0.5):
+    """1/``low`` stripes of ``period`` mm along world ``axis``, ``duty`` of each period at 1 (float32, grid shape)."""
     period = STRIPE_PERIOD if period is None else period
     if not -1.0 <= float(low) < 1.0:
         raise ValueError(f"stripe_low must be in [-1, 1), got {low!r}")
-    return np.where(np.sin(2 * np.pi * world[..., axis] / period + 0.5) >= 0, 1.0, float(low)).astype(np.float32)
+    if not 0.0 < float(duty) < 1.0:
+        raise ValueError(f"stripe_duty must be in (0, 1), got {duty!r}")
+    # sin >= cos(pi * duty) on a share `duty` of each period
+    threshold = np.cos(np.pi * float(duty))
+    return np.where(np.sin(2 * np.pi * world[..., axis] / period + 0.5) >= threshold, 1.0,
+                    float(low)).astype(np.float32)
 
 
 def _sphere(world, center, radius=REGION_RADIUS):

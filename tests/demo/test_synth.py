@@ -249,3 +249,16 @@ def test_stripes_of_full_and_weak_strength(tmp_path):
         assert strong > 2.5 * weak, (trial_type, strong, weak)
     with pytest.raises(ValueError, match="stripe_low"):
         make_synthetic_dataset(tmp_path / "e", n_participants=1, n_volumes=40, stripes=True, stripe_low=1.0)
+
+
+@pytest.mark.parametrize("duty", [0.5, 0.75])
+def test_stripe_duty_is_the_share_at_full_strength(duty):
+    from deeplight_bids.demo.synth import STRIPE_PERIOD, _stripes
+
+    x = np.linspace(0, 50 * STRIPE_PERIOD, 200001, dtype=np.float64)
+    world = np.stack([x, np.zeros_like(x), np.zeros_like(x)], axis=-1)
+    pattern = _stripes(world, 0, low=-1.0, duty=duty)
+    assert set(np.unique(pattern)) == {-1.0, 1.0}
+    assert np.mean(pattern == 1.0) == pytest.approx(duty, abs=0.005)
+    with pytest.raises(ValueError, match="stripe_duty"):
+        _stripes(world, 0, duty=1.0)
