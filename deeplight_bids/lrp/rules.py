@@ -59,6 +59,12 @@ def _alpha_beta_weights(z_plain, z_abs, relevance_out, bias, alpha, beta):
     return s_activating - s_inhibiting, s_activating + s_inhibiting
 
 
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _epsilon_weights(z, relevance_out, eps):
+    """``relevance_out / (z + eps * sign(z))`` in one fused loop."""
+    return relevance_out / sign_stabilise(z, eps)
+
+
 def _alpha_beta_reduce(x, abs_x, grad_plain, grad_abs):  # (XLA measured slower here than plain ops)
     return 0.5 * (x * grad_plain + abs_x * grad_abs)
 
@@ -224,7 +230,7 @@ class Epsilon(Rule):
         return super().forward(layer, inputs)
 
     def output_gradient(self, z, relevance_out):
-        return relevance_out / sign_stabilise(z, self.eps)
+        return _epsilon_weights(z, relevance_out, tf.constant(self.eps, z.dtype))
 
     def describe(self):
         return {"rule": "Epsilon", "epsilon": self.eps, "formula": "R_in = x * W^T (R_out / (z + eps*sign(z))), bias in z"}
