@@ -29,10 +29,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
-import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,21 +37,20 @@ from pathlib import Path
 
 import numpy as np
 
-from _results import update_section  # benchmarks/_results.py (scripts run from this folder)
+from _results import (  # benchmarks/_results.py (scripts run from this folder)
+    RSS_LIMIT_MIB,
+    machine_description,
+    peak_rss_mib,
+    run_cli_child,
+    update_section,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 WEIGHTS_2D = "model-2D_DeepLight_desc-pretrained_model.npy"
-RSS_LIMIT_MIB = 3072  # issue 8: 3 GiB for a 405-volume run, 2D included
 SECTION = "## 2D"
-
-
-def peak_rss_mib():
-    """Peak resident set size of this process in MiB (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if platform.system() == "Darwin" else peak / 1024
 
 
 def find_weights(explicit=None):
@@ -66,32 +61,6 @@ def find_weights(explicit=None):
         if folder and (Path(folder) / WEIGHTS_2D).is_file():
             return (Path(folder) / WEIGHTS_2D).resolve()
     return None
-
-
-def machine_description():
-    """CPU model, core count, memory, OS and library versions, as one line."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = ""
-    try:
-        total_kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-        memory = f", {total_kib / 1024 ** 2:.0f} GiB RAM"
-    except (OSError, AttributeError):
-        pass
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    import keras
-    import tensorflow as tf
-
-    devices = sorted({d.device_type for d in tf.config.list_logical_devices()})
-    return (f"{cpu}, {affinity} usable CPU cores of {os.cpu_count()}{memory}, {platform.system()} "
-            f"{platform.release()}, Python {platform.python_version()}, TensorFlow {tf.__version__}, "
-            f"Keras {keras.__version__}, devices {'/'.join(devices)}")
 
 
 # -- 1. one batch size, in a child process ---------------------------------------------------
@@ -173,23 +142,13 @@ def run_flow(n_volumes, weights, workdir, batch_size=None):
     start = time.perf_counter()
     dataset = make_synthetic_dataset(workdir / "bids", n_participants=1, n_volumes=n_volumes, t_r=0.72)
     made = time.perf_counter() - start
-    exe = shutil.which("deeplight-bids") or str(Path(sys.executable).parent / "deeplight-bids")
     out = workdir / "out"
-    cmd = [exe, str(dataset.bids_dir), str(out), "participant", "--architecture", "2D",
-           "--skip-bids-validation", "--work-dir", str(workdir / "work")]
+    args = [dataset.bids_dir, out, "participant", "--architecture", "2D", "--skip-bids-validation", "--work-dir",
+            workdir / "work"]
     if batch_size is not None:
-        cmd += ["--batch-size", str(batch_size)]
+        args += ["--batch-size", batch_size]
     env = {**os.environ, "DEEPLIGHT_WEIGHTS_DIR": str(Path(weights).parent)}
-    start = time.perf_counter()
-    with open(workdir / "flow.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        print((workdir / "flow.log").read_text()[-3000:], file=sys.stderr)
-        raise SystemExit(f"405-volume participant run failed (exit {code})")
-    rss = usage.ru_maxrss / (1024 * 1024 if platform.system() == "Darwin" else 1024)
+    _, elapsed, rss = run_cli_child(args, workdir / "flow.log", env=env)
     relevance = next(out.rglob("*desc-relevance_bold.nii.gz"))
     return {"n_volumes": n_volumes, "t_r": 0.72, "make_dataset_s": made, "run_s": elapsed, "peak_rss_mib": rss,
             "relevance_bytes": relevance.stat().st_size, "vol_s": n_volumes / elapsed}

@@ -31,11 +31,7 @@ that file are left as they are).
 import argparse
 import datetime
 import json
-import os
-import platform
 import re
-import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,7 +40,13 @@ from pathlib import Path
 
 import numpy as np
 
-from _results import update_section  # benchmarks/_results.py (scripts run from this folder)
+from _results import (  # benchmarks/_results.py (scripts run from this folder)
+    RSS_LIMIT_MIB,
+    machine_description,
+    peak_rss_mib,
+    run_cli_child,
+    update_section,
+)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for the test helper
 from tests.models.legacy_h5 import randomise_weights  # noqa: E402  (random weights + BN statistics)
 
@@ -53,26 +55,14 @@ REPO_ROOT = HERE.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(HERE))
 
-RSS_LIMIT_MIB = 3072
 SECTION = "## 3D"
 N_STATES = 16
-
-
-def peak_rss_mib():
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if platform.system() == "Darwin" else peak / 1024
 
 
 def build_random_model(n_states=N_STATES, seed=3):
     from deeplight_bids.models.three import build_3d_deeplight
 
     return randomise_weights(build_3d_deeplight(n_states=n_states), seed=seed)
-
-
-def machine_description():
-    from bench_2d import machine_description as describe
-
-    return describe()
 
 
 def _best(fn, repeats):
@@ -198,21 +188,10 @@ def run_flow(dataset, workdir, batch_size):
     model_dir = workdir / "model"
     save_model(build_random_model(len(states)), model_dir / "rand3d.keras",
                {"architecture": "3D", "states": states, "name": "rand3d"})
-    exe = shutil.which("deeplight-bids") or str(Path(sys.executable).parent / "deeplight-bids")
     out = workdir / "out"
-    cmd = [exe, str(dataset.bids_dir), str(out), "participant", "--skip-bids-validation", "--weights",
-           str(model_dir), "--work-dir", str(workdir / "work"), "--batch-size", str(batch_size)]
-    start = time.perf_counter()
-    with open(workdir / "flow.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
-    log_text = (workdir / "flow.log").read_text()
-    if code != 0:
-        print(log_text[-3000:], file=sys.stderr)
-        raise SystemExit(f"participant run failed (exit {code})")
-    rss = usage.ru_maxrss / (1024 * 1024 if platform.system() == "Darwin" else 1024)
+    log_text, elapsed, rss = run_cli_child(
+        [dataset.bids_dir, out, "participant", "--skip-bids-validation", "--weights", model_dir, "--work-dir",
+         workdir / "work", "--batch-size", batch_size], workdir / "flow.log")
     sizes = {p.name.split("_desc-")[-1] if "_desc-" in p.name else p.name: p.stat().st_size
              for p in out.rglob("sub-*/**/*") if p.is_file()}
     batch_times = [float(m) for m in re.findall(r"\(([\d.]+) s/batch\)", log_text)]

@@ -23,9 +23,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_2d  # noqa: E402
 import bench_3d  # noqa: E402
-from _results import update_section  # noqa: E402
-
-RSS_LIMIT_MIB = 3 * 1024
+from _results import RSS_LIMIT_MIB, machine_description, update_section  # noqa: E402
 
 
 def main(argv=None):
@@ -53,7 +51,7 @@ def main(argv=None):
             print(f"{arch:>4} {batch:>5} {flow['run_s']:>7.0f} {flow['peak_rss_mib']:>12.0f}  {verdict} 3 GiB",
                   flush=True)
     if args.results:
-        machine = bench_3d.machine_description()
+        machine = machine_description()
         lines = ["## Memory", "", f"Date: {datetime.date.today().isoformat()}. Machine: {machine}.",
                  f"Command: `python benchmarks/bench_memory.py --batch-sizes {' '.join(map(str, args.batch_sizes))}`. "
                  f"One {args.volumes}-volume synthetic run (TR 0.72 s), `deeplight-bids BIDS OUT participant` with LRP "

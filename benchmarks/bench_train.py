@@ -23,7 +23,6 @@ import argparse
 import datetime
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -41,9 +40,8 @@ N_STATES = 3
 
 
 def child(case, batch_size, steps):
-    import resource
-
     import numpy as np
+    from _results import peak_rss_mib
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -105,7 +103,7 @@ def child(case, batch_size, steps):
                 model.train_on_batch(x, y)
                 times.append(time.perf_counter() - t0)
             result["vol_s"] = batch_size / min(times)
-    result["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["rss_mib"] = peak_rss_mib()
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -159,7 +157,7 @@ def main(argv=None):
         print(f"{case:16s} batch {row['batch']}: {row['vol_s']:.2f} vol/s, peak RSS {row['rss_mib']:.0f} MiB"
               + (f" (head on features: {row['head_vol_s']:.0f} vol/s)" if "head_vol_s" in row else ""), flush=True)
     if not args.no_write and rows:
-        from bench_2d import machine_description
+        from _results import machine_description
 
         write_results(args.results, machine_description(), rows, args.batch_size, args.steps,
                       load=(load_start, os.getloadavg()[0]))

@@ -255,7 +255,7 @@ def timed(proc):
 
 def machine_line():
     sys.path.insert(0, str(HERE))
-    from bench_2d import machine_description
+    from _results import machine_description
 
     return machine_description()
 
