@@ -12,6 +12,8 @@ shape.  Memory grows with the batch; ``max_batch`` splits larger batches.
 import numpy as np
 import tensorflow as tf
 
+from deeplight_bids.models.decode import in_chunks, join_chunks
+
 from .composites import get_composite
 
 RELEVANCE_START = (
@@ -130,20 +132,12 @@ class LRPAnalyzer:
         if x.ndim != len(expected) + 1 or any(e is not None and e != s for e, s in zip(expected, x.shape[1:])):
             raise ValueError(f"expected input of shape (batch, {', '.join(map(str, expected))}); got {x.shape}")
         target_indices = self._check_target(target, len(x))
-        from deeplight_bids.models.decode import in_chunks
-
-        chunks = in_chunks(len(x), self.max_batch)
-        if len(chunks) == 1:
-            logits, relevance, _ = self._explain_graph(tf.constant(x), tf.constant(target_indices))
-            logits, relevance = logits.numpy(), relevance.numpy().astype(np.float32, copy=False)
-        else:
-            logits, relevance = None, None
-            for a, b in chunks:
-                lg, rel, _ = self._explain_graph(tf.constant(x[a:b]), tf.constant(target_indices[a:b]))
-                if relevance is None:
-                    logits = np.empty((len(x), *lg.shape[1:]), np.float32)
-                    relevance = np.empty((len(x), *rel.shape[1:]), np.float32)
-                logits[a:b], relevance[a:b] = lg.numpy(), rel.numpy()
+        logit_parts, relevance_parts = [], []
+        for a, b in in_chunks(len(x), self.max_batch):
+            logits, relevance, _ = self._explain_graph(tf.constant(x[a:b]), tf.constant(target_indices[a:b]))
+            logit_parts.append(logits.numpy())
+            relevance_parts.append(relevance.numpy().astype(np.float32, copy=False))
+        logits, relevance = join_chunks(logit_parts), join_chunks(relevance_parts)
         if relevance.ndim >= 3 and relevance.shape[-1] == 1:
             relevance = relevance[..., 0]
         return logits, relevance

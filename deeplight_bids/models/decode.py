@@ -23,6 +23,11 @@ def in_chunks(n, max_batch):
     return [(start, min(start + step, n)) for start in range(0, n, max(step, 1))]
 
 
+def join_chunks(parts):
+    """Arrays of consecutive chunks -> one array (the only part itself, uncopied, when there is one)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def softmax(logits):
     """Row-wise softmax in float64 (numerically stable); ``(batch, n_states)``."""
     logits = np.asarray(logits, dtype=np.float64)
@@ -53,5 +58,4 @@ class Decoder:
     def logits(self, x):
         """Logits ``(batch, n_states)`` float32 for model-order input ``(batch, z, y, x, 1)``."""
         x = np.asarray(x, dtype=np.float32)
-        parts = [np.asarray(self._forward(x[a:b])) for a, b in in_chunks(len(x), self.max_batch)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return join_chunks([np.asarray(self._forward(x[a:b])) for a, b in in_chunks(len(x), self.max_batch)])
