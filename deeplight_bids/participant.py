@@ -391,12 +391,9 @@ def run_participant_level(config, log=LOGGER):
     from deeplight_bids.exceptions import EXIT_OK, EXIT_PARTIAL
     from deeplight_bids.models.weights import load_deeplight
 
-    from deeplight_bids.derivatives.writers import ensure_writable, remove_stale_temporaries
+    from deeplight_bids.derivatives.writers import ensure_writable
 
     ensure_writable(config.output_dir)  # fail fast, before discovery and the model
-    # temporaries of earlier jobs on this host that were killed (SIGKILL, out of memory)
-    for folder in {Path(config.output_dir), Path(config.work_dir or Path(config.output_dir) / "work")}:
-        remove_stale_temporaries(folder, log)
     derivatives = find_derivatives(config.bids_dir, config.derivatives)
     if not config.skip_bids_validation:
         validate_bids(config.bids_dir, log)
@@ -411,6 +408,7 @@ def run_participant_level(config, log=LOGGER):
         reasons = "; ".join(f"{r.label}: {r.skip_reason}" for r in runs[:5])
         raise NoRunsFoundError(f"{config.bids_dir}: no run can be processed ({reasons}).")
 
+    _remove_stale_temporaries(config, {r.subject for r in todo}, log)
     user_state_map = None
     if config.state_map_file is not None:
         from deeplight_bids.prepare.labels import load_state_map_file
@@ -461,6 +459,22 @@ def run_participant_level(config, log=LOGGER):
         log.warning("%d of %d run(s) skipped or failed for bad input (exit code %d; reasons in the table above); "
                     "fix them and re-run: finished runs are kept.", len(bad), len(results), EXIT_PARTIAL)
     return results, (EXIT_PARTIAL if bad else EXIT_OK)
+
+
+def _remove_stale_temporaries(config, subjects, log):
+    """Temporaries of earlier jobs on this host that were killed, where this job writes.
+
+    Only this job's participants' folders are searched below; the top of OUTPUT_DIR,
+    ``logs/`` and the work folder's scratch places are searched without descending, so a
+    job's start does not walk a whole shared OUTPUT_DIR.
+    """
+    from deeplight_bids.derivatives.writers import remove_stale_temporaries
+
+    out, work = Path(config.output_dir), Path(config.work_dir)
+    for folder in sorted(subjects):
+        remove_stale_temporaries(out / f"sub-{folder}", log)
+    for folder in dict.fromkeys((out, out / "logs", work, work / "relevance_sums")):
+        remove_stale_temporaries(folder, log, recursive=False)
 
 
 def _check_headers(run):

@@ -75,19 +75,23 @@ def ensure_writable(folder):
     return folder
 
 
+def _host_tag():
+    """This host's name as it appears in temporary names (letters, digits and '-')."""
+    return "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:40] or "host"
+
+
 def owner_tag():
     """``<host>-<pid>``: put into temporary names so a later run can tell whose they are."""
-    host = "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:40] or "host"
-    return f"{host}-{os.getpid()}"
+    return f"{_host_tag()}-{os.getpid()}"
 
 
 _TEMP_PATTERN = re.compile(r"^\.(?:.+\.)?(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.[^/]*(?:\.tmp|\.stream)[^/]*$")
 
 
-def remove_stale_temporaries(folder, log=None):
-    """Delete temporaries left in ``folder`` (recursively) by writers that were killed (e.g. SIGKILL).
+def remove_stale_temporaries(folder, log=None, recursive=True):
+    """Delete temporaries left in ``folder`` (and below, with ``recursive``) by writers that were killed.
 
-    Temporaries (``.<name>.<host>-<pid>.<random>.tmp...`` and ``.stream.<host>-<pid>.<random>.nii``)
+    (SIGKILL, out of memory: no chance to clean up.)  Temporaries (``.<name>.<host>-<pid>.<random>.tmp...`` and ``.stream.<host>-<pid>.<random>.nii``)
     carry their writer's host and process id; one is stale when that host is this host and
     that process no longer runs.  Temporaries of other hosts (a cluster writing into one shared
     OUTPUT_DIR) and of live processes are kept.  Returns the removed paths.
@@ -95,9 +99,9 @@ def remove_stale_temporaries(folder, log=None):
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    here = owner_tag().rsplit("-", 1)[0]
+    here = _host_tag()
     removed = []
-    for path in folder.rglob(".*"):
+    for path in (folder.rglob(".*") if recursive else folder.glob(".*")):
         match = _TEMP_PATTERN.match(path.name)
         if not match or not path.is_file() or match["host"] != here:
             continue
