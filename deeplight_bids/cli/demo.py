@@ -15,6 +15,7 @@ Everything is offline.  Re-running reuses the dataset and model already written.
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -88,9 +89,9 @@ def run_demo(output_dir, n_participants=5, n_volumes=60, epochs=4, batch_size=8,
     bids_dir = output_dir / "bids"
     model_dir = output_dir / "models" / "demo-3D"
     out_dir = output_dir / "deeplight"
-    settings = {"participants": n_participants, "volumes": n_volumes, "seed": seed, "signal": signal,
+    settings = {"n_participants": n_participants, "n_volumes": n_volumes, "seed": seed, "signal": signal,
                 "region_radius": region_radius, "stripes": True, "stripe_low": stripe_low,
-                "stripe_duty": stripe_duty}
+                "stripe_duty": stripe_duty}  # make_synthetic_dataset's arguments
     stamp = output_dir / "bids_settings.json"
     if stamp.is_file() and json.loads(stamp.read_text()) != settings:
         # a dataset made with other settings: remake it, and refit
@@ -99,8 +100,7 @@ def run_demo(output_dir, n_participants=5, n_volumes=60, epochs=4, batch_size=8,
     if not (bids_dir / "dataset_description.json").is_file():
         shutil.rmtree(bids_dir, ignore_errors=True)
         LOGGER.info("demo: writing a synthetic dataset to %s", bids_dir)
-        make_synthetic_dataset(bids_dir, n_participants=n_participants, n_volumes=n_volumes, seed=seed,
-                               signal=signal, region_radius=region_radius, stripes=True, stripe_low=stripe_low, stripe_duty=stripe_duty)
+        make_synthetic_dataset(bids_dir, **settings)
         output_dir.mkdir(parents=True, exist_ok=True)
         stamp.write_text(json.dumps(settings))
     info = _dataset_truth(n_volumes, seed, region_radius)
@@ -109,7 +109,8 @@ def run_demo(output_dir, n_participants=5, n_volumes=60, epochs=4, batch_size=8,
     validation = participants[-2]
     training = participants[:-2]
     states = tuple(info.state_map[s] for s in info.states)
-    _configure_threads(nprocs or __import__("os").cpu_count() or 1)
+    threads = nprocs or os.cpu_count() or 1
+    _configure_threads(threads)
 
     model_path = model_dir / "demo-3D.keras"
     fits, validation_accuracy, attempts = 0, None, []
@@ -129,7 +130,7 @@ def run_demo(output_dir, n_participants=5, n_volumes=60, epochs=4, batch_size=8,
                               participant_label=(*training, validation), model_name="demo-3D",
                               val_participants=(validation,), epochs=epochs, learning_rate=learning_rate,
                               finetune_batch_size=batch_size, seed=fit_seed, overwrite=fits > 1,
-                              nprocs=nprocs or __import__("os").cpu_count() or 1)
+                              nprocs=threads)
             validation_accuracy = float(FinetuneJob(finetune).run()["heldout_accuracy_pooled"])
             if validation_accuracy >= MIN_VALIDATION_ACCURACY:
                 break
