@@ -605,6 +605,20 @@ def _source_info(architecture, weights):
 # ------------------------------------------------------------------------------ comparison
 
 
+def heldout_summaries(output_dir):
+    """``[(modification time, summary dict)]`` of every ``OUTPUT_DIR/models/*/*_desc-heldout_summary.json``.
+
+    Unreadable files are left out (a fine-tuning still writing, or a damaged file).
+    """
+    out = []
+    for path in sorted((Path(output_dir) / "models").glob("*/*_desc-heldout_summary.json")):
+        try:
+            out.append((path.stat().st_mtime, json.loads(path.read_text())))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
+
+
 def write_comparison(output_dir, log=LOGGER):
     """Side-by-side held-out accuracy of ``--init scratch`` and ``--init pretrained`` on the same folds.
 
@@ -618,14 +632,8 @@ def write_comparison(output_dir, log=LOGGER):
     from deeplight_bids.derivatives.writers import write_json, write_tsv
 
     output_dir = Path(output_dir)
-    summaries = []
-    for path in sorted((output_dir / "models").glob("*/*_desc-heldout_summary.json")):
-        try:
-            summaries.append((path.stat().st_mtime, json.loads(path.read_text())))
-        except (OSError, json.JSONDecodeError):
-            continue
     groups = {}
-    for mtime, s in summaries:
+    for mtime, s in heldout_summaries(output_dir):
         folds = tuple(tuple(f["heldout_participants"]) for f in s.get("folds", []))
         key = (s["architecture"], bool(s.get("freeze_body")), tuple(s["states"]), folds)
         slot = groups.setdefault(key, {})

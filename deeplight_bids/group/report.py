@@ -273,13 +273,12 @@ def finetune_section(output_dir):
     Reads ``OUTPUT_DIR/models/*/*_desc-heldout_summary.json`` (one row per fine-tuning) and
     ``OUTPUT_DIR/group/finetune-comparison_arch-*.tsv`` (the paper's central comparison).
     """
+    from deeplight_bids.group.finetune import heldout_summaries
+    from deeplight_bids.group.stats import read_tsv
+
     output_dir = Path(output_dir)
     rows = []
-    for path in sorted((output_dir / "models").glob("*/*_desc-heldout_summary.json")):
-        try:
-            s = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
+    for _, s in heldout_summaries(output_dir):
         rows.append({"model": s.get("name"), "architecture": s.get("architecture"), "init": s.get("init"),
                      "frozen body": "yes" if s.get("freeze_body") else "no",
                      "folds": s.get("cv_folds") or "single split", "epochs": s.get("epochs"),
@@ -291,7 +290,7 @@ def finetune_section(output_dir):
     body = ("<p>Held-out accuracy of the models fitted by <code>group --finetune</code>: every volume is predicted "
             "by a model that never saw its participant.</p>" + table_html(pd.DataFrame(rows)))
     for path in comparisons:
-        frame = _read_tsv(output_dir, path.relative_to(output_dir))
+        frame = read_tsv(path)
         body += (f"<h3>Scratch vs pretrained: {esc(path.stem.replace('finetune-comparison_', ''))}</h3>"
                  f"<p>From <code>{esc(path.relative_to(output_dir))}</code>: the same participant folds, "
                  "difference = pretrained - scratch.</p>" + table_html(frame))
