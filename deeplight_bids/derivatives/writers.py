@@ -212,6 +212,8 @@ class StreamingNifti4D:
     root : path-like or None
         OUTPUT_DIR: no folder below it may be a symbolic link (see :func:`_check_target`).
 
+    Notes
+    -----
     The temporary is allocated in full at once (``posix_fallocate``), so a full disk
     is an :class:`OutputError` here rather than a crash (SIGBUS) while writing into the
     memory map; the gzip stream is deterministic (no time stamp, no file name).
