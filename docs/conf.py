@@ -39,6 +39,11 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 
+# Blocks without a language (e.g. the argparse usage) are not highlighted.
+highlight_language = "none"
+# Option names in help texts ("--weights") must not become typographic dashes.
+smartquotes = False
+
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 templates_path = []
 

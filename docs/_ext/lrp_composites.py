@@ -49,7 +49,10 @@ class LRPComposites(SphinxDirective):
             definition = nodes.definition()
             summary = (factory.__doc__ or "").strip().splitlines()
             if summary:
-                definition += nodes.paragraph(text=summary[0])
+                # The summary is reStructuredText (``literals``, :class: roles).
+                text_nodes, messages = self.state.inline_text(summary[0], self.lineno)
+                definition += nodes.paragraph("", "", *text_nodes)
+                definition += messages
             rules = nodes.bullet_list()
             for text in _rules(factory()):
                 entry = nodes.list_item()
