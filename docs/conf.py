@@ -5,6 +5,7 @@ Build (warnings are errors, as in CI)::
     cd docs && PYTHONPATH=$PWD/.. python -m sphinx -W --keep-going -b html . _build/html
 """
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -16,12 +17,11 @@ sys.path.insert(0, str(HERE / "_ext"))
 # Importing the package pulls in TensorFlow: keep its start-up chatter out of the build log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from deeplight_bids import __version__  # noqa: E402
 
 project = "deeplight-bids"
 author = "deeplight-bids developers"
 copyright = "deeplight-bids developers"
-version = release = __version__
+version = release = importlib.import_module("deeplight_bids").__version__
 
 extensions = [
     "sphinx.ext.autodoc",

@@ -40,9 +40,11 @@ def signal_codes():
 
     return [
         (128 + signal.SIGINT, "interrupted (Ctrl-C): finished runs are kept, a re-run resumes", "KeyboardInterrupt"),
-        (Interrupted(signal.SIGTERM).exit_code,
-         "terminated (SIGTERM, e.g. a SLURM time limit): temporaries removed, finished runs kept, a re-run resumes",
-         "Interrupted"),
+        (
+            Interrupted(signal.SIGTERM).exit_code,
+            "terminated (SIGTERM, e.g. a SLURM time limit): temporaries removed, finished runs kept, a re-run resumes",
+            "Interrupted",
+        ),
     ]
 
 

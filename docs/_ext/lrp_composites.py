@@ -18,8 +18,11 @@ def _rule(rule):
     describe = getattr(rule, "describe", None)
     if describe is None:
         return repr(rule)
-    params = ", ".join(f"{key}={value:g}" for key, value in describe().items()
-                       if isinstance(value, (int, float)) and not isinstance(value, bool))
+    params = ", ".join(
+        f"{key}={value:g}"
+        for key, value in describe().items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    )
     return f"{type(rule).__name__}({params})"
 
 

@@ -41,7 +41,7 @@ class Gamma(rules.Rule):
 
     def describe(self):
         # Written into the relevance sidecar, one entry per layer.
-        return {"rule": "Gamma", "gamma": self.gamma, "formula": "R_in = x * W'^T (R_out / (W'x + b')), W' = W + gamma W+"}
+        return {"rule": "Gamma", "gamma": self.gamma, "formula": "R_in = x * W'^T (R_out / (W'x + b'))"}
 
 
 @register_composite("gamma_example")
