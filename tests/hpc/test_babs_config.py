@@ -17,8 +17,10 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -54,16 +56,25 @@ json.dump({"babs": babs.__version__, "zip_foldernames": zip_foldernames, "output
 
 
 @pytest.fixture(scope="module")
-def babs_path(request):
+def babs_path(request, tmp_path_factory):
     """A folder holding babs (no dependencies) and the packages it imports; installed once per cache."""
-    target = Path(request.config.cache.mkdir(f"babs-{BABS_VERSION}"))
-    if not (target / "babs").is_dir():
-        pip = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--target", str(target)]
+    cache = request.config.cache
+    target = Path(cache.mkdir(f"babs-{BABS_VERSION}")) if cache else tmp_path_factory.mktemp(f"babs-{BABS_VERSION}")
+    site = target / "site"
+    if not (site / "babs").is_dir():
+        # into a private folder renamed into place: pytest-xdist workers may get here together
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target))
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--target", str(staging)]
         for args in (["--no-deps", f"babs=={BABS_VERSION}"], ["datalad", "datalad-container", "filelock", "backoff"]):
             proc = subprocess.run(pip + args, check=False, capture_output=True, text=True, timeout=600)
             if proc.returncode != 0:
+                shutil.rmtree(staging, ignore_errors=True)
                 pytest.skip(f"babs {BABS_VERSION} cannot be installed here ({' '.join(args)}): {proc.stderr[-300:]}")
-    return target
+        try:
+            staging.rename(site)
+        except OSError:  # another worker finished first
+            shutil.rmtree(staging, ignore_errors=True)
+    return site
 
 
 @pytest.fixture(scope="module")

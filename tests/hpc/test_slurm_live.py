@@ -330,7 +330,7 @@ def test_array_on_live_slurm_cancel_resume_failed_participant_and_group(slurm, s
     after = _sidecar_mtimes(out)
     assert {k: after[k] for k in before} == before
     assert set(after) == {Path(f"sub-{s}/func/sub-{s}_task-motor{r}_desc-predictions_timeseries.json")
-                          for s, r in (("01", "_run-1"), ("01", "_run-2"), ("02", ""))}
+                          for s, r in (("01", "_run-1"), ("01", "_run-2"), ("02", "_run-1"))}
     run_table = pd.read_csv(_latest_run_table(out, "sub-01"), sep="\t", keep_default_na=False)
     status = dict(zip(run_table["run"], run_table["status"] + ": " + run_table["detail"]))
     assert status["sub-01_task-motor_run-1"].startswith("skipped: outputs exist"), status
