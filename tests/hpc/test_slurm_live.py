@@ -304,6 +304,9 @@ def test_array_on_live_slurm_cancel_resume_failed_participant_and_group(slurm, s
     slurm.run(["scancel", array_id])
     slurm.wait_ended([array_id, group_id])
     assert _by_label(slurm, array_id, labels)["01"]["JobState"] == "CANCELLED"
+    cancelled_log = (out / "logs" / "slurm" / f"participant_{array_id}_1.out").read_text()
+    assert "terminated by signal SIGTERM; temporary files removed" in cancelled_log, cancelled_log
+    assert "participant.sbatch: 01: exit status 143" in cancelled_log, cancelled_log
     assert slurm.jobs(group_id)[0]["JobState"] == "CANCELLED"
     assert not (out / "sub-01" / "func" / "sub-01_task-motor_run-2_desc-predictions_timeseries.json").exists()
     assert list(scratch.iterdir()) == [], "the tasks' work folders on node scratch were not removed"
