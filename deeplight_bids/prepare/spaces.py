@@ -27,7 +27,12 @@ import numpy as np
 
 from deeplight_bids.exceptions import InputDataError
 from deeplight_bids.models.weights import sha256sum
-from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE, REFERENCE_SPACE, to_reference_grid
+from deeplight_bids.prepare.grid import (
+    REFERENCE_AFFINE,
+    REFERENCE_SHAPE,
+    REFERENCE_SPACE,
+    to_reference_grid,
+)
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -116,6 +121,16 @@ def _how_to_provide(xfm):
             "--allow-approximate-space to accept world-coordinate resampling")
 
 
+def _templateflow_get(xfm):
+    """The file through ``templateflow.api.get`` (downloads into ``$TEMPLATEFLOW_HOME`` when online), or None."""
+    from templateflow import api
+
+    found = api.get(xfm.template, **xfm.query)
+    if isinstance(found, (list, tuple)):
+        found = found[0] if len(found) == 1 else None
+    return Path(found) if found else None
+
+
 def fetch_transform(xfm, download=True):
     """Local path of a TemplateFlow transform file, its checksum verified.
 
@@ -142,11 +157,7 @@ def fetch_transform(xfm, download=True):
         path = candidate if candidate.is_file() else None
     if path is None and download:
         try:
-            from templateflow import api
-
-            found = api.get(xfm.template, **xfm.query)
-            found = found[0] if isinstance(found, (list, tuple)) and len(found) == 1 else found
-            path = Path(found) if found and not isinstance(found, (list, tuple)) else None
+            path = _templateflow_get(xfm)
         except Exception as err:  # offline nodes raise requests' errors; any failure means "not available"
             LOGGER.debug("TemplateFlow could not provide %s: %s", xfm.filename, err)
             path = None
