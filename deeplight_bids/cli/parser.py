@@ -112,8 +112,9 @@ def build_parser():
             "Participant level: decode every volume of each preprocessed task-fMRI run "
             "(fMRIPrep-style derivatives on MNI152NLin6Asym 2 mm) and explain each decision "
             "with LRP. Group level: combine participants. "
-            "Also: 'deeplight-bids demo OUTPUT_DIR' (synthetic end-to-end demo) and "
-            "'deeplight-bids weights {list,fetch,convert}'."
+            "Also: 'deeplight-bids demo OUTPUT_DIR' (synthetic end-to-end demo), "
+            "'deeplight-bids weights {list,fetch,convert}', "
+            "'deeplight-bids templates {list,fetch}' (TemplateFlow transforms for offline nodes)."
         ),
         formatter_class=lambda prog: argparse.ArgumentDefaultsHelpFormatter(prog, width=100),
         epilog=EXIT_CODES_HELP,
