@@ -154,7 +154,8 @@ def fetch_transform(xfm, download=True):
     home = os.environ.get("TEMPLATEFLOW_HOME")
     if home:  # a pre-fetched file needs no templateflow call (no network probe)
         candidate = Path(home) / f"tpl-{xfm.template}" / xfm.filename
-        path = candidate if candidate.is_file() else None
+        # TemplateFlow's skeleton holds an empty placeholder for every file not yet downloaded
+        path = candidate if candidate.is_file() and candidate.stat().st_size > 0 else None
     if path is None and download:
         try:
             path = _templateflow_get(xfm)

@@ -190,3 +190,42 @@ def test_refusal_is_one_line():
     line = spaces.refusal("T1w")
     assert line == ("BOLD in space T1w; DeepLight needs MNI152NLin6Asym (or MNI152NLin2009cAsym): rerun fMRIPrep "
                     "with --output-spaces MNI152NLin6Asym:res-2")
+
+
+def _dockerfile_bake():
+    """The Dockerfile's ARG values of the baked transform and its RUN command (ARGs substituted)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "Dockerfile").read_text()
+    args = dict(re.findall(r"^ARG (TEMPLATEFLOW_XFM\w*)=(\S+)$", text, re.M))
+    start = text.index("RUN", text.index("ARG TEMPLATEFLOW_XFM_SIZE"))
+    end_marker = 'chmod -R a+rX "${TEMPLATEFLOW_HOME}"'
+    command = text[start + 4:text.index(end_marker, start) + len(end_marker)]
+    for key, value in args.items():
+        command = command.replace("${%s}" % key, value)
+    return args, command
+
+
+def test_dockerfile_bakes_the_table_s_transform(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args, command = _dockerfile_bake()
+    xfm = spaces.MNI2009C_TO_6ASYM
+    assert args == {"TEMPLATEFLOW_XFM": xfm.filename, "TEMPLATEFLOW_XFM_MD5": xfm.md5,
+                    "TEMPLATEFLOW_XFM_SIZE": str(xfm.size)}
+    # the build step refuses (and deletes) a file with another checksum; no network needed
+    home = tmp_path / "tf"
+    bad = home / "tpl-MNI152NLin6Asym" / xfm.filename
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not the transform")
+    env = {**os.environ, "TEMPLATEFLOW_HOME": str(home), "BUILD_CA_BUNDLE": "",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for mode, code in (("required", 1), ("no", 0)):
+        proc = subprocess.run(["bash", "-ec", command], env={**env, "TEMPLATEFLOW_FETCH": mode},
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == code, proc.stderr[-1500:]
+    assert not bad.exists()
