@@ -229,3 +229,19 @@ def test_dockerfile_bakes_the_table_s_transform(tmp_path):
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == code, proc.stderr[-1500:]
     assert not bad.exists()
+
+
+def test_linear_weights_equal_scipy_trilinear(transform_files):
+    from scipy.ndimage import map_coordinates
+
+    rng = np.random.default_rng(1)
+    source = rng.normal(size=(20, 24, 18, 2)).astype(np.float32)
+    affine = np.array([[4.0, 0, 0, -40], [0, 4.0, 0, -60], [0, 0, 4.0, -30], [0, 0, 0, 1]])
+    resampler = spaces.TemplateResampler(spaces.load_transform(transform_files["forward"]), None)
+    out = np.asarray(resampler(nib.Nifti1Image(source, affine), "linear").dataobj)
+    coords = resampler.coordinates(affine, source.shape)
+    for v in range(2):
+        expected = map_coordinates(source[..., v], coords, order=1, mode="grid-constant", cval=0.0)
+        assert np.allclose(out[..., v].ravel(), expected, atol=1e-5)
+    nearest = np.asarray(resampler(nib.Nifti1Image(source[..., 0], affine), "nearest").dataobj).ravel()
+    assert np.allclose(nearest, map_coordinates(source[..., 0], coords, order=0, mode="grid-constant", cval=0.0))
