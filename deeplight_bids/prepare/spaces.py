@@ -206,6 +206,7 @@ class TemplateResampler:
             ijk = np.indices(REFERENCE_SHAPE, dtype=np.float32).reshape(3, -1).T
             ref = ijk @ REFERENCE_AFFINE[:3, :3].T.astype(np.float32) + REFERENCE_AFFINE[:3, 3].astype(np.float32)
             self._source_points = np.asarray(self.transform.map(ref), dtype=np.float64)
+            self.transform = None  # the dense field (~0.6 GB in memory for TemplateFlow's) is not needed again
         return self._source_points
 
     def coordinates(self, affine, shape):
