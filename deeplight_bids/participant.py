@@ -108,7 +108,7 @@ class RunProcessor:
         t0 = time.monotonic()
         _check_headers(run)
         LOGGER.info("%s: preparing (mask, smooth %.3g mm, detrend, high-pass, z-score)", run.label, cfg.smoothing_fwhm)
-        to_grid, self._space_transform = self.space_plan.resampler_for(run.space or REFERENCE_SPACE)
+        to_grid, space_transform = self.space_plan.resampler_for(run.space or REFERENCE_SPACE)
         prepared = prepare_run(run.bold, run.mask, run.t_r, smoothing_fwhm=cfg.smoothing_fwhm,
                                high_pass=cfg.high_pass, to_grid=to_grid)
         events = read_events(run.events)
@@ -117,7 +117,7 @@ class RunProcessor:
         unmapped = unmapped_trial_types(events, state_map)
         if unmapped:  # the start-up label table says it for the task; per run, info only
             LOGGER.info("%s: trial types without a model state (volumes labelled n/a): %s",
-                           run.label, ", ".join(unmapped))
+                        run.label, ", ".join(unmapped))
         labels = volume_labels(events, prepared.n_volumes, run.t_r, state_map)
         if cfg.save_tfrecords:
             self._save_tfrecords(run, prepared, labels)
@@ -185,7 +185,7 @@ class RunProcessor:
                                         subject=run.subject)
         decodable = true_idx >= 0
         accuracy = float((pred_idx[decodable] == true_idx[decodable]).mean()) if decodable.any() else None
-        provenance = self._provenance(run, unmapped, not_decodable, state_map)
+        provenance = self._provenance(run, unmapped, not_decodable, state_map, space_transform)
         if self.analyzer is not None:
             write_json(outputs["relevance_json"], self._relevance_sidecar(run, provenance), root=cfg.output_dir)
             self._save_state_sums(run, sums, counts)
@@ -237,7 +237,7 @@ class RunProcessor:
         frame["correct"] = frame["correct"].astype("Int64")
         return frame
 
-    def _provenance(self, run, unmapped, not_decodable, state_map):
+    def _provenance(self, run, unmapped, not_decodable, state_map, space_transform=None):
         cfg = self.config
         return {
             "Sources": [f"bids::{p}" for p in (run.bold, run.mask, run.events)],
@@ -253,7 +253,7 @@ class RunProcessor:
             "Labelling": {"Rule": LABEL_RULE, "StateMap": state_map, "UnmappedTrialTypes": unmapped,
                           "StatesNotInModel": not_decodable},
             "SourceSpace": source_space(run),
-            "SpaceTransform": getattr(self, "_space_transform", None),
+            "SpaceTransform": space_transform,
             "SettingsHash": self.settings_hash,
             "SoftwareVersion": __version__,
         }
