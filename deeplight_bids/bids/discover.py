@@ -210,11 +210,9 @@ def discover_runs(layout, space=None, participant_label=None, session_label=None
         found = sorted({b.entities.get("space") for b in candidates}, key=str)
         chosen = space if space is not None else next((s for s in SPACE_PREFERENCE if s in found), None)
         if chosen not in KNOWN_SPACES:
+            # a native/unknown --space is refused whatever the run has; by default, the run's own space
             refused = chosen if space is not None else found[0]
-            if space is not None and space not in found:
-                runs.append(Run(entities=entities, skip_reason=_not_in_space(space, found, candidates)))
-            else:
-                runs.append(Run(entities=entities, space=refused, skip_reason=refusal(refused)))
+            runs.append(Run(entities=entities, space=refused, skip_reason=refusal(refused)))
             continue
         in_space = [b for b in candidates if b.entities.get("space") == chosen]
         if not in_space:
@@ -328,6 +326,8 @@ def format_run_table(runs):
     for run in runs:
         status = "skip" if run.skip_reason else "process"
         detail = run.skip_reason or f"TR={run.t_r:g}s space={run.space}" + (f" res={run.res}" if run.res else "")
+        if not run.skip_reason and run.space != "MNI152NLin6Asym":
+            detail += " (TemplateFlow transform to MNI152NLin6Asym)"
         lines.append(f"{run.label:<48} {status:<10} {detail}")
     n_proc = sum(r.skip_reason is None for r in runs)
     lines.append(f"{n_proc} run(s) to process, {len(runs) - n_proc} skipped")
