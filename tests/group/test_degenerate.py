@@ -29,7 +29,7 @@ def test_no_labelled_volumes_gives_tables_with_headers(tmp_path):
     assert table["n_labelled"].tolist() == [0, 0] and table["accuracy"].isna().all()
     summary = stats.group_summary(table)
     assert list(summary["metric"]) == ["accuracy", "balanced_accuracy", "chance_level"]
-    counts, props = stats.confusion_tables(runs, ["MOTOR_lh", "MOTOR_rh"])
+    counts, _ = stats.confusion_tables(runs, ["MOTOR_lh", "MOTOR_rh"])
     assert len(counts) == 0 and "true_state" in counts.columns
     path = tmp_path / "b.tsv"
     block.to_csv(path, sep="\t", index=False)

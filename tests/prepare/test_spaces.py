@@ -198,12 +198,12 @@ def _dockerfile_bake():
     from pathlib import Path
 
     text = (Path(__file__).parents[2] / "Dockerfile").read_text()
-    args = dict(re.findall(r"^ARG (TEMPLATEFLOW_XFM\w*)=(\S+)$", text, re.M))
+    args = dict(re.findall(r"^ARG (TEMPLATEFLOW_XFM\w*)=(\S+)$", text, re.MULTILINE))
     start = text.index("RUN", text.index("ARG TEMPLATEFLOW_XFM_SIZE"))
     end_marker = 'chmod -R a+rX "${TEMPLATEFLOW_HOME}"'
     command = text[start + 4:text.index(end_marker, start) + len(end_marker)]
     for key, value in args.items():
-        command = command.replace("${%s}" % key, value)
+        command = command.replace("${" + key + "}", value)
     return args, command
 
 
@@ -226,7 +226,7 @@ def test_dockerfile_bakes_the_table_s_transform(tmp_path):
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     for mode, code in (("required", 1), ("no", 0)):
         proc = subprocess.run(["bash", "-ec", command], env={**env, "TEMPLATEFLOW_FETCH": mode},
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=300, check=False)
         assert proc.returncode == code, proc.stderr[-1500:]
     assert not bad.exists()
 
