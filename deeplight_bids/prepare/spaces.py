@@ -37,8 +37,8 @@ from deeplight_bids.prepare.grid import (
 
 LOGGER = logging.getLogger("deeplight_bids")
 
-__all__ = ["KNOWN_SPACES", "SPACE_PREFERENCE", "KnownSpace", "SpaceTransformError", "TemplateResampler",
-           "TransformFile", "approximate_resampler", "fetch_transform", "refusal", "resampler_for"]
+__all__ = ["KNOWN_SPACES", "MNI2009C_TO_6ASYM", "SPACE_PREFERENCE", "KnownSpace", "SpacePlan", "SpaceTransformError",
+           "TemplateResampler", "TransformFile", "approximate_resampler", "fetch_transform", "load_transform", "refusal"]
 
 
 @dataclass(frozen=True)
@@ -327,9 +327,9 @@ class SpacePlan:
                 if not self.allow_approximate:
                     raise
                 if not warned:  # once per job, however many runs and spaces
-                    LOGGER.warning("%s -- --allow-approximate-space: resampling %s in world coordinates as if it "
-                                   "were %s (approximate; recorded as SpaceTransform 'approximate')", err, space,
-                                   REFERENCE_SPACE)
+                    LOGGER.warning("--allow-approximate-space: resampling %s in world coordinates as if it were %s "
+                                   "(approximate; recorded as SpaceTransform 'approximate'), because: %s", space,
+                                   REFERENCE_SPACE, err)
                     warned = True
                 self.resolved[space] = (None, None)
                 continue
@@ -352,7 +352,3 @@ class SpacePlan:
             self._transforms[space] = TemplateResampler(load_transform(path), provenance)
         return self._transforms[space], provenance
 
-
-def resampler_for(space, plan=None):
-    """Shortcut of :meth:`SpacePlan.resampler_for` with a default plan."""
-    return (plan or SpacePlan()).resampler_for(space)
