@@ -148,3 +148,15 @@ def test_labels_that_map_to_nothing_warn_once_and_group_reports(dataset, random_
     assert "no labelled volumes" in report and "--state-map" in report
     for table in (out / "group").glob("*.tsv"):
         assert table.read_text().splitlines()[0].strip(), table
+
+
+def test_templates_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(spaces, "_templateflow_get", lambda xfm: None)  # offline
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(tmp_path / "empty"))
+    assert cli(["templates", "fetch"]) == 3
+    err = capsys.readouterr().err
+    assert "error:" in err and spaces.MNI2009C_TO_6ASYM.filename in err and "Traceback" not in err
+    path = synthetic_warp.write_itk_displacement_h5(tmp_path / "x.h5", synthetic_warp.forward, spacing=16.0)
+    target = install_transform(monkeypatch, tmp_path, path)
+    assert cli(["templates", "list"]) == 0
+    assert f"verified  {target}" in capsys.readouterr().out
