@@ -142,6 +142,9 @@ def _build(root):
     meta = json.loads(f["bold_json"].read_text())
     del meta["RepetitionTime"]
     f["bold_json"].write_text(json.dumps(meta))
+    # the raw BOLD's sidecar is the fallback for a derivative without RepetitionTime: none there either
+    # (null overrides the dataset-level task-motor_bold.json)
+    (f["events"].parent / "sub-notr_task-motor_bold.json").write_text(json.dumps({"RepetitionTime": None}))
     f = files["trmismatch"] = _clone(root, "trmismatch")
     meta = json.loads(f["bold_json"].read_text())
     meta["RepetitionTime"] = 1.5  # header says 2 s
