@@ -11,7 +11,9 @@
 #                        original repository at its pinned commit; else a folder of the
 #                        build context (e.g. "weights", see .dockerignore) holding them
 #                        (offline builds).  Every file is verified by checksum either way.
-#   TEMPLATEFLOW_FETCH   auto (default: try, skip with a warning when offline), required, no
+#   TEMPLATEFLOW_FETCH   auto (default: try, skip with a warning when offline), required, no;
+#                        for MNI152NLin6Asym res-2 (group figures) and the MNI152NLin2009cAsym ->
+#                        MNI152NLin6Asym transform (checksum-verified)
 #   PIP_CONFIG_FILE      pip configuration used during the build only (e.g. a mounted file)
 #   BUILD_CA_BUNDLE      CA bundle used for downloads during the build only (mounted file)
 #   VERSION, VCS_REF, SOURCE_URL   OCI labels
@@ -130,6 +132,35 @@ print('TemplateFlow: fetched', len(files), 'MNI152NLin6Asym res-2 files')" 2>/tm
         echo "WARNING: TemplateFlow cannot download (offline build?): MNI152NLin6Asym res-2 NOT pre-fetched into ${TEMPLATEFLOW_HOME}"; \
     fi \
     && rm -f /tmp/templateflow.err \
+    && chmod -R a+rX "${TEMPLATEFLOW_HOME}"
+# The inter-template transform MNI152NLin2009cAsym -> MNI152NLin6Asym (fMRIPrep's default output
+# space), verified against TemplateFlow's published checksum (the MD5 and size of its DataLad
+# annex key).  deeplight_bids/prepare/spaces.py holds the same name and checksum; a test checks
+# that the two agree.  Offline builds with TEMPLATEFLOW_FETCH=auto skip it with a warning (runs
+# in MNI152NLin2009cAsym then need TEMPLATEFLOW_HOME holding it, or --allow-approximate-space).
+ARG TEMPLATEFLOW_XFM=tpl-MNI152NLin6Asym_from-MNI152NLin2009cAsym_mode-image_xfm.h5
+ARG TEMPLATEFLOW_XFM_MD5=b7130989291ddb85642e19940aaec4c1
+ARG TEMPLATEFLOW_XFM_SIZE=204735104
+RUN if [ -n "${BUILD_CA_BUNDLE}" ]; then export SSL_CERT_FILE="${BUILD_CA_BUNDLE}" REQUESTS_CA_BUNDLE="${BUILD_CA_BUNDLE}"; fi \
+    && if [ "${TEMPLATEFLOW_FETCH}" = no ]; then \
+        echo "TemplateFlow: ${TEMPLATEFLOW_XFM} not pre-fetched (TEMPLATEFLOW_FETCH=no)"; \
+    elif python -c "import hashlib, sys; from pathlib import Path; from templateflow import api; \
+name, md5, size = sys.argv[1], sys.argv[2], int(sys.argv[3]); \
+path = Path(api.get('MNI152NLin6Asym', **{'from': 'MNI152NLin2009cAsym'}, mode='image', suffix='xfm', extension='.h5')); \
+digest = hashlib.md5(); fobj = open(path, 'rb'); [digest.update(block) for block in iter(lambda: fobj.read(1 << 22), b'')]; \
+ok = path.name == name and path.stat().st_size == size and digest.hexdigest() == md5; \
+None if ok else path.unlink(); \
+sys.exit(f'checksum mismatch for {path} (expected {size} bytes, MD5 {md5})') if not ok else print('TemplateFlow: fetched and verified', path)" \
+            "${TEMPLATEFLOW_XFM}" "${TEMPLATEFLOW_XFM_MD5}" "${TEMPLATEFLOW_XFM_SIZE}" 2>/tmp/templateflow-xfm.err; then \
+        true; \
+    elif [ "${TEMPLATEFLOW_FETCH}" = required ]; then \
+        cat /tmp/templateflow-xfm.err >&2; \
+        echo "ERROR: TemplateFlow transform download failed (TEMPLATEFLOW_FETCH=required)" >&2; exit 1; \
+    else \
+        tail -n 1 /tmp/templateflow-xfm.err; \
+        echo "WARNING: TemplateFlow cannot download (offline build?): ${TEMPLATEFLOW_XFM} NOT baked into ${TEMPLATEFLOW_HOME}"; \
+    fi \
+    && rm -f /tmp/templateflow-xfm.err \
     && chmod -R a+rX "${TEMPLATEFLOW_HOME}"
 
 # --------------------------------------------------------------------------- runtime

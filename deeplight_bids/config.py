@@ -27,8 +27,10 @@ class Config:
         Selection (labels without ``sub-``/``ses-``).
     bids_filters : dict
         Extra pybids filters for the BOLD query.
-    space : str
-        Template space of the preprocessed BOLD.
+    space : str or None
+        Template space of the preprocessed BOLD (None: MNI152NLin6Asym, else MNI152NLin2009cAsym, per run).
+    allow_approximate_space : bool
+        World-coordinate resampling when an inter-template transform is unavailable.
     architecture : {"3D", "2D"}
     weights : str or None
         Path or registry name; None means the published weights of ``architecture``.
@@ -60,7 +62,8 @@ class Config:
     session_label: tuple | None = None
     task: tuple | None = None
     bids_filters: dict = field(default_factory=dict)
-    space: str = "MNI152NLin6Asym"
+    space: str | None = None
+    allow_approximate_space: bool = False
     architecture: str = "3D"
     weights: str | None = None
     state_map_file: Path | None = None
@@ -105,6 +108,7 @@ class Config:
             task=tuple(args.task) if args.task else None,
             bids_filters=dict(args.bids_filter_file or {}),
             space=args.space,
+            allow_approximate_space=bool(getattr(args, "allow_approximate_space", False)),
             architecture=args.architecture,
             weights=args.weights,
             state_map_file=Path(args.state_map) if args.state_map else None,

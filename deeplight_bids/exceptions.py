@@ -79,6 +79,10 @@ class OutputError(DeepLightBidsError):
     exit_code = EXIT_OUTPUT
 
 
+class LoggedWarning(UserWarning):
+    """A warning that is also written to the ``deeplight_bids`` log: the command line shows only the log line."""
+
+
 class Interrupted(BaseException):
     """A termination signal (SIGTERM) received while running.
 

@@ -23,6 +23,7 @@ from deeplight_bids.derivatives.writers import StreamingNifti4D, write_json, wri
 from deeplight_bids.exceptions import DeepLightBidsError
 from deeplight_bids.models.decode import softmax
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_RES, REFERENCE_SHAPE, REFERENCE_SPACE
+from deeplight_bids.preflight import plural, source_space
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -52,12 +53,14 @@ class RunProcessor:
         ``{task: {trial_type: state}}`` from ``--state-map``.
     """
 
-    def __init__(self, dl_model, config, user_state_map=None):
+    def __init__(self, dl_model, config, user_state_map=None, space_plan=None):
         from deeplight_bids.models.decode import Decoder, network_batch_limit
+        from deeplight_bids.prepare.spaces import SpacePlan
 
         self.dl_model = dl_model
         self.config = config
         self.user_state_map = user_state_map
+        self.space_plan = space_plan or SpacePlan(allow_approximate=config.allow_approximate_space)
         self.states = tuple(dl_model.states)
         self.state_index = {s: i for i, s in enumerate(self.states)}
         max_batch = network_batch_limit()
@@ -76,6 +79,8 @@ class RunProcessor:
         settings = {"weights": self.dl_model.weights_sha256, "lrp": c.lrp, "target": c.lrp_target,
                     "fwhm": c.smoothing_fwhm, "high_pass": c.high_pass, "version": __version__,
                     "state_map": self.user_state_map}
+        if c.allow_approximate_space:  # only when set, so hashes of earlier outputs stay valid
+            settings["allow_approximate_space"] = True
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # -- resume -------------------------------------------------------------------------
@@ -103,15 +108,16 @@ class RunProcessor:
         t0 = time.monotonic()
         _check_headers(run)
         LOGGER.info("%s: preparing (mask, smooth %.3g mm, detrend, high-pass, z-score)", run.label, cfg.smoothing_fwhm)
+        to_grid, space_transform = self.space_plan.resampler_for(run.space or REFERENCE_SPACE)
         prepared = prepare_run(run.bold, run.mask, run.t_r, smoothing_fwhm=cfg.smoothing_fwhm,
-                               high_pass=cfg.high_pass)
+                               high_pass=cfg.high_pass, to_grid=to_grid)
         events = read_events(run.events)
         task = run.entities["task"]
         state_map = resolve_state_map(task, self.user_state_map)
         unmapped = unmapped_trial_types(events, state_map)
-        if unmapped:
-            LOGGER.warning("%s: trial types without a model state (volumes labelled n/a): %s",
-                           run.label, ", ".join(unmapped))
+        if unmapped:  # the start-up label table says it for the task; per run, info only
+            LOGGER.info("%s: trial types without a model state (volumes labelled n/a): %s",
+                        run.label, ", ".join(unmapped))
         labels = volume_labels(events, prepared.n_volumes, run.t_r, state_map)
         if cfg.save_tfrecords:
             self._save_tfrecords(run, prepared, labels)
@@ -179,14 +185,14 @@ class RunProcessor:
                                         subject=run.subject)
         decodable = true_idx >= 0
         accuracy = float((pred_idx[decodable] == true_idx[decodable]).mean()) if decodable.any() else None
-        provenance = self._provenance(run, unmapped, not_decodable, state_map)
+        provenance = self._provenance(run, unmapped, not_decodable, state_map, space_transform)
         if self.analyzer is not None:
             write_json(outputs["relevance_json"], self._relevance_sidecar(run, provenance), root=cfg.output_dir)
             self._save_state_sums(run, sums, counts)
         write_tsv(outputs["predictions"], frame, root=cfg.output_dir)
         sidecar = self._predictions_sidecar(provenance, accuracy, int(decodable.sum()))
         write_json(outputs["predictions_json"], sidecar, root=cfg.output_dir)  # last: marks the run complete
-        detail = f"{n_vol} volumes, accuracy {accuracy:.3f}" if accuracy is not None else f"{n_vol} volumes"
+        detail = plural(n_vol, "volume") + (f", accuracy {accuracy:.3f}" if accuracy is not None else "")
         detail += f", {time.monotonic() - t0:.1f} s"
         return RunResult(run.label, "done", detail, n_vol, accuracy)
 
@@ -231,7 +237,7 @@ class RunProcessor:
         frame["correct"] = frame["correct"].astype("Int64")
         return frame
 
-    def _provenance(self, run, unmapped, not_decodable, state_map):
+    def _provenance(self, run, unmapped, not_decodable, state_map, space_transform=None):
         cfg = self.config
         return {
             "Sources": [f"bids::{p}" for p in (run.bold, run.mask, run.events)],
@@ -246,6 +252,8 @@ class RunProcessor:
             },
             "Labelling": {"Rule": LABEL_RULE, "StateMap": state_map, "UnmappedTrialTypes": unmapped,
                           "StatesNotInModel": not_decodable},
+            "SourceSpace": source_space(run),
+            "SpaceTransform": space_transform,
             "SettingsHash": self.settings_hash,
             "SoftwareVersion": __version__,
         }
@@ -279,6 +287,8 @@ class RunProcessor:
             "Resolution": "2 mm isotropic MNI152NLin6Asym grid (91 x 109 x 91)",
             "LRP": lrp,
             "LRPTarget": self.config.lrp_target,
+            "SpatialReference": (f"https://templateflow.s3.amazonaws.com/tpl-{REFERENCE_SPACE}/tpl-{REFERENCE_SPACE}"
+                                 f"_res-0{REFERENCE_RES}_T1w.nii.gz"),
             "Units": "arbitrary (relevance; sums to about the explained logit)",
             **provenance,
         }
@@ -403,10 +413,12 @@ def run_participant_level(config, log=LOGGER):
     log.info("runs found:\n%s", format_run_table(runs))
     todo = [r for r in runs if r.skip_reason is None]
     if not todo:
-        from deeplight_bids.exceptions import NoRunsFoundError
+        from deeplight_bids.preflight import no_runs_error
 
-        reasons = "; ".join(f"{r.label}: {r.skip_reason}" for r in runs[:5])
-        raise NoRunsFoundError(f"{config.bids_dir}: no run can be processed ({reasons}).")
+        stem = _write_config(config)
+        table = stem.with_name(stem.name.replace("config-", "runs-") + ".tsv")
+        _write_run_table(config, table, [RunResult(r.label, "skipped", r.skip_reason) for r in runs])
+        raise no_runs_error(config.bids_dir, runs, table)
 
     _remove_stale_temporaries(config, {r.subject for r in todo}, log)
     user_state_map = None
@@ -418,11 +430,14 @@ def run_participant_level(config, log=LOGGER):
     dl_model = load_deeplight(config.weights, config.architecture)
     log.info("model: %s-DeepLight '%s' (%d states) from %s", dl_model.architecture, dl_model.name,
              len(dl_model.states), dl_model.weights_path)
+    from deeplight_bids.preflight import plan_before_compute
+
+    space_plan, _ = plan_before_compute(config, todo, dl_model.states, user_state_map, layout.get_tasks(), log)
 
     write_dataset_files(config.output_dir, [config.bids_dir, *derivatives])
     log_stem = _write_config(config)
     file_log = _attach_log_file(log, log_stem.with_suffix(".log"))
-    processor = RunProcessor(dl_model, config, user_state_map)
+    processor = RunProcessor(dl_model, config, user_state_map, space_plan)
     results = [RunResult(r.label, "skipped", r.skip_reason) for r in runs if r.skip_reason]
     for i, run in enumerate(todo, start=1):
         log.info("[%d/%d] %s", i, len(todo), run.label)

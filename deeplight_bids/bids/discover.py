@@ -113,8 +113,27 @@ def build_layout(bids_dir, derivatives):
         raise InputDataError(f"{bids_dir}: pybids could not index the dataset ({err}).") from err
 
 
+def entity_value(value):
+    """What an entity value means, for matching across datasets: ``"01"``, ``"1"`` and ``1`` -> ``1``.
+
+    fMRIPrep writes ``run-1`` for a raw ``run-01`` (pybids reads run as an integer), so
+    runs, echoes and any all-digit label are compared as integers; other labels as text.
+    """
+    text = str(value)
+    return int(text) if text.isdigit() else text
+
+
 def _run_key(entities):
-    return tuple((k, str(entities.get(k))) for k in RUN_ENTITIES if entities.get(k) is not None)
+    return tuple((k, entity_value(entities[k])) for k in RUN_ENTITIES if entities.get(k) is not None)
+
+
+def _entity_strings(entities):
+    """The run's entities as written in the preprocessed BOLD's name (``run-1`` stays ``"1"``).
+
+    Output names use these strings: they repeat the derivative's own names, so outputs
+    line up with the fMRIPrep files they come from, whatever the raw dataset's padding.
+    """
+    return {k: str(entities[k]) for k in RUN_ENTITIES if entities.get(k) is not None}
 
 
 def _query_filters(participant_label=None, session_label=None, task=None, bids_filters=None, layout=None):
@@ -130,15 +149,18 @@ def _query_filters(participant_label=None, session_label=None, task=None, bids_f
     return filters
 
 
-def discover_runs(layout, space="MNI152NLin6Asym", participant_label=None, session_label=None, task=None,
+def discover_runs(layout, space=None, participant_label=None, session_label=None, task=None,
                   bids_filters=None):
     """List the runs to process (and those skipped, with reasons).
 
     Parameters
     ----------
     layout : bids.BIDSLayout
-    space : str
-        Template space of the preprocessed BOLD to use.
+    space : str or None
+        Template space of the preprocessed BOLD to use; None: the first of
+        :data:`deeplight_bids.prepare.spaces.SPACE_PREFERENCE` a run has.  A space the app
+        cannot use (native, unknown: see :mod:`deeplight_bids.prepare.spaces`) makes the
+        run skipped with the one-line refusal.
     participant_label, session_label, task : sequence of str or None
     bids_filters : dict or None
         Extra pybids filters applied to the BOLD query.
@@ -180,16 +202,23 @@ def discover_runs(layout, space="MNI152NLin6Asym", participant_label=None, sessi
     for bold in bolds:
         by_run.setdefault(_run_key(bold.entities), []).append(bold)
 
+    from deeplight_bids.prepare.spaces import KNOWN_SPACES, SPACE_PREFERENCE, refusal
+
     runs = []
-    for key, candidates in sorted(by_run.items()):
-        entities = dict(key)
-        in_space = [b for b in candidates if b.entities.get("space") == space]
-        if not in_space:
-            spaces = sorted({str(b.entities.get("space", "native")) for b in candidates})
-            runs.append(Run(entities=entities, skip_reason=(
-                f"no BOLD in space {space} (found: {', '.join(spaces)}: {Path(candidates[0].path).name}); run "
-                f"fMRIPrep with --output-spaces {space}:res-2, or pass --space")))
+    for key, candidates in sorted(by_run.items(), key=lambda item: tuple((k, str(v)) for k, v in item[0])):
+        entities = _entity_strings(candidates[0].entities)
+        found = sorted({b.entities.get("space") for b in candidates}, key=str)
+        chosen = space if space is not None else next((s for s in SPACE_PREFERENCE if s in found), None)
+        if chosen not in KNOWN_SPACES:
+            # a native/unknown --space is refused whatever the run has; by default, the run's own space
+            refused = chosen if space is not None else found[0]
+            runs.append(Run(entities=entities, space=refused, skip_reason=refusal(refused)))
             continue
+        in_space = [b for b in candidates if b.entities.get("space") == chosen]
+        if not in_space:
+            runs.append(Run(entities=entities, skip_reason=_not_in_space(chosen, found, candidates)))
+            continue
+        space_of_run = chosen
         # Prefer 2 mm (the reference grid): no resampling needed.
         in_space.sort(key=lambda b: (str(b.entities.get("res")) != "2", str(b.entities.get("res")), b.path))
         bold = in_space[0]
@@ -201,8 +230,15 @@ def discover_runs(layout, space="MNI152NLin6Asym", participant_label=None, sessi
                 f"duplicate run: {len(twins) + 1} preprocessed BOLD files ({paths}); keep one, or select one "
                 "with --derivatives or --bids-filter-file")))
             continue
-        run = Run(entities=entities, bold=Path(bold.path), space=space, res=bold.entities.get("res"))
+        entities = _entity_strings(bold.entities)
+        run = Run(entities=entities, bold=Path(bold.path), space=space_of_run, res=bold.entities.get("res"))
         run.metadata = _metadata(layout, bold.path)
+        if "RepetitionTime" not in run.metadata:
+            # fMRIPrep copies RepetitionTime; if a derivative lacks it, the raw BOLD's sidecar
+            # (entities matched by value: run-1 == run-01) is the source of truth
+            raw_tr = _raw_metadata(layout, entities).get("RepetitionTime")
+            if raw_tr is not None:
+                run.metadata["RepetitionTime"] = raw_tr
         run.mask = _find_mask(layout, bold)
         run.events = _find_events(layout, entities)
         run.t_r = _repetition_time(run.metadata)
@@ -221,6 +257,24 @@ def discover_runs(layout, space="MNI152NLin6Asym", participant_label=None, sessi
                                "(or an inherited sidecar)")
         runs.append(run)
     return runs
+
+
+def _not_in_space(space, found, candidates):
+    shown = ", ".join(str(s) if s else "native" for s in found)
+    return (f"no BOLD in space {space} (found: {shown}: {Path(candidates[0].path).name}); run fMRIPrep with "
+            f"--output-spaces {space}:res-2, or pass another --space")
+
+
+def _raw_metadata(layout, entities):
+    """Metadata of the raw BOLD of the run (entities matched by value), or {}."""
+    want = {k: entity_value(v) for k, v in entities.items()}
+    for cand in layout.get(suffix="bold", task=entities["task"], extension=_BOLD_EXTENSIONS, return_type="object"):
+        if cand.entities.get("desc") is not None or cand.entities.get("space") is not None:
+            continue
+        ents = {k: entity_value(v) for k, v in cand.entities.items() if k in RUN_ENTITIES}
+        if ents == want:
+            return _metadata(layout, cand.path)
+    return {}
 
 
 def _metadata(layout, path):
@@ -255,8 +309,8 @@ def _find_events(layout, entities):
     candidates = layout.get(suffix="events", extension=".tsv", task=entities["task"], return_type="object")
     best, best_score = None, -1
     for cand in candidates:
-        cand_entities = {k: str(v) for k, v in cand.entities.items() if k in RUN_ENTITIES}
-        if any(entities.get(k) is None or str(entities[k]) != v for k, v in cand_entities.items()):
+        cand_entities = {k: entity_value(v) for k, v in cand.entities.items() if k in RUN_ENTITIES}
+        if any(entities.get(k) is None or entity_value(entities[k]) != v for k, v in cand_entities.items()):
             continue
         if cand.entities.get("desc") is not None:
             continue  # derivative event files are not the raw ones
@@ -272,6 +326,8 @@ def format_run_table(runs):
     for run in runs:
         status = "skip" if run.skip_reason else "process"
         detail = run.skip_reason or f"TR={run.t_r:g}s space={run.space}" + (f" res={run.res}" if run.res else "")
+        if not run.skip_reason and run.space != "MNI152NLin6Asym":
+            detail += " (TemplateFlow transform to MNI152NLin6Asym)"
         lines.append(f"{run.label:<48} {status:<10} {detail}")
     n_proc = sum(r.skip_reason is None for r in runs)
     lines.append(f"{n_proc} run(s) to process, {len(runs) - n_proc} skipped")

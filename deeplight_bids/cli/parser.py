@@ -112,8 +112,9 @@ def build_parser():
             "Participant level: decode every volume of each preprocessed task-fMRI run "
             "(fMRIPrep-style derivatives on MNI152NLin6Asym 2 mm) and explain each decision "
             "with LRP. Group level: combine participants. "
-            "Also: 'deeplight-bids demo OUTPUT_DIR' (synthetic end-to-end demo) and "
-            "'deeplight-bids weights {list,fetch,convert}'."
+            "Also: 'deeplight-bids demo OUTPUT_DIR' (synthetic end-to-end demo), "
+            "'deeplight-bids weights {list,fetch,convert}', "
+            "'deeplight-bids templates {list,fetch}' (TemplateFlow transforms for offline nodes)."
         ),
         formatter_class=lambda prog: argparse.ArgumentDefaultsHelpFormatter(prog, width=100),
         epilog=EXIT_CODES_HELP,
@@ -146,9 +147,15 @@ def build_parser():
                         help="fMRIPrep-style derivatives holding the preprocessed BOLD and brain masks "
                              "(default: BIDS_DIR/derivatives/fmriprep* if present, else BIDS_DIR itself "
                              "when it is a derivatives dataset)")
-    g_bids.add_argument("--space", default="MNI152NLin6Asym",
-                        help="template space of the preprocessed BOLD to use; other spaces are resampled "
-                             "onto the MNI152NLin6Asym 2 mm reference grid")
+    g_bids.add_argument("--space", default=None,
+                        help="template space of the preprocessed BOLD to use: MNI152NLin6Asym (any res; exact) or "
+                             "MNI152NLin2009cAsym (any res; TemplateFlow's nonlinear transform to MNI152NLin6Asym); "
+                             "native spaces (T1w, func, fsnative) are refused (default: MNI152NLin6Asym where a run "
+                             "has it, else MNI152NLin2009cAsym)")
+    g_bids.add_argument("--allow-approximate-space", action="store_true",
+                        help="when the TemplateFlow transform file is unavailable (offline), resample "
+                             "MNI152NLin2009cAsym in world coordinates as if it were MNI152NLin6Asym (approximate; "
+                             "warned once and recorded as SpaceTransform 'approximate' in the sidecars)")
     g_bids.add_argument("--skip-bids-validation", action="store_true",
                         help="do not validate BIDS_DIR with bids-validator-deno before processing")
 

@@ -9,8 +9,9 @@ import logging
 import os
 import signal
 import sys
+import warnings
 
-from deeplight_bids.exceptions import EXIT_INTERNAL, EXIT_OK, DeepLightBidsError, Interrupted
+from deeplight_bids.exceptions import EXIT_INTERNAL, EXIT_OK, DeepLightBidsError, Interrupted, LoggedWarning
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -23,6 +24,8 @@ def setup_logging(verbose=0):
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # warnings that are also logged (e.g. the offline-template fallback) are shown once, as log lines
+    warnings.simplefilter("ignore", LoggedWarning)
     # TensorFlow's C++ start-up chatter is noise for users.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -50,6 +53,10 @@ def run(argv=None):
         from deeplight_bids.cli.weights import run_weights_command
 
         return _guard(run_weights_command, argv[1:])
+    if argv and argv[0] == "templates":
+        from deeplight_bids.cli.templates import run_templates_command
+
+        return _guard(run_templates_command, argv[1:])
 
     from deeplight_bids.cli.parser import parse_args
     from deeplight_bids.config import Config

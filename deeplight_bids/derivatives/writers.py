@@ -325,6 +325,8 @@ def dataset_description(source_dirs=()):
         "BIDSVersion": "1.10.0",
         "DatasetType": "derivative",
         "GeneratedBy": [generated],
+        # the authors of the software that generated the outputs (BIDS recommends Authors)
+        "Authors": ["deeplight-bids contributors"],
         "HowToAcknowledge": ("Cite Thomas, Lindenberger, Samek & Mueller (2021), Evaluating deep transfer "
                              "learning for whole-brain cognitive decoding, arXiv:2111.01562, and deeplight-bids."),
     }

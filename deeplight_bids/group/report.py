@@ -25,6 +25,7 @@ import pandas as pd
 
 from deeplight_bids import __version__
 from deeplight_bids.derivatives.writers import CODE_URL, write_text
+from deeplight_bids.group.stats import MIN_T_PARTICIPANTS
 
 REPORT_NAME = "deeplight_report.html"
 
@@ -311,12 +312,13 @@ def _maps_html(output_dir, task_entry, templates, task):
         stat = "t" if entry.get("t") else "mean"
         which = "correctly decoded volumes only" if entry.get("correct_only") else "all explained volumes"
         n = entry["n_participants"]
-        title = f"{task} {entry['state']} ({stat}, n={n})"
+        title = f"{task} {entry['state']} ({stat}, df={n - 1}, n={n})" if stat == "t" else \
+            f"{task} {entry['state']} (mean, n={n})"
         heading = f"<h4>{esc(entry['state'])} — {esc(which)}, {n} participant(s)</h4>"
         note = ""
         if not entry.get("t"):
-            note = ("<p class='warn'>Only one participant: no t-map (a one-sample test needs at least two); the "
-                    "mean map is shown.</p>")
+            note = (f"<p class='warn'>{n} participant(s): no t-map (computed from {MIN_T_PARTICIPANTS} participants "
+                    "on); the mean map is shown.</p>")
         path = Path(output_dir) / stat_rel
         if not path.is_file():
             out.append(heading + f"<p class='bad'>missing: {esc(stat_rel)}</p>")
@@ -328,12 +330,31 @@ def _maps_html(output_dir, task_entry, templates, task):
         glass, slices, thr = map_figures(path, templates, title)
         thr_text = f"|value| ≥ {thr:.3g} (90th percentile of non-zero |values| in the brain mask)" if thr else "none"
         cap = f"{stat_rel}; threshold {thr_text}"
+        if stat == "t":
+            cap = f"one-sample t, {n - 1} degrees of freedom ({n} participants); " + cap
         out.append(heading + note + figure_html(glass, "glass brain: " + cap, f"glass brain {title}")
                    + figure_html(slices, "axial slices on the template: " + cap, f"slices {title}"))
     if not out:
         note = task_entry.get("maps_note", "no group relevance maps")
         return f"<p><em>{esc(note)}</em></p>"
     return "".join(out)
+
+
+def _volumes(count):
+    """``"1 volume"``, ``"12 volumes"``, ``"? volumes"``."""
+    from deeplight_bids.preflight import plural
+
+    return plural(count, "volume") if isinstance(count, int) else "? volumes"
+
+
+def _not_computed_html(table, task):
+    """What could not be computed for a task with no labelled volumes, and why (empty string otherwise)."""
+    if table is None or "n_labelled" not in table or len(table) == 0 or table["n_labelled"].fillna(0).sum() > 0:
+        return ""
+    return (f"<p class='warn'>Task {esc(task)}: no labelled volumes — none of its trial types maps to a state the "
+            "model can output, so accuracy, the confusion matrix and accuracy by time in block cannot be computed "
+            "(volumes were decoded; see <code>predicted_state</code>). To label them, re-run the participant level "
+            "with <code>--state-map FILE</code> (JSON <code>{task: {trial_type: state}}</code>).</p>")
 
 
 def _model_section(i, group, output_dir, templates):
@@ -352,6 +373,7 @@ def _model_section(i, group, output_dir, templates):
             html_parts.append("<p><em>One participant: no SD or interval.</em></p>")
         html_parts.append("<h4>Per participant and run</h4>")
         html_parts.append(table_html(table))
+        html_parts.append(_not_computed_html(table, task))
         counts = _read_tsv(output_dir, entry["confusion_counts"])
         props = _read_tsv(output_dir, entry["confusion_proportions"])
         if counts is not None and len(counts):
@@ -389,7 +411,7 @@ def _participant_section(inventory):
                        + " · ".join(links) + "</li>")
         for m in sorted((m for m in inventory.maps if m.subject == sub), key=lambda m: (m.task, m.label)):
             out.append(f"<li>mean relevance, task {esc(m.task)}, state {esc(m.state)} "
-                       f"({esc(m.metadata.get('NumberOfVolumes', '?'))} volumes): "
+                       f"({esc(_volumes(m.metadata.get('NumberOfVolumes')))}): "
                        f"<a href='{esc(m.path.relative_to(root).as_posix())}'>map</a></li>")
         issues = [p for p in inventory.problems if p["participant"] == sub]
         for p in issues:

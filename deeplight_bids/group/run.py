@@ -228,7 +228,8 @@ def _write_state_maps(folder, output_dir, task, state, images, subjects, model, 
         entry["t"] = _rel(path, output_dir)
     else:
         entry["t"] = None
-        entry["note"] = "one participant: no t-map"
+        entry["note"] = (f"{len(subjects)} participant(s): no t-map (needs at least {stats.MIN_T_PARTICIPANTS}); "
+                         "mean map only")
     return entry
 
 

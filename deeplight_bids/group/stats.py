@@ -153,7 +153,11 @@ class Inventory:
 
 
 def read_tsv(path):
-    return pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
+    """A TSV as a DataFrame; an empty file (no header; older group outputs) is an empty frame."""
+    try:
+        return pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
 
 
 def _layout(output_dir):
@@ -380,8 +384,10 @@ def block_time_table(runs):
             frame["true_state"].notna(), None))))
         frame = frame[frame["correct"].notna() & frame["position"].notna()]
         per.setdefault(rec.subject, []).append(frame[["position", "correct"]])
+    columns = ["volumes_since_onset", "n_volumes", "n_correct", "accuracy_pooled", "n_participants",
+               "accuracy_mean", "accuracy_sd", "ci95_low", "ci95_high"]
     if not per:
-        return pd.DataFrame(columns=["volumes_since_onset"])
+        return pd.DataFrame(columns=columns)
     per = {s: pd.concat(f) for s, f in per.items()}
     positions = sorted({int(p) for f in per.values() for p in f["position"]})
     rows = []
@@ -397,14 +403,18 @@ def block_time_table(runs):
         rows.append({"volumes_since_onset": k, "n_volumes": n_vol, "n_correct": n_cor,
                      "accuracy_pooled": n_cor / n_vol if n_vol else np.nan, "n_participants": n,
                      "accuracy_mean": mean, "accuracy_sd": sd, "ci95_low": low, "ci95_high": high})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)  # a header even without labelled volumes
 
 
 # --------------------------------------------------------------------------------------------
 # relevance maps
 # --------------------------------------------------------------------------------------------
+#: Fewest participants for a group t-map (below: mean maps only; with 2 the t has 1 degree of freedom).
+MIN_T_PARTICIPANTS = 3
+
+
 def one_sample_maps(images, mask):
-    """Voxel-wise mean and one-sample t of 3D maps inside ``mask``; t is None for fewer than 2 maps.
+    """Voxel-wise mean and one-sample t of 3D maps inside ``mask``; t is None below :data:`MIN_T_PARTICIPANTS` maps.
 
     Parameters
     ----------
@@ -422,7 +432,7 @@ def one_sample_maps(images, mask):
     arrays = [np.asarray(img.dataobj if hasattr(img, "dataobj") else img, dtype=np.float64) for img in images]
     stack = np.stack(arrays)
     mean = np.where(inside, stack.mean(axis=0), 0.0).astype(np.float32)
-    if len(arrays) < 2:
+    if len(arrays) < MIN_T_PARTICIPANTS:
         return mean, None
     from nilearn.glm.second_level import SecondLevelModel
 

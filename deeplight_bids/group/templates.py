@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deeplight_bids.exceptions import LoggedWarning
+
 LOGGER = logging.getLogger("deeplight_bids")
 
 TEMPLATE = "MNI152NLin6Asym"
@@ -35,7 +37,7 @@ FILE_NAMES = {
 }
 
 
-class TemplateFallbackWarning(UserWarning):
+class TemplateFallbackWarning(LoggedWarning):
     """TemplateFlow was unavailable; nilearn's bundled MNI152 template is used instead."""
 
 

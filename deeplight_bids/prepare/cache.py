@@ -108,12 +108,14 @@ def cache_dir(work_dir):
     return Path(work_dir) / CACHE_FOLDER
 
 
-def _prepare_one(bold, mask, t_r, smoothing_fwhm, high_pass, folder, meta):
+def _prepare_one(bold, mask, t_r, smoothing_fwhm, high_pass, folder, meta, space=None):
     """Prepare one run and write its cache entry (runs in a worker process)."""
     from deeplight_bids.prepare.clean import prepare_run
+    from deeplight_bids.prepare.spaces import SpacePlan
 
     t0 = time.monotonic()
-    prepared = prepare_run(bold, mask, t_r, smoothing_fwhm=smoothing_fwhm, high_pass=high_pass)
+    to_grid = SpacePlan().resampler_for(space)[0] if space else None  # 2009c: TemplateFlow's transform
+    prepared = prepare_run(bold, mask, t_r, smoothing_fwhm=smoothing_fwhm, high_pass=high_pass, to_grid=to_grid)
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -171,7 +173,8 @@ def prepare_cached(runs, work_dir, smoothing_fwhm=3.0, high_pass=1 / 128, nprocs
                                                                              if v is not None},
                 "events": str(run.events) if run.events else None, "inputs": content,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        jobs.append((str(run.bold), str(run.mask), float(run.t_r), smoothing_fwhm, high_pass, str(folder), meta))
+        jobs.append((str(run.bold), str(run.mask), float(run.t_r), smoothing_fwhm, high_pass, str(folder), meta,
+                     getattr(run, "space", None)))
         stats.prepared.append(run.label)
     if stats.reused:
         log.info("cache: reusing %d prepared run(s) from %s", len(stats.reused), root)

@@ -145,7 +145,7 @@ def min_volumes(t_r, high_pass):
     return max(MIN_VOLUMES, padlen + 1)
 
 
-def prepare_run(bold_img, mask_img, t_r, smoothing_fwhm=3.0, high_pass=1 / 128, source=None):
+def prepare_run(bold_img, mask_img, t_r, smoothing_fwhm=3.0, high_pass=1 / 128, source=None, to_grid=None):
     """Mask, smooth, detrend, high-pass and z-score one run on the reference grid.
 
     Parameters
@@ -165,6 +165,10 @@ def prepare_run(bold_img, mask_img, t_r, smoothing_fwhm=3.0, high_pass=1 / 128, 
         High-pass cutoff in Hz (Butterworth, as nilearn.signal.clean); None for none.
     source : str or None
         Name used in messages when images are passed as objects (default: the file).
+    to_grid : callable or None
+        ``to_grid(img, interpolation)`` -> the image on the reference grid; default
+        :func:`deeplight_bids.prepare.grid.to_reference_grid` (MNI152NLin6Asym input).  For
+        another template, :meth:`deeplight_bids.prepare.spaces.SpacePlan.resampler_for`.
 
     Returns
     -------
@@ -202,7 +206,8 @@ def prepare_run(bold_img, mask_img, t_r, smoothing_fwhm=3.0, high_pass=1 / 128, 
             f"{bold_name}: {n_volumes} volume(s) are too few, need at least {needed}{why}; "
             "use a longer run" + (" or no high-pass filter." if high_pass else ".")
         )
-    mask_on_grid = _mask_on_reference_grid(mask, mask_name)
+    to_grid = to_grid or to_reference_grid
+    mask_on_grid = _mask_on_reference_grid(mask, mask_name, to_grid)
     mask_bool = mask_on_grid.get_fdata(dtype=np.float32) > 0
     if not mask_bool.any():
         raise ImageError(f"{mask_name}: the brain mask is empty on the MNI152NLin6Asym reference grid (empty mask, "
@@ -210,7 +215,7 @@ def prepare_run(bold_img, mask_img, t_r, smoothing_fwhm=3.0, high_pass=1 / 128, 
     mask_on_grid = nib.Nifti1Image(mask_bool.astype(np.uint8), REFERENCE_AFFINE)
 
     raw = np.empty((n_volumes, int(mask_bool.sum())), dtype=np.float32)
-    reader = _ChunkReader(bold, bold_name)
+    reader = _ChunkReader(bold, bold_name, to_grid)
     for start in range(0, n_volumes, VOLUME_CHUNK):
         stop = min(start + VOLUME_CHUNK, n_volumes)
         chunk = reader.read(start, stop)
@@ -312,7 +317,7 @@ def _check_high_pass(high_pass, t_r, name):
     return value
 
 
-def _mask_on_reference_grid(mask, name):
+def _mask_on_reference_grid(mask, name, to_grid=to_reference_grid):
     if mask.ndim == 4 and mask.shape[3] == 1:
         mask = nib.Nifti1Image(np.asanyarray(mask.dataobj)[..., 0], mask.affine)
     if mask.ndim != 3:
@@ -328,7 +333,7 @@ def _mask_on_reference_grid(mask, name):
         ) from None
     data = np.nan_to_num(data.astype(np.float32, copy=False), nan=0.0, posinf=1.0, neginf=0.0)
     binary = nib.Nifti1Image((data > 0).astype(np.uint8), mask.affine)
-    return to_reference_grid(binary, interpolation="nearest")
+    return to_grid(binary, interpolation="nearest")
 
 
 class _ChunkReader:
@@ -339,8 +344,9 @@ class _ChunkReader:
     rounding); in-memory images are sliced as they are.
     """
 
-    def __init__(self, img, name):
+    def __init__(self, img, name, to_grid=to_reference_grid):
         self.img = img
+        self.to_grid = to_grid
         self.name = name
         self.nonfinite = 0  # NaN/inf values read so far (set to 0 by the masking)
         self.unscaled = None
@@ -368,7 +374,7 @@ class _ChunkReader:
             ) from None
         self.nonfinite += int(data.size - np.count_nonzero(np.isfinite(data)))
         chunk = nib.Nifti1Image(data, self.img.affine)
-        return to_reference_grid(chunk, interpolation="continuous")
+        return self.to_grid(chunk, interpolation="continuous")
 
 
 def _apply_mask(chunk, mask_img, smoothing_fwhm):

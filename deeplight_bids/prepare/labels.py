@@ -28,6 +28,7 @@ State maps come from :func:`resolve_state_map`: a user JSON map
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,9 @@ from deeplight_bids.states import hcp_state_map
 
 __all__ = [
     "TIME_TOLERANCE",
+    "LabelPlan",
     "load_state_map_file",
+    "plan_labels",
     "read_events",
     "resolve_state_map",
     "unmapped_trial_types",
@@ -298,3 +301,135 @@ def load_state_map_file(path):
             clean[str(trial_type)] = state.strip()
         result[str(task)] = clean
     return result
+
+
+@dataclass
+class TaskLabels:
+    """How one task's trial types become model states (decided before any compute).
+
+    Attributes
+    ----------
+    task : str
+    trial_types : list of str
+        Every trial type in the task's events files (sorted).
+    state_map : dict
+        ``trial_type -> state`` used (the user's map, else the HCP vocabulary).
+    to_model : dict
+        The trial types that label volumes with a state the model can output.
+    """
+
+    task: str
+    trial_types: list
+    state_map: dict
+    to_model: dict
+
+    @property
+    def unmapped(self):
+        return [t for t in self.trial_types if t not in self.to_model]
+
+
+@dataclass
+class LabelPlan:
+    """Per task: trial types and the model states they map to (see :func:`plan_labels`)."""
+
+    tasks: list
+    model_states: tuple
+    source: str = "HCP vocabulary"
+
+    @property
+    def unlabelled_tasks(self):
+        return [t for t in self.tasks if not t.to_model]
+
+    def table(self):
+        """Plain-text table: task, trial type, model state (or ``-`` when it labels nothing)."""
+        lines = [f"{'task':<20} {'trial_type':<28} model state ({self.source})"]
+        for task in self.tasks:
+            for trial_type in task.trial_types or ["(no events read)"]:
+                lines.append(f"{task.task:<20} {trial_type:<28} {task.to_model.get(trial_type, '-')}")
+        return "\n".join(lines)
+
+    def warning(self):
+        """The one warning for tasks none of whose trial types maps to a model state (None: no such task)."""
+        empty = self.unlabelled_tasks
+        if not empty:
+            return None
+        example = json.dumps({t.task: state_map_example(t.trial_types, self.model_states) for t in empty})
+        names = ", ".join(t.task for t in empty)
+        return (f"task(s) {names}: no trial type maps to a model state, so volumes are decoded but no accuracy "
+                f"can be computed (the model's states: {', '.join(self.model_states)}). To label them, pass "
+                f"--state-map FILE with e.g. {example} (choose the states that fit).")
+
+
+def state_map_example(trial_types, model_states):
+    """``{trial_type: state}``: each trial type paired with a model state in turn (a template to edit)."""
+    states = list(model_states) or ["<state>"]
+    return {t: states[i % len(states)] for i, t in enumerate(trial_types)}
+
+
+def plan_labels(runs, model_states, user_map=None, state_map_path=None, dataset_tasks=None):
+    """Decide, before any compute, which trial types label which model state, per task.
+
+    Parameters
+    ----------
+    runs : list of deeplight_bids.bids.discover.Run
+        The runs to process (``entities["task"]`` and ``events`` are used; events files
+        that cannot be read are left to the run's own error).
+    model_states : sequence of str
+        The model's output states.
+    user_map : dict or None
+        ``{task: {trial_type: state}}`` from :func:`load_state_map_file`.
+    state_map_path : path or None
+        Named in error messages.
+    dataset_tasks : sequence of str or None
+        Every task of the dataset (a user map naming another task is an error).
+
+    Returns
+    -------
+    LabelPlan
+
+    Raises
+    ------
+    deeplight_bids.exceptions.InputDataError
+        ``user_map`` names a state the model lacks, a task not in the dataset, or a trial
+        type not in that task's events: one line listing the valid names.
+    """
+    model_states = tuple(model_states)
+    by_task = {}
+    for run in runs:
+        types = by_task.setdefault(run.entities["task"], set())
+        try:
+            types.update(str(t) for t in read_events(run.events)["trial_type"])
+        except (EventsError, TypeError):
+            continue
+    if user_map:
+        _check_user_map(user_map, by_task, model_states, state_map_path, dataset_tasks)
+    tasks = []
+    for task in sorted(by_task):
+        state_map = resolve_state_map(task, user_map)
+        trial_types = sorted(by_task[task])
+        to_model = {t: state_map[t] for t in trial_types if state_map.get(t) in model_states}
+        tasks.append(TaskLabels(task, trial_types, state_map, to_model))
+    source = "--state-map, else HCP vocabulary" if user_map else "HCP vocabulary"
+    return LabelPlan(tasks, model_states, source)
+
+
+def _check_user_map(user_map, by_task, model_states, path, dataset_tasks):
+    where = f"{path}: " if path else "--state-map: "
+    bad_states = sorted({s for mapping in user_map.values() for s in mapping.values() if s not in model_states})
+    if bad_states:
+        raise InputDataError(f"{where}state(s) {', '.join(bad_states)} not among the model's states; valid: "
+                             f"{', '.join(model_states)}.")
+    known_tasks = {str(t).lower(): str(t) for t in (dataset_tasks or by_task)}
+    unknown = sorted(t for t in user_map if str(t).lower() not in known_tasks)
+    if unknown:
+        raise InputDataError(f"{where}task(s) {', '.join(unknown)} not in the dataset; valid: "
+                             f"{', '.join(sorted(known_tasks.values()))}.")
+    folded = {str(t).lower(): t for t in by_task}
+    for task, mapping in user_map.items():
+        actual = folded.get(str(task).lower())
+        if actual is None or not by_task[actual]:
+            continue  # task not selected in this job (or its events unreadable): nothing to compare with
+        missing = sorted(t for t in mapping if t not in by_task[actual])
+        if missing:
+            raise InputDataError(f"{where}task {task}: trial type(s) {', '.join(missing)} not in its events files; "
+                                 f"valid: {', '.join(sorted(by_task[actual]))}.")

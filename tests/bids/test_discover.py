@@ -56,12 +56,84 @@ def test_wrong_space_is_reported(dataset):
     deriv = dataset / "derivatives" / "fmriprep" / "sub-01" / "func"
     for path in list(deriv.iterdir()):
         path.rename(path.with_name(path.name.replace("MNI152NLin6Asym", "MNI152NLin2009cAsym")))
-    runs = {r.subject: r for r in _runs(dataset)}
+    runs = {r.subject: r for r in _runs(dataset, space="MNI152NLin6Asym")}
     assert "MNI152NLin2009cAsym" in runs["01"].skip_reason
     assert runs["02"].skip_reason is None
-    # asking for that space processes it (resampled onto the reference grid later)
-    runs = {r.subject: r for r in _runs(dataset, space="MNI152NLin2009cAsym")}
-    assert runs["01"].skip_reason is None
+    # by default each run uses MNI152NLin6Asym where it has it, else MNI152NLin2009cAsym (transformed later)
+    runs = {r.subject: r for r in _runs(dataset)}
+    assert runs["01"].skip_reason is None and runs["01"].space == "MNI152NLin2009cAsym"
+    assert runs["02"].space == "MNI152NLin6Asym"
+
+
+def _rename(folder, old, new):
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and old in path.name:
+            path.rename(path.with_name(path.name.replace(old, new)))
+
+
+@pytest.mark.parametrize("space", ["T1w", "func", None])
+def test_native_and_unknown_spaces_are_refused(dataset, space):
+    deriv = dataset / "derivatives" / "fmriprep" / "sub-01"
+    _rename(deriv, "_space-MNI152NLin6Asym_res-2", f"_space-{space}" if space else "")
+    runs = {r.subject: r for r in _runs(dataset)}
+    reason = runs["01"].skip_reason
+    assert reason.startswith(f"BOLD in {'space ' + space if space else 'native space'}")
+    assert "DeepLight needs MNI152NLin6Asym (or MNI152NLin2009cAsym)" in reason
+    assert "--output-spaces MNI152NLin6Asym:res-2" in reason and "\n" not in reason
+    assert runs["02"].skip_reason is None  # other runs go on
+    if space:
+        # asking for it explicitly is refused the same way
+        assert _runs(dataset, space=space)[0].skip_reason == reason
+
+
+def _add_runs(root, raw_run, deriv_run):
+    """Give sub-01's raw files ``run-<raw_run>`` and its derivatives ``run-<deriv_run>``."""
+    _rename(root / "sub-01", "_task-motor_", f"_task-motor_run-{raw_run}_")
+    _rename(root / "derivatives" / "fmriprep" / "sub-01", "_task-motor_", f"_task-motor_run-{deriv_run}_")
+
+
+@pytest.mark.parametrize(("raw_run", "deriv_run"), [("01", "1"), ("1", "01"), ("001", "1")])
+def test_runs_match_by_value_across_raw_and_derivatives(dataset, raw_run, deriv_run):
+    _add_runs(dataset, raw_run, deriv_run)
+    sidecar = next((dataset / "derivatives" / "fmriprep" / "sub-01" / "func").glob("*_bold.json"))
+    meta = json.loads(sidecar.read_text())
+    meta.pop("RepetitionTime")  # only the raw sidecar has it now: found by value too
+    sidecar.write_text(json.dumps(meta))
+    raw_json = dataset / "sub-01" / "func" / f"sub-01_task-motor_run-{raw_run}_bold.json"
+    raw_json.write_text(json.dumps({"RepetitionTime": 2.0, "TaskName": "motor"}))
+    # the mask padded differently from its BOLD (two derivative tools): matched by value as well
+    _rename(dataset / "derivatives" / "fmriprep" / "sub-01", f"_run-{deriv_run}_space-MNI152NLin6Asym_res-2_desc-brain",
+            f"_run-{raw_run}_space-MNI152NLin6Asym_res-2_desc-brain")
+    run = {r.subject: r for r in _runs(dataset)}["01"]
+    assert run.skip_reason is None
+    assert run.mask.name.startswith(f"sub-01_task-motor_run-{raw_run}_space")
+    assert run.events.name == f"sub-01_task-motor_run-{raw_run}_events.tsv"
+    assert run.t_r == 2.0
+    # one convention for outputs: the derivative's own entity string
+    assert run.label == f"sub-01_task-motor_run-{deriv_run}"
+    from deeplight_bids.derivatives.naming import run_outputs
+
+    assert f"_run-{deriv_run}_desc-predictions" in run_outputs("/o", run.entities)["predictions"].name
+
+
+def test_runs_by_value_with_sessions_and_inherited_events(dataset):
+    # raw: ses-1/run-01 with events inherited from the session level (no run entity);
+    # derivatives: ses-1/run-1
+    for tree in (dataset / "sub-01", dataset / "derivatives" / "fmriprep" / "sub-01"):
+        ses = tree / "ses-1"
+        ses.mkdir()
+        (tree / "func").rename(ses / "func")
+        _rename(ses, "sub-01_task", "sub-01_ses-1_task")
+    _rename(dataset / "sub-01" / "ses-1", "_task-motor_bold", "_task-motor_run-01_bold")
+    _rename(dataset / "derivatives" / "fmriprep" / "sub-01" / "ses-1", "_task-motor_", "_task-motor_run-1_")
+    run = {r.subject: r for r in _runs(dataset)}["01"]
+    assert run.skip_reason is None
+    assert run.entities["session"] == "1" and run.entities["run"] == "1"
+    assert run.events.name == "sub-01_ses-1_task-motor_events.tsv"  # inherited: no run entity
+    # a second events file for another run (run-02) must not be picked for run-1
+    other = run.events.with_name("sub-01_ses-1_task-motor_run-02_events.tsv")
+    shutil.copy(run.events, other)
+    assert {r.subject: r for r in _runs(dataset)}["01"].events == run.events
 
 
 def test_participant_task_and_filters(dataset):

@@ -28,7 +28,8 @@ def test_defaults_match_reference(bids_dir, tmp_path):
     config = Config.from_args(parse_args([str(bids_dir), str(tmp_path / "out"), "participant"]))
     assert config.smoothing_fwhm == 3.0
     assert config.high_pass == pytest.approx(1 / 128)
-    assert config.space == "MNI152NLin6Asym"
+    assert config.space is None  # per run: MNI152NLin6Asym, else MNI152NLin2009cAsym
+    assert not config.allow_approximate_space
     assert config.lrp and config.lrp_target == "predicted"
     assert config.work_dir == tmp_path / "out" / "work"
 
@@ -85,7 +86,7 @@ def test_help_lists_every_option(capsys):
 
     text = build_parser().format_help()
     for option in ("--participant-label", "--session-label", "--task", "--bids-filter-file", "--derivatives",
-                   "--space", "--work-dir", "--nprocs", "--batch-size", "--weights", "--state-map",
-                   "--smoothing-fwhm", "--high-pass", "--lrp-target", "--no-lrp", "--skip-bids-validation",
+                   "--space", "--allow-approximate-space", "--work-dir", "--nprocs", "--batch-size", "--weights",
+                   "--state-map", "--smoothing-fwhm", "--high-pass", "--lrp-target", "--no-lrp", "--skip-bids-validation",
                    "--verbose", "--version", "--overwrite", "--architecture", "exit codes"):
         assert option in text, option

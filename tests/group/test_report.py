@@ -102,6 +102,10 @@ def test_report_is_self_contained(varied_out):
         if not href.startswith("#"):
             assert not href.startswith(("http:", "https:", "/")) and (out / href).is_file(), href
     text = report.read_text()
+    t_maps = [e for e in entries if e["t"]]
+    # every t-map figure states its degrees of freedom (3 participants: 2)
+    assert t_maps and text.count("one-sample t, 2 degrees of freedom (3 participants)") == 2 * len(
+        [e for e in t_maps if np.any(np.asarray(nib.load(out / e["t"]).dataobj))])
     for needle in ("Summary", "Processed and skipped", "Model card", "Confusion matrix", "Group relevance maps",
                    "Participants", "Software versions", "Methods", "DeepLight", "layer-wise relevance propagation",
                    "sub-01", "sub-03", "tensorflow", "WeightsSHA256", "arXiv:2111.01562"):

@@ -142,6 +142,9 @@ def _build(root):
     meta = json.loads(f["bold_json"].read_text())
     del meta["RepetitionTime"]
     f["bold_json"].write_text(json.dumps(meta))
+    # the raw BOLD's sidecar is the fallback for a derivative without RepetitionTime: none there either
+    # (null overrides the dataset-level task-motor_bold.json)
+    (f["events"].parent / "sub-notr_task-motor_bold.json").write_text(json.dumps({"RepetitionTime": None}))
     f = files["trmismatch"] = _clone(root, "trmismatch")
     meta = json.loads(f["bold_json"].read_text())
     meta["RepetitionTime"] = 1.5  # header says 2 s
@@ -160,8 +163,8 @@ CASES = {
     "emptynii": ("failed", r"not a readable NIfTI image .*; re-create or re-download the file", "bold"),
     "trunc": ("failed", r"cannot read volumes .*truncated or corrupt.*; re-create or re-download the file", "bold"),
     "bold3d": ("failed", r"expected a 4D BOLD series .* got a 3D image.*; pass the run's \*_bold.nii.gz", "bold"),
-    "native": ("skipped", r"no BOLD in space MNI152NLin6Asym \(found: T1w.*\); run fMRIPrep with --output-spaces",
-               None),
+    "native": ("skipped", r"BOLD in space T1w; DeepLight needs MNI152NLin6Asym \(or MNI152NLin2009cAsym\): rerun "
+                          r"fMRIPrep with --output-spaces MNI152NLin6Asym:res-2", None),
     "offgrid": ("failed", r"brain mask is empty on the MNI152NLin6Asym reference grid.*native space.*; pass the "
                           r"run's brain mask in template space", "mask"),
     "allnan": ("failed", r"the BOLD is NaN/inf or 0 in 100% of the brain mask .*; re-run the preprocessing", "bold"),
