@@ -10,7 +10,8 @@ content changes.  So a file's identity is its resolved path, size, modification 
 
 Hashing streams the file (1 MiB blocks; ~2-3 s for a 1.3 GB BOLD) and is done at most
 once per file per process: the digest is remembered under (path, size, mtime, inode),
-so a job that checks the same run's inputs several times hashes them once.
+(ctime included: it changes on every write and cannot be set back), so a job that checks
+the same run's inputs several times hashes them once.
 """
 
 import hashlib
@@ -23,7 +24,7 @@ from deeplight_bids.models.weights import sha256sum
 
 LOGGER = logging.getLogger("deeplight_bids")
 
-#: (resolved path, size, mtime_ns, device, inode) -> sha256 hex digest, for this process.
+#: (resolved path, size, mtime_ns, ctime_ns, device, inode) -> sha256 hex digest, for this process.
 _DIGESTS = {}
 
 
@@ -43,7 +44,7 @@ def file_identity(path):
     """
     resolved = Path(path).resolve()
     st = os.stat(resolved)
-    memo = (str(resolved), st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)
+    memo = (str(resolved), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
     digest = _DIGESTS.get(memo)
     if digest is None:
         digest = _DIGESTS[memo] = sha256sum(resolved)

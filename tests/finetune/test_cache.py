@@ -71,3 +71,37 @@ def test_balanced_shuffled_epochs_and_dataset(runs, ft_work):
         assert tuple(x.shape[1:]) == (91, 109, 91, 1) and x.dtype.name == "float32"
         seen.extend(y.numpy().tolist())
     assert len(seen) == 8 and set(seen) <= {0, 1, 2}
+
+
+def test_same_size_and_mtime_but_other_content_prepares_again(runs, tmp_path):
+    """A BOLD replaced by one of equal size with its old time stamp (cp -p, rsync -a) is not reused."""
+    import dataclasses
+    import logging
+
+    import nibabel as nib
+
+    src = nib.load(runs[0].bold)
+    bold = tmp_path / "bold.nii"  # uncompressed: another content has exactly the same size
+    nib.Nifti1Image(np.asarray(src.dataobj, np.float32), src.affine, src.header).to_filename(bold)
+    run = dataclasses.replace(runs[0], bold=bold)
+    work = tmp_path / "work"
+    _, first = cache.prepare_cached([run], work)
+    assert first.prepared == [run.label]
+    st = os.stat(bold)
+    nib.Nifti1Image(np.asarray(src.dataobj, np.float32) * 1.5 + 1.0, src.affine, src.header).to_filename(bold)
+    os.utime(bold, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(bold).st_size, os.stat(bold).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("deeplight_bids")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        _, second = cache.prepare_cached([run], work, log=logger)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert second.prepared == [run.label] and second.reused == []
+    assert any("differ from the prepared copy" in r.getMessage() and run.label in r.getMessage() for r in records)
