@@ -79,17 +79,24 @@ class RunProcessor:
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # -- resume -------------------------------------------------------------------------
-    def is_complete(self, outputs):
-        """True when a previous run with the same settings finished all outputs."""
+    def is_complete(self, outputs, run=None):
+        """True when a previous run with the same settings (and, given ``run``, the same inputs) finished all outputs."""
         marker = outputs["predictions_json"]
         if not marker.is_file() or not outputs["predictions"].is_file():
             return False
         if self.config.lrp and not (outputs["relevance"].is_file() and outputs["relevance_json"].is_file()):
             return False
         try:
-            return json.loads(marker.read_text()).get("SettingsHash") == self.settings_hash
+            sidecar = json.loads(marker.read_text())
         except (OSError, json.JSONDecodeError):
             return False
+        if sidecar.get("SettingsHash") != self.settings_hash:
+            return False
+        if run is not None and sidecar.get("InputsDigest") not in (None, _inputs_digest(run)):
+            LOGGER.info("%s: its BOLD, mask or events file changed since its outputs were made: they are out of date",
+                        run.label)
+            return False
+        return True
 
     # -- one run --------------------------------------------------------------------------
     def process(self, run):
@@ -98,7 +105,7 @@ class RunProcessor:
 
         cfg = self.config
         outputs = naming.run_outputs(cfg.output_dir, run.entities)
-        if not cfg.overwrite and self.is_complete(outputs):
+        if not cfg.overwrite and self.is_complete(outputs, run):
             return RunResult(run.label, "skipped", "outputs exist (same settings); use --overwrite to recompute")
         t0 = time.monotonic()
         _check_headers(run)
@@ -251,6 +258,7 @@ class RunProcessor:
             "Labelling": {"Rule": LABEL_RULE, "StateMap": state_map, "UnmappedTrialTypes": unmapped,
                           "StatesNotInModel": not_decodable},
             "SettingsHash": self.settings_hash,
+            "InputsDigest": _inputs_digest(run),
             "SoftwareVersion": __version__,
         }
 
@@ -299,22 +307,18 @@ class RunProcessor:
         path = self._sums_path(run.label)
         from deeplight_bids.derivatives.writers import atomic_path
 
-        from deeplight_bids.bids.identity import run_inputs_digest
-
         with atomic_path(path, root=self.config.output_dir) as tmp:
             with open(tmp, "wb") as fobj:  # keyed by settings and by the identity of the run's inputs
                 np.savez_compressed(fobj, settings=np.array(self.settings_hash),
-                                    inputs=np.array(run_inputs_digest(run)), **arrays)
+                                    inputs=np.array(_inputs_digest(run)), **arrays)
 
     def _load_state_sums(self, run):
         """Per-state relevance sums of a finished run (recomputed from its outputs if the work dir was cleaned)."""
-        from deeplight_bids.bids.identity import run_inputs_digest
-
         path = self._sums_path(run.label)
         if path.is_file():
             with np.load(path) as data:
                 key = (str(data["settings"]), str(data["inputs"]) if "inputs" in data.files else None)
-                if key == (self.settings_hash, run_inputs_digest(run)):
+                if key == (self.settings_hash, _inputs_digest(run)):
                     return {int(k[4:]): (data[k].astype(np.float64), int(data[f"count_{k[4:]}"]))
                             for k in data.files if k.startswith("sum_")}
             LOGGER.info("%s: %s was made from other inputs or settings (another dataset sharing the work folder?); "
@@ -338,7 +342,7 @@ class RunProcessor:
         ``map_tasks`` (default: every task of ``runs``).
         """
         cfg = self.config
-        done = [r for r in runs if self.is_complete(naming.run_outputs(cfg.output_dir, r.entities))]
+        done = [r for r in runs if self.is_complete(naming.run_outputs(cfg.output_dir, r.entities), r)]
         if not done:
             return
         rows = []
@@ -397,6 +401,13 @@ class RunProcessor:
             remove_stale(stale_state_maps(cfg.output_dir, subject, task, written),
                          f"mean map of other settings (no volume explained for its state with --lrp-target "
                          f"{cfg.lrp_target})")
+
+
+def _inputs_digest(run):
+    """Identity of the run's BOLD, mask and events (path, size, mtime, SHA-256): see bids/identity.py."""
+    from deeplight_bids.bids.identity import run_inputs_digest
+
+    return run_inputs_digest(run)
 
 
 def _accuracy_row(label, task, frame):

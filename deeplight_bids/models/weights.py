@@ -246,8 +246,10 @@ def check_keras_archive(path, max_total=KERAS_MAX_TOTAL_BYTES, max_config=KERAS_
     total = sum(m.file_size for m in members)
     big = [m for m in members if m.filename in ("config.json", "metadata.json") and m.file_size > max_config]
     if big or total > max_total:
-        what = (f"{big[0].filename} inflates to {big[0].file_size / 2**20:.0f} MiB (bound {max_config / 2**20:.0f} "
-                "MiB)" if big else f"its members inflate to {total / 2**20:.0f} MiB (bound {max_total / 2**20:.0f} MiB)")
+        if big:
+            what = f"{big[0].filename} inflates to {big[0].file_size / 2**20:.0f} MiB (bound {max_config / 2**20:.0f} MiB)"
+        else:
+            what = f"its members inflate to {total / 2**20:.0f} MiB (bound {max_total / 2**20:.0f} MiB)"
         raise WeightsError(f"{path}: refusing this .keras archive: {what}; it is not a DeepLight model, pass the "
                            "model file that deeplight-bids wrote.")
 

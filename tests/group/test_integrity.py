@@ -154,3 +154,22 @@ def test_truncated_participant_map_is_left_out_and_listed(pooled_out, settings_c
     maps = manifest["ModelGroups"][0]["Tasks"]["motor"]["maps"]
     assert all("sub-01" not in m["participants"] for m in maps if m["state"] == state)
     assert victim.name in (out / "deeplight_report.html").read_text()
+
+
+def test_changed_events_make_a_finished_run_out_of_date(pooled_out, settings_changed, group_model, shared_work,
+                                                        tmp_path):
+    """Same settings, same paths, but an edited events file: the run is recomputed, not skipped."""
+    import pandas as pd
+
+    bids = link_copy(settings_changed["bids"], tmp_path / "bids")
+    out = link_copy(pooled_out, tmp_path / "out", ignore=shutil.ignore_patterns("group", "logs"))
+    events = sorted((bids / "sub-02").rglob("*_events.tsv"))[0]
+    text = events.read_text()
+    events.unlink()  # a hard link: replace it
+    events.write_text(text.replace("\tlh\n", "\trh\n"))
+    assert events.read_text() != text
+    args = [str(bids), str(out), "participant", "--participant-label", "02"]
+    assert cli([*args, *_args(group_model, shared_work["work"], "predicted")]) == 0
+    table = pd.read_csv(sorted((out / "logs").glob("runs-*.tsv"))[-1], sep="\t")
+    assert list(table["status"]) == ["done"]
+    assert "changed since its outputs were made" in _latest_log(out)
