@@ -105,3 +105,32 @@ def test_same_size_and_mtime_but_other_content_prepares_again(runs, tmp_path):
         logger.setLevel(level)
     assert second.prepared == [run.label] and second.reused == []
     assert any("differ from the prepared copy" in r.getMessage() and run.label in r.getMessage() for r in records)
+
+
+def test_finetune_keys_follow_events_and_weights_content(runs, tmp_path):
+    """Checkpoints and frozen-body features are keyed by the events and weights files' content too."""
+    import dataclasses
+    import shutil
+
+    from deeplight_bids.config import Config
+    from deeplight_bids.group.finetune import FinetuneJob
+
+    from .conftest import STATES
+
+    events = tmp_path / "events.tsv"
+    shutil.copyfile(runs[0].events, events)
+    weights = tmp_path / "w.keras"
+    weights.write_bytes(b"0" * 64)
+    config = Config(bids_dir=tmp_path, output_dir=tmp_path / "out", analysis_level="group", work_dir=tmp_path / "w",
+                    weights=str(weights), architecture="3D")
+    job = FinetuneJob(config)
+    job.runs, job.states = [dataclasses.replace(runs[0], events=events)], STATES
+    labels, model = job._labels_identity(), job._weights_identity()
+    st = os.stat(events)
+    events.write_text(events.read_text().replace("\tlh", "\trh"))  # same size
+    weights.write_bytes(b"1" * 64)
+    for path in (events, weights):
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(events).st_size == st.st_size
+    assert job._labels_identity() != labels
+    assert job._weights_identity() != model
