@@ -139,7 +139,7 @@ def pooled_out(settings_changed, group_model, shared_work):
 
 
 def test_group_folder_linked_elsewhere_writes_nothing_there(pooled_out, settings_changed, tmp_path, capsys):
-    out = link_copy(pooled_out, tmp_path / "out", ignore=shutil.ignore_patterns("group", "logs"))
+    out = link_copy(pooled_out, tmp_path / "out", ignore=shutil.ignore_patterns("group", "logs", "*.html"))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (out / "group").symlink_to(elsewhere, target_is_directory=True)
@@ -153,7 +153,7 @@ def test_group_folder_linked_elsewhere_writes_nothing_there(pooled_out, settings
 
 
 def test_truncated_participant_map_is_left_out_and_listed(pooled_out, settings_changed, tmp_path, capsys):
-    out = link_copy(pooled_out, tmp_path / "out", ignore=shutil.ignore_patterns("group", "logs"))
+    out = link_copy(pooled_out, tmp_path / "out", ignore=shutil.ignore_patterns("group", "logs", "*.html"))
     victim = sorted((out / "sub-01" / "func").glob("*_desc-mean_relevance.nii.gz"))[0]
     data = victim.read_bytes()
     victim.unlink()  # a hard link: replace it, never edit the shared file
@@ -173,7 +173,7 @@ def test_changed_events_make_a_finished_run_out_of_date(pooled_out, settings_cha
     import pandas as pd
 
     bids = link_copy(settings_changed["bids"], tmp_path / "bids")
-    out = link_copy(pooled_out, tmp_path / "out", ignore=shutil.ignore_patterns("group", "logs"))
+    out = link_copy(pooled_out, tmp_path / "out", ignore=shutil.ignore_patterns("group", "logs", "*.html"))
     events = sorted((bids / "sub-02").rglob("*_events.tsv"))[0]
     text = events.read_text()
     events.unlink()  # a hard link: replace it
