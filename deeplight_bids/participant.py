@@ -84,17 +84,24 @@ class RunProcessor:
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # -- resume -------------------------------------------------------------------------
-    def is_complete(self, outputs):
-        """True when a previous run with the same settings finished all outputs."""
+    def is_complete(self, outputs, run=None):
+        """True when a previous run with the same settings (and, given ``run``, the same inputs) finished all outputs."""
         marker = outputs["predictions_json"]
         if not marker.is_file() or not outputs["predictions"].is_file():
             return False
         if self.config.lrp and not (outputs["relevance"].is_file() and outputs["relevance_json"].is_file()):
             return False
         try:
-            return json.loads(marker.read_text()).get("SettingsHash") == self.settings_hash
+            sidecar = json.loads(marker.read_text())
         except (OSError, json.JSONDecodeError):
             return False
+        if sidecar.get("SettingsHash") != self.settings_hash:
+            return False
+        if run is not None and sidecar.get("InputsDigest") not in (None, _inputs_digest(run)):
+            LOGGER.info("%s: its BOLD, mask or events file changed since its outputs were made: they are out of date",
+                        run.label)
+            return False
+        return True
 
     # -- one run --------------------------------------------------------------------------
     def process(self, run):
@@ -103,7 +110,7 @@ class RunProcessor:
 
         cfg = self.config
         outputs = naming.run_outputs(cfg.output_dir, run.entities)
-        if not cfg.overwrite and self.is_complete(outputs):
+        if not cfg.overwrite and self.is_complete(outputs, run):
             return RunResult(run.label, "skipped", "outputs exist (same settings); use --overwrite to recompute")
         t0 = time.monotonic()
         _check_headers(run)
@@ -189,6 +196,10 @@ class RunProcessor:
         if self.analyzer is not None:
             write_json(outputs["relevance_json"], self._relevance_sidecar(run, provenance), root=cfg.output_dir)
             self._save_state_sums(run, sums, counts)
+        else:
+            from deeplight_bids.derivatives.stale import remove_stale
+
+            remove_stale([outputs["relevance"]], "relevance of other settings (this run was re-done with --no-lrp)")
         write_tsv(outputs["predictions"], frame, root=cfg.output_dir)
         sidecar = self._predictions_sidecar(provenance, accuracy, int(decodable.sum()))
         write_json(outputs["predictions_json"], sidecar, root=cfg.output_dir)  # last: marks the run complete
@@ -255,6 +266,7 @@ class RunProcessor:
             "SourceSpace": source_space(run),
             "SpaceTransform": space_transform,
             "SettingsHash": self.settings_hash,
+            "InputsDigest": _inputs_digest(run),
             "SoftwareVersion": __version__,
         }
 
@@ -306,17 +318,21 @@ class RunProcessor:
         from deeplight_bids.derivatives.writers import atomic_path
 
         with atomic_path(path, root=self.config.output_dir) as tmp:
-            with open(tmp, "wb") as fobj:
-                np.savez_compressed(fobj, settings=np.array(self.settings_hash), **arrays)
+            with open(tmp, "wb") as fobj:  # keyed by settings and by the identity of the run's inputs
+                np.savez_compressed(fobj, settings=np.array(self.settings_hash),
+                                    inputs=np.array(_inputs_digest(run)), **arrays)
 
     def _load_state_sums(self, run):
         """Per-state relevance sums of a finished run (recomputed from its outputs if the work dir was cleaned)."""
         path = self._sums_path(run.label)
         if path.is_file():
             with np.load(path) as data:
-                if str(data["settings"]) == self.settings_hash:
+                key = (str(data["settings"]), str(data["inputs"]) if "inputs" in data.files else None)
+                if key == (self.settings_hash, _inputs_digest(run)):
                     return {int(k[4:]): (data[k].astype(np.float64), int(data[f"count_{k[4:]}"]))
                             for k in data.files if k.startswith("sum_")}
+            LOGGER.info("%s: %s was made from other inputs or settings (another dataset sharing the work folder?); "
+                        "recomputing the sums from the run's outputs", run.label, path)
         import nibabel as nib
 
         outputs = naming.run_outputs(self.config.output_dir, run.entities)
@@ -336,7 +352,7 @@ class RunProcessor:
         ``map_tasks`` (default: every task of ``runs``).
         """
         cfg = self.config
-        done = [r for r in runs if self.is_complete(naming.run_outputs(cfg.output_dir, r.entities))]
+        done = [r for r in runs if self.is_complete(naming.run_outputs(cfg.output_dir, r.entities), r)]
         if not done:
             return
         rows = []
@@ -362,11 +378,17 @@ class RunProcessor:
             "accuracy": {"Description": "n_correct / n_labelled"},
             "Model": self.dl_model.provenance(),
         })
+        from deeplight_bids.derivatives.stale import remove_stale, stale_state_maps
+
+        tasks = sorted({r.entities["task"] for r in done} & set(map_tasks or {r.entities["task"] for r in done}))
         if not cfg.lrp:
+            for task in tasks:  # mean maps of an earlier LRP run: no longer what this participant's runs hold
+                remove_stale(stale_state_maps(cfg.output_dir, subject, task, ()), "mean map of other settings (LRP)")
             return
         import nibabel as nib
 
-        for task in sorted({r.entities["task"] for r in done} & set(map_tasks or {r.entities["task"] for r in done})):
+        for task in tasks:
+            written = []
             totals = {}
             for run in (r for r in done if r.entities["task"] == task):
                 for idx, (total, count) in self._load_state_sums(run).items():
@@ -383,7 +405,19 @@ class RunProcessor:
                                    f"{state} was explained (lrp_target == {state})",
                     "State": state, "NumberOfVolumes": int(count), "LRPTarget": cfg.lrp_target,
                     "Model": self.dl_model.provenance(), "LRP": self.analyzer.description,
+                    "SettingsHash": self.settings_hash,
                 })
+                written.append(path)
+            remove_stale(stale_state_maps(cfg.output_dir, subject, task, written),
+                         f"mean map of other settings (no volume explained for its state with --lrp-target "
+                         f"{cfg.lrp_target})")
+
+
+def _inputs_digest(run):
+    """Identity of the run's BOLD, mask and events (path, size, mtime, SHA-256): see bids/identity.py."""
+    from deeplight_bids.bids.identity import run_inputs_digest
+
+    return run_inputs_digest(run)
 
 
 def _accuracy_row(label, task, frame):
@@ -594,10 +628,18 @@ def validate_bids(bids_dir, log):
         first = errors[0] if errors else {}
         detail = f"{len(errors)} error(s), first: {first.get('code')} at {first.get('location')}"
     except (json.JSONDecodeError, KeyError, IndexError):
-        detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["unknown error"]
-        detail = detail[0]
+        detail = _validator_crash_line(proc.stderr or proc.stdout)
     raise InputDataError(f"{bids_dir}: the BIDS validator found problems ({detail}); run bids-validator-deno "
                          f"{bids_dir} to see them, fix them, or pass --skip-bids-validation.")
+
+
+def _validator_crash_line(text):
+    """The validator's own error line, without terminal colour codes or deno stack frames."""
+    import re
+
+    lines = [re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line).strip() for line in str(text).splitlines()]
+    lines = [line for line in lines if line and not line.startswith("at ")]
+    return next((line for line in lines if "error" in line.lower()), lines[0] if lines else "unknown error")
 
 
 def _configure_threads(nprocs):

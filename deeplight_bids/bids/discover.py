@@ -71,6 +71,9 @@ def find_derivatives(bids_dir, derivatives=()):
     ``deeplight-bids-hcp fetch``).
     """
     bids_dir = Path(bids_dir)
+    if bids_dir.exists() and not bids_dir.is_dir():
+        raise InputDataError(f"{bids_dir}: BIDS_DIR is a file, not a folder; point BIDS_DIR at the dataset's root "
+                             "folder (the one holding dataset_description.json).")
     if derivatives:
         out = [Path(d) for d in derivatives]
     else:

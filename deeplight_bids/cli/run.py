@@ -66,14 +66,17 @@ def run(argv=None):
     config = Config.from_args(args)
 
     def _run():
-        if config.analysis_level == "participant":
-            from deeplight_bids.participant import run_participant_level
+        from deeplight_bids.derivatives.writers import output_root
 
-            _, code = run_participant_level(config)
-            return code
-        from deeplight_bids.group.run import run_group_level
+        with output_root(config.output_dir):  # every writer of either level guards OUTPUT_DIR
+            if config.analysis_level == "participant":
+                from deeplight_bids.participant import run_participant_level
 
-        return run_group_level(config)
+                _, code = run_participant_level(config)
+                return code
+            from deeplight_bids.group.run import run_group_level
+
+            return run_group_level(config)
 
     return _guard(_run, verbose=config.verbose)
 

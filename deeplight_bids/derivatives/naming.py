@@ -64,3 +64,9 @@ def summary_output(output_dir, subject):
     """Path of a participant's accuracy summary TSV."""
     ents = {"subject": subject, "desc": "accuracy"}
     return _folder(output_dir, ents, session=False) / build_name(ents, "summary", ".tsv")
+
+
+def state_map_glob(output_dir, subject, task):
+    """``(folder, glob pattern)`` matching every mean relevance map of ``subject`` for ``task`` (any state)."""
+    path = state_map_output(output_dir, subject, task, "STATE")
+    return path.parent, path.name.replace("label-STATE_", "label-*_")

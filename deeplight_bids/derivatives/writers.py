@@ -9,6 +9,7 @@ folder inside it (OUTPUT_DIR itself may be a link), so no write leaves OUTPUT_DI
 """
 
 import contextlib
+import contextvars
 import errno
 import gzip
 import json
@@ -34,6 +35,24 @@ _UMASK = _current_umask()
 
 CODE_URL = "https://github.com/deeplight-bids/deeplight-bids"
 
+#: OUTPUT_DIR of the command being run: the ``root`` of every write that names none.
+_OUTPUT_ROOT = contextvars.ContextVar("deeplight_bids_output_root", default=None)
+
+
+@contextlib.contextmanager
+def output_root(path):
+    """Within this context every writer guards ``path`` (OUTPUT_DIR) as its ``root``.
+
+    The command line runs each level inside it, so writers that are not handed a
+    ``root`` (the group tables, maps, manifest and report, fine-tuned models, logs)
+    refuse symbolic links below OUTPUT_DIR just like the participant writers.
+    """
+    token = _OUTPUT_ROOT.set(Path(path))
+    try:
+        yield Path(path)
+    finally:
+        _OUTPUT_ROOT.reset(token)
+
 
 def _check_target(path, root=None):
     """Refuse ``path`` if it is a symbolic link, or (given ``root``) below a linked folder inside ``root``.
@@ -44,6 +63,8 @@ def _check_target(path, root=None):
     path = Path(path)
     if path.is_symlink():
         raise OutputError(f"{path}: refusing to write through a symbolic link; remove the link.")
+    if root is None:
+        root = _OUTPUT_ROOT.get()
     if root is not None:
         root = Path(root).absolute()
         try:

@@ -387,6 +387,25 @@ class FinetuneJob:
                             "mask_sha256": sha256sum(run.mask), "events_sha256": sha256sum(run.events)})
         return out
 
+    def _labels_identity(self):
+        """What the labels derive from (the cache entries key the BOLD and mask): events files and state map."""
+        from deeplight_bids.bids.identity import digest, file_identity
+
+        cfg = self.config
+        state_map = file_identity(cfg.state_map_file) if cfg.state_map_file else None
+        return digest({"events": [file_identity(r.events) if r.events else None for r in self.runs],
+                       "state_map": state_map, "states": list(self.states)})
+
+    def _weights_identity(self):
+        """``--weights`` as given, and the identity of the file(s) it names (a re-saved file is other weights)."""
+        from deeplight_bids.bids.identity import file_identity
+
+        given = self.config.weights
+        if given is None or self.init == "scratch" or not Path(given).exists():
+            return given  # published weights are verified by checksum when loaded
+        files = sorted(Path(given).glob("*.keras")) if Path(given).is_dir() else [Path(given)]
+        return [str(given), *(file_identity(f) for f in files)]
+
     # -- training --------------------------------------------------------------------------
     def _body_features(self):
         """Frozen-body features of every sample, computed once and kept in ``WORK_DIR/finetune/features``.
@@ -401,7 +420,8 @@ class FinetuneJob:
         weights_digest = hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes()
                                                  for w in body.get_weights())).hexdigest()[:16]
         key = _digest({"body": weights_digest, "arch": self.arch, "entries": [e.key for e in self.entries],
-                       "samples": [self.samples.entry.tolist(), self.samples.volume.tolist()]})
+                       "samples": [self.samples.entry.tolist(), self.samples.volume.tolist()],
+                       "events": self._labels_identity()})
         path = Path(cfg.work_dir) / "finetune" / "features" / f"{key}.npy"
         if path.is_file():
             self.log.info("fine-tune: reusing frozen-body features from %s", path)
@@ -447,10 +467,12 @@ class FinetuneJob:
                           f" {fold}" if fold else "", ", ".join(train), ", ".join(val) or "none", ", ".join(held))
             tr = np.isin(self.samples.subject, train)
             va = np.isin(self.samples.subject, val)
-            fingerprint = _digest({"arch": self.arch, "init": self.init, "weights": cfg.weights, "states": self.states,
+            fingerprint = _digest({"arch": self.arch, "init": self.init, "weights": self._weights_identity(),
+                                   "states": self.states,
                                    "train": train, "val": val, "lr": self.lr, "batch": self.batch_size,
                                    "seed": cfg.seed, "freeze": cfg.freeze_body, "patience": cfg.early_stopping_patience,
-                                   "cache": [e.key for e in self.entries], "n": int(tr.sum()), "train3d": TRAIN_3D})
+                                   "cache": [e.key for e in self.entries], "n": int(tr.sum()), "train3d": TRAIN_3D,
+                                   "events": self._labels_identity()})
             holder = {}
 
             if cfg.freeze_body:

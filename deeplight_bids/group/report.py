@@ -476,4 +476,4 @@ def write_report(output_dir, manifest, inventory, templates, config=None):
            f"<title>deeplight-bids group report</title><style>{CSS}</style></head><body>"
            f"<header><h1>deeplight-bids group report</h1><div>deeplight-bids {esc(__version__)} · {esc(stamp)}</div>"
            f"</header><nav>{''.join(nav)}</nav><main>{''.join(sections)}</main></body></html>\n")
-    return write_text(output_dir / REPORT_NAME, doc)
+    return write_text(output_dir / REPORT_NAME, doc, root=output_dir)

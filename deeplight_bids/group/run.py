@@ -287,7 +287,7 @@ def compute_group_outputs(config, inventory, templates):
                 entry["maps_note"] = "no relevance maps (participant level run with --no-lrp?)"
             group["Tasks"][task] = entry
         manifest["ModelGroups"].append(group)
-    write_json(out / GROUP_FOLDER / MANIFEST, manifest)
+    write_json(out / GROUP_FOLDER / MANIFEST, manifest, root=out)
     return manifest
 
 
@@ -317,6 +317,9 @@ def run_group_level(config, log=LOGGER):
     manifest = read_manifest(out) if config.reports_only else None
     templates = load_templates()
     if manifest is None:
+        from deeplight_bids.group.integrity import screen_inventory
+
+        screen_inventory(inventory, config.correct_only, log)  # before any write: nothing half-written
         manifest = compute_group_outputs(config, inventory, templates)
     path = write_report(out, manifest, inventory, templates, config)
     log.info("group: report written to %s", path)

@@ -212,6 +212,48 @@ def load_model_card(keras_path):
     return card
 
 
+#: Bounds on a ``.keras`` archive's uncompressed members (a tiny archive can inflate to gigabytes).
+KERAS_MAX_TOTAL_BYTES = 2 << 30
+KERAS_MAX_CONFIG_BYTES = 16 << 20
+
+
+def check_keras_archive(path, max_total=KERAS_MAX_TOTAL_BYTES, max_config=KERAS_MAX_CONFIG_BYTES):
+    """Refuse a ``.keras`` archive that is not a zip or whose members inflate beyond the bounds.
+
+    Parameters
+    ----------
+    path : path-like
+    max_total : int
+        Most bytes all members may hold uncompressed (default 2 GiB; 3D-DeepLight's weights
+        are ~10 MB, the 2D model's ~4 MB).
+    max_config : int
+        Most bytes of ``config.json`` / ``metadata.json`` (default 16 MiB; DeepLight's are
+        a few kB).
+
+    Raises
+    ------
+    WeightsError
+        Not a zip archive, or a bound exceeded (sizes from the zip directory, before any
+        member is decompressed).
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise WeightsError(f"{path}: not a readable Keras model (not a .keras zip archive: {err}).") from err
+    total = sum(m.file_size for m in members)
+    big = [m for m in members if m.filename in ("config.json", "metadata.json") and m.file_size > max_config]
+    if big or total > max_total:
+        if big:
+            what = f"{big[0].filename} inflates to {big[0].file_size / 2**20:.0f} MiB (bound {max_config / 2**20:.0f} MiB)"
+        else:
+            what = f"its members inflate to {total / 2**20:.0f} MiB (bound {max_total / 2**20:.0f} MiB)"
+        raise WeightsError(f"{path}: refusing this .keras archive: {what}; it is not a DeepLight model, pass the "
+                           "model file that deeplight-bids wrote.")
+
+
 def save_model(model, path, card):
     """Save a Keras model as ``.keras`` plus its model card, atomically."""
     from deeplight_bids.derivatives.writers import atomic_path, write_json
@@ -314,10 +356,17 @@ def _load_file(path, architecture, build_3d, published=None):
         import deeplight_bids.models.two  # noqa: F401  (registers the 2D model's custom layers)
 
         card = load_model_card(path)
+        check_keras_archive(path)
         try:
             model = keras.models.load_model(path, compile=False)
         except Exception as err:  # keras raises many types for corrupt archives
             raise WeightsError(f"{path}: not a readable Keras model ({type(err).__name__}: {err}).") from err
+        if not isinstance(model, keras.Sequential):
+            # decoding and LRP walk the layers in order: only DeepLight's Sequential form is understood
+            raise WeightsError(
+                f"{path}: a {type(model).__name__} Keras model, not a keras.Sequential; deeplight-bids needs "
+                "DeepLight as a Sequential model (as 'deeplight-bids weights convert', the demo and group "
+                "--finetune save it): rebuild it with keras.Sequential(layers) and save it again.")
         n_out = model.output_shape[-1]
         if n_out != len(card["states"]):
             raise WeightsError(f"{path}: the model has {n_out} outputs but its card lists {len(card['states'])} states.")

@@ -13,10 +13,11 @@ form:
 ``WORK_DIR/prepared/index.json``
     ``key -> meta`` of every prepared run (the index).
 
-``key`` is a SHA-256 over the BOLD and mask paths, sizes and modification times, the
-repetition time, the preprocessing parameters and :data:`CACHE_VERSION`: editing an input or
-changing ``--smoothing-fwhm`` / ``--high-pass`` prepares again, anything else reuses the
-cache.  Entries are written to a temporary folder and renamed, so an interrupted
+``key`` is a SHA-256 over the BOLD and mask identities (resolved path, size, modification
+time and content SHA-256; :mod:`deeplight_bids.bids.identity`), the repetition time, the
+preprocessing parameters and :data:`CACHE_VERSION`: editing or replacing an input (even
+with its old time stamp) or changing ``--smoothing-fwhm`` / ``--high-pass`` prepares again
+(logged with the run's name), anything else reuses the cache.  Entries are written to a temporary folder and renamed, so an interrupted
 preparation never leaves a partial entry.  Labels are not cached (they are cheap and depend
 on the events file and ``--states``); :func:`label_volumes` computes them.
 
@@ -44,8 +45,8 @@ from deeplight_bids.prepare.grid import REFERENCE_SHAPE
 
 LOGGER = logging.getLogger("deeplight_bids")
 
-#: Bump when the cached format or the preparation changes meaning.
-CACHE_VERSION = 1
+#: Bump when the cached format or the preparation changes meaning (2: inputs keyed by content too).
+CACHE_VERSION = 2
 CACHE_FOLDER = "prepared"
 INDEX_FILE = "index.json"
 #: Model-order shape of one volume, (z, y, x, 1).
@@ -90,15 +91,11 @@ class CacheEntry:
         return np.load(self.folder / "mask.npy")
 
 
-def _file_id(path):
-    path = Path(path)
-    st = path.stat()
-    return {"path": str(path.resolve()), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
-
-
 def cache_key(run, smoothing_fwhm, high_pass):
-    """Key of a run's prepared data: inputs (path, size, mtime) + preprocessing parameters."""
-    content = {"version": CACHE_VERSION, "bold": _file_id(run.bold), "mask": _file_id(run.mask),
+    """Key of a run's prepared data: inputs (path, size, mtime, SHA-256) + preprocessing parameters."""
+    from deeplight_bids.bids.identity import file_identity
+
+    content = {"version": CACHE_VERSION, "bold": file_identity(run.bold), "mask": file_identity(run.mask),
                "t_r": float(run.t_r), "smoothing_fwhm": float(smoothing_fwhm),
                "high_pass": None if high_pass is None else float(high_pass)}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24], content
@@ -162,6 +159,7 @@ def prepare_cached(runs, work_dir, smoothing_fwhm=3.0, high_pass=1 / 128, nprocs
     root.mkdir(parents=True, exist_ok=True)
     stats = CacheStats()
     jobs, keys = [], []
+    earlier = _read_index(root)
     for run in runs:
         key, content = cache_key(run, smoothing_fwhm, high_pass)
         keys.append(key)
@@ -169,6 +167,9 @@ def prepare_cached(runs, work_dir, smoothing_fwhm=3.0, high_pass=1 / 128, nprocs
         if _entry_ok(folder):
             stats.reused.append(run.label)
             continue
+        if any(m.get("inputs", {}).get("bold", {}).get("path") == content["bold"]["path"] for m in earlier.values()):
+            log.info("cache: %s: its inputs or preprocessing settings differ from the prepared copy in %s; "
+                     "preparing again", run.label, root)
         meta = {"run_label": run.label, "subject": run.subject, "entities": {k: v for k, v in run.entities.items()
                                                                              if v is not None},
                 "events": str(run.events) if run.events else None, "inputs": content,
@@ -198,6 +199,14 @@ def prepare_cached(runs, work_dir, smoothing_fwhm=3.0, high_pass=1 / 128, nprocs
     _write_index(root)
     stats.seconds = time.monotonic() - t0
     return entries, stats
+
+
+def _read_index(root):
+    try:
+        index = json.loads((root / INDEX_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return index if isinstance(index, dict) else {}
 
 
 def _write_index(root):

@@ -27,6 +27,7 @@ State maps come from :func:`resolve_state_map`: a user JSON map
 """
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,8 @@ __all__ = [
 
 #: Tolerance (seconds) used when comparing volume times with event windows.
 TIME_TOLERANCE = 1e-6
+
+LOGGER = logging.getLogger("deeplight_bids")
 
 _NA_STRINGS = ("n/a", "")
 _REQUIRED = ("onset", "duration")
@@ -120,6 +123,10 @@ def read_events(path):
             f"{path}: negative duration {out['duration'].iloc[row]} in data row {row + 1}; "
             "durations must be >= 0 seconds."
         )
+    if not keep.any():
+        LOGGER.warning(
+            "%s: trial_type is n/a in all %d row(s): no volume of this run gets a state (accuracy n/a, no mean "
+            "maps from it); fill in each event's condition in trial_type.", path, len(table))
     return out[keep.to_numpy()].reset_index(drop=True)
 
 

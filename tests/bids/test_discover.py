@@ -165,3 +165,16 @@ def test_bids_dir_that_is_a_derivative_dataset(dataset, synthetic_dataset):
     assert description["DatasetType"] == "derivative"
     runs = discover_runs(build_layout(deriv, find_derivatives(deriv)))
     assert [r.skip_reason for r in runs] == [None, None]
+
+
+def test_bids_dir_that_is_a_file_is_one_plain_line(tmp_path, capsys):
+    from deeplight_bids.cli.run import run as cli
+
+    bids = tmp_path / "dataset.txt"
+    bids.write_text("not a folder\n")
+    capsys.readouterr()
+    code = cli([str(bids), str(tmp_path / "out"), "participant"])  # validation on: the validator must not speak
+    err = capsys.readouterr().err.strip()
+    assert code == 3
+    assert err.splitlines() == [err] and "\x1b" not in err and "deno" not in err and ".ts:" not in err
+    assert str(bids) in err and "is a file, not a folder" in err

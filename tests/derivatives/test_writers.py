@@ -116,3 +116,20 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
         assert sorted(removed) == sorted([dead, stream])
         assert live.exists() and other_host.exists() and output.exists()
     assert (tmp_path / "sub-01" / "x.tsv").read_text() == "a"
+
+
+def test_output_root_guards_writers_given_no_root(tmp_path):
+    from deeplight_bids.derivatives.writers import output_root
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "group").symlink_to(elsewhere, target_is_directory=True)
+    write_json(out / "group" / "free.json", {})  # no root, no context: only the file itself is checked
+    assert (elsewhere / "free.json").is_file()
+    with output_root(out):
+        with pytest.raises(OutputError, match="below a symbolic link"):
+            write_json(out / "group" / "guarded.json", {})
+        with pytest.raises(OutputError, match="below a symbolic link"):
+            write_tsv(out / "group" / "model-x" / "t.tsv", pd.DataFrame({"a": [1]}))
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["free.json"]

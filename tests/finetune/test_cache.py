@@ -71,3 +71,66 @@ def test_balanced_shuffled_epochs_and_dataset(runs, ft_work):
         assert tuple(x.shape[1:]) == (91, 109, 91, 1) and x.dtype.name == "float32"
         seen.extend(y.numpy().tolist())
     assert len(seen) == 8 and set(seen) <= {0, 1, 2}
+
+
+def test_same_size_and_mtime_but_other_content_prepares_again(runs, tmp_path):
+    """A BOLD replaced by one of equal size with its old time stamp (cp -p, rsync -a) is not reused."""
+    import dataclasses
+    import logging
+
+    import nibabel as nib
+
+    src = nib.load(runs[0].bold)
+    bold = tmp_path / "bold.nii"  # uncompressed: another content has exactly the same size
+    nib.Nifti1Image(np.asarray(src.dataobj, np.float32), src.affine, src.header).to_filename(bold)
+    run = dataclasses.replace(runs[0], bold=bold)
+    work = tmp_path / "work"
+    _, first = cache.prepare_cached([run], work)
+    assert first.prepared == [run.label]
+    st = os.stat(bold)
+    nib.Nifti1Image(np.asarray(src.dataobj, np.float32) * 1.5 + 1.0, src.affine, src.header).to_filename(bold)
+    os.utime(bold, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(bold).st_size, os.stat(bold).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("deeplight_bids")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        _, second = cache.prepare_cached([run], work, log=logger)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert second.prepared == [run.label] and second.reused == []
+    assert any("differ from the prepared copy" in r.getMessage() and run.label in r.getMessage() for r in records)
+
+
+def test_finetune_keys_follow_events_and_weights_content(runs, tmp_path):
+    """Checkpoints and frozen-body features are keyed by the events and weights files' content too."""
+    import dataclasses
+    import shutil
+
+    from deeplight_bids.config import Config
+    from deeplight_bids.group.finetune import FinetuneJob
+
+    from .conftest import STATES
+
+    events = tmp_path / "events.tsv"
+    shutil.copyfile(runs[0].events, events)
+    weights = tmp_path / "w.keras"
+    weights.write_bytes(b"0" * 64)
+    config = Config(bids_dir=tmp_path, output_dir=tmp_path / "out", analysis_level="group", work_dir=tmp_path / "w",
+                    weights=str(weights), architecture="3D")
+    job = FinetuneJob(config)
+    job.runs, job.states = [dataclasses.replace(runs[0], events=events)], STATES
+    labels, model = job._labels_identity(), job._weights_identity()
+    st = os.stat(events)
+    events.write_text(events.read_text().replace("\tlh", "\trh"))  # same size
+    weights.write_bytes(b"1" * 64)
+    for path in (events, weights):
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(events).st_size == st.st_size
+    assert job._labels_identity() != labels
+    assert job._weights_identity() != model

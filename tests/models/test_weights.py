@@ -80,3 +80,44 @@ def test_bad_weights_files(tmp_path, content, match):
     with pytest.raises(WeightsError, match=match) as exc:
         w.load_deeplight(str(path))
     assert str(path) in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_functional_keras_model_with_valid_card_is_a_one_line_error(tmp_path):
+    import keras
+
+    inputs = keras.Input((16, 20, 16, 1))
+    outputs = keras.layers.Dense(3)(keras.layers.Flatten()(inputs))
+    path = tmp_path / "functional.keras"
+    keras.Model(inputs, outputs).save(path)
+    path.with_suffix(".json").write_text(json.dumps({"architecture": "3D", "states": ["a", "b", "c"]}))
+    with pytest.raises(WeightsError, match="not a keras.Sequential") as exc:
+        w.load_deeplight(str(path))
+    assert str(path) in str(exc.value) and "\n" not in str(exc.value) and "Sequential(" in str(exc.value)
+
+
+def _zip(path, members):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_keras_archive_with_oversized_config_is_refused(tmp_path):
+    path = _zip(tmp_path / "bomb.keras", {"metadata.json": "{}", "config.json": b" " * (20 << 20)})
+    path.with_suffix(".json").write_text(json.dumps({"architecture": "3D", "states": ["a", "b", "c"]}))
+    assert path.stat().st_size < (1 << 20)  # 20 MiB of config in a file of a few kB
+    with pytest.raises(WeightsError, match="config.json inflates to 20 MiB") as exc:
+        w.load_deeplight(str(path))
+    assert str(path) in str(exc.value) and "refusing" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_keras_archive_total_bound(tmp_path):
+    path = _zip(tmp_path / "big.keras", {"config.json": "{}", "model.weights.h5": b"\0" * (3 << 20)})
+    w.check_keras_archive(path)  # within the default bounds
+    with pytest.raises(WeightsError, match="members inflate to"):
+        w.check_keras_archive(path, max_total=2 << 20)
+    (tmp_path / "not.keras").write_bytes(b"not a zip")
+    with pytest.raises(WeightsError, match="not a .keras zip archive"):
+        w.check_keras_archive(tmp_path / "not.keras")

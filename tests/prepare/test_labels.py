@@ -249,3 +249,22 @@ def test_read_events_all_rows_na_trial_type_is_empty_not_an_error(tmp_path):
     events = read_events(_write(tmp_path, "onset\tduration\ttrial_type\n0\t1\tn/a\n"))
     assert len(events) == 0
     assert list(volume_labels(events, 3, 2.0, MAP)) == [None] * 3
+
+
+def test_events_with_trial_type_na_everywhere_warn(tmp_path):
+    import logging
+
+    path = tmp_path / "sub-01_task-x_events.tsv"
+    path.write_text("onset\tduration\ttrial_type\n0\t10\tn/a\n20\t10\tn/a\n")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("deeplight_bids")  # the CLI turns propagation off: listen on it directly
+    logger.addHandler(handler)
+    try:
+        events = read_events(path)
+    finally:
+        logger.removeHandler(handler)
+    assert events.empty
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "n/a in all 2 row(s)" in warnings[0]
