@@ -66,8 +66,10 @@ class RunProcessor:
         if config.lrp:
             from deeplight_bids.lrp.analyzer import LRPAnalyzer
 
-            # reference section 7: iNNvestigate's preset B-flat for 3D, epsilon (LSTM rule included) for 2D
-            composite = "preset_b_flat" if dl_model.architecture == "3D" else "deeplight_2d"
+            # reference section 7: iNNvestigate's preset B-flat for 3D, epsilon (LSTM rule included) for 2D,
+            # stabilised as the original code (published) or sign-aware (--lrp-rule signed)
+            composite = ("preset_b_flat" if dl_model.architecture == "3D"
+                         else "deeplight_2d_signed" if config.lrp_rule == "signed" else "deeplight_2d")
             self.analyzer = LRPAnalyzer(dl_model.model, composite=composite, max_batch=max_batch)
         self.settings_hash = self._settings_hash()
 
@@ -76,6 +78,8 @@ class RunProcessor:
         settings = {"weights": self.dl_model.weights_sha256, "lrp": c.lrp, "target": c.lrp_target,
                     "fwhm": c.smoothing_fwhm, "high_pass": c.high_pass, "version": __version__,
                     "state_map": self.user_state_map}
+        if self.dl_model.architecture == "2D":
+            settings["lrp_rule"] = c.lrp_rule
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # -- resume -------------------------------------------------------------------------
@@ -136,6 +140,7 @@ class RunProcessor:
         logits = np.zeros((n_vol, len(self.states)), dtype=np.float32)
         targets = np.full(n_vol, -1, dtype=int)
         sums, counts = {}, {}
+        conservation = np.full(n_vol, np.nan)  # sum of each map / its explained logit
         batches = _ModelOrderBatches(prepared)
         try:
             for start in range(0, n_vol, cfg.batch_size):
@@ -153,6 +158,9 @@ class RunProcessor:
                     batch_logits, relevance = self.analyzer.explain(x, target=target)
                     logits[start:stop] = batch_logits
                     targets[start:stop] = batch_logits.argmax(axis=1) if target is None else target
+                    explained = batch_logits[np.arange(stop - start), targets[start:stop]].astype(np.float64)
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        conservation[start:stop] = relevance.sum(axis=(1, 2, 3), dtype=np.float64) / explained
                     # (batch, z, y, x) C order is (batch, x, y, z) Fortran order per volume: the
                     # transposed view is what from_model_order would copy, and it goes into the
                     # NIfTI's column-major volumes (and the sums below) as contiguous copies.
@@ -181,7 +189,8 @@ class RunProcessor:
         accuracy = float((pred_idx[decodable] == true_idx[decodable]).mean()) if decodable.any() else None
         provenance = self._provenance(run, unmapped, not_decodable, state_map)
         if self.analyzer is not None:
-            write_json(outputs["relevance_json"], self._relevance_sidecar(run, provenance), root=cfg.output_dir)
+            write_json(outputs["relevance_json"], self._relevance_sidecar(run, provenance, conservation),
+                       root=cfg.output_dir)
             self._save_state_sums(run, sums, counts)
         write_tsv(outputs["predictions"], frame, root=cfg.output_dir)
         sidecar = self._predictions_sidecar(provenance, accuracy, int(decodable.sum()))
@@ -268,8 +277,9 @@ class RunProcessor:
             columns[f"prob_{state}"] = {"Description": f"softmax probability of state {state}", "Units": "arbitrary"}
         return {**columns, "Accuracy": accuracy, "NumberOfLabelledVolumes": n_labelled, **provenance}
 
-    def _relevance_sidecar(self, run, provenance):
+    def _relevance_sidecar(self, run, provenance, conservation):
         lrp = self.analyzer.description if self.analyzer is not None else {}
+        finite = conservation[np.isfinite(conservation)]
         return {
             "Description": "LRP relevance of each volume's decoding decision, one 3D map per volume, on the "
                            "MNI152NLin6Asym 2 mm reference grid (x, y, z as in the NIfTI); positive values "
@@ -279,7 +289,17 @@ class RunProcessor:
             "Resolution": "2 mm isotropic MNI152NLin6Asym grid (91 x 109 x 91)",
             "LRP": lrp,
             "LRPTarget": self.config.lrp_target,
-            "Units": "arbitrary (relevance; sums to about the explained logit)",
+            "LRPRule": self.config.lrp_rule if self.dl_model.architecture == "2D" else "published",
+            "Units": "arbitrary (relevance)",
+            "Conservation": {
+                "Description": "sum of each volume's relevance map divided by its explained logit, over the run's "
+                               "volumes (1 = conserved; neither rule conserves by design: biases and the BN rule "
+                               "absorb relevance, and 2D's epsilon denominators can amplify it)",
+                "Median": float(np.median(finite)) if finite.size else None,
+                "Min": float(finite.min()) if finite.size else None,
+                "Max": float(finite.max()) if finite.size else None,
+                "NumberOfVolumes": int(finite.size),
+            },
             **provenance,
         }
 

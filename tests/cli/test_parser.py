@@ -29,7 +29,9 @@ def test_defaults_match_reference(bids_dir, tmp_path):
     assert config.smoothing_fwhm == 3.0
     assert config.high_pass == pytest.approx(1 / 128)
     assert config.space == "MNI152NLin6Asym"
-    assert config.lrp and config.lrp_target == "predicted"
+    assert config.lrp and config.lrp_target == "predicted" and config.lrp_rule == "published"
+    signed = Config.from_args(parse_args([str(bids_dir), str(tmp_path / "out"), "participant", "--lrp-rule", "signed"]))
+    assert signed.lrp_rule == "signed"
     assert config.work_dir == tmp_path / "out" / "work"
 
 
@@ -86,6 +88,6 @@ def test_help_lists_every_option(capsys):
     text = build_parser().format_help()
     for option in ("--participant-label", "--session-label", "--task", "--bids-filter-file", "--derivatives",
                    "--space", "--work-dir", "--nprocs", "--batch-size", "--weights", "--state-map",
-                   "--smoothing-fwhm", "--high-pass", "--lrp-target", "--no-lrp", "--skip-bids-validation",
+                   "--smoothing-fwhm", "--high-pass", "--lrp-target", "--no-lrp", "--lrp-rule", "--skip-bids-validation",
                    "--verbose", "--version", "--overwrite", "--architecture", "exit codes"):
         assert option in text, option
