@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from deeplight_bids import __version__
+from deeplight_bids.backend import versions as backend_versions
 from deeplight_bids.derivatives import naming
 from deeplight_bids.derivatives.writers import StreamingNifti4D, write_json, write_nifti, write_tsv
 from deeplight_bids.exceptions import DeepLightBidsError
@@ -257,6 +258,7 @@ class RunProcessor:
                           "StatesNotInModel": not_decodable},
             "SettingsHash": self.settings_hash,
             "SoftwareVersion": __version__,
+            "ComputeBackend": backend_versions(),
         }
 
     def _predictions_sidecar(self, provenance, accuracy, n_labelled):
@@ -606,23 +608,15 @@ def validate_bids(bids_dir, log):
 
 
 def _configure_threads(nprocs):
-    """TensorFlow's thread pools for ``--nprocs``: ``nprocs`` intra-op threads, at most 2 inter-op.
+    """The Keras backend's thread pools for ``--nprocs`` (TensorFlow: intra-op N, inter-op at most 2).
 
-    Logs the settings in force (``TensorFlow threads: intra-op N, inter-op M``), so a
-    job's log shows that ``--nprocs`` was respected (e.g. a SLURM task's
-    ``--cpus-per-task``).
+    Logs the settings in force (e.g. ``TensorFlow threads: intra-op N, inter-op M``), so
+    a job's log shows that ``--nprocs`` was respected (e.g. a SLURM task's
+    ``--cpus-per-task``).  See :func:`deeplight_bids.backend.configure_threads`.
     """
-    import tensorflow as tf
+    from deeplight_bids import backend
 
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(int(nprocs))
-        tf.config.threading.set_inter_op_parallelism_threads(min(2, int(nprocs)))
-        note = ""
-    except RuntimeError:
-        note = " (TensorFlow was already initialised in this process; its earlier setting is kept)"
-    LOGGER.info("TensorFlow threads: intra-op %d, inter-op %d (--nprocs %d)%s",
-                tf.config.threading.get_intra_op_parallelism_threads(),
-                tf.config.threading.get_inter_op_parallelism_threads(), int(nprocs), note)
+    backend.configure_threads(nprocs, LOGGER)
 
 
 def _write_config(config):

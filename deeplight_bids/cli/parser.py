@@ -184,6 +184,9 @@ def build_parser():
     g_perf.add_argument("--batch-size", type=MinOne, default=4, metavar="N",
                         help="volumes read, decoded, explained and written per step; on CPU the network takes at most 4 "
                              "at a time (bounded memory), on a GPU the whole batch")
+    g_perf.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None,
+                        help="Keras backend that runs the models and LRP (default: $KERAS_BACKEND, else tensorflow); "
+                             "jax / torch need 'pip install deeplight-bids[jax]' / '[torch]'; recorded in the sidecars")
     g_perf.add_argument("-w", "--work-dir", type=Path, metavar="PATH",
                         help="scratch folder (default: OUTPUT_DIR/work; removable after a successful run)")
 

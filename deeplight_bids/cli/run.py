@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from deeplight_bids.exceptions import EXIT_INTERNAL, EXIT_OK, DeepLightBidsError, Interrupted
+from deeplight_bids.exceptions import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, DeepLightBidsError, Interrupted
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -56,6 +56,13 @@ def run(argv=None):
 
     args = parse_args(argv)
     setup_logging(args.verbose)
+    from deeplight_bids import backend
+
+    try:  # before anything imports Keras
+        backend.check_installed(backend.select_backend(args.backend))
+    except (ValueError, ImportError) as err:
+        print(f"deeplight-bids: error: --backend: {err}", file=sys.stderr)
+        return EXIT_USAGE
     config = Config.from_args(args)
 
     def _run():

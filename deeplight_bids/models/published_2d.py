@@ -305,9 +305,8 @@ def save_converted(model, out_path, source_path, states=None):
         ``(model_path, card_path)``.  Both are written atomically (temp file + rename).
     """
     import keras
-    import tensorflow as tf
 
-    from deeplight_bids import __version__
+    from deeplight_bids import __version__, backend
     from deeplight_bids.states import PRETRAINED_STATES
 
     out_path = Path(out_path)
@@ -346,8 +345,7 @@ def save_converted(model, out_path, source_path, states=None):
         },
         "software": {
             "deeplight_bids": __version__,
-            "keras": keras.__version__,
-            "tensorflow": tf.__version__,
+            **backend.versions(),
             "numpy": np.__version__,
             "python": platform.python_version(),
         },
