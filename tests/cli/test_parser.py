@@ -88,6 +88,6 @@ def test_help_lists_every_option(capsys):
     text = build_parser().format_help()
     for option in ("--participant-label", "--session-label", "--task", "--bids-filter-file", "--derivatives",
                    "--space", "--work-dir", "--nprocs", "--batch-size", "--weights", "--state-map",
-                   "--smoothing-fwhm", "--high-pass", "--lrp-target", "--no-lrp", "--lrp-rule", "--skip-bids-validation",
+                   "--smoothing-fwhm", "--high-pass", "--lrp-target", "--no-lrp", "--lrp-rule", "--backend", "--skip-bids-validation",
                    "--verbose", "--version", "--overwrite", "--architecture", "exit codes"):
         assert option in text, option
