@@ -117,8 +117,9 @@ def throughput_child(arch, batches, repeats, dry_run):
                 times.append(time.perf_counter() - start)
             row["lrp_vol_s"] = batch / min(times)
             row["relevance_finite"] = bool(np.isfinite(relevance).all())
-            row["peak_gpu_mib"] = (lambda b: None if b is None else b / 2**20)(_peak_gpu_bytes())
-        except Exception as err:  # e.g. out of GPU memory at batch 128: record it, go on
+            peak = _peak_gpu_bytes()
+            row["peak_gpu_mib"] = None if peak is None else peak / 2**20
+        except Exception as err:  # noqa: BLE001 (e.g. out of GPU memory at batch 128: record it, go on)
             row["error"] = f"{type(err).__name__}: {str(err)[:500]}"
         print(json.dumps(row), flush=True)
 
@@ -129,7 +130,7 @@ def run_child(args, backend, timeout):
     env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": f"{REPO}{os.pathsep}{HERE}",
            "TF_CPP_MIN_LOG_LEVEL": "2", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     proc = subprocess.run([sys.executable, *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+                          timeout=timeout, cwd=REPO, check=False)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0:
         raise RuntimeError(f"exit {proc.returncode}: {proc.stderr[-2000:]}")
@@ -199,13 +200,13 @@ def environment():
         try:
             module = __import__(name)
             info["packages"][name] = getattr(module, "__version__", "?")
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 (any import failure is a finding)
             info["packages"][name] = f"not importable ({type(err).__name__})"
     try:
         info["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
                                              "--format=csv,noheader"], capture_output=True, text=True,
-                                            timeout=30).stdout.strip()
-    except Exception as err:
+                                            timeout=30, check=False).stdout.strip()
+    except Exception as err:  # noqa: BLE001
         info["nvidia_smi"] = f"unavailable ({type(err).__name__})"
     return info
 
@@ -277,7 +278,7 @@ def main(argv=None):
         start = time.perf_counter()
         try:
             results["stages"][key] = fn(*fn_args)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 (one failing stage must not lose the others)
             results["stages"][key] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
         print(f"{key}: {time.perf_counter() - start:.1f} s", flush=True)
         flush()

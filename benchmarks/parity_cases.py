@@ -45,7 +45,10 @@ def randomise(model, seed):
 
 def models(grid, weights_2d=None):
     """``{case: (model, composite)}`` for the grid."""
-    from deeplight_bids.models.published_2d import convert_published_2d, load_published_2d
+    from deeplight_bids.models.published_2d import (
+        convert_published_2d,
+        load_published_2d,
+    )
     from deeplight_bids.models.three import build_3d_deeplight
     from deeplight_bids.models.two import build_2d_deeplight
 

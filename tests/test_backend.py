@@ -42,6 +42,6 @@ def test_missing_backend_package_is_one_line_usage_error(tmp_path):
     bids.mkdir()
     proc = subprocess.run([sys.executable, "-m", "deeplight_bids", str(bids), str(tmp_path / "out"), "participant",
                            "--backend", "torch"], capture_output=True, text=True, cwd=REPO,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, check=False)
     assert proc.returncode == 2
     assert "--backend" in proc.stderr and "deeplight-bids[torch]" in proc.stderr and "Traceback" not in proc.stderr

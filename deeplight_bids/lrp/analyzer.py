@@ -14,7 +14,6 @@ import numpy as np
 from keras import ops
 
 from deeplight_bids import backend
-
 from deeplight_bids.models.decode import in_chunks, join_chunks
 
 from .composites import get_composite

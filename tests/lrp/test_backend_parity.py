@@ -25,9 +25,9 @@ pytest.importorskip("jax")
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
-import parity_cases  # noqa: E402
+import parity_cases
 
-from tests.models.test_two import published_weights_path  # noqa: E402
+from tests.models.test_two import published_weights_path
 
 TOLERANCE = {"3d": 2e-3, "2d": 1e-4, "2d_signed": 1e-4}
 

@@ -21,15 +21,15 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from deeplight_bids.lrp.analyzer import LRPAnalyzer  # noqa: E402
-from deeplight_bids.models.published_2d import (  # noqa: E402
+from deeplight_bids.lrp.analyzer import LRPAnalyzer
+from deeplight_bids.models.published_2d import (
     LSTM_SCOPES_2D,
     convert_published_2d,
     load_published_2d,
     lstm_to_keras,
 )
-from tests.models import reference_2d_numpy as reference  # noqa: E402
-from tests.models.test_two import FULL_SHAPE, brain_like_volumes, published_weights_path  # noqa: E402
+from tests.models import reference_2d_numpy as reference
+from tests.models.test_two import FULL_SHAPE, brain_like_volumes, published_weights_path
 
 pytestmark = pytest.mark.slow
 
