@@ -66,9 +66,10 @@ def find_weights(explicit=None):
 # -- 1. one batch size, in a child process ---------------------------------------------------
 
 def worker(batch, repeats, lrp_repeats, weights):
-    """Decode and decode + LRP at one batch size; prints one JSON line."""
-    import tensorflow as tf
+    """Decode and decode + LRP at one batch size (Keras backend from $KERAS_BACKEND); prints one JSON line."""
+    from keras import ops
 
+    from deeplight_bids import backend
     from deeplight_bids.lrp.analyzer import LRPAnalyzer
     from deeplight_bids.models.two import INPUT_SHAPE_2D, build_2d_deeplight
 
@@ -78,18 +79,18 @@ def worker(batch, repeats, lrp_repeats, weights):
         model = convert_published_2d(load_published_2d(weights))
     else:
         model = build_2d_deeplight()
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    forward = backend.compile_function(lambda x: model(x, training=False))
     rng = np.random.default_rng(0)
     x_np = rng.standard_normal((batch, *INPUT_SHAPE_2D)).astype(np.float32)
-    x = tf.constant(x_np)
+    x = ops.convert_to_tensor(x_np)
 
     start = time.perf_counter()
-    forward(x).numpy()  # trace + first run
+    ops.convert_to_numpy(forward(x))  # trace + first run
     decode_first = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        forward(x).numpy()
+        ops.convert_to_numpy(forward(x))
         times.append(time.perf_counter() - start)
     decode_best = min(times)
     rss_decode = peak_rss_mib()
@@ -193,8 +194,12 @@ def main(argv=None):
     parser.add_argument("--flow-volumes", type=int, default=405)
     parser.add_argument("--no-flow", action="store_true", help="skip the 405-volume participant run")
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"), help="markdown file to update ('' for none)")
+    parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None,
+                        help="Keras backend of the measurements (default: $KERAS_BACKEND, else tensorflow)")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.backend:  # before Keras is imported (workers inherit it)
+        os.environ["KERAS_BACKEND"] = args.backend
 
     if args.worker is not None:
         worker(args.worker, args.repeats, args.lrp_repeats, args.weights)

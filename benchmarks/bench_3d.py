@@ -31,6 +31,7 @@ that file are left as they are).
 import argparse
 import datetime
 import json
+import os
 import re
 import subprocess
 import sys
@@ -77,8 +78,6 @@ def _best(fn, repeats):
 # -- 1 + 2. one batch size, in a child process ---------------------------------------------------
 
 def worker(batch, repeats):
-    import tensorflow as tf  # noqa: F401
-
     from deeplight_bids.lrp.analyzer import LRPAnalyzer
     from deeplight_bids.models.decode import Decoder
     from deeplight_bids.models.three import INPUT_SHAPE_3D, to_model_order
@@ -275,9 +274,13 @@ def main(argv=None):
     parser.add_argument("--no-flow", action="store_true", help="skip preparation and the participant run")
     parser.add_argument("--no-workers", action="store_true", help="skip the decode / LRP measurements")
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"), help="markdown file to update ('' for none)")
+    parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None,
+                        help="Keras backend of the measurements (default: $KERAS_BACKEND, else tensorflow)")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--prep-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.backend:  # before Keras is imported (workers inherit it)
+        os.environ["KERAS_BACKEND"] = args.backend
 
     if args.worker is not None:
         worker(args.worker, args.repeats)

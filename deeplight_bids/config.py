@@ -41,6 +41,10 @@ class Config:
         Hz.
     lrp : bool
     lrp_target : {"predicted", "true"}
+    lrp_rule : {"published", "signed"}
+        2D LRP stabiliser: the original code's ``z + eps`` or ``z + eps * sign(z)``.
+    backend : {"tensorflow", "jax", "torch"}
+        Keras backend (``--backend``; set before Keras is imported).
     batch_size, nprocs : int
     overwrite, skip_bids_validation : bool
     save_tfrecords : bool
@@ -71,6 +75,8 @@ class Config:
     high_pass: float | None = 1.0 / 128
     lrp: bool = True
     lrp_target: str = "predicted"
+    lrp_rule: str = "published"
+    backend: str = "tensorflow"
     batch_size: int = 4
     nprocs: int = 0
     overwrite: bool = False
@@ -116,6 +122,8 @@ class Config:
             high_pass=args.high_pass,
             lrp=not args.no_lrp,
             lrp_target=args.lrp_target,
+            lrp_rule=getattr(args, "lrp_rule", "published"),
+            backend=getattr(args, "backend", None) or os.environ.get("KERAS_BACKEND", "tensorflow"),
             batch_size=int(args.batch_size),
             nprocs=int(args.nprocs or os.cpu_count() or 1),
             overwrite=bool(args.overwrite),

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from deeplight_bids import __version__
+from deeplight_bids.backend import versions as backend_versions
 from deeplight_bids.derivatives import naming
 from deeplight_bids.derivatives.writers import StreamingNifti4D, write_json, write_nifti, write_tsv
 from deeplight_bids.exceptions import DeepLightBidsError
@@ -69,8 +70,10 @@ class RunProcessor:
         if config.lrp:
             from deeplight_bids.lrp.analyzer import LRPAnalyzer
 
-            # reference section 7: iNNvestigate's preset B-flat for 3D, epsilon (LSTM rule included) for 2D
-            composite = "preset_b_flat" if dl_model.architecture == "3D" else "deeplight_2d"
+            # reference section 7: iNNvestigate's preset B-flat for 3D, epsilon (LSTM rule included) for 2D,
+            # stabilised as the original code (published) or sign-aware (--lrp-rule signed)
+            composite = ("preset_b_flat" if dl_model.architecture == "3D"
+                         else "deeplight_2d_signed" if config.lrp_rule == "signed" else "deeplight_2d")
             self.analyzer = LRPAnalyzer(dl_model.model, composite=composite, max_batch=max_batch)
         self.settings_hash = self._settings_hash()
 
@@ -81,6 +84,8 @@ class RunProcessor:
                     "state_map": self.user_state_map}
         if c.allow_approximate_space:  # only when set, so hashes of earlier outputs stay valid
             settings["allow_approximate_space"] = True
+        if self.dl_model.architecture == "2D":
+            settings["lrp_rule"] = c.lrp_rule
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # -- resume -------------------------------------------------------------------------
@@ -149,6 +154,7 @@ class RunProcessor:
         logits = np.zeros((n_vol, len(self.states)), dtype=np.float32)
         targets = np.full(n_vol, -1, dtype=int)
         sums, counts = {}, {}
+        conservation = np.full(n_vol, np.nan)  # sum of each map / its explained logit
         batches = _ModelOrderBatches(prepared)
         try:
             for start in range(0, n_vol, cfg.batch_size):
@@ -166,6 +172,9 @@ class RunProcessor:
                     batch_logits, relevance = self.analyzer.explain(x, target=target)
                     logits[start:stop] = batch_logits
                     targets[start:stop] = batch_logits.argmax(axis=1) if target is None else target
+                    explained = batch_logits[np.arange(stop - start), targets[start:stop]].astype(np.float64)
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        conservation[start:stop] = relevance.sum(axis=(1, 2, 3), dtype=np.float64) / explained
                     # (batch, z, y, x) C order is (batch, x, y, z) Fortran order per volume: the
                     # transposed view is what from_model_order would copy, and it goes into the
                     # NIfTI's column-major volumes (and the sums below) as contiguous copies.
@@ -194,7 +203,8 @@ class RunProcessor:
         accuracy = float((pred_idx[decodable] == true_idx[decodable]).mean()) if decodable.any() else None
         provenance = self._provenance(run, unmapped, not_decodable, state_map, space_transform)
         if self.analyzer is not None:
-            write_json(outputs["relevance_json"], self._relevance_sidecar(run, provenance), root=cfg.output_dir)
+            write_json(outputs["relevance_json"], self._relevance_sidecar(run, provenance, conservation),
+                       root=cfg.output_dir)
             self._save_state_sums(run, sums, counts)
         else:
             from deeplight_bids.derivatives.stale import remove_stale
@@ -268,6 +278,7 @@ class RunProcessor:
             "SettingsHash": self.settings_hash,
             "InputsDigest": _inputs_digest(run),
             "SoftwareVersion": __version__,
+            "ComputeBackend": backend_versions(),
         }
 
     def _predictions_sidecar(self, provenance, accuracy, n_labelled):
@@ -288,8 +299,9 @@ class RunProcessor:
             columns[f"prob_{state}"] = {"Description": f"softmax probability of state {state}", "Units": "arbitrary"}
         return {**columns, "Accuracy": accuracy, "NumberOfLabelledVolumes": n_labelled, **provenance}
 
-    def _relevance_sidecar(self, run, provenance):
+    def _relevance_sidecar(self, run, provenance, conservation):
         lrp = self.analyzer.description if self.analyzer is not None else {}
+        finite = conservation[np.isfinite(conservation)]
         return {
             "Description": "LRP relevance of each volume's decoding decision, one 3D map per volume, on the "
                            "MNI152NLin6Asym 2 mm reference grid (x, y, z as in the NIfTI); positive values "
@@ -301,7 +313,17 @@ class RunProcessor:
             "LRPTarget": self.config.lrp_target,
             "SpatialReference": (f"https://templateflow.s3.amazonaws.com/tpl-{REFERENCE_SPACE}/tpl-{REFERENCE_SPACE}"
                                  f"_res-0{REFERENCE_RES}_T1w.nii.gz"),
-            "Units": "arbitrary (relevance; sums to about the explained logit)",
+            "LRPRule": self.config.lrp_rule if self.dl_model.architecture == "2D" else "published",
+            "Units": "arbitrary (relevance)",
+            "Conservation": {
+                "Description": "sum of each volume's relevance map divided by its explained logit, over the run's "
+                               "volumes (1 = conserved; neither rule conserves by design: biases and the BN rule "
+                               "absorb relevance, and 2D's epsilon denominators can amplify it)",
+                "Median": float(np.median(finite)) if finite.size else None,
+                "Min": float(finite.min()) if finite.size else None,
+                "Max": float(finite.max()) if finite.size else None,
+                "NumberOfVolumes": int(finite.size),
+            },
             **provenance,
         }
 
@@ -643,23 +665,15 @@ def _validator_crash_line(text):
 
 
 def _configure_threads(nprocs):
-    """TensorFlow's thread pools for ``--nprocs``: ``nprocs`` intra-op threads, at most 2 inter-op.
+    """The Keras backend's thread pools for ``--nprocs`` (TensorFlow: intra-op N, inter-op at most 2).
 
-    Logs the settings in force (``TensorFlow threads: intra-op N, inter-op M``), so a
-    job's log shows that ``--nprocs`` was respected (e.g. a SLURM task's
-    ``--cpus-per-task``).
+    Logs the settings in force (e.g. ``TensorFlow threads: intra-op N, inter-op M``), so
+    a job's log shows that ``--nprocs`` was respected (e.g. a SLURM task's
+    ``--cpus-per-task``).  See :func:`deeplight_bids.backend.configure_threads`.
     """
-    import tensorflow as tf
+    from deeplight_bids import backend
 
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(int(nprocs))
-        tf.config.threading.set_inter_op_parallelism_threads(min(2, int(nprocs)))
-        note = ""
-    except RuntimeError:
-        note = " (TensorFlow was already initialised in this process; its earlier setting is kept)"
-    LOGGER.info("TensorFlow threads: intra-op %d, inter-op %d (--nprocs %d)%s",
-                tf.config.threading.get_intra_op_parallelism_threads(),
-                tf.config.threading.get_inter_op_parallelism_threads(), int(nprocs), note)
+    backend.configure_threads(nprocs, LOGGER)
 
 
 def _write_config(config):

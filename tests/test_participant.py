@@ -102,6 +102,10 @@ def test_relevance_maps(participant_run, synthetic_dataset):
     sidecar = json.loads(files["rel_json"].read_text())
     assert sidecar["RepetitionTime"] == synthetic_dataset.t_r
     assert sidecar["LRP"] and sidecar["Model"]["WeightsSHA256"]
+    assert sidecar["LRP"]["composite"] == "preset_b_flat" and sidecar["LRPRule"] == "published"
+    conservation = sidecar["Conservation"]
+    assert conservation["NumberOfVolumes"] == synthetic_dataset.n_volumes
+    assert conservation["Min"] <= conservation["Median"] <= conservation["Max"]
     # per-state means equal the mean of the per-volume maps of that target
     frame = pd.read_csv(files["pred"], sep="\t", na_values="n/a", keep_default_na=False)
     for state, rows in frame.groupby("lrp_target").groups.items():

@@ -120,10 +120,17 @@ def test_2d_predictions_and_sidecars(run_2d, synthetic_dataset, weights_dir):
         assert model["Architecture"] == "2D-DeepLight", key
         assert model["WeightsSHA256"] == SHA256_2D and model["WeightsFile"] == WEIGHTS_2D, key
         assert model["Name"] == "2D-pretrained" and model["States"] == list(PRETRAINED_STATES), key
-    lrp = json.loads(files["rel_json"].read_text())["LRP"]
+    relevance_sidecar = json.loads(files["rel_json"].read_text())
+    lrp = relevance_sidecar["LRP"]
     assert lrp["composite"] == "deeplight_2d" and lrp["epsilons"] == [1e-3]
+    assert relevance_sidecar["LRPRule"] == "published"
     rules = {entry["layer"]: entry["rule"] for entry in lrp["layers"]}
-    assert rules["bilstm"] == "LSTMEpsilon" and rules["conv_1"] == rules["linear"] == "Epsilon"
+    assert rules["bilstm"] == "LSTMEpsilon" and rules["conv_1"] == "Epsilon" and rules["linear"] == "PlusEpsilon"
+    # measured, not claimed: sum(R) / explained logit over the run's volumes
+    conservation = relevance_sidecar["Conservation"]
+    assert conservation["NumberOfVolumes"] == n_vol
+    assert conservation["Min"] <= conservation["Median"] <= conservation["Max"]
+    assert "sums to about" not in relevance_sidecar["Units"]
     assert rules["fold_slices"] == rules["unfold_slices"] == "Pass"
 
 

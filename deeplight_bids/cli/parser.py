@@ -173,6 +173,11 @@ def build_parser():
                          help="state whose logit LRP explains ('true' uses the labelled state; unlabelled "
                               "volumes then fall back to the predicted state)")
     g_model.add_argument("--no-lrp", action="store_true", help="decode only; write no relevance maps")
+    g_model.add_argument("--lrp-rule", choices=("published", "signed"), default="published",
+                         help="2D only: 'published' = the original 2D-DeepLight code's epsilon rule exactly "
+                              "(denominators z + eps, composite deeplight_2d); 'signed' = z + eps*sign(z) in the "
+                              "LSTM and output layer (composite deeplight_2d_signed), a deliberate deviation that "
+                              "avoids near-zero denominators. 3D always uses the published preset B-flat")
 
     g_prep = parser.add_argument_group("Preprocessing options (reference: DeepLight, Thomas et al. 2021)")
     g_prep.add_argument("--smoothing-fwhm", type=NonNegative, default=3.0, metavar="MM",
@@ -186,6 +191,9 @@ def build_parser():
     g_perf.add_argument("--batch-size", type=MinOne, default=4, metavar="N",
                         help="volumes read, decoded, explained and written per step; on CPU the network takes at most 4 "
                              "at a time (bounded memory), on a GPU the whole batch")
+    g_perf.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None,
+                        help="Keras backend that runs the models and LRP (default: $KERAS_BACKEND, else tensorflow); "
+                             "jax / torch need 'pip install deeplight-bids[jax]' / '[torch]'; recorded in the sidecars")
     g_perf.add_argument("-w", "--work-dir", type=Path, metavar="PATH",
                         help="scratch folder (default: OUTPUT_DIR/work; removable after a successful run)")
 

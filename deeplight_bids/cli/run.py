@@ -11,7 +11,7 @@ import signal
 import sys
 import warnings
 
-from deeplight_bids.exceptions import EXIT_INTERNAL, EXIT_OK, DeepLightBidsError, Interrupted, LoggedWarning
+from deeplight_bids.exceptions import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, DeepLightBidsError, Interrupted, LoggedWarning
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -63,6 +63,13 @@ def run(argv=None):
 
     args = parse_args(argv)
     setup_logging(args.verbose)
+    from deeplight_bids import backend
+
+    try:  # before anything imports Keras
+        backend.check_installed(backend.select_backend(args.backend))
+    except (ValueError, ImportError) as err:
+        print(f"deeplight-bids: error: --backend: {err}", file=sys.stderr)
+        return EXIT_USAGE
     config = Config.from_args(args)
 
     def _run():

@@ -129,12 +129,12 @@ def _digest(obj):
 
 
 def software_versions():
-    import keras
     import nibabel
     import nilearn
-    import tensorflow as tf
 
-    return {"deeplight_bids": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+    from deeplight_bids import backend
+
+    return {"deeplight_bids": __version__, **backend.versions(),
             "numpy": np.__version__, "nilearn": nilearn.__version__, "nibabel": nibabel.__version__,
             "python": platform.python_version()}
 

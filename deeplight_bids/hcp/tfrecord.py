@@ -148,7 +148,9 @@ def write_run_tfrecord(path, volumes, states, task_id, subject_id, run_id, tr, s
     int
         Number of examples written.
     """
-    import tensorflow as tf
+    from deeplight_bids.backend import tensorflow_or_exit
+
+    tf = tensorflow_or_exit("TFRecord export/reading (--save-tfrecords, HCP TFRecords)")
 
     states = [int(s) for s in states]
     for s in states:
@@ -182,7 +184,9 @@ def write_run_tfrecord(path, volumes, states, task_id, subject_id, run_id, tr, s
 
 def feature_spec():
     """The ``tf.io.parse_single_example`` spec of the schema."""
-    import tensorflow as tf
+    from deeplight_bids.backend import tensorflow_or_exit
+
+    tf = tensorflow_or_exit("TFRecord export/reading (--save-tfrecords, HCP TFRecords)")
 
     return {
         "volume": tf.io.FixedLenFeature([VOLUME_SIZE], tf.float32),
@@ -205,7 +209,9 @@ def read_tfrecord(path):
         ``subject_id``, ``run_id``, ``state`` as int; ``tr`` as float; ``onehot``
         int64 array of 20.
     """
-    import tensorflow as tf
+    from deeplight_bids.backend import tensorflow_or_exit
+
+    tf = tensorflow_or_exit("TFRecord export/reading (--save-tfrecords, HCP TFRecords)")
 
     spec = feature_spec()
     dataset = tf.data.TFRecordDataset([str(path)]).map(lambda record: tf.io.parse_single_example(record, spec))

@@ -5,13 +5,15 @@
 
 One call runs one forward pass in inference mode (dropout off, BN moving statistics),
 records every layer's input and output, and walks the layers backwards applying each
-layer's rule.  Both passes are one compiled ``tf.function``, traced once per input
-shape.  Memory grows with the batch; ``max_batch`` splits larger batches.
+layer's rule.  Both passes are one compiled function (``tf.function`` under TensorFlow,
+``jax.jit`` under JAX, eager under PyTorch; :mod:`deeplight_bids.backend`), traced once
+per input shape.  Memory grows with the batch; ``max_batch`` splits larger batches.
 """
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from deeplight_bids import backend
 from deeplight_bids.models.decode import in_chunks, join_chunks
 
 from .composites import get_composite
@@ -72,7 +74,7 @@ class LRPAnalyzer:
             check = getattr(rule, "check", None)
             if check is not None:
                 check(layer)
-        self._explain_graph = tf.function(self._forward_backward)
+        self._explain_graph = backend.compile_function(self._forward_backward, reduce_retracing=False)
         self.description = self._describe()
 
     def _forward_backward(self, x, target):
@@ -95,9 +97,9 @@ class LRPAnalyzer:
             linear_outputs.append(linear)
             layer_outputs.append(activation)
         logits = activation
-        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        target = tf.where(target < 0, predicted, target)
-        relevance = tf.one_hot(target, tf.shape(logits)[-1], dtype=logits.dtype) * logits
+        predicted = ops.cast(ops.argmax(logits, axis=-1), "int32")
+        target = ops.where(target < 0, predicted, target)
+        relevance = ops.one_hot(target, logits.shape[-1], dtype=logits.dtype) * logits
         for (layer, rule), x_in, y_out, linear in zip(reversed(self.layer_rules), reversed(layer_inputs),
                                                       reversed(layer_outputs), reversed(linear_outputs)):
             if linear is None:
@@ -134,9 +136,10 @@ class LRPAnalyzer:
         target_indices = self._check_target(target, len(x))
         logit_parts, relevance_parts = [], []
         for a, b in in_chunks(len(x), self.max_batch):
-            logits, relevance, _ = self._explain_graph(tf.constant(x[a:b]), tf.constant(target_indices[a:b]))
-            logit_parts.append(logits.numpy())
-            relevance_parts.append(relevance.numpy().astype(np.float32, copy=False))
+            logits, relevance, _ = self._explain_graph(ops.convert_to_tensor(x[a:b]),
+                                                       ops.convert_to_tensor(target_indices[a:b]))
+            logit_parts.append(ops.convert_to_numpy(logits))
+            relevance_parts.append(ops.convert_to_numpy(relevance).astype(np.float32, copy=False))
         logits, relevance = join_chunks(logit_parts), join_chunks(relevance_parts)
         if relevance.ndim >= 3 and relevance.shape[-1] == 1:
             relevance = relevance[..., 0]

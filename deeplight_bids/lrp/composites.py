@@ -16,11 +16,17 @@ Named presets live in :data:`COMPOSITES` (see :func:`get_composite`):
   ReLU / dropout / reshapes :class:`~.rules.Pass`.
 - ``"epsilon"``: 2D-DeepLight as published: :class:`~.rules.Epsilon` (1e-3) for every
   conv, dense and global average pooling layer, pass-throughs :class:`~.rules.Pass`.
-- ``"deeplight_2d"``: 2D-DeepLight as published (reference section 7):
-  :class:`~.rules.Epsilon` (1e-3) for the per-slice Conv2D layers and the dense output,
-  :class:`~.lstm.LSTMEpsilon` (1e-3) for the bidirectional LSTM (signal-take-all gates,
-  directions summed), :class:`~.rules.Pass` for slice folding/unfolding, dropout and
-  spatial dropout (the identity at inference).
+- ``"deeplight_2d"``: 2D-DeepLight as published (reference section 7), the original
+  code's equations exactly: :class:`~.rules.Epsilon` (1e-3) for the per-slice Conv2D
+  layers (the original divides by the post-ReLU output + eps; relevance is 0 wherever
+  that output is, so this is the same), :class:`~.rules.PlusEpsilon` (1e-3, ``z + eps``)
+  for the dense output, :class:`~.lstm.LSTMEpsilon` (1e-3, ``z + eps``) for the
+  bidirectional LSTM (signal-take-all gates, directions summed), :class:`~.rules.Pass`
+  for slice folding/unfolding, dropout and spatial dropout (the identity at inference).
+- ``"deeplight_2d_signed"``: the same with the sign-aware stabiliser ``z + eps * sign(z)``
+  in the LSTM and the dense layer (:class:`~.lstm.LSTMSignedEpsilon`,
+  :class:`~.rules.Epsilon`): a deliberate deviation from the published code that never
+  divides by a near-zero denominator; maps differ substantially from the published ones.
 """
 
 from . import rules, types
@@ -158,12 +164,14 @@ def epsilon_everywhere(epsilon=1e-3):
 
 @register_composite("deeplight_2d")
 def deeplight_2d(epsilon=1e-3):
-    """2D-DeepLight's published LRP: epsilon (1e-3) through convs, LSTM and the linear layer.
+    """2D-DeepLight's published LRP, the original code's equations: epsilon (1e-3), ``+eps`` stabiliser.
 
-    Per-slice ``Conv2D`` and ``Dense``: :class:`~.rules.Epsilon`; ``Bidirectional`` LSTM:
-    :class:`~.lstm.LSTMEpsilon` (the cell state's relevance split by epsilon, gates get
-    none, forward and backward input relevances summed); ``FoldSlices`` /
-    ``UnfoldSlices``, ``Dropout`` / ``SpatialDropout2D``: :class:`~.rules.Pass`.
+    Per-slice ``Conv2D``: :class:`~.rules.Epsilon`; ``Dense``: :class:`~.rules.PlusEpsilon`
+    (``src/modules/linear.py`` line 123 at 4a8eeaa); ``Bidirectional`` LSTM:
+    :class:`~.lstm.LSTMEpsilon` (``src/deeplight/two/_lstm.py`` lines 198-206: the cell
+    state's relevance split by epsilon, gates get none, forward and backward input
+    relevances summed); ``FoldSlices`` / ``UnfoldSlices``, ``Dropout`` /
+    ``SpatialDropout2D``: :class:`~.rules.Pass`.
     """
     from .lstm import LSTMEpsilon
 
@@ -171,11 +179,40 @@ def deeplight_2d(epsilon=1e-3):
         name="deeplight_2d",
         reference=(
             f"epsilon rule (epsilon {epsilon:g}) through the per-slice convs, the bidirectional LSTM (cell-state "
-            "split by epsilon, gates pass none, directions summed) and the linear layer, as published for 2D-DeepLight"
+            "split by epsilon, gates pass none, directions summed) and the linear layer, denominators z + eps "
+            "whatever the sign (athms/evaluating-deeplight-transfer@4a8eeaa src/deeplight/two/_lstm.py, "
+            "src/modules/linear.py), as published for 2D-DeepLight"
+        ),
+        layer_map=[
+            (types.Conv, rules.Epsilon(eps=epsilon)),
+            (types.Dense, rules.PlusEpsilon(eps=epsilon)),
+            (types.Recurrent, LSTMEpsilon(eps=epsilon)),
+            (types.PassThrough, rules.Pass()),
+        ],
+    )
+
+
+@register_composite("deeplight_2d_signed")
+def deeplight_2d_signed(epsilon=1e-3):
+    """:func:`deeplight_2d` with the sign-aware stabiliser ``z + eps * sign(z)`` (a deliberate deviation).
+
+    ``Conv2D`` and ``Dense``: :class:`~.rules.Epsilon`; ``Bidirectional`` LSTM:
+    :class:`~.lstm.LSTMSignedEpsilon` (Arras et al.'s ``lrp_linear`` form).  Avoids
+    near-zero denominators where a cell state or candidate pre-activation is near
+    ``-eps``; the maps differ substantially from the published code's.
+    """
+    from .lstm import LSTMSignedEpsilon
+
+    return Composite(
+        name="deeplight_2d_signed",
+        reference=(
+            f"epsilon rule (epsilon {epsilon:g}) through the per-slice convs, the bidirectional LSTM and the linear "
+            "layer with denominators z + eps*sign(z) (Arras et al. 2017): a deliberate deviation from the published "
+            "2D-DeepLight code (z + eps), which avoids near-zero denominators"
         ),
         layer_map=[
             (types.Conv + types.Dense, rules.Epsilon(eps=epsilon)),
-            (types.Recurrent, LSTMEpsilon(eps=epsilon)),
+            (types.Recurrent, LSTMSignedEpsilon(eps=epsilon)),
             (types.PassThrough, rules.Pass()),
         ],
     )

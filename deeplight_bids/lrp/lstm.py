@@ -7,71 +7,88 @@ with ``c_t = f_t * c_{t-1} + i_t * j_t`` and ``h_t = o_t * tanh(c_t)``:
   ``tanh`` pass it unchanged: gates pass none);
 - the relevance of ``c_t`` (from ``h_t`` plus what ``c_{t+1}`` handed down) splits
   between ``f_t * c_{t-1}`` and ``i_t * j_t`` by the epsilon rule on the sum ``c_t``:
-  ``R(a) = a / (c_t + eps * sign(c_t)) * R(c_t)``;
+  ``R(a) = a / stab(c_t) * R(c_t)``;
 - all of ``i_t * j_t``'s relevance goes to the candidate ``j_t``;
 - the candidate's relevance goes to ``x_t`` and ``h_{t-1}`` by the epsilon rule on its
   pre-activation ``z = W_x x_t + W_h h_{t-1} + b`` (``b`` holding both original
-  biases): ``R(x_t)_k = x_tk * sum_u W_x[k, u] R(j_t)_u / (z_u + eps * sign(z_u))``;
+  biases): ``R(x_t)_k = x_tk * sum_u W_x[k, u] R(j_t)_u / stab(z_u)``;
 - ``R(h_{t-1})`` joins ``R(c_{t-1})`` for the next step; at ``t = 0`` the zero initial
   state absorbs nothing.
 
-The backward direction is the same computation on the time-reversed sequence; the
-input relevances of both directions are summed.  ``sign(0)`` counts as +1, as in the
-original.  With zero biases and ``eps -> 0`` the total input relevance equals the
-total output relevance.
+Two stabilisers, two rules:
 
-Everything is computed from the layer's weights with TensorFlow ops (one
-``tf.function``, a ``tf.scan`` over time), batched; the layer's variables are only read.
+- :class:`LSTMEpsilon` (published): ``stab(z) = z + eps`` whatever the sign of ``z``, as
+  the original code does (athms/evaluating-deeplight-transfer at 4a8eeaa,
+  ``src/deeplight/two/_lstm.py`` lines 198-206: ``sign_out`` is +1 in both branches of
+  its ``tf.where``);
+- :class:`LSTMSignedEpsilon` (a deliberate deviation): ``stab(z) = z + eps * sign(z)``
+  with ``sign(0) = +1`` (Arras et al.'s ``lrp_linear``), which never divides by a
+  near-zero ``z`` near ``-eps``.
+
+The backward direction is the same computation on the time-reversed sequence; the
+input relevances of both directions are summed.  With zero biases and ``eps -> 0`` the
+total input relevance equals the total output relevance.
+
+Everything is computed from the layer's weights with ``keras.ops`` (a ``keras.ops.scan``
+over time, forward then backward), batched, on any Keras backend; the layer's
+variables are only read.
 """
 
-import tensorflow as tf
+from keras import ops
+
+from deeplight_bids import backend
 
 
-def _stabilize(z, eps):
-    """``z + eps * sign(z)``, with sign(0) = +1."""
-    return z + eps * tf.where(z >= 0, tf.ones_like(z), -tf.ones_like(z))
+def _stabilize(z, eps, signed):
+    """``z + eps * sign(z)`` (sign(0) = +1) when ``signed``, else ``z + eps`` (the original's)."""
+    if not signed:
+        return z + eps
+    return z + eps * ops.where(z >= 0, ops.ones_like(z), -ops.ones_like(z))
 
 
-@tf.function(reduce_retracing=True)
-def _direction_relevance(kernel, recurrent_kernel, bias, x_seq, relevance_h, eps):
+def _direction_relevance(kernel, recurrent_kernel, bias, x_seq, relevance_h, eps, signed):
     """LRP for one LSTM direction reading ``x_seq`` in the given order.
 
     Parameters
     ----------
-    kernel : Tensor, shape (features, 4 * units)
+    kernel : tensor, shape (features, 4 * units)
         Keras layout, gate blocks i, f, c, o.
-    recurrent_kernel : Tensor, shape (units, 4 * units)
-    bias : Tensor, shape (4 * units,)
-    x_seq : Tensor, shape (batch, T, features)
-    relevance_h : Tensor, shape (batch, units)
+    recurrent_kernel : tensor, shape (units, 4 * units)
+    bias : tensor, shape (4 * units,)
+    x_seq : tensor, shape (batch, T, features)
+    relevance_h : tensor, shape (batch, units)
         Relevance at the final hidden state.
-    eps : Tensor, scalar
+    eps : tensor, scalar
+    signed : bool
+        Stabiliser ``z + eps * sign(z)`` (True) or ``z + eps`` (False, the original's).
 
     Returns
     -------
-    Tensor, shape (batch, T, features)
+    tensor, shape (batch, T, features)
     """
-    units = tf.shape(recurrent_kernel)[0]
-    batch = tf.shape(x_seq)[0]
-    x_time = tf.transpose(x_seq, (1, 0, 2))  # (T, batch, features)
-    zx = tf.einsum("tbf,fg->tbg", x_time, kernel) + bias
+    units = recurrent_kernel.shape[0]
+    x_time = ops.transpose(x_seq, (1, 0, 2))  # (T, batch, features)
+    zx = ops.einsum("tbf,fg->tbg", x_time, kernel) + bias
 
+    # TensorFlow's scan wants each step's output shaped like the carry: both are the
+    # stacked per-step state.
     def step(state, zx_t):
         h_prev, c_prev = state[0], state[1]
-        z = zx_t + tf.matmul(h_prev, recurrent_kernel)
-        z_i, z_f, z_j, z_o = tf.split(z, 4, axis=-1)
-        i, f, o = tf.sigmoid(z_i), tf.sigmoid(z_f), tf.sigmoid(z_o)
-        j = tf.tanh(z_j)
+        z = zx_t + ops.matmul(h_prev, recurrent_kernel)
+        z_i, z_f, z_j, z_o = ops.split(z, 4, axis=-1)
+        i, f, o = ops.sigmoid(z_i), ops.sigmoid(z_f), ops.sigmoid(z_o)
+        j = ops.tanh(z_j)
         c = f * c_prev + i * j
-        h = o * tf.tanh(c)
+        h = o * ops.tanh(c)
         # Kept per step: h_t, c_t, f*c_{t-1}, i*j, z_j.
-        return tf.stack([h, c, f * c_prev, i * j, z_j])
+        new = ops.stack([h, c, f * c_prev, i * j, z_j])
+        return new, new
 
-    zeros = tf.zeros(tf.stack([batch, units]), dtype=x_seq.dtype)
-    init = tf.stack([zeros, zeros, zeros, zeros, zeros])
-    states = tf.scan(step, zx, initializer=init)  # (T, 5, batch, units)
-    h_all, c_all, fc_all, ij_all, zj_all = tf.unstack(states, axis=1)
-    h_prev_all = tf.concat([zeros[None], h_all[:-1]], axis=0)  # h_{t-1}, zero at t = 0
+    zeros = ops.zeros_like(relevance_h)  # (batch, units)
+    init = ops.stack([zeros, zeros, zeros, zeros, zeros])
+    _, states = ops.scan(step, init, zx)  # (T, 5, batch, units)
+    h_all, c_all, fc_all, ij_all, zj_all = (states[:, k] for k in range(5))
+    h_prev_all = ops.concatenate([zeros[None], h_all[:-1]], axis=0)  # h_{t-1}, zero at t = 0
 
     w_x_j = kernel[:, 2 * units : 3 * units]  # (features, units)
     w_h_j = recurrent_kernel[:, 2 * units : 3 * units]  # (units, units)
@@ -80,19 +97,20 @@ def _direction_relevance(kernel, recurrent_kernel, bias, x_seq, relevance_h, eps
         relevance_h_t, relevance_c_next = carry[0], carry[1]
         c_t, fc_t, ij_t, zj_t, h_prev = per_t[0], per_t[1], per_t[2], per_t[3], per_t[4]
         relevance_c = relevance_c_next + relevance_h_t
-        share = relevance_c / _stabilize(c_t, eps)
+        share = relevance_c / _stabilize(c_t, eps, signed)
         relevance_c_prev = fc_t * share
         relevance_j = ij_t * share
-        s_j = relevance_j / _stabilize(zj_t, eps)
-        relevance_h_prev = h_prev * tf.matmul(s_j, w_h_j, transpose_b=True)
-        return tf.stack([relevance_h_prev, relevance_c_prev, s_j])
+        s_j = relevance_j / _stabilize(zj_t, eps, signed)
+        relevance_h_prev = h_prev * ops.matmul(s_j, ops.transpose(w_h_j))
+        new = ops.stack([relevance_h_prev, relevance_c_prev, s_j])
+        return new, new
 
-    per_t = tf.stack([c_all, fc_all, ij_all, zj_all, h_prev_all], axis=1)  # (T, 5, batch, units)
-    init_back = tf.stack([relevance_h, tf.zeros_like(relevance_h), tf.zeros_like(relevance_h)])
-    carried = tf.scan(back, per_t, initializer=init_back, reverse=True)  # (T, 3, batch, units)
+    per_t = ops.stack([c_all, fc_all, ij_all, zj_all, h_prev_all], axis=1)  # (T, 5, batch, units)
+    init_back = ops.stack([relevance_h, zeros, zeros])
+    _, carried = ops.scan(back, init_back, per_t, reverse=True)  # (T, 3, batch, units)
     s_j_all = carried[:, 2]  # (T, batch, units)
-    relevance_x = x_time * tf.einsum("tbu,fu->tbf", s_j_all, w_x_j)
-    return tf.transpose(relevance_x, (1, 0, 2))
+    relevance_x = x_time * ops.einsum("tbu,fu->tbf", s_j_all, w_x_j)
+    return ops.transpose(relevance_x, (1, 0, 2))
 
 
 def _lstm_weights(lstm, dtype):
@@ -109,16 +127,16 @@ def _lstm_weights(lstm, dtype):
             f"LSTM {lstm.name}: the LRP rule needs activation tanh and recurrent_activation sigmoid; "
             f"got {activation} and {recurrent}"
         )
-    kernel = tf.cast(tf.convert_to_tensor(cell.kernel), dtype)
-    recurrent_kernel = tf.cast(tf.convert_to_tensor(cell.recurrent_kernel), dtype)
+    kernel = ops.cast(backend.read(cell.kernel), dtype)
+    recurrent_kernel = ops.cast(backend.read(cell.recurrent_kernel), dtype)
     if cell.use_bias:
-        bias = tf.cast(tf.convert_to_tensor(cell.bias), dtype)
+        bias = ops.cast(backend.read(cell.bias), dtype)
     else:
-        bias = tf.zeros((4 * cell.units,), dtype=dtype)
+        bias = ops.zeros((4 * cell.units,), dtype=dtype)
     return kernel, recurrent_kernel, bias
 
 
-def lstm_relevance(bilstm_layer, x_seq, relevance_out, eps=1e-3):
+def lstm_relevance(bilstm_layer, x_seq, relevance_out, eps=1e-3, signed=False):
     """Relevance at the input sequence of a bidirectional LSTM (reference section 7).
 
     Parameters
@@ -126,17 +144,19 @@ def lstm_relevance(bilstm_layer, x_seq, relevance_out, eps=1e-3):
     bilstm_layer : keras.layers.Bidirectional
         Wrapping an LSTM (tanh / sigmoid), ``merge_mode="concat"``,
         ``return_sequences=False``; e.g. layer ``bilstm`` of 2D-DeepLight.
-    x_seq : array or Tensor, shape (batch, T, features)
+    x_seq : array or tensor, shape (batch, T, features)
         The layer's input (2D-DeepLight: the ``T = z`` flattened slices, bottom to top).
         Computation runs in its dtype when that is float32/float64, else float32.
-    relevance_out : array or Tensor, shape (batch, 2 * units)
+    relevance_out : array or tensor, shape (batch, 2 * units)
         Relevance at the concatenated final hidden states, forward first.
     eps : float
         Epsilon of the stabiliser (1e-3 as published).
+    signed : bool
+        False (published): stabiliser ``z + eps``; True: ``z + eps * sign(z)``.
 
     Returns
     -------
-    Tensor, shape (batch, T, features)
+    tensor, shape (batch, T, features)
         Input relevance, forward and backward directions summed.
     """
     import keras
@@ -152,31 +172,33 @@ def lstm_relevance(bilstm_layer, x_seq, relevance_out, eps=1e-3):
     if forward.go_backwards or not backward.go_backwards:
         raise ValueError(f"{bilstm_layer.name}: expected a forward layer and a go_backwards=True backward layer")
 
-    x_seq = tf.convert_to_tensor(x_seq)
-    dtype = x_seq.dtype if x_seq.dtype in (tf.float32, tf.float64) else tf.float32
-    x_seq = tf.cast(x_seq, dtype)
-    relevance_out = tf.cast(tf.convert_to_tensor(relevance_out), dtype)
+    x_seq = ops.convert_to_tensor(x_seq)
+    dtype = "float64" if keras.backend.standardize_dtype(x_seq.dtype) == "float64" else "float32"
+    x_seq = ops.cast(x_seq, dtype)
+    relevance_out = ops.cast(ops.convert_to_tensor(relevance_out), dtype)
     units = forward.units
-    if x_seq.shape.rank != 3 or relevance_out.shape.rank != 2 or relevance_out.shape[-1] != 2 * units:
+    if len(x_seq.shape) != 3 or len(relevance_out.shape) != 2 or relevance_out.shape[-1] != 2 * units:
         raise ValueError(
             f"expected x_seq (batch, T, features) and relevance_out (batch, {2 * units}); "
             f"got {tuple(x_seq.shape)} and {tuple(relevance_out.shape)}"
         )
-    eps = tf.constant(eps, dtype=dtype)
+    eps = ops.cast(eps, dtype)
 
-    relevance_fw = _direction_relevance(*_lstm_weights(forward, dtype), x_seq, relevance_out[:, :units], eps)
-    x_reversed = tf.reverse(x_seq, axis=[1])
-    relevance_bw = _direction_relevance(*_lstm_weights(backward, dtype), x_reversed, relevance_out[:, units:], eps)
-    return relevance_fw + tf.reverse(relevance_bw, axis=[1])
+    relevance_fw = _direction_relevance(*_lstm_weights(forward, dtype), x_seq, relevance_out[:, :units], eps, bool(signed))
+    x_reversed = ops.flip(x_seq, axis=1)
+    relevance_bw = _direction_relevance(*_lstm_weights(backward, dtype), x_reversed, relevance_out[:, units:], eps, bool(signed))
+    return relevance_fw + ops.flip(relevance_bw, axis=1)
 
 
 class LSTMEpsilon:
-    """:func:`lstm_relevance` as a layer rule, called like the rules of :mod:`deeplight_bids.lrp.rules`.
+    """:func:`lstm_relevance` as a layer rule, stabilised as published (``z + eps``).
 
     ``relevance_in = rule(layer, x_in, relevance_out, y_out=None)`` for a
     ``keras.layers.Bidirectional`` LSTM layer (e.g. ``bilstm`` of 2D-DeepLight), so a
     composite can map ``(keras.layers.Bidirectional,)`` to it.  Works eagerly and inside
-    a ``tf.function``.
+    a compiled function, on any Keras backend.  The cell-state split and the candidate's pre-activation are
+    stabilised with ``+eps`` whatever their sign, as in the original code
+    (``src/deeplight/two/_lstm.py`` lines 198-206 at 4a8eeaa).
 
     Parameters
     ----------
@@ -184,24 +206,40 @@ class LSTMEpsilon:
         Epsilon of the stabiliser (1e-3 as published for 2D-DeepLight).
     """
 
+    #: Stabiliser ``z + eps * sign(z)`` (True) or ``z + eps`` (False).
+    signed = False
+
     def __init__(self, eps=1e-3):
         if not eps > 0:
-            raise ValueError(f"LSTMEpsilon needs eps > 0; got {eps}")
+            raise ValueError(f"{type(self).__name__} needs eps > 0; got {eps}")
         self.eps = float(eps)
 
     def __call__(self, layer, x_in, relevance_out, y_out=None):
-        return lstm_relevance(layer, x_in, relevance_out, eps=self.eps)
+        return lstm_relevance(layer, x_in, relevance_out, eps=self.eps, signed=self.signed)
 
     def describe(self):
         """JSON-serialisable description for output sidecars."""
+        stabiliser = "eps*sign(z)" if self.signed else "eps (whatever the sign of z, as the original code)"
         return {
-            "rule": "LSTMEpsilon",
+            "rule": type(self).__name__,
             "epsilon": self.eps,
             "formula": (
                 "h_T -> c_T; R(c_t) split between f*c_{t-1} and i*j by epsilon on c_t; gates get none; "
-                "R(j) -> x_t, h_{t-1} by epsilon on j's pre-activation (both biases); directions summed"
+                "R(j) -> x_t, h_{t-1} by epsilon on j's pre-activation (both biases); directions summed; "
+                f"denominators z + {stabiliser}"
             ),
         }
 
     def __repr__(self):
-        return f"LSTMEpsilon(eps={self.eps!r})"
+        return f"{type(self).__name__}(eps={self.eps!r})"
+
+
+class LSTMSignedEpsilon(LSTMEpsilon):
+    """:class:`LSTMEpsilon` with the sign-aware stabiliser ``z + eps * sign(z)`` (``sign(0) = +1``).
+
+    A deliberate deviation from the published code (Arras et al.'s ``lrp_linear``): no
+    denominator comes near zero when ``z`` is near ``-eps``.  Changes 2D maps
+    substantially on the published weights.
+    """
+
+    signed = True

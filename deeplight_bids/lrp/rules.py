@@ -21,9 +21,15 @@ against iNNvestigate 2.1.2 itself:
 - ``sign_stabilise(z, eps) = z + eps * (+1 if z >= 0 else -1)`` (epsilon rule, BN);
 - ``safe_divide(a, b) = a / (b + 1e-7 * (b == 0))`` (alpha-beta, flat, z-rule, BN), where
   1e-7 is Keras' ``backend.epsilon()``.
+
+Everything is written with ``keras.ops`` and runs on the TensorFlow, JAX and PyTorch
+backends; the gradient and the fused element-wise kernels come from
+:mod:`deeplight_bids.backend`.
 """
 
-import tensorflow as tf
+from keras import ops
+
+from deeplight_bids import backend
 
 from . import types
 
@@ -33,20 +39,20 @@ KERAS_EPSILON = 1e-7
 
 def sign_stabilise(z, eps):
     """``z + eps * sign(z)`` with ``sign(0) = +1`` (same shape as ``z``)."""
-    return z + eps * tf.where(z >= 0, tf.ones_like(z), -tf.ones_like(z))
+    return z + eps * ops.where(z >= 0, ops.ones_like(z), -ops.ones_like(z))
 
 
 def safe_divide(a, b, factor=KERAS_EPSILON):
     """``a / b`` where exact zeros of ``b`` are replaced by ``factor`` (iNNvestigate's ``safe_divide``)."""
     # where(b == 0, factor, b) is b + factor * (b == 0) exactly, in two element-wise ops instead of four
-    return a / tf.where(tf.equal(b, 0), tf.cast(factor, b.dtype), b)
+    return a / ops.where(ops.equal(b, 0), ops.cast(factor, b.dtype), b)
 
 
 # Element-wise parts of the rules, each compiled by XLA into one fused loop: on the full
 # grid an unfused chain of a dozen element-wise ops over (batch, 91, 109, 91, 8) tensors
 # costs about as much as the convolutions themselves.  The convolutions stay outside
-# (TensorFlow's oneDNN kernels are much faster on CPU than XLA's).
-@tf.function(jit_compile=True, reduce_retracing=True)
+# (TensorFlow's oneDNN kernels are much faster on CPU than XLA's).  Under JAX the whole
+# analyzer is one XLA program anyway; under PyTorch these stay eager (backend.fused).
 def _alpha_beta_weights(z_plain, z_abs, relevance_out, bias, alpha, beta):
     """``(alpha s_a - beta s_i, alpha s_a + beta s_i)`` from ``W x``, ``|W| |x|`` and the bias."""
     z_activating = 0.5 * (z_plain + z_abs)
@@ -59,7 +65,6 @@ def _alpha_beta_weights(z_plain, z_abs, relevance_out, bias, alpha, beta):
     return s_activating - s_inhibiting, s_activating + s_inhibiting
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
 def _epsilon_weights(z, relevance_out, eps):
     """``relevance_out / (z + eps * sign(z))`` in one fused loop."""
     return relevance_out / sign_stabilise(z, eps)
@@ -69,11 +74,19 @@ def _alpha_beta_reduce(x, abs_x, grad_plain, grad_abs):  # (XLA measured slower 
     return 0.5 * (x * grad_plain + abs_x * grad_abs)
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
 def _batch_norm_scale(x, y, relevance_out, mean, beta):
     numerator = x * (y - beta) * relevance_out if beta is not None else x * y * relevance_out
     return safe_divide(numerator, sign_stabilise((x - mean) * y, KERAS_EPSILON))
 
+
+_FUSED = {}
+
+
+def _fused(fn):
+    """``fn`` through :func:`deeplight_bids.backend.fused`, wrapped once per process (on first use)."""
+    if fn not in _FUSED:
+        _FUSED[fn] = backend.fused(fn)
+    return _FUSED[fn]
 
 
 def _check_linear(layer):
@@ -97,22 +110,22 @@ def linear_forward(layer, x, kernel, bias):
     ----------
     layer : keras.layers.Conv2D | Conv3D | Dense
         Supplies strides, padding, dilation (its own variables are not used).
-    x : tf.Tensor
+    x : tensor
         ``(batch, ..., in_channels)``.
-    kernel : tf.Tensor
+    kernel : tensor
         ``(*kernel_size, in_channels, out_channels)`` (conv) or ``(in, out)`` (dense).
-    bias : tf.Tensor or None
+    bias : tensor or None
         ``(out_channels,)``; ``None`` for no bias.
 
     Returns
     -------
-    tf.Tensor
+    tensor
         ``(batch, ..., out_channels)``, no activation applied.
     """
     if isinstance(layer, types.Conv):
         z = layer.convolution_op(x, kernel)
     else:
-        z = tf.matmul(x, kernel) if x.shape.rank == 2 else tf.tensordot(x, kernel, axes=[[-1], [0]])
+        z = ops.matmul(x, kernel) if len(x.shape) == 2 else ops.tensordot(x, kernel, axes=[[-1], [0]])
     if bias is not None:
         z = z + bias
     return z
@@ -120,8 +133,8 @@ def linear_forward(layer, x, kernel, bias):
 
 def layer_parameters(layer):
     """``(kernel, bias)`` of a conv or dense layer as tensors (bias ``None`` when unused)."""
-    kernel = tf.convert_to_tensor(layer.kernel)
-    bias = tf.convert_to_tensor(layer.bias) if layer.use_bias else None
+    kernel = backend.read(layer.kernel)
+    bias = backend.read(layer.bias) if layer.use_bias else None
     return kernel, bias
 
 
@@ -147,27 +160,24 @@ class Rule:
         ----------
         layer : keras.layers.Layer
             One of :attr:`supported`.
-        x_in : tf.Tensor
+        x_in : tensor
             The layer's input from the forward pass, ``(batch, ...)``.
-        relevance_out : tf.Tensor
+        relevance_out : tensor
             Relevance of the layer's output, the output's shape.
-        y_out : tf.Tensor, optional
+        y_out : tensor, optional
             The layer's output from the forward pass (used by rules that need it).
 
         Returns
         -------
-        tf.Tensor
+        tensor
             Relevance of the input, ``x_in``'s shape and dtype.
         """
         self.check(layer)
-        x_in = tf.convert_to_tensor(x_in)
-        relevance_out = tf.convert_to_tensor(relevance_out, dtype=x_in.dtype)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            inputs = self.modify_input(x_in)
-            tape.watch(inputs)
-            z = self.forward(layer, inputs)
-        output_gradient = self.output_gradient(z, relevance_out)
-        gradient = tape.gradient(z, inputs, output_gradients=output_gradient)
+        x_in = ops.convert_to_tensor(x_in)
+        relevance_out = ops.cast(relevance_out, x_in.dtype)
+        inputs = self.modify_input(x_in)
+        (gradient,) = backend.vjp(lambda a: self.forward(layer, a), [inputs],
+                                  lambda z: self.output_gradient(z, relevance_out))
         return self.reduce(inputs, gradient)
 
     def check(self, layer):
@@ -230,10 +240,33 @@ class Epsilon(Rule):
         return super().forward(layer, inputs)
 
     def output_gradient(self, z, relevance_out):
-        return _epsilon_weights(z, relevance_out, tf.constant(self.eps, z.dtype))
+        return _fused(_epsilon_weights)(z, relevance_out, ops.cast(self.eps, z.dtype))
 
     def describe(self):
         return {"rule": "Epsilon", "epsilon": self.eps, "formula": "R_in = x * W^T (R_out / (z + eps*sign(z))), bias in z"}
+
+
+class PlusEpsilon(Epsilon):
+    """Epsilon rule stabilised with ``+eps`` whatever the sign: ``R_in = x * W^T (R_out / (z + eps))``.
+
+    2D-DeepLight's original code (athms/evaluating-deeplight-transfer at 4a8eeaa,
+    ``src/modules/linear.py`` line 123: ``self.R/(self.activations+epsilon)``) for its
+    linear output layer.  It differs from :class:`Epsilon` only where ``z < 0`` (e.g. a
+    negative explained logit), and a ``z`` near ``-eps`` makes the denominator near zero:
+    reproduce the published maps with it; :class:`Epsilon` is the sign-aware choice.
+
+    Parameters
+    ----------
+    eps : float
+        Added to the denominator, > 0.
+    """
+
+    def output_gradient(self, z, relevance_out):
+        return relevance_out / (z + ops.cast(self.eps, z.dtype))
+
+    def describe(self):
+        return {"rule": "PlusEpsilon", "epsilon": self.eps,
+                "formula": "R_in = x * W^T (R_out / (z + eps)), +eps whatever the sign of z (2D-DeepLight's code), bias in z"}
 
 
 class AlphaBeta(Rule):
@@ -289,18 +322,21 @@ class AlphaBeta(Rule):
 
     def __call__(self, layer, x_in, relevance_out, y_out=None, linear_out=None):
         self.check(layer)
-        x_in = tf.convert_to_tensor(x_in)
-        relevance_out = tf.convert_to_tensor(relevance_out, dtype=x_in.dtype)
+        x_in = ops.convert_to_tensor(x_in)
+        relevance_out = ops.cast(relevance_out, x_in.dtype)
         kernel, bias = layer_parameters(layer)
-        abs_x = tf.abs(x_in)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch([x_in, abs_x])
-            z_plain = linear_forward(layer, x_in, kernel, None)
-            z_abs = linear_forward(layer, abs_x, tf.abs(kernel), None)
-        recorded = z_plain if linear_out is None else tf.convert_to_tensor(linear_out, dtype=x_in.dtype)
-        weights_plain, weights_abs = _alpha_beta_weights(recorded, z_abs, relevance_out, bias, self.alpha, self.beta)
-        grad_plain, grad_abs = tape.gradient(
-            [z_plain, z_abs], [x_in, abs_x], output_gradients=[weights_plain, weights_abs]
+        abs_x = ops.abs(x_in)
+        abs_kernel = ops.abs(kernel)
+
+        def weights(outputs):
+            z_plain, z_abs = outputs
+            recorded = z_plain if linear_out is None else ops.cast(linear_out, x_in.dtype)
+            return _fused(_alpha_beta_weights)(recorded, z_abs, relevance_out, bias, self.alpha, self.beta)
+
+        # Both transposed convolutions from one vector-Jacobian product of the two forwards.
+        grad_plain, grad_abs = backend.vjp(
+            lambda a, b: [linear_forward(layer, a, kernel, None), linear_forward(layer, b, abs_kernel, None)],
+            [x_in, abs_x], weights,
         )
         return _alpha_beta_reduce(x_in, abs_x, grad_plain, grad_abs)
 
@@ -314,7 +350,7 @@ class AlphaBeta(Rule):
     def finish_forward(layer, linear):
         """The layer's output from its :meth:`linear_output`: bias added, fused activation applied."""
         if layer.use_bias:
-            linear = linear + tf.convert_to_tensor(layer.bias)
+            linear = linear + backend.read(layer.bias)
         return layer.activation(linear) if getattr(layer, "activation", None) is not None else linear
 
     def describe(self):
@@ -344,27 +380,24 @@ class Flat(Rule):
         # (in-bounds inputs of j), and W1^T s = box sum of the channel sum of s, the same
         # for every input channel (the same sums as the generic recipe, in another order).
         self.check(layer)
-        x_in = tf.convert_to_tensor(x_in)
-        relevance_out = tf.convert_to_tensor(relevance_out, dtype=x_in.dtype)
+        x_in = ops.convert_to_tensor(x_in)
+        relevance_out = ops.cast(relevance_out, x_in.dtype)
         kernel_shape = tuple(layer.kernel.shape)
         in_channels = kernel_shape[-2]
-        ones_kernel = tf.ones((*kernel_shape[:-2], 1, 1), dtype=x_in.dtype)
-        one_sample = tf.ones(tf.concat([[1], tf.shape(x_in)[1:-1], [1]], axis=0), dtype=x_in.dtype)
+        ones_kernel = ops.ones((*kernel_shape[:-2], 1, 1), dtype=x_in.dtype)
+        one_sample = ops.ones((1, *x_in.shape[1:-1], 1), dtype=x_in.dtype)
         counts = layer.convolution_op(one_sample, ones_kernel)
-        weights = tf.reduce_sum(safe_divide(relevance_out, counts * float(in_channels)), axis=-1, keepdims=True)
-        ones_in = tf.ones(tf.concat([tf.shape(x_in)[:-1], [1]], axis=0), dtype=x_in.dtype)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(ones_in)
-            z = layer.convolution_op(ones_in, ones_kernel)
-        spread = tape.gradient(z, ones_in, output_gradients=weights)
-        return tf.broadcast_to(spread, tf.shape(x_in)) if in_channels != 1 else spread
+        weights = ops.sum(safe_divide(relevance_out, counts * float(in_channels)), axis=-1, keepdims=True)
+        ones_in = ops.ones_like(x_in[..., :1])
+        (spread,) = backend.vjp(lambda a: layer.convolution_op(a, ones_kernel), [ones_in], weights)
+        return ops.broadcast_to(spread, ops.shape(x_in)) if in_channels != 1 else spread
 
     def modify_input(self, x):
-        return tf.ones_like(x)
+        return ops.ones_like(x)
 
     def forward(self, layer, inputs):
         kernel, _ = layer_parameters(layer)
-        return linear_forward(layer, inputs, tf.ones_like(kernel), None)
+        return linear_forward(layer, inputs, ops.ones_like(kernel), None)
 
     def describe(self):
         return {"rule": "Flat", "formula": "weights = 1, bias dropped, input = 1: uniform over the receptive field"}
@@ -400,7 +433,7 @@ class Pass(Rule):
 
     def __call__(self, layer, x_in, relevance_out, y_out=None):
         self.check(layer)
-        return tf.reshape(relevance_out, tf.shape(x_in))
+        return ops.reshape(relevance_out, ops.shape(x_in))
 
     def check(self, layer):
         super().check(layer)
@@ -430,12 +463,12 @@ class BatchNormScale(Rule):
 
     def __call__(self, layer, x_in, relevance_out, y_out=None):
         self.check(layer)
-        x_in = tf.convert_to_tensor(x_in)
-        relevance_out = tf.convert_to_tensor(relevance_out, dtype=x_in.dtype)
-        y = layer(x_in, training=False) if y_out is None else tf.convert_to_tensor(y_out)
+        x_in = ops.convert_to_tensor(x_in)
+        relevance_out = ops.cast(relevance_out, x_in.dtype)
+        y = layer(x_in, training=False) if y_out is None else ops.convert_to_tensor(y_out)
         mean = self._broadcastable(layer, layer.moving_mean, x_in)
         beta = self._broadcastable(layer, layer.beta, x_in) if layer.center else None
-        return _batch_norm_scale(x_in, y, relevance_out, mean, beta)
+        return _fused(_batch_norm_scale)(x_in, y, relevance_out, mean, beta)
 
     @staticmethod
     def _broadcastable(layer, parameter, x):
@@ -444,10 +477,10 @@ class BatchNormScale(Rule):
             if len(axis) != 1:
                 raise ValueError(f"BatchNormScale supports one normalised axis; layer {layer.name!r} has {axis}")
             axis = axis[0]
-        rank = x.shape.rank
+        rank = len(x.shape)
         shape = [1] * rank
         shape[axis % rank] = -1
-        return tf.reshape(tf.cast(parameter, x.dtype), shape)
+        return ops.reshape(ops.cast(backend.read(parameter), x.dtype), shape)
 
     def describe(self):
         return {

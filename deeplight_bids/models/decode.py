@@ -12,9 +12,9 @@ CPU_NETWORK_BATCH = 4
 
 def network_batch_limit():
     """Most volumes per network call: :data:`CPU_NETWORK_BATCH` on CPU, ``None`` (no limit) with a GPU."""
-    import tensorflow as tf
+    from deeplight_bids import backend
 
-    return None if tf.config.list_physical_devices("GPU") else CPU_NETWORK_BATCH
+    return None if backend.has_gpu() else CPU_NETWORK_BATCH
 
 
 def in_chunks(n, max_batch):
@@ -49,13 +49,16 @@ class Decoder:
     """
 
     def __init__(self, model, max_batch=None):
-        import tensorflow as tf
+        from deeplight_bids import backend
 
         self.model = model
         self.max_batch = max_batch
-        self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        self._forward = backend.compile_function(lambda x: model(x, training=False))
 
     def logits(self, x):
         """Logits ``(batch, n_states)`` float32 for model-order input ``(batch, z, y, x, 1)``."""
+        from keras import ops
+
         x = np.asarray(x, dtype=np.float32)
-        return join_chunks([np.asarray(self._forward(x[a:b])) for a, b in in_chunks(len(x), self.max_batch)])
+        return join_chunks([ops.convert_to_numpy(self._forward(ops.convert_to_tensor(x[a:b])))
+                            for a, b in in_chunks(len(x), self.max_batch)])

@@ -204,7 +204,7 @@ def check_arrays_2d(arrays, n_states=16, lstm_input=768, units=64):
     return named
 
 
-def lstm_to_keras(weights_xh, biases_xh, weights_hh, biases_hh, forget_bias=FORGET_BIAS):
+def lstm_to_keras(weights_xh, biases_xh, weights_hh, biases_hh, forget_bias=FORGET_BIAS, dtype=np.float32):
     """Convert one original LSTM direction to Keras ``[kernel, recurrent_kernel, bias]``.
 
     Parameters
@@ -217,6 +217,9 @@ def lstm_to_keras(weights_xh, biases_xh, weights_hh, biases_hh, forget_bias=FORG
     biases_hh : array, shape (4 * units,)
     forget_bias : float
         Added to the forget block (the original adds it at run time).
+    dtype : numpy dtype
+        Of the returned arrays, and of the bias sum (float32 as stored; float64 for a
+        float64 model that must match the original's equations to rounding).
 
     Returns
     -------
@@ -230,9 +233,9 @@ def lstm_to_keras(weights_xh, biases_xh, weights_hh, biases_hh, forget_bias=FORG
         blocks = {gate: rows[k * units : (k + 1) * units] for k, gate in enumerate(_ORIGINAL_GATES)}
         return np.concatenate([blocks[gate] for gate in _KERAS_GATES], axis=0)
 
-    kernel = reorder(np.asarray(weights_xh, np.float32)).T
-    recurrent = reorder(np.asarray(weights_hh, np.float32)).T
-    bias = reorder(np.asarray(biases_xh, np.float32) + np.asarray(biases_hh, np.float32))
+    kernel = reorder(np.asarray(weights_xh, dtype)).T
+    recurrent = reorder(np.asarray(weights_hh, dtype)).T
+    bias = reorder(np.asarray(biases_xh, dtype) + np.asarray(biases_hh, dtype))
     bias[units : 2 * units] += forget_bias  # Keras block 1 is the forget gate
     return [np.ascontiguousarray(kernel), np.ascontiguousarray(recurrent), bias]
 
@@ -302,9 +305,8 @@ def save_converted(model, out_path, source_path, states=None):
         ``(model_path, card_path)``.  Both are written atomically (temp file + rename).
     """
     import keras
-    import tensorflow as tf
 
-    from deeplight_bids import __version__
+    from deeplight_bids import __version__, backend
     from deeplight_bids.states import PRETRAINED_STATES
 
     out_path = Path(out_path)
@@ -343,8 +345,7 @@ def save_converted(model, out_path, source_path, states=None):
         },
         "software": {
             "deeplight_bids": __version__,
-            "keras": keras.__version__,
-            "tensorflow": tf.__version__,
+            **backend.versions(),
             "numpy": np.__version__,
             "python": platform.python_version(),
         },

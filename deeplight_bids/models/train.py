@@ -16,8 +16,9 @@ STATE_FILE = "training_state.json"
 
 def training_devices():
     """``(n_gpus, strategy or None, mixed_precision)``: MirroredStrategy with several GPUs, float16 on GPU."""
-    import tensorflow as tf
+    from deeplight_bids.backend import tensorflow_or_exit
 
+    tf = tensorflow_or_exit("fine-tuning (tf.data input, MirroredStrategy)")
     gpus = tf.config.list_physical_devices("GPU")
     strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else None
     return len(gpus), strategy, bool(gpus)

@@ -330,7 +330,9 @@ def make_volume_dataset(reader, samples, batch_size, shuffle=True, balance=True,
     Each pass over the dataset (one Keras epoch) draws a new order from ``seed`` and the
     epoch number (so a resumed run continues the same sequence of orders).
     """
-    import tensorflow as tf
+    from deeplight_bids.backend import tensorflow_or_exit
+
+    tf = tensorflow_or_exit("fine-tuning's tf.data input")
 
     state = {"epoch": int(start_epoch)}
 
@@ -347,7 +349,9 @@ def make_volume_dataset(reader, samples, batch_size, shuffle=True, balance=True,
 
 def make_array_dataset(features, labels, batch_size, shuffle=True, balance=True, seed=0, start_epoch=0):
     """Like :func:`make_volume_dataset` for in-memory arrays (e.g. frozen-body features)."""
-    import tensorflow as tf
+    from deeplight_bids.backend import tensorflow_or_exit
+
+    tf = tensorflow_or_exit("fine-tuning's tf.data input")
 
     features = np.asarray(features, np.float32)
     labels = np.asarray(labels, np.int32)
@@ -374,7 +378,9 @@ def epoch_length(labels, balance=True):
 
 
 def _finish(ds, n, batch_size):
-    import tensorflow as tf
+    from deeplight_bids.backend import tensorflow_or_exit
+
+    tf = tensorflow_or_exit("fine-tuning's tf.data input")
 
     n_batches = -(-int(n) // int(batch_size))
     return ds.batch(int(batch_size)).apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(2)

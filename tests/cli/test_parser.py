@@ -30,7 +30,9 @@ def test_defaults_match_reference(bids_dir, tmp_path):
     assert config.high_pass == pytest.approx(1 / 128)
     assert config.space is None  # per run: MNI152NLin6Asym, else MNI152NLin2009cAsym
     assert not config.allow_approximate_space
-    assert config.lrp and config.lrp_target == "predicted"
+    assert config.lrp and config.lrp_target == "predicted" and config.lrp_rule == "published"
+    signed = Config.from_args(parse_args([str(bids_dir), str(tmp_path / "out"), "participant", "--lrp-rule", "signed"]))
+    assert signed.lrp_rule == "signed"
     assert config.work_dir == tmp_path / "out" / "work"
 
 
@@ -87,6 +89,7 @@ def test_help_lists_every_option(capsys):
     text = build_parser().format_help()
     for option in ("--participant-label", "--session-label", "--task", "--bids-filter-file", "--derivatives",
                    "--space", "--allow-approximate-space", "--work-dir", "--nprocs", "--batch-size", "--weights",
-                   "--state-map", "--smoothing-fwhm", "--high-pass", "--lrp-target", "--no-lrp", "--skip-bids-validation",
+                   "--state-map", "--smoothing-fwhm", "--high-pass", "--lrp-target", "--no-lrp", "--lrp-rule", "--backend",
+                   "--skip-bids-validation",
                    "--verbose", "--version", "--overwrite", "--architecture", "exit codes"):
         assert option in text, option

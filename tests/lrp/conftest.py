@@ -7,12 +7,19 @@ flattened sample, and each rule a few lines on ``M``.  Tests reach them through 
 ``ref`` fixture.
 """
 
+import os
 import sys
 
 import numpy as np
 import pytest
 
 KERAS_EPSILON = 1e-7
+
+if os.environ.get("KERAS_BACKEND") == "jax":
+    # the float64 checks need float64 arrays; JAX makes them float32 unless x64 is on
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
 
 
 @pytest.fixture

@@ -116,11 +116,21 @@ def test_every_layer_of_the_2d_model_is_mapped_by_deeplight_2d():
     assert isinstance(by_name["bilstm"], LSTMEpsilon) and by_name["bilstm"].eps == 1e-3
     for name in ("fold_slices", "unfold_slices", "dropout"):
         assert isinstance(by_name[name], rules.Pass), name
-    assert isinstance(by_name["linear"], rules.Epsilon) and by_name["linear"].eps == 1e-3
+    assert isinstance(by_name["linear"], rules.PlusEpsilon) and by_name["linear"].eps == 1e-3
     for layer, rule in assigned:
         check = getattr(rule, "check", None)
         if check is not None:
             check(layer)
+
+
+def test_deeplight_2d_signed_uses_the_sign_aware_rules():
+    from deeplight_bids.lrp.lstm import LSTMSignedEpsilon
+    from deeplight_bids.models.two import build_2d_deeplight
+
+    model = build_2d_deeplight(n_states=3, input_shape=(2, 8, 6, 1))
+    by_name = {layer.name: rule for layer, rule in composites.get_composite("deeplight_2d_signed").assign(model.layers)}
+    assert isinstance(by_name["bilstm"], LSTMSignedEpsilon)
+    assert type(by_name["linear"]) is rules.Epsilon and type(by_name["conv_1"]) is rules.Epsilon
 
 
 def test_3d_presets_do_not_cover_the_lstm():
@@ -193,12 +203,13 @@ def tiny_2d_model(seed, with_bias=True):
     return model, original, rng
 
 
-def numpy_2d_lrp(model, original, volume, ref, eps):
+def numpy_2d_lrp(model, original, volume, ref, eps, signed=False):
     """Slow float64 LRP of one volume (z, y, x, 1): per-slice conv matrices -> LSTM reference -> dense.
 
     Epsilon rule on every conv (the ReLU passes relevance), the LSTM rule of
     tests/lrp/test_lstm.py (original layout, forward + backward summed), epsilon on the
-    linear layer; relevance starts at the predicted logit.  Returns (logits, relevance).
+    linear layer (``z + eps`` unless ``signed``); relevance starts at the predicted logit.
+    Returns (logits, relevance).
     """
     from .test_lstm import reference_bidirectional
 
@@ -219,12 +230,15 @@ def numpy_2d_lrp(model, original, volume, ref, eps):
     w_lin, b_lin = np.asarray(linear.kernel, np.float64), np.asarray(linear.bias, np.float64)
 
     # LSTM forward through the reference (its hidden output), then the linear layer.
-    _, hidden = reference_bidirectional(original, sequence[None], np.zeros((1, w_lin.shape[0])), eps)
+    _, hidden = reference_bidirectional(original, sequence[None], np.zeros((1, w_lin.shape[0])), eps, signed)
     logits = hidden[0] @ w_lin + b_lin
     relevance_logits = np.zeros_like(logits)
     relevance_logits[logits.argmax()] = logits.max()
-    relevance_hidden = ref.epsilon_rule(w_lin.T, b_lin, hidden[0], relevance_logits, eps)
-    relevance_seq, _ = reference_bidirectional(original, sequence[None], relevance_hidden[None], eps)
+    if signed:
+        relevance_hidden = ref.epsilon_rule(w_lin.T, b_lin, hidden[0], relevance_logits, eps)
+    else:  # the original's linear layer, src/modules/linear.py:123: R / (a + eps)
+        relevance_hidden = hidden[0] * (w_lin @ (relevance_logits / (logits + eps)))
+    relevance_seq, _ = reference_bidirectional(original, sequence[None], relevance_hidden[None], eps, signed)
     relevance = []
     for z, records in enumerate(per_slice):
         r = relevance_seq[0, z]
@@ -234,21 +248,23 @@ def numpy_2d_lrp(model, original, volume, ref, eps):
     return logits, np.stack(relevance)
 
 
+@pytest.mark.parametrize("composite", ["deeplight_2d", "deeplight_2d_signed"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_deeplight_2d_matches_numpy_reference_through_the_whole_network(seed, ref):
+def test_deeplight_2d_matches_numpy_reference_through_the_whole_network(seed, composite, ref):
     from deeplight_bids.lrp.analyzer import LRPAnalyzer
 
     model, original, rng = tiny_2d_model(seed)
     x = rng.normal(0, 1, (2, *TINY_2D_SHAPE)).astype("float32")
-    analyzer = LRPAnalyzer(model, composite="deeplight_2d")
+    analyzer = LRPAnalyzer(model, composite=composite)
     logits, relevance = analyzer.explain(x)
     assert relevance.shape == (2, *TINY_2D_SHAPE[:3])
     for sample in range(2):
-        expected_logits, expected = numpy_2d_lrp(model, original, x[sample], ref, eps=1e-3)
+        expected_logits, expected = numpy_2d_lrp(model, original, x[sample], ref, eps=1e-3,
+                                                 signed=composite.endswith("signed"))
         np.testing.assert_allclose(logits[sample], expected_logits, rtol=1e-4, atol=1e-5)
         assert np.abs(expected).max() > 0 and np.count_nonzero(expected) > expected.size // 4
         np.testing.assert_allclose(relevance[sample], expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
-    assert analyzer.description["composite"] == "deeplight_2d" and analyzer.description["epsilons"] == [1e-3]
+    assert analyzer.description["composite"] == composite and analyzer.description["epsilons"] == [1e-3]
 
 
 def test_deeplight_2d_conserves_relevance_without_biases():
