@@ -144,13 +144,14 @@ def test_rerun_skips_and_overwrite_is_deterministic(participant_run, synthetic_d
     files = _outputs(out)
     stamp = files["pred_json"].stat().st_mtime_ns
     code = cli([str(synthetic_dataset.bids_dir), str(out), "participant", "--participant-label", "01",
-                "--weights", str(random_model), "--skip-bids-validation"])
+                "--weights", str(random_model), "--skip-bids-validation", "--quality-volumes", "4"])
     assert code == 0
     assert files["pred_json"].stat().st_mtime_ns == stamp  # nothing recomputed
     before = {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in files.items() if k in ("pred", "rel")}
     rel_before = np.asarray(nib.load(files["rel"]).dataobj)
     code = cli([str(synthetic_dataset.bids_dir), str(out), "participant", "--participant-label", "01",
-                "--weights", str(random_model), "--skip-bids-validation", "--overwrite", "--batch-size", "3"])
+                "--weights", str(random_model), "--skip-bids-validation", "--overwrite", "--batch-size", "3",
+                "--quality-volumes", "4"])
     assert code == 0
     assert files["pred_json"].stat().st_mtime_ns != stamp
     assert hashlib.sha256(files["pred"].read_bytes()).hexdigest() == before["pred"]

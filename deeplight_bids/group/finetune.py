@@ -26,8 +26,10 @@
 Honesty: held-out accuracy is measured only on participants the model never saw in
 training.  In ``--cv-folds`` mode, early stopping uses an inner validation participant
 taken from the fold's training participants, never the held-out fold.  In the
-single-split mode the validation participants are also the held-out ones; when they chose
-the stopping epoch the summary says so (``validation_used_for_early_stopping``).
+single-split mode without early stopping the held-out participants' loss is logged per epoch
+but chooses nothing; with early stopping a validation participant is drawn (seeded) from the
+training participants, so the held-out accuracy never comes from a participant that chose
+anything.
 """
 
 import hashlib
@@ -358,7 +360,17 @@ class FinetuneJob:
         train = [p for p in parts if p not in val]
         if not train:
             raise UsageError("--val-participants leaves no participant for training.")
-        return [("", train, val, val)]
+        if not cfg.early_stopping_patience:
+            # the held-out participants' loss is only logged per epoch: it chooses nothing
+            return [("", train, val, val)]
+        # early stopping chooses the epoch: its validation participant must not be a held-out one,
+        # or the held-out accuracy is biased (issue 13); take it from the training participants
+        if len(train) < 2:
+            raise UsageError(f"--early-stopping-patience without --cv-folds needs a validation participant apart from "
+                             f"the held-out ones ({', '.join(val)}) and at least one training participant; there "
+                             f"are only {len(parts)} participants: drop --early-stopping-patience or add participants.")
+        inner = [str(np.random.default_rng([cfg.seed, 0]).permutation(train)[0])]
+        return [("", [p for p in train if p not in inner], inner, val)]
 
     # -- outputs ---------------------------------------------------------------------------
     def _check_existing(self):
@@ -444,7 +456,9 @@ class FinetuneJob:
         fold_reports = []
         for fold_index, (fold, train, val, held) in enumerate(splits):
             self.log.info("fine-tune %s%s: training on %s; validation %s; held out %s", self.name,
-                          f" {fold}" if fold else "", ", ".join(train), ", ".join(val) or "none", ", ".join(held))
+                          f" {fold}" if fold else "", ", ".join(train),
+                          "none (the held-out loss is logged per epoch and chooses nothing)" if val == held
+                          else ", ".join(val) or "none", ", ".join(held))
             tr = np.isin(self.samples.subject, train)
             va = np.isin(self.samples.subject, val)
             fingerprint = _digest({"arch": self.arch, "init": self.init, "weights": cfg.weights, "states": self.states,
@@ -583,7 +597,9 @@ class FinetuneJob:
             "heldout_accuracy_pooled": acc, "heldout_balanced_accuracy_pooled": bacc,
             "heldout_accuracy_mean_over_participants": float(np.mean(per_participant)),
             "chance": 1.0 / len(self.states), "n_volumes": len(frame),
-            "validation_used_for_early_stopping": bool(not cfg.cv_folds and cfg.early_stopping_patience),
+            # never since issue 13: early stopping validates on a participant that is not held out
+            "validation_used_for_early_stopping": any(set(f["validation_participants"]) & set(f["heldout_participants"])
+                                                      and cfg.early_stopping_patience for f in fold_reports),
             "folds": fold_reports, "participants": rows[:-1],
             "cache": {"prepared": self.cache_stats.prepared, "reused": self.cache_stats.reused},
             "seconds": round(seconds, 1), "software": software_versions(),
