@@ -147,6 +147,33 @@ def make_folds(participants, k, seed):
     return [sorted(str(p) for p in order[i::k]) for i in range(k)]
 
 
+def enable_determinism(seed, log=LOGGER):
+    """Same seed, same model: seed every generator and make TensorFlow's ops deterministic.
+
+    ``keras.utils.set_random_seed`` seeds Python, NumPy and TensorFlow (initial weights,
+    dropout); ``tf.config.experimental.enable_op_determinism`` makes TensorFlow pick
+    deterministic kernels (reductions, convolution gradients; on a GPU an op without one
+    raises).  The input order is already drawn from NumPy generators seeded with the seed
+    (:func:`deeplight_bids.prepare.cache.make_volume_dataset`).
+
+    Returns
+    -------
+    bool
+        True when op determinism is on (recorded in the model card).
+    """
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(int(seed))
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except Exception as err:  # e.g. a TensorFlow build without it: train anyway, and say so
+        log.warning("fine-tune: TensorFlow op determinism could not be enabled (%s); the fit may differ between "
+                    "runs with the same --seed", err)
+        return False
+    return True
+
+
 def build_finetune_model(architecture, n_states, init, weights=None, seed=0, log=LOGGER):
     """A DeepLight model with ``n_states`` outputs: published (or ``weights``) body + new head, or random.
 
@@ -440,6 +467,7 @@ class FinetuneJob:
 
         cfg = self.config
         t_start = time.monotonic()
+        self.deterministic = enable_determinism(cfg.seed, self.log)
         self.load_data()
         self._check_existing()
         splits = self.splits()
@@ -541,7 +569,10 @@ class FinetuneJob:
                 "heldout_participants": list(held),
                 "preprocessing": {"smoothing_fwhm": cfg.smoothing_fwhm, "high_pass": cfg.high_pass,
                                   "space": cfg.space, "grid": "MNI152NLin6Asym 2 mm (91, 109, 91), (z, y, x) input"},
-                "training": {"epochs": cfg.epochs, "learning_rate": self.lr, "batch_size": self.batch_size,
+                "training": {"deterministic": bool(getattr(self, "deterministic", False)),
+                             "determinism": "keras.utils.set_random_seed(seed) + TensorFlow op determinism; input "
+                                            "order from NumPy generators seeded with the seed",
+                             "epochs": cfg.epochs, "learning_rate": self.lr, "batch_size": self.batch_size,
                              "optimizer": "Adam", "loss": "sparse categorical cross-entropy on logits",
                              "class_balancing": "oversampling to the largest class per epoch",
                              "freeze_body": bool(cfg.freeze_body), "early_stopping_patience":

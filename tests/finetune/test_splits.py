@@ -19,7 +19,7 @@ PARTS = ["01", "02", "03", "04", "05"]
 
 
 def test_one_split_with_early_stopping_validates_on_a_training_participant(tmp_path):
-    [(fold, train, val, held)] = _job(tmp_path, PARTS, early_stopping_patience=2, seed=3).splits()
+    [(_, train, val, held)] = _job(tmp_path, PARTS, early_stopping_patience=2, seed=3).splits()
     assert held == ["05"]  # the last 20 %
     assert len(val) == 1 and val[0] not in held and val[0] in PARTS[:-1]
     assert not set(train) & set(val) and not set(train) & set(held)
