@@ -6,7 +6,6 @@ every table is a TSV with a JSON sidecar under the model's group folder, and its
 goes into the group manifest (read by the report, :mod:`.report_section`).
 """
 
-import json
 import logging
 
 import numpy as np
@@ -56,6 +55,8 @@ def faithfulness_curves(runs):
 
     frames = []
     for rec in runs:
+        if not rec.metadata.get("Quality"):
+            continue  # processed without --quality: a table left by an earlier run is not this run's
         path = _quality_tsv(rec, "faithfulness")
         if path is not None:
             frames.append(read_tsv(path).assign(participant=rec.subject))
@@ -77,12 +78,7 @@ def participant_quality(runs):
     """Per participant: faithfulness and sanity summaries from the runs' predictions sidecars."""
     per = {}
     for rec in runs:
-        quality = rec.metadata.get("Quality")
-        if not quality:
-            try:
-                quality = json.loads(rec.predictions.with_suffix(".json").read_text()).get("Quality")
-            except (OSError, json.JSONDecodeError):
-                quality = None
+        quality = rec.metadata.get("Quality")  # the predictions sidecar
         if quality:
             per.setdefault(rec.subject, []).append(quality)
     rows = []

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from scipy import ndimage
+from scipy import ndimage, stats
 
 from deeplight_bids.quality import sanity
 
@@ -11,9 +11,12 @@ def test_ssim_identity_scale_and_independence():
     rng = np.random.default_rng(0)
     a = ndimage.gaussian_filter(rng.normal(size=(20, 18, 16)), 2)
     assert sanity.ssim(a, a) == pytest.approx(1.0)
-    assert sanity.ssim(a, 7.5 * a) == pytest.approx(1.0)  # maps are normalised to their largest |value|
+    assert sanity.ssim(a, 7.5 * a) == pytest.approx(1.0)  # signed ranks: scale-free
     b = ndimage.gaussian_filter(rng.normal(size=a.shape), 2)
     assert abs(sanity.ssim(a, b)) < 0.3
+    # heavy-tailed independent maps must not look alike (scaled by their maximum, most voxels would be ~0)
+    heavy_a, heavy_b = rng.standard_cauchy(size=(2, *a.shape))
+    assert abs(sanity.ssim(heavy_a, heavy_b)) < 0.1
     mask = np.zeros(a.shape, bool)
     mask[5:15, 5:13, 4:12] = True
     assert sanity.ssim(a, a, mask) == pytest.approx(1.0)
@@ -23,7 +26,9 @@ def test_ssim_one_voxel_from_the_formula():
     """Wang et al. (2004) eq. 13 at the centre voxel, with an explicit Gaussian window."""
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(2, 15, 15, 15))
-    a_n, b_n = a / np.abs(a).max(), b / np.abs(b).max()
+    b[7, 7, 7] = 40.0  # an outlier: only its rank counts
+    a_n = np.sign(a) * stats.rankdata(np.abs(a).ravel()).reshape(a.shape) / a.size
+    b_n = np.sign(b) * stats.rankdata(np.abs(b).ravel()).reshape(b.shape) / b.size
     grid = np.arange(15) - 7
     g = np.exp(-(grid[:, None, None] ** 2 + grid[None, :, None] ** 2 + grid[None, None, :] ** 2) / (2 * 1.5 ** 2))
     g[np.sqrt(0 * g) + np.maximum.reduce(np.abs(np.meshgrid(grid, grid, grid, indexing="ij"))) > 5] = 0  # truncate 3.5 sigma
