@@ -186,7 +186,9 @@ def build_parser():
                                 "the maps of a randomised model); the default, needs LRP")
     g_quality.add_argument("--no-quality", dest="no_quality", action="store_true",
                            help="participant level: skip the quality measures (faster)")
-    g_quality.add_argument("--quality-volumes", type=MinOne, default=32, metavar="N",
+    from deeplight_bids.quality import run_quality
+
+    g_quality.add_argument("--quality-volumes", type=MinOne, default=run_quality.DEFAULT_VOLUMES, metavar="N",
                            help="participant level: volumes per run for the quality measures, stratified by "
                                 "predicted state")
     g_quality.add_argument("--reference-map", type=PathExists, metavar="FILE_OR_DIR",
