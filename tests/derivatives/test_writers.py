@@ -116,3 +116,14 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
         assert sorted(removed) == sorted([dead, stream])
         assert live.exists() and other_host.exists() and output.exists()
     assert (tmp_path / "sub-01" / "x.tsv").read_text() == "a"
+
+
+def test_streaming_nifti_reads_back_before_close(tmp_path):
+    """read(t) gives volume t as written, in (z, y, x) order (the quality measures use it before close)."""
+    rng = np.random.default_rng(0)
+    vols = rng.normal(size=(3, 4, 5, 6)).astype(np.float32)  # (n, x, y, z)
+    stream = StreamingNifti4D(tmp_path / "m.nii.gz", (4, 5, 6, 3), np.eye(4), 2.0)
+    stream.write(0, vols)
+    for t in range(3):
+        np.testing.assert_array_equal(stream.read(t), vols[t].transpose(2, 1, 0))
+    stream.close()
