@@ -114,7 +114,9 @@ def add_finetune_arguments(parser):
     group.add_argument("--early-stopping-patience", type=non_negative_int, default=0, metavar="N",
                        help="stop after N epochs without a lower validation loss and keep the best weights "
                             "(0: train all epochs)")
-    group.add_argument("--seed", type=non_negative_int, default=0, help="random seed (folds, weights, shuffling)")
+    group.add_argument("--seed", type=non_negative_int, default=0,
+                       help="random seed (folds, weights, shuffling; also the quality measures' volume choice, random "
+                            "orders and randomised model, and the significance permutations)")
     group.add_argument("--freeze-body", action="store_true",
                        help="train the output layer only (the body's features are computed once)%(default).0s")
     group.add_argument("--model-name", metavar="NAME",
