@@ -103,13 +103,17 @@ class RunQuality:
         curves["state"] = [states[i] for i in curves["state"]]
         faith = faithfulness.area_between_curves(curves)
 
-        x = np.concatenate([x_of(int(v), int(v) + 1) for v in chosen]) if len(chosen) else None
         rows = []
-        if x is not None:
-            _, random_maps = self.random_analyzer().explain(x, target=targets[chosen].astype(np.int32))
-            mask = np.zeros(random_maps.shape[1:], dtype=bool)
-            mask.reshape(-1)[mask_index] = True
-            for j, v in enumerate(chosen):
+        mask = None
+        step = self.max_batch or 4  # a few volumes at a time: inputs and maps of 32 volumes would add ~250 MB
+        for start in range(0, len(chosen), step):
+            part = chosen[start:start + step]
+            x = np.concatenate([x_of(int(v), int(v) + 1) for v in part])
+            _, random_maps = self.random_analyzer().explain(x, target=targets[part].astype(np.int32))
+            if mask is None:
+                mask = np.zeros(random_maps.shape[1:], dtype=bool)
+                mask.reshape(-1)[mask_index] = True
+            for j, v in enumerate(part):
                 rows.append({"volume": int(v), "state": states[int(targets[v])],
                              **sanity.compare_maps(relevance_of(int(v)), random_maps[j], mask)})
         import pandas as pd
