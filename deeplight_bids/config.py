@@ -49,6 +49,16 @@ class Config:
     overwrite, skip_bids_validation : bool
     save_tfrecords : bool
         Also export prepared, labelled volumes in the original TFRecord schema.
+    quality : bool
+        Per run, faithfulness and sanity of the relevance maps (``--quality``/``--no-quality``).
+    quality_volumes : int
+        Volumes per run they use (``--quality-volumes``).
+    reference_map : pathlib.Path or None
+        Group level: reference map file or folder for plausibility (``--reference-map``).
+    reference_top_percent : float
+        Group level: share of the reference map's voxels counted as its region.
+    significance_permutations : int
+        Group level: permutations of the block labels per participant and task.
     correct_only, reports_only : bool
         Group level: add maps from correctly decoded volumes only; only rebuild the report.
     verbose : int
@@ -81,6 +91,11 @@ class Config:
     nprocs: int = 0
     overwrite: bool = False
     save_tfrecords: bool = False
+    quality: bool = True
+    quality_volumes: int = 32
+    reference_map: Path | None = None
+    reference_top_percent: float = 10.0
+    significance_permutations: int = 1000
     skip_bids_validation: bool = False
     correct_only: bool = False
     reports_only: bool = False
@@ -128,6 +143,11 @@ class Config:
             nprocs=int(args.nprocs or os.cpu_count() or 1),
             overwrite=bool(args.overwrite),
             save_tfrecords=bool(getattr(args, "save_tfrecords", False)),
+            quality=not getattr(args, "no_quality", False),
+            quality_volumes=int(getattr(args, "quality_volumes", 32)),
+            reference_map=Path(args.reference_map) if getattr(args, "reference_map", None) else None,
+            reference_top_percent=float(getattr(args, "reference_top_percent", 10.0)),
+            significance_permutations=int(getattr(args, "significance_permutations", 1000)),
             skip_bids_validation=bool(args.skip_bids_validation),
             correct_only=bool(getattr(args, "correct_only", False)),
             reports_only=bool(getattr(args, "reports_only", False)),

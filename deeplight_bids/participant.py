@@ -75,6 +75,12 @@ class RunProcessor:
             composite = ("preset_b_flat" if dl_model.architecture == "3D"
                          else "deeplight_2d_signed" if config.lrp_rule == "signed" else "deeplight_2d")
             self.analyzer = LRPAnalyzer(dl_model.model, composite=composite, max_batch=max_batch)
+        self.quality = None
+        if self.analyzer is not None and getattr(config, "quality", False):
+            from deeplight_bids.quality.run_quality import RunQuality
+
+            self.quality = RunQuality(dl_model.model, self.analyzer.composite, self.decoder, config.quality_volumes,
+                                      seed=config.seed, max_batch=max_batch)
         self.settings_hash = self._settings_hash()
 
     def _settings_hash(self):
@@ -86,6 +92,8 @@ class RunProcessor:
             settings["allow_approximate_space"] = True
         if self.dl_model.architecture == "2D":
             settings["lrp_rule"] = c.lrp_rule
+        if self.quality is not None:  # only when on, so outputs made before --quality keep their hash
+            settings["quality"] = self.quality.settings()
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # -- resume -------------------------------------------------------------------------
@@ -95,6 +103,8 @@ class RunProcessor:
         if not marker.is_file() or not outputs["predictions"].is_file():
             return False
         if self.config.lrp and not (outputs["relevance"].is_file() and outputs["relevance_json"].is_file()):
+            return False
+        if self.quality is not None and not (outputs["faithfulness"].is_file() and outputs["sanity"].is_file()):
             return False
         try:
             sidecar = json.loads(marker.read_text())
@@ -188,6 +198,10 @@ class RunProcessor:
                         counts[tgt] += 1
                 LOGGER.info("%s: volumes %d-%d of %d (%.2f s/batch)", run.label, start + 1, stop, n_vol,
                             time.monotonic() - tb)
+            quality = None
+            if self.quality is not None:  # reads the relevance back from the stream before it is closed
+                quality = self.quality.evaluate(outputs, batches.get, stream.read, batches.index, logits, targets,
+                                                self.states, root=cfg.output_dir, label=run.label)
             if stream is not None:
                 stream.close()
         except BaseException:
@@ -212,6 +226,8 @@ class RunProcessor:
             remove_stale([outputs["relevance"]], "relevance of other settings (this run was re-done with --no-lrp)")
         write_tsv(outputs["predictions"], frame, root=cfg.output_dir)
         sidecar = self._predictions_sidecar(provenance, accuracy, int(decodable.sum()))
+        if quality is not None:
+            sidecar["Quality"] = quality
         write_json(outputs["predictions_json"], sidecar, root=cfg.output_dir)  # last: marks the run complete
         detail = plural(n_vol, "volume") + (f", accuracy {accuracy:.3f}" if accuracy is not None else "")
         detail += f", {time.monotonic() - t0:.1f} s"

@@ -9,6 +9,20 @@ data in every one of them (same seed), which the orientation tests use.
 import pytest
 
 SYNTH_VOLUMES = 30
+#: --quality-volumes of the participant level in tests (the default, 32, is the demo test's).
+TEST_QUALITY_VOLUMES = 4
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fewer_quality_volumes():
+    """In-process CLI calls measure quality on 4 volumes by default, not 32: about a minute less per
+    participant run on 2 cores.  Tests that need more ask for them (--quality-volumes)."""
+    from deeplight_bids.quality import run_quality
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(run_quality, "DEFAULT_VOLUMES", TEST_QUALITY_VOLUMES)
+    yield
+    mp.undo()
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,7 @@ def participant_run(synthetic_dataset, random_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "deeplight"
     before = tree_digest(synthetic_dataset.bids_dir)
     code = cli([str(synthetic_dataset.bids_dir), str(out), "participant", "--participant-label", "sub-01",
-                "--weights", str(random_model), "--batch-size", "8"])
+                "--weights", str(random_model), "--batch-size", "8", "--quality-volumes", "4"])
     return out, code, before
 
 
@@ -90,6 +90,26 @@ def test_outputs_exist_and_are_consistent(participant_run, synthetic_dataset):
     assert sidecar["Model"]["States"] == STATES
 
 
+def test_quality_tables(participant_run):
+    """--quality (default): deletion curves and the randomisation check of 4 volumes, summarised in the sidecar."""
+    from deeplight_bids.quality.faithfulness import FRACTIONS
+
+    out, code, _ = participant_run
+    func = out / "sub-01" / "func"
+    curves = pd.read_csv(func / "sub-01_task-motor_desc-faithfulness_timeseries.tsv", sep="\t")
+    checks = pd.read_csv(func / "sub-01_task-motor_desc-sanity_timeseries.tsv", sep="\t")
+    assert len(curves) == 4 * len(FRACTIONS) * 2 and curves["volume"].nunique() == 4
+    assert sorted(curves["order"].unique()) == ["random", "relevance"]
+    assert len(checks) == 4 and checks["spearman"].between(-1, 1).all()
+    quality = json.loads(_outputs(out)["pred_json"].read_text())["Quality"]
+    assert sorted(quality["Volumes"]) == sorted(checks["volume"])
+    assert np.isfinite(quality["Faithfulness"]["area_between_curves"])
+    assert set(quality["Sanity"]) >= {"median_spearman", "median_ssim", "high_similarity"}
+    predictions = pd.read_csv(_outputs(out)["pred"], sep="\t")
+    states = predictions.set_index("volume").loc[checks["volume"], "lrp_target"]
+    assert list(states) == list(checks["state"])
+
+
 def test_relevance_maps(participant_run, synthetic_dataset):
     out, _, _ = participant_run
     files = _outputs(out)
@@ -128,13 +148,14 @@ def test_rerun_skips_and_overwrite_is_deterministic(participant_run, synthetic_d
     files = _outputs(out)
     stamp = files["pred_json"].stat().st_mtime_ns
     code = cli([str(synthetic_dataset.bids_dir), str(out), "participant", "--participant-label", "01",
-                "--weights", str(random_model), "--skip-bids-validation"])
+                "--weights", str(random_model), "--skip-bids-validation", "--quality-volumes", "4"])
     assert code == 0
     assert files["pred_json"].stat().st_mtime_ns == stamp  # nothing recomputed
     before = {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in files.items() if k in ("pred", "rel")}
     rel_before = np.asarray(nib.load(files["rel"]).dataobj)
     code = cli([str(synthetic_dataset.bids_dir), str(out), "participant", "--participant-label", "01",
-                "--weights", str(random_model), "--skip-bids-validation", "--overwrite", "--batch-size", "3"])
+                "--weights", str(random_model), "--skip-bids-validation", "--overwrite", "--batch-size", "3",
+                "--quality-volumes", "4"])
     assert code == 0
     assert files["pred_json"].stat().st_mtime_ns != stamp
     assert hashlib.sha256(files["pred"].read_bytes()).hexdigest() == before["pred"]

@@ -6,8 +6,12 @@
    fine-tuning machinery of ``group --finetune`` (``OUTPUT_DIR/models/demo-3D/demo-3D.keras``
    + model card, validation predictions and learning curve); the last-but-one participant
    validates the fit (a fit that did not generalise restarts from another random start);
-3. run the participant level on the held-out participant (``OUTPUT_DIR/deeplight``);
-4. print held-out accuracy and the share of relevance inside the planted regions.
+3. run the participant level on the held-out participant (``OUTPUT_DIR/deeplight``), with
+   the quality measures (deletion curves, randomised-model check);
+4. run the group level on it with the planted regions as ``--reference-map``
+   (``OUTPUT_DIR/reference``): significance of decoding, plausibility, the report;
+5. print held-out accuracy, the share of relevance inside the planted regions and the
+   quality numbers.
 
 Everything is offline.  Re-running reuses the dataset and model already written.
 """
@@ -22,6 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from deeplight_bids.quality.plausibility import relevance_in_region
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -154,6 +160,8 @@ def run_demo(output_dir, n_participants=5, n_volumes=60, epochs=4, batch_size=8,
                     weights=str(model_dir), lrp=lrp, batch_size=4, nprocs=nprocs or 1)
     results, code = run_participant_level(config)
     report = _evaluate(out_dir, held_out, info, states, lrp)
+    if lrp:
+        report["quality"] = _group_quality(bids_dir, out_dir, output_dir / "reference", held_out, info, seed)
     report.update({"bids_dir": str(bids_dir), "model": str(model_path), "outputs": str(out_dir),
                    "held_out": held_out, "training": training, "validation": validation,
                    "validation_accuracy": validation_accuracy, "fits": fits, "exit_code": code,
@@ -177,33 +185,6 @@ def _dataset_truth(n_volumes, seed, region_radius):
     with tempfile.TemporaryDirectory() as tmp:
         return make_synthetic_dataset(Path(tmp) / "d", n_participants=1, n_volumes=n_volumes, seed=seed,
                                       region_radius=region_radius, stripes=True)
-
-
-def relevance_in_region(relevance_map, region, brain):
-    """How well a relevance map points at a planted region (Arras et al. 2022, CLEVR-XAI).
-
-    Parameters
-    ----------
-    relevance_map : numpy.ndarray (91, 109, 91)
-        Mean relevance of one state, x, y, z order.
-    region, brain : numpy.ndarray of bool (91, 109, 91)
-
-    Returns
-    -------
-    rank : float
-        Share of the K most relevant brain voxels that lie in the region, K = region size
-        ("relevance rank accuracy"; 1 = the region holds the top voxels).
-    mass : float
-        Share of the positive relevance inside the brain that lies in the region
-        ("relevance mass accuracy").
-    """
-    positive = np.clip(relevance_map, 0, None) * brain
-    total = positive.sum()
-    if total <= 0:
-        return float("nan"), float("nan")
-    k = int(region.sum())
-    top = np.argsort(positive.ravel(), kind="stable")[::-1][:k]
-    return float(region.ravel()[top].mean()), float(positive[region].sum() / total)
 
 
 def _evaluate(out_dir, subject, info, states, lrp):
@@ -232,6 +213,80 @@ def _evaluate(out_dir, subject, info, states, lrp):
     return report
 
 
+def write_reference_maps(folder, info):
+    """The planted regions as reference maps, one ``label-<state>_mask.nii.gz`` (0/1) per state."""
+    import nibabel as nib
+
+    from deeplight_bids.derivatives import naming
+    from deeplight_bids.prepare.grid import REFERENCE_AFFINE
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for state, region in info.regions_by_state.items():
+        path = folder / f"label-{naming.label_value(state)}_mask.nii.gz"
+        nib.Nifti1Image(region.astype(np.float32), REFERENCE_AFFINE).to_filename(path)
+    return folder
+
+
+def _group_quality(bids_dir, out_dir, reference_dir, subject, info, seed):
+    """Group level on the held-out participant with the planted regions as reference; the quality numbers."""
+    import pandas as pd
+
+    from deeplight_bids.config import Config
+    from deeplight_bids.derivatives import naming
+    from deeplight_bids.group.run import GROUP_FOLDER, run_group_level
+
+    write_reference_maps(reference_dir, info)
+    # the planted regions are ~1 % of the brain: their own size is the fair top share
+    top = 100.0 * max(int(r.sum()) for r in info.regions_by_state.values()) / int(info.brain_mask.sum())
+    config = Config(bids_dir=bids_dir, output_dir=out_dir, work_dir=out_dir / "work", analysis_level="group",
+                    reference_map=reference_dir, reference_top_percent=round(top, 3), seed=seed)
+    run_group_level(config)
+    group = out_dir / GROUP_FOLDER
+    task = info.task
+
+    def table(desc):
+        path = group / f"task-{task}_desc-{desc}_summary.tsv"
+        return pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False) if path.is_file() else None
+
+    predictions = naming.run_outputs(out_dir, {"subject": subject, "task": task})
+    sidecar = json.loads(predictions["predictions_json"].read_text())
+    return {"run": sidecar.get("Quality"), "significance": table("significance"),
+            "plausibility": table("plausibility"), "faithfulness_tsv": str(predictions["faithfulness"]),
+            "sanity_tsv": str(predictions["sanity"]), "report": str(out_dir / "deeplight_report.html")}
+
+
+def format_quality(quality):
+    """Lines of the demo's printout for the quality numbers."""
+    lines = []
+    run = quality.get("run") or {}
+    faith, checks = run.get("Faithfulness"), run.get("Sanity")
+    if faith:
+        lines.append(f"  faithfulness ({faith['n_volumes']} volumes): removing the most relevant voxels lowers the "
+                     f"explained logit by {faith['aopc_relevance']:.3g} on average, random voxels by "
+                     f"{faith['aopc_random']:.3g} (area between the curves {faith['area_between_curves']:.3g}); "
+                     f"table {quality['faithfulness_tsv']}")
+    if checks:
+        lines.append(f"  sanity (maps of a randomised model): median Spearman {checks['median_spearman']:.2f}, median "
+                     f"SSIM {checks['median_ssim']:.2f}" + (" - HIGH: the maps do not depend on the learning"
+                                                            if checks["high_similarity"] else " (low: good)"))
+    sig = quality.get("significance")
+    if sig is not None and len(sig):
+        row = sig.iloc[0]
+        lines.append(f"  significance: accuracy {row['accuracy']:.3f} vs chance {row['chance_level']:.3f}; block "
+                     f"permutation p = {row['p_permutation']:.3g} ({int(row['n_permutations'])} permutations of "
+                     f"{int(row['n_blocks'])} blocks), binomial p = {row['p_binomial']:.3g}")
+    plaus = quality.get("plausibility")
+    if plaus is not None and len(plaus):
+        for _, row in plaus[plaus["participant_id"] != "group"].iterrows():
+            lines.append(f"  plausibility of {row['state']} vs its planted region: mass accuracy "
+                         f"{row['mass_accuracy']:.2f}, rank accuracy {row['rank_accuracy']:.2f}, Pearson r "
+                         f"{row['pearson_r']:.2f} (region = {row['region_share']:.1%} of the brain)")
+    if quality.get("report"):
+        lines.append(f"  report: {quality['report']}")
+    return lines
+
+
 def format_report(report):
     lines = [
         "",
@@ -250,6 +305,8 @@ def format_report(report):
         lines.append(f"  relevance of {state}: {rank:.0%} of its {report['region_voxels'][state]} most relevant voxels lie in "
                      f"its planted region; {mass:.0%} of its positive relevance does (the region is {frac:.1%} of "
                      "the brain)")
+    if report.get("quality"):
+        lines += format_quality(report["quality"])
     lines.append(f"  total time: {report['seconds']:.0f} s")
     lines.append(f"  rerun the participant level by hand:\n    {report['rerun']}")
     return "\n".join(lines)

@@ -60,6 +60,16 @@ def _non_negative_float(value, parser):
     return number
 
 
+def _percent(value, parser):
+    try:
+        number = float(value)
+    except ValueError:
+        parser.error(f"expected a percentage, got {value!r}.")
+    if not 0 < number <= 100:
+        parser.error(f"expected a percentage in (0, 100], got {value!r}.")
+    return number
+
+
 def _high_pass(value, parser):
     if str(value).lower() in ("none", "off", "0"):
         return None
@@ -124,6 +134,7 @@ def build_parser():
     MinOne = partial(_min_one, parser=parser)
     NonNegative = partial(_non_negative_float, parser=parser)
     HighPass = partial(_high_pass, parser=parser)
+    Percent = partial(_percent, parser=parser)
     BidsFilter = partial(_bids_filter, parser=parser)
 
     parser.add_argument("bids_dir", type=PathExists, help="the root folder of a BIDS dataset (read only; never written)")
@@ -178,6 +189,30 @@ def build_parser():
                               "(denominators z + eps, composite deeplight_2d); 'signed' = z + eps*sign(z) in the "
                               "LSTM and output layer (composite deeplight_2d_signed), a deliberate deviation that "
                               "avoids near-zero denominators. 3D always uses the published preset B-flat")
+
+    g_quality = parser.add_argument_group(
+        "Quality of the explanations and of the decoding (see README 'Quality measures')")
+    g_quality.add_argument("--quality", dest="no_quality", action="store_false", default=argparse.SUPPRESS,
+                           help="participant level: per run, on a subsample of volumes, measure faithfulness (deletion "
+                                "curves: most relevant vs random in-mask voxels set to 0) and sanity (similarity with "
+                                "the maps of a randomised model); the default, needs LRP")
+    g_quality.add_argument("--no-quality", dest="no_quality", action="store_true",
+                           help="participant level: skip the quality measures (faster)")
+    from deeplight_bids.quality import run_quality
+
+    g_quality.add_argument("--quality-volumes", type=MinOne, default=run_quality.DEFAULT_VOLUMES, metavar="N",
+                           help="participant level: volumes per run for the quality measures, stratified by "
+                                "predicted state")
+    g_quality.add_argument("--reference-map", type=PathExists, metavar="FILE_OR_DIR",
+                           help="group level: reference map(s) for plausibility on the reference grid's space "
+                                "(MNI152NLin6Asym; resampled onto the 2 mm grid): one NIfTI for every state, or a "
+                                "folder with one NIfTI per state named with 'label-<state>' or '<state>.nii[.gz]'")
+    g_quality.add_argument("--reference-top-percent", type=Percent, default=10.0, metavar="PCT",
+                           help="group level: the reference map's top PCT %% of brain voxels form its region "
+                                "(relevance mass and rank accuracy)")
+    g_quality.add_argument("--significance-permutations", type=MinOne, default=1000, metavar="N",
+                           help="group level: permutations of the block labels per participant and task for the "
+                                "test of accuracy against chance (seeded with --seed)")
 
     g_prep = parser.add_argument_group("Preprocessing options (reference: DeepLight, Thomas et al. 2021)")
     g_prep.add_argument("--smoothing-fwhm", type=NonNegative, default=3.0, metavar="MM",

@@ -40,7 +40,12 @@ def _folder(output_dir, entities, session=True):
 
 
 def run_outputs(output_dir, run_entities):
-    """Paths of the per-run outputs: ``dict(predictions, predictions_json, relevance, relevance_json)``."""
+    """Paths of the per-run outputs.
+
+    ``dict(predictions, predictions_json, relevance, relevance_json, faithfulness,
+    faithfulness_json, sanity, sanity_json)``; the last four are the quality tables
+    (:mod:`deeplight_bids.quality.run_quality`).
+    """
     ents = {k: v for k, v in run_entities.items() if k in dict(ENTITY_ORDER)}
     folder = _folder(output_dir, ents)
     pred = build_name({**ents, "desc": "predictions"}, "timeseries", ".tsv")
@@ -50,6 +55,8 @@ def run_outputs(output_dir, run_entities):
         "predictions_json": folder / pred.replace(".tsv", ".json"),
         "relevance": folder / rel,
         "relevance_json": folder / rel.replace(".nii.gz", ".json"),
+        **{f"{kind}{ext}": folder / build_name({**ents, "desc": kind}, "timeseries", ".tsv" if not ext else ".json")
+           for kind in ("faithfulness", "sanity") for ext in ("", "_json")},
     }
 
 

@@ -305,6 +305,12 @@ class StreamingNifti4D:
             os.pwrite(self._data.fileno(), memoryview(column_major).cast("B"),
                       self._offset + (start + i) * self._volume_bytes)
 
+    def read(self, index):
+        """Volume ``index`` as written, ``(z, y, x)`` float32 (NIfTI's column-major (x, y, z) in C order)."""
+        nx, ny, nz = self.shape[:3]
+        raw = os.pread(self._data.fileno(), self._volume_bytes, self._offset + int(index) * self._volume_bytes)
+        return np.frombuffer(raw, dtype=np.float32).reshape(nz, ny, nx)
+
     def close(self, compresslevel=1):
         """Compress and move into place; returns the final path.
 

@@ -26,8 +26,10 @@
 Honesty: held-out accuracy is measured only on participants the model never saw in
 training.  In ``--cv-folds`` mode, early stopping uses an inner validation participant
 taken from the fold's training participants, never the held-out fold.  In the
-single-split mode the validation participants are also the held-out ones; when they chose
-the stopping epoch the summary says so (``validation_used_for_early_stopping``).
+single-split mode without early stopping the held-out participants' loss is logged per epoch
+but chooses nothing; with early stopping a validation participant is drawn (seeded) from the
+training participants, so the held-out accuracy never comes from a participant that chose
+anything.
 """
 
 import hashlib
@@ -112,7 +114,9 @@ def add_finetune_arguments(parser):
     group.add_argument("--early-stopping-patience", type=non_negative_int, default=0, metavar="N",
                        help="stop after N epochs without a lower validation loss and keep the best weights "
                             "(0: train all epochs)")
-    group.add_argument("--seed", type=non_negative_int, default=0, help="random seed (folds, weights, shuffling)")
+    group.add_argument("--seed", type=non_negative_int, default=0,
+                       help="random seed (folds, weights, shuffling; also the quality measures' volume choice, random "
+                            "orders and randomised model, and the significance permutations)")
     group.add_argument("--freeze-body", action="store_true",
                        help="train the output layer only (the body's features are computed once)%(default).0s")
     group.add_argument("--model-name", metavar="NAME",
@@ -143,6 +147,33 @@ def make_folds(participants, k, seed):
     """Participant-wise folds: shuffled with ``seed``, dealt round-robin; each fold sorted."""
     order = list(np.random.default_rng(int(seed)).permutation(sorted(participants)))
     return [sorted(str(p) for p in order[i::k]) for i in range(k)]
+
+
+def enable_determinism(seed, log=LOGGER):
+    """Same seed, same model: seed every generator and make TensorFlow's ops deterministic.
+
+    ``keras.utils.set_random_seed`` seeds Python, NumPy and TensorFlow (initial weights,
+    dropout); ``tf.config.experimental.enable_op_determinism`` makes TensorFlow pick
+    deterministic kernels (reductions, convolution gradients; on a GPU an op without one
+    raises).  The input order is already drawn from NumPy generators seeded with the seed
+    (:func:`deeplight_bids.prepare.cache.make_volume_dataset`).
+
+    Returns
+    -------
+    bool
+        True when op determinism is on (recorded in the model card).
+    """
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(int(seed))
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except Exception as err:  # e.g. a TensorFlow build without it: train anyway, and say so
+        log.warning("fine-tune: TensorFlow op determinism could not be enabled (%s); the fit may differ between "
+                    "runs with the same --seed", err)
+        return False
+    return True
 
 
 def build_finetune_model(architecture, n_states, init, weights=None, seed=0, log=LOGGER):
@@ -358,7 +389,17 @@ class FinetuneJob:
         train = [p for p in parts if p not in val]
         if not train:
             raise UsageError("--val-participants leaves no participant for training.")
-        return [("", train, val, val)]
+        if not cfg.early_stopping_patience:
+            # the held-out participants' loss is only logged per epoch: it chooses nothing
+            return [("", train, val, val)]
+        # early stopping chooses the epoch: its validation participant must not be a held-out one,
+        # or the held-out accuracy is biased (issue 13); take it from the training participants
+        if len(train) < 2:
+            raise UsageError(f"--early-stopping-patience without --cv-folds needs a validation participant apart from "
+                             f"the held-out ones ({', '.join(val)}) and at least one training participant; there "
+                             f"are only {len(parts)} participants: drop --early-stopping-patience or add participants.")
+        inner = [str(np.random.default_rng([cfg.seed, 0]).permutation(train)[0])]
+        return [("", [p for p in train if p not in inner], inner, val)]
 
     # -- outputs ---------------------------------------------------------------------------
     def _check_existing(self):
@@ -448,6 +489,7 @@ class FinetuneJob:
 
         cfg = self.config
         t_start = time.monotonic()
+        self.deterministic = enable_determinism(cfg.seed, self.log)
         self.load_data()
         self._check_existing()
         splits = self.splits()
@@ -464,7 +506,9 @@ class FinetuneJob:
         fold_reports = []
         for fold_index, (fold, train, val, held) in enumerate(splits):
             self.log.info("fine-tune %s%s: training on %s; validation %s; held out %s", self.name,
-                          f" {fold}" if fold else "", ", ".join(train), ", ".join(val) or "none", ", ".join(held))
+                          f" {fold}" if fold else "", ", ".join(train),
+                          "none (the held-out loss is logged per epoch and chooses nothing)" if val == held
+                          else ", ".join(val) or "none", ", ".join(held))
             tr = np.isin(self.samples.subject, train)
             va = np.isin(self.samples.subject, val)
             fingerprint = _digest({"arch": self.arch, "init": self.init, "weights": self._weights_identity(),
@@ -549,7 +593,10 @@ class FinetuneJob:
                 "heldout_participants": list(held),
                 "preprocessing": {"smoothing_fwhm": cfg.smoothing_fwhm, "high_pass": cfg.high_pass,
                                   "space": cfg.space, "grid": "MNI152NLin6Asym 2 mm (91, 109, 91), (z, y, x) input"},
-                "training": {"epochs": cfg.epochs, "learning_rate": self.lr, "batch_size": self.batch_size,
+                "training": {"deterministic": bool(getattr(self, "deterministic", False)),
+                             "determinism": "keras.utils.set_random_seed(seed) + TensorFlow op determinism; input "
+                                            "order from NumPy generators seeded with the seed",
+                             "epochs": cfg.epochs, "learning_rate": self.lr, "batch_size": self.batch_size,
                              "optimizer": "Adam", "loss": "sparse categorical cross-entropy on logits",
                              "class_balancing": "oversampling to the largest class per epoch",
                              "freeze_body": bool(cfg.freeze_body), "early_stopping_patience":
@@ -605,7 +652,9 @@ class FinetuneJob:
             "heldout_accuracy_pooled": acc, "heldout_balanced_accuracy_pooled": bacc,
             "heldout_accuracy_mean_over_participants": float(np.mean(per_participant)),
             "chance": 1.0 / len(self.states), "n_volumes": len(frame),
-            "validation_used_for_early_stopping": bool(not cfg.cv_folds and cfg.early_stopping_patience),
+            # never since issue 13: early stopping validates on a participant that is not held out
+            "validation_used_for_early_stopping": any(set(f["validation_participants"]) & set(f["heldout_participants"])
+                                                      and cfg.early_stopping_patience for f in fold_reports),
             "folds": fold_reports, "participants": rows[:-1],
             "cache": {"prepared": self.cache_stats.prepared, "reused": self.cache_stats.reused},
             "seconds": round(seconds, 1), "software": software_versions(),

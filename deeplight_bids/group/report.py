@@ -391,6 +391,9 @@ def _model_section(i, group, output_dir, templates):
             html_parts.append("<h4>Accuracy by time within a block</h4>" + figure_html(
                 png_data_uri(fig), "block = consecutive volumes with the same (haemodynamically shifted) true state",
                 f"block time accuracy {task}"))
+        from deeplight_bids.quality.report_section import quality_html
+
+        html_parts.append(quality_html(output_dir, entry, task))
         html_parts.append("<h4>Group relevance maps</h4>" + _maps_html(output_dir, entry, templates, task))
     html_parts.append("</section>")
     return "".join(html_parts)

@@ -10,6 +10,10 @@ OUTPUT_DIR (see :mod:`deeplight_bids.group.stats`) and writes under ``OUTPUT_DIR
 * ``task-<t>_desc-confusion_counts.tsv`` and ``task-<t>_desc-confusion_proportions.tsv``
   (row-normalised);
 * ``task-<t>_desc-blocktime_accuracy.tsv``: accuracy by volumes since block onset;
+* ``task-<t>_desc-significance_summary.tsv`` / ``desc-significancegroup``: accuracy against
+  chance (block permutation, binomial; group t test), ``desc-faithfulness``/``desc-quality``:
+  deletion curves and sanity across participants, ``desc-plausibility`` with
+  ``--reference-map`` (:mod:`deeplight_bids.quality.group_quality`);
 * ``task-<t>_space-MNI152NLin6Asym_res-2_label-<state>_stat-{mean,t}_relevance.nii.gz``
   (+ ``.json`` with ``NumberOfParticipants``), and with ``--correct-only`` the same with
   ``desc-correct``;
@@ -283,6 +287,9 @@ def compute_group_outputs(config, inventory, templates):
                 LOGGER.info("group: task %s: reading per-volume relevance maps for --correct-only", task)
                 correct = stats.correct_only_participant_means(runs, states)
             entry["maps"] = _group_maps(folder, out, task, model, maps, templates, correct)
+            from deeplight_bids.quality.group_quality import write_quality_tables
+
+            entry.update(write_quality_tables(config, folder, out, task, runs, maps, templates, extra))
             if not entry["maps"]:
                 entry["maps_note"] = "no relevance maps (participant level run with --no-lrp?)"
             group["Tasks"][task] = entry

@@ -133,3 +133,14 @@ def test_output_root_guards_writers_given_no_root(tmp_path):
         with pytest.raises(OutputError, match="below a symbolic link"):
             write_tsv(out / "group" / "model-x" / "t.tsv", pd.DataFrame({"a": [1]}))
     assert sorted(p.name for p in elsewhere.iterdir()) == ["free.json"]
+
+
+def test_streaming_nifti_reads_back_before_close(tmp_path):
+    """read(t) gives volume t as written, in (z, y, x) order (the quality measures use it before close)."""
+    rng = np.random.default_rng(0)
+    vols = rng.normal(size=(3, 4, 5, 6)).astype(np.float32)  # (n, x, y, z)
+    stream = StreamingNifti4D(tmp_path / "m.nii.gz", (4, 5, 6, 3), np.eye(4), 2.0)
+    stream.write(0, vols)
+    for t in range(3):
+        np.testing.assert_array_equal(stream.read(t), vols[t].transpose(2, 1, 0))
+    stream.close()

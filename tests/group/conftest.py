@@ -78,7 +78,8 @@ def group_model(random_3d_model):
 def participant_out(group_bids, group_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("group_participant") / "deeplight"
     code = cli([str(group_bids.bids_dir), str(out), "participant", "--weights", str(group_model),
-                "--batch-size", "8", "--lrp-target", "true", "--high-pass", "none", "--skip-bids-validation"])
+                "--batch-size", "8", "--lrp-target", "true", "--high-pass", "none", "--skip-bids-validation",
+                "--quality-volumes", "4"])
     assert code == 0
     return out
 

@@ -211,7 +211,7 @@ def test_correct_only_maps_match(varied_out):
 def test_every_tsv_has_a_sidecar_describing_its_columns(varied_out):
     out, _ = varied_out
     tsvs = sorted((out / GROUP).glob("*.tsv"))
-    assert len(tsvs) == 5
+    assert len(tsvs) == 9  # 5 + significance, significancegroup, faithfulness, quality (quality.group_quality)
     for path in tsvs:
         sidecar = json.loads(path.with_suffix(".json").read_text())
         for column in read_tsv(path).columns:

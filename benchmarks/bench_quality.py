@@ -1,0 +1,89 @@
+"""Cost of the quality measures: one participant run with and without ``--no-quality``, side by side.
+
+Usage::
+
+    python benchmarks/bench_quality.py [--volumes 284] [--quality-volumes 32] [--results benchmarks/RESULTS.md]
+
+A synthetic dataset (1 participant, ``--volumes`` volumes, TR 0.72 s, reference grid) and a
+random-weight 3D-DeepLight (the speed does not depend on the weights) are made in a
+temporary folder; then ``deeplight-bids BIDS OUT participant`` runs twice in child processes,
+first with ``--no-quality``, then with the quality measures (default), each into its own
+output folder.  Reported: both wall times, the overhead (with / without - 1; the issue's
+target is <= 25 % at the defaults), the quality step's own time (``Quality.Seconds`` of the
+predictions sidecar) and the machine's load average before and after (the machine may be
+shared; a busy machine slows both runs).  Written under ``## Quality`` in ``--results``.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from _results import (  # benchmarks/_results.py
+    machine_description,
+    run_cli_child,
+    update_section,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for the test helper
+from tests.models.legacy_h5 import randomise_weights
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--volumes", type=int, default=284, help="volumes of the run (HCP MOTOR: 284)")
+    parser.add_argument("--quality-volumes", type=int, default=32)
+    parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    args = parser.parse_args(argv)
+
+    from deeplight_bids.demo.synth import make_synthetic_dataset
+    from deeplight_bids.models.three import build_3d_deeplight
+    from deeplight_bids.models.weights import save_model
+
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        dataset = make_synthetic_dataset(tmp / "bids", n_participants=1, n_volumes=args.volumes, t_r=0.72)
+        states = sorted(set(dataset.state_map.values()))
+        save_model(randomise_weights(build_3d_deeplight(n_states=len(states)), seed=3), tmp / "model" / "rand3d.keras",
+                   {"architecture": "3D", "states": states, "name": "rand3d"})
+        common = ["participant", "--skip-bids-validation", "--weights", tmp / "model", "--batch-size", 4]
+        _, without_s, without_rss = run_cli_child([dataset.bids_dir, tmp / "plain", *common, "--no-quality",
+                                                   "--work-dir", tmp / "work-plain"], tmp / "plain.log")
+        _, with_s, with_rss = run_cli_child([dataset.bids_dir, tmp / "quality", *common, "--quality-volumes",
+                                             args.quality_volumes, "--work-dir", tmp / "work-quality"],
+                                            tmp / "quality.log")
+        sidecar = next((tmp / "quality").rglob("*_desc-predictions_timeseries.json"))
+        quality = json.loads(sidecar.read_text())["Quality"]
+    load_after = os.getloadavg()
+    overhead = with_s / without_s - 1
+    machine = machine_description()
+    lines = [
+        "## Quality",
+        "",
+        (f"Date: {datetime.date.today()}. Machine: {machine}. Command: `python benchmarks/bench_quality.py "
+         f"--volumes {args.volumes} --quality-volumes {args.quality_volumes}`. Load average (1, 5, 15 min) before: "
+         f"{', '.join(f'{v:.1f}' for v in load_before)}; after: {', '.join(f'{v:.1f}' for v in load_after)}."),
+        "",
+        (f"One {args.volumes}-volume participant run (3D, random weights, LRP on, batch size 4, synthetic data, TR "
+         "0.72 s), each in a fresh child process:"),
+        "",
+        "| run | wall s | peak RSS MiB |",
+        "|---|---:|---:|",
+        f"| `--no-quality` | {without_s:.0f} | {without_rss:.0f} |",
+        f"| quality measures ({args.quality_volumes} volumes) | {with_s:.0f} | {with_rss:.0f} |",
+        "",
+        (f"Overhead: {overhead:+.0%} ({'within' if overhead <= 0.25 else 'OVER'} the 25 % target); the quality "
+         f"step itself took {quality['Seconds']:.0f} s (deletion curves: {args.quality_volumes} x 15 forward passes; "
+         f"randomised-model LRP of {args.quality_volumes} volumes; Spearman and SSIM)."),
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    update_section(args.results, "## Quality", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Per-run quality measures of the relevance maps (participant level, ``--quality``).
+
+On a subsample of each run's volumes (:func:`.faithfulness.select_volumes`, stratified by
+predicted state): deletion curves (:mod:`.faithfulness`) and the model-parameter
+randomisation check (:mod:`.sanity`).  Two tables per run, each with a JSON sidecar;
+their summaries go into the run's predictions sidecar under ``"Quality"``.
+"""
+
+import logging
+import time
+
+import numpy as np
+
+from deeplight_bids.derivatives.writers import write_json, write_tsv
+
+from . import faithfulness, sanity
+
+LOGGER = logging.getLogger("deeplight_bids")
+
+#: Default volumes per run (``--quality-volumes``).
+DEFAULT_VOLUMES = 32
+
+
+class RunQuality:
+    """Faithfulness and sanity of one model's relevance maps, run by run.
+
+    Parameters
+    ----------
+    model : keras.Sequential
+        The trained model.
+    composite : Composite or str
+        The LRP composite of the maps (the randomised copy is explained with the same).
+    decoder : deeplight_bids.models.decode.Decoder
+        Batched logits of the trained model.
+    n_volumes : int
+        Volumes per run (``--quality-volumes``).
+    seed : int
+        Seeds the volume choice, the random deletion order and the randomised copy.
+    max_batch : int or None
+        Most volumes per network call of the randomised copy's LRP.
+    """
+
+    def __init__(self, model, composite, decoder, n_volumes=DEFAULT_VOLUMES, seed=0, max_batch=None):
+        self.model = model
+        self.composite = composite
+        self.decoder = decoder
+        self.n_volumes = int(n_volumes)
+        self.seed = int(seed)
+        self.max_batch = max_batch
+        self._random_analyzer = None
+
+    def settings(self):
+        """What the outputs depend on (for the run's settings hash)."""
+        return {"volumes": self.n_volumes, "seed": self.seed, "fractions": list(faithfulness.FRACTIONS),
+                "randomisation": "kernels Glorot-uniform, other variables initial"}
+
+    def random_analyzer(self):
+        """LRP of the randomised copy (built on first use, then kept)."""
+        if self._random_analyzer is None:
+            from deeplight_bids.lrp.analyzer import LRPAnalyzer
+
+            self._random_analyzer = LRPAnalyzer(sanity.randomized_copy(self.model, self.seed),
+                                                composite=self.composite, max_batch=self.max_batch)
+        return self._random_analyzer
+
+    def evaluate(self, outputs, x_of, relevance_of, mask_index, logits, targets, states, root=None, label=""):
+        """Compute, write both tables and their sidecars; returns the summary for the predictions sidecar.
+
+        Parameters
+        ----------
+        outputs : dict
+            The run's paths (:func:`deeplight_bids.derivatives.naming.run_outputs`).
+        x_of : callable
+            ``(start, stop) -> inputs (n, z, y, x, 1)`` of the run in model order.
+        relevance_of : callable
+            ``volume -> relevance (z, y, x)`` of the trained model.
+        mask_index : numpy.ndarray of int
+            Flat (z, y, x) C-order indices of the in-mask voxels.
+        logits : numpy.ndarray, shape (n_volumes, n_states)
+        targets : numpy.ndarray of int, shape (n_volumes,)
+            LRP target of each volume.
+        states : sequence of str
+        root : path-like or None
+            OUTPUT_DIR (write guard).
+        label : str
+            Run label for the log.
+
+        Returns
+        -------
+        dict
+            ``Faithfulness`` (:func:`.faithfulness.area_between_curves`), ``Sanity``
+            (:func:`.sanity.summarize`), ``Volumes``, ``Seconds``.
+        """
+        t0 = time.monotonic()
+        chosen = faithfulness.select_volumes(logits.argmax(axis=1), self.n_volumes, self.seed)
+        LOGGER.info("%s: quality measures on %d volumes (deletion curves, randomised-model check)", label, len(chosen))
+
+        def x_one(v):
+            return x_of(int(v), int(v) + 1)[0]
+
+        curves = faithfulness.deletion_curves(self.decoder.logits, chosen, x_one, relevance_of, targets, mask_index,
+                                              seed=self.seed)
+        curves["state"] = [states[i] for i in curves["state"]]
+        faith = faithfulness.area_between_curves(curves)
+
+        rows = []
+        mask = None
+        step = self.max_batch or 4  # a few volumes at a time: inputs and maps of 32 volumes would add ~250 MB
+        for start in range(0, len(chosen), step):
+            part = chosen[start:start + step]
+            x = np.concatenate([x_of(int(v), int(v) + 1) for v in part])
+            _, random_maps = self.random_analyzer().explain(x, target=targets[part].astype(np.int32))
+            if mask is None:
+                mask = np.zeros(random_maps.shape[1:], dtype=bool)
+                mask.reshape(-1)[mask_index] = True
+            for j, v in enumerate(part):
+                rows.append({"volume": int(v), "state": states[int(targets[v])],
+                             **sanity.compare_maps(relevance_of(int(v)), random_maps[j], mask)})
+        import pandas as pd
+
+        sanity_frame = pd.DataFrame(rows, columns=list(sanity.COLUMNS))
+        checks = sanity.summarize(sanity_frame)
+
+        write_tsv(outputs["faithfulness"], curves, root=root)
+        write_json(outputs["faithfulness_json"], root=root, obj={
+            **faithfulness.COLUMNS,
+            "Description": "deletion curves: the explained logit as the most relevant (or randomly chosen) in-mask "
+                           "voxels are set to 0, the z-scored baseline, one row per volume x fraction x order",
+            "Fractions": list(faithfulness.FRACTIONS), "Seed": self.seed,
+            "NumberOfMaskVoxels": len(mask_index),
+            "VolumeSelection": "stratified by predicted state (states take turns, seeded)",
+            "Summary": faith,
+        })
+        write_tsv(outputs["sanity"], sanity_frame, root=root)
+        write_json(outputs["sanity_json"], root=root, obj={
+            **sanity.COLUMNS,
+            "Description": "model-parameter randomisation check (Adebayo et al. 2018): similarity of each map with "
+                           "the map of a fully randomised copy of the model; high similarity means the maps do not "
+                           "depend on what the model learned",
+            "Randomisation": "every kernel redrawn Glorot-uniform (numpy seed below); biases 0; batch normalisation "
+                             "at its initial values",
+            "Seed": self.seed, "Summary": checks,
+        })
+        seconds = time.monotonic() - t0
+        if checks["high_similarity"]:
+            LOGGER.warning("%s: relevance maps resemble those of a randomised model (median Spearman %.2f, SSIM %.2f):"
+                           " they may not reflect what the model learned", label, checks["median_spearman"],
+                           checks["median_ssim"])
+        LOGGER.info("%s: quality: area between deletion curves %.3g (logit), median Spearman vs random model %.2f "
+                    "(%.1f s)", label, faith["area_between_curves"], checks["median_spearman"], seconds)
+        return {"Faithfulness": faith, "Sanity": checks, "Volumes": [int(v) for v in chosen],
+                "Seconds": round(seconds, 2)}
