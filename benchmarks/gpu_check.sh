@@ -7,7 +7,7 @@
 # (e.g. --dry-run on CPU).  Each stage has its own time limit; the whole check is meant
 # to stay under 8 minutes on an H100/H200-class GPU.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 PYTHON=${PYTHON:-python3}
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     "$PYTHON" -m pip install --quiet --no-index --find-links .whl keras nibabel nilearn pybids templateflow tomli-w \
