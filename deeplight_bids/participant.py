@@ -19,6 +19,7 @@ import pandas as pd
 
 from deeplight_bids import __version__
 from deeplight_bids.derivatives import naming
+from deeplight_bids.derivatives.relevance import RelevanceMasker
 from deeplight_bids.derivatives.writers import StreamingNifti4D, write_json, write_nifti, write_tsv
 from deeplight_bids.exceptions import DeepLightBidsError
 from deeplight_bids.models.decode import softmax
@@ -78,7 +79,7 @@ class RunProcessor:
         c = self.config
         settings = {"weights": self.dl_model.weights_sha256, "lrp": c.lrp, "target": c.lrp_target,
                     "fwhm": c.smoothing_fwhm, "high_pass": c.high_pass, "version": __version__,
-                    "state_map": self.user_state_map}
+                    "state_map": self.user_state_map, "relevance_masked": True}
         if c.allow_approximate_space:  # only when set, so hashes of earlier outputs stay valid
             settings["allow_approximate_space"] = True
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -142,6 +143,7 @@ class RunProcessor:
                            run.label, ", ".join(not_decodable))
 
         stream = None
+        masker = RelevanceMasker(prepared.mask)  # relevance inside the brain (derivatives/relevance.py)
         if self.analyzer is not None:
             stream = StreamingNifti4D(outputs["relevance"], (*REFERENCE_SHAPE, n_vol), REFERENCE_AFFINE, run.t_r,
                                       scratch_dir=cfg.work_dir, description="deeplight-bids LRP relevance",
@@ -169,7 +171,7 @@ class RunProcessor:
                     # (batch, z, y, x) C order is (batch, x, y, z) Fortran order per volume: the
                     # transposed view is what from_model_order would copy, and it goes into the
                     # NIfTI's column-major volumes (and the sums below) as contiguous copies.
-                    rel_xyz = relevance.transpose(0, 3, 2, 1)
+                    rel_xyz = masker.apply(relevance.transpose(0, 3, 2, 1))
                     stream.write(start, rel_xyz)
                     for j, tgt in enumerate(targets[start:stop]):
                         if tgt not in sums:
@@ -194,7 +196,8 @@ class RunProcessor:
         accuracy = float((pred_idx[decodable] == true_idx[decodable]).mean()) if decodable.any() else None
         provenance = self._provenance(run, unmapped, not_decodable, state_map, space_transform)
         if self.analyzer is not None:
-            write_json(outputs["relevance_json"], self._relevance_sidecar(run, provenance), root=cfg.output_dir)
+            write_json(outputs["relevance_json"], {**self._relevance_sidecar(run, provenance), **masker.sidecar()},
+                       root=cfg.output_dir)
             self._save_state_sums(run, sums, counts)
         else:
             from deeplight_bids.derivatives.stale import remove_stale
