@@ -281,7 +281,7 @@ def compute_group_outputs(config, inventory, templates):
             correct = None
             if config.correct_only:
                 LOGGER.info("group: task %s: reading per-volume relevance maps for --correct-only", task)
-                correct = stats.correct_only_participant_means(runs, states)
+                correct = stats.correct_only_participant_means(runs, states, output_dir=out)
             entry["maps"] = _group_maps(folder, out, task, model, maps, templates, correct)
             if not entry["maps"]:
                 entry["maps_note"] = "no relevance maps (participant level run with --no-lrp?)"

@@ -1,0 +1,109 @@
+"""Relevance outputs at study scale: file sizes (masked vs unmasked) and reading back.
+
+Usage::
+
+    python benchmarks/bench_outputs.py [--volumes 405] [--distinct 8] [--workdir DIR]
+                                       [--results benchmarks/RESULTS.md]
+
+1. **Sizes**: a synthetic run (reference grid, TR 0.72 s) is prepared; a random-weight
+   3D-DeepLight (the published 3D weights are not on this workplace) explains
+   ``--distinct`` of its volumes with LRP (preset B-flat, as the participant level);
+   those maps, cycled to ``--volumes`` volumes, are written through
+   :class:`~deeplight_bids.derivatives.writers.StreamingNifti4D` unmasked (as before)
+   and masked to the run's brain mask (:class:`~deeplight_bids.derivatives.relevance.
+   RelevanceMasker`), at gzip levels 1 and 6.  Sizes in MiB and relative to the
+   measured 1288 MiB of a 405-volume run (RESULTS.md, 3D).
+2. **Reading back**: :func:`deeplight_bids.load_relevance` of one state's volumes of the
+   masked file, in a child process (wall time and the child's peak RSS).
+
+The synthetic brain mask is an ellipsoid (demo/synth.py); its voxel count is printed
+next to that of the MNI152NLin6Asym 2 mm brain mask (about 228 000 voxels).
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(HERE))
+
+TODAY_MIB = 1288.0  # 405-volume 3D run's relevance_bold.nii.gz before masking (RESULTS.md, 3D)
+
+
+def _mib(path):
+    return Path(path).stat().st_size / 2**20
+
+
+def make_relevance(workdir, n_distinct):
+    """(maps (n_distinct, x, y, z) float32 unmasked, brain mask (x, y, z) bool, dataset)."""
+    from deeplight_bids.demo.synth import make_synthetic_dataset
+    from deeplight_bids.lrp.analyzer import LRPAnalyzer
+    from deeplight_bids.models.three import build_3d_deeplight, to_model_order
+    from deeplight_bids.prepare.clean import prepare_run
+    from tests.models.legacy_h5 import randomise_weights
+
+    dataset = make_synthetic_dataset(Path(workdir) / "bids", n_participants=1, n_volumes=40, t_r=0.72)
+    run = dataset.runs[0]
+    prepared = prepare_run(run.bold, run.mask, dataset.t_r)
+    model = randomise_weights(build_3d_deeplight(n_states=16), seed=3)
+    analyzer = LRPAnalyzer(model, composite="preset_b_flat", max_batch=4)
+    maps = []
+    for start in range(0, n_distinct, 4):
+        x = to_model_order(prepared.volumes(start, min(start + 4, n_distinct)))
+        _, relevance = analyzer.explain(x)
+        maps.append(np.ascontiguousarray(relevance.transpose(0, 3, 2, 1)))
+    return np.concatenate(maps), prepared.mask, dataset
+
+
+def write_series(path, maps, n_volumes, t_r, level, masker=None):
+    from deeplight_bids.derivatives.writers import StreamingNifti4D
+    from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
+
+    stream = StreamingNifti4D(path, (*REFERENCE_SHAPE, n_volumes), REFERENCE_AFFINE, t_r)
+    start_time = time.perf_counter()
+    for i in range(n_volumes):
+        vol = maps[i % len(maps)][None]
+        stream.write(i, masker.apply(vol) if masker is not None else vol)
+    stream.close(compresslevel=level)
+    return time.perf_counter() - start_time
+
+
+def sizes(args, workdir):
+    from deeplight_bids.derivatives.relevance import RelevanceMasker
+
+    maps, mask, _ = make_relevance(workdir, args.distinct)
+    rows = []
+    for masked in (False, True):
+        for level in (1, 6):
+            masker = RelevanceMasker(mask) if masked else None
+            path = Path(workdir) / f"rel_{'masked' if masked else 'full'}_l{level}.nii.gz"
+            seconds = write_series(path, maps, args.volumes, 0.72, level, masker)
+            row = {"masked": masked, "gzip_level": level, "mib": round(_mib(path), 1),
+                   "pct_of_1288": round(100 * _mib(path) / TODAY_MIB, 1), "write_s": round(seconds, 1)}
+            if masker is not None:
+                row["outside_fraction"] = masker.sidecar()["RelevanceOutsideMaskFraction"]["Median"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(json.dumps({"mask_voxels": int(mask.sum()), "grid_voxels": int(mask.size)}), flush=True)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--volumes", type=int, default=405)
+    parser.add_argument("--distinct", type=int, default=8)
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
+        sizes(args, workdir)
+
+
+if __name__ == "__main__":
+    main()
