@@ -76,33 +76,85 @@ def write_series(path, maps, n_volumes, t_r, level, masker=None):
 
 
 def sizes(args, workdir):
+    """Write the series unmasked and masked at each gzip level; returns (rows, masked level-1 path, mask)."""
+    from deeplight_bids.derivatives import naming
     from deeplight_bids.derivatives.relevance import RelevanceMasker
 
     maps, mask, _ = make_relevance(workdir, args.distinct)
-    rows = []
-    for masked in (False, True):
-        for level in (1, 6):
+    out = Path(workdir) / "out"
+    rows, readable = [], None
+    for masked in ((False, True) if args.unmasked else (True,)):
+        for level in args.levels:
             masker = RelevanceMasker(mask) if masked else None
             path = Path(workdir) / f"rel_{'masked' if masked else 'full'}_l{level}.nii.gz"
+            if masked and level == args.levels[0]:
+                path = naming.run_outputs(out, {"subject": "01", "task": "motor"})["relevance"]
+                readable = path
             seconds = write_series(path, maps, args.volumes, 0.72, level, masker)
             row = {"masked": masked, "gzip_level": level, "mib": round(_mib(path), 1),
                    "pct_of_1288": round(100 * _mib(path) / TODAY_MIB, 1), "write_s": round(seconds, 1)}
             if masker is not None:
-                row["outside_fraction"] = masker.sidecar()["RelevanceOutsideMaskFraction"]["Median"]
+                row["outside_fraction_median"] = round(masker.sidecar()["RelevanceOutsideMaskFraction"]["Median"], 3)
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(json.dumps({"mask_voxels": int(mask.sum()), "grid_voxels": int(mask.size)}), flush=True)
-    return rows
+    return rows, out, readable
+
+
+def write_predictions(out, n_volumes, n_states=5, block=20):
+    """A predictions table whose lrp_target cycles through ``n_states`` states in blocks of ``block`` volumes."""
+    import pandas as pd
+
+    from deeplight_bids.derivatives import naming
+    from deeplight_bids.derivatives.writers import write_tsv
+
+    states = [f"STATE{i}" for i in range(n_states)]
+    targets = [states[(i // block) % n_states] for i in range(n_volumes)]
+    frame = pd.DataFrame({"volume": np.arange(n_volumes), "onset": np.arange(n_volumes) * 0.72,
+                          "true_state": targets, "predicted_state": targets, "correct": 1, "lrp_target": targets})
+    write_tsv(naming.run_outputs(out, {"subject": "01", "task": "motor"})["predictions"], frame)
+    return states[0], targets.count(states[0])
+
+
+CHILD = """
+import json, resource, sys, time
+start = time.perf_counter()
+from deeplight_bids import load_relevance
+img, rows = load_relevance(sys.argv[1], "01", "motor", state=sys.argv[2])
+seconds = time.perf_counter() - start
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"volumes": int(img.shape[3]), "rows": len(rows), "seconds": round(seconds, 2),
+                  "peak_rss_mib": round(rss)}))
+"""
+
+
+def readback(out, n_volumes):
+    """load_relevance of one state's volumes in a fresh child (imports included in the time)."""
+    import os
+    import subprocess
+
+    state, n_state = write_predictions(out, n_volumes)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(out), state], capture_output=True, text=True,
+                          env=env, check=True)
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    row["expected_volumes"] = n_state
+    print(json.dumps({"load_relevance": row}), flush=True)
+    return row
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--volumes", type=int, default=405)
     parser.add_argument("--distinct", type=int, default=8)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 6])
+    parser.add_argument("--no-unmasked", dest="unmasked", action="store_false",
+                        help="skip the unmasked files (the slow part)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
-        sizes(args, workdir)
+        _, out, _ = sizes(args, workdir)
+        readback(out, args.volumes)
 
 
 if __name__ == "__main__":

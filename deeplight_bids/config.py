@@ -43,6 +43,8 @@ class Config:
     lrp_target : {"predicted", "true"}
     batch_size, nprocs : int
     overwrite, skip_bids_validation : bool
+    relevance_maps : {"volumes", "blocks", "means"}
+        Relevance written per run: per volume, per event block, or only the per-state means.
     save_tfrecords : bool
         Also export prepared, labelled volumes in the original TFRecord schema.
     correct_only, reports_only : bool
@@ -75,6 +77,7 @@ class Config:
     nprocs: int = 0
     overwrite: bool = False
     save_tfrecords: bool = False
+    relevance_maps: str = "volumes"
     skip_bids_validation: bool = False
     correct_only: bool = False
     reports_only: bool = False
@@ -120,6 +123,7 @@ class Config:
             nprocs=int(args.nprocs or os.cpu_count() or 1),
             overwrite=bool(args.overwrite),
             save_tfrecords=bool(getattr(args, "save_tfrecords", False)),
+            relevance_maps=getattr(args, "relevance_maps", "volumes"),
             skip_bids_validation=bool(args.skip_bids_validation),
             correct_only=bool(getattr(args, "correct_only", False)),
             reports_only=bool(getattr(args, "reports_only", False)),

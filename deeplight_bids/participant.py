@@ -19,8 +19,9 @@ import pandas as pd
 
 from deeplight_bids import __version__
 from deeplight_bids.derivatives import naming
-from deeplight_bids.derivatives.relevance import RelevanceMasker
-from deeplight_bids.derivatives.writers import StreamingNifti4D, write_json, write_nifti, write_tsv
+from deeplight_bids.derivatives.relevance import RelevanceMasker, RunRelevanceOutputs, event_blocks
+from deeplight_bids.derivatives.relevance import relevance_outputs_complete
+from deeplight_bids.derivatives.writers import write_json, write_nifti, write_tsv
 from deeplight_bids.exceptions import DeepLightBidsError
 from deeplight_bids.models.decode import softmax
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_RES, REFERENCE_SHAPE, REFERENCE_SPACE
@@ -82,6 +83,8 @@ class RunProcessor:
                     "state_map": self.user_state_map, "relevance_masked": True}
         if c.allow_approximate_space:  # only when set, so hashes of earlier outputs stay valid
             settings["allow_approximate_space"] = True
+        if c.relevance_maps != "volumes":  # likewise
+            settings["relevance_maps"] = c.relevance_maps
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # -- resume -------------------------------------------------------------------------
@@ -90,7 +93,7 @@ class RunProcessor:
         marker = outputs["predictions_json"]
         if not marker.is_file() or not outputs["predictions"].is_file():
             return False
-        if self.config.lrp and not (outputs["relevance"].is_file() and outputs["relevance_json"].is_file()):
+        if self.config.lrp and not relevance_outputs_complete(self.config.relevance_maps, outputs):
             return False
         try:
             sidecar = json.loads(marker.read_text())
@@ -145,9 +148,9 @@ class RunProcessor:
         stream = None
         masker = RelevanceMasker(prepared.mask)  # relevance inside the brain (derivatives/relevance.py)
         if self.analyzer is not None:
-            stream = StreamingNifti4D(outputs["relevance"], (*REFERENCE_SHAPE, n_vol), REFERENCE_AFFINE, run.t_r,
-                                      scratch_dir=cfg.work_dir, description="deeplight-bids LRP relevance",
-                                      root=cfg.output_dir)
+            blocks = event_blocks(events, n_vol, run.t_r, state_map) if cfg.relevance_maps == "blocks" else None
+            stream = RunRelevanceOutputs(cfg.relevance_maps, outputs, n_vol, run.t_r, blocks,
+                                         scratch_dir=cfg.work_dir, root=cfg.output_dir)
         logits = np.zeros((n_vol, len(self.states)), dtype=np.float32)
         targets = np.full(n_vol, -1, dtype=int)
         sums, counts = {}, {}
@@ -196,13 +199,12 @@ class RunProcessor:
         accuracy = float((pred_idx[decodable] == true_idx[decodable]).mean()) if decodable.any() else None
         provenance = self._provenance(run, unmapped, not_decodable, state_map, space_transform)
         if self.analyzer is not None:
-            write_json(outputs["relevance_json"], {**self._relevance_sidecar(run, provenance), **masker.sidecar()},
-                       root=cfg.output_dir)
+            stream.finish({**self._relevance_sidecar(run, provenance), **masker.sidecar()})
             self._save_state_sums(run, sums, counts)
         else:
             from deeplight_bids.derivatives.stale import remove_stale
 
-            remove_stale([outputs["relevance"]], "relevance of other settings (this run was re-done with --no-lrp)")
+            remove_stale([outputs["relevance"], outputs["blocks"], outputs["blocks_tsv"]], "relevance of other settings (this run was re-done with --no-lrp)")
         write_tsv(outputs["predictions"], frame, root=cfg.output_dir)
         sidecar = self._predictions_sidecar(provenance, accuracy, int(decodable.sum()))
         write_json(outputs["predictions_json"], sidecar, root=cfg.output_dir)  # last: marks the run complete
@@ -339,6 +341,11 @@ class RunProcessor:
         import nibabel as nib
 
         outputs = naming.run_outputs(self.config.output_dir, run.entities)
+        if not outputs["relevance"].is_file():  # --relevance-maps blocks/means keep no per-volume maps
+            from deeplight_bids.exceptions import OutputError
+
+            raise OutputError(f"{path}: missing, and the run's per-volume maps were not kept (--relevance-maps "
+                              f"{self.config.relevance_maps}); re-run the participant level with --overwrite.")
         frame = pd.read_csv(outputs["predictions"], sep="\t", na_values="n/a", keep_default_na=False)
         data = np.asarray(nib.load(outputs["relevance"]).dataobj, dtype=np.float32)
         out = {}

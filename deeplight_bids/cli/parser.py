@@ -201,6 +201,10 @@ def build_parser():
     add_finetune_arguments(parser)
 
     g_out = parser.add_argument_group("Output options")
+    g_out.add_argument("--relevance-maps", choices=("volumes", "blocks", "means"), default="volumes",
+                       help="relevance written per run (masked to the run's brain mask): one map per volume, one mean "
+                            "map per event block / trial (4D + TSV), or none (the per-state mean maps per participant "
+                            "are written in every case)")
     g_out.add_argument("--save-tfrecords", action="store_true",
                        help="also write each run's prepared, labelled volumes as TFRecords in the original "
                             "DeepLight schema (OUTPUT_DIR/tfrecords/; HCP states and numeric participant labels)")

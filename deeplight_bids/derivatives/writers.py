@@ -363,6 +363,7 @@ BIDSIGNORE = """\
 *_timeseries.json
 *_relevance.nii.gz
 *_relevance.json
+*_relevance.tsv
 *_summary.tsv
 *_summary.json
 *.html
