@@ -97,7 +97,10 @@ def sizes(args, workdir):
                 row["outside_fraction_median"] = round(masker.sidecar()["RelevanceOutsideMaskFraction"]["Median"], 3)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(json.dumps({"mask_voxels": int(mask.sum()), "grid_voxels": int(mask.size)}), flush=True)
+    from deeplight_bids.derivatives.writers import gzip_module
+
+    print(json.dumps({"mask_voxels": int(mask.sum()), "grid_voxels": int(mask.size),
+                      "gzip": gzip_module().__name__}), flush=True)
     return rows, out, readable
 
 
@@ -117,12 +120,13 @@ def write_predictions(out, n_volumes, n_states=5, block=20):
 
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 start = time.perf_counter()
 from deeplight_bids import load_relevance
 img, rows = load_relevance(sys.argv[1], "01", "motor", state=sys.argv[2])
 seconds = time.perf_counter() - start
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec
+rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
 print(json.dumps({"volumes": int(img.shape[3]), "rows": len(rows), "seconds": round(seconds, 2),
                   "peak_rss_mib": round(rss)}))
 """

@@ -7,7 +7,6 @@ the gzip stream a few volumes at a time (:func:`iter_volumes`), so a 405-volume 
 never held in memory whole.
 """
 
-import gzip
 import json
 import re
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from deeplight_bids.derivatives import naming
+from deeplight_bids.derivatives.writers import gzip_module
 from deeplight_bids.exceptions import InputDataError
 
 KINDS = ("volumes", "means")
@@ -61,7 +61,7 @@ def iter_volumes(path, wanted, chunk=16, dtype=np.float64):
     wanted = sorted({int(w) for w in wanted if 0 <= int(w) < shape[3]})
     if not wanted:
         return
-    opener = gzip.open if str(path).endswith(".gz") else open
+    opener = gzip_module().open if str(path).endswith(".gz") else open
     with opener(path, "rb") as fobj:
         fobj.seek(offset)
         for start in range(0, wanted[-1] + 1, chunk):
