@@ -325,11 +325,14 @@ class StreamingNifti4D:
         """
         self._data.close()
         del self._data
+        module = gzip_module()
+        if module is not gzip:
+            compresslevel = min(compresslevel, 3)  # ISA-L's levels are 0-3
         try:
             with atomic_path(self.path, self.root) as tmp:
                 with open(self._raw, "rb") as src, open(tmp, "wb") as raw_dst, \
-                        gzip_module().GzipFile(filename="", mode="wb", fileobj=raw_dst,
-                                               compresslevel=compresslevel, mtime=0) as dst:
+                        module.GzipFile(filename="", mode="wb", fileobj=raw_dst, compresslevel=compresslevel,
+                                        mtime=0) as dst:
                     shutil.copyfileobj(src, dst, length=1 << 22)
         finally:
             self.abort()

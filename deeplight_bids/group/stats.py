@@ -39,7 +39,7 @@ Metrics
 Relevance maps
 --------------
 Per model, task and state: the participant mean maps (``label-<state>_desc-mean``) are
-averaged (``stat-mean``) and tested voxel-wise against 0 with a one-sample t-test
+averaged (``stat-effect``) and tested voxel-wise against 0 with a one-sample t-test
 (``stat-t``, nilearn ``SecondLevelModel`` with an intercept-only design, i.e. the
 one-sample t statistic ``mean / (SD / √n)``, df = n - 1), inside the template brain mask
 (0 outside; voxels with zero variance get t = 0).  No t-map is made for a single
