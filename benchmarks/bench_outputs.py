@@ -2,8 +2,8 @@
 
 Usage::
 
-    python benchmarks/bench_outputs.py [--volumes 405] [--distinct 8] [--workdir DIR]
-                                       [--results benchmarks/RESULTS.md]
+    python benchmarks/bench_outputs.py [--volumes 405] [--distinct 8] [--levels 1 3] [--no-unmasked]
+                                       [--workdir DIR]
 
 1. **Sizes**: a synthetic run (reference grid, TR 0.72 s) is prepared; a random-weight
    3D-DeepLight (the published 3D weights are not on this workplace) explains
@@ -11,13 +11,15 @@ Usage::
    those maps, cycled to ``--volumes`` volumes, are written through
    :class:`~deeplight_bids.derivatives.writers.StreamingNifti4D` unmasked (as before)
    and masked to the run's brain mask (:class:`~deeplight_bids.derivatives.relevance.
-   RelevanceMasker`), at gzip levels 1 and 3 (ISA-L's highest).  Sizes in MiB and relative to the
-   measured 1288 MiB of a 405-volume run (RESULTS.md, 3D).
+   RelevanceMasker`), at gzip levels 1 and 3 (ISA-L's highest); and as ``--relevance-maps
+   blocks`` would write them (one mean map per 12-volume block every 20 volumes).  Sizes in
+   MiB and relative to the measured 1288 MiB of a 405-volume run (RESULTS.md, 3D).
 2. **Reading back**: :func:`deeplight_bids.load_relevance` of one state's volumes of the
    masked file, in a child process (wall time and the child's peak RSS).
 
 The synthetic brain mask is an ellipsoid (demo/synth.py); its voxel count is printed
-next to that of the MNI152NLin6Asym 2 mm brain mask (about 228 000 voxels).
+next to that of the MNI152NLin6Asym 2 mm brain mask (about 228 000 voxels).  The figures are
+printed as JSON lines (RESULTS.md, section Outputs, is written from them by hand).
 """
 
 import argparse
@@ -97,11 +99,33 @@ def sizes(args, workdir):
                 row["outside_fraction_median"] = round(masker.sidecar()["RelevanceOutsideMaskFraction"]["Median"], 3)
             rows.append(row)
             print(json.dumps(row), flush=True)
+    rows.append(blocks_size(Path(workdir) / "blocks.nii.gz", maps, mask, args.volumes))
     from deeplight_bids.derivatives.writers import gzip_module
 
     print(json.dumps({"mask_voxels": int(mask.sum()), "grid_voxels": int(mask.size),
                       "gzip": gzip_module().__name__}), flush=True)
     return rows, out, readable
+
+
+def blocks_size(path, maps, mask, n_volumes, cycle=20, block=12):
+    """``--relevance-maps blocks``: one masked mean map per block of ``block`` volumes every ``cycle`` volumes."""
+    from deeplight_bids.derivatives.relevance import BlockMeans, RelevanceMasker
+    from deeplight_bids.derivatives.writers import StreamingNifti4D
+    from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
+
+    index = np.arange(n_volumes)
+    block_of_volume = np.where(index % cycle < block, index // cycle, -1)
+    n_blocks = int(block_of_volume.max()) + 1
+    masker = RelevanceMasker(mask)
+    means = BlockMeans(block_of_volume, StreamingNifti4D(path, (*REFERENCE_SHAPE, n_blocks), REFERENCE_AFFINE, 0.72))
+    start_time = time.perf_counter()
+    for i in range(n_volumes):
+        means.add(i, masker.apply(maps[i % len(maps)][None]))
+    means.close()
+    row = {"blocks": n_blocks, "mib": round(_mib(path), 1), "pct_of_1288": round(100 * _mib(path) / TODAY_MIB, 2),
+           "write_s": round(time.perf_counter() - start_time, 1)}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def write_predictions(out, n_volumes, n_states=5, block=20):
