@@ -19,7 +19,7 @@ import pandas as pd
 
 from deeplight_bids import __version__
 from deeplight_bids.derivatives import naming
-from deeplight_bids.derivatives.relevance import RelevanceMasker, RunRelevanceOutputs, event_blocks
+from deeplight_bids.derivatives.relevance import BackgroundWriter, RelevanceMasker, RunRelevanceOutputs, event_blocks
 from deeplight_bids.derivatives.relevance import relevance_outputs_complete
 from deeplight_bids.derivatives.writers import write_json, write_nifti, write_tsv
 from deeplight_bids.exceptions import DeepLightBidsError
@@ -149,8 +149,9 @@ class RunProcessor:
         masker = RelevanceMasker(prepared.mask)  # relevance inside the brain (derivatives/relevance.py)
         if self.analyzer is not None:
             blocks = event_blocks(events, n_vol, run.t_r, state_map) if cfg.relevance_maps == "blocks" else None
-            stream = RunRelevanceOutputs(cfg.relevance_maps, outputs, n_vol, run.t_r, blocks,
-                                         scratch_dir=cfg.work_dir, root=cfg.output_dir)
+            # written by a thread beside the network (bounded queue; its errors stop the run)
+            stream = BackgroundWriter(RunRelevanceOutputs(cfg.relevance_maps, outputs, n_vol, run.t_r, blocks,
+                                                          scratch_dir=cfg.work_dir, root=cfg.output_dir))
         logits = np.zeros((n_vol, len(self.states)), dtype=np.float32)
         targets = np.full(n_vol, -1, dtype=int)
         sums, counts = {}, {}

@@ -50,3 +50,47 @@ def test_block_means_streamed(tmp_path):
     for block in range(3):
         expected = volumes[block_of_volume == block].mean(axis=0)
         np.testing.assert_allclose(data[..., block], expected, rtol=1e-6)
+
+
+class _Recorder:
+    def __init__(self, fail_at=None):
+        self.calls, self.fail_at, self.closed, self.aborted = [], fail_at, False, False
+
+    def write(self, start, volumes):
+        if start == self.fail_at:
+            raise OSError(28, "No space left on device")
+        self.calls.append((start, volumes.copy()))
+
+    def close(self):
+        self.closed = True
+
+    def abort(self):
+        self.aborted = True
+
+
+def test_background_writer_keeps_order():
+    from deeplight_bids.derivatives.relevance import BackgroundWriter
+
+    target = _Recorder()
+    writer = BackgroundWriter(target, max_pending=1)
+    for start in range(0, 12, 3):
+        writer.write(start, np.full((3, 2, 2, 2), start, np.float32))
+    writer.close()
+    assert target.closed and [c[0] for c in target.calls] == [0, 3, 6, 9]
+    assert all((c[1] == c[0]).all() for c in target.calls)
+
+
+def test_background_writer_error_stops_the_run():
+    import pytest
+
+    from deeplight_bids.derivatives.relevance import BackgroundWriter
+
+    target = _Recorder(fail_at=3)
+    writer = BackgroundWriter(target, max_pending=1)
+    with pytest.raises(OSError, match="No space left"):
+        for start in range(0, 30, 3):  # the error surfaces at a later write, or at close
+            writer.write(start, np.zeros((3, 2, 2, 2), np.float32))
+        writer.close()
+    writer.abort()
+    assert target.aborted and not target.closed
+    assert [c[0] for c in target.calls] == [0]  # nothing written after the error
