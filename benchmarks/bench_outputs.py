@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_outputs.py [--volumes 405] [--distinct 8] [--levels 1 3] [--no-unmasked]
-                                       [--workdir DIR]
+                                       [--wall-volumes N [--wall-repeats R] [--wall-only]] [--workdir DIR]
 
 1. **Sizes**: a synthetic run (reference grid, TR 0.72 s) is prepared; a random-weight
    3D-DeepLight (the published 3D weights are not on this workplace) explains
@@ -16,6 +16,9 @@ Usage::
    MiB and relative to the measured 1288 MiB of a 405-volume run (RESULTS.md, 3D).
 2. **Reading back**: :func:`deeplight_bids.load_relevance` of one state's volumes of the
    masked file, in a child process (wall time and the child's peak RSS).
+3. With ``--wall-volumes N``: participant runs (LRP, batch 4, random-weight model) of one
+   synthetic N-volume run with ``--relevance-maps means`` and ``volumes``, alternated
+   ``--wall-repeats`` times; wall times, their ratio (best of each) and peak RSS.
 
 The synthetic brain mask is an ellipsoid (demo/synth.py); its voxel count is printed
 next to that of the MNI152NLin6Asym 2 mm brain mask (about 228 000 voxels).  The figures are
@@ -171,6 +174,44 @@ def readback(out, n_volumes):
     return row
 
 
+def wall_times(workdir, n_volumes, repeats):
+    """Participant runs (LRP, batch 4) of one synthetic run with ``--relevance-maps means`` and ``volumes``, alternated.
+
+    Returns ``{mode: [wall s, ...]}`` and the peak RSS (MiB) of each mode's runs.
+    """
+    import os
+
+    from _results import run_cli_child
+    from deeplight_bids.demo.synth import make_synthetic_dataset
+    from deeplight_bids.models.three import build_3d_deeplight
+    from deeplight_bids.models.weights import save_model
+    from tests.models.legacy_h5 import randomise_weights
+
+    workdir = Path(workdir)
+    dataset = make_synthetic_dataset(workdir / "wall_bids", n_participants=1, n_volumes=n_volumes, t_r=0.72)
+    states = sorted(set(dataset.state_map.values()))
+    model_dir = workdir / "wall_model"
+    save_model(randomise_weights(build_3d_deeplight(n_states=len(states)), seed=3), model_dir / "rand3d.keras",
+               {"architecture": "3D", "states": states, "name": "rand3d"})
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    walls, rss = {"means": [], "volumes": []}, {"means": 0, "volumes": 0}
+    for i in range(repeats):
+        for mode in ("means", "volumes"):
+            out = workdir / f"wall_out_{mode}_{i}"
+            _, seconds, peak = run_cli_child(
+                [dataset.bids_dir, out, "participant", "--skip-bids-validation", "--weights", model_dir, "--work-dir",
+                 workdir / f"wall_work_{mode}_{i}", "--batch-size", 4, "--relevance-maps", mode],
+                workdir / f"wall_{mode}_{i}.log", env=env)
+            walls[mode].append(round(seconds, 1))
+            rss[mode] = max(rss[mode], round(peak))
+            print(json.dumps({"wall": mode, "volumes": n_volumes, "seconds": round(seconds, 1),
+                              "peak_rss_mib": round(peak)}), flush=True)
+    summary = {"wall_means_s": walls["means"], "wall_volumes_s": walls["volumes"],
+               "volumes_over_means": round(min(walls["volumes"]) / min(walls["means"]), 3), "peak_rss_mib": rss}
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--volumes", type=int, default=405)
@@ -178,11 +219,18 @@ def main(argv=None):
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--no-unmasked", dest="unmasked", action="store_false",
                         help="skip the unmasked files (the slow part)")
+    parser.add_argument("--wall-volumes", type=int, default=0, metavar="N",
+                        help="also time participant runs of N volumes with --relevance-maps means vs volumes")
+    parser.add_argument("--wall-repeats", type=int, default=1)
+    parser.add_argument("--wall-only", action="store_true", help="only the wall-time comparison")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
-        _, out, _ = sizes(args, workdir)
-        readback(out, args.volumes)
+        if not args.wall_only:
+            _, out, _ = sizes(args, workdir)
+            readback(out, args.volumes)
+        if args.wall_volumes:
+            wall_times(workdir, args.wall_volumes, args.wall_repeats)
 
 
 if __name__ == "__main__":
