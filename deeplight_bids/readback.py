@@ -18,7 +18,9 @@ from deeplight_bids.derivatives import naming
 from deeplight_bids.derivatives.writers import gzip_module
 from deeplight_bids.exceptions import InputDataError
 
-KINDS = ("volumes", "means")
+KINDS = ("volumes", "blocks", "means")
+#: file name ends of the per-run relevance files, by kind
+_RUN_FILES = {"volumes": "desc-relevance_bold.nii.gz", "blocks": "desc-blocks_relevance.nii.gz"}
 _SHORT_TO_LONG = {short: key for key, short in naming.ENTITY_ORDER}
 
 
@@ -97,10 +99,10 @@ def _same_index(a, b):
     return int(a) == int(b) if a.isdigit() and b.isdigit() else a == b
 
 
-def _run_files(output_dir, subject, task, run, session, filters=None):
+def _run_files(output_dir, subject, task, run, session, filters=None, kind="volumes"):
     subject = str(subject).removeprefix("sub-")
     folder = Path(output_dir) / f"sub-{subject}"
-    pattern = f"sub-{subject}_*task-{task}_*desc-relevance_bold.nii.gz"
+    pattern = f"sub-{subject}_*task-{task}_*{_RUN_FILES[kind]}"
     files = sorted(set(folder.glob(f"func/{pattern}")) | set(folder.glob(f"ses-*/func/{pattern}")))
     chosen = []
     for path in files:
@@ -117,8 +119,9 @@ def _run_files(output_dir, subject, task, run, session, filters=None):
     if not chosen:
         what = f"sub-{subject}, task {task}" + (f", run {run}" if run is not None else "") + (
             f", session {session}" if session is not None else "")
-        raise InputDataError(f"{output_dir}: no per-volume relevance maps for {what} (*_desc-relevance_bold.nii.gz); "
-                             "run the participant level with LRP, or check the labels.")
+        raise InputDataError(f"{output_dir}: no {'per-volume' if kind == 'volumes' else 'block'} relevance maps for "
+                             f"{what} (*_{_RUN_FILES[kind]}); run the participant level with LRP (and --relevance-maps "
+                             f"{kind}), or check the labels.")
     return chosen
 
 
@@ -148,15 +151,17 @@ def load_relevance(output_dir, subject, task, run=None, state=None, kind="volume
     state : str or None
         Only the maps that explain this state (``lrp_target`` of the predictions table;
         the state name, e.g. ``"MOTOR_lh"``, or its label ``"MOTORlh"``); None: all.
-    kind : {"volumes", "means"}
+    kind : {"volumes", "blocks", "means"}
         ``"volumes"``: the per-volume maps of the runs' ``*_desc-relevance_bold.nii.gz``.
+        ``"blocks"``: the per-block maps of ``--relevance-maps blocks``
+        (``*_desc-blocks_relevance.nii.gz``; ``state`` selects on the block's state).
         ``"means"``: the participant's per-state mean maps (``*_desc-mean_relevance``).
     session : str or None
         Session label (with or without ``ses-``); None: every session.
     volumes : iterable of int or None
-        ``"volumes"`` only: keep only these 0-based volume indices (of each selected run).
+        Keep only these 0-based volume (``"blocks"``: block) indices of each selected run.
     filters : dict or None
-        ``"volumes"`` only: other entities the runs must have (long names, e.g.
+        ``"volumes"`` and ``"blocks"``: other entities the runs must have (long names, e.g.
         ``{"direction": "LR", "acquisition": None}``; None or "" = the entity is absent).
 
     Returns
@@ -169,6 +174,8 @@ def load_relevance(output_dir, subject, task, run=None, state=None, kind="volume
         ``"volumes"``: the rows of the runs' predictions tables (``volume``, ``onset``,
         ``true_state``, ``predicted_state``, ``correct``, ``lrp_target``, ``prob_*``) with
         a first column ``source`` (the relevance file's name).
+        ``"blocks"``: the rows of the runs' blocks TSVs (``block``, ``trial_type``, ``state``,
+        ``onset``, ``duration``, ``volumes``, ``n_volumes``), with ``source`` first.
         ``"means"``: ``state``, ``number_of_volumes`` and ``source`` per mean map.
 
     Raises
@@ -197,20 +204,21 @@ def load_relevance(output_dir, subject, task, run=None, state=None, kind="volume
     if kind == "means":
         return _load_means(output_dir, subject, task, state)
     selected = []
-    for path, ents in _run_files(output_dir, subject, task, run, session, filters):
+    index_column, state_column = ("volume", "lrp_target") if kind == "volumes" else ("block", "state")
+    for path, ents in _run_files(output_dir, subject, task, run, session, filters, kind):
         source = {k: v for k, v in ents.items() if k not in ("space", "res", "label", "desc")}
-        predictions = naming.run_outputs(output_dir, source)["predictions"]
-        if not predictions.is_file():
-            raise InputDataError(f"{predictions}: missing (the run is unfinished); re-run the participant level.")
-        table = _read_table(predictions)
-        if "lrp_target" not in table.columns:
-            raise InputDataError(f"{predictions}: no lrp_target column (made with --no-lrp?); re-run the participant "
+        listing = naming.run_outputs(output_dir, source)["predictions" if kind == "volumes" else "blocks_tsv"]
+        if not listing.is_file():
+            raise InputDataError(f"{listing}: missing (the run is unfinished); re-run the participant level.")
+        table = _read_table(listing)
+        if state_column not in table.columns:
+            raise InputDataError(f"{listing}: no {state_column} column (made with --no-lrp?); re-run the participant "
                                  "level with LRP.")
         keep = pd.Series(True, index=table.index)
         if state is not None:
-            keep &= _matches_state(table["lrp_target"], state)
+            keep &= _matches_state(table[state_column], state)
         if volumes is not None:
-            keep &= table["volume"].isin([int(v) for v in volumes])
+            keep &= table[index_column].isin([int(v) for v in volumes])
         rows = table.loc[keep].copy()
         rows.insert(0, "source", path.name)
         selected.append((path, rows))
@@ -219,7 +227,7 @@ def load_relevance(output_dir, subject, task, run=None, state=None, kind="volume
     data = np.zeros((*first.shape[:3], n_total), dtype=np.float32, order="F")
     filled = 0
     for path, rows in selected:
-        position = {int(v): filled + i for i, v in enumerate(rows["volume"])}
+        position = {int(v): filled + i for i, v in enumerate(rows[index_column])}
         for index, vol in iter_volumes(path, position, dtype=np.float32):
             data[..., position[index]] = vol
         filled += len(rows)

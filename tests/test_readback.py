@@ -92,3 +92,21 @@ def test_public_import_is_lazy():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "deeplight_bids.readback"
+
+
+def test_blocks(tmp_path):
+    out = tmp_path / "out"
+    paths = naming.run_outputs(out, {"subject": "01", "task": "motor"})
+    data = np.random.default_rng(2).normal(size=(*SHAPE, 3)).astype(np.float32)
+    stream = StreamingNifti4D(paths["blocks"], (*SHAPE, 3), AFFINE, 0.72)
+    stream.write(0, np.moveaxis(data, -1, 0))
+    stream.close()
+    table = pd.DataFrame({"block": [0, 1, 2], "trial_type": ["lh", "rh", "lh"], "state": ["MOTOR_lh", "MOTOR_rh",
+                          "MOTOR_lh"], "onset": [0.0, 10.0, 20.0], "duration": [5.0] * 3,
+                          "volumes": ["1,2", "15,16", "29,30"], "n_volumes": [2, 2, 2]})
+    write_tsv(paths["blocks_tsv"], table)
+    img, rows = load_relevance(out, "01", "motor", kind="blocks", state="MOTOR_lh")
+    assert list(rows["block"]) == [0, 2] and list(rows["onset"]) == [0.0, 20.0]
+    np.testing.assert_array_equal(np.asarray(img.dataobj), data[..., [0, 2]])
+    with pytest.raises(InputDataError, match="no per-volume relevance maps"):
+        load_relevance(out, "01", "motor")  # blocks only: no per-volume file

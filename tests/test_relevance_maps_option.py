@@ -34,6 +34,12 @@ def test_blocks_then_means(synthetic_dataset, random_3d_model, prepared_syntheti
     assert not data[~prepared_synthetic_run.mask].any() and np.abs(data).max() > 0
     sidecar = json.loads((out / (BLOCKS + ".json")).read_text())
     assert sidecar["n_volumes"]["Description"] and sidecar["RelevanceOutsideMaskFraction"]["NumberOfVolumes"] > 0
+    from deeplight_bids import load_relevance
+
+    read, rows = load_relevance(out, "01", "motor", kind="blocks", state=table["state"].iloc[0])
+    chosen = table.index[table["state"] == table["state"].iloc[0]].to_numpy()
+    assert list(rows["block"]) == list(chosen)
+    np.testing.assert_array_equal(np.asarray(read.dataobj), data[..., chosen])
     errors, _ = validator_errors(out)
     assert errors == []
     means = sorted((out / "sub-01/func").glob("*_desc-mean_relevance.nii.gz"))
