@@ -10,4 +10,13 @@ and the group level in ``group/``.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load_relevance"]
+
+
+def __getattr__(name):
+    # lazy: ``import deeplight_bids`` stays light (no nibabel, pandas or TensorFlow)
+    if name == "load_relevance":
+        from deeplight_bids.readback import load_relevance
+
+        return load_relevance
+    raise AttributeError(f"module 'deeplight_bids' has no attribute {name!r}")

@@ -47,6 +47,8 @@ class Config:
         Keras backend (``--backend``; set before Keras is imported).
     batch_size, nprocs : int
     overwrite, skip_bids_validation : bool
+    relevance_maps : {"volumes", "blocks", "means"}
+        Relevance written per run: per volume, per event block, or only the per-state means.
     save_tfrecords : bool
         Also export prepared, labelled volumes in the original TFRecord schema.
     quality : bool
@@ -96,6 +98,7 @@ class Config:
     reference_map: Path | None = None
     reference_top_percent: float = 10.0
     significance_permutations: int = 1000
+    relevance_maps: str = "volumes"
     skip_bids_validation: bool = False
     correct_only: bool = False
     reports_only: bool = False
@@ -148,6 +151,7 @@ class Config:
             reference_map=Path(args.reference_map) if getattr(args, "reference_map", None) else None,
             reference_top_percent=float(getattr(args, "reference_top_percent", 10.0)),
             significance_permutations=int(getattr(args, "significance_permutations", 1000)),
+            relevance_maps=getattr(args, "relevance_maps", "volumes"),
             skip_bids_validation=bool(args.skip_bids_validation),
             correct_only=bool(getattr(args, "correct_only", False)),
             reports_only=bool(getattr(args, "reports_only", False)),

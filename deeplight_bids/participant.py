@@ -20,7 +20,9 @@ import pandas as pd
 from deeplight_bids import __version__
 from deeplight_bids.backend import versions as backend_versions
 from deeplight_bids.derivatives import naming
-from deeplight_bids.derivatives.writers import StreamingNifti4D, write_json, write_nifti, write_tsv
+from deeplight_bids.derivatives.relevance import BackgroundWriter, RelevanceMasker, RunRelevanceOutputs, event_blocks
+from deeplight_bids.derivatives.relevance import relevance_outputs_complete
+from deeplight_bids.derivatives.writers import write_json, write_nifti, write_tsv
 from deeplight_bids.exceptions import DeepLightBidsError
 from deeplight_bids.models.decode import softmax
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_RES, REFERENCE_SHAPE, REFERENCE_SPACE
@@ -87,13 +89,15 @@ class RunProcessor:
         c = self.config
         settings = {"weights": self.dl_model.weights_sha256, "lrp": c.lrp, "target": c.lrp_target,
                     "fwhm": c.smoothing_fwhm, "high_pass": c.high_pass, "version": __version__,
-                    "state_map": self.user_state_map}
+                    "state_map": self.user_state_map, "relevance_masked": True}
         if c.allow_approximate_space:  # only when set, so hashes of earlier outputs stay valid
             settings["allow_approximate_space"] = True
         if self.dl_model.architecture == "2D":
             settings["lrp_rule"] = c.lrp_rule
         if self.quality is not None:  # only when on, so outputs made before --quality keep their hash
             settings["quality"] = self.quality.settings()
+        if c.relevance_maps != "volumes":  # likewise
+            settings["relevance_maps"] = c.relevance_maps
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # -- resume -------------------------------------------------------------------------
@@ -102,7 +106,7 @@ class RunProcessor:
         marker = outputs["predictions_json"]
         if not marker.is_file() or not outputs["predictions"].is_file():
             return False
-        if self.config.lrp and not (outputs["relevance"].is_file() and outputs["relevance_json"].is_file()):
+        if self.config.lrp and not relevance_outputs_complete(self.config.relevance_maps, outputs):
             return False
         if self.quality is not None and not (outputs["faithfulness"].is_file() and outputs["sanity"].is_file()):
             return False
@@ -157,10 +161,12 @@ class RunProcessor:
                            run.label, ", ".join(not_decodable))
 
         stream = None
+        masker = RelevanceMasker(prepared.mask)  # relevance inside the brain (derivatives/relevance.py)
         if self.analyzer is not None:
-            stream = StreamingNifti4D(outputs["relevance"], (*REFERENCE_SHAPE, n_vol), REFERENCE_AFFINE, run.t_r,
-                                      scratch_dir=cfg.work_dir, description="deeplight-bids LRP relevance",
-                                      root=cfg.output_dir)
+            blocks = event_blocks(events, n_vol, run.t_r, state_map) if cfg.relevance_maps == "blocks" else None
+            # written by a thread beside the network (bounded queue; its errors stop the run)
+            stream = BackgroundWriter(RunRelevanceOutputs(cfg.relevance_maps, outputs, n_vol, run.t_r, blocks,
+                                                          scratch_dir=cfg.work_dir, root=cfg.output_dir))
         logits = np.zeros((n_vol, len(self.states)), dtype=np.float32)
         targets = np.full(n_vol, -1, dtype=int)
         sums, counts = {}, {}
@@ -188,7 +194,7 @@ class RunProcessor:
                     # (batch, z, y, x) C order is (batch, x, y, z) Fortran order per volume: the
                     # transposed view is what from_model_order would copy, and it goes into the
                     # NIfTI's column-major volumes (and the sums below) as contiguous copies.
-                    rel_xyz = relevance.transpose(0, 3, 2, 1)
+                    rel_xyz = masker.apply(relevance.transpose(0, 3, 2, 1))
                     stream.write(start, rel_xyz)
                     for j, tgt in enumerate(targets[start:stop]):
                         if tgt not in sums:
@@ -200,7 +206,14 @@ class RunProcessor:
                             time.monotonic() - tb)
             quality = None
             if self.quality is not None:  # reads the relevance back from the stream before it is closed
-                quality = self.quality.evaluate(outputs, batches.get, stream.read, batches.index, logits, targets,
+                relevance_of = stream.read  # the per-volume maps as written
+                if cfg.relevance_maps != "volumes":  # none kept: explain the few quality volumes again
+
+                    def relevance_of(v):
+                        rel = self.analyzer.explain(batches.get(v, v + 1), target=targets[v:v + 1])[1]
+                        return np.where(masker.mask, rel[0].transpose(2, 1, 0), 0).transpose(2, 1, 0)
+
+                quality = self.quality.evaluate(outputs, batches.get, relevance_of, batches.index, logits, targets,
                                                 self.states, root=cfg.output_dir, label=run.label)
             if stream is not None:
                 stream.close()
@@ -217,13 +230,12 @@ class RunProcessor:
         accuracy = float((pred_idx[decodable] == true_idx[decodable]).mean()) if decodable.any() else None
         provenance = self._provenance(run, unmapped, not_decodable, state_map, space_transform)
         if self.analyzer is not None:
-            write_json(outputs["relevance_json"], self._relevance_sidecar(run, provenance, conservation),
-                       root=cfg.output_dir)
+            stream.finish({**self._relevance_sidecar(run, provenance, conservation), **masker.sidecar()})
             self._save_state_sums(run, sums, counts)
         else:
             from deeplight_bids.derivatives.stale import remove_stale
 
-            remove_stale([outputs["relevance"]], "relevance of other settings (this run was re-done with --no-lrp)")
+            remove_stale([outputs["relevance"], outputs["blocks"], outputs["blocks_tsv"]], "relevance of other settings (this run was re-done with --no-lrp)")
         write_tsv(outputs["predictions"], frame, root=cfg.output_dir)
         sidecar = self._predictions_sidecar(provenance, accuracy, int(decodable.sum()))
         if quality is not None:
@@ -374,6 +386,11 @@ class RunProcessor:
         import nibabel as nib
 
         outputs = naming.run_outputs(self.config.output_dir, run.entities)
+        if not outputs["relevance"].is_file():  # --relevance-maps blocks/means keep no per-volume maps
+            from deeplight_bids.exceptions import OutputError
+
+            raise OutputError(f"{path}: missing, and the run's per-volume maps were not kept (--relevance-maps "
+                              f"{self.config.relevance_maps}); re-run the participant level with --overwrite.")
         frame = pd.read_csv(outputs["predictions"], sep="\t", na_values="n/a", keep_default_na=False)
         data = np.asarray(nib.load(outputs["relevance"]).dataobj, dtype=np.float32)
         out = {}

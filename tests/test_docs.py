@@ -89,3 +89,16 @@ def test_gamma_composite_explains_a_model(gamma_example):
     assert np.isfinite(relevance).all() and np.abs(relevance).sum() > 0
     with pytest.raises(ValueError, match="gamma >= 0"):
         gamma_example.Gamma(-1.0)
+
+
+def test_readme_names_every_option():
+    """README.md lists every option of ``deeplight-bids`` (the meanings are in --help and docs/cli.rst)."""
+    from deeplight_bids.cli.parser import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = []
+    for action in build_parser()._actions:
+        names = [o for o in action.option_strings if o.startswith("--") and o != "--help"]
+        if names and not any(f"`{name}" in readme for name in names):
+            missing.append(names[0])
+    assert not missing, f"options missing from README.md: {missing}"

@@ -110,7 +110,7 @@ def test_quality_tables(participant_run):
     assert list(states) == list(checks["state"])
 
 
-def test_relevance_maps(participant_run, synthetic_dataset):
+def test_relevance_maps(participant_run, synthetic_dataset, prepared_synthetic_run):
     out, _, _ = participant_run
     files = _outputs(out)
     img = nib.load(files["rel"])
@@ -119,7 +119,14 @@ def test_relevance_maps(participant_run, synthetic_dataset):
     np.testing.assert_allclose(img.affine, REFERENCE_AFFINE)
     data = np.asarray(img.dataobj)
     assert np.isfinite(data).all() and np.abs(data).max() > 0
+    # masked to the run's brain mask: exact zeros outside, relevance inside
+    mask = prepared_synthetic_run.mask
+    assert not data[~mask].any()
+    assert np.abs(data[mask]).max() > 0
     sidecar = json.loads(files["rel_json"].read_text())
+    outside = sidecar["RelevanceOutsideMaskFraction"]
+    assert outside["NumberOfVolumes"] == synthetic_dataset.n_volumes
+    assert 0 < outside["Median"] <= outside["Max"] < 1  # the flat rule spreads some relevance past the mask
     assert sidecar["RepetitionTime"] == synthetic_dataset.t_r
     assert sidecar["LRP"] and sidecar["Model"]["WeightsSHA256"]
     assert sidecar["LRP"]["composite"] == "preset_b_flat" and sidecar["LRPRule"] == "published"

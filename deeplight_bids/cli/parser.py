@@ -191,7 +191,7 @@ def build_parser():
                               "avoids near-zero denominators. 3D always uses the published preset B-flat")
 
     g_quality = parser.add_argument_group(
-        "Quality of the explanations and of the decoding (see README 'Quality measures')")
+        "Quality of the explanations and of the decoding (see docs/quality.rst)")
     g_quality.add_argument("--quality", dest="no_quality", action="store_false", default=argparse.SUPPRESS,
                            help="participant level: per run, on a subsample of volumes, measure faithfulness (deletion "
                                 "curves: most relevant vs random in-mask voxels set to 0) and sanity (similarity with "
@@ -244,6 +244,10 @@ def build_parser():
     add_finetune_arguments(parser)
 
     g_out = parser.add_argument_group("Output options")
+    g_out.add_argument("--relevance-maps", choices=("volumes", "blocks", "means"), default="volumes",
+                       help="relevance written per run (masked to the run's brain mask): one map per volume, one mean "
+                            "map per event block / trial (4D + TSV), or none (the per-state mean maps per participant "
+                            "are written in every case)")
     g_out.add_argument("--save-tfrecords", action="store_true",
                        help="also write each run's prepared, labelled volumes as TFRecords in the original "
                             "DeepLight schema (OUTPUT_DIR/tfrecords/; HCP states and numeric participant labels)")

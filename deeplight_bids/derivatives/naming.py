@@ -4,6 +4,8 @@ Per run (source entities kept, then ``space-``/``res-``/``desc-``):
 
 * ``sub-01/[ses-1/]func/sub-01_[ses-1_]task-motor_run-1_desc-predictions_timeseries.tsv`` (+ ``.json``)
 * ``sub-01/[ses-1/]func/sub-01_..._run-1_space-MNI152NLin6Asym_res-2_desc-relevance_bold.nii.gz`` (+ ``.json``)
+* ``--relevance-maps blocks``: ``..._run-1_space-MNI152NLin6Asym_res-2_desc-blocks_relevance.nii.gz`` and ``.tsv``
+  (+ one ``.json``)
 
 Per participant and task (across sessions and runs):
 
@@ -50,6 +52,8 @@ def run_outputs(output_dir, run_entities):
     folder = _folder(output_dir, ents)
     pred = build_name({**ents, "desc": "predictions"}, "timeseries", ".tsv")
     rel = build_name({**ents, "space": REFERENCE_SPACE, "res": REFERENCE_RES, "desc": "relevance"}, "bold", ".nii.gz")
+    blocks = build_name({**ents, "space": REFERENCE_SPACE, "res": REFERENCE_RES, "desc": "blocks"}, "relevance",
+                        ".nii.gz")
     return {
         "predictions": folder / pred,
         "predictions_json": folder / pred.replace(".tsv", ".json"),
@@ -57,6 +61,10 @@ def run_outputs(output_dir, run_entities):
         "relevance_json": folder / rel.replace(".nii.gz", ".json"),
         **{f"{kind}{ext}": folder / build_name({**ents, "desc": kind}, "timeseries", ".tsv" if not ext else ".json")
            for kind in ("faithfulness", "sanity") for ext in ("", "_json")},
+        # --relevance-maps blocks: one map per event block; the TSV lists them (one JSON for both)
+        "blocks": folder / blocks,
+        "blocks_tsv": folder / blocks.replace(".nii.gz", ".tsv"),
+        "blocks_json": folder / blocks.replace(".nii.gz", ".json"),
     }
 
 

@@ -177,6 +177,16 @@ def atomic_path(path, root=None):
             os.unlink(tmp)
 
 
+def gzip_module():
+    """``isal.igzip`` (ISA-L: the same gzip format, level 1 about 20x and reading about 2x faster than zlib's) when
+    installed, else the standard library's ``gzip``."""
+    try:
+        from isal import igzip
+    except ImportError:
+        return gzip
+    return igzip
+
+
 def write_text(path, text, root=None):
     with atomic_path(path, root) as tmp:
         Path(tmp).write_text(text)
@@ -315,15 +325,20 @@ class StreamingNifti4D:
         """Compress and move into place; returns the final path.
 
         Level 1: on float relevance maps level 4 compressed only a few percent better
-        at about twice the time; the stream is still deterministic.
+        at about twice the time (level 6: 1.6 % smaller than level 1 on masked maps, 2.5 times the
+        time); the stream is still deterministic.  Compressed with ISA-L when installed
+        (:func:`gzip_module`).
         """
         self._data.close()
         del self._data
+        module = gzip_module()
+        if module is not gzip:
+            compresslevel = min(compresslevel, 3)  # ISA-L's levels are 0-3
         try:
             with atomic_path(self.path, self.root) as tmp:
                 with open(self._raw, "rb") as src, open(tmp, "wb") as raw_dst, \
-                        gzip.GzipFile(filename="", mode="wb", fileobj=raw_dst, compresslevel=compresslevel,
-                                      mtime=0) as dst:
+                        module.GzipFile(filename="", mode="wb", fileobj=raw_dst, compresslevel=compresslevel,
+                                        mtime=0) as dst:
                     shutil.copyfileobj(src, dst, length=1 << 22)
         finally:
             self.abort()
@@ -369,6 +384,7 @@ BIDSIGNORE = """\
 *_timeseries.json
 *_relevance.nii.gz
 *_relevance.json
+*_relevance.tsv
 *_summary.tsv
 *_summary.json
 *.html

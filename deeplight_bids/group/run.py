@@ -14,7 +14,8 @@ OUTPUT_DIR (see :mod:`deeplight_bids.group.stats`) and writes under ``OUTPUT_DIR
   chance (block permutation, binomial; group t test), ``desc-faithfulness``/``desc-quality``:
   deletion curves and sanity across participants, ``desc-plausibility`` with
   ``--reference-map`` (:mod:`deeplight_bids.quality.group_quality`);
-* ``task-<t>_space-MNI152NLin6Asym_res-2_label-<state>_stat-{mean,t}_relevance.nii.gz``
+* ``task-<t>_space-MNI152NLin6Asym_res-2_contrast-<state>_stat-{effect,t}_statmap.nii.gz``
+  (BIDS statistical derivatives as nilearn and fitlins name them; ``effect``: the mean)
   (+ ``.json`` with ``NumberOfParticipants``), and with ``--correct-only`` the same with
   ``desc-correct``;
 * ``group_manifest.json``: what was written (read by ``--reports-only``);
@@ -85,12 +86,14 @@ BLOCK_COLUMNS = {
 }
 
 
-def _name(task, suffix, ext, label=None, stat=None, desc=None, space=False):
+def _name(task, suffix, ext, label=None, stat=None, desc=None, space=False, contrast=None):
     parts = [f"task-{task}"]
     if space:
         parts += [f"space-{REFERENCE_SPACE}", f"res-{REFERENCE_RES}"]
     if label:
         parts.append(f"label-{label}")
+    if contrast:
+        parts.append(f"contrast-{contrast}")
     if stat:
         parts.append(f"stat-{stat}")
     if desc:
@@ -217,14 +220,15 @@ def _write_state_maps(folder, output_dir, task, state, images, subjects, model, 
     mean, t = stats.one_sample_maps(images, templates.mask)
     entry = {"state": state, "label": label, "correct_only": correct_only, "n_participants": len(subjects),
              "participants": subjects}
-    path = folder / _name(task, "relevance", ".nii.gz", label=label, stat="mean", desc=desc, space=True)
+    # BIDS statistical derivatives, as nilearn and fitlins name them: the intercept's effect (the mean) and its t
+    path = folder / _name(task, "statmap", ".nii.gz", contrast=label, stat="effect", desc=desc, space=True)
     side = _map_sidecar(task, state, "mean", subjects, model, templates, correct_only, n_vols)
     if sources:
         side["Sources"] = [f"bids::{_rel(s, output_dir)}" for s in sources]
     _write_map(path, mean, side)
     entry["mean"] = _rel(path, output_dir)
     if t is not None:
-        path = folder / _name(task, "relevance", ".nii.gz", label=label, stat="t", desc=desc, space=True)
+        path = folder / _name(task, "statmap", ".nii.gz", contrast=label, stat="t", desc=desc, space=True)
         side = _map_sidecar(task, state, "t", subjects, model, templates, correct_only, n_vols)
         if sources:
             side["Sources"] = [f"bids::{_rel(s, output_dir)}" for s in sources]
@@ -285,7 +289,7 @@ def compute_group_outputs(config, inventory, templates):
             correct = None
             if config.correct_only:
                 LOGGER.info("group: task %s: reading per-volume relevance maps for --correct-only", task)
-                correct = stats.correct_only_participant_means(runs, states)
+                correct = stats.correct_only_participant_means(runs, states, output_dir=out)
             entry["maps"] = _group_maps(folder, out, task, model, maps, templates, correct)
             from deeplight_bids.quality.group_quality import write_quality_tables
 

@@ -39,7 +39,7 @@ Metrics
 Relevance maps
 --------------
 Per model, task and state: the participant mean maps (``label-<state>_desc-mean``) are
-averaged (``stat-mean``) and tested voxel-wise against 0 with a one-sample t-test
+averaged (``stat-effect``) and tested voxel-wise against 0 with a one-sample t-test
 (``stat-t``, nilearn ``SecondLevelModel`` with an intercept-only design, i.e. the
 one-sample t statistic ``mean / (SD / √n)``, df = n - 1), inside the template brain mask
 (0 outside; voxels with zero variance get t = 0).  No t-map is made for a single
@@ -47,7 +47,6 @@ participant.  ``--correct-only``: the same, from participant means over only the
 decoded volumes of each state (read from the 4D per-volume maps, a few volumes at a time).
 """
 
-import gzip
 import logging
 import re
 from dataclasses import dataclass, field
@@ -448,55 +447,17 @@ def one_sample_maps(images, mask):
     return mean, t.astype(np.float32)
 
 
-def iter_volumes(path, wanted, chunk=16):
-    """Yield ``(index, volume)`` for the wanted volume indices of a 4D NIfTI, in order.
-
-    Reads the (gzipped) file once, front to back, ``chunk`` volumes at a time, so memory
-    stays at ``chunk`` volumes whatever the run length (random access into a gzip stream
-    would decompress from the start for every volume).
-    """
-    import nibabel as nib
-
-    img = nib.load(path)
-    header = img.header
-    shape = img.shape
-    if len(shape) != 4:
-        raise InputDataError(f"{path}: expected a 4D relevance image, got shape {shape}; re-run the participant level.")
-    n_vox = int(np.prod(shape[:3]))
-    dtype = header.get_data_dtype()
-    vol_bytes = n_vox * dtype.itemsize
-    slope, inter = header.get_slope_inter()
-    # nibabel's own data offset (the header's vox_offset may be 0 in a single-file .nii, meaning 352)
-    offset = int(getattr(img.dataobj, "offset", 0) or header.get_data_offset() or 352)
-    wanted = sorted({int(w) for w in wanted if 0 <= int(w) < shape[3]})
-    if not wanted:
-        return
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as fobj:
-        fobj.seek(offset)
-        for start in range(0, wanted[-1] + 1, chunk):
-            stop = min(start + chunk, shape[3])
-            need = [w for w in wanted if start <= w < stop]
-            if not need:
-                continue
-            fobj.seek(offset + start * vol_bytes)  # forward seek: decompress and discard
-            buf = fobj.read((stop - start) * vol_bytes)
-            arr = np.frombuffer(buf, dtype=dtype).reshape(stop - start, n_vox)
-            for w in need:
-                vol = arr[w - start].reshape(shape[:3], order="F").astype(np.float64)
-                if slope is not None and np.isfinite(slope) and slope not in (0, 1):
-                    vol = vol * slope
-                if inter is not None and np.isfinite(inter) and inter != 0:
-                    vol = vol + inter
-                yield w, vol
-
-
-def correct_only_participant_means(runs, states, chunk=16):
+def correct_only_participant_means(runs, states, output_dir=None):
     """``{state: {subject: (mean map, n volumes)}}`` over correctly decoded volumes of each state.
 
     A volume counts for state s when ``correct == 1``, ``true_state == s`` and its map
     explains s (``lrp_target == s``, true for every correct volume under both LRP targets).
+    The maps are read with :func:`deeplight_bids.readback.load_relevance`, one run and
+    state at a time (only those volumes are held in memory).  ``output_dir``: OUTPUT_DIR
+    (default: three or four folders above each run's relevance file).
     """
+    from deeplight_bids.readback import load_relevance
+
     sums = {}
     for rec in runs:
         if rec.relevance is None:
@@ -508,12 +469,17 @@ def correct_only_participant_means(runs, states, chunk=16):
         sel = frame.loc[ok.fillna(False).astype(bool)]
         if sel.empty:
             continue
-        state_of = dict(zip(sel["volume"].astype(int), sel["true_state"]))
-        for idx, vol in iter_volumes(rec.relevance, state_of, chunk=chunk):
-            state = state_of[idx]
+        out = output_dir or rec.relevance.parents[3 if rec.entities.get("session") else 2]
+        exact = {key: rec.entities.get(key) for key in RUN_ENTITIES if key not in ("subject", "task")}
+        for state, rows in sel.groupby("true_state", sort=False):
+            img, table = load_relevance(out, rec.subject, rec.task, state=state, volumes=rows["volume"].astype(int),
+                                        filters=exact)
+            if set(table["source"]) != {rec.relevance.name}:
+                raise InputDataError(f"{rec.relevance}: the relevance maps found for this run are "
+                                     f"{sorted(set(table['source']))}; re-run the participant level.")
             per = sums.setdefault(state, {})
             total, n = per.get(rec.subject, (0.0, 0))
-            per[rec.subject] = (total + vol, n + 1)
+            per[rec.subject] = (total + np.asarray(img.dataobj).sum(axis=-1, dtype=np.float64), n + len(table))
     ordered = [s for s in states if s in sums] + sorted(set(sums) - set(states))
     return {s: {sub: (total / n, n) for sub, (total, n) in sorted(sums[s].items())} for s in ordered}
 

@@ -148,7 +148,7 @@ def test_one_participant(one_participant_out):
     assert code == 0
     group = out / "group"
     assert not list(group.glob("*_stat-t_*"))
-    means = sorted(group.glob(f"task-motor_{SPACE}_label-*_stat-mean_relevance.nii.gz"))
+    means = sorted(group.glob(f"task-motor_{SPACE}_contrast-*_stat-effect_statmap.nii.gz"))
     assert len(means) == 3
     sidecar = json.loads(means[0].with_name(means[0].name.replace(".nii.gz", ".json")).read_text())
     assert sidecar["NumberOfParticipants"] == 1
@@ -196,7 +196,7 @@ def test_models_are_never_mixed(varied_out, group_bids, tmp_path):
         table = read_tsv(out / "group" / folder / "task-motor_desc-accuracy_summary.tsv")
         subs = set(table["participant_id"])
         assert subs == ({"sub-03"} if folder == "model-ffffffffffff" else {"sub-01", "sub-02"})
-        side = json.loads((out / "group" / folder / f"task-motor_{SPACE}_label-MOTORlh_stat-mean_relevance.json")
+        side = json.loads((out / "group" / folder / f"task-motor_{SPACE}_contrast-MOTORlh_stat-effect_statmap.json")
                           .read_text())
         assert side["NumberOfParticipants"] == len(subs)
         assert (side["Model"]["WeightsSHA256"] == other) == (folder == "model-ffffffffffff")
