@@ -481,6 +481,17 @@ class FinetuneJob:
         return features, source
 
     def run(self):
+        """Fit, evaluate and write; TensorFlow op determinism is on for the fit only."""
+        self.deterministic = enable_determinism(self.config.seed, self.log)
+        try:
+            return self._run()
+        finally:
+            if self.deterministic:  # process-wide: leave the rest of the process (decoding, LRP) as it was
+                from tensorflow.python.framework import config as tf_config  # no public "disable" in TF 2.21
+
+                tf_config.disable_op_determinism()
+
+    def _run(self):
         import keras
 
         from deeplight_bids.models.train import fit_resumable, training_devices, write_history
@@ -489,7 +500,6 @@ class FinetuneJob:
 
         cfg = self.config
         t_start = time.monotonic()
-        self.deterministic = enable_determinism(cfg.seed, self.log)
         self.load_data()
         self._check_existing()
         splits = self.splits()
