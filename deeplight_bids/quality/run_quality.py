@@ -89,7 +89,7 @@ class RunQuality:
         -------
         dict
             ``Faithfulness`` (:func:`.faithfulness.area_between_curves`), ``Sanity``
-            (:func:`.sanity.summarize`), ``Volumes``, ``Seconds``.
+            (:func:`.sanity.summarize`), ``Volumes``.
         """
         t0 = time.monotonic()
         chosen = faithfulness.select_volumes(logits.argmax(axis=1), self.n_volumes, self.seed)
@@ -148,5 +148,5 @@ class RunQuality:
                            checks["median_ssim"])
         LOGGER.info("%s: quality: area between deletion curves %.3g (logit), median Spearman vs random model %.2f "
                     "(%.1f s)", label, faith["area_between_curves"], checks["median_spearman"], seconds)
-        return {"Faithfulness": faith, "Sanity": checks, "Volumes": [int(v) for v in chosen],
-                "Seconds": round(seconds, 2)}
+        # (no time in the sidecar: a re-run must give byte-identical outputs; the time is logged above)
+        return {"Faithfulness": faith, "Sanity": checks, "Volumes": [int(v) for v in chosen]}

@@ -131,7 +131,7 @@ def test_group_refuses_maps_of_other_settings_then_pools_one_setting(settings_ch
 def pooled_out(settings_changed, group_model, shared_work):
     """The outputs with both participants re-run with 'predicted' (done by the test above, else here)."""
     out = settings_changed["out"]
-    hashes = {json.loads(p.read_text())["SettingsHash"] for p in out.glob("sub-*/func/*_timeseries.json")}
+    hashes = {json.loads(p.read_text())["SettingsHash"] for p in out.glob("sub-*/func/*_desc-predictions_timeseries.json")}
     if len(hashes) > 1:
         assert cli([str(settings_changed["bids"]), str(out), "participant", "--participant-label", "02",
                     *_args(group_model, shared_work["work"], "predicted")]) == 0

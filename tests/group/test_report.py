@@ -97,7 +97,8 @@ def test_report_is_self_contained(varied_out):
     assert len(entries) >= 4  # 3 states (all volumes) + correct only where some volume was right
     shown = sum(bool(np.any(np.asarray(nib.load(out / (e["t"] or e["mean"])).dataobj))) for e in entries)
     assert shown >= 2
-    assert len(refs.images) == 2 + 2 * shown
+    quality_figures = int((out / "group" / "task-motor_desc-faithfulness_summary.tsv").is_file())  # deletion curves
+    assert len(refs.images) == 2 + 2 * shown + quality_figures
     for href in refs.links:  # participant links are relative and exist
         if not href.startswith("#"):
             assert not href.startswith(("http:", "https:", "/")) and (out / href).is_file(), href

@@ -13,6 +13,7 @@ written: :data:`GOOD_KEYS` are accepted, anything else is refused.
 import gzip
 import io
 import json
+import uuid
 import urllib.request
 
 import boto3
@@ -116,10 +117,11 @@ def s3_server():
     for key, body in mirror.items():
         client.put_object(Bucket=MIRROR_BUCKET, Key=key, Body=body)
     iam = boto3.client("iam", **boot)
-    iam.create_user(UserName="hcp-reader")
+    user = f"hcp-reader-{uuid.uuid4().hex[:8]}"  # one per server start: module fixtures may share a worker's server
+    iam.create_user(UserName=user)
     policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
-    iam.put_user_policy(UserName="hcp-reader", PolicyName="read", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName="hcp-reader")["AccessKey"]
+    iam.put_user_policy(UserName=user, PolicyName="read", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
     _enable_auth(endpoint, 0)
     try:
         yield {"endpoint": endpoint, "key_id": key["AccessKeyId"], "secret": key["SecretAccessKey"],
