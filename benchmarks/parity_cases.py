@@ -18,29 +18,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from tests.models.legacy_h5 import randomise_weights as randomise
 
 GRIDS = {"small": {"3d": (8, 10, 8, 1), "2d": (4, 16, 12, 1)},
          "full": {"3d": (91, 109, 91, 1), "2d": (91, 109, 91, 1)}}
-
-
-def randomise(model, seed):
-    """Seeded kernels/biases/LSTM weights and batch-norm statistics (variance > 0), float32."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        new = []
-        for var in layer.weights:
-            shape = tuple(var.shape)
-            leaf = var.path.split("/")[-1]
-            if leaf == "moving_variance":
-                new.append(rng.uniform(0.5, 2.0, shape).astype(np.float32))
-            elif leaf == "gamma":
-                new.append(rng.uniform(0.5, 1.5, shape).astype(np.float32))
-            else:
-                fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-                new.append((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32))
-        if new:
-            layer.set_weights(new)
-    return model
 
 
 def models(grid, weights_2d=None):
