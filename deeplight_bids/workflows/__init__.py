@@ -1,0 +1,1 @@
+"""Thin orchestrators: each a short list of stages calling the package that owns the work."""
