@@ -185,3 +185,11 @@ class Config:
                 continue  # TOML has no null
             out[f.name] = value
         return out
+
+    def save(self, path, root=None):
+        """Write :meth:`to_dict` as TOML to ``path`` (atomic); returns the path."""
+        import tomli_w
+
+        from deeplight_bids.derivatives.writers import write_text
+
+        return write_text(path, tomli_w.dumps(self.to_dict()), root=root)

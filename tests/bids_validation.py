@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from deeplight_bids.participant import find_bids_validator
+from deeplight_bids.bids.validate import find_bids_validator
 
 
 def validator_errors(folder):

@@ -44,7 +44,7 @@ def test_cli_nprocs_1_sets_one_intra_op_thread(tiny_dataset, tmp_path):
 
 def test_configure_threads_caps_inter_op_at_two():
     code = ("import logging, sys; logging.basicConfig(stream=sys.stderr, level=logging.INFO); "
-            "from deeplight_bids.participant import _configure_threads; _configure_threads(3); "
+            "from deeplight_bids.runtime import configure_threads; configure_threads(3); "
             "import tensorflow as tf; print(tf.config.threading.get_intra_op_parallelism_threads(), "
             "tf.config.threading.get_inter_op_parallelism_threads())")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}

@@ -88,7 +88,8 @@ def run_demo(output_dir, n_participants=5, n_volumes=60, epochs=4, batch_size=8,
     from deeplight_bids.config import Config
     from deeplight_bids.demo.synth import make_synthetic_dataset
     from deeplight_bids.group.finetune import FinetuneJob
-    from deeplight_bids.participant import _configure_threads, run_participant_level
+    from deeplight_bids.runtime import configure_threads as _configure_threads
+    from deeplight_bids.workflows.participant import run_participant_level
 
     t_start = time.monotonic()
     output_dir = Path(output_dir).absolute()

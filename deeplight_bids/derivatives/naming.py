@@ -11,9 +11,21 @@ Per participant and task (across sessions and runs):
 
 * ``sub-01/func/sub-01_task-motor_space-MNI152NLin6Asym_res-2_label-<state>_desc-mean_relevance.nii.gz``
 * ``sub-01/func/sub-01_desc-accuracy_summary.tsv`` (+ ``.json``)
+
+Per job and outside the BIDS tree (listed in ``.bidsignore``):
+
+* ``logs/config-<stamp>-<labels>.toml``, ``.log`` and ``logs/runs-<stamp>-<labels>.tsv``
+* ``tfrecords/sub-01/<run>_volumes.tfrecords`` (``--save-tfrecords``)
+* ``WORK_DIR/relevance_sums/<run>_sums.npz`` (per-state relevance sums of a finished run)
+
+Group level (``group/``, or ``group/model-<sha>/`` per model): :func:`group_output`;
+fine-tuning (``models/<name>/``): :func:`finetune_outputs`, :func:`finetune_comparison_output`;
+the HCP download's BIDS names: :func:`hcp_run_stem`.
 """
 
+import os
 import re
+import time
 from pathlib import Path
 
 from deeplight_bids.prepare.grid import REFERENCE_RES, REFERENCE_SPACE
@@ -29,9 +41,15 @@ def label_value(text):
     return re.sub(r"[^A-Za-z0-9]", "", str(text))
 
 
+def entity_stem(entities):
+    """``<key>-<value>_...`` in BIDS entity order (:data:`ENTITY_ORDER`); empty values left out."""
+    return "_".join(f"{short}-{entities[key]}" for key, short in ENTITY_ORDER if entities.get(key) not in (None, ""))
+
+
 def build_name(entities, suffix, extension):
-    parts = [f"{short}-{entities[key]}" for key, short in ENTITY_ORDER if entities.get(key) not in (None, "")]
-    return "_".join(parts + [suffix]) + extension
+    """``<entity stem>_<suffix><extension>`` (see :func:`entity_stem`)."""
+    stem = entity_stem(entities)
+    return (f"{stem}_{suffix}" if stem else suffix) + extension
 
 
 def _folder(output_dir, entities, session=True):
@@ -85,3 +103,116 @@ def state_map_glob(output_dir, subject, task):
     """``(folder, glob pattern)`` matching every mean relevance map of ``subject`` for ``task`` (any state)."""
     path = state_map_output(output_dir, subject, task, "STATE")
     return path.parent, path.name.replace("label-STATE_", "label-*_")
+
+
+def sidecar_of(path):
+    """The JSON sidecar of an output: ``x.nii.gz`` / ``x.tsv`` / ``x.<ext>`` -> ``x.json``."""
+    path = Path(path)
+    for ext in (".nii.gz", ".tsv"):
+        if path.name.endswith(ext):
+            return path.with_name(path.name[: -len(ext)] + ".json")
+    return path.with_suffix(".json")
+
+
+# -- per job (outside the BIDS tree) ------------------------------------------------------------
+def job_log_stem(output_dir, participant_label=None):
+    """``OUTPUT_DIR/logs/config-<date>-<time>-<pid>-<labels>`` without extension (one per job).
+
+    The process id keeps concurrent jobs started in the same second apart; ``<labels>``
+    are the job's ``--participant-label`` values (``all`` without), cut to 40 characters.
+    """
+    # the process id keeps concurrent jobs started in the same second apart
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    labels = "-".join(participant_label or ("all",))[:40]
+    return Path(output_dir) / "logs" / f"config-{stamp}-{labels}"
+
+
+def job_outputs(stem):
+    """``dict(config, log, runs)``: the job's settings TOML, log copy and run table beside ``stem``."""
+    stem = Path(stem)
+    return {"config": stem.with_suffix(".toml"), "log": stem.with_suffix(".log"),
+            "runs": stem.with_name(stem.name.replace("config-", "runs-") + ".tsv")}
+
+
+def tfrecord_output(output_dir, subject, run_label):
+    """``OUTPUT_DIR/tfrecords/sub-<subject>/<run_label>_volumes.tfrecords`` (``--save-tfrecords``)."""
+    return Path(output_dir) / "tfrecords" / f"sub-{subject}" / f"{run_label}_volumes.tfrecords"
+
+
+def state_sums_output(work_dir, run_label):
+    """``WORK_DIR/relevance_sums/<run_label>_sums.npz``: a finished run's per-state relevance sums."""
+    return Path(work_dir) / "relevance_sums" / f"{run_label}_sums.npz"
+
+
+# -- group level ---------------------------------------------------------------------------------
+#: Folder of the group outputs under OUTPUT_DIR.
+GROUP_FOLDER = "group"
+
+
+def group_name(task, suffix, extension, label=None, stat=None, desc=None, space=False, contrast=None):
+    """A group output's file name: ``task-<t>[_space-.._res-..][_label-..][_contrast-..][_stat-..][_desc-..]_<suffix>``."""
+    parts = [f"task-{task}"]
+    if space:
+        parts += [f"space-{REFERENCE_SPACE}", f"res-{REFERENCE_RES}"]
+    if label:
+        parts.append(f"label-{label}")
+    if contrast:
+        parts.append(f"contrast-{contrast}")
+    if stat:
+        parts.append(f"stat-{stat}")
+    if desc:
+        parts.append(f"desc-{desc}")
+    return "_".join(parts + [suffix]) + extension
+
+
+def group_folder(output_dir, model_sha=None):
+    """``OUTPUT_DIR/group``, or ``OUTPUT_DIR/group/model-<12 hex digits>`` when several models are pooled apart."""
+    base = Path(output_dir) / GROUP_FOLDER
+    if model_sha is None:
+        return base
+    return base / f"model-{label_value(str(model_sha)[:12]) or 'unknown'}"
+
+
+def group_manifest_output(output_dir):
+    """``OUTPUT_DIR/group/group_manifest.json``: what the group level wrote (read by ``--reports-only``)."""
+    return Path(output_dir) / GROUP_FOLDER / "group_manifest.json"
+
+
+# -- fine-tuning ---------------------------------------------------------------------------------
+def finetune_model_dir(output_dir, name):
+    """``OUTPUT_DIR/models/<name>``: one fine-tuning's models and tables."""
+    return Path(output_dir) / "models" / name
+
+
+def finetune_outputs(folder, stem):
+    """Files of one fitted model in ``folder`` (``models/<name>[/fold-<k>]``), named ``<stem>...``.
+
+    ``dict(model, history, learning_curve)``.
+    """
+    folder = Path(folder)
+    return {"model": folder / f"{stem}.keras", "history": folder / f"{stem}_history.tsv",
+            "learning_curve": folder / f"{stem}_learningcurve.png"}
+
+
+def finetune_heldout_outputs(model_dir, name):
+    """Held-out tables of one fine-tuning: ``dict(predictions, summary, summary_json)`` in ``models/<name>``."""
+    model_dir = Path(model_dir)
+    return {"predictions": model_dir / f"{name}_desc-heldout_predictions.tsv",
+            "summary": model_dir / f"{name}_desc-heldout_summary.tsv",
+            "summary_json": model_dir / f"{name}_desc-heldout_summary.json"}
+
+
+#: Glob (below OUTPUT_DIR) of every fine-tuning's held-out summary.
+FINETUNE_SUMMARY_GLOB = "models/*/*_desc-heldout_summary.json"
+
+
+def finetune_comparison_output(output_dir, architecture, frozen=False):
+    """``OUTPUT_DIR/group/finetune-comparison_arch-<A>[_frozen].tsv`` (its sidecar: :func:`sidecar_of`)."""
+    stem = f"finetune-comparison_arch-{architecture}" + ("_frozen" if frozen else "")
+    return Path(output_dir) / GROUP_FOLDER / f"{stem}.tsv"
+
+
+# -- HCP download (raw side and derivatives/hcp) ---------------------------------------------------
+def hcp_run_stem(subject, task, direction):
+    """``sub-<id>_task-<T>_dir-<D>``: the entities of an HCP run in the downloaded BIDS dataset."""
+    return entity_stem({"subject": subject, "task": task, "direction": direction})

@@ -16,14 +16,6 @@ from deeplight_bids.derivatives import naming
 LOGGER = logging.getLogger("deeplight_bids")
 
 
-def _sidecar(path):
-    name = Path(path).name
-    for ext in (".nii.gz", ".tsv"):
-        if name.endswith(ext):
-            return Path(path).with_name(name[: -len(ext)] + ".json")
-    return Path(path).with_suffix(".json")
-
-
 def remove_stale(paths, reason, log=LOGGER):
     """Remove ``paths`` (and their JSON sidecars) that exist; one log line each.
 
@@ -41,7 +33,7 @@ def remove_stale(paths, reason, log=LOGGER):
     """
     removed = []
     for path in paths:
-        for target in dict.fromkeys((Path(path), _sidecar(path))):
+        for target in dict.fromkeys((Path(path), naming.sidecar_of(path))):
             if target.is_file() or target.is_symlink():
                 target.unlink()
                 removed.append(target)
@@ -69,3 +61,21 @@ def stale_state_maps(output_dir, subject, task, written):
     folder, pattern = naming.state_map_glob(output_dir, subject, task)
     keep = {Path(p).name for p in written}
     return sorted(p for p in folder.glob(pattern) if p.name not in keep) if folder.is_dir() else []
+
+
+def remove_job_temporaries(output_dir, work_dir, subjects, log=LOGGER):
+    """Temporaries of earlier jobs on this host that were killed, where this job writes.
+
+    Only the folders of this job's participants (``subjects``, labels without ``sub-``)
+    are searched below; the top of OUTPUT_DIR, ``logs/`` and the work folder's scratch
+    places are searched without descending, so a job's start does not walk a whole
+    shared OUTPUT_DIR.  See :func:`deeplight_bids.derivatives.writers.remove_stale_temporaries`.
+    """
+    from deeplight_bids.derivatives.writers import remove_stale_temporaries
+
+    out, work = Path(output_dir), Path(work_dir)
+    for folder in sorted(subjects):
+        remove_stale_temporaries(out / f"sub-{folder}", log)
+    sums = naming.state_sums_output(work, "x").parent
+    for folder in dict.fromkeys((out, out / "logs", work, sums)):
+        remove_stale_temporaries(folder, log, recursive=False)

@@ -757,7 +757,7 @@ def write_comparison(output_dir, log=LOGGER):
 
 def run_finetune(config, callbacks=(), log=LOGGER):
     """Run ``group --finetune``; returns the exit code (errors raise :class:`DeepLightBidsError`)."""
-    from deeplight_bids.participant import _configure_threads
+    from deeplight_bids.runtime import configure_threads as _configure_threads
 
     _configure_threads(config.nprocs)
     FinetuneJob(config, callbacks=callbacks, log=log).run()

@@ -34,88 +34,24 @@ from pathlib import Path
 import numpy as np
 
 from deeplight_bids import __version__
+from deeplight_bids.derivatives import naming, sidecars
 from deeplight_bids.derivatives.writers import write_json, write_nifti, write_tsv
 from deeplight_bids.exceptions import EXIT_OK, InputDataError
 from deeplight_bids.group import stats
-from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_RES, REFERENCE_SPACE, is_on_reference_grid
+from deeplight_bids.prepare.grid import REFERENCE_AFFINE, is_on_reference_grid
 
 LOGGER = logging.getLogger("deeplight_bids")
 
-GROUP_FOLDER = "group"
-MANIFEST = "group_manifest.json"
-RESOLUTION_TEXT = "2 mm isotropic MNI152NLin6Asym grid (91 x 109 x 91)"
-
-ACCURACY_COLUMNS = {
-    "participant_id": {"Description": "participant label with 'sub-'"},
-    "session": {"Description": "session label of the run (n/a: none, or all sessions pooled)"},
-    "run": {"Description": "run name (source entities), or 'all' for all runs of the participant pooled"},
-    "level": {"Description": "'run': one run; 'participant': all runs (and sessions) of the task pooled",
-              "Levels": {"run": "one run", "participant": "runs pooled"}},
-    "n_volumes": {"Description": "number of decoded volumes"},
-    "n_labelled": {"Description": "volumes whose true state the model can output (correct is 1 or 0)"},
-    "n_correct": {"Description": "labelled volumes decoded correctly"},
-    "accuracy": {"Description": "n_correct / n_labelled"},
-    "balanced_accuracy": {"Description": "mean over the true states present of the per-state recall"},
-    "chance_level": {"Description": "1 / n_states: accuracy (and balanced accuracy) expected from guessing "
-                                    "uniformly among the true states present"},
-    "n_states": {"Description": "number of distinct true states among the labelled volumes"},
-}
-GROUP_COLUMNS = {
-    "metric": {"Description": "participant-level metric summarised (see the accuracy summary)"},
-    "n_participants": {"Description": "participants with a value"},
-    "mean": {"Description": "mean across participants"},
-    "sd": {"Description": "standard deviation across participants (ddof = 1; n/a for one participant)"},
-    "ci95_low": {"Description": "lower end of the t-based 95% interval of the mean: mean - t(0.975, n-1) * sd / sqrt(n)"},
-    "ci95_high": {"Description": "upper end of the t-based 95% interval of the mean"},
-    "min": {"Description": "lowest participant value"},
-    "max": {"Description": "highest participant value"},
-}
-BLOCK_COLUMNS = {
-    "volumes_since_onset": {"Description": "0-based position of the volume in its block; a block is a maximal "
-                                           "stretch of consecutive volumes with the same true_state (labels include "
-                                           "the haemodynamic shift, so 0 is the first labelled volume of a block)",
-                            "Units": "volumes"},
-    "n_volumes": {"Description": "labelled volumes at this position, all participants"},
-    "n_correct": {"Description": "of which decoded correctly"},
-    "accuracy_pooled": {"Description": "n_correct / n_volumes"},
-    "n_participants": {"Description": "participants with volumes at this position"},
-    "accuracy_mean": {"Description": "mean across participants of the participant accuracy at this position"},
-    "accuracy_sd": {"Description": "SD across participants (ddof = 1)"},
-    "ci95_low": {"Description": "lower end of the t-based 95% interval of accuracy_mean"},
-    "ci95_high": {"Description": "upper end of the t-based 95% interval of accuracy_mean"},
-}
-
-
-def _name(task, suffix, ext, label=None, stat=None, desc=None, space=False, contrast=None):
-    parts = [f"task-{task}"]
-    if space:
-        parts += [f"space-{REFERENCE_SPACE}", f"res-{REFERENCE_RES}"]
-    if label:
-        parts.append(f"label-{label}")
-    if contrast:
-        parts.append(f"contrast-{contrast}")
-    if stat:
-        parts.append(f"stat-{stat}")
-    if desc:
-        parts.append(f"desc-{desc}")
-    return "_".join(parts + [suffix]) + ext
-
-
-def _sidecar(path):
-    path = Path(path)
-    name = path.name
-    for ext in (".nii.gz", ".tsv"):
-        if name.endswith(ext):
-            return path.with_name(name[: -len(ext)] + ".json")
-    return path.with_suffix(".json")
+GROUP_FOLDER = naming.GROUP_FOLDER
+MANIFEST = naming.group_manifest_output(".").name
+#: Kept for the callers that name a group file with it (quality tables): :func:`naming.group_name`.
+_name = naming.group_name
 
 
 def _model_folder(output_dir, key, model, n_models):
-    base = Path(output_dir) / GROUP_FOLDER
     if n_models == 1:
-        return base
-    sha = str((model or {}).get("WeightsSHA256") or "unknown")
-    return base / f"model-{stats.label_value(sha[:12]) or 'unknown'}"
+        return naming.group_folder(output_dir)
+    return naming.group_folder(output_dir, (model or {}).get("WeightsSHA256") or "unknown")
 
 
 def _filter(inventory, config):
@@ -144,8 +80,7 @@ def _rel(path, output_dir):
 
 def _write_table(path, frame, columns, extra):
     write_tsv(path, frame)
-    described = {c: columns.get(c, {"Description": f"count of volumes predicted as {c}"}) for c in frame.columns}
-    write_json(_sidecar(path), {**described, **extra})
+    write_json(naming.sidecar_of(path), sidecars.table_sidecar(frame.columns, columns, extra))
 
 
 def _write_map(path, data, sidecar):
@@ -156,28 +91,7 @@ def _write_map(path, data, sidecar):
     img.set_sform(REFERENCE_AFFINE, code=4)
     img.set_qform(REFERENCE_AFFINE, code=4)
     write_nifti(path, img)
-    write_json(_sidecar(path), sidecar)
-
-
-def _map_sidecar(task, state, stat, subjects, model, templates, correct_only, n_volumes=None):
-    n = len(subjects)
-    what = ("participant means over the correctly decoded volumes of the state" if correct_only else
-            "participant mean relevance maps (label-<state>_desc-mean)")
-    if stat == "mean":
-        desc = f"mean across {n} participant(s) of the {what}, task {task}, state {state}; 0 outside the brain mask"
-    else:
-        desc = (f"one-sample t statistic (H0: mean relevance = 0; df = {n - 1}) across {n} participants of the {what}, "
-                f"task {task}, state {state}; nilearn SecondLevelModel, intercept-only design; 0 outside the brain "
-                "mask and where all participants have the same value")
-    out = {"Description": desc, "Task": task, "State": state, "Statistic": stat,
-           "NumberOfParticipants": n, "Participants": [f"sub-{s}" for s in subjects],
-           "CorrectOnly": bool(correct_only), "Resolution": RESOLUTION_TEXT, "SkullStripped": True,
-           "Mask": templates.provenance(), "Model": model, "SoftwareVersion": __version__}
-    if stat == "t":
-        out["DegreesOfFreedom"] = n - 1
-    if n_volumes is not None:
-        out["NumberOfVolumes"] = {f"sub-{s}": int(v) for s, v in n_volumes.items()}
-    return out
+    write_json(naming.sidecar_of(path), sidecar)
 
 
 def _group_maps(folder, output_dir, task, model, map_records, templates, correct_only_means=None):
@@ -221,15 +135,17 @@ def _write_state_maps(folder, output_dir, task, state, images, subjects, model, 
     entry = {"state": state, "label": label, "correct_only": correct_only, "n_participants": len(subjects),
              "participants": subjects}
     # BIDS statistical derivatives, as nilearn and fitlins name them: the intercept's effect (the mean) and its t
-    path = folder / _name(task, "statmap", ".nii.gz", contrast=label, stat="effect", desc=desc, space=True)
-    side = _map_sidecar(task, state, "mean", subjects, model, templates, correct_only, n_vols)
+    path = folder / naming.group_name(task, "statmap", ".nii.gz", contrast=label, stat="effect", desc=desc, space=True)
+    side = sidecars.group_map_sidecar(task, state, "mean", subjects, model, templates.provenance(), correct_only,
+                                      n_vols)
     if sources:
         side["Sources"] = [f"bids::{_rel(s, output_dir)}" for s in sources]
     _write_map(path, mean, side)
     entry["mean"] = _rel(path, output_dir)
     if t is not None:
-        path = folder / _name(task, "statmap", ".nii.gz", contrast=label, stat="t", desc=desc, space=True)
-        side = _map_sidecar(task, state, "t", subjects, model, templates, correct_only, n_vols)
+        path = folder / naming.group_name(task, "statmap", ".nii.gz", contrast=label, stat="t", desc=desc, space=True)
+        side = sidecars.group_map_sidecar(task, state, "t", subjects, model, templates.provenance(), correct_only,
+                                          n_vols)
         if sources:
             side["Sources"] = [f"bids::{_rel(s, output_dir)}" for s in sources]
         _write_map(path, t, side)
@@ -257,31 +173,28 @@ def compute_group_outputs(config, inventory, templates):
             runs = inventory.runs_of(key, task)
             LOGGER.info("group: model %s, task %s: %d runs of %d participants", model.get("Name", key), task,
                         len(runs), len({r.subject for r in runs}))
-            extra = {"Task": task, "Model": model, "SoftwareVersion": __version__}
+            extra = sidecars.group_provenance(task, model)
             entry = {"participants": sorted({r.subject for r in runs}), "runs": [r.label for r in runs]}
             table = stats.accuracy_table(runs)
-            path = folder / _name(task, "summary", ".tsv", desc="accuracy")
-            _write_table(path, table, ACCURACY_COLUMNS,
+            path = folder / naming.group_name(task, "summary", ".tsv", desc="accuracy")
+            _write_table(path, table, sidecars.ACCURACY_COLUMNS,
                          {"Description": f"decoding performance per run and per participant, task {task}", **extra})
             entry["accuracy"] = _rel(path, out)
             summary = stats.group_summary(table)
-            path = folder / _name(task, "summary", ".tsv", desc="accuracygroup")
-            _write_table(path, summary, GROUP_COLUMNS,
+            path = folder / naming.group_name(task, "summary", ".tsv", desc="accuracygroup")
+            _write_table(path, summary, sidecars.GROUP_COLUMNS,
                          {"Description": f"across-participant summary of the participant-level metrics, task {task}",
                           **extra})
             entry["accuracy_group"] = _rel(path, out)
             counts, props = stats.confusion_tables(runs, states)
             for kind, frame in (("counts", counts), ("proportions", props)):
-                path = folder / _name(task, kind, ".tsv", desc="confusion")
-                cols = {"true_state": {"Description": "true state (rows)"}}
-                cols.update({c: {"Description": (f"labelled volumes of all participants predicted as {c}" if kind ==
-                                                 "counts" else f"share of the row's volumes predicted as {c} "
-                                                 "(each row sums to 1)")} for c in frame.columns[1:]})
+                path = folder / naming.group_name(task, kind, ".tsv", desc="confusion")
+                cols = sidecars.confusion_columns(frame.columns[1:], kind)
                 _write_table(path, frame, cols, {"Description": f"confusion matrix ({kind}), labelled volumes of all "
                                                                 f"participants pooled, task {task}", **extra})
                 entry[f"confusion_{kind}"] = _rel(path, out)
-            path = folder / _name(task, "accuracy", ".tsv", desc="blocktime")
-            _write_table(path, stats.block_time_table(runs), BLOCK_COLUMNS,
+            path = folder / naming.group_name(task, "accuracy", ".tsv", desc="blocktime")
+            _write_table(path, stats.block_time_table(runs), sidecars.BLOCK_COLUMNS,
                          {"Description": f"accuracy by volumes since block onset, task {task}", **extra})
             entry["blocktime"] = _rel(path, out)
 
@@ -298,12 +211,12 @@ def compute_group_outputs(config, inventory, templates):
                 entry["maps_note"] = "no relevance maps (participant level run with --no-lrp?)"
             group["Tasks"][task] = entry
         manifest["ModelGroups"].append(group)
-    write_json(out / GROUP_FOLDER / MANIFEST, manifest, root=out)
+    write_json(naming.group_manifest_output(out), manifest, root=out)
     return manifest
 
 
 def read_manifest(output_dir):
-    path = Path(output_dir) / GROUP_FOLDER / MANIFEST
+    path = naming.group_manifest_output(output_dir)
     if not path.is_file():
         raise InputDataError(f"{output_dir}: no group outputs to report on ({_rel(path, output_dir)} missing); run "
                              "the group level without --reports-only first.")

@@ -1,0 +1,274 @@
+"""The content of every JSON sidecar: column descriptions and provenance.
+
+A run's provenance (:func:`run_provenance`: sources, model, preprocessing, labelling,
+space, settings and inputs identity, software) is built once per run and reused by the
+predictions and the relevance sidecars; the model block (``Model``) is the model's own
+:meth:`~deeplight_bids.models.weights.DeepLightModel.provenance` everywhere.  Writers
+take these dicts as they are (key order is the order written).
+"""
+
+import numpy as np
+
+from deeplight_bids import __version__
+from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_RES, REFERENCE_SHAPE, REFERENCE_SPACE
+
+#: How volumes get their state (predictions sidecar, ``Labelling.Rule``).
+LABEL_RULE = ("volume i (t_i = i*TR) takes the state of an event with onset o and duration d when "
+              "o + TR <= t_i <= o + d + 2*TR (haemodynamic shift; later onset wins on overlap); other volumes n/a")
+#: ``Resolution`` of every map on the reference grid.
+RESOLUTION_TEXT = "2 mm isotropic MNI152NLin6Asym grid (91 x 109 x 91)"
+
+# -- participant level ----------------------------------------------------------------------------
+
+PREDICTION_COLUMNS = {
+    "volume": {"Description": "0-based index of the volume in the run"},
+    "onset": {"Description": "acquisition time of the volume, volume * RepetitionTime", "Units": "s"},
+    "true_state": {"Description": "state from events.tsv after the haemodynamic shift (n/a: unlabelled "
+                                  "or trial type without a model state)"},
+    "predicted_state": {"Description": "state with the highest probability"},
+    "correct": {"Description": "1 if predicted_state equals true_state, 0 if not, n/a if the volume has no "
+                               "state the model can output", "Levels": {"0": "wrong", "1": "right"}},
+    "training_participant": {"Description": "1 if this participant was in the model's training data "
+                                            "(n/a: unknown, e.g. published weights)"},
+}
+LRP_TARGET_COLUMN = {"Description": "state whose logit the relevance map of this volume explains"}
+
+SUMMARY_COLUMNS = {
+    "run": {"Description": "run label, or 'all' for all runs of the task"},
+    "task": {"Description": "BIDS task label"},
+    "n_volumes": {"Description": "number of decoded volumes"},
+    "n_labelled": {"Description": "volumes with a state the model can output"},
+    "n_correct": {"Description": "labelled volumes decoded correctly"},
+    "accuracy": {"Description": "n_correct / n_labelled"},
+}
+
+
+def run_provenance(run, model_provenance, config, labelling, space_transform, settings_hash, inputs_digest,
+                   source_space, compute_backend):
+    """The provenance block of one run's sidecars.
+
+    Parameters
+    ----------
+    run : deeplight_bids.bids.discover.Run
+        ``bold``, ``mask``, ``events`` paths and ``t_r`` (s).
+    model_provenance : dict
+        :meth:`DeepLightModel.provenance`.
+    config : deeplight_bids.config.Config
+        ``smoothing_fwhm`` (mm) and ``high_pass`` (Hz) are recorded.
+    labelling : dict
+        ``StateMap``, ``UnmappedTrialTypes``, ``StatesNotInModel`` (the rule is added).
+    space_transform : dict or None
+        How the BOLD reached the reference grid (:class:`deeplight_bids.prepare.spaces.SpacePlan`).
+    settings_hash, inputs_digest : str
+        :mod:`deeplight_bids.derivatives.resume`.
+    source_space : dict
+        :func:`deeplight_bids.preflight.source_space`.
+    compute_backend : dict
+        :func:`deeplight_bids.backend.versions`.
+
+    Returns
+    -------
+    dict
+    """
+    return {
+        "Sources": [f"bids::{p}" for p in (run.bold, run.mask, run.events)],
+        "Model": model_provenance,
+        "Preprocessing": {
+            "ReferenceGrid": {"Space": REFERENCE_SPACE, "Resolution": REFERENCE_RES,
+                              "Shape": list(REFERENCE_SHAPE), "Affine": REFERENCE_AFFINE.tolist()},
+            "SmoothingFWHM": config.smoothing_fwhm, "SmoothingFWHMUnits": "mm",
+            "HighPass": config.high_pass, "HighPassUnits": "Hz", "Detrend": "linear",
+            "Standardize": "z-score per voxel over the run (population SD)",
+            "RepetitionTime": run.t_r,
+        },
+        "Labelling": {"Rule": LABEL_RULE, **labelling},
+        "SourceSpace": source_space,
+        "SpaceTransform": space_transform,
+        "SettingsHash": settings_hash,
+        "InputsDigest": inputs_digest,
+        "SoftwareVersion": __version__,
+        "ComputeBackend": compute_backend,
+    }
+
+
+def predictions_sidecar(states, with_lrp, provenance, accuracy, n_labelled):
+    """Sidecar of ``*_desc-predictions_timeseries.tsv``: every column, accuracy, then the provenance.
+
+    Parameters
+    ----------
+    states : sequence of str
+        Model output states (one ``prob_<state>`` column each).
+    with_lrp : bool
+        The table has an ``lrp_target`` column.
+    provenance : dict
+        :func:`run_provenance`.
+    accuracy : float or None
+    n_labelled : int
+    """
+    columns = dict(PREDICTION_COLUMNS)
+    if with_lrp:
+        columns["lrp_target"] = LRP_TARGET_COLUMN
+    for state in states:
+        columns[f"prob_{state}"] = {"Description": f"softmax probability of state {state}", "Units": "arbitrary"}
+    return {**columns, "Accuracy": accuracy, "NumberOfLabelledVolumes": n_labelled, **provenance}
+
+
+def relevance_sidecar(t_r, provenance, conservation, lrp_description, lrp_target, lrp_rule):
+    """Sidecar of a run's relevance maps (per volume, per block or none kept).
+
+    Parameters
+    ----------
+    t_r : float
+        Repetition time (s).
+    provenance : dict
+        :func:`run_provenance`.
+    conservation : ndarray, shape (n_volumes,)
+        Sum of each map / its explained logit (NaN where undefined).
+    lrp_description : dict
+        The composite's description (:attr:`LRPAnalyzer.description`).
+    lrp_target : {"predicted", "true"}
+    lrp_rule : str
+        ``--lrp-rule`` (2D) or ``"published"`` (3D).
+    """
+    finite = conservation[np.isfinite(conservation)]
+    return {
+        "Description": "LRP relevance of each volume's decoding decision, one 3D map per volume, on the "
+                       "MNI152NLin6Asym 2 mm reference grid (x, y, z as in the NIfTI); positive values "
+                       "speak for the explained state",
+        "RepetitionTime": t_r,
+        "SkullStripped": True,
+        "Resolution": RESOLUTION_TEXT,
+        "LRP": lrp_description,
+        "LRPTarget": lrp_target,
+        "SpatialReference": (f"https://templateflow.s3.amazonaws.com/tpl-{REFERENCE_SPACE}/tpl-{REFERENCE_SPACE}"
+                             f"_res-0{REFERENCE_RES}_T1w.nii.gz"),
+        "LRPRule": lrp_rule,
+        "Units": "arbitrary (relevance)",
+        "Conservation": {
+            "Description": "sum of each volume's relevance map divided by its explained logit, over the run's "
+                           "volumes (1 = conserved; neither rule conserves by design: biases and the BN rule "
+                           "absorb relevance, and 2D's epsilon denominators can amplify it)",
+            "Median": float(np.median(finite)) if finite.size else None,
+            "Min": float(finite.min()) if finite.size else None,
+            "Max": float(finite.max()) if finite.size else None,
+            "NumberOfVolumes": int(finite.size),
+        },
+        **provenance,
+    }
+
+
+def summary_sidecar(model_provenance):
+    """Sidecar of ``sub-<l>_desc-accuracy_summary.tsv``."""
+    return {**SUMMARY_COLUMNS, "Model": model_provenance}
+
+
+def state_map_sidecar(task, state, n_volumes, lrp_target, model_provenance, lrp_description, settings_hash):
+    """Sidecar of a participant's mean relevance map of one task and explained state."""
+    return {
+        "Description": f"mean LRP relevance of the volumes of task {task} whose decision for state "
+                       f"{state} was explained (lrp_target == {state})",
+        "State": state, "NumberOfVolumes": int(n_volumes), "LRPTarget": lrp_target,
+        "Model": model_provenance, "LRP": lrp_description,
+        "SettingsHash": settings_hash,
+    }
+
+
+# -- group level ----------------------------------------------------------------------------------
+
+ACCURACY_COLUMNS = {
+    "participant_id": {"Description": "participant label with 'sub-'"},
+    "session": {"Description": "session label of the run (n/a: none, or all sessions pooled)"},
+    "run": {"Description": "run name (source entities), or 'all' for all runs of the participant pooled"},
+    "level": {"Description": "'run': one run; 'participant': all runs (and sessions) of the task pooled",
+              "Levels": {"run": "one run", "participant": "runs pooled"}},
+    "n_volumes": {"Description": "number of decoded volumes"},
+    "n_labelled": {"Description": "volumes whose true state the model can output (correct is 1 or 0)"},
+    "n_correct": {"Description": "labelled volumes decoded correctly"},
+    "accuracy": {"Description": "n_correct / n_labelled"},
+    "balanced_accuracy": {"Description": "mean over the true states present of the per-state recall"},
+    "chance_level": {"Description": "1 / n_states: accuracy (and balanced accuracy) expected from guessing "
+                                    "uniformly among the true states present"},
+    "n_states": {"Description": "number of distinct true states among the labelled volumes"},
+}
+GROUP_COLUMNS = {
+    "metric": {"Description": "participant-level metric summarised (see the accuracy summary)"},
+    "n_participants": {"Description": "participants with a value"},
+    "mean": {"Description": "mean across participants"},
+    "sd": {"Description": "standard deviation across participants (ddof = 1; n/a for one participant)"},
+    "ci95_low": {"Description": "lower end of the t-based 95% interval of the mean: mean - t(0.975, n-1) * sd / sqrt(n)"},
+    "ci95_high": {"Description": "upper end of the t-based 95% interval of the mean"},
+    "min": {"Description": "lowest participant value"},
+    "max": {"Description": "highest participant value"},
+}
+BLOCK_COLUMNS = {
+    "volumes_since_onset": {"Description": "0-based position of the volume in its block; a block is a maximal "
+                                           "stretch of consecutive volumes with the same true_state (labels include "
+                                           "the haemodynamic shift, so 0 is the first labelled volume of a block)",
+                            "Units": "volumes"},
+    "n_volumes": {"Description": "labelled volumes at this position, all participants"},
+    "n_correct": {"Description": "of which decoded correctly"},
+    "accuracy_pooled": {"Description": "n_correct / n_volumes"},
+    "n_participants": {"Description": "participants with volumes at this position"},
+    "accuracy_mean": {"Description": "mean across participants of the participant accuracy at this position"},
+    "accuracy_sd": {"Description": "SD across participants (ddof = 1)"},
+    "ci95_low": {"Description": "lower end of the t-based 95% interval of accuracy_mean"},
+    "ci95_high": {"Description": "upper end of the t-based 95% interval of accuracy_mean"},
+}
+
+
+def group_provenance(task, model):
+    """The block shared by every group table's sidecar: task, model and software version."""
+    return {"Task": task, "Model": model, "SoftwareVersion": __version__}
+
+
+def table_sidecar(columns, described, extra):
+    """A table's sidecar: a description of each of ``columns`` (from ``described``), then ``extra``.
+
+    Columns without a description are state columns of a confusion table ("count of
+    volumes predicted as <state>").
+    """
+    out = {c: described.get(c, {"Description": f"count of volumes predicted as {c}"}) for c in columns}
+    return {**out, **extra}
+
+
+def confusion_columns(states, kind):
+    """Column descriptions of a confusion table (``kind``: ``"counts"`` or ``"proportions"``)."""
+    cols = {"true_state": {"Description": "true state (rows)"}}
+    cols.update({c: {"Description": (f"labelled volumes of all participants predicted as {c}" if kind == "counts"
+                                     else f"share of the row's volumes predicted as {c} (each row sums to 1)")}
+                 for c in states})
+    return cols
+
+
+def group_map_sidecar(task, state, stat, subjects, model, mask_provenance, correct_only, n_volumes=None):
+    """Sidecar of a group statistical map (``stat``: ``"mean"`` (the effect) or ``"t"``).
+
+    Parameters
+    ----------
+    subjects : sequence of str
+        Participants pooled (labels without ``sub-``).
+    model : dict
+        The model block of the participants' sidecars.
+    mask_provenance : dict
+        The template brain mask used (:meth:`GroupTemplates.provenance`).
+    n_volumes : dict or None
+        Volumes per participant behind its map.
+    """
+    n = len(subjects)
+    what = ("participant means over the correctly decoded volumes of the state" if correct_only else
+            "participant mean relevance maps (label-<state>_desc-mean)")
+    if stat == "mean":
+        desc = f"mean across {n} participant(s) of the {what}, task {task}, state {state}; 0 outside the brain mask"
+    else:
+        desc = (f"one-sample t statistic (H0: mean relevance = 0; df = {n - 1}) across {n} participants of the {what}, "
+                f"task {task}, state {state}; nilearn SecondLevelModel, intercept-only design; 0 outside the brain "
+                "mask and where all participants have the same value")
+    out = {"Description": desc, "Task": task, "State": state, "Statistic": stat,
+           "NumberOfParticipants": n, "Participants": [f"sub-{s}" for s in subjects],
+           "CorrectOnly": bool(correct_only), "Resolution": RESOLUTION_TEXT, "SkullStripped": True,
+           "Mask": mask_provenance, "Model": model, "SoftwareVersion": __version__}
+    if stat == "t":
+        out["DegreesOfFreedom"] = n - 1
+    if n_volumes is not None:
+        out["NumberOfVolumes"] = {f"sub-{s}": int(v) for s, v in n_volumes.items()}
+    return out

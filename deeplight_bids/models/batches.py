@@ -1,0 +1,121 @@
+"""The batch loop of one run: model-order batches -> logits (and LRP relevance) -> streamed maps and sums."""
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deeplight_bids.prepare.grid import REFERENCE_SHAPE
+from deeplight_bids.progress import Progress
+
+LOGGER = logging.getLogger("deeplight_bids")
+
+
+class ModelOrderBatches:
+    """Batches of a prepared run in model order, ``(batch, z, y, x, 1)`` float32.
+
+    Equal to ``to_model_order(prepared.volumes(start, stop))``, but the masked signals
+    are scattered straight into model order (one zero-filled array per batch) instead of
+    into NIfTI order and then transposed into a second array.
+    """
+
+    def __init__(self, prepared):
+        self.signals = prepared.signals
+        x, y, z = np.nonzero(prepared.mask)  # the signals' column order (C order of the mask)
+        nx, ny, nz = prepared.mask.shape
+        self.shape = (nz, ny, nx, 1)
+        self.index = (z * ny + y) * nx + x
+
+    def get(self, start, stop):
+        out = np.zeros((stop - start, int(np.prod(self.shape))), dtype=np.float32)
+        out[:, self.index] = self.signals[start:stop]
+        return out.reshape((stop - start, *self.shape))
+
+
+@dataclass
+class RunDecoding:
+    """What the batch loop computed for a run of ``n_volumes``.
+
+    Attributes
+    ----------
+    logits : ndarray, shape (n_volumes, n_states), float32
+    targets : ndarray of int, shape (n_volumes,)
+        Explained state per volume (-1 without LRP).
+    conservation : ndarray, shape (n_volumes,)
+        Sum of each relevance map / its explained logit (NaN without LRP).
+    sums, counts : dict
+        Per explained state index: relevance sum ``(91, 109, 91)`` float64 (x, y, z) and number of volumes.
+    """
+
+    logits: np.ndarray
+    targets: np.ndarray
+    conservation: np.ndarray
+    sums: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+
+
+def decode_and_explain(batches, n_volumes, n_states, batch_size, decoder, analyzer=None, lrp_target="predicted",
+                       true_idx=None, masker=None, stream=None, label="run", log=LOGGER):
+    """Decode (and, given ``analyzer``, explain) every volume of a run, ``batch_size`` at a time.
+
+    Relevance maps are masked (``masker``), handed to ``stream`` (a background writer)
+    and summed per explained state; progress is shown per volume (:class:`Progress`).
+
+    Parameters
+    ----------
+    batches : ModelOrderBatches
+    n_volumes, n_states, batch_size : int
+    decoder : deeplight_bids.models.decode.Decoder
+    analyzer : deeplight_bids.lrp.analyzer.LRPAnalyzer or None
+    lrp_target : {"predicted", "true"}
+        ``"true"`` explains the labelled state (``true_idx``; unlabelled volumes: the predicted one).
+    true_idx : ndarray of int, shape (n_volumes,)
+        True state index per volume (-1: none).
+    masker : deeplight_bids.derivatives.relevance.RelevanceMasker
+    stream : deeplight_bids.derivatives.relevance.BackgroundWriter
+    label : str
+        The run's label (log lines, progress).
+
+    Returns
+    -------
+    RunDecoding
+    """
+    result = RunDecoding(logits=np.zeros((n_volumes, n_states), dtype=np.float32),
+                         targets=np.full(n_volumes, -1, dtype=int),
+                         conservation=np.full(n_volumes, np.nan))  # sum of each map / its explained logit
+    logits, targets = result.logits, result.targets
+    with Progress(n_volumes, label, unit="volume", log=log) as progress:
+        for start in range(0, n_volumes, batch_size):
+            stop = min(start + batch_size, n_volumes)
+            tb = time.monotonic()
+            x = batches.get(start, stop)  # = to_model_order(prepared.volumes(start, stop)), one copy fewer
+            if analyzer is None:
+                batch_logits = decoder.logits(x)
+            else:
+                target = None
+                if lrp_target == "true":
+                    pred = decoder.logits(x).argmax(axis=1)
+                    true = true_idx[start:stop]
+                    target = np.where(true >= 0, true, pred)
+                batch_logits, relevance = analyzer.explain(x, target=target)
+                targets[start:stop] = batch_logits.argmax(axis=1) if target is None else target
+                explained = batch_logits[np.arange(stop - start), targets[start:stop]].astype(np.float64)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    result.conservation[start:stop] = relevance.sum(axis=(1, 2, 3), dtype=np.float64) / explained
+                # (batch, z, y, x) C order is (batch, x, y, z) Fortran order per volume: the
+                # transposed view is what from_model_order would copy, and it goes into the
+                # NIfTI's column-major volumes (and the sums below) as contiguous copies.
+                rel_xyz = masker.apply(relevance.transpose(0, 3, 2, 1))
+                stream.write(start, rel_xyz)
+                for j, tgt in enumerate(targets[start:stop]):
+                    if tgt not in result.sums:
+                        result.sums[tgt] = np.zeros(REFERENCE_SHAPE, np.float64, order="F")
+                        result.counts[tgt] = 0
+                    result.sums[tgt] += rel_xyz[j]
+                    result.counts[tgt] += 1
+            logits[start:stop] = batch_logits
+            log.debug("%s: volumes %d-%d of %d (%.2f s/batch)", label, start + 1, stop, n_volumes,
+                      time.monotonic() - tb)
+            progress.update(stop - start)
+    return result

@@ -1,0 +1,221 @@
+"""One run: prepare -> label -> decode and explain -> tables and sidecars; resumable.
+
+Each run's outputs are written atomically; the predictions sidecar JSON is written
+last and records the settings and inputs that produced the run
+(:mod:`deeplight_bids.derivatives.resume`), so a re-run skips complete runs.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from deeplight_bids.backend import versions as backend_versions
+from deeplight_bids.bids.headers import check_headers
+from deeplight_bids.derivatives import naming, resume, sidecars, tables
+from deeplight_bids.derivatives.relevance import BackgroundWriter, RelevanceMasker, RunRelevanceOutputs, event_blocks
+from deeplight_bids.derivatives.writers import write_json, write_tsv
+from deeplight_bids.models.batches import ModelOrderBatches, decode_and_explain
+from deeplight_bids.models.decode import softmax
+from deeplight_bids.prepare.grid import REFERENCE_SPACE
+from deeplight_bids.preflight import plural, source_space
+from deeplight_bids.workflows.summaries import ParticipantSummaries, save_state_sums
+
+LOGGER = logging.getLogger("deeplight_bids")
+
+
+@dataclass
+class RunResult:
+    """Outcome of one run: ``status`` in {"done", "skipped", "failed"}."""
+
+    label: str
+    status: str
+    detail: str = ""
+    n_volumes: int = 0
+    accuracy: float | None = None
+
+
+class RunProcessor:
+    """Decode and explain runs with one loaded model.
+
+    Parameters
+    ----------
+    dl_model : deeplight_bids.models.weights.DeepLightModel
+    config : deeplight_bids.config.Config
+    user_state_map : dict or None
+        ``{task: {trial_type: state}}`` from ``--state-map``.
+    space_plan : deeplight_bids.prepare.spaces.SpacePlan or None
+    """
+
+    def __init__(self, dl_model, config, user_state_map=None, space_plan=None):
+        from deeplight_bids.models.decode import Decoder, network_batch_limit
+        from deeplight_bids.prepare.spaces import SpacePlan
+
+        self.dl_model = dl_model
+        self.config = config
+        self.user_state_map = user_state_map
+        self.space_plan = space_plan or SpacePlan(allow_approximate=config.allow_approximate_space)
+        self.states = tuple(dl_model.states)
+        self.state_index = {s: i for i, s in enumerate(self.states)}
+        max_batch = network_batch_limit()
+        self.decoder = Decoder(dl_model.model, max_batch=max_batch)
+        self.analyzer = None
+        if config.lrp:
+            from deeplight_bids.lrp.analyzer import LRPAnalyzer
+
+            # reference section 7: iNNvestigate's preset B-flat for 3D, epsilon (LSTM rule included) for 2D,
+            # stabilised as the original code (published) or sign-aware (--lrp-rule signed)
+            composite = ("preset_b_flat" if dl_model.architecture == "3D"
+                         else "deeplight_2d_signed" if config.lrp_rule == "signed" else "deeplight_2d")
+            self.analyzer = LRPAnalyzer(dl_model.model, composite=composite, max_batch=max_batch)
+        self.quality = None
+        if self.analyzer is not None and getattr(config, "quality", False):
+            from deeplight_bids.quality.run_quality import RunQuality
+
+            self.quality = RunQuality(dl_model.model, self.analyzer.composite, self.decoder, config.quality_volumes,
+                                      seed=config.seed, max_batch=max_batch)
+        self.settings_hash = resume.settings_hash(config, dl_model.weights_sha256, dl_model.architecture,
+                                                  user_state_map,
+                                                  self.quality.settings() if self.quality is not None else None)
+        self.summaries = ParticipantSummaries(config, self.states, dl_model.provenance(),
+                                              self.analyzer.description if self.analyzer is not None else None,
+                                              self.settings_hash, self.quality is not None)
+
+    def is_complete(self, outputs, run=None):
+        """True when a previous run with the same settings (and, given ``run``, the same inputs) finished all outputs."""
+        return resume.is_complete(outputs, self.config, self.settings_hash, self.quality is not None, run)
+
+    def write_participant_summaries(self, subject, runs, map_tasks=None):
+        """See :meth:`ParticipantSummaries.write`."""
+        self.summaries.write(subject, runs, map_tasks)
+
+    # -- one run: a list of stages ------------------------------------------------------------
+    def process(self, run):
+        cfg = self.config
+        outputs = naming.run_outputs(cfg.output_dir, run.entities)
+        if not cfg.overwrite and self.is_complete(outputs, run):
+            return RunResult(run.label, "skipped", "outputs exist (same settings); use --overwrite to recompute")
+        t0 = time.monotonic()
+        check_headers(run)
+        prepared, space_transform = self._prepare(run)
+        labelled = self._label(run, prepared.n_volumes)
+        if cfg.save_tfrecords:
+            from deeplight_bids.hcp.run_export import save_run_tfrecords
+
+            save_run_tfrecords(run, prepared.volumes, labelled["labels"], cfg.output_dir)
+        decoding, quality, masker, stream = self._decode_and_explain(run, prepared, labelled, outputs)
+        accuracy, n_labelled = self._write_outputs(run, outputs, decoding, quality, masker, stream, labelled,
+                                                   space_transform)
+        n_vol = prepared.n_volumes
+        detail = plural(n_vol, "volume") + (f", accuracy {accuracy:.3f}" if accuracy is not None else "")
+        detail += f", {time.monotonic() - t0:.1f} s"
+        return RunResult(run.label, "done", detail, n_vol, accuracy)
+
+    def _prepare(self, run):
+        from deeplight_bids.prepare.clean import prepare_run
+
+        cfg = self.config
+        LOGGER.info("%s: preparing (mask, smooth %.3g mm, detrend, high-pass, z-score)", run.label, cfg.smoothing_fwhm)
+        to_grid, space_transform = self.space_plan.resampler_for(run.space or REFERENCE_SPACE)
+        prepared = prepare_run(run.bold, run.mask, run.t_r, smoothing_fwhm=cfg.smoothing_fwhm,
+                               high_pass=cfg.high_pass, to_grid=to_grid)
+        return prepared, space_transform
+
+    def _label(self, run, n_vol):
+        """State per volume from the events (haemodynamic shift), and what could not be labelled."""
+        from deeplight_bids.prepare.labels import read_events, resolve_state_map, unmapped_trial_types, volume_labels
+
+        events = read_events(run.events)
+        state_map = resolve_state_map(run.entities["task"], self.user_state_map)
+        unmapped = unmapped_trial_types(events, state_map)
+        if unmapped:  # the start-up label table says it for the task; per run, info only
+            LOGGER.info("%s: trial types without a model state (volumes labelled n/a): %s",
+                        run.label, ", ".join(unmapped))
+        labels = volume_labels(events, n_vol, run.t_r, state_map)
+        late = events["onset"].to_numpy(dtype=float) >= n_vol * run.t_r
+        if late.any():
+            LOGGER.warning("%s: %s: %d of %d event(s) start at or after the end of the run (%d volumes x TR %g s = "
+                           "%g s) and label nothing; check that the events file, RepetitionTime and onsets (in "
+                           "seconds) belong to this run.", run.label, run.events, int(late.sum()), len(events),
+                           n_vol, run.t_r, n_vol * run.t_r)
+        true_idx = np.array([self.state_index.get(s, -1) if s is not None else -1 for s in labels])
+        not_decodable = sorted({s for s in labels if s is not None and s not in self.state_index})
+        if not_decodable:
+            LOGGER.warning("%s: labelled states the model cannot output (excluded from accuracy): %s",
+                           run.label, ", ".join(not_decodable))
+        return {"events": events, "state_map": state_map, "labels": labels, "true_idx": true_idx,
+                "unmapped": unmapped, "not_decodable": not_decodable}
+
+    def _decode_and_explain(self, run, prepared, labelled, outputs):
+        """The batch loop (streaming the relevance maps), then the quality measures before the stream closes."""
+        cfg = self.config
+        n_vol = prepared.n_volumes
+        stream = None
+        masker = RelevanceMasker(prepared.mask)  # relevance inside the brain (derivatives/relevance.py)
+        if self.analyzer is not None:
+            blocks = (event_blocks(labelled["events"], n_vol, run.t_r, labelled["state_map"])
+                      if cfg.relevance_maps == "blocks" else None)
+            # written by a thread beside the network (bounded queue; its errors stop the run)
+            stream = BackgroundWriter(RunRelevanceOutputs(cfg.relevance_maps, outputs, n_vol, run.t_r, blocks,
+                                                          scratch_dir=cfg.work_dir, root=cfg.output_dir))
+        batches = ModelOrderBatches(prepared)
+        try:
+            decoding = decode_and_explain(batches, n_vol, len(self.states), cfg.batch_size, self.decoder,
+                                          self.analyzer, cfg.lrp_target, labelled["true_idx"], masker, stream,
+                                          label=run.label)
+            quality = None
+            if self.quality is not None:  # reads the relevance back from the stream before it is closed
+                relevance_of = stream.read  # the per-volume maps as written
+                if cfg.relevance_maps != "volumes":  # none kept: explain the few quality volumes again
+
+                    def relevance_of(v):
+                        rel = self.analyzer.explain(batches.get(v, v + 1), target=decoding.targets[v:v + 1])[1]
+                        return np.where(masker.mask, rel[0].transpose(2, 1, 0), 0).transpose(2, 1, 0)
+
+                quality = self.quality.evaluate(outputs, batches.get, relevance_of, batches.index, decoding.logits,
+                                                decoding.targets, self.states, root=cfg.output_dir, label=run.label)
+            if stream is not None:
+                stream.close()
+        except BaseException:
+            if stream is not None:
+                stream.abort()
+            raise
+        return decoding, quality, masker, stream
+
+    def _write_outputs(self, run, outputs, decoding, quality, masker, stream, labelled, space_transform):
+        """Relevance sidecar and sums, predictions table, and last its sidecar (marks the run complete)."""
+        cfg = self.config
+        probs = softmax(decoding.logits)
+        pred_idx = probs.argmax(axis=1)
+        true_idx = labelled["true_idx"]
+        frame = tables.predictions_frame(self.states, run.t_r, labelled["labels"], true_idx, pred_idx, probs,
+                                         decoding.targets if self.analyzer is not None else None,
+                                         tables.in_training_set(self.dl_model.card, run.subject))
+        decodable = true_idx >= 0
+        accuracy = float((pred_idx[decodable] == true_idx[decodable]).mean()) if decodable.any() else None
+        digest = resume.inputs_digest(run)
+        provenance = sidecars.run_provenance(
+            run, self.dl_model.provenance(), cfg,
+            {"StateMap": labelled["state_map"], "UnmappedTrialTypes": labelled["unmapped"],
+             "StatesNotInModel": labelled["not_decodable"]},
+            space_transform, self.settings_hash, digest, source_space(run), backend_versions())
+        if self.analyzer is not None:
+            lrp_rule = cfg.lrp_rule if self.dl_model.architecture == "2D" else "published"
+            stream.finish({**sidecars.relevance_sidecar(run.t_r, provenance, decoding.conservation,
+                                                        self.analyzer.description, cfg.lrp_target, lrp_rule),
+                           **masker.sidecar()})
+            save_state_sums(naming.state_sums_output(cfg.work_dir, run.label), decoding.sums, decoding.counts,
+                            self.settings_hash, digest, root=cfg.output_dir)
+        else:
+            from deeplight_bids.derivatives.stale import remove_stale
+
+            remove_stale([outputs["relevance"], outputs["blocks"], outputs["blocks_tsv"]],
+                         "relevance of other settings (this run was re-done with --no-lrp)")
+        write_tsv(outputs["predictions"], frame, root=cfg.output_dir)
+        sidecar = sidecars.predictions_sidecar(self.states, self.analyzer is not None, provenance, accuracy,
+                                               int(decodable.sum()))
+        if quality is not None:
+            sidecar["Quality"] = quality
+        write_json(outputs["predictions_json"], sidecar, root=cfg.output_dir)  # last: marks the run complete
+        return accuracy, int(decodable.sum())

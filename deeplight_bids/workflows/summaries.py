@@ -1,0 +1,148 @@
+"""Per participant: the accuracy summary and the mean relevance map per task and explained state.
+
+Every run of the participant that is complete for the current settings is summarised,
+whichever job made it; per-state relevance sums of each run are kept in the work folder
+(:func:`save_state_sums`) and recomputed from the run's maps if the work folder was cleaned.
+"""
+
+import logging
+
+import numpy as np
+
+from deeplight_bids.derivatives import naming, resume, sidecars, tables
+from deeplight_bids.derivatives.stale import remove_stale, stale_state_maps
+from deeplight_bids.derivatives.writers import atomic_path, write_json, write_nifti, write_tsv
+from deeplight_bids.prepare.grid import REFERENCE_AFFINE
+
+LOGGER = logging.getLogger("deeplight_bids")
+
+
+def save_state_sums(path, sums, counts, settings_hash, inputs_digest, root=None):
+    """Store a run's per-state relevance sums ``{state index: (91, 109, 91) sum}`` and volume counts.
+
+    Keyed by the settings and by the identity of the run's inputs, so sums of another
+    dataset or other settings sharing the work folder are never reused.
+    """
+    arrays = {}
+    for idx, total in sums.items():
+        arrays[f"sum_{idx}"] = np.ascontiguousarray(total, dtype=np.float32)
+        arrays[f"count_{idx}"] = np.array(counts[idx])
+    with atomic_path(path, root=root) as tmp:
+        with open(tmp, "wb") as fobj:
+            np.savez_compressed(fobj, settings=np.array(settings_hash), inputs=np.array(inputs_digest), **arrays)
+
+
+def read_state_sums(path, settings_hash, inputs_digest):
+    """``{state index: (sum float64, count)}`` from :func:`save_state_sums`, or None if missing or of other keys."""
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        key = (str(data["settings"]), str(data["inputs"]) if "inputs" in data.files else None)
+        if key != (settings_hash, inputs_digest):
+            return None
+        return {int(k[4:]): (data[k].astype(np.float64), int(data[f"count_{k[4:]}"]))
+                for k in data.files if k.startswith("sum_")}
+
+
+class ParticipantSummaries:
+    """Write the participant-level summaries of one model and settings.
+
+    Parameters
+    ----------
+    config : deeplight_bids.config.Config
+    states : sequence of str
+        Model output states.
+    model_provenance : dict
+    lrp_description : dict or None
+        The composite's description (None without LRP).
+    settings_hash : str
+    with_quality : bool
+        Runs are complete only with their quality tables.
+    """
+
+    def __init__(self, config, states, model_provenance, lrp_description, settings_hash, with_quality, log=LOGGER):
+        self.config = config
+        self.states = tuple(states)
+        self.state_index = {s: i for i, s in enumerate(self.states)}
+        self.model_provenance = model_provenance
+        self.lrp_description = lrp_description
+        self.settings_hash = settings_hash
+        self.with_quality = with_quality
+        self.log = log
+
+    def _load_state_sums(self, run):
+        """Per-state relevance sums of a finished run (recomputed from its outputs if the work dir was cleaned)."""
+        import nibabel as nib
+
+        path = naming.state_sums_output(self.config.work_dir, run.label)
+        stored = read_state_sums(path, self.settings_hash, resume.inputs_digest(run))
+        if stored is not None:
+            return stored
+        if path.is_file():
+            self.log.info("%s: %s was made from other inputs or settings (another dataset sharing the work folder?); "
+                          "recomputing the sums from the run's outputs", run.label, path)
+        outputs = naming.run_outputs(self.config.output_dir, run.entities)
+        if not outputs["relevance"].is_file():  # --relevance-maps blocks/means keep no per-volume maps
+            from deeplight_bids.exceptions import OutputError
+
+            raise OutputError(f"{path}: missing, and the run's per-volume maps were not kept (--relevance-maps "
+                              f"{self.config.relevance_maps}); re-run the participant level with --overwrite.")
+        frame = tables.read_predictions(outputs["predictions"])
+        data = np.asarray(nib.load(outputs["relevance"]).dataobj, dtype=np.float32)
+        out = {}
+        for state, rows in frame.groupby("lrp_target").groups.items():
+            idx = self.state_index[state]
+            out[idx] = (data[..., np.asarray(rows)].sum(axis=-1, dtype=np.float64), len(rows))
+        return out
+
+    def write(self, subject, runs, map_tasks=None):
+        """Mean relevance map per task and explained state, and the accuracy summary TSV.
+
+        ``runs`` are all the participant's runs (those complete for these settings are
+        summarised, whichever job made them); mean maps are rewritten only for
+        ``map_tasks`` (default: every task of ``runs``).
+        """
+        cfg = self.config
+        done = [r for r in runs if resume.is_complete(naming.run_outputs(cfg.output_dir, r.entities), cfg,
+                                                      self.settings_hash, self.with_quality, r, self.log)]
+        if not done:
+            return
+        rows = []
+        for run in done:
+            outputs = naming.run_outputs(cfg.output_dir, run.entities)
+            rows.append(tables.accuracy_row(run.label, run.entities["task"],
+                                            tables.read_predictions(outputs["predictions"])))
+        out = naming.summary_output(cfg.output_dir, subject)
+        write_tsv(out, tables.accuracy_summary(rows), root=cfg.output_dir)
+        write_json(naming.sidecar_of(out), sidecars.summary_sidecar(self.model_provenance), root=cfg.output_dir)
+        tasks = sorted({r.entities["task"] for r in done} & set(map_tasks or {r.entities["task"] for r in done}))
+        if not cfg.lrp:
+            for task in tasks:  # mean maps of an earlier LRP run: no longer what this participant's runs hold
+                remove_stale(stale_state_maps(cfg.output_dir, subject, task, ()), "mean map of other settings (LRP)")
+            return
+        for task in tasks:
+            written = self._write_state_maps(subject, task, [r for r in done if r.entities["task"] == task])
+            remove_stale(stale_state_maps(cfg.output_dir, subject, task, written),
+                         f"mean map of other settings (no volume explained for its state with --lrp-target "
+                         f"{cfg.lrp_target})")
+
+    def _write_state_maps(self, subject, task, runs):
+        import nibabel as nib
+
+        cfg = self.config
+        totals = {}
+        for run in runs:
+            for idx, (total, count) in self._load_state_sums(run).items():
+                acc, n = totals.get(idx, (0.0, 0))
+                totals[idx] = (acc + total, n + count)
+        written = []
+        for idx, (total, count) in sorted(totals.items()):
+            state = self.states[idx]
+            path = naming.state_map_output(cfg.output_dir, subject, task, state)
+            img = nib.Nifti1Image((total / count).astype(np.float32), REFERENCE_AFFINE)
+            img.header.set_xyzt_units("mm")
+            write_nifti(path, img, root=cfg.output_dir)
+            write_json(naming.sidecar_of(path), root=cfg.output_dir, obj=sidecars.state_map_sidecar(
+                task, state, count, cfg.lrp_target, self.model_provenance, self.lrp_description, self.settings_hash))
+            written.append(path)
+        return written
