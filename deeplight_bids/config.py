@@ -1,12 +1,26 @@
 """The one settings object of a run, built from the parsed command line.
 
-A frozen dataclass passed explicitly (no module-level state), so concurrent
-participant jobs (SLURM arrays) stay independent; dumped as TOML under
-``OUTPUT_DIR/logs/`` for provenance.
+Settings come in sections, one frozen dataclass each: :class:`InputsConfig` (what data
+goes in and how it is prepared), :class:`ParticipantConfig` (decoding and explaining
+runs), :class:`GroupConfig` (group statistics and report) and :class:`FinetuneConfig`
+(``group --finetune``); :class:`Config` holds them with the settings of the whole job
+(level, backend, threads, seed).  The sections' field defaults are the only defaults:
+the command-line parser reads them (:func:`default`).
+
+A :class:`Config` is passed explicitly (no module-level state), so concurrent
+participant jobs (SLURM arrays) stay independent; it is dumped as TOML under
+``OUTPUT_DIR/logs/`` (:meth:`Config.save`) and read back with :meth:`Config.load`.
+
+Every setting also reads as a flat attribute (``config.batch_size`` is
+``config.participant.batch_size``; the fine-tuning settings keep their command-line
+names: ``config.finetune_init`` is ``config.finetune.init``), and :class:`Config` takes
+flat keyword arguments, so ``Config(bids_dir=..., output_dir=..., epochs=3)`` works.
 """
 
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,13 +28,13 @@ from deeplight_bids import __version__
 
 
 @dataclass(frozen=True)
-class Config:
-    """Settings of one ``deeplight-bids`` invocation.
+class InputsConfig:
+    """What goes in: folders, selection, model weights and preparation.
 
     Attributes
     ----------
     bids_dir, output_dir, work_dir : pathlib.Path
-        Input dataset (read only), derivatives output, scratch.
+        Input dataset (read only), derivatives output, scratch (default ``OUTPUT_DIR/work``).
     derivatives : tuple of pathlib.Path
         Folders searched for preprocessed BOLD and masks.
     participant_label, session_label, task : tuple of str or None
@@ -31,6 +45,7 @@ class Config:
         Template space of the preprocessed BOLD (None: MNI152NLin6Asym, else MNI152NLin2009cAsym, per run).
     allow_approximate_space : bool
         World-coordinate resampling when an inter-template transform is unavailable.
+    skip_bids_validation : bool
     architecture : {"3D", "2D"}
     weights : str or None
         Path or registry name; None means the published weights of ``architecture``.
@@ -39,39 +54,10 @@ class Config:
         mm.
     high_pass : float or None
         Hz.
-    lrp : bool
-    lrp_target : {"predicted", "true"}
-    lrp_rule : {"published", "signed"}
-        2D LRP stabiliser: the original code's ``z + eps`` or ``z + eps * sign(z)``.
-    backend : {"tensorflow", "jax", "torch"}
-        Keras backend (``--backend``; set before Keras is imported).
-    batch_size, nprocs : int
-    overwrite, skip_bids_validation : bool
-    relevance_maps : {"volumes", "blocks", "means"}
-        Relevance written per run: per volume, per event block, or only the per-state means.
-    save_tfrecords : bool
-        Also export prepared, labelled volumes in the original TFRecord schema.
-    quality : bool
-        Per run, faithfulness and sanity of the relevance maps (``--quality``/``--no-quality``).
-    quality_volumes : int
-        Volumes per run they use (``--quality-volumes``).
-    reference_map : pathlib.Path or None
-        Group level: reference map file or folder for plausibility (``--reference-map``).
-    reference_top_percent : float
-        Group level: share of the reference map's voxels counted as its region.
-    significance_permutations : int
-        Group level: permutations of the block labels per participant and task.
-    correct_only, reports_only : bool
-        Group level: add maps from correctly decoded volumes only; only rebuild the report.
-    verbose : int
-    finetune, finetune_init, finetune_states, epochs, learning_rate, finetune_batch_size, cv_folds,
-    val_participants, early_stopping_patience, seed, freeze_body, model_name
-        Group level ``--finetune`` (see :mod:`deeplight_bids.group.finetune`).
     """
 
-    bids_dir: Path
-    output_dir: Path
-    analysis_level: str = "participant"
+    bids_dir: Path | None = None
+    output_dir: Path | None = None
     work_dir: Path | None = None
     derivatives: tuple = ()
     participant_label: tuple | None = None
@@ -80,116 +66,392 @@ class Config:
     bids_filters: dict = field(default_factory=dict)
     space: str | None = None
     allow_approximate_space: bool = False
+    skip_bids_validation: bool = False
     architecture: str = "3D"
     weights: str | None = None
     state_map_file: Path | None = None
     smoothing_fwhm: float = 3.0
     high_pass: float | None = 1.0 / 128
+
+
+@dataclass(frozen=True)
+class ParticipantConfig:
+    """Participant level: decoding, LRP, outputs.
+
+    Attributes
+    ----------
+    lrp : bool
+    lrp_target : {"predicted", "true"}
+    lrp_rule : {"published", "signed"}
+        2D LRP stabiliser: the original code's ``z + eps`` or ``z + eps * sign(z)``.
+    batch_size : int
+        Volumes per step.
+    relevance_maps : {"volumes", "blocks", "means"}
+        Relevance written per run: per volume, per event block, or only the per-state means.
+    save_tfrecords : bool
+        Also export prepared, labelled volumes in the original TFRecord schema.
+    quality : bool
+        Per run, faithfulness and sanity of the relevance maps (``--quality``/``--no-quality``).
+    quality_volumes : int
+        Volumes per run they use (``--quality-volumes``; also
+        :data:`deeplight_bids.quality.run_quality.DEFAULT_VOLUMES`, which the parser reads).
+    """
+
     lrp: bool = True
     lrp_target: str = "predicted"
     lrp_rule: str = "published"
-    backend: str = "tensorflow"
     batch_size: int = 4
-    nprocs: int = 0
-    overwrite: bool = False
+    relevance_maps: str = "volumes"
     save_tfrecords: bool = False
     quality: bool = True
     quality_volumes: int = 32
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """Group level: statistics, quality tables and report.
+
+    Attributes
+    ----------
+    reference_map : pathlib.Path or None
+        Reference map file or folder for plausibility (``--reference-map``).
+    reference_top_percent : float
+        Share of the reference map's voxels counted as its region.
+    significance_permutations : int
+        Permutations of the block labels per participant and task.
+    correct_only, reports_only : bool
+        Add maps from correctly decoded volumes only; only rebuild the report.
+    """
+
     reference_map: Path | None = None
     reference_top_percent: float = 10.0
     significance_permutations: int = 1000
-    relevance_maps: str = "volumes"
-    skip_bids_validation: bool = False
     correct_only: bool = False
     reports_only: bool = False
-    verbose: int = 0
-    finetune: bool = False
-    finetune_init: str = "pretrained"
-    finetune_states: tuple | None = None
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Group level ``--finetune`` (see :mod:`deeplight_bids.group.finetune`).
+
+    Attributes
+    ----------
+    enabled : bool
+        ``--finetune``.
+    init : {"pretrained", "scratch"}
+    states : tuple of str or None
+    epochs : int
+    learning_rate : float or None
+        None: the architecture's reference rate.
+    batch_size : int
+        Training batch size (``--finetune-batch-size``).
+    cv_folds : int
+    val_participants : tuple of str or None
+    early_stopping_patience : int
+    freeze_body : bool
+    model_name : str or None
+    """
+
+    enabled: bool = False
+    init: str = "pretrained"
+    states: tuple | None = None
     epochs: int = 10
     learning_rate: float | None = None
-    finetune_batch_size: int | None = None
+    batch_size: int | None = None
     cv_folds: int = 0
     val_participants: tuple | None = None
     early_stopping_patience: int = 0
-    seed: int = 0
     freeze_body: bool = False
     model_name: str | None = None
+
+
+#: Section name -> dataclass.
+SECTIONS = {"inputs": InputsConfig, "participant": ParticipantConfig, "group": GroupConfig,
+            "finetune": FinetuneConfig}
+#: Flat names of fine-tuning settings that differ from their field names (the command line's ``dest``).
+_FLAT_ALIASES = {"finetune": ("finetune", "enabled"), "finetune_init": ("finetune", "init"),
+                 "finetune_states": ("finetune", "states"), "finetune_batch_size": ("finetune", "batch_size")}
+
+
+def _flat_names():
+    names = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            names.setdefault(f.name, (section, f.name))  # batch_size: the participant's (decoding)
+    names.update(_FLAT_ALIASES)
+    return names
+
+
+#: Flat setting name -> (section, field).
+FLAT_NAMES = _flat_names()
+
+
+def default(name):
+    """The default of a setting by its flat name (e.g. ``"batch_size"``, ``"finetune_init"``, ``"nprocs"``)."""
+    if name in FLAT_NAMES:
+        section, key = FLAT_NAMES[name]
+        f = {f.name: f for f in dataclasses.fields(SECTIONS[section])}[key]
+    else:
+        f = {f.name: f for f in dataclasses.fields(Config)}[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+@dataclass(frozen=True, init=False)
+class Config:
+    """Settings of one ``deeplight-bids`` invocation: sections plus the job's own settings.
+
+    Attributes
+    ----------
+    inputs : InputsConfig
+    participant : ParticipantConfig
+    group : GroupConfig
+    finetune : FinetuneConfig
+    analysis_level : {"participant", "group"}
+    backend : {"tensorflow", "jax", "torch"}
+        Keras backend (``--backend``; set before Keras is imported).
+    nprocs : int
+        CPU threads (0: all).
+    overwrite : bool
+        Recompute existing outputs (participant runs, fine-tuned models).
+    seed : int
+        Fine-tuning, the quality measures' volume choice and the significance permutations.
+    verbose : int
+    version : str
+        deeplight-bids version that made the settings.
+
+    Parameters
+    ----------
+    inputs, participant, group, finetune : section or dict or None
+        A section, or a dict of its fields.
+    **settings
+        Flat settings (``bids_dir=...``, ``epochs=...``; see :data:`FLAT_NAMES`), put into their sections.
+    """
+
+    inputs: InputsConfig
+    participant: ParticipantConfig
+    group: GroupConfig
+    finetune: FinetuneConfig
+    analysis_level: str = "participant"
+    backend: str = "tensorflow"
+    nprocs: int = 0
+    overwrite: bool = False
+    seed: int = 0
+    verbose: int = 0
     version: str = __version__
+
+    def __init__(self, inputs=None, participant=None, group=None, finetune=None, **settings):
+        given = {"inputs": inputs, "participant": participant, "group": group, "finetune": finetune}
+        if isinstance(finetune, bool):  # the flat setting --finetune, not the section
+            given["finetune"] = None
+            settings["finetune"] = finetune
+        values = {name: {} for name in SECTIONS}
+        own = {}
+        own_names = {f.name for f in dataclasses.fields(Config)} - set(SECTIONS)
+        for name, value in settings.items():
+            if name in own_names:
+                own[name] = value
+            elif name in FLAT_NAMES:
+                section, key = FLAT_NAMES[name]
+                values[section][key] = value
+            else:
+                raise TypeError(f"Config: unknown setting {name!r}")
+        for name, cls in SECTIONS.items():
+            section = given[name]
+            if isinstance(section, dict):
+                section = cls(**section)
+            section = dataclasses.replace(section or cls(), **values[name])
+            object.__setattr__(self, name, section)
+        for f in dataclasses.fields(Config):
+            if f.name not in SECTIONS:
+                object.__setattr__(self, f.name, own.get(f.name, f.default))
+
+    def __getattr__(self, name):
+        # only called for names that are not attributes: the flat view of the sections
+        if name in FLAT_NAMES:
+            section, key = FLAT_NAMES[name]
+            return getattr(object.__getattribute__(self, section), key)
+        raise AttributeError(f"'Config' has no setting {name!r}")
 
     @classmethod
     def from_args(cls, args):
-        """Build from an :class:`argparse.Namespace` of :func:`cli.parser.parse_args`."""
+        """Build from an :class:`argparse.Namespace` of :func:`cli.parser.parse_args`.
+
+        Options absent from ``args`` take their defaults from the sections.
+        """
+        def arg(name, dest=None):
+            return getattr(args, dest or name, default(name))
+
         output_dir = Path(args.output_dir)
         return cls(
-            bids_dir=Path(args.bids_dir),
-            output_dir=output_dir,
             analysis_level=args.analysis_level,
-            work_dir=Path(args.work_dir).absolute() if args.work_dir else output_dir / "work",
-            derivatives=tuple(Path(p) for p in (args.derivatives or ())),
-            participant_label=tuple(args.participant_label) if args.participant_label else None,
-            session_label=tuple(args.session_label) if args.session_label else None,
-            task=tuple(args.task) if args.task else None,
-            bids_filters=dict(args.bids_filter_file or {}),
-            space=args.space,
-            allow_approximate_space=bool(getattr(args, "allow_approximate_space", False)),
-            architecture=args.architecture,
-            weights=args.weights,
-            state_map_file=Path(args.state_map) if args.state_map else None,
-            smoothing_fwhm=float(args.smoothing_fwhm),
-            high_pass=args.high_pass,
-            lrp=not args.no_lrp,
-            lrp_target=args.lrp_target,
-            lrp_rule=getattr(args, "lrp_rule", "published"),
-            backend=getattr(args, "backend", None) or os.environ.get("KERAS_BACKEND", "tensorflow"),
-            batch_size=int(args.batch_size),
-            nprocs=int(args.nprocs or os.cpu_count() or 1),
-            overwrite=bool(args.overwrite),
-            save_tfrecords=bool(getattr(args, "save_tfrecords", False)),
-            quality=not getattr(args, "no_quality", False),
-            quality_volumes=int(getattr(args, "quality_volumes", 32)),
-            reference_map=Path(args.reference_map) if getattr(args, "reference_map", None) else None,
-            reference_top_percent=float(getattr(args, "reference_top_percent", 10.0)),
-            significance_permutations=int(getattr(args, "significance_permutations", 1000)),
-            relevance_maps=getattr(args, "relevance_maps", "volumes"),
-            skip_bids_validation=bool(args.skip_bids_validation),
-            correct_only=bool(getattr(args, "correct_only", False)),
-            reports_only=bool(getattr(args, "reports_only", False)),
-            verbose=int(args.verbose),
-            finetune=bool(getattr(args, "finetune", False)),
-            finetune_init=getattr(args, "finetune_init", "pretrained"),
-            finetune_states=tuple(args.finetune_states) if getattr(args, "finetune_states", None) else None,
-            epochs=int(getattr(args, "epochs", 10)),
-            learning_rate=getattr(args, "learning_rate", None),
-            finetune_batch_size=getattr(args, "finetune_batch_size", None),
-            cv_folds=int(getattr(args, "cv_folds", 0) or 0),
-            val_participants=tuple(args.val_participants) if getattr(args, "val_participants", None) else None,
-            early_stopping_patience=int(getattr(args, "early_stopping_patience", 0) or 0),
-            seed=int(getattr(args, "seed", 0) or 0),
-            freeze_body=bool(getattr(args, "freeze_body", False)),
-            model_name=getattr(args, "model_name", None),
+            backend=getattr(args, "backend", None) or os.environ.get("KERAS_BACKEND", default("backend")),
+            nprocs=int(getattr(args, "nprocs", None) or os.cpu_count() or 1),
+            overwrite=bool(arg("overwrite")),
+            seed=int(arg("seed") or 0),
+            verbose=int(arg("verbose")),
+            inputs=InputsConfig(
+                bids_dir=Path(args.bids_dir),
+                output_dir=output_dir,
+                work_dir=Path(args.work_dir).absolute() if getattr(args, "work_dir", None) else output_dir / "work",
+                derivatives=tuple(Path(p) for p in (getattr(args, "derivatives", None) or ())),
+                participant_label=_tuple_or_none(arg("participant_label")),
+                session_label=_tuple_or_none(arg("session_label")),
+                task=_tuple_or_none(arg("task")),
+                bids_filters=dict(getattr(args, "bids_filter_file", None) or {}),
+                space=arg("space"),
+                allow_approximate_space=bool(arg("allow_approximate_space")),
+                skip_bids_validation=bool(arg("skip_bids_validation")),
+                architecture=arg("architecture"),
+                weights=arg("weights"),
+                state_map_file=Path(args.state_map) if getattr(args, "state_map", None) else None,
+                smoothing_fwhm=float(arg("smoothing_fwhm")),
+                high_pass=arg("high_pass"),
+            ),
+            participant=ParticipantConfig(
+                lrp=not getattr(args, "no_lrp", not default("lrp")),
+                lrp_target=arg("lrp_target"),
+                lrp_rule=arg("lrp_rule"),
+                batch_size=int(arg("batch_size")),
+                relevance_maps=arg("relevance_maps"),
+                save_tfrecords=bool(arg("save_tfrecords")),
+                quality=not getattr(args, "no_quality", not default("quality")),
+                quality_volumes=int(arg("quality_volumes")),
+            ),
+            group=GroupConfig(
+                reference_map=Path(args.reference_map) if getattr(args, "reference_map", None) else None,
+                reference_top_percent=float(arg("reference_top_percent")),
+                significance_permutations=int(arg("significance_permutations")),
+                correct_only=bool(arg("correct_only")),
+                reports_only=bool(arg("reports_only")),
+            ),
+            finetune=FinetuneConfig(
+                enabled=bool(arg("finetune")),
+                init=arg("finetune_init"),
+                states=_tuple_or_none(arg("finetune_states")),
+                epochs=int(arg("epochs")),
+                learning_rate=arg("learning_rate"),
+                batch_size=arg("finetune_batch_size"),
+                cv_folds=int(arg("cv_folds") or 0),
+                val_participants=_tuple_or_none(arg("val_participants")),
+                early_stopping_patience=int(arg("early_stopping_patience") or 0),
+                freeze_body=bool(arg("freeze_body")),
+                model_name=arg("model_name"),
+            ),
         )
 
+    # -- TOML ------------------------------------------------------------------------------------
     def to_dict(self):
-        """JSON/TOML-friendly dict (paths as strings, pybids queries as text)."""
+        """TOML-friendly nested dict: the job's settings, then one table per section.
+
+        Paths are strings, tuples lists, pybids queries ``"Query.NONE"``/``"Query.ANY"``.
+        TOML has no null: a None setting is left out where None is its default, and
+        written as ``"none"`` where it is not (``high_pass = "none"``, as on the command line).
+        """
         out = {}
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Path):
-                value = str(value)
-            elif isinstance(value, tuple):
-                value = [str(v) for v in value]
-            elif isinstance(value, dict):
-                value = {k: (v if isinstance(v, (str, int, float, list)) else str(v)) for k, v in value.items()}
-            if value is None:
-                continue  # TOML has no null
-            out[f.name] = value
+            if f.name in SECTIONS:
+                continue
+            out[f.name] = getattr(self, f.name)
+        for name in SECTIONS:
+            section = getattr(self, name)
+            table = {}
+            for f in dataclasses.fields(section):
+                value = _to_toml(getattr(section, f.name))
+                if value is None:
+                    if f.default is None or f.default is dataclasses.MISSING:
+                        continue
+                    value = "none"
+                table[f.name] = value
+            out[name] = table
         return out
 
+    @classmethod
+    def from_dict(cls, data):
+        """Inverse of :meth:`to_dict` (unknown keys are an error naming them)."""
+        own = {k: v for k, v in data.items() if k not in SECTIONS}
+        sections = {}
+        for name, section_cls in SECTIONS.items():
+            table = dict(data.get(name, {}))
+            hints = typing.get_type_hints(section_cls)
+            fields = {f.name: f for f in dataclasses.fields(section_cls)}
+            unknown = set(table) - set(fields)
+            if unknown:
+                raise ValueError(f"[{name}]: unknown setting(s) {', '.join(sorted(unknown))}")
+            sections[name] = section_cls(**{k: _from_toml(v, hints[k], fields[k].default) for k, v in table.items()})
+        return cls(**sections, **own)
+
     def save(self, path, root=None):
-        """Write :meth:`to_dict` as TOML to ``path`` (atomic); returns the path."""
+        """Write :meth:`to_dict` as TOML to ``path`` (atomic); returns the path.
+
+        ``root``: OUTPUT_DIR, see :func:`deeplight_bids.derivatives.writers.atomic_path`.
+        """
         import tomli_w
 
         from deeplight_bids.derivatives.writers import write_text
 
         return write_text(path, tomli_w.dumps(self.to_dict()), root=root)
+
+    @classmethod
+    def load(cls, path):
+        """Read a TOML written by :meth:`save`."""
+        import tomllib
+
+        return cls.from_dict(tomllib.loads(Path(path).read_text()))
+
+
+def _tuple_or_none(value):
+    return tuple(value) if value else None
+
+
+def _to_toml(value):
+    from enum import Enum
+
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [str(v) for v in value]
+    if isinstance(value, Enum):  # pybids Query.NONE / Query.ANY in --bids-filter-file
+        return f"Query.{value.name}"
+    if isinstance(value, dict):
+        return {k: _to_toml(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_toml(v) for v in value]
+    return value
+
+
+def _from_toml(value, hint, field_default):
+    if value == "none" and field_default is not None and _allows_none(hint):
+        return None
+    base = _non_none(hint)
+    if base is Path:
+        return Path(value)
+    if base is tuple:
+        return tuple(value)
+    if base is dict:
+        return {k: _query_from_text(v) for k, v in value.items()}
+    if base is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def _allows_none(hint):
+    return type(None) in typing.get_args(hint)
+
+
+def _non_none(hint):
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else hint
+    return hint
+
+
+def _query_from_text(value):
+    if isinstance(value, str) and value.startswith("Query."):
+        from bids.layout import Query
+
+        return Query[value.removeprefix("Query.")]
+    if isinstance(value, list):
+        return [_query_from_text(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _query_from_text(v) for k, v in value.items()}
+    return value

@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from deeplight_bids import __version__
+from deeplight_bids.config import default
 
 EXIT_CODES_HELP = """exit codes:
   0  success (every selected run processed or already done)
@@ -171,7 +172,7 @@ def build_parser():
                         help="do not validate BIDS_DIR with bids-validator-deno before processing")
 
     g_model = parser.add_argument_group("Model and LRP options")
-    g_model.add_argument("--architecture", choices=("3D", "2D"), default="3D",
+    g_model.add_argument("--architecture", choices=("3D", "2D"), default=default("architecture"),
                          help="DeepLight variant: 3D convolutions, or 2D slice convolutions + bidirectional LSTM")
     g_model.add_argument("--weights", metavar="PATH|NAME",
                          help="model weights: a .keras file or folder from 'deeplight-bids demo'/fine-tuning, "
@@ -180,11 +181,11 @@ def build_parser():
     g_model.add_argument("--state-map", type=IsFile, metavar="FILE",
                          help="JSON {task: {trial_type: state}} mapping trial types to model output states "
                               "(default: the HCP vocabulary for HCP tasks)")
-    g_model.add_argument("--lrp-target", choices=("predicted", "true"), default="predicted",
+    g_model.add_argument("--lrp-target", choices=("predicted", "true"), default=default("lrp_target"),
                          help="state whose logit LRP explains ('true' uses the labelled state; unlabelled "
                               "volumes then fall back to the predicted state)")
     g_model.add_argument("--no-lrp", action="store_true", help="decode only; write no relevance maps")
-    g_model.add_argument("--lrp-rule", choices=("published", "signed"), default="published",
+    g_model.add_argument("--lrp-rule", choices=("published", "signed"), default=default("lrp_rule"),
                          help="2D only: 'published' = the original 2D-DeepLight code's epsilon rule exactly "
                               "(denominators z + eps, composite deeplight_2d); 'signed' = z + eps*sign(z) in the "
                               "LSTM and output layer (composite deeplight_2d_signed), a deliberate deviation that "
@@ -207,23 +208,23 @@ def build_parser():
                            help="group level: reference map(s) for plausibility on the reference grid's space "
                                 "(MNI152NLin6Asym; resampled onto the 2 mm grid): one NIfTI for every state, or a "
                                 "folder with one NIfTI per state named with 'label-<state>' or '<state>.nii[.gz]'")
-    g_quality.add_argument("--reference-top-percent", type=Percent, default=10.0, metavar="PCT",
+    g_quality.add_argument("--reference-top-percent", type=Percent, default=default("reference_top_percent"), metavar="PCT",
                            help="group level: the reference map's top PCT %% of brain voxels form its region "
                                 "(relevance mass and rank accuracy)")
-    g_quality.add_argument("--significance-permutations", type=MinOne, default=1000, metavar="N",
+    g_quality.add_argument("--significance-permutations", type=MinOne, default=default("significance_permutations"), metavar="N",
                            help="group level: permutations of the block labels per participant and task for the "
                                 "test of accuracy against chance (seeded with --seed)")
 
     g_prep = parser.add_argument_group("Preprocessing options (reference: DeepLight, Thomas et al. 2021)")
-    g_prep.add_argument("--smoothing-fwhm", type=NonNegative, default=3.0, metavar="MM",
+    g_prep.add_argument("--smoothing-fwhm", type=NonNegative, default=default("smoothing_fwhm"), metavar="MM",
                         help="Gaussian smoothing FWHM in mm applied while masking (0 = none)")
-    g_prep.add_argument("--high-pass", type=HighPass, default=1.0 / 128, metavar="HZ",
+    g_prep.add_argument("--high-pass", type=HighPass, default=default("high_pass"), metavar="HZ",
                         help="high-pass cut-off in Hz (e.g. 1/128), or 'none'")
 
     g_perf = parser.add_argument_group("Options to handle performance")
     g_perf.add_argument("--nprocs", "--n-cpus", type=MinOne, metavar="N",
                         help="CPU threads for TensorFlow and preparation (default: all available)")
-    g_perf.add_argument("--batch-size", type=MinOne, default=4, metavar="N",
+    g_perf.add_argument("--batch-size", type=MinOne, default=default("batch_size"), metavar="N",
                         help="volumes read, decoded, explained and written per step; on CPU the network takes at most 4 "
                              "at a time (bounded memory), on a GPU the whole batch")
     g_perf.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None,
@@ -244,7 +245,7 @@ def build_parser():
     add_finetune_arguments(parser)
 
     g_out = parser.add_argument_group("Output options")
-    g_out.add_argument("--relevance-maps", choices=("volumes", "blocks", "means"), default="volumes",
+    g_out.add_argument("--relevance-maps", choices=("volumes", "blocks", "means"), default=default("relevance_maps"),
                        help="relevance written per run (masked to the run's brain mask): one map per volume, one mean "
                             "map per event block / trial (4D + TSV), or none (the per-state mean maps per participant "
                             "are written in every case)")

@@ -11,14 +11,15 @@ import time
 
 import numpy as np
 
+from deeplight_bids.config import default
 from deeplight_bids.derivatives.writers import write_json, write_tsv
 
 from . import faithfulness, sanity
 
 LOGGER = logging.getLogger("deeplight_bids")
 
-#: Default volumes per run (``--quality-volumes``).
-DEFAULT_VOLUMES = 32
+#: Default volumes per run (``--quality-volumes``; the one default is the config's).
+DEFAULT_VOLUMES = default("quality_volumes")
 
 
 class RunQuality:

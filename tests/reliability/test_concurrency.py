@@ -27,7 +27,7 @@ def test_shared_files_not_corrupted(concurrent_outputs, small_dataset):
     assert (out / "README.md").read_text().startswith("# deeplight-bids outputs\n")
     configs = sorted((out / "logs").glob("config-*.toml"))
     assert len(configs) == 3, configs
-    labels = sorted(tomllib.loads(p.read_text())["participant_label"][0] for p in configs)
+    labels = sorted(tomllib.loads(p.read_text())["inputs"]["participant_label"][0] for p in configs)
     assert labels == ["01", "02", "03"]
     leftovers = [p for p in out.rglob("*") if ".tmp" in p.name or p.name.startswith(".stream.")]
     assert leftovers == []

@@ -121,4 +121,4 @@ def test_cli_arguments_never_traceback(argv_world, tokens, head):
     config = Config.from_args(args)  # a parsed command line always makes a valid settings object
     assert config.batch_size >= 1 and config.nprocs >= 1
     assert config.high_pass is None or config.high_pass > 0
-    assert config.to_dict()["bids_dir"] == str(Path(argv_world["bids"]))
+    assert config.to_dict()["inputs"]["bids_dir"] == str(Path(argv_world["bids"]))
