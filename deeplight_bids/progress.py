@@ -50,7 +50,7 @@ class Progress:
         self._bar = None
         self._start = self._last = self.clock()
         if _is_terminal(self.stream):
-            from tqdm.auto import tqdm
+            from tqdm import tqdm
 
             self._bar = tqdm(total=self.total, desc=desc, unit=unit, file=self.stream, leave=False,
                              dynamic_ncols=True)
