@@ -206,3 +206,16 @@ def test_summary_keeps_tasks_of_earlier_jobs(synthetic_dataset, random_model, tm
     summary = pd.read_csv(out / "sub-01" / "func" / "sub-01_desc-accuracy_summary.tsv", sep="\t")
     assert set(summary["task"]) == {"motor", "motorb"}
     assert set(summary.loc[summary["run"] == "all", "task"]) == {"motor", "motorb"}
+
+
+def test_job_config_reloads(participant_run, random_model, tmp_path):
+    """The job's logs/config-*.toml reads back into the settings the run used (sections, one per table)."""
+    from deeplight_bids.config import Config
+
+    out, code, _ = participant_run
+    path = sorted((out / "logs").glob("config-*-01.toml"))[0]  # the fixture's job (re-run tests add more)
+    config = Config.load(path)
+    assert config.participant_label == ("01",) and config.inputs.output_dir == out
+    assert (config.participant.batch_size, config.participant.quality_volumes) == (8, 4)
+    assert config.weights == str(random_model) and config.analysis_level == "participant"
+    assert Config.load(config.save(tmp_path / "again.toml")) == config

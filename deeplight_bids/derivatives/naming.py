@@ -114,6 +114,13 @@ def sidecar_of(path):
     return path.with_suffix(".json")
 
 
+def dataset_outputs(output_dir):
+    """The dataset-level files of OUTPUT_DIR: ``dict(description, bidsignore, readme)``."""
+    output_dir = Path(output_dir)
+    return {"description": output_dir / "dataset_description.json", "bidsignore": output_dir / ".bidsignore",
+            "readme": output_dir / "README.md"}
+
+
 # -- per job (outside the BIDS tree) ------------------------------------------------------------
 def job_log_stem(output_dir, participant_label=None):
     """``OUTPUT_DIR/logs/config-<date>-<time>-<pid>-<labels>`` without extension (one per job).

@@ -403,13 +403,16 @@ def write_dataset_files(output_dir, source_dirs=()):
     Concurrent jobs (SLURM arrays) each write the same content atomically: a reader
     always sees one complete version, never a mix.
     """
+    from deeplight_bids.derivatives.naming import dataset_outputs
+
     output_dir = Path(output_dir)
+    names = dataset_outputs(output_dir)
     files = {
-        output_dir / "dataset_description.json": json.dumps(dataset_description(source_dirs), indent=2) + "\n",
-        output_dir / ".bidsignore": BIDSIGNORE,
-        output_dir / "README.md": ("# deeplight-bids outputs\n\nPer-volume DeepLight decoding (``*_desc-predictions_"
-                                   "timeseries.tsv``) and LRP relevance maps (``*_desc-relevance_bold.nii.gz``), "
-                                   "written by deeplight-bids " + __version__ + ".\n"),
+        names["description"]: json.dumps(dataset_description(source_dirs), indent=2) + "\n",
+        names["bidsignore"]: BIDSIGNORE,
+        names["readme"]: ("# deeplight-bids outputs\n\nPer-volume DeepLight decoding (``*_desc-predictions_"
+                          "timeseries.tsv``) and LRP relevance maps (``*_desc-relevance_bold.nii.gz``), "
+                          "written by deeplight-bids " + __version__ + ".\n"),
     }
     for path, text in files.items():
         try:
