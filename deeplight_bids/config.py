@@ -66,7 +66,7 @@ class Config:
     verbose : int
     finetune, finetune_init, finetune_states, epochs, learning_rate, finetune_batch_size, cv_folds,
     val_participants, early_stopping_patience, seed, freeze_body, model_name
-        Group level ``--finetune`` (see :mod:`deeplight_bids.group.finetune`).
+        Group level ``--finetune`` (see :mod:`deeplight_bids.workflows.finetune`).
     """
 
     bids_dir: Path

@@ -87,7 +87,7 @@ def run_demo(output_dir, n_participants=5, n_volumes=60, epochs=4, batch_size=8,
     """Run the demo; returns a dict with accuracy, relevance shares and paths."""
     from deeplight_bids.config import Config
     from deeplight_bids.demo.synth import make_synthetic_dataset
-    from deeplight_bids.group.finetune import FinetuneJob
+    from deeplight_bids.workflows.finetune import FinetuneJob
     from deeplight_bids.participant import _configure_threads, run_participant_level
 
     t_start = time.monotonic()

@@ -34,6 +34,7 @@ from deeplight_bids.exceptions import (
     OutputError,
     UsageError,
 )
+from deeplight_bids.derivatives.writers import write_text
 from deeplight_bids.hcp import bids as hcp_bids
 from deeplight_bids.hcp import s3
 from deeplight_bids.states import HCP_TASK_STATES
@@ -157,7 +158,7 @@ def _report(stream, root, source, result, plans):
     if result.missing:
         table = root / "sourcedata" / "hcp" / "missing_upstream.tsv"
         lines = ["subject\ttask\trun\tkey\treason"] + ["\t".join(row) for row in result.missing]
-        hcp_bids.write_text(table, "\n".join(lines) + "\n")
+        write_text(table, "\n".join(lines) + "\n")
         _say(stream, f"list of what is missing: {table}")
 
 

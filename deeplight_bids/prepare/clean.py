@@ -32,6 +32,7 @@ import numpy as np
 
 from deeplight_bids.exceptions import ImageError, MetadataError, UsageError
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE, is_on_reference_grid, to_reference_grid
+from deeplight_bids.prepare.labels import check_t_r
 
 __all__ = ["FLAT_TOLERANCE", "MAX_EMPTY_MASK_FRACTION", "MIN_VOLUMES", "PreparedRun", "min_volumes", "prepare_run"]
 
@@ -277,16 +278,14 @@ def _short(exc):
 
 
 def _check_t_r(t_r, name):
+    """:func:`~deeplight_bids.prepare.labels.check_t_r`, failing with the BOLD file's name and the fix."""
     try:
-        value = float(t_r)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
+        return check_t_r(t_r)
+    except ValueError:
         raise MetadataError(
             f"{name}: RepetitionTime must be a positive number of seconds, got {t_r!r}; "
             "fix RepetitionTime in the BOLD JSON sidecar."
-        )
-    return value
+        ) from None
 
 
 def _check_fwhm(fwhm):
