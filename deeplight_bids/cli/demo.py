@@ -66,7 +66,7 @@ def build_parser():
 
 
 def run_demo_command(argv):
-    from deeplight_bids.cli.run import setup_logging
+    from deeplight_bids.cli.logs import setup_logging
 
     args = build_parser().parse_args(argv)
     if args.participants < 3:

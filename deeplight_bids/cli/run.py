@@ -6,28 +6,13 @@ Sub-commands that do not follow the BIDS-Apps positionals are dispatched first:
 
 import contextlib
 import logging
-import os
 import signal
 import sys
-import warnings
 
-from deeplight_bids.exceptions import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, DeepLightBidsError, Interrupted, LoggedWarning
+from deeplight_bids.cli.logs import setup_logging
+from deeplight_bids.exceptions import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, DeepLightBidsError, Interrupted
 
 LOGGER = logging.getLogger("deeplight_bids")
-
-
-def setup_logging(verbose=0):
-    level = logging.WARNING if verbose < 0 else logging.INFO if verbose < 2 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s deeplight-bids %(levelname)s: %(message)s", "%H:%M:%S"))
-    root = logging.getLogger("deeplight_bids")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-    # warnings that are also logged (e.g. the offline-template fallback) are shown once, as log lines
-    warnings.simplefilter("ignore", LoggedWarning)
-    # TensorFlow's C++ start-up chatter is noise for users.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _fail(err, verbose):
