@@ -135,11 +135,13 @@ def _make_progress(epochs, log, stream=None, clock=time.monotonic, every=LOG_EVE
                          now - self.start)
 
         def on_epoch_end(self, epoch, logs=None):
+            self.on_train_end()
+
+        def on_train_end(self, logs=None):
             if self.bar is not None:
+                self.bar.refresh()  # the epoch's final count, whatever tqdm's redraw interval skipped
                 self.bar.close()
                 self.bar = None
-
-        on_train_end = on_epoch_end
 
     return TrainingProgress()
 
