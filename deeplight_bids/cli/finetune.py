@@ -35,12 +35,14 @@ def add_finetune_arguments(parser):
                        help="start from the published body of --architecture (or --weights) with a new output "
                             "layer, or from random weights")
     group.add_argument("--states", nargs="+", metavar="STATE", dest="finetune_states",
-                       help="states to train on, in output order (default: every labelled state found, sorted)%(default).0s")
+                       help="states to train on, in output order (default: every labelled state found, "
+                            "sorted)%(default).0s")
     group.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS, help="training epochs")
     group.add_argument("--learning-rate", type=positive_float, metavar="LR",
                        help="Adam learning rate (default: 1e-3 for 3D, 1e-4 for 2D)%(default).0s")
     group.add_argument("--finetune-batch-size", type=positive_int, metavar="N",
-                       help=f"training batch size (default: {DEFAULT_BATCH_SIZE}; --batch-size is for decoding)%(default).0s")
+                       help=f"training batch size (default: {DEFAULT_BATCH_SIZE}; --batch-size is for "
+                            "decoding)%(default).0s")
     group.add_argument("--cv-folds", type=non_negative_int, default=0, metavar="K",
                        help="participant-wise K-fold cross-validation (every participant is predicted by a model "
                             "that never saw it); 0: one split (see --val-participants)")

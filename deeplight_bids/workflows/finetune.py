@@ -221,7 +221,8 @@ class FinetuneJob:
             "name": self.name, "architecture": self.arch, "init": self.init, "freeze_body": bool(cfg.freeze_body),
             "states": list(self.states), "seed": cfg.seed, "cv_folds": int(cfg.cv_folds or 0),
             "learning_rate": self.lr, "batch_size": self.batch_size, "epochs": cfg.epochs,
-            "heldout_accuracy_pooled": pooled["accuracy"], "heldout_balanced_accuracy_pooled": pooled["balanced_accuracy"],
+            "heldout_accuracy_pooled": pooled["accuracy"],
+            "heldout_balanced_accuracy_pooled": pooled["balanced_accuracy"],
             "heldout_accuracy_mean_over_participants": float(np.mean([r["accuracy"] for r in rows[:-1]])),
             "chance": 1.0 / n_states, "n_volumes": pooled["n_volumes"],
             # never since issue 13: early stopping validates on a participant that is not held out
