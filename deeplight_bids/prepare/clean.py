@@ -288,13 +288,18 @@ def _check_t_r(t_r, name):
         ) from None
 
 
+def _number(value):
+    """``float(value)``, or NaN when it is no number (the checks below then refuse it)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _check_fwhm(fwhm):
     if fwhm is None:
         return None
-    try:
-        value = float(fwhm)
-    except (TypeError, ValueError):
-        value = math.nan
+    value = _number(fwhm)
     if not math.isfinite(value) or value < 0:
         raise UsageError(f"smoothing FWHM must be a non-negative number of mm, got {fwhm!r}.")
     return value or None
@@ -303,10 +308,7 @@ def _check_fwhm(fwhm):
 def _check_high_pass(high_pass, t_r, name):
     if high_pass is None:
         return None
-    try:
-        value = float(high_pass)
-    except (TypeError, ValueError):
-        value = math.nan
+    value = _number(high_pass)
     nyquist = 0.5 / t_r
     if not math.isfinite(value) or value <= 0 or value >= nyquist:
         raise UsageError(
