@@ -28,12 +28,17 @@ def predict_logits(model, reader, samples, batch_size):
 
 
 def accuracy(labels, pred):
-    """``(accuracy, balanced accuracy)`` of predicted vs true label indices; ``(None, None)`` when empty."""
-    labels, pred = np.asarray(labels), np.asarray(pred)
+    """``(accuracy, balanced accuracy)`` of predicted vs true labels; ``(None, None)`` when empty.
+
+    As :func:`deeplight_bids.group.stats.decoding_metrics` (balanced: the mean of the
+    per-state recalls of the states present).
+    """
+    from deeplight_bids.group.stats import decoding_metrics
+
     if not len(labels):
         return None, None
-    recalls = [float((pred[labels == c] == c).mean()) for c in np.unique(labels)]
-    return float((pred == labels).mean()), float(np.mean(recalls))
+    metrics = decoding_metrics(np.asarray(labels).tolist(), np.asarray(pred).tolist())
+    return metrics["accuracy"], metrics["balanced_accuracy"]
 
 
 def prediction_rows(samples, logits, states, fold):
