@@ -97,8 +97,9 @@ class FinetuneJob:
     def run(self):
         """Fit, evaluate and write every fold; returns the held-out summary (dict).
 
-        TensorFlow op determinism and (on a GPU) the mixed-precision policy hold for the
-        fit only: both are reset afterwards, also when the fit fails.
+        TensorFlow op determinism (the whole job) and, on a GPU, the mixed-precision policy
+        (the fits) are process-wide: both are reset afterwards, also when the job fails, so
+        decoding and LRP in the same process run as before.
         """
         t_start = time.monotonic()
         with deterministic_ops(self.config.seed, self.log) as self.deterministic:
@@ -120,6 +121,7 @@ class FinetuneJob:
 
     @property
     def states(self):
+        """State names in output order (after :meth:`load_data`)."""
         return self.data.states
 
     def splits(self):
