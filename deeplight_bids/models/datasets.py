@@ -148,12 +148,20 @@ def body_features(body, data: TrainingData, work_dir, batch_size, key_extra, log
     if path.is_file():
         log.info("fine-tune: reusing frozen-body features from %s", path)
         return np.load(path)
+    from deeplight_bids.models.train import StepProgress
+
     t0 = time.monotonic()
     batch = max(1, int(batch_size))
     n = len(data.samples)
-    features = np.concatenate([
-        np.asarray(body(data.reader.batch(data.samples, s, min(s + batch, n)), training=False), np.float32)
-        for s in range(0, n, batch)])
+    progress = StepProgress(log, "volume")
+    progress.start(n, "fine-tune: frozen-body features")
+    parts = []
+    for start in range(0, n, batch):
+        stop = min(start + batch, n)
+        parts.append(np.asarray(body(data.reader.batch(data.samples, start, stop), training=False), np.float32))
+        progress.update(stop - start)
+    progress.close()
+    features = np.concatenate(parts)
     log.info("fine-tune: frozen-body features of %d volumes in %.1f s (%s)", len(features), time.monotonic() - t0,
              "x".join(str(d) for d in features.shape[1:]))
     with atomic_path(path) as tmp:

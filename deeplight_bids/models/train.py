@@ -98,50 +98,88 @@ def precision_policy(name):
         keras.mixed_precision.set_global_policy(previous)
 
 
+class StepProgress:
+    """Progress of counted steps (batches, volumes): a tqdm bar on a terminal, else a log line now and then.
+
+    Each :meth:`start` begins a segment (an epoch, a pass over the volumes) with its own bar;
+    without a terminal one INFO line is logged at most every ``every`` seconds over all
+    segments, so a long fit is never silent for long and never floods a log.
+
+    Parameters
+    ----------
+    log : logging.Logger
+    unit : str
+        What a step is ("batch", "volume").
+    stream : file-like, optional
+        Where the bar is drawn (default: ``sys.stderr``); not a terminal: log lines.
+    clock : callable
+        ``time.monotonic``; replaceable in tests.
+    every : float
+        Seconds between two log lines (default :data:`LOG_EVERY`).
+    """
+
+    def __init__(self, log, unit="step", stream=None, clock=time.monotonic, every=LOG_EVERY):
+        self.log, self.unit, self.clock, self.every = log, unit, clock, every
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.bar = None
+        self.last_line = None
+
+    def start(self, total, desc):
+        """Begin a segment of ``total`` steps (None: unknown) called ``desc``."""
+        self.close()
+        self.total, self.desc, self.done, self.started = total, desc, 0, self.clock()
+        if self.last_line is None:
+            self.last_line = self.started
+        if self.tty:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=self.unit, file=self.stream, leave=False,
+                            dynamic_ncols=True)
+
+    def update(self, n=1, **status):
+        """``n`` more steps done; ``status`` (e.g. ``loss="0.1234"``) is shown beside the count."""
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            if status:
+                self.bar.set_postfix(status, refresh=False)
+            return
+        now = self.clock()
+        if now - self.last_line >= self.every:
+            self.last_line = now
+            shown = ", ".join(f"{k} {v}" for k, v in status.items())
+            self.log.info("%s, %s %d%s%s (%.0f s)", self.desc, self.unit, self.done,
+                          f"/{self.total}" if self.total else "", f": {shown}" if shown else "", now - self.started)
+
+    def close(self):
+        """End the segment (the bar shows its final count, then is cleared)."""
+        if self.bar is not None:
+            self.bar.refresh()  # the final count, whatever tqdm's redraw interval skipped
+            self.bar.close()
+            self.bar = None
+
+
 def _make_progress(epochs, log, stream=None, clock=time.monotonic, every=LOG_EVERY):
-    """Keras callback showing batch progress: a tqdm bar on a terminal, else a log line at most every ``every`` s."""
+    """Keras callback showing batch progress through a :class:`StepProgress`."""
     import keras
 
-    stream = sys.stderr if stream is None else stream
-    tty = bool(getattr(stream, "isatty", lambda: False)())
+    progress = StepProgress(log, "batch", stream, clock, every)
 
     class TrainingProgress(keras.callbacks.Callback):
-        bar = None
-        last_line = None
-
         def on_epoch_begin(self, epoch, logs=None):
-            self.epoch, self.start = epoch, clock()
-            if self.last_line is None:
-                self.last_line = self.start
-            if tty:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=self.params.get("steps"), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
-                                file=stream, leave=False, dynamic_ncols=True)
+            progress.start(self.params.get("steps"), f"epoch {epoch + 1}/{epochs}")
 
         def on_train_batch_end(self, batch, logs=None):
             logs = logs or {}
-            loss, accuracy = float(logs.get("loss", np.nan)), float(logs.get("accuracy", np.nan))
-            if self.bar is not None:
-                self.bar.update(1)
-                self.bar.set_postfix(loss=f"{loss:.4f}", accuracy=f"{accuracy:.3f}", refresh=False)
-                return
-            now = clock()
-            if now - self.last_line >= every:
-                self.last_line = now
-                steps = self.params.get("steps")
-                log.info("epoch %d/%d, batch %d%s: loss %.4f, accuracy %.3f (%.0f s into the epoch)",
-                         self.epoch + 1, epochs, batch + 1, f"/{steps}" if steps else "", loss, accuracy,
-                         now - self.start)
+            progress.update(1, loss=f"{float(logs.get('loss', np.nan)):.4f}",
+                            accuracy=f"{float(logs.get('accuracy', np.nan)):.3f}")
 
         def on_epoch_end(self, epoch, logs=None):
-            self.on_train_end()
+            progress.close()
 
         def on_train_end(self, logs=None):
-            if self.bar is not None:
-                self.bar.refresh()  # the epoch's final count, whatever tqdm's redraw interval skipped
-                self.bar.close()
-                self.bar = None
+            progress.close()
 
     return TrainingProgress()
 

@@ -44,3 +44,20 @@ def test_bar_on_a_terminal_and_no_log_lines(caplog):
     text = stream.getvalue()
     assert "epoch 1/2" in text and "epoch 2/2" in text and "5/5" in text and "\r" in text
     assert not caplog.records
+
+
+def test_step_progress_throttles_across_segments_and_counts_volumes(caplog):
+    from deeplight_bids.models.train import StepProgress
+
+    clock = [0.0]
+    log = logging.getLogger("deeplight_bids.test_progress")
+    caplog.set_level(logging.INFO, logger=log.name)
+    progress = StepProgress(log, "volume", stream=io.StringIO(), clock=lambda: clock[0])
+    for segment in range(3):  # three passes of 50 s each: lines at 60 s and 120 s only
+        progress.start(10, f"pass {segment + 1}")
+        for _ in range(10):
+            clock[0] += 5.0
+            progress.update(1)
+        progress.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["pass 2, volume 2/10 (10 s)", "pass 3, volume 4/10 (20 s)"]
