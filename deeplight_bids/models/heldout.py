@@ -44,7 +44,7 @@ def accuracy(labels, pred):
 def prediction_rows(samples, logits, states, fold):
     """One row per held-out volume: true and predicted state, correctness and the softmax probabilities."""
     pred = logits.argmax(axis=1)
-    probs = softmax(logits)
+    probs = softmax(logits, np.float32)  # float32 as the fine-tuning tables have always been written
     rows = []
     for i in range(len(samples)):
         row = {"participant_id": f"sub-{samples.subject[i]}", "run": samples.run_label[i],
