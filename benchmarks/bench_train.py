@@ -70,7 +70,7 @@ def child(case, batch_size, steps):
             reader.volume(0, v)
         result["vol_s"] = 64 / (time.perf_counter() - t0)
     else:
-        from deeplight_bids.group.finetune import TRAIN_3D, split_body_head
+        from deeplight_bids.models.surgery import TRAIN_3D, split_body_head
         from deeplight_bids.models.three import build_3d_deeplight
         from deeplight_bids.models.two import build_2d_deeplight
 

@@ -132,7 +132,7 @@ class GroupConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Group level ``--finetune`` (see :mod:`deeplight_bids.group.finetune`).
+    """Group level ``--finetune`` (see :mod:`deeplight_bids.workflows.finetune`).
 
     Attributes
     ----------

@@ -1,4 +1,4 @@
-"""Where a job runs: backend threads, numeric precision, software versions and logging.
+"""Where a job runs: backend threads, numeric precision and logging (software versions: :mod:`deeplight_bids.versions`).
 
 Every level (participant, group, fine-tuning, demo) enters :func:`compute_session`
 before it builds a model, so thread pools are set once from ``--nprocs`` and a
@@ -8,7 +8,6 @@ precision policy set for a stage is restored when the stage ends, also on error.
 import contextlib
 import logging
 import os
-import platform
 import sys
 import warnings
 
@@ -73,25 +72,6 @@ def compute_session(nprocs, precision=None, log=LOGGER):
     with precision_policy(precision) if precision else contextlib.nullcontext():
         yield
 
-
-def software_versions():
-    """Versions recorded in model cards and reports.
-
-    Returns
-    -------
-    dict
-        ``deeplight_bids``, the Keras backend's (:func:`deeplight_bids.backend.versions`),
-        ``numpy``, ``nilearn``, ``nibabel`` and ``python``.
-    """
-    import nibabel
-    import nilearn
-    import numpy as np
-
-    from deeplight_bids import __version__, backend
-
-    return {"deeplight_bids": __version__, **backend.versions(),
-            "numpy": np.__version__, "nilearn": nilearn.__version__, "nibabel": nibabel.__version__,
-            "python": platform.python_version()}
 
 
 def setup_logging(verbose=0):

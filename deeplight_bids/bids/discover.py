@@ -9,10 +9,20 @@ command line can print what is processed and what is skipped, and why.
 
 import json
 import logging
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deeplight_bids.exceptions import InputDataError, NoRunsFoundError
+
+if TYPE_CHECKING:
+    from bids import BIDSLayout
+
+#: A path given as text or as a path object.
+PathLike = str | os.PathLike
+
 
 LOGGER = logging.getLogger("deeplight_bids.discover")
 
@@ -62,7 +72,7 @@ class Run:
         return "_".join(f"{short}-{self.entities[k]}" for k, short in keys if self.entities.get(k) is not None)
 
 
-def find_derivatives(bids_dir, derivatives=()):
+def find_derivatives(bids_dir: PathLike, derivatives: Sequence[PathLike] = ()) -> list[Path]:
     """Folders holding the preprocessed BOLD.
 
     Explicit ``derivatives`` win; else ``BIDS_DIR/derivatives/fmriprep*``; else BIDS_DIR
@@ -99,7 +109,7 @@ def _dataset_type(folder):
         return None
 
 
-def build_layout(bids_dir, derivatives):
+def build_layout(bids_dir: PathLike, derivatives: Sequence[PathLike]) -> "BIDSLayout":
     """A :class:`bids.BIDSLayout` over the raw dataset and its derivatives (read only)."""
     from bids import BIDSLayout
 
@@ -152,8 +162,9 @@ def _query_filters(participant_label=None, session_label=None, task=None, bids_f
     return filters
 
 
-def discover_runs(layout, space=None, participant_label=None, session_label=None, task=None,
-                  bids_filters=None):
+def discover_runs(layout: "BIDSLayout", space: str | None = None, participant_label: Sequence[str] | None = None,
+                  session_label: Sequence[str] | None = None, task: Sequence[str] | None = None,
+                  bids_filters: dict | None = None) -> list[Run]:
     """List the runs to process (and those skipped, with reasons).
 
     Parameters
@@ -323,7 +334,7 @@ def _find_events(layout, entities):
     return Path(best.path) if best is not None else None
 
 
-def format_run_table(runs):
+def format_run_table(runs: Sequence[Run]) -> str:
     """A plain-text table of what will be processed and what is skipped, and why."""
     lines = [f"{'run':<48} {'status':<10} detail"]
     for run in runs:

@@ -66,7 +66,7 @@ def build_parser():
 
 
 def run_demo_command(argv):
-    from deeplight_bids.cli.run import setup_logging
+    from deeplight_bids.runtime import setup_logging
 
     args = build_parser().parse_args(argv)
     if args.participants < 3:
@@ -87,8 +87,8 @@ def run_demo(output_dir, n_participants=5, n_volumes=60, epochs=4, batch_size=8,
     """Run the demo; returns a dict with accuracy, relevance shares and paths."""
     from deeplight_bids.config import Config
     from deeplight_bids.demo.synth import make_synthetic_dataset
-    from deeplight_bids.group.finetune import FinetuneJob
     from deeplight_bids.runtime import configure_threads as _configure_threads
+    from deeplight_bids.workflows.finetune import FinetuneJob
     from deeplight_bids.workflows.participant import run_participant_level
 
     t_start = time.monotonic()

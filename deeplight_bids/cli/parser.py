@@ -240,7 +240,7 @@ def build_parser():
     g_group.add_argument("--reports-only", action="store_true",
                          help="group level: only rebuild OUTPUT_DIR/deeplight_report.html from existing group outputs")
 
-    from deeplight_bids.group.finetune import add_finetune_arguments
+    from deeplight_bids.cli.finetune import add_finetune_arguments
 
     add_finetune_arguments(parser)
 

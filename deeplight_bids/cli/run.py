@@ -10,7 +10,7 @@ import signal
 import sys
 
 from deeplight_bids.exceptions import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, DeepLightBidsError, Interrupted
-from deeplight_bids.runtime import setup_logging  # noqa: F401 (also imported from here by cli/demo.py)
+from deeplight_bids.runtime import setup_logging
 
 LOGGER = logging.getLogger("deeplight_bids")
 

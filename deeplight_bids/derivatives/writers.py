@@ -18,12 +18,22 @@ import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deeplight_bids import __version__
 from deeplight_bids.exceptions import OutputError
+
+if TYPE_CHECKING:
+    import nibabel as nib
+    import pandas as pd
+
+#: A path given as text or as a path object.
+PathLike = str | os.PathLike
+
 
 def _current_umask():
     mask = os.umask(0)
@@ -150,7 +160,7 @@ def _process_alive(pid):
 
 
 @contextlib.contextmanager
-def atomic_path(path, root=None):
+def atomic_path(path: PathLike, root: PathLike | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``.
 
     The temporary name keeps the final extension (some writers infer the format
@@ -187,13 +197,13 @@ def gzip_module():
     return igzip
 
 
-def write_text(path, text, root=None):
+def write_text(path: PathLike, text: str, root: PathLike | None = None) -> Path:
     with atomic_path(path, root) as tmp:
         Path(tmp).write_text(text)
     return Path(path)
 
 
-def write_json(path, obj, root=None):
+def write_json(path: PathLike, obj: Any, root: PathLike | None = None) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n", root)
 
 
@@ -209,14 +219,14 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def write_tsv(path, frame, root=None):
+def write_tsv(path: PathLike, frame: "pd.DataFrame", root: PathLike | None = None) -> Path:
     """Write a pandas DataFrame as BIDS TSV (tab separated, ``n/a`` for missing)."""
     with atomic_path(path, root) as tmp:
         frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
     return Path(path)
 
 
-def write_nifti(path, img, root=None):
+def write_nifti(path: PathLike, img: "nib.Nifti1Image", root: PathLike | None = None) -> Path:
     with atomic_path(path, root) as tmp:
         img.to_filename(str(tmp))
     return Path(path)
@@ -353,7 +363,7 @@ class StreamingNifti4D:
             os.unlink(self._raw)
 
 
-def dataset_description(source_dirs=()):
+def dataset_description(source_dirs: Sequence[PathLike] = ()) -> dict:
     """The ``dataset_description.json`` content of OUTPUT_DIR (BIDS-Derivatives)."""
     container = None
     if os.environ.get("DEEPLIGHT_CONTAINER"):
@@ -397,7 +407,7 @@ tfrecords
 """
 
 
-def write_dataset_files(output_dir, source_dirs=()):
+def write_dataset_files(output_dir: PathLike, source_dirs: Sequence[PathLike] = ()):
     """Write ``dataset_description.json``, ``.bidsignore`` and ``README`` (idempotent, atomic).
 
     Concurrent jobs (SLURM arrays) each write the same content atomically: a reader

@@ -15,9 +15,7 @@ import base64
 import html
 import io
 import json
-import platform
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +24,9 @@ import pandas as pd
 from deeplight_bids import __version__
 from deeplight_bids.derivatives.writers import CODE_URL, write_text
 from deeplight_bids.group.stats import MIN_T_PARTICIPANTS
+from deeplight_bids.versions import software_versions
 
 REPORT_NAME = "deeplight_report.html"
-
-PACKAGES = ("deeplight-bids", "tensorflow-cpu", "tensorflow", "keras", "numpy", "scipy", "pandas", "nibabel",
-            "nilearn", "pybids", "templateflow", "matplotlib")
 
 CITATIONS = [
     "Thomas, A. W., Heekeren, H. R., Müller, K.-R., & Samek, W. (2019). Analyzing neuroimaging data through "
@@ -111,17 +107,6 @@ def _read_tsv(output_dir, rel):
 
     path = Path(output_dir) / rel
     return read_tsv(path) if path.is_file() else None
-
-
-def software_versions():
-    out = {"python": platform.python_version()}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            continue
-    out["deeplight-bids"] = __version__
-    return out
 
 
 # -------------------------------------------------------------------------------------------- figures
@@ -274,7 +259,7 @@ def finetune_section(output_dir):
     Reads ``OUTPUT_DIR/models/*/*_desc-heldout_summary.json`` (one row per fine-tuning) and
     ``OUTPUT_DIR/group/finetune-comparison_arch-*.tsv`` (the paper's central comparison).
     """
-    from deeplight_bids.group.finetune import heldout_summaries
+    from deeplight_bids.models.heldout import heldout_summaries
     from deeplight_bids.group.stats import read_tsv
 
     output_dir = Path(output_dir)

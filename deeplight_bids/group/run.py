@@ -226,7 +226,7 @@ def read_manifest(output_dir):
 def run_group_level(config, log=LOGGER):
     """Group level (or only its report with ``config.reports_only``); returns the exit code."""
     if config.finetune.enabled:
-        from deeplight_bids.group.finetune import run_finetune
+        from deeplight_bids.workflows.finetune import run_finetune
 
         return run_finetune(config, log=log)
     from deeplight_bids.group.report import write_report

@@ -39,13 +39,13 @@ Choices, and why:
   placeholder for an empty EV and is dropped (it is no event at time 0).
 """
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from deeplight_bids import __version__
+from deeplight_bids.derivatives.writers import write_json, write_text
 from deeplight_bids.exceptions import EventsError
 from deeplight_bids.states import HCP_TASK_STATES
 
@@ -149,11 +149,6 @@ def t1w_file(subject):
     return f"{derivatives_dir()}/sub-{subject}/anat/sub-{subject}_space-{SPACE}_desc-preproc_T1w.nii.gz"
 
 
-def ev_files(task):
-    """The EV-file names that define the states of ``task`` (sorted)."""
-    return sorted(HCP_EV_FILES[task])
-
-
 # --------------------------------------------------------------------------- events
 
 
@@ -221,21 +216,7 @@ def _number(value):
     return format(round(value, 6), "g") if abs(value) < 1e5 else repr(value)
 
 
-# --------------------------------------------------------------------------- writers
-
-
-def write_text(path, text):
-    """Write ``text`` atomically (temp file + rename), creating parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path, data):
-    """Write ``data`` as indented JSON, atomically."""
-    write_text(path, json.dumps(data, indent=2) + "\n")
+# --------------------------------------------------------------------------- dataset files
 
 
 def raw_dataset_description(bucket, prefix):

@@ -34,8 +34,18 @@ from deeplight_bids.exceptions import (
     OutputError,
     UsageError,
 )
+from deeplight_bids.derivatives.writers import write_text
 from deeplight_bids.hcp import bids as hcp_bids
 from deeplight_bids.hcp import s3
+from deeplight_bids.hcp.download import Downloader, Transfer
+from deeplight_bids.hcp.listing import (
+    find_complete_subjects,
+    format_missing_summary,
+    missing_rows,
+    plan_subjects,
+    results_dir,
+)
+from deeplight_bids.hcp.progress import Progress, format_bytes
 from deeplight_bids.states import HCP_TASK_STATES
 
 PROG = "deeplight-bids-hcp"
@@ -51,7 +61,7 @@ class FetchResult:
     """What :func:`fetch` did."""
 
     runs_written: list = field(default_factory=list)
-    missing: list = field(default_factory=list)  # rows of s3.missing_rows
+    missing: list = field(default_factory=list)  # rows of missing_rows
 
     @property
     def exit_code(self):
@@ -75,7 +85,7 @@ def fetch(source, output_dir, subjects, tasks, runs, jobs=4, retries=5, progress
         Parallel downloads and retries per object.
     progress : bool
         Show the progress bar on ``stream`` (stderr).
-    downloader : s3.Downloader, optional
+    downloader : Downloader, optional
         Pre-configured downloader (tests use this to inject faults).
 
     Returns
@@ -84,23 +94,23 @@ def fetch(source, output_dir, subjects, tasks, runs, jobs=4, retries=5, progress
     """
     stream = sys.stderr if stream is None else stream
     root = Path(output_dir)
-    plans = s3.plan_subjects(source, subjects, tasks, runs, jobs)
+    plans = plan_subjects(source, subjects, tasks, runs, jobs)
     transfers, run_transfers = _transfers(root, source.prefix, plans)
     total = sum(t.obj.size for t in transfers)
-    _say(stream, f"{len(transfers)} file(s), {s3.format_bytes(total)} from {source.where()} "
+    _say(stream, f"{len(transfers)} file(s), {format_bytes(total)} from {source.where()} "
                  f"(credentials: {source.credentials})")
-    bar = s3.Progress(total, len(transfers), stream=stream, enabled=progress)
-    downloader = downloader or s3.Downloader(source, jobs=jobs, retries=retries)
+    bar = Progress(total, len(transfers), stream=stream, enabled=progress)
+    downloader = downloader or Downloader(source, jobs=jobs, retries=retries)
     failed = downloader.download_all(transfers, bar)
     bar.close()
-    result = FetchResult(missing=s3.missing_rows(plans, failed))
+    result = FetchResult(missing=missing_rows(plans, failed))
     for plan in plans:
         if plan.t1w is not None and plan.t1w.key not in failed:
             hcp_bids.write_t1w_sidecar(root, plan.subject)
         for run in plan.runs:
             keys = [t.obj.key for t in run_transfers.get((plan.subject, run.task, run.run), [])]
             if run.complete and not any(key in failed for key in keys):
-                ev_dir = _source_path(root, source.prefix, s3.results_dir(source.prefix, plan.subject, run.task,
+                ev_dir = _source_path(root, source.prefix, results_dir(source.prefix, plan.subject, run.task,
                                                                           run.run)) / "EVs"
                 hcp_bids.write_run(root, plan.subject, run.task, run.run, ev_dir)
                 result.runs_written.append((plan.subject, run.task, run.run))
@@ -123,11 +133,11 @@ def _transfers(root, prefix, plans):
                     dest = root / files.mask
                 else:
                     dest = _source_path(root, prefix, obj.key)
-                run_list.append(s3.Transfer(obj, dest))
+                run_list.append(Transfer(obj, dest))
             per_run[(plan.subject, run.task, run.run)] = run_list
             transfers += run_list
         if plan.t1w is not None and any(r.complete for r in plan.runs):
-            transfers.append(s3.Transfer(plan.t1w, root / hcp_bids.t1w_file(plan.subject)))
+            transfers.append(Transfer(plan.t1w, root / hcp_bids.t1w_file(plan.subject)))
     return transfers, per_run
 
 
@@ -152,12 +162,12 @@ def _write_dataset_level(root, source):
 def _report(stream, root, source, result, plans):
     n_runs = sum(len(p.runs) for p in plans)
     _say(stream, f"{len(result.runs_written)} of {n_runs} run(s) of {len(plans)} subject(s) written to {root}")
-    for line in s3.format_missing_summary(result.missing, source.prefix):
+    for line in format_missing_summary(result.missing, source.prefix):
         _say(stream, line)
     if result.missing:
         table = root / "sourcedata" / "hcp" / "missing_upstream.tsv"
         lines = ["subject\ttask\trun\tkey\treason"] + ["\t".join(row) for row in result.missing]
-        hcp_bids.write_text(table, "\n".join(lines) + "\n")
+        write_text(table, "\n".join(lines) + "\n")
         _say(stream, f"list of what is missing: {table}")
 
 
@@ -275,7 +285,7 @@ def run_fetch(args, stream):
     _check_writable(args.output_dir)
     source = _connect(args, args.jobs)
     if subjects is None:
-        subjects = s3.find_complete_subjects(source, tasks, runs, limit=args.n_subjects, jobs=args.jobs)
+        subjects = find_complete_subjects(source, tasks, runs, limit=args.n_subjects, jobs=args.jobs)
         if len(subjects) < args.n_subjects:
             _say(stream, f"only {len(subjects)} subject(s) with complete data for {' '.join(tasks)} "
                          f"({' '.join(runs)}) under {source.where()}")
@@ -293,7 +303,7 @@ def run_fetch(args, stream):
 def run_list(args, out, stream):
     tasks, runs, subjects = validate_selection(args.tasks, args.runs, args.subjects)
     source = _connect(args, args.jobs)
-    found = s3.find_complete_subjects(source, tasks, runs, limit=args.limit, jobs=args.jobs, candidates=subjects)
+    found = find_complete_subjects(source, tasks, runs, limit=args.limit, jobs=args.jobs, candidates=subjects)
     for subject in found:
         out.write(subject + "\n")
     out.flush()

@@ -10,6 +10,8 @@ layer's rule.  Both passes are one compiled function (``tf.function`` under Tens
 per input shape.  Memory grows with the batch; ``max_batch`` splits larger batches.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 from keras import ops
 
@@ -108,7 +110,8 @@ class LRPAnalyzer:
                 relevance = rule(layer, x_in, relevance, y_out=y_out, linear_out=linear)
         return logits, relevance, target
 
-    def explain(self, x, target=None):
+    def explain(self, x: np.ndarray, target: int | Sequence[int] | np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
         """Logits and the relevance map of each sample for one target output.
 
         Parameters

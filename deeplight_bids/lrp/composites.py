@@ -29,7 +29,12 @@ Named presets live in :data:`COMPOSITES` (see :func:`get_composite`):
   divides by a near-zero denominator; maps differ substantially from the published ones.
 """
 
+from collections.abc import Callable, Sequence
+
+from keras.layers import Layer
+
 from . import rules, types
+from .rules import Rule
 
 
 class UnmappedLayerError(TypeError):
@@ -52,7 +57,9 @@ class Composite:
         Where the composite comes from (written to output sidecars).
     """
 
-    def __init__(self, layer_map, first_map=(), name="custom", reference=None):
+    def __init__(self, layer_map: Sequence[tuple[tuple[type, ...], Rule]],
+                 first_map: Sequence[tuple[tuple[type, ...], Rule]] = (), name: str = "custom",
+                 reference: str | None = None) -> None:
         self.layer_map = [(tuple(layer_types), rule) for layer_types, rule in layer_map]
         self.first_map = [(tuple(layer_types), rule) for layer_types, rule in first_map]
         self.name = str(name)
@@ -65,7 +72,7 @@ class Composite:
                 return rule
         return None
 
-    def assign(self, layers):
+    def assign(self, layers: Sequence[Layer]) -> list[Rule]:
         """The rule for every layer, in order.
 
         Parameters
@@ -106,7 +113,7 @@ class Composite:
 COMPOSITES = {}
 
 
-def register_composite(name):
+def register_composite(name: str) -> Callable[[Callable[..., "Composite"]], Callable[..., "Composite"]]:
     """Decorator registering a zero-argument factory of a :class:`Composite` under ``name``."""
 
     def decorator(factory):
@@ -116,7 +123,7 @@ def register_composite(name):
     return decorator
 
 
-def get_composite(composite):
+def get_composite(composite: "str | Composite") -> "Composite":
     """A :class:`Composite` from a registered name or the object itself.
 
     Raises
@@ -132,7 +139,7 @@ def get_composite(composite):
 
 
 @register_composite("preset_b_flat")
-def preset_b_flat(epsilon=1e-6):
+def preset_b_flat(epsilon: float = 1e-6) -> Composite:
     """3D-DeepLight's published LRP (iNNvestigate ``LRPSequentialPresetBFlat``, epsilon 1e-6)."""
     return Composite(
         name="preset_b_flat",
@@ -149,7 +156,7 @@ def preset_b_flat(epsilon=1e-6):
 
 
 @register_composite("epsilon")
-def epsilon_everywhere(epsilon=1e-3):
+def epsilon_everywhere(epsilon: float = 1e-3) -> Composite:
     """2D-DeepLight's published LRP: the epsilon rule (1e-3) through every layer with weights."""
     epsilon_rule = rules.Epsilon(eps=epsilon)
     return Composite(
@@ -163,7 +170,7 @@ def epsilon_everywhere(epsilon=1e-3):
 
 
 @register_composite("deeplight_2d")
-def deeplight_2d(epsilon=1e-3):
+def deeplight_2d(epsilon: float = 1e-3) -> Composite:
     """2D-DeepLight's published LRP, the original code's equations: epsilon (1e-3), ``+eps`` stabiliser.
 
     Per-slice ``Conv2D``: :class:`~.rules.Epsilon`; ``Dense``: :class:`~.rules.PlusEpsilon`
@@ -193,7 +200,7 @@ def deeplight_2d(epsilon=1e-3):
 
 
 @register_composite("deeplight_2d_signed")
-def deeplight_2d_signed(epsilon=1e-3):
+def deeplight_2d_signed(epsilon: float = 1e-3) -> Composite:
     """:func:`deeplight_2d` with the sign-aware stabiliser ``z + eps * sign(z)`` (a deliberate deviation).
 
     ``Conv2D`` and ``Dense``: :class:`~.rules.Epsilon`; ``Bidirectional`` LSTM:

@@ -27,11 +27,17 @@ backends; the gradient and the fused element-wise kernels come from
 :mod:`deeplight_bids.backend`.
 """
 
+from typing import Any
+
 from keras import ops
+from keras.layers import Layer
 
 from deeplight_bids import backend
 
 from . import types
+
+#: A backend tensor (TensorFlow, JAX or PyTorch) or a NumPy array.
+Tensor = Any
 
 #: Keras' ``backend.epsilon()``, iNNvestigate's factor for safe division.
 KERAS_EPSILON = 1e-7
@@ -153,7 +159,7 @@ class Rule:
 
     supported = types.Linear
 
-    def __call__(self, layer, x_in, relevance_out, y_out=None):
+    def __call__(self, layer: Layer, x_in: Tensor, relevance_out: Tensor, y_out: Tensor | None = None) -> Tensor:
         """Relevance of the input of ``layer``.
 
         Parameters
@@ -180,7 +186,7 @@ class Rule:
                                   lambda z: self.output_gradient(z, relevance_out))
         return self.reduce(inputs, gradient)
 
-    def check(self, layer):
+    def check(self, layer: Layer) -> None:
         """Raise ``TypeError``/``ValueError`` if the rule cannot be applied to ``layer``."""
         if not isinstance(layer, self.supported):
             names = ", ".join(cls.__name__ for cls in self.supported)
@@ -205,7 +211,7 @@ class Rule:
         """Input relevance from the gradient (default: ``inputs * gradient``)."""
         return inputs * gradient
 
-    def describe(self):
+    def describe(self) -> dict:
         """JSON-serialisable description of the rule and its parameters."""
         return {"rule": type(self).__name__}
 
@@ -229,7 +235,7 @@ class Epsilon(Rule):
 
     supported = types.Linear + types.GlobalAvgPool
 
-    def __init__(self, eps=1e-6):
+    def __init__(self, eps: float = 1e-6) -> None:
         if not eps > 0:
             raise ValueError(f"Epsilon needs eps > 0; got {eps}")
         self.eps = float(eps)
@@ -242,7 +248,7 @@ class Epsilon(Rule):
     def output_gradient(self, z, relevance_out):
         return _fused(_epsilon_weights)(z, relevance_out, ops.cast(self.eps, z.dtype))
 
-    def describe(self):
+    def describe(self) -> dict:
         return {"rule": "Epsilon", "epsilon": self.eps, "formula": "R_in = x * W^T (R_out / (z + eps*sign(z))), bias in z"}
 
 
@@ -264,7 +270,7 @@ class PlusEpsilon(Epsilon):
     def output_gradient(self, z, relevance_out):
         return relevance_out / (z + ops.cast(self.eps, z.dtype))
 
-    def describe(self):
+    def describe(self) -> dict:
         return {"rule": "PlusEpsilon", "epsilon": self.eps,
                 "formula": "R_in = x * W^T (R_out / (z + eps)), +eps whatever the sign of z (2D-DeepLight's code), bias in z"}
 
@@ -296,7 +302,7 @@ class AlphaBeta(Rule):
         ``alpha - beta == 1``.
     """
 
-    def __init__(self, alpha=2.0, beta=1.0):
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0) -> None:
         if alpha < 0 or beta < 0 or alpha - beta != 1:
             raise ValueError(f"AlphaBeta needs alpha - beta = 1 with alpha, beta >= 0; got alpha={alpha}, beta={beta}")
         self.alpha = float(alpha)
@@ -320,7 +326,8 @@ class AlphaBeta(Rule):
     #: The analyzer passes the layer's linear output without bias (``W x``) as ``linear_out``.
     uses_linear_output = True
 
-    def __call__(self, layer, x_in, relevance_out, y_out=None, linear_out=None):
+    def __call__(self, layer: Layer, x_in: Tensor, relevance_out: Tensor, y_out: Tensor | None = None,
+                 linear_out: Tensor | None = None) -> Tensor:
         self.check(layer)
         x_in = ops.convert_to_tensor(x_in)
         relevance_out = ops.cast(relevance_out, x_in.dtype)
@@ -353,7 +360,7 @@ class AlphaBeta(Rule):
             linear = linear + backend.read(layer.bias)
         return layer.activation(linear) if getattr(layer, "activation", None) is not None else linear
 
-    def describe(self):
+    def describe(self) -> dict:
         return {
             "rule": "AlphaBeta",
             "alpha": self.alpha,
@@ -372,7 +379,7 @@ class Flat(Rule):
     (iNNvestigate's ``FlatRule``).
     """
 
-    def __call__(self, layer, x_in, relevance_out, y_out=None):
+    def __call__(self, layer: Layer, x_in: Tensor, relevance_out: Tensor, y_out: Tensor | None = None) -> Tensor:
         if not isinstance(layer, types.Conv):
             return super().__call__(layer, x_in, relevance_out, y_out)
         # On a convolution the all-ones kernel makes every output channel the same box
@@ -399,7 +406,7 @@ class Flat(Rule):
         kernel, _ = layer_parameters(layer)
         return linear_forward(layer, inputs, ops.ones_like(kernel), None)
 
-    def describe(self):
+    def describe(self) -> dict:
         return {"rule": "Flat", "formula": "weights = 1, bias dropped, input = 1: uniform over the receptive field"}
 
 
@@ -419,7 +426,7 @@ class ZRule(Rule):
             return layer(inputs)
         return super().forward(layer, inputs)
 
-    def describe(self):
+    def describe(self) -> dict:
         return {"rule": "ZRule", "formula": "R_in = x * W^T (R_out / z)", "stabiliser": f"exact zeros replaced by {KERAS_EPSILON}"}
 
 
@@ -431,18 +438,18 @@ class Pass(Rule):
 
     supported = types.PassThrough
 
-    def __call__(self, layer, x_in, relevance_out, y_out=None):
+    def __call__(self, layer: Layer, x_in: Tensor, relevance_out: Tensor, y_out: Tensor | None = None) -> Tensor:
         self.check(layer)
         return ops.reshape(relevance_out, ops.shape(x_in))
 
-    def check(self, layer):
+    def check(self, layer: Layer) -> None:
         super().check(layer)
         if not types.has_passable_activation(layer):
             raise ValueError(
                 f"Pass cannot hand relevance through activation {types.activation_name(layer)!r} of layer {layer.name!r}"
             )
 
-    def describe(self):
+    def describe(self) -> dict:
         return {"rule": "Pass"}
 
 
@@ -461,7 +468,7 @@ class BatchNormScale(Rule):
 
     supported = types.BatchNorm
 
-    def __call__(self, layer, x_in, relevance_out, y_out=None):
+    def __call__(self, layer: Layer, x_in: Tensor, relevance_out: Tensor, y_out: Tensor | None = None) -> Tensor:
         self.check(layer)
         x_in = ops.convert_to_tensor(x_in)
         relevance_out = ops.cast(relevance_out, x_in.dtype)
@@ -482,7 +489,7 @@ class BatchNormScale(Rule):
         shape[axis % rank] = -1
         return ops.reshape(ops.cast(backend.read(parameter), x.dtype), shape)
 
-    def describe(self):
+    def describe(self) -> dict:
         return {
             "rule": "BatchNormScale",
             "formula": "R_in = x*(y-beta)/((x-mean)*y) * R_out (multiplicative part only; iNNvestigate 1.0.8)",

@@ -28,9 +28,9 @@ def join_chunks(parts):
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def softmax(logits):
-    """Row-wise softmax in float64 (numerically stable); ``(batch, n_states)``."""
-    logits = np.asarray(logits, dtype=np.float64)
+def softmax(logits, dtype=np.float64):
+    """Row-wise softmax (numerically stable) computed in ``dtype``; ``(batch, n_states)``."""
+    logits = np.asarray(logits, dtype=dtype)
     shifted = logits - logits.max(axis=1, keepdims=True)
     expo = np.exp(shifted)
     return expo / expo.sum(axis=1, keepdims=True)

@@ -21,17 +21,13 @@ Conversion (original layout -> Keras layer of :func:`build_2d_deeplight`):
 ======================================  ==============================================
 """
 
-import hashlib
-import json
-import os
-import platform
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from deeplight_bids.exceptions import WeightsError
+from deeplight_bids.models.weights import sha256sum
 from deeplight_bids.models.two import (
     CONV_BLOCKS_2D,
     INPUT_SHAPE_2D,
@@ -57,15 +53,6 @@ _ORIGINAL_GATES = ("i", "j", "f", "o")
 _KERAS_GATES = ("i", "f", "j", "o")
 
 _VARIABLE_RE = re.compile(r"^<tf\.Variable '(?:model/)?(?P<name>[^':]+)(?::\d+)?'.*>$")
-
-
-def sha256_file(path):
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def variable_name(key):
@@ -141,7 +128,7 @@ def load_published_2d(path, trusted=False):
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"2D-DeepLight weights not found: {path}")
-    digest = sha256_file(path)
+    digest = sha256sum(path)
     if digest != PUBLISHED_2D_SHA256 and not trusted:
         raise WeightsError(
             f"{path}: sha256 {digest} is not that of the published 2D-DeepLight weights "
@@ -304,10 +291,10 @@ def save_converted(model, out_path, source_path, states=None):
     tuple of Path
         ``(model_path, card_path)``.  Both are written atomically (temp file + rename).
     """
-    import keras
 
-    from deeplight_bids import __version__, backend
+    from deeplight_bids.derivatives.writers import atomic_path, write_json
     from deeplight_bids.states import PRETRAINED_STATES
+    from deeplight_bids.versions import software_versions
 
     out_path = Path(out_path)
     if out_path.suffix != ".keras":
@@ -319,14 +306,8 @@ def save_converted(model, out_path, source_path, states=None):
     if len(states) != n_states:
         raise ValueError(f"the model has {n_states} outputs but {len(states)} state names were given")
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".keras", dir=out_path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out_path) as tmp:
         model.save(tmp)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
     card = {
         "architecture": "2D",
@@ -337,25 +318,15 @@ def save_converted(model, out_path, source_path, states=None):
         "n_states": n_states,
         "states": states,
         "model_file": out_path.name,
-        "model_sha256": sha256_file(out_path),
-        "source": {"file": source_path.name, "sha256": sha256_file(source_path)},
+        "model_sha256": sha256sum(out_path),
+        "source": {"file": source_path.name, "sha256": sha256sum(source_path)},
         "conversion": {
             "lstm_gates": "original i, j, f, o -> Keras i, f, c, o; kernels transposed",
             "lstm_bias": f"biases_xh + biases_hh, forget block + {FORGET_BIAS}",
         },
-        "software": {
-            "deeplight_bids": __version__,
-            **backend.versions(),
-            "numpy": np.__version__,
-            "python": platform.python_version(),
-        },
+        "software": software_versions(),
     }
-    card_path = out_path.with_suffix(".json")
-    fd, tmp = tempfile.mkstemp(prefix=f".{card_path.stem}.", suffix=".json", dir=card_path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(card, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, card_path)
+    card_path = write_json(out_path.with_suffix(".json"), card)
     return out_path, card_path
 
 

@@ -68,10 +68,3 @@ def to_model_order(volumes_xyz):
         raise ValueError(f"expected (batch, x, y, z) volumes, got shape {volumes_xyz.shape}")
     return np.ascontiguousarray(np.transpose(volumes_xyz, (0, 3, 2, 1))[..., None])
 
-
-def from_model_order(maps_zyx):
-    """``(batch, z, y, x[, 1])`` model-order maps -> ``(batch, x, y, z)`` NIfTI order."""
-    maps_zyx = np.asarray(maps_zyx)
-    if maps_zyx.ndim == 5:
-        maps_zyx = maps_zyx[..., 0]
-    return np.ascontiguousarray(np.transpose(maps_zyx, (0, 3, 2, 1)))

@@ -1,12 +1,22 @@
 """Fitting DeepLight: checkpointed, resumable Keras training (``group --finetune`` and the demo)."""
 
+import contextlib
 import logging
+import sys
 import time
 
 import numpy as np
 
+from deeplight_bids.derivatives.writers import atomic_path, write_json
+
 LOGGER = logging.getLogger("deeplight_bids")
 
+#: Reference learning rates (sections 5 and 6).
+DEFAULT_LEARNING_RATE = {"3D": 1e-3, "2D": 1e-4}
+DEFAULT_EPOCHS = 10
+DEFAULT_BATCH_SIZE = 8
+#: Without a terminal, training progress is logged at most this often (seconds).
+LOG_EVERY = 60.0
 
 #: Files in a training folder.
 CHECKPOINT_FILE = "checkpoint.keras"
@@ -24,30 +34,163 @@ def training_devices():
     return len(gpus), strategy, bool(gpus)
 
 
-def _atomic_json(path, content):
-    import os
+def enable_determinism(seed, log=LOGGER):
+    """Same seed, same model: seed every generator and make TensorFlow's ops deterministic.
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(__import__("json").dumps(content, indent=1, default=float))
-    os.replace(tmp, path)
+    ``keras.utils.set_random_seed`` seeds Python, NumPy and TensorFlow (initial weights,
+    dropout); ``tf.config.experimental.enable_op_determinism`` makes TensorFlow pick
+    deterministic kernels (reductions, convolution gradients; on a GPU an op without one
+    raises).  The input order is already drawn from NumPy generators seeded with the seed
+    (:func:`deeplight_bids.prepare.cache.make_volume_dataset`).  Op determinism is
+    process-wide: prefer :func:`deterministic_ops`, which switches it off again.
+
+    Returns
+    -------
+    bool
+        True when op determinism is on (recorded in the model card).
+    """
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(int(seed))
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except Exception as err:  # e.g. a TensorFlow build without it: train anyway, and say so
+        log.warning("fine-tune: TensorFlow op determinism could not be enabled (%s); the fit may differ between "
+                    "runs with the same --seed", err)
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def deterministic_ops(seed, log=LOGGER):
+    """Context: :func:`enable_determinism` on entry, op determinism off again on exit.
+
+    Yields True when op determinism is on.  Decoding and LRP in the same process run
+    with TensorFlow's default (faster) kernels again afterwards.
+    """
+    deterministic = enable_determinism(seed, log)
+    try:
+        yield deterministic
+    finally:
+        if deterministic:
+            from tensorflow.python.framework import config as tf_config  # no public "disable" in TF 2.21
+
+            tf_config.disable_op_determinism()
+
+
+@contextlib.contextmanager
+def precision_policy(name):
+    """Context: Keras' global dtype policy set to ``name`` (e.g. "mixed_float16"), the previous one restored.
+
+    ``name=None`` leaves the policy as it is.  Models built inside compute with the policy.
+    """
+    import keras
+
+    if name is None:
+        yield
+        return
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+class StepProgress:
+    """Progress of counted steps (batches, volumes): a tqdm bar on a terminal, else a log line now and then.
+
+    Each :meth:`start` begins a segment (an epoch, a pass over the volumes) with its own bar;
+    without a terminal one INFO line is logged at most every ``every`` seconds over all
+    segments, so a long fit is never silent for long and never floods a log.
+
+    Parameters
+    ----------
+    log : logging.Logger
+    unit : str
+        What a step is ("batch", "volume").
+    stream : file-like, optional
+        Where the bar is drawn (default: ``sys.stderr``); not a terminal: log lines.
+    clock : callable
+        ``time.monotonic``; replaceable in tests.
+    every : float
+        Seconds between two log lines (default :data:`LOG_EVERY`).
+    """
+
+    def __init__(self, log, unit="step", stream=None, clock=time.monotonic, every=LOG_EVERY):
+        self.log, self.unit, self.clock, self.every = log, unit, clock, every
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.bar = None
+        self.last_line = None
+
+    def start(self, total, desc):
+        """Begin a segment of ``total`` steps (None: unknown) called ``desc``."""
+        self.close()
+        self.total, self.desc, self.done, self.started = total, desc, 0, self.clock()
+        if self.last_line is None:
+            self.last_line = self.started
+        if self.tty:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=self.unit, file=self.stream, leave=False,
+                            dynamic_ncols=True)
+
+    def update(self, n=1, **status):
+        """``n`` more steps done; ``status`` (e.g. ``loss="0.1234"``) is shown beside the count."""
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            if status:
+                self.bar.set_postfix(status, refresh=False)
+            return
+        now = self.clock()
+        if now - self.last_line >= self.every:
+            self.last_line = now
+            shown = ", ".join(f"{k} {v}" for k, v in status.items())
+            self.log.info("%s, %s %d%s%s (%.0f s)", self.desc, self.unit, self.done,
+                          f"/{self.total}" if self.total else "", f": {shown}" if shown else "", now - self.started)
+
+    def close(self):
+        """End the segment (the bar shows its final count, then is cleared)."""
+        if self.bar is not None:
+            self.bar.refresh()  # the final count, whatever tqdm's redraw interval skipped
+            self.bar.close()
+            self.bar = None
+
+
+def _make_progress(epochs, log, stream=None, clock=time.monotonic, every=LOG_EVERY):
+    """Keras callback showing batch progress through a :class:`StepProgress`."""
+    import keras
+
+    progress = StepProgress(log, "batch", stream, clock, every)
+
+    class TrainingProgress(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            progress.start(self.params.get("steps"), f"epoch {epoch + 1}/{epochs}")
+
+        def on_train_batch_end(self, batch, logs=None):
+            logs = logs or {}
+            progress.update(1, loss=f"{float(logs.get('loss', np.nan)):.4f}",
+                            accuracy=f"{float(logs.get('accuracy', np.nan)):.3f}")
+
+        def on_epoch_end(self, epoch, logs=None):
+            progress.close()
+
+        def on_train_end(self, logs=None):
+            progress.close()
+
+    return TrainingProgress()
 
 
 def _make_checkpointer(folder, fingerprint, state, patience, epochs, log):
     """Keras callback: after every epoch save the model (with optimizer), the best weights and the state."""
-    import os
-
     import keras
 
     class Checkpointer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             self._t0 = time.monotonic()
-
-        def on_train_batch_end(self, batch, logs=None):
-            if log.isEnabledFor(logging.DEBUG) and (batch + 1) % 10 == 0:
-                logs = logs or {}
-                log.debug("batch %d: loss %.4f, accuracy %.3f (%.1f s into the epoch)", batch + 1,
-                          float(logs.get("loss", np.nan)), float(logs.get("accuracy", np.nan)),
-                          time.monotonic() - self._t0)
 
         def on_epoch_end(self, epoch, logs=None):
             logs = {k: float(v) for k, v in (logs or {}).items()}
@@ -58,19 +201,17 @@ def _make_checkpointer(folder, fingerprint, state, patience, epochs, log):
             if monitor is not None and np.isfinite(monitor):
                 if state["best_val_loss"] is None or monitor < state["best_val_loss"] - 1e-6:
                     state["best_val_loss"], state["best_epoch"], state["wait"] = monitor, epoch + 1, 0
-                    tmp = folder / f".{BEST_WEIGHTS_FILE}.tmp.weights.h5"
-                    self.model.save_weights(tmp)
-                    os.replace(tmp, folder / BEST_WEIGHTS_FILE)
+                    with atomic_path(folder / BEST_WEIGHTS_FILE) as tmp:
+                        self.model.save_weights(tmp)
                 else:
                     state["wait"] += 1
-            tmp = folder / f".{CHECKPOINT_FILE}.tmp.keras"
-            self.model.save(tmp)
-            os.replace(tmp, folder / CHECKPOINT_FILE)
+            with atomic_path(folder / CHECKPOINT_FILE) as tmp:
+                self.model.save(tmp)
             state["epoch"] = epoch + 1
             if patience and state["wait"] >= patience:
                 state["stopped_early"] = True
                 self.model.stop_training = True
-            _atomic_json(folder / STATE_FILE, {"fingerprint": fingerprint, **state})
+            write_json(folder / STATE_FILE, {"fingerprint": fingerprint, **state})
             val = (f", val_loss {logs['val_loss']:.4f}, val_accuracy {logs.get('val_accuracy', np.nan):.3f}"
                    if "val_loss" in logs else "")
             log.info("epoch %d/%d: loss %.4f, accuracy %.3f%s (%.1f s)%s", epoch + 1, epochs,
@@ -138,7 +279,7 @@ def fit_resumable(build_model, train_data, folder, fingerprint, epochs, learning
         else:
             log.info("%s: checkpoint of other settings or data; starting over", folder)
     _, strategy, _ = training_devices()
-    scope = strategy.scope() if strategy is not None else _nullcontext()
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
         if state is not None:
             model = keras.models.load_model(folder / CHECKPOINT_FILE, compile=True)
@@ -156,22 +297,15 @@ def fit_resumable(build_model, train_data, folder, fingerprint, epochs, learning
         if train_data is None:
             train_data = make_train_data(state["epoch"])
         checkpointer = _make_checkpointer(folder, fingerprint, state, patience, epochs, log)
+        progress = _make_progress(epochs, log)
         model.fit(train_data, validation_data=val_data, epochs=int(epochs), initial_epoch=int(state["epoch"]),
-                  verbose=0, shuffle=False, callbacks=[checkpointer, *callbacks])
+                  verbose=0, shuffle=False, callbacks=[progress, checkpointer, *callbacks])
     elif state["epoch"]:
         log.info("%s: training already finished (%d epochs)", folder, state["epoch"])
     if restore_best and patience and val_data is not None and (folder / BEST_WEIGHTS_FILE).is_file():
         model.load_weights(folder / BEST_WEIGHTS_FILE)
         log.info("%s: best validation loss at epoch %s; using those weights", folder, state["best_epoch"])
     return model, state
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def write_history(history, tsv_path, png_path=None, title=""):

@@ -21,8 +21,12 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deeplight_bids.exceptions import WeightsError
+
+if TYPE_CHECKING:
+    import keras
 from deeplight_bids.states import PRETRAINED_STATES
 
 ORIGINAL_REPOSITORY = "https://github.com/athms/evaluating-deeplight-transfer"
@@ -75,7 +79,8 @@ def weights_cache_dir():
     return cache / "deeplight-bids" / "weights"
 
 
-def sha256sum(path, chunk=1 << 20):
+def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks of ``chunk`` bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as fobj:
         for block in iter(lambda: fobj.read(chunk), b""):
@@ -254,7 +259,7 @@ def check_keras_archive(path, max_total=KERAS_MAX_TOTAL_BYTES, max_config=KERAS_
                            "model file that deeplight-bids wrote.")
 
 
-def save_model(model, path, card):
+def save_model(model: "keras.Model", path: str | os.PathLike, card: dict) -> Path:
     """Save a Keras model as ``.keras`` plus its model card, atomically."""
     from deeplight_bids.derivatives.writers import atomic_path, write_json
 
@@ -265,7 +270,7 @@ def save_model(model, path, card):
     return path
 
 
-def load_deeplight(weights=None, architecture="3D"):
+def load_deeplight(weights: str | os.PathLike | None = None, architecture: str = "3D") -> DeepLightModel:
     """Resolve ``weights`` (path, folder, registry name or None) into a :class:`DeepLightModel`.
 
     Parameters

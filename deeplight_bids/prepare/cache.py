@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deeplight_bids.derivatives.writers import write_json
 from deeplight_bids.prepare.grid import REFERENCE_SHAPE
 
 LOGGER = logging.getLogger("deeplight_bids")
@@ -217,9 +218,7 @@ def _write_index(root):
                 index[folder.name] = json.loads((folder / "meta.json").read_text())
             except (OSError, json.JSONDecodeError):
                 continue
-    tmp = root / f".{INDEX_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, root / INDEX_FILE)
+    write_json(root / INDEX_FILE, index)
 
 
 @dataclass

@@ -32,6 +32,7 @@ import numpy as np
 
 from deeplight_bids.exceptions import ImageError, MetadataError, UsageError
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE, is_on_reference_grid, to_reference_grid
+from deeplight_bids.prepare.labels import check_t_r
 
 __all__ = ["FLAT_TOLERANCE", "MAX_EMPTY_MASK_FRACTION", "MIN_VOLUMES", "PreparedRun", "min_volumes", "prepare_run"]
 
@@ -277,25 +278,28 @@ def _short(exc):
 
 
 def _check_t_r(t_r, name):
+    """:func:`~deeplight_bids.prepare.labels.check_t_r`, failing with the BOLD file's name and the fix."""
     try:
-        value = float(t_r)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
+        return check_t_r(t_r)
+    except ValueError:
         raise MetadataError(
             f"{name}: RepetitionTime must be a positive number of seconds, got {t_r!r}; "
             "fix RepetitionTime in the BOLD JSON sidecar."
-        )
-    return value
+        ) from None
+
+
+def _number(value):
+    """``float(value)``, or NaN when it is no number (the checks below then refuse it)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _check_fwhm(fwhm):
     if fwhm is None:
         return None
-    try:
-        value = float(fwhm)
-    except (TypeError, ValueError):
-        value = math.nan
+    value = _number(fwhm)
     if not math.isfinite(value) or value < 0:
         raise UsageError(f"smoothing FWHM must be a non-negative number of mm, got {fwhm!r}.")
     return value or None
@@ -304,10 +308,7 @@ def _check_fwhm(fwhm):
 def _check_high_pass(high_pass, t_r, name):
     if high_pass is None:
         return None
-    try:
-        value = float(high_pass)
-    except (TypeError, ValueError):
-        value = math.nan
+    value = _number(high_pass)
     nyquist = 0.5 / t_r
     if not math.isfinite(value) or value <= 0 or value >= nyquist:
         raise UsageError(

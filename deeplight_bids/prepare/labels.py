@@ -175,7 +175,7 @@ def volume_labels(events, n_volumes, t_r, state_map):
     """
     if isinstance(n_volumes, bool) or not isinstance(n_volumes, (int, np.integer)) or n_volumes < 0:
         raise ValueError(f"n_volumes must be a non-negative integer, got {n_volumes!r}.")
-    t_r = _check_t_r(t_r)
+    t_r = check_t_r(t_r)
     for column in ("onset", "duration", "trial_type"):
         if column not in events.columns:
             raise ValueError(f"events needs columns onset, duration, trial_type; '{column}' is missing.")
@@ -198,7 +198,8 @@ def volume_labels(events, n_volumes, t_r, state_map):
     return labels
 
 
-def _check_t_r(t_r):
+def check_t_r(t_r):
+    """``t_r`` as a float number of seconds; ``ValueError`` unless it is a positive finite number."""
     try:
         value = float(t_r)
     except (TypeError, ValueError):

@@ -112,8 +112,7 @@ def test_finetune_keys_follow_events_and_weights_content(runs, tmp_path):
     import dataclasses
     import shutil
 
-    from deeplight_bids.config import Config
-    from deeplight_bids.group.finetune import FinetuneJob
+    from deeplight_bids.models.datasets import labels_identity, weights_identity
 
     from .conftest import STATES
 
@@ -121,16 +120,13 @@ def test_finetune_keys_follow_events_and_weights_content(runs, tmp_path):
     shutil.copyfile(runs[0].events, events)
     weights = tmp_path / "w.keras"
     weights.write_bytes(b"0" * 64)
-    config = Config(bids_dir=tmp_path, output_dir=tmp_path / "out", analysis_level="group", work_dir=tmp_path / "w",
-                    weights=str(weights), architecture="3D")
-    job = FinetuneJob(config)
-    job.runs, job.states = [dataclasses.replace(runs[0], events=events)], STATES
-    labels, model = job._labels_identity(), job._weights_identity()
+    fine_runs = [dataclasses.replace(runs[0], events=events)]
+    labels, model = labels_identity(fine_runs, None, STATES), weights_identity(str(weights), "pretrained")
     st = os.stat(events)
     events.write_text(events.read_text().replace("\tlh", "\trh"))  # same size
     weights.write_bytes(b"1" * 64)
     for path in (events, weights):
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert os.stat(events).st_size == st.st_size
-    assert job._labels_identity() != labels
-    assert job._weights_identity() != model
+    assert labels_identity(fine_runs, None, STATES) != labels
+    assert weights_identity(str(weights), "pretrained") != model

@@ -110,7 +110,7 @@ def test_scratch_vs_pretrained_comparison(cv_out, ft_dataset, ft_work):
 
 def test_interrupted_run_resumes_from_checkpoint(ft_dataset, ft_work, weights_dir, tmp_path):
     from deeplight_bids.config import Config
-    from deeplight_bids.group.finetune import run_finetune
+    from deeplight_bids.workflows.finetune import run_finetune
 
     config = Config(bids_dir=ft_dataset.bids_dir, output_dir=tmp_path, work_dir=ft_work, nprocs=2,
                     architecture="2D", finetune=True, freeze_body=True, epochs=3, learning_rate=1e-2,

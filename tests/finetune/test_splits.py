@@ -4,7 +4,7 @@ import pytest
 
 from deeplight_bids.config import Config
 from deeplight_bids.exceptions import UsageError
-from deeplight_bids.group.finetune import FinetuneJob
+from deeplight_bids.workflows.finetune import FinetuneJob
 
 
 def _job(tmp_path, participants, **options):

@@ -11,7 +11,8 @@ import botocore.exceptions as bce
 import pytest
 
 from deeplight_bids.hcp import bids as hcp_bids
-from deeplight_bids.hcp import cli, s3
+from deeplight_bids.hcp import cli, download, listing, s3
+from deeplight_bids.hcp import progress as hcp_progress
 from tests.hcp.conftest import MIRROR_BUCKET, MIRROR_PREFIX, MISSING_EV, MISSING_T1W, PREFIX
 
 BOLD_KEY = f"{PREFIX}100307/MNINonLinear/Results/tfMRI_MOTOR_LR/tfMRI_MOTOR_LR.nii.gz"
@@ -24,7 +25,7 @@ def run_cli(argv, capsys):
 
 
 def listed(source, key):
-    return s3.list_objects(source, key)[key]
+    return listing.list_objects(source, key)[key]
 
 
 class FlakyBody:
@@ -68,7 +69,7 @@ def client_log(caplog):
 
 
 def quiet_progress(total=0, files=0):
-    return s3.Progress(total, files, stream=io.StringIO(), enabled=False)
+    return hcp_progress.Progress(total, files, stream=io.StringIO(), enabled=False)
 
 
 # --------------------------------------------------------------------------- fetch
@@ -130,15 +131,15 @@ def test_list_prints_subjects_with_complete_data(aws_env, capsys):
 def test_resume_continues_a_partial_temp_file_with_a_range_request(source, tmp_path, s3_server):
     body = s3_server["objects"][BOLD_KEY]
     dest = tmp_path / "bold.nii.gz"
-    s3.part_path(dest).write_bytes(body[:1234])
+    download.part_path(dest).write_bytes(body[:1234])
     client = FlakyClient(source.client, failures=0)
-    downloader = s3.Downloader(dataclasses.replace(source, client=client), jobs=1, chunk_size=512)
-    transferred = downloader.download(s3.Transfer(listed(source, BOLD_KEY), dest), quiet_progress())
+    downloader = download.Downloader(dataclasses.replace(source, client=client), jobs=1, chunk_size=512)
+    transferred = downloader.download(download.Transfer(listed(source, BOLD_KEY), dest), quiet_progress())
     assert dest.read_bytes() == body
     assert transferred == len(body) - 1234
     assert client.requests[0]["Range"] == "bytes=1234-"
     assert client.requests[0]["IfMatch"].strip('"') == hashlib.md5(body).hexdigest()
-    assert not s3.part_path(dest).exists()
+    assert not download.part_path(dest).exists()
 
 
 def test_transfer_broken_midway_is_retried_from_where_it_stopped(source, tmp_path, s3_server):
@@ -146,9 +147,9 @@ def test_transfer_broken_midway_is_retried_from_where_it_stopped(source, tmp_pat
     dest = tmp_path / "bold.nii.gz"
     client = FlakyClient(source.client, failures=2, budget=1000)
     sleeps = []
-    downloader = s3.Downloader(dataclasses.replace(source, client=client), retries=3, backoff=0.5,
+    downloader = download.Downloader(dataclasses.replace(source, client=client), retries=3, backoff=0.5,
                                chunk_size=256, sleep=sleeps.append)
-    downloader.download(s3.Transfer(listed(source, BOLD_KEY), dest), quiet_progress())
+    downloader.download(download.Transfer(listed(source, BOLD_KEY), dest), quiet_progress())
     assert dest.read_bytes() == body
     assert [r.get("Range") for r in client.requests] == [None, "bytes=1000-", "bytes=2000-"]
     assert len(sleeps) == 2 and 0.5 <= sleeps[0] <= 0.625 and 1.0 <= sleeps[1] <= 1.25
@@ -158,12 +159,12 @@ def test_interrupted_fetch_leaves_no_final_file_and_resumes(aws_env, tmp_path, c
     out = tmp_path / "bids"
     source = s3.connect(endpoint_url=aws_env["endpoint"])
     client = FlakyClient(source.client, failures=100, budget=700, error=KeyboardInterrupt())
-    downloader = s3.Downloader(dataclasses.replace(source, client=client), jobs=1, chunk_size=256)
+    downloader = download.Downloader(dataclasses.replace(source, client=client), jobs=1, chunk_size=256)
     with pytest.raises(KeyboardInterrupt):
         cli.fetch(source, out, ["100307"], ["MOTOR"], ["LR"], jobs=1, progress=False, stream=io.StringIO(),
                   downloader=downloader)
     bold = out / hcp_bids.run_files("100307", "MOTOR", "LR").bold
-    assert s3.part_path(bold).stat().st_size == 700
+    assert download.part_path(bold).stat().st_size == 700
     assert not bold.exists(), "a partial file took the final name"
     code, _, err = run_cli(["fetch", str(out), "--subjects", "100307", "--tasks", "MOTOR", "--runs", "LR",
                             "--endpoint-url", aws_env["endpoint"]], capsys)
@@ -175,18 +176,18 @@ def test_interrupted_fetch_leaves_no_final_file_and_resumes(aws_env, tmp_path, c
 def test_corrupt_temp_file_is_discarded_and_downloaded_again(source, tmp_path, s3_server):
     body = s3_server["objects"][BOLD_KEY]
     dest = tmp_path / "bold.nii.gz"
-    s3.part_path(dest).write_bytes(b"\0" * len(body))  # right size, wrong bytes
+    download.part_path(dest).write_bytes(b"\0" * len(body))  # right size, wrong bytes
     sleeps = []
-    s3.Downloader(source, retries=1, sleep=sleeps.append).download(
-        s3.Transfer(listed(source, BOLD_KEY), dest), quiet_progress())
+    download.Downloader(source, retries=1, sleep=sleeps.append).download(
+        download.Transfer(listed(source, BOLD_KEY), dest), quiet_progress())
     assert dest.read_bytes() == body
     assert len(sleeps) == 1
 
 
 def test_download_gives_up_after_the_retries_and_reports_the_object(source, tmp_path):
     client = FlakyClient(source.client, failures=100, budget=10)
-    downloader = s3.Downloader(dataclasses.replace(source, client=client), retries=2, sleep=lambda s: None)
-    transfer = s3.Transfer(listed(source, BOLD_KEY), tmp_path / "bold.nii.gz")
+    downloader = download.Downloader(dataclasses.replace(source, client=client), retries=2, sleep=lambda s: None)
+    transfer = download.Transfer(listed(source, BOLD_KEY), tmp_path / "bold.nii.gz")
     failed = downloader.download_all([transfer], quiet_progress())
     assert list(failed) == [BOLD_KEY] and "3 attempts" in failed[BOLD_KEY]
     assert len(client.requests) == 3
@@ -315,7 +316,7 @@ def test_no_credentials_at_all_is_a_clear_error(aws_env, monkeypatch, capsys):
 def test_progress_shows_bytes_rate_and_eta():
     now = [100.0]
     stream = io.StringIO()
-    progress = s3.Progress(2048, 2, stream=stream, log_interval=0, clock=lambda: now[0])
+    progress = hcp_progress.Progress(2048, 2, stream=stream, log_interval=0, clock=lambda: now[0])
     progress.add(512, transferred=False)  # resumed from disk: no speed credit
     now[0] += 4.0
     progress.add(512)  # 512 B in 4 s -> 128 B/s; 1024 B left -> 8 s
@@ -323,6 +324,38 @@ def test_progress_shows_bytes_rate_and_eta():
     line = stream.getvalue().strip().splitlines()[-1]
     assert "50.0%" in line and "1.0 KiB / 2.0 KiB" in line and "128 B/s" in line
     assert "ETA 0:00:08" in line and "files 1/2" in line
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal():
+    stream = _Terminal()
+    progress = hcp_progress.Progress(4096, 2, stream=stream)
+    progress.add(2048)
+    progress.file_done()
+    progress.add(2048)
+    progress.file_done()
+    progress.close()
+    text = stream.getvalue()
+    assert "\r" in text and "100%" in text and "files 2/2" in text  # redrawn in place by tqdm
+    assert "ETA" not in text  # not the log line
+
+
+def test_progress_logs_at_most_one_line_a_minute_elsewhere():
+    now = [0.0]
+    stream = io.StringIO()
+    progress = hcp_progress.Progress(100 * 1024, 100, stream=stream, clock=lambda: now[0])
+    for _ in range(100):  # 100 files of 1 KiB, one every 5 s: 500 s
+        now[0] += 5.0
+        progress.add(1024)
+        progress.file_done()
+    lines = stream.getvalue().splitlines()
+    assert 8 <= len(lines) <= 500 / hcp_progress.LOG_INTERVAL + 1
+    progress.close()
+    assert "files 100/100" in stream.getvalue().splitlines()[-1]
 
 
 def test_redact_url_drops_user_info():

@@ -23,10 +23,10 @@ from deeplight_bids.models.published_2d import (  # noqa: E402
     load_converted,
     load_published_2d,
     save_converted,
-    sha256_file,
     variable_name,
 )
 from deeplight_bids.models.two import build_2d_deeplight, slice_feature_shape  # noqa: E402
+from deeplight_bids.models.weights import sha256sum  # noqa: E402
 from deeplight_bids.states import PRETRAINED_STATES  # noqa: E402
 
 try:
@@ -78,7 +78,7 @@ def volumes():
 
 
 def test_published_file_loads_with_short_names(published_path, published_arrays):
-    assert sha256_file(published_path) == PUBLISHED_2D_SHA256
+    assert sha256sum(published_path) == PUBLISHED_2D_SHA256
     assert {k: v.shape for k, v in published_arrays.items()} == expected_shapes_2d()
     assert len(published_arrays) == 34
 
@@ -120,7 +120,7 @@ def test_save_converted_round_trip(converted, published_path, volumes, tmp_path)
     assert card["architecture"] == "2D"
     assert card["states"] == list(PRETRAINED_STATES)
     assert card["source"] == {"file": PUBLISHED_2D_FILENAME, "sha256": PUBLISHED_2D_SHA256}
-    assert card["model_sha256"] == sha256_file(model_path)
+    assert card["model_sha256"] == sha256sum(model_path)
     assert {"keras", "tensorflow", "numpy", "deeplight_bids"} <= set(card["software"])
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
 
@@ -191,7 +191,7 @@ def test_unknown_file_is_refused_before_unpickling(tmp_path):
     with pytest.raises(WeightsError) as error:
         load_published_2d(path)
     message = _one_line(error)
-    assert "sha256" in message and sha256_file(path) in message and "trusted=True" in message
+    assert "sha256" in message and sha256sum(path) in message and "trusted=True" in message
     assert not marker.exists()
 
 

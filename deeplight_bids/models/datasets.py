@@ -1,0 +1,169 @@
+"""Training data for fine-tuning: labelled, prepared volumes and the frozen body's features.
+
+The runs are discovered as the participant level does, prepared once into the work-folder
+cache (:mod:`deeplight_bids.prepare.cache`) and their volumes labelled with the states.
+Batches are made by :func:`deeplight_bids.prepare.cache.make_volume_dataset` (volumes) and
+:func:`~deeplight_bids.prepare.cache.make_array_dataset` (features).
+"""
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deeplight_bids.bids.identity import digest, file_identity
+from deeplight_bids.exceptions import InputDataError, NoRunsFoundError
+from deeplight_bids.models.weights import sha256sum
+
+LOGGER = logging.getLogger("deeplight_bids")
+
+
+@dataclass
+class TrainingData:
+    """Labelled volumes of the runs to fine-tune on.
+
+    Attributes
+    ----------
+    runs : list of deeplight_bids.bids.discover.Run
+        Processable runs.
+    entries : list
+        Their prepared-cache entries (same order).
+    cache_stats : object
+        ``prepared`` and ``reused`` run labels.
+    states : tuple of str
+        State names in output order.
+    samples : deeplight_bids.prepare.cache.Samples
+        One row per labelled volume (subject, run, volume, label index, ...).
+    participants : list of str
+        Labels (without ``sub-``) of the participants with labelled volumes, sorted.
+    reader : deeplight_bids.prepare.cache.VolumeReader
+        Reads batches of prepared volumes in model order.
+    """
+
+    runs: list
+    entries: list
+    cache_stats: object
+    states: tuple
+    samples: object
+    participants: list
+    reader: object
+
+
+def load_training_data(config, log=LOGGER) -> TrainingData:
+    """Discover, prepare (cached) and label the runs ``config`` selects.
+
+    States: ``config.finetune_states`` in that order, else every labelled state found
+    (sorted).  Raises :class:`~deeplight_bids.exceptions.InputDataError` when fewer than two
+    states or two participants have labelled volumes, or a requested state has none.
+    """
+    from deeplight_bids.bids.discover import build_layout, discover_runs, find_derivatives
+    from deeplight_bids.prepare.cache import VolumeReader, label_volumes, prepare_cached
+    from deeplight_bids.prepare.labels import load_state_map_file
+
+    cfg = config
+    layout = build_layout(cfg.bids_dir, find_derivatives(cfg.bids_dir, cfg.derivatives))
+    runs = discover_runs(layout, space=cfg.space, participant_label=cfg.participant_label,
+                         session_label=cfg.session_label, task=cfg.task, bids_filters=cfg.bids_filters)
+    for run in runs:
+        if run.skip_reason:
+            log.warning("fine-tune: skipping %s: %s", run.label, run.skip_reason)
+    runs = [r for r in runs if r.skip_reason is None]
+    if not runs:
+        raise NoRunsFoundError(f"{cfg.bids_dir}: no processable runs to fine-tune on (see the warnings above).")
+    state_maps = load_state_map_file(cfg.state_map_file) if cfg.state_map_file else None
+    entries, cache_stats = prepare_cached(runs, cfg.work_dir, cfg.smoothing_fwhm, cfg.high_pass, nprocs=cfg.nprocs,
+                                          log=log)
+    _, counts = label_volumes(entries, runs, None, state_maps)
+    if cfg.finetune_states:
+        states = tuple(cfg.finetune_states)
+        empty = [s for s in states if not counts.get(s)]
+        if empty:
+            raise InputDataError(
+                f"{cfg.bids_dir}: state(s) {', '.join(empty)} have no labelled volumes (found: "
+                f"{', '.join(f'{s} ({n})' for s, n in sorted(counts.items())) or 'none'}); fix --states, the "
+                "events files or --state-map.")
+    else:
+        states = tuple(sorted(counts))
+    if len(states) < 2:
+        raise InputDataError(
+            f"{cfg.bids_dir}: fine-tuning needs at least 2 states with labelled volumes, found "
+            f"{', '.join(states) or 'none'}; check the events files (trial_type) and --state-map.")
+    samples, _ = label_volumes(entries, runs, states, state_maps)
+    participants = sorted(set(samples.subject))
+    if len(participants) < 2:
+        raise InputDataError(
+            f"{cfg.bids_dir}: held-out evaluation needs at least 2 participants with labelled volumes, found "
+            f"{len(participants)} ({', '.join('sub-' + p for p in participants) or 'none'}); add "
+            "participants or widen --participant-label.")
+    log.info("fine-tune: %d labelled volumes of %d participants, states %s (%s)", len(samples), len(participants),
+             ", ".join(states), ", ".join(str(int((samples.label == i).sum())) for i in range(len(states))))
+    return TrainingData(runs=runs, entries=entries, cache_stats=cache_stats, states=states, samples=samples,
+                        participants=participants, reader=VolumeReader(entries))
+
+
+def labels_identity(runs, state_map_file, states) -> str:
+    """What the labels derive from (the cache entries key the BOLD and mask): events files and state map."""
+    state_map = file_identity(state_map_file) if state_map_file else None
+    return digest({"events": [file_identity(r.events) if r.events else None for r in runs],
+                   "state_map": state_map, "states": list(states)})
+
+
+def weights_identity(weights, init):
+    """``--weights`` as given, and the identity of the file(s) it names (a re-saved file is other weights)."""
+    if weights is None or init == "scratch" or not Path(weights).exists():
+        return weights  # published weights are verified by checksum when loaded
+    files = sorted(Path(weights).glob("*.keras")) if Path(weights).is_dir() else [Path(weights)]
+    return [str(weights), *(file_identity(f) for f in files)]
+
+
+def input_checksums(runs, subjects) -> list[dict]:
+    """sha256 of the BOLD, mask and events files of the runs of ``subjects`` (for the model card)."""
+    return [{"run": run.label, "bold": run.bold.name, "bold_sha256": sha256sum(run.bold),
+             "mask_sha256": sha256sum(run.mask), "events_sha256": sha256sum(run.events)}
+            for run in runs if run.subject in subjects]
+
+
+def body_features(body, data: TrainingData, work_dir, batch_size, key_extra, log=LOGGER) -> np.ndarray:
+    """Frozen-body features of every sample, computed once and kept in ``WORK_DIR/finetune/features``.
+
+    The body is the same in every fold (same init, same seed), so one pass over the volumes
+    serves all folds and re-runs (keyed by the body's weights, the cache entries, the
+    samples and ``key_extra``, e.g. the architecture and the labels' identity).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_samples, *feature shape)`` float32, in the order of ``data.samples``.
+    """
+    from deeplight_bids.derivatives.writers import atomic_path
+
+    weights_digest = hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes()
+                                             for w in body.get_weights())).hexdigest()[:16]
+    key = digest({"body": weights_digest, **key_extra, "entries": [e.key for e in data.entries],
+                  "samples": [data.samples.entry.tolist(), data.samples.volume.tolist()]}, 16)
+    path = Path(work_dir) / "finetune" / "features" / f"{key}.npy"
+    if path.is_file():
+        log.info("fine-tune: reusing frozen-body features from %s", path)
+        return np.load(path)
+    from deeplight_bids.models.train import StepProgress
+
+    t0 = time.monotonic()
+    batch = max(1, int(batch_size))
+    n = len(data.samples)
+    progress = StepProgress(log, "volume")
+    progress.start(n, "fine-tune: frozen-body features")
+    parts = []
+    for start in range(0, n, batch):
+        stop = min(start + batch, n)
+        parts.append(np.asarray(body(data.reader.batch(data.samples, start, stop), training=False), np.float32))
+        progress.update(stop - start)
+    progress.close()
+    features = np.concatenate(parts)
+    log.info("fine-tune: frozen-body features of %d volumes in %.1f s (%s)", len(features), time.monotonic() - t0,
+             "x".join(str(d) for d in features.shape[1:]))
+    with atomic_path(path) as tmp:
+        np.save(tmp, features)
+    return features

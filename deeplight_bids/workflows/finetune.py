@@ -1,0 +1,312 @@
+"""Fine-tuning (transfer learning) of DeepLight on a dataset's own states: the stages.
+
+``deeplight-bids BIDS_DIR OUTPUT_DIR group --finetune [options]`` (options:
+:mod:`deeplight_bids.cli.finetune`):
+
+1. load the data (:func:`deeplight_bids.models.datasets.load_training_data`): discover the
+   runs as the participant level does, prepare them once into the work-folder cache (in
+   parallel up to ``--nprocs``) and label their volumes (``--states``; default: every
+   labelled state found);
+2. split participants (:func:`deeplight_bids.models.splits.participant_splits`):
+   ``--cv-folds K`` (every participant is predicted by the model of the fold that held it
+   out) or one split with ``--val-participants`` (default: the last 20 %, at least one);
+3. per fold, build the model (:func:`deeplight_bids.models.surgery.build_finetune_model`):
+   ``--init pretrained`` copies the body from the published weights of ``--architecture``
+   (or ``--weights``), ``--init scratch`` starts from random weights; the output layer is
+   new, sized to the states.  ``--freeze-body`` trains the output layer only on the
+   (frozen) body's features, computed once per volume
+   (:func:`deeplight_bids.models.datasets.body_features`);
+4. train (:func:`deeplight_bids.models.train.fit_resumable`): Adam, class-balanced shuffled
+   batches, a checkpoint every epoch in ``WORK_DIR/finetune/<name>/<fold>/`` resumed on
+   re-run, early stopping on the validation participants' loss with
+   ``--early-stopping-patience``;
+5. write ``OUTPUT_DIR/models/<name>/`` (one model, or ``fold-<k>/`` per fold): the
+   ``.keras`` model and its model card JSON, the history TSV and a learning-curve PNG; then
+   the held-out predictions and summaries, and the scratch-vs-pretrained comparison
+   (:mod:`deeplight_bids.models.heldout`).
+
+Honesty: held-out accuracy is measured only on participants the model never saw in
+training, and a held-out participant never chooses an epoch (see
+:mod:`deeplight_bids.models.splits`).
+"""
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from deeplight_bids.bids.identity import digest
+from deeplight_bids.exceptions import EXIT_OK, UsageError, WeightsError
+from deeplight_bids.models import datasets, heldout
+from deeplight_bids.models.splits import participant_splits
+from deeplight_bids.models.surgery import (
+    TRAIN_3D,
+    build_finetune_model,
+    copy_head,
+    float32_model,
+    pretrained_source,
+    split_body_head,
+)
+from deeplight_bids.models.train import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_LEARNING_RATE,
+    deterministic_ops,
+    fit_resumable,
+    precision_policy,
+    training_devices,
+    write_history,
+)
+from deeplight_bids.versions import software_versions
+
+LOGGER = logging.getLogger("deeplight_bids")
+
+
+class FinetuneJob:
+    """One ``--finetune`` invocation (all folds of one init).
+
+    Parameters
+    ----------
+    config : deeplight_bids.config.Config
+        Settings (``--finetune`` options, BIDS filters, preparation, output and work folders).
+    callbacks : sequence of keras.callbacks.Callback
+        Extra callbacks for every fit.
+    """
+
+    def __init__(self, config, callbacks=(), log=LOGGER):
+        self.config = config
+        self.callbacks = list(callbacks)
+        self.log = log
+        self.arch = config.architecture
+        self.init = config.finetune_init
+        self.lr = config.learning_rate or DEFAULT_LEARNING_RATE[self.arch]
+        self.batch_size = config.finetune_batch_size or DEFAULT_BATCH_SIZE
+        suffix = "-frozen" if config.freeze_body else ""
+        self.name = config.model_name or f"finetune-{self.arch}-{self.init}{suffix}"
+        if not self.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise UsageError(f"--model-name {self.name!r}: use letters, digits, '-', '_' and '.' only.")
+        self.model_dir = Path(config.output_dir) / "models" / self.name
+        self.ckpt_root = Path(config.work_dir) / "finetune" / self.name
+        self.data = None
+        self.participants = []
+        self.deterministic = False
+
+    # -- stages ------------------------------------------------------------------------------
+    def run(self):
+        """Fit, evaluate and write every fold; returns the held-out summary (dict).
+
+        TensorFlow op determinism (the whole job) and, on a GPU, the mixed-precision policy
+        (the fits) are process-wide: both are reset afterwards, also when the job fails, so
+        decoding and LRP in the same process run as before.
+        """
+        t_start = time.monotonic()
+        with deterministic_ops(self.config.seed, self.log) as self.deterministic:
+            self.load_data()
+            self.check_existing()
+            splits = self.splits()
+            n_gpus, _, mixed = training_devices()
+            with precision_policy("mixed_float16" if mixed else None):
+                features = self.body_features() if self.config.freeze_body else None
+                folds = [self.fit_fold(i, split, features, n_gpus, mixed) for i, split in enumerate(splits)]
+            summary = self.write_summary(folds, time.monotonic() - t_start)
+            heldout.write_comparison(self.config.output_dir, self.log)
+        return summary
+
+    def load_data(self):
+        """Stage 1: prepared, labelled volumes (``self.data``) and their participants."""
+        self.data = datasets.load_training_data(self.config, self.log)
+        self.participants = self.data.participants
+
+    @property
+    def states(self):
+        """State names in output order (after :meth:`load_data`)."""
+        return self.data.states
+
+    def splits(self):
+        """Stage 2: list of ``(fold name, training, validation, held out)`` participant lists."""
+        cfg = self.config
+        return participant_splits(self.participants, cfg.cv_folds, cfg.val_participants,
+                                  cfg.early_stopping_patience, cfg.seed, self.log)
+
+    def check_existing(self):
+        """An existing model folder of other states: refuse (or remove with --overwrite)."""
+        if self.config.overwrite:
+            shutil.rmtree(self.model_dir, ignore_errors=True)
+            shutil.rmtree(self.ckpt_root, ignore_errors=True)
+            return
+        for card_path in sorted(self.model_dir.glob("**/*.json")):
+            try:
+                card = json.loads(card_path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(card, dict) and "states" in card and "architecture" in card:
+                if list(card["states"]) != list(self.states) or card["architecture"] != self.arch:
+                    raise WeightsError(
+                        f"{card_path}: model card lists {card['architecture']} states {', '.join(card['states'])} "
+                        f"but this fine-tuning has {self.arch} states {', '.join(self.states)}; pass another "
+                        "--model-name, matching --states, or --overwrite.")
+
+    def body_features(self):
+        """``--freeze-body``: the frozen body's features of every volume (the body is the same in every fold)."""
+        cfg = self.config
+        model, _ = build_finetune_model(self.arch, len(self.states), self.init, cfg.weights, cfg.seed, self.log)
+        body, _ = split_body_head(model, self.arch)
+        return datasets.body_features(body, self.data, cfg.work_dir, cfg.batch_size,
+                                      {"arch": self.arch, "events": self._labels_identity()}, self.log)
+
+    def fit_fold(self, fold_index, split, features, n_gpus, mixed):
+        """Stages 3-5 for one fold: build, train (resumable), predict the held-out participants, save the model."""
+        cfg, data = self.config, self.data
+        fold, train, val, held = split
+        self.log.info("fine-tune %s%s: training on %s; validation %s; held out %s", self.name,
+                      f" {fold}" if fold else "", ", ".join(train),
+                      "none (the held-out loss is logged per epoch and chooses nothing)" if val == held
+                      else ", ".join(val) or "none", ", ".join(held))
+        tr = np.isin(data.samples.subject, train)
+        va = np.isin(data.samples.subject, val)
+        held_mask = np.isin(data.samples.subject, held)
+        fingerprint = digest({"arch": self.arch, "init": self.init, "weights": self._weights_identity(),
+                              "states": self.states, "train": train, "val": val, "lr": self.lr,
+                              "batch": self.batch_size, "seed": cfg.seed, "freeze": cfg.freeze_body,
+                              "patience": cfg.early_stopping_patience, "cache": [e.key for e in data.entries],
+                              "n": int(tr.sum()), "train3d": TRAIN_3D, "events": self._labels_identity()}, 16)
+        built = {}
+
+        def build():
+            built["model"], built["source"] = build_finetune_model(self.arch, len(self.states), self.init,
+                                                                   cfg.weights, cfg.seed, self.log)
+            return split_body_head(built["model"], self.arch)[1] if cfg.freeze_body else built["model"]
+
+        make_train, val_ds = self._datasets(fold_index, tr, va, features)
+        trained, state = fit_resumable(build, None, self.ckpt_root / (fold or "single"), fingerprint, cfg.epochs,
+                                       self.lr, val_data=val_ds,
+                                       patience=cfg.early_stopping_patience if va.any() else 0,
+                                       restore_best=bool(cfg.early_stopping_patience), callbacks=self.callbacks,
+                                       log=self.log, make_train_data=make_train)
+        held_samples = data.samples.subset(held_mask)
+        if cfg.freeze_body:
+            if "model" not in built:  # resumed: the body is rebuilt the same way
+                build()
+            full = built["model"]
+            copy_head(trained, full)
+            logits = np.asarray(trained.predict(features[held_mask], batch_size=64, verbose=0), np.float32)
+        else:
+            full = trained
+            logits = heldout.predict_logits(full, data.reader, held_samples, cfg.batch_size)
+        if built.get("source") is None and self.init == "pretrained":  # resumed: the model was not built
+            built["source"] = pretrained_source(self.arch, cfg.weights)
+        rows = heldout.prediction_rows(held_samples, logits, self.states, fold)
+        metrics = heldout.fold_metrics(state, held_samples.label, logits.argmax(axis=1), len(self.states))
+        out_dir = self.model_dir / fold if fold else self.model_dir
+        stem = f"{self.name}_{fold}" if fold else self.name
+        card = self._model_card(stem, fold, train, val, held, built.get("source"), metrics, n_gpus, mixed)
+        self._save(full, state["history"], out_dir, stem, card)
+        self.log.info("fine-tune %s%s: held-out accuracy %.3f (balanced %.3f, %d volumes, chance %.3f)", self.name,
+                      f" {fold}" if fold else "", metrics["heldout_accuracy"], metrics["heldout_balanced_accuracy"],
+                      len(held_samples), 1.0 / len(self.states))
+        report = {"fold": fold or "single", "training_participants": train, "validation_participants": val,
+                  "heldout_participants": held,
+                  "model": str((out_dir / f"{stem}.keras").relative_to(cfg.output_dir)), **metrics}
+        return report, rows
+
+    def write_summary(self, folds, seconds):
+        """Held-out predictions, per-participant and pooled summaries of all folds."""
+        cfg = self.config
+        fold_reports = [report for report, _ in folds]
+        rows = heldout.write_heldout_tables(self.model_dir, self.name, [r for _, fold in folds for r in fold],
+                                            self.states)
+        pooled = rows[-1]
+        n_states = len(self.states)
+        summary = {
+            "name": self.name, "architecture": self.arch, "init": self.init, "freeze_body": bool(cfg.freeze_body),
+            "states": list(self.states), "seed": cfg.seed, "cv_folds": int(cfg.cv_folds or 0),
+            "learning_rate": self.lr, "batch_size": self.batch_size, "epochs": cfg.epochs,
+            "heldout_accuracy_pooled": pooled["accuracy"],
+            "heldout_balanced_accuracy_pooled": pooled["balanced_accuracy"],
+            "heldout_accuracy_mean_over_participants": float(np.mean([r["accuracy"] for r in rows[:-1]])),
+            "chance": 1.0 / n_states, "n_volumes": pooled["n_volumes"],
+            # never since issue 13: early stopping validates on a participant that is not held out
+            "validation_used_for_early_stopping": any(set(f["validation_participants"]) & set(f["heldout_participants"])
+                                                      and cfg.early_stopping_patience for f in fold_reports),
+            "folds": fold_reports, "participants": rows[:-1],
+            "cache": {"prepared": self.data.cache_stats.prepared, "reused": self.data.cache_stats.reused},
+            "seconds": round(seconds, 1), "software": software_versions(),
+        }
+        from deeplight_bids.derivatives.writers import write_json
+
+        write_json(self.model_dir / f"{self.name}_desc-heldout_summary.json", summary)
+        self.log.info("fine-tune %s: held-out accuracy %.3f over %d volumes of %d participants (chance %.3f); "
+                      "outputs in %s", self.name, pooled["accuracy"], pooled["n_volumes"], len(rows) - 1,
+                      1.0 / n_states, self.model_dir)
+        return summary
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _datasets(self, fold_index, tr, va, features):
+        """``(make_train(start_epoch), validation dataset or None)`` of one fold: volumes, or frozen features."""
+        from deeplight_bids.prepare.cache import make_array_dataset, make_volume_dataset
+
+        cfg, samples = self.config, self.data.samples
+        seed = [cfg.seed, fold_index]
+        if cfg.freeze_body:
+            def make_train(start_epoch):
+                return make_array_dataset(features[tr], samples.label[tr], self.batch_size, seed=seed,
+                                          start_epoch=start_epoch)
+            val_ds = (make_array_dataset(features[va], samples.label[va], 64, shuffle=False, balance=False)
+                      if va.any() else None)
+        else:
+            def make_train(start_epoch):
+                return make_volume_dataset(self.data.reader, samples.subset(tr), self.batch_size, seed=seed,
+                                           start_epoch=start_epoch)
+            val_ds = (make_volume_dataset(self.data.reader, samples.subset(va), self.batch_size, shuffle=False,
+                                          balance=False) if va.any() else None)
+        return make_train, val_ds
+
+    def _model_card(self, stem, fold, train, val, held, source, metrics, n_gpus, mixed):
+        cfg = self.config
+        return {
+            "name": stem, "architecture": self.arch, "init": self.init, "init_weights": source,
+            "states": list(self.states), "fold": fold or None,
+            "training_participants": list(train), "validation_participants": list(val),
+            "heldout_participants": list(held),
+            "preprocessing": {"smoothing_fwhm": cfg.smoothing_fwhm, "high_pass": cfg.high_pass,
+                              "space": cfg.space, "grid": "MNI152NLin6Asym 2 mm (91, 109, 91), (z, y, x) input"},
+            "training": {"deterministic": bool(self.deterministic),
+                         "determinism": "keras.utils.set_random_seed(seed) + TensorFlow op determinism; input "
+                                        "order from NumPy generators seeded with the seed",
+                         "epochs": cfg.epochs, "learning_rate": self.lr, "batch_size": self.batch_size,
+                         "optimizer": "Adam", "loss": "sparse categorical cross-entropy on logits",
+                         "class_balancing": "oversampling to the largest class per epoch",
+                         "freeze_body": bool(cfg.freeze_body), "early_stopping_patience":
+                             cfg.early_stopping_patience, "mixed_precision": bool(mixed), "gpus": n_gpus,
+                         **({"dropout_rate": TRAIN_3D["dropout_rate"], "bn_momentum": TRAIN_3D["bn_momentum"],
+                             "output_bias": TRAIN_3D["output_bias"]} if self.arch == "3D" else {})},
+            "seed": cfg.seed, "metrics": metrics, "software": software_versions(),
+            "inputs": datasets.input_checksums(self.data.runs, set(train) | set(val)),
+            "dataset": str(cfg.bids_dir), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "description": "fine-tuned by 'deeplight-bids ... group --finetune'",
+        }
+
+    def _save(self, model, history, out_dir, stem, card):
+        from deeplight_bids.models.weights import save_model
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_model(float32_model(model, self.arch, len(self.states)), out_dir / f"{stem}.keras", card)
+        write_history(history, out_dir / f"{stem}_history.tsv", out_dir / f"{stem}_learningcurve.png",
+                      title=f"{stem}: {self.arch} {self.init}")
+
+    def _labels_identity(self):
+        return datasets.labels_identity(self.data.runs, self.config.state_map_file, self.states)
+
+    def _weights_identity(self):
+        return datasets.weights_identity(self.config.weights, self.init)
+
+
+def run_finetune(config, callbacks=(), log=LOGGER):
+    """Run ``group --finetune``; returns the exit code (errors raise :class:`DeepLightBidsError`)."""
+    from deeplight_bids.runtime import configure_threads as _configure_threads
+
+    _configure_threads(config.nprocs)
+    FinetuneJob(config, callbacks=callbacks, log=log).run()
+    return EXIT_OK
