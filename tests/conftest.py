@@ -4,9 +4,19 @@ The datasets are on the full reference grid (91 x 109 x 91) but short (30 volume
 12 s block per state: short runs with two blocks per state have too little rest for a
 clear planted signal), so writing one takes about a second.  ``sub-01`` has the same
 data in every one of them (same seed), which the orientation tests use.
+
+Markers (registered in pyproject.toml, ``--strict-markers``): ``slow`` (full-grid CLI runs,
+the demo, live SLURM, docs build: CI runs them, the fast lane ``pytest -m "not slow"`` does
+not), ``browser`` (headless Chromium), ``weights`` (the published 2D weights; set here on every
+test that requests :func:`published_2d_weights`).
 """
 
+import os
+from pathlib import Path
+
 import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SYNTH_VOLUMES = 30
 #: --quality-volumes of the participant level in tests (the default, 32, is the demo test's).
@@ -75,3 +85,60 @@ def random_3d_model(tmp_path_factory):
     model = randomise_weights(build_3d_deeplight(n_states=len(MOTOR_STATES)), seed=3)
     save_model(model, folder / "rand3d.keras", {"architecture": "3D", "states": MOTOR_STATES, "name": "rand3d"})
     return folder
+
+
+# ---------------------------------------------------------------- published 2D weights
+
+#: Set to 1 (CI does) to make absent published weights a failure instead of a skip.
+REQUIRE_WEIGHTS_ENV = "DEEPLIGHT_REQUIRE_WEIGHTS"
+
+
+def published_2d_weights_candidates():
+    """Folders searched for the published 2D weights, in order.
+
+    ``$DEEPLIGHT_WEIGHTS_DIR``, the cache that ``deeplight-bids weights fetch 2D-pretrained``
+    fills (``$XDG_CACHE_HOME/deeplight-bids/weights``), then ``../shared/weights`` beside the
+    repository.
+    """
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deeplight-bids" / "weights"
+    folders = [os.environ.get("DEEPLIGHT_WEIGHTS_DIR"), cache, REPO_ROOT.parent / "shared" / "weights"]
+    return [Path(f).expanduser() for f in folders if f]
+
+
+def find_published_2d_weights():
+    """Path of the checksum-verified published 2D weights (``.npy``).
+
+    Skips the calling test with the folders searched when the file is in none of them
+    (fails instead under ``DEEPLIGHT_REQUIRE_WEIGHTS=1``); a file that is there but has
+    another checksum always fails: that is a broken copy, not an absent one.
+    """
+    from deeplight_bids.models.weights import REGISTRY, sha256sum
+
+    entry = REGISTRY["2D-pretrained"]
+    folders = published_2d_weights_candidates()
+    for folder in folders:
+        path = folder / entry.filename
+        if path.is_file():
+            got = sha256sum(path)
+            if got != entry.sha256:
+                pytest.fail(f"{path} has SHA-256 {got}, the published 2D weights have {entry.sha256}: "
+                            "replace it (deeplight-bids weights fetch 2D-pretrained)")
+            return path.resolve()
+    reason = (f"published 2D weights {entry.filename} are in none of {', '.join(map(str, folders))}: "
+              "run 'deeplight-bids weights fetch 2D-pretrained' or set DEEPLIGHT_WEIGHTS_DIR")
+    if os.environ.get(REQUIRE_WEIGHTS_ENV) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_WEIGHTS_ENV}=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def published_2d_weights():
+    """The published 2D weights file (``Path``); see :func:`find_published_2d_weights`."""
+    return find_published_2d_weights()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that needs the published weights carries the ``weights`` marker."""
+    for item in items:
+        if "published_2d_weights" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.weights)

@@ -7,6 +7,7 @@ tests check the pipeline, the outputs and their validity, not decoding accuracy
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from deeplight_bids.cli.run import run as cli
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE
 
 from .bids_validation import validator_errors
+from .readonly import run_cli_read_only
 
 STATES = ["MOTOR_lh", "MOTOR_rh", "MOTOR_t"]
 
@@ -170,19 +172,21 @@ def test_rerun_skips_and_overwrite_is_deterministic(participant_run, synthetic_d
     np.testing.assert_allclose(np.asarray(nib.load(files["rel"]).dataobj), rel_before, rtol=1e-4, atol=1e-6)
 
 
-def test_no_lrp_and_read_only_bids_dir(synthetic_dataset, random_model, tmp_path):
-    ro = tmp_path / "ro"
-    shutil.copytree(synthetic_dataset.bids_dir, ro)
-    for path in [ro, *ro.rglob("*")]:
-        path.chmod(0o555 if path.is_dir() else 0o444)
-    out = tmp_path / "out"
-    try:
-        code = cli([str(ro), str(out), "participant", "--participant-label", "02", "--weights", str(random_model),
-                    "--no-lrp", "--skip-bids-validation"])
-    finally:
-        for path in [ro, *ro.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
-    assert code == 0
+@pytest.mark.parametrize("method", [None, "nobody"])
+def test_no_lrp_and_read_only_bids_dir(synthetic_dataset, random_model, tmp_path, method):
+    """A job on a BIDS_DIR it cannot write succeeds: a write attempt there would fail the run.
+
+    As root the read-only is real (tests/readonly.py): a read-only bind mount, or the job
+    running as ``nobody``; the ``nobody`` case is also run on its own where root can.
+    """
+    if method == "nobody" and (os.geteuid() != 0 or shutil.which("setpriv") is None):
+        pytest.skip("dropping to nobody needs root and setpriv (the default case covers this user)")
+    proc, used, out = run_cli_read_only(
+        synthetic_dataset.bids_dir, tmp_path / "out",
+        ["participant", "--participant-label", "02", "--weights", str(random_model), "--no-lrp",
+         "--skip-bids-validation"],
+        inputs=[random_model], scratch=tmp_path, method=method)
+    assert proc.returncode == 0, (used, proc.stderr[-3000:])
     func = out / "sub-02" / "func"
     assert (func / "sub-02_task-motor_desc-predictions_timeseries.tsv").is_file()
     assert not list(func.glob("*relevance*"))

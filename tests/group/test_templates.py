@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 
-
 from .conftest import stage_templateflow_home
 
 SCRIPT = r"""
