@@ -172,6 +172,7 @@ def test_rerun_skips_and_overwrite_is_deterministic(participant_run, synthetic_d
     np.testing.assert_allclose(np.asarray(nib.load(files["rel"]).dataobj), rel_before, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", [None, "nobody"])
 def test_no_lrp_and_read_only_bids_dir(synthetic_dataset, random_model, tmp_path, method):
     """A job on a BIDS_DIR it cannot write succeeds: a write attempt there would fail the run.
@@ -192,6 +193,7 @@ def test_no_lrp_and_read_only_bids_dir(synthetic_dataset, random_model, tmp_path
     assert not list(func.glob("*relevance*"))
 
 
+@pytest.mark.slow
 def test_summary_keeps_tasks_of_earlier_jobs(synthetic_dataset, random_model, tmp_path):
     """A job with --task B must not drop task A from the participant's accuracy summary."""
     bids = tmp_path / "two-tasks"
