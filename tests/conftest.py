@@ -11,7 +11,9 @@ not), ``browser`` (headless Chromium), ``weights`` (the published 2D weights; se
 test that requests :func:`published_2d_weights`).
 """
 
+import fcntl
 import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,38 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SYNTH_VOLUMES = 30
 #: --quality-volumes of the participant level in tests (the default, 32, is the demo test's).
 TEST_QUALITY_VOLUMES = 4
+
+
+def build_once(tmp_path_factory, name, build):
+    """``build(folder)`` once per test session, however many xdist workers ask for it.
+
+    Under pytest-xdist every worker has its own session fixtures, so an expensive one that
+    modules on both workers use (``--dist loadscope``) was built twice.  The first worker
+    builds into ``<session basetemp>/shared-<name>`` under a file lock; the others wait for
+    it and get the same (pickled) value, paths included.  Without xdist it is a plain build.
+
+    Parameters
+    ----------
+    tmp_path_factory : pytest.TempPathFactory
+    name : str
+        Unique name of the built thing (a folder name).
+    build : callable
+        ``build(folder: Path) -> value``; the value must pickle.  The folder exists and is
+        empty; everything built should live in it.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, common to its workers
+    folder = base / f"shared-{name}"
+    value_file = base / f"shared-{name}.pickle"
+    with open(base / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, also if build raises
+        if value_file.is_file():
+            return pickle.loads(value_file.read_bytes())
+        folder.mkdir()
+        value = build(folder)
+        value_file.write_bytes(pickle.dumps(value))
+        return value
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -76,15 +110,18 @@ def random_3d_model(tmp_path_factory):
 
     Stands in for trained weights where a test checks the pipeline, not decoding accuracy.
     """
-    from deeplight_bids.models.three import build_3d_deeplight
-    from deeplight_bids.models.weights import save_model
+    def build(base):
+        from deeplight_bids.models.three import build_3d_deeplight
+        from deeplight_bids.models.weights import save_model
 
-    from .models.legacy_h5 import randomise_weights
+        from .models.legacy_h5 import randomise_weights
 
-    folder = tmp_path_factory.mktemp("random_model") / "rand3d"
-    model = randomise_weights(build_3d_deeplight(n_states=len(MOTOR_STATES)), seed=3)
-    save_model(model, folder / "rand3d.keras", {"architecture": "3D", "states": MOTOR_STATES, "name": "rand3d"})
-    return folder
+        folder = base / "rand3d"
+        model = randomise_weights(build_3d_deeplight(n_states=len(MOTOR_STATES)), seed=3)
+        save_model(model, folder / "rand3d.keras", {"architecture": "3D", "states": MOTOR_STATES, "name": "rand3d"})
+        return folder
+
+    return build_once(tmp_path_factory, "random_3d_model", build)
 
 
 # ---------------------------------------------------------------- published 2D weights
