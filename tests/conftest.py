@@ -12,6 +12,7 @@ test that requests :func:`published_2d_weights`).
 """
 
 import fcntl
+import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -74,10 +75,8 @@ def synthetic_dataset(tmp_path_factory):
     """2 participants, task motor (lh, rh, t), 30 volumes, TR 2 s, 1 block per state, reference grid (LAS)."""
     from deeplight_bids.demo.synth import make_synthetic_dataset
 
-    root = tmp_path_factory.mktemp("synth") / "bids"
-    return make_synthetic_dataset(
-        root, n_participants=2, n_volumes=SYNTH_VOLUMES, seed=0, blocks_per_state=1
-    )
+    return build_once(tmp_path_factory, "synthetic_dataset", lambda folder: make_synthetic_dataset(
+        folder / "bids", n_participants=2, n_volumes=SYNTH_VOLUMES, seed=0, blocks_per_state=1))
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +97,36 @@ def prepared_synthetic_run(synthetic_dataset):
 
     run = synthetic_dataset.runs[0]
     return prepare_run(run.bold, run.mask, synthetic_dataset.t_r)
+
+
+def tree_digest(root):
+    """Hash of every file path, size and content under ``root``."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(root).rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def participant_run(synthetic_dataset, random_3d_model, tmp_path_factory):
+    """sub-01 of ``synthetic_dataset`` processed with LRP (full grid), once per session.
+
+    Returns (output_dir, exit code, digest of BIDS_DIR before).  Shared by the 3D tests
+    (tests/test_participant.py) and the 2D comparison (tests/test_participant_2d.py): read it,
+    never change it (copy it first, as the re-run test does).
+    """
+    def build(folder):
+        from deeplight_bids.cli.run import run as cli
+
+        out = folder / "deeplight"
+        before = tree_digest(synthetic_dataset.bids_dir)
+        code = cli([str(synthetic_dataset.bids_dir), str(out), "participant", "--participant-label", "sub-01",
+                    "--weights", str(random_3d_model), "--batch-size", "8", "--quality-volumes", "4"])
+        return out, code, before
+
+    return build_once(tmp_path_factory, "participant_run", build)
 
 
 #: Output states of the random-weight test model (the synthetic task's HCP states).
@@ -177,7 +206,7 @@ def published_2d_weights():
 #: Module/session fixtures that run the CLI on the full grid (or fit a model): every test that
 #: requests one, directly or through another fixture, is ``slow``.
 SLOW_FIXTURES = frozenset({
-    "participant_run",      # tests/test_participant.py: sub-01 with LRP
+    "participant_run",      # tests/conftest.py: sub-01 with LRP
     "run_2d",               # tests/test_participant_2d.py: the 2D model on the full grid
     "participant_out",      # tests/group/conftest.py: 4 participants with LRP
     "varied_out",

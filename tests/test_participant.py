@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import shutil
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -20,35 +19,16 @@ from deeplight_bids.cli.run import run as cli
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE
 
 from .bids_validation import validator_errors
+from .conftest import tree_digest
 from .readonly import run_cli_read_only
 
 STATES = ["MOTOR_lh", "MOTOR_rh", "MOTOR_t"]
-
-
-def tree_digest(root):
-    """Hash of every file path, size and content under ``root``."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(root).rglob("*")):
-        if path.is_file():
-            digest.update(str(path.relative_to(root)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")
 def random_model(random_3d_model):
     """The shared random-weight 3D model (tests/conftest.py)."""
     return random_3d_model
-
-
-@pytest.fixture(scope="module")
-def participant_run(synthetic_dataset, random_model, tmp_path_factory):
-    """One participant processed with LRP; returns (output_dir, exit code, digest of BIDS_DIR before)."""
-    out = tmp_path_factory.mktemp("out") / "deeplight"
-    before = tree_digest(synthetic_dataset.bids_dir)
-    code = cli([str(synthetic_dataset.bids_dir), str(out), "participant", "--participant-label", "sub-01",
-                "--weights", str(random_model), "--batch-size", "8", "--quality-volumes", "4"])
-    return out, code, before
 
 
 def _outputs(out):
@@ -152,8 +132,9 @@ def test_bids_dir_untouched_and_outputs_valid(participant_run, synthetic_dataset
     assert returncode == 0
 
 
-def test_rerun_skips_and_overwrite_is_deterministic(participant_run, synthetic_dataset, random_model, caplog):
-    out, _, _ = participant_run
+def test_rerun_skips_and_overwrite_is_deterministic(participant_run, synthetic_dataset, random_model, tmp_path):
+    out = tmp_path / "deeplight"
+    shutil.copytree(participant_run[0], out)  # copy2 keeps the mtimes; the shared run stays as it was
     files = _outputs(out)
     stamp = files["pred_json"].stat().st_mtime_ns
     code = cli([str(synthetic_dataset.bids_dir), str(out), "participant", "--participant-label", "01",

@@ -27,7 +27,8 @@ from deeplight_bids.prepare.grid import REFERENCE_AFFINE
 from deeplight_bids.states import PRETRAINED_STATES
 
 from .bids_validation import validator_errors
-from .test_participant import _outputs, participant_run, random_model, tree_digest  # noqa: F401 (fixtures)
+from .conftest import tree_digest
+from .test_participant import _outputs
 
 WEIGHTS_2D = "model-2D_DeepLight_desc-pretrained_model.npy"
 SHA256_2D = "d1070ea1fadf4fc93f053c57bcadc6e37b38a6763276246efb25f35e1d1df90c"
