@@ -232,6 +232,14 @@ SLOW_TESTS = {
     "tests/finetune/test_distribute.py": {"test_fit_resumable_under_mirrored_strategy"},
     "tests/test_relevance_maps_option.py": {"test_blocks_then_means"},
     "tests/lrp/test_backend_parity.py": {"test_tensorflow_and_jax_agree_on_a_small_grid"},
+    # full-grid forward/LRP passes, each ~10 s on 2 quiet cores; cheaper tests of the same modules stay fast
+    "tests/lrp/test_analyzer.py": {"test_max_batch_splits_without_changing_results",
+                                   "test_logits_are_the_inference_forward_pass_and_relevance_drops_the_channel_axis"},
+    "tests/lrp/test_composites.py": {"test_deeplight_2d_matches_numpy_reference_through_the_whole_network"},
+    "tests/finetune/test_cache.py": {"test_prepared_once_then_reused"},
+    "tests/demo/test_synth.py": {"test_deterministic_for_a_seed"},
+    "tests/models/test_two.py": {"test_converted_logits_equal_original_equations"},
+    "tests/test_nprocs.py": {"test_cli_nprocs_1_sets_one_intra_op_thread"},
 }
 
 

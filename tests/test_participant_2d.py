@@ -179,6 +179,7 @@ def test_converted_keras_weights_decode_deterministically(run_2d, synthetic_data
     assert (with_lrp["predicted_state"] == frames[0]["predicted_state"]).all()
 
 
+@pytest.mark.slow  # loads and converts the published model
 def test_default_2d_weights_resolve_from_the_registry_and_are_verified(weights_dir, tmp_path, monkeypatch):
     from deeplight_bids.models.weights import load_deeplight
 
