@@ -47,6 +47,7 @@ def _sidecar(out):
     return json.loads(next((out / "sub-01" / "func").glob("*_desc-predictions_timeseries.json")).read_text())
 
 
+@pytest.mark.slow
 def test_run_1_beside_raw_run_01_is_processed(dataset, random_3d_model, tmp_path):
     _rename(dataset / "sub-01", "_task-motor_", "_task-motor_run-01_")
     _rename(_deriv(dataset), "_task-motor_", "_task-motor_run-1_")
@@ -81,6 +82,7 @@ def _to_2009c(root):
     _rename(_deriv(root), "_space-MNI152NLin6Asym_res-2", "_space-MNI152NLin2009cAsym_res-2")
 
 
+@pytest.mark.slow
 def test_mni2009c_run_uses_the_transform(dataset, random_3d_model, tmp_path, monkeypatch):
     _to_2009c(dataset)
     path = synthetic_warp.write_itk_displacement_h5(tmp_path / "x.h5", synthetic_warp.forward, spacing=8.0)
@@ -93,6 +95,7 @@ def test_mni2009c_run_uses_the_transform(dataset, random_3d_model, tmp_path, mon
     assert side["SpaceTransform"]["Sha256"] == spaces.sha256sum(target)
 
 
+@pytest.mark.slow
 def test_mni2009c_offline_fails_clearly_or_runs_approximate(dataset, random_3d_model, tmp_path, monkeypatch, capsys):
     _to_2009c(dataset)
     monkeypatch.setattr(spaces, "_templateflow_get", lambda xfm: None)  # offline
@@ -126,6 +129,7 @@ def test_state_map_with_unknown_state_fails_at_start_up(dataset, random_3d_model
     assert not (out / "sub-01").exists()
 
 
+@pytest.mark.slow
 def test_labels_that_map_to_nothing_warn_once_and_group_reports(dataset, random_3d_model, tmp_path, capsys):
     events = dataset / "sub-01" / "func" / "sub-01_task-motor_events.tsv"
     events.write_text(events.read_text().replace("\tlh", "\tleft").replace("\trh", "\tright").replace("\tt\n",

@@ -7,8 +7,8 @@ tests check the pipeline, the outputs and their validity, not decoding accuracy
 
 import hashlib
 import json
+import os
 import shutil
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -19,34 +19,16 @@ from deeplight_bids.cli.run import run as cli
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE
 
 from .bids_validation import validator_errors
+from .conftest import tree_digest
+from .readonly import run_cli_read_only
 
 STATES = ["MOTOR_lh", "MOTOR_rh", "MOTOR_t"]
-
-
-def tree_digest(root):
-    """Hash of every file path, size and content under ``root``."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(root).rglob("*")):
-        if path.is_file():
-            digest.update(str(path.relative_to(root)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")
 def random_model(random_3d_model):
     """The shared random-weight 3D model (tests/conftest.py)."""
     return random_3d_model
-
-
-@pytest.fixture(scope="module")
-def participant_run(synthetic_dataset, random_model, tmp_path_factory):
-    """One participant processed with LRP; returns (output_dir, exit code, digest of BIDS_DIR before)."""
-    out = tmp_path_factory.mktemp("out") / "deeplight"
-    before = tree_digest(synthetic_dataset.bids_dir)
-    code = cli([str(synthetic_dataset.bids_dir), str(out), "participant", "--participant-label", "sub-01",
-                "--weights", str(random_model), "--batch-size", "8", "--quality-volumes", "4"])
-    return out, code, before
 
 
 def _outputs(out):
@@ -150,8 +132,9 @@ def test_bids_dir_untouched_and_outputs_valid(participant_run, synthetic_dataset
     assert returncode == 0
 
 
-def test_rerun_skips_and_overwrite_is_deterministic(participant_run, synthetic_dataset, random_model, caplog):
-    out, _, _ = participant_run
+def test_rerun_skips_and_overwrite_is_deterministic(participant_run, synthetic_dataset, random_model, tmp_path):
+    out = tmp_path / "deeplight"
+    shutil.copytree(participant_run[0], out)  # copy2 keeps the mtimes; the shared run stays as it was
     files = _outputs(out)
     stamp = files["pred_json"].stat().st_mtime_ns
     code = cli([str(synthetic_dataset.bids_dir), str(out), "participant", "--participant-label", "01",
@@ -170,24 +153,28 @@ def test_rerun_skips_and_overwrite_is_deterministic(participant_run, synthetic_d
     np.testing.assert_allclose(np.asarray(nib.load(files["rel"]).dataobj), rel_before, rtol=1e-4, atol=1e-6)
 
 
-def test_no_lrp_and_read_only_bids_dir(synthetic_dataset, random_model, tmp_path):
-    ro = tmp_path / "ro"
-    shutil.copytree(synthetic_dataset.bids_dir, ro)
-    for path in [ro, *ro.rglob("*")]:
-        path.chmod(0o555 if path.is_dir() else 0o444)
-    out = tmp_path / "out"
-    try:
-        code = cli([str(ro), str(out), "participant", "--participant-label", "02", "--weights", str(random_model),
-                    "--no-lrp", "--skip-bids-validation"])
-    finally:
-        for path in [ro, *ro.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
-    assert code == 0
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [None, "nobody"])
+def test_no_lrp_and_read_only_bids_dir(synthetic_dataset, random_model, tmp_path, method):
+    """A job on a BIDS_DIR it cannot write succeeds: a write attempt there would fail the run.
+
+    As root the read-only is real (tests/readonly.py): a read-only bind mount, or the job
+    running as ``nobody``; the ``nobody`` case is also run on its own where root can.
+    """
+    if method == "nobody" and (os.geteuid() != 0 or shutil.which("setpriv") is None):
+        pytest.skip("dropping to nobody needs root and setpriv (the default case covers this user)")
+    proc, used, out = run_cli_read_only(
+        synthetic_dataset.bids_dir, tmp_path / "out",
+        ["participant", "--participant-label", "02", "--weights", str(random_model), "--no-lrp",
+         "--skip-bids-validation"],
+        inputs=[random_model], scratch=tmp_path, method=method)
+    assert proc.returncode == 0, (used, proc.stderr[-3000:])
     func = out / "sub-02" / "func"
     assert (func / "sub-02_task-motor_desc-predictions_timeseries.tsv").is_file()
     assert not list(func.glob("*relevance*"))
 
 
+@pytest.mark.slow
 def test_summary_keeps_tasks_of_earlier_jobs(synthetic_dataset, random_model, tmp_path):
     """A job with --task B must not drop task A from the participant's accuracy summary."""
     bids = tmp_path / "two-tasks"

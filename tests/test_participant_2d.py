@@ -1,8 +1,9 @@
 """``--architecture 2D`` end to end with the REAL published 2D-DeepLight weights.
 
-The published ``model-2D_DeepLight_desc-pretrained_model.npy`` is found through
-``$DEEPLIGHT_WEIGHTS_DIR`` or the ``../shared/weights`` folder beside the repository;
-the tests FAIL (not skip) when it is missing.  ``DEEPLIGHT_WEIGHTS_DIR`` is pointed at
+The published ``model-2D_DeepLight_desc-pretrained_model.npy`` is found by the
+``published_2d_weights`` fixture (tests/conftest.py: ``$DEEPLIGHT_WEIGHTS_DIR``, the
+``weights fetch`` cache, ``../shared/weights``; skipped where absent, failed in CI).
+``DEEPLIGHT_WEIGHTS_DIR`` is pointed at
 that folder so that the default weights of ``--architecture 2D`` (registry name
 ``2D-pretrained``, checksum-verified) resolve there.
 
@@ -13,9 +14,7 @@ columns apart from the ``prob_<state>`` columns, same sidecar keys.
 
 import hashlib
 import json
-import os
 import re
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -28,28 +27,17 @@ from deeplight_bids.prepare.grid import REFERENCE_AFFINE
 from deeplight_bids.states import PRETRAINED_STATES
 
 from .bids_validation import validator_errors
+from .conftest import tree_digest
+from .test_participant import _outputs
 
-from .test_participant import _outputs, participant_run, random_model, tree_digest  # noqa: F401 (fixtures)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS_2D = "model-2D_DeepLight_desc-pretrained_model.npy"
 SHA256_2D = "d1070ea1fadf4fc93f053c57bcadc6e37b38a6763276246efb25f35e1d1df90c"
 
 
-def find_weights_dir():
-    """Folder holding the published 2D weights: $DEEPLIGHT_WEIGHTS_DIR, else ../shared/weights."""
-    candidates = [os.environ.get("DEEPLIGHT_WEIGHTS_DIR"), REPO_ROOT.parent / "shared" / "weights"]
-    for folder in candidates:
-        if folder and (Path(folder) / WEIGHTS_2D).is_file():
-            return Path(folder).resolve()
-    pytest.fail(f"published 2D weights {WEIGHTS_2D} not found in $DEEPLIGHT_WEIGHTS_DIR or {candidates[1]}; "
-                "they are required (copy them there or set DEEPLIGHT_WEIGHTS_DIR)")
-
-
 @pytest.fixture(scope="module")
-def weights_dir():
+def weights_dir(published_2d_weights):
     """The published weights folder, with DEEPLIGHT_WEIGHTS_DIR pointing at it for the module."""
-    folder = find_weights_dir()
+    folder = published_2d_weights.parent
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DEEPLIGHT_WEIGHTS_DIR", str(folder))
         yield folder
@@ -191,6 +179,7 @@ def test_converted_keras_weights_decode_deterministically(run_2d, synthetic_data
     assert (with_lrp["predicted_state"] == frames[0]["predicted_state"]).all()
 
 
+@pytest.mark.slow  # loads and converts the published model
 def test_default_2d_weights_resolve_from_the_registry_and_are_verified(weights_dir, tmp_path, monkeypatch):
     from deeplight_bids.models.weights import load_deeplight
 

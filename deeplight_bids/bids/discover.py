@@ -219,7 +219,7 @@ def discover_runs(layout: "BIDSLayout", space: str | None = None, participant_la
     from deeplight_bids.prepare.spaces import KNOWN_SPACES, SPACE_PREFERENCE, refusal
 
     runs = []
-    for key, candidates in sorted(by_run.items(), key=lambda item: tuple((k, str(v)) for k, v in item[0])):
+    for _key, candidates in sorted(by_run.items(), key=lambda item: tuple((k, str(v)) for k, v in item[0])):
         entities = _entity_strings(candidates[0].entities)
         found = sorted({b.entities.get("space") for b in candidates}, key=str)
         chosen = space if space is not None else next((s for s in SPACE_PREFERENCE if s in found), None)

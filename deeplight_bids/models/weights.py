@@ -390,7 +390,7 @@ def _load_file(path, architecture, build_3d, published=None):
         return DeepLightModel(model, "3D", tuple(states), path, digest, name=published.name if published else path.stem)
     if suffix == ".npy":
         try:
-            from deeplight_bids.models.published_2d import load_published_2d, convert_published_2d
+            from deeplight_bids.models.published_2d import convert_published_2d, load_published_2d
         except ImportError as err:
             raise WeightsError(f"{path}: 2D-DeepLight weights are not supported in this version.") from err
         # load_published_2d checks the sha256 before unpickling; convert_published_2d names

@@ -4,8 +4,8 @@ The grid is that of HCP ``MNINonLinear`` data and TemplateFlow ``MNI152NLin6Asym
 ``res-2``: shape ``(91, 109, 91)``, x stored right-to-left ("LAS").
 """
 
-import numpy as np
 import nibabel as nib
+import numpy as np
 
 from deeplight_bids.exceptions import ImageError
 

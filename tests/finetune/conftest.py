@@ -6,13 +6,8 @@ grid.  One work folder is shared by the tests of this folder, so the runs are pr
 (the cache is what is being reused).
 """
 
-import os
-from pathlib import Path
-
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-WEIGHTS_2D = "model-2D_DeepLight_desc-pretrained_model.npy"
 STATES = ("MOTOR_lh", "MOTOR_rh", "MOTOR_t")
 
 
@@ -31,16 +26,11 @@ def ft_work(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def weights_dir():
-    """The published 2D weights folder ($DEEPLIGHT_WEIGHTS_DIR or ../shared/weights), exported for the session."""
-    candidates = [os.environ.get("DEEPLIGHT_WEIGHTS_DIR"), REPO_ROOT.parent / "shared" / "weights"]
-    for folder in candidates:
-        if folder and (Path(folder) / WEIGHTS_2D).is_file():
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setenv("DEEPLIGHT_WEIGHTS_DIR", str(Path(folder).resolve()))
-                yield Path(folder).resolve()
-            return
-    pytest.fail(f"published 2D weights {WEIGHTS_2D} not found in $DEEPLIGHT_WEIGHTS_DIR or {candidates[1]}")
+def weights_dir(published_2d_weights):
+    """The published 2D weights folder (tests/conftest.py finds it), exported as DEEPLIGHT_WEIGHTS_DIR for the session."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DEEPLIGHT_WEIGHTS_DIR", str(published_2d_weights.parent))
+        yield published_2d_weights.parent
 
 
 def finetune_argv(dataset, out, work, *extra):

@@ -27,6 +27,8 @@ import pytest
 
 from deeplight_bids.cli.run import run as cli
 
+from ..conftest import build_once
+
 STATES = ["MOTOR_lh", "MOTOR_rh", "MOTOR_t"]
 N_VOLUMES = 15  # with --high-pass none (a 1/128 Hz high-pass needs >= 19 volumes)
 
@@ -64,8 +66,8 @@ def staged_templateflow(tmp_path_factory):
 def group_bids(tmp_path_factory):
     from deeplight_bids.demo.synth import make_synthetic_dataset
 
-    root = tmp_path_factory.mktemp("group_synth") / "bids"
-    return make_synthetic_dataset(root, n_participants=3, n_volumes=N_VOLUMES, seed=1, blocks_per_state=1)
+    return build_once(tmp_path_factory, "group_bids", lambda folder: make_synthetic_dataset(
+        folder / "bids", n_participants=3, n_volumes=N_VOLUMES, seed=1, blocks_per_state=1))
 
 
 @pytest.fixture(scope="session")
@@ -76,12 +78,16 @@ def group_model(random_3d_model):
 
 @pytest.fixture(scope="session")
 def participant_out(group_bids, group_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("group_participant") / "deeplight"
-    code = cli([str(group_bids.bids_dir), str(out), "participant", "--weights", str(group_model),
-                "--batch-size", "8", "--lrp-target", "true", "--high-pass", "none", "--skip-bids-validation",
-                "--quality-volumes", "4"])
-    assert code == 0
-    return out
+    """The participant level of ``group_bids``, built once per session (both xdist workers use it)."""
+    def build(folder):
+        out = folder / "deeplight"
+        code = cli([str(group_bids.bids_dir), str(out), "participant", "--weights", str(group_model),
+                    "--batch-size", "8", "--lrp-target", "true", "--high-pass", "none", "--skip-bids-validation",
+                    "--quality-volumes", "4"])
+        assert code == 0
+        return out
+
+    return build_once(tmp_path_factory, "group_participant_out", build)
 
 
 def link_copy(src, dst, ignore=None):
@@ -120,8 +126,11 @@ def redraw_predictions(out, seed=0):
 @pytest.fixture(scope="session")
 def varied_out(participant_out, group_bids, staged_templateflow, tmp_path_factory):
     """(output dir, exit code) of the group level with --correct-only on redrawn predictions."""
-    out = link_copy(participant_out, tmp_path_factory.mktemp("group_varied") / "deeplight")
-    redraw_predictions(out)
-    code = cli([str(group_bids.bids_dir), str(out), "group", "--correct-only"])
-    return out, code
+    def build(folder):
+        out = link_copy(participant_out, folder / "deeplight")
+        redraw_predictions(out)
+        code = cli([str(group_bids.bids_dir), str(out), "group", "--correct-only"])
+        return out, code
+
+    return build_once(tmp_path_factory, "group_varied_out", build)
 

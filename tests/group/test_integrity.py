@@ -19,8 +19,8 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import nibabel as nib
+import numpy as np
 import pytest
 
 from deeplight_bids.cli.run import run as cli

@@ -113,6 +113,7 @@ def test_report_is_self_contained(varied_out):
         assert needle in text, needle
 
 
+@pytest.mark.browser
 def test_report_renders_in_headless_chromium(varied_out, tmp_path):
     import matplotlib.image as mpimg
 

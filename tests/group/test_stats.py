@@ -185,7 +185,7 @@ def test_correct_only_maps_match(varied_out):
     out, _ = varied_out
     inside = _mask(out)
     means = {s: [] for s in STATES}
-    for sub, (path, frame) in _predictions(out).items():
+    for _sub, (path, frame) in _predictions(out).items():
         rel = path.with_name(path.name.replace("_desc-predictions_timeseries.tsv", f"_{SPACE}_desc-relevance_bold.nii.gz"))
         data = np.asarray(nib.load(rel).dataobj, dtype=np.float64)  # whole 4D: fine for 15 volumes
         for state in STATES:

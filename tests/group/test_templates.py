@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 
 from .conftest import stage_templateflow_home
 
@@ -49,6 +50,7 @@ def test_templateflow_path_with_staged_home(tmp_path):
     assert info["t1w_shape"] == info["ref_shape"] == info["mask_shape"] and info["affine_ok"]
 
 
+@pytest.mark.slow  # a fresh interpreter with TemplateFlow unreachable
 def test_offline_fallback_to_nilearn(tmp_path):
     home = tmp_path / "empty"
     home.mkdir()

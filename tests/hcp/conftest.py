@@ -13,8 +13,8 @@ written: :data:`GOOD_KEYS` are accepted, anything else is refused.
 import gzip
 import io
 import json
-import uuid
 import urllib.request
+import uuid
 
 import boto3
 import nibabel as nib

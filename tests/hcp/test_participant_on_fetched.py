@@ -18,6 +18,8 @@ from deeplight_bids.states import HCP_STATES, PRETRAINED_STATES
 
 from .conftest import BUCKET, nifti_bytes
 
+pytestmark = pytest.mark.slow  # fetch + the participant level on the full grid
+
 PREFIX = "HCP_APP/"
 SUBJECT = "100307"
 N_VOLUMES = 40  # 28.8 s at TR 0.72: enough for the 1/128 Hz high-pass

@@ -39,6 +39,7 @@ import pytest
 from deeplight_bids.exceptions import EXIT_INPUT
 
 from ..bids_validation import validator_errors
+from ..conftest import TEST_QUALITY_VOLUMES
 
 pytestmark = pytest.mark.slow
 
@@ -258,7 +259,9 @@ def _submit(slurm, bids, out, model, scratch, *extra):
     env = dict(slurm.env, TMPDIR=str(scratch), DEEPLIGHT_BIDS=f"{sys.executable} -m deeplight_bids",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     proc = slurm.run(["bash", str(SUBMIT), str(bids), str(out), "--cpus", "1", "--mem", "1G", "--time", "00:30:00",
-                      "--throttle", "2", "--group-after", "any", *extra, "--", "--weights", str(model)], env=env)
+                      "--throttle", "2", "--group-after", "any", *extra, "--", "--weights", str(model),
+                      # jobs are subprocesses: the in-process test default of tests/conftest.py does not reach them
+                      "--quality-volumes", str(TEST_QUALITY_VOLUMES)], env=env)
     array_id = re.search(r"participant array: job (\d+)", proc.stdout).group(1)
     group_id = re.search(r"group level: job (\d+)", proc.stdout).group(1)
     list_file = Path(re.search(r"list (\S+)", proc.stdout).group(1))

@@ -27,8 +27,6 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import parity_cases
 
-from tests.models.test_two import published_weights_path
-
 TOLERANCE = {"3d": 2e-3, "2d": 1e-4, "2d_signed": 1e-4}
 
 
@@ -54,8 +52,8 @@ def test_tensorflow_and_jax_agree_on_a_small_grid(tmp_path):
 
 
 @pytest.mark.slow
-def test_tensorflow_and_jax_agree_on_the_full_grid(tmp_path):
-    extra = ("--weights-2d", str(published_weights_path()), "--volumes", "1")
+def test_tensorflow_and_jax_agree_on_the_full_grid(tmp_path, published_2d_weights):
+    extra = ("--weights-2d", str(published_2d_weights), "--volumes", "1")
     tf_result = run_backend("tensorflow", tmp_path / "tf.npz", "full", extra)
     jax_result = run_backend("jax", tmp_path / "jax.npz", "full", extra)
     # the published +eps rule is ill-conditioned on the published weights (see

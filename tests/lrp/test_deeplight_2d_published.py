@@ -12,8 +12,8 @@ ill-conditioned: float32 rounding of the forward pass moves the map by up to ~0.
 max |R| on these volumes (measured 0.25-0.43 %).  The equations are therefore checked
 on a float64 copy of the model, whose parameters are exactly the reference's (to 1e-4
 of max |R|; measured ~5e-8), and the float32 model as deployed is checked to that
-conditioning.  Needs the published weights (``$DEEPLIGHT_WEIGHTS_DIR`` or
-``../shared/weights``); missing weights FAIL.
+conditioning.  Needs the published weights (the ``published_2d_weights`` fixture of
+tests/conftest.py).
 """
 
 import numpy as np
@@ -29,14 +29,14 @@ from deeplight_bids.models.published_2d import (
     lstm_to_keras,
 )
 from tests.models import reference_2d_numpy as reference
-from tests.models.test_two import FULL_SHAPE, brain_like_volumes, published_weights_path
+from tests.models.test_two import FULL_SHAPE, brain_like_volumes
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def arrays():
-    return load_published_2d(published_weights_path())
+def arrays(published_2d_weights):
+    return load_published_2d(published_2d_weights)
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,10 @@
 """2D-DeepLight: Keras build, published-weight conversion, equivalence with the original equations.
 
-Needs the published weights (reference section 6): ``$DEEPLIGHT_WEIGHTS_DIR`` or
-``../shared/weights`` beside the repository.  Missing weights FAIL these tests.
+Needs the published weights (reference section 6), found by the ``published_2d_weights``
+fixture of tests/conftest.py (skipped where absent, failed under ``DEEPLIGHT_REQUIRE_WEIGHTS=1``).
 """
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,16 +32,14 @@ try:
 except ImportError:  # tests/models is not a package: pytest put it on sys.path
     import reference_2d_numpy as reference
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FULL_SHAPE = (91, 109, 91, 1)
 
 
 def published_weights_path():
-    folder = os.environ.get("DEEPLIGHT_WEIGHTS_DIR") or REPO_ROOT.parent / "shared" / "weights"
-    path = Path(folder) / PUBLISHED_2D_FILENAME
-    if not path.is_file():
-        pytest.fail(f"published 2D weights not found at {path}; set DEEPLIGHT_WEIGHTS_DIR")
-    return path
+    """The published 2D weights (tests/conftest.py: skips where absent); prefer the ``published_2d_weights`` fixture."""
+    from tests.conftest import find_published_2d_weights
+
+    return find_published_2d_weights()
 
 
 def brain_like_volumes(rng, n, shape=FULL_SHAPE):
@@ -57,8 +53,8 @@ def brain_like_volumes(rng, n, shape=FULL_SHAPE):
 
 
 @pytest.fixture(scope="module")
-def published_path():
-    return published_weights_path()
+def published_path(published_2d_weights):
+    return published_2d_weights
 
 
 @pytest.fixture(scope="module")

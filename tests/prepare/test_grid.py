@@ -113,6 +113,7 @@ def test_prepared_ras_run_is_bit_identical_to_las(synthetic_dataset_ras, prepare
     np.testing.assert_array_equal(prepared.signals, prepared_synthetic_run.signals)
 
 
+@pytest.mark.slow  # a full-grid run resampled from another grid
 def test_prepared_other_grid_run_keeps_left_and_right(tmp_path_factory):
     from deeplight_bids.demo.synth import make_synthetic_dataset
     from deeplight_bids.prepare.labels import read_events, resolve_state_map, volume_labels

@@ -14,8 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from ..conftest import TEST_QUALITY_VOLUMES, build_once
+
 STATES = ["MOTOR_lh", "MOTOR_rh", "MOTOR_t"]
 N_VOLUMES = 20  # the fewest the default 1/128 Hz high-pass accepts at TR 2 s (19) + 1
+#: Subprocess jobs do not see the in-process quality default of tests/conftest.py: same few volumes.
+QUALITY_ARGS = ["--quality-volumes", str(TEST_QUALITY_VOLUMES)]
 
 
 @pytest.fixture(scope="session")
@@ -23,8 +27,8 @@ def small_dataset(tmp_path_factory):
     """3 participants, task motor, 20 volumes, TR 2 s, reference grid."""
     from deeplight_bids.demo.synth import make_synthetic_dataset
 
-    root = tmp_path_factory.mktemp("rel_synth") / "bids"
-    return make_synthetic_dataset(root, n_participants=3, n_volumes=N_VOLUMES, seed=0, blocks_per_state=1)
+    return build_once(tmp_path_factory, "rel_small_dataset", lambda folder: make_synthetic_dataset(
+        folder / "bids", n_participants=3, n_volumes=N_VOLUMES, seed=0, blocks_per_state=1))
 
 
 @pytest.fixture(scope="session")
@@ -115,19 +119,24 @@ def concurrent_outputs(small_dataset, rel_model, tmp_path_factory, ro_bind_avail
     sub-01 with LRP (the uninterrupted reference of the interruption test), sub-02 and
     sub-03 decode only.  Returns (output_dir, {label: CompletedProcess-like}, read_only).
     """
-    out = tmp_path_factory.mktemp("concurrent") / "out"
-    jobs = {}
-    for label, extra in (("01", ["--batch-size", "4"]), ("02", ["--no-lrp"]), ("03", ["--no-lrp"])):
-        cmd = cli_command([small_dataset.bids_dir, out, "participant", "--participant-label", label,
-                           "--weights", rel_model, "--skip-bids-validation", "--nprocs", "1", *extra])
-        if ro_bind_available:
-            cmd = read_only_command(cmd, small_dataset.bids_dir)
-        jobs[label] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
-    results = {}
-    for label, proc in jobs.items():
-        stdout, stderr = proc.communicate(timeout=400)
-        results[label] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-    return out, results, ro_bind_available
+    def build(folder):
+        out = folder / "out"
+        jobs = {}
+        for label, extra in (("01", ["--batch-size", "4", *QUALITY_ARGS]), ("02", ["--no-lrp"]), ("03", ["--no-lrp"])):
+            cmd = cli_command([small_dataset.bids_dir, out, "participant", "--participant-label", label,
+                               "--weights", rel_model, "--skip-bids-validation", "--nprocs", "1", *extra])
+            if ro_bind_available:
+                cmd = read_only_command(cmd, small_dataset.bids_dir)
+            jobs[label] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                           env=cli_env())
+        results = {}
+        for label, proc in jobs.items():
+            stdout, stderr = proc.communicate(timeout=400)
+            results[label] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        return out, results, ro_bind_available
+
+    # built once per session: test_concurrency and test_interruptions may run on different xdist workers
+    return build_once(tmp_path_factory, "rel_concurrent_outputs", build)
 
 
 def run_files(out, label="01", lrp=True):

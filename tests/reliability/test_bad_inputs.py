@@ -27,7 +27,7 @@ SPACE = "space-MNI152NLin6Asym_res-2"
 def _clone(ds_root, label, src="01"):
     """Copy sub-<src> (raw + fMRIPrep derivatives) as sub-<label>; returns its files."""
     out = {}
-    for base, key in ((ds_root, "raw"), (ds_root / "derivatives" / "fmriprep", "deriv")):
+    for base, _key in ((ds_root, "raw"), (ds_root / "derivatives" / "fmriprep", "deriv")):
         src_dir = base / f"sub-{src}"
         for path in src_dir.rglob("*"):
             if path.is_file():

@@ -14,7 +14,7 @@ import time
 import nibabel as nib
 import numpy as np
 
-from .conftest import cli_command, cli_env, run_files
+from .conftest import QUALITY_ARGS, cli_command, cli_env, run_files
 
 
 def _start(argv, log):
@@ -47,7 +47,7 @@ def test_sigterm_sigkill_resume_equals_uninterrupted(concurrent_outputs, small_d
     ref = run_files(ref_out)
     out = tmp_path / "out"
     argv = [small_dataset.bids_dir, out, "participant", "--participant-label", "01", "--weights", rel_model,
-            "--skip-bids-validation", "--nprocs", "1", "--batch-size", "2"]
+            "--skip-bids-validation", "--nprocs", "1", "--batch-size", "2", *QUALITY_ARGS]
     files = run_files(out)
 
     # 1. SIGTERM: graceful, temporaries removed, nothing under a final run-output name
