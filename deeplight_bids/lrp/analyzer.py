@@ -7,7 +7,16 @@ One call runs one forward pass in inference mode (dropout off, BN moving statist
 records every layer's input and output, and walks the layers backwards applying each
 layer's rule.  Both passes are one compiled function (``tf.function`` under TensorFlow,
 ``jax.jit`` under JAX, eager under PyTorch; :mod:`deeplight_bids.backend`), traced once
-per input shape.  Memory grows with the batch; ``max_batch`` splits larger batches.
+per input shape.
+
+Memory (issue 19): on CPU a batch goes through the network at most
+:data:`~deeplight_bids.models.decode.CPU_NETWORK_BATCH` samples at a time, and the
+backward pass through the full-resolution *stem* (the first layers, up to the last whose
+input is at least :data:`STEM_FRACTION` of the largest layer input) runs one sample at a
+time in a second compiled function: its temporaries (a dozen full-grid tensors per
+sample, plus whatever scratch oneDNN picks on the host) are then those of one sample, so
+peak memory no longer grows with the batch.  LRP rules act on each sample on its own, so
+the numbers are the same.
 """
 
 from collections.abc import Sequence
@@ -19,6 +28,10 @@ from deeplight_bids import backend
 from deeplight_bids.models.decode import in_chunks, join_chunks
 
 from .composites import get_composite
+
+#: A layer belongs to the per-sample stem when its input holds at least this share of the
+#: largest layer input (per sample); for 3D-DeepLight: conv_1 ... conv_3 (the 91x109x91x8 tensors).
+STEM_FRACTION = 0.25
 
 RELEVANCE_START = (
     "logit of the target output (the argmax of the logits, i.e. the predicted state, unless a target is given); "
@@ -37,9 +50,15 @@ class LRPAnalyzer:
     composite : str or Composite
         A registered preset name (``"preset_b_flat"``, ``"epsilon"``) or a
         :class:`~deeplight_bids.lrp.composites.Composite`.
-    max_batch : int or None
+    max_batch : int, None or "auto"
         Most samples per forward/backward pass: :meth:`explain` splits larger batches
-        (memory grows with the samples of one pass); ``None``: the whole batch at once.
+        (memory grows with the samples of one pass); ``None``: the whole batch at once;
+        ``"auto"`` (default): :func:`~deeplight_bids.models.decode.network_batch_limit`
+        (4 on CPU, no limit with a GPU).
+    stem_batch : int, None or "auto"
+        Most samples per backward pass through the full-resolution stem (see the module
+        docstring); ``None``: the whole pass at once; ``"auto"`` (default): 1 on CPU, no
+        limit with a GPU.
 
     Attributes
     ----------
@@ -60,15 +79,18 @@ class LRPAnalyzer:
         If a rule cannot handle its layer (e.g. a softmax or tanh activation).
     """
 
-    def __init__(self, model, composite="preset_b_flat", max_batch=None):
+    def __init__(self, model, composite="preset_b_flat", max_batch="auto", stem_batch="auto"):
         import keras
+
+        from deeplight_bids.models.decode import network_batch_limit
 
         if not isinstance(model, keras.Sequential):
             raise TypeError(f"LRPAnalyzer needs a keras.Sequential model; got {type(model).__name__}")
         if not model.built:
             raise TypeError(f"model {model.name!r} is not built; give it an input shape first")
         self.model = model
-        self.max_batch = max_batch
+        self.max_batch = network_batch_limit() if max_batch == "auto" else max_batch
+        self.stem_batch = (None if network_batch_limit() is None else 1) if stem_batch == "auto" else stem_batch
         self.composite = get_composite(composite)
         self.layer_rules = self.composite.assign(model.layers)
         for layer, rule in self.layer_rules:
@@ -76,13 +98,44 @@ class LRPAnalyzer:
             check = getattr(rule, "check", None)
             if check is not None:
                 check(layer)
+        self.n_stem = stem_size([layer for layer, _ in self.layer_rules], model.inputs[0].shape)
         self._explain_graph = backend.compile_function(self._forward_backward, reduce_retracing=False)
+        self._stem_graph = backend.compile_function(self._stem_backward, reduce_retracing=False)
         self.description = self._describe()
 
-    def _forward_backward(self, x, target):
+    def _stem_backward(self, relevance, records, start, size):
+        """The rules of the stem (layers ``[0, n_stem)``) backwards for samples ``[start, start + size)``.
+
+        ``relevance``: relevance of the stem's output for the whole pass; ``records``: the
+        stem layers' ``(inputs, outputs, linear outputs)`` for the whole pass, as
+        :meth:`_forward_backward` returns them (``None`` where a rule takes none).  The
+        samples are sliced here, inside the compiled function, so that a slice exists only
+        while a rule needs it (slicing outside would copy every record at once, aliases
+        of one buffer included).
+        """
+
+        def part(t):
+            return None if t is None else ops.slice(t, [start] + [0] * (len(t.shape) - 1), [size, *t.shape[1:]])
+
+        inputs, outputs, linears = ([part(t) for t in group] for group in records)
+        return self._backward(self.layer_rules[:self.n_stem], inputs, outputs, linears, part(relevance))
+
+    @staticmethod
+    def _backward(layer_rules, layer_inputs, layer_outputs, linear_outputs, relevance):
+        for (layer, rule), x_in, y_out, linear in zip(reversed(layer_rules), reversed(layer_inputs),
+                                                      reversed(layer_outputs), reversed(linear_outputs)):
+            if linear is None:
+                relevance = rule(layer, x_in, relevance, y_out=y_out)
+            else:
+                relevance = rule(layer, x_in, relevance, y_out=y_out, linear_out=linear)
+        return relevance
+
+    def _forward_backward(self, x, target, stop_at_stem=False):
         """Forward pass, then the rules backwards; ``target < 0`` means the argmax.
 
-        Returns logits ``(batch, n_out)``, input relevance (``x``'s shape), targets ``(batch,)``.
+        Returns logits ``(batch, n_out)``, input relevance (``x``'s shape), targets ``(batch,)``;
+        with ``stop_at_stem`` the relevance of the stem's output instead of the input's, and a
+        fourth item: the stem's ``(inputs, outputs, linear outputs)`` for :meth:`_stem_backward`.
         """
         layer_inputs, layer_outputs, linear_outputs = [], [], []
         activation = x
@@ -102,13 +155,13 @@ class LRPAnalyzer:
         predicted = ops.cast(ops.argmax(logits, axis=-1), "int32")
         target = ops.where(target < 0, predicted, target)
         relevance = ops.one_hot(target, logits.shape[-1], dtype=logits.dtype) * logits
-        for (layer, rule), x_in, y_out, linear in zip(reversed(self.layer_rules), reversed(layer_inputs),
-                                                      reversed(layer_outputs), reversed(linear_outputs)):
-            if linear is None:
-                relevance = rule(layer, x_in, relevance, y_out=y_out)
-            else:
-                relevance = rule(layer, x_in, relevance, y_out=y_out, linear_out=linear)
-        return logits, relevance, target
+        first = self.n_stem if stop_at_stem else 0
+        relevance = self._backward(self.layer_rules[first:], layer_inputs[first:], layer_outputs[first:],
+                                   linear_outputs[first:], relevance)
+        if not stop_at_stem:
+            return logits, relevance, target
+        records = (layer_inputs[:first], layer_outputs[:first], linear_outputs[:first])
+        return logits, relevance, target, records
 
     def explain(self, x: np.ndarray, target: int | Sequence[int] | np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -139,10 +192,20 @@ class LRPAnalyzer:
         target_indices = self._check_target(target, len(x))
         logit_parts, relevance_parts = [], []
         for a, b in in_chunks(len(x), self.max_batch):
-            logits, relevance, _ = self._explain_graph(ops.convert_to_tensor(x[a:b]),
-                                                       ops.convert_to_tensor(target_indices[a:b]))
+            x_part, target_part = ops.convert_to_tensor(x[a:b]), ops.convert_to_tensor(target_indices[a:b])
+            stem_chunks = in_chunks(b - a, self.stem_batch)
+            if len(stem_chunks) == 1 or self.n_stem == 0:
+                logits, relevance, _ = self._explain_graph(x_part, target_part)
+                logit_parts.append(ops.convert_to_numpy(logits))
+                relevance_parts.append(ops.convert_to_numpy(relevance).astype(np.float32, copy=False))
+                continue
+            logits, stem_relevance, _, records = self._explain_graph(x_part, target_part, stop_at_stem=True)
             logit_parts.append(ops.convert_to_numpy(logits))
-            relevance_parts.append(ops.convert_to_numpy(relevance).astype(np.float32, copy=False))
+            for c, d in stem_chunks:
+                part = self._stem_graph(stem_relevance, records, ops.convert_to_tensor(c, dtype="int32"), d - c)
+                relevance_parts.append(ops.convert_to_numpy(part).astype(np.float32, copy=False))
+                del part
+            del stem_relevance, records
         logits, relevance = join_chunks(logit_parts), join_chunks(relevance_parts)
         if relevance.ndim >= 3 and relevance.shape[-1] == 1:
             relevance = relevance[..., 0]
@@ -182,3 +245,32 @@ class LRPAnalyzer:
             "fused_activations": "rules use the linear part of a conv/dense layer; ReLU passes relevance unchanged",
             "layers": layer_entries,
         }
+
+
+def stem_size(layers, input_shape):
+    """How many leading layers form the full-resolution stem (see :data:`STEM_FRACTION`).
+
+    Parameters
+    ----------
+    layers : sequence of keras.layers.Layer
+        The model's layers in forward order.
+    input_shape : tuple
+        The model's input shape, ``(None, *per-sample shape)``.
+
+    Returns
+    -------
+    int
+        ``k``: layers ``[0, k)`` run their backward pass per :attr:`LRPAnalyzer.stem_batch`
+        samples; 0 when the shapes cannot be inferred.
+    """
+    sizes, shape = [], tuple(input_shape)
+    try:
+        for layer in layers:
+            sizes.append(int(np.prod(shape[1:])))
+            shape = tuple(layer.compute_output_shape(shape))
+    except Exception:  # a layer without shape inference: no stem, the whole pass at once
+        return 0
+    if not sizes:
+        return 0
+    largest = max(sizes)
+    return max(i for i, size in enumerate(sizes) if size >= STEM_FRACTION * largest) + 1
