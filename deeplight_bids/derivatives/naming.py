@@ -157,7 +157,10 @@ GROUP_FOLDER = "group"
 
 
 def group_name(task, suffix, extension, label=None, stat=None, desc=None, space=False, contrast=None):
-    """A group output's file name: ``task-<t>[_space-.._res-..][_label-..][_contrast-..][_stat-..][_desc-..]_<suffix>``."""
+    """A group output's file name.
+
+    ``task-<t>[_space-<s>_res-<r>][_label-<l>][_contrast-<c>][_stat-<st>][_desc-<d>]_<suffix><extension>``.
+    """
     parts = [f"task-{task}"]
     if space:
         parts += [f"space-{REFERENCE_SPACE}", f"res-{REFERENCE_RES}"]

@@ -195,7 +195,8 @@ GROUP_COLUMNS = {
     "n_participants": {"Description": "participants with a value"},
     "mean": {"Description": "mean across participants"},
     "sd": {"Description": "standard deviation across participants (ddof = 1; n/a for one participant)"},
-    "ci95_low": {"Description": "lower end of the t-based 95% interval of the mean: mean - t(0.975, n-1) * sd / sqrt(n)"},
+    "ci95_low": {"Description": "lower end of the t-based 95% interval of the mean: "
+                                "mean - t(0.975, n-1) * sd / sqrt(n)"},
     "ci95_high": {"Description": "upper end of the t-based 95% interval of the mean"},
     "min": {"Description": "lowest participant value"},
     "max": {"Description": "highest participant value"},

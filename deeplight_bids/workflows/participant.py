@@ -84,7 +84,8 @@ def _process_runs(processor, todo, log):
 
 def _exit_code(results, log):
     """0, or 6 (partial) when some runs were skipped or failed for bad input; all of them: InputDataError."""
-    bad = [r for r in results if r.status == "failed" or (r.status == "skipped" and not r.detail.startswith("outputs exist"))]
+    bad = [r for r in results
+           if r.status == "failed" or (r.status == "skipped" and not r.detail.startswith("outputs exist"))]
     if bad and len(bad) == len(results):
         # nothing usable at all: an input error (exit 3) with the first reason, not a "partial" success
         first = next((r for r in bad if r.status == "failed"), bad[0])
@@ -117,7 +118,7 @@ def _all_runs_of(layout, config, subject, fallback):
 
 
 def _save_config(config):
-    """Write this job's settings to ``OUTPUT_DIR/logs/config-*.toml``; returns the job's log files (naming.job_outputs)."""
+    """Write this job's settings to ``OUTPUT_DIR/logs/config-*.toml``; returns :func:`naming.job_outputs`."""
     job = naming.job_outputs(naming.job_log_stem(config.output_dir, config.participant_label))
     config.save(job["config"], root=config.output_dir)
     return job

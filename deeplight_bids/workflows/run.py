@@ -14,12 +14,17 @@ import numpy as np
 from deeplight_bids.backend import versions as backend_versions
 from deeplight_bids.bids.headers import check_headers
 from deeplight_bids.derivatives import naming, resume, sidecars, tables
-from deeplight_bids.derivatives.relevance import BackgroundWriter, RelevanceMasker, RunRelevanceOutputs, event_blocks
+from deeplight_bids.derivatives.relevance import (
+    BackgroundWriter,
+    RelevanceMasker,
+    RunRelevanceOutputs,
+    event_blocks,
+)
 from deeplight_bids.derivatives.writers import write_json, write_tsv
 from deeplight_bids.models.batches import ModelOrderBatches, decode_and_explain
 from deeplight_bids.models.decode import softmax
-from deeplight_bids.prepare.grid import REFERENCE_SPACE
 from deeplight_bids.preflight import plural, source_space
+from deeplight_bids.prepare.grid import REFERENCE_SPACE
 from deeplight_bids.workflows.summaries import ParticipantSummaries, save_state_sums
 
 LOGGER = logging.getLogger("deeplight_bids")
@@ -83,7 +88,7 @@ class RunProcessor:
                                               self.settings_hash, self.quality is not None)
 
     def is_complete(self, outputs, run=None):
-        """True when a previous run with the same settings (and, given ``run``, the same inputs) finished all outputs."""
+        """True when a previous run with these settings (and, given ``run``, inputs) finished all outputs."""
         return resume.is_complete(outputs, self.config, self.settings_hash, self.quality is not None, run)
 
     def write_participant_summaries(self, subject, runs, map_tasks=None):
@@ -124,7 +129,12 @@ class RunProcessor:
 
     def _label(self, run, n_vol):
         """State per volume from the events (haemodynamic shift), and what could not be labelled."""
-        from deeplight_bids.prepare.labels import read_events, resolve_state_map, unmapped_trial_types, volume_labels
+        from deeplight_bids.prepare.labels import (
+            read_events,
+            resolve_state_map,
+            unmapped_trial_types,
+            volume_labels,
+        )
 
         events = read_events(run.events)
         state_map = resolve_state_map(run.entities["task"], self.user_state_map)
