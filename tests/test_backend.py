@@ -36,12 +36,14 @@ def test_select_backend_sets_keras_backend_before_import():
     assert out == ["jax", "False", "jax"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="PyTorch is installed here")
 def test_missing_backend_package_is_one_line_usage_error(tmp_path):
     bids = tmp_path / "bids"
     bids.mkdir()
+    hidden = tmp_path / "hide_torch"  # a torch module that fails to import, whether or not PyTorch is installed
+    hidden.mkdir()
+    (hidden / "torch.py").write_text("raise ImportError('No module named torch (hidden by the test)')\n")
     proc = subprocess.run([sys.executable, "-m", "deeplight_bids", str(bids), str(tmp_path / "out"), "participant",
                            "--backend", "torch"], capture_output=True, text=True, cwd=REPO,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, check=False)
+                          env={"PYTHONPATH": f"{hidden}:{REPO}", "PATH": "/usr/bin:/bin"}, check=False)
     assert proc.returncode == 2
     assert "--backend" in proc.stderr and "deeplight-bids[torch]" in proc.stderr and "Traceback" not in proc.stderr
