@@ -3,7 +3,7 @@
 The pass runs in a child process (a fresh interpreter: its ``ru_maxrss`` is this pass's
 peak and nothing else's).  Memory is deterministic enough to test, speed is not.  Before
 the per-sample stem (``LRPAnalyzer(model, max_batch=None, stem_batch=None)``, the old
-behaviour) the same child peaked at 3636 MiB at batch 8 on a 2-core Intel Xeon (AVX-512);
+behaviour) the same child peaked at 3695 MiB at batch 8 on a 2-core Intel Xeon (AVX-512), 2672 MiB after;
 RESULTS.md's AMD EPYC figures were 3495 MiB at batch 8 and up to 3450 MiB at batch 4.
 """
 
