@@ -276,7 +276,7 @@ def stem_size(layers, input_shape):
         for layer in layers:
             sizes.append(int(np.prod(shape[1:])))
             shape = tuple(layer.compute_output_shape(shape))
-    except Exception:  # a layer without shape inference: no stem, the whole pass at once
+    except Exception:  # noqa: BLE001  (any layer without shape inference: no stem, the whole pass at once)
         return 0
     if not sizes:
         return 0
