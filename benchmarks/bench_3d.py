@@ -25,7 +25,10 @@ Usage::
    target); wall time and output sizes.
 
 The figures are printed and written to ``--results`` under ``## 3D`` (other sections of
-that file are left as they are).
+that file are left as they are), with the host's CPU flags (AVX2 / AVX-512 / AMX decide
+which oneDNN kernels run), its memory copy bandwidth and load average; a warning is
+printed (and written) when (decode + LRP) / decode is more than 15 % above the arithmetic
+floor (``lrp_flop_floor()``; issue 19).
 """
 
 import argparse
@@ -199,6 +202,58 @@ def run_flow(dataset, workdir, batch_size):
             "total_bytes": sum(sizes.values()), "batch_s_median": float(np.median(batch_times)) if batch_times else None}
 
 
+# -- the host ---------------------------------------------------------------------------------
+
+#: CPU flags that decide which oneDNN kernels run (and so the cost of LRP relative to decode).
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
+
+#: Warn when (decode + LRP) / decode is more than this much above the arithmetic floor (issue 19).
+FLOOR_MARGIN = 0.15
+
+
+def cpu_flags():
+    """Which of :data:`CPU_FLAGS` the CPU has (from ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [flag for flag in CPU_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
+
+
+def memory_bandwidth_gbs(mib=256, repeats=5):
+    """Copy bandwidth in GB/s (read + write bytes per second) of a ``mib``-MiB float32 ``np.copyto``, best of ``repeats``."""
+    src = np.ones(mib * 2 ** 18, dtype=np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # touch the pages first
+    best = min(_time_once(lambda: np.copyto(dst, src)) for _ in range(repeats))
+    return 2 * src.nbytes / best / 1e9
+
+
+def _time_once(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def host_line():
+    """CPU flags, memory bandwidth and load average, as one line for the output and RESULTS.md."""
+    flags = "/".join(cpu_flags()) or "unknown"
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
+    return f"CPU flags {flags}; memory copy bandwidth {memory_bandwidth_gbs():.1f} GB/s (numpy copy, 256 MiB); load average {load}"
+
+
+def ratio_warning(ratio, floor):
+    """A warning line when ``ratio`` is more than :data:`FLOOR_MARGIN` above ``floor``, else ``None``."""
+    if ratio <= floor * (1 + FLOOR_MARGIN):
+        return None
+    return (f"WARNING: (decode + LRP) / decode = {ratio:.2f}x is {ratio / floor - 1:.0%} above the arithmetic floor "
+            f"{floor:.2f}x (more than {FLOOR_MARGIN:.0%}); see benchmarks/README.md, 'Why LRP cost and memory depend "
+            "on the host'")
+
+
 # -- results ----------------------------------------------------------------------------------
 
 def lrp_flop_floor():
@@ -222,9 +277,9 @@ def lrp_flop_floor():
     return forward / 1e9, (forward + 3 * (forward - macs[0])) / forward, max(macs) / forward
 
 
-def write_results(path, machine, rows, prep, flow):
+def write_results(path, machine, rows, prep, flow, host=None):
     today = datetime.date.today().isoformat()
-    lines = [SECTION, "", f"Date: {today}. Machine: {machine}.",
+    lines = [SECTION, "", f"Date: {today}. Machine: {machine}." + (f" {host}." if host else ""),
              "Weights: random (fan-in scaled kernels, non-trivial BN statistics; the published 3D weights are not on "
              "this workplace, and the speed does not depend on the values); input (91, 109, 91, 1) per volume, "
              "float32, CPU. Command: `python benchmarks/bench_3d.py`.", "",
@@ -246,6 +301,8 @@ def write_results(path, machine, rows, prep, flow):
                   "more convolutions of each layer's size (|W| |x| and two input gradients), the flat rule of the "
                   f"first layer almost nothing, so exact preset-B-flat LRP costs at least {floor:.2f}x the decode "
                   "time when convolutions dominate (`lrp_flop_floor()` in this script)."]
+    warnings = [w for w in (ratio_warning(r["lrp_ratio"], floor) for r in rows) if w]
+    lines += [f"\n{w}" for w in warnings]
     if prep is not None:
         lines += ["", f"Preparation of one {prep['n_volumes']}-volume run (synthetic, reference grid, TR 0.72 s; "
                       f"`prepare_run` + labels): {prep['prep_s']:.1f} s ({prep['n_volumes'] / prep['prep_s']:.0f} "
@@ -290,11 +347,17 @@ def main(argv=None):
         return
 
     machine = machine_description()
+    host = host_line()
     print(f"3D-DeepLight on {machine}")
+    print(host)
     gmac, floor, _ = lrp_flop_floor()
     print(f"forward {gmac:.2f} GMAC per volume; arithmetic floor of (decode + LRP) / decode: {floor:.2f}x")
     print(f"repetitions: {args.repeats} timed calls of each kind per batch size (after one warm-up call)")
     rows = [] if args.no_workers else run_workers(args)
+    for row in rows:
+        warning = ratio_warning(row["lrp_ratio"], floor)
+        if warning:
+            print(f"batch {row['batch']}: {warning}", file=sys.stderr)
     prep = flow = None
     if not args.no_flow:
         with tempfile.TemporaryDirectory(prefix="bench3d-") as tmp:
@@ -311,7 +374,7 @@ def main(argv=None):
               f"peak RSS {flow['peak_rss_mib']:.0f} MiB ({verdict}), outputs {flow['total_bytes'] / 2 ** 20:.1f} MiB: "
               f"{json.dumps(flow['sizes'])}")
     if args.results and rows:
-        write_results(args.results, machine, rows, prep, flow)
+        write_results(args.results, machine, rows, prep, flow, host)
         print(f"written to {args.results} ({SECTION})")
 
 

@@ -76,9 +76,9 @@ def _best(fn, repeats):
 
 def profile_layers(batch, repeats):
     import tensorflow as tf
+    from bench_3d import build_random_model
     from keras import ops
 
-    from bench_3d import build_random_model
     from deeplight_bids.lrp.analyzer import LRPAnalyzer
     from deeplight_bids.models.decode import Decoder
     from deeplight_bids.models.three import INPUT_SHAPE_3D
@@ -120,8 +120,8 @@ def profile_layers(batch, repeats):
         args = (ins[i], relevance, outs[i], lins[i])
         new_relevance = step(*args)  # trace
         with RssSampler() as rss:
-            t_rule = _best(lambda: step(*args).numpy(), repeats)
-        t_fwd = _best(lambda: layer_fwd(ins[i]).numpy(), repeats)
+            t_rule = _best(lambda step=step, args=args: step(*args).numpy(), repeats)
+        t_fwd = _best(lambda layer_fwd=layer_fwd, x_in=ins[i]: layer_fwd(x_in).numpy(), repeats)
         rows.append({"layer": layer.name, "rule": type(rule).__name__, "in_shape": list(ins[i].shape),
                      "out_shape": list(outs[i].shape), "rule_s": t_rule, "forward_s": t_fwd,
                      "rss_rise_mib": rss.peak - rss.start, "rss_before_mib": rss.start})
@@ -152,7 +152,7 @@ def print_layers(rows, t_lrp, t_dec, batch):
     for r in rows:
         if r["rule_s"] < 0.01 * total_rule and r["rss_rise_mib"] < 50:
             continue
-        print(f"{r['layer']:<15} {r['rule']:<15} {str(tuple(r['in_shape'])):<26} {r['rule_s']:>7.3f} "
+        print(f"{r['layer']:<15} {r['rule']:<15} {tuple(r['in_shape'])!s:<26} {r['rule_s']:>7.3f} "
               f"{r['rule_s'] / total_rule:>6.1%} {r['forward_s']:>6.3f} {r['rule_s'] / max(r['forward_s'], 1e-9):>8.1f} "
               f"{r['rss_rise_mib']:>12.0f}")
 
@@ -170,7 +170,8 @@ def onednn_verbose(batch):
         "print('@@RSS', r0 / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, flush=True)"
     )
     env = dict(os.environ, ONEDNN_VERBOSE="1", PYTHONPATH=str(HERE.parent))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=HERE.parent)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=HERE.parent,
+                          check=False)
     phase, sums = None, {"LRP": collections.defaultdict(float), "DECODE": collections.defaultdict(float)}
     counts = {"LRP": collections.Counter(), "DECODE": collections.Counter()}
     for line in proc.stdout.splitlines():

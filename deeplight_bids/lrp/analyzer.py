@@ -27,6 +27,7 @@ from keras import ops
 from deeplight_bids import backend
 from deeplight_bids.models.decode import in_chunks, join_chunks
 
+from . import types
 from .composites import get_composite
 
 #: A layer belongs to the per-sample stem when its input holds at least this share of the
@@ -99,9 +100,20 @@ class LRPAnalyzer:
             if check is not None:
                 check(layer)
         self.n_stem = stem_size([layer for layer, _ in self.layer_rules], model.inputs[0].shape)
-        self._explain_graph = backend.compile_function(self._forward_backward, reduce_retracing=False)
-        self._stem_graph = backend.compile_function(self._stem_backward, reduce_retracing=False)
+        # Whether the stem's backward runs apart (fixed per analyzer: one compiled variant, also under jax.jit).
+        self._split_stem = self.n_stem > 0 and self.stem_batch is not None
+        self._explain_graph = backend.compile_function(
+            lambda x, target: self._forward_backward(x, target, stop_at_stem=self._split_stem), reduce_retracing=False)
+        self._stem_graphs = {}  # compiled stem backward per chunk size (a static shape, also under jax.jit)
         self.description = self._describe()
+
+    def _stem_graph(self, size):
+        """:meth:`_stem_backward` for chunks of ``size`` samples, compiled (once per size)."""
+        if size not in self._stem_graphs:
+            self._stem_graphs[size] = backend.compile_function(
+                lambda relevance, records, start: self._stem_backward(relevance, records, start, size),
+                reduce_retracing=False)
+        return self._stem_graphs[size]
 
     def _stem_backward(self, relevance, records, start, size):
         """The rules of the stem (layers ``[0, n_stem)``) backwards for samples ``[start, start + size)``.
@@ -193,16 +205,15 @@ class LRPAnalyzer:
         logit_parts, relevance_parts = [], []
         for a, b in in_chunks(len(x), self.max_batch):
             x_part, target_part = ops.convert_to_tensor(x[a:b]), ops.convert_to_tensor(target_indices[a:b])
-            stem_chunks = in_chunks(b - a, self.stem_batch)
-            if len(stem_chunks) == 1 or self.n_stem == 0:
+            if not self._split_stem:
                 logits, relevance, _ = self._explain_graph(x_part, target_part)
                 logit_parts.append(ops.convert_to_numpy(logits))
                 relevance_parts.append(ops.convert_to_numpy(relevance).astype(np.float32, copy=False))
                 continue
-            logits, stem_relevance, _, records = self._explain_graph(x_part, target_part, stop_at_stem=True)
+            logits, stem_relevance, _, records = self._explain_graph(x_part, target_part)
             logit_parts.append(ops.convert_to_numpy(logits))
-            for c, d in stem_chunks:
-                part = self._stem_graph(stem_relevance, records, ops.convert_to_tensor(c, dtype="int32"), d - c)
+            for c, d in in_chunks(b - a, self.stem_batch):
+                part = self._stem_graph(d - c)(stem_relevance, records, ops.convert_to_tensor(c, dtype="int32"))
                 relevance_parts.append(ops.convert_to_numpy(part).astype(np.float32, copy=False))
                 del part
             del stem_relevance, records
@@ -268,9 +279,16 @@ def stem_size(layers, input_shape):
         for layer in layers:
             sizes.append(int(np.prod(shape[1:])))
             shape = tuple(layer.compute_output_shape(shape))
-    except Exception:  # a layer without shape inference: no stem, the whole pass at once
+    except Exception:  # noqa: BLE001  (any layer without shape inference: no stem, the whole pass at once)
         return 0
     if not sizes:
         return 0
     largest = max(sizes)
-    return max(i for i, size in enumerate(sizes) if size >= STEM_FRACTION * largest) + 1
+    stem = max(i for i, size in enumerate(sizes) if size >= STEM_FRACTION * largest) + 1
+    # The stem's records are sliced along axis 0 as samples: only layers that keep that axis
+    # (not e.g. 2D-DeepLight's slice folding, which turns it into samples x slices).
+    keeps_samples = types.Conv + types.BatchNorm + types.SampleWise
+    for i, layer in enumerate(layers[:stem]):
+        if not isinstance(layer, keeps_samples):
+            return 0 if i == 0 else i
+    return stem

@@ -85,6 +85,51 @@ def _batch_norm_scale(x, y, relevance_out, mean, beta):
     return safe_divide(numerator, sign_stabilise((x - mean) * y, KERAS_EPSILON))
 
 
+def _box_sum(t, half_widths):
+    """Sum over each element's neighbours within ``half_widths`` along the spatial axes, zeros outside.
+
+    ``t``: ``(batch, *spatial, channels)``; ``half_widths``: one int per spatial axis.
+    """
+    rank = len(t.shape)
+    for axis, half in enumerate(half_widths, start=1):
+        if half == 0:
+            continue
+        padding = [[0, 0]] * rank
+        padding[axis] = [half, half]
+        padded = ops.pad(t, padding)
+        total = None
+        for offset in range(2 * half + 1):
+            index = [slice(None)] * rank
+            index[axis] = slice(offset, offset - 2 * half if offset < 2 * half else None)  # (sizes may be unknown)
+            total = padded[tuple(index)] if total is None else total + padded[tuple(index)]
+        t = total
+    return t
+
+
+def _flat_box_spread(relevance_out, counts, half_widths):
+    """Flat rule's input relevance on one channel: box sum of ``sum_c safe_divide(R_c, counts)``."""
+    weights = ops.sum(safe_divide(relevance_out, counts), axis=-1, keepdims=True)
+    return _box_sum(weights, half_widths)
+
+
+def _in_bounds_counts(spatial_shape, half_widths):
+    """``(1, *spatial, 1)`` float64: how many inputs of a 'same' box of ``half_widths`` lie inside the grid."""
+    import numpy as np
+
+    counts = np.ones((1,), dtype=np.float64)
+    for size, half in zip(spatial_shape, half_widths):
+        i = np.arange(size)
+        counts = np.multiply.outer(counts, np.minimum(i + half, size - 1) - np.maximum(i - half, 0) + 1)
+    return counts.reshape((1, *spatial_shape, 1))
+
+
+def _is_box_conv(layer):
+    """Whether the all-ones kernel of ``layer`` is a centred box sum (stride 1, 'same', no dilation, odd sizes)."""
+    return (isinstance(layer, types.Conv) and layer.padding == "same"
+            and all(s == 1 for s in layer.strides) and all(d == 1 for d in layer.dilation_rate)
+            and all(k % 2 == 1 for k in layer.kernel_size))
+
+
 _FUSED = {}
 
 
@@ -391,6 +436,15 @@ class Flat(Rule):
         relevance_out = ops.cast(relevance_out, x_in.dtype)
         kernel_shape = tuple(layer.kernel.shape)
         in_channels = kernel_shape[-2]
+        if _is_box_conv(layer):
+            # Stride 1, 'same', odd kernel: the transposed all-ones convolution is a box sum,
+            # done as separable shifted adds (one fused loop; issue 19: on the full grid the
+            # one-channel transposed convolution cost more than the rest of this rule).
+            half_widths = tuple(k // 2 for k in kernel_shape[:-2])
+            counts = ops.convert_to_tensor(_in_bounds_counts(tuple(x_in.shape[1:-1]), half_widths) * in_channels,
+                                           dtype=x_in.dtype)
+            spread = _fused(_flat_box_spread)(relevance_out, counts, half_widths)
+            return ops.broadcast_to(spread, ops.shape(x_in)) if in_channels != 1 else spread
         ones_kernel = ops.ones((*kernel_shape[:-2], 1, 1), dtype=x_in.dtype)
         one_sample = ops.ones((1, *x_in.shape[1:-1], 1), dtype=x_in.dtype)
         counts = layer.convolution_op(one_sample, ones_kernel)

@@ -45,6 +45,16 @@ PassThrough = (
     layers.InputLayer,
 ) + SliceReshape
 
+#: Pass-through layers that act on each sample on its own and keep the sample axis first
+#: (the analyzer may run their backward pass a few samples at a time).
+SampleWise = (
+    layers.ReLU,
+    layers.Activation,
+    layers.Dropout,
+    layers.SpatialDropout2D,
+    layers.SpatialDropout3D,
+)
+
 #: Activation functions relevance may pass unchanged (the rules use the linear part of
 #: a layer, so a fused activation must be one of these).
 PASSABLE_ACTIVATIONS = (activations.relu, activations.linear)
