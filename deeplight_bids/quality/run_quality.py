@@ -99,7 +99,7 @@ class RunQuality:
             return x_of(int(v), int(v) + 1)[0]
 
         curves = faithfulness.deletion_curves(self.decoder.logits, chosen, x_one, relevance_of, targets, mask_index,
-                                              seed=self.seed)
+                                              seed=self.seed, known_logits=logits)
         curves["state"] = [states[i] for i in curves["state"]]
         faith = faithfulness.area_between_curves(curves)
 
