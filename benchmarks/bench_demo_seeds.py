@@ -44,7 +44,12 @@ def _cpu_seconds():
 
 def measure(seed, threads, folder):
     """One seed: ``(validation accuracy, dataset wall s, dataset CPU s, fit wall s, fit CPU s)``."""
-    from deeplight_bids.cli.demo import DEFAULTS, dataset_settings, fit_demo_model, split_participants
+    from deeplight_bids.cli.demo import (
+        DEFAULTS,
+        dataset_settings,
+        fit_demo_model,
+        split_participants,
+    )
     from deeplight_bids.demo.synth import make_synthetic_dataset
 
     wall, cpu = time.monotonic(), _cpu_seconds()

@@ -94,7 +94,7 @@ class Config:
     overwrite: bool = False
     save_tfrecords: bool = False
     quality: bool = True
-    quality_volumes: int = 32
+    quality_volumes: int = 16
     reference_map: Path | None = None
     reference_top_percent: float = 10.0
     significance_permutations: int = 1000
@@ -147,7 +147,7 @@ class Config:
             overwrite=bool(args.overwrite),
             save_tfrecords=bool(getattr(args, "save_tfrecords", False)),
             quality=not getattr(args, "no_quality", False),
-            quality_volumes=int(getattr(args, "quality_volumes", 32)),
+            quality_volumes=int(getattr(args, "quality_volumes", 16)),
             reference_map=Path(args.reference_map) if getattr(args, "reference_map", None) else None,
             reference_top_percent=float(getattr(args, "reference_top_percent", 10.0)),
             significance_permutations=int(getattr(args, "significance_permutations", 1000)),

@@ -17,8 +17,11 @@ from . import faithfulness, sanity
 
 LOGGER = logging.getLogger("deeplight_bids")
 
-#: Default volumes per run (``--quality-volumes``).
-DEFAULT_VOLUMES = 32
+#: Default volumes per run (``--quality-volumes``).  16 keeps the measures within +25 % of a
+#: participant run's time (benchmarks/RESULTS.md, "Quality"); with three states that is 5-6
+#: volumes per predicted state, enough for the sign of the area between the deletion curves
+#: and for median similarities, not for per-volume detail (ask for more with the option).
+DEFAULT_VOLUMES = 16
 
 
 class RunQuality:
