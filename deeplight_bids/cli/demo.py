@@ -207,18 +207,10 @@ def fit_demo_model(bids_dir, output_dir, training, validation, epochs, batch_siz
 
 
 def _dataset_truth(n_volumes, seed, region_radius):
-    """Planted regions, brain and states of the demo dataset.
+    """Planted regions, brain and states of the demo dataset (they depend on neither the seed nor the data)."""
+    from deeplight_bids.demo.synth import planted_truth
 
-    They do not depend on the participants, so a one-participant copy made in a
-    temporary folder gives them without reading the dataset back.
-    """
-    import tempfile
-
-    from deeplight_bids.demo.synth import make_synthetic_dataset
-
-    with tempfile.TemporaryDirectory() as tmp:
-        return make_synthetic_dataset(Path(tmp) / "d", n_participants=1, n_volumes=n_volumes, seed=seed,
-                                      region_radius=region_radius, stripes=True)
+    return planted_truth(n_volumes=n_volumes, region_radius=region_radius)
 
 
 def _evaluate(out_dir, subject, info, states, lrp):
