@@ -94,7 +94,7 @@ def run_demo(output_dir, n_participants=DEFAULTS["participants"], n_volumes=DEFA
     from deeplight_bids.demo.synth import make_synthetic_dataset
     from deeplight_bids.participant import _configure_threads, run_participant_level
 
-    t_start = time.monotonic()
+    t_start, cpu_start = time.monotonic(), _cpu_seconds()
     output_dir = Path(output_dir).absolute()
     bids_dir = output_dir / "bids"
     model_dir = output_dir / "models" / "demo-3D"
@@ -119,6 +119,7 @@ def run_demo(output_dir, n_participants=DEFAULTS["participants"], n_volumes=DEFA
 
     model_path = model_dir / "demo-3D.keras"
     fits, validation_accuracy, attempts = 0, None, []
+    t_fit, cpu_fit = time.monotonic(), _cpu_seconds()
     if not model_path.is_file():
         # The fine-tuning machinery of 'group --finetune' (issue 5) with a random start: the
         # prepared volumes are cached in OUTPUT_DIR/work, batches are class-balanced, every
@@ -148,6 +149,7 @@ def run_demo(output_dir, n_participants=DEFAULTS["participants"], n_volumes=DEFA
                            validation_accuracy, MAX_FITS)
     else:
         LOGGER.info("demo: reusing the model at %s", model_path)
+    t_fit, cpu_fit = time.monotonic() - t_fit, _cpu_seconds() - cpu_fit
 
     config = Config(bids_dir=bids_dir, output_dir=out_dir, work_dir=out_dir / "work", participant_label=(held_out,),
                     weights=str(model_dir), lrp=lrp, batch_size=4, nprocs=nprocs or 1)
@@ -158,11 +160,20 @@ def run_demo(output_dir, n_participants=DEFAULTS["participants"], n_volumes=DEFA
     report.update({"bids_dir": str(bids_dir), "model": str(model_path), "outputs": str(out_dir),
                    "held_out": held_out, "training": training, "validation": validation,
                    "validation_accuracy": validation_accuracy, "fits": fits, "exit_code": code,
-                   "seconds": time.monotonic() - t_start,
+                   "seconds": time.monotonic() - t_start, "cpu_seconds": _cpu_seconds() - cpu_start,
+                   "fit_seconds": t_fit, "fit_cpu_seconds": cpu_fit,
                    "rerun": f"deeplight-bids {bids_dir} {out_dir} participant --participant-label {held_out} "
                             f"--weights {model_dir} --overwrite",
                    "model_card": json.loads(model_path.with_suffix(".json").read_text())})
     return report
+
+
+def _cpu_seconds():
+    """User + system CPU seconds of this process and its finished children (the volume preparation)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def dataset_settings(n_participants=DEFAULTS["participants"], n_volumes=DEFAULTS["volumes"], seed=0,
@@ -333,6 +344,7 @@ def format_report(report):
                      "the brain)")
     if report.get("quality"):
         lines += format_quality(report["quality"])
-    lines.append(f"  total time: {report['seconds']:.0f} s")
+    lines.append(f"  total time: {report['seconds']:.0f} s ({report['cpu_seconds']:.0f} s CPU); the fit: "
+                 f"{report['fit_seconds']:.0f} s ({report['fit_cpu_seconds']:.0f} s CPU)")
     lines.append(f"  rerun the participant level by hand:\n    {report['rerun']}")
     return "\n".join(lines)
