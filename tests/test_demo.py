@@ -63,9 +63,10 @@ def test_quality_numbers(demo):
     checks = pd.read_csv(quality["sanity_tsv"], sep="\t")
     assert len(checks) == n_quality and checks["spearman"].between(-1, 1).all() and checks["ssim"].between(-1, 1).all()
     # The maps change when the learned parameters are randomised, but not completely: measured on
-    # this machine, median Spearman 0.58 and SSIM 0.69 (flagged as high).  LRP with alpha-beta
-    # rules is known to depend little on the deeper layers' parameters (Sixt et al. 2020); the
-    # flag reports that, and this test only requires that the maps are not those of any model.
+    # 2026-11-30, median Spearman 0.54 and SSIM 0.50 (flagged as high).  Preset B-flat maps are
+    # non-negative with a model-independent envelope: two unrelated random models reach Spearman
+    # 0.44-0.68 on these data (docs/quality.rst), so this test only requires that the maps are not
+    # those of any model.
     sanity = quality["run"]["Sanity"]
     assert sanity["median_spearman"] < 0.9 and sanity["median_ssim"] < 0.9, text
     assert sanity["high_similarity"] == (max(sanity["median_spearman"], sanity["median_ssim"]) > 0.5)
