@@ -104,7 +104,7 @@ class ParticipantConfig:
     relevance_maps: str = "volumes"
     save_tfrecords: bool = False
     quality: bool = True
-    quality_volumes: int = 32
+    quality_volumes: int = 16
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ from deeplight_bids.cli.run import run as cli
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo-output"
-    return out, run_demo(out)
+    report = run_demo(out)
+    print(format_report(report))  # with -s: what a newcomer sees, times included
+    return out, report
 
 
 def test_held_out_accuracy_well_above_chance(demo):
@@ -47,8 +49,11 @@ def test_quality_numbers(demo):
     text = format_report(report)
     for word in ("faithfulness", "sanity", "significance", "plausibility of MOTOR_lh"):
         assert word in text, text
+    from deeplight_bids.config import Config
+
+    n_quality = Config.__dataclass_fields__["quality_volumes"].default  # the participant level's default
     curves = pd.read_csv(quality["faithfulness_tsv"], sep="\t")
-    assert curves["volume"].nunique() == 32
+    assert curves["volume"].nunique() == n_quality
     mean = curves.groupby(["order", "fraction"])["logit"].mean()
     # the trained model's maps are faithful: removing the most relevant voxels lowers the explained
     # logit faster than removing as many random ones
@@ -56,11 +61,12 @@ def test_quality_numbers(demo):
     for fraction in (0.05, 0.1, 0.2):
         assert mean["relevance"][fraction] < mean["random"][fraction], (fraction, text)
     checks = pd.read_csv(quality["sanity_tsv"], sep="\t")
-    assert len(checks) == 32 and checks["spearman"].between(-1, 1).all() and checks["ssim"].between(-1, 1).all()
+    assert len(checks) == n_quality and checks["spearman"].between(-1, 1).all() and checks["ssim"].between(-1, 1).all()
     # The maps change when the learned parameters are randomised, but not completely: measured on
-    # this machine, median Spearman 0.58 and SSIM 0.69 (flagged as high).  LRP with alpha-beta
-    # rules is known to depend little on the deeper layers' parameters (Sixt et al. 2020); the
-    # flag reports that, and this test only requires that the maps are not those of any model.
+    # 2026-11-30, median Spearman 0.54 and SSIM 0.50 (flagged as high).  Preset B-flat maps are
+    # non-negative with a model-independent envelope: two unrelated random models reach Spearman
+    # 0.44-0.68 on these data (docs/quality.rst), so this test only requires that the maps are not
+    # those of any model.
     sanity = quality["run"]["Sanity"]
     assert sanity["median_spearman"] < 0.9 and sanity["median_ssim"] < 0.9, text
     assert sanity["high_similarity"] == (max(sanity["median_spearman"], sanity["median_ssim"]) > 0.5)

@@ -39,6 +39,9 @@ STRIPE_DUTY = 0.5
 MIN_VALIDATION_ACCURACY = 0.7
 #: Fits (random starts) at most.
 MAX_FITS = 3
+#: The demo's defaults (command line and :func:`run_demo`); ``benchmarks/bench_demo_seeds.py`` fits with them.
+DEFAULTS = {"participants": 5, "volumes": 60, "signal": 6.0, "region_radius": 16.0, "epochs": 4, "batch_size": 8,
+            "learning_rate": 1e-3}
 
 
 def build_parser():
@@ -50,15 +53,15 @@ def build_parser():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("output_dir", type=Path, help="folder for the dataset, the model and the outputs")
-    parser.add_argument("--participants", type=int, default=5,
+    parser.add_argument("--participants", type=int, default=DEFAULTS["participants"],
                         help="synthetic participants (the last is held out, the one before validates the fit)")
-    parser.add_argument("--volumes", type=int, default=60, help="volumes per run")
-    parser.add_argument("--signal", type=float, default=6.0,
+    parser.add_argument("--volumes", type=int, default=DEFAULTS["volumes"], help="volumes per run")
+    parser.add_argument("--signal", type=float, default=DEFAULTS["signal"],
                         help="peak signal change of a state's region, in percent of the mean intensity")
-    parser.add_argument("--region-radius", type=float, default=16.0, help="radius of each planted region in mm")
-    parser.add_argument("--epochs", type=int, default=4, help="training epochs")
-    parser.add_argument("--batch-size", type=int, default=8, help="training batch size")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--region-radius", type=float, default=DEFAULTS["region_radius"], help="radius of each planted region in mm")
+    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="training epochs")
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="training batch size")
+    parser.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"], help="Adam learning rate")
     parser.add_argument("--seed", type=int, default=0, help="random seed (data and training)")
     parser.add_argument("--nprocs", type=int, default=0, help="CPU threads (default: all)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -82,23 +85,22 @@ def run_demo_command(argv):
     return 0
 
 
-def run_demo(output_dir, n_participants=5, n_volumes=60, epochs=4, batch_size=8, learning_rate=1e-3, seed=0,
-             nprocs=0, lrp=True, signal=6.0, region_radius=16.0, stripe_low=STRIPE_LOW, stripe_duty=STRIPE_DUTY):
+def run_demo(output_dir, n_participants=DEFAULTS["participants"], n_volumes=DEFAULTS["volumes"],
+             epochs=DEFAULTS["epochs"], batch_size=DEFAULTS["batch_size"], learning_rate=DEFAULTS["learning_rate"],
+             seed=0, nprocs=0, lrp=True, signal=DEFAULTS["signal"], region_radius=DEFAULTS["region_radius"],
+             stripe_low=STRIPE_LOW, stripe_duty=STRIPE_DUTY):
     """Run the demo; returns a dict with accuracy, relevance shares and paths."""
     from deeplight_bids.config import Config
     from deeplight_bids.demo.synth import make_synthetic_dataset
     from deeplight_bids.runtime import configure_threads as _configure_threads
-    from deeplight_bids.workflows.finetune import FinetuneJob
     from deeplight_bids.workflows.participant import run_participant_level
 
-    t_start = time.monotonic()
+    t_start, cpu_start = time.monotonic(), _cpu_seconds()
     output_dir = Path(output_dir).absolute()
     bids_dir = output_dir / "bids"
     model_dir = output_dir / "models" / "demo-3D"
     out_dir = output_dir / "deeplight"
-    settings = {"n_participants": n_participants, "n_volumes": n_volumes, "seed": seed, "signal": signal,
-                "region_radius": region_radius, "stripes": True, "stripe_low": stripe_low,
-                "stripe_duty": stripe_duty}  # make_synthetic_dataset's arguments
+    settings = dataset_settings(n_participants, n_volumes, seed, signal, region_radius, stripe_low, stripe_duty)
     stamp = output_dir / "bids_settings.json"
     if stamp.is_file() and json.loads(stamp.read_text()) != settings:
         # a dataset made with other settings: remake it, and refit
@@ -111,16 +113,14 @@ def run_demo(output_dir, n_participants=5, n_volumes=60, epochs=4, batch_size=8,
         output_dir.mkdir(parents=True, exist_ok=True)
         stamp.write_text(json.dumps(settings))
     info = _dataset_truth(n_volumes, seed, region_radius)
-    participants = sorted(p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir())
-    held_out = participants[-1]
-    validation = participants[-2]
-    training = participants[:-2]
+    training, validation, held_out = split_participants(bids_dir)
     states = tuple(info.state_map[s] for s in info.states)
     threads = nprocs or os.cpu_count() or 1
     _configure_threads(threads)
 
     model_path = model_dir / "demo-3D.keras"
     fits, validation_accuracy, attempts = 0, None, []
+    t_fit, cpu_fit = time.monotonic(), _cpu_seconds()
     if not model_path.is_file():
         # The fine-tuning machinery of 'group --finetune' (issue 5) with a random start: the
         # prepared volumes are cached in OUTPUT_DIR/work, batches are class-balanced, every
@@ -130,15 +130,9 @@ def run_demo(output_dir, n_participants=5, n_volumes=60, epochs=4, batch_size=8,
         # (never the held-out one) detects that, and the fit restarts from another random start.
         for fits in range(1, MAX_FITS + 1):
             fit_seed = seed + 1000 * (fits - 1)
-            LOGGER.info("demo: fitting 3D-DeepLight from scratch on participants %s, validating on %s (%d epochs, "
-                        "seed %d)", ", ".join(training), validation, epochs, fit_seed)
-            finetune = Config(bids_dir=bids_dir, output_dir=output_dir, work_dir=output_dir / "work",
-                              analysis_level="group", finetune=True, architecture="3D", finetune_init="scratch",
-                              participant_label=(*training, validation), model_name="demo-3D",
-                              val_participants=(validation,), epochs=epochs, learning_rate=learning_rate,
-                              finetune_batch_size=batch_size, seed=fit_seed, overwrite=fits > 1,
-                              nprocs=threads)
-            validation_accuracy = float(FinetuneJob(finetune).run()["heldout_accuracy_pooled"])
+            validation_accuracy = fit_demo_model(bids_dir, output_dir, training, validation, epochs=epochs,
+                                                 batch_size=batch_size, learning_rate=learning_rate, seed=fit_seed,
+                                                 threads=threads, overwrite=fits > 1)
             if validation_accuracy >= MIN_VALIDATION_ACCURACY:
                 break
             LOGGER.warning("demo: accuracy %.3f on validation participant %s is below %.2f: the fit did not "
@@ -156,6 +150,7 @@ def run_demo(output_dir, n_participants=5, n_volumes=60, epochs=4, batch_size=8,
                            validation_accuracy, MAX_FITS)
     else:
         LOGGER.info("demo: reusing the model at %s", model_path)
+    t_fit, cpu_fit = time.monotonic() - t_fit, _cpu_seconds() - cpu_fit
 
     config = Config(bids_dir=bids_dir, output_dir=out_dir, work_dir=out_dir / "work", participant_label=(held_out,),
                     weights=str(model_dir), lrp=lrp, batch_size=4, nprocs=nprocs or 1)
@@ -166,26 +161,68 @@ def run_demo(output_dir, n_participants=5, n_volumes=60, epochs=4, batch_size=8,
     report.update({"bids_dir": str(bids_dir), "model": str(model_path), "outputs": str(out_dir),
                    "held_out": held_out, "training": training, "validation": validation,
                    "validation_accuracy": validation_accuracy, "fits": fits, "exit_code": code,
-                   "seconds": time.monotonic() - t_start,
+                   "seconds": time.monotonic() - t_start, "cpu_seconds": _cpu_seconds() - cpu_start,
+                   "fit_seconds": t_fit, "fit_cpu_seconds": cpu_fit,
                    "rerun": f"deeplight-bids {bids_dir} {out_dir} participant --participant-label {held_out} "
                             f"--weights {model_dir} --overwrite",
                    "model_card": json.loads(model_path.with_suffix(".json").read_text())})
     return report
 
 
-def _dataset_truth(n_volumes, seed, region_radius):
-    """Planted regions, brain and states of the demo dataset.
+def _cpu_seconds():
+    """User + system CPU seconds of this process and its finished children (the volume preparation)."""
+    import resource
 
-    They do not depend on the participants, so a one-participant copy made in a
-    temporary folder gives them without reading the dataset back.
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def dataset_settings(n_participants=DEFAULTS["participants"], n_volumes=DEFAULTS["volumes"], seed=0,
+                     signal=DEFAULTS["signal"], region_radius=DEFAULTS["region_radius"], stripe_low=STRIPE_LOW,
+                     stripe_duty=STRIPE_DUTY):
+    """Keyword arguments of :func:`deeplight_bids.demo.synth.make_synthetic_dataset` for the demo's dataset."""
+    return {"n_participants": n_participants, "n_volumes": n_volumes, "seed": seed, "signal": signal,
+            "region_radius": region_radius, "stripes": True, "stripe_low": stripe_low, "stripe_duty": stripe_duty}
+
+
+def split_participants(bids_dir):
+    """``(training labels, validation label, held-out label)``: the last participant is held out, the one before
+    validates the fit, the others train."""
+    participants = sorted(p.name[4:] for p in Path(bids_dir).glob("sub-*") if p.is_dir())
+    return participants[:-2], participants[-2], participants[-1]
+
+
+def fit_demo_model(bids_dir, output_dir, training, validation, epochs, batch_size, learning_rate, seed, threads,
+                   overwrite=False):
+    """One fit of the demo's model (a random start); returns its accuracy on the validation participant.
+
+    The fine-tuning machinery of ``group --finetune`` from scratch: trains on ``training``,
+    validates on ``validation`` and writes ``OUTPUT_DIR/models/demo-3D``.  The demo and
+    ``benchmarks/bench_demo_seeds.py`` both call this, so the benchmark measures the demo's fit.
+
+    Returns
+    -------
+    float
+        Accuracy on the validation participant's labelled volumes (chance 1 / states).
     """
-    import tempfile
+    from deeplight_bids.config import Config
+    from deeplight_bids.workflows.finetune import FinetuneJob
 
-    from deeplight_bids.demo.synth import make_synthetic_dataset
+    LOGGER.info("demo: fitting 3D-DeepLight from scratch on participants %s, validating on %s (%d epochs, seed %d)",
+                ", ".join(training), validation, epochs, seed)
+    finetune = Config(bids_dir=bids_dir, output_dir=output_dir, work_dir=Path(output_dir) / "work",
+                      analysis_level="group", finetune=True, architecture="3D", finetune_init="scratch",
+                      participant_label=(*training, validation), model_name="demo-3D",
+                      val_participants=(validation,), epochs=epochs, learning_rate=learning_rate,
+                      finetune_batch_size=batch_size, seed=seed, overwrite=overwrite, nprocs=threads)
+    return float(FinetuneJob(finetune).run()["heldout_accuracy_pooled"])
 
-    with tempfile.TemporaryDirectory() as tmp:
-        return make_synthetic_dataset(Path(tmp) / "d", n_participants=1, n_volumes=n_volumes, seed=seed,
-                                      region_radius=region_radius, stripes=True)
+
+def _dataset_truth(n_volumes, seed, region_radius):
+    """Planted regions, brain and states of the demo dataset (they depend on neither the seed nor the data)."""
+    from deeplight_bids.demo.synth import planted_truth
+
+    return planted_truth(n_volumes=n_volumes, region_radius=region_radius)
 
 
 def _evaluate(out_dir, subject, info, states, lrp):
@@ -308,6 +345,7 @@ def format_report(report):
                      "the brain)")
     if report.get("quality"):
         lines += format_quality(report["quality"])
-    lines.append(f"  total time: {report['seconds']:.0f} s")
+    lines.append(f"  total time: {report['seconds']:.0f} s ({report['cpu_seconds']:.0f} s CPU); the fit: "
+                 f"{report['fit_seconds']:.0f} s ({report['fit_cpu_seconds']:.0f} s CPU)")
     lines.append(f"  rerun the participant level by hand:\n    {report['rerun']}")
     return "\n".join(lines)

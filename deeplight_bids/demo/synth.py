@@ -70,6 +70,7 @@ __all__ = [
     "SyntheticDataset",
     "SyntheticRun",
     "make_synthetic_dataset",
+    "planted_truth",
     "region_center",
 ]
 
@@ -193,6 +194,30 @@ def region_center(states, state):
         if name == state:
             return tuple(float(c) for c in center)
     raise KeyError(state)
+
+
+def planted_truth(task="motor", states=None, region_radius=REGION_RADIUS, n_volumes=60, t_r=2.0):
+    """The truth :func:`make_synthetic_dataset` plants, without writing a dataset.
+
+    Regions, brain mask, states and state map depend only on ``task``, ``states`` and
+    ``region_radius`` (not on the seed, the participants or the data), so the demo gets
+    them here instead of from a throw-away copy of the dataset.
+
+    Returns
+    -------
+    SyntheticDataset
+        With ``bids_dir`` and ``derivatives_dir`` None, no participants and no runs; the
+        regions and the brain on the reference grid (x, y, z).
+    """
+    states, state_map, _ = _check_params(1, 1, task, n_volumes, t_r, states, 1.0, 1.0, "reference", 2)
+    world = _world_coordinates(REFERENCE_SHAPE, REFERENCE_AFFINE)
+    brain, _ = _ellipsoid(world)
+    centers = {s: region_center(states, s) for s in states}
+    regions = {s: _sphere(world, centers[s], region_radius) & brain for s in states}
+    return SyntheticDataset(bids_dir=None, derivatives_dir=None, participants=[], task=task, states=tuple(states),
+                            t_r=float(t_r), n_volumes=int(n_volumes), n_runs=1, space=REFERENCE_SPACE,
+                            grid="reference", state_map=dict(state_map), regions=regions, region_centers=centers,
+                            brain_mask=brain)
 
 
 def make_synthetic_dataset(

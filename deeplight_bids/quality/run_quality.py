@@ -18,7 +18,10 @@ from . import faithfulness, sanity
 
 LOGGER = logging.getLogger("deeplight_bids")
 
-#: Default volumes per run (``--quality-volumes``; the one default is the config's).
+#: Default volumes per run (``--quality-volumes``; the one default is the config's).  16 keeps the
+#: measures within +25 % of a participant run's time (benchmarks/RESULTS.md, "Quality"); with three
+#: states that is 5-6 volumes per predicted state, enough for the sign of the area between the
+#: deletion curves and for median similarities, not for per-volume detail (ask for more with the option).
 DEFAULT_VOLUMES = default("quality_volumes")
 
 
@@ -100,7 +103,7 @@ class RunQuality:
             return x_of(int(v), int(v) + 1)[0]
 
         curves = faithfulness.deletion_curves(self.decoder.logits, chosen, x_one, relevance_of, targets, mask_index,
-                                              seed=self.seed)
+                                              seed=self.seed, known_logits=logits)
         curves["state"] = [states[i] for i in curves["state"]]
         faith = faithfulness.area_between_curves(curves)
 

@@ -262,3 +262,17 @@ def test_stripe_duty_is_the_share_at_full_strength(duty):
     assert np.mean(pattern == 1.0) == pytest.approx(duty, abs=0.005)
     with pytest.raises(ValueError, match="stripe_duty"):
         _stripes(world, 0, duty=1.0)
+
+
+def test_planted_truth_without_writing(tmp_path):
+    """The demo takes regions, brain and states from planted_truth: the same as a written dataset's."""
+    from deeplight_bids.demo.synth import planted_truth
+
+    written = make_synthetic_dataset(tmp_path / "d", n_participants=1, n_volumes=24, region_radius=12.0, seed=4)
+    truth = planted_truth(n_volumes=24, region_radius=12.0)
+    assert truth.states == written.states and truth.state_map == written.state_map
+    assert truth.region_centers == written.region_centers
+    np.testing.assert_array_equal(truth.brain_mask, written.brain_mask)
+    for state, region in written.regions.items():
+        np.testing.assert_array_equal(truth.regions[state], region)
+    assert truth.runs == [] and truth.bids_dir is None

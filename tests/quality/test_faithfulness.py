@@ -96,3 +96,21 @@ def test_fractions_must_start_at_zero(linear):
     with pytest.raises(ValueError, match="start with 0"):
         fa.deletion_curves(logits_fn, [0], lambda v: volumes[v], relevance_of, targets, mask_index,
                            fractions=(0.1, 0.2))
+
+
+def test_known_logits_skip_the_unperturbed_pass(linear):
+    """Given the decoding pass's logits, the unperturbed copy is not run again and the table is the same."""
+    _, volumes, mask_index, logits_fn, targets, relevance_of = linear
+    seen = []
+
+    def counting(x):
+        seen.append(len(x))
+        return logits_fn(x)
+
+    expected = fa.deletion_curves(logits_fn, range(4), lambda v: volumes[v], relevance_of, targets, mask_index)
+    frame = fa.deletion_curves(counting, range(4), lambda v: volumes[v], relevance_of, targets, mask_index,
+                               known_logits=logits_fn(volumes))
+    assert seen == [2 * (len(fa.FRACTIONS) - 1)] * 4
+    np.testing.assert_allclose(frame["logit"], expected["logit"], rtol=1e-6)
+    assert frame[["volume", "order", "fraction", "decision_holds"]].equals(
+        expected[["volume", "order", "fraction", "decision_holds"]])

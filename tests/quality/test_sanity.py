@@ -38,9 +38,42 @@ def test_ssim_one_voxel_from_the_formula():
     cov = (g * a_n * b_n).sum() - mu_a * mu_b
     c1, c2 = 0.02 ** 2, 0.06 ** 2
     expected = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a ** 2 + mu_b ** 2 + c1) * (va + vb + c2))
-    centre = np.zeros(a.shape, bool)
-    centre[7, 7, 7] = True
-    assert sanity.ssim(a, b, centre) == pytest.approx(expected, rel=1e-6)
+    np.testing.assert_allclose(sanity._unit(a), a_n, rtol=1e-12)
+    assert sanity._ssim_map(a_n, b_n)[7, 7, 7] == pytest.approx(expected, rel=1e-6)
+
+
+def test_ssim_ranks_inside_the_mask_only():
+    """Ranked over the whole grid, out-of-mask zeros squeezed in-mask magnitudes to ~1 and two independent maps of
+    one sign looked alike; ranked inside the mask they do not, and what lies outside the mask does not count."""
+    rng = np.random.default_rng(3)
+    mask = np.zeros((40, 44, 40), bool)
+    mask[12:28, 12:32, 12:28] = True  # ~15 % of the grid, as a brain is ~24 % of the reference grid
+
+    def positive_map():
+        v = ndimage.gaussian_filter(rng.normal(size=mask.shape), 2)
+        return np.where(mask, v - v[mask].min() + 1e-3, 0)  # all positive inside
+
+    a, b = positive_map(), positive_map()
+    assert abs(sanity.ssim(a, b, mask)) < sanity.HIGH_SIMILARITY  # not flagged
+    whole_grid = sanity._ssim_map(sanity._unit(a), sanity._unit(b))[mask].mean()  # the former measure
+    assert whole_grid > 0.9
+    outside = np.where(mask, b, rng.normal(size=mask.shape))
+    assert sanity.ssim(a, outside, mask) == pytest.approx(sanity.ssim(a, b, mask))
+    assert sanity.compare_maps(a, outside, mask) == pytest.approx(sanity.compare_maps(a, b, mask))
+
+
+def test_compare_maps_equals_scipy_spearman():
+    rng = np.random.default_rng(4)
+    real, random = ndimage.gaussian_filter(rng.normal(size=(2, 16, 16, 16)), (0, 2, 2, 2))
+    mask = np.zeros(real.shape, bool)
+    mask[3:13, 2:14, 4:12] = True
+    got = sanity.compare_maps(real, random, mask)
+    assert got["spearman"] == pytest.approx(stats.spearmanr(real[mask], random[mask]).statistic, rel=1e-9)
+    assert got["spearman_abs"] == pytest.approx(stats.spearmanr(np.abs(real[mask]), np.abs(random[mask])).statistic,
+                                                rel=1e-9)
+    # cutting to the mask's box changes nothing
+    assert got["ssim"] == pytest.approx(sanity._ssim_map(sanity._unit(real, mask), sanity._unit(random, mask))[mask]
+                                        .mean(), rel=1e-12)
 
 
 def test_compare_maps_and_flag():
