@@ -259,8 +259,8 @@ def finetune_section(output_dir):
     Reads ``OUTPUT_DIR/models/*/*_desc-heldout_summary.json`` (one row per fine-tuning) and
     ``OUTPUT_DIR/group/finetune-comparison_arch-*.tsv`` (the paper's central comparison).
     """
-    from deeplight_bids.models.heldout import heldout_summaries
     from deeplight_bids.group.stats import read_tsv
+    from deeplight_bids.models.heldout import heldout_summaries
 
     output_dir = Path(output_dir)
     rows = []

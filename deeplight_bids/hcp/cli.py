@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deeplight_bids import __version__
+from deeplight_bids.derivatives.writers import write_text
 from deeplight_bids.exceptions import (
     EXIT_INTERNAL,
     EXIT_OK,
@@ -34,7 +35,6 @@ from deeplight_bids.exceptions import (
     OutputError,
     UsageError,
 )
-from deeplight_bids.derivatives.writers import write_text
 from deeplight_bids.hcp import bids as hcp_bids
 from deeplight_bids.hcp import s3
 from deeplight_bids.hcp.download import Downloader, Transfer

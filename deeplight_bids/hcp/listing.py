@@ -32,7 +32,10 @@ def list_objects(source, prefix):
             for item in page.get("Contents", []):
                 found[item["Key"]] = S3Object(item["Key"], int(item["Size"]), item.get("ETag", "").strip('"'))
     except (bce.ClientError, bce.BotoCoreError) as exc:
-        raise access_error(exc, source, f"'{prefix}'") or exc
+        error = access_error(exc, source, f"'{prefix}'")
+        if error is None:
+            raise
+        raise error from exc
     return found
 
 
@@ -47,7 +50,10 @@ def list_subjects(source):
                 if name.isdigit():
                     subjects.append(name)
     except (bce.ClientError, bce.BotoCoreError) as exc:
-        raise access_error(exc, source, f"'{source.prefix}'") or exc
+        error = access_error(exc, source, f"'{source.prefix}'")
+        if error is None:
+            raise
+        raise error from exc
     return sorted(subjects, key=lambda s: (len(s), s))
 
 

@@ -137,7 +137,7 @@ def write_comparison(output_dir, log=LOGGER):
         if s["init"] not in slot or slot[s["init"]][0] < mtime:
             slot[s["init"]] = (mtime, s)
     written = []
-    for (arch, frozen, states, folds), by_init in sorted(groups.items()):
+    for (arch, frozen, states, _folds), by_init in sorted(groups.items()):
         if not {"scratch", "pretrained"} <= set(by_init):
             continue
         scratch, pretrained = by_init["scratch"][1], by_init["pretrained"][1]

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 from deeplight_bids.exceptions import WeightsError
-from deeplight_bids.models.weights import sha256sum
 from deeplight_bids.models.two import (
     CONV_BLOCKS_2D,
     INPUT_SHAPE_2D,
@@ -35,6 +34,7 @@ from deeplight_bids.models.two import (
     build_2d_deeplight,
     slice_feature_shape,
 )
+from deeplight_bids.models.weights import sha256sum
 
 #: File name and sha256 of the published weights (reference section 6).
 PUBLISHED_2D_FILENAME = "model-2D_DeepLight_desc-pretrained_model.npy"
