@@ -193,7 +193,7 @@ def run_flow(dataset, workdir, batch_size):
     out = workdir / "out"
     log_text, elapsed, rss = run_cli_child(
         [dataset.bids_dir, out, "participant", "--skip-bids-validation", "--weights", model_dir, "--work-dir",
-         workdir / "work", "--batch-size", batch_size], workdir / "flow.log")
+         workdir / "work", "--batch-size", batch_size, "-vv"], workdir / "flow.log")  # -vv: the per-batch lines
     sizes = {p.name.split("_desc-")[-1] if "_desc-" in p.name else p.name: p.stat().st_size
              for p in out.rglob("sub-*/**/*") if p.is_file()}
     batch_times = [float(m) for m in re.findall(r"\(([\d.]+) s/batch\)", log_text)]

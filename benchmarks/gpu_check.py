@@ -176,7 +176,8 @@ def stage_participant(out_dir, n_volumes, batch_size, dry_run):
     )
     run_child(["-c", maker, model_dir / "rand3d.keras"], "jax", 600)
     args = ["-m", "deeplight_bids", dataset.bids_dir, work / "out", "participant", "--backend", "jax",
-            "--skip-bids-validation", "--weights", model_dir, "--work-dir", work / "work", "--batch-size", batch_size]
+            "--skip-bids-validation", "--weights", model_dir, "--work-dir", work / "work", "--batch-size", batch_size,
+            "-vv"]  # -vv: the per-batch "(x s/batch)" lines are debug lines
     if dry_run:  # XLA's CPU 3D convolutions take ~50 s per volume for LRP on the full grid: decode only
         args.append("--no-lrp")
     start = time.perf_counter()

@@ -23,7 +23,7 @@ def _start(argv, log):
 
 
 def _kill_after_first_batch(proc, log, signum, timeout=300):
-    """Wait until the job logged a finished batch, then send ``signum``; returns the exit code."""
+    """Wait until the job logged a finished batch (a debug line), then send ``signum``; returns the exit code."""
     deadline = time.monotonic() + timeout
     while "volumes 1-" not in log.read_text():
         assert proc.poll() is None, log.read_text()[-3000:]
@@ -47,7 +47,8 @@ def test_sigterm_sigkill_resume_equals_uninterrupted(concurrent_outputs, small_d
     ref = run_files(ref_out)
     out = tmp_path / "out"
     argv = [small_dataset.bids_dir, out, "participant", "--participant-label", "01", "--weights", rel_model,
-            "--skip-bids-validation", "--nprocs", "1", "--batch-size", "2", *QUALITY_ARGS]
+            "--skip-bids-validation", "--nprocs", "1", "--batch-size", "2", *QUALITY_ARGS,
+            "-vv"]  # -vv: a log line per batch
     files = run_files(out)
 
     # 1. SIGTERM: graceful, temporaries removed, nothing under a final run-output name
