@@ -21,7 +21,7 @@ from deeplight_bids import __version__
 from deeplight_bids.backend import versions as backend_versions
 from deeplight_bids.derivatives import naming
 from deeplight_bids.derivatives.relevance import BackgroundWriter, RelevanceMasker, RunRelevanceOutputs, event_blocks
-from deeplight_bids.derivatives.relevance import relevance_outputs_complete
+from deeplight_bids.derivatives.relevance import relevance_outputs_complete, reuse_scratch
 from deeplight_bids.derivatives.writers import write_json, write_nifti, write_tsv
 from deeplight_bids.exceptions import DeepLightBidsError
 from deeplight_bids.models.decode import softmax
@@ -84,8 +84,9 @@ class RunProcessor:
             self.quality = RunQuality(dl_model.model, self.analyzer.composite, self.decoder, config.quality_volumes,
                                       seed=config.seed, max_batch=max_batch)
         self.settings_hash = self._settings_hash()
+        self.pass_hash = self._settings_hash("volumes")  # the network pass's settings: all but --relevance-maps
 
-    def _settings_hash(self):
+    def _settings_hash(self, relevance_maps=None):
         c = self.config
         settings = {"weights": self.dl_model.weights_sha256, "lrp": c.lrp, "target": c.lrp_target,
                     "fwhm": c.smoothing_fwhm, "high_pass": c.high_pass, "version": __version__,
@@ -96,8 +97,8 @@ class RunProcessor:
             settings["lrp_rule"] = c.lrp_rule
         if self.quality is not None:  # only when on, so outputs made before --quality keep their hash
             settings["quality"] = self.quality.settings()
-        if c.relevance_maps != "volumes":  # likewise
-            settings["relevance_maps"] = c.relevance_maps
+        if (relevance_maps or c.relevance_maps) != "volumes":  # likewise
+            settings["relevance_maps"] = relevance_maps or c.relevance_maps
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # -- resume -------------------------------------------------------------------------
@@ -131,6 +132,11 @@ class RunProcessor:
         outputs = naming.run_outputs(cfg.output_dir, run.entities)
         if not cfg.overwrite and self.is_complete(outputs, run):
             return RunResult(run.label, "skipped", "outputs exist (same settings); use --overwrite to recompute")
+        if not cfg.overwrite and self.analyzer is not None and reuse_scratch(  # another --relevance-maps choice
+                cfg.relevance_maps, outputs, cfg.work_dir, [self.pass_hash, _inputs_digest(run)], self.settings_hash,
+                lambda n: event_blocks(read_events(run.events), n, run.t_r,
+                                       resolve_state_map(run.entities["task"], self.user_state_map)), cfg.output_dir):
+            return RunResult(run.label, "done", "relevance maps made from the work folder's per-volume maps")
         t0 = time.monotonic()
         _check_headers(run)
         LOGGER.info("%s: preparing (mask, smooth %.3g mm, detrend, high-pass, z-score)", run.label, cfg.smoothing_fwhm)
@@ -166,7 +172,8 @@ class RunProcessor:
             blocks = event_blocks(events, n_vol, run.t_r, state_map) if cfg.relevance_maps == "blocks" else None
             # written by a thread beside the network (bounded queue; its errors stop the run)
             stream = BackgroundWriter(RunRelevanceOutputs(cfg.relevance_maps, outputs, n_vol, run.t_r, blocks,
-                                                          scratch_dir=cfg.work_dir, root=cfg.output_dir))
+                                                          scratch_dir=cfg.work_dir, root=cfg.output_dir,
+                                                          key=[self.pass_hash, _inputs_digest(run)]))
         logits = np.zeros((n_vol, len(self.states)), dtype=np.float32)
         targets = np.full(n_vol, -1, dtype=int)
         sums, counts = {}, {}
@@ -206,13 +213,7 @@ class RunProcessor:
                             time.monotonic() - tb)
             quality = None
             if self.quality is not None:  # reads the relevance back from the stream before it is closed
-                relevance_of = stream.read  # the per-volume maps as written
-                if cfg.relevance_maps != "volumes":  # none kept: explain the few quality volumes again
-
-                    def relevance_of(v):
-                        rel = self.analyzer.explain(batches.get(v, v + 1), target=targets[v:v + 1])[1]
-                        return np.where(masker.mask, rel[0].transpose(2, 1, 0), 0).transpose(2, 1, 0)
-
+                relevance_of = stream.read  # the per-volume maps as written (in the work folder, whatever the mode)
                 quality = self.quality.evaluate(outputs, batches.get, relevance_of, batches.index, logits, targets,
                                                 self.states, root=cfg.output_dir, label=run.label)
             if stream is not None:
@@ -369,7 +370,7 @@ class RunProcessor:
 
         with atomic_path(path, root=self.config.output_dir) as tmp:
             with open(tmp, "wb") as fobj:  # keyed by settings and by the identity of the run's inputs
-                np.savez_compressed(fobj, settings=np.array(self.settings_hash),
+                np.savez_compressed(fobj, settings=np.array(self.pass_hash),
                                     inputs=np.array(_inputs_digest(run)), **arrays)
 
     def _load_state_sums(self, run):
@@ -378,7 +379,7 @@ class RunProcessor:
         if path.is_file():
             with np.load(path) as data:
                 key = (str(data["settings"]), str(data["inputs"]) if "inputs" in data.files else None)
-                if key == (self.settings_hash, _inputs_digest(run)):
+                if key == (self.pass_hash, _inputs_digest(run)):
                     return {int(k[4:]): (data[k].astype(np.float64), int(data[f"count_{k[4:]}"]))
                             for k in data.files if k.startswith("sum_")}
             LOGGER.info("%s: %s was made from other inputs or settings (another dataset sharing the work folder?); "
@@ -577,7 +578,7 @@ def _remove_stale_temporaries(config, subjects, log):
     out, work = Path(config.output_dir), Path(config.work_dir)
     for folder in sorted(subjects):
         remove_stale_temporaries(out / f"sub-{folder}", log)
-    for folder in dict.fromkeys((out, out / "logs", work, work / "relevance_sums")):
+    for folder in dict.fromkeys((out, out / "logs", work, work / "relevance_sums", work / "relevance_volumes")):
         remove_stale_temporaries(folder, log, recursive=False)
 
 

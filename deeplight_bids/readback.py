@@ -63,6 +63,23 @@ def iter_volumes(path, wanted, chunk=16, dtype=np.float64):
     wanted = sorted({int(w) for w in wanted if 0 <= int(w) < shape[3]})
     if not wanted:
         return
+
+    def scaled(raw):
+        vol = np.frombuffer(raw, dtype=file_dtype).reshape(shape[:3], order="F").astype(dtype)
+        if slope is not None and np.isfinite(slope) and slope not in (0, 1):
+            vol *= slope
+        if inter is not None and np.isfinite(inter) and inter != 0:
+            vol += inter
+        return vol
+
+    if str(path).endswith(".gz"):  # written one gzip member per volume: only the wanted members are decompressed
+        from deeplight_bids.derivatives.relevance import read_volumes
+
+        members = read_volumes(path, wanted, vol_bytes, offset)
+        if members is not None:
+            for w in wanted:
+                yield w, scaled(members.pop(w))
+            return
     opener = gzip_module().open if str(path).endswith(".gz") else open
     with opener(path, "rb") as fobj:
         fobj.seek(offset)
@@ -75,12 +92,7 @@ def iter_volumes(path, wanted, chunk=16, dtype=np.float64):
             buf = fobj.read((stop - start) * vol_bytes)
             arr = np.frombuffer(buf, dtype=file_dtype).reshape(stop - start, n_vox)
             for w in need:
-                vol = arr[w - start].reshape(shape[:3], order="F").astype(dtype)
-                if slope is not None and np.isfinite(slope) and slope not in (0, 1):
-                    vol *= slope
-                if inter is not None and np.isfinite(inter) and inter != 0:
-                    vol += inter
-                yield w, vol
+                yield w, scaled(arr[w - start])
 
 
 def parse_entities(path):
