@@ -728,33 +728,41 @@ class VolumeGzipNifti4D:
         self._pending.clear()
 
 
-def read_volumes(path, wanted, volume_bytes, data_offset):
-    """``{index: raw bytes}`` of the wanted volumes of a :class:`VolumeGzipNifti4D` file, or None for another file.
+def member_extents(path):
+    """``[(offset, size), ...]`` of the gzip members of a :class:`VolumeGzipNifti4D` file, or None for another file.
 
-    Only the members of the wanted volumes are decompressed.
-
-    Parameters
-    ----------
-    path : path-like
-    wanted : sorted list of int
-        0-based volume indices (in range).
-    volume_bytes : int
-        Bytes per volume.
-    data_offset : int
-        Bytes before the first volume (the header's ``vox_offset``).
+    Reads each member's 20-byte header, not its data.
     """
     import os
 
     with open(path, "rb") as fobj:
         sizes = member_sizes(fobj, os.fstat(fobj.fileno()).st_size)
-        if sizes is None or not wanted or len(sizes) <= wanted[-1]:
-            return None
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        out = {}
+    if sizes is None:
+        return None
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+    return list(zip(offsets.tolist(), sizes))
+
+
+def read_volumes(path, wanted, volume_bytes):
+    """Yield ``(index, raw bytes)`` of the wanted volumes of a :class:`VolumeGzipNifti4D` file, one at a time.
+
+    Only the members of the wanted volumes are read and decompressed.
+
+    Parameters
+    ----------
+    path : path-like
+        A file for which :func:`member_extents` is not None, one member per volume.
+    wanted : iterable of int
+        0-based volume indices, in range.
+    volume_bytes : int
+        Bytes per volume (member 0 also holds the header before its volume).
+    """
+    extents = member_extents(path)
+    with open(path, "rb") as fobj:
         for index in wanted:
-            fobj.seek(int(starts[index]))
-            data = inflate_member(fobj.read(sizes[index]))
-            if len(data) != volume_bytes + (data_offset if index == 0 else 0):
-                return None  # not one volume per member: read as a plain gzip stream
-            out[index] = data[-volume_bytes:]
-    return out
+            offset, size = extents[index]
+            fobj.seek(offset)
+            data = inflate_member(fobj.read(size))
+            if len(data) < volume_bytes:
+                raise ValueError(f"{path}: gzip member {index} holds {len(data)} bytes, not one volume")
+            yield index, data[len(data) - volume_bytes:]
