@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/bench_outputs.py [--volumes 405] [--distinct 8] [--no-unmasked]
-                                       [--wall-volumes N [--wall-repeats R] [--wall-only]] [--workdir DIR]
+                                       [--wall-volumes N [--wall-repeats R] [--wall-only] [--wall-no-quality]]
+                                       [--workdir DIR]
 
 1. **Sizes**: a synthetic run (reference grid, TR 0.72 s) is prepared; a random-weight
    3D-DeepLight (the published 3D weights are not on this workplace) explains
@@ -23,7 +24,7 @@ Usage::
 3. With ``--wall-volumes N``: participant runs (LRP, batch 4, random-weight model) of one
    synthetic N-volume run with ``--relevance-maps means`` and ``volumes``, alternated
    ``--wall-repeats`` times (wall time, peak RSS, the writer thread's busy seconds from
-   the log); then ``--relevance-maps blocks`` on the last ``volumes`` run's folders,
+   the log; ``--wall-no-quality``: with ``--no-quality``); then ``--relevance-maps blocks`` on the last ``volumes`` run's folders,
    which makes its outputs from the work folder's per-volume maps without the network.
 
 The synthetic brain mask is an ellipsoid (demo/synth.py); its voxel count is printed
@@ -209,7 +210,7 @@ def _writer_busy(log):
     return float(found[-1]) if found else None
 
 
-def wall_times(workdir, n_volumes, repeats):
+def wall_times(workdir, n_volumes, repeats, quality=True):
     """Participant runs (LRP, batch 4) of one synthetic run with ``--relevance-maps means`` and ``volumes``, alternated.
 
     Then ``--relevance-maps blocks`` on the folders of the last ``volumes`` run (made from the work folder's
@@ -235,7 +236,8 @@ def wall_times(workdir, n_volumes, repeats):
 
     def participant(mode, out, work, log):
         return run_cli_child([dataset.bids_dir, out, "participant", "--skip-bids-validation", "--weights", model_dir,
-                              "--work-dir", work, "--batch-size", 4, "--relevance-maps", mode], log, env=env)
+                              "--work-dir", work, "--batch-size", 4, "--relevance-maps", mode,
+                              *([] if quality else ["--no-quality"])], log, env=env)
 
     for i in range(repeats):
         for mode in ("means", "volumes"):
@@ -269,6 +271,9 @@ def main(argv=None):
                         help="also time participant runs of N volumes with --relevance-maps means vs volumes")
     parser.add_argument("--wall-repeats", type=int, default=1)
     parser.add_argument("--wall-only", action="store_true", help="only the wall-time comparison")
+    parser.add_argument("--wall-no-quality", dest="wall_quality", action="store_false",
+                        help="participant runs with --no-quality (the quality measures' fixed minutes left out, so "
+                             "the writer's share of the wall time is larger)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
@@ -276,7 +281,7 @@ def main(argv=None):
             _, out = sizes(args, workdir)
             readback(out, args.volumes)
         if args.wall_volumes:
-            wall_times(workdir, args.wall_volumes, args.wall_repeats)
+            wall_times(workdir, args.wall_volumes, args.wall_repeats, args.wall_quality)
 
 
 if __name__ == "__main__":

@@ -94,3 +94,31 @@ def test_unfinished_or_repeated_volumes_leave_nothing(tmp_path):
     with pytest.raises(RuntimeError, match=r"volumes \[2\] of 4 never written"):
         writer.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_is_an_output_error_and_leaves_nothing(tmp_path):
+    import errno
+    import os
+
+    from deeplight_bids.exceptions import OutputError
+
+    class FullDisk:
+        closed = False
+
+        def __init__(self, real):
+            self.real = real
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def close(self):
+            self.closed = True
+            self.real.close()
+
+    data = _data(3)
+    writer = VolumeGzipNifti4D(tmp_path / "rel.nii.gz", data.shape, AFFINE, 0.72)
+    writer._file = FullDisk(writer._file)
+    with pytest.raises(OutputError, match=r"rel.nii.gz: write failed \(No space left on device\); check free space"):
+        writer.write(0, np.moveaxis(data, -1, 0))
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
