@@ -172,16 +172,17 @@ def write_predictions(out, n_volumes, n_states=5, block=20):
 
 
 CHILD = """
-import json, sys, time
+import json, os, sys, time
 start = time.perf_counter()
 from deeplight_bids import load_relevance
 import deeplight_bids.readback  # its imports (numpy, pandas, nibabel) timed apart from the call
-imported = time.perf_counter()
+imported, cpu = time.perf_counter(), time.process_time()
 img, rows = load_relevance(sys.argv[1], "01", "motor", state=sys.argv[2])
-done = time.perf_counter()
+done, cpu = time.perf_counter(), time.process_time() - cpu  # CPU time: less dependent on other jobs' load
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec
 rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
 print(json.dumps({"volumes": int(img.shape[3]), "rows": len(rows), "call_s": round(done - imported, 2),
+                  "call_cpu_s": round(cpu, 2), "load_average": round(os.getloadavg()[0], 1),
                   "imports_s": round(imported - start, 2), "seconds": round(done - start, 2),
                   "peak_rss_mib": round(rss)}))
 """
