@@ -211,6 +211,35 @@ def _writer_busy(log):
     return float(found[-1]) if found else None
 
 
+def run_child_hwm(args, log_path, env):
+    """Run ``deeplight-bids ARGS``; returns ``(log text, wall s, peak RSS MiB)`` with the child's own VmHWM.
+
+    The child's ``ru_maxrss`` would start from this process's RSS at fork time (Linux keeps the larger
+    across fork and exec), so the peak is read from ``/proc/<pid>/status`` every 0.2 s instead (VmHWM only
+    grows; a peak in the last 0.2 s before exit could be missed).
+    """
+    import shutil
+    import subprocess
+
+    exe = shutil.which("deeplight-bids") or str(Path(sys.executable).parent / "deeplight-bids")
+    peak, start = 0, time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([exe, *map(str, args)], stdout=log, stderr=subprocess.STDOUT, env=env)
+        while proc.poll() is None:
+            try:
+                with open(f"/proc/{proc.pid}/status") as status:
+                    peak = max(peak, next(int(line.split()[1]) for line in status if line.startswith("VmHWM")))
+            except (OSError, StopIteration):
+                pass
+            time.sleep(0.2)
+    seconds = time.perf_counter() - start
+    text = Path(log_path).read_text()
+    if proc.returncode != 0:
+        print(text[-3000:], file=sys.stderr)
+        raise SystemExit(f"participant run failed (exit {proc.returncode})")
+    return text, seconds, peak / 1024
+
+
 def wall_times(workdir, n_volumes, repeats, quality=True):
     """Participant runs (LRP, batch 4) of one synthetic run with ``--relevance-maps means`` and ``volumes``, alternated.
 
@@ -218,8 +247,6 @@ def wall_times(workdir, n_volumes, repeats, quality=True):
     per-volume maps, no network pass).  Returns the summary printed last.
     """
     import os
-
-    from _results import run_cli_child
 
     from deeplight_bids.demo.synth import make_synthetic_dataset
     from deeplight_bids.models.three import build_3d_deeplight
@@ -236,7 +263,7 @@ def wall_times(workdir, n_volumes, repeats, quality=True):
     walls, rss, busy = {"means": [], "volumes": []}, {"means": 0, "volumes": 0}, {"means": [], "volumes": []}
 
     def participant(mode, out, work, log):
-        return run_cli_child([dataset.bids_dir, out, "participant", "--skip-bids-validation", "--weights", model_dir,
+        return run_child_hwm([dataset.bids_dir, out, "participant", "--skip-bids-validation", "--weights", model_dir,
                               "--work-dir", work, "--batch-size", 4, "--relevance-maps", mode,
                               *([] if quality else ["--no-quality"])], log, env=env)
 
