@@ -114,7 +114,7 @@ def test_blocks(tmp_path):
 
 def test_group_level_reads_the_maps_through_load_relevance(outputs, monkeypatch):
     """The group's correct-only means (group/stats.py) read each run's volumes with load_relevance."""
-    import deeplight_bids.readback as readback
+    from deeplight_bids import readback
     from deeplight_bids.group.stats import RunRecord, correct_only_participant_means
 
     out, runs = outputs

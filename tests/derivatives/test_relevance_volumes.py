@@ -6,7 +6,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from deeplight_bids.derivatives.relevance import VolumeGzipNifti4D, member_sizes, round_mantissa
+from deeplight_bids.derivatives.relevance import (
+    VolumeGzipNifti4D,
+    member_sizes,
+    round_mantissa,
+)
 from deeplight_bids.derivatives.writers import _TEMP_PATTERN
 from deeplight_bids.readback import iter_volumes
 
@@ -69,8 +73,8 @@ def test_only_the_wanted_members_are_decompressed(tmp_path):
     path.write_bytes(bytes(raw))
     got = dict(iter_volumes(path, [0, 4, 8]))
     assert sorted(got) == [0, 4, 8]
-    for i in got:
-        np.testing.assert_array_equal(got[i], data[..., i])
+    for i, volume in got.items():
+        np.testing.assert_array_equal(volume, data[..., i])
     with pytest.raises(Exception):  # noqa: B017  (zlib or ISA-L error: the damaged member is read only when asked)
         dict(iter_volumes(path, [5]))
 
