@@ -2,9 +2,9 @@
 
 :func:`load_relevance` finds a participant's relevance files by their BIDS names
 (:mod:`deeplight_bids.derivatives.naming`), selects volumes from the predictions table
-(by the state each map explains), and reads only those volumes, front to back through
-the gzip stream a few volumes at a time (:func:`iter_volumes`), so a 405-volume run is
-never held in memory whole.
+(by the state each map explains), and reads only those volumes (:func:`iter_volumes`:
+one gzip member per volume, or else front to back through the gzip stream a few volumes
+at a time), so a 405-volume run is never held in memory whole.
 """
 
 import json
@@ -24,12 +24,14 @@ _RUN_FILES = {"volumes": "desc-relevance_bold.nii.gz", "blocks": "desc-blocks_re
 _SHORT_TO_LONG = {short: key for key, short in naming.ENTITY_ORDER}
 
 
-def iter_volumes(path, wanted, chunk=16, dtype=np.float64):
+def iter_volumes(path, wanted, chunk=16, dtype=np.float64, copy=True):
     """Yield ``(index, volume)`` for the wanted volume indices of a 4D NIfTI, in order.
 
-    Reads the (gzipped) file once, front to back, ``chunk`` volumes at a time, so memory
-    stays at ``chunk`` volumes whatever the run length (random access into a gzip stream
-    would decompress from the start for every volume).
+    A file written one gzip member per volume
+    (:class:`~deeplight_bids.derivatives.relevance.VolumeGzipNifti4D`, the participant
+    level's relevance files) is read member by member: only the wanted volumes are
+    decompressed.  Any other file is read once, front to back, ``chunk`` volumes at a time,
+    so memory stays at ``chunk`` volumes whatever the run length.
 
     Parameters
     ----------
@@ -41,6 +43,9 @@ def iter_volumes(path, wanted, chunk=16, dtype=np.float64):
         Volumes decompressed per read.
     dtype : numpy dtype
         Of the yielded volumes (the header's scaling applied).
+    copy : bool
+        False: a volume that needs no conversion (the file's dtype, no scaling) is yielded
+        as a read-only view of the bytes read (one copy fewer, for callers that copy it).
 
     Yields
     ------
@@ -63,6 +68,28 @@ def iter_volumes(path, wanted, chunk=16, dtype=np.float64):
     wanted = sorted({int(w) for w in wanted if 0 <= int(w) < shape[3]})
     if not wanted:
         return
+
+    scale = slope is not None and np.isfinite(slope) and slope not in (0, 1)
+    shift = inter is not None and np.isfinite(inter) and inter != 0
+
+    def scaled(raw):
+        vol = np.frombuffer(raw, dtype=file_dtype).reshape(shape[:3], order="F")
+        if copy or scale or shift or vol.dtype != np.dtype(dtype):
+            vol = vol.astype(dtype)
+        if scale:
+            vol *= slope
+        if shift:
+            vol += inter
+        return vol
+
+    if str(path).endswith(".gz"):  # written one gzip member per volume: only the wanted members are decompressed
+        from deeplight_bids.derivatives.relevance import member_extents, read_volumes
+
+        extents = member_extents(path)
+        if extents is not None and len(extents) == shape[3]:
+            for w, raw in read_volumes(path, wanted, vol_bytes):
+                yield w, scaled(raw)
+            return
     opener = gzip_module().open if str(path).endswith(".gz") else open
     with opener(path, "rb") as fobj:
         fobj.seek(offset)
@@ -75,12 +102,7 @@ def iter_volumes(path, wanted, chunk=16, dtype=np.float64):
             buf = fobj.read((stop - start) * vol_bytes)
             arr = np.frombuffer(buf, dtype=file_dtype).reshape(stop - start, n_vox)
             for w in need:
-                vol = arr[w - start].reshape(shape[:3], order="F").astype(dtype)
-                if slope is not None and np.isfinite(slope) and slope not in (0, 1):
-                    vol *= slope
-                if inter is not None and np.isfinite(inter) and inter != 0:
-                    vol += inter
-                yield w, vol
+                yield w, scaled(arr[w - start])
 
 
 def parse_entities(path):
@@ -186,8 +208,9 @@ def load_relevance(output_dir, subject, task, run=None, state=None, kind="volume
 
     Notes
     -----
-    Only the selected volumes are kept in memory; each run's gzip stream is read once,
-    front to back, up to its last selected volume.
+    Only the selected volumes are kept in memory, and only they are decompressed (files
+    written one gzip member per volume, as the participant level writes them; others are
+    read once, front to back, up to the last selected volume).
 
     Examples
     --------
@@ -228,7 +251,7 @@ def load_relevance(output_dir, subject, task, run=None, state=None, kind="volume
     filled = 0
     for path, rows in selected:
         position = {int(v): filled + i for i, v in enumerate(rows[index_column])}
-        for index, vol in iter_volumes(path, position, dtype=np.float32):
+        for index, vol in iter_volumes(path, position, dtype=np.float32, copy=False):
             data[..., position[index]] = vol
         filled += len(rows)
     header = first.header.copy()

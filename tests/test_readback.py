@@ -110,3 +110,31 @@ def test_blocks(tmp_path):
     np.testing.assert_array_equal(np.asarray(img.dataobj), data[..., [0, 2]])
     with pytest.raises(InputDataError, match="no per-volume relevance maps"):
         load_relevance(out, "01", "motor")  # blocks only: no per-volume file
+
+
+def test_group_level_reads_the_maps_through_load_relevance(outputs, monkeypatch):
+    """The group's correct-only means (group/stats.py) read each run's volumes with load_relevance."""
+    from deeplight_bids import readback
+    from deeplight_bids.group.stats import RunRecord, correct_only_participant_means
+
+    out, runs = outputs
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("state"))
+        return load_relevance(*args, **kwargs)
+
+    monkeypatch.setattr(readback, "load_relevance", counting)
+    records = []
+    for run in ("1", "2"):
+        paths = naming.run_outputs(out, {"subject": "01", "task": "motor", "run": run})
+        records.append(RunRecord({"subject": "01", "task": "motor", "run": run}, paths["predictions"], {},
+                                 paths["relevance"]))
+    means = correct_only_participant_means(records, STATES, output_dir=out)
+    assert sorted(calls) == sorted(STATES * 2)  # one call per run and state
+    for state in STATES:
+        stacked = np.concatenate([runs[r][0][..., (runs[r][1]["lrp_target"] == state).to_numpy()] for r in ("1", "2")],
+                                 axis=-1)
+        mean, n = means[state]["01"]
+        assert n == stacked.shape[-1]
+        np.testing.assert_allclose(mean, stacked.mean(axis=-1), rtol=1e-6, atol=1e-7)

@@ -5,6 +5,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import pytest
 
 from deeplight_bids.cli.run import run as cli
 from deeplight_bids.derivatives.relevance import event_blocks
@@ -17,7 +18,8 @@ BLOCKS = FUNC + "space-MNI152NLin6Asym_res-2_desc-blocks_relevance"
 VOLUMES = FUNC + "space-MNI152NLin6Asym_res-2_desc-relevance_bold.nii.gz"
 
 
-def test_blocks_then_means(synthetic_dataset, random_3d_model, prepared_synthetic_run, tmp_path):
+def test_blocks_then_means_then_volumes_without_the_network(synthetic_dataset, random_3d_model,
+                                                            prepared_synthetic_run, tmp_path, capfd):
     out = tmp_path / "deeplight"
     args = [str(synthetic_dataset.bids_dir), str(out), "participant", "--participant-label", "01",
             "--weights", str(random_3d_model), "--batch-size", "8", "--skip-bids-validation"]
@@ -44,9 +46,40 @@ def test_blocks_then_means(synthetic_dataset, random_3d_model, prepared_syntheti
     assert errors == []
     means = sorted((out / "sub-01/func").glob("*_desc-mean_relevance.nii.gz"))
     assert means
+    mean_data = nib.load(means[0]).get_fdata()
 
-    # another choice: recomputed (other settings), the block maps of the first choice are removed
-    assert cli([*args, "--relevance-maps", "means"]) == 0
-    assert not (out / (BLOCKS + ".nii.gz")).exists() and not (out / (BLOCKS + ".tsv")).exists()
-    assert not (out / VOLUMES).exists()
-    assert sorted((out / "sub-01/func").glob("*_desc-mean_relevance.nii.gz")) == means
+    # another choice: made from the work folder's per-volume maps, without the network; the block maps of the
+    # first choice are removed
+    from deeplight_bids.lrp.analyzer import LRPAnalyzer
+    from deeplight_bids.models.decode import Decoder
+
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LRPAnalyzer, "explain", lambda *a, **k: calls.append("explain") or 1 / 0)
+        patch.setattr(Decoder, "logits", lambda *a, **k: calls.append("logits") or 1 / 0)
+        capfd.readouterr()
+        assert cli([*args, "--relevance-maps", "means"]) == 0
+        assert "--relevance-maps means: made from the per-volume maps" in capfd.readouterr().err
+        assert not (out / (BLOCKS + ".nii.gz")).exists() and not (out / (BLOCKS + ".tsv")).exists()
+        assert not (out / VOLUMES).exists()
+        assert sorted((out / "sub-01/func").glob("*_desc-mean_relevance.nii.gz")) == means
+        assert np.array_equal(nib.load(means[0]).get_fdata(), mean_data)
+
+        assert cli([*args, "--relevance-maps", "volumes"]) == 0  # the per-volume maps, masked, from the work folder
+        errors, _ = validator_errors(out)  # the default output (one gzip member per volume) is valid BIDS too
+        assert errors == []
+        volumes = np.asarray(nib.load(out / VOLUMES).dataobj)
+        assert cli([*args, "--relevance-maps", "blocks"]) == 0  # and the block maps again, the same as the first
+    assert calls == []
+    assert volumes.shape[3] == synthetic_dataset.n_volumes and not volumes[~prepared_synthetic_run.mask].any()
+    np.testing.assert_array_equal(np.asarray(nib.load(out / (BLOCKS + ".nii.gz")).dataobj), data)
+    predictions = json.loads((out / (FUNC + "desc-predictions_timeseries.json")).read_text())
+    assert predictions["SettingsHash"] == sidecar["SettingsHash"]  # blocks again: the first run's settings
+
+    # what the network wrote beside it agrees with the blocks rebuilt from the per-volume file
+    first = pd.read_csv(out / (BLOCKS + ".tsv"), sep="\t")
+    for _, row in first.iterrows():
+        used = [int(v) for v in str(row["volumes"]).split(",")]
+        np.testing.assert_allclose(data[..., row["block"]], volumes[..., used].mean(axis=-1), rtol=1e-5,
+                                   atol=1e-6 * np.abs(data).max())
+

@@ -8,7 +8,12 @@ almost no space), and the fraction of the absolute relevance that was cut off is
 per run in the relevance sidecar, so that nothing is hidden.
 """
 
+import logging
+from pathlib import Path
+
 import numpy as np
+
+LOGGER = logging.getLogger("deeplight_bids")
 
 
 class RelevanceMasker:
@@ -18,6 +23,10 @@ class RelevanceMasker:
     ----------
     mask : numpy.ndarray, shape (x, y, z), bool
         The run's brain mask on the reference grid (``PreparedRun.mask``).
+    keepbits : int or None
+        Mantissa bits kept (:func:`round_mantissa`); None: :data:`RELEVANCE_KEEPBITS`.
+        The maps are rounded once, here, so that every output made from them (per-volume
+        and block files, per-state means, maps made again from the work folder) agrees.
 
     Attributes
     ----------
@@ -25,8 +34,9 @@ class RelevanceMasker:
         Per volume seen so far: ``sum |R| outside the mask / sum |R|`` (0 for an all-zero map).
     """
 
-    def __init__(self, mask):
+    def __init__(self, mask, keepbits=None):
         self.mask = np.asarray(mask, dtype=bool)
+        self.keepbits = RELEVANCE_KEEPBITS if keepbits is None else int(keepbits)
         self.outside_fractions = []
 
     def apply(self, volumes):
@@ -41,8 +51,9 @@ class RelevanceMasker:
         Returns
         -------
         numpy.ndarray, shape (n, x, y, z), float32
-            ``volumes`` with exact zeros outside the mask, in the memory layout of
-            ``volumes`` (a transposed view gives Fortran-ordered volumes).
+            ``volumes`` with exact zeros outside the mask, rounded to ``keepbits`` mantissa
+            bits, in the memory layout of ``volumes`` (a transposed view gives
+            Fortran-ordered volumes).
         """
         volumes = np.asarray(volumes)
         if volumes.shape[1:] != self.mask.shape:
@@ -54,7 +65,7 @@ class RelevanceMasker:
         self.outside_fractions.extend(float(f) for f in np.clip(fractions, 0.0, 1.0))
         out = volumes.astype(np.float32, order="K", copy=True)  # "K": a transposed view stays Fortran per volume
         np.copyto(out, np.float32(0), where=~self.mask)  # +0.0, not -0.0 as a multiplication would leave
-        return out
+        return round_mantissa(out, self.keepbits)
 
     def sidecar(self):
         """Sidecar entries: the mask rule and the outside fraction's median and max over the run's volumes."""
@@ -131,7 +142,7 @@ class BlockMeans:
     ----------
     block_of_volume : numpy.ndarray, shape (n_volumes,), int
         From :func:`event_blocks` (-1: no block).
-    stream : deeplight_bids.derivatives.writers.StreamingNifti4D
+    stream : VolumeGzipNifti4D
         4D output with one volume per block.
 
     Notes
@@ -167,12 +178,30 @@ class BlockMeans:
         return self.stream.close()
 
 
+#: gzip level and mantissa bits of the per-volume and per-block relevance files: ISA-L's level 1 (level 3 is
+#: larger on these maps) and 16 of float32's 23 mantissa bits, a relative change of at most 2**-17 (7.6e-6)
+#: per value, below float32 LRP's own round-off between backends; 17 % smaller files (benchmarks/RESULTS.md).
+RELEVANCE_GZIP_LEVEL = 1
+RELEVANCE_KEEPBITS = 16
+
+
+def scratch_paths(scratch_dir, outputs):
+    """``(per-volume maps, record)`` of a run in the work folder: ``<work>/relevance_volumes/<name>`` and its ``.json``."""
+    folder = Path(scratch_dir) / "relevance_volumes"
+    name = outputs["relevance"].name
+    return folder / name, folder / name.replace(".nii.gz", ".json")
+
+
 class RunRelevanceOutputs:
     """What one run writes of its relevance, by ``--relevance-maps``.
 
-    ``volumes``: the per-volume 4D map; ``blocks``: one mean map per event block (4D) and
-    its TSV; ``means``: nothing per run (the per-state means are made from the sums the
-    participant level keeps in every case).
+    Every mode writes the per-volume maps (masked, one gzip member per volume, compressed
+    as they arrive: :class:`VolumeGzipNifti4D`) into the work folder
+    (:func:`scratch_paths`); ``volumes`` then links (or copies) that file to its BIDS
+    name; ``blocks`` also writes one mean map per event block (4D) and its TSV;
+    ``means`` nothing more (the per-state means are made from the sums the participant
+    level keeps in every case).  A later run with another choice makes its outputs from
+    the work folder's file without the network (:func:`reuse_scratch`).
 
     Parameters
     ----------
@@ -184,42 +213,60 @@ class RunRelevanceOutputs:
         Seconds.
     blocks : tuple (pandas.DataFrame, numpy.ndarray) or None
         :func:`event_blocks` of the run (``blocks`` mode).
-    scratch_dir, root : path-like
-        As for :class:`~deeplight_bids.derivatives.writers.StreamingNifti4D`.
+    scratch_dir : path-like or None
+        The work folder; None: the per-volume maps are written straight to their BIDS name
+        (``volumes``) or not at all.
+    root : path-like or None
+        OUTPUT_DIR (no folder below it may be a symbolic link).
+    key : list or None
+        What the network pass depended on (settings and inputs), kept with the work
+        folder's maps: :func:`reuse_scratch` uses them only under the same key.
+    per_volume : bool
+        False: no per-volume file is written (:func:`reuse_scratch` makes the outputs
+        from the one that exists).
     """
 
-    def __init__(self, mode, outputs, n_volumes, t_r, blocks=None, scratch_dir=None, root=None):
-        from deeplight_bids.derivatives.writers import StreamingNifti4D
+    def __init__(self, mode, outputs, n_volumes, t_r, blocks=None, scratch_dir=None, root=None, key=None,
+                 per_volume=True):
         from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
 
         if mode not in RELEVANCE_MAPS:
             raise ValueError(f"mode must be one of {RELEVANCE_MAPS}, got {mode!r}")
-        self.mode, self.outputs, self.root = mode, outputs, root
+        self.mode, self.outputs, self.root, self.key = mode, outputs, root, key
+        self.scratch = scratch_paths(scratch_dir, outputs) if scratch_dir is not None else None
         self.volumes = self.blocks = None
         self.block_table = None
-        if mode == "volumes":
-            self.volumes = StreamingNifti4D(outputs["relevance"], (*REFERENCE_SHAPE, n_volumes), REFERENCE_AFFINE, t_r,
-                                            scratch_dir=scratch_dir, description="deeplight-bids LRP relevance",
-                                            root=root)
-        elif mode == "blocks":
+        self.busy_s = 0.0  # seconds spent compressing and writing
+        keep = {"level": RELEVANCE_GZIP_LEVEL, "keepbits": RELEVANCE_KEEPBITS, "root": root}
+        if per_volume and (self.scratch is not None or mode == "volumes"):
+            target = self.scratch[0] if self.scratch is not None else outputs["relevance"]
+            if self.scratch is not None:
+                self.scratch[1].unlink(missing_ok=True)  # the record goes with the maps it describes
+            self.volumes = VolumeGzipNifti4D(target, (*REFERENCE_SHAPE, n_volumes), REFERENCE_AFFINE, t_r,
+                                             description="deeplight-bids LRP relevance", **keep)
+        if mode == "blocks":
             self.block_table, block_of_volume = blocks
             if len(self.block_table):
-                stream = StreamingNifti4D(outputs["blocks"], (*REFERENCE_SHAPE, len(self.block_table)),
-                                          REFERENCE_AFFINE, t_r, scratch_dir=scratch_dir,
-                                          description="deeplight-bids LRP relevance, mean per block", root=root)
+                stream = VolumeGzipNifti4D(outputs["blocks"], (*REFERENCE_SHAPE, len(self.block_table)),
+                                           REFERENCE_AFFINE, t_r, description="deeplight-bids LRP relevance, mean "
+                                           "per block", **keep)
                 self.blocks = BlockMeans(block_of_volume, stream)
 
     def write(self, start, volumes):
         """Relevance maps ``(n, x, y, z)`` (masked) of time indices ``start .. start + n - 1``."""
+        import time
+
+        began = time.perf_counter()
         if self.volumes is not None:
             self.volumes.write(start, volumes)
         if self.blocks is not None:
             self.blocks.add(start, volumes)
+        self.busy_s += time.perf_counter() - began
 
     def read(self, index):
-        """Per-volume map ``index`` as written, ``(z, y, x)`` (``volumes`` mode only: the others keep none)."""
+        """Per-volume map ``index`` as written, ``(z, y, x)``."""
         if self.volumes is None:
-            raise LookupError(f"--relevance-maps {self.mode} keeps no per-volume maps to read back")
+            raise LookupError(f"--relevance-maps {self.mode} without a work folder keeps no per-volume maps")
         return self.volumes.read(index)
 
     def close(self):
@@ -234,12 +281,17 @@ class RunRelevanceOutputs:
                 stream.abort()
 
     def finish(self, sidecar):
-        """Write the sidecars of what was written; remove this run's outputs of the other modes (logged)."""
+        """Write the outputs' sidecars (and link the per-volume maps); remove this run's outputs of the other modes.
+
+        The work folder's record (written last) names the settings hash of ``sidecar``.
+        """
         from deeplight_bids.derivatives.stale import remove_stale
         from deeplight_bids.derivatives.writers import write_json, write_tsv
 
         stale = []
         if self.mode == "volumes":
+            if self.scratch is not None:
+                link_or_copy(self.scratch[0], self.outputs["relevance"], self.root)
             write_json(self.outputs["relevance_json"], sidecar, root=self.root)
         else:
             stale.append(self.outputs["relevance"])
@@ -254,6 +306,87 @@ class RunRelevanceOutputs:
         else:
             stale += [self.outputs["blocks"], self.outputs["blocks_tsv"]]
         remove_stale(stale, f"relevance maps of another --relevance-maps choice (now: {self.mode})")
+        if self.scratch is not None and self.scratch[0].is_file():
+            write_json(self.scratch[1], {"Key": self.key, "SettingsHash": sidecar.get("SettingsHash"),
+                                         "Sidecar": sidecar}, root=self.root)
+
+
+def link_or_copy(source, target, root=None):
+    """Put ``source`` at ``target`` atomically: a hard link (no copy, same file system) or else a copy."""
+    import os
+    import shutil
+
+    from deeplight_bids.derivatives.writers import atomic_path
+
+    with atomic_path(target, root) as tmp:
+        os.unlink(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:  # another file system, or links not supported
+            shutil.copyfile(source, tmp)
+
+
+def reuse_scratch(mode, outputs, scratch_dir, key, settings_hash, blocks_of, root=None):
+    """Make a run's ``mode`` outputs from the work folder's per-volume maps of an earlier pass, without the network.
+
+    Done only when the work folder's maps were made under the same ``key`` (settings
+    other than ``--relevance-maps``, and inputs) and the run's predictions were made by
+    that same pass (their sidecar names the record's settings hash).  The predictions
+    sidecar is written last, with ``settings_hash``, which marks the run complete.
+
+    Parameters
+    ----------
+    mode : {"volumes", "blocks", "means"}
+    outputs : dict
+        :func:`deeplight_bids.derivatives.naming.run_outputs` of the run.
+    scratch_dir : path-like
+        The work folder.
+    key : list
+        As for :class:`RunRelevanceOutputs`.
+    settings_hash : str
+        This run's settings hash (``--relevance-maps`` included).
+    blocks_of : callable
+        ``n_volumes -> event_blocks(...)`` of the run (called for ``blocks``).
+    root : path-like or None
+        OUTPUT_DIR.
+
+    Returns
+    -------
+    bool
+        True when the outputs were made; False: nothing was changed (run the network).
+    """
+    import json
+
+    from deeplight_bids.derivatives.writers import write_json
+    from deeplight_bids.readback import iter_volumes
+
+    volumes, record_path = scratch_paths(scratch_dir, outputs)
+    try:
+        record = json.loads(record_path.read_text())
+        predictions = json.loads(outputs["predictions_json"].read_text())
+    except (OSError, ValueError):
+        return False
+    if (record.get("Key") != json.loads(json.dumps(key)) or not volumes.is_file()
+            or not outputs["predictions"].is_file() or predictions.get("SettingsHash") != record.get("SettingsHash")):
+        return False
+    import nibabel as nib
+
+    n_volumes, t_r = nib.load(volumes).shape[3], float(nib.load(volumes).header.get_zooms()[3])
+    target = RunRelevanceOutputs(mode, outputs, n_volumes, t_r, blocks_of(n_volumes) if mode == "blocks" else None,
+                                 scratch_dir=scratch_dir, root=root, key=key, per_volume=False)
+    try:
+        if target.blocks is not None:
+            for index, volume in iter_volumes(volumes, range(n_volumes), dtype=np.float32):
+                target.write(index, volume[None])
+        target.close()
+    except BaseException:
+        target.abort()
+        raise
+    sidecar = {**record["Sidecar"], "SettingsHash": settings_hash}
+    target.finish(sidecar)
+    LOGGER.info("--relevance-maps %s: made from the per-volume maps %s (no network pass)", mode, volumes)
+    write_json(outputs["predictions_json"], {**predictions, "SettingsHash": settings_hash}, root=root)
+    return True
 
 
 def relevance_outputs_complete(mode, outputs):
@@ -339,7 +472,11 @@ class BackgroundWriter:
         self._join()
         if self.error is not None:
             raise self.error
-        return self.target.close()
+        result = self.target.close()
+        busy = getattr(self.target, "busy_s", None)
+        if busy is not None:
+            LOGGER.info("relevance writer: %.1f s of compression and writes, beside the network", busy)
+        return result
 
     def abort(self):
         self._join()
@@ -347,3 +484,285 @@ class BackgroundWriter:
 
     def finish(self, sidecar):
         return self.target.finish(sidecar)
+
+
+# -- per-volume gzip members: written while computing, read back volume by volume --------------------------------
+
+#: gzip FEXTRA subfield id of a member's total size (RFC 1952 section 2.3.1.1; BGZF's "BC" is the same idea,
+#: but its 16-bit size is too small for a 3.6 MB volume): 4 bytes, little-endian, header to trailer included.
+MEMBER_SIZE_FIELD = b"DL"
+_MEMBER_HEADER = 20  # 10 fixed bytes + XLEN (2) + SI1 SI2 LEN (4) + the size (4)
+
+
+def round_mantissa(values, keepbits):
+    """Round float32 values to ``keepbits`` mantissa bits (round to nearest, ties to even).
+
+    The relative change of each value is at most ``2**-(keepbits + 1)``; zeros, signs and
+    the exponent range are kept.  The dropped bits are zeros, which gzip stores in little
+    space (the "bit rounding" of Kloewer et al. 2021, Nat. Comput. Sci., as numcodecs'
+    ``BitRound``).
+
+    Parameters
+    ----------
+    values : numpy.ndarray, float32, any shape
+        Rounded in place.
+    keepbits : int
+        0..23; 23 leaves the values unchanged.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``values``.
+    """
+    if not 0 <= int(keepbits) <= 23:
+        raise ValueError(f"keepbits must be in 0..23, got {keepbits}")
+    drop = 23 - int(keepbits)
+    if drop == 0:
+        return values
+    bits = values.view(np.uint32)
+    half = np.uint32((1 << (drop - 1)) - 1)
+    bits += half + ((bits >> np.uint32(drop)) & np.uint32(1))
+    bits &= np.uint32(~((1 << drop) - 1) & 0xFFFFFFFF)
+    return values
+
+
+def gzip_member(data, level):
+    """One gzip member holding ``data`` (bytes-like) whose FEXTRA records the member's size (:data:`MEMBER_SIZE_FIELD`).
+
+    Compressed with ISA-L when installed (levels 0-3), else zlib; no time stamp, no name,
+    so the bytes depend on ``data`` and ``level`` only.
+    """
+    import struct
+    import zlib
+
+    try:
+        from isal import isal_zlib as deflate
+        level = min(int(level), 3)
+    except ImportError:
+        deflate = zlib
+    data = memoryview(data).cast("B")
+    compressor = deflate.compressobj(level, deflate.DEFLATED, -15)
+    body = compressor.compress(data) + compressor.flush()
+    size = _MEMBER_HEADER + len(body) + 8
+    header = (b"\x1f\x8b\x08\x04" + b"\0\0\0\0" + b"\0\xff" + struct.pack("<H", 8) + MEMBER_SIZE_FIELD
+              + struct.pack("<HI", 4, size))
+    return header + body + struct.pack("<II", deflate.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF)
+
+
+def member_sizes(fobj, file_size):
+    """Sizes of the gzip members of a file written by :class:`VolumeGzipNifti4D`, or None for any other gzip file.
+
+    Reads 20 bytes per member (the header with its size), not the data.
+    """
+    import struct
+
+    sizes, position = [], 0
+    while position < file_size:
+        fobj.seek(position)
+        head = fobj.read(_MEMBER_HEADER)
+        if (len(head) < _MEMBER_HEADER or head[:4] != b"\x1f\x8b\x08\x04" or head[10:12] != b"\x08\0"
+                or head[12:14] != MEMBER_SIZE_FIELD or head[14:16] != b"\x04\0"):
+            return None
+        size = struct.unpack("<I", head[16:20])[0]
+        if size <= _MEMBER_HEADER + 8 or position + size > file_size:
+            return None
+        sizes.append(size)
+        position += size
+    return sizes
+
+
+def inflate_member(member):
+    """The data of one gzip member (bytes); its CRC and length are checked."""
+    from deeplight_bids.derivatives.writers import gzip_module
+
+    return gzip_module().decompress(member)
+
+
+class VolumeGzipNifti4D:
+    """Write a 4D float32 ``.nii.gz`` as volumes arrive, one gzip member per volume.
+
+    A gzip file may hold several members one after another (RFC 1952); every gzip reader
+    (nibabel, FSL, AFNI, the bids-validator) reads them as one stream.  Here member 0
+    holds the NIfTI header and the first volume, member ``i`` volume ``i``, and each
+    member's header records its size, so :func:`read_volumes` finds volume ``i`` by
+    reading ``i`` small headers and decompresses only the members asked for.  Each member
+    is compressed when its volume arrives (in the caller's thread: the background writer),
+    not after the last one.
+
+    Parameters
+    ----------
+    path : path-like
+        Final ``.nii.gz`` path; the file is written to a temporary name beside it and
+        renamed into place by :meth:`close`.
+    shape : tuple of int
+        ``(x, y, z, n_volumes)``.
+    affine : numpy.ndarray, shape (4, 4)
+    t_r : float
+        Seconds (4th zoom).
+    description : str
+        NIfTI ``descrip`` (79 characters at most).
+    root : path-like or None
+        OUTPUT_DIR (see :func:`deeplight_bids.derivatives.writers.atomic_path`).
+    level : int
+        gzip level (ISA-L: 0-3).
+    keepbits : int
+        Mantissa bits kept (:func:`round_mantissa`; 23: float32 unchanged).
+
+    Notes
+    -----
+    Volumes may arrive out of order; a volume is compressed once every earlier one has
+    arrived (those waiting are held in memory).  Memory: a few volumes.
+    """
+
+    def __init__(self, path, shape, affine, t_r, description="", root=None, level=1, keepbits=23):
+        import io
+        import os
+        import tempfile
+
+        from deeplight_bids.derivatives.writers import (
+            _check_target,
+            nifti4d_header,
+            owner_tag,
+        )
+        from deeplight_bids.exceptions import OutputError
+
+        self.path = _check_target(path, root)
+        self.shape = tuple(int(s) for s in shape)
+        self.level, self.keepbits = int(level), int(keepbits)
+        header = nifti4d_header(self.shape, affine, t_r, description)
+        header.set_data_offset(header.single_vox_offset)
+        buf = io.BytesIO()
+        header.write_to(buf)
+        self._prefix = buf.getvalue().ljust(int(header["vox_offset"]), b"\0")
+        self._volume_bytes = int(np.prod(self.shape[:3])) * 4
+        self._pending = {}
+        self._next = 0
+        self._offsets = []  # (offset, size) of the members written
+        self._position = 0
+        self._tmp = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name.split('.')[0]}."
+                                             f"{owner_tag()}.", suffix=".tmp.nii.gz")
+            self._file = os.fdopen(fd, "r+b")
+        except OSError as err:
+            raise OutputError(f"{self.path.parent}: cannot write here ({err.strerror}); choose a writable "
+                              "OUTPUT_DIR (and --work-dir).") from err
+
+    def write(self, start, volumes):
+        """Store ``volumes`` ``(n, x, y, z)`` at time indices ``start .. start + n - 1`` (compressed now when in order)."""
+        volumes = np.asarray(volumes, dtype=np.float32)
+        if volumes.ndim != 4 or volumes.shape[1:] != self.shape[:3] or not 0 <= start <= self.shape[3] - len(volumes):
+            raise ValueError(f"expected volumes (n, {', '.join(map(str, self.shape[:3]))}) for time indices "
+                             f"{start}..{start + len(volumes) - 1} of {self.shape[3]}; got {volumes.shape}")
+        for i, vol in enumerate(volumes):
+            index = start + i
+            if index < self._next or index in self._pending:
+                raise ValueError(f"{self.path.name}: volume {index} written twice")
+            # (z, y, x) C order = NIfTI's column-major (x, y, z): one contiguous copy, rounded in place
+            self._pending[index] = round_mantissa(np.array(np.asfortranarray(vol).T, order="C"), self.keepbits)
+        while self._next in self._pending:
+            self._append(self._pending.pop(self._next))
+
+    def _append(self, column_major):
+        from deeplight_bids.exceptions import OutputError
+
+        data = column_major.tobytes()
+        if self._next == 0:
+            data = self._prefix + data
+        member = gzip_member(data, self.level)
+        try:
+            self._file.write(member)
+        except OSError as err:
+            raise OutputError(f"{self.path}: write failed ({err.strerror or err}); check free space and "
+                              "permissions.") from err
+        self._offsets.append((self._position, len(member)))
+        self._position += len(member)
+        self._next += 1
+
+    def read(self, index):
+        """Volume ``index`` as written (after rounding), ``(z, y, x)`` float32."""
+        index = int(index)
+        if index in self._pending:
+            return self._pending[index].copy()
+        if not 0 <= index < self._next:
+            raise LookupError(f"{self.path.name}: volume {index} has not been written")
+        import os
+
+        self._file.flush()
+        offset, size = self._offsets[index]
+        data = inflate_member(os.pread(self._file.fileno(), size, offset))
+        nx, ny, nz = self.shape[:3]
+        return np.frombuffer(data[-self._volume_bytes:], dtype=np.float32).reshape(nz, ny, nx)
+
+    def close(self):
+        """Check every volume was written, move the file into place; returns the final path."""
+        import os
+
+        from deeplight_bids.derivatives.writers import _UMASK
+        from deeplight_bids.exceptions import OutputError
+
+        try:
+            if self._next != self.shape[3]:
+                missing = sorted(set(range(self._next, self.shape[3])) - set(self._pending))
+                raise RuntimeError(f"{self.path.name}: volumes {missing[:10]} of {self.shape[3]} never written")
+            try:
+                self._file.close()
+                os.chmod(self._tmp, 0o666 & ~_UMASK)
+                os.replace(self._tmp, self.path)
+            except OSError as err:
+                raise OutputError(f"{self.path}: write failed ({err.strerror or err}); check free space and "
+                                  "permissions.") from err
+        finally:
+            self.abort()
+        return self.path
+
+    def abort(self):
+        """Remove the temporary file (on error; after :meth:`close`, nothing to do)."""
+        import os
+
+        if not self._file.closed:
+            self._file.close()
+        if self._tmp is not None and os.path.exists(self._tmp):
+            os.unlink(self._tmp)
+        self._pending.clear()
+
+
+def member_extents(path):
+    """``[(offset, size), ...]`` of the gzip members of a :class:`VolumeGzipNifti4D` file, or None for another file.
+
+    Reads each member's 20-byte header, not its data.
+    """
+    import os
+
+    with open(path, "rb") as fobj:
+        sizes = member_sizes(fobj, os.fstat(fobj.fileno()).st_size)
+    if sizes is None:
+        return None
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+    return list(zip(offsets.tolist(), sizes))
+
+
+def read_volumes(path, wanted, volume_bytes):
+    """Yield ``(index, raw bytes)`` of the wanted volumes of a :class:`VolumeGzipNifti4D` file, one at a time.
+
+    Only the members of the wanted volumes are read and decompressed.
+
+    Parameters
+    ----------
+    path : path-like
+        A file for which :func:`member_extents` is not None, one member per volume.
+    wanted : iterable of int
+        0-based volume indices, in range.
+    volume_bytes : int
+        Bytes per volume (member 0 also holds the header before its volume).
+    """
+    extents = member_extents(path)
+    with open(path, "rb") as fobj:
+        for index in wanted:
+            offset, size = extents[index]
+            fobj.seek(offset)
+            data = inflate_member(fobj.read(size))
+            if len(data) < volume_bytes:
+                raise ValueError(f"{path}: gzip member {index} holds {len(data)} bytes, not one volume")
+            yield index, data[len(data) - volume_bytes:]

@@ -23,7 +23,8 @@ def inputs_digest(run):
     return run_inputs_digest(run)
 
 
-def settings_hash(config, weights_sha256, architecture, user_state_map=None, quality_settings=None):
+def settings_hash(config, weights_sha256, architecture, user_state_map=None, quality_settings=None,
+                  relevance_maps=None):
     """16 hex digits identifying the settings that change a run's outputs.
 
     Settings added after the first release enter the hash only when they differ from
@@ -38,6 +39,9 @@ def settings_hash(config, weights_sha256, architecture, user_state_map=None, qua
         ``--state-map``.
     quality_settings : dict or None
         :meth:`RunQuality.settings` when ``--quality`` is on.
+    relevance_maps : str or None
+        ``--relevance-maps`` to hash instead of the config's (``"volumes"``: the settings of the
+        network pass, which every choice shares: the work folder's per-volume maps are keyed by it).
     """
     c = config
     settings = {"weights": weights_sha256, "lrp": c.lrp, "target": c.lrp_target,
@@ -49,8 +53,9 @@ def settings_hash(config, weights_sha256, architecture, user_state_map=None, qua
         settings["lrp_rule"] = c.lrp_rule
     if quality_settings is not None:  # only when on, so outputs made before --quality keep their hash
         settings["quality"] = quality_settings
-    if c.relevance_maps != "volumes":  # likewise
-        settings["relevance_maps"] = c.relevance_maps
+    maps = relevance_maps or c.relevance_maps
+    if maps != "volumes":  # likewise
+        settings["relevance_maps"] = maps
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

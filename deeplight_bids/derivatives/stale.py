@@ -77,5 +77,5 @@ def remove_job_temporaries(output_dir, work_dir, subjects, log=LOGGER):
     for folder in sorted(subjects):
         remove_stale_temporaries(out / f"sub-{folder}", log)
     sums = naming.state_sums_output(work, "x").parent
-    for folder in dict.fromkeys((out, out / "logs", work, sums)):
+    for folder in dict.fromkeys((out, out / "logs", work, sums, work / "relevance_volumes")):
         remove_stale_temporaries(folder, log, recursive=False)

@@ -232,6 +232,23 @@ def write_nifti(path: PathLike, img: "nib.Nifti1Image", root: PathLike | None = 
     return Path(path)
 
 
+def nifti4d_header(shape, affine, t_r, description=""):
+    """NIfTI-1 header of a 4D float32 image: ``shape`` ``(x, y, z, t)``, ``affine`` (4, 4) as q- and s-form
+    (code 4, MNI), zooms from the affine and ``t_r`` (s), ``description`` (79 characters at most)."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(tuple(int(s) for s in shape))
+    header.set_data_dtype(np.float32)
+    header.set_zooms((*np.abs(np.diag(affine)[:3]).tolist(), float(t_r)))
+    header.set_xyzt_units("mm", "sec")
+    header.set_qform(affine, code=4)
+    header.set_sform(affine, code=4)
+    if description:
+        header["descrip"] = description[:79].encode()
+    return header
+
+
 class StreamingNifti4D:
     """Write a 4D float32 NIfTI one volume at a time, with bounded memory.
 
@@ -261,20 +278,10 @@ class StreamingNifti4D:
     """
 
     def __init__(self, path, shape, affine, t_r, scratch_dir=None, description="", root=None):
-        import nibabel as nib
-
         self.root = root
         self.path = _check_target(path, root)
         self.shape = tuple(int(s) for s in shape)
-        header = nib.Nifti1Header()
-        header.set_data_shape(self.shape)
-        header.set_data_dtype(np.float32)
-        header.set_zooms((*np.abs(np.diag(affine)[:3]).tolist(), float(t_r)))
-        header.set_xyzt_units("mm", "sec")
-        header.set_qform(affine, code=4)
-        header.set_sform(affine, code=4)
-        if description:
-            header["descrip"] = description[:79].encode()
+        header = nifti4d_header(self.shape, affine, t_r, description)
         self.header = header
         scratch = Path(scratch_dir or self.path.parent)
         self._raw = None

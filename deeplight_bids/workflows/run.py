@@ -19,6 +19,7 @@ from deeplight_bids.derivatives.relevance import (
     RelevanceMasker,
     RunRelevanceOutputs,
     event_blocks,
+    reuse_scratch,
 )
 from deeplight_bids.derivatives.writers import write_json, write_tsv
 from deeplight_bids.models.batches import ModelOrderBatches, decode_and_explain
@@ -83,9 +84,14 @@ class RunProcessor:
         self.settings_hash = resume.settings_hash(config, dl_model.weights_sha256, dl_model.architecture,
                                                   user_state_map,
                                                   self.quality.settings() if self.quality is not None else None)
+        # the network pass's settings: all but --relevance-maps (keys the work folder's per-volume maps and sums)
+        self.pass_hash = resume.settings_hash(config, dl_model.weights_sha256, dl_model.architecture,
+                                              user_state_map,
+                                              self.quality.settings() if self.quality is not None else None,
+                                              relevance_maps="volumes")
         self.summaries = ParticipantSummaries(config, self.states, dl_model.provenance(),
                                               self.analyzer.description if self.analyzer is not None else None,
-                                              self.settings_hash, self.quality is not None)
+                                              self.settings_hash, self.quality is not None, pass_hash=self.pass_hash)
 
     def is_complete(self, outputs, run=None):
         """True when a previous run with these settings (and, given ``run``, inputs) finished all outputs."""
@@ -101,6 +107,8 @@ class RunProcessor:
         outputs = naming.run_outputs(cfg.output_dir, run.entities)
         if not cfg.overwrite and self.is_complete(outputs, run):
             return RunResult(run.label, "skipped", "outputs exist (same settings); use --overwrite to recompute")
+        if not cfg.overwrite and self.analyzer is not None and self._reuse_scratch(run, outputs):
+            return RunResult(run.label, "done", "relevance maps made from the work folder's per-volume maps")
         t0 = time.monotonic()
         check_headers(run)
         prepared, space_transform = self._prepare(run)
@@ -116,6 +124,19 @@ class RunProcessor:
         detail = plural(n_vol, "volume") + (f", accuracy {accuracy:.3f}" if accuracy is not None else "")
         detail += f", {time.monotonic() - t0:.1f} s"
         return RunResult(run.label, "done", detail, n_vol, accuracy)
+
+    def _reuse_scratch(self, run, outputs):
+        """Another ``--relevance-maps`` choice of an earlier pass: its outputs from the work folder, no network."""
+        from deeplight_bids.prepare.labels import read_events, resolve_state_map
+
+        cfg = self.config
+
+        def blocks_of(n_vol):
+            return event_blocks(read_events(run.events), n_vol, run.t_r,
+                                resolve_state_map(run.entities["task"], self.user_state_map))
+
+        return reuse_scratch(cfg.relevance_maps, outputs, cfg.work_dir, [self.pass_hash, resume.inputs_digest(run)],
+                             self.settings_hash, blocks_of, cfg.output_dir)
 
     def _prepare(self, run):
         from deeplight_bids.prepare.clean import prepare_run
@@ -168,7 +189,8 @@ class RunProcessor:
                       if cfg.relevance_maps == "blocks" else None)
             # written by a thread beside the network (bounded queue; its errors stop the run)
             stream = BackgroundWriter(RunRelevanceOutputs(cfg.relevance_maps, outputs, n_vol, run.t_r, blocks,
-                                                          scratch_dir=cfg.work_dir, root=cfg.output_dir))
+                                                          scratch_dir=cfg.work_dir, root=cfg.output_dir,
+                                                          key=[self.pass_hash, resume.inputs_digest(run)]))
         batches = ModelOrderBatches(prepared)
         try:
             decoding = decode_and_explain(batches, n_vol, len(self.states), cfg.batch_size, self.decoder,
@@ -176,13 +198,7 @@ class RunProcessor:
                                           label=run.label)
             quality = None
             if self.quality is not None:  # reads the relevance back from the stream before it is closed
-                relevance_of = stream.read  # the per-volume maps as written
-                if cfg.relevance_maps != "volumes":  # none kept: explain the few quality volumes again
-
-                    def relevance_of(v):
-                        rel = self.analyzer.explain(batches.get(v, v + 1), target=decoding.targets[v:v + 1])[1]
-                        return np.where(masker.mask, rel[0].transpose(2, 1, 0), 0).transpose(2, 1, 0)
-
+                relevance_of = stream.read  # the per-volume maps as written (in the work folder, whatever the mode)
                 quality = self.quality.evaluate(outputs, batches.get, relevance_of, batches.index, decoding.logits,
                                                 decoding.targets, self.states, root=cfg.output_dir, label=run.label)
             if stream is not None:
@@ -216,7 +232,7 @@ class RunProcessor:
                                                         self.analyzer.description, cfg.lrp_target, lrp_rule),
                            **masker.sidecar()})
             save_state_sums(naming.state_sums_output(cfg.work_dir, run.label), decoding.sums, decoding.counts,
-                            self.settings_hash, digest, root=cfg.output_dir)
+                            self.pass_hash, digest, root=cfg.output_dir)
         else:
             from deeplight_bids.derivatives.stale import remove_stale
 

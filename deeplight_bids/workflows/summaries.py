@@ -60,13 +60,15 @@ class ParticipantSummaries:
         Runs are complete only with their quality tables.
     """
 
-    def __init__(self, config, states, model_provenance, lrp_description, settings_hash, with_quality, log=LOGGER):
+    def __init__(self, config, states, model_provenance, lrp_description, settings_hash, with_quality, log=LOGGER,
+                 pass_hash=None):
         self.config = config
         self.states = tuple(states)
         self.state_index = {s: i for i, s in enumerate(self.states)}
         self.model_provenance = model_provenance
         self.lrp_description = lrp_description
         self.settings_hash = settings_hash
+        self.pass_hash = pass_hash or settings_hash  # keys the work folder's relevance sums
         self.with_quality = with_quality
         self.log = log
 
@@ -75,7 +77,7 @@ class ParticipantSummaries:
         import nibabel as nib
 
         path = naming.state_sums_output(self.config.work_dir, run.label)
-        stored = read_state_sums(path, self.settings_hash, resume.inputs_digest(run))
+        stored = read_state_sums(path, self.pass_hash, resume.inputs_digest(run))
         if stored is not None:
             return stored
         if path.is_file():

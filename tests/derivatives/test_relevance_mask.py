@@ -20,7 +20,8 @@ def test_zeros_outside_values_inside_and_layout_kept():
     out = masker.apply(volumes)
     assert out.shape == volumes.shape and out.dtype == np.float32
     assert out[0].flags["F_CONTIGUOUS"]
-    np.testing.assert_array_equal(out[:, mask], volumes[:, mask])
+    np.testing.assert_allclose(out[:, mask], volumes[:, mask], rtol=2.0**-17, atol=0)  # 16 mantissa bits kept
+    np.testing.assert_array_equal(RelevanceMasker(mask, keepbits=23).apply(volumes)[:, mask], volumes[:, mask])
     outside = out[:, ~mask]
     assert not outside.any() and not np.signbit(outside).any()  # +0.0 exactly
 
