@@ -207,6 +207,7 @@ def published_2d_weights():
 #: requests one, directly or through another fixture, is ``slow``.
 SLOW_FIXTURES = frozenset({
     "participant_run",      # tests/conftest.py: sub-01 with LRP
+    "small_runs",           # tests/lrp/test_backend_parity.py: every backend in a subprocess, float32 and float64
     "run_2d",               # tests/test_participant_2d.py: the 2D model on the full grid
     "participant_out",      # tests/group/conftest.py: 4 participants with LRP
     "varied_out",
@@ -230,8 +231,7 @@ SLOW_TESTS = {
                                         "test_3d_full_network_from_published_layout_hdf5"},
     "tests/finetune/test_determinism.py": {"test_two_fits_are_bit_identical"},
     "tests/finetune/test_distribute.py": {"test_fit_resumable_under_mirrored_strategy"},
-    "tests/test_relevance_maps_option.py": {"test_blocks_then_means"},
-    "tests/lrp/test_backend_parity.py": {"test_tensorflow_and_jax_agree_on_a_small_grid"},
+    "tests/test_relevance_maps_option.py": {"test_blocks_then_means_then_volumes_without_the_network"},
     # full-grid forward/LRP passes, each ~10 s on 2 quiet cores; cheaper tests of the same modules stay fast
     "tests/lrp/test_analyzer.py": {"test_max_batch_splits_without_changing_results",
                                    "test_logits_are_the_inference_forward_pass_and_relevance_drops_the_channel_axis"},
