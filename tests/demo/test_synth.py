@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from deeplight_bids.demo.synth import (
+    _SPARE_CENTERS,
     REGION_CENTERS,
     REGION_RADIUS,
-    _SPARE_CENTERS,
     make_synthetic_dataset,
 )
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE, is_on_reference_grid
@@ -170,7 +170,7 @@ def test_region_coordinates_are_separated_and_inside_the_brain(synthetic_dataset
     distances = [np.linalg.norm(np.subtract(a, b)) for a, b in itertools.combinations(centers, 2)]
     assert min(distances) > 2 * REGION_RADIUS
     info = synthetic_dataset
-    for trial_type, region in info.regions.items():
+    for _trial_type, region in info.regions.items():
         assert region.shape == REFERENCE_SHAPE and region.dtype == bool
         assert 400 < region.sum() < 600  # sphere of 10 mm at 2 mm voxels: ~520 voxels
         assert not (region & ~info.brain_mask).any()

@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 
 from deeplight_bids.derivatives import naming
-from deeplight_bids.derivatives.writers import (StreamingNifti4D, atomic_path, write_dataset_files, write_json,
-                                                write_tsv)
+from deeplight_bids.derivatives.writers import StreamingNifti4D, atomic_path, write_dataset_files, write_json, write_tsv
 from deeplight_bids.exceptions import OutputError
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE
 

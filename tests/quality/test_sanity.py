@@ -105,7 +105,7 @@ def test_randomized_copy_seeded_and_independent(small_model):
     one = sanity.randomized_copy(small_model, seed=5)
     two = sanity.randomized_copy(small_model, seed=5)
     other = sanity.randomized_copy(small_model, seed=6)
-    for w0, w1, w2, w3, var in zip(before, one.get_weights(), two.get_weights(), other.get_weights(), one.weights):
+    for w0, w1, w2, w3, _var in zip(before, one.get_weights(), two.get_weights(), other.get_weights(), one.weights):
         np.testing.assert_array_equal(w1, w2)
         if w0.ndim >= 2:
             assert not np.array_equal(w1, w3) and not np.array_equal(w1, w0)
