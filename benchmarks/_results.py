@@ -37,7 +37,7 @@ def machine_description():
     memory = ""
     try:
         total_kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-        memory = f", {total_kib / 1024 ** 2:.0f} GiB RAM"
+        memory = f", {total_kib / 1024**2:.0f} GiB RAM"
     except (OSError, AttributeError):
         pass
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -45,9 +45,11 @@ def machine_description():
     import tensorflow as tf
 
     devices = sorted({d.device_type for d in tf.config.list_logical_devices()})
-    return (f"{cpu}, {affinity} usable CPU cores of {os.cpu_count()}{memory}, {platform.system()} "
-            f"{platform.release()}, Python {platform.python_version()}, TensorFlow {tf.__version__}, "
-            f"Keras {keras.__version__}, devices {'/'.join(devices)}")
+    return (
+        f"{cpu}, {affinity} usable CPU cores of {os.cpu_count()}{memory}, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}, TensorFlow {tf.__version__}, "
+        f"Keras {keras.__version__}, devices {'/'.join(devices)}"
+    )
 
 
 def run_cli_child(args, log_path, env=None):

@@ -65,6 +65,7 @@ def find_weights(explicit=None):
 
 # -- 1. one batch size, in a child process ---------------------------------------------------
 
+
 def worker(batch, repeats, lrp_repeats, weights):
     """Decode and decode + LRP at one batch size (Keras backend from $KERAS_BACKEND); prints one JSON line."""
     from keras import ops
@@ -106,19 +107,39 @@ def worker(batch, repeats, lrp_repeats, weights):
         analyzer.explain(x_np)
         times.append(time.perf_counter() - start)
     lrp_best = min(times)
-    print(json.dumps({
-        "batch": batch, "decode_first_s": decode_first, "decode_best_s": decode_best,
-        "decode_vol_s": batch / decode_best, "lrp_first_s": lrp_first, "lrp_best_s": lrp_best,
-        "lrp_vol_s": batch / lrp_best, "ratio": lrp_best / decode_best, "rss_decode_mib": rss_decode,
-        "rss_lrp_mib": peak_rss_mib(), "relevance_finite": finite,
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "batch": batch,
+                "decode_first_s": decode_first,
+                "decode_best_s": decode_best,
+                "decode_vol_s": batch / decode_best,
+                "lrp_first_s": lrp_first,
+                "lrp_best_s": lrp_best,
+                "lrp_vol_s": batch / lrp_best,
+                "ratio": lrp_best / decode_best,
+                "rss_decode_mib": rss_decode,
+                "rss_lrp_mib": peak_rss_mib(),
+                "relevance_finite": finite,
+            }
+        ),
+        flush=True,
+    )
 
 
 def run_workers(args, weights):
     rows = []
     for batch in args.batch_sizes:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(batch), "--repeats", str(args.repeats),
-               "--lrp-repeats", str(args.lrp_repeats)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            str(batch),
+            "--repeats",
+            str(args.repeats),
+            "--lrp-repeats",
+            str(args.lrp_repeats),
+        ]
         if weights:
             cmd += ["--weights", str(weights)]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
@@ -128,13 +149,17 @@ def run_workers(args, weights):
             raise SystemExit(f"worker for batch {batch} failed (exit {proc.returncode})")
         row = json.loads(lines[-1])
         rows.append(row)
-        print(f"{row['batch']:>5} {row['decode_vol_s']:>10.2f} {row['lrp_vol_s']:>12.2f} {row['ratio']:>6.1f}x "
-              f"{row['decode_first_s']:>8.1f} {row['lrp_first_s']:>8.1f} {row['rss_decode_mib']:>10.0f} "
-              f"{row['rss_lrp_mib']:>10.0f}", flush=True)
+        print(
+            f"{row['batch']:>5} {row['decode_vol_s']:>10.2f} {row['lrp_vol_s']:>12.2f} {row['ratio']:>6.1f}x "
+            f"{row['decode_first_s']:>8.1f} {row['lrp_first_s']:>8.1f} {row['rss_decode_mib']:>10.0f} "
+            f"{row['rss_lrp_mib']:>10.0f}",
+            flush=True,
+        )
     return rows
 
 
 # -- 2. a 405-volume participant run -----------------------------------------------------------
+
 
 def run_flow(n_volumes, weights, workdir, batch_size=None):
     """Make a 1-participant synthetic dataset and run the 2D participant level on it; peak RSS of the child."""
@@ -144,42 +169,69 @@ def run_flow(n_volumes, weights, workdir, batch_size=None):
     dataset = make_synthetic_dataset(workdir / "bids", n_participants=1, n_volumes=n_volumes, t_r=0.72)
     made = time.perf_counter() - start
     out = workdir / "out"
-    args = [dataset.bids_dir, out, "participant", "--architecture", "2D", "--skip-bids-validation", "--work-dir",
-            workdir / "work"]
+    args = [
+        dataset.bids_dir,
+        out,
+        "participant",
+        "--architecture",
+        "2D",
+        "--skip-bids-validation",
+        "--work-dir",
+        workdir / "work",
+    ]
     if batch_size is not None:
         args += ["--batch-size", batch_size]
     env = {**os.environ, "DEEPLIGHT_WEIGHTS_DIR": str(Path(weights).parent)}
     _, elapsed, rss = run_cli_child(args, workdir / "flow.log", env=env)
     relevance = next(out.rglob("*desc-relevance_bold.nii.gz"))
-    return {"n_volumes": n_volumes, "t_r": 0.72, "make_dataset_s": made, "run_s": elapsed, "peak_rss_mib": rss,
-            "relevance_bytes": relevance.stat().st_size, "vol_s": n_volumes / elapsed}
+    return {
+        "n_volumes": n_volumes,
+        "t_r": 0.72,
+        "make_dataset_s": made,
+        "run_s": elapsed,
+        "peak_rss_mib": rss,
+        "relevance_bytes": relevance.stat().st_size,
+        "vol_s": n_volumes / elapsed,
+    }
 
 
 # -- results ---------------------------------------------------------------------------------
 
+
 def write_results(path, machine, rows, flow, weights):
     """Replace (or append) the ``## 2D`` section of ``path``; other sections stay untouched."""
     today = datetime.date.today().isoformat()
-    lines = [SECTION, "", f"Date: {today}. Machine: {machine}.",
-             f"Weights: {'published ' + weights.name if weights else 'random (no published weights found)'}; "
-             "input (91, 109, 91, 1) per volume, float32, CPU. "
-             "Command: `python benchmarks/bench_2d.py`.", "",
-             "Decode = forward pass; decode + LRP = `LRPAnalyzer.explain` with the `deeplight_2d` composite "
-             "(forward pass and relevance). Best of several calls after the first (tracing) call; each batch size "
-             "in a fresh process, peak RSS of that process.", "",
-             "| batch | decode vol/s | decode + LRP vol/s | LRP / decode time | peak RSS decode MiB | "
-             "peak RSS decode + LRP MiB |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        SECTION,
+        "",
+        f"Date: {today}. Machine: {machine}.",
+        f"Weights: {'published ' + weights.name if weights else 'random (no published weights found)'}; "
+        "input (91, 109, 91, 1) per volume, float32, CPU. "
+        "Command: `python benchmarks/bench_2d.py`.",
+        "",
+        "Decode = forward pass; decode + LRP = `LRPAnalyzer.explain` with the `deeplight_2d` composite "
+        "(forward pass and relevance). Best of several calls after the first (tracing) call; each batch size "
+        "in a fresh process, peak RSS of that process.",
+        "",
+        "| batch | decode vol/s | decode + LRP vol/s | LRP / decode time | peak RSS decode MiB | "
+        "peak RSS decode + LRP MiB |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['batch']} | {r['decode_vol_s']:.2f} | {r['lrp_vol_s']:.2f} | {r['ratio']:.1f}x | "
-                     f"{r['rss_decode_mib']:.0f} | {r['rss_lrp_mib']:.0f} |")
+        lines.append(
+            f"| {r['batch']} | {r['decode_vol_s']:.2f} | {r['lrp_vol_s']:.2f} | {r['ratio']:.1f}x | "
+            f"{r['rss_decode_mib']:.0f} | {r['rss_lrp_mib']:.0f} |"
+        )
     if flow is not None:
         verdict = "within" if flow["peak_rss_mib"] <= RSS_LIMIT_MIB else "OVER"
-        lines += ["", f"405-volume participant run (`deeplight-bids BIDS OUT participant --architecture 2D`, LRP on, "
-                      f"default batch size, synthetic dataset of 1 participant, {flow['n_volumes']} volumes, "
-                      f"TR {flow['t_r']} s): {flow['run_s']:.0f} s wall ({flow['vol_s']:.2f} vol/s end to end, "
-                      f"preparation included), peak RSS {flow['peak_rss_mib']:.0f} MiB "
-                      f"({flow['peak_rss_mib'] / 1024:.2f} GiB, {verdict} the 3 GiB target)."]
+        lines += [
+            "",
+            f"405-volume participant run (`deeplight-bids BIDS OUT participant --architecture 2D`, LRP on, "
+            f"default batch size, synthetic dataset of 1 participant, {flow['n_volumes']} volumes, "
+            f"TR {flow['t_r']} s): {flow['run_s']:.0f} s wall ({flow['vol_s']:.2f} vol/s end to end, "
+            f"preparation included), peak RSS {flow['peak_rss_mib']:.0f} MiB "
+            f"({flow['peak_rss_mib'] / 1024:.2f} GiB, {verdict} the 3 GiB target).",
+        ]
     section = "\n".join(lines) + "\n"
 
     update_section(path, SECTION, section)
@@ -194,8 +246,12 @@ def main(argv=None):
     parser.add_argument("--flow-volumes", type=int, default=405)
     parser.add_argument("--no-flow", action="store_true", help="skip the 405-volume participant run")
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"), help="markdown file to update ('' for none)")
-    parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None,
-                        help="Keras backend of the measurements (default: $KERAS_BACKEND, else tensorflow)")
+    parser.add_argument(
+        "--backend",
+        choices=("tensorflow", "jax", "torch"),
+        default=None,
+        help="Keras backend of the measurements (default: $KERAS_BACKEND, else tensorflow)",
+    )
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.backend:  # before Keras is imported (workers inherit it)
@@ -209,8 +265,10 @@ def main(argv=None):
     machine = machine_description()
     print(f"2D-DeepLight on {machine}")
     print(f"weights: {weights or 'random (published weights not found)'}")
-    print(f"{'batch':>5} {'decode v/s':>10} {'decode+LRP v/s':>12} {'ratio':>7} {'trace s':>8} {'LRP tr s':>8} "
-          f"{'RSS dec MiB':>10} {'RSS LRP MiB':>10}")
+    print(
+        f"{'batch':>5} {'decode v/s':>10} {'decode+LRP v/s':>12} {'ratio':>7} {'trace s':>8} {'LRP tr s':>8} "
+        f"{'RSS dec MiB':>10} {'RSS LRP MiB':>10}"
+    )
     rows = run_workers(args, weights)
 
     flow = None
@@ -220,9 +278,11 @@ def main(argv=None):
         with tempfile.TemporaryDirectory(prefix="bench2d-") as tmp:
             flow = run_flow(args.flow_volumes, weights, Path(tmp))
         verdict = "ok" if flow["peak_rss_mib"] <= RSS_LIMIT_MIB else f"OVER {RSS_LIMIT_MIB} MiB"
-        print(f"{flow['n_volumes']}-volume participant run (2D, LRP): dataset made in {flow['make_dataset_s']:.0f} s, "
-              f"run {flow['run_s']:.0f} s ({flow['vol_s']:.2f} vol/s), peak RSS {flow['peak_rss_mib']:.0f} MiB "
-              f"({verdict})")
+        print(
+            f"{flow['n_volumes']}-volume participant run (2D, LRP): dataset made in {flow['make_dataset_s']:.0f} s, "
+            f"run {flow['run_s']:.0f} s ({flow['vol_s']:.2f} vol/s), peak RSS {flow['peak_rss_mib']:.0f} MiB "
+            f"({verdict})"
+        )
     if args.results:
         write_results(args.results, machine, rows, flow, weights)
         print(f"written to {args.results} ({SECTION})")

@@ -51,6 +51,7 @@ from _results import (  # benchmarks/_results.py (scripts run from this folder)
     run_cli_child,
     update_section,
 )
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for the test helper
 from tests.models.legacy_h5 import randomise_weights  # noqa: E402  (random weights + BN statistics)
 
@@ -79,6 +80,7 @@ def _best(fn, repeats):
 
 
 # -- 1 + 2. one batch size, in a child process ---------------------------------------------------
+
 
 def worker(batch, repeats):
     from deeplight_bids.lrp.analyzer import LRPAnalyzer
@@ -115,12 +117,21 @@ def worker(batch, repeats):
         t_lrp.append(_best(lambda: analyzer.explain(x_model), 1))
         t_dec.append(_best(lambda: decoder.logits(x_model), 1))
     row = {
-        "batch": batch, "repeats": repeats, "decode_first_s": decode_first, "lrp_first_s": lrp_first,
-        "decode_best_s": min(t_pipe), "bare_best_s": min(t_bare),
-        "decode_vol_s": batch / min(t_pipe), "bare_vol_s": batch / min(t_bare),
+        "batch": batch,
+        "repeats": repeats,
+        "decode_first_s": decode_first,
+        "lrp_first_s": lrp_first,
+        "decode_best_s": min(t_pipe),
+        "bare_best_s": min(t_bare),
+        "decode_vol_s": batch / min(t_pipe),
+        "bare_vol_s": batch / min(t_bare),
         "decode_over_bare": min(t_bare) / min(t_pipe),
-        "lrp_best_s": min(t_lrp), "decode2_best_s": min(t_dec), "lrp_vol_s": batch / min(t_lrp),
-        "lrp_ratio": min(t_lrp) / min(t_dec), "rss_decode_mib": rss_decode, "rss_lrp_mib": peak_rss_mib(),
+        "lrp_best_s": min(t_lrp),
+        "decode2_best_s": min(t_dec),
+        "lrp_vol_s": batch / min(t_lrp),
+        "lrp_ratio": min(t_lrp) / min(t_dec),
+        "rss_decode_mib": rss_decode,
+        "rss_lrp_mib": peak_rss_mib(),
         "relevance_finite": finite,
     }
     print(json.dumps(row), flush=True)
@@ -138,19 +149,25 @@ def run_child(extra):
 
 def run_workers(args):
     rows = []
-    print(f"{'batch':>5} {'reps':>4} {'decode v/s':>10} {'bare v/s':>9} {'dec/bare':>8} {'LRP v/s':>8} "
-          f"{'LRP/dec':>7} {'trace s':>7} {'LRP tr s':>8} {'RSS dec':>7} {'RSS LRP':>7}")
+    print(
+        f"{'batch':>5} {'reps':>4} {'decode v/s':>10} {'bare v/s':>9} {'dec/bare':>8} {'LRP v/s':>8} "
+        f"{'LRP/dec':>7} {'trace s':>7} {'LRP tr s':>8} {'RSS dec':>7} {'RSS LRP':>7}"
+    )
     for batch in args.batch_sizes:
         row = run_child(["--worker", str(batch), "--repeats", str(args.repeats)])
         rows.append(row)
-        print(f"{row['batch']:>5} {row['repeats']:>4} {row['decode_vol_s']:>10.2f} {row['bare_vol_s']:>9.2f} "
-              f"{row['decode_over_bare']:>8.2f} {row['lrp_vol_s']:>8.2f} {row['lrp_ratio']:>6.2f}x "
-              f"{row['decode_first_s']:>7.1f} {row['lrp_first_s']:>8.1f} {row['rss_decode_mib']:>7.0f} "
-              f"{row['rss_lrp_mib']:>7.0f}", flush=True)
+        print(
+            f"{row['batch']:>5} {row['repeats']:>4} {row['decode_vol_s']:>10.2f} {row['bare_vol_s']:>9.2f} "
+            f"{row['decode_over_bare']:>8.2f} {row['lrp_vol_s']:>8.2f} {row['lrp_ratio']:>6.2f}x "
+            f"{row['decode_first_s']:>7.1f} {row['lrp_first_s']:>8.1f} {row['rss_decode_mib']:>7.0f} "
+            f"{row['rss_lrp_mib']:>7.0f}",
+            flush=True,
+        )
     return rows
 
 
 # -- 3. preparation of one run ------------------------------------------------------------------
+
 
 def make_dataset(workdir, n_volumes):
     from deeplight_bids.demo.synth import make_synthetic_dataset
@@ -177,29 +194,67 @@ def prep_worker(bids_dir):
     for i in range(0, prepared.n_volumes, 4):
         prepared.volumes(i, min(i + 4, prepared.n_volumes))
     read_s = time.perf_counter() - start
-    print(json.dumps({"n_volumes": prepared.n_volumes, "prep_s": prep_s, "read_batches_s": read_s,
-                      "labelled": int(sum(s is not None for s in labels)), "rss_mib": peak_rss_mib()}), flush=True)
+    print(
+        json.dumps(
+            {
+                "n_volumes": prepared.n_volumes,
+                "prep_s": prep_s,
+                "read_batches_s": read_s,
+                "labelled": int(sum(s is not None for s in labels)),
+                "rss_mib": peak_rss_mib(),
+            }
+        ),
+        flush=True,
+    )
 
 
 # -- 4. a 405-volume participant run ------------------------------------------------------------
+
 
 def run_flow(dataset, workdir, batch_size):
     from deeplight_bids.models.weights import save_model
 
     states = sorted(set(dataset.state_map.values()))
     model_dir = workdir / "model"
-    save_model(build_random_model(len(states)), model_dir / "rand3d.keras",
-               {"architecture": "3D", "states": states, "name": "rand3d"})
+    save_model(
+        build_random_model(len(states)),
+        model_dir / "rand3d.keras",
+        {"architecture": "3D", "states": states, "name": "rand3d"},
+    )
     out = workdir / "out"
     log_text, elapsed, rss = run_cli_child(
-        [dataset.bids_dir, out, "participant", "--skip-bids-validation", "--weights", model_dir, "--work-dir",
-         workdir / "work", "--batch-size", batch_size, "-vv"], workdir / "flow.log")  # -vv: the per-batch lines
-    sizes = {p.name.split("_desc-")[-1] if "_desc-" in p.name else p.name: p.stat().st_size
-             for p in out.rglob("sub-*/**/*") if p.is_file()}
+        [
+            dataset.bids_dir,
+            out,
+            "participant",
+            "--skip-bids-validation",
+            "--weights",
+            model_dir,
+            "--work-dir",
+            workdir / "work",
+            "--batch-size",
+            batch_size,
+            "-vv",
+        ],
+        workdir / "flow.log",
+    )  # -vv: the per-batch lines
+    sizes = {
+        p.name.split("_desc-")[-1] if "_desc-" in p.name else p.name: p.stat().st_size
+        for p in out.rglob("sub-*/**/*")
+        if p.is_file()
+    }
     batch_times = [float(m) for m in re.findall(r"\(([\d.]+) s/batch\)", log_text)]
-    return {"n_volumes": dataset.n_volumes, "t_r": 0.72, "batch_size": batch_size, "run_s": elapsed,
-            "peak_rss_mib": rss, "vol_s": dataset.n_volumes / elapsed, "sizes": sizes,
-            "total_bytes": sum(sizes.values()), "batch_s_median": float(np.median(batch_times)) if batch_times else None}
+    return {
+        "n_volumes": dataset.n_volumes,
+        "t_r": 0.72,
+        "batch_size": batch_size,
+        "run_s": elapsed,
+        "peak_rss_mib": rss,
+        "vol_s": dataset.n_volumes / elapsed,
+        "sizes": sizes,
+        "total_bytes": sum(sizes.values()),
+        "batch_s_median": float(np.median(batch_times)) if batch_times else None,
+    }
 
 
 # -- the host ---------------------------------------------------------------------------------
@@ -225,7 +280,7 @@ def cpu_flags():
 
 def memory_bandwidth_gbs(mib=256, repeats=5):
     """Copy bandwidth in GB/s (read + write bytes per second) of a ``mib``-MiB float32 ``np.copyto``, best of ``repeats``."""
-    src = np.ones(mib * 2 ** 18, dtype=np.float32)
+    src = np.ones(mib * 2**18, dtype=np.float32)
     dst = np.empty_like(src)
     np.copyto(dst, src)  # touch the pages first
     best = min(_time_once(lambda: np.copyto(dst, src)) for _ in range(repeats))
@@ -249,12 +304,15 @@ def ratio_warning(ratio, floor):
     """A warning line when ``ratio`` is more than :data:`FLOOR_MARGIN` above ``floor``, else ``None``."""
     if ratio <= floor * (1 + FLOOR_MARGIN):
         return None
-    return (f"WARNING: (decode + LRP) / decode = {ratio:.2f}x is {ratio / floor - 1:.0%} above the arithmetic floor "
-            f"{floor:.2f}x (more than {FLOOR_MARGIN:.0%}); see benchmarks/README.md, 'Why LRP cost and memory depend "
-            "on the host'")
+    return (
+        f"WARNING: (decode + LRP) / decode = {ratio:.2f}x is {ratio / floor - 1:.0%} above the arithmetic floor "
+        f"{floor:.2f}x (more than {FLOOR_MARGIN:.0%}); see benchmarks/README.md, 'Why LRP cost and memory depend "
+        "on the host'"
+    )
 
 
 # -- results ----------------------------------------------------------------------------------
+
 
 def lrp_flop_floor():
     """Lowest possible (decode + LRP) / decode time if convolutions dominated, from 3D-DeepLight's layers.
@@ -279,45 +337,64 @@ def lrp_flop_floor():
 
 def write_results(path, machine, rows, prep, flow, host=None):
     today = datetime.date.today().isoformat()
-    lines = [SECTION, "", f"Date: {today}. Machine: {machine}." + (f" {host}." if host else ""),
-             "Weights: random (fan-in scaled kernels, non-trivial BN statistics; the published 3D weights are not on "
-             "this workplace, and the speed does not depend on the values); input (91, 109, 91, 1) per volume, "
-             "float32, CPU. Command: `python benchmarks/bench_3d.py`.", "",
-             "Decode = `to_model_order` + `Decoder.logits` (what the participant level calls); bare = "
-             "`model.predict_on_batch` on the same model-order arrays; decode + LRP = `LRPAnalyzer.explain` with "
-             "`preset_b_flat`. Calls alternate (decode, bare, ... and LRP, decode, ...) so both see the same load; "
-             f"best of {rows[0]['repeats'] if rows else '?'} calls after a warm-up call; each batch size in a fresh "
-             "process.", "",
-             "| batch | decode vol/s | bare predict vol/s | decode / bare | decode + LRP vol/s | (decode + LRP) / "
-             "decode time | peak RSS decode MiB | peak RSS + LRP MiB |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        SECTION,
+        "",
+        f"Date: {today}. Machine: {machine}." + (f" {host}." if host else ""),
+        "Weights: random (fan-in scaled kernels, non-trivial BN statistics; the published 3D weights are not on "
+        "this workplace, and the speed does not depend on the values); input (91, 109, 91, 1) per volume, "
+        "float32, CPU. Command: `python benchmarks/bench_3d.py`.",
+        "",
+        "Decode = `to_model_order` + `Decoder.logits` (what the participant level calls); bare = "
+        "`model.predict_on_batch` on the same model-order arrays; decode + LRP = `LRPAnalyzer.explain` with "
+        "`preset_b_flat`. Calls alternate (decode, bare, ... and LRP, decode, ...) so both see the same load; "
+        f"best of {rows[0]['repeats'] if rows else '?'} calls after a warm-up call; each batch size in a fresh "
+        "process.",
+        "",
+        "| batch | decode vol/s | bare predict vol/s | decode / bare | decode + LRP vol/s | (decode + LRP) / "
+        "decode time | peak RSS decode MiB | peak RSS + LRP MiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['batch']} | {r['decode_vol_s']:.2f} | {r['bare_vol_s']:.2f} | {r['decode_over_bare']:.2f} "
-                     f"| {r['lrp_vol_s']:.2f} | {r['lrp_ratio']:.2f}x | {r['rss_decode_mib']:.0f} | "
-                     f"{r['rss_lrp_mib']:.0f} |")
+        lines.append(
+            f"| {r['batch']} | {r['decode_vol_s']:.2f} | {r['bare_vol_s']:.2f} | {r['decode_over_bare']:.2f} "
+            f"| {r['lrp_vol_s']:.2f} | {r['lrp_ratio']:.2f}x | {r['rss_decode_mib']:.0f} | "
+            f"{r['rss_lrp_mib']:.0f} |"
+        )
     gmac, floor, largest = lrp_flop_floor()
-    lines += ["", f"Arithmetic floor of (decode + LRP) / decode: the forward pass is {gmac:.2f} GMAC per volume "
-                  f"({largest:.0%} of it in the second, full-resolution 8-channel convolution); the alpha-beta rule needs three "
-                  "more convolutions of each layer's size (|W| |x| and two input gradients), the flat rule of the "
-                  f"first layer almost nothing, so exact preset-B-flat LRP costs at least {floor:.2f}x the decode "
-                  "time when convolutions dominate (`lrp_flop_floor()` in this script)."]
+    lines += [
+        "",
+        f"Arithmetic floor of (decode + LRP) / decode: the forward pass is {gmac:.2f} GMAC per volume "
+        f"({largest:.0%} of it in the second, full-resolution 8-channel convolution); the alpha-beta rule needs three "
+        "more convolutions of each layer's size (|W| |x| and two input gradients), the flat rule of the "
+        f"first layer almost nothing, so exact preset-B-flat LRP costs at least {floor:.2f}x the decode "
+        "time when convolutions dominate (`lrp_flop_floor()` in this script).",
+    ]
     warnings = [w for w in (ratio_warning(r["lrp_ratio"], floor) for r in rows) if w]
     lines += [f"\n{w}" for w in warnings]
     if prep is not None:
-        lines += ["", f"Preparation of one {prep['n_volumes']}-volume run (synthetic, reference grid, TR 0.72 s; "
-                      f"`prepare_run` + labels): {prep['prep_s']:.1f} s ({prep['n_volumes'] / prep['prep_s']:.0f} "
-                      f"vol/s); reading it back in batches of 4: {prep['read_batches_s']:.1f} s; peak RSS "
-                      f"{prep['rss_mib']:.0f} MiB."]
+        lines += [
+            "",
+            f"Preparation of one {prep['n_volumes']}-volume run (synthetic, reference grid, TR 0.72 s; "
+            f"`prepare_run` + labels): {prep['prep_s']:.1f} s ({prep['n_volumes'] / prep['prep_s']:.0f} "
+            f"vol/s); reading it back in batches of 4: {prep['read_batches_s']:.1f} s; peak RSS "
+            f"{prep['rss_mib']:.0f} MiB.",
+        ]
     if flow is not None:
         verdict = "within" if flow["peak_rss_mib"] <= RSS_LIMIT_MIB else "OVER"
-        sizes = ", ".join(f"{k} {v / 2 ** 20:.1f} MiB" if v > 2 ** 20 else f"{k} {v / 1024:.1f} KiB"
-                          for k, v in sorted(flow["sizes"].items(), key=lambda kv: -kv[1])[:4])
-        lines += ["", f"{flow['n_volumes']}-volume participant run (`deeplight-bids BIDS OUT participant`, LRP on, "
-                      f"batch size {flow['batch_size']}, all outputs): {flow['run_s']:.0f} s wall "
-                      f"({flow['vol_s']:.2f} vol/s end to end, model load and preparation included; median "
-                      f"{flow['batch_s_median']:.2f} s per batch), peak RSS {flow['peak_rss_mib']:.0f} MiB "
-                      f"({flow['peak_rss_mib'] / 1024:.2f} GiB, {verdict} the 3 GiB target). Outputs "
-                      f"{flow['total_bytes'] / 2 ** 20:.1f} MiB in all; largest: {sizes}."]
+        sizes = ", ".join(
+            f"{k} {v / 2**20:.1f} MiB" if v > 2**20 else f"{k} {v / 1024:.1f} KiB"
+            for k, v in sorted(flow["sizes"].items(), key=lambda kv: -kv[1])[:4]
+        )
+        lines += [
+            "",
+            f"{flow['n_volumes']}-volume participant run (`deeplight-bids BIDS OUT participant`, LRP on, "
+            f"batch size {flow['batch_size']}, all outputs): {flow['run_s']:.0f} s wall "
+            f"({flow['vol_s']:.2f} vol/s end to end, model load and preparation included; median "
+            f"{flow['batch_s_median']:.2f} s per batch), peak RSS {flow['peak_rss_mib']:.0f} MiB "
+            f"({flow['peak_rss_mib'] / 1024:.2f} GiB, {verdict} the 3 GiB target). Outputs "
+            f"{flow['total_bytes'] / 2**20:.1f} MiB in all; largest: {sizes}.",
+        ]
     section = "\n".join(lines) + "\n"
     update_section(path, SECTION, section)
 
@@ -331,8 +408,12 @@ def main(argv=None):
     parser.add_argument("--no-flow", action="store_true", help="skip preparation and the participant run")
     parser.add_argument("--no-workers", action="store_true", help="skip the decode / LRP measurements")
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"), help="markdown file to update ('' for none)")
-    parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None,
-                        help="Keras backend of the measurements (default: $KERAS_BACKEND, else tensorflow)")
+    parser.add_argument(
+        "--backend",
+        choices=("tensorflow", "jax", "torch"),
+        default=None,
+        help="Keras backend of the measurements (default: $KERAS_BACKEND, else tensorflow)",
+    )
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--prep-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -365,14 +446,18 @@ def main(argv=None):
             dataset, made = make_dataset(tmp, args.flow_volumes)
             print(f"synthetic dataset ({args.flow_volumes} volumes) made in {made:.0f} s")
             prep = run_child(["--prep-worker", str(dataset.bids_dir)])
-            print(f"preparation of {prep['n_volumes']} volumes: {prep['prep_s']:.1f} s, reading back in batches: "
-                  f"{prep['read_batches_s']:.1f} s, peak RSS {prep['rss_mib']:.0f} MiB")
+            print(
+                f"preparation of {prep['n_volumes']} volumes: {prep['prep_s']:.1f} s, reading back in batches: "
+                f"{prep['read_batches_s']:.1f} s, peak RSS {prep['rss_mib']:.0f} MiB"
+            )
             flow = run_flow(dataset, tmp, args.flow_batch_size)
         verdict = "ok" if flow["peak_rss_mib"] <= RSS_LIMIT_MIB else f"OVER {RSS_LIMIT_MIB} MiB"
-        print(f"{flow['n_volumes']}-volume participant run (3D, LRP, batch {flow['batch_size']}): "
-              f"{flow['run_s']:.0f} s ({flow['vol_s']:.2f} vol/s, median {flow['batch_s_median']:.2f} s/batch), "
-              f"peak RSS {flow['peak_rss_mib']:.0f} MiB ({verdict}), outputs {flow['total_bytes'] / 2 ** 20:.1f} MiB: "
-              f"{json.dumps(flow['sizes'])}")
+        print(
+            f"{flow['n_volumes']}-volume participant run (3D, LRP, batch {flow['batch_size']}): "
+            f"{flow['run_s']:.0f} s ({flow['vol_s']:.2f} vol/s, median {flow['batch_s_median']:.2f} s/batch), "
+            f"peak RSS {flow['peak_rss_mib']:.0f} MiB ({verdict}), outputs {flow['total_bytes'] / 2**20:.1f} MiB: "
+            f"{json.dumps(flow['sizes'])}"
+        )
     if args.results and rows:
         write_results(args.results, machine, rows, prep, flow, host)
         print(f"written to {args.results} ({SECTION})")

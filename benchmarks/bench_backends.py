@@ -59,8 +59,9 @@ def measure(repo, model, backend, batch, repeats):
         print(proc.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"{script} --worker {batch} under {backend} failed (exit {proc.returncode})")
     row = json.loads(lines[-1])
-    row.update(model=model, backend=backend, wall_s=time.perf_counter() - start,
-               load=(load_before + os.getloadavg()[0]) / 2)
+    row.update(
+        model=model, backend=backend, wall_s=time.perf_counter() - start, load=(load_before + os.getloadavg()[0]) / 2
+    )
     row["lrp_over_decode"] = row.get("lrp_ratio", row.get("ratio"))
     return row
 
@@ -73,20 +74,28 @@ def best(rows, model, backend, code, key):
 def write_results(path, machine, rows, args, old_commit):
     today = datetime.date.today().isoformat()
     loads = [r["load"] for r in rows]
-    lines = [SECTION, "",
-             (f"Date: {today}. Machine: {machine}. Load average during the run: {min(loads):.1f}-{max(loads):.1f} "
-              "(2 cores shared with other jobs; absolute figures vary with it, ratios of alternating runs less)."),
-             f"Command: `python benchmarks/bench_backends.py --batch {args.batch} --rounds {args.rounds}"
-             + (" --old <worktree of " + old_commit + ">`" if old_commit else "`")
-             + f". Batch {args.batch}, full grid (91, 109, 91, 1), float32; each cell one child process of "
-               "`bench_3d.py --backend B --worker N` (3D, `preset_b_flat`, random weights) or `bench_2d.py --backend "
-               "B --worker N` (2D, `deeplight_2d`, published weights); best call after a warm-up call "
-               f"({args.repeats} timed calls; {args.slow_repeats} for JAX).", "",
-             "| model | backend | code | decode vol/s | decode + LRP vol/s | (decode + LRP) / decode time |",
-             "|---|---|---|---:|---:|---:|"]
+    lines = [
+        SECTION,
+        "",
+        (
+            f"Date: {today}. Machine: {machine}. Load average during the run: {min(loads):.1f}-{max(loads):.1f} "
+            "(2 cores shared with other jobs; absolute figures vary with it, ratios of alternating runs less)."
+        ),
+        f"Command: `python benchmarks/bench_backends.py --batch {args.batch} --rounds {args.rounds}"
+        + (" --old <worktree of " + old_commit + ">`" if old_commit else "`")
+        + f". Batch {args.batch}, full grid (91, 109, 91, 1), float32; each cell one child process of "
+        "`bench_3d.py --backend B --worker N` (3D, `preset_b_flat`, random weights) or `bench_2d.py --backend "
+        "B --worker N` (2D, `deeplight_2d`, published weights); best call after a warm-up call "
+        f"({args.repeats} timed calls; {args.slow_repeats} for JAX).",
+        "",
+        "| model | backend | code | decode vol/s | decode + LRP vol/s | (decode + LRP) / decode time |",
+        "|---|---|---|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model'].upper()} | {r['backend']} | {r['code']} | {r['decode_vol_s']:.2f} | "
-                     f"{r['lrp_vol_s']:.3f} | {r['lrp_over_decode']:.2f}x |")
+        lines.append(
+            f"| {r['model'].upper()} | {r['backend']} | {r['code']} | {r['decode_vol_s']:.2f} | "
+            f"{r['lrp_vol_s']:.3f} | {r['lrp_over_decode']:.2f}x |"
+        )
     if old_commit:
         lines += [""]
         for model in ("3d", "2d"):
@@ -106,8 +115,9 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=2, help="alternating old / new TensorFlow rounds")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls of each kind per measurement")
     parser.add_argument("--slow-repeats", type=int, default=1, help="timed calls under JAX (slow on CPU)")
-    parser.add_argument("--backends", nargs="+", default=["tensorflow", "torch", "jax"],
-                        choices=("tensorflow", "jax", "torch"))
+    parser.add_argument(
+        "--backends", nargs="+", default=["tensorflow", "torch", "jax"], choices=("tensorflow", "jax", "torch")
+    )
     parser.add_argument("--models", nargs="+", default=["3d", "2d"], choices=("3d", "2d"))
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"), help="markdown file to update ('' for none)")
     parser.add_argument("--json", help="also write every measurement (the workers' rows) to this file")
@@ -115,14 +125,15 @@ def main(argv=None):
 
     old_commit = None
     if args.old:
-        old_commit = subprocess.run(["git", "-C", args.old, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True, check=True).stdout.strip()
+        old_commit = subprocess.run(
+            ["git", "-C", args.old, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     machine = machine_description()
     print(f"{machine}; old code: {old_commit or '-'}", flush=True)
     plan = []
     if "tensorflow" in args.backends:
         for _ in range(args.rounds if args.old else 1):
-            for code in (("old", "new") if args.old else ("new",)):
+            for code in ("old", "new") if args.old else ("new",):
                 plan += [(code, model, "tensorflow") for model in args.models]
     plan += [("new", model, b) for b in args.backends if b != "tensorflow" for model in args.models]
     rows = []
@@ -131,9 +142,12 @@ def main(argv=None):
         repeats = args.slow_repeats if backend == "jax" else args.repeats
         row = {**measure(repo, model, backend, args.batch, repeats), "code": code}
         rows.append(row)
-        print(f"{model} {backend:10s} {code}: decode {row['decode_vol_s']:.2f} vol/s, decode + LRP "
-              f"{row['lrp_vol_s']:.3f} vol/s ({row['lrp_over_decode']:.2f}x), {row['wall_s']:.0f} s, "
-              f"load {row['load']:.1f}", flush=True)
+        print(
+            f"{model} {backend:10s} {code}: decode {row['decode_vol_s']:.2f} vol/s, decode + LRP "
+            f"{row['lrp_vol_s']:.3f} vol/s ({row['lrp_over_decode']:.2f}x), {row['wall_s']:.0f} s, "
+            f"load {row['load']:.1f}",
+            flush=True,
+        )
     if args.results:
         write_results(args.results, machine, rows, args, old_commit)
         print(f"written to {args.results} ({SECTION})")

@@ -59,9 +59,17 @@ def measure(seed, threads, folder):
     data_wall, data_cpu = time.monotonic() - wall, _cpu_seconds() - cpu
     training, validation, _ = split_participants(bids)
     wall, cpu = time.monotonic(), _cpu_seconds()
-    accuracy = fit_demo_model(bids, folder, training, validation, epochs=DEFAULTS["epochs"],
-                              batch_size=DEFAULTS["batch_size"], learning_rate=DEFAULTS["learning_rate"], seed=seed,
-                              threads=threads)
+    accuracy = fit_demo_model(
+        bids,
+        folder,
+        training,
+        validation,
+        epochs=DEFAULTS["epochs"],
+        batch_size=DEFAULTS["batch_size"],
+        learning_rate=DEFAULTS["learning_rate"],
+        seed=seed,
+        threads=threads,
+    )
     return accuracy, data_wall, data_cpu, time.monotonic() - wall, _cpu_seconds() - cpu
 
 
@@ -85,8 +93,11 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             acc, d_wall, d_cpu, f_wall, f_cpu = measure(seed, args.threads, tmp)
         rows.append((seed, acc, acc >= MIN_VALIDATION_ACCURACY, d_wall, d_cpu, f_wall, f_cpu))
-        print(f"seed {seed}: validation accuracy {acc:.3f} ({'pass' if rows[-1][2] else 'FAIL'}), dataset "
-              f"{d_wall:.0f} s ({d_cpu:.0f} s CPU), fit {f_wall:.0f} s ({f_cpu:.0f} s CPU)", flush=True)
+        print(
+            f"seed {seed}: validation accuracy {acc:.3f} ({'pass' if rows[-1][2] else 'FAIL'}), dataset "
+            f"{d_wall:.0f} s ({d_cpu:.0f} s CPU), fit {f_wall:.0f} s ({f_cpu:.0f} s CPU)",
+            flush=True,
+        )
         # after every seed: an interrupted run still leaves the seeds done
         text = _table(args, rows, load_before, DEFAULTS, MIN_VALIDATION_ACCURACY)
         if not args.no_write:
@@ -104,26 +115,34 @@ def _table(args, rows, load_before, defaults, bar):
     lines = [
         "## Demo fit",
         "",
-        (f"Date: {datetime.date.today()}. Machine: {machine_description()}. Command: `python "
-         f"benchmarks/bench_demo_seeds.py --seeds {args.seeds[0]}-{args.seeds[-1]} --threads {args.threads}`. "
-         f"Load average (1, 5, 15 min) before: {', '.join(f'{v:.1f}' for v in load_before)}; at the last seed: "
-         f"{', '.join(f'{v:.1f}' for v in load_now)}."),
+        (
+            f"Date: {datetime.date.today()}. Machine: {machine_description()}. Command: `python "
+            f"benchmarks/bench_demo_seeds.py --seeds {args.seeds[0]}-{args.seeds[-1]} --threads {args.threads}`. "
+            f"Load average (1, 5, 15 min) before: {', '.join(f'{v:.1f}' for v in load_before)}; at the last seed: "
+            f"{', '.join(f'{v:.1f}' for v in load_now)}."
+        ),
         "",
-        (f"The demo's first fit (`fit_demo_model`, defaults: {defaults['participants']} participants x "
-         f"{defaults['volumes']} volumes, signal {defaults['signal']} %, {defaults['epochs']} epochs, batch "
-         f"{defaults['batch_size']}, learning rate {defaults['learning_rate']:g}), one seed for data and model; the "
-         f"bar is validation accuracy >= {bar} (chance 1/3). CPU = user + system seconds of the process and "
-         "of the volume preparation's worker processes:"),
+        (
+            f"The demo's first fit (`fit_demo_model`, defaults: {defaults['participants']} participants x "
+            f"{defaults['volumes']} volumes, signal {defaults['signal']} %, {defaults['epochs']} epochs, batch "
+            f"{defaults['batch_size']}, learning rate {defaults['learning_rate']:g}), one seed for data and model; the "
+            f"bar is validation accuracy >= {bar} (chance 1/3). CPU = user + system seconds of the process and "
+            "of the volume preparation's worker processes:"
+        ),
         "",
         "| seed | validation accuracy | bar | dataset wall s | dataset CPU s | fit wall s | fit CPU s |",
         "|---:|---:|---|---:|---:|---:|---:|",
-        *(f"| {s} | {a:.3f} | {'pass' if ok else 'FAIL'} | {dw:.0f} | {dc:.0f} | {fw:.0f} | {fc:.0f} |"
-          for s, a, ok, dw, dc, fw, fc in rows),
+        *(
+            f"| {s} | {a:.3f} | {'pass' if ok else 'FAIL'} | {dw:.0f} | {dc:.0f} | {fw:.0f} | {fc:.0f} |"
+            for s, a, ok, dw, dc, fw, fc in rows
+        ),
         "",
-        (f"Passed: {passed} of {len(rows)} measured" + (f" ({planned - len(rows)} of the {planned} planned seeds "
-                                                        "not run yet)" if len(rows) < planned else "")
-         + f" (target: at least 9 of 10). Median fit: {sorted(r[5] for r in rows)[len(rows) // 2]:.0f} s wall, "
-         f"{sorted(r[6] for r in rows)[len(rows) // 2]:.0f} s CPU."),
+        (
+            f"Passed: {passed} of {len(rows)} measured"
+            + (f" ({planned - len(rows)} of the {planned} planned seeds not run yet)" if len(rows) < planned else "")
+            + f" (target: at least 9 of 10). Median fit: {sorted(r[5] for r in rows)[len(rows) // 2]:.0f} s wall, "
+            f"{sorted(r[6] for r in rows)[len(rows) // 2]:.0f} s CPU."
+        ),
     ]
     return "\n".join(lines) + "\n"
 

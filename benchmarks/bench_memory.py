@@ -48,17 +48,24 @@ def main(argv=None):
                     flow = bench_2d.run_flow(args.volumes, bench_2d.find_weights(), tmp, batch_size=batch)
             verdict = "within" if flow["peak_rss_mib"] <= RSS_LIMIT_MIB else "OVER"
             rows.append((arch, batch, flow["run_s"], flow["peak_rss_mib"], verdict))
-            print(f"{arch:>4} {batch:>5} {flow['run_s']:>7.0f} {flow['peak_rss_mib']:>12.0f}  {verdict} 3 GiB",
-                  flush=True)
+            print(
+                f"{arch:>4} {batch:>5} {flow['run_s']:>7.0f} {flow['peak_rss_mib']:>12.0f}  {verdict} 3 GiB", flush=True
+            )
     if args.results:
         machine = machine_description()
-        lines = ["## Memory", "", f"Date: {datetime.date.today().isoformat()}. Machine: {machine}.",
-                 f"Command: `python benchmarks/bench_memory.py --batch-sizes {' '.join(map(str, args.batch_sizes))}`. "
-                 f"One {args.volumes}-volume synthetic run (TR 0.72 s), `deeplight-bids BIDS OUT participant` with LRP "
-                 "and all outputs, in a child process; peak RSS = the child's ru_maxrss. On CPU the network takes at "
-                 f"most {CPU_NETWORK_BATCH} volumes per call whatever `--batch-size` is. Wall times are from a shared "
-                 "machine (not comparable).", "",
-                 "| architecture | --batch-size | wall s | peak RSS MiB | 3 GiB target |", "|---|---:|---:|---:|---|"]
+        lines = [
+            "## Memory",
+            "",
+            f"Date: {datetime.date.today().isoformat()}. Machine: {machine}.",
+            f"Command: `python benchmarks/bench_memory.py --batch-sizes {' '.join(map(str, args.batch_sizes))}`. "
+            f"One {args.volumes}-volume synthetic run (TR 0.72 s), `deeplight-bids BIDS OUT participant` with LRP "
+            "and all outputs, in a child process; peak RSS = the child's ru_maxrss. On CPU the network takes at "
+            f"most {CPU_NETWORK_BATCH} volumes per call whatever `--batch-size` is. Wall times are from a shared "
+            "machine (not comparable).",
+            "",
+            "| architecture | --batch-size | wall s | peak RSS MiB | 3 GiB target |",
+            "|---|---:|---:|---:|---|",
+        ]
         lines += [f"| {a} | {b} | {w:.0f} | {r:.0f} | {v} |" for a, b, w, r, v in rows]
         update_section(args.results, "## Memory", "\n".join(lines) + "\n")
     return 0 if all(r[4] == "within" for r in rows) else 1

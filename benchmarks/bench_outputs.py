@@ -91,8 +91,9 @@ def write_series(path, maps, n_volumes, t_r, mask=None, keepbits=None):
         stream = StreamingNifti4D(path, shape, REFERENCE_AFFINE, t_r)
     else:
         masker = RelevanceMasker(mask, keepbits=keepbits)
-        stream = VolumeGzipNifti4D(path, shape, REFERENCE_AFFINE, t_r, level=RELEVANCE_GZIP_LEVEL,
-                                   keepbits=masker.keepbits)
+        stream = VolumeGzipNifti4D(
+            path, shape, REFERENCE_AFFINE, t_r, level=RELEVANCE_GZIP_LEVEL, keepbits=masker.keepbits
+        )
     for i in range(n_volumes):
         vol = maps[i % len(maps)][None]
         stream.write(i, masker.apply(vol) if masker is not None else vol)
@@ -115,8 +116,13 @@ def sizes(args, workdir):
         if keepbits == RELEVANCE_KEEPBITS:
             path = naming.run_outputs(out, {"subject": "01", "task": "motor"})["relevance"]
         seconds, masker = write_series(path, maps, args.volumes, 0.72, case_mask, keepbits)
-        row = {"file": name, "keepbits": keepbits or 23, "mib": round(_mib(path), 1),
-               "pct_of_1288": round(100 * _mib(path) / TODAY_MIB, 1), "write_s": round(seconds, 1)}
+        row = {
+            "file": name,
+            "keepbits": keepbits or 23,
+            "mib": round(_mib(path), 1),
+            "pct_of_1288": round(100 * _mib(path) / TODAY_MIB, 1),
+            "write_s": round(seconds, 1),
+        }
         if masker is not None:
             row["outside_fraction_median"] = round(masker.sidecar()["RelevanceOutsideMaskFraction"]["Median"], 3)
         rows.append(row)
@@ -124,8 +130,10 @@ def sizes(args, workdir):
     rows.append(blocks_size(Path(workdir) / "blocks.nii.gz", maps, mask, args.volumes))
     from deeplight_bids.derivatives.writers import gzip_module
 
-    print(json.dumps({"mask_voxels": int(mask.sum()), "grid_voxels": int(mask.size),
-                      "gzip": gzip_module().__name__}), flush=True)
+    print(
+        json.dumps({"mask_voxels": int(mask.sum()), "grid_voxels": int(mask.size), "gzip": gzip_module().__name__}),
+        flush=True,
+    )
     return rows, out
 
 
@@ -144,14 +152,27 @@ def blocks_size(path, maps, mask, n_volumes, cycle=20, block=12):
     block_of_volume = np.where(index % cycle < block, index // cycle, -1)
     n_blocks = int(block_of_volume.max()) + 1
     masker = RelevanceMasker(mask)
-    means = BlockMeans(block_of_volume, VolumeGzipNifti4D(path, (*REFERENCE_SHAPE, n_blocks), REFERENCE_AFFINE, 0.72,
-                                                          level=RELEVANCE_GZIP_LEVEL, keepbits=RELEVANCE_KEEPBITS))
+    means = BlockMeans(
+        block_of_volume,
+        VolumeGzipNifti4D(
+            path,
+            (*REFERENCE_SHAPE, n_blocks),
+            REFERENCE_AFFINE,
+            0.72,
+            level=RELEVANCE_GZIP_LEVEL,
+            keepbits=RELEVANCE_KEEPBITS,
+        ),
+    )
     start_time = time.perf_counter()
     for i in range(n_volumes):
         means.add(i, masker.apply(maps[i % len(maps)][None]))
     means.close()
-    row = {"blocks": n_blocks, "mib": round(_mib(path), 1), "pct_of_1288": round(100 * _mib(path) / TODAY_MIB, 2),
-           "write_s": round(time.perf_counter() - start_time, 1)}
+    row = {
+        "blocks": n_blocks,
+        "mib": round(_mib(path), 1),
+        "pct_of_1288": round(100 * _mib(path) / TODAY_MIB, 2),
+        "write_s": round(time.perf_counter() - start_time, 1),
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -165,8 +186,16 @@ def write_predictions(out, n_volumes, n_states=5, block=20):
 
     states = [f"STATE{i}" for i in range(n_states)]
     targets = [states[(i // block) % n_states] for i in range(n_volumes)]
-    frame = pd.DataFrame({"volume": np.arange(n_volumes), "onset": np.arange(n_volumes) * 0.72,
-                          "true_state": targets, "predicted_state": targets, "correct": 1, "lrp_target": targets})
+    frame = pd.DataFrame(
+        {
+            "volume": np.arange(n_volumes),
+            "onset": np.arange(n_volumes) * 0.72,
+            "true_state": targets,
+            "predicted_state": targets,
+            "correct": 1,
+            "lrp_target": targets,
+        }
+    )
     write_tsv(naming.run_outputs(out, {"subject": "01", "task": "motor"})["predictions"], frame)
     return states[0], targets.count(states[0])
 
@@ -195,8 +224,9 @@ def readback(out, n_volumes):
 
     state, n_state = write_predictions(out, n_volumes)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(out), state], capture_output=True, text=True,
-                          env=env, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(out), state], capture_output=True, text=True, env=env, check=True
+    )
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     row["expected_volumes"] = n_state
     print(json.dumps({"load_relevance": row}), flush=True)
@@ -257,15 +287,34 @@ def wall_times(workdir, n_volumes, repeats, quality=True):
     dataset = make_synthetic_dataset(workdir / "wall_bids", n_participants=1, n_volumes=n_volumes, t_r=0.72)
     states = sorted(set(dataset.state_map.values()))
     model_dir = workdir / "wall_model"
-    save_model(randomise_weights(build_3d_deeplight(n_states=len(states)), seed=3), model_dir / "rand3d.keras",
-               {"architecture": "3D", "states": states, "name": "rand3d"})
+    save_model(
+        randomise_weights(build_3d_deeplight(n_states=len(states)), seed=3),
+        model_dir / "rand3d.keras",
+        {"architecture": "3D", "states": states, "name": "rand3d"},
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     walls, rss, busy = {"means": [], "volumes": []}, {"means": 0, "volumes": 0}, {"means": [], "volumes": []}
 
     def participant(mode, out, work, log):
-        return run_child_hwm([dataset.bids_dir, out, "participant", "--skip-bids-validation", "--weights", model_dir,
-                              "--work-dir", work, "--batch-size", 4, "--relevance-maps", mode,
-                              *([] if quality else ["--no-quality"])], log, env=env)
+        return run_child_hwm(
+            [
+                dataset.bids_dir,
+                out,
+                "participant",
+                "--skip-bids-validation",
+                "--weights",
+                model_dir,
+                "--work-dir",
+                work,
+                "--batch-size",
+                4,
+                "--relevance-maps",
+                mode,
+                *([] if quality else ["--no-quality"]),
+            ],
+            log,
+            env=env,
+        )
 
     for i in range(repeats):
         for mode in ("means", "volumes"):
@@ -274,17 +323,37 @@ def wall_times(workdir, n_volumes, repeats, quality=True):
             walls[mode].append(round(seconds, 1))
             rss[mode] = max(rss[mode], round(peak))
             busy[mode].append(_writer_busy(text))
-            print(json.dumps({"wall": mode, "volumes": n_volumes, "seconds": round(seconds, 1),
-                              "peak_rss_mib": round(peak), "writer_busy_s": busy[mode][-1]}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "wall": mode,
+                        "volumes": n_volumes,
+                        "seconds": round(seconds, 1),
+                        "peak_rss_mib": round(peak),
+                        "writer_busy_s": busy[mode][-1],
+                    }
+                ),
+                flush=True,
+            )
     volumes_mib = round(_mib(next(out.rglob("*_desc-relevance_bold.nii.gz"))), 1)  # removed by the blocks run
     text, seconds, peak = participant("blocks", out, work, workdir / "wall_blocks_reuse.log")
-    reuse = {"mode": "blocks", "seconds": round(seconds, 1), "peak_rss_mib": round(peak),
-             "network_pass": "no network pass" not in text, "volumes_file_mib": volumes_mib,
-             "blocks_file_mib": round(_mib(next(out.rglob("*_desc-blocks_relevance.nii.gz"))), 1)}
+    reuse = {
+        "mode": "blocks",
+        "seconds": round(seconds, 1),
+        "peak_rss_mib": round(peak),
+        "network_pass": "no network pass" not in text,
+        "volumes_file_mib": volumes_mib,
+        "blocks_file_mib": round(_mib(next(out.rglob("*_desc-blocks_relevance.nii.gz"))), 1),
+    }
     print(json.dumps({"reuse": reuse}), flush=True)
-    summary = {"wall_means_s": walls["means"], "wall_volumes_s": walls["volumes"],
-               "volumes_over_means": round(min(walls["volumes"]) / min(walls["means"]), 3), "peak_rss_mib": rss,
-               "writer_busy_s": busy, "reuse_blocks": reuse}
+    summary = {
+        "wall_means_s": walls["means"],
+        "wall_volumes_s": walls["volumes"],
+        "volumes_over_means": round(min(walls["volumes"]) / min(walls["means"]), 3),
+        "peak_rss_mib": rss,
+        "writer_busy_s": busy,
+        "reuse_blocks": reuse,
+    }
     print(json.dumps(summary), flush=True)
     return summary
 
@@ -293,15 +362,25 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--volumes", type=int, default=405)
     parser.add_argument("--distinct", type=int, default=8)
-    parser.add_argument("--no-unmasked", dest="unmasked", action="store_false",
-                        help="skip the unmasked files (the slow part)")
-    parser.add_argument("--wall-volumes", type=int, default=0, metavar="N",
-                        help="also time participant runs of N volumes with --relevance-maps means vs volumes")
+    parser.add_argument(
+        "--no-unmasked", dest="unmasked", action="store_false", help="skip the unmasked files (the slow part)"
+    )
+    parser.add_argument(
+        "--wall-volumes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time participant runs of N volumes with --relevance-maps means vs volumes",
+    )
     parser.add_argument("--wall-repeats", type=int, default=1)
     parser.add_argument("--wall-only", action="store_true", help="only the wall-time comparison")
-    parser.add_argument("--wall-no-quality", dest="wall_quality", action="store_false",
-                        help="participant runs with --no-quality (the quality measures' fixed minutes left out, so "
-                             "the writer's share of the wall time is larger)")
+    parser.add_argument(
+        "--wall-no-quality",
+        dest="wall_quality",
+        action="store_false",
+        help="participant runs with --no-quality (the quality measures' fixed minutes left out, so "
+        "the writer's share of the wall time is larger)",
+    )
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:

@@ -59,16 +59,30 @@ def main(argv=None):
         tmp = Path(tmp)
         dataset = make_synthetic_dataset(tmp / "bids", n_participants=1, n_volumes=args.volumes, t_r=0.72)
         states = sorted(set(dataset.state_map.values()))
-        save_model(randomise_weights(build_3d_deeplight(n_states=len(states)), seed=3), tmp / "model" / "rand3d.keras",
-                   {"architecture": "3D", "states": states, "name": "rand3d"})
+        save_model(
+            randomise_weights(build_3d_deeplight(n_states=len(states)), seed=3),
+            tmp / "model" / "rand3d.keras",
+            {"architecture": "3D", "states": states, "name": "rand3d"},
+        )
         common = ["participant", "--skip-bids-validation", "--weights", tmp / "model", "--batch-size", 4]
         cpu = children_cpu()
-        _, without_s, without_rss = run_cli_child([dataset.bids_dir, tmp / "plain", *common, "--no-quality",
-                                                   "--work-dir", tmp / "work-plain"], tmp / "plain.log")
+        _, without_s, without_rss = run_cli_child(
+            [dataset.bids_dir, tmp / "plain", *common, "--no-quality", "--work-dir", tmp / "work-plain"],
+            tmp / "plain.log",
+        )
         without_cpu, cpu = children_cpu() - cpu, children_cpu()
-        log, with_s, with_rss = run_cli_child([dataset.bids_dir, tmp / "quality", *common, "--quality-volumes",
-                                               args.quality_volumes, "--work-dir", tmp / "work-quality"],
-                                              tmp / "quality.log")
+        log, with_s, with_rss = run_cli_child(
+            [
+                dataset.bids_dir,
+                tmp / "quality",
+                *common,
+                "--quality-volumes",
+                args.quality_volumes,
+                "--work-dir",
+                tmp / "work-quality",
+            ],
+            tmp / "quality.log",
+        )
         with_cpu = children_cpu() - cpu
     step = re.search(r"quality: area between deletion curves .*\(([0-9.]+) s\)", log)
     step_s = float(step.group(1)) if step else float("nan")
@@ -79,23 +93,29 @@ def main(argv=None):
     lines = [
         "## Quality",
         "",
-        (f"Date: {datetime.date.today()}. Machine: {machine}. Command: `python benchmarks/bench_quality.py "
-         f"--volumes {args.volumes} --quality-volumes {args.quality_volumes}`. Load average (1, 5, 15 min) before: "
-         f"{', '.join(f'{v:.1f}' for v in load_before)}; after: {', '.join(f'{v:.1f}' for v in load_after)}."),
+        (
+            f"Date: {datetime.date.today()}. Machine: {machine}. Command: `python benchmarks/bench_quality.py "
+            f"--volumes {args.volumes} --quality-volumes {args.quality_volumes}`. Load average (1, 5, 15 min) before: "
+            f"{', '.join(f'{v:.1f}' for v in load_before)}; after: {', '.join(f'{v:.1f}' for v in load_after)}."
+        ),
         "",
-        (f"One {args.volumes}-volume participant run (3D, random weights, LRP on, batch size 4, synthetic data, TR "
-         "0.72 s), each in a fresh child process:"),
+        (
+            f"One {args.volumes}-volume participant run (3D, random weights, LRP on, batch size 4, synthetic data, TR "
+            "0.72 s), each in a fresh child process:"
+        ),
         "",
         "| run | wall s | CPU s | peak RSS MiB |",
         "|---|---:|---:|---:|",
         f"| `--no-quality` | {without_s:.0f} | {without_cpu:.0f} | {without_rss:.0f} |",
         f"| quality measures ({args.quality_volumes} volumes) | {with_s:.0f} | {with_cpu:.0f} | {with_rss:.0f} |",
         "",
-        (f"Overhead: {overhead:+.0%} in wall time, {overhead_cpu:+.0%} in CPU time "
-         f"({'within' if max(overhead, overhead_cpu) <= 0.25 else 'OVER'} the 25 % target); the quality step itself "
-         f"took {step_s:.0f} s wall (deletion curves: {args.quality_volumes} x 14 forward passes, the unperturbed "
-         f"logits come from the decoding pass; randomised-model LRP of {args.quality_volumes} volumes; Spearman and "
-         "SSIM)."),
+        (
+            f"Overhead: {overhead:+.0%} in wall time, {overhead_cpu:+.0%} in CPU time "
+            f"({'within' if max(overhead, overhead_cpu) <= 0.25 else 'OVER'} the 25 % target); the quality step itself "
+            f"took {step_s:.0f} s wall (deletion curves: {args.quality_volumes} x 14 forward passes, the unperturbed "
+            f"logits come from the decoding pass; randomised-model LRP of {args.quality_volumes} volumes; Spearman and "
+            "SSIM)."
+        ),
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -104,12 +104,14 @@ def main(argv=None):
         SECTION,
         "",
         f"Date: {datetime.date.today().isoformat()}. Machine: {machine_description()}.",
-        (f"Command: `python benchmarks/bench_space.py --volumes {args.volumes} --write`. A synthetic displacement field "
-         f"with the size and layout of TemplateFlow's MNI152NLin2009cAsym -> MNI152NLin6Asym transform (ITK composite "
-         f".h5, 1 mm field 193 x 229 x 193 x 3 float64, {tr['file_mb']:.0f} MB; the real file is 204.7 MB), a "
-         f"{args.volumes}-volume run on the 97 x 115 x 97 MNI152NLin2009cAsym res-2 grid (in chunks of {CHUNK} volumes, "
-         "as `prepare_run` reads them) and its mask; decode = `Decoder.logits` of a random-weight 3D-DeepLight, "
-         "batches of 4, on the same number of volumes."),
+        (
+            f"Command: `python benchmarks/bench_space.py --volumes {args.volumes} --write`. A synthetic displacement field "
+            f"with the size and layout of TemplateFlow's MNI152NLin2009cAsym -> MNI152NLin6Asym transform (ITK composite "
+            f".h5, 1 mm field 193 x 229 x 193 x 3 float64, {tr['file_mb']:.0f} MB; the real file is 204.7 MB), a "
+            f"{args.volumes}-volume run on the 97 x 115 x 97 MNI152NLin2009cAsym res-2 grid (in chunks of {CHUNK} volumes, "
+            "as `prepare_run` reads them) and its mask; decode = `Decoder.logits` of a random-weight 3D-DeepLight, "
+            "batches of 4, on the same number of volumes."
+        ),
         "",
         "| step | seconds |",
         "|---|---:|",
@@ -120,9 +122,11 @@ def main(argv=None):
         f"| **transform total** | **{total:.1f}** |",
         f"| decode {args.volumes} volumes (3D, no LRP) | {decode:.1f} |",
         "",
-        (f"Transform setup + application = {100 * share:.0f} % of the decode time (target: at most 25 %); with LRP "
-         "(about 4x the decode time, see the 3D section) the share is about a quarter of that. Peak RSS of the "
-         f"benchmark process: {peak_rss_mib():.0f} MiB."),
+        (
+            f"Transform setup + application = {100 * share:.0f} % of the decode time (target: at most 25 %); with LRP "
+            "(about 4x the decode time, see the 3D section) the share is about a quarter of that. Peak RSS of the "
+            f"benchmark process: {peak_rss_mib():.0f} MiB."
+        ),
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -111,18 +111,26 @@ def write_results(path, machine, rows, batch_size, steps, load=None):
     today = datetime.date.today().isoformat()
     if load is not None:
         machine += f"; 1-min load average {load[0]:.1f} at the start and {load[1]:.1f} at the end of the run"
-    lines = [SECTION, "", f"Date: {today}. Machine: {machine}.",
-             f"Command: `python benchmarks/bench_train.py --batch-size {batch_size} --steps {steps}`. Full reference "
-             "grid (91, 109, 91, 1) float32 volumes, 3 output states, Adam, cross-entropy on logits, CPU; each case "
-             "in a fresh process; best timed step after a warm-up step. The machine is shared (other jobs ran), so "
-             "treat the figures as lower bounds.", "",
-             "| case | batch | training vol/s | peak RSS MiB | note |", "|---|---:|---:|---:|---|"]
-    notes = {"3D full": "every layer trained (fine-tuning from scratch or pretrained)",
-             "2D full": "every layer trained, dropout on",
-             "2D frozen body": "`--freeze-body`: body forward pass once per volume (features); then the head trains "
-                               "at {head:.0f} vol/s on features",
-             "3D frozen body": "`--freeze-body`: body forward pass once per volume; head then at {head:.0f} vol/s",
-             "cache read": "float16 in-mask cache -> full model-order volume (input pipeline alone)"}
+    lines = [
+        SECTION,
+        "",
+        f"Date: {today}. Machine: {machine}.",
+        f"Command: `python benchmarks/bench_train.py --batch-size {batch_size} --steps {steps}`. Full reference "
+        "grid (91, 109, 91, 1) float32 volumes, 3 output states, Adam, cross-entropy on logits, CPU; each case "
+        "in a fresh process; best timed step after a warm-up step. The machine is shared (other jobs ran), so "
+        "treat the figures as lower bounds.",
+        "",
+        "| case | batch | training vol/s | peak RSS MiB | note |",
+        "|---|---:|---:|---:|---|",
+    ]
+    notes = {
+        "3D full": "every layer trained (fine-tuning from scratch or pretrained)",
+        "2D full": "every layer trained, dropout on",
+        "2D frozen body": "`--freeze-body`: body forward pass once per volume (features); then the head trains "
+        "at {head:.0f} vol/s on features",
+        "3D frozen body": "`--freeze-body`: body forward pass once per volume; head then at {head:.0f} vol/s",
+        "cache read": "float16 in-mask cache -> full model-order volume (input pipeline alone)",
+    }
     for r in rows:
         note = notes.get(r["case"], "").format(head=r.get("head_vol_s", 0.0))
         lines.append(f"| {r['case']} | {r['batch']} | {r['vol_s']:.2f} | {r['rss_mib']:.0f} | {note} |")
@@ -134,8 +142,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per case")
-    parser.add_argument("--cases", nargs="+",
-                        default=["3D full", "2D full", "2D frozen body", "3D frozen body", "cache read"])
+    parser.add_argument(
+        "--cases", nargs="+", default=["3D full", "2D full", "2D frozen body", "3D frozen body", "cache read"]
+    )
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -146,21 +155,42 @@ def main(argv=None):
     rows = []
     load_start = os.getloadavg()[0]
     for case in args.cases:
-        proc = subprocess.run([sys.executable, __file__, "--child", case, "--batch-size", str(args.batch_size),
-                               "--steps", str(args.steps)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                case,
+                "--batch-size",
+                str(args.batch_size),
+                "--steps",
+                str(args.steps),
+            ],
+            capture_output=True,
+            text=True,
+        )
         found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode or not found:
             print(f"{case}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue
         row = json.loads(found[-1][7:])
         rows.append(row)
-        print(f"{case:16s} batch {row['batch']}: {row['vol_s']:.2f} vol/s, peak RSS {row['rss_mib']:.0f} MiB"
-              + (f" (head on features: {row['head_vol_s']:.0f} vol/s)" if "head_vol_s" in row else ""), flush=True)
+        print(
+            f"{case:16s} batch {row['batch']}: {row['vol_s']:.2f} vol/s, peak RSS {row['rss_mib']:.0f} MiB"
+            + (f" (head on features: {row['head_vol_s']:.0f} vol/s)" if "head_vol_s" in row else ""),
+            flush=True,
+        )
     if not args.no_write and rows:
         from _results import machine_description
 
-        write_results(args.results, machine_description(), rows, args.batch_size, args.steps,
-                      load=(load_start, os.getloadavg()[0]))
+        write_results(
+            args.results,
+            machine_description(),
+            rows,
+            args.batch_size,
+            args.steps,
+            load=(load_start, os.getloadavg()[0]),
+        )
         print(f"written to {args.results} ({SECTION})")
     return 0
 

@@ -55,6 +55,7 @@ SAFE_EPS = 1e-7
 
 # -- ours (TensorFlow) ---------------------------------------------------------------------------
 
+
 def ours_worker(npz_path, batch, threads):
     sys.path.insert(0, str(REPO_ROOT))
     sys.path.insert(0, str(HERE))
@@ -76,8 +77,12 @@ def ours_worker(npz_path, batch, threads):
         if kind == "Conv3D":
             kernel, bias = layer.get_weights()
             arrays[f"{i}_kernel"], arrays[f"{i}_bias"] = kernel, bias
-            entry.update(stride=int(layer.strides[0]), k=int(layer.kernel_size[0]), padding=layer.padding,
-                         relu=layer.activation.__name__ == "relu")
+            entry.update(
+                stride=int(layer.strides[0]),
+                k=int(layer.kernel_size[0]),
+                padding=layer.padding,
+                relu=layer.activation.__name__ == "relu",
+            )
         elif kind == "BatchNormalization":
             for name, value in zip(("gamma", "beta", "mean", "var"), layer.get_weights()):
                 arrays[f"{i}_{name}"] = value
@@ -106,6 +111,7 @@ def serve(fn):
 
 # -- zennit (PyTorch) ----------------------------------------------------------------------------
 
+
 def _import_zennit():
     """Import zennit; if torchvision is unusable (e.g. a PyPI build that does not match the CPU torch wheel),
     stand in the two ResNet block classes zennit's torchvision canonizers name at import (not used here)."""
@@ -115,18 +121,22 @@ def _import_zennit():
 
     try:
         import zennit  # noqa: F401
+
         return "torchvision ok"
     except (ImportError, RuntimeError) as err:
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith(("torchvision.", "zennit"))]:
             del sys.modules[name]
-        stub = {name: pytypes.ModuleType(name) for name in ("torchvision", "torchvision.models",
-                                                            "torchvision.models.resnet")}
+        stub = {
+            name: pytypes.ModuleType(name)
+            for name in ("torchvision", "torchvision.models", "torchvision.models.resnet")
+        }
         stub["torchvision.models.resnet"].Bottleneck = type("Bottleneck", (torch.nn.Module,), {})
         stub["torchvision.models.resnet"].BasicBlock = type("BasicBlock", (torch.nn.Module,), {})
         stub["torchvision"].models = stub["torchvision.models"]
         stub["torchvision.models"].resnet = stub["torchvision.models.resnet"]
         sys.modules.update(stub)
         import zennit  # noqa: F401
+
         return f"torchvision unusable ({type(err).__name__}); stubbed"
 
 
@@ -152,9 +162,12 @@ def zennit_worker(npz_path, threads):
                 input_modifiers=[lambda v: v.clamp(min=0), lambda v: v.clamp(max=0)] * 2,
                 param_modifiers=[ClampMod(min=0.0), ClampMod(max=0.0), ClampMod(max=0.0), ClampMod(min=0.0)],
                 output_modifiers=[lambda out: out] * 4,
-                gradient_mapper=lambda g, outs: [g / safe(d) for d in [outs[0] + outs[1]] * 2 + [outs[2] + outs[3]] * 2],
-                reducer=lambda ins, grads: alpha * (ins[0] * grads[0] + ins[1] * grads[1])
-                - beta * (ins[2] * grads[2] + ins[3] * grads[3]),
+                gradient_mapper=lambda g, outs: [
+                    g / safe(d) for d in [outs[0] + outs[1]] * 2 + [outs[2] + outs[3]] * 2
+                ],
+                reducer=lambda ins, grads: (
+                    alpha * (ins[0] * grads[0] + ins[1] * grads[1]) - beta * (ins[2] * grads[2] + ins[3] * grads[3])
+                ),
             )
 
         def copy(self):
@@ -195,8 +208,9 @@ def zennit_worker(npz_path, threads):
             symmetric = all(a == b for a, b in pads)
             if not symmetric:  # TF "same": the extra pad goes after
                 modules.append(nn.ConstantPad3d(tuple(v for a, b in reversed(pads) for v in (a, b)), 0.0))
-            conv = nn.Conv3d(kernel.shape[1], kernel.shape[0], k, stride=s,
-                             padding=tuple(a for a, _ in pads) if symmetric else 0)
+            conv = nn.Conv3d(
+                kernel.shape[1], kernel.shape[0], k, stride=s, padding=tuple(a for a, _ in pads) if symmetric else 0
+            )
             conv.weight.data.copy_(kernel)
             conv.bias.data.copy_(torch.from_numpy(data[f"{i}_bias"]))
             modules.append(conv)
@@ -218,8 +232,12 @@ def zennit_worker(npz_path, threads):
     for p in model.parameters():
         p.requires_grad_(False)
     composite = SpecialFirstLayerMapComposite(
-        layer_map=[(nn.ReLU, Pass()), (nn.Conv3d, AlphaBetaFullBias()), (nn.BatchNorm3d, BatchNormInnvestigate()),
-                   (nn.AdaptiveAvgPool3d, Norm(stabilizer=safe))],
+        layer_map=[
+            (nn.ReLU, Pass()),
+            (nn.Conv3d, AlphaBetaFullBias()),
+            (nn.BatchNorm3d, BatchNormInnvestigate()),
+            (nn.AdaptiveAvgPool3d, Norm(stabilizer=safe)),
+        ],
         first_map=[(nn.Conv3d, Flat(stabilizer=safe))],
     )
 
@@ -237,6 +255,7 @@ def zennit_worker(npz_path, threads):
 
 
 # -- driver --------------------------------------------------------------------------------------
+
 
 def start(cmd):
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
@@ -275,9 +294,16 @@ def main(argv=None):
     if args.zennit_worker:
         return zennit_worker(args.zennit_worker, args.threads)
 
-    peer_versions = subprocess.run([args.peer_python, "-c", "import torch, importlib.metadata as m; "
-                                    "print(torch.__version__, m.version('zennit'))"],
-                                   capture_output=True, text=True, check=True).stdout.split()
+    peer_versions = subprocess.run(
+        [
+            args.peer_python,
+            "-c",
+            "import torch, importlib.metadata as m; print(torch.__version__, m.version('zennit'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     with tempfile.TemporaryDirectory(prefix="benchzennit-") as tmp:
         npz = Path(tmp) / "model.npz"
         me = str(Path(__file__).resolve())
@@ -296,19 +322,36 @@ def main(argv=None):
         diff = np.abs(a["relevance"] - b["relevance"])
         scale = float(np.abs(a["relevance"]).max())
         same_target = bool((a["logits"].argmax(1) == b["logits"].argmax(1)).all())
-    row = {"batch": args.batch, "repeats": args.repeats, "threads": args.threads, "ours_s": min(t_ours),
-           "zennit_s": min(t_peer), "ratio": min(t_ours) / min(t_peer), "max_abs_diff": float(diff.max()),
-           "max_rel_diff": float(diff.max()) / scale, "p9999_rel_diff": float(np.quantile(diff, 0.9999)) / scale,
-           "max_abs_relevance": scale, "logit_max_diff": logit_diff, "same_targets": same_target,
-           "torch": peer_versions[0], "zennit": peer_versions[1]}
-    print(f"repetitions: {args.repeats} alternating timed calls after one warm-up each; batch {args.batch}, "
-          f"{args.threads} threads")
-    print(f"ours (TF): best {row['ours_s']:.2f} s ({args.batch / row['ours_s']:.2f} vol/s); zennit {row['zennit']} "
-          f"(torch {row['torch']}): best {row['zennit_s']:.2f} s ({args.batch / row['zennit_s']:.2f} vol/s); "
-          f"ratio ours/zennit {row['ratio']:.2f}")
-    print(f"relevance max |diff| {row['max_abs_diff']:.3g} ({row['max_rel_diff']:.2e} of max |R| "
-          f"{scale:.3g}; 99.99th percentile {row['p9999_rel_diff']:.2e}); logits max |diff| {logit_diff:.2e}; "
-          f"same targets: {same_target}")
+    row = {
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "ours_s": min(t_ours),
+        "zennit_s": min(t_peer),
+        "ratio": min(t_ours) / min(t_peer),
+        "max_abs_diff": float(diff.max()),
+        "max_rel_diff": float(diff.max()) / scale,
+        "p9999_rel_diff": float(np.quantile(diff, 0.9999)) / scale,
+        "max_abs_relevance": scale,
+        "logit_max_diff": logit_diff,
+        "same_targets": same_target,
+        "torch": peer_versions[0],
+        "zennit": peer_versions[1],
+    }
+    print(
+        f"repetitions: {args.repeats} alternating timed calls after one warm-up each; batch {args.batch}, "
+        f"{args.threads} threads"
+    )
+    print(
+        f"ours (TF): best {row['ours_s']:.2f} s ({args.batch / row['ours_s']:.2f} vol/s); zennit {row['zennit']} "
+        f"(torch {row['torch']}): best {row['zennit_s']:.2f} s ({args.batch / row['zennit_s']:.2f} vol/s); "
+        f"ratio ours/zennit {row['ratio']:.2f}"
+    )
+    print(
+        f"relevance max |diff| {row['max_abs_diff']:.3g} ({row['max_rel_diff']:.2e} of max |R| "
+        f"{scale:.3g}; 99.99th percentile {row['p9999_rel_diff']:.2e}); logits max |diff| {logit_diff:.2e}; "
+        f"same targets: {same_target}"
+    )
     if args.results:
         write_results(args.results, machine_line(), row)
         print(f"written to {args.results} ({SECTION})")
@@ -316,18 +359,24 @@ def main(argv=None):
 
 def write_results(path, machine, row):
     today = datetime.date.today().isoformat()
-    lines = [SECTION, "", f"Date: {today}. Machine: {machine}; peer: PyTorch {row['torch']} (CPU), zennit "
-             f"{row['zennit']}. Command: `python benchmarks/bench_zennit.py` (see benchmarks/README.md).", "",
-             "3D-DeepLight LRP (preset B-flat: Flat first conv, alpha 2 / beta 1 other convs with iNNvestigate's "
-             "bias convention, iNNvestigate 1.0.8 BN rule, z-rule on global average pooling, ReLU passes; "
-             "`safe_divide` stabiliser) on the full grid, the same random weights and inputs in both; forward pass + "
-             f"relevance per call, batch {row['batch']}, {row['threads']} threads each; best of {row['repeats']} "
-             "alternating calls after a warm-up call.", "",
-             "| batch | ours (TF) s | zennit s | ours / zennit time | max abs relevance diff | relative to max abs "
-             "relevance | logits max abs diff |",
-             "|---:|---:|---:|---:|---:|---:|---:|",
-             f"| {row['batch']} | {row['ours_s']:.2f} | {row['zennit_s']:.2f} | {row['ratio']:.2f} | "
-             f"{row['max_abs_diff']:.2e} | {row['max_rel_diff']:.2e} | {row['logit_max_diff']:.2e} |"]
+    lines = [
+        SECTION,
+        "",
+        f"Date: {today}. Machine: {machine}; peer: PyTorch {row['torch']} (CPU), zennit "
+        f"{row['zennit']}. Command: `python benchmarks/bench_zennit.py` (see benchmarks/README.md).",
+        "",
+        "3D-DeepLight LRP (preset B-flat: Flat first conv, alpha 2 / beta 1 other convs with iNNvestigate's "
+        "bias convention, iNNvestigate 1.0.8 BN rule, z-rule on global average pooling, ReLU passes; "
+        "`safe_divide` stabiliser) on the full grid, the same random weights and inputs in both; forward pass + "
+        f"relevance per call, batch {row['batch']}, {row['threads']} threads each; best of {row['repeats']} "
+        "alternating calls after a warm-up call.",
+        "",
+        "| batch | ours (TF) s | zennit s | ours / zennit time | max abs relevance diff | relative to max abs "
+        "relevance | logits max abs diff |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {row['batch']} | {row['ours_s']:.2f} | {row['zennit_s']:.2f} | {row['ratio']:.2f} | "
+        f"{row['max_abs_diff']:.2e} | {row['max_rel_diff']:.2e} | {row['logit_max_diff']:.2e} |",
+    ]
     section = "\n".join(lines) + "\n"
     update_section(path, SECTION, section)
 

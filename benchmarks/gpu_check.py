@@ -49,6 +49,7 @@ PARITY_LIMITS = {"logits_rel": 1e-5, "relevance_of_max": {"3d": 2e-3, "2d": 1e-4
 
 # -- children -------------------------------------------------------------------------------
 
+
 def _peak_gpu_bytes():
     import keras
 
@@ -126,11 +127,24 @@ def throughput_child(arch, batches, repeats, dry_run):
 
 # -- stages (parent) ------------------------------------------------------------------------
 
+
 def run_child(args, backend, timeout):
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": f"{REPO}{os.pathsep}{HERE}",
-           "TF_CPP_MIN_LOG_LEVEL": "2", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-    proc = subprocess.run([sys.executable, *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, check=False)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "PYTHONPATH": f"{REPO}{os.pathsep}{HERE}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+    }
+    proc = subprocess.run(
+        [sys.executable, *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0:
         raise RuntimeError(f"exit {proc.returncode}: {proc.stderr[-2000:]}")
@@ -141,20 +155,27 @@ def stage_parity(backend, out_dir, dry_run):
     from parity_cases import compare
 
     if not REFERENCE.is_file():
-        raise FileNotFoundError(f"{REFERENCE} missing; make it with TensorFlow: python benchmarks/gpu_check.py "
-                                "--make-reference")
+        raise FileNotFoundError(
+            f"{REFERENCE} missing; make it with TensorFlow: python benchmarks/gpu_check.py --make-reference"
+        )
     target = Path(out_dir) / f"parity_{backend}.npz"
     run_child([HERE / "parity_cases.py", "--grid", "small", "--out", target], backend, 900)
     numbers = compare(np.load(REFERENCE), np.load(target))
-    ok = all(v["logits_rel"] < PARITY_LIMITS["logits_rel"]
-             and v["relevance_of_max"] < PARITY_LIMITS["relevance_of_max"][case] for case, v in numbers.items())
+    ok = all(
+        v["logits_rel"] < PARITY_LIMITS["logits_rel"]
+        and v["relevance_of_max"] < PARITY_LIMITS["relevance_of_max"][case]
+        for case, v in numbers.items()
+    )
     return {"ok": ok, "limits": PARITY_LIMITS, "cases": numbers}
 
 
 def stage_throughput(backend, arch, batches, repeats, dry_run):
     extra = ["--dry-run"] if dry_run else []
-    rows, _ = run_child([Path(__file__), "--child-throughput", arch, "--batches", *batches, "--repeats", repeats,
-                         *extra], backend, 600 if not dry_run else 300)
+    rows, _ = run_child(
+        [Path(__file__), "--child-throughput", arch, "--batches", *batches, "--repeats", repeats, *extra],
+        backend,
+        600 if not dry_run else 300,
+    )
     return rows
 
 
@@ -175,9 +196,23 @@ def stage_participant(out_dir, n_volumes, batch_size, dry_run):
         f"{{'architecture': '3D', 'states': {states!r}, 'name': 'rand3d'}})"
     )
     run_child(["-c", maker, model_dir / "rand3d.keras"], "jax", 600)
-    args = ["-m", "deeplight_bids", dataset.bids_dir, work / "out", "participant", "--backend", "jax",
-            "--skip-bids-validation", "--weights", model_dir, "--work-dir", work / "work", "--batch-size", batch_size,
-            "-vv"]  # -vv: the per-batch "(x s/batch)" lines are debug lines
+    args = [
+        "-m",
+        "deeplight_bids",
+        dataset.bids_dir,
+        work / "out",
+        "participant",
+        "--backend",
+        "jax",
+        "--skip-bids-validation",
+        "--weights",
+        model_dir,
+        "--work-dir",
+        work / "work",
+        "--batch-size",
+        batch_size,
+        "-vv",
+    ]  # -vv: the per-batch "(x s/batch)" lines are debug lines
     if dry_run:  # XLA's CPU 3D convolutions take ~50 s per volume for LRP on the full grid: decode only
         args.append("--no-lrp")
     start = time.perf_counter()
@@ -188,11 +223,17 @@ def stage_participant(out_dir, n_volumes, batch_size, dry_run):
     prep = re.search(r"done \((\d+) volumes.*?, ([\d.]+) s\)", log)
     sidecar = next((work / "out").rglob("*desc-predictions_timeseries.json"), None)
     backend_recorded = json.loads(sidecar.read_text()).get("ComputeBackend") if sidecar else None
-    return {"n_volumes": n_volumes, "batch_size": batch_size, "dataset_made_s": made_s, "run_s": run_s,
-            "network_s": float(np.sum(batch_times)) if batch_times else None,
-            "run_detail_s": float(prep.group(2)) if prep else None,
-            "preparation_and_io_share": (1 - float(np.sum(batch_times)) / run_s) if batch_times else None,
-            "sidecar_backend": backend_recorded, "log_tail": log[-1500:]}
+    return {
+        "n_volumes": n_volumes,
+        "batch_size": batch_size,
+        "dataset_made_s": made_s,
+        "run_s": run_s,
+        "network_s": float(np.sum(batch_times)) if batch_times else None,
+        "run_detail_s": float(prep.group(2)) if prep else None,
+        "preparation_and_io_share": (1 - float(np.sum(batch_times)) / run_s) if batch_times else None,
+        "sidecar_backend": backend_recorded,
+        "log_tail": log[-1500:],
+    }
 
 
 def environment():
@@ -204,37 +245,54 @@ def environment():
         except Exception as err:  # noqa: BLE001 (any import failure is a finding)
             info["packages"][name] = f"not importable ({type(err).__name__})"
     try:
-        info["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
-                                             "--format=csv,noheader"], capture_output=True, text=True,
-                                            timeout=30, check=False).stdout.strip()
+        info["nvidia_smi"] = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout.strip()
     except Exception as err:  # noqa: BLE001
         info["nvidia_smi"] = f"unavailable ({type(err).__name__})"
     return info
 
 
 def markdown(results):
-    lines = [f"# GPU check ({results['started']}{', DRY RUN' if results['dry_run'] else ''})", "",
-             f"Environment: `{json.dumps(results.get('environment', {}))}`", ""]
+    lines = [
+        f"# GPU check ({results['started']}{', DRY RUN' if results['dry_run'] else ''})",
+        "",
+        f"Environment: `{json.dumps(results.get('environment', {}))}`",
+        "",
+    ]
     for key, value in results["stages"].items():
         if key.startswith("parity") and "cases" in value:
             lines.append(f"## {key}: {'ok' if value['ok'] else 'OUTSIDE LIMITS'}")
             lines += ["| case | logits rel | relevance / max | Pearson r |", "|---|---:|---:|---:|"]
-            lines += [f"| {c} | {v['logits_rel']:.2e} | {v['relevance_of_max']:.2e} | {v['pearson_r']:.7f} |"
-                      for c, v in value["cases"].items()]
+            lines += [
+                f"| {c} | {v['logits_rel']:.2e} | {v['relevance_of_max']:.2e} | {v['pearson_r']:.7f} |"
+                for c, v in value["cases"].items()
+            ]
         elif key.startswith("throughput") and isinstance(value, list):
             lines.append(f"## {key}")
-            lines += ["| batch | decode vol/s | decode + LRP vol/s | peak GPU MiB | error |", "|---:|---:|---:|---:|---|"]
+            lines += [
+                "| batch | decode vol/s | decode + LRP vol/s | peak GPU MiB | error |",
+                "|---:|---:|---:|---:|---|",
+            ]
             for r in value:
                 peak = r.get("peak_gpu_mib")
-                lines.append(f"| {r['batch']} | {r.get('decode_vol_s', float('nan')):.1f} | "
-                             f"{r.get('lrp_vol_s', float('nan')):.1f} | {'' if peak is None else f'{peak:.0f}'} | "
-                             f"{r.get('error', '')} |")
+                lines.append(
+                    f"| {r['batch']} | {r.get('decode_vol_s', float('nan')):.1f} | "
+                    f"{r.get('lrp_vol_s', float('nan')):.1f} | {'' if peak is None else f'{peak:.0f}'} | "
+                    f"{r.get('error', '')} |"
+                )
         elif key.startswith("participant") and "run_s" in value:
             lines.append(f"## {key}")
-            lines.append(f"{value['n_volumes']} volumes, batch {value['batch_size']}: {value['run_s']:.1f} s end to end "
-                         f"(network {value['network_s'] or float('nan'):.1f} s; preparation, I/O and start-up share "
-                         f"{value['preparation_and_io_share'] or float('nan'):.0%}); sidecar backend "
-                         f"{value['sidecar_backend']}")
+            lines.append(
+                f"{value['n_volumes']} volumes, batch {value['batch_size']}: {value['run_s']:.1f} s end to end "
+                f"(network {value['network_s'] or float('nan'):.1f} s; preparation, I/O and start-up share "
+                f"{value['preparation_and_io_share'] or float('nan'):.0%}); sidecar backend "
+                f"{value['sidecar_backend']}"
+            )
         else:
             lines.append(f"## {key}: ERROR")
             lines.append(f"```\n{value.get('error', value) if isinstance(value, dict) else value}\n```")
@@ -251,8 +309,11 @@ def main(argv=None):
     parser.add_argument("--volumes", type=int, default=405, help="volumes of the participant run")
     parser.add_argument("--run-batch-size", type=int, default=32)
     parser.add_argument("--dry-run", action="store_true", help="tiny grid and batches (checks the script on CPU)")
-    parser.add_argument("--make-reference", action="store_true",
-                        help=f"write {REFERENCE.relative_to(REPO)} with TensorFlow (CPU) and exit")
+    parser.add_argument(
+        "--make-reference",
+        action="store_true",
+        help=f"write {REFERENCE.relative_to(REPO)} with TensorFlow (CPU) and exit",
+    )
     parser.add_argument("--child-throughput", choices=("3d", "2d"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -280,20 +341,35 @@ def main(argv=None):
         try:
             results["stages"][key] = fn(*fn_args)
         except Exception as err:  # noqa: BLE001 (one failing stage must not lose the others)
-            results["stages"][key] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
+            results["stages"][key] = {
+                "error": f"{type(err).__name__}: {err}",
+                "traceback": traceback.format_exc()[-3000:],
+            }
         print(f"{key}: {time.perf_counter() - start:.1f} s", flush=True)
         flush()
 
     results["environment"] = environment()
     flush()
-    backends = [b for b in args.backends if not str(results["environment"]["packages"].get(
-        {"jax": "jax", "torch": "torch"}[b], "")).startswith("not importable")]
+    backends = [
+        b
+        for b in args.backends
+        if not str(results["environment"]["packages"].get({"jax": "jax", "torch": "torch"}[b], "")).startswith(
+            "not importable"
+        )
+    ]
     for backend in backends:
         stage(f"parity_{backend}", stage_parity, backend, out_dir, args.dry_run)
     for backend in backends:
         for arch in ("3d", "2d"):
-            stage(f"throughput_{backend}_{arch}", stage_throughput, backend, arch, args.batches, args.repeats,
-                  args.dry_run)
+            stage(
+                f"throughput_{backend}_{arch}",
+                stage_throughput,
+                backend,
+                arch,
+                args.batches,
+                args.repeats,
+                args.dry_run,
+            )
     if "jax" in backends:
         stage("participant_jax", stage_participant, out_dir, args.volumes, args.run_batch_size, args.dry_run)
     print((out_dir / "gpu_check.md").read_text())

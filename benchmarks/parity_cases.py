@@ -20,8 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tests.models.legacy_h5 import randomise_weights as randomise
 
-GRIDS = {"small": {"3d": (8, 10, 8, 1), "2d": (4, 16, 12, 1)},
-         "full": {"3d": (91, 109, 91, 1), "2d": (91, 109, 91, 1)}}
+GRIDS = {"small": {"3d": (8, 10, 8, 1), "2d": (4, 16, 12, 1)}, "full": {"3d": (91, 109, 91, 1), "2d": (91, 109, 91, 1)}}
 
 
 CASES = ("3d", "2d", "2d_signed")
@@ -54,8 +53,11 @@ def models(grid, weights_2d=None, dtype="float32"):
         model_2d = convert_published_2d(load_published_2d(weights_2d))
     else:
         model_2d = randomise(build_2d_deeplight(n_states=4, input_shape=shapes["2d"]), seed=4)
-    return {"3d": (model_3d, "preset_b_flat"), "2d": (model_2d, "deeplight_2d"),
-            "2d_signed": (model_2d, "deeplight_2d_signed")}
+    return {
+        "3d": (model_3d, "preset_b_flat"),
+        "2d": (model_2d, "deeplight_2d"),
+        "2d_signed": (model_2d, "deeplight_2d_signed"),
+    }
 
 
 def inputs(shape, n, seed=0):
@@ -102,16 +104,25 @@ def main(argv=None):
     parser.add_argument("--grid", choices=sorted(GRIDS), default="small")
     parser.add_argument("--volumes", type=int, default=2)
     parser.add_argument("--weights-2d", help="published 2D .npy (full grid; default: random 2D weights)")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                        help="compute dtype of the models (the weights and inputs are float32 values either way)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="compute dtype of the models (the weights and inputs are float32 values either way)",
+    )
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     import keras
 
     arrays = compute(args.grid, args.volumes, args.weights_2d, args.dtype, args.cases)
-    np.savez_compressed(args.out, backend=np.array(keras.backend.backend()), grid=np.array(args.grid),
-                        dtype=np.array(args.dtype), **arrays)
+    np.savez_compressed(
+        args.out,
+        backend=np.array(keras.backend.backend()),
+        grid=np.array(args.grid),
+        dtype=np.array(args.dtype),
+        **arrays,
+    )
     print(f"{os.environ.get('KERAS_BACKEND', 'tensorflow')}: wrote {args.out}")
 
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE))
 
 def _rss_mib():
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 class RssSampler:
@@ -122,9 +122,18 @@ def profile_layers(batch, repeats):
         with RssSampler() as rss:
             t_rule = _best(lambda step=step, args=args: step(*args).numpy(), repeats)
         t_fwd = _best(lambda layer_fwd=layer_fwd, x_in=ins[i]: layer_fwd(x_in).numpy(), repeats)
-        rows.append({"layer": layer.name, "rule": type(rule).__name__, "in_shape": list(ins[i].shape),
-                     "out_shape": list(outs[i].shape), "rule_s": t_rule, "forward_s": t_fwd,
-                     "rss_rise_mib": rss.peak - rss.start, "rss_before_mib": rss.start})
+        rows.append(
+            {
+                "layer": layer.name,
+                "rule": type(rule).__name__,
+                "in_shape": list(ins[i].shape),
+                "out_shape": list(outs[i].shape),
+                "rule_s": t_rule,
+                "forward_s": t_fwd,
+                "rss_rise_mib": rss.peak - rss.start,
+                "rss_before_mib": rss.start,
+            }
+        )
         relevance = new_relevance
     del ins, outs, lins, relevance
 
@@ -145,16 +154,22 @@ def profile_layers(batch, repeats):
 def print_layers(rows, t_lrp, t_dec, batch):
     total_rule = sum(r["rule_s"] for r in rows)
     total_fwd = sum(r["forward_s"] for r in rows)
-    print(f"batch {batch}: explain {t_lrp:.2f} s, decode {t_dec:.2f} s, ratio {t_lrp / t_dec:.2f}x; "
-          f"sum of rules alone {total_rule:.2f} s, sum of layer forwards alone {total_fwd:.2f} s")
-    print(f"{'layer':<15} {'rule':<15} {'input shape':<26} {'rule s':>7} {'share':>6} {'fwd s':>6} {'rule/fwd':>8} "
-          f"{'RSS rise MiB':>12}")
+    print(
+        f"batch {batch}: explain {t_lrp:.2f} s, decode {t_dec:.2f} s, ratio {t_lrp / t_dec:.2f}x; "
+        f"sum of rules alone {total_rule:.2f} s, sum of layer forwards alone {total_fwd:.2f} s"
+    )
+    print(
+        f"{'layer':<15} {'rule':<15} {'input shape':<26} {'rule s':>7} {'share':>6} {'fwd s':>6} {'rule/fwd':>8} "
+        f"{'RSS rise MiB':>12}"
+    )
     for r in rows:
         if r["rule_s"] < 0.01 * total_rule and r["rss_rise_mib"] < 50:
             continue
-        print(f"{r['layer']:<15} {r['rule']:<15} {tuple(r['in_shape'])!s:<26} {r['rule_s']:>7.3f} "
-              f"{r['rule_s'] / total_rule:>6.1%} {r['forward_s']:>6.3f} {r['rule_s'] / max(r['forward_s'], 1e-9):>8.1f} "
-              f"{r['rss_rise_mib']:>12.0f}")
+        print(
+            f"{r['layer']:<15} {r['rule']:<15} {tuple(r['in_shape'])!s:<26} {r['rule_s']:>7.3f} "
+            f"{r['rule_s'] / total_rule:>6.1%} {r['forward_s']:>6.3f} {r['rule_s'] / max(r['forward_s'], 1e-9):>8.1f} "
+            f"{r['rss_rise_mib']:>12.0f}"
+        )
 
 
 def onednn_verbose(batch):
@@ -170,13 +185,16 @@ def onednn_verbose(batch):
         "print('@@RSS', r0 / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, flush=True)"
     )
     env = dict(os.environ, ONEDNN_VERBOSE="1", PYTHONPATH=str(HERE.parent))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=HERE.parent,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=HERE.parent, check=False
+    )
     phase, sums = None, {"LRP": collections.defaultdict(float), "DECODE": collections.defaultdict(float)}
     counts = {"LRP": collections.Counter(), "DECODE": collections.Counter()}
     for line in proc.stdout.splitlines():
         if line.startswith("@@RSS"):
-            print(f"peak RSS after warm-up calls {float(line.split()[1]):.0f} MiB, at the end {float(line.split()[2]):.0f} MiB")
+            print(
+                f"peak RSS after warm-up calls {float(line.split()[1]):.0f} MiB, at the end {float(line.split()[2]):.0f} MiB"
+            )
             continue
         if line.startswith("@@"):
             phase = line[2:]

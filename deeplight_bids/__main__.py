@@ -1,4 +1,5 @@
 """``python -m deeplight_bids`` runs the command-line interface."""
+
 from deeplight_bids.cli.run import main
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ def select_backend(name=None):
     if "keras" in sys.modules:
         current = sys.modules["keras"].backend.backend()
         if current != name:
-            raise ValueError(f"Keras was already imported with backend {current!r}; start a new process to use {name!r}")
+            raise ValueError(
+                f"Keras was already imported with backend {current!r}; start a new process to use {name!r}"
+            )
         return current
     os.environ["KERAS_BACKEND"] = name
     return name
@@ -211,9 +213,13 @@ def configure_threads(nprocs, log):
             note = ""
         except RuntimeError:
             note = " (TensorFlow was already initialised in this process; its earlier setting is kept)"
-        log.info("TensorFlow threads: intra-op %d, inter-op %d (--nprocs %d)%s",
-                 tf.config.threading.get_intra_op_parallelism_threads(),
-                 tf.config.threading.get_inter_op_parallelism_threads(), nprocs, note)
+        log.info(
+            "TensorFlow threads: intra-op %d, inter-op %d (--nprocs %d)%s",
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads(),
+            nprocs,
+            note,
+        )
     elif backend == "torch":
         import torch
 

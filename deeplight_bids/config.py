@@ -166,11 +166,14 @@ class FinetuneConfig:
 
 
 #: Section name -> dataclass.
-SECTIONS = {"inputs": InputsConfig, "participant": ParticipantConfig, "group": GroupConfig,
-            "finetune": FinetuneConfig}
+SECTIONS = {"inputs": InputsConfig, "participant": ParticipantConfig, "group": GroupConfig, "finetune": FinetuneConfig}
 #: Flat names of fine-tuning settings that differ from their field names (the command line's ``dest``).
-_FLAT_ALIASES = {"finetune": ("finetune", "enabled"), "finetune_init": ("finetune", "init"),
-                 "finetune_states": ("finetune", "states"), "finetune_batch_size": ("finetune", "batch_size")}
+_FLAT_ALIASES = {
+    "finetune": ("finetune", "enabled"),
+    "finetune_init": ("finetune", "init"),
+    "finetune_states": ("finetune", "states"),
+    "finetune_batch_size": ("finetune", "batch_size"),
+}
 
 
 def _flat_names():
@@ -278,6 +281,7 @@ class Config:
 
         Options absent from ``args`` take their defaults from the sections.
         """
+
         def arg(name, dest=None):
             return getattr(args, dest or name, default(name))
 

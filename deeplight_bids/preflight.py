@@ -46,8 +46,12 @@ def no_runs_error(bids_dir, runs, table_path=None, shown=3):
     more = len(groups) - shown
     tail = f"; {plural(more, 'other reason')}" if more > 0 else ""
     where = f"; full table in {table_path}" if table_path else "; full table in the log above"
-    return NoRunsFoundError(f"{bids_dir}: no run can be processed ({plural(len(runs), 'run')} skipped) - "
-                            + " | ".join(parts) + tail + where)
+    return NoRunsFoundError(
+        f"{bids_dir}: no run can be processed ({plural(len(runs), 'run')} skipped) - "
+        + " | ".join(parts)
+        + tail
+        + where
+    )
 
 
 def plan_before_compute(config, todo, model_states, user_state_map, dataset_tasks, log=LOGGER):

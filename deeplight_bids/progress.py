@@ -52,8 +52,7 @@ class Progress:
         if _is_terminal(self.stream):
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total, desc=desc, unit=unit, file=self.stream, leave=False,
-                             dynamic_ncols=True)
+            self._bar = tqdm(total=self.total, desc=desc, unit=unit, file=self.stream, leave=False, dynamic_ncols=True)
 
     def update(self, n=1):
         """``n`` more units done."""
@@ -66,8 +65,17 @@ class Progress:
             self._last = now
             rate = self.done / max(now - self._start, 1e-9)
             left = (self.total - self.done) / rate if rate > 0 else float("inf")
-            self.log.info("%s: %d of %d %ss (%d%%), %.2f %ss/s, about %s left", self.desc, self.done, self.total,
-                          self.unit, 100 * self.done // max(self.total, 1), rate, self.unit, _duration(left))
+            self.log.info(
+                "%s: %d of %d %ss (%d%%), %.2f %ss/s, about %s left",
+                self.desc,
+                self.done,
+                self.total,
+                self.unit,
+                100 * self.done // max(self.total, 1),
+                rate,
+                self.unit,
+                _duration(left),
+            )
 
     def close(self):
         if self._bar is not None:

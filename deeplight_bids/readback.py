@@ -139,11 +139,16 @@ def _run_files(output_dir, subject, task, run, session, filters=None, kind="volu
             continue
         chosen.append((path, ents))
     if not chosen:
-        what = f"sub-{subject}, task {task}" + (f", run {run}" if run is not None else "") + (
-            f", session {session}" if session is not None else "")
-        raise InputDataError(f"{output_dir}: no {'per-volume' if kind == 'volumes' else 'block'} relevance maps for "
-                             f"{what} (*_{_RUN_FILES[kind]}); run the participant level with LRP (and --relevance-maps "
-                             f"{kind}), or check the labels.")
+        what = (
+            f"sub-{subject}, task {task}"
+            + (f", run {run}" if run is not None else "")
+            + (f", session {session}" if session is not None else "")
+        )
+        raise InputDataError(
+            f"{output_dir}: no {'per-volume' if kind == 'volumes' else 'block'} relevance maps for "
+            f"{what} (*_{_RUN_FILES[kind]}); run the participant level with LRP (and --relevance-maps "
+            f"{kind}), or check the labels."
+        )
     return chosen
 
 
@@ -156,8 +161,9 @@ def _matches_state(values, state):
     return values.map(lambda v: isinstance(v, str) and (v == state or naming.label_value(v) == state)).astype(bool)
 
 
-def load_relevance(output_dir, subject, task, run=None, state=None, kind="volumes", session=None, volumes=None,
-                   filters=None):
+def load_relevance(
+    output_dir, subject, task, run=None, state=None, kind="volumes", session=None, volumes=None, filters=None
+):
     """Relevance maps of one participant and task from OUTPUT_DIR, with the matching table rows.
 
     Parameters
@@ -235,8 +241,9 @@ def load_relevance(output_dir, subject, task, run=None, state=None, kind="volume
             raise InputDataError(f"{listing}: missing (the run is unfinished); re-run the participant level.")
         table = _read_table(listing)
         if state_column not in table.columns:
-            raise InputDataError(f"{listing}: no {state_column} column (made with --no-lrp?); re-run the participant "
-                                 "level with LRP.")
+            raise InputDataError(
+                f"{listing}: no {state_column} column (made with --no-lrp?); re-run the participant level with LRP."
+            )
         keep = pd.Series(True, index=table.index)
         if state is not None:
             keep &= _matches_state(table[state_column], state)
@@ -270,8 +277,9 @@ def _load_means(output_dir, subject, task, state):
     for path in sorted(folder.glob(pattern)):
         sidecar = path.with_name(path.name.replace(".nii.gz", ".json"))
         meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-        name = meta.get("State") or re.sub(r"^label-", "", next(
-            (p for p in path.name.split("_") if p.startswith("label-")), "label-"))
+        name = meta.get("State") or re.sub(
+            r"^label-", "", next((p for p in path.name.split("_") if p.startswith("label-")), "label-")
+        )
         if state is not None and state not in (name, naming.label_value(name)):
             continue
         img = nib.load(path)
@@ -280,8 +288,10 @@ def _load_means(output_dir, subject, task, state):
         rows.append({"state": name, "number_of_volumes": meta.get("NumberOfVolumes"), "source": path.name})
     if not rows:
         what = f"sub-{subject}, task {task}" + (f", state {state}" if state is not None else "")
-        raise InputDataError(f"{output_dir}: no mean relevance maps for {what} (*_desc-mean_relevance.nii.gz); run "
-                             "the participant level with LRP.")
+        raise InputDataError(
+            f"{output_dir}: no mean relevance maps for {what} (*_desc-mean_relevance.nii.gz); run "
+            "the participant level with LRP."
+        )
     data = np.stack(arrays, axis=-1)
     img = nib.Nifti1Image(data, affine)
     img.header.set_xyzt_units("mm")

@@ -73,7 +73,6 @@ def compute_session(nprocs, precision=None, log=LOGGER):
         yield
 
 
-
 def setup_logging(verbose=0):
     """Log to stderr at INFO (``-vv``: DEBUG; ``verbose < 0``: WARNING) under the ``deeplight_bids`` logger."""
     from deeplight_bids.exceptions import LoggedWarning

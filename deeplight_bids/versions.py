@@ -7,8 +7,20 @@ from importlib import metadata
 from deeplight_bids import __version__
 
 #: Distributions whose versions are recorded (those not installed are left out).
-PACKAGES = ("tensorflow-cpu", "tensorflow", "keras", "jax", "numpy", "scipy", "pandas", "nibabel", "nilearn",
-            "pybids", "templateflow", "matplotlib")
+PACKAGES = (
+    "tensorflow-cpu",
+    "tensorflow",
+    "keras",
+    "jax",
+    "numpy",
+    "scipy",
+    "pandas",
+    "nibabel",
+    "nilearn",
+    "pybids",
+    "templateflow",
+    "matplotlib",
+)
 
 
 def software_versions() -> dict[str, str]:

@@ -75,8 +75,13 @@ def synthetic_dataset(tmp_path_factory):
     """2 participants, task motor (lh, rh, t), 30 volumes, TR 2 s, 1 block per state, reference grid (LAS)."""
     from deeplight_bids.demo.synth import make_synthetic_dataset
 
-    return build_once(tmp_path_factory, "synthetic_dataset", lambda folder: make_synthetic_dataset(
-        folder / "bids", n_participants=2, n_volumes=SYNTH_VOLUMES, seed=0, blocks_per_state=1))
+    return build_once(
+        tmp_path_factory,
+        "synthetic_dataset",
+        lambda folder: make_synthetic_dataset(
+            folder / "bids", n_participants=2, n_volumes=SYNTH_VOLUMES, seed=0, blocks_per_state=1
+        ),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -117,13 +122,27 @@ def participant_run(synthetic_dataset, random_3d_model, tmp_path_factory):
     (tests/test_participant.py) and the 2D comparison (tests/test_participant_2d.py): read it,
     never change it (copy it first, as the re-run test does).
     """
+
     def build(folder):
         from deeplight_bids.cli.run import run as cli
 
         out = folder / "deeplight"
         before = tree_digest(synthetic_dataset.bids_dir)
-        code = cli([str(synthetic_dataset.bids_dir), str(out), "participant", "--participant-label", "sub-01",
-                    "--weights", str(random_3d_model), "--batch-size", "8", "--quality-volumes", "4"])
+        code = cli(
+            [
+                str(synthetic_dataset.bids_dir),
+                str(out),
+                "participant",
+                "--participant-label",
+                "sub-01",
+                "--weights",
+                str(random_3d_model),
+                "--batch-size",
+                "8",
+                "--quality-volumes",
+                "4",
+            ]
+        )
         return out, code, before
 
     return build_once(tmp_path_factory, "participant_run", build)
@@ -139,6 +158,7 @@ def random_3d_model(tmp_path_factory):
 
     Stands in for trained weights where a test checks the pipeline, not decoding accuracy.
     """
+
     def build(base):
         from deeplight_bids.models.three import build_3d_deeplight
         from deeplight_bids.models.weights import save_model
@@ -187,11 +207,15 @@ def find_published_2d_weights():
         if path.is_file():
             got = sha256sum(path)
             if got != entry.sha256:
-                pytest.fail(f"{path} has SHA-256 {got}, the published 2D weights have {entry.sha256}: "
-                            "replace it (deeplight-bids weights fetch 2D-pretrained)")
+                pytest.fail(
+                    f"{path} has SHA-256 {got}, the published 2D weights have {entry.sha256}: "
+                    "replace it (deeplight-bids weights fetch 2D-pretrained)"
+                )
             return path.resolve()
-    reason = (f"published 2D weights {entry.filename} are in none of {', '.join(map(str, folders))}: "
-              "run 'deeplight-bids weights fetch 2D-pretrained' or set DEEPLIGHT_WEIGHTS_DIR")
+    reason = (
+        f"published 2D weights {entry.filename} are in none of {', '.join(map(str, folders))}: "
+        "run 'deeplight-bids weights fetch 2D-pretrained' or set DEEPLIGHT_WEIGHTS_DIR"
+    )
     if os.environ.get(REQUIRE_WEIGHTS_ENV) == "1":
         pytest.fail(f"{reason} ({REQUIRE_WEIGHTS_ENV}=1)")
     pytest.skip(reason)
@@ -205,21 +229,23 @@ def published_2d_weights():
 
 #: Module/session fixtures that run the CLI on the full grid (or fit a model): every test that
 #: requests one, directly or through another fixture, is ``slow``.
-SLOW_FIXTURES = frozenset({
-    "participant_run",      # tests/conftest.py: sub-01 with LRP
-    "small_runs",           # tests/lrp/test_backend_parity.py: every backend in a subprocess, float32 and float64
-    "run_2d",               # tests/test_participant_2d.py: the 2D model on the full grid
-    "participant_out",      # tests/group/conftest.py: 4 participants with LRP
-    "varied_out",
-    "one_participant_out",  # tests/group/test_report.py
-    "shared_work",          # tests/group/test_integrity.py
-    "settings_changed",
-    "pooled_out",
-    "concurrent_outputs",   # tests/reliability/conftest.py: 3 jobs at once
-    "messy",                # tests/reliability/test_bad_inputs.py: one run over every defect
-    "cv_out",               # tests/finetune/test_finetune.py: cross-validated fine-tuning
-    "demo",                 # tests/test_demo.py: the whole demo (a real fit)
-})
+SLOW_FIXTURES = frozenset(
+    {
+        "participant_run",  # tests/conftest.py: sub-01 with LRP
+        "small_runs",  # tests/lrp/test_backend_parity.py: every backend in a subprocess, float32 and float64
+        "run_2d",  # tests/test_participant_2d.py: the 2D model on the full grid
+        "participant_out",  # tests/group/conftest.py: 4 participants with LRP
+        "varied_out",
+        "one_participant_out",  # tests/group/test_report.py
+        "shared_work",  # tests/group/test_integrity.py
+        "settings_changed",
+        "pooled_out",
+        "concurrent_outputs",  # tests/reliability/conftest.py: 3 jobs at once
+        "messy",  # tests/reliability/test_bad_inputs.py: one run over every defect
+        "cv_out",  # tests/finetune/test_finetune.py: cross-validated fine-tuning
+        "demo",  # tests/test_demo.py: the whole demo (a real fit)
+    }
+)
 
 
 #: Slow tests (a full-grid CLI run or a fit inside the test) in files that other branches were
@@ -227,14 +253,18 @@ SLOW_FIXTURES = frozenset({
 #: in its collected file is an error, so this list cannot go stale.  Elsewhere tests carry
 #: ``@pytest.mark.slow`` themselves.
 SLOW_TESTS = {
-    "tests/finetune/test_finetune.py": {"test_interrupted_run_resumes_from_checkpoint",
-                                        "test_3d_full_network_from_published_layout_hdf5"},
+    "tests/finetune/test_finetune.py": {
+        "test_interrupted_run_resumes_from_checkpoint",
+        "test_3d_full_network_from_published_layout_hdf5",
+    },
     "tests/finetune/test_determinism.py": {"test_two_fits_are_bit_identical"},
     "tests/finetune/test_distribute.py": {"test_fit_resumable_under_mirrored_strategy"},
     "tests/test_relevance_maps_option.py": {"test_blocks_then_means_then_volumes_without_the_network"},
     # full-grid forward/LRP passes, each ~10 s on 2 quiet cores; cheaper tests of the same modules stay fast
-    "tests/lrp/test_analyzer.py": {"test_max_batch_splits_without_changing_results",
-                                   "test_logits_are_the_inference_forward_pass_and_relevance_drops_the_channel_axis"},
+    "tests/lrp/test_analyzer.py": {
+        "test_max_batch_splits_without_changing_results",
+        "test_logits_are_the_inference_forward_pass_and_relevance_drops_the_channel_axis",
+    },
     "tests/lrp/test_composites.py": {"test_deeplight_2d_matches_numpy_reference_through_the_whole_network"},
     "tests/finetune/test_cache.py": {"test_prepared_once_then_reused"},
     "tests/demo/test_synth.py": {"test_deterministic_for_a_seed"},

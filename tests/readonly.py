@@ -34,8 +34,15 @@ def bind_mount_works(probe_parent):
     if exe is None or os.geteuid() != 0:
         return False
     probe = Path(tempfile.mkdtemp(dir=probe_parent))
-    cmd = [exe, "-m", "--propagation", "private", "sh", "-c",
-           f"mount --bind -o ro '{probe}' '{probe}' && ! touch '{probe}/x' 2>/dev/null"]
+    cmd = [
+        exe,
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f"mount --bind -o ro '{probe}' '{probe}' && ! touch '{probe}/x' 2>/dev/null",
+    ]
     try:
         return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.SubprocessError):
@@ -50,8 +57,13 @@ def _set_read_only(root, read_only):
             continue
         mode = path.stat().st_mode
         if read_only:
-            path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) | stat.S_IRUSR | stat.S_IRGRP
-                       | stat.S_IROTH | (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH if path.is_dir() else 0))
+            path.chmod(
+                mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+                | stat.S_IRUSR
+                | stat.S_IRGRP
+                | stat.S_IROTH
+                | (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH if path.is_dir() else 0)
+            )
         else:
             path.chmod(mode | stat.S_IWUSR)
 
@@ -113,8 +125,15 @@ def run_cli_read_only(bids_dir, out_dir, args, inputs, scratch, method=None, tim
     _set_read_only(ro, True)
     if method == "bind":
         inner = " ".join(f"'{c}'" for c in cli)
-        cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-               f"mount --bind -o ro '{ro}' '{ro}' && exec {inner}"]
+        cmd = [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f"mount --bind -o ro '{ro}' '{ro}' && exec {inner}",
+        ]
     elif method == "nobody":
         for folder in (home, out_dir):
             os.chown(folder, NOBODY, NOBODY)

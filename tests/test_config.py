@@ -17,8 +17,17 @@ def _argv(tmp_path, *options):
 
 def test_parser_defaults_are_the_sections_defaults():
     parser = build_parser()
-    for dest in ("architecture", "lrp_target", "lrp_rule", "smoothing_fwhm", "high_pass", "batch_size",
-                 "relevance_maps", "reference_top_percent", "significance_permutations"):
+    for dest in (
+        "architecture",
+        "lrp_target",
+        "lrp_rule",
+        "smoothing_fwhm",
+        "high_pass",
+        "batch_size",
+        "relevance_maps",
+        "reference_top_percent",
+        "significance_permutations",
+    ):
         assert parser.get_default(dest) == default(dest), dest
     # (--quality-volumes reads run_quality.DEFAULT_VOLUMES, which is default("quality_volumes") but lowered
     # for this test session by tests/conftest.py)
@@ -27,8 +36,16 @@ def test_parser_defaults_are_the_sections_defaults():
 
 
 def test_flat_and_sectioned_access(tmp_path):
-    config = Config(bids_dir=tmp_path, output_dir=tmp_path / "out", epochs=3, finetune=True,
-                    finetune_init="scratch", batch_size=2, finetune_batch_size=5, seed=7)
+    config = Config(
+        bids_dir=tmp_path,
+        output_dir=tmp_path / "out",
+        epochs=3,
+        finetune=True,
+        finetune_init="scratch",
+        batch_size=2,
+        finetune_batch_size=5,
+        seed=7,
+    )
     assert config.finetune.enabled and config.finetune.init == "scratch" and config.finetune_init == "scratch"
     assert (config.epochs, config.finetune.epochs) == (3, 3)
     assert (config.batch_size, config.participant.batch_size, config.finetune_batch_size) == (2, 2, 5)
@@ -48,11 +65,39 @@ def test_toml_round_trip_of_a_parsed_command_line(tmp_path):
     filters.write_text(json.dumps({"echo": None, "acquisition": "*", "run": [1, 2], "desc": "preproc"}))
     state_map = tmp_path / "map.json"
     state_map.write_text("{}")
-    args = parse_args(_argv(tmp_path, "--participant-label", "sub-01", "02", "--task", "motor",
-                            "--high-pass", "none", "--smoothing-fwhm", "0", "--bids-filter-file", str(filters),
-                            "--state-map", str(state_map), "--no-lrp", "--relevance-maps", "blocks",
-                            "--nprocs", "3", "--finetune", "--states", "A", "B", "--epochs", "2",
-                            "--learning-rate", "0.01", "--val-participants", "sub-03"))
+    args = parse_args(
+        _argv(
+            tmp_path,
+            "--participant-label",
+            "sub-01",
+            "02",
+            "--task",
+            "motor",
+            "--high-pass",
+            "none",
+            "--smoothing-fwhm",
+            "0",
+            "--bids-filter-file",
+            str(filters),
+            "--state-map",
+            str(state_map),
+            "--no-lrp",
+            "--relevance-maps",
+            "blocks",
+            "--nprocs",
+            "3",
+            "--finetune",
+            "--states",
+            "A",
+            "B",
+            "--epochs",
+            "2",
+            "--learning-rate",
+            "0.01",
+            "--val-participants",
+            "sub-03",
+        )
+    )
     config = Config.from_args(args)
     assert config.high_pass is None and config.bids_filters["echo"] is Query.NONE
     path = config.save(tmp_path / "out" / "logs" / "config-test.toml")

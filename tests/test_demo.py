@@ -97,8 +97,17 @@ def test_model_is_reusable_with_weights_option(demo):
     # the printed rerun command works as printed (minus the program name)
     argv = report["rerun"].split()[1:]
     assert cli(argv + ["--skip-bids-validation", "--no-lrp"]) == 0
-    frame = (out / "deeplight" / f"sub-{report['held_out']}" / "func" /
-             f"sub-{report['held_out']}_task-motor_desc-predictions_timeseries.tsv").read_text().splitlines()
+    frame = (
+        (
+            out
+            / "deeplight"
+            / f"sub-{report['held_out']}"
+            / "func"
+            / f"sub-{report['held_out']}_task-motor_desc-predictions_timeseries.tsv"
+        )
+        .read_text()
+        .splitlines()
+    )
     header = frame[0].split("\t")
     # the held-out participant is marked as not in the model's training data
     assert {row.split("\t")[header.index("training_participant")] for row in frame[1:]} == {"0"}

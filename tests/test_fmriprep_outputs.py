@@ -39,8 +39,7 @@ def _deriv(root):
 
 
 def _base(root, out, model, *extra):
-    return [str(root), str(out), "participant", "--weights", str(model), "--no-lrp", "--skip-bids-validation",
-            *extra]
+    return [str(root), str(out), "participant", "--weights", str(model), "--no-lrp", "--skip-bids-validation", *extra]
 
 
 def _sidecar(out):
@@ -71,8 +70,10 @@ def test_space_t1w_is_refused_with_nothing_written(dataset, random_3d_model, tmp
     assert code == 3
     error_lines = [line for line in err.splitlines() if "error:" in line]
     assert len(error_lines) == 1
-    assert ("sub-01_task-motor: BOLD in space T1w; DeepLight needs MNI152NLin6Asym (or MNI152NLin2009cAsym): "
-            "rerun fMRIPrep with --output-spaces MNI152NLin6Asym:res-2") in error_lines[0]
+    assert (
+        "sub-01_task-motor: BOLD in space T1w; DeepLight needs MNI152NLin6Asym (or MNI152NLin2009cAsym): "
+        "rerun fMRIPrep with --output-spaces MNI152NLin6Asym:res-2"
+    ) in error_lines[0]
     assert "Traceback" not in err
     assert not (out / "sub-01").exists()
     assert list((out / "logs").glob("runs-*.tsv"))  # the full table is kept
@@ -132,8 +133,9 @@ def test_state_map_with_unknown_state_fails_at_start_up(dataset, random_3d_model
 @pytest.mark.slow
 def test_labels_that_map_to_nothing_warn_once_and_group_reports(dataset, random_3d_model, tmp_path, capsys):
     events = dataset / "sub-01" / "func" / "sub-01_task-motor_events.tsv"
-    events.write_text(events.read_text().replace("\tlh", "\tleft").replace("\trh", "\tright").replace("\tt\n",
-                                                                                                    "\ttongue\n"))
+    events.write_text(
+        events.read_text().replace("\tlh", "\tleft").replace("\trh", "\tright").replace("\tt\n", "\ttongue\n")
+    )
     out = tmp_path / "out"
     assert cli(_base(dataset, out, random_3d_model)) == 0
     err = capsys.readouterr().err

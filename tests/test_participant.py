@@ -60,12 +60,17 @@ def test_outputs_exist_and_are_consistent(participant_run, synthetic_dataset):
     t = np.arange(n_vol) * synthetic_dataset.t_r
     expected = np.full(n_vol, None, dtype=object)
     for _, ev in events.sort_values("onset").iterrows():
-        hit = (t >= ev.onset + synthetic_dataset.t_r - 1e-6) & (t <= ev.onset + ev.duration + 2 * synthetic_dataset.t_r + 1e-6)
+        hit = (t >= ev.onset + synthetic_dataset.t_r - 1e-6) & (
+            t <= ev.onset + ev.duration + 2 * synthetic_dataset.t_r + 1e-6
+        )
         expected[hit] = synthetic_dataset.state_map[ev.trial_type]
     got = frame["true_state"].astype(object).where(frame["true_state"].notna(), None).to_numpy()
     assert list(got) == list(expected)
     labelled = frame["true_state"].notna()
-    assert (frame.loc[labelled, "correct"] == (frame.loc[labelled, "true_state"] == frame.loc[labelled, "predicted_state"]).astype(int)).all()
+    assert (
+        frame.loc[labelled, "correct"]
+        == (frame.loc[labelled, "true_state"] == frame.loc[labelled, "predicted_state"]).astype(int)
+    ).all()
     sidecar = json.loads(files["pred_json"].read_text())
     for column in frame.columns:
         assert column in sidecar and sidecar[column]["Description"], column
@@ -119,7 +124,10 @@ def test_relevance_maps(participant_run, synthetic_dataset, prepared_synthetic_r
     frame = pd.read_csv(files["pred"], sep="\t", na_values="n/a", keep_default_na=False)
     for state, rows in frame.groupby("lrp_target").groups.items():
         label = state.replace("_", "")
-        mean_path = files["pred"].parent / f"sub-01_task-motor_space-MNI152NLin6Asym_res-2_label-{label}_desc-mean_relevance.nii.gz"
+        mean_path = (
+            files["pred"].parent
+            / f"sub-01_task-motor_space-MNI152NLin6Asym_res-2_label-{label}_desc-mean_relevance.nii.gz"
+        )
         expected = data[..., np.asarray(rows)].mean(axis=-1)
         np.testing.assert_allclose(nib.load(mean_path).get_fdata(), expected, rtol=1e-4, atol=1e-7)
 
@@ -137,15 +145,41 @@ def test_rerun_skips_and_overwrite_is_deterministic(participant_run, synthetic_d
     shutil.copytree(participant_run[0], out)  # copy2 keeps the mtimes; the shared run stays as it was
     files = _outputs(out)
     stamp = files["pred_json"].stat().st_mtime_ns
-    code = cli([str(synthetic_dataset.bids_dir), str(out), "participant", "--participant-label", "01",
-                "--weights", str(random_model), "--skip-bids-validation", "--quality-volumes", "4"])
+    code = cli(
+        [
+            str(synthetic_dataset.bids_dir),
+            str(out),
+            "participant",
+            "--participant-label",
+            "01",
+            "--weights",
+            str(random_model),
+            "--skip-bids-validation",
+            "--quality-volumes",
+            "4",
+        ]
+    )
     assert code == 0
     assert files["pred_json"].stat().st_mtime_ns == stamp  # nothing recomputed
     before = {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in files.items() if k in ("pred", "rel")}
     rel_before = np.asarray(nib.load(files["rel"]).dataobj)
-    code = cli([str(synthetic_dataset.bids_dir), str(out), "participant", "--participant-label", "01",
-                "--weights", str(random_model), "--skip-bids-validation", "--overwrite", "--batch-size", "3",
-                "--quality-volumes", "4"])
+    code = cli(
+        [
+            str(synthetic_dataset.bids_dir),
+            str(out),
+            "participant",
+            "--participant-label",
+            "01",
+            "--weights",
+            str(random_model),
+            "--skip-bids-validation",
+            "--overwrite",
+            "--batch-size",
+            "3",
+            "--quality-volumes",
+            "4",
+        ]
+    )
     assert code == 0
     assert files["pred_json"].stat().st_mtime_ns != stamp
     assert hashlib.sha256(files["pred"].read_bytes()).hexdigest() == before["pred"]
@@ -164,10 +198,21 @@ def test_no_lrp_and_read_only_bids_dir(synthetic_dataset, random_model, tmp_path
     if method == "nobody" and (os.geteuid() != 0 or shutil.which("setpriv") is None):
         pytest.skip("dropping to nobody needs root and setpriv (the default case covers this user)")
     proc, used, out = run_cli_read_only(
-        synthetic_dataset.bids_dir, tmp_path / "out",
-        ["participant", "--participant-label", "02", "--weights", str(random_model), "--no-lrp",
-         "--skip-bids-validation"],
-        inputs=[random_model], scratch=tmp_path, method=method)
+        synthetic_dataset.bids_dir,
+        tmp_path / "out",
+        [
+            "participant",
+            "--participant-label",
+            "02",
+            "--weights",
+            str(random_model),
+            "--no-lrp",
+            "--skip-bids-validation",
+        ],
+        inputs=[random_model],
+        scratch=tmp_path,
+        method=method,
+    )
     assert proc.returncode == 0, (used, proc.stderr[-3000:])
     func = out / "sub-02" / "func"
     assert (func / "sub-02_task-motor_desc-predictions_timeseries.tsv").is_file()
@@ -186,8 +231,19 @@ def test_summary_keeps_tasks_of_earlier_jobs(synthetic_dataset, random_model, tm
     state_map = tmp_path / "map.json"
     state_map.write_text(json.dumps({"motorb": {"lh": "MOTOR_lh", "rh": "MOTOR_rh", "t": "MOTOR_t"}}))
     out = tmp_path / "out"
-    common = [str(bids), str(out), "participant", "--participant-label", "01", "--weights", str(random_model),
-              "--no-lrp", "--skip-bids-validation", "--state-map", str(state_map)]
+    common = [
+        str(bids),
+        str(out),
+        "participant",
+        "--participant-label",
+        "01",
+        "--weights",
+        str(random_model),
+        "--no-lrp",
+        "--skip-bids-validation",
+        "--state-map",
+        str(state_map),
+    ]
     assert cli(common + ["--task", "motor"]) == 0
     assert cli(common + ["--task", "motorb"]) == 0
     summary = pd.read_csv(out / "sub-01" / "func" / "sub-01_desc-accuracy_summary.tsv", sep="\t")

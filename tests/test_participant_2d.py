@@ -48,8 +48,20 @@ def run_2d(synthetic_dataset, weights_dir, tmp_path_factory):
     """sub-01 with --architecture 2D, default (published) weights, LRP on; returns (output dir, exit code)."""
     out = tmp_path_factory.mktemp("out2d") / "deeplight"
     before = tree_digest(synthetic_dataset.bids_dir)
-    code = cli([str(synthetic_dataset.bids_dir), str(out), "participant", "--participant-label", "sub-01",
-                "--architecture", "2D", "--batch-size", "8", "--skip-bids-validation"])
+    code = cli(
+        [
+            str(synthetic_dataset.bids_dir),
+            str(out),
+            "participant",
+            "--participant-label",
+            "sub-01",
+            "--architecture",
+            "2D",
+            "--batch-size",
+            "8",
+            "--skip-bids-validation",
+        ]
+    )
     assert tree_digest(synthetic_dataset.bids_dir) == before
     return out, code
 
@@ -81,7 +93,9 @@ def test_2d_outputs_have_the_same_set_as_3d(run_2d, participant_run):
         cols2d = [c for c in _frame(files2d[key]).columns if not c.startswith("prob_")]
         cols3d = [c for c in _frame(files3d[key]).columns if not c.startswith("prob_")]
         assert cols2d == cols3d, key
-    assert [c for c in _frame(files2d["pred"]).columns if c.startswith("prob_")] == [f"prob_{s}" for s in PRETRAINED_STATES]
+    assert [c for c in _frame(files2d["pred"]).columns if c.startswith("prob_")] == [
+        f"prob_{s}" for s in PRETRAINED_STATES
+    ]
     for key in ("pred_json", "rel_json"):
         keys2d = {k for k in json.loads(files2d[key].read_text()) if not k.startswith("prob_")}
         keys3d = {k for k in json.loads(files3d[key].read_text()) if not k.startswith("prob_")}
@@ -137,7 +151,8 @@ def test_2d_relevance_maps(run_2d, synthetic_dataset):
     frame = _frame(files["pred"])
     for state, rows in frame.groupby("lrp_target").groups.items():
         mean_path = files["pred"].parent / (
-            f"sub-01_task-motor_space-MNI152NLin6Asym_res-2_label-{state.replace('_', '')}_desc-mean_relevance.nii.gz")
+            f"sub-01_task-motor_space-MNI152NLin6Asym_res-2_label-{state.replace('_', '')}_desc-mean_relevance.nii.gz"
+        )
         expected = data[..., np.asarray(rows)].mean(axis=-1)
         np.testing.assert_allclose(nib.load(mean_path).get_fdata(), expected, rtol=1e-4, atol=1e-7)
         meta = json.loads(mean_path.with_name(mean_path.name.replace(".nii.gz", ".json")).read_text())
@@ -159,8 +174,19 @@ def test_converted_keras_weights_decode_deterministically(run_2d, synthetic_data
     assert card["architecture"] == "2D" and card["source"]["sha256"] == SHA256_2D
     frames = []
     for name, weights in (("a", None), ("b", converted)):
-        args = [str(synthetic_dataset.bids_dir), str(tmp_path / name), "participant", "--participant-label", "01",
-                "--architecture", "2D", "--no-lrp", "--skip-bids-validation", "--batch-size", "8"]
+        args = [
+            str(synthetic_dataset.bids_dir),
+            str(tmp_path / name),
+            "participant",
+            "--participant-label",
+            "01",
+            "--architecture",
+            "2D",
+            "--no-lrp",
+            "--skip-bids-validation",
+            "--batch-size",
+            "8",
+        ]
         if weights is not None:
             args += ["--weights", str(weights)]
         assert cli(args) == 0
@@ -168,8 +194,10 @@ def test_converted_keras_weights_decode_deterministically(run_2d, synthetic_data
         frames.append(_frame(files["pred"]))
         model = json.loads(files["pred_json"].read_text())["Model"]
         assert model["Architecture"] == "2D-DeepLight"
-    assert json.loads(_outputs(tmp_path / "b")["pred_json"].read_text())["Model"]["WeightsSHA256"] == \
-        hashlib.sha256(converted.read_bytes()).hexdigest()
+    assert (
+        json.loads(_outputs(tmp_path / "b")["pred_json"].read_text())["Model"]["WeightsSHA256"]
+        == hashlib.sha256(converted.read_bytes()).hexdigest()
+    )
     # same weights through the registry (.npy) and the converted .keras: bit-identical decoding
     pd.testing.assert_frame_equal(frames[0], frames[1])
     # and the LRP run's forward pass (another graph) agrees up to float round-off

@@ -1,6 +1,5 @@
 """load_relevance: selection by run, state and volume indices; means; errors (small grids, no model)."""
 
-
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -24,8 +23,16 @@ def _write_run(out, run, n_vol, seed):
     stream.write(0, np.moveaxis(data, -1, 0))
     stream.close()
     targets = [STATES[(i // 3) % 2] for i in range(n_vol)]
-    frame = pd.DataFrame({"volume": np.arange(n_vol), "onset": np.arange(n_vol) * 0.72,
-                          "true_state": targets, "predicted_state": targets, "correct": 1, "lrp_target": targets})
+    frame = pd.DataFrame(
+        {
+            "volume": np.arange(n_vol),
+            "onset": np.arange(n_vol) * 0.72,
+            "true_state": targets,
+            "predicted_state": targets,
+            "correct": 1,
+            "lrp_target": targets,
+        }
+    )
     write_tsv(paths["predictions"], frame)
     return data, frame
 
@@ -48,8 +55,9 @@ def test_one_state_of_one_run(outputs):
     expected = frame.index[frame["lrp_target"] == "MOTOR_rh"].to_numpy()
     assert img.shape == (*SHAPE, len(expected)) and len(table) == len(expected)
     assert list(table["volume"]) == list(expected)
-    assert set(table["source"]) == {naming.run_outputs(out, {"subject": "01", "task": "motor", "run": "1"})[
-        "relevance"].name}
+    assert set(table["source"]) == {
+        naming.run_outputs(out, {"subject": "01", "task": "motor", "run": "1"})["relevance"].name
+    }
     np.testing.assert_array_equal(np.asarray(img.dataobj), data[..., expected])
     assert img.header.get_zooms()[3] == pytest.approx(0.72)
 
@@ -87,8 +95,10 @@ def test_public_import_is_lazy():
     import subprocess
     import sys
 
-    code = ("import sys, deeplight_bids; assert 'nibabel' not in sys.modules and 'pandas' not in sys.modules; "
-            "from deeplight_bids import load_relevance; print(load_relevance.__module__)")
+    code = (
+        "import sys, deeplight_bids; assert 'nibabel' not in sys.modules and 'pandas' not in sys.modules; "
+        "from deeplight_bids import load_relevance; print(load_relevance.__module__)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "deeplight_bids.readback"
@@ -101,9 +111,17 @@ def test_blocks(tmp_path):
     stream = StreamingNifti4D(paths["blocks"], (*SHAPE, 3), AFFINE, 0.72)
     stream.write(0, np.moveaxis(data, -1, 0))
     stream.close()
-    table = pd.DataFrame({"block": [0, 1, 2], "trial_type": ["lh", "rh", "lh"], "state": ["MOTOR_lh", "MOTOR_rh",
-                          "MOTOR_lh"], "onset": [0.0, 10.0, 20.0], "duration": [5.0] * 3,
-                          "volumes": ["1,2", "15,16", "29,30"], "n_volumes": [2, 2, 2]})
+    table = pd.DataFrame(
+        {
+            "block": [0, 1, 2],
+            "trial_type": ["lh", "rh", "lh"],
+            "state": ["MOTOR_lh", "MOTOR_rh", "MOTOR_lh"],
+            "onset": [0.0, 10.0, 20.0],
+            "duration": [5.0] * 3,
+            "volumes": ["1,2", "15,16", "29,30"],
+            "n_volumes": [2, 2, 2],
+        }
+    )
     write_tsv(paths["blocks_tsv"], table)
     img, rows = load_relevance(out, "01", "motor", kind="blocks", state="MOTOR_lh")
     assert list(rows["block"]) == [0, 2] and list(rows["onset"]) == [0.0, 20.0]
@@ -128,13 +146,15 @@ def test_group_level_reads_the_maps_through_load_relevance(outputs, monkeypatch)
     records = []
     for run in ("1", "2"):
         paths = naming.run_outputs(out, {"subject": "01", "task": "motor", "run": run})
-        records.append(RunRecord({"subject": "01", "task": "motor", "run": run}, paths["predictions"], {},
-                                 paths["relevance"]))
+        records.append(
+            RunRecord({"subject": "01", "task": "motor", "run": run}, paths["predictions"], {}, paths["relevance"])
+        )
     means = correct_only_participant_means(records, STATES, output_dir=out)
     assert sorted(calls) == sorted(STATES * 2)  # one call per run and state
     for state in STATES:
-        stacked = np.concatenate([runs[r][0][..., (runs[r][1]["lrp_target"] == state).to_numpy()] for r in ("1", "2")],
-                                 axis=-1)
+        stacked = np.concatenate(
+            [runs[r][0][..., (runs[r][1]["lrp_target"] == state).to_numpy()] for r in ("1", "2")], axis=-1
+        )
         mean, n = means[state]["01"]
         assert n == stacked.shape[-1]
         np.testing.assert_allclose(mean, stacked.mean(axis=-1), rtol=1e-6, atol=1e-7)

@@ -18,18 +18,30 @@ BLOCKS = FUNC + "space-MNI152NLin6Asym_res-2_desc-blocks_relevance"
 VOLUMES = FUNC + "space-MNI152NLin6Asym_res-2_desc-relevance_bold.nii.gz"
 
 
-def test_blocks_then_means_then_volumes_without_the_network(synthetic_dataset, random_3d_model,
-                                                            prepared_synthetic_run, tmp_path, capfd):
+def test_blocks_then_means_then_volumes_without_the_network(
+    synthetic_dataset, random_3d_model, prepared_synthetic_run, tmp_path, capfd
+):
     out = tmp_path / "deeplight"
-    args = [str(synthetic_dataset.bids_dir), str(out), "participant", "--participant-label", "01",
-            "--weights", str(random_3d_model), "--batch-size", "8", "--skip-bids-validation"]
+    args = [
+        str(synthetic_dataset.bids_dir),
+        str(out),
+        "participant",
+        "--participant-label",
+        "01",
+        "--weights",
+        str(random_3d_model),
+        "--batch-size",
+        "8",
+        "--skip-bids-validation",
+    ]
     assert cli([*args, "--relevance-maps", "blocks"]) == 0
     assert not (out / VOLUMES).exists()
     img = nib.load(out / (BLOCKS + ".nii.gz"))
     table = pd.read_csv(out / (BLOCKS + ".tsv"), sep="\t")
     run = synthetic_dataset.runs[0]
-    expected, _ = event_blocks(read_events(run.events), synthetic_dataset.n_volumes, synthetic_dataset.t_r,
-                               synthetic_dataset.state_map)
+    expected, _ = event_blocks(
+        read_events(run.events), synthetic_dataset.n_volumes, synthetic_dataset.t_r, synthetic_dataset.state_map
+    )
     assert len(table) == len(expected) == img.shape[3] > 0
     assert table["volumes"].astype(str).tolist() == expected["volumes"].tolist()
     data = np.asarray(img.dataobj)
@@ -80,6 +92,6 @@ def test_blocks_then_means_then_volumes_without_the_network(synthetic_dataset, r
     first = pd.read_csv(out / (BLOCKS + ".tsv"), sep="\t")
     for _, row in first.iterrows():
         used = [int(v) for v in str(row["volumes"]).split(",")]
-        np.testing.assert_allclose(data[..., row["block"]], volumes[..., used].mean(axis=-1), rtol=1e-5,
-                                   atol=1e-6 * np.abs(data).max())
-
+        np.testing.assert_allclose(
+            data[..., row["block"]], volumes[..., used].mean(axis=-1), rtol=1e-5, atol=1e-6 * np.abs(data).max()
+        )

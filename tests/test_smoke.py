@@ -23,8 +23,19 @@ def decode_only_out(random_3d_model, tmp_path_factory):
     base = tmp_path_factory.mktemp("smoke")
     ds = make_synthetic_dataset(base / "bids", n_participants=1, n_volumes=20, seed=0, blocks_per_state=1)
     out = base / "deeplight"
-    code = cli([str(ds.bids_dir), str(out), "participant", "--weights", str(random_3d_model), "--no-lrp",
-                "--skip-bids-validation", "--batch-size", "10"])
+    code = cli(
+        [
+            str(ds.bids_dir),
+            str(out),
+            "participant",
+            "--weights",
+            str(random_3d_model),
+            "--no-lrp",
+            "--skip-bids-validation",
+            "--batch-size",
+            "10",
+        ]
+    )
     assert code == 0
     return ds.bids_dir, out, cli([str(ds.bids_dir), str(out), "group"])
 
@@ -81,7 +92,9 @@ def test_remove_stale_takes_the_sidecar_along(tmp_path, caplog):
 
     func = tmp_path / "sub-01" / "func"
     func.mkdir(parents=True)
-    names = [f"sub-01_task-motor_space-MNI152NLin6Asym_res-2_label-{s}_desc-mean_relevance" for s in ("MOTORlh", "MOTORrh")]
+    names = [
+        f"sub-01_task-motor_space-MNI152NLin6Asym_res-2_label-{s}_desc-mean_relevance" for s in ("MOTORlh", "MOTORrh")
+    ]
     for name in names:
         (func / f"{name}.nii.gz").write_bytes(b"x")
         (func / f"{name}.json").write_text("{}")

@@ -67,8 +67,17 @@ class Run:
     @property
     def label(self):
         """BIDS-style prefix of the run, e.g. ``sub-01_ses-1_task-motor_run-1``."""
-        keys = (("subject", "sub"), ("session", "ses"), ("task", "task"), ("acquisition", "acq"),
-                ("ceagent", "ce"), ("reconstruction", "rec"), ("direction", "dir"), ("run", "run"), ("echo", "echo"))
+        keys = (
+            ("subject", "sub"),
+            ("session", "ses"),
+            ("task", "task"),
+            ("acquisition", "acq"),
+            ("ceagent", "ce"),
+            ("reconstruction", "rec"),
+            ("direction", "dir"),
+            ("run", "run"),
+            ("echo", "echo"),
+        )
         return "_".join(f"{short}-{self.entities[k]}" for k, short in keys if self.entities.get(k) is not None)
 
 
@@ -82,8 +91,10 @@ def find_derivatives(bids_dir: PathLike, derivatives: Sequence[PathLike] = ()) -
     """
     bids_dir = Path(bids_dir)
     if bids_dir.exists() and not bids_dir.is_dir():
-        raise InputDataError(f"{bids_dir}: BIDS_DIR is a file, not a folder; point BIDS_DIR at the dataset's root "
-                             "folder (the one holding dataset_description.json).")
+        raise InputDataError(
+            f"{bids_dir}: BIDS_DIR is a file, not a folder; point BIDS_DIR at the dataset's root "
+            "folder (the one holding dataset_description.json)."
+        )
     if derivatives:
         out = [Path(d) for d in derivatives]
     else:
@@ -91,8 +102,9 @@ def find_derivatives(bids_dir: PathLike, derivatives: Sequence[PathLike] = ()) -
         if not out and _dataset_type(bids_dir) == "derivative":
             out = [bids_dir]
         if not out and (bids_dir / "derivatives").is_dir():
-            out = sorted(p for p in (bids_dir / "derivatives").iterdir()
-                         if p.is_dir() and _dataset_type(p) == "derivative")
+            out = sorted(
+                p for p in (bids_dir / "derivatives").iterdir() if p.is_dir() and _dataset_type(p) == "derivative"
+            )
     for folder in out:
         if not (folder / "dataset_description.json").is_file():
             raise InputDataError(
@@ -162,9 +174,14 @@ def _query_filters(participant_label=None, session_label=None, task=None, bids_f
     return filters
 
 
-def discover_runs(layout: "BIDSLayout", space: str | None = None, participant_label: Sequence[str] | None = None,
-                  session_label: Sequence[str] | None = None, task: Sequence[str] | None = None,
-                  bids_filters: dict | None = None) -> list[Run]:
+def discover_runs(
+    layout: "BIDSLayout",
+    space: str | None = None,
+    participant_label: Sequence[str] | None = None,
+    session_label: Sequence[str] | None = None,
+    task: Sequence[str] | None = None,
+    bids_filters: dict | None = None,
+) -> list[Run]:
     """List the runs to process (and those skipped, with reasons).
 
     Parameters
@@ -203,8 +220,9 @@ def discover_runs(layout: "BIDSLayout", space: str | None = None, participant_la
             f"{layout.root}: no derivatives dataset found (searched BIDS_DIR/derivatives/fmriprep* and other "
             "derivative datasets there); run fMRIPrep first or point --derivatives at its outputs."
         )
-    bolds = layout.get(suffix="bold", desc="preproc", datatype="func", extension=_BOLD_EXTENSIONS,
-                       return_type="object", **filters)
+    bolds = layout.get(
+        suffix="bold", desc="preproc", datatype="func", extension=_BOLD_EXTENSIONS, return_type="object", **filters
+    )
     if not bolds:
         searched = ", ".join(f"{k}={v}" for k, v in filters.items()) or "all participants"
         raise NoRunsFoundError(
@@ -240,9 +258,16 @@ def discover_runs(layout: "BIDSLayout", space: str | None = None, participant_la
         if twins:
             # e.g. two fMRIPrep folders, or .nii and .nii.gz: which one is meant is not ours to guess
             paths = ", ".join(str(Path(b.path)) for b in [bold, *twins])
-            runs.append(Run(entities=entities, bold=Path(bold.path), skip_reason=(
-                f"duplicate run: {len(twins) + 1} preprocessed BOLD files ({paths}); keep one, or select one "
-                "with --derivatives or --bids-filter-file")))
+            runs.append(
+                Run(
+                    entities=entities,
+                    bold=Path(bold.path),
+                    skip_reason=(
+                        f"duplicate run: {len(twins) + 1} preprocessed BOLD files ({paths}); keep one, or select one "
+                        "with --derivatives or --bids-filter-file"
+                    ),
+                )
+            )
             continue
         entities = _entity_strings(bold.entities)
         run = Run(entities=entities, bold=Path(bold.path), space=space_of_run, res=bold.entities.get("res"))
@@ -258,25 +283,31 @@ def discover_runs(layout: "BIDSLayout", space: str | None = None, participant_la
         run.t_r = _repetition_time(run.metadata)
         stem = run.bold.name.split("_desc-")[0]
         if run.mask is None:
-            run.skip_reason = (f"no brain mask next to {run.bold}; add {stem}_desc-brain_mask.nii.gz "
-                               "(fMRIPrep writes it)")
+            run.skip_reason = (
+                f"no brain mask next to {run.bold}; add {stem}_desc-brain_mask.nii.gz (fMRIPrep writes it)"
+            )
         elif run.events is None:
-            run.skip_reason = (f"no events file for this run in {layout.root}; add {run.label}_events.tsv "
-                               "(onset, duration, trial_type) beside the raw BOLD")
+            run.skip_reason = (
+                f"no events file for this run in {layout.root}; add {run.label}_events.tsv "
+                "(onset, duration, trial_type) beside the raw BOLD"
+            )
         elif run.t_r is None:
             sidecar = run.bold.name.split(".")[0] + ".json"
             got = run.metadata.get("RepetitionTime")
             why = "missing" if got is None else f"invalid ({got!r})"
-            run.skip_reason = (f"RepetitionTime {why} for {run.bold}; add it in seconds to {sidecar} "
-                               "(or an inherited sidecar)")
+            run.skip_reason = (
+                f"RepetitionTime {why} for {run.bold}; add it in seconds to {sidecar} (or an inherited sidecar)"
+            )
         runs.append(run)
     return runs
 
 
 def _not_in_space(space, found, candidates):
     shown = ", ".join(str(s) if s else "native" for s in found)
-    return (f"no BOLD in space {space} (found: {shown}: {Path(candidates[0].path).name}); run fMRIPrep with "
-            f"--output-spaces {space}:res-2, or pass another --space")
+    return (
+        f"no BOLD in space {space} (found: {shown}: {Path(candidates[0].path).name}); run fMRIPrep with "
+        f"--output-spaces {space}:res-2, or pass another --space"
+    )
 
 
 def _raw_metadata(layout, entities):
@@ -311,8 +342,9 @@ def _find_mask(layout, bold):
     entities = {k: v for k, v in bold.entities.items() if k in RUN_ENTITIES or k in ("space", "res", "cohort")}
     query = {k: entities.get(k) for k in ("subject", "session", "task", "acquisition", "direction", "run", "space")}
     query = {k: v for k, v in query.items() if v is not None}
-    masks = layout.get(suffix="mask", desc="brain", extension=_BOLD_EXTENSIONS, datatype="func",
-                       return_type="object", **query)
+    masks = layout.get(
+        suffix="mask", desc="brain", extension=_BOLD_EXTENSIONS, datatype="func", return_type="object", **query
+    )
     # Same remaining entities (res, echo, ...) as the BOLD, when present.
     masks = [m for m in masks if all(m.entities.get(k) == v for k, v in entities.items() if k not in query)]
     return Path(masks[0].path) if masks else None

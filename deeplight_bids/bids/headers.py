@@ -29,9 +29,19 @@ def check_headers(run, log=LOGGER):
         unit = bold.header.get_xyzt_units()[1]
         header_tr = zoom / 1000.0 if unit == "msec" else zoom / 1e6 if unit == "usec" else zoom
         if header_tr > 0 and abs(header_tr - run.t_r) > 0.01 * run.t_r:
-            log.warning("%s: RepetitionTime %g s in the sidecar JSON differs from the NIfTI header (pixdim[4] = %g "
-                        "s); the sidecar is used (BIDS) - fix whichever is wrong.", run.bold, run.t_r, header_tr)
+            log.warning(
+                "%s: RepetitionTime %g s in the sidecar JSON differs from the NIfTI header (pixdim[4] = %g "
+                "s); the sidecar is used (BIDS) - fix whichever is wrong.",
+                run.bold,
+                run.t_r,
+                header_tr,
+            )
     if tuple(mask.shape[:3]) != tuple(bold.shape[:3]) or not np.allclose(mask.affine, bold.affine, atol=1e-3):
-        log.warning("%s: brain mask grid %s differs from the BOLD grid %s (%s); both are resampled onto the "
-                    "reference grid - check that the mask belongs to this run.", run.mask, tuple(mask.shape[:3]),
-                    tuple(bold.shape[:3]), run.bold)
+        log.warning(
+            "%s: brain mask grid %s differs from the BOLD grid %s (%s); both are resampled onto the "
+            "reference grid - check that the mask belongs to this run.",
+            run.mask,
+            tuple(mask.shape[:3]),
+            tuple(bold.shape[:3]),
+            run.bold,
+        )

@@ -29,8 +29,9 @@ def validate_bids(bids_dir, log):
     if exe is None:
         log.warning("bids-validator-deno not found: BIDS validation skipped (pip install bids-validator-deno)")
         return
-    proc = subprocess.run([exe, str(bids_dir), "--format", "json", "--ignoreWarnings"], capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [exe, str(bids_dir), "--format", "json", "--ignoreWarnings"], capture_output=True, text=True, timeout=600
+    )
     if proc.returncode == 0:
         log.info("BIDS validation: no errors")
         return
@@ -41,8 +42,10 @@ def validate_bids(bids_dir, log):
         detail = f"{len(errors)} error(s), first: {first.get('code')} at {first.get('location')}"
     except (json.JSONDecodeError, KeyError, IndexError):
         detail = _validator_crash_line(proc.stderr or proc.stdout)
-    raise InputDataError(f"{bids_dir}: the BIDS validator found problems ({detail}); run bids-validator-deno "
-                         f"{bids_dir} to see them, fix them, or pass --skip-bids-validation.")
+    raise InputDataError(
+        f"{bids_dir}: the BIDS validator found problems ({detail}); run bids-validator-deno "
+        f"{bids_dir} to see them, fix them, or pass --skip-bids-validation."
+    )
 
 
 def _validator_crash_line(text):

@@ -40,25 +40,42 @@ MIN_VALIDATION_ACCURACY = 0.7
 #: Fits (random starts) at most.
 MAX_FITS = 3
 #: The demo's defaults (command line and :func:`run_demo`); ``benchmarks/bench_demo_seeds.py`` fits with them.
-DEFAULTS = {"participants": 5, "volumes": 60, "signal": 6.0, "region_radius": 16.0, "epochs": 4, "batch_size": 8,
-            "learning_rate": 1e-3}
+DEFAULTS = {
+    "participants": 5,
+    "volumes": 60,
+    "signal": 6.0,
+    "region_radius": 16.0,
+    "epochs": 4,
+    "batch_size": 8,
+    "learning_rate": 1e-3,
+}
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="deeplight-bids demo",
         description="Synthetic end-to-end demo: make a dataset, fit 3D-DeepLight on all participants but two (one "
-                    "validates the fit, one is held out), "
-                    "decode and explain the held-out one, report accuracy and relevance in the planted regions.",
+        "validates the fit, one is held out), "
+        "decode and explain the held-out one, report accuracy and relevance in the planted regions.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("output_dir", type=Path, help="folder for the dataset, the model and the outputs")
-    parser.add_argument("--participants", type=int, default=DEFAULTS["participants"],
-                        help="synthetic participants (the last is held out, the one before validates the fit)")
+    parser.add_argument(
+        "--participants",
+        type=int,
+        default=DEFAULTS["participants"],
+        help="synthetic participants (the last is held out, the one before validates the fit)",
+    )
     parser.add_argument("--volumes", type=int, default=DEFAULTS["volumes"], help="volumes per run")
-    parser.add_argument("--signal", type=float, default=DEFAULTS["signal"],
-                        help="peak signal change of a state's region, in percent of the mean intensity")
-    parser.add_argument("--region-radius", type=float, default=DEFAULTS["region_radius"], help="radius of each planted region in mm")
+    parser.add_argument(
+        "--signal",
+        type=float,
+        default=DEFAULTS["signal"],
+        help="peak signal change of a state's region, in percent of the mean intensity",
+    )
+    parser.add_argument(
+        "--region-radius", type=float, default=DEFAULTS["region_radius"], help="radius of each planted region in mm"
+    )
     parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="training epochs")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="training batch size")
     parser.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"], help="Adam learning rate")
@@ -73,22 +90,43 @@ def run_demo_command(argv):
 
     args = build_parser().parse_args(argv)
     if args.participants < 3:
-        print("deeplight-bids demo: error: --participants must be >= 3 (one trains, one validates, one is held "
-              "out).", file=sys.stderr)
+        print(
+            "deeplight-bids demo: error: --participants must be >= 3 (one trains, one validates, one is held out).",
+            file=sys.stderr,
+        )
         return 2
     setup_logging(args.verbose)
-    report = run_demo(args.output_dir, n_participants=args.participants, n_volumes=args.volumes,
-                      epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                      signal=args.signal, region_radius=args.region_radius,
-                      seed=args.seed, nprocs=args.nprocs)
+    report = run_demo(
+        args.output_dir,
+        n_participants=args.participants,
+        n_volumes=args.volumes,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        signal=args.signal,
+        region_radius=args.region_radius,
+        seed=args.seed,
+        nprocs=args.nprocs,
+    )
     print(format_report(report))
     return 0
 
 
-def run_demo(output_dir, n_participants=DEFAULTS["participants"], n_volumes=DEFAULTS["volumes"],
-             epochs=DEFAULTS["epochs"], batch_size=DEFAULTS["batch_size"], learning_rate=DEFAULTS["learning_rate"],
-             seed=0, nprocs=0, lrp=True, signal=DEFAULTS["signal"], region_radius=DEFAULTS["region_radius"],
-             stripe_low=STRIPE_LOW, stripe_duty=STRIPE_DUTY):
+def run_demo(
+    output_dir,
+    n_participants=DEFAULTS["participants"],
+    n_volumes=DEFAULTS["volumes"],
+    epochs=DEFAULTS["epochs"],
+    batch_size=DEFAULTS["batch_size"],
+    learning_rate=DEFAULTS["learning_rate"],
+    seed=0,
+    nprocs=0,
+    lrp=True,
+    signal=DEFAULTS["signal"],
+    region_radius=DEFAULTS["region_radius"],
+    stripe_low=STRIPE_LOW,
+    stripe_duty=STRIPE_DUTY,
+):
     """Run the demo; returns a dict with accuracy, relevance shares and paths."""
     from deeplight_bids.config import Config
     from deeplight_bids.demo.synth import make_synthetic_dataset
@@ -130,14 +168,27 @@ def run_demo(output_dir, n_participants=DEFAULTS["participants"], n_volumes=DEFA
         # (never the held-out one) detects that, and the fit restarts from another random start.
         for fits in range(1, MAX_FITS + 1):
             fit_seed = seed + 1000 * (fits - 1)
-            validation_accuracy = fit_demo_model(bids_dir, output_dir, training, validation, epochs=epochs,
-                                                 batch_size=batch_size, learning_rate=learning_rate, seed=fit_seed,
-                                                 threads=threads, overwrite=fits > 1)
+            validation_accuracy = fit_demo_model(
+                bids_dir,
+                output_dir,
+                training,
+                validation,
+                epochs=epochs,
+                batch_size=batch_size,
+                learning_rate=learning_rate,
+                seed=fit_seed,
+                threads=threads,
+                overwrite=fits > 1,
+            )
             if validation_accuracy >= MIN_VALIDATION_ACCURACY:
                 break
-            LOGGER.warning("demo: accuracy %.3f on validation participant %s is below %.2f: the fit did not "
-                           "generalise%s", validation_accuracy, validation, MIN_VALIDATION_ACCURACY,
-                           "; refitting from another random start" if fits < MAX_FITS else "")
+            LOGGER.warning(
+                "demo: accuracy %.3f on validation participant %s is below %.2f: the fit did not generalise%s",
+                validation_accuracy,
+                validation,
+                MIN_VALIDATION_ACCURACY,
+                "; refitting from another random start" if fits < MAX_FITS else "",
+            )
             aside = output_dir / "work" / f"demo-fit-{fits}"
             shutil.rmtree(aside, ignore_errors=True)
             shutil.move(str(model_dir), str(aside))
@@ -146,26 +197,47 @@ def run_demo(output_dir, n_participants=DEFAULTS["participants"], n_volumes=DEFA
             # no fit reached the bar: keep the one that did best on the validation participant
             validation_accuracy, best, aside = max(attempts)
             shutil.move(str(aside), str(model_dir))
-            LOGGER.warning("demo: keeping fit %d (validation accuracy %.3f), the best of %d", best,
-                           validation_accuracy, MAX_FITS)
+            LOGGER.warning(
+                "demo: keeping fit %d (validation accuracy %.3f), the best of %d", best, validation_accuracy, MAX_FITS
+            )
     else:
         LOGGER.info("demo: reusing the model at %s", model_path)
     t_fit, cpu_fit = time.monotonic() - t_fit, _cpu_seconds() - cpu_fit
 
-    config = Config(bids_dir=bids_dir, output_dir=out_dir, work_dir=out_dir / "work", participant_label=(held_out,),
-                    weights=str(model_dir), lrp=lrp, batch_size=4, nprocs=nprocs or 1)
+    config = Config(
+        bids_dir=bids_dir,
+        output_dir=out_dir,
+        work_dir=out_dir / "work",
+        participant_label=(held_out,),
+        weights=str(model_dir),
+        lrp=lrp,
+        batch_size=4,
+        nprocs=nprocs or 1,
+    )
     results, code = run_participant_level(config)
     report = _evaluate(out_dir, held_out, info, states, lrp)
     if lrp:
         report["quality"] = _group_quality(bids_dir, out_dir, output_dir / "reference", held_out, info, seed)
-    report.update({"bids_dir": str(bids_dir), "model": str(model_path), "outputs": str(out_dir),
-                   "held_out": held_out, "training": training, "validation": validation,
-                   "validation_accuracy": validation_accuracy, "fits": fits, "exit_code": code,
-                   "seconds": time.monotonic() - t_start, "cpu_seconds": _cpu_seconds() - cpu_start,
-                   "fit_seconds": t_fit, "fit_cpu_seconds": cpu_fit,
-                   "rerun": f"deeplight-bids {bids_dir} {out_dir} participant --participant-label {held_out} "
-                            f"--weights {model_dir} --overwrite",
-                   "model_card": json.loads(model_path.with_suffix(".json").read_text())})
+    report.update(
+        {
+            "bids_dir": str(bids_dir),
+            "model": str(model_path),
+            "outputs": str(out_dir),
+            "held_out": held_out,
+            "training": training,
+            "validation": validation,
+            "validation_accuracy": validation_accuracy,
+            "fits": fits,
+            "exit_code": code,
+            "seconds": time.monotonic() - t_start,
+            "cpu_seconds": _cpu_seconds() - cpu_start,
+            "fit_seconds": t_fit,
+            "fit_cpu_seconds": cpu_fit,
+            "rerun": f"deeplight-bids {bids_dir} {out_dir} participant --participant-label {held_out} "
+            f"--weights {model_dir} --overwrite",
+            "model_card": json.loads(model_path.with_suffix(".json").read_text()),
+        }
+    )
     return report
 
 
@@ -177,12 +249,26 @@ def _cpu_seconds():
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def dataset_settings(n_participants=DEFAULTS["participants"], n_volumes=DEFAULTS["volumes"], seed=0,
-                     signal=DEFAULTS["signal"], region_radius=DEFAULTS["region_radius"], stripe_low=STRIPE_LOW,
-                     stripe_duty=STRIPE_DUTY):
+def dataset_settings(
+    n_participants=DEFAULTS["participants"],
+    n_volumes=DEFAULTS["volumes"],
+    seed=0,
+    signal=DEFAULTS["signal"],
+    region_radius=DEFAULTS["region_radius"],
+    stripe_low=STRIPE_LOW,
+    stripe_duty=STRIPE_DUTY,
+):
     """Keyword arguments of :func:`deeplight_bids.demo.synth.make_synthetic_dataset` for the demo's dataset."""
-    return {"n_participants": n_participants, "n_volumes": n_volumes, "seed": seed, "signal": signal,
-            "region_radius": region_radius, "stripes": True, "stripe_low": stripe_low, "stripe_duty": stripe_duty}
+    return {
+        "n_participants": n_participants,
+        "n_volumes": n_volumes,
+        "seed": seed,
+        "signal": signal,
+        "region_radius": region_radius,
+        "stripes": True,
+        "stripe_low": stripe_low,
+        "stripe_duty": stripe_duty,
+    }
 
 
 def split_participants(bids_dir):
@@ -192,8 +278,9 @@ def split_participants(bids_dir):
     return participants[:-2], participants[-2], participants[-1]
 
 
-def fit_demo_model(bids_dir, output_dir, training, validation, epochs, batch_size, learning_rate, seed, threads,
-                   overwrite=False):
+def fit_demo_model(
+    bids_dir, output_dir, training, validation, epochs, batch_size, learning_rate, seed, threads, overwrite=False
+):
     """One fit of the demo's model (a random start); returns its accuracy on the validation participant.
 
     The fine-tuning machinery of ``group --finetune`` from scratch: trains on ``training``,
@@ -208,13 +295,31 @@ def fit_demo_model(bids_dir, output_dir, training, validation, epochs, batch_siz
     from deeplight_bids.config import Config
     from deeplight_bids.workflows.finetune import FinetuneJob
 
-    LOGGER.info("demo: fitting 3D-DeepLight from scratch on participants %s, validating on %s (%d epochs, seed %d)",
-                ", ".join(training), validation, epochs, seed)
-    finetune = Config(bids_dir=bids_dir, output_dir=output_dir, work_dir=Path(output_dir) / "work",
-                      analysis_level="group", finetune=True, architecture="3D", finetune_init="scratch",
-                      participant_label=(*training, validation), model_name="demo-3D",
-                      val_participants=(validation,), epochs=epochs, learning_rate=learning_rate,
-                      finetune_batch_size=batch_size, seed=seed, overwrite=overwrite, nprocs=threads)
+    LOGGER.info(
+        "demo: fitting 3D-DeepLight from scratch on participants %s, validating on %s (%d epochs, seed %d)",
+        ", ".join(training),
+        validation,
+        epochs,
+        seed,
+    )
+    finetune = Config(
+        bids_dir=bids_dir,
+        output_dir=output_dir,
+        work_dir=Path(output_dir) / "work",
+        analysis_level="group",
+        finetune=True,
+        architecture="3D",
+        finetune_init="scratch",
+        participant_label=(*training, validation),
+        model_name="demo-3D",
+        val_participants=(validation,),
+        epochs=epochs,
+        learning_rate=learning_rate,
+        finetune_batch_size=batch_size,
+        seed=seed,
+        overwrite=overwrite,
+        nprocs=threads,
+    )
     return float(FinetuneJob(finetune).run()["heldout_accuracy_pooled"])
 
 
@@ -231,12 +336,15 @@ def _evaluate(out_dir, subject, info, states, lrp):
 
     from deeplight_bids.derivatives import naming
 
-    summary = pd.read_csv(naming.summary_output(out_dir, subject), sep="\t", na_values="n/a",
-                          keep_default_na=False)
+    summary = pd.read_csv(naming.summary_output(out_dir, subject), sep="\t", na_values="n/a", keep_default_na=False)
     overall = summary[summary["run"] == "all"]
     accuracy = float(overall["n_correct"].sum() / overall["n_labelled"].sum())
-    report = {"accuracy": accuracy, "chance": 1.0 / len(states), "n_labelled": int(overall["n_labelled"].sum()),
-              "shares": {}}
+    report = {
+        "accuracy": accuracy,
+        "chance": 1.0 / len(states),
+        "n_labelled": int(overall["n_labelled"].sum()),
+        "shares": {},
+    }
     if not lrp:
         return report
     regions = info.regions_by_state
@@ -277,8 +385,15 @@ def _group_quality(bids_dir, out_dir, reference_dir, subject, info, seed):
     write_reference_maps(reference_dir, info)
     # the planted regions are ~1 % of the brain: their own size is the fair top share
     top = 100.0 * max(int(r.sum()) for r in info.regions_by_state.values()) / int(info.brain_mask.sum())
-    config = Config(bids_dir=bids_dir, output_dir=out_dir, work_dir=out_dir / "work", analysis_level="group",
-                    reference_map=reference_dir, reference_top_percent=round(top, 3), seed=seed)
+    config = Config(
+        bids_dir=bids_dir,
+        output_dir=out_dir,
+        work_dir=out_dir / "work",
+        analysis_level="group",
+        reference_map=reference_dir,
+        reference_top_percent=round(top, 3),
+        seed=seed,
+    )
     run_group_level(config)
     group = out_dir / GROUP_FOLDER
     task = info.task
@@ -289,9 +404,14 @@ def _group_quality(bids_dir, out_dir, reference_dir, subject, info, seed):
 
     predictions = naming.run_outputs(out_dir, {"subject": subject, "task": task})
     sidecar = json.loads(predictions["predictions_json"].read_text())
-    return {"run": sidecar.get("Quality"), "significance": table("significance"),
-            "plausibility": table("plausibility"), "faithfulness_tsv": str(predictions["faithfulness"]),
-            "sanity_tsv": str(predictions["sanity"]), "report": str(out_dir / "deeplight_report.html")}
+    return {
+        "run": sidecar.get("Quality"),
+        "significance": table("significance"),
+        "plausibility": table("plausibility"),
+        "faithfulness_tsv": str(predictions["faithfulness"]),
+        "sanity_tsv": str(predictions["sanity"]),
+        "report": str(out_dir / "deeplight_report.html"),
+    }
 
 
 def format_quality(quality):
@@ -300,26 +420,34 @@ def format_quality(quality):
     run = quality.get("run") or {}
     faith, checks = run.get("Faithfulness"), run.get("Sanity")
     if faith:
-        lines.append(f"  faithfulness ({faith['n_volumes']} volumes): removing the most relevant voxels lowers the "
-                     f"explained logit by {faith['aopc_relevance']:.3g} on average, random voxels by "
-                     f"{faith['aopc_random']:.3g} (area between the curves {faith['area_between_curves']:.3g}); "
-                     f"table {quality['faithfulness_tsv']}")
+        lines.append(
+            f"  faithfulness ({faith['n_volumes']} volumes): removing the most relevant voxels lowers the "
+            f"explained logit by {faith['aopc_relevance']:.3g} on average, random voxels by "
+            f"{faith['aopc_random']:.3g} (area between the curves {faith['area_between_curves']:.3g}); "
+            f"table {quality['faithfulness_tsv']}"
+        )
     if checks:
-        lines.append(f"  sanity (maps of a randomised model): median Spearman {checks['median_spearman']:.2f}, median "
-                     f"SSIM {checks['median_ssim']:.2f}" + (" - HIGH: the maps do not depend on the learning"
-                                                            if checks["high_similarity"] else " (low: good)"))
+        lines.append(
+            f"  sanity (maps of a randomised model): median Spearman {checks['median_spearman']:.2f}, median "
+            f"SSIM {checks['median_ssim']:.2f}"
+            + (" - HIGH: the maps do not depend on the learning" if checks["high_similarity"] else " (low: good)")
+        )
     sig = quality.get("significance")
     if sig is not None and len(sig):
         row = sig.iloc[0]
-        lines.append(f"  significance: accuracy {row['accuracy']:.3f} vs chance {row['chance_level']:.3f}; block "
-                     f"permutation p = {row['p_permutation']:.3g} ({int(row['n_permutations'])} permutations of "
-                     f"{int(row['n_blocks'])} blocks), binomial p = {row['p_binomial']:.3g}")
+        lines.append(
+            f"  significance: accuracy {row['accuracy']:.3f} vs chance {row['chance_level']:.3f}; block "
+            f"permutation p = {row['p_permutation']:.3g} ({int(row['n_permutations'])} permutations of "
+            f"{int(row['n_blocks'])} blocks), binomial p = {row['p_binomial']:.3g}"
+        )
     plaus = quality.get("plausibility")
     if plaus is not None and len(plaus):
         for _, row in plaus[plaus["participant_id"] != "group"].iterrows():
-            lines.append(f"  plausibility of {row['state']} vs its planted region: mass accuracy "
-                         f"{row['mass_accuracy']:.2f}, rank accuracy {row['rank_accuracy']:.2f}, Pearson r "
-                         f"{row['pearson_r']:.2f} (region = {row['region_share']:.1%} of the brain)")
+            lines.append(
+                f"  plausibility of {row['state']} vs its planted region: mass accuracy "
+                f"{row['mass_accuracy']:.2f}, rank accuracy {row['rank_accuracy']:.2f}, Pearson r "
+                f"{row['pearson_r']:.2f} (region = {row['region_share']:.1%} of the brain)"
+            )
     if quality.get("report"):
         lines.append(f"  report: {quality['report']}")
     return lines
@@ -331,21 +459,28 @@ def format_report(report):
         "deeplight-bids demo",
         f"  dataset:  {report['bids_dir']}",
         f"  model:    {report['model']} (trained on participants {', '.join(report['training'])}"
-        + (f"; validation participant {report['validation']}: accuracy {report['validation_accuracy']:.3f}, "
-           f"{report['fits']} fit(s) of at most {MAX_FITS})" if report.get("validation_accuracy") is not None
-           else f"; validated on participant {report['validation']})"),
+        + (
+            f"; validation participant {report['validation']}: accuracy {report['validation_accuracy']:.3f}, "
+            f"{report['fits']} fit(s) of at most {MAX_FITS})"
+            if report.get("validation_accuracy") is not None
+            else f"; validated on participant {report['validation']})"
+        ),
         f"  outputs:  {report['outputs']}",
         f"  held-out participant {report['held_out']}: accuracy {report['accuracy']:.3f} over "
         f"{report['n_labelled']} labelled volumes (chance {report['chance']:.3f})",
     ]
     for state, (rank, mass) in report.get("shares", {}).items():
         frac = report["region_fraction_of_brain"].get(state)
-        lines.append(f"  relevance of {state}: {rank:.0%} of its {report['region_voxels'][state]} most relevant voxels lie in "
-                     f"its planted region; {mass:.0%} of its positive relevance does (the region is {frac:.1%} of "
-                     "the brain)")
+        lines.append(
+            f"  relevance of {state}: {rank:.0%} of its {report['region_voxels'][state]} most relevant voxels lie in "
+            f"its planted region; {mass:.0%} of its positive relevance does (the region is {frac:.1%} of "
+            "the brain)"
+        )
     if report.get("quality"):
         lines += format_quality(report["quality"])
-    lines.append(f"  total time: {report['seconds']:.0f} s ({report['cpu_seconds']:.0f} s CPU); the fit: "
-                 f"{report['fit_seconds']:.0f} s ({report['fit_cpu_seconds']:.0f} s CPU)")
+    lines.append(
+        f"  total time: {report['seconds']:.0f} s ({report['cpu_seconds']:.0f} s CPU); the fit: "
+        f"{report['fit_seconds']:.0f} s ({report['fit_cpu_seconds']:.0f} s CPU)"
+    )
     lines.append(f"  rerun the participant level by hand:\n    {report['rerun']}")
     return "\n".join(lines)

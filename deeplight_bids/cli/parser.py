@@ -103,7 +103,9 @@ def _bids_filter(value, parser):
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         parser.error(f"--bids-filter-file: <{path}> is not valid JSON ({err}); fix the file or drop the option.")
     if not isinstance(loaded, dict):
-        parser.error(f"--bids-filter-file: <{path}> must hold a JSON object (entity: value), not {type(loaded).__name__}.")
+        parser.error(
+            f"--bids-filter-file: <{path}> must hold a JSON object (entity: value), not {type(loaded).__name__}."
+        )
     return loaded
 
 
@@ -138,126 +140,246 @@ def build_parser():
     Percent = partial(_percent, parser=parser)
     BidsFilter = partial(_bids_filter, parser=parser)
 
-    parser.add_argument("bids_dir", type=PathExists, help="the root folder of a BIDS dataset (read only; never written)")
+    parser.add_argument(
+        "bids_dir", type=PathExists, help="the root folder of a BIDS dataset (read only; never written)"
+    )
     parser.add_argument("output_dir", type=Path, help="where BIDS-Derivatives are written (created if missing)")
     parser.add_argument("analysis_level", choices=ANALYSIS_LEVELS, help="processing stage")
     parser.add_argument("--version", action="version", version=f"deeplight-bids {__version__}")
 
     g_bids = parser.add_argument_group("Options for filtering BIDS queries")
     g_bids.add_argument(
-        "--participant-label", "--participant_label", nargs="+", type=_strip_prefix("sub-"), metavar="LABEL",
+        "--participant-label",
+        "--participant_label",
+        nargs="+",
+        type=_strip_prefix("sub-"),
+        metavar="LABEL",
         help="participants to process, with or without 'sub-' (default: all)",
     )
-    g_bids.add_argument("--session-label", nargs="+", type=_strip_prefix("ses-"), metavar="LABEL",
-                        help="sessions to process, with or without 'ses-' (default: all)")
-    g_bids.add_argument("-t", "--task", nargs="+", metavar="TASK",
-                        help="task labels to process (case-insensitive; default: all)")
-    g_bids.add_argument("--bids-filter-file", type=BidsFilter, metavar="FILE",
-                        help="JSON file of extra pybids filters for the BOLD query, "
-                             "e.g. {\"run\": 1}; null means 'entity absent', \"*\" means 'any value'")
-    g_bids.add_argument("-d", "--derivatives", nargs="+", type=PathExists, metavar="PATH",
-                        help="fMRIPrep-style derivatives holding the preprocessed BOLD and brain masks "
-                             "(default: BIDS_DIR/derivatives/fmriprep* if present, else BIDS_DIR itself "
-                             "when it is a derivatives dataset)")
-    g_bids.add_argument("--space", default=None,
-                        help="template space of the preprocessed BOLD to use: MNI152NLin6Asym (any res; exact) or "
-                             "MNI152NLin2009cAsym (any res; TemplateFlow's nonlinear transform to MNI152NLin6Asym); "
-                             "native spaces (T1w, func, fsnative) are refused (default: MNI152NLin6Asym where a run "
-                             "has it, else MNI152NLin2009cAsym)")
-    g_bids.add_argument("--allow-approximate-space", action="store_true",
-                        help="when the TemplateFlow transform file is unavailable (offline), resample "
-                             "MNI152NLin2009cAsym in world coordinates as if it were MNI152NLin6Asym (approximate; "
-                             "warned once and recorded as SpaceTransform 'approximate' in the sidecars)")
-    g_bids.add_argument("--skip-bids-validation", action="store_true",
-                        help="do not validate BIDS_DIR with bids-validator-deno before processing")
+    g_bids.add_argument(
+        "--session-label",
+        nargs="+",
+        type=_strip_prefix("ses-"),
+        metavar="LABEL",
+        help="sessions to process, with or without 'ses-' (default: all)",
+    )
+    g_bids.add_argument(
+        "-t", "--task", nargs="+", metavar="TASK", help="task labels to process (case-insensitive; default: all)"
+    )
+    g_bids.add_argument(
+        "--bids-filter-file",
+        type=BidsFilter,
+        metavar="FILE",
+        help="JSON file of extra pybids filters for the BOLD query, "
+        "e.g. {\"run\": 1}; null means 'entity absent', \"*\" means 'any value'",
+    )
+    g_bids.add_argument(
+        "-d",
+        "--derivatives",
+        nargs="+",
+        type=PathExists,
+        metavar="PATH",
+        help="fMRIPrep-style derivatives holding the preprocessed BOLD and brain masks "
+        "(default: BIDS_DIR/derivatives/fmriprep* if present, else BIDS_DIR itself "
+        "when it is a derivatives dataset)",
+    )
+    g_bids.add_argument(
+        "--space",
+        default=None,
+        help="template space of the preprocessed BOLD to use: MNI152NLin6Asym (any res; exact) or "
+        "MNI152NLin2009cAsym (any res; TemplateFlow's nonlinear transform to MNI152NLin6Asym); "
+        "native spaces (T1w, func, fsnative) are refused (default: MNI152NLin6Asym where a run "
+        "has it, else MNI152NLin2009cAsym)",
+    )
+    g_bids.add_argument(
+        "--allow-approximate-space",
+        action="store_true",
+        help="when the TemplateFlow transform file is unavailable (offline), resample "
+        "MNI152NLin2009cAsym in world coordinates as if it were MNI152NLin6Asym (approximate; "
+        "warned once and recorded as SpaceTransform 'approximate' in the sidecars)",
+    )
+    g_bids.add_argument(
+        "--skip-bids-validation",
+        action="store_true",
+        help="do not validate BIDS_DIR with bids-validator-deno before processing",
+    )
 
     g_model = parser.add_argument_group("Model and LRP options")
-    g_model.add_argument("--architecture", choices=("3D", "2D"), default=default("architecture"),
-                         help="DeepLight variant: 3D convolutions, or 2D slice convolutions + bidirectional LSTM")
-    g_model.add_argument("--weights", metavar="PATH|NAME",
-                         help="model weights: a .keras file or folder from 'deeplight-bids demo'/fine-tuning, "
-                              "a published .hdf5/.npy file, or a registry name (see 'deeplight-bids weights list'); "
-                              "default: the published weights of --architecture")
-    g_model.add_argument("--state-map", type=IsFile, metavar="FILE",
-                         help="JSON {task: {trial_type: state}} mapping trial types to model output states "
-                              "(default: the HCP vocabulary for HCP tasks)")
-    g_model.add_argument("--lrp-target", choices=("predicted", "true"), default=default("lrp_target"),
-                         help="state whose logit LRP explains ('true' uses the labelled state; unlabelled "
-                              "volumes then fall back to the predicted state)")
+    g_model.add_argument(
+        "--architecture",
+        choices=("3D", "2D"),
+        default=default("architecture"),
+        help="DeepLight variant: 3D convolutions, or 2D slice convolutions + bidirectional LSTM",
+    )
+    g_model.add_argument(
+        "--weights",
+        metavar="PATH|NAME",
+        help="model weights: a .keras file or folder from 'deeplight-bids demo'/fine-tuning, "
+        "a published .hdf5/.npy file, or a registry name (see 'deeplight-bids weights list'); "
+        "default: the published weights of --architecture",
+    )
+    g_model.add_argument(
+        "--state-map",
+        type=IsFile,
+        metavar="FILE",
+        help="JSON {task: {trial_type: state}} mapping trial types to model output states "
+        "(default: the HCP vocabulary for HCP tasks)",
+    )
+    g_model.add_argument(
+        "--lrp-target",
+        choices=("predicted", "true"),
+        default=default("lrp_target"),
+        help="state whose logit LRP explains ('true' uses the labelled state; unlabelled "
+        "volumes then fall back to the predicted state)",
+    )
     g_model.add_argument("--no-lrp", action="store_true", help="decode only; write no relevance maps")
-    g_model.add_argument("--lrp-rule", choices=("published", "signed"), default=default("lrp_rule"),
-                         help="2D only: 'published' = the original 2D-DeepLight code's epsilon rule exactly "
-                              "(denominators z + eps, composite deeplight_2d); 'signed' = z + eps*sign(z) in the "
-                              "LSTM and output layer (composite deeplight_2d_signed), a deliberate deviation that "
-                              "avoids near-zero denominators. 3D always uses the published preset B-flat")
+    g_model.add_argument(
+        "--lrp-rule",
+        choices=("published", "signed"),
+        default=default("lrp_rule"),
+        help="2D only: 'published' = the original 2D-DeepLight code's epsilon rule exactly "
+        "(denominators z + eps, composite deeplight_2d); 'signed' = z + eps*sign(z) in the "
+        "LSTM and output layer (composite deeplight_2d_signed), a deliberate deviation that "
+        "avoids near-zero denominators. 3D always uses the published preset B-flat",
+    )
 
-    g_quality = parser.add_argument_group(
-        "Quality of the explanations and of the decoding (see docs/quality.rst)")
-    g_quality.add_argument("--quality", dest="no_quality", action="store_false", default=argparse.SUPPRESS,
-                           help="participant level: per run, on a subsample of volumes, measure faithfulness (deletion "
-                                "curves: most relevant vs random in-mask voxels set to 0) and sanity (similarity with "
-                                "the maps of a randomised model); the default, needs LRP")
-    g_quality.add_argument("--no-quality", dest="no_quality", action="store_true",
-                           help="participant level: skip the quality measures (faster)")
+    g_quality = parser.add_argument_group("Quality of the explanations and of the decoding (see docs/quality.rst)")
+    g_quality.add_argument(
+        "--quality",
+        dest="no_quality",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="participant level: per run, on a subsample of volumes, measure faithfulness (deletion "
+        "curves: most relevant vs random in-mask voxels set to 0) and sanity (similarity with "
+        "the maps of a randomised model); the default, needs LRP",
+    )
+    g_quality.add_argument(
+        "--no-quality",
+        dest="no_quality",
+        action="store_true",
+        help="participant level: skip the quality measures (faster)",
+    )
     from deeplight_bids.quality import run_quality
 
-    g_quality.add_argument("--quality-volumes", type=MinOne, default=run_quality.DEFAULT_VOLUMES, metavar="N",
-                           help="participant level: volumes per run for the quality measures, stratified by "
-                                "predicted state")
-    g_quality.add_argument("--reference-map", type=PathExists, metavar="FILE_OR_DIR",
-                           help="group level: reference map(s) for plausibility on the reference grid's space "
-                                "(MNI152NLin6Asym; resampled onto the 2 mm grid): one NIfTI for every state, or a "
-                                "folder with one NIfTI per state named with 'label-<state>' or '<state>.nii[.gz]'")
-    g_quality.add_argument("--reference-top-percent", type=Percent, default=default("reference_top_percent"), metavar="PCT",
-                           help="group level: the reference map's top PCT %% of brain voxels form its region "
-                                "(relevance mass and rank accuracy)")
-    g_quality.add_argument("--significance-permutations", type=MinOne, default=default("significance_permutations"), metavar="N",
-                           help="group level: permutations of the block labels per participant and task for the "
-                                "test of accuracy against chance (seeded with --seed)")
+    g_quality.add_argument(
+        "--quality-volumes",
+        type=MinOne,
+        default=run_quality.DEFAULT_VOLUMES,
+        metavar="N",
+        help="participant level: volumes per run for the quality measures, stratified by predicted state",
+    )
+    g_quality.add_argument(
+        "--reference-map",
+        type=PathExists,
+        metavar="FILE_OR_DIR",
+        help="group level: reference map(s) for plausibility on the reference grid's space "
+        "(MNI152NLin6Asym; resampled onto the 2 mm grid): one NIfTI for every state, or a "
+        "folder with one NIfTI per state named with 'label-<state>' or '<state>.nii[.gz]'",
+    )
+    g_quality.add_argument(
+        "--reference-top-percent",
+        type=Percent,
+        default=default("reference_top_percent"),
+        metavar="PCT",
+        help="group level: the reference map's top PCT %% of brain voxels form its region "
+        "(relevance mass and rank accuracy)",
+    )
+    g_quality.add_argument(
+        "--significance-permutations",
+        type=MinOne,
+        default=default("significance_permutations"),
+        metavar="N",
+        help="group level: permutations of the block labels per participant and task for the "
+        "test of accuracy against chance (seeded with --seed)",
+    )
 
     g_prep = parser.add_argument_group("Preprocessing options (reference: DeepLight, Thomas et al. 2021)")
-    g_prep.add_argument("--smoothing-fwhm", type=NonNegative, default=default("smoothing_fwhm"), metavar="MM",
-                        help="Gaussian smoothing FWHM in mm applied while masking (0 = none)")
-    g_prep.add_argument("--high-pass", type=HighPass, default=default("high_pass"), metavar="HZ",
-                        help="high-pass cut-off in Hz (e.g. 1/128), or 'none'")
+    g_prep.add_argument(
+        "--smoothing-fwhm",
+        type=NonNegative,
+        default=default("smoothing_fwhm"),
+        metavar="MM",
+        help="Gaussian smoothing FWHM in mm applied while masking (0 = none)",
+    )
+    g_prep.add_argument(
+        "--high-pass",
+        type=HighPass,
+        default=default("high_pass"),
+        metavar="HZ",
+        help="high-pass cut-off in Hz (e.g. 1/128), or 'none'",
+    )
 
     g_perf = parser.add_argument_group("Options to handle performance")
-    g_perf.add_argument("--nprocs", "--n-cpus", type=MinOne, metavar="N",
-                        help="CPU threads for TensorFlow and preparation (default: all available)")
-    g_perf.add_argument("--batch-size", type=MinOne, default=default("batch_size"), metavar="N",
-                        help="volumes read, decoded, explained and written per step; on CPU the network takes at most 4 "
-                             "at a time (bounded memory), on a GPU the whole batch")
-    g_perf.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None,
-                        help="Keras backend that runs the models and LRP (default: $KERAS_BACKEND, else tensorflow); "
-                             "jax / torch need 'pip install deeplight-bids[jax]' / '[torch]'; recorded in the sidecars")
-    g_perf.add_argument("-w", "--work-dir", type=Path, metavar="PATH",
-                        help="scratch folder (default: OUTPUT_DIR/work; removable after a successful run)")
+    g_perf.add_argument(
+        "--nprocs",
+        "--n-cpus",
+        type=MinOne,
+        metavar="N",
+        help="CPU threads for TensorFlow and preparation (default: all available)",
+    )
+    g_perf.add_argument(
+        "--batch-size",
+        type=MinOne,
+        default=default("batch_size"),
+        metavar="N",
+        help="volumes read, decoded, explained and written per step; on CPU the network takes at most 4 "
+        "at a time (bounded memory), on a GPU the whole batch",
+    )
+    g_perf.add_argument(
+        "--backend",
+        choices=("tensorflow", "jax", "torch"),
+        default=None,
+        help="Keras backend that runs the models and LRP (default: $KERAS_BACKEND, else tensorflow); "
+        "jax / torch need 'pip install deeplight-bids[jax]' / '[torch]'; recorded in the sidecars",
+    )
+    g_perf.add_argument(
+        "-w",
+        "--work-dir",
+        type=Path,
+        metavar="PATH",
+        help="scratch folder (default: OUTPUT_DIR/work; removable after a successful run)",
+    )
 
     g_group = parser.add_argument_group("Group level options")
-    g_group.add_argument("--correct-only", action="store_true",
-                         help="group level: also make group relevance maps from only the correctly decoded volumes "
-                              "(reads every run's 4D relevance map)")
-    g_group.add_argument("--reports-only", action="store_true",
-                         help="group level: only rebuild OUTPUT_DIR/deeplight_report.html from existing group outputs")
+    g_group.add_argument(
+        "--correct-only",
+        action="store_true",
+        help="group level: also make group relevance maps from only the correctly decoded volumes "
+        "(reads every run's 4D relevance map)",
+    )
+    g_group.add_argument(
+        "--reports-only",
+        action="store_true",
+        help="group level: only rebuild OUTPUT_DIR/deeplight_report.html from existing group outputs",
+    )
 
     from deeplight_bids.cli.finetune import add_finetune_arguments
 
     add_finetune_arguments(parser)
 
     g_out = parser.add_argument_group("Output options")
-    g_out.add_argument("--relevance-maps", choices=("volumes", "blocks", "means"), default=default("relevance_maps"),
-                       help="relevance written per run (masked to the run's brain mask): one map per volume, one mean "
-                            "map per event block / trial (4D + TSV), or none (the per-state mean maps per participant "
-                            "are written in every case)")
-    g_out.add_argument("--save-tfrecords", action="store_true",
-                       help="also write each run's prepared, labelled volumes as TFRecords in the original "
-                            "DeepLight schema (OUTPUT_DIR/tfrecords/; HCP states and numeric participant labels)")
+    g_out.add_argument(
+        "--relevance-maps",
+        choices=("volumes", "blocks", "means"),
+        default=default("relevance_maps"),
+        help="relevance written per run (masked to the run's brain mask): one map per volume, one mean "
+        "map per event block / trial (4D + TSV), or none (the per-state mean maps per participant "
+        "are written in every case)",
+    )
+    g_out.add_argument(
+        "--save-tfrecords",
+        action="store_true",
+        help="also write each run's prepared, labelled volumes as TFRecords in the original "
+        "DeepLight schema (OUTPUT_DIR/tfrecords/; HCP states and numeric participant labels)",
+    )
 
     g_other = parser.add_argument_group("Other options")
-    g_other.add_argument("--overwrite", action="store_true",
-                         help="recompute runs whose outputs already exist (default: skip them)")
-    g_other.add_argument("-v", "--verbose", action="count", default=0,
-                         help="more log output (-vv: debug, and tracebacks for errors)")
+    g_other.add_argument(
+        "--overwrite", action="store_true", help="recompute runs whose outputs already exist (default: skip them)"
+    )
+    g_other.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv: debug, and tracebacks for errors)"
+    )
     return parser
 
 

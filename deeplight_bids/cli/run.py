@@ -102,8 +102,11 @@ def _guard(func, *args, verbose=0):
     except DeepLightBidsError as err:
         return _fail(err, verbose)
     except Interrupted as err:
-        print(f"deeplight-bids: terminated by signal {signal.Signals(err.signum).name}; temporary files removed, "
-              "finished runs are kept, re-run to resume.", file=sys.stderr)
+        print(
+            f"deeplight-bids: terminated by signal {signal.Signals(err.signum).name}; temporary files removed, "
+            "finished runs are kept, re-run to resume.",
+            file=sys.stderr,
+        )
         return err.exit_code
     except KeyboardInterrupt:
         print("deeplight-bids: interrupted; finished runs are kept, re-run to resume.", file=sys.stderr)

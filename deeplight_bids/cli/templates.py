@@ -14,7 +14,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="deeplight-bids templates",
         description="TemplateFlow files used to bring MNI152NLin2009cAsym data onto the MNI152NLin6Asym grid. "
-                    "They are stored in $TEMPLATEFLOW_HOME (default: ~/.cache/templateflow).",
+        "They are stored in $TEMPLATEFLOW_HOME (default: ~/.cache/templateflow).",
     )
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="list the transform files and whether they are present and verified")

@@ -9,7 +9,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="deeplight-bids weights",
         description="Manage DeepLight weights. Published files are cached in $DEEPLIGHT_WEIGHTS_DIR "
-                    "(default: ~/.cache/deeplight-bids/weights).",
+        "(default: ~/.cache/deeplight-bids/weights).",
     )
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="list the published weights and whether they are cached and verified")
@@ -39,8 +39,10 @@ def run_weights_command(argv):
     if args.action == "fetch":
         for name in args.names or list(w.REGISTRY):
             if name not in w.REGISTRY:
-                print(f"deeplight-bids weights: error: unknown name {name!r}; choose from {', '.join(w.REGISTRY)}.",
-                      file=sys.stderr)
+                print(
+                    f"deeplight-bids weights: error: unknown name {name!r}; choose from {', '.join(w.REGISTRY)}.",
+                    file=sys.stderr,
+                )
                 return 2
             path = w.fetch_published(name, args.dest, progress=lambda m: print(m, file=sys.stderr))
             print(path)

@@ -106,9 +106,7 @@ _SMOOTH_SIGMA_MM = 4.0
 _LEAD_IN = 2  # volumes of rest before the first block
 _TAIL = 3  # volumes of rest after the last block (at least)
 
-_RAS_AFFINE = np.array(
-    [[2.0, 0.0, 0.0, -90.0], [0.0, 2.0, 0.0, -126.0], [0.0, 0.0, 2.0, -72.0], [0.0, 0.0, 0.0, 1.0]]
-)
+_RAS_AFFINE = np.array([[2.0, 0.0, 0.0, -90.0], [0.0, 2.0, 0.0, -126.0], [0.0, 0.0, 2.0, -72.0], [0.0, 0.0, 0.0, 1.0]])
 _OTHER_AFFINE = np.array(
     [[3.0, 0.0, 0.0, -90.0], [0.0, 3.0, 0.0, -126.0], [0.0, 0.0, 3.0, -72.0], [0.0, 0.0, 0.0, 1.0]]
 )
@@ -214,10 +212,22 @@ def planted_truth(task="motor", states=None, region_radius=REGION_RADIUS, n_volu
     brain, _ = _ellipsoid(world)
     centers = {s: region_center(states, s) for s in states}
     regions = {s: _sphere(world, centers[s], region_radius) & brain for s in states}
-    return SyntheticDataset(bids_dir=None, derivatives_dir=None, participants=[], task=task, states=tuple(states),
-                            t_r=float(t_r), n_volumes=int(n_volumes), n_runs=1, space=REFERENCE_SPACE,
-                            grid="reference", state_map=dict(state_map), regions=regions, region_centers=centers,
-                            brain_mask=brain)
+    return SyntheticDataset(
+        bids_dir=None,
+        derivatives_dir=None,
+        participants=[],
+        task=task,
+        states=tuple(states),
+        t_r=float(t_r),
+        n_volumes=int(n_volumes),
+        n_runs=1,
+        space=REFERENCE_SPACE,
+        grid="reference",
+        state_map=dict(state_map),
+        regions=regions,
+        region_centers=centers,
+        brain_mask=brain,
+    )
 
 
 def make_synthetic_dataset(
@@ -309,12 +319,21 @@ def make_synthetic_dataset(
     world = _world_coordinates(gen_shape, gen_affine)
     brain, rho2 = _ellipsoid(world)
     gen_regions = {s: _sphere(world, centers[s], region_radius) & brain for s in states}
-    patterns = {s: (_stripes(world, i % 3, low=stripe_low, duty=stripe_duty) if stripes
-                    else np.ones(world.shape[:3], np.float32))
-                for i, s in enumerate(states)}
+    patterns = {
+        s: (
+            _stripes(world, i % 3, low=stripe_low, duty=stripe_duty)
+            if stripes
+            else np.ones(world.shape[:3], np.float32)
+        )
+        for i, s in enumerate(states)
+    }
     ref_world = world if grid != "other" else _world_coordinates(REFERENCE_SHAPE, REFERENCE_AFFINE)
     ref_brain = brain if grid != "other" else _ellipsoid(ref_world)[0]
-    ref_regions = gen_regions if grid != "other" else {s: _sphere(ref_world, centers[s], region_radius) & ref_brain for s in states}
+    ref_regions = (
+        gen_regions
+        if grid != "other"
+        else {s: _sphere(ref_world, centers[s], region_radius) & ref_brain for s in states}
+    )
 
     _write_raw_top(root, participants, task, t_r, states, state_map)
     _write_deriv_top(deriv)
@@ -324,8 +343,9 @@ def make_synthetic_dataset(
         for r_index, run in enumerate(run_indices):
             rng = np.random.default_rng([seed, p_index, r_index])
             events = _block_design(rng, states, n_volumes, t_r, block_len, rest_len, blocks_per_state)
-            data = _run_data(rng, events, states, n_volumes, t_r, brain, rho2, gen_regions, gen_affine, noise, signal,
-                             patterns)
+            data = _run_data(
+                rng, events, states, n_volumes, t_r, brain, rho2, gen_regions, gen_affine, noise, signal, patterns
+            )
             if grid == "ras":
                 data = data[::-1]
             stem = f"sub-{label}_task-{task}" + (f"_run-{run}" if run is not None else "")
@@ -460,8 +480,9 @@ def _stripes(world, axis, period=None, low=-1.0, duty=0.5):
         raise ValueError(f"stripe_duty must be in (0, 1), got {duty!r}")
     # sin >= cos(pi * duty) on a share `duty` of each period
     threshold = np.cos(np.pi * float(duty))
-    return np.where(np.sin(2 * np.pi * world[..., axis] / period + 0.5) >= threshold, 1.0,
-                    float(low)).astype(np.float32)
+    return np.where(np.sin(2 * np.pi * world[..., axis] / period + 0.5) >= threshold, 1.0, float(low)).astype(
+        np.float32
+    )
 
 
 def _sphere(world, center, radius=REGION_RADIUS):

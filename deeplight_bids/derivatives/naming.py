@@ -31,9 +31,21 @@ from pathlib import Path
 from deeplight_bids.prepare.grid import REFERENCE_RES, REFERENCE_SPACE
 
 #: BIDS entity order and short keys.
-ENTITY_ORDER = (("subject", "sub"), ("session", "ses"), ("task", "task"), ("acquisition", "acq"),
-                ("ceagent", "ce"), ("reconstruction", "rec"), ("direction", "dir"), ("run", "run"),
-                ("echo", "echo"), ("space", "space"), ("res", "res"), ("label", "label"), ("desc", "desc"))
+ENTITY_ORDER = (
+    ("subject", "sub"),
+    ("session", "ses"),
+    ("task", "task"),
+    ("acquisition", "acq"),
+    ("ceagent", "ce"),
+    ("reconstruction", "rec"),
+    ("direction", "dir"),
+    ("run", "run"),
+    ("echo", "echo"),
+    ("space", "space"),
+    ("res", "res"),
+    ("label", "label"),
+    ("desc", "desc"),
+)
 
 
 def label_value(text):
@@ -70,15 +82,19 @@ def run_outputs(output_dir, run_entities):
     folder = _folder(output_dir, ents)
     pred = build_name({**ents, "desc": "predictions"}, "timeseries", ".tsv")
     rel = build_name({**ents, "space": REFERENCE_SPACE, "res": REFERENCE_RES, "desc": "relevance"}, "bold", ".nii.gz")
-    blocks = build_name({**ents, "space": REFERENCE_SPACE, "res": REFERENCE_RES, "desc": "blocks"}, "relevance",
-                        ".nii.gz")
+    blocks = build_name(
+        {**ents, "space": REFERENCE_SPACE, "res": REFERENCE_RES, "desc": "blocks"}, "relevance", ".nii.gz"
+    )
     return {
         "predictions": folder / pred,
         "predictions_json": folder / pred.replace(".tsv", ".json"),
         "relevance": folder / rel,
         "relevance_json": folder / rel.replace(".nii.gz", ".json"),
-        **{f"{kind}{ext}": folder / build_name({**ents, "desc": kind}, "timeseries", ".tsv" if not ext else ".json")
-           for kind in ("faithfulness", "sanity") for ext in ("", "_json")},
+        **{
+            f"{kind}{ext}": folder / build_name({**ents, "desc": kind}, "timeseries", ".tsv" if not ext else ".json")
+            for kind in ("faithfulness", "sanity")
+            for ext in ("", "_json")
+        },
         # --relevance-maps blocks: one map per event block; the TSV lists them (one JSON for both)
         "blocks": folder / blocks,
         "blocks_tsv": folder / blocks.replace(".nii.gz", ".tsv"),
@@ -88,8 +104,14 @@ def run_outputs(output_dir, run_entities):
 
 def state_map_output(output_dir, subject, task, state):
     """Path of a participant's mean relevance map for one state of one task."""
-    ents = {"subject": subject, "task": task, "space": REFERENCE_SPACE, "res": REFERENCE_RES,
-            "label": label_value(state), "desc": "mean"}
+    ents = {
+        "subject": subject,
+        "task": task,
+        "space": REFERENCE_SPACE,
+        "res": REFERENCE_RES,
+        "label": label_value(state),
+        "desc": "mean",
+    }
     return _folder(output_dir, ents, session=False) / build_name(ents, "relevance", ".nii.gz")
 
 
@@ -117,8 +139,11 @@ def sidecar_of(path):
 def dataset_outputs(output_dir):
     """The dataset-level files of OUTPUT_DIR: ``dict(description, bidsignore, readme)``."""
     output_dir = Path(output_dir)
-    return {"description": output_dir / "dataset_description.json", "bidsignore": output_dir / ".bidsignore",
-            "readme": output_dir / "README.md"}
+    return {
+        "description": output_dir / "dataset_description.json",
+        "bidsignore": output_dir / ".bidsignore",
+        "readme": output_dir / "README.md",
+    }
 
 
 # -- per job (outside the BIDS tree) ------------------------------------------------------------
@@ -137,8 +162,11 @@ def job_log_stem(output_dir, participant_label=None):
 def job_outputs(stem):
     """``dict(config, log, runs)``: the job's settings TOML, log copy and run table beside ``stem``."""
     stem = Path(stem)
-    return {"config": stem.with_suffix(".toml"), "log": stem.with_suffix(".log"),
-            "runs": stem.with_name(stem.name.replace("config-", "runs-") + ".tsv")}
+    return {
+        "config": stem.with_suffix(".toml"),
+        "log": stem.with_suffix(".log"),
+        "runs": stem.with_name(stem.name.replace("config-", "runs-") + ".tsv"),
+    }
 
 
 def tfrecord_output(output_dir, subject, run_label):
@@ -200,16 +228,21 @@ def finetune_outputs(folder, stem):
     ``dict(model, history, learning_curve)``.
     """
     folder = Path(folder)
-    return {"model": folder / f"{stem}.keras", "history": folder / f"{stem}_history.tsv",
-            "learning_curve": folder / f"{stem}_learningcurve.png"}
+    return {
+        "model": folder / f"{stem}.keras",
+        "history": folder / f"{stem}_history.tsv",
+        "learning_curve": folder / f"{stem}_learningcurve.png",
+    }
 
 
 def finetune_heldout_outputs(model_dir, name):
     """Held-out tables of one fine-tuning: ``dict(predictions, summary, summary_json)`` in ``models/<name>``."""
     model_dir = Path(model_dir)
-    return {"predictions": model_dir / f"{name}_desc-heldout_predictions.tsv",
-            "summary": model_dir / f"{name}_desc-heldout_summary.tsv",
-            "summary_json": model_dir / f"{name}_desc-heldout_summary.json"}
+    return {
+        "predictions": model_dir / f"{name}_desc-heldout_predictions.tsv",
+        "summary": model_dir / f"{name}_desc-heldout_summary.tsv",
+        "summary_json": model_dir / f"{name}_desc-heldout_summary.json",
+    }
 
 
 #: Glob (below OUTPUT_DIR) of every fine-tuning's held-out summary.

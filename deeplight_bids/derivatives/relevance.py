@@ -71,11 +71,13 @@ class RelevanceMasker:
         """Sidecar entries: the mask rule and the outside fraction's median and max over the run's volumes."""
         fractions = np.asarray(self.outside_fractions, dtype=np.float64)
         return {
-            "RelevanceMask": ("the run's brain mask on the reference grid (nearest neighbour); relevance outside it "
-                              "is set to 0 in this map and in every map made from it"),
+            "RelevanceMask": (
+                "the run's brain mask on the reference grid (nearest neighbour); relevance outside it "
+                "is set to 0 in this map and in every map made from it"
+            ),
             "RelevanceOutsideMaskFraction": {
                 "Description": "per volume, sum of |relevance| outside the brain mask / sum of |relevance| "
-                               "(before masking); median and maximum over the run's volumes",
+                "(before masking); median and maximum over the run's volumes",
                 "Median": float(np.median(fractions)) if fractions.size else None,
                 "Max": float(fractions.max()) if fractions.size else None,
                 "NumberOfVolumes": int(fractions.size),
@@ -128,9 +130,17 @@ def event_blocks(events, n_volumes, t_r, state_map):
         if volumes.size == 0:
             continue
         renumber[k] = len(table)
-        table.append({"block": len(table), "trial_type": event["trial_type"], "state": state_map[event["trial_type"]],
-                      "onset": float(event["onset"]), "duration": float(event["duration"]),
-                      "volumes": ",".join(map(str, volumes)), "n_volumes": int(volumes.size)})
+        table.append(
+            {
+                "block": len(table),
+                "trial_type": event["trial_type"],
+                "state": state_map[event["trial_type"]],
+                "onset": float(event["onset"]),
+                "duration": float(event["duration"]),
+                "volumes": ",".join(map(str, volumes)),
+                "n_volumes": int(volumes.size),
+            }
+        )
     columns = ["block", "trial_type", "state", "onset", "duration", "volumes", "n_volumes"]
     return pd.DataFrame(table, columns=columns), renumber[block_of_volume]
 
@@ -154,8 +164,11 @@ class BlockMeans:
     def __init__(self, block_of_volume, stream):
         self.block_of_volume = np.asarray(block_of_volume, dtype=int)
         self.stream = stream
-        self.last = {int(b): int(np.flatnonzero(self.block_of_volume == b)[-1])
-                     for b in np.unique(self.block_of_volume) if b >= 0}
+        self.last = {
+            int(b): int(np.flatnonzero(self.block_of_volume == b)[-1])
+            for b in np.unique(self.block_of_volume)
+            if b >= 0
+        }
         self.open = {}
 
     def add(self, start, volumes):
@@ -226,8 +239,9 @@ class RunRelevanceOutputs:
         from the one that exists).
     """
 
-    def __init__(self, mode, outputs, n_volumes, t_r, blocks=None, scratch_dir=None, root=None, key=None,
-                 per_volume=True):
+    def __init__(
+        self, mode, outputs, n_volumes, t_r, blocks=None, scratch_dir=None, root=None, key=None, per_volume=True
+    ):
         from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
 
         if mode not in RELEVANCE_MAPS:
@@ -242,14 +256,25 @@ class RunRelevanceOutputs:
             target = self.scratch[0] if self.scratch is not None else outputs["relevance"]
             if self.scratch is not None:
                 self.scratch[1].unlink(missing_ok=True)  # the record goes with the maps it describes
-            self.volumes = VolumeGzipNifti4D(target, (*REFERENCE_SHAPE, n_volumes), REFERENCE_AFFINE, t_r,
-                                             description="deeplight-bids LRP relevance", **keep)
+            self.volumes = VolumeGzipNifti4D(
+                target,
+                (*REFERENCE_SHAPE, n_volumes),
+                REFERENCE_AFFINE,
+                t_r,
+                description="deeplight-bids LRP relevance",
+                **keep,
+            )
         if mode == "blocks":
             self.block_table, block_of_volume = blocks
             if len(self.block_table):
-                stream = VolumeGzipNifti4D(outputs["blocks"], (*REFERENCE_SHAPE, len(self.block_table)),
-                                           REFERENCE_AFFINE, t_r, description="deeplight-bids LRP relevance, mean "
-                                           "per block", **keep)
+                stream = VolumeGzipNifti4D(
+                    outputs["blocks"],
+                    (*REFERENCE_SHAPE, len(self.block_table)),
+                    REFERENCE_AFFINE,
+                    t_r,
+                    description="deeplight-bids LRP relevance, mean per block",
+                    **keep,
+                )
                 self.blocks = BlockMeans(block_of_volume, stream)
 
     def write(self, start, volumes):
@@ -297,18 +322,30 @@ class RunRelevanceOutputs:
             stale.append(self.outputs["relevance"])
         if self.mode == "blocks":
             write_tsv(self.outputs["blocks_tsv"], self.block_table, root=self.root)
-            write_json(self.outputs["blocks_json"], {**sidecar, **BLOCK_COLUMNS, "Description": (
-                "LRP relevance, one 3D map per event block / trial: the mean of the (brain-masked) maps of the "
-                "volumes that the event labels (onset + TR <= t <= onset + duration + 2 TR; the later onset wins "
-                "on overlap); the maps are listed, in order, in the TSV of the same name")}, root=self.root)
+            write_json(
+                self.outputs["blocks_json"],
+                {
+                    **sidecar,
+                    **BLOCK_COLUMNS,
+                    "Description": (
+                        "LRP relevance, one 3D map per event block / trial: the mean of the (brain-masked) maps of the "
+                        "volumes that the event labels (onset + TR <= t <= onset + duration + 2 TR; the later onset wins "
+                        "on overlap); the maps are listed, in order, in the TSV of the same name"
+                    ),
+                },
+                root=self.root,
+            )
             if not len(self.block_table):
                 stale.append(self.outputs["blocks"])  # no block in this run: no image, an empty table
         else:
             stale += [self.outputs["blocks"], self.outputs["blocks_tsv"]]
         remove_stale(stale, f"relevance maps of another --relevance-maps choice (now: {self.mode})")
         if self.scratch is not None and self.scratch[0].is_file():
-            write_json(self.scratch[1], {"Key": self.key, "SettingsHash": sidecar.get("SettingsHash"),
-                                         "Sidecar": sidecar}, root=self.root)
+            write_json(
+                self.scratch[1],
+                {"Key": self.key, "SettingsHash": sidecar.get("SettingsHash"), "Sidecar": sidecar},
+                root=self.root,
+            )
 
 
 def link_or_copy(source, target, root=None):
@@ -366,14 +403,27 @@ def reuse_scratch(mode, outputs, scratch_dir, key, settings_hash, blocks_of, roo
         predictions = json.loads(outputs["predictions_json"].read_text())
     except (OSError, ValueError):
         return False
-    if (record.get("Key") != json.loads(json.dumps(key)) or not volumes.is_file()
-            or not outputs["predictions"].is_file() or predictions.get("SettingsHash") != record.get("SettingsHash")):
+    if (
+        record.get("Key") != json.loads(json.dumps(key))
+        or not volumes.is_file()
+        or not outputs["predictions"].is_file()
+        or predictions.get("SettingsHash") != record.get("SettingsHash")
+    ):
         return False
     import nibabel as nib
 
     n_volumes, t_r = nib.load(volumes).shape[3], float(nib.load(volumes).header.get_zooms()[3])
-    target = RunRelevanceOutputs(mode, outputs, n_volumes, t_r, blocks_of(n_volumes) if mode == "blocks" else None,
-                                 scratch_dir=scratch_dir, root=root, key=key, per_volume=False)
+    target = RunRelevanceOutputs(
+        mode,
+        outputs,
+        n_volumes,
+        t_r,
+        blocks_of(n_volumes) if mode == "blocks" else None,
+        scratch_dir=scratch_dir,
+        root=root,
+        key=key,
+        per_volume=False,
+    )
     try:
         if target.blocks is not None:
             for index, volume in iter_volumes(volumes, range(n_volumes), dtype=np.float32):
@@ -537,6 +587,7 @@ def gzip_member(data, level):
 
     try:
         from isal import isal_zlib as deflate
+
         level = min(int(level), 3)
     except ImportError:
         deflate = zlib
@@ -544,8 +595,14 @@ def gzip_member(data, level):
     compressor = deflate.compressobj(level, deflate.DEFLATED, -15)
     body = compressor.compress(data) + compressor.flush()
     size = _MEMBER_HEADER + len(body) + 8
-    header = (b"\x1f\x8b\x08\x04" + b"\0\0\0\0" + b"\0\xff" + struct.pack("<H", 8) + MEMBER_SIZE_FIELD
-              + struct.pack("<HI", 4, size))
+    header = (
+        b"\x1f\x8b\x08\x04"
+        + b"\0\0\0\0"
+        + b"\0\xff"
+        + struct.pack("<H", 8)
+        + MEMBER_SIZE_FIELD
+        + struct.pack("<HI", 4, size)
+    )
     return header + body + struct.pack("<II", deflate.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF)
 
 
@@ -560,8 +617,13 @@ def member_sizes(fobj, file_size):
     while position < file_size:
         fobj.seek(position)
         head = fobj.read(_MEMBER_HEADER)
-        if (len(head) < _MEMBER_HEADER or head[:4] != b"\x1f\x8b\x08\x04" or head[10:12] != b"\x08\0"
-                or head[12:14] != MEMBER_SIZE_FIELD or head[14:16] != b"\x04\0"):
+        if (
+            len(head) < _MEMBER_HEADER
+            or head[:4] != b"\x1f\x8b\x08\x04"
+            or head[10:12] != b"\x08\0"
+            or head[12:14] != MEMBER_SIZE_FIELD
+            or head[14:16] != b"\x04\0"
+        ):
             return None
         size = struct.unpack("<I", head[16:20])[0]
         if size <= _MEMBER_HEADER + 8 or position + size > file_size:
@@ -642,19 +704,24 @@ class VolumeGzipNifti4D:
         self._tmp = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name.split('.')[0]}."
-                                             f"{owner_tag()}.", suffix=".tmp.nii.gz")
+            fd, self._tmp = tempfile.mkstemp(
+                dir=self.path.parent, prefix=f".{self.path.name.split('.')[0]}.{owner_tag()}.", suffix=".tmp.nii.gz"
+            )
             self._file = os.fdopen(fd, "r+b")
         except OSError as err:
-            raise OutputError(f"{self.path.parent}: cannot write here ({err.strerror}); choose a writable "
-                              "OUTPUT_DIR (and --work-dir).") from err
+            raise OutputError(
+                f"{self.path.parent}: cannot write here ({err.strerror}); choose a writable "
+                "OUTPUT_DIR (and --work-dir)."
+            ) from err
 
     def write(self, start, volumes):
         """Store ``volumes`` ``(n, x, y, z)`` at time indices ``start .. start + n - 1`` (compressed now when in order)."""
         volumes = np.asarray(volumes, dtype=np.float32)
         if volumes.ndim != 4 or volumes.shape[1:] != self.shape[:3] or not 0 <= start <= self.shape[3] - len(volumes):
-            raise ValueError(f"expected volumes (n, {', '.join(map(str, self.shape[:3]))}) for time indices "
-                             f"{start}..{start + len(volumes) - 1} of {self.shape[3]}; got {volumes.shape}")
+            raise ValueError(
+                f"expected volumes (n, {', '.join(map(str, self.shape[:3]))}) for time indices "
+                f"{start}..{start + len(volumes) - 1} of {self.shape[3]}; got {volumes.shape}"
+            )
         for i, vol in enumerate(volumes):
             index = start + i
             if index < self._next or index in self._pending:
@@ -674,8 +741,9 @@ class VolumeGzipNifti4D:
         try:
             self._file.write(member)
         except OSError as err:
-            raise OutputError(f"{self.path}: write failed ({err.strerror or err}); check free space and "
-                              "permissions.") from err
+            raise OutputError(
+                f"{self.path}: write failed ({err.strerror or err}); check free space and permissions."
+            ) from err
         self._offsets.append((self._position, len(member)))
         self._position += len(member)
         self._next += 1
@@ -693,7 +761,7 @@ class VolumeGzipNifti4D:
         offset, size = self._offsets[index]
         data = inflate_member(os.pread(self._file.fileno(), size, offset))
         nx, ny, nz = self.shape[:3]
-        return np.frombuffer(data[-self._volume_bytes:], dtype=np.float32).reshape(nz, ny, nx)
+        return np.frombuffer(data[-self._volume_bytes :], dtype=np.float32).reshape(nz, ny, nx)
 
     def close(self):
         """Check every volume was written, move the file into place; returns the final path."""
@@ -711,8 +779,9 @@ class VolumeGzipNifti4D:
                 os.chmod(self._tmp, 0o666 & ~_UMASK)
                 os.replace(self._tmp, self.path)
             except OSError as err:
-                raise OutputError(f"{self.path}: write failed ({err.strerror or err}); check free space and "
-                                  "permissions.") from err
+                raise OutputError(
+                    f"{self.path}: write failed ({err.strerror or err}); check free space and permissions."
+                ) from err
         finally:
             self.abort()
         return self.path
@@ -765,4 +834,4 @@ def read_volumes(path, wanted, volume_bytes):
             data = inflate_member(fobj.read(size))
             if len(data) < volume_bytes:
                 raise ValueError(f"{path}: gzip member {index} holds {len(data)} bytes, not one volume")
-            yield index, data[len(data) - volume_bytes:]
+            yield index, data[len(data) - volume_bytes :]

@@ -23,8 +23,9 @@ def inputs_digest(run):
     return run_inputs_digest(run)
 
 
-def settings_hash(config, weights_sha256, architecture, user_state_map=None, quality_settings=None,
-                  relevance_maps=None):
+def settings_hash(
+    config, weights_sha256, architecture, user_state_map=None, quality_settings=None, relevance_maps=None
+):
     """16 hex digits identifying the settings that change a run's outputs.
 
     Settings added after the first release enter the hash only when they differ from
@@ -44,9 +45,16 @@ def settings_hash(config, weights_sha256, architecture, user_state_map=None, qua
         network pass, which every choice shares: the work folder's per-volume maps are keyed by it).
     """
     c = config
-    settings = {"weights": weights_sha256, "lrp": c.lrp, "target": c.lrp_target,
-                "fwhm": c.smoothing_fwhm, "high_pass": c.high_pass, "version": __version__,
-                "state_map": user_state_map, "relevance_masked": True}
+    settings = {
+        "weights": weights_sha256,
+        "lrp": c.lrp,
+        "target": c.lrp_target,
+        "fwhm": c.smoothing_fwhm,
+        "high_pass": c.high_pass,
+        "version": __version__,
+        "state_map": user_state_map,
+        "relevance_masked": True,
+    }
     if c.allow_approximate_space:  # only when set, so hashes of earlier outputs stay valid
         settings["allow_approximate_space"] = True
     if architecture == "2D":
@@ -89,7 +97,8 @@ def is_complete(outputs, config, settings, with_quality, run=None, log=LOGGER):
     if sidecar.get("SettingsHash") != settings:
         return False
     if run is not None and sidecar.get("InputsDigest") not in (None, inputs_digest(run)):
-        log.info("%s: its BOLD, mask or events file changed since its outputs were made: they are out of date",
-                 run.label)
+        log.info(
+            "%s: its BOLD, mask or events file changed since its outputs were made: they are out of date", run.label
+        )
         return False
     return True

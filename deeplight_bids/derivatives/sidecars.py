@@ -13,8 +13,10 @@ from deeplight_bids import __version__
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_RES, REFERENCE_SHAPE, REFERENCE_SPACE
 
 #: How volumes get their state (predictions sidecar, ``Labelling.Rule``).
-LABEL_RULE = ("volume i (t_i = i*TR) takes the state of an event with onset o and duration d when "
-              "o + TR <= t_i <= o + d + 2*TR (haemodynamic shift; later onset wins on overlap); other volumes n/a")
+LABEL_RULE = (
+    "volume i (t_i = i*TR) takes the state of an event with onset o and duration d when "
+    "o + TR <= t_i <= o + d + 2*TR (haemodynamic shift; later onset wins on overlap); other volumes n/a"
+)
 #: ``Resolution`` of every map on the reference grid.
 RESOLUTION_TEXT = "2 mm isotropic MNI152NLin6Asym grid (91 x 109 x 91)"
 
@@ -23,13 +25,19 @@ RESOLUTION_TEXT = "2 mm isotropic MNI152NLin6Asym grid (91 x 109 x 91)"
 PREDICTION_COLUMNS = {
     "volume": {"Description": "0-based index of the volume in the run"},
     "onset": {"Description": "acquisition time of the volume, volume * RepetitionTime", "Units": "s"},
-    "true_state": {"Description": "state from events.tsv after the haemodynamic shift (n/a: unlabelled "
-                                  "or trial type without a model state)"},
+    "true_state": {
+        "Description": "state from events.tsv after the haemodynamic shift (n/a: unlabelled "
+        "or trial type without a model state)"
+    },
     "predicted_state": {"Description": "state with the highest probability"},
-    "correct": {"Description": "1 if predicted_state equals true_state, 0 if not, n/a if the volume has no "
-                               "state the model can output", "Levels": {"0": "wrong", "1": "right"}},
-    "training_participant": {"Description": "1 if this participant was in the model's training data "
-                                            "(n/a: unknown, e.g. published weights)"},
+    "correct": {
+        "Description": "1 if predicted_state equals true_state, 0 if not, n/a if the volume has no "
+        "state the model can output",
+        "Levels": {"0": "wrong", "1": "right"},
+    },
+    "training_participant": {
+        "Description": "1 if this participant was in the model's training data (n/a: unknown, e.g. published weights)"
+    },
 }
 LRP_TARGET_COLUMN = {"Description": "state whose logit the relevance map of this volume explains"}
 
@@ -43,8 +51,17 @@ SUMMARY_COLUMNS = {
 }
 
 
-def run_provenance(run, model_provenance, config, labelling, space_transform, settings_hash, inputs_digest,
-                   source_space, compute_backend):
+def run_provenance(
+    run,
+    model_provenance,
+    config,
+    labelling,
+    space_transform,
+    settings_hash,
+    inputs_digest,
+    source_space,
+    compute_backend,
+):
     """The provenance block of one run's sidecars.
 
     Parameters
@@ -74,10 +91,17 @@ def run_provenance(run, model_provenance, config, labelling, space_transform, se
         "Sources": [f"bids::{p}" for p in (run.bold, run.mask, run.events)],
         "Model": model_provenance,
         "Preprocessing": {
-            "ReferenceGrid": {"Space": REFERENCE_SPACE, "Resolution": REFERENCE_RES,
-                              "Shape": list(REFERENCE_SHAPE), "Affine": REFERENCE_AFFINE.tolist()},
-            "SmoothingFWHM": config.smoothing_fwhm, "SmoothingFWHMUnits": "mm",
-            "HighPass": config.high_pass, "HighPassUnits": "Hz", "Detrend": "linear",
+            "ReferenceGrid": {
+                "Space": REFERENCE_SPACE,
+                "Resolution": REFERENCE_RES,
+                "Shape": list(REFERENCE_SHAPE),
+                "Affine": REFERENCE_AFFINE.tolist(),
+            },
+            "SmoothingFWHM": config.smoothing_fwhm,
+            "SmoothingFWHMUnits": "mm",
+            "HighPass": config.high_pass,
+            "HighPassUnits": "Hz",
+            "Detrend": "linear",
             "Standardize": "z-score per voxel over the run (population SD)",
             "RepetitionTime": run.t_r,
         },
@@ -133,21 +157,23 @@ def relevance_sidecar(t_r, provenance, conservation, lrp_description, lrp_target
     finite = conservation[np.isfinite(conservation)]
     return {
         "Description": "LRP relevance of each volume's decoding decision, one 3D map per volume, on the "
-                       "MNI152NLin6Asym 2 mm reference grid (x, y, z as in the NIfTI); positive values "
-                       "speak for the explained state",
+        "MNI152NLin6Asym 2 mm reference grid (x, y, z as in the NIfTI); positive values "
+        "speak for the explained state",
         "RepetitionTime": t_r,
         "SkullStripped": True,
         "Resolution": RESOLUTION_TEXT,
         "LRP": lrp_description,
         "LRPTarget": lrp_target,
-        "SpatialReference": (f"https://templateflow.s3.amazonaws.com/tpl-{REFERENCE_SPACE}/tpl-{REFERENCE_SPACE}"
-                             f"_res-0{REFERENCE_RES}_T1w.nii.gz"),
+        "SpatialReference": (
+            f"https://templateflow.s3.amazonaws.com/tpl-{REFERENCE_SPACE}/tpl-{REFERENCE_SPACE}"
+            f"_res-0{REFERENCE_RES}_T1w.nii.gz"
+        ),
         "LRPRule": lrp_rule,
         "Units": "arbitrary (relevance)",
         "Conservation": {
             "Description": "sum of each volume's relevance map divided by its explained logit, over the run's "
-                           "volumes (1 = conserved; neither rule conserves by design: biases and the BN rule "
-                           "absorb relevance, and 2D's epsilon denominators can amplify it)",
+            "volumes (1 = conserved; neither rule conserves by design: biases and the BN rule "
+            "absorb relevance, and 2D's epsilon denominators can amplify it)",
             "Median": float(np.median(finite)) if finite.size else None,
             "Min": float(finite.min()) if finite.size else None,
             "Max": float(finite.max()) if finite.size else None,
@@ -166,9 +192,12 @@ def state_map_sidecar(task, state, n_volumes, lrp_target, model_provenance, lrp_
     """Sidecar of a participant's mean relevance map of one task and explained state."""
     return {
         "Description": f"mean LRP relevance of the volumes of task {task} whose decision for state "
-                       f"{state} was explained (lrp_target == {state})",
-        "State": state, "NumberOfVolumes": int(n_volumes), "LRPTarget": lrp_target,
-        "Model": model_provenance, "LRP": lrp_description,
+        f"{state} was explained (lrp_target == {state})",
+        "State": state,
+        "NumberOfVolumes": int(n_volumes),
+        "LRPTarget": lrp_target,
+        "Model": model_provenance,
+        "LRP": lrp_description,
         "SettingsHash": settings_hash,
     }
 
@@ -179,15 +208,19 @@ ACCURACY_COLUMNS = {
     "participant_id": {"Description": "participant label with 'sub-'"},
     "session": {"Description": "session label of the run (n/a: none, or all sessions pooled)"},
     "run": {"Description": "run name (source entities), or 'all' for all runs of the participant pooled"},
-    "level": {"Description": "'run': one run; 'participant': all runs (and sessions) of the task pooled",
-              "Levels": {"run": "one run", "participant": "runs pooled"}},
+    "level": {
+        "Description": "'run': one run; 'participant': all runs (and sessions) of the task pooled",
+        "Levels": {"run": "one run", "participant": "runs pooled"},
+    },
     "n_volumes": {"Description": "number of decoded volumes"},
     "n_labelled": {"Description": "volumes whose true state the model can output (correct is 1 or 0)"},
     "n_correct": {"Description": "labelled volumes decoded correctly"},
     "accuracy": {"Description": "n_correct / n_labelled"},
     "balanced_accuracy": {"Description": "mean over the true states present of the per-state recall"},
-    "chance_level": {"Description": "1 / n_states: accuracy (and balanced accuracy) expected from guessing "
-                                    "uniformly among the true states present"},
+    "chance_level": {
+        "Description": "1 / n_states: accuracy (and balanced accuracy) expected from guessing "
+        "uniformly among the true states present"
+    },
     "n_states": {"Description": "number of distinct true states among the labelled volumes"},
 }
 GROUP_COLUMNS = {
@@ -195,17 +228,20 @@ GROUP_COLUMNS = {
     "n_participants": {"Description": "participants with a value"},
     "mean": {"Description": "mean across participants"},
     "sd": {"Description": "standard deviation across participants (ddof = 1; n/a for one participant)"},
-    "ci95_low": {"Description": "lower end of the t-based 95% interval of the mean: "
-                                "mean - t(0.975, n-1) * sd / sqrt(n)"},
+    "ci95_low": {
+        "Description": "lower end of the t-based 95% interval of the mean: mean - t(0.975, n-1) * sd / sqrt(n)"
+    },
     "ci95_high": {"Description": "upper end of the t-based 95% interval of the mean"},
     "min": {"Description": "lowest participant value"},
     "max": {"Description": "highest participant value"},
 }
 BLOCK_COLUMNS = {
-    "volumes_since_onset": {"Description": "0-based position of the volume in its block; a block is a maximal "
-                                           "stretch of consecutive volumes with the same true_state (labels include "
-                                           "the haemodynamic shift, so 0 is the first labelled volume of a block)",
-                            "Units": "volumes"},
+    "volumes_since_onset": {
+        "Description": "0-based position of the volume in its block; a block is a maximal "
+        "stretch of consecutive volumes with the same true_state (labels include "
+        "the haemodynamic shift, so 0 is the first labelled volume of a block)",
+        "Units": "volumes",
+    },
     "n_volumes": {"Description": "labelled volumes at this position, all participants"},
     "n_correct": {"Description": "of which decoded correctly"},
     "accuracy_pooled": {"Description": "n_correct / n_volumes"},
@@ -235,9 +271,18 @@ def table_sidecar(columns, described, extra):
 def confusion_columns(states, kind):
     """Column descriptions of a confusion table (``kind``: ``"counts"`` or ``"proportions"``)."""
     cols = {"true_state": {"Description": "true state (rows)"}}
-    cols.update({c: {"Description": (f"labelled volumes of all participants predicted as {c}" if kind == "counts"
-                                     else f"share of the row's volumes predicted as {c} (each row sums to 1)")}
-                 for c in states})
+    cols.update(
+        {
+            c: {
+                "Description": (
+                    f"labelled volumes of all participants predicted as {c}"
+                    if kind == "counts"
+                    else f"share of the row's volumes predicted as {c} (each row sums to 1)"
+                )
+            }
+            for c in states
+        }
+    )
     return cols
 
 
@@ -256,18 +301,33 @@ def group_map_sidecar(task, state, stat, subjects, model, mask_provenance, corre
         Volumes per participant behind its map.
     """
     n = len(subjects)
-    what = ("participant means over the correctly decoded volumes of the state" if correct_only else
-            "participant mean relevance maps (label-<state>_desc-mean)")
+    what = (
+        "participant means over the correctly decoded volumes of the state"
+        if correct_only
+        else "participant mean relevance maps (label-<state>_desc-mean)"
+    )
     if stat == "mean":
         desc = f"mean across {n} participant(s) of the {what}, task {task}, state {state}; 0 outside the brain mask"
     else:
-        desc = (f"one-sample t statistic (H0: mean relevance = 0; df = {n - 1}) across {n} participants of the {what}, "
-                f"task {task}, state {state}; nilearn SecondLevelModel, intercept-only design; 0 outside the brain "
-                "mask and where all participants have the same value")
-    out = {"Description": desc, "Task": task, "State": state, "Statistic": stat,
-           "NumberOfParticipants": n, "Participants": [f"sub-{s}" for s in subjects],
-           "CorrectOnly": bool(correct_only), "Resolution": RESOLUTION_TEXT, "SkullStripped": True,
-           "Mask": mask_provenance, "Model": model, "SoftwareVersion": __version__}
+        desc = (
+            f"one-sample t statistic (H0: mean relevance = 0; df = {n - 1}) across {n} participants of the {what}, "
+            f"task {task}, state {state}; nilearn SecondLevelModel, intercept-only design; 0 outside the brain "
+            "mask and where all participants have the same value"
+        )
+    out = {
+        "Description": desc,
+        "Task": task,
+        "State": state,
+        "Statistic": stat,
+        "NumberOfParticipants": n,
+        "Participants": [f"sub-{s}" for s in subjects],
+        "CorrectOnly": bool(correct_only),
+        "Resolution": RESOLUTION_TEXT,
+        "SkullStripped": True,
+        "Mask": mask_provenance,
+        "Model": model,
+        "SoftwareVersion": __version__,
+    }
     if stat == "t":
         out["DegreesOfFreedom"] = n - 1
     if n_volumes is not None:

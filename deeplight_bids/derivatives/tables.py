@@ -25,14 +25,16 @@ def predictions_frame(states, t_r, labels, true_idx, pred_idx, probs, targets=No
         1/0: the participant was/was not in the model's training set (model card); None: unknown.
     """
     n_vol = len(labels)
-    frame = pd.DataFrame({
-        "volume": np.arange(n_vol),
-        "onset": np.arange(n_vol) * float(t_r),
-        "true_state": [s if s is not None else None for s in labels],
-        "predicted_state": [states[i] for i in pred_idx],
-        "correct": [None if t < 0 else int(p == t) for p, t in zip(pred_idx, true_idx)],
-        "training_participant": [in_training] * n_vol,
-    })
+    frame = pd.DataFrame(
+        {
+            "volume": np.arange(n_vol),
+            "onset": np.arange(n_vol) * float(t_r),
+            "true_state": [s if s is not None else None for s in labels],
+            "predicted_state": [states[i] for i in pred_idx],
+            "correct": [None if t < 0 else int(p == t) for p, t in zip(pred_idx, true_idx)],
+            "training_participant": [in_training] * n_vol,
+        }
+    )
     frame["training_participant"] = frame["training_participant"].astype("Int64")
     if targets is not None:
         frame["lrp_target"] = [states[t] if t >= 0 else None for t in targets]
@@ -60,8 +62,14 @@ def accuracy_row(label, task, frame):
     labelled = frame["correct"].notna()
     n_lab = int(labelled.sum())
     n_cor = int(frame.loc[labelled, "correct"].sum())
-    return {"run": label, "task": task, "n_volumes": len(frame), "n_labelled": n_lab, "n_correct": n_cor,
-            "accuracy": n_cor / n_lab if n_lab else np.nan}
+    return {
+        "run": label,
+        "task": task,
+        "n_volumes": len(frame),
+        "n_labelled": n_lab,
+        "n_correct": n_cor,
+        "accuracy": n_cor / n_lab if n_lab else np.nan,
+    }
 
 
 def accuracy_summary(rows):
@@ -70,16 +78,22 @@ def accuracy_summary(rows):
     for task, group in summary.groupby("task"):
         n_lab = group["n_labelled"].sum()
         n_cor = group["n_correct"].sum()
-        summary.loc[len(summary)] = {"run": "all", "task": task, "n_volumes": group["n_volumes"].sum(),
-                                     "n_labelled": n_lab, "n_correct": n_cor,
-                                     "accuracy": n_cor / n_lab if n_lab else np.nan}
+        summary.loc[len(summary)] = {
+            "run": "all",
+            "task": task,
+            "n_volumes": group["n_volumes"].sum(),
+            "n_labelled": n_lab,
+            "n_correct": n_cor,
+            "accuracy": n_cor / n_lab if n_lab else np.nan,
+        }
     return summary
 
 
 def run_table(results):
     """What happened to every run of a job (``run``, ``status``, ``detail``): read by the group report."""
-    return pd.DataFrame([{"run": r.label, "status": r.status, "detail": r.detail} for r in results],
-                        columns=["run", "status", "detail"])
+    return pd.DataFrame(
+        [{"run": r.label, "status": r.status, "detail": r.detail} for r in results], columns=["run", "status", "detail"]
+    )
 
 
 def format_results(results):

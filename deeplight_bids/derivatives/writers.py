@@ -85,8 +85,10 @@ def _check_target(path, root=None):
         for part in parts:
             folder = folder / part
             if folder.is_symlink():
-                raise OutputError(f"{folder}: refusing to write below a symbolic link inside {root} (it may point "
-                                  "outside the output folder); replace the link with a folder.")
+                raise OutputError(
+                    f"{folder}: refusing to write below a symbolic link inside {root} (it may point "
+                    "outside the output folder); replace the link with a folder."
+                )
             if not folder.exists():
                 break
     return path
@@ -101,8 +103,10 @@ def ensure_writable(folder):
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise OutputError(f"{folder}: output folder not writable ({err.strerror or err}); "
-                          "choose a writable OUTPUT_DIR (and --work-dir).") from err
+        raise OutputError(
+            f"{folder}: output folder not writable ({err.strerror or err}); "
+            "choose a writable OUTPUT_DIR (and --work-dir)."
+        ) from err
     return folder
 
 
@@ -132,7 +136,7 @@ def remove_stale_temporaries(folder, log=None, recursive=True):
         return []
     here = _host_tag()
     removed = []
-    for path in (folder.rglob(".*") if recursive else folder.glob(".*")):
+    for path in folder.rglob(".*") if recursive else folder.glob(".*"):
         match = _TEMP_PATTERN.match(path.name)
         if not match or not path.is_file() or match["host"] != here:
             continue
@@ -170,8 +174,9 @@ def atomic_path(path: PathLike, root: PathLike | None = None) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         suffix = "".join(path.suffixes)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name.split('.')[0]}.{owner_tag()}.",
-                                   suffix=f".tmp{suffix}")
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name.split('.')[0]}.{owner_tag()}.", suffix=f".tmp{suffix}"
+        )
         os.close(fd)
     except OSError as err:
         raise OutputError(f"{path.parent}: cannot write here ({err.strerror}); choose a writable OUTPUT_DIR.") from err
@@ -309,8 +314,10 @@ class StreamingNifti4D:
         except OSError as err:
             if self._raw is not None and os.path.exists(self._raw):
                 os.unlink(self._raw)
-            raise OutputError(f"{scratch}: cannot write the temporary relevance file ({err.strerror or err}); "
-                              "free disk space or choose a writable --work-dir.") from err
+            raise OutputError(
+                f"{scratch}: cannot write the temporary relevance file ({err.strerror or err}); "
+                "free disk space or choose a writable --work-dir."
+            ) from err
         # Plain positioned writes, not a memory map: the pages of a mapped file count as the
         # process's resident memory (a 405-volume run's map is 1.4 GB), written ones don't.
         self._offset = offset
@@ -325,12 +332,15 @@ class StreamingNifti4D:
         """
         volumes = np.asarray(volumes, dtype=np.float32)
         if volumes.ndim != 4 or volumes.shape[1:] != self.shape[:3] or not 0 <= start <= self.shape[3] - len(volumes):
-            raise ValueError(f"expected volumes (n, {', '.join(map(str, self.shape[:3]))}) for time indices "
-                             f"{start}..{start + len(volumes) - 1} of {self.shape[3]}; got {volumes.shape}")
+            raise ValueError(
+                f"expected volumes (n, {', '.join(map(str, self.shape[:3]))}) for time indices "
+                f"{start}..{start + len(volumes) - 1} of {self.shape[3]}; got {volumes.shape}"
+            )
         for i, vol in enumerate(volumes):
             column_major = np.asfortranarray(vol).T  # (z, y, x) C-contiguous: NIfTI's byte order of the volume
-            os.pwrite(self._data.fileno(), memoryview(column_major).cast("B"),
-                      self._offset + (start + i) * self._volume_bytes)
+            os.pwrite(
+                self._data.fileno(), memoryview(column_major).cast("B"), self._offset + (start + i) * self._volume_bytes
+            )
 
     def read(self, index):
         """Volume ``index`` as written, ``(z, y, x)`` float32 (NIfTI's column-major (x, y, z) in C order)."""
@@ -353,9 +363,13 @@ class StreamingNifti4D:
             compresslevel = min(compresslevel, 3)  # ISA-L's levels are 0-3
         try:
             with atomic_path(self.path, self.root) as tmp:
-                with open(self._raw, "rb") as src, open(tmp, "wb") as raw_dst, \
-                        module.GzipFile(filename="", mode="wb", fileobj=raw_dst, compresslevel=compresslevel,
-                                        mtime=0) as dst:
+                with (
+                    open(self._raw, "rb") as src,
+                    open(tmp, "wb") as raw_dst,
+                    module.GzipFile(
+                        filename="", mode="wb", fileobj=raw_dst, compresslevel=compresslevel, mtime=0
+                    ) as dst,
+                ):
                     shutil.copyfileobj(src, dst, length=1 << 22)
         finally:
             self.abort()
@@ -375,8 +389,12 @@ def dataset_description(source_dirs: Sequence[PathLike] = ()) -> dict:
     container = None
     if os.environ.get("DEEPLIGHT_CONTAINER"):
         container = {"Type": os.environ.get("DEEPLIGHT_CONTAINER"), "Tag": f"deeplight-bids:{__version__}"}
-    generated = {"Name": "deeplight-bids", "Version": __version__, "CodeURL": CODE_URL,
-                 "Description": "DeepLight decoding of task-fMRI volumes with LRP relevance maps"}
+    generated = {
+        "Name": "deeplight-bids",
+        "Version": __version__,
+        "CodeURL": CODE_URL,
+        "Description": "DeepLight decoding of task-fMRI volumes with LRP relevance maps",
+    }
     if container:
         generated["Container"] = container
     desc = {
@@ -386,8 +404,10 @@ def dataset_description(source_dirs: Sequence[PathLike] = ()) -> dict:
         "GeneratedBy": [generated],
         # the authors of the software that generated the outputs (BIDS recommends Authors)
         "Authors": ["deeplight-bids contributors"],
-        "HowToAcknowledge": ("Cite Thomas, Lindenberger, Samek & Mueller (2021), Evaluating deep transfer "
-                             "learning for whole-brain cognitive decoding, arXiv:2111.01562, and deeplight-bids."),
+        "HowToAcknowledge": (
+            "Cite Thomas, Lindenberger, Samek & Mueller (2021), Evaluating deep transfer "
+            "learning for whole-brain cognitive decoding, arXiv:2111.01562, and deeplight-bids."
+        ),
     }
     sources = [f"file://{Path(d).absolute()}" for d in source_dirs]
     if sources:
@@ -427,9 +447,11 @@ def write_dataset_files(output_dir: PathLike, source_dirs: Sequence[PathLike] = 
     files = {
         names["description"]: json.dumps(dataset_description(source_dirs), indent=2) + "\n",
         names["bidsignore"]: BIDSIGNORE,
-        names["readme"]: ("# deeplight-bids outputs\n\nPer-volume DeepLight decoding (``*_desc-predictions_"
-                          "timeseries.tsv``) and LRP relevance maps (``*_desc-relevance_bold.nii.gz``), "
-                          "written by deeplight-bids " + __version__ + ".\n"),
+        names["readme"]: (
+            "# deeplight-bids outputs\n\nPer-volume DeepLight decoding (``*_desc-predictions_"
+            "timeseries.tsv``) and LRP relevance maps (``*_desc-relevance_bold.nii.gz``), "
+            "written by deeplight-bids " + __version__ + ".\n"
+        ),
     }
     for path, text in files.items():
         try:

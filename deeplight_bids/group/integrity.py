@@ -80,14 +80,17 @@ def _check_settings(inventory):
         hashes = {dict(s).get("SettingsHash") for s in by_settings} - {None}
         if len(targets) <= 1 and len(hashes) <= 1:
             continue
-        parts = [f"{', '.join(f'{k} {v}' for k, v in settings) or 'unknown settings'}: "
-                 f"{', '.join('sub-' + s for s in sorted(subjects))}"
-                 for settings, subjects in sorted(by_settings.items(), key=lambda kv: sorted(kv[1]))]
+        parts = [
+            f"{', '.join(f'{k} {v}' for k, v in settings) or 'unknown settings'}: "
+            f"{', '.join('sub-' + s for s in sorted(subjects))}"
+            for settings, subjects in sorted(by_settings.items(), key=lambda kv: sorted(kv[1]))
+        ]
         raise InputDataError(
             f"{inventory.output_dir}: participant mean relevance maps of task {task} were made with different "
             f"settings ({'; '.join(parts)}) and are not pooled; re-run the participant level of the odd "
             "participants with the others' settings (it replaces their maps), or select participants of one "
-            "setting with --participant-label.")
+            "setting with --participant-label."
+        )
 
 
 def screen_inventory(inventory, correct_only=False, log=LOGGER):
@@ -118,8 +121,14 @@ def screen_inventory(inventory, correct_only=False, log=LOGGER):
         if reason is None:
             kept.append(rec)
         else:
-            _problem(inventory, rec.subject, rec.path, f"unreadable mean relevance map ({reason}), left out of the "
-                     f"group maps; re-run the participant level for sub-{rec.subject}", log)
+            _problem(
+                inventory,
+                rec.subject,
+                rec.path,
+                f"unreadable mean relevance map ({reason}), left out of the "
+                f"group maps; re-run the participant level for sub-{rec.subject}",
+                log,
+            )
     inventory.maps = kept
     if correct_only:
         for rec in inventory.runs:
@@ -127,8 +136,14 @@ def screen_inventory(inventory, correct_only=False, log=LOGGER):
                 continue
             reason = _stream_readable(rec.relevance)
             if reason is not None:
-                _problem(inventory, rec.subject, rec.relevance, f"unreadable 4D relevance map ({reason}), left "
-                         f"out of the --correct-only maps; re-run the participant level for sub-{rec.subject}", log)
+                _problem(
+                    inventory,
+                    rec.subject,
+                    rec.relevance,
+                    f"unreadable 4D relevance map ({reason}), left "
+                    f"out of the --correct-only maps; re-run the participant level for sub-{rec.subject}",
+                    log,
+                )
                 rec.relevance = None
     _check_settings(inventory)
     return inventory

@@ -98,8 +98,7 @@ def png_data_uri(fig_or_display, dpi=80):
 
 
 def figure_html(uri, caption, alt):
-    return (f"<div class='fig'><img src='{uri}' alt='{esc(alt)}'>"
-            f"<div class='cap'>{esc(caption)}</div></div>")
+    return f"<div class='fig'><img src='{uri}' alt='{esc(alt)}'><div class='cap'>{esc(caption)}</div></div>"
 
 
 def _read_tsv(output_dir, rel):
@@ -123,8 +122,15 @@ def confusion_figure(counts, props, title):
     for i in range(len(rows)):
         for j in range(len(cols)):
             v = values[i, j]
-            ax.text(j, i, f"{raw[i, j]}\n{v:.2f}" if np.isfinite(v) else "–", ha="center", va="center", fontsize=7,
-                    color="white" if np.isfinite(v) and v > 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                f"{raw[i, j]}\n{v:.2f}" if np.isfinite(v) else "–",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if np.isfinite(v) and v > 0.6 else "black",
+            )
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
     ax.set_xlabel("predicted state")
@@ -143,8 +149,14 @@ def blocktime_figure(frame, chance, title):
     x = frame["volumes_since_onset"].to_numpy(dtype=float)
     ax.plot(x, frame["accuracy_pooled"], "o-", label="pooled", color="#2c3e50")
     if frame["ci95_low"].notna().any():
-        ax.fill_between(x, frame["ci95_low"].astype(float), frame["ci95_high"].astype(float), color="#3498db",
-                        alpha=0.25, label="95% interval (participants)")
+        ax.fill_between(
+            x,
+            frame["ci95_low"].astype(float),
+            frame["ci95_high"].astype(float),
+            color="#3498db",
+            alpha=0.25,
+            label="95% interval (participants)",
+        )
     if chance is not None and np.isfinite(chance):
         ax.axhline(chance, ls="--", color="#b02a37", label="chance")
     ax.set_ylim(-0.02, 1.02)
@@ -177,13 +189,32 @@ def map_figures(path, templates, title):
     vmax = _threshold(data, mask, 99.5) or 1.0  # robust colour range: a few extreme voxels do not wash it out
     if thr is not None and thr >= vmax:
         thr = None
-    glass = plotting.plot_glass_brain(img, threshold=thr, colorbar=True, plot_abs=False, cmap="cold_hot",
-                                      vmax=vmax, vmin=-vmax, title=title, display_mode="lyrz")
+    glass = plotting.plot_glass_brain(
+        img,
+        threshold=thr,
+        colorbar=True,
+        plot_abs=False,
+        cmap="cold_hot",
+        vmax=vmax,
+        vmin=-vmax,
+        title=title,
+        display_mode="lyrz",
+    )
     uri_glass = png_data_uri(glass)
     glass.close()
-    slices = plotting.plot_stat_map(img, bg_img=templates.t1w, threshold=thr, display_mode="z",
-                                    cut_coords=(-30, -10, 10, 30, 50, 70), colorbar=True, cmap="cold_hot",
-                                    vmax=vmax, title=title, black_bg=False, draw_cross=False)
+    slices = plotting.plot_stat_map(
+        img,
+        bg_img=templates.t1w,
+        threshold=thr,
+        display_mode="z",
+        cut_coords=(-30, -10, 10, 30, 50, 70),
+        colorbar=True,
+        cmap="cold_hot",
+        vmax=vmax,
+        title=title,
+        black_bg=False,
+        draw_cross=False,
+    )
     uri_slices = png_data_uri(slices)
     slices.close()
     return uri_glass, uri_slices, thr
@@ -194,22 +225,31 @@ def _summary_section(manifest, inventory, templates, config):
     n_exp = len(inventory.expected)
     parts = inventory.participants
     tasks = sorted({r.task for r in inventory.runs})
-    rows = [("OUTPUT_DIR", str(inventory.output_dir)),
-            ("BIDS_DIR", str(getattr(config, "bids_dir", "")) or "n/a"),
-            ("participants with outputs", f"{len(parts)}" + (f" of {n_exp} in BIDS_DIR" if n_exp else "")),
-            ("finished runs", str(len(inventory.runs))),
-            ("tasks", ", ".join(tasks)),
-            ("models", str(len(manifest.get("ModelGroups", [])))),
-            ("relevance maps restricted to correct volumes (--correct-only)", "yes" if manifest.get("CorrectOnly") else "no"),
-            ("template", templates.description),
-            ("group outputs created", manifest.get("Created", "n/a"))]
+    rows = [
+        ("OUTPUT_DIR", str(inventory.output_dir)),
+        ("BIDS_DIR", str(getattr(config, "bids_dir", "")) or "n/a"),
+        ("participants with outputs", f"{len(parts)}" + (f" of {n_exp} in BIDS_DIR" if n_exp else "")),
+        ("finished runs", str(len(inventory.runs))),
+        ("tasks", ", ".join(tasks)),
+        ("models", str(len(manifest.get("ModelGroups", [])))),
+        (
+            "relevance maps restricted to correct volumes (--correct-only)",
+            "yes" if manifest.get("CorrectOnly") else "no",
+        ),
+        ("template", templates.description),
+        ("group outputs created", manifest.get("Created", "n/a")),
+    ]
     body = "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + "</table>"
     if templates.source != "templateflow":
-        body += ("<div class='warn'>TemplateFlow was unavailable: figures and the group mask use nilearn's bundled "
-                 "MNI152 template resampled to the reference grid.</div>")
+        body += (
+            "<div class='warn'>TemplateFlow was unavailable: figures and the group mask use nilearn's bundled "
+            "MNI152 template resampled to the reference grid.</div>"
+        )
     if len(manifest.get("ModelGroups", [])) > 1:
-        body += ("<div class='warn'>The runs were processed by several different models; each model is reported "
-                 "separately and nothing is pooled across models.</div>")
+        body += (
+            "<div class='warn'>The runs were processed by several different models; each model is reported "
+            "separately and nothing is pooled across models.</div>"
+        )
     return "<section id='summary'><h2>Summary</h2>" + body + "</section>"
 
 
@@ -234,12 +274,17 @@ def _processing_section(inventory, output_dir=None):
     for sub in sorted(set(inventory.participants) | set(inventory.expected)):
         runs = [r for r in inventory.runs if r.subject == sub]
         issues = [p for p in inventory.problems if p["participant"] == sub]
-        status = ("processed" if runs and not issues else "partial" if runs else "skipped")
+        status = "processed" if runs and not issues else "partial" if runs else "skipped"
         cls = {"processed": "ok", "partial": "bad", "skipped": "bad"}[status]
-        rows.append(f"<tr><td>sub-{esc(sub)}</td><td class='{cls}'>{status}</td><td class='num'>{len(runs)}</td>"
-                    f"<td>{esc(', '.join(sorted({r.task for r in runs})))}</td></tr>")
-    body = ("<table><tr><th>participant</th><th>status</th><th>finished runs</th><th>tasks</th></tr>"
-            + "".join(rows) + "</table>")
+        rows.append(
+            f"<tr><td>sub-{esc(sub)}</td><td class='{cls}'>{status}</td><td class='num'>{len(runs)}</td>"
+            f"<td>{esc(', '.join(sorted({r.task for r in runs})))}</td></tr>"
+        )
+    body = (
+        "<table><tr><th>participant</th><th>status</th><th>finished runs</th><th>tasks</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
     if inventory.problems:
         body += "<h3>Missing or partial outputs</h3>" + table_html(pd.DataFrame(inventory.problems))
     else:
@@ -248,8 +293,10 @@ def _processing_section(inventory, output_dir=None):
         runs = participant_run_log(output_dir)
         bad = runs[runs["status"].isin(["skipped", "failed"]) & ~runs["detail"].str.startswith("outputs exist")]
         if len(bad):
-            body += ("<h3>Runs skipped or failed at the participant level</h3>"
-                     "<p>From <code>logs/runs-*.tsv</code> (latest job per run).</p>" + table_html(bad))
+            body += (
+                "<h3>Runs skipped or failed at the participant level</h3>"
+                "<p>From <code>logs/runs-*.tsv</code> (latest job per run).</p>" + table_html(bad)
+            )
     return "<section id='processing'><h2>Processed and skipped</h2>" + body + "</section>"
 
 
@@ -265,21 +312,34 @@ def finetune_section(output_dir):
     output_dir = Path(output_dir)
     rows = []
     for _, s in heldout_summaries(output_dir):
-        rows.append({"model": s.get("name"), "architecture": s.get("architecture"), "init": s.get("init"),
-                     "frozen body": "yes" if s.get("freeze_body") else "no",
-                     "folds": s.get("cv_folds") or "single split", "epochs": s.get("epochs"),
-                     "held-out volumes": s.get("n_volumes"), "held-out accuracy": s.get("heldout_accuracy_pooled"),
-                     "balanced accuracy": s.get("heldout_balanced_accuracy_pooled"), "chance": s.get("chance")})
+        rows.append(
+            {
+                "model": s.get("name"),
+                "architecture": s.get("architecture"),
+                "init": s.get("init"),
+                "frozen body": "yes" if s.get("freeze_body") else "no",
+                "folds": s.get("cv_folds") or "single split",
+                "epochs": s.get("epochs"),
+                "held-out volumes": s.get("n_volumes"),
+                "held-out accuracy": s.get("heldout_accuracy_pooled"),
+                "balanced accuracy": s.get("heldout_balanced_accuracy_pooled"),
+                "chance": s.get("chance"),
+            }
+        )
     comparisons = sorted((output_dir / "group").glob("finetune-comparison_arch-*.tsv"))
     if not rows and not comparisons:
         return ""
-    body = ("<p>Held-out accuracy of the models fitted by <code>group --finetune</code>: every volume is predicted "
-            "by a model that never saw its participant.</p>" + table_html(pd.DataFrame(rows)))
+    body = (
+        "<p>Held-out accuracy of the models fitted by <code>group --finetune</code>: every volume is predicted "
+        "by a model that never saw its participant.</p>" + table_html(pd.DataFrame(rows))
+    )
     for path in comparisons:
         frame = read_tsv(path)
-        body += (f"<h3>Scratch vs pretrained: {esc(path.stem.replace('finetune-comparison_', ''))}</h3>"
-                 f"<p>From <code>{esc(path.relative_to(output_dir))}</code>: the same participant folds, "
-                 "difference = pretrained - scratch.</p>" + table_html(frame))
+        body += (
+            f"<h3>Scratch vs pretrained: {esc(path.stem.replace('finetune-comparison_', ''))}</h3>"
+            f"<p>From <code>{esc(path.relative_to(output_dir))}</code>: the same participant folds, "
+            "difference = pretrained - scratch.</p>" + table_html(frame)
+        )
     return "<section id='finetune'><h2>Fine-tuning</h2>" + body + "</section>"
 
 
@@ -297,28 +357,39 @@ def _maps_html(output_dir, task_entry, templates, task):
         stat = "t" if entry.get("t") else "mean"
         which = "correctly decoded volumes only" if entry.get("correct_only") else "all explained volumes"
         n = entry["n_participants"]
-        title = f"{task} {entry['state']} ({stat}, df={n - 1}, n={n})" if stat == "t" else \
-            f"{task} {entry['state']} (mean, n={n})"
+        title = (
+            f"{task} {entry['state']} ({stat}, df={n - 1}, n={n})"
+            if stat == "t"
+            else f"{task} {entry['state']} (mean, n={n})"
+        )
         heading = f"<h4>{esc(entry['state'])} — {esc(which)}, {n} participant(s)</h4>"
         note = ""
         if not entry.get("t"):
-            note = (f"<p class='warn'>{n} participant(s): no t-map (computed from {MIN_T_PARTICIPANTS} participants "
-                    "on); the mean map is shown.</p>")
+            note = (
+                f"<p class='warn'>{n} participant(s): no t-map (computed from {MIN_T_PARTICIPANTS} participants "
+                "on); the mean map is shown.</p>"
+            )
         path = Path(output_dir) / stat_rel
         if not path.is_file():
             out.append(heading + f"<p class='bad'>missing: {esc(stat_rel)}</p>")
             continue
         if not np.any(np.asarray(nib.load(path).dataobj)):
-            out.append(heading + note + f"<p class='warn'>{esc(stat_rel)} is 0 everywhere: no relevance for this "
-                                        "state (e.g. LRP gives none for a target the model never favours).</p>")
+            out.append(
+                heading + note + f"<p class='warn'>{esc(stat_rel)} is 0 everywhere: no relevance for this "
+                "state (e.g. LRP gives none for a target the model never favours).</p>"
+            )
             continue
         glass, slices, thr = map_figures(path, templates, title)
         thr_text = f"|value| ≥ {thr:.3g} (90th percentile of non-zero |values| in the brain mask)" if thr else "none"
         cap = f"{stat_rel}; threshold {thr_text}"
         if stat == "t":
             cap = f"one-sample t, {n - 1} degrees of freedom ({n} participants); " + cap
-        out.append(heading + note + figure_html(glass, "glass brain: " + cap, f"glass brain {title}")
-                   + figure_html(slices, "axial slices on the template: " + cap, f"slices {title}"))
+        out.append(
+            heading
+            + note
+            + figure_html(glass, "glass brain: " + cap, f"glass brain {title}")
+            + figure_html(slices, "axial slices on the template: " + cap, f"slices {title}")
+        )
     if not out:
         note = task_entry.get("maps_note", "no group relevance maps")
         return f"<p><em>{esc(note)}</em></p>"
@@ -336,18 +407,23 @@ def _not_computed_html(table, task):
     """What could not be computed for a task with no labelled volumes, and why (empty string otherwise)."""
     if table is None or "n_labelled" not in table or len(table) == 0 or table["n_labelled"].fillna(0).sum() > 0:
         return ""
-    return (f"<p class='warn'>Task {esc(task)}: no labelled volumes — none of its trial types maps to a state the "
-            "model can output, so accuracy, the confusion matrix and accuracy by time in block cannot be computed "
-            "(volumes were decoded; see <code>predicted_state</code>). To label them, re-run the participant level "
-            "with <code>--state-map FILE</code> (JSON <code>{task: {trial_type: state}}</code>).</p>")
+    return (
+        f"<p class='warn'>Task {esc(task)}: no labelled volumes — none of its trial types maps to a state the "
+        "model can output, so accuracy, the confusion matrix and accuracy by time in block cannot be computed "
+        "(volumes were decoded; see <code>predicted_state</code>). To label them, re-run the participant level "
+        "with <code>--state-map FILE</code> (JSON <code>{task: {trial_type: state}}</code>).</p>"
+    )
 
 
 def _model_section(i, group, output_dir, templates):
     model = group["Model"]
     title = f"{model.get('Architecture', '?')} '{model.get('Name', '?')}' (weights sha256 {str(model.get('WeightsSHA256', '?'))[:12]}…)"
-    html_parts = [f"<section id='model-{i}' class='model'><h2>Model {i + 1}: {esc(title)}</h2>",
-                  "<h3>Model card</h3>", _model_card(model),
-                  f"<p>Group outputs: <code>{esc(group['Folder'] if group['Folder'] != '.' else 'group')}</code></p>"]
+    html_parts = [
+        f"<section id='model-{i}' class='model'><h2>Model {i + 1}: {esc(title)}</h2>",
+        "<h3>Model card</h3>",
+        _model_card(model),
+        f"<p>Group outputs: <code>{esc(group['Folder'] if group['Folder'] != '.' else 'group')}</code></p>",
+    ]
     for task, entry in group["Tasks"].items():
         html_parts.append(f"<h3 id='model-{i}-task-{esc(task)}'>Task {esc(task)}</h3>")
         summary = _read_tsv(output_dir, entry["accuracy_group"])
@@ -363,9 +439,14 @@ def _model_section(i, group, output_dir, templates):
         props = _read_tsv(output_dir, entry["confusion_proportions"])
         if counts is not None and len(counts):
             fig = confusion_figure(counts, props, f"task {task}: confusion (counts and row proportions)")
-            html_parts.append("<h4>Confusion matrix</h4>" + figure_html(
-                png_data_uri(fig), "labelled volumes of all participants pooled; each cell: count and row proportion",
-                f"confusion matrix {task}"))
+            html_parts.append(
+                "<h4>Confusion matrix</h4>"
+                + figure_html(
+                    png_data_uri(fig),
+                    "labelled volumes of all participants pooled; each cell: count and row proportion",
+                    f"confusion matrix {task}",
+                )
+            )
         block = _read_tsv(output_dir, entry["blocktime"])
         if block is not None and len(block):
             chance = None
@@ -373,9 +454,14 @@ def _model_section(i, group, output_dir, templates):
                 row = summary[summary["metric"] == "chance_level"]
                 chance = float(row["mean"].iloc[0]) if len(row) else None
             fig = blocktime_figure(block, chance, f"task {task}: accuracy by time in block")
-            html_parts.append("<h4>Accuracy by time within a block</h4>" + figure_html(
-                png_data_uri(fig), "block = consecutive volumes with the same (haemodynamically shifted) true state",
-                f"block time accuracy {task}"))
+            html_parts.append(
+                "<h4>Accuracy by time within a block</h4>"
+                + figure_html(
+                    png_data_uri(fig),
+                    "block = consecutive volumes with the same (haemodynamically shifted) true state",
+                    f"block time accuracy {task}",
+                )
+            )
         from deeplight_bids.quality.report_section import quality_html
 
         html_parts.append(quality_html(output_dir, entry, task))
@@ -395,12 +481,17 @@ def _participant_section(inventory):
             links = [f"<a href='{esc(rec.predictions.relative_to(root).as_posix())}'>predictions</a>"]
             if rec.relevance is not None:
                 links.append(f"<a href='{esc(rec.relevance.relative_to(root).as_posix())}'>relevance (4D)</a>")
-            out.append(f"<li>{esc(rec.label)}: {acc_text}, model {esc(rec.model.get('Name', '?'))} — "
-                       + " · ".join(links) + "</li>")
+            out.append(
+                f"<li>{esc(rec.label)}: {acc_text}, model {esc(rec.model.get('Name', '?'))} — "
+                + " · ".join(links)
+                + "</li>"
+            )
         for m in sorted((m for m in inventory.maps if m.subject == sub), key=lambda m: (m.task, m.label)):
-            out.append(f"<li>mean relevance, task {esc(m.task)}, state {esc(m.state)} "
-                       f"({esc(_volumes(m.metadata.get('NumberOfVolumes')))}): "
-                       f"<a href='{esc(m.path.relative_to(root).as_posix())}'>map</a></li>")
+            out.append(
+                f"<li>mean relevance, task {esc(m.task)}, state {esc(m.state)} "
+                f"({esc(_volumes(m.metadata.get('NumberOfVolumes')))}): "
+                f"<a href='{esc(m.path.relative_to(root).as_posix())}'>map</a></li>"
+            )
         issues = [p for p in inventory.problems if p["participant"] == sub]
         for p in issues:
             out.append(f"<li class='bad'>{esc(p['item'])}: {esc(p['problem'])}</li>")
@@ -414,8 +505,12 @@ def methods_text(manifest, inventory, templates):
     arch = ", ".join(sorted({m.get("Architecture", "?") for m in models}))
     n = len(inventory.participants)
     tasks = ", ".join(sorted({r.task for r in inventory.runs}))
-    correct = (" Group maps restricted to correctly decoded volumes were computed in the same way from participant "
-               "means over those volumes." if manifest.get("CorrectOnly") else "")
+    correct = (
+        " Group maps restricted to correctly decoded volumes were computed in the same way from participant "
+        "means over those volumes."
+        if manifest.get("CorrectOnly")
+        else ""
+    )
     return (
         f"Cognitive states were decoded from every volume of the preprocessed task-fMRI runs ({tasks}) of {n} "
         f"participant(s) with {arch} (DeepLight; Thomas et al., 2019; Thomas et al., 2021) using deeplight-bids "
@@ -428,7 +523,8 @@ def methods_text(manifest, inventory, templates):
         "voxel-wise mean of the participant mean maps of each state and a one-sample t statistic "
         "(intercept-only second-level model, nilearn; Abraham et al., 2014) within the "
         f"{'TemplateFlow MNI152NLin6Asym' if templates.source == 'templateflow' else 'nilearn MNI152'} brain mask "
-        f"(Ciric et al., 2022).{correct}")
+        f"(Ciric et al., 2022).{correct}"
+    )
 
 
 def write_report(output_dir, manifest, inventory, templates, config=None):
@@ -440,9 +536,15 @@ def write_report(output_dir, manifest, inventory, templates, config=None):
     groups = manifest.get("ModelGroups", [])
     nav = ["<a href='#summary'>Summary</a>", "<a href='#processing'>Processed</a>"]
     nav += [f"<a href='#model-{i}'>Model {i + 1}</a>" for i in range(len(groups))]
-    nav += ["<a href='#participants'>Participants</a>", "<a href='#software'>Software</a>",
-            "<a href='#methods'>Methods</a>"]
-    sections = [_summary_section(manifest, inventory, templates, config or object()), _processing_section(inventory, output_dir)]
+    nav += [
+        "<a href='#participants'>Participants</a>",
+        "<a href='#software'>Software</a>",
+        "<a href='#methods'>Methods</a>",
+    ]
+    sections = [
+        _summary_section(manifest, inventory, templates, config or object()),
+        _processing_section(inventory, output_dir),
+    ]
     sections += [_model_section(i, g, output_dir, templates) for i, g in enumerate(groups)]
     sections.append(_participant_section(inventory))
     finetune = finetune_section(output_dir)
@@ -450,18 +552,26 @@ def write_report(output_dir, manifest, inventory, templates, config=None):
         nav.insert(-3, "<a href='#finetune'>Fine-tuning</a>")
         sections.append(finetune)
     versions = software_versions()
-    sections.append("<section id='software'><h2>Software versions</h2>"
-                    + "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in versions.items())
-                    + "</table>" + f"<p>Templates: {esc(json.dumps(templates.provenance()))}</p></section>")
+    sections.append(
+        "<section id='software'><h2>Software versions</h2>"
+        + "<table>"
+        + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in versions.items())
+        + "</table>"
+        + f"<p>Templates: {esc(json.dumps(templates.provenance()))}</p></section>"
+    )
     cites = "".join(f"<li>{esc(c)}</li>" for c in CITATIONS)
-    sections.append("<section id='methods'><h2>Methods (boilerplate)</h2><p>You may copy this text into a methods "
-                    "section; check the numbers against your settings.</p>"
-                    f"<div class='box'>{esc(methods_text(manifest, inventory, templates))}</div>"
-                    f"<h3>References</h3><ol>{cites}</ol></section>")
+    sections.append(
+        "<section id='methods'><h2>Methods (boilerplate)</h2><p>You may copy this text into a methods "
+        "section; check the numbers against your settings.</p>"
+        f"<div class='box'>{esc(methods_text(manifest, inventory, templates))}</div>"
+        f"<h3>References</h3><ol>{cites}</ol></section>"
+    )
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    doc = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-           "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-           f"<title>deeplight-bids group report</title><style>{CSS}</style></head><body>"
-           f"<header><h1>deeplight-bids group report</h1><div>deeplight-bids {esc(__version__)} · {esc(stamp)}</div>"
-           f"</header><nav>{''.join(nav)}</nav><main>{''.join(sections)}</main></body></html>\n")
+    doc = (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>deeplight-bids group report</title><style>{CSS}</style></head><body>"
+        f"<header><h1>deeplight-bids group report</h1><div>deeplight-bids {esc(__version__)} · {esc(stamp)}</div>"
+        f"</header><nav>{''.join(nav)}</nav><main>{''.join(sections)}</main></body></html>\n"
+    )
     return write_text(output_dir / REPORT_NAME, doc, root=output_dir)

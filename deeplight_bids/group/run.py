@@ -69,7 +69,8 @@ def _filter(inventory, config):
     if not inventory.runs:
         raise InputDataError(
             f"{inventory.output_dir}: no participant-level outputs match --participant-label/--task; drop the "
-            "filters or run the participant level for them first.")
+            "filters or run the participant level for them first."
+        )
     inventory.models = {k: v for k, v in inventory.models.items() if any(r.key == k for r in inventory.runs)}
     return inventory
 
@@ -102,7 +103,9 @@ def _group_maps(folder, output_dir, task, model, map_records, templates, correct
     by_label = {}
     for rec in map_records:
         by_label.setdefault(rec.state, []).append(rec)
-    states = [s for s in model.get("States", []) if s in by_label] + sorted(set(by_label) - set(model.get("States", [])))
+    states = [s for s in model.get("States", []) if s in by_label] + sorted(
+        set(by_label) - set(model.get("States", []))
+    )
     for state in states:
         recs = sorted(by_label[state], key=lambda r: r.subject)
         imgs, subjects, n_vols = [], [], {}
@@ -116,44 +119,67 @@ def _group_maps(folder, output_dir, task, model, map_records, templates, correct
             n_vols[rec.subject] = rec.metadata.get("NumberOfVolumes", 0)
         if not imgs:
             continue
-        entries.append(_write_state_maps(folder, output_dir, task, state, imgs, subjects, model, templates, False,
-                                         n_vols, [str(r.path) for r in recs]))
+        entries.append(
+            _write_state_maps(
+                folder,
+                output_dir,
+                task,
+                state,
+                imgs,
+                subjects,
+                model,
+                templates,
+                False,
+                n_vols,
+                [str(r.path) for r in recs],
+            )
+        )
     for state, per in (correct_only_means or {}).items():
         subjects = list(per)
         arrays = [per[s][0] for s in subjects]
         n_vols = {s: per[s][1] for s in subjects}
-        entries.append(_write_state_maps(folder, output_dir, task, state, arrays, subjects, model, templates, True,
-                                         n_vols, None))
+        entries.append(
+            _write_state_maps(folder, output_dir, task, state, arrays, subjects, model, templates, True, n_vols, None)
+        )
     return entries
 
 
-def _write_state_maps(folder, output_dir, task, state, images, subjects, model, templates, correct_only, n_vols,
-                      sources):
+def _write_state_maps(
+    folder, output_dir, task, state, images, subjects, model, templates, correct_only, n_vols, sources
+):
     label = stats.state_label(state)
     desc = "correct" if correct_only else None
     mean, t = stats.one_sample_maps(images, templates.mask)
-    entry = {"state": state, "label": label, "correct_only": correct_only, "n_participants": len(subjects),
-             "participants": subjects}
+    entry = {
+        "state": state,
+        "label": label,
+        "correct_only": correct_only,
+        "n_participants": len(subjects),
+        "participants": subjects,
+    }
     # BIDS statistical derivatives, as nilearn and fitlins name them: the intercept's effect (the mean) and its t
     path = folder / naming.group_name(task, "statmap", ".nii.gz", contrast=label, stat="effect", desc=desc, space=True)
-    side = sidecars.group_map_sidecar(task, state, "mean", subjects, model, templates.provenance(), correct_only,
-                                      n_vols)
+    side = sidecars.group_map_sidecar(
+        task, state, "mean", subjects, model, templates.provenance(), correct_only, n_vols
+    )
     if sources:
         side["Sources"] = [f"bids::{_rel(s, output_dir)}" for s in sources]
     _write_map(path, mean, side)
     entry["mean"] = _rel(path, output_dir)
     if t is not None:
         path = folder / naming.group_name(task, "statmap", ".nii.gz", contrast=label, stat="t", desc=desc, space=True)
-        side = sidecars.group_map_sidecar(task, state, "t", subjects, model, templates.provenance(), correct_only,
-                                          n_vols)
+        side = sidecars.group_map_sidecar(
+            task, state, "t", subjects, model, templates.provenance(), correct_only, n_vols
+        )
         if sources:
             side["Sources"] = [f"bids::{_rel(s, output_dir)}" for s in sources]
         _write_map(path, t, side)
         entry["t"] = _rel(path, output_dir)
     else:
         entry["t"] = None
-        entry["note"] = (f"{len(subjects)} participant(s): no t-map (needs at least {stats.MIN_T_PARTICIPANTS}); "
-                         "mean map only")
+        entry["note"] = (
+            f"{len(subjects)} participant(s): no t-map (needs at least {stats.MIN_T_PARTICIPANTS}); mean map only"
+        )
     return entry
 
 
@@ -161,9 +187,13 @@ def compute_group_outputs(config, inventory, templates):
     """Write every group table and map; returns the manifest dict."""
     out = Path(config.output_dir)
     keys = sorted(inventory.models)
-    manifest = {"GeneratedBy": {"Name": "deeplight-bids", "Version": __version__},
-                "Created": time.strftime("%Y-%m-%dT%H:%M:%S"), "CorrectOnly": bool(config.correct_only),
-                "Templates": templates.provenance(), "ModelGroups": []}
+    manifest = {
+        "GeneratedBy": {"Name": "deeplight-bids", "Version": __version__},
+        "Created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "CorrectOnly": bool(config.correct_only),
+        "Templates": templates.provenance(),
+        "ModelGroups": [],
+    }
     for key in keys:
         model = inventory.models[key]
         folder = _model_folder(out, key, model, len(keys))
@@ -171,31 +201,55 @@ def compute_group_outputs(config, inventory, templates):
         states = model.get("States", [])
         for task in inventory.tasks_of(key):
             runs = inventory.runs_of(key, task)
-            LOGGER.info("group: model %s, task %s: %d runs of %d participants", model.get("Name", key), task,
-                        len(runs), len({r.subject for r in runs}))
+            LOGGER.info(
+                "group: model %s, task %s: %d runs of %d participants",
+                model.get("Name", key),
+                task,
+                len(runs),
+                len({r.subject for r in runs}),
+            )
             extra = sidecars.group_provenance(task, model)
             entry = {"participants": sorted({r.subject for r in runs}), "runs": [r.label for r in runs]}
             table = stats.accuracy_table(runs)
             path = folder / naming.group_name(task, "summary", ".tsv", desc="accuracy")
-            _write_table(path, table, sidecars.ACCURACY_COLUMNS,
-                         {"Description": f"decoding performance per run and per participant, task {task}", **extra})
+            _write_table(
+                path,
+                table,
+                sidecars.ACCURACY_COLUMNS,
+                {"Description": f"decoding performance per run and per participant, task {task}", **extra},
+            )
             entry["accuracy"] = _rel(path, out)
             summary = stats.group_summary(table)
             path = folder / naming.group_name(task, "summary", ".tsv", desc="accuracygroup")
-            _write_table(path, summary, sidecars.GROUP_COLUMNS,
-                         {"Description": f"across-participant summary of the participant-level metrics, task {task}",
-                          **extra})
+            _write_table(
+                path,
+                summary,
+                sidecars.GROUP_COLUMNS,
+                {"Description": f"across-participant summary of the participant-level metrics, task {task}", **extra},
+            )
             entry["accuracy_group"] = _rel(path, out)
             counts, props = stats.confusion_tables(runs, states)
             for kind, frame in (("counts", counts), ("proportions", props)):
                 path = folder / naming.group_name(task, kind, ".tsv", desc="confusion")
                 cols = sidecars.confusion_columns(frame.columns[1:], kind)
-                _write_table(path, frame, cols, {"Description": f"confusion matrix ({kind}), labelled volumes of all "
-                                                                f"participants pooled, task {task}", **extra})
+                _write_table(
+                    path,
+                    frame,
+                    cols,
+                    {
+                        "Description": f"confusion matrix ({kind}), labelled volumes of all "
+                        f"participants pooled, task {task}",
+                        **extra,
+                    },
+                )
                 entry[f"confusion_{kind}"] = _rel(path, out)
             path = folder / naming.group_name(task, "accuracy", ".tsv", desc="blocktime")
-            _write_table(path, stats.block_time_table(runs), sidecars.BLOCK_COLUMNS,
-                         {"Description": f"accuracy by volumes since block onset, task {task}", **extra})
+            _write_table(
+                path,
+                stats.block_time_table(runs),
+                sidecars.BLOCK_COLUMNS,
+                {"Description": f"accuracy by volumes since block onset, task {task}", **extra},
+            )
             entry["blocktime"] = _rel(path, out)
 
             maps = [m for m in inventory.maps if m.key == key and m.task == task]
@@ -218,8 +272,10 @@ def compute_group_outputs(config, inventory, templates):
 def read_manifest(output_dir):
     path = naming.group_manifest_output(output_dir)
     if not path.is_file():
-        raise InputDataError(f"{output_dir}: no group outputs to report on ({_rel(path, output_dir)} missing); run "
-                             "the group level without --reports-only first.")
+        raise InputDataError(
+            f"{output_dir}: no group outputs to report on ({_rel(path, output_dir)} missing); run "
+            "the group level without --reports-only first."
+        )
     return json.loads(path.read_text())
 
 
@@ -234,8 +290,13 @@ def run_group_level(config, log=LOGGER):
 
     out = Path(config.output_dir)
     inventory = _filter(stats.collect_inventory(out, config.bids_dir), config)
-    log.info("group: %d finished runs of %d participants, %d model(s); %d problem(s) listed in the report",
-             len(inventory.runs), len(inventory.participants), len(inventory.models), len(inventory.problems))
+    log.info(
+        "group: %d finished runs of %d participants, %d model(s); %d problem(s) listed in the report",
+        len(inventory.runs),
+        len(inventory.participants),
+        len(inventory.models),
+        len(inventory.problems),
+    )
     for problem in inventory.problems:
         log.warning("group: %s %s: %s", problem["participant"], problem["item"], problem["problem"])
     manifest = read_manifest(out) if config.reports_only else None

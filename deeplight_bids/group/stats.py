@@ -62,8 +62,7 @@ LOGGER = logging.getLogger("deeplight_bids")
 
 #: Folders of OUTPUT_DIR that hold no participant-level outputs.
 NON_PARTICIPANT_FOLDERS = ("work", "logs", "group", "figures", "models")
-RUN_ENTITIES = ("subject", "session", "task", "acquisition", "ceagent", "reconstruction", "direction", "run",
-                "echo")
+RUN_ENTITIES = ("subject", "session", "task", "acquisition", "ceagent", "reconstruction", "direction", "run", "echo")
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,9 +101,18 @@ class RunRecord:
 
     @property
     def label(self):
-        return "_".join(f"{short}-{self.entities[k]}" for k, short in
-                        (("subject", "sub"), ("session", "ses"), ("task", "task"), ("acquisition", "acq"),
-                         ("run", "run"), ("echo", "echo")) if self.entities.get(k) not in (None, ""))
+        return "_".join(
+            f"{short}-{self.entities[k]}"
+            for k, short in (
+                ("subject", "sub"),
+                ("session", "ses"),
+                ("task", "task"),
+                ("acquisition", "acq"),
+                ("run", "run"),
+                ("echo", "echo"),
+            )
+            if self.entities.get(k) not in (None, "")
+        )
 
     def read(self):
         return read_tsv(self.predictions)
@@ -172,7 +180,8 @@ def _layout(output_dir):
 def _no_outputs_error(output_dir, detail):
     return InputDataError(
         f"{output_dir}: no participant-level outputs found ({detail}); run 'deeplight-bids BIDS_DIR {output_dir} "
-        "participant' first, and give the group level the same OUTPUT_DIR.")
+        "participant' first, and give the group level the same OUTPUT_DIR."
+    )
 
 
 def _run_key(entities):
@@ -190,7 +199,9 @@ def expected_participants(bids_dir):
             labels |= {str(p).removeprefix("sub-") for p in read_tsv(table)["participant_id"]}
         except (KeyError, ValueError, OSError):
             pass
-    labels |= {p.name.removeprefix("sub-") for p in Path(bids_dir).iterdir() if p.is_dir() and p.name.startswith("sub-")}
+    labels |= {
+        p.name.removeprefix("sub-") for p in Path(bids_dir).iterdir() if p.is_dir() and p.name.startswith("sub-")
+    }
     return sorted(labels)
 
 
@@ -207,15 +218,22 @@ def collect_inventory(output_dir, bids_dir=None):
         raise _no_outputs_error(output_dir, f"pybids cannot index it: {err}") from err
 
     inv = Inventory(output_dir, expected=expected_participants(bids_dir))
-    relevance = {_run_key(f.get_entities()): Path(f.path)
-                 for f in layout.get(desc="relevance", suffix="bold", extension=".nii.gz")}
+    relevance = {
+        _run_key(f.get_entities()): Path(f.path)
+        for f in layout.get(desc="relevance", suffix="bold", extension=".nii.gz")
+    }
     for f in layout.get(desc="predictions", suffix="timeseries", extension=".tsv"):
         ents = f.get_entities()
         meta = f.get_metadata()
         rec = RunRecord(ents, Path(f.path), meta, relevance.get(_run_key(ents)))
         if "Model" not in meta:
-            inv.problems.append({"participant": ents["subject"], "item": Path(f.path).name,
-                                 "problem": "unfinished run (no JSON sidecar): not used; re-run the participant level"})
+            inv.problems.append(
+                {
+                    "participant": ents["subject"],
+                    "item": Path(f.path).name,
+                    "problem": "unfinished run (no JSON sidecar): not used; re-run the participant level",
+                }
+            )
             continue
         try:
             frame = rec.read()
@@ -223,12 +241,22 @@ def collect_inventory(output_dir, bids_dir=None):
             if missing:
                 raise ValueError(f"missing columns {sorted(missing)}")
         except (ValueError, OSError, pd.errors.ParserError) as err:
-            inv.problems.append({"participant": ents["subject"], "item": Path(f.path).name,
-                                 "problem": f"unreadable predictions table ({err}): not used"})
+            inv.problems.append(
+                {
+                    "participant": ents["subject"],
+                    "item": Path(f.path).name,
+                    "problem": f"unreadable predictions table ({err}): not used",
+                }
+            )
             continue
         if rec.relevance is None and "lrp_target" in frame.columns:
-            inv.problems.append({"participant": ents["subject"], "item": Path(f.path).name,
-                                 "problem": "4D relevance map missing (run left out of --correct-only maps)"})
+            inv.problems.append(
+                {
+                    "participant": ents["subject"],
+                    "item": Path(f.path).name,
+                    "problem": "4D relevance map missing (run left out of --correct-only maps)",
+                }
+            )
         inv.runs.append(rec)
         inv.models.setdefault(rec.key, rec.model)
 
@@ -236,8 +264,13 @@ def collect_inventory(output_dir, bids_dir=None):
         ents = f.get_entities()
         meta = f.get_metadata()
         if "Model" not in meta or "task" not in ents or "label" not in ents:
-            inv.problems.append({"participant": ents.get("subject", "?"), "item": Path(f.path).name,
-                                 "problem": "mean relevance map without complete sidecar: not used"})
+            inv.problems.append(
+                {
+                    "participant": ents.get("subject", "?"),
+                    "item": Path(f.path).name,
+                    "problem": "mean relevance map without complete sidecar: not used",
+                }
+            )
             continue
         inv.maps.append(MapRecord(ents["subject"], ents["task"], ents["label"], Path(f.path), meta))
 
@@ -247,13 +280,23 @@ def collect_inventory(output_dir, bids_dir=None):
     done = set(inv.participants)
     for label in inv.expected:
         if label not in done:
-            inv.problems.append({"participant": label, "item": f"sub-{label}",
-                                 "problem": "no participant-level outputs (not processed, or failed)"})
+            inv.problems.append(
+                {
+                    "participant": label,
+                    "item": f"sub-{label}",
+                    "problem": "no participant-level outputs (not processed, or failed)",
+                }
+            )
     for rec in inv.runs:
         has_lrp = rec.relevance is not None
         if has_lrp and not any(m.subject == rec.subject and m.task == rec.task for m in inv.maps):
-            inv.problems.append({"participant": rec.subject, "item": f"sub-{rec.subject} task-{rec.task}",
-                                 "problem": "participant mean relevance maps missing (participant level unfinished?)"})
+            inv.problems.append(
+                {
+                    "participant": rec.subject,
+                    "item": f"sub-{rec.subject} task-{rec.task}",
+                    "problem": "participant mean relevance maps missing (participant level unfinished?)",
+                }
+            )
     # one entry per (participant, item, problem)
     seen, unique = set(), []
     for p in inv.problems:
@@ -279,14 +322,25 @@ def decoding_metrics(true, pred):
     pred = np.asarray(pred, dtype=object)
     n = len(true)
     if n == 0:
-        return {"n_labelled": 0, "n_correct": 0, "accuracy": np.nan, "balanced_accuracy": np.nan,
-                "chance_level": np.nan, "n_states": 0}
+        return {
+            "n_labelled": 0,
+            "n_correct": 0,
+            "accuracy": np.nan,
+            "balanced_accuracy": np.nan,
+            "chance_level": np.nan,
+            "n_states": 0,
+        }
     hit = true == pred
     states = sorted(set(true))
     recalls = [hit[true == s].mean() for s in states]
-    return {"n_labelled": n, "n_correct": int(hit.sum()), "accuracy": float(hit.mean()),
-            "balanced_accuracy": float(np.mean(recalls)), "chance_level": 1.0 / len(states),
-            "n_states": len(states)}
+    return {
+        "n_labelled": n,
+        "n_correct": int(hit.sum()),
+        "accuracy": float(hit.mean()),
+        "balanced_accuracy": float(np.mean(recalls)),
+        "chance_level": 1.0 / len(states),
+        "n_states": len(states),
+    }
 
 
 def t_interval(values, level=0.95):
@@ -313,8 +367,16 @@ def accuracy_table(runs):
         full = rec.read()
         frame = labelled_frame(full)
         m = decoding_metrics(frame["true_state"], frame["predicted_state"])
-        rows.append({"participant_id": f"sub-{rec.subject}", "session": rec.entities.get("session"),
-                     "run": rec.label, "level": "run", "n_volumes": len(full), **m})
+        rows.append(
+            {
+                "participant_id": f"sub-{rec.subject}",
+                "session": rec.entities.get("session"),
+                "run": rec.label,
+                "level": "run",
+                "n_volumes": len(full),
+                **m,
+            }
+        )
         acc = pooled.setdefault(rec.subject, {"true": [], "pred": [], "n_volumes": 0, "n_runs": 0})
         acc["true"].extend(frame["true_state"])
         acc["pred"].extend(frame["predicted_state"])
@@ -322,10 +384,29 @@ def accuracy_table(runs):
         acc["n_runs"] += 1
     for subject, acc in sorted(pooled.items()):
         m = decoding_metrics(acc["true"], acc["pred"])
-        rows.append({"participant_id": f"sub-{subject}", "session": None, "run": "all", "level": "participant",
-                     "n_volumes": acc["n_volumes"], **m})
-    columns = ["participant_id", "session", "run", "level", "n_volumes", "n_labelled", "n_correct", "accuracy",
-               "balanced_accuracy", "chance_level", "n_states"]
+        rows.append(
+            {
+                "participant_id": f"sub-{subject}",
+                "session": None,
+                "run": "all",
+                "level": "participant",
+                "n_volumes": acc["n_volumes"],
+                **m,
+            }
+        )
+    columns = [
+        "participant_id",
+        "session",
+        "run",
+        "level",
+        "n_volumes",
+        "n_labelled",
+        "n_correct",
+        "accuracy",
+        "balanced_accuracy",
+        "chance_level",
+        "n_states",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -336,9 +417,18 @@ def group_summary(table):
     for metric in ("accuracy", "balanced_accuracy", "chance_level"):
         n, mean, sd, low, high = t_interval(part[metric])
         vals = part[metric].dropna()
-        rows.append({"metric": metric, "n_participants": n, "mean": mean, "sd": sd, "ci95_low": low,
-                     "ci95_high": high, "min": vals.min() if len(vals) else np.nan,
-                     "max": vals.max() if len(vals) else np.nan})
+        rows.append(
+            {
+                "metric": metric,
+                "n_participants": n,
+                "mean": mean,
+                "sd": sd,
+                "ci95_low": low,
+                "ci95_high": high,
+                "min": vals.min() if len(vals) else np.nan,
+                "max": vals.max() if len(vals) else np.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -379,12 +469,22 @@ def block_time_table(runs):
     per = {}  # subject -> DataFrame(position, correct)
     for rec in runs:
         frame = rec.read()
-        frame = frame.assign(position=block_positions(list(frame["true_state"].astype(object).where(
-            frame["true_state"].notna(), None))))
+        frame = frame.assign(
+            position=block_positions(list(frame["true_state"].astype(object).where(frame["true_state"].notna(), None)))
+        )
         frame = frame[frame["correct"].notna() & frame["position"].notna()]
         per.setdefault(rec.subject, []).append(frame[["position", "correct"]])
-    columns = ["volumes_since_onset", "n_volumes", "n_correct", "accuracy_pooled", "n_participants",
-               "accuracy_mean", "accuracy_sd", "ci95_low", "ci95_high"]
+    columns = [
+        "volumes_since_onset",
+        "n_volumes",
+        "n_correct",
+        "accuracy_pooled",
+        "n_participants",
+        "accuracy_mean",
+        "accuracy_sd",
+        "ci95_low",
+        "ci95_high",
+    ]
     if not per:
         return pd.DataFrame(columns=columns)
     per = {s: pd.concat(f) for s, f in per.items()}
@@ -399,9 +499,19 @@ def block_time_table(runs):
                 n_vol += len(sel)
                 n_cor += int(sel.sum())
         n, mean, sd, low, high = t_interval(accs)
-        rows.append({"volumes_since_onset": k, "n_volumes": n_vol, "n_correct": n_cor,
-                     "accuracy_pooled": n_cor / n_vol if n_vol else np.nan, "n_participants": n,
-                     "accuracy_mean": mean, "accuracy_sd": sd, "ci95_low": low, "ci95_high": high})
+        rows.append(
+            {
+                "volumes_since_onset": k,
+                "n_volumes": n_vol,
+                "n_correct": n_cor,
+                "accuracy_pooled": n_cor / n_vol if n_vol else np.nan,
+                "n_participants": n,
+                "accuracy_mean": mean,
+                "accuracy_sd": sd,
+                "ci95_low": low,
+                "ci95_high": high,
+            }
+        )
     return pd.DataFrame(rows, columns=columns)  # a header even without labelled volumes
 
 
@@ -472,11 +582,14 @@ def correct_only_participant_means(runs, states, output_dir=None):
         out = output_dir or rec.relevance.parents[3 if rec.entities.get("session") else 2]
         exact = {key: rec.entities.get(key) for key in RUN_ENTITIES if key not in ("subject", "task")}
         for state, rows in sel.groupby("true_state", sort=False):
-            img, table = load_relevance(out, rec.subject, rec.task, state=state, volumes=rows["volume"].astype(int),
-                                        filters=exact)
+            img, table = load_relevance(
+                out, rec.subject, rec.task, state=state, volumes=rows["volume"].astype(int), filters=exact
+            )
             if set(table["source"]) != {rec.relevance.name}:
-                raise InputDataError(f"{rec.relevance}: the relevance maps found for this run are "
-                                     f"{sorted(set(table['source']))}; re-run the participant level.")
+                raise InputDataError(
+                    f"{rec.relevance}: the relevance maps found for this run are "
+                    f"{sorted(set(table['source']))}; re-run the participant level."
+                )
             per = sums.setdefault(state, {})
             total, n = per.get(rec.subject, (0.0, 0))
             per[rec.subject] = (total + np.asarray(img.dataobj).sum(axis=-1, dtype=np.float64), n + len(table))

@@ -65,8 +65,7 @@ class Templates:
     files: dict = field(default_factory=dict)
 
     def provenance(self):
-        out = {"Source": self.source, "Description": self.description, "Template": TEMPLATE,
-               "Resolution": RESOLUTION}
+        out = {"Source": self.source, "Description": self.description, "Template": TEMPLATE, "Resolution": RESOLUTION}
         if self.files:
             out["Files"] = {k: str(v) for k, v in self.files.items()}
         return out
@@ -137,12 +136,18 @@ def fallback_templates(reason=""):
     """nilearn's bundled MNI152 (2009 symmetric) T1w and brain mask resampled onto the reference grid."""
     from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
 
-    message = (f"TemplateFlow {TEMPLATE} res-{RESOLUTION} is unavailable ({reason}); using nilearn's bundled "
-               "MNI152 template resampled to the reference grid for figures and the group mask. To use TemplateFlow "
-               "on an offline node, pre-fetch it into $TEMPLATEFLOW_HOME.")
+    message = (
+        f"TemplateFlow {TEMPLATE} res-{RESOLUTION} is unavailable ({reason}); using nilearn's bundled "
+        "MNI152 template resampled to the reference grid for figures and the group mask. To use TemplateFlow "
+        "on an offline node, pre-fetch it into $TEMPLATEFLOW_HOME."
+    )
     LOGGER.warning("%s", message)
     warnings.warn(message, TemplateFallbackWarning, stacklevel=2)
     t1w, mask = _finish(load_mni152_template(resolution=2), load_mni152_brain_mask(resolution=2))
-    return Templates(t1w, mask, "nilearn",
-                     "nilearn bundled MNI152 (ICBM 2009 symmetric) resampled to the MNI152NLin6Asym 2 mm grid "
-                     "(fallback: TemplateFlow unavailable)")
+    return Templates(
+        t1w,
+        mask,
+        "nilearn",
+        "nilearn bundled MNI152 (ICBM 2009 symmetric) resampled to the MNI152NLin6Asym 2 mm grid "
+        "(fallback: TemplateFlow unavailable)",
+    )

@@ -69,15 +69,25 @@ HCP_EV_FILES = {
 }
 
 _TRIAL_TYPE_DESCRIPTIONS = {
-    "fear": "fearful faces block", "neut": "neutral block (shapes / neutral gambling trials)",
-    "loss": "gambling trial with a loss", "win": "gambling trial with a win",
-    "math": "math block", "story": "story block",
-    "lf": "left foot movement", "lh": "left hand movement", "rf": "right foot movement",
-    "rh": "right hand movement", "t": "tongue movement",
-    "match": "matching block", "relation": "relational block",
-    "mental": "mental interaction (answered)", "other": "random interaction (answered)",
-    "body": "body pictures (0-back and 2-back)", "faces": "face pictures (0-back and 2-back)",
-    "places": "place pictures (0-back and 2-back)", "tools": "tool pictures (0-back and 2-back)",
+    "fear": "fearful faces block",
+    "neut": "neutral block (shapes / neutral gambling trials)",
+    "loss": "gambling trial with a loss",
+    "win": "gambling trial with a win",
+    "math": "math block",
+    "story": "story block",
+    "lf": "left foot movement",
+    "lh": "left hand movement",
+    "rf": "right foot movement",
+    "rh": "right hand movement",
+    "t": "tongue movement",
+    "match": "matching block",
+    "relation": "relational block",
+    "mental": "mental interaction (answered)",
+    "other": "random interaction (answered)",
+    "body": "body pictures (0-back and 2-back)",
+    "faces": "face pictures (0-back and 2-back)",
+    "places": "place pictures (0-back and 2-back)",
+    "tools": "tool pictures (0-back and 2-back)",
 }
 
 _RAW_README = """\

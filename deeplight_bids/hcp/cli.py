@@ -70,8 +70,7 @@ class FetchResult:
         return EXIT_PARTIAL if self.missing else EXIT_OK
 
 
-def fetch(source, output_dir, subjects, tasks, runs, jobs=4, retries=5, progress=True, stream=None,
-          downloader=None):
+def fetch(source, output_dir, subjects, tasks, runs, jobs=4, retries=5, progress=True, stream=None, downloader=None):
     """Download HCP runs and write them as a BIDS dataset with derivatives.
 
     Parameters
@@ -97,8 +96,10 @@ def fetch(source, output_dir, subjects, tasks, runs, jobs=4, retries=5, progress
     plans = plan_subjects(source, subjects, tasks, runs, jobs)
     transfers, run_transfers = _transfers(root, source.prefix, plans)
     total = sum(t.obj.size for t in transfers)
-    _say(stream, f"{len(transfers)} file(s), {format_bytes(total)} from {source.where()} "
-                 f"(credentials: {source.credentials})")
+    _say(
+        stream,
+        f"{len(transfers)} file(s), {format_bytes(total)} from {source.where()} (credentials: {source.credentials})",
+    )
     bar = Progress(total, len(transfers), stream=stream, enabled=progress)
     downloader = downloader or Downloader(source, jobs=jobs, retries=retries)
     failed = downloader.download_all(transfers, bar)
@@ -110,8 +111,10 @@ def fetch(source, output_dir, subjects, tasks, runs, jobs=4, retries=5, progress
         for run in plan.runs:
             keys = [t.obj.key for t in run_transfers.get((plan.subject, run.task, run.run), [])]
             if run.complete and not any(key in failed for key in keys):
-                ev_dir = _source_path(root, source.prefix, results_dir(source.prefix, plan.subject, run.task,
-                                                                          run.run)) / "EVs"
+                ev_dir = (
+                    _source_path(root, source.prefix, results_dir(source.prefix, plan.subject, run.task, run.run))
+                    / "EVs"
+                )
                 hcp_bids.write_run(root, plan.subject, run.task, run.run, ev_dir)
                 result.runs_written.append((plan.subject, run.task, run.run))
     _write_dataset_level(root, source)
@@ -143,7 +146,7 @@ def _transfers(root, prefix, plans):
 
 def _source_path(root, prefix, key):
     """Local copy of an S3 key under ``sourcedata/hcp`` (keeps HCP's own layout)."""
-    return root / "sourcedata" / "hcp" / key[len(prefix):]
+    return root / "sourcedata" / "hcp" / key[len(prefix) :]
 
 
 def _write_dataset_level(root, source):
@@ -185,7 +188,7 @@ def build_parser():
         prog=PROG,
         description="Fetch Human Connectome Project task fMRI from S3 into a BIDS dataset.",
         epilog="Exit codes: 0 ok, 2 usage, 3 access/input error, 5 output error, 6 partial "
-               "(something missing upstream), 130 interrupted (re-run to resume).",
+        "(something missing upstream), 130 interrupted (re-run to resume).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{fetch,list}")
@@ -194,13 +197,18 @@ def build_parser():
     fetch_parser.add_argument("output_dir", metavar="OUTPUT_BIDS_DIR", type=Path)
     who = fetch_parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--subjects", nargs="+", metavar="ID", help="HCP subject ids, e.g. 100307")
-    who.add_argument("--n-subjects", type=_positive_int, metavar="N",
-                     help="the N lowest subject ids with complete data for --tasks/--runs")
+    who.add_argument(
+        "--n-subjects",
+        type=_positive_int,
+        metavar="N",
+        help="the N lowest subject ids with complete data for --tasks/--runs",
+    )
     _add_selection(fetch_parser)
     _add_s3(fetch_parser)
     fetch_parser.add_argument("--jobs", type=_positive_int, default=4, help="parallel downloads (default 4)")
-    fetch_parser.add_argument("--retries", type=_non_negative_int, default=5,
-                              help="retries per file after network errors (default 5)")
+    fetch_parser.add_argument(
+        "--retries", type=_non_negative_int, default=5, help="retries per file after network errors (default 5)"
+    )
     fetch_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     fetch_parser.add_argument("-v", "--verbose", action="count", default=0)
 
@@ -215,16 +223,29 @@ def build_parser():
 
 
 def _add_selection(parser):
-    parser.add_argument("--tasks", nargs="+", metavar="TASK", default=list(HCP_TASK_STATES),
-                        help=f"HCP tasks (default: all of {' '.join(HCP_TASK_STATES)})")
-    parser.add_argument("--runs", nargs="+", metavar="RUN", default=list(hcp_bids.HCP_RUNS),
-                        help="runs (phase-encoding directions): LR RL (default both)")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        metavar="TASK",
+        default=list(HCP_TASK_STATES),
+        help=f"HCP tasks (default: all of {' '.join(HCP_TASK_STATES)})",
+    )
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        metavar="RUN",
+        default=list(hcp_bids.HCP_RUNS),
+        help="runs (phase-encoding directions): LR RL (default both)",
+    )
 
 
 def _add_s3(parser):
     group = parser.add_argument_group("S3")
-    group.add_argument("--profile", help=f"AWS profile (default: environment credentials, else profile "
-                                         f"'{s3.DEFAULT_PROFILE}', else the default chain)")
+    group.add_argument(
+        "--profile",
+        help=f"AWS profile (default: environment credentials, else profile "
+        f"'{s3.DEFAULT_PROFILE}', else the default chain)",
+    )
     group.add_argument("--endpoint-url", help="S3-compatible endpoint, e.g. a mirror")
     group.add_argument("--bucket", default=s3.DEFAULT_BUCKET, help=f"default {s3.DEFAULT_BUCKET}")
     group.add_argument("--prefix", default=s3.DEFAULT_PREFIX, help=f"release prefix (default {s3.DEFAULT_PREFIX})")
@@ -275,8 +296,13 @@ def validate_selection(tasks, runs, subjects=None):
 
 def _connect(args, jobs):
     return s3.connect(
-        bucket=args.bucket, prefix=args.prefix, profile=args.profile, endpoint_url=args.endpoint_url,
-        region=args.region, unsigned=args.no_sign_request, max_connections=jobs + 2,
+        bucket=args.bucket,
+        prefix=args.prefix,
+        profile=args.profile,
+        endpoint_url=args.endpoint_url,
+        region=args.region,
+        unsigned=args.no_sign_request,
+        max_connections=jobs + 2,
     )
 
 
@@ -287,16 +313,32 @@ def run_fetch(args, stream):
     if subjects is None:
         subjects = find_complete_subjects(source, tasks, runs, limit=args.n_subjects, jobs=args.jobs)
         if len(subjects) < args.n_subjects:
-            _say(stream, f"only {len(subjects)} subject(s) with complete data for {' '.join(tasks)} "
-                         f"({' '.join(runs)}) under {source.where()}")
+            _say(
+                stream,
+                f"only {len(subjects)} subject(s) with complete data for {' '.join(tasks)} "
+                f"({' '.join(runs)}) under {source.where()}",
+            )
         if not subjects:
-            raise NoRunsFoundError(f"no subject under {source.where()} has complete data for --tasks "
-                                   f"{' '.join(tasks)} --runs {' '.join(runs)}; check --prefix and --tasks.")
-    result = fetch(source, args.output_dir, subjects, tasks, runs, jobs=args.jobs, retries=args.retries,
-                   progress=not args.no_progress, stream=stream)
+            raise NoRunsFoundError(
+                f"no subject under {source.where()} has complete data for --tasks "
+                f"{' '.join(tasks)} --runs {' '.join(runs)}; check --prefix and --tasks."
+            )
+    result = fetch(
+        source,
+        args.output_dir,
+        subjects,
+        tasks,
+        runs,
+        jobs=args.jobs,
+        retries=args.retries,
+        progress=not args.no_progress,
+        stream=stream,
+    )
     if not result.runs_written:
-        raise NoRunsFoundError(f"nothing could be fetched for --subjects {' '.join(subjects)} from "
-                               f"{source.where()}; see the summary above and check --prefix and --subjects.")
+        raise NoRunsFoundError(
+            f"nothing could be fetched for --subjects {' '.join(subjects)} from "
+            f"{source.where()}; see the summary above and check --prefix and --subjects."
+        )
     return result.exit_code
 
 
@@ -307,8 +349,10 @@ def run_list(args, out, stream):
     for subject in found:
         out.write(subject + "\n")
     out.flush()
-    _say(stream, f"{len(found)} subject(s) with complete data for {' '.join(tasks)} ({' '.join(runs)}) "
-                 f"under {source.where()}")
+    _say(
+        stream,
+        f"{len(found)} subject(s) with complete data for {' '.join(tasks)} ({' '.join(runs)}) under {source.where()}",
+    )
     return EXIT_OK
 
 
@@ -319,8 +363,9 @@ def _check_writable(output_dir):
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise OutputError(f"{output_dir}: cannot write here ({exc.strerror}); choose another OUTPUT_BIDS_DIR "
-                          "or fix its permissions.") from None
+        raise OutputError(
+            f"{output_dir}: cannot write here ({exc.strerror}); choose another OUTPUT_BIDS_DIR or fix its permissions."
+        ) from None
 
 
 def _setup_logging(verbosity, stream):
@@ -357,13 +402,14 @@ def run(argv=None, stdout=None, stderr=None):
         stderr.write(f"{PROG}: interrupted; run the same command again to resume (partial files are kept).\n")
         return EXIT_INTERRUPTED
     except OSError as exc:
-        stderr.write(f"{PROG}: error: {getattr(exc, 'filename', None) or 'output'}: {exc.strerror or exc}; "
-                     "check free disk space and permissions of OUTPUT_BIDS_DIR.\n")
+        stderr.write(
+            f"{PROG}: error: {getattr(exc, 'filename', None) or 'output'}: {exc.strerror or exc}; "
+            "check free disk space and permissions of OUTPUT_BIDS_DIR.\n"
+        )
         return OutputError.exit_code
     except Exception as exc:  # a bug: one line by default, the traceback with -vv
         log.debug("internal error", exc_info=True)
-        stderr.write(f"{PROG}: error: internal error ({type(exc).__name__}); please report it with the -vv "
-                     "output.\n")
+        stderr.write(f"{PROG}: error: internal error ({type(exc).__name__}); please report it with the -vv output.\n")
         return EXIT_INTERNAL
 
 

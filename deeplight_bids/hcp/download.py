@@ -140,7 +140,7 @@ class Downloader:
                     progress.rewind(part.stat().st_size if part.exists() else 0)
                     part.unlink(missing_ok=True)
                 self._give_up_unless_transient(exc, transfer, attempt)
-                delay = self.backoff * (2 ** attempt) * (1 + 0.25 * random.random())
+                delay = self.backoff * (2**attempt) * (1 + 0.25 * random.random())
                 log.info("retrying %s in %.1f s after %s", transfer.obj.key, delay, _describe(exc))
                 self.sleep(delay)
         raise AssertionError("unreachable")

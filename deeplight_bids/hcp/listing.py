@@ -46,7 +46,7 @@ def list_subjects(source):
     try:
         for page in paginator.paginate(Bucket=source.bucket, Prefix=source.prefix, Delimiter="/"):
             for common in page.get("CommonPrefixes", []):
-                name = common["Prefix"][len(source.prefix):].strip("/")
+                name = common["Prefix"][len(source.prefix) :].strip("/")
                 if name.isdigit():
                     subjects.append(name)
     except (bce.ClientError, bce.BotoCoreError) as exc:
@@ -154,14 +154,12 @@ def find_complete_subjects(source, tasks, runs, limit=None, jobs=8, candidates=N
     complete = []
     batch = max(1, jobs)
     for start in range(0, len(candidates), batch):
-        for plan in plan_subjects(source, candidates[start:start + batch], tasks, runs, jobs, with_t1w=False):
+        for plan in plan_subjects(source, candidates[start : start + batch], tasks, runs, jobs, with_t1w=False):
             if plan.complete:
                 complete.append(plan.subject)
                 if limit is not None and len(complete) >= limit:
                     return complete
     return complete
-
-
 
 
 def missing_rows(plans, failed=None):
@@ -178,8 +176,9 @@ def missing_rows(plans, failed=None):
     for plan in plans:
         for run in plan.runs:
             rows += [(plan.subject, run.task, run.run, key, "missing upstream") for key in run.missing]
-            rows += [(plan.subject, run.task, run.run, o.key, failed[o.key]) for o in run.objects.values()
-                     if o.key in failed]
+            rows += [
+                (plan.subject, run.task, run.run, o.key, failed[o.key]) for o in run.objects.values() if o.key in failed
+            ]
         if plan.t1w_missing:
             rows.append((plan.subject, "anat", "-", plan.t1w_missing, "missing upstream"))
         elif plan.t1w is not None and plan.t1w.key in failed:
@@ -193,7 +192,7 @@ def format_missing_summary(rows, prefix="", max_lines=20):
         return []
     lines = [f"{len(rows)} object(s) not obtained:"]
     for subject, task, run, key, reason in rows[:max_lines]:
-        shown = key[len(prefix):] if key.startswith(prefix) else key
+        shown = key[len(prefix) :] if key.startswith(prefix) else key
         lines.append(f"  {subject} {task} {run}: {shown} ({reason})")
     if len(rows) > max_lines:
         lines.append(f"  ... and {len(rows) - max_lines} more")

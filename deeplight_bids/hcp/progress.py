@@ -49,8 +49,9 @@ class Progress:
         ``time.monotonic``; replaceable in tests.
     """
 
-    def __init__(self, total_bytes, total_files, stream=None, enabled=True, log_interval=LOG_INTERVAL,
-                 clock=time.monotonic):
+    def __init__(
+        self, total_bytes, total_files, stream=None, enabled=True, log_interval=LOG_INTERVAL, clock=time.monotonic
+    ):
         self.total_bytes = int(total_bytes)
         self.total_files = int(total_files)
         self.stream = sys.stderr if stream is None else stream
@@ -68,8 +69,16 @@ class Progress:
         if enabled and self.tty:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=self.total_bytes, unit="B", unit_scale=True, unit_divisor=1024, file=self.stream,
-                             dynamic_ncols=True, desc="download", postfix=f"files 0/{self.total_files}")
+            self._bar = tqdm(
+                total=self.total_bytes,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=self.stream,
+                dynamic_ncols=True,
+                desc="download",
+                postfix=f"files 0/{self.total_files}",
+            )
 
     def add(self, nbytes, transferred=True):
         """Count ``nbytes`` more as done (``transferred=False``: found on disk, e.g. resumed)."""

@@ -33,8 +33,11 @@ def save_run_tfrecords(run, volumes, labels, output_dir, log=LOGGER):
     task = hcp_task_name(run.entities["task"])
     subject = str(run.subject)
     if task is None or not subject.isdigit():
-        log.warning("%s: --save-tfrecords needs an HCP task and a numeric participant label (the original "
-                    "schema stores both as integers); no TFRecord written", run.label)
+        log.warning(
+            "%s: --save-tfrecords needs an HCP task and a numeric participant label (the original "
+            "schema stores both as integers); no TFRecord written",
+            run.label,
+        )
         return None
     states = [HCP_STATES.index(s) if s in HCP_STATES else -1 for s in labels]
     direction = str(run.entities.get("direction", "")).upper()

@@ -32,12 +32,25 @@ DEFAULT_PROFILE = "hcp"
 DEFAULT_REGION = "us-east-1"
 
 _AUTH_ERROR_CODES = {
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken",
-    "ExpiredToken", "TokenRefreshRequired", "AuthorizationHeaderMalformed", "AllAccessDisabled",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "AuthorizationHeaderMalformed",
+    "AllAccessDisabled",
 }
 _TRANSIENT_ERROR_CODES = {
-    "SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable",
-    "Throttling", "ThrottlingException", "RequestLimitExceeded", "OperationAborted",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "OperationAborted",
 }
 _TRANSIENT_EXCEPTIONS = (
     bce.ConnectionError,  # covers EndpointConnectionError, ConnectionClosedError, timeouts
@@ -57,8 +70,6 @@ class S3AccessError(InputDataError):
 
 class IntegrityError(Exception):
     """A downloaded file does not match the listed size or ETag (transient: downloaded again)."""
-
-
 
 
 # --------------------------------------------------------------------------- client
@@ -206,9 +217,7 @@ def access_error(exc, source, what):
             "with your HCP AWS keys, pass --profile, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
         )
     if isinstance(exc, bce.EndpointConnectionError):
-        return S3AccessError(
-            f"cannot connect to {source.endpoint}: check --endpoint-url and your network connection."
-        )
+        return S3AccessError(f"cannot connect to {source.endpoint}: check --endpoint-url and your network connection.")
     if not isinstance(exc, bce.ClientError):
         return None
     code = error_code(exc)

@@ -77,8 +77,10 @@ def within_task_state(global_state, task_id):
     task = list(HCP_TASK_STATES)[task_id]
     start, stop = _TASK_OFFSETS[task]
     if not start <= global_state < stop:
-        raise ValueError(f"state {global_state} ({_state_name(global_state)}) is not a state of task {task} "
-                         f"(indices {start}-{stop - 1}).")
+        raise ValueError(
+            f"state {global_state} ({_state_name(global_state)}) is not a state of task {task} "
+            f"(indices {start}-{stop - 1})."
+        )
     return global_state - start
 
 
@@ -170,8 +172,9 @@ def write_run_tfrecord(path, volumes, states, task_id, subject_id, run_id, tr, s
                 count += 1
                 volume = np.asarray(volume, dtype=np.float32)
                 if volume.shape != REFERENCE_SHAPE:
-                    raise ValueError(f"volume {count - 1}: shape {volume.shape}, expected {REFERENCE_SHAPE} "
-                                     "in (x, y, z) order.")
+                    raise ValueError(
+                        f"volume {count - 1}: shape {volume.shape}, expected {REFERENCE_SHAPE} in (x, y, z) order."
+                    )
                 if state == UNLABELED and skip_unlabeled:
                     continue
                 writer.write(_example(tf, volume, state, task_id, subject_id, run_id, float(tr)))

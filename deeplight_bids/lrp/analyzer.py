@@ -103,7 +103,8 @@ class LRPAnalyzer:
         # Whether the stem's backward runs apart (fixed per analyzer: one compiled variant, also under jax.jit).
         self._split_stem = self.n_stem > 0 and self.stem_batch is not None
         self._explain_graph = backend.compile_function(
-            lambda x, target: self._forward_backward(x, target, stop_at_stem=self._split_stem), reduce_retracing=False)
+            lambda x, target: self._forward_backward(x, target, stop_at_stem=self._split_stem), reduce_retracing=False
+        )
         self._stem_graphs = {}  # compiled stem backward per chunk size (a static shape, also under jax.jit)
         self.description = self._describe()
 
@@ -112,7 +113,8 @@ class LRPAnalyzer:
         if size not in self._stem_graphs:
             self._stem_graphs[size] = backend.compile_function(
                 lambda relevance, records, start: self._stem_backward(relevance, records, start, size),
-                reduce_retracing=False)
+                reduce_retracing=False,
+            )
         return self._stem_graphs[size]
 
     def _stem_backward(self, relevance, records, start, size):
@@ -130,12 +132,13 @@ class LRPAnalyzer:
             return None if t is None else ops.slice(t, [start] + [0] * (len(t.shape) - 1), [size, *t.shape[1:]])
 
         inputs, outputs, linears = ([part(t) for t in group] for group in records)
-        return self._backward(self.layer_rules[:self.n_stem], inputs, outputs, linears, part(relevance))
+        return self._backward(self.layer_rules[: self.n_stem], inputs, outputs, linears, part(relevance))
 
     @staticmethod
     def _backward(layer_rules, layer_inputs, layer_outputs, linear_outputs, relevance):
-        for (layer, rule), x_in, y_out, linear in zip(reversed(layer_rules), reversed(layer_inputs),
-                                                      reversed(layer_outputs), reversed(linear_outputs)):
+        for (layer, rule), x_in, y_out, linear in zip(
+            reversed(layer_rules), reversed(layer_inputs), reversed(layer_outputs), reversed(linear_outputs)
+        ):
             if linear is None:
                 relevance = rule(layer, x_in, relevance, y_out=y_out)
             else:
@@ -168,15 +171,17 @@ class LRPAnalyzer:
         target = ops.where(target < 0, predicted, target)
         relevance = ops.one_hot(target, logits.shape[-1], dtype=logits.dtype) * logits
         first = self.n_stem if stop_at_stem else 0
-        relevance = self._backward(self.layer_rules[first:], layer_inputs[first:], layer_outputs[first:],
-                                   linear_outputs[first:], relevance)
+        relevance = self._backward(
+            self.layer_rules[first:], layer_inputs[first:], layer_outputs[first:], linear_outputs[first:], relevance
+        )
         if not stop_at_stem:
             return logits, relevance, target
         records = (layer_inputs[:first], layer_outputs[:first], linear_outputs[:first])
         return logits, relevance, target, records
 
-    def explain(self, x: np.ndarray, target: int | Sequence[int] | np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+    def explain(
+        self, x: np.ndarray, target: int | Sequence[int] | np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Logits and the relevance map of each sample for one target output.
 
         Parameters
@@ -240,8 +245,11 @@ class LRPAnalyzer:
         layer_entries, epsilons, batch_norm = [], set(), set()
         for layer, rule in self.layer_rules:
             describe = getattr(rule, "describe", None)
-            entry = {"layer": layer.name, "type": type(layer).__name__,
-                     **(describe() if describe is not None else {"rule": type(rule).__name__})}
+            entry = {
+                "layer": layer.name,
+                "type": type(layer).__name__,
+                **(describe() if describe is not None else {"rule": type(rule).__name__}),
+            }
             layer_entries.append(entry)
             if "epsilon" in entry:
                 epsilons.add(entry["epsilon"])

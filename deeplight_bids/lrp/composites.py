@@ -57,9 +57,13 @@ class Composite:
         Where the composite comes from (written to output sidecars).
     """
 
-    def __init__(self, layer_map: Sequence[tuple[tuple[type, ...], Rule]],
-                 first_map: Sequence[tuple[tuple[type, ...], Rule]] = (), name: str = "custom",
-                 reference: str | None = None) -> None:
+    def __init__(
+        self,
+        layer_map: Sequence[tuple[tuple[type, ...], Rule]],
+        first_map: Sequence[tuple[tuple[type, ...], Rule]] = (),
+        name: str = "custom",
+        reference: str | None = None,
+    ) -> None:
         self.layer_map = [(tuple(layer_types), rule) for layer_types, rule in layer_map]
         self.first_map = [(tuple(layer_types), rule) for layer_types, rule in first_map]
         self.name = str(name)

@@ -184,9 +184,13 @@ def lstm_relevance(bilstm_layer, x_seq, relevance_out, eps=1e-3, signed=False):
         )
     eps = ops.cast(eps, dtype)
 
-    relevance_fw = _direction_relevance(*_lstm_weights(forward, dtype), x_seq, relevance_out[:, :units], eps, bool(signed))
+    relevance_fw = _direction_relevance(
+        *_lstm_weights(forward, dtype), x_seq, relevance_out[:, :units], eps, bool(signed)
+    )
     x_reversed = ops.flip(x_seq, axis=1)
-    relevance_bw = _direction_relevance(*_lstm_weights(backward, dtype), x_reversed, relevance_out[:, units:], eps, bool(signed))
+    relevance_bw = _direction_relevance(
+        *_lstm_weights(backward, dtype), x_reversed, relevance_out[:, units:], eps, bool(signed)
+    )
     return relevance_fw + ops.flip(relevance_bw, axis=1)
 
 

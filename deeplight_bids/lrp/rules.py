@@ -125,9 +125,13 @@ def _in_bounds_counts(spatial_shape, half_widths):
 
 def _is_box_conv(layer):
     """Whether the all-ones kernel of ``layer`` is a centred box sum (stride 1, 'same', no dilation, odd sizes)."""
-    return (isinstance(layer, types.Conv) and layer.padding == "same"
-            and all(s == 1 for s in layer.strides) and all(d == 1 for d in layer.dilation_rate)
-            and all(k % 2 == 1 for k in layer.kernel_size))
+    return (
+        isinstance(layer, types.Conv)
+        and layer.padding == "same"
+        and all(s == 1 for s in layer.strides)
+        and all(d == 1 for d in layer.dilation_rate)
+        and all(k % 2 == 1 for k in layer.kernel_size)
+    )
 
 
 _FUSED = {}
@@ -144,7 +148,9 @@ def _check_linear(layer):
     """Refuse kernels the linear-part helpers below do not reproduce exactly."""
     if isinstance(layer, types.Conv):
         if layer.data_format != "channels_last":
-            raise ValueError(f"LRP supports channels_last convolutions only; layer {layer.name!r} is {layer.data_format}")
+            raise ValueError(
+                f"LRP supports channels_last convolutions only; layer {layer.name!r} is {layer.data_format}"
+            )
         if getattr(layer, "groups", 1) != 1:
             raise ValueError(f"LRP does not support grouped convolutions (layer {layer.name!r})")
     if not types.has_passable_activation(layer):
@@ -227,8 +233,9 @@ class Rule:
         x_in = ops.convert_to_tensor(x_in)
         relevance_out = ops.cast(relevance_out, x_in.dtype)
         inputs = self.modify_input(x_in)
-        (gradient,) = backend.vjp(lambda a: self.forward(layer, a), [inputs],
-                                  lambda z: self.output_gradient(z, relevance_out))
+        (gradient,) = backend.vjp(
+            lambda a: self.forward(layer, a), [inputs], lambda z: self.output_gradient(z, relevance_out)
+        )
         return self.reduce(inputs, gradient)
 
     def check(self, layer: Layer) -> None:
@@ -294,7 +301,11 @@ class Epsilon(Rule):
         return _fused(_epsilon_weights)(z, relevance_out, ops.cast(self.eps, z.dtype))
 
     def describe(self) -> dict:
-        return {"rule": "Epsilon", "epsilon": self.eps, "formula": "R_in = x * W^T (R_out / (z + eps*sign(z))), bias in z"}
+        return {
+            "rule": "Epsilon",
+            "epsilon": self.eps,
+            "formula": "R_in = x * W^T (R_out / (z + eps*sign(z))), bias in z",
+        }
 
 
 class PlusEpsilon(Epsilon):
@@ -316,8 +327,11 @@ class PlusEpsilon(Epsilon):
         return relevance_out / (z + ops.cast(self.eps, z.dtype))
 
     def describe(self) -> dict:
-        return {"rule": "PlusEpsilon", "epsilon": self.eps,
-                "formula": "R_in = x * W^T (R_out / (z + eps)), +eps whatever the sign of z (2D-DeepLight's code), bias in z"}
+        return {
+            "rule": "PlusEpsilon",
+            "epsilon": self.eps,
+            "formula": "R_in = x * W^T (R_out / (z + eps)), +eps whatever the sign of z (2D-DeepLight's code), bias in z",
+        }
 
 
 class AlphaBeta(Rule):
@@ -371,8 +385,14 @@ class AlphaBeta(Rule):
     #: The analyzer passes the layer's linear output without bias (``W x``) as ``linear_out``.
     uses_linear_output = True
 
-    def __call__(self, layer: Layer, x_in: Tensor, relevance_out: Tensor, y_out: Tensor | None = None,
-                 linear_out: Tensor | None = None) -> Tensor:
+    def __call__(
+        self,
+        layer: Layer,
+        x_in: Tensor,
+        relevance_out: Tensor,
+        y_out: Tensor | None = None,
+        linear_out: Tensor | None = None,
+    ) -> Tensor:
         self.check(layer)
         x_in = ops.convert_to_tensor(x_in)
         relevance_out = ops.cast(relevance_out, x_in.dtype)
@@ -388,7 +408,8 @@ class AlphaBeta(Rule):
         # Both transposed convolutions from one vector-Jacobian product of the two forwards.
         grad_plain, grad_abs = backend.vjp(
             lambda a, b: [linear_forward(layer, a, kernel, None), linear_forward(layer, b, abs_kernel, None)],
-            [x_in, abs_x], weights,
+            [x_in, abs_x],
+            weights,
         )
         return _alpha_beta_reduce(x_in, abs_x, grad_plain, grad_abs)
 
@@ -441,8 +462,9 @@ class Flat(Rule):
             # done as separable shifted adds (one fused loop; issue 19: on the full grid the
             # one-channel transposed convolution cost more than the rest of this rule).
             half_widths = tuple(k // 2 for k in kernel_shape[:-2])
-            counts = ops.convert_to_tensor(_in_bounds_counts(tuple(x_in.shape[1:-1]), half_widths) * in_channels,
-                                           dtype=x_in.dtype)
+            counts = ops.convert_to_tensor(
+                _in_bounds_counts(tuple(x_in.shape[1:-1]), half_widths) * in_channels, dtype=x_in.dtype
+            )
             spread = _fused(_flat_box_spread)(relevance_out, counts, half_widths)
             return ops.broadcast_to(spread, ops.shape(x_in)) if in_channels != 1 else spread
         ones_kernel = ops.ones((*kernel_shape[:-2], 1, 1), dtype=x_in.dtype)
@@ -481,7 +503,11 @@ class ZRule(Rule):
         return super().forward(layer, inputs)
 
     def describe(self) -> dict:
-        return {"rule": "ZRule", "formula": "R_in = x * W^T (R_out / z)", "stabiliser": f"exact zeros replaced by {KERAS_EPSILON}"}
+        return {
+            "rule": "ZRule",
+            "formula": "R_in = x * W^T (R_out / z)",
+            "stabiliser": f"exact zeros replaced by {KERAS_EPSILON}",
+        }
 
 
 class Pass(Rule):

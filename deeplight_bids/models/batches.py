@@ -55,8 +55,20 @@ class RunDecoding:
     counts: dict = field(default_factory=dict)
 
 
-def decode_and_explain(batches, n_volumes, n_states, batch_size, decoder, analyzer=None, lrp_target="predicted",
-                       true_idx=None, masker=None, stream=None, label="run", log=LOGGER):
+def decode_and_explain(
+    batches,
+    n_volumes,
+    n_states,
+    batch_size,
+    decoder,
+    analyzer=None,
+    lrp_target="predicted",
+    true_idx=None,
+    masker=None,
+    stream=None,
+    label="run",
+    log=LOGGER,
+):
     """Decode (and, given ``analyzer``, explain) every volume of a run, ``batch_size`` at a time.
 
     Relevance maps are masked (``masker``), handed to ``stream`` (a background writer)
@@ -81,9 +93,11 @@ def decode_and_explain(batches, n_volumes, n_states, batch_size, decoder, analyz
     -------
     RunDecoding
     """
-    result = RunDecoding(logits=np.zeros((n_volumes, n_states), dtype=np.float32),
-                         targets=np.full(n_volumes, -1, dtype=int),
-                         conservation=np.full(n_volumes, np.nan))  # sum of each map / its explained logit
+    result = RunDecoding(
+        logits=np.zeros((n_volumes, n_states), dtype=np.float32),
+        targets=np.full(n_volumes, -1, dtype=int),
+        conservation=np.full(n_volumes, np.nan),
+    )  # sum of each map / its explained logit
     logits, targets = result.logits, result.targets
     with Progress(n_volumes, label, unit="volume", log=log) as progress:
         for start in range(0, n_volumes, batch_size):
@@ -115,7 +129,8 @@ def decode_and_explain(batches, n_volumes, n_states, batch_size, decoder, analyz
                     result.sums[tgt] += rel_xyz[j]
                     result.counts[tgt] += 1
             logits[start:stop] = batch_logits
-            log.debug("%s: volumes %d-%d of %d (%.2f s/batch)", label, start + 1, stop, n_volumes,
-                      time.monotonic() - tb)
+            log.debug(
+                "%s: volumes %d-%d of %d (%.2f s/batch)", label, start + 1, stop, n_volumes, time.monotonic() - tb
+            )
             progress.update(stop - start)
     return result

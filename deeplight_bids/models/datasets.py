@@ -65,8 +65,14 @@ def load_training_data(config, log=LOGGER) -> TrainingData:
 
     cfg = config
     layout = build_layout(cfg.bids_dir, find_derivatives(cfg.bids_dir, cfg.derivatives))
-    runs = discover_runs(layout, space=cfg.space, participant_label=cfg.participant_label,
-                         session_label=cfg.session_label, task=cfg.task, bids_filters=cfg.bids_filters)
+    runs = discover_runs(
+        layout,
+        space=cfg.space,
+        participant_label=cfg.participant_label,
+        session_label=cfg.session_label,
+        task=cfg.task,
+        bids_filters=cfg.bids_filters,
+    )
     for run in runs:
         if run.skip_reason:
             log.warning("fine-tune: skipping %s: %s", run.label, run.skip_reason)
@@ -74,8 +80,9 @@ def load_training_data(config, log=LOGGER) -> TrainingData:
     if not runs:
         raise NoRunsFoundError(f"{cfg.bids_dir}: no processable runs to fine-tune on (see the warnings above).")
     state_maps = load_state_map_file(cfg.state_map_file) if cfg.state_map_file else None
-    entries, cache_stats = prepare_cached(runs, cfg.work_dir, cfg.smoothing_fwhm, cfg.high_pass, nprocs=cfg.nprocs,
-                                          log=log)
+    entries, cache_stats = prepare_cached(
+        runs, cfg.work_dir, cfg.smoothing_fwhm, cfg.high_pass, nprocs=cfg.nprocs, log=log
+    )
     _, counts = label_volumes(entries, runs, None, state_maps)
     if cfg.finetune_states:
         states = tuple(cfg.finetune_states)
@@ -84,31 +91,51 @@ def load_training_data(config, log=LOGGER) -> TrainingData:
             raise InputDataError(
                 f"{cfg.bids_dir}: state(s) {', '.join(empty)} have no labelled volumes (found: "
                 f"{', '.join(f'{s} ({n})' for s, n in sorted(counts.items())) or 'none'}); fix --states, the "
-                "events files or --state-map.")
+                "events files or --state-map."
+            )
     else:
         states = tuple(sorted(counts))
     if len(states) < 2:
         raise InputDataError(
             f"{cfg.bids_dir}: fine-tuning needs at least 2 states with labelled volumes, found "
-            f"{', '.join(states) or 'none'}; check the events files (trial_type) and --state-map.")
+            f"{', '.join(states) or 'none'}; check the events files (trial_type) and --state-map."
+        )
     samples, _ = label_volumes(entries, runs, states, state_maps)
     participants = sorted(set(samples.subject))
     if len(participants) < 2:
         raise InputDataError(
             f"{cfg.bids_dir}: held-out evaluation needs at least 2 participants with labelled volumes, found "
             f"{len(participants)} ({', '.join('sub-' + p for p in participants) or 'none'}); add "
-            "participants or widen --participant-label.")
-    log.info("fine-tune: %d labelled volumes of %d participants, states %s (%s)", len(samples), len(participants),
-             ", ".join(states), ", ".join(str(int((samples.label == i).sum())) for i in range(len(states))))
-    return TrainingData(runs=runs, entries=entries, cache_stats=cache_stats, states=states, samples=samples,
-                        participants=participants, reader=VolumeReader(entries))
+            "participants or widen --participant-label."
+        )
+    log.info(
+        "fine-tune: %d labelled volumes of %d participants, states %s (%s)",
+        len(samples),
+        len(participants),
+        ", ".join(states),
+        ", ".join(str(int((samples.label == i).sum())) for i in range(len(states))),
+    )
+    return TrainingData(
+        runs=runs,
+        entries=entries,
+        cache_stats=cache_stats,
+        states=states,
+        samples=samples,
+        participants=participants,
+        reader=VolumeReader(entries),
+    )
 
 
 def labels_identity(runs, state_map_file, states) -> str:
     """What the labels derive from (the cache entries key the BOLD and mask): events files and state map."""
     state_map = file_identity(state_map_file) if state_map_file else None
-    return digest({"events": [file_identity(r.events) if r.events else None for r in runs],
-                   "state_map": state_map, "states": list(states)})
+    return digest(
+        {
+            "events": [file_identity(r.events) if r.events else None for r in runs],
+            "state_map": state_map,
+            "states": list(states),
+        }
+    )
 
 
 def weights_identity(weights, init):
@@ -121,9 +148,17 @@ def weights_identity(weights, init):
 
 def input_checksums(runs, subjects) -> list[dict]:
     """sha256 of the BOLD, mask and events files of the runs of ``subjects`` (for the model card)."""
-    return [{"run": run.label, "bold": run.bold.name, "bold_sha256": sha256sum(run.bold),
-             "mask_sha256": sha256sum(run.mask), "events_sha256": sha256sum(run.events)}
-            for run in runs if run.subject in subjects]
+    return [
+        {
+            "run": run.label,
+            "bold": run.bold.name,
+            "bold_sha256": sha256sum(run.bold),
+            "mask_sha256": sha256sum(run.mask),
+            "events_sha256": sha256sum(run.events),
+        }
+        for run in runs
+        if run.subject in subjects
+    ]
 
 
 def body_features(body, data: TrainingData, work_dir, batch_size, key_extra, log=LOGGER) -> np.ndarray:
@@ -140,10 +175,18 @@ def body_features(body, data: TrainingData, work_dir, batch_size, key_extra, log
     """
     from deeplight_bids.derivatives.writers import atomic_path
 
-    weights_digest = hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes()
-                                             for w in body.get_weights())).hexdigest()[:16]
-    key = digest({"body": weights_digest, **key_extra, "entries": [e.key for e in data.entries],
-                  "samples": [data.samples.entry.tolist(), data.samples.volume.tolist()]}, 16)
+    weights_digest = hashlib.sha256(
+        b"".join(np.ascontiguousarray(w).tobytes() for w in body.get_weights())
+    ).hexdigest()[:16]
+    key = digest(
+        {
+            "body": weights_digest,
+            **key_extra,
+            "entries": [e.key for e in data.entries],
+            "samples": [data.samples.entry.tolist(), data.samples.volume.tolist()],
+        },
+        16,
+    )
     path = Path(work_dir) / "finetune" / "features" / f"{key}.npy"
     if path.is_file():
         log.info("fine-tune: reusing frozen-body features from %s", path)
@@ -162,8 +205,12 @@ def body_features(body, data: TrainingData, work_dir, batch_size, key_extra, log
         progress.update(stop - start)
     progress.close()
     features = np.concatenate(parts)
-    log.info("fine-tune: frozen-body features of %d volumes in %.1f s (%s)", len(features), time.monotonic() - t0,
-             "x".join(str(d) for d in features.shape[1:]))
+    log.info(
+        "fine-tune: frozen-body features of %d volumes in %.1f s (%s)",
+        len(features),
+        time.monotonic() - t0,
+        "x".join(str(d) for d in features.shape[1:]),
+    )
     with atomic_path(path) as tmp:
         np.save(tmp, features)
     return features

@@ -60,5 +60,9 @@ class Decoder:
         from keras import ops
 
         x = np.asarray(x, dtype=np.float32)
-        return join_chunks([ops.convert_to_numpy(self._forward(ops.convert_to_tensor(x[a:b])))
-                            for a, b in in_chunks(len(x), self.max_batch)])
+        return join_chunks(
+            [
+                ops.convert_to_numpy(self._forward(ops.convert_to_tensor(x[a:b])))
+                for a, b in in_chunks(len(x), self.max_batch)
+            ]
+        )

@@ -47,10 +47,16 @@ def prediction_rows(samples, logits, states, fold):
     probs = softmax(logits, np.float32)  # float32 as the fine-tuning tables have always been written
     rows = []
     for i in range(len(samples)):
-        row = {"participant_id": f"sub-{samples.subject[i]}", "run": samples.run_label[i],
-               "volume": int(samples.volume[i]), "true_state": states[samples.label[i]],
-               "predicted_state": states[pred[i]], "correct": int(pred[i] == samples.label[i]),
-               "fold": fold or "single", "training_participant": 0}
+        row = {
+            "participant_id": f"sub-{samples.subject[i]}",
+            "run": samples.run_label[i],
+            "volume": int(samples.volume[i]),
+            "true_state": states[samples.label[i]],
+            "predicted_state": states[pred[i]],
+            "correct": int(pred[i] == samples.label[i]),
+            "fold": fold or "single",
+            "training_participant": 0,
+        }
         row.update({f"prob_{s}": float(probs[i, j]) for j, s in enumerate(states)})
         rows.append(row)
     return rows
@@ -62,12 +68,20 @@ def fold_metrics(state, labels, pred, n_states):
     last = history[-1] if history else {}
     best = next((h for h in history if h["epoch"] == state.get("best_epoch")), last)
     acc, bacc = accuracy(labels, pred)
-    return {"train_accuracy_last_epoch": last.get("accuracy"), "train_loss_last_epoch": last.get("loss"),
-            "validation_accuracy": best.get("val_accuracy"), "validation_loss": best.get("val_loss"),
-            "heldout_accuracy": acc, "heldout_balanced_accuracy": bacc,
-            "heldout_volumes": int(len(labels)), "chance": 1.0 / n_states,
-            "epochs_done": state["epoch"], "best_epoch": state.get("best_epoch"),
-            "stopped_early": bool(state.get("stopped_early")), "resumed_from_epoch": state["resumed_from"]}
+    return {
+        "train_accuracy_last_epoch": last.get("accuracy"),
+        "train_loss_last_epoch": last.get("loss"),
+        "validation_accuracy": best.get("val_accuracy"),
+        "validation_loss": best.get("val_loss"),
+        "heldout_accuracy": acc,
+        "heldout_balanced_accuracy": bacc,
+        "heldout_volumes": int(len(labels)),
+        "chance": 1.0 / n_states,
+        "epochs_done": state["epoch"],
+        "best_epoch": state.get("best_epoch"),
+        "stopped_early": bool(state.get("stopped_early")),
+        "resumed_from_epoch": state["resumed_from"],
+    }
 
 
 def write_heldout_tables(model_dir, name, preds, states):
@@ -88,16 +102,34 @@ def write_heldout_tables(model_dir, name, preds, states):
     write_tsv(model_dir / f"{name}_desc-heldout_predictions.tsv", frame)
     rows = []
     for subject, part in frame.groupby("participant_id", sort=True):
-        acc, bacc = accuracy([states.index(s) for s in part["true_state"]],
-                             [states.index(s) for s in part["predicted_state"]])
-        rows.append({"participant_id": subject, "fold": part["fold"].iloc[0], "n_volumes": len(part),
-                     "n_correct": int(part["correct"].sum()), "accuracy": acc, "balanced_accuracy": bacc,
-                     "chance_level": 1.0 / len(states)})
-    acc, bacc = accuracy([states.index(s) for s in frame["true_state"]],
-                         [states.index(s) for s in frame["predicted_state"]])
-    rows.append({"participant_id": "all", "fold": "all", "n_volumes": len(frame),
-                 "n_correct": int(frame["correct"].sum()), "accuracy": acc, "balanced_accuracy": bacc,
-                 "chance_level": 1.0 / len(states)})
+        acc, bacc = accuracy(
+            [states.index(s) for s in part["true_state"]], [states.index(s) for s in part["predicted_state"]]
+        )
+        rows.append(
+            {
+                "participant_id": subject,
+                "fold": part["fold"].iloc[0],
+                "n_volumes": len(part),
+                "n_correct": int(part["correct"].sum()),
+                "accuracy": acc,
+                "balanced_accuracy": bacc,
+                "chance_level": 1.0 / len(states),
+            }
+        )
+    acc, bacc = accuracy(
+        [states.index(s) for s in frame["true_state"]], [states.index(s) for s in frame["predicted_state"]]
+    )
+    rows.append(
+        {
+            "participant_id": "all",
+            "fold": "all",
+            "n_volumes": len(frame),
+            "n_correct": int(frame["correct"].sum()),
+            "accuracy": acc,
+            "balanced_accuracy": bacc,
+            "chance_level": 1.0 / len(states),
+        }
+    )
     write_tsv(model_dir / f"{name}_desc-heldout_summary.tsv", pd.DataFrame(rows))
     return rows
 
@@ -143,29 +175,50 @@ def write_comparison(output_dir, log=LOGGER):
         scratch, pretrained = by_init["scratch"][1], by_init["pretrained"][1]
         rows = []
         for fs, fp in zip(scratch["folds"], pretrained["folds"]):
-            rows.append({"fold": fs["fold"], "heldout_participants": " ".join(fs["heldout_participants"]),
-                         "n_volumes": fs["heldout_volumes"], "accuracy_scratch": fs["heldout_accuracy"],
-                         "accuracy_pretrained": fp["heldout_accuracy"],
-                         "difference": fp["heldout_accuracy"] - fs["heldout_accuracy"],
-                         "balanced_accuracy_scratch": fs["heldout_balanced_accuracy"],
-                         "balanced_accuracy_pretrained": fp["heldout_balanced_accuracy"]})
-        rows.append({"fold": "all", "heldout_participants": "all", "n_volumes": scratch["n_volumes"],
-                     "accuracy_scratch": scratch["heldout_accuracy_pooled"],
-                     "accuracy_pretrained": pretrained["heldout_accuracy_pooled"],
-                     "difference": pretrained["heldout_accuracy_pooled"] - scratch["heldout_accuracy_pooled"],
-                     "balanced_accuracy_scratch": scratch["heldout_balanced_accuracy_pooled"],
-                     "balanced_accuracy_pretrained": pretrained["heldout_balanced_accuracy_pooled"]})
+            rows.append(
+                {
+                    "fold": fs["fold"],
+                    "heldout_participants": " ".join(fs["heldout_participants"]),
+                    "n_volumes": fs["heldout_volumes"],
+                    "accuracy_scratch": fs["heldout_accuracy"],
+                    "accuracy_pretrained": fp["heldout_accuracy"],
+                    "difference": fp["heldout_accuracy"] - fs["heldout_accuracy"],
+                    "balanced_accuracy_scratch": fs["heldout_balanced_accuracy"],
+                    "balanced_accuracy_pretrained": fp["heldout_balanced_accuracy"],
+                }
+            )
+        rows.append(
+            {
+                "fold": "all",
+                "heldout_participants": "all",
+                "n_volumes": scratch["n_volumes"],
+                "accuracy_scratch": scratch["heldout_accuracy_pooled"],
+                "accuracy_pretrained": pretrained["heldout_accuracy_pooled"],
+                "difference": pretrained["heldout_accuracy_pooled"] - scratch["heldout_accuracy_pooled"],
+                "balanced_accuracy_scratch": scratch["heldout_balanced_accuracy_pooled"],
+                "balanced_accuracy_pretrained": pretrained["heldout_balanced_accuracy_pooled"],
+            }
+        )
         stem = f"finetune-comparison_arch-{arch}" + ("_frozen" if frozen else "")
         tsv = output_dir / "group" / f"{stem}.tsv"
         write_tsv(tsv, pd.DataFrame(rows))
-        write_json(tsv.with_suffix(".json"), {
-            "Description": "held-out accuracy of models fitted from scratch and from the pretrained body on the "
-                           "same participant folds (each participant predicted by a model that never saw it)",
-            "architecture": arch, "freeze_body": frozen, "states": list(states), "chance": 1.0 / len(states),
-            "models": {"scratch": scratch["name"], "pretrained": pretrained["name"]},
-            "settings": {init: {k: s[k] for k in ("learning_rate", "batch_size", "epochs", "seed")}
-                         for init, s in (("scratch", scratch), ("pretrained", pretrained))},
-            "rows": rows})
+        write_json(
+            tsv.with_suffix(".json"),
+            {
+                "Description": "held-out accuracy of models fitted from scratch and from the pretrained body on the "
+                "same participant folds (each participant predicted by a model that never saw it)",
+                "architecture": arch,
+                "freeze_body": frozen,
+                "states": list(states),
+                "chance": 1.0 / len(states),
+                "models": {"scratch": scratch["name"], "pretrained": pretrained["name"]},
+                "settings": {
+                    init: {k: s[k] for k in ("learning_rate", "batch_size", "epochs", "seed")}
+                    for init, s in (("scratch", scratch), ("pretrained", pretrained))
+                },
+                "rows": rows,
+            },
+        )
         written.append(tsv)
         log.info("fine-tune: comparison scratch vs pretrained (%s) written to %s", arch, tsv)
     return written

@@ -263,7 +263,10 @@ def convert_published_2d(arrays, n_states=16, input_shape=None, name="DeepLight2
         scope = LSTM_SCOPES_2D[direction]
         layer.set_weights(
             lstm_to_keras(
-                named[f"{scope}/weights_xh"], named[f"{scope}/biases_xh"], named[f"{scope}/weights_hh"], named[f"{scope}/biases_hh"]
+                named[f"{scope}/weights_xh"],
+                named[f"{scope}/biases_xh"],
+                named[f"{scope}/weights_hh"],
+                named[f"{scope}/biases_hh"],
             )
         )
     model.get_layer("linear").set_weights([named[f"{LINEAR_SCOPE_2D}/weights"], named[f"{LINEAR_SCOPE_2D}/biases"]])
@@ -350,4 +353,6 @@ def load_converted(path):
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as error:  # Keras raises ValueError/TypeError/OSError etc.
-        raise WeightsError(f"{path}: cannot load converted 2D-DeepLight model ({type(error).__name__}: {error})") from None
+        raise WeightsError(
+            f"{path}: cannot load converted 2D-DeepLight model ({type(error).__name__}: {error})"
+        ) from None

@@ -25,8 +25,7 @@ def make_folds(participants, k, seed):
     return [sorted(str(p) for p in order[i::k]) for i in range(k)]
 
 
-def participant_splits(participants, cv_folds=0, val_participants=None, early_stopping_patience=0, seed=0,
-                       log=LOGGER):
+def participant_splits(participants, cv_folds=0, val_participants=None, early_stopping_patience=0, seed=0, log=LOGGER):
     """Training, validation and held-out participants of every fold.
 
     Parameters
@@ -64,16 +63,22 @@ def participant_splits(participants, cv_folds=0, val_participants=None, early_st
                     val = [list(np.random.default_rng([seed, i]).permutation(train))[0]]
                     train = [p for p in train if p not in val]
                 else:
-                    log.warning("fine-tune: fold %d has %d training participants; no inner validation "
-                                "participant for early stopping (needs 3)", i, len(train))
+                    log.warning(
+                        "fine-tune: fold %d has %d training participants; no inner validation "
+                        "participant for early stopping (needs 3)",
+                        i,
+                        len(train),
+                    )
             out.append((f"fold-{i}", sorted(train), sorted(val), held))
         return out
     if val_participants:
         val = sorted(str(v) for v in val_participants)
         unknown = [v for v in val if v not in parts]
         if unknown:
-            raise UsageError(f"--val-participants {' '.join(unknown)}: not among the participants with labelled "
-                             f"volumes ({', '.join(parts)}).")
+            raise UsageError(
+                f"--val-participants {' '.join(unknown)}: not among the participants with labelled "
+                f"volumes ({', '.join(parts)})."
+            )
     else:
         n_val = max(1, int(round(VALIDATION_SHARE * len(parts))))
         val = parts[-n_val:]
@@ -86,8 +91,10 @@ def participant_splits(participants, cv_folds=0, val_participants=None, early_st
     # early stopping chooses the epoch: its validation participant must not be a held-out one,
     # or the held-out accuracy is biased (issue 13); take it from the training participants
     if len(train) < 2:
-        raise UsageError(f"--early-stopping-patience without --cv-folds needs a validation participant apart from "
-                         f"the held-out ones ({', '.join(val)}) and at least one training participant; there "
-                         f"are only {len(parts)} participants: drop --early-stopping-patience or add participants.")
+        raise UsageError(
+            f"--early-stopping-patience without --cv-folds needs a validation participant apart from "
+            f"the held-out ones ({', '.join(val)}) and at least one training participant; there "
+            f"are only {len(parts)} participants: drop --early-stopping-patience or add participants."
+        )
     inner = [str(np.random.default_rng([seed, 0]).permutation(train)[0])]
     return [("", [p for p in train if p not in inner], inner, val)]

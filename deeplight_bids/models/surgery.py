@@ -34,8 +34,7 @@ def build_architecture(architecture: str, n_states: int):
 
 def _source_record(src) -> dict:
     """Where a pretrained body came from (for the model card)."""
-    return {"name": src.name, "file": str(src.weights_path), "sha256": src.weights_sha256,
-            "states": list(src.states)}
+    return {"name": src.name, "file": str(src.weights_path), "sha256": src.weights_sha256, "states": list(src.states)}
 
 
 def pretrained_source(architecture: str, weights=None) -> dict:
@@ -76,8 +75,10 @@ def build_finetune_model(architecture, n_states, init, weights=None, seed=0, log
         return model, None
     src = load_deeplight(weights, architecture)
     if src.architecture != architecture:
-        raise WeightsError(f"{src.weights_path}: holds {src.architecture}-DeepLight weights but --architecture "
-                           f"{architecture} was asked for.")
+        raise WeightsError(
+            f"{src.weights_path}: holds {src.architecture}-DeepLight weights but --architecture "
+            f"{architecture} was asked for."
+        )
     copied = 0
     for layer in model.layers:
         if layer.name in HEAD_LAYERS[architecture] or not layer.weights:
@@ -85,17 +86,21 @@ def build_finetune_model(architecture, n_states, init, weights=None, seed=0, log
         try:
             src_layer = src.model.get_layer(layer.name)
         except ValueError:
-            raise WeightsError(f"{src.weights_path}: no layer '{layer.name}' to take the pretrained body from; "
-                               f"pass published {architecture}-DeepLight weights or a .keras model of this tool."
-                               ) from None
+            raise WeightsError(
+                f"{src.weights_path}: no layer '{layer.name}' to take the pretrained body from; "
+                f"pass published {architecture}-DeepLight weights or a .keras model of this tool."
+            ) from None
         values = src_layer.get_weights()
         if [v.shape for v in values] != [tuple(w.shape) for w in layer.weights]:
-            raise WeightsError(f"{src.weights_path}: layer '{layer.name}' has other shapes than "
-                               f"{architecture}-DeepLight's; pass matching weights.")
+            raise WeightsError(
+                f"{src.weights_path}: layer '{layer.name}' has other shapes than "
+                f"{architecture}-DeepLight's; pass matching weights."
+            )
         layer.set_weights(values)
         copied += 1
-    log.info("fine-tune: body of %d layers from %s; new output layer for %d states", copied, src.weights_path.name,
-             n_states)
+    log.info(
+        "fine-tune: body of %d layers from %s; new output layer for %d states", copied, src.weights_path.name, n_states
+    )
     return model, _source_record(src)
 
 
@@ -106,7 +111,7 @@ def split_body_head(model, architecture):
     end = BODY_END[architecture]
     body = keras.Model(model.inputs[0], model.get_layer(end).output, name="body")
     names = [layer.name for layer in model.layers]
-    after = model.layers[names.index(end) + 1:]
+    after = model.layers[names.index(end) + 1 :]
     head = keras.Sequential(name="head")
     head.add(keras.Input(shape=tuple(body.output.shape[1:]), name="features"))
     for layer in after:

@@ -13,14 +13,28 @@ can be mapped by name; the layer *order* matches the published Keras-2 Sequentia
 import numpy as np
 
 #: (filters, stride) of the twelve 3x3x3 conv blocks.
-CONV_BLOCKS_3D = ((8, 1), (8, 1), (8, 2), (8, 1), (16, 2), (16, 1), (32, 2), (32, 1), (64, 2), (64, 1), (128, 2), (128, 1))
+CONV_BLOCKS_3D = (
+    (8, 1),
+    (8, 1),
+    (8, 2),
+    (8, 1),
+    (16, 2),
+    (16, 1),
+    (32, 2),
+    (32, 1),
+    (64, 2),
+    (64, 1),
+    (128, 2),
+    (128, 1),
+)
 
 #: Model input shape for a volume on the reference grid, (z, y, x, channel).
 INPUT_SHAPE_3D = (91, 109, 91, 1)
 
 
-def build_3d_deeplight(n_states=16, input_shape=INPUT_SHAPE_3D, dropout_rate=0.2, output_bias=0.0, bn_momentum=0.99,
-                       name="DeepLight3D"):
+def build_3d_deeplight(
+    n_states=16, input_shape=INPUT_SHAPE_3D, dropout_rate=0.2, output_bias=0.0, bn_momentum=0.99, name="DeepLight3D"
+):
     """Build (uncompiled) 3D-DeepLight.
 
     Parameters
@@ -53,8 +67,17 @@ def build_3d_deeplight(n_states=16, input_shape=INPUT_SHAPE_3D, dropout_rate=0.2
         model.add(layers.SpatialDropout3D(dropout_rate, name=f"dropout_{i}"))
         model.add(layers.BatchNormalization(momentum=bn_momentum, name=f"bn_{i}"))
     n = len(CONV_BLOCKS_3D) + 1
-    model.add(layers.Conv3D(int(n_states), 1, strides=1, padding="same", activation=None, name=f"conv_{n}",
-                            bias_initializer=keras.initializers.Constant(float(output_bias))))
+    model.add(
+        layers.Conv3D(
+            int(n_states),
+            1,
+            strides=1,
+            padding="same",
+            activation=None,
+            name=f"conv_{n}",
+            bias_initializer=keras.initializers.Constant(float(output_bias)),
+        )
+    )
     model.add(layers.Activation("relu", name="relu_out"))
     model.add(layers.SpatialDropout3D(dropout_rate, name=f"dropout_{n}"))
     model.add(layers.GlobalAveragePooling3D(name="global_average"))
@@ -67,4 +90,3 @@ def to_model_order(volumes_xyz):
     if volumes_xyz.ndim != 4:
         raise ValueError(f"expected (batch, x, y, z) volumes, got shape {volumes_xyz.shape}")
     return np.ascontiguousarray(np.transpose(volumes_xyz, (0, 3, 2, 1))[..., None])
-

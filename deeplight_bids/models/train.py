@@ -56,8 +56,11 @@ def enable_determinism(seed, log=LOGGER):
     try:
         tf.config.experimental.enable_op_determinism()
     except Exception as err:  # e.g. a TensorFlow build without it: train anyway, and say so
-        log.warning("fine-tune: TensorFlow op determinism could not be enabled (%s); the fit may differ between "
-                    "runs with the same --seed", err)
+        log.warning(
+            "fine-tune: TensorFlow op determinism could not be enabled (%s); the fit may differ between "
+            "runs with the same --seed",
+            err,
+        )
         return False
     return True
 
@@ -134,8 +137,7 @@ class StepProgress:
         if self.tty:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit=self.unit, file=self.stream, leave=False,
-                            dynamic_ncols=True)
+            self.bar = tqdm(total=total, desc=desc, unit=self.unit, file=self.stream, leave=False, dynamic_ncols=True)
 
     def update(self, n=1, **status):
         """``n`` more steps done; ``status`` (e.g. ``loss="0.1234"``) is shown beside the count."""
@@ -149,8 +151,15 @@ class StepProgress:
         if now - self.last_line >= self.every:
             self.last_line = now
             shown = ", ".join(f"{k} {v}" for k, v in status.items())
-            self.log.info("%s, %s %d%s%s (%.0f s)", self.desc, self.unit, self.done,
-                          f"/{self.total}" if self.total else "", f": {shown}" if shown else "", now - self.started)
+            self.log.info(
+                "%s, %s %d%s%s (%.0f s)",
+                self.desc,
+                self.unit,
+                self.done,
+                f"/{self.total}" if self.total else "",
+                f": {shown}" if shown else "",
+                now - self.started,
+            )
 
     def close(self):
         """End the segment (the bar shows its final count, then is cleared)."""
@@ -172,8 +181,9 @@ def _make_progress(epochs, log, stream=None, clock=time.monotonic, every=LOG_EVE
 
         def on_train_batch_end(self, batch, logs=None):
             logs = logs or {}
-            progress.update(1, loss=f"{float(logs.get('loss', np.nan)):.4f}",
-                            accuracy=f"{float(logs.get('accuracy', np.nan)):.3f}")
+            progress.update(
+                1, loss=f"{float(logs.get('loss', np.nan)):.4f}", accuracy=f"{float(logs.get('accuracy', np.nan)):.3f}"
+            )
 
         def on_epoch_end(self, epoch, logs=None):
             progress.close()
@@ -212,17 +222,39 @@ def _make_checkpointer(folder, fingerprint, state, patience, epochs, log):
                 state["stopped_early"] = True
                 self.model.stop_training = True
             write_json(folder / STATE_FILE, {"fingerprint": fingerprint, **state})
-            val = (f", val_loss {logs['val_loss']:.4f}, val_accuracy {logs.get('val_accuracy', np.nan):.3f}"
-                   if "val_loss" in logs else "")
-            log.info("epoch %d/%d: loss %.4f, accuracy %.3f%s (%.1f s)%s", epoch + 1, epochs,
-                     logs.get("loss", np.nan), logs.get("accuracy", np.nan), val, seconds,
-                     "; early stop" if state.get("stopped_early") else "")
+            val = (
+                f", val_loss {logs['val_loss']:.4f}, val_accuracy {logs.get('val_accuracy', np.nan):.3f}"
+                if "val_loss" in logs
+                else ""
+            )
+            log.info(
+                "epoch %d/%d: loss %.4f, accuracy %.3f%s (%.1f s)%s",
+                epoch + 1,
+                epochs,
+                logs.get("loss", np.nan),
+                logs.get("accuracy", np.nan),
+                val,
+                seconds,
+                "; early stop" if state.get("stopped_early") else "",
+            )
 
     return Checkpointer()
 
 
-def fit_resumable(build_model, train_data, folder, fingerprint, epochs, learning_rate, val_data=None,
-                  patience=0, restore_best=True, callbacks=(), log=LOGGER, make_train_data=None):
+def fit_resumable(
+    build_model,
+    train_data,
+    folder,
+    fingerprint,
+    epochs,
+    learning_rate,
+    val_data=None,
+    patience=0,
+    restore_best=True,
+    callbacks=(),
+    log=LOGGER,
+    make_train_data=None,
+):
     """Fit with a checkpoint every epoch; re-running with the same ``fingerprint`` resumes.
 
     Parameters
@@ -287,19 +319,35 @@ def fit_resumable(build_model, train_data, folder, fingerprint, epochs, learning
         else:
             for name in (CHECKPOINT_FILE, BEST_WEIGHTS_FILE, STATE_FILE):
                 (folder / name).unlink(missing_ok=True)
-            state = {"epoch": 0, "history": [], "best_val_loss": None, "best_epoch": None, "wait": 0,
-                     "stopped_early": False}
+            state = {
+                "epoch": 0,
+                "history": [],
+                "best_val_loss": None,
+                "best_epoch": None,
+                "wait": 0,
+                "stopped_early": False,
+            }
             model = build_model()
-            model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"],
+            )
     state["resumed_from"] = state["epoch"]
     if state["epoch"] < epochs and not state.get("stopped_early"):
         if train_data is None:
             train_data = make_train_data(state["epoch"])
         checkpointer = _make_checkpointer(folder, fingerprint, state, patience, epochs, log)
         progress = _make_progress(epochs, log)
-        model.fit(train_data, validation_data=val_data, epochs=int(epochs), initial_epoch=int(state["epoch"]),
-                  verbose=0, shuffle=False, callbacks=[progress, checkpointer, *callbacks])
+        model.fit(
+            train_data,
+            validation_data=val_data,
+            epochs=int(epochs),
+            initial_epoch=int(state["epoch"]),
+            verbose=0,
+            shuffle=False,
+            callbacks=[progress, checkpointer, *callbacks],
+        )
     elif state["epoch"]:
         log.info("%s: training already finished (%d epochs)", folder, state["epoch"])
     if restore_best and patience and val_data is not None and (folder / BEST_WEIGHTS_FILE).is_file():

@@ -38,7 +38,20 @@ import keras
 from keras import layers, ops
 
 #: (filters, stride) of the twelve 3x3 conv layers applied to every axial slice.
-CONV_BLOCKS_2D = ((8, 1), (8, 1), (16, 2), (16, 1), (32, 2), (32, 1), (32, 2), (32, 1), (64, 2), (64, 1), (64, 2), (64, 1))
+CONV_BLOCKS_2D = (
+    (8, 1),
+    (8, 1),
+    (16, 2),
+    (16, 1),
+    (32, 2),
+    (32, 1),
+    (32, 2),
+    (32, 1),
+    (64, 2),
+    (64, 1),
+    (64, 2),
+    (64, 1),
+)
 
 #: Dropout rate after each conv layer during training (the original's keep
 #: probabilities 1, .8, .6 for conv layers 1-4, 5-8, 9-12, one mask per slice and

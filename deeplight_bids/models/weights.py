@@ -53,13 +53,15 @@ class PublishedWeights:
 
 REGISTRY = {
     "3D-pretrained": PublishedWeights(
-        name="3D-pretrained", architecture="3D",
+        name="3D-pretrained",
+        architecture="3D",
         filename="model-3D_DeepLight_desc-pretrained_model.hdf5",
         repo_path="src/deeplight/three/pretrained_model/model-3D_DeepLight_desc-pretrained_model.hdf5",
         git_blob="fc8de447a9e65595650f317d5f483b1f9d2df1a4",
     ),
     "2D-pretrained": PublishedWeights(
-        name="2D-pretrained", architecture="2D",
+        name="2D-pretrained",
+        architecture="2D",
         filename="model-2D_DeepLight_desc-pretrained_model.npy",
         repo_path="src/deeplight/two/pretrained_model/model-2D_DeepLight_desc-pretrained_model.npy",
         git_blob="d5d6fa36a2feaf8da01edc580b253b08cf7142df",
@@ -149,8 +151,9 @@ def fetch_published(name, dest_dir=None, progress=print):
             raise WeightsError(f"{entry.url}: downloaded file failed its checksum; try again later.")
         os.replace(tmp, final)
     except OSError as err:
-        raise WeightsError(f"{entry.url}: download failed ({err}); check the network or copy the file into "
-                           f"{dest_dir} by hand.") from err
+        raise WeightsError(
+            f"{entry.url}: download failed ({err}); check the network or copy the file into {dest_dir} by hand."
+        ) from err
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -184,9 +187,13 @@ class DeepLightModel:
 
     def provenance(self):
         """JSON-serialisable description for output sidecars."""
-        info = {"Architecture": f"{self.architecture}-DeepLight", "Name": self.name,
-                "WeightsFile": self.weights_path.name, "WeightsSHA256": self.weights_sha256,
-                "States": list(self.states)}
+        info = {
+            "Architecture": f"{self.architecture}-DeepLight",
+            "Name": self.name,
+            "WeightsFile": self.weights_path.name,
+            "WeightsSHA256": self.weights_sha256,
+            "States": list(self.states),
+        }
         if self.card.get("training_participants"):
             info["TrainingParticipants"] = list(self.card["training_participants"])
         return info
@@ -252,11 +259,15 @@ def check_keras_archive(path, max_total=KERAS_MAX_TOTAL_BYTES, max_config=KERAS_
     big = [m for m in members if m.filename in ("config.json", "metadata.json") and m.file_size > max_config]
     if big or total > max_total:
         if big:
-            what = f"{big[0].filename} inflates to {big[0].file_size / 2**20:.0f} MiB (bound {max_config / 2**20:.0f} MiB)"
+            what = (
+                f"{big[0].filename} inflates to {big[0].file_size / 2**20:.0f} MiB (bound {max_config / 2**20:.0f} MiB)"
+            )
         else:
             what = f"its members inflate to {total / 2**20:.0f} MiB (bound {max_total / 2**20:.0f} MiB)"
-        raise WeightsError(f"{path}: refusing this .keras archive: {what}; it is not a DeepLight model, pass the "
-                           "model file that deeplight-bids wrote.")
+        raise WeightsError(
+            f"{path}: refusing this .keras archive: {what}; it is not a DeepLight model, pass the "
+            "model file that deeplight-bids wrote."
+        )
 
 
 def save_model(model: "keras.Model", path: str | os.PathLike, card: dict) -> Path:
@@ -335,7 +346,9 @@ def _is_2d_model(model):
     from deeplight_bids.models.two import FoldSlices
 
     found = {type(layer) for layer in getattr(model, "layers", [])}
-    return any(issubclass(t, FoldSlices) for t in found) and any(issubclass(t, keras.layers.Bidirectional) for t in found)
+    return any(issubclass(t, FoldSlices) for t in found) and any(
+        issubclass(t, keras.layers.Bidirectional) for t in found
+    )
 
 
 def _card_architecture(path, card, model, requested):
@@ -344,11 +357,14 @@ def _card_architecture(path, card, model, requested):
     if card_arch is None:
         return "2D" if _is_2d_model(model) else requested
     if card_arch not in DEFAULT_WEIGHTS:
-        raise WeightsError(f"{path}: model card names architecture {card_arch!r}; expected one of "
-                           f"{', '.join(DEFAULT_WEIGHTS)}.")
+        raise WeightsError(
+            f"{path}: model card names architecture {card_arch!r}; expected one of {', '.join(DEFAULT_WEIGHTS)}."
+        )
     if card_arch == "2D" and not _is_2d_model(model):
-        raise WeightsError(f"{path}: model card says architecture 2D but the model has no slice folding and "
-                           "bidirectional LSTM; keep the card that was written with the model.")
+        raise WeightsError(
+            f"{path}: model card says architecture 2D but the model has no slice folding and "
+            "bidirectional LSTM; keep the card that was written with the model."
+        )
     return card_arch
 
 
@@ -371,12 +387,22 @@ def _load_file(path, architecture, build_3d, published=None):
             raise WeightsError(
                 f"{path}: a {type(model).__name__} Keras model, not a keras.Sequential; deeplight-bids needs "
                 "DeepLight as a Sequential model (as 'deeplight-bids weights convert', the demo and group "
-                "--finetune save it): rebuild it with keras.Sequential(layers) and save it again.")
+                "--finetune save it): rebuild it with keras.Sequential(layers) and save it again."
+            )
         n_out = model.output_shape[-1]
         if n_out != len(card["states"]):
-            raise WeightsError(f"{path}: the model has {n_out} outputs but its card lists {len(card['states'])} states.")
-        return DeepLightModel(model, _card_architecture(path, card, model, architecture), tuple(card["states"]), path,
-                              digest, name=card.get("name", path.stem), card=card)
+            raise WeightsError(
+                f"{path}: the model has {n_out} outputs but its card lists {len(card['states'])} states."
+            )
+        return DeepLightModel(
+            model,
+            _card_architecture(path, card, model, architecture),
+            tuple(card["states"]),
+            path,
+            digest,
+            name=card.get("name", path.stem),
+            card=card,
+        )
     if suffix in (".hdf5", ".h5"):
         states = published.states if published else PRETRAINED_STATES
         model = build_3d(n_states=len(states))
@@ -397,6 +423,7 @@ def _load_file(path, architecture, build_3d, published=None):
         # a missing/extra key or wrong shape in one line (both raise WeightsError).
         states = published.states if published else PRETRAINED_STATES
         model = convert_published_2d(load_published_2d(path), n_states=len(states))
-        return DeepLightModel(model, "2D", tuple(states), path, digest,
-                              name=published.name if published else "2D-pretrained")
+        return DeepLightModel(
+            model, "2D", tuple(states), path, digest, name=published.name if published else "2D-pretrained"
+        )
     raise WeightsError(f"{path}: unknown weights format '{suffix}'; expected .keras, .hdf5/.h5 or .npy.")

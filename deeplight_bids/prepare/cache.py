@@ -96,9 +96,14 @@ def cache_key(run, smoothing_fwhm, high_pass):
     """Key of a run's prepared data: inputs (path, size, mtime, SHA-256) + preprocessing parameters."""
     from deeplight_bids.bids.identity import file_identity
 
-    content = {"version": CACHE_VERSION, "bold": file_identity(run.bold), "mask": file_identity(run.mask),
-               "t_r": float(run.t_r), "smoothing_fwhm": float(smoothing_fwhm),
-               "high_pass": None if high_pass is None else float(high_pass)}
+    content = {
+        "version": CACHE_VERSION,
+        "bold": file_identity(run.bold),
+        "mask": file_identity(run.mask),
+        "t_r": float(run.t_r),
+        "smoothing_fwhm": float(smoothing_fwhm),
+        "high_pass": None if high_pass is None else float(high_pass),
+    }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24], content
 
 
@@ -122,8 +127,12 @@ def _prepare_one(bold, mask, t_r, smoothing_fwhm, high_pass, folder, meta, space
         signals = np.clip(prepared.signals, -_FLOAT16_MAX, _FLOAT16_MAX).astype(np.float16)
         np.save(tmp / "signals.npy", signals)
         np.save(tmp / "mask.npy", prepared.mask)
-        meta = dict(meta, n_volumes=int(prepared.n_volumes), n_voxels=int(prepared.mask.sum()),
-                    seconds=round(time.monotonic() - t0, 3))
+        meta = dict(
+            meta,
+            n_volumes=int(prepared.n_volumes),
+            n_voxels=int(prepared.mask.sum()),
+            seconds=round(time.monotonic() - t0, 3),
+        )
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
@@ -169,14 +178,31 @@ def prepare_cached(runs, work_dir, smoothing_fwhm=3.0, high_pass=1 / 128, nprocs
             stats.reused.append(run.label)
             continue
         if any(m.get("inputs", {}).get("bold", {}).get("path") == content["bold"]["path"] for m in earlier.values()):
-            log.info("cache: %s: its inputs or preprocessing settings differ from the prepared copy in %s; "
-                     "preparing again", run.label, root)
-        meta = {"run_label": run.label, "subject": run.subject, "entities": {k: v for k, v in run.entities.items()
-                                                                             if v is not None},
-                "events": str(run.events) if run.events else None, "inputs": content,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        jobs.append((str(run.bold), str(run.mask), float(run.t_r), smoothing_fwhm, high_pass, str(folder), meta,
-                     getattr(run, "space", None)))
+            log.info(
+                "cache: %s: its inputs or preprocessing settings differ from the prepared copy in %s; preparing again",
+                run.label,
+                root,
+            )
+        meta = {
+            "run_label": run.label,
+            "subject": run.subject,
+            "entities": {k: v for k, v in run.entities.items() if v is not None},
+            "events": str(run.events) if run.events else None,
+            "inputs": content,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        jobs.append(
+            (
+                str(run.bold),
+                str(run.mask),
+                float(run.t_r),
+                smoothing_fwhm,
+                high_pass,
+                str(folder),
+                meta,
+                getattr(run, "space", None),
+            )
+        )
         stats.prepared.append(run.label)
     if stats.reused:
         log.info("cache: reusing %d prepared run(s) from %s", len(stats.reused), root)
@@ -189,13 +215,13 @@ def prepare_cached(runs, work_dir, smoothing_fwhm=3.0, high_pass=1 / 128, nprocs
             futures = [pool.submit(_prepare_one, *job) for job in jobs]
             for job, fut in zip(jobs, futures):
                 meta = fut.result()
-                log.info("cache: %s prepared (%d volumes, %.1f s)", job[6]["run_label"], meta["n_volumes"],
-                         meta["seconds"])
+                log.info(
+                    "cache: %s prepared (%d volumes, %.1f s)", job[6]["run_label"], meta["n_volumes"], meta["seconds"]
+                )
     else:
         for job in jobs:
             meta = _prepare_one(*job)
-            log.info("cache: %s prepared (%d volumes, %.1f s)", job[6]["run_label"], meta["n_volumes"],
-                     meta["seconds"])
+            log.info("cache: %s prepared (%d volumes, %.1f s)", job[6]["run_label"], meta["n_volumes"], meta["seconds"])
     entries = [CacheEntry(key, root / key, json.loads((root / key / "meta.json").read_text())) for key in keys]
     _write_index(root)
     stats.seconds = time.monotonic() - t0
@@ -236,8 +262,7 @@ class Samples:
 
     def subset(self, keep):
         keep = np.asarray(keep)
-        return Samples(self.entry[keep], self.volume[keep], self.label[keep], self.subject[keep],
-                       self.run_label[keep])
+        return Samples(self.entry[keep], self.volume[keep], self.label[keep], self.subject[keep], self.run_label[keep])
 
     def of_subjects(self, subjects):
         return self.subset(np.isin(self.subject, list(subjects)))
@@ -268,9 +293,13 @@ def label_volumes(entries, runs, states, state_maps=None):
                 rows.append((e_idx, v, state, run.subject, run.label))
     if index is None:
         index = {s: i for i, s in enumerate(sorted(counts))}
-    return Samples(np.array([r[0] for r in rows], int), np.array([r[1] for r in rows], int),
-                   np.array([index[r[2]] for r in rows], int), np.array([r[3] for r in rows], dtype=object),
-                   np.array([r[4] for r in rows], dtype=object)), counts
+    return Samples(
+        np.array([r[0] for r in rows], int),
+        np.array([r[1] for r in rows], int),
+        np.array([index[r[2]] for r in rows], int),
+        np.array([r[3] for r in rows], dtype=object),
+        np.array([r[4] for r in rows], dtype=object),
+    ), counts
 
 
 class VolumeReader:
@@ -342,7 +371,8 @@ def make_volume_dataset(reader, samples, batch_size, shuffle=True, balance=True,
             yield reader.volume(samples.entry[i], samples.volume[i]), np.int32(samples.label[i])
 
     ds = tf.data.Dataset.from_generator(
-        generate, output_signature=(tf.TensorSpec(MODEL_SHAPE, tf.float32), tf.TensorSpec((), tf.int32)))
+        generate, output_signature=(tf.TensorSpec(MODEL_SHAPE, tf.float32), tf.TensorSpec((), tf.int32))
+    )
     return _finish(ds, epoch_length(samples.label, balance), batch_size)
 
 
@@ -363,7 +393,8 @@ def make_array_dataset(features, labels, batch_size, shuffle=True, balance=True,
             yield features[i], labels[i]
 
     ds = tf.data.Dataset.from_generator(
-        generate, output_signature=(tf.TensorSpec(features.shape[1:], tf.float32), tf.TensorSpec((), tf.int32)))
+        generate, output_signature=(tf.TensorSpec(features.shape[1:], tf.float32), tf.TensorSpec((), tf.int32))
+    )
     return _finish(ds, epoch_length(labels, balance), batch_size)
 
 

@@ -211,8 +211,10 @@ def prepare_run(bold_img, mask_img, t_r, smoothing_fwhm=3.0, high_pass=1 / 128, 
     mask_on_grid = _mask_on_reference_grid(mask, mask_name, to_grid)
     mask_bool = mask_on_grid.get_fdata(dtype=np.float32) > 0
     if not mask_bool.any():
-        raise ImageError(f"{mask_name}: the brain mask is empty on the MNI152NLin6Asym reference grid (empty mask, "
-                         "or an image in native space); pass the run's brain mask in template space.")
+        raise ImageError(
+            f"{mask_name}: the brain mask is empty on the MNI152NLin6Asym reference grid (empty mask, "
+            "or an image in native space); pass the run's brain mask in template space."
+        )
     mask_on_grid = nib.Nifti1Image(mask_bool.astype(np.uint8), REFERENCE_AFFINE)
 
     raw = np.empty((n_volumes, int(mask_bool.sum())), dtype=np.float32)
@@ -230,8 +232,11 @@ def prepare_run(bold_img, mask_img, t_r, smoothing_fwhm=3.0, high_pass=1 / 128, 
             _check_overlap(raw[:stop], bold_name, mask_name, reader.nonfinite)
 
     if reader.nonfinite:
-        LOGGER.warning("%s: %d NaN/inf voxel value(s) set to 0; check the preprocessing if the decoding looks off.",
-                       bold_name, reader.nonfinite)
+        LOGGER.warning(
+            "%s: %d NaN/inf voxel value(s) set to 0; check the preprocessing if the decoding looks off.",
+            bold_name,
+            reader.nonfinite,
+        )
     _clean_in_place(raw, t_r, high_pass)
     return PreparedRun(signals=raw, mask=mask_bool, t_r=t_r, source=bold_name)
 

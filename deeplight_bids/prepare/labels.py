@@ -126,7 +126,10 @@ def read_events(path):
     if not keep.any():
         LOGGER.warning(
             "%s: trial_type is n/a in all %d row(s): no volume of this run gets a state (accuracy n/a, no mean "
-            "maps from it); fill in each event's condition in trial_type.", path, len(table))
+            "maps from it); fill in each event's condition in trial_type.",
+            path,
+            len(table),
+        )
     return out[keep.to_numpy()].reset_index(drop=True)
 
 
@@ -294,9 +297,7 @@ def load_state_map_file(path):
     result = {}
     for task, mapping in data.items():
         if not isinstance(mapping, dict):
-            raise InputDataError(
-                f"{path}: task '{task}' must map to an object of trial_type -> state, e.g. {example}."
-            )
+            raise InputDataError(f"{path}: task '{task}' must map to an object of trial_type -> state, e.g. {example}.")
         clean = {}
         for trial_type, state in mapping.items():
             if state is None:
@@ -363,9 +364,11 @@ class LabelPlan:
             return None
         example = json.dumps({t.task: state_map_example(t.trial_types, self.model_states) for t in empty})
         names = ", ".join(t.task for t in empty)
-        return (f"task(s) {names}: no trial type maps to a model state, so volumes are decoded but no accuracy "
-                f"can be computed (the model's states: {', '.join(self.model_states)}). To label them, pass "
-                f"--state-map FILE with e.g. {example} (choose the states that fit).")
+        return (
+            f"task(s) {names}: no trial type maps to a model state, so volumes are decoded but no accuracy "
+            f"can be computed (the model's states: {', '.join(self.model_states)}). To label them, pass "
+            f"--state-map FILE with e.g. {example} (choose the states that fit)."
+        )
 
 
 def state_map_example(trial_types, model_states):
@@ -425,13 +428,15 @@ def _check_user_map(user_map, by_task, model_states, path, dataset_tasks):
     where = f"{path}: " if path else "--state-map: "
     bad_states = sorted({s for mapping in user_map.values() for s in mapping.values() if s not in model_states})
     if bad_states:
-        raise InputDataError(f"{where}state(s) {', '.join(bad_states)} not among the model's states; valid: "
-                             f"{', '.join(model_states)}.")
+        raise InputDataError(
+            f"{where}state(s) {', '.join(bad_states)} not among the model's states; valid: {', '.join(model_states)}."
+        )
     known_tasks = {str(t).lower(): str(t) for t in (dataset_tasks or by_task)}
     unknown = sorted(t for t in user_map if str(t).lower() not in known_tasks)
     if unknown:
-        raise InputDataError(f"{where}task(s) {', '.join(unknown)} not in the dataset; valid: "
-                             f"{', '.join(sorted(known_tasks.values()))}.")
+        raise InputDataError(
+            f"{where}task(s) {', '.join(unknown)} not in the dataset; valid: {', '.join(sorted(known_tasks.values()))}."
+        )
     folded = {str(t).lower(): t for t in by_task}
     for task, mapping in user_map.items():
         actual = folded.get(str(task).lower())
@@ -439,5 +444,7 @@ def _check_user_map(user_map, by_task, model_states, path, dataset_tasks):
             continue  # task not selected in this job (or its events unreadable): nothing to compare with
         missing = sorted(t for t in mapping if t not in by_task[actual])
         if missing:
-            raise InputDataError(f"{where}task {task}: trial type(s) {', '.join(missing)} not in its events files; "
-                                 f"valid: {', '.join(sorted(by_task[actual]))}.")
+            raise InputDataError(
+                f"{where}task {task}: trial type(s) {', '.join(missing)} not in its events files; "
+                f"valid: {', '.join(sorted(by_task[actual]))}."
+            )

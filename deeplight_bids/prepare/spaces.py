@@ -37,8 +37,20 @@ from deeplight_bids.prepare.grid import (
 
 LOGGER = logging.getLogger("deeplight_bids")
 
-__all__ = ["KNOWN_SPACES", "MNI2009C_TO_6ASYM", "SPACE_PREFERENCE", "KnownSpace", "SpacePlan", "SpaceTransformError",
-           "TemplateResampler", "TransformFile", "approximate_resampler", "fetch_transform", "load_transform", "refusal"]
+__all__ = [
+    "KNOWN_SPACES",
+    "MNI2009C_TO_6ASYM",
+    "SPACE_PREFERENCE",
+    "KnownSpace",
+    "SpacePlan",
+    "SpaceTransformError",
+    "TemplateResampler",
+    "TransformFile",
+    "approximate_resampler",
+    "fetch_transform",
+    "load_transform",
+    "refusal",
+]
 
 
 @dataclass(frozen=True)
@@ -90,8 +102,11 @@ MNI2009C_TO_6ASYM = TransformFile(
 #: Spaces a preprocessed BOLD may be in (any ``res``), in order of preference.
 KNOWN_SPACES = {
     "MNI152NLin6Asym": KnownSpace("MNI152NLin6Asym", None, "the training space: exact re-ordering or resampling"),
-    "MNI152NLin2009cAsym": KnownSpace("MNI152NLin2009cAsym", MNI2009C_TO_6ASYM,
-                                      "fMRIPrep's default: TemplateFlow's nonlinear transform to MNI152NLin6Asym"),
+    "MNI152NLin2009cAsym": KnownSpace(
+        "MNI152NLin2009cAsym",
+        MNI2009C_TO_6ASYM,
+        "fMRIPrep's default: TemplateFlow's nonlinear transform to MNI152NLin6Asym",
+    ),
 }
 SPACE_PREFERENCE = tuple(KNOWN_SPACES)
 
@@ -103,8 +118,10 @@ class SpaceTransformError(InputDataError):
 def refusal(space):
     """Why a BOLD in ``space`` (None: no ``space`` entity) cannot be used, one line without the run label."""
     shown = f"space {space}" if space else "native space (no space entity)"
-    return (f"BOLD in {shown}; DeepLight needs {REFERENCE_SPACE} (or {' or '.join(SPACE_PREFERENCE[1:])}): "
-            f"rerun fMRIPrep with --output-spaces {REFERENCE_SPACE}:res-2")
+    return (
+        f"BOLD in {shown}; DeepLight needs {REFERENCE_SPACE} (or {' or '.join(SPACE_PREFERENCE[1:])}): "
+        f"rerun fMRIPrep with --output-spaces {REFERENCE_SPACE}:res-2"
+    )
 
 
 def _file_md5(path, chunk=1 << 22):
@@ -117,9 +134,11 @@ def _file_md5(path, chunk=1 << 22):
 
 def _how_to_provide(xfm):
     home = os.environ.get("TEMPLATEFLOW_HOME", str(Path.home() / ".cache" / "templateflow"))
-    return (f"run 'deeplight-bids templates fetch' on a machine with internet and copy {home} here (set "
-            f"TEMPLATEFLOW_HOME to it), or use the container image (it holds the file), or pass "
-            "--allow-approximate-space to accept world-coordinate resampling")
+    return (
+        f"run 'deeplight-bids templates fetch' on a machine with internet and copy {home} here (set "
+        f"TEMPLATEFLOW_HOME to it), or use the container image (it holds the file), or pass "
+        "--allow-approximate-space to accept world-coordinate resampling"
+    )
 
 
 def _templateflow_get(xfm):
@@ -164,12 +183,16 @@ def fetch_transform(xfm, download=True):
             LOGGER.debug("TemplateFlow could not provide %s: %s", xfm.filename, err)
             path = None
     if path is None or not path.is_file() or path.stat().st_size == 0:
-        raise SpaceTransformError(f"TemplateFlow transform {xfm.templateflow_name} is not available (offline, "
-                                  f"not in TEMPLATEFLOW_HOME); {_how_to_provide(xfm)}.")
+        raise SpaceTransformError(
+            f"TemplateFlow transform {xfm.templateflow_name} is not available (offline, "
+            f"not in TEMPLATEFLOW_HOME); {_how_to_provide(xfm)}."
+        )
     size = path.stat().st_size
     if size != xfm.size or _file_md5(path) != xfm.md5:
-        raise SpaceTransformError(f"{path}: checksum mismatch for {xfm.templateflow_name} (expected {xfm.size} "
-                                  f"bytes, MD5 {xfm.md5}); delete it and {_how_to_provide(xfm)}.")
+        raise SpaceTransformError(
+            f"{path}: checksum mismatch for {xfm.templateflow_name} (expected {xfm.size} "
+            f"bytes, MD5 {xfm.md5}); delete it and {_how_to_provide(xfm)}."
+        )
     return path
 
 
@@ -247,7 +270,9 @@ class TemplateResampler:
                 vals.append(weight[ok])
             self._linear[key] = sparse.csr_matrix(
                 (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                shape=(n_out, int(np.prod(shape))), dtype=np.float32)
+                shape=(n_out, int(np.prod(shape))),
+                dtype=np.float32,
+            )
         return self._linear[key]
 
     def nearest_index(self, affine, shape):
@@ -290,8 +315,10 @@ def load_transform(path):
     try:
         return TransformChain.from_filename(str(path), fmt="itk")
     except Exception as err:  # h5py/nitransforms raise several types for a broken file
-        raise SpaceTransformError(f"{path}: cannot read the transform ({type(err).__name__}: {err}); delete it and "
-                                  "fetch it again ('deeplight-bids templates fetch').") from None
+        raise SpaceTransformError(
+            f"{path}: cannot read the transform ({type(err).__name__}: {err}); delete it and "
+            "fetch it again ('deeplight-bids templates fetch')."
+        ) from None
 
 
 def approximate_resampler(img, interpolation="continuous"):
@@ -327,9 +354,13 @@ class SpacePlan:
                 if not self.allow_approximate:
                     raise
                 if not warned:  # once per job, however many runs and spaces
-                    LOGGER.warning("--allow-approximate-space: resampling %s in world coordinates as if it were %s "
-                                   "(approximate; recorded as SpaceTransform 'approximate'), because: %s", space,
-                                   REFERENCE_SPACE, err)
+                    LOGGER.warning(
+                        "--allow-approximate-space: resampling %s in world coordinates as if it were %s "
+                        "(approximate; recorded as SpaceTransform 'approximate'), because: %s",
+                        space,
+                        REFERENCE_SPACE,
+                        err,
+                    )
                     warned = True
                 self.resolved[space] = (None, None)
                 continue
@@ -351,4 +382,3 @@ class SpacePlan:
         if space not in self._transforms:
             self._transforms[space] = TemplateResampler(load_transform(path), provenance)
         return self._transforms[space], provenance
-

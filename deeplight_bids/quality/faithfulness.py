@@ -19,16 +19,19 @@ ORDERS = ("relevance", "random")
 COLUMNS = {
     "volume": {"Description": "0-based index of the volume in the run"},
     "state": {"Description": "state whose logit the relevance map explains (the LRP target)"},
-    "order": {"Description": "order of removal: 'relevance' (most relevant voxel first) or 'random' (seeded "
-                             "permutation of the in-mask voxels)",
-              "Levels": {"relevance": "most relevant first", "random": "random order"}},
-    "fraction": {"Description": "share of the in-mask voxels set to 0 (the z-scored baseline)",
-                 "Units": "arbitrary"},
+    "order": {
+        "Description": "order of removal: 'relevance' (most relevant voxel first) or 'random' (seeded "
+        "permutation of the in-mask voxels)",
+        "Levels": {"relevance": "most relevant first", "random": "random order"},
+    },
+    "fraction": {"Description": "share of the in-mask voxels set to 0 (the z-scored baseline)", "Units": "arbitrary"},
     "n_removed": {"Description": "number of in-mask voxels set to 0"},
     "logit": {"Description": "logit of the explained state after removal", "Units": "arbitrary"},
     "logit_drop": {"Description": "logit at fraction 0 minus logit after removal", "Units": "arbitrary"},
-    "decision_holds": {"Description": "1 if the predicted state after removal equals the one without removal",
-                       "Levels": {"0": "decision changed", "1": "decision holds"}},
+    "decision_holds": {
+        "Description": "1 if the predicted state after removal equals the one without removal",
+        "Levels": {"0": "decision changed", "1": "decision holds"},
+    },
 }
 
 
@@ -106,8 +109,9 @@ def deletion_inputs(x, relevance, mask_index, rng, fractions=FRACTIONS):
     return np.stack(inputs).reshape((len(inputs), *np.shape(x))), counts
 
 
-def deletion_curves(logits_fn, volumes, x_of, relevance_of, targets, mask_index, seed=0, fractions=FRACTIONS,
-                    known_logits=None):
+def deletion_curves(
+    logits_fn, volumes, x_of, relevance_of, targets, mask_index, seed=0, fractions=FRACTIONS, known_logits=None
+):
     """Deletion curves of several volumes, one table.
 
     Parameters
@@ -142,21 +146,35 @@ def deletion_curves(logits_fn, volumes, x_of, relevance_of, targets, mask_index,
     rows = []
     n_steps = len(fractions) - 1
     for v in volumes:
-        inputs, counts = deletion_inputs(x_of(v), relevance_of(v), mask_index, np.random.default_rng([seed, int(v)]),
-                                         fractions)
+        inputs, counts = deletion_inputs(
+            x_of(v), relevance_of(v), mask_index, np.random.default_rng([seed, int(v)]), fractions
+        )
         if known_logits is None:
             logits = np.asarray(logits_fn(inputs), dtype=np.float64)
         else:
-            logits = np.concatenate([np.asarray(known_logits[v:v + 1], dtype=np.float64),
-                                     np.asarray(logits_fn(inputs[1:]), dtype=np.float64)])
+            logits = np.concatenate(
+                [
+                    np.asarray(known_logits[v : v + 1], dtype=np.float64),
+                    np.asarray(logits_fn(inputs[1:]), dtype=np.float64),
+                ]
+            )
         target = int(targets[v])
         decision = int(logits[0].argmax())
         for o, order in enumerate(ORDERS):
             picks = [0] + list(range(1 + o * n_steps, 1 + (o + 1) * n_steps))
             for f, k, i in zip(fractions, counts, picks):
-                rows.append({"volume": int(v), "state": target, "order": order, "fraction": f, "n_removed": int(k),
-                             "logit": logits[i, target], "logit_drop": logits[0, target] - logits[i, target],
-                             "decision_holds": int(logits[i].argmax() == decision)})
+                rows.append(
+                    {
+                        "volume": int(v),
+                        "state": target,
+                        "order": order,
+                        "fraction": f,
+                        "n_removed": int(k),
+                        "logit": logits[i, target],
+                        "logit_drop": logits[0, target] - logits[i, target],
+                        "decision_holds": int(logits[i].argmax() == decision),
+                    }
+                )
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
@@ -183,8 +201,14 @@ def area_between_curves(frame):
     """
     if frame.empty:
         nan = float("nan")
-        return {"aopc_relevance": nan, "aopc_random": nan, "area_between_curves": nan,
-                "decision_holds_at_max_relevance": nan, "decision_holds_at_max_random": nan, "n_volumes": 0}
+        return {
+            "aopc_relevance": nan,
+            "aopc_random": nan,
+            "area_between_curves": nan,
+            "decision_holds_at_max_relevance": nan,
+            "decision_holds_at_max_random": nan,
+            "n_volumes": 0,
+        }
     steps = frame[frame["fraction"] > 0]
     out = {f"aopc_{o}": float(steps.loc[steps["order"] == o, "logit_drop"].mean()) for o in ORDERS}
     mean = frame.groupby(["order", "fraction"])["logit"].mean()

@@ -21,8 +21,10 @@ CURVE_COLUMNS = {
     "fraction": {"Description": "share of in-mask voxels set to 0"},
     "n_participants": {"Description": "participants with volumes of this state"},
     "n_volumes": {"Description": "volumes, all participants"},
-    "logit_drop_mean": {"Description": "mean over participants of the participant's mean drop of the explained logit",
-                        "Units": "arbitrary"},
+    "logit_drop_mean": {
+        "Description": "mean over participants of the participant's mean drop of the explained logit",
+        "Units": "arbitrary",
+    },
     "logit_drop_sd": {"Description": "SD over participants (ddof = 1)"},
     "ci95_low": {"Description": "lower end of the t-based 95% interval of logit_drop_mean"},
     "ci95_high": {"Description": "upper end of the t-based 95% interval of logit_drop_mean"},
@@ -31,16 +33,22 @@ CURVE_COLUMNS = {
 PARTICIPANT_QUALITY_COLUMNS = {
     "participant_id": {"Description": "participant"},
     "n_runs": {"Description": "runs with quality measures"},
-    "area_between_curves": {"Description": "mean over runs of the area between the random- and relevance-order "
-                                           "deletion curves (mean logit difference; > 0: the relevance order "
-                                           "lowers the explained logit faster)"},
+    "area_between_curves": {
+        "Description": "mean over runs of the area between the random- and relevance-order "
+        "deletion curves (mean logit difference; > 0: the relevance order "
+        "lowers the explained logit faster)"
+    },
     "aopc_relevance": {"Description": "mean over runs of the AOPC (mean logit drop) removing most relevant first"},
     "aopc_random": {"Description": "mean over runs of the AOPC removing in random order"},
-    "median_spearman": {"Description": "median over the run's volumes of the Spearman correlation with the "
-                                       "randomised model's maps (mean over runs)"},
+    "median_spearman": {
+        "Description": "median over the run's volumes of the Spearman correlation with the "
+        "randomised model's maps (mean over runs)"
+    },
     "median_ssim": {"Description": "median SSIM with the randomised model's maps (mean over runs)"},
-    "high_similarity": {"Description": f"1 if a run's maps resemble the randomised model's (a median above "
-                                       f"{sanity.HIGH_SIMILARITY})", "Levels": {"0": "no", "1": "yes"}},
+    "high_similarity": {
+        "Description": f"1 if a run's maps resemble the randomised model's (a median above {sanity.HIGH_SIMILARITY})",
+        "Levels": {"0": "no", "1": "yes"},
+    },
 }
 
 
@@ -68,9 +76,20 @@ def faithfulness_curves(runs):
     for (state, order, fraction), group in per.groupby(["state", "order", "fraction"]):
         n, mean, sd, low, high = t_interval(group["logit_drop"])
         sel = table[(table["state"] == state) & (table["order"] == order) & (table["fraction"] == fraction)]
-        rows.append({"state": state, "order": order, "fraction": fraction, "n_participants": n,
-                     "n_volumes": int(sel["volume"].count()), "logit_drop_mean": mean, "logit_drop_sd": sd,
-                     "ci95_low": low, "ci95_high": high, "decision_holds": float(sel["decision_holds"].mean())})
+        rows.append(
+            {
+                "state": state,
+                "order": order,
+                "fraction": fraction,
+                "n_participants": n,
+                "n_volumes": int(sel["volume"].count()),
+                "logit_drop_mean": mean,
+                "logit_drop_sd": sd,
+                "ci95_low": low,
+                "ci95_high": high,
+                "decision_holds": float(sel["decision_holds"].mean()),
+            }
+        )
     return pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
 
 
@@ -83,18 +102,24 @@ def participant_quality(runs):
             per.setdefault(rec.subject, []).append(quality)
     rows = []
     for subject, items in sorted(per.items()):
+
         def mean(section, key, items=items):
             vals = [q[section].get(key) for q in items if q.get(section) and q[section].get(key) is not None]
             vals = [v for v in vals if np.isfinite(v)]
             return float(np.mean(vals)) if vals else np.nan
 
-        rows.append({"participant_id": f"sub-{subject}", "n_runs": len(items),
-                     "area_between_curves": mean("Faithfulness", "area_between_curves"),
-                     "aopc_relevance": mean("Faithfulness", "aopc_relevance"),
-                     "aopc_random": mean("Faithfulness", "aopc_random"),
-                     "median_spearman": mean("Sanity", "median_spearman"),
-                     "median_ssim": mean("Sanity", "median_ssim"),
-                     "high_similarity": int(any(q.get("Sanity", {}).get("high_similarity") for q in items))})
+        rows.append(
+            {
+                "participant_id": f"sub-{subject}",
+                "n_runs": len(items),
+                "area_between_curves": mean("Faithfulness", "area_between_curves"),
+                "aopc_relevance": mean("Faithfulness", "aopc_relevance"),
+                "aopc_random": mean("Faithfulness", "aopc_random"),
+                "median_spearman": mean("Sanity", "median_spearman"),
+                "median_ssim": mean("Sanity", "median_ssim"),
+                "high_similarity": int(any(q.get("Sanity", {}).get("high_similarity") for q in items)),
+            }
+        )
     return pd.DataFrame(rows, columns=list(PARTICIPANT_QUALITY_COLUMNS))
 
 
@@ -108,8 +133,11 @@ def plausibility_for(config, maps, templates):
     files = plausibility.find_reference_files(config.reference_map, states)
     references = {s: plausibility.load_reference(f, REFERENCE_SHAPE, REFERENCE_AFFINE) for s, f in files.items()}
     brain = np.asarray(templates.mask.dataobj) > 0
-    loaded = [(m.subject, m.state, np.asarray(nib.load(m.path).dataobj, dtype=np.float32)) for m in maps
-              if m.state in references]
+    loaded = [
+        (m.subject, m.state, np.asarray(nib.load(m.path).dataobj, dtype=np.float32))
+        for m in maps
+        if m.state in references
+    ]
     table = plausibility.plausibility_table(loaded, references, brain, config.reference_top_percent)
     return table, {s: str(f) for s, f in files.items()}
 
@@ -141,41 +169,77 @@ def write_quality_tables(config, folder, output_dir, task, runs, maps, templates
     entry = {}
     alpha = 0.05
     perms = int(getattr(config, "significance_permutations", 1000))
-    table = significance.participant_table(significance.runs_by_participant(runs), perms, seed=config.seed,
-                                           alpha=alpha)
+    table = significance.participant_table(significance.runs_by_participant(runs), perms, seed=config.seed, alpha=alpha)
     path = folder / _name(task, "summary", ".tsv", desc="significance")
-    _write_table(path, table, significance.PARTICIPANT_COLUMNS, {
-        "Description": f"decoding accuracy against chance per participant (runs pooled), task {task}: permutation "
-                       "test of block labels within runs, and binomial test", "Permutations": perms,
-        "Seed": config.seed, "Alpha": alpha, **extra})
+    _write_table(
+        path,
+        table,
+        significance.PARTICIPANT_COLUMNS,
+        {
+            "Description": f"decoding accuracy against chance per participant (runs pooled), task {task}: permutation "
+            "test of block labels within runs, and binomial test",
+            "Permutations": perms,
+            "Seed": config.seed,
+            "Alpha": alpha,
+            **extra,
+        },
+    )
     entry["significance"] = _rel(path, output_dir)
     path = folder / _name(task, "summary", ".tsv", desc="significancegroup")
-    _write_table(path, significance.group_test(table, alpha), significance.GROUP_COLUMNS, {
-        "Description": f"one-sample t test (one-sided) of participants' accuracy minus chance, task {task}, and the "
-                       "count of participants significantly above chance", **extra})
+    _write_table(
+        path,
+        significance.group_test(table, alpha),
+        significance.GROUP_COLUMNS,
+        {
+            "Description": f"one-sample t test (one-sided) of participants' accuracy minus chance, task {task}, and the "
+            "count of participants significantly above chance",
+            **extra,
+        },
+    )
     entry["significance_group"] = _rel(path, output_dir)
 
     curves = faithfulness_curves(runs)
     if len(curves):
         path = folder / _name(task, "summary", ".tsv", desc="faithfulness")
-        _write_table(path, curves, CURVE_COLUMNS, {
-            "Description": f"deletion curves per explained state, task {task}: mean over participants of the drop "
-                           "of the explained logit as the most relevant (or random) in-mask voxels are set to 0",
-            "Fractions": list(faithfulness.FRACTIONS), **extra})
+        _write_table(
+            path,
+            curves,
+            CURVE_COLUMNS,
+            {
+                "Description": f"deletion curves per explained state, task {task}: mean over participants of the drop "
+                "of the explained logit as the most relevant (or random) in-mask voxels are set to 0",
+                "Fractions": list(faithfulness.FRACTIONS),
+                **extra,
+            },
+        )
         entry["faithfulness"] = _rel(path, output_dir)
     quality = participant_quality(runs)
     if len(quality):
         path = folder / _name(task, "summary", ".tsv", desc="quality")
-        _write_table(path, quality, PARTICIPANT_QUALITY_COLUMNS, {
-            "Description": f"faithfulness and sanity (model-parameter randomisation) per participant, task {task}",
-            **extra})
+        _write_table(
+            path,
+            quality,
+            PARTICIPANT_QUALITY_COLUMNS,
+            {
+                "Description": f"faithfulness and sanity (model-parameter randomisation) per participant, task {task}",
+                **extra,
+            },
+        )
         entry["quality_participants"] = _rel(path, output_dir)
     if getattr(config, "reference_map", None) is not None and maps:
         table, files = plausibility_for(config, maps, templates)
         path = folder / _name(task, "summary", ".tsv", desc="plausibility")
-        _write_table(path, table, plausibility.COLUMNS, {
-            "Description": f"relevance against reference maps per participant mean map and state, task {task}",
-            "ReferenceFiles": files, "ReferenceTopPercent": config.reference_top_percent,
-            "BrainMask": templates.description, **extra})
+        _write_table(
+            path,
+            table,
+            plausibility.COLUMNS,
+            {
+                "Description": f"relevance against reference maps per participant mean map and state, task {task}",
+                "ReferenceFiles": files,
+                "ReferenceTopPercent": config.reference_top_percent,
+                "BrainMask": templates.description,
+                **extra,
+            },
+        )
         entry["plausibility"] = _rel(path, output_dir)
     return entry

@@ -23,14 +23,19 @@ from deeplight_bids.exceptions import InputDataError
 COLUMNS = {
     "participant_id": {"Description": "participant ('group': the mean over participants' maps)"},
     "state": {"Description": "explained state"},
-    "mass_accuracy": {"Description": "share of the positive relevance inside the brain that lies in the reference "
-                                     "region (Arras et al. 2022)"},
-    "rank_accuracy": {"Description": "share of the K most relevant brain voxels inside the reference region, K = "
-                                     "region size (Arras et al. 2022)"},
+    "mass_accuracy": {
+        "Description": "share of the positive relevance inside the brain that lies in the reference "
+        "region (Arras et al. 2022)"
+    },
+    "rank_accuracy": {
+        "Description": "share of the K most relevant brain voxels inside the reference region, K = "
+        "region size (Arras et al. 2022)"
+    },
     "pearson_r": {"Description": "Pearson correlation of relevance and reference values over the brain voxels"},
     "region_voxels": {"Description": "voxels of the reference region (top k % of brain voxels, positive values)"},
-    "region_share": {"Description": "region_voxels / brain voxels: the mass and rank accuracy of a map that "
-                                    "ignores the region"},
+    "region_share": {
+        "Description": "region_voxels / brain voxels: the mass and rank accuracy of a map that ignores the region"
+    },
 }
 NIFTI = re.compile(r"\.nii(\.gz)?$")
 
@@ -76,8 +81,13 @@ def compare(relevance_map, reference, brain, top_percent):
     rank, mass = relevance_in_region(relevance_map, region, brain)
     r, q = relevance_map[brain].astype(np.float64), reference[brain].astype(np.float64)
     pearson = float(np.corrcoef(r, q)[0, 1]) if r.size > 1 and np.ptp(r) > 0 and np.ptp(q) > 0 else float("nan")
-    return {"mass_accuracy": mass, "rank_accuracy": rank, "pearson_r": pearson, "region_voxels": int(region.sum()),
-            "region_share": float(region.sum() / max(int(brain.sum()), 1))}
+    return {
+        "mass_accuracy": mass,
+        "rank_accuracy": rank,
+        "pearson_r": pearson,
+        "region_voxels": int(region.sum()),
+        "region_share": float(region.sum() / max(int(brain.sum()), 1)),
+    }
 
 
 def _label(text):
@@ -112,8 +122,10 @@ def find_reference_files(path, states):
                 found[state] = f
                 break
     if not found:
-        raise InputDataError(f"{path}: no reference map for any of the states {', '.join(states)}; name the files "
-                             "'label-<state>' (e.g. 'label-MOTORlh_map.nii.gz') or '<state>.nii.gz'.")
+        raise InputDataError(
+            f"{path}: no reference map for any of the states {', '.join(states)}; name the files "
+            "'label-<state>' (e.g. 'label-MOTORlh_map.nii.gz') or '<state>.nii.gz'."
+        )
     return found
 
 
@@ -138,8 +150,14 @@ def load_reference(path, shape, affine):
     elif len(data_shape) != 3:
         raise InputDataError(f"{path}: the reference map has shape {data_shape}; give one 3D map per state.")
     if img.shape != tuple(shape) or not np.allclose(img.affine, affine, atol=1e-3):
-        img = resample_img(img, target_affine=affine, target_shape=tuple(shape), interpolation="continuous",
-                           force_resample=True, copy_header=True)
+        img = resample_img(
+            img,
+            target_affine=affine,
+            target_shape=tuple(shape),
+            interpolation="continuous",
+            force_resample=True,
+            copy_header=True,
+        )
     return np.nan_to_num(np.asarray(img.dataobj, dtype=np.float32))
 
 
@@ -164,10 +182,20 @@ def plausibility_table(maps, references, brain, top_percent):
     for participant, state, data in maps:
         if state not in references:
             continue
-        rows.append({"participant_id": f"sub-{participant}", "state": state,
-                     **compare(data, references[state], brain, top_percent)})
+        rows.append(
+            {
+                "participant_id": f"sub-{participant}",
+                "state": state,
+                **compare(data, references[state], brain, top_percent),
+            }
+        )
         by_state.setdefault(state, []).append(data)
     for state, arrays in sorted(by_state.items()):
-        rows.append({"participant_id": "group", "state": state,
-                     **compare(np.mean(arrays, axis=0), references[state], brain, top_percent)})
+        rows.append(
+            {
+                "participant_id": "group",
+                "state": state,
+                **compare(np.mean(arrays, axis=0), references[state], brain, top_percent),
+            }
+        )
     return pd.DataFrame(rows, columns=list(COLUMNS))

@@ -46,31 +46,43 @@ def quality_html(output_dir, entry, task):
     group = _read_tsv(output_dir, entry["significance_group"]) if entry.get("significance_group") else None
     table = _read_tsv(output_dir, entry["significance"]) if entry.get("significance") else None
     if table is not None:
-        parts.append("<h4>Is decoding above chance?</h4><p>Per participant: permutation test of the block labels "
-                     "within runs (temporal structure kept) and binomial test (treats volumes as independent, so "
-                     "optimistic); group: one-sample t test of accuracy minus chance.</p>")
+        parts.append(
+            "<h4>Is decoding above chance?</h4><p>Per participant: permutation test of the block labels "
+            "within runs (temporal structure kept) and binomial test (treats volumes as independent, so "
+            "optimistic); group: one-sample t test of accuracy minus chance.</p>"
+        )
         parts.append(table_html(group) + table_html(table))
     curves = _read_tsv(output_dir, entry["faithfulness"]) if entry.get("faithfulness") else None
     if curves is not None and len(curves):
         fig = faithfulness_figure(curves, f"task {task}: deletion curves (mean over participants, 95% interval)")
-        parts.append("<h4>Faithfulness of the relevance maps</h4>" + figure_html(
-            png_data_uri(fig), "drop of the explained logit as the most relevant (red) or randomly chosen (grey) "
-                               "in-mask voxels are set to 0; a faithful map drops the logit faster than random",
-            f"deletion curves {task}"))
+        parts.append(
+            "<h4>Faithfulness of the relevance maps</h4>"
+            + figure_html(
+                png_data_uri(fig),
+                "drop of the explained logit as the most relevant (red) or randomly chosen (grey) "
+                "in-mask voxels are set to 0; a faithful map drops the logit faster than random",
+                f"deletion curves {task}",
+            )
+        )
     quality = _read_tsv(output_dir, entry["quality_participants"]) if entry.get("quality_participants") else None
     if quality is not None and len(quality):
         parts.append("<h4>Faithfulness and sanity per participant</h4>" + table_html(quality))
         flagged = quality[quality["high_similarity"] == 1]["participant_id"].tolist()
         if flagged:
-            parts.append(f"<p class='warn'>Sanity check failed for {esc(', '.join(flagged))}: the relevance maps "
-                         f"resemble those of a randomised model (median Spearman or SSIM above "
-                         f"{sanity.HIGH_SIMILARITY}); they may not show what the model learned.</p>")
+            parts.append(
+                f"<p class='warn'>Sanity check failed for {esc(', '.join(flagged))}: the relevance maps "
+                f"resemble those of a randomised model (median Spearman or SSIM above "
+                f"{sanity.HIGH_SIMILARITY}); they may not show what the model learned.</p>"
+            )
         else:
-            parts.append("<p>Sanity check (Adebayo et al. 2018): no participant's maps resemble a randomised "
-                         "model's.</p>")
+            parts.append(
+                "<p>Sanity check (Adebayo et al. 2018): no participant's maps resemble a randomised model's.</p>"
+            )
     plaus = _read_tsv(output_dir, entry["plausibility"]) if entry.get("plausibility") else None
     if plaus is not None and len(plaus):
-        parts.append("<h4>Plausibility against the reference maps</h4><p>Relevance mass and rank accuracy inside "
-                     "each reference region (Arras et al. 2022; compare with region_share, the value of a map that "
-                     "ignores the region) and Pearson r.</p>" + table_html(plaus))
+        parts.append(
+            "<h4>Plausibility against the reference maps</h4><p>Relevance mass and rank accuracy inside "
+            "each reference region (Arras et al. 2022; compare with region_share, the value of a map that "
+            "ignores the region) and Pearson r.</p>" + table_html(plaus)
+        )
     return "".join(parts)

@@ -55,16 +55,21 @@ class RunQuality:
 
     def settings(self):
         """What the outputs depend on (for the run's settings hash)."""
-        return {"volumes": self.n_volumes, "seed": self.seed, "fractions": list(faithfulness.FRACTIONS),
-                "randomisation": "kernels Glorot-uniform, other variables initial"}
+        return {
+            "volumes": self.n_volumes,
+            "seed": self.seed,
+            "fractions": list(faithfulness.FRACTIONS),
+            "randomisation": "kernels Glorot-uniform, other variables initial",
+        }
 
     def random_analyzer(self):
         """LRP of the randomised copy (built on first use, then kept)."""
         if self._random_analyzer is None:
             from deeplight_bids.lrp.analyzer import LRPAnalyzer
 
-            self._random_analyzer = LRPAnalyzer(sanity.randomized_copy(self.model, self.seed),
-                                                composite=self.composite, max_batch=self.max_batch)
+            self._random_analyzer = LRPAnalyzer(
+                sanity.randomized_copy(self.model, self.seed), composite=self.composite, max_batch=self.max_batch
+            )
         return self._random_analyzer
 
     def evaluate(self, outputs, x_of, relevance_of, mask_index, logits, targets, states, root=None, label=""):
@@ -102,8 +107,9 @@ class RunQuality:
         def x_one(v):
             return x_of(int(v), int(v) + 1)[0]
 
-        curves = faithfulness.deletion_curves(self.decoder.logits, chosen, x_one, relevance_of, targets, mask_index,
-                                              seed=self.seed, known_logits=logits)
+        curves = faithfulness.deletion_curves(
+            self.decoder.logits, chosen, x_one, relevance_of, targets, mask_index, seed=self.seed, known_logits=logits
+        )
         curves["state"] = [states[i] for i in curves["state"]]
         faith = faithfulness.area_between_curves(curves)
 
@@ -111,46 +117,70 @@ class RunQuality:
         mask = None
         step = self.max_batch or 4  # a few volumes at a time: inputs and maps of 32 volumes would add ~250 MB
         for start in range(0, len(chosen), step):
-            part = chosen[start:start + step]
+            part = chosen[start : start + step]
             x = np.concatenate([x_of(int(v), int(v) + 1) for v in part])
             _, random_maps = self.random_analyzer().explain(x, target=targets[part].astype(np.int32))
             if mask is None:
                 mask = np.zeros(random_maps.shape[1:], dtype=bool)
                 mask.reshape(-1)[mask_index] = True
             for j, v in enumerate(part):
-                rows.append({"volume": int(v), "state": states[int(targets[v])],
-                             **sanity.compare_maps(relevance_of(int(v)), random_maps[j], mask)})
+                rows.append(
+                    {
+                        "volume": int(v),
+                        "state": states[int(targets[v])],
+                        **sanity.compare_maps(relevance_of(int(v)), random_maps[j], mask),
+                    }
+                )
         import pandas as pd
 
         sanity_frame = pd.DataFrame(rows, columns=list(sanity.COLUMNS))
         checks = sanity.summarize(sanity_frame)
 
         write_tsv(outputs["faithfulness"], curves, root=root)
-        write_json(outputs["faithfulness_json"], root=root, obj={
-            **faithfulness.COLUMNS,
-            "Description": "deletion curves: the explained logit as the most relevant (or randomly chosen) in-mask "
-                           "voxels are set to 0, the z-scored baseline, one row per volume x fraction x order",
-            "Fractions": list(faithfulness.FRACTIONS), "Seed": self.seed,
-            "NumberOfMaskVoxels": len(mask_index),
-            "VolumeSelection": "stratified by predicted state (states take turns, seeded)",
-            "Summary": faith,
-        })
+        write_json(
+            outputs["faithfulness_json"],
+            root=root,
+            obj={
+                **faithfulness.COLUMNS,
+                "Description": "deletion curves: the explained logit as the most relevant (or randomly chosen) in-mask "
+                "voxels are set to 0, the z-scored baseline, one row per volume x fraction x order",
+                "Fractions": list(faithfulness.FRACTIONS),
+                "Seed": self.seed,
+                "NumberOfMaskVoxels": len(mask_index),
+                "VolumeSelection": "stratified by predicted state (states take turns, seeded)",
+                "Summary": faith,
+            },
+        )
         write_tsv(outputs["sanity"], sanity_frame, root=root)
-        write_json(outputs["sanity_json"], root=root, obj={
-            **sanity.COLUMNS,
-            "Description": "model-parameter randomisation check (Adebayo et al. 2018): similarity of each map with "
-                           "the map of a fully randomised copy of the model; high similarity means the maps do not "
-                           "depend on what the model learned",
-            "Randomisation": "every kernel redrawn Glorot-uniform (numpy seed below); biases 0; batch normalisation "
-                             "at its initial values",
-            "Seed": self.seed, "Summary": checks,
-        })
+        write_json(
+            outputs["sanity_json"],
+            root=root,
+            obj={
+                **sanity.COLUMNS,
+                "Description": "model-parameter randomisation check (Adebayo et al. 2018): similarity of each map with "
+                "the map of a fully randomised copy of the model; high similarity means the maps do not "
+                "depend on what the model learned",
+                "Randomisation": "every kernel redrawn Glorot-uniform (numpy seed below); biases 0; batch normalisation "
+                "at its initial values",
+                "Seed": self.seed,
+                "Summary": checks,
+            },
+        )
         seconds = time.monotonic() - t0
         if checks["high_similarity"]:
-            LOGGER.warning("%s: relevance maps resemble those of a randomised model (median Spearman %.2f, SSIM %.2f):"
-                           " they may not reflect what the model learned", label, checks["median_spearman"],
-                           checks["median_ssim"])
-        LOGGER.info("%s: quality: area between deletion curves %.3g (logit), median Spearman vs random model %.2f "
-                    "(%.1f s)", label, faith["area_between_curves"], checks["median_spearman"], seconds)
+            LOGGER.warning(
+                "%s: relevance maps resemble those of a randomised model (median Spearman %.2f, SSIM %.2f):"
+                " they may not reflect what the model learned",
+                label,
+                checks["median_spearman"],
+                checks["median_ssim"],
+            )
+        LOGGER.info(
+            "%s: quality: area between deletion curves %.3g (logit), median Spearman vs random model %.2f (%.1f s)",
+            label,
+            faith["area_between_curves"],
+            checks["median_spearman"],
+            seconds,
+        )
         # (no time in the sidecar: a re-run must give byte-identical outputs; the time is logged above)
         return {"Faithfulness": faith, "Sanity": checks, "Volumes": [int(v) for v in chosen]}

@@ -19,12 +19,16 @@ SSIM_SIGMA = 1.5
 COLUMNS = {
     "volume": {"Description": "0-based index of the volume in the run"},
     "state": {"Description": "state whose logit both maps explain (the LRP target of the trained model)"},
-    "spearman": {"Description": "Spearman rank correlation of the trained and randomised model's relevance over "
-                                "the in-mask voxels"},
+    "spearman": {
+        "Description": "Spearman rank correlation of the trained and randomised model's relevance over "
+        "the in-mask voxels"
+    },
     "spearman_abs": {"Description": "Spearman rank correlation of the absolute relevance values"},
-    "ssim": {"Description": f"structural similarity (Wang et al. 2004; 3D Gaussian window, sigma {SSIM_SIGMA} "
-                            "voxels) of the two maps after a signed rank transform over the in-mask voxels (sign(R) x "
-                            "rank(|R|) / in-mask voxels; 0 outside), averaged over the in-mask voxels"},
+    "ssim": {
+        "Description": f"structural similarity (Wang et al. 2004; 3D Gaussian window, sigma {SSIM_SIGMA} "
+        "voxels) of the two maps after a signed rank transform over the in-mask voxels (sign(R) x "
+        "rank(|R|) / in-mask voxels; 0 outside), averaged over the in-mask voxels"
+    },
 }
 
 
@@ -112,10 +116,10 @@ def _ssim_map(a, b, sigma=SSIM_SIGMA):
         return ndimage.gaussian_filter(v, sigma, mode="constant", truncate=3.5)
 
     mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a ** 2
-    var_b = blur(b * b) - mu_b ** 2
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
     cov = blur(a * b) - mu_a * mu_b
-    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
 
 
 def _unit(v, mask=None, abs_ranks=None):
@@ -185,8 +189,9 @@ def summarize(frame):
         :data:`HIGH_SIMILARITY`; the absolute-value Spearman is reported, not flagged: the
         magnitude of any LRP map follows the input's, trained or not).
     """
-    med = {f"median_{c}": float(frame[c].median()) if len(frame) else float("nan")
-           for c in ("spearman", "spearman_abs", "ssim")}
+    med = {
+        f"median_{c}": float(frame[c].median()) if len(frame) else float("nan")
+        for c in ("spearman", "spearman_abs", "ssim")
+    }
     high = any(med[k] > HIGH_SIMILARITY for k in ("median_spearman", "median_ssim") if np.isfinite(med[k]))
-    return {**med, "n_volumes": len(frame), "high_similarity": bool(high),
-            "high_similarity_threshold": HIGH_SIMILARITY}
+    return {**med, "n_volumes": len(frame), "high_similarity": bool(high), "high_similarity_threshold": HIGH_SIMILARITY}

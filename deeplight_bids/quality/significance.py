@@ -31,8 +31,10 @@ PARTICIPANT_COLUMNS = {
     "n_permutations": {"Description": "block-label permutations"},
     "null_mean": {"Description": "mean accuracy under the permuted block labels"},
     "p_permutation": {"Description": "one-sided permutation p-value of accuracy (block labels permuted within runs)"},
-    "p_binomial": {"Description": "one-sided binomial p-value of n_correct against chance_level (treats volumes as "
-                                  "independent: optimistic)"},
+    "p_binomial": {
+        "Description": "one-sided binomial p-value of n_correct against chance_level (treats volumes as "
+        "independent: optimistic)"
+    },
     "significant": {"Description": "1 if p_permutation < alpha", "Levels": {"0": "no", "1": "yes"}},
 }
 GROUP_COLUMNS = {
@@ -105,12 +107,24 @@ def permutation_test(runs, n_permutations=1000, seed=0):
         perms = np.argsort(rng.random((int(n_permutations), len(run_blocks))), axis=1)
         null += hits[rows, block_label[perms]].sum(axis=1)
     if n_lab == 0:
-        return {"n_labelled": 0, "n_correct": 0, "accuracy": np.nan, "n_blocks": 0, "null_mean": np.nan,
-                "p_permutation": np.nan, "n_permutations": int(n_permutations)}
-    return {"n_labelled": n_lab, "n_correct": observed, "accuracy": observed / n_lab, "n_blocks": n_blocks,
-            "null_mean": float(null.mean() / n_lab),
-            "p_permutation": float((1 + np.sum(null >= observed)) / (1 + len(null))),
-            "n_permutations": int(n_permutations)}
+        return {
+            "n_labelled": 0,
+            "n_correct": 0,
+            "accuracy": np.nan,
+            "n_blocks": 0,
+            "null_mean": np.nan,
+            "p_permutation": np.nan,
+            "n_permutations": int(n_permutations),
+        }
+    return {
+        "n_labelled": n_lab,
+        "n_correct": observed,
+        "accuracy": observed / n_lab,
+        "n_blocks": n_blocks,
+        "null_mean": float(null.mean() / n_lab),
+        "p_permutation": float((1 + np.sum(null >= observed)) / (1 + len(null))),
+        "n_permutations": int(n_permutations),
+    }
 
 
 def participant_table(runs_by_participant, n_permutations=1000, seed=0, alpha=0.05):
@@ -134,11 +148,21 @@ def participant_table(runs_by_participant, n_permutations=1000, seed=0, alpha=0.
         test = permutation_test(runs, n_permutations, seed=[int(seed), zlib.crc32(str(subject).encode())])
         states = {s for true_state, _ in runs for (_, _, s) in blocks(true_state)}
         chance = 1.0 / len(states) if states else np.nan
-        p_binom = (float(stats.binomtest(test["n_correct"], test["n_labelled"], chance, alternative="greater").pvalue)
-                   if test["n_labelled"] else np.nan)
-        rows.append({"participant_id": f"sub-{subject}", "n_runs": len(runs), "chance_level": chance, **test,
-                     "p_binomial": p_binom,
-                     "significant": int(test["p_permutation"] < alpha) if np.isfinite(test["p_permutation"]) else 0})
+        p_binom = (
+            float(stats.binomtest(test["n_correct"], test["n_labelled"], chance, alternative="greater").pvalue)
+            if test["n_labelled"]
+            else np.nan
+        )
+        rows.append(
+            {
+                "participant_id": f"sub-{subject}",
+                "n_runs": len(runs),
+                "chance_level": chance,
+                **test,
+                "p_binomial": p_binom,
+                "significant": int(test["p_permutation"] < alpha) if np.isfinite(test["p_permutation"]) else 0,
+            }
+        )
     return pd.DataFrame(rows, columns=list(PARTICIPANT_COLUMNS))
 
 
@@ -155,9 +179,16 @@ def group_test(table, alpha=0.05):
     if len(diff) >= 2 and np.ptp(diff) > 0:
         res = stats.ttest_1samp(diff, 0.0, alternative="greater")
         t, p = float(res.statistic), float(res.pvalue)
-    row = {"n_participants": len(diff), "mean_accuracy_minus_chance": float(diff.mean()) if len(diff) else np.nan,
-           "t": t, "df": max(len(diff) - 1, 0), "p_t": p, "n_significant": int(table["significant"].sum()),
-           "n_significant_binomial": int((table["p_binomial"] < alpha).sum()), "alpha": alpha}
+    row = {
+        "n_participants": len(diff),
+        "mean_accuracy_minus_chance": float(diff.mean()) if len(diff) else np.nan,
+        "t": t,
+        "df": max(len(diff) - 1, 0),
+        "p_t": p,
+        "n_significant": int(table["significant"].sum()),
+        "n_significant_binomial": int((table["p_binomial"] < alpha).sum()),
+        "alpha": alpha,
+    }
     return pd.DataFrame([row], columns=list(GROUP_COLUMNS))
 
 

@@ -127,8 +127,9 @@ class FinetuneJob:
     def splits(self):
         """Stage 2: list of ``(fold name, training, validation, held out)`` participant lists."""
         cfg = self.config
-        return participant_splits(self.participants, cfg.cv_folds, cfg.val_participants,
-                                  cfg.early_stopping_patience, cfg.seed, self.log)
+        return participant_splits(
+            self.participants, cfg.cv_folds, cfg.val_participants, cfg.early_stopping_patience, cfg.seed, self.log
+        )
 
     def check_existing(self):
         """An existing model folder of other states: refuse (or remove with --overwrite)."""
@@ -146,45 +147,83 @@ class FinetuneJob:
                     raise WeightsError(
                         f"{card_path}: model card lists {card['architecture']} states {', '.join(card['states'])} "
                         f"but this fine-tuning has {self.arch} states {', '.join(self.states)}; pass another "
-                        "--model-name, matching --states, or --overwrite.")
+                        "--model-name, matching --states, or --overwrite."
+                    )
 
     def body_features(self):
         """``--freeze-body``: the frozen body's features of every volume (the body is the same in every fold)."""
         cfg = self.config
         model, _ = build_finetune_model(self.arch, len(self.states), self.init, cfg.weights, cfg.seed, self.log)
         body, _ = split_body_head(model, self.arch)
-        return datasets.body_features(body, self.data, cfg.work_dir, cfg.batch_size,
-                                      {"arch": self.arch, "events": self._labels_identity()}, self.log)
+        return datasets.body_features(
+            body,
+            self.data,
+            cfg.work_dir,
+            cfg.batch_size,
+            {"arch": self.arch, "events": self._labels_identity()},
+            self.log,
+        )
 
     def fit_fold(self, fold_index, split, features, n_gpus, mixed):
         """Stages 3-5 for one fold: build, train (resumable), predict the held-out participants, save the model."""
         cfg, data = self.config, self.data
         fold, train, val, held = split
-        self.log.info("fine-tune %s%s: training on %s; validation %s; held out %s", self.name,
-                      f" {fold}" if fold else "", ", ".join(train),
-                      "none (the held-out loss is logged per epoch and chooses nothing)" if val == held
-                      else ", ".join(val) or "none", ", ".join(held))
+        self.log.info(
+            "fine-tune %s%s: training on %s; validation %s; held out %s",
+            self.name,
+            f" {fold}" if fold else "",
+            ", ".join(train),
+            "none (the held-out loss is logged per epoch and chooses nothing)"
+            if val == held
+            else ", ".join(val) or "none",
+            ", ".join(held),
+        )
         tr = np.isin(data.samples.subject, train)
         va = np.isin(data.samples.subject, val)
         held_mask = np.isin(data.samples.subject, held)
-        fingerprint = digest({"arch": self.arch, "init": self.init, "weights": self._weights_identity(),
-                              "states": self.states, "train": train, "val": val, "lr": self.lr,
-                              "batch": self.batch_size, "seed": cfg.seed, "freeze": cfg.freeze_body,
-                              "patience": cfg.early_stopping_patience, "cache": [e.key for e in data.entries],
-                              "n": int(tr.sum()), "train3d": TRAIN_3D, "events": self._labels_identity()}, 16)
+        fingerprint = digest(
+            {
+                "arch": self.arch,
+                "init": self.init,
+                "weights": self._weights_identity(),
+                "states": self.states,
+                "train": train,
+                "val": val,
+                "lr": self.lr,
+                "batch": self.batch_size,
+                "seed": cfg.seed,
+                "freeze": cfg.freeze_body,
+                "patience": cfg.early_stopping_patience,
+                "cache": [e.key for e in data.entries],
+                "n": int(tr.sum()),
+                "train3d": TRAIN_3D,
+                "events": self._labels_identity(),
+            },
+            16,
+        )
         built = {}
 
         def build():
-            built["model"], built["source"] = build_finetune_model(self.arch, len(self.states), self.init,
-                                                                   cfg.weights, cfg.seed, self.log)
+            built["model"], built["source"] = build_finetune_model(
+                self.arch, len(self.states), self.init, cfg.weights, cfg.seed, self.log
+            )
             return split_body_head(built["model"], self.arch)[1] if cfg.freeze_body else built["model"]
 
         make_train, val_ds = self._datasets(fold_index, tr, va, features)
-        trained, state = fit_resumable(build, None, self.ckpt_root / (fold or "single"), fingerprint, cfg.epochs,
-                                       self.lr, val_data=val_ds,
-                                       patience=cfg.early_stopping_patience if va.any() else 0,
-                                       restore_best=bool(cfg.early_stopping_patience), callbacks=self.callbacks,
-                                       log=self.log, make_train_data=make_train)
+        trained, state = fit_resumable(
+            build,
+            None,
+            self.ckpt_root / (fold or "single"),
+            fingerprint,
+            cfg.epochs,
+            self.lr,
+            val_data=val_ds,
+            patience=cfg.early_stopping_patience if va.any() else 0,
+            restore_best=bool(cfg.early_stopping_patience),
+            callbacks=self.callbacks,
+            log=self.log,
+            make_train_data=make_train,
+        )
         held_samples = data.samples.subset(held_mask)
         if cfg.freeze_body:
             if "model" not in built:  # resumed: the body is rebuilt the same way
@@ -203,43 +242,73 @@ class FinetuneJob:
         stem = f"{self.name}_{fold}" if fold else self.name
         card = self._model_card(stem, fold, train, val, held, built.get("source"), metrics, n_gpus, mixed)
         self._save(full, state["history"], out_dir, stem, card)
-        self.log.info("fine-tune %s%s: held-out accuracy %.3f (balanced %.3f, %d volumes, chance %.3f)", self.name,
-                      f" {fold}" if fold else "", metrics["heldout_accuracy"], metrics["heldout_balanced_accuracy"],
-                      len(held_samples), 1.0 / len(self.states))
-        report = {"fold": fold or "single", "training_participants": train, "validation_participants": val,
-                  "heldout_participants": held,
-                  "model": str((out_dir / f"{stem}.keras").relative_to(cfg.output_dir)), **metrics}
+        self.log.info(
+            "fine-tune %s%s: held-out accuracy %.3f (balanced %.3f, %d volumes, chance %.3f)",
+            self.name,
+            f" {fold}" if fold else "",
+            metrics["heldout_accuracy"],
+            metrics["heldout_balanced_accuracy"],
+            len(held_samples),
+            1.0 / len(self.states),
+        )
+        report = {
+            "fold": fold or "single",
+            "training_participants": train,
+            "validation_participants": val,
+            "heldout_participants": held,
+            "model": str((out_dir / f"{stem}.keras").relative_to(cfg.output_dir)),
+            **metrics,
+        }
         return report, rows
 
     def write_summary(self, folds, seconds):
         """Held-out predictions, per-participant and pooled summaries of all folds."""
         cfg = self.config
         fold_reports = [report for report, _ in folds]
-        rows = heldout.write_heldout_tables(self.model_dir, self.name, [r for _, fold in folds for r in fold],
-                                            self.states)
+        rows = heldout.write_heldout_tables(
+            self.model_dir, self.name, [r for _, fold in folds for r in fold], self.states
+        )
         pooled = rows[-1]
         n_states = len(self.states)
         summary = {
-            "name": self.name, "architecture": self.arch, "init": self.init, "freeze_body": bool(cfg.freeze_body),
-            "states": list(self.states), "seed": cfg.seed, "cv_folds": int(cfg.cv_folds or 0),
-            "learning_rate": self.lr, "batch_size": self.batch_size, "epochs": cfg.epochs,
+            "name": self.name,
+            "architecture": self.arch,
+            "init": self.init,
+            "freeze_body": bool(cfg.freeze_body),
+            "states": list(self.states),
+            "seed": cfg.seed,
+            "cv_folds": int(cfg.cv_folds or 0),
+            "learning_rate": self.lr,
+            "batch_size": self.batch_size,
+            "epochs": cfg.epochs,
             "heldout_accuracy_pooled": pooled["accuracy"],
             "heldout_balanced_accuracy_pooled": pooled["balanced_accuracy"],
             "heldout_accuracy_mean_over_participants": float(np.mean([r["accuracy"] for r in rows[:-1]])),
-            "chance": 1.0 / n_states, "n_volumes": pooled["n_volumes"],
+            "chance": 1.0 / n_states,
+            "n_volumes": pooled["n_volumes"],
             # never since issue 13: early stopping validates on a participant that is not held out
-            "validation_used_for_early_stopping": any(set(f["validation_participants"]) & set(f["heldout_participants"])
-                                                      and cfg.early_stopping_patience for f in fold_reports),
-            "folds": fold_reports, "participants": rows[:-1],
+            "validation_used_for_early_stopping": any(
+                set(f["validation_participants"]) & set(f["heldout_participants"]) and cfg.early_stopping_patience
+                for f in fold_reports
+            ),
+            "folds": fold_reports,
+            "participants": rows[:-1],
             "cache": {"prepared": self.data.cache_stats.prepared, "reused": self.data.cache_stats.reused},
-            "seconds": round(seconds, 1), "software": software_versions(),
+            "seconds": round(seconds, 1),
+            "software": software_versions(),
         }
         from deeplight_bids.derivatives.writers import write_json
 
         write_json(self.model_dir / f"{self.name}_desc-heldout_summary.json", summary)
-        self.log.info("fine-tune %s: held-out accuracy %.3f over %d volumes of %d participants (chance %.3f); "
-                      "outputs in %s", self.name, pooled["accuracy"], pooled["n_volumes"], len(rows) - 1,
-                      1.0 / n_states, self.model_dir)
+        self.log.info(
+            "fine-tune %s: held-out accuracy %.3f over %d volumes of %d participants (chance %.3f); outputs in %s",
+            self.name,
+            pooled["accuracy"],
+            pooled["n_volumes"],
+            len(rows) - 1,
+            1.0 / n_states,
+            self.model_dir,
+        )
         return summary
 
     # -- helpers -----------------------------------------------------------------------------
@@ -250,41 +319,79 @@ class FinetuneJob:
         cfg, samples = self.config, self.data.samples
         seed = [cfg.seed, fold_index]
         if cfg.freeze_body:
+
             def make_train(start_epoch):
-                return make_array_dataset(features[tr], samples.label[tr], self.batch_size, seed=seed,
-                                          start_epoch=start_epoch)
-            val_ds = (make_array_dataset(features[va], samples.label[va], 64, shuffle=False, balance=False)
-                      if va.any() else None)
+                return make_array_dataset(
+                    features[tr], samples.label[tr], self.batch_size, seed=seed, start_epoch=start_epoch
+                )
+
+            val_ds = (
+                make_array_dataset(features[va], samples.label[va], 64, shuffle=False, balance=False)
+                if va.any()
+                else None
+            )
         else:
+
             def make_train(start_epoch):
-                return make_volume_dataset(self.data.reader, samples.subset(tr), self.batch_size, seed=seed,
-                                           start_epoch=start_epoch)
-            val_ds = (make_volume_dataset(self.data.reader, samples.subset(va), self.batch_size, shuffle=False,
-                                          balance=False) if va.any() else None)
+                return make_volume_dataset(
+                    self.data.reader, samples.subset(tr), self.batch_size, seed=seed, start_epoch=start_epoch
+                )
+
+            val_ds = (
+                make_volume_dataset(self.data.reader, samples.subset(va), self.batch_size, shuffle=False, balance=False)
+                if va.any()
+                else None
+            )
         return make_train, val_ds
 
     def _model_card(self, stem, fold, train, val, held, source, metrics, n_gpus, mixed):
         cfg = self.config
         return {
-            "name": stem, "architecture": self.arch, "init": self.init, "init_weights": source,
-            "states": list(self.states), "fold": fold or None,
-            "training_participants": list(train), "validation_participants": list(val),
+            "name": stem,
+            "architecture": self.arch,
+            "init": self.init,
+            "init_weights": source,
+            "states": list(self.states),
+            "fold": fold or None,
+            "training_participants": list(train),
+            "validation_participants": list(val),
             "heldout_participants": list(held),
-            "preprocessing": {"smoothing_fwhm": cfg.smoothing_fwhm, "high_pass": cfg.high_pass,
-                              "space": cfg.space, "grid": "MNI152NLin6Asym 2 mm (91, 109, 91), (z, y, x) input"},
-            "training": {"deterministic": bool(self.deterministic),
-                         "determinism": "keras.utils.set_random_seed(seed) + TensorFlow op determinism; input "
-                                        "order from NumPy generators seeded with the seed",
-                         "epochs": cfg.epochs, "learning_rate": self.lr, "batch_size": self.batch_size,
-                         "optimizer": "Adam", "loss": "sparse categorical cross-entropy on logits",
-                         "class_balancing": "oversampling to the largest class per epoch",
-                         "freeze_body": bool(cfg.freeze_body), "early_stopping_patience":
-                             cfg.early_stopping_patience, "mixed_precision": bool(mixed), "gpus": n_gpus,
-                         **({"dropout_rate": TRAIN_3D["dropout_rate"], "bn_momentum": TRAIN_3D["bn_momentum"],
-                             "output_bias": TRAIN_3D["output_bias"]} if self.arch == "3D" else {})},
-            "seed": cfg.seed, "metrics": metrics, "software": software_versions(),
+            "preprocessing": {
+                "smoothing_fwhm": cfg.smoothing_fwhm,
+                "high_pass": cfg.high_pass,
+                "space": cfg.space,
+                "grid": "MNI152NLin6Asym 2 mm (91, 109, 91), (z, y, x) input",
+            },
+            "training": {
+                "deterministic": bool(self.deterministic),
+                "determinism": "keras.utils.set_random_seed(seed) + TensorFlow op determinism; input "
+                "order from NumPy generators seeded with the seed",
+                "epochs": cfg.epochs,
+                "learning_rate": self.lr,
+                "batch_size": self.batch_size,
+                "optimizer": "Adam",
+                "loss": "sparse categorical cross-entropy on logits",
+                "class_balancing": "oversampling to the largest class per epoch",
+                "freeze_body": bool(cfg.freeze_body),
+                "early_stopping_patience": cfg.early_stopping_patience,
+                "mixed_precision": bool(mixed),
+                "gpus": n_gpus,
+                **(
+                    {
+                        "dropout_rate": TRAIN_3D["dropout_rate"],
+                        "bn_momentum": TRAIN_3D["bn_momentum"],
+                        "output_bias": TRAIN_3D["output_bias"],
+                    }
+                    if self.arch == "3D"
+                    else {}
+                ),
+            },
+            "seed": cfg.seed,
+            "metrics": metrics,
+            "software": software_versions(),
             "inputs": datasets.input_checksums(self.data.runs, set(train) | set(val)),
-            "dataset": str(cfg.bids_dir), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "dataset": str(cfg.bids_dir),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "description": "fine-tuned by 'deeplight-bids ... group --finetune'",
         }
 
@@ -293,8 +400,12 @@ class FinetuneJob:
 
         out_dir.mkdir(parents=True, exist_ok=True)
         save_model(float32_model(model, self.arch, len(self.states)), out_dir / f"{stem}.keras", card)
-        write_history(history, out_dir / f"{stem}_history.tsv", out_dir / f"{stem}_learningcurve.png",
-                      title=f"{stem}: {self.arch} {self.init}")
+        write_history(
+            history,
+            out_dir / f"{stem}_history.tsv",
+            out_dir / f"{stem}_learningcurve.png",
+            title=f"{stem}: {self.arch} {self.init}",
+        )
 
     def _labels_identity(self):
         return datasets.labels_identity(self.data.runs, self.config.state_map_file, self.states)

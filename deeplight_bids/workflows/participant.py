@@ -32,8 +32,14 @@ def run_participant_level(config, log=LOGGER):
     if not config.skip_bids_validation:
         validate_bids(config.bids_dir, log)
     layout = build_layout(config.bids_dir, derivatives)
-    runs = discover_runs(layout, space=config.space, participant_label=config.participant_label,
-                         session_label=config.session_label, task=config.task, bids_filters=config.bids_filters)
+    runs = discover_runs(
+        layout,
+        space=config.space,
+        participant_label=config.participant_label,
+        session_label=config.session_label,
+        task=config.task,
+        bids_filters=config.bids_filters,
+    )
     log.info("runs found:\n%s", format_run_table(runs))
     todo = [r for r in runs if r.skip_reason is None]
     if not todo:
@@ -45,8 +51,13 @@ def run_participant_level(config, log=LOGGER):
     user_state_map = _user_state_map(config)
     with compute_session(config.nprocs, log=log):
         dl_model = load_deeplight(config.weights, config.architecture)
-        log.info("model: %s-DeepLight '%s' (%d states) from %s", dl_model.architecture, dl_model.name,
-                 len(dl_model.states), dl_model.weights_path)
+        log.info(
+            "model: %s-DeepLight '%s' (%d states) from %s",
+            dl_model.architecture,
+            dl_model.name,
+            len(dl_model.states),
+            dl_model.weights_path,
+        )
         space_plan, _ = plan_before_compute(config, todo, dl_model.states, user_state_map, layout.get_tasks(), log)
         write_dataset_files(config.output_dir, [config.bids_dir, *derivatives])
         job = _save_config(config)
@@ -58,8 +69,9 @@ def run_participant_level(config, log=LOGGER):
                 mine = [r for r in todo if r.subject == subject]
                 # the summary covers every finished run of the participant, also those of earlier jobs
                 # run with other --task/--session selections, so it is never narrowed by a later job
-                processor.write_participant_summaries(subject, _all_runs_of(layout, config, subject, mine),
-                                                      map_tasks={r.entities["task"] for r in mine})
+                processor.write_participant_summaries(
+                    subject, _all_runs_of(layout, config, subject, mine), map_tasks={r.entities["task"] for r in mine}
+                )
             log.info("summary:\n%s", tables.format_results(results))
             _write_run_table(job["runs"], results)
     return results, _exit_code(results, log)
@@ -84,16 +96,24 @@ def _process_runs(processor, todo, log):
 
 def _exit_code(results, log):
     """0, or 6 (partial) when some runs were skipped or failed for bad input; all of them: InputDataError."""
-    bad = [r for r in results
-           if r.status == "failed" or (r.status == "skipped" and not r.detail.startswith("outputs exist"))]
+    bad = [
+        r
+        for r in results
+        if r.status == "failed" or (r.status == "skipped" and not r.detail.startswith("outputs exist"))
+    ]
     if bad and len(bad) == len(results):
         # nothing usable at all: an input error (exit 3) with the first reason, not a "partial" success
         first = next((r for r in bad if r.status == "failed"), bad[0])
         more = f" (and {len(bad) - 1} more run(s) failed or skipped; see the run table)" if len(bad) > 1 else ""
         raise InputDataError(f"{first.label}: {first.detail}{more}")
     if bad:
-        log.warning("%d of %d run(s) skipped or failed for bad input (exit code %d; reasons in the table above); "
-                    "fix them and re-run: finished runs are kept.", len(bad), len(results), EXIT_PARTIAL)
+        log.warning(
+            "%d of %d run(s) skipped or failed for bad input (exit code %d; reasons in the table above); "
+            "fix them and re-run: finished runs are kept.",
+            len(bad),
+            len(results),
+            EXIT_PARTIAL,
+        )
     return EXIT_PARTIAL if bad else EXIT_OK
 
 

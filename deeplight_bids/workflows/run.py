@@ -72,26 +72,51 @@ class RunProcessor:
 
             # reference section 7: iNNvestigate's preset B-flat for 3D, epsilon (LSTM rule included) for 2D,
             # stabilised as the original code (published) or sign-aware (--lrp-rule signed)
-            composite = ("preset_b_flat" if dl_model.architecture == "3D"
-                         else "deeplight_2d_signed" if config.lrp_rule == "signed" else "deeplight_2d")
+            composite = (
+                "preset_b_flat"
+                if dl_model.architecture == "3D"
+                else "deeplight_2d_signed"
+                if config.lrp_rule == "signed"
+                else "deeplight_2d"
+            )
             self.analyzer = LRPAnalyzer(dl_model.model, composite=composite, max_batch=max_batch)
         self.quality = None
         if self.analyzer is not None and getattr(config, "quality", False):
             from deeplight_bids.quality.run_quality import RunQuality
 
-            self.quality = RunQuality(dl_model.model, self.analyzer.composite, self.decoder, config.quality_volumes,
-                                      seed=config.seed, max_batch=max_batch)
-        self.settings_hash = resume.settings_hash(config, dl_model.weights_sha256, dl_model.architecture,
-                                                  user_state_map,
-                                                  self.quality.settings() if self.quality is not None else None)
+            self.quality = RunQuality(
+                dl_model.model,
+                self.analyzer.composite,
+                self.decoder,
+                config.quality_volumes,
+                seed=config.seed,
+                max_batch=max_batch,
+            )
+        self.settings_hash = resume.settings_hash(
+            config,
+            dl_model.weights_sha256,
+            dl_model.architecture,
+            user_state_map,
+            self.quality.settings() if self.quality is not None else None,
+        )
         # the network pass's settings: all but --relevance-maps (keys the work folder's per-volume maps and sums)
-        self.pass_hash = resume.settings_hash(config, dl_model.weights_sha256, dl_model.architecture,
-                                              user_state_map,
-                                              self.quality.settings() if self.quality is not None else None,
-                                              relevance_maps="volumes")
-        self.summaries = ParticipantSummaries(config, self.states, dl_model.provenance(),
-                                              self.analyzer.description if self.analyzer is not None else None,
-                                              self.settings_hash, self.quality is not None, pass_hash=self.pass_hash)
+        self.pass_hash = resume.settings_hash(
+            config,
+            dl_model.weights_sha256,
+            dl_model.architecture,
+            user_state_map,
+            self.quality.settings() if self.quality is not None else None,
+            relevance_maps="volumes",
+        )
+        self.summaries = ParticipantSummaries(
+            config,
+            self.states,
+            dl_model.provenance(),
+            self.analyzer.description if self.analyzer is not None else None,
+            self.settings_hash,
+            self.quality is not None,
+            pass_hash=self.pass_hash,
+        )
 
     def is_complete(self, outputs, run=None):
         """True when a previous run with these settings (and, given ``run``, inputs) finished all outputs."""
@@ -118,8 +143,9 @@ class RunProcessor:
 
             save_run_tfrecords(run, prepared.volumes, labelled["labels"], cfg.output_dir)
         decoding, quality, masker, stream = self._decode_and_explain(run, prepared, labelled, outputs)
-        accuracy, n_labelled = self._write_outputs(run, outputs, decoding, quality, masker, stream, labelled,
-                                                   space_transform)
+        accuracy, n_labelled = self._write_outputs(
+            run, outputs, decoding, quality, masker, stream, labelled, space_transform
+        )
         n_vol = prepared.n_volumes
         detail = plural(n_vol, "volume") + (f", accuracy {accuracy:.3f}" if accuracy is not None else "")
         detail += f", {time.monotonic() - t0:.1f} s"
@@ -132,11 +158,19 @@ class RunProcessor:
         cfg = self.config
 
         def blocks_of(n_vol):
-            return event_blocks(read_events(run.events), n_vol, run.t_r,
-                                resolve_state_map(run.entities["task"], self.user_state_map))
+            return event_blocks(
+                read_events(run.events), n_vol, run.t_r, resolve_state_map(run.entities["task"], self.user_state_map)
+            )
 
-        return reuse_scratch(cfg.relevance_maps, outputs, cfg.work_dir, [self.pass_hash, resume.inputs_digest(run)],
-                             self.settings_hash, blocks_of, cfg.output_dir)
+        return reuse_scratch(
+            cfg.relevance_maps,
+            outputs,
+            cfg.work_dir,
+            [self.pass_hash, resume.inputs_digest(run)],
+            self.settings_hash,
+            blocks_of,
+            cfg.output_dir,
+        )
 
     def _prepare(self, run):
         from deeplight_bids.prepare.clean import prepare_run
@@ -144,8 +178,9 @@ class RunProcessor:
         cfg = self.config
         LOGGER.info("%s: preparing (mask, smooth %.3g mm, detrend, high-pass, z-score)", run.label, cfg.smoothing_fwhm)
         to_grid, space_transform = self.space_plan.resampler_for(run.space or REFERENCE_SPACE)
-        prepared = prepare_run(run.bold, run.mask, run.t_r, smoothing_fwhm=cfg.smoothing_fwhm,
-                               high_pass=cfg.high_pass, to_grid=to_grid)
+        prepared = prepare_run(
+            run.bold, run.mask, run.t_r, smoothing_fwhm=cfg.smoothing_fwhm, high_pass=cfg.high_pass, to_grid=to_grid
+        )
         return prepared, space_transform
 
     def _label(self, run, n_vol):
@@ -161,22 +196,40 @@ class RunProcessor:
         state_map = resolve_state_map(run.entities["task"], self.user_state_map)
         unmapped = unmapped_trial_types(events, state_map)
         if unmapped:  # the start-up label table says it for the task; per run, info only
-            LOGGER.info("%s: trial types without a model state (volumes labelled n/a): %s",
-                        run.label, ", ".join(unmapped))
+            LOGGER.info(
+                "%s: trial types without a model state (volumes labelled n/a): %s", run.label, ", ".join(unmapped)
+            )
         labels = volume_labels(events, n_vol, run.t_r, state_map)
         late = events["onset"].to_numpy(dtype=float) >= n_vol * run.t_r
         if late.any():
-            LOGGER.warning("%s: %s: %d of %d event(s) start at or after the end of the run (%d volumes x TR %g s = "
-                           "%g s) and label nothing; check that the events file, RepetitionTime and onsets (in "
-                           "seconds) belong to this run.", run.label, run.events, int(late.sum()), len(events),
-                           n_vol, run.t_r, n_vol * run.t_r)
+            LOGGER.warning(
+                "%s: %s: %d of %d event(s) start at or after the end of the run (%d volumes x TR %g s = "
+                "%g s) and label nothing; check that the events file, RepetitionTime and onsets (in "
+                "seconds) belong to this run.",
+                run.label,
+                run.events,
+                int(late.sum()),
+                len(events),
+                n_vol,
+                run.t_r,
+                n_vol * run.t_r,
+            )
         true_idx = np.array([self.state_index.get(s, -1) if s is not None else -1 for s in labels])
         not_decodable = sorted({s for s in labels if s is not None and s not in self.state_index})
         if not_decodable:
-            LOGGER.warning("%s: labelled states the model cannot output (excluded from accuracy): %s",
-                           run.label, ", ".join(not_decodable))
-        return {"events": events, "state_map": state_map, "labels": labels, "true_idx": true_idx,
-                "unmapped": unmapped, "not_decodable": not_decodable}
+            LOGGER.warning(
+                "%s: labelled states the model cannot output (excluded from accuracy): %s",
+                run.label,
+                ", ".join(not_decodable),
+            )
+        return {
+            "events": events,
+            "state_map": state_map,
+            "labels": labels,
+            "true_idx": true_idx,
+            "unmapped": unmapped,
+            "not_decodable": not_decodable,
+        }
 
     def _decode_and_explain(self, run, prepared, labelled, outputs):
         """The batch loop (streaming the relevance maps), then the quality measures before the stream closes."""
@@ -185,22 +238,53 @@ class RunProcessor:
         stream = None
         masker = RelevanceMasker(prepared.mask)  # relevance inside the brain (derivatives/relevance.py)
         if self.analyzer is not None:
-            blocks = (event_blocks(labelled["events"], n_vol, run.t_r, labelled["state_map"])
-                      if cfg.relevance_maps == "blocks" else None)
+            blocks = (
+                event_blocks(labelled["events"], n_vol, run.t_r, labelled["state_map"])
+                if cfg.relevance_maps == "blocks"
+                else None
+            )
             # written by a thread beside the network (bounded queue; its errors stop the run)
-            stream = BackgroundWriter(RunRelevanceOutputs(cfg.relevance_maps, outputs, n_vol, run.t_r, blocks,
-                                                          scratch_dir=cfg.work_dir, root=cfg.output_dir,
-                                                          key=[self.pass_hash, resume.inputs_digest(run)]))
+            stream = BackgroundWriter(
+                RunRelevanceOutputs(
+                    cfg.relevance_maps,
+                    outputs,
+                    n_vol,
+                    run.t_r,
+                    blocks,
+                    scratch_dir=cfg.work_dir,
+                    root=cfg.output_dir,
+                    key=[self.pass_hash, resume.inputs_digest(run)],
+                )
+            )
         batches = ModelOrderBatches(prepared)
         try:
-            decoding = decode_and_explain(batches, n_vol, len(self.states), cfg.batch_size, self.decoder,
-                                          self.analyzer, cfg.lrp_target, labelled["true_idx"], masker, stream,
-                                          label=run.label)
+            decoding = decode_and_explain(
+                batches,
+                n_vol,
+                len(self.states),
+                cfg.batch_size,
+                self.decoder,
+                self.analyzer,
+                cfg.lrp_target,
+                labelled["true_idx"],
+                masker,
+                stream,
+                label=run.label,
+            )
             quality = None
             if self.quality is not None:  # reads the relevance back from the stream before it is closed
                 relevance_of = stream.read  # the per-volume maps as written (in the work folder, whatever the mode)
-                quality = self.quality.evaluate(outputs, batches.get, relevance_of, batches.index, decoding.logits,
-                                                decoding.targets, self.states, root=cfg.output_dir, label=run.label)
+                quality = self.quality.evaluate(
+                    outputs,
+                    batches.get,
+                    relevance_of,
+                    batches.index,
+                    decoding.logits,
+                    decoding.targets,
+                    self.states,
+                    root=cfg.output_dir,
+                    label=run.label,
+                )
             if stream is not None:
                 stream.close()
         except BaseException:
@@ -215,32 +299,63 @@ class RunProcessor:
         probs = softmax(decoding.logits)
         pred_idx = probs.argmax(axis=1)
         true_idx = labelled["true_idx"]
-        frame = tables.predictions_frame(self.states, run.t_r, labelled["labels"], true_idx, pred_idx, probs,
-                                         decoding.targets if self.analyzer is not None else None,
-                                         tables.in_training_set(self.dl_model.card, run.subject))
+        frame = tables.predictions_frame(
+            self.states,
+            run.t_r,
+            labelled["labels"],
+            true_idx,
+            pred_idx,
+            probs,
+            decoding.targets if self.analyzer is not None else None,
+            tables.in_training_set(self.dl_model.card, run.subject),
+        )
         decodable = true_idx >= 0
         accuracy = float((pred_idx[decodable] == true_idx[decodable]).mean()) if decodable.any() else None
         digest = resume.inputs_digest(run)
         provenance = sidecars.run_provenance(
-            run, self.dl_model.provenance(), cfg,
-            {"StateMap": labelled["state_map"], "UnmappedTrialTypes": labelled["unmapped"],
-             "StatesNotInModel": labelled["not_decodable"]},
-            space_transform, self.settings_hash, digest, source_space(run), backend_versions())
+            run,
+            self.dl_model.provenance(),
+            cfg,
+            {
+                "StateMap": labelled["state_map"],
+                "UnmappedTrialTypes": labelled["unmapped"],
+                "StatesNotInModel": labelled["not_decodable"],
+            },
+            space_transform,
+            self.settings_hash,
+            digest,
+            source_space(run),
+            backend_versions(),
+        )
         if self.analyzer is not None:
             lrp_rule = cfg.lrp_rule if self.dl_model.architecture == "2D" else "published"
-            stream.finish({**sidecars.relevance_sidecar(run.t_r, provenance, decoding.conservation,
-                                                        self.analyzer.description, cfg.lrp_target, lrp_rule),
-                           **masker.sidecar()})
-            save_state_sums(naming.state_sums_output(cfg.work_dir, run.label), decoding.sums, decoding.counts,
-                            self.pass_hash, digest, root=cfg.output_dir)
+            stream.finish(
+                {
+                    **sidecars.relevance_sidecar(
+                        run.t_r, provenance, decoding.conservation, self.analyzer.description, cfg.lrp_target, lrp_rule
+                    ),
+                    **masker.sidecar(),
+                }
+            )
+            save_state_sums(
+                naming.state_sums_output(cfg.work_dir, run.label),
+                decoding.sums,
+                decoding.counts,
+                self.pass_hash,
+                digest,
+                root=cfg.output_dir,
+            )
         else:
             from deeplight_bids.derivatives.stale import remove_stale
 
-            remove_stale([outputs["relevance"], outputs["blocks"], outputs["blocks_tsv"]],
-                         "relevance of other settings (this run was re-done with --no-lrp)")
+            remove_stale(
+                [outputs["relevance"], outputs["blocks"], outputs["blocks_tsv"]],
+                "relevance of other settings (this run was re-done with --no-lrp)",
+            )
         write_tsv(outputs["predictions"], frame, root=cfg.output_dir)
-        sidecar = sidecars.predictions_sidecar(self.states, self.analyzer is not None, provenance, accuracy,
-                                               int(decodable.sum()))
+        sidecar = sidecars.predictions_sidecar(
+            self.states, self.analyzer is not None, provenance, accuracy, int(decodable.sum())
+        )
         if quality is not None:
             sidecar["Quality"] = quality
         write_json(outputs["predictions_json"], sidecar, root=cfg.output_dir)  # last: marks the run complete

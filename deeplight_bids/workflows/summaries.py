@@ -40,8 +40,11 @@ def read_state_sums(path, settings_hash, inputs_digest):
         key = (str(data["settings"]), str(data["inputs"]) if "inputs" in data.files else None)
         if key != (settings_hash, inputs_digest):
             return None
-        return {int(k[4:]): (data[k].astype(np.float64), int(data[f"count_{k[4:]}"]))
-                for k in data.files if k.startswith("sum_")}
+        return {
+            int(k[4:]): (data[k].astype(np.float64), int(data[f"count_{k[4:]}"]))
+            for k in data.files
+            if k.startswith("sum_")
+        }
 
 
 class ParticipantSummaries:
@@ -60,8 +63,9 @@ class ParticipantSummaries:
         Runs are complete only with their quality tables.
     """
 
-    def __init__(self, config, states, model_provenance, lrp_description, settings_hash, with_quality, log=LOGGER,
-                 pass_hash=None):
+    def __init__(
+        self, config, states, model_provenance, lrp_description, settings_hash, with_quality, log=LOGGER, pass_hash=None
+    ):
         self.config = config
         self.states = tuple(states)
         self.state_index = {s: i for i, s in enumerate(self.states)}
@@ -81,14 +85,20 @@ class ParticipantSummaries:
         if stored is not None:
             return stored
         if path.is_file():
-            self.log.info("%s: %s was made from other inputs or settings (another dataset sharing the work folder?); "
-                          "recomputing the sums from the run's outputs", run.label, path)
+            self.log.info(
+                "%s: %s was made from other inputs or settings (another dataset sharing the work folder?); "
+                "recomputing the sums from the run's outputs",
+                run.label,
+                path,
+            )
         outputs = naming.run_outputs(self.config.output_dir, run.entities)
         if not outputs["relevance"].is_file():  # --relevance-maps blocks/means keep no per-volume maps
             from deeplight_bids.exceptions import OutputError
 
-            raise OutputError(f"{path}: missing, and the run's per-volume maps were not kept (--relevance-maps "
-                              f"{self.config.relevance_maps}); re-run the participant level with --overwrite.")
+            raise OutputError(
+                f"{path}: missing, and the run's per-volume maps were not kept (--relevance-maps "
+                f"{self.config.relevance_maps}); re-run the participant level with --overwrite."
+            )
         frame = tables.read_predictions(outputs["predictions"])
         data = np.asarray(nib.load(outputs["relevance"]).dataobj, dtype=np.float32)
         out = {}
@@ -105,15 +115,21 @@ class ParticipantSummaries:
         ``map_tasks`` (default: every task of ``runs``).
         """
         cfg = self.config
-        done = [r for r in runs if resume.is_complete(naming.run_outputs(cfg.output_dir, r.entities), cfg,
-                                                      self.settings_hash, self.with_quality, r, self.log)]
+        done = [
+            r
+            for r in runs
+            if resume.is_complete(
+                naming.run_outputs(cfg.output_dir, r.entities), cfg, self.settings_hash, self.with_quality, r, self.log
+            )
+        ]
         if not done:
             return
         rows = []
         for run in done:
             outputs = naming.run_outputs(cfg.output_dir, run.entities)
-            rows.append(tables.accuracy_row(run.label, run.entities["task"],
-                                            tables.read_predictions(outputs["predictions"])))
+            rows.append(
+                tables.accuracy_row(run.label, run.entities["task"], tables.read_predictions(outputs["predictions"]))
+            )
         out = naming.summary_output(cfg.output_dir, subject)
         write_tsv(out, tables.accuracy_summary(rows), root=cfg.output_dir)
         write_json(naming.sidecar_of(out), sidecars.summary_sidecar(self.model_provenance), root=cfg.output_dir)
@@ -124,9 +140,10 @@ class ParticipantSummaries:
             return
         for task in tasks:
             written = self._write_state_maps(subject, task, [r for r in done if r.entities["task"] == task])
-            remove_stale(stale_state_maps(cfg.output_dir, subject, task, written),
-                         f"mean map of other settings (no volume explained for its state with --lrp-target "
-                         f"{cfg.lrp_target})")
+            remove_stale(
+                stale_state_maps(cfg.output_dir, subject, task, written),
+                f"mean map of other settings (no volume explained for its state with --lrp-target {cfg.lrp_target})",
+            )
 
     def _write_state_maps(self, subject, task, runs):
         import nibabel as nib
@@ -144,7 +161,12 @@ class ParticipantSummaries:
             img = nib.Nifti1Image((total / count).astype(np.float32), REFERENCE_AFFINE)
             img.header.set_xyzt_units("mm")
             write_nifti(path, img, root=cfg.output_dir)
-            write_json(naming.sidecar_of(path), root=cfg.output_dir, obj=sidecars.state_map_sidecar(
-                task, state, count, cfg.lrp_target, self.model_provenance, self.lrp_description, self.settings_hash))
+            write_json(
+                naming.sidecar_of(path),
+                root=cfg.output_dir,
+                obj=sidecars.state_map_sidecar(
+                    task, state, count, cfg.lrp_target, self.model_provenance, self.lrp_description, self.settings_hash
+                ),
+            )
             written.append(path)
         return written

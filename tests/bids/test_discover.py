@@ -102,8 +102,11 @@ def test_runs_match_by_value_across_raw_and_derivatives(dataset, raw_run, deriv_
     raw_json = dataset / "sub-01" / "func" / f"sub-01_task-motor_run-{raw_run}_bold.json"
     raw_json.write_text(json.dumps({"RepetitionTime": 2.0, "TaskName": "motor"}))
     # the mask padded differently from its BOLD (two derivative tools): matched by value as well
-    _rename(dataset / "derivatives" / "fmriprep" / "sub-01", f"_run-{deriv_run}_space-MNI152NLin6Asym_res-2_desc-brain",
-            f"_run-{raw_run}_space-MNI152NLin6Asym_res-2_desc-brain")
+    _rename(
+        dataset / "derivatives" / "fmriprep" / "sub-01",
+        f"_run-{deriv_run}_space-MNI152NLin6Asym_res-2_desc-brain",
+        f"_run-{raw_run}_space-MNI152NLin6Asym_res-2_desc-brain",
+    )
     run = {r.subject: r for r in _runs(dataset)}["01"]
     assert run.skip_reason is None
     assert run.mask.name.startswith(f"sub-01_task-motor_run-{raw_run}_space")

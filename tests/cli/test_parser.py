@@ -87,9 +87,30 @@ def test_help_lists_every_option(capsys):
     from deeplight_bids.cli.parser import build_parser
 
     text = build_parser().format_help()
-    for option in ("--participant-label", "--session-label", "--task", "--bids-filter-file", "--derivatives",
-                   "--space", "--allow-approximate-space", "--work-dir", "--nprocs", "--batch-size", "--weights",
-                   "--state-map", "--smoothing-fwhm", "--high-pass", "--lrp-target", "--no-lrp", "--lrp-rule", "--backend",
-                   "--skip-bids-validation",
-                   "--verbose", "--version", "--overwrite", "--architecture", "exit codes"):
+    for option in (
+        "--participant-label",
+        "--session-label",
+        "--task",
+        "--bids-filter-file",
+        "--derivatives",
+        "--space",
+        "--allow-approximate-space",
+        "--work-dir",
+        "--nprocs",
+        "--batch-size",
+        "--weights",
+        "--state-map",
+        "--smoothing-fwhm",
+        "--high-pass",
+        "--lrp-target",
+        "--no-lrp",
+        "--lrp-rule",
+        "--backend",
+        "--skip-bids-validation",
+        "--verbose",
+        "--version",
+        "--overwrite",
+        "--architecture",
+        "exit codes",
+    ):
         assert option in text, option

@@ -21,8 +21,11 @@ from pathlib import Path
 
 def outputs(root):
     root = Path(root)
-    return {p.relative_to(root).as_posix() for pattern in ("sub-*/**/*.tsv", "sub-*/**/*.nii.gz")
-            for p in root.glob(pattern)}
+    return {
+        p.relative_to(root).as_posix()
+        for pattern in ("sub-*/**/*.tsv", "sub-*/**/*.nii.gz")
+        for p in root.glob(pattern)
+    }
 
 
 def gunzipped_equal(a, b, chunk=1 << 20):
@@ -40,7 +43,7 @@ def gzip_header(path):
     with open(path, "rb") as fobj:
         head = fobj.read(512)
     mtime = struct.unpack("<I", head[4:8])[0]
-    name = head[10:head.index(b"\0", 10)].decode(errors="replace") if head[3] & 0x08 else ""
+    name = head[10 : head.index(b"\0", 10)].decode(errors="replace") if head[3] & 0x08 else ""
     return f"mtime {mtime}" + (f", name {name!r}" if name else "")
 
 
@@ -90,8 +93,9 @@ def main(argv=None):
     parser.add_argument("out_a")
     parser.add_argument("out_b")
     parser.add_argument("--rtol", type=float, default=1e-5)
-    parser.add_argument("--atol", type=float, default=1e-6,
-                        help="absolute tolerance (for NIfTIs relative to the largest |value|)")
+    parser.add_argument(
+        "--atol", type=float, default=1e-6, help="absolute tolerance (for NIfTIs relative to the largest |value|)"
+    )
     args = parser.parse_args(argv)
     a, b = outputs(args.out_a), outputs(args.out_b)
     if not a:
@@ -111,15 +115,19 @@ def main(argv=None):
             continue
         if rel.endswith(".gz") and gunzipped_equal(pa, pb):
             same_payload += 1
-            print(f"  same content     {rel}: gzip payload byte-identical, gzip header differs ({gzip_header(pa)} vs "
-                  f"{gzip_header(pb)})")
+            print(
+                f"  same content     {rel}: gzip payload byte-identical, gzip header differs ({gzip_header(pa)} vs "
+                f"{gzip_header(pb)})"
+            )
             continue
         ok, detail = (compare_tsv if rel.endswith(".tsv") else compare_nifti)(pa, pb, args.rtol, args.atol)
         failed += not ok
         print(f"  {'close' if ok else 'DIFFERENT':<16} {rel}: bytes differ; {detail}")
-    print(f"{identical} of {len(a)} files byte-identical, {same_payload} with byte-identical content but another "
-          f"gzip header, {len(a) - identical - same_payload - failed} within tolerance (rtol {args.rtol}, "
-          f"atol {args.atol}), {failed} different")
+    print(
+        f"{identical} of {len(a)} files byte-identical, {same_payload} with byte-identical content but another "
+        f"gzip header, {len(a) - identical - same_payload - failed} within tolerance (rtol {args.rtol}, "
+        f"atol {args.atol}), {failed} different"
+    )
     return 1 if failed else 0
 
 

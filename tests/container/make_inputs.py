@@ -28,8 +28,9 @@ def main(data_dir, model_dir):
     keras.utils.set_random_seed(0)
     model = build_3d_deeplight(len(states))
     Path(model_dir).mkdir(parents=True, exist_ok=True)
-    path = save_model(model, Path(model_dir) / "random-3d.keras",
-                      {"architecture": "3D", "states": states, "name": "random-3d"})
+    path = save_model(
+        model, Path(model_dir) / "random-3d.keras", {"architecture": "3D", "states": states, "name": "random-3d"}
+    )
     print(f"model: {path} ({time.time() - t0:.1f} s)")
     return 0
 

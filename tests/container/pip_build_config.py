@@ -26,8 +26,9 @@ LINE = re.compile(r"^(?P<section>:env:|[A-Za-z0-9_-]+)\.(?P<key>[A-Za-z0-9_-]+)=
 
 
 def pip_config_list():
-    out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], check=True, capture_output=True, text=True
+    ).stdout
     settings = {}  # (section, key) -> value; environment variables override files
     env = {}
     for line in out.splitlines():
@@ -51,7 +52,7 @@ def main(out_dir, mount_root="/run/host-build"):
     mounts = {}  # host path -> container path
 
     def remap(token):
-        prefix, path = ("file://", token[len("file://"):]) if token.startswith("file://") else ("", token)
+        prefix, path = ("file://", token[len("file://") :]) if token.startswith("file://") else ("", token)
         if not path.startswith("/") or not Path(path).exists():
             return token
         path = Path(path).resolve()

@@ -91,7 +91,9 @@ def test_bids_validator_accepts_raw_and_derivatives(synthetic_dataset):
         pytest.skip("bids-validator-deno is not installed")
     result = subprocess.run(
         [exe, str(synthetic_dataset.bids_dir), "--recursive", "--format", "json"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     report = json.loads(result.stdout)
     errors = [i["code"] for i in report["issues"]["issues"] if i["severity"] == "error"]
@@ -134,7 +136,11 @@ def test_state_maps(tmp_path):
     assert info.state_map == {"loss": "GAMBLING_loss", "neut": "GAMBLING_neut", "win": "GAMBLING_win"}
     assert all(resolve_state_map("gambling")[t] == s for t, s in info.state_map.items())
     other = make_synthetic_dataset(
-        tmp_path / "o", n_participants=1, task="stroop", states=("congruent", "incongruent"), n_volumes=11,
+        tmp_path / "o",
+        n_participants=1,
+        task="stroop",
+        states=("congruent", "incongruent"),
+        n_volumes=11,
         blocks_per_state=1,
     )
     assert other.state_map == {"congruent": "congruent", "incongruent": "incongruent"}
@@ -236,8 +242,9 @@ def test_stripes_of_full_and_weak_strength(tmp_path):
     """``stripes=True, stripe_low=0.25`` (the demo): every region voxel rises during its state, some 4x more."""
     from deeplight_bids.demo.synth import make_synthetic_dataset
 
-    info = make_synthetic_dataset(tmp_path / "d", n_participants=1, n_volumes=40, seed=1, signal=6.0, noise=0.2,
-                                  stripes=True, stripe_low=0.25)
+    info = make_synthetic_dataset(
+        tmp_path / "d", n_participants=1, n_volumes=40, seed=1, signal=6.0, noise=0.2, stripes=True, stripe_low=0.25
+    )
     run = info.runs[0]
     data = _data(run.bold)
     labels = volume_labels(read_events(run.events), info.n_volumes, info.t_r, resolve_state_map(info.task))

@@ -13,8 +13,13 @@ STATE_MAP = {"lf": "MOTOR_lf", "rf": "MOTOR_rf"}
 
 def _events():
     # TR 2 s, 20 volumes; "cue" is unmapped; the second rf event overlaps the lf block before it
-    return pd.DataFrame({"onset": [2.0, 10.0, 14.0, 24.0, 60.0], "duration": [4.0, 6.0, 4.0, 2.0, 4.0],
-                         "trial_type": ["lf", "rf", "rf", "cue", "lf"]})
+    return pd.DataFrame(
+        {
+            "onset": [2.0, 10.0, 14.0, 24.0, 60.0],
+            "duration": [4.0, 6.0, 4.0, 2.0, 4.0],
+            "trial_type": ["lf", "rf", "rf", "cue", "lf"],
+        }
+    )
 
 
 def test_blocks_follow_the_labels():

@@ -31,8 +31,9 @@ def _write(path, data, order=None, **kwargs):
 
 @pytest.mark.parametrize("keepbits", [0, 7, 12, 16, 22])
 def test_round_mantissa_is_nearest_and_idempotent(keepbits):
-    values = np.concatenate([np.random.default_rng(1).normal(size=2000) * 10.0 ** np.arange(-20, 20, 0.02),
-                             [0.0, -0.0, 1.0, -1.5]]).astype(np.float32)
+    values = np.concatenate(
+        [np.random.default_rng(1).normal(size=2000) * 10.0 ** np.arange(-20, 20, 0.02), [0.0, -0.0, 1.0, -1.5]]
+    ).astype(np.float32)
     rounded = round_mantissa(values.copy(), keepbits)
     drop = 23 - keepbits
     assert not (rounded.view(np.uint32) & np.uint32((1 << drop) - 1)).any()  # the dropped bits are zeros
@@ -69,7 +70,7 @@ def test_only_the_wanted_members_are_decompressed(tmp_path):
         sizes = member_sizes(fobj, path.stat().st_size)
     raw = bytearray(path.read_bytes())
     middle = sum(sizes[:5]) + sizes[5] // 2
-    raw[middle:middle + 8] = bytes(8)  # damage volume 5's deflate data (its member header is intact)
+    raw[middle : middle + 8] = bytes(8)  # damage volume 5's deflate data (its member header is intact)
     path.write_bytes(bytes(raw))
     got = dict(iter_volumes(path, [0, 4, 8]))
     assert sorted(got) == [0, 4, 8]

@@ -67,10 +67,17 @@ def test_streaming_nifti_round_trip(tmp_path):
 
 def test_run_output_names():
     out = naming.run_outputs("/o", {"subject": "01", "session": "2", "task": "motor", "run": 1, "direction": "LR"})
-    assert out["predictions"].as_posix() == "/o/sub-01/ses-2/func/sub-01_ses-2_task-motor_dir-LR_run-1_desc-predictions_timeseries.tsv"
-    assert out["relevance"].name == "sub-01_ses-2_task-motor_dir-LR_run-1_space-MNI152NLin6Asym_res-2_desc-relevance_bold.nii.gz"
+    assert (
+        out["predictions"].as_posix()
+        == "/o/sub-01/ses-2/func/sub-01_ses-2_task-motor_dir-LR_run-1_desc-predictions_timeseries.tsv"
+    )
+    assert (
+        out["relevance"].name
+        == "sub-01_ses-2_task-motor_dir-LR_run-1_space-MNI152NLin6Asym_res-2_desc-relevance_bold.nii.gz"
+    )
     assert naming.state_map_output("/o", "01", "motor", "MOTOR_lf").name == (
-        "sub-01_task-motor_space-MNI152NLin6Asym_res-2_label-MOTORlf_desc-mean_relevance.nii.gz")
+        "sub-01_task-motor_space-MNI152NLin6Asym_res-2_label-MOTORlf_desc-mean_relevance.nii.gz"
+    )
 
 
 def test_dataset_files_idempotent(tmp_path):
@@ -101,8 +108,9 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
 
     with atomic_path(tmp_path / "sub-01" / "x.tsv") as live:  # this process's own temporary
         live.write_text("a")
-        dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                                  text=True).stdout.strip()
+        dead_pid = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+        ).stdout.strip()
         host = owner_tag().rsplit("-", 1)[0]
         dead = tmp_path / "sub-01" / f".x.{host}-{dead_pid}.abc_12.tmp.tsv"
         stream = tmp_path / "work" / f".stream.{host}-{dead_pid}.k9.stream.nii"

@@ -16,8 +16,9 @@ def ft_dataset(tmp_path_factory):
     from deeplight_bids.demo.synth import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("ft") / "bids"
-    return make_synthetic_dataset(root, n_participants=4, n_volumes=30, seed=3, blocks_per_state=1, signal=4.0,
-                                  region_radius=16.0)
+    return make_synthetic_dataset(
+        root, n_participants=4, n_volumes=30, seed=3, blocks_per_state=1, signal=4.0, region_radius=16.0
+    )
 
 
 @pytest.fixture(scope="session")
@@ -34,5 +35,15 @@ def weights_dir(published_2d_weights):
 
 
 def finetune_argv(dataset, out, work, *extra):
-    return [str(dataset.bids_dir), str(out), "group", "--finetune", "-w", str(work), "--nprocs", "2",
-            "--skip-bids-validation", *extra]
+    return [
+        str(dataset.bids_dir),
+        str(out),
+        "group",
+        "--finetune",
+        "-w",
+        str(work),
+        "--nprocs",
+        "2",
+        "--skip-bids-validation",
+        *extra,
+    ]

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     import numpy as np
@@ -47,12 +47,13 @@ SCRIPT = textwrap.dedent('''
     print(json.dumps({"replicas": strategy.num_replicas_in_sync, "first_epochs": first["epoch"],
                       "resumed_from": resumed["resumed_from"], "epochs": resumed["epoch"], "accuracy": accuracy,
                       "mirrored": variables_mirrored}))
-''')
+""")
 
 
 def test_fit_resumable_under_mirrored_strategy(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "train")], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path / "train")], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2

@@ -60,8 +60,19 @@ def test_heldout_accuracy_far_above_chance(cv_out):
 def test_model_folder_and_card(cv_out):
     fold = cv_out / "models" / "finetune-2D-pretrained-frozen" / "fold-1"
     card = json.loads((fold / "finetune-2D-pretrained-frozen_fold-1.json").read_text())
-    for key in ("architecture", "init", "states", "preprocessing", "training_participants",
-                "validation_participants", "seed", "metrics", "software", "inputs", "init_weights"):
+    for key in (
+        "architecture",
+        "init",
+        "states",
+        "preprocessing",
+        "training_participants",
+        "validation_participants",
+        "seed",
+        "metrics",
+        "software",
+        "inputs",
+        "init_weights",
+    ):
         assert key in card, key
     assert card["architecture"] == "2D" and card["init"] == "pretrained" and card["states"] == list(STATES)
     assert card["init_weights"]["sha256"].startswith("d1070ea1")
@@ -78,9 +89,23 @@ def test_participant_level_marks_training_participants(cv_out, ft_dataset, ft_wo
     card = json.loads(next(weights.glob("*.json")).read_text())
     out = cv_out / "decoded"
     subjects = [card["training_participants"][0], card["heldout_participants"][0]]
-    argv = [str(ft_dataset.bids_dir), str(out), "participant", "--weights", str(weights), "--architecture", "2D",
-            "--no-lrp", "--skip-bids-validation", "--nprocs", "2", "-w", str(ft_work / "participant"),
-            "--participant-label", *subjects]
+    argv = [
+        str(ft_dataset.bids_dir),
+        str(out),
+        "participant",
+        "--weights",
+        str(weights),
+        "--architecture",
+        "2D",
+        "--no-lrp",
+        "--skip-bids-validation",
+        "--nprocs",
+        "2",
+        "-w",
+        str(ft_work / "participant"),
+        "--participant-label",
+        *subjects,
+    ]
     assert cli(argv) == 0
     for sub in subjects:
         tsv = next(out.rglob(f"sub-{sub}_*desc-predictions_timeseries.tsv"))
@@ -112,9 +137,19 @@ def test_interrupted_run_resumes_from_checkpoint(ft_dataset, ft_work, weights_di
     from deeplight_bids.config import Config
     from deeplight_bids.workflows.finetune import run_finetune
 
-    config = Config(bids_dir=ft_dataset.bids_dir, output_dir=tmp_path, work_dir=ft_work, nprocs=2,
-                    architecture="2D", finetune=True, freeze_body=True, epochs=3, learning_rate=1e-2,
-                    val_participants=("04",), model_name="resume")
+    config = Config(
+        bids_dir=ft_dataset.bids_dir,
+        output_dir=tmp_path,
+        work_dir=ft_work,
+        nprocs=2,
+        architecture="2D",
+        finetune=True,
+        freeze_body=True,
+        epochs=3,
+        learning_rate=1e-2,
+        val_participants=("04",),
+        model_name="resume",
+    )
     with pytest.raises(Interrupt):
         run_finetune(config, callbacks=[_interrupt_after(1)])
     state = json.loads((ft_work / "finetune" / "resume" / "single" / "training_state.json").read_text())
@@ -147,8 +182,7 @@ def test_fit_resumable_full_model(tmp_path):
 
     straight, _ = fit_resumable(build, None, tmp_path / "a", "fp", 4, 1e-2, make_train_data=data)
     with pytest.raises(Interrupt):
-        fit_resumable(build, None, tmp_path / "b", "fp", 4, 1e-2, make_train_data=data,
-                      callbacks=[_interrupt_after(2)])
+        fit_resumable(build, None, tmp_path / "b", "fp", 4, 1e-2, make_train_data=data, callbacks=[_interrupt_after(2)])
     resumed, state = fit_resumable(build, None, tmp_path / "b", "fp", 4, 1e-2, make_train_data=data)
     assert state["resumed_from"] == 2 and [h["epoch"] for h in state["history"]] == [1, 2, 3, 4]
     for a, b in zip(straight.get_weights(), resumed.get_weights()):
@@ -166,9 +200,27 @@ def test_3d_full_network_from_published_layout_hdf5(ft_dataset, ft_work, tmp_pat
     h5 = tmp_path / "legacy3d.hdf5"
     write_keras2_whole_model_h5(randomise_weights(build_3d_deeplight(16), seed=4), h5)
     out = tmp_path / "out"
-    argv = finetune_argv(ft_dataset, out, ft_work, "--architecture", "3D", "--weights", str(h5), "--epochs", "1",
-                         "--participant-label", "01", "02", "--states", "MOTOR_lh", "MOTOR_rh",
-                         "--val-participants", "02", "--model-name", "h5")
+    argv = finetune_argv(
+        ft_dataset,
+        out,
+        ft_work,
+        "--architecture",
+        "3D",
+        "--weights",
+        str(h5),
+        "--epochs",
+        "1",
+        "--participant-label",
+        "01",
+        "02",
+        "--states",
+        "MOTOR_lh",
+        "MOTOR_rh",
+        "--val-participants",
+        "02",
+        "--model-name",
+        "h5",
+    )
     assert cli(argv) == 0
     fitted = load_deeplight(out / "models" / "h5", "3D")
     assert fitted.states == ("MOTOR_lh", "MOTOR_rh") and fitted.card["init"] == "pretrained"
@@ -180,10 +232,13 @@ def test_3d_full_network_from_published_layout_hdf5(ft_dataset, ft_work, tmp_pat
     assert history["epoch"].tolist() == [1] and {"val_loss", "val_accuracy"} <= set(history)
 
 
-@pytest.mark.parametrize("extra, code, words", [
-    (["--participant-label", "01"], 3, "at least 2 participants"),
-    (["--states", "MOTOR_lh", "MOTOR_lf"], 3, "MOTOR_lf have no labelled volumes"),
-])
+@pytest.mark.parametrize(
+    "extra, code, words",
+    [
+        (["--participant-label", "01"], 3, "at least 2 participants"),
+        (["--states", "MOTOR_lh", "MOTOR_lf"], 3, "MOTOR_lf have no labelled volumes"),
+    ],
+)
 def test_bad_input_one_line_errors(ft_dataset, ft_work, tmp_path, capsys, extra, code, words):
     assert cli(finetune_argv(ft_dataset, tmp_path, ft_work, "--architecture", "2D", *extra)) == code
     err = capsys.readouterr().err.strip().splitlines()
@@ -191,8 +246,17 @@ def test_bad_input_one_line_errors(ft_dataset, ft_work, tmp_path, capsys, extra,
 
 
 def test_model_card_states_must_match(cv_out, ft_dataset, ft_work, capsys):
-    argv = finetune_argv(ft_dataset, cv_out, ft_work, *FAST, "--states", "MOTOR_lh", "MOTOR_rh",
-                         "--model-name", "finetune-2D-pretrained-frozen")
+    argv = finetune_argv(
+        ft_dataset,
+        cv_out,
+        ft_work,
+        *FAST,
+        "--states",
+        "MOTOR_lh",
+        "MOTOR_rh",
+        "--model-name",
+        "finetune-2D-pretrained-frozen",
+    )
     assert cli(argv) == 4
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("deeplight-bids: error:") and "model card lists" in err

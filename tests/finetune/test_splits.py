@@ -8,8 +8,14 @@ from deeplight_bids.workflows.finetune import FinetuneJob
 
 
 def _job(tmp_path, participants, **options):
-    config = Config(bids_dir=tmp_path, output_dir=tmp_path / "out", work_dir=tmp_path / "work",
-                    analysis_level="group", finetune=True, **options)
+    config = Config(
+        bids_dir=tmp_path,
+        output_dir=tmp_path / "out",
+        work_dir=tmp_path / "work",
+        analysis_level="group",
+        finetune=True,
+        **options,
+    )
     job = FinetuneJob(config)
     job.participants = list(participants)  # what load_data finds
     return job

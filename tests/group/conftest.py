@@ -47,9 +47,11 @@ def stage_templateflow_home(home):
     mask = to_reference_grid(load_mni152_brain_mask(resolution=2), interpolation="nearest")
     nib.Nifti1Image(np.asarray(t1w.dataobj, dtype=np.float32), REFERENCE_AFFINE).to_filename(home / FILE_NAMES["t1w"])
     nib.Nifti1Image((np.asarray(mask.dataobj) > 0.5).astype(np.uint8), REFERENCE_AFFINE).to_filename(
-        home / FILE_NAMES["mask"])
+        home / FILE_NAMES["mask"]
+    )
     (home / "tpl-MNI152NLin6Asym" / "template_description.json").write_text(
-        json.dumps({"Name": "staged for tests", "Identifier": "MNI152NLin6Asym"}))
+        json.dumps({"Name": "staged for tests", "Identifier": "MNI152NLin6Asym"})
+    )
     return home
 
 
@@ -66,8 +68,13 @@ def staged_templateflow(tmp_path_factory):
 def group_bids(tmp_path_factory):
     from deeplight_bids.demo.synth import make_synthetic_dataset
 
-    return build_once(tmp_path_factory, "group_bids", lambda folder: make_synthetic_dataset(
-        folder / "bids", n_participants=3, n_volumes=N_VOLUMES, seed=1, blocks_per_state=1))
+    return build_once(
+        tmp_path_factory,
+        "group_bids",
+        lambda folder: make_synthetic_dataset(
+            folder / "bids", n_participants=3, n_volumes=N_VOLUMES, seed=1, blocks_per_state=1
+        ),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -79,11 +86,27 @@ def group_model(random_3d_model):
 @pytest.fixture(scope="session")
 def participant_out(group_bids, group_model, tmp_path_factory):
     """The participant level of ``group_bids``, built once per session (both xdist workers use it)."""
+
     def build(folder):
         out = folder / "deeplight"
-        code = cli([str(group_bids.bids_dir), str(out), "participant", "--weights", str(group_model),
-                    "--batch-size", "8", "--lrp-target", "true", "--high-pass", "none", "--skip-bids-validation",
-                    "--quality-volumes", "4"])
+        code = cli(
+            [
+                str(group_bids.bids_dir),
+                str(out),
+                "participant",
+                "--weights",
+                str(group_model),
+                "--batch-size",
+                "8",
+                "--lrp-target",
+                "true",
+                "--high-pass",
+                "none",
+                "--skip-bids-validation",
+                "--quality-volumes",
+                "4",
+            ]
+        )
         assert code == 0
         return out
 
@@ -105,7 +128,9 @@ def redraw_predictions(out, seed=0):
     from deeplight_bids.derivatives.writers import write_tsv
 
     rng = np.random.default_rng(seed)
-    paths = sorted(Path(out).glob("sub-*/func/*_desc-predictions_timeseries.tsv"))  # test helper, not the code under test
+    paths = sorted(
+        Path(out).glob("sub-*/func/*_desc-predictions_timeseries.tsv")
+    )  # test helper, not the code under test
     for i, path in enumerate(paths):
         frame = read_tsv(path)
         p_right = 0.35 + 0.2 * i
@@ -126,6 +151,7 @@ def redraw_predictions(out, seed=0):
 @pytest.fixture(scope="session")
 def varied_out(participant_out, group_bids, staged_templateflow, tmp_path_factory):
     """(output dir, exit code) of the group level with --correct-only on redrawn predictions."""
+
     def build(folder):
         out = link_copy(participant_out, folder / "deeplight")
         redraw_predictions(out)
@@ -133,4 +159,3 @@ def varied_out(participant_out, group_bids, staged_templateflow, tmp_path_factor
         return out, code
 
     return build_once(tmp_path_factory, "group_varied_out", build)
-

@@ -14,9 +14,14 @@ N = 12
 
 def _record(subject, labelled=True):
     states = ["MOTOR_lh"] * 6 + ["MOTOR_rh"] * 6
-    frame = pd.DataFrame({"volume": range(N), "true_state": states if labelled else [None] * N,
-                          "predicted_state": ["MOTOR_lh"] * N,
-                          "correct": [int(s == "MOTOR_lh") for s in states] if labelled else [None] * N})
+    frame = pd.DataFrame(
+        {
+            "volume": range(N),
+            "true_state": states if labelled else [None] * N,
+            "predicted_state": ["MOTOR_lh"] * N,
+            "correct": [int(s == "MOTOR_lh") for s in states] if labelled else [None] * N,
+        }
+    )
     frame["correct"] = frame["correct"].astype("Int64")
     return SimpleNamespace(subject=subject, label=f"sub-{subject}_task-x", entities={}, read=lambda: frame)
 

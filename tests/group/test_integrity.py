@@ -46,8 +46,19 @@ def _error_line(err):
 
 
 def _args(model, work, target="true"):
-    return ["--weights", str(model), "--batch-size", "8", "--lrp-target", target, "--high-pass", "none",
-            "--skip-bids-validation", "-w", str(work)]
+    return [
+        "--weights",
+        str(model),
+        "--batch-size",
+        "8",
+        "--lrp-target",
+        target,
+        "--high-pass",
+        "none",
+        "--skip-bids-validation",
+        "-w",
+        str(work),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +76,17 @@ def shared_work(tmp_path_factory, group_model):
     assert cli([str(data_b.bids_dir), str(out_b), "participant", *_args(group_model, work)]) == 0
     maps_b = _mean_maps(out_b)
     assert cli([str(data_a.bids_dir), str(out_a), "participant", *_args(group_model, work)]) == 0
-    return {"a": data_a, "b": data_b, "work": work, "out_a": out_a, "out_b": out_b, "maps_a": maps_a,
-            "maps_b": maps_b, "maps_a_rerun": _mean_maps(out_a), "base": base}
+    return {
+        "a": data_a,
+        "b": data_b,
+        "work": work,
+        "out_a": out_a,
+        "out_b": out_b,
+        "maps_a": maps_a,
+        "maps_b": maps_b,
+        "maps_a_rerun": _mean_maps(out_a),
+        "base": base,
+    }
 
 
 def test_two_datasets_sharing_a_work_folder_keep_their_own_maps(shared_work):
@@ -87,8 +107,16 @@ def settings_changed(shared_work, group_model):
     out = link_copy(shared_work["out_a"], shared_work["base"] / "out_c", ignore=shutil.ignore_patterns("logs"))
     bids = shared_work["a"].bids_dir
     before = _mean_maps(out)
-    code = cli([str(bids), str(out), "participant", "--participant-label", "01",
-                *_args(group_model, shared_work["work"], "predicted")])
+    code = cli(
+        [
+            str(bids),
+            str(out),
+            "participant",
+            "--participant-label",
+            "01",
+            *_args(group_model, shared_work["work"], "predicted"),
+        ]
+    )
     assert code == 0
     log = _latest_log(out)
     return {"out": out, "bids": bids, "before": before, "after": _mean_maps(out), "log": log}
@@ -105,8 +133,9 @@ def test_rerun_with_other_settings_removes_and_reports_stale_maps(settings_chang
         assert json.loads(path.read_text())["LRPTarget"] == "predicted"
 
 
-def test_group_refuses_maps_of_other_settings_then_pools_one_setting(settings_changed, group_model, shared_work,
-                                                                       capsys):
+def test_group_refuses_maps_of_other_settings_then_pools_one_setting(
+    settings_changed, group_model, shared_work, capsys
+):
     out, bids = settings_changed["out"], settings_changed["bids"]
     capsys.readouterr()
     code = cli([str(bids), str(out), "group"])
@@ -116,8 +145,19 @@ def test_group_refuses_maps_of_other_settings_then_pools_one_setting(settings_ch
     assert "sub-01" in err and "sub-02" in err
     assert not (out / "group").exists()  # refused before writing anything
 
-    assert cli([str(bids), str(out), "participant", "--participant-label", "02",
-                *_args(group_model, shared_work["work"], "predicted")]) == 0
+    assert (
+        cli(
+            [
+                str(bids),
+                str(out),
+                "participant",
+                "--participant-label",
+                "02",
+                *_args(group_model, shared_work["work"], "predicted"),
+            ]
+        )
+        == 0
+    )
     assert cli([str(bids), str(out), "group"]) == 0
     manifest = json.loads((out / "group" / "group_manifest.json").read_text())
     pooled = {m["state"] for m in manifest["ModelGroups"][0]["Tasks"]["motor"]["maps"]}
@@ -131,10 +171,23 @@ def test_group_refuses_maps_of_other_settings_then_pools_one_setting(settings_ch
 def pooled_out(settings_changed, group_model, shared_work):
     """The outputs with both participants re-run with 'predicted' (done by the test above, else here)."""
     out = settings_changed["out"]
-    hashes = {json.loads(p.read_text())["SettingsHash"] for p in out.glob("sub-*/func/*_desc-predictions_timeseries.json")}
+    hashes = {
+        json.loads(p.read_text())["SettingsHash"] for p in out.glob("sub-*/func/*_desc-predictions_timeseries.json")
+    }
     if len(hashes) > 1:
-        assert cli([str(settings_changed["bids"]), str(out), "participant", "--participant-label", "02",
-                    *_args(group_model, shared_work["work"], "predicted")]) == 0
+        assert (
+            cli(
+                [
+                    str(settings_changed["bids"]),
+                    str(out),
+                    "participant",
+                    "--participant-label",
+                    "02",
+                    *_args(group_model, shared_work["work"], "predicted"),
+                ]
+            )
+            == 0
+        )
     return out
 
 
@@ -167,8 +220,9 @@ def test_truncated_participant_map_is_left_out_and_listed(pooled_out, settings_c
     assert victim.name in (out / "deeplight_report.html").read_text()
 
 
-def test_changed_events_make_a_finished_run_out_of_date(pooled_out, settings_changed, group_model, shared_work,
-                                                        tmp_path):
+def test_changed_events_make_a_finished_run_out_of_date(
+    pooled_out, settings_changed, group_model, shared_work, tmp_path
+):
     """Same settings, same paths, but an edited events file: the run is recomputed, not skipped."""
     import pandas as pd
 

@@ -19,8 +19,9 @@ def test_significance_tables_match_the_accuracy_table(varied_out):
     for _, row in sig.iterrows():
         ref = acc.loc[row["participant_id"]]
         assert row["accuracy"] == pytest.approx(ref["accuracy"]) and row["n_labelled"] == ref["n_labelled"]
-        binom = stats.binomtest(int(ref["n_correct"]), int(ref["n_labelled"]), ref["chance_level"],
-                                alternative="greater").pvalue
+        binom = stats.binomtest(
+            int(ref["n_correct"]), int(ref["n_labelled"]), ref["chance_level"], alternative="greater"
+        ).pvalue
         assert row["p_binomial"] == pytest.approx(binom, rel=1e-4)  # TSV keeps 6 significant digits
         assert 0 < row["p_permutation"] <= 1
         # one block per state and run: 3 blocks, 6 orderings, so p cannot go below 1/6
@@ -38,12 +39,15 @@ def test_faithfulness_and_sanity_across_participants(varied_out):
     curves = read_tsv(group / "task-motor_desc-faithfulness_summary.tsv")
     assert set(curves["order"]) == {"relevance", "random"}
     # the group mean equals the mean of the participants' means, recomputed from the run tables
-    runs = [pd.read_csv(p, sep="\t").assign(sub=p.name[:6])
-            for p in sorted(out.glob("sub-*/func/*_desc-faithfulness_timeseries.tsv"))]
+    runs = [
+        pd.read_csv(p, sep="\t").assign(sub=p.name[:6])
+        for p in sorted(out.glob("sub-*/func/*_desc-faithfulness_timeseries.tsv"))
+    ]
     table = pd.concat(runs)
     row = curves.iloc[-1]
-    sel = table[(table["state"] == row["state"]) & (table["order"] == row["order"]) &
-                (table["fraction"] == row["fraction"])]
+    sel = table[
+        (table["state"] == row["state"]) & (table["order"] == row["order"]) & (table["fraction"] == row["fraction"])
+    ]
     assert row["logit_drop_mean"] == pytest.approx(sel.groupby("sub")["logit_drop"].mean().mean())
     quality = read_tsv(group / "task-motor_desc-quality_summary.tsv")
     assert len(quality) == 3 and quality["median_spearman"].between(-1, 1).all()

@@ -68,18 +68,34 @@ def find_chromium():
         path = shutil.which(name)
         if path:
             return path
-    pytest.fail("headless Chromium is required for the report screenshot test: install the Debian package "
-                "'chromium' (apt-get install -y chromium)")
+    pytest.fail(
+        "headless Chromium is required for the report screenshot test: install the Debian package "
+        "'chromium' (apt-get install -y chromium)"
+    )
 
 
 def screenshot(report, png, height=4000):
     exe = find_chromium()
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.run(
-            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-             f"--screenshot={png}", f"--window-size=1280,{height}", report.resolve().as_uri()],
-            capture_output=True, text=True, timeout=120)
+            [
+                exe,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                f"--screenshot={png}",
+                f"--window-size=1280,{height}",
+                report.resolve().as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert png.is_file() and png.stat().st_size > 0, proc.stderr[-2000:]
     return png
 
@@ -106,10 +122,25 @@ def test_report_is_self_contained(varied_out):
     t_maps = [e for e in entries if e["t"]]
     # every t-map figure states its degrees of freedom (3 participants: 2)
     assert t_maps and text.count("one-sample t, 2 degrees of freedom (3 participants)") == 2 * len(
-        [e for e in t_maps if np.any(np.asarray(nib.load(out / e["t"]).dataobj))])
-    for needle in ("Summary", "Processed and skipped", "Model card", "Confusion matrix", "Group relevance maps",
-                   "Participants", "Software versions", "Methods", "DeepLight", "layer-wise relevance propagation",
-                   "sub-01", "sub-03", "tensorflow", "WeightsSHA256", "arXiv:2111.01562"):
+        [e for e in t_maps if np.any(np.asarray(nib.load(out / e["t"]).dataobj))]
+    )
+    for needle in (
+        "Summary",
+        "Processed and skipped",
+        "Model card",
+        "Confusion matrix",
+        "Group relevance maps",
+        "Participants",
+        "Software versions",
+        "Methods",
+        "DeepLight",
+        "layer-wise relevance propagation",
+        "sub-01",
+        "sub-03",
+        "tensorflow",
+        "WeightsSHA256",
+        "arXiv:2111.01562",
+    ):
         assert needle in text, needle
 
 
@@ -161,8 +192,9 @@ def test_one_participant(one_participant_out):
     assert "sub-02_task-motor_desc-predictions_timeseries.tsv" in text and "unfinished run" in text
     table = pd.read_csv(out / "group" / "task-motor_desc-accuracy_summary.tsv", sep="\t")
     assert set(table["participant_id"]) == {"sub-01"}
-    summary = pd.read_csv(out / "group" / "task-motor_desc-accuracygroup_summary.tsv", sep="\t",
-                          na_values="n/a", keep_default_na=False)
+    summary = pd.read_csv(
+        out / "group" / "task-motor_desc-accuracygroup_summary.tsv", sep="\t", na_values="n/a", keep_default_na=False
+    )
     assert summary["sd"].isna().all() and (summary["n_participants"] == 1).all()
     check_images_not_broken(out / "deeplight_report.html")
 
@@ -181,8 +213,11 @@ def test_models_are_never_mixed(varied_out, group_bids, tmp_path):
     from deeplight_bids.derivatives.writers import write_json
 
     src, _ = varied_out
-    out = link_copy(src, tmp_path / "deeplight",
-                    ignore=shutil.ignore_patterns("group", "deeplight_report.html", "*_desc-relevance_bold.nii.gz"))
+    out = link_copy(
+        src,
+        tmp_path / "deeplight",
+        ignore=shutil.ignore_patterns("group", "deeplight_report.html", "*_desc-relevance_bold.nii.gz"),
+    )
     other = "f" * 64
     for path in (out / "sub-03" / "func").glob("*.json"):
         meta = json.loads(path.read_text())
@@ -198,8 +233,9 @@ def test_models_are_never_mixed(varied_out, group_bids, tmp_path):
         table = read_tsv(out / "group" / folder / "task-motor_desc-accuracy_summary.tsv")
         subs = set(table["participant_id"])
         assert subs == ({"sub-03"} if folder == "model-ffffffffffff" else {"sub-01", "sub-02"})
-        side = json.loads((out / "group" / folder / f"task-motor_{SPACE}_contrast-MOTORlh_stat-effect_statmap.json")
-                          .read_text())
+        side = json.loads(
+            (out / "group" / folder / f"task-motor_{SPACE}_contrast-MOTORlh_stat-effect_statmap.json").read_text()
+        )
         assert side["NumberOfParticipants"] == len(subs)
         assert (side["Model"]["WeightsSHA256"] == other) == (folder == "model-ffffffffffff")
     assert not list((out / "group" / "model-ffffffffffff").glob("*_stat-t_*"))

@@ -108,8 +108,9 @@ def test_confusion_matrices_match(varied_out):
     props = read_tsv(out / GROUP / "task-motor_desc-confusion_proportions.tsv").set_index("true_state")
     assert list(counts.columns) == STATES
     np.testing.assert_array_equal(counts.loc[expected.index, STATES].to_numpy(), expected.to_numpy())
-    np.testing.assert_allclose(props.loc[expected.index, STATES].to_numpy(),
-                               (expected.T / expected.sum(axis=1)).T.to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        props.loc[expected.index, STATES].to_numpy(), (expected.T / expected.sum(axis=1)).T.to_numpy(), atol=1e-6
+    )
 
 
 def test_block_time_accuracy_matches(varied_out):
@@ -186,11 +187,14 @@ def test_correct_only_maps_match(varied_out):
     inside = _mask(out)
     means = {s: [] for s in STATES}
     for _sub, (path, frame) in _predictions(out).items():
-        rel = path.with_name(path.name.replace("_desc-predictions_timeseries.tsv", f"_{SPACE}_desc-relevance_bold.nii.gz"))
+        rel = path.with_name(
+            path.name.replace("_desc-predictions_timeseries.tsv", f"_{SPACE}_desc-relevance_bold.nii.gz")
+        )
         data = np.asarray(nib.load(rel).dataobj, dtype=np.float64)  # whole 4D: fine for 15 volumes
         for state in STATES:
-            rows = frame.index[(frame["correct"] == 1) & (frame["true_state"] == state)
-                               & (frame["lrp_target"] == state)]
+            rows = frame.index[
+                (frame["correct"] == 1) & (frame["true_state"] == state) & (frame["lrp_target"] == state)
+            ]
             if len(rows):
                 means[state].append(data[..., frame.loc[rows, "volume"].to_numpy()].mean(axis=-1))
     checked = 0

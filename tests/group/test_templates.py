@@ -46,7 +46,9 @@ def test_templateflow_path_with_staged_home(tmp_path):
     assert info["source"] == "templateflow"
     assert info["warnings"] == []
     assert info["files"]["t1w"] == str(home / "tpl-MNI152NLin6Asym" / "tpl-MNI152NLin6Asym_res-02_T1w.nii.gz")
-    assert info["files"]["mask"] == str(home / "tpl-MNI152NLin6Asym" / "tpl-MNI152NLin6Asym_res-02_desc-brain_mask.nii.gz")
+    assert info["files"]["mask"] == str(
+        home / "tpl-MNI152NLin6Asym" / "tpl-MNI152NLin6Asym_res-02_desc-brain_mask.nii.gz"
+    )
     assert info["t1w_shape"] == info["ref_shape"] == info["mask_shape"] and info["affine_ok"]
 
 

@@ -71,7 +71,8 @@ def fake_hcp_objects(prefix=PREFIX, subjects=SUBJECTS, tasks=TASKS):
     objects = {f"{prefix}README.txt": b"not a subject\n"}
     for subject in subjects:
         objects[f"{prefix}{subject}/MNINonLinear/T1w.nii.gz"] = nifti_bytes(
-            rng.integers(0, 1000, (5, 6, 7), dtype=np.int16))
+            rng.integers(0, 1000, (5, 6, 7), dtype=np.int16)
+        )
         for task in tasks:
             for run in RUNS:
                 base = f"{prefix}{subject}/MNINonLinear/Results/tfMRI_{task}_{run}/"
@@ -87,8 +88,12 @@ def fake_hcp_objects(prefix=PREFIX, subjects=SUBJECTS, tasks=TASKS):
 
 
 def _enable_auth(endpoint, count):
-    request = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=str(count).encode(), method="POST",
-                                     headers={"Content-Type": "text/plain"})
+    request = urllib.request.Request(
+        f"{endpoint}/moto-api/reset-auth",
+        data=str(count).encode(),
+        method="POST",
+        headers={"Content-Type": "text/plain"},
+    )
     urllib.request.urlopen(request, timeout=10).read()
 
 
@@ -105,8 +110,12 @@ def s3_server():
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    boot = {"endpoint_url": endpoint, "region_name": "us-east-1",
-            "aws_access_key_id": "bootstrap", "aws_secret_access_key": "bootstrap"}
+    boot = {
+        "endpoint_url": endpoint,
+        "region_name": "us-east-1",
+        "aws_access_key_id": "bootstrap",
+        "aws_secret_access_key": "bootstrap",
+    }
     client = boto3.client("s3", **boot)
     objects = fake_hcp_objects()
     client.create_bucket(Bucket=BUCKET)
@@ -124,8 +133,13 @@ def s3_server():
     key = iam.create_access_key(UserName=user)["AccessKey"]
     _enable_auth(endpoint, 0)
     try:
-        yield {"endpoint": endpoint, "key_id": key["AccessKeyId"], "secret": key["SecretAccessKey"],
-               "objects": objects, "mirror": mirror}
+        yield {
+            "endpoint": endpoint,
+            "key_id": key["AccessKeyId"],
+            "secret": key["SecretAccessKey"],
+            "objects": objects,
+            "mirror": mirror,
+        }
     finally:
         _enable_auth(endpoint, "inf")
         server.stop()
@@ -164,8 +178,9 @@ def fetched_dataset(s3_server, tmp_path_factory):
         mp.setenv("AWS_SECRET_ACCESS_KEY", s3_server["secret"])
         mp.delenv("AWS_PROFILE", raising=False)
         source = s3.connect(endpoint_url=s3_server["endpoint"])
-        result = cli.fetch(source, root, ["100307"], list(TASKS), list(RUNS), jobs=2, progress=False,
-                           stream=io.StringIO())
+        result = cli.fetch(
+            source, root, ["100307"], list(TASKS), list(RUNS), jobs=2, progress=False, stream=io.StringIO()
+        )
     finally:
         mp.undo()
     return root, result

@@ -37,16 +37,28 @@ def test_every_task_maps_its_ev_files_onto_exactly_its_states():
 
 
 def test_gambling_uses_event_files_not_blocks(tmp_path):
-    evs = all_evs("GAMBLING", win_event__txt="12.5\t3.5\t1\n4.0\t3.5\t1\n", loss_event__txt="8.25\t3.5\t1\n",
-                  win__txt="4.0\t28.0\t1\n", loss__txt="40\t28\t1\n")
+    evs = all_evs(
+        "GAMBLING",
+        win_event__txt="12.5\t3.5\t1\n4.0\t3.5\t1\n",
+        loss_event__txt="8.25\t3.5\t1\n",
+        win__txt="4.0\t28.0\t1\n",
+        loss__txt="40\t28\t1\n",
+    )
     events = hcp_bids.events_from_ev_dir(write_evs(tmp_path / "EVs", evs), "GAMBLING")
     assert events == [(4.0, 3.5, "win"), (8.25, 3.5, "loss"), (12.5, 3.5, "win")]
 
 
 def test_wm_merges_0bk_and_2bk_and_ignores_response_files(tmp_path):
-    evs = all_evs("WM", **{"0bk_body__txt": "36.5\t27.5\t1\n", "2bk_body__txt": "7.98\t27.5\t1\n",
-                           "2bk_tools__txt": "65.1\t27.5\t1\n", "0bk_cor__txt": "37\t2\t1\n",
-                           "all_bk_cor__txt": "7\t2\t1\n"})
+    evs = all_evs(
+        "WM",
+        **{
+            "0bk_body__txt": "36.5\t27.5\t1\n",
+            "2bk_body__txt": "7.98\t27.5\t1\n",
+            "2bk_tools__txt": "65.1\t27.5\t1\n",
+            "0bk_cor__txt": "37\t2\t1\n",
+            "all_bk_cor__txt": "7\t2\t1\n",
+        },
+    )
     events = hcp_bids.events_from_ev_dir(write_evs(tmp_path / "EVs", evs), "WM")
     assert events == [(7.98, 27.5, "body"), (36.5, 27.5, "body"), (65.1, 27.5, "tools")]
 
@@ -54,7 +66,9 @@ def test_wm_merges_0bk_and_2bk_and_ignores_response_files(tmp_path):
 def test_social_uses_response_files_and_motor_ignores_cue(tmp_path):
     social = all_evs("SOCIAL", mental_resp__txt="23.1 23.0 1\n", other_resp__txt="80.2 23 1\n", mental__txt="9 9 1\n")
     assert hcp_bids.events_from_ev_dir(write_evs(tmp_path / "s", social), "SOCIAL") == [
-        (23.1, 23.0, "mental"), (80.2, 23.0, "other")]
+        (23.1, 23.0, "mental"),
+        (80.2, 23.0, "other"),
+    ]
     motor = all_evs("MOTOR", t__txt="0\t0\t0\n", rh__txt="71.617\t12\t1\n", cue__txt="69.6\t3\t1\n")
     assert hcp_bids.events_from_ev_dir(write_evs(tmp_path / "m", motor), "MOTOR") == [(71.617, 12.0, "rh")]
 
@@ -104,8 +118,9 @@ def test_raw_bold_is_the_derivative_file_not_a_copy(fetched_dataset):
 
 def test_fetched_dataset_passes_the_bids_validator(fetched_dataset):
     root, _ = fetched_dataset
-    proc = subprocess.run([str(VALIDATOR), "--recursive", "--format", "json", str(root)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(VALIDATOR), "--recursive", "--format", "json", str(root)], capture_output=True, text=True, timeout=120
+    )
     report = json.loads(proc.stdout)
     issues = list(report["issues"]["issues"])
     for sub in report.get("derivativesSummary", {}).values():
@@ -123,8 +138,9 @@ def test_validator_catches_a_broken_dataset(fetched_dataset, tmp_path):
     root = tmp_path / "broken"
     shutil.copytree(fetched_dataset[0], root)
     (root / hcp_bids.run_files("100307", "MOTOR", "LR").bold_json).write_text('{"RepetitionTime": 0.72}')
-    proc = subprocess.run([str(VALIDATOR), "--recursive", "--format", "json", str(root)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(VALIDATOR), "--recursive", "--format", "json", str(root)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode != 0
     assert "SkullStripped" in proc.stdout
 
@@ -136,7 +152,11 @@ def test_pybids_finds_runs_masks_and_events_with_the_same_entities(fetched_datas
     layout = BIDSLayout(root, derivatives=True)
     bolds = layout.get(suffix="bold", desc="preproc", space="MNI152NLin6Asym", extension=".nii.gz")
     assert sorted((b.entities["task"], b.entities["direction"]) for b in bolds) == [
-        ("MOTOR", "LR"), ("MOTOR", "RL"), ("WM", "LR"), ("WM", "RL")]
+        ("MOTOR", "LR"),
+        ("MOTOR", "RL"),
+        ("WM", "LR"),
+        ("WM", "RL"),
+    ]
     for bold in bolds:
         ents = {k: bold.entities[k] for k in ("subject", "task", "direction")}
         masks = layout.get(suffix="mask", desc="brain", space="MNI152NLin6Asym", extension=".nii.gz", **ents)

@@ -23,8 +23,14 @@ pytestmark = pytest.mark.slow  # fetch + the participant level on the full grid
 PREFIX = "HCP_APP/"
 SUBJECT = "100307"
 N_VOLUMES = 40  # 28.8 s at TR 0.72: enough for the 1/128 Hz high-pass
-MOTOR_EVS = {"lf.txt": "1.0\t4.0\t1\n", "lh.txt": "7.0\t4.0\t1\n", "rf.txt": "13.0\t4.0\t1\n",
-             "rh.txt": "19.0\t3.0\t1\n", "t.txt": "24.0\t2.0\t1\n", "cue.txt": "0.0\t1.0\t1\n"}
+MOTOR_EVS = {
+    "lf.txt": "1.0\t4.0\t1\n",
+    "lh.txt": "7.0\t4.0\t1\n",
+    "rf.txt": "13.0\t4.0\t1\n",
+    "rh.txt": "19.0\t3.0\t1\n",
+    "t.txt": "24.0\t2.0\t1\n",
+    "cue.txt": "0.0\t1.0\t1\n",
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +46,13 @@ def app_tree(s3_server):
         f"{PREFIX}{SUBJECT}/MNINonLinear/T1w.nii.gz": nifti_bytes(np.ones((5, 6, 7), np.int16)),
         **{f"{base}EVs/{name}": text.encode() for name, text in MOTOR_EVS.items()},
     }
-    client = boto3.client("s3", endpoint_url=s3_server["endpoint"], region_name="us-east-1",
-                          aws_access_key_id=s3_server["key_id"], aws_secret_access_key=s3_server["secret"])
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_server["endpoint"],
+        region_name="us-east-1",
+        aws_access_key_id=s3_server["key_id"],
+        aws_secret_access_key=s3_server["secret"],
+    )
     for key, body in objects.items():
         client.put_object(Bucket=BUCKET, Key=key, Body=body)
     return s3_server
@@ -53,8 +64,11 @@ def random_pretrained_like(tmp_path_factory):
     from deeplight_bids.models.weights import save_model
 
     folder = tmp_path_factory.mktemp("model") / "rand16"
-    save_model(build_3d_deeplight(n_states=16), folder / "rand16.keras",
-               {"architecture": "3D", "states": list(PRETRAINED_STATES), "name": "rand16"})
+    save_model(
+        build_3d_deeplight(n_states=16),
+        folder / "rand16.keras",
+        {"architecture": "3D", "states": list(PRETRAINED_STATES), "name": "rand16"},
+    )
     return folder
 
 
@@ -72,8 +86,9 @@ def test_fetch_then_participant_level_and_tfrecords(app_tree, random_pretrained_
     hcp_cli.fetch(source, root, [SUBJECT], ["MOTOR"], ["LR"], jobs=2, progress=False, stream=io.StringIO())
 
     out = tmp_path / "out"
-    code = cli([str(root), str(out), "participant", "--weights", str(random_pretrained_like), "--no-lrp",
-                "--save-tfrecords"])
+    code = cli(
+        [str(root), str(out), "participant", "--weights", str(random_pretrained_like), "--no-lrp", "--save-tfrecords"]
+    )
     assert code == 0
     pred = out / f"sub-{SUBJECT}" / "func" / f"sub-{SUBJECT}_task-MOTOR_dir-LR_desc-predictions_timeseries.tsv"
     frame = pd.read_csv(pred, sep="\t", na_values="n/a", keep_default_na=False)
@@ -82,7 +97,9 @@ def test_fetch_then_participant_level_and_tfrecords(app_tree, random_pretrained_
     labelled = frame["true_state"].dropna()
     assert set(labelled) == {"MOTOR_lf", "MOTOR_lh", "MOTOR_rf", "MOTOR_rh", "MOTOR_t"}
 
-    records = list(read_tfrecord(out / "tfrecords" / f"sub-{SUBJECT}" / f"sub-{SUBJECT}_task-MOTOR_dir-LR_volumes.tfrecords"))
+    records = list(
+        read_tfrecord(out / "tfrecords" / f"sub-{SUBJECT}" / f"sub-{SUBJECT}_task-MOTOR_dir-LR_volumes.tfrecords")
+    )
     assert len(records) == len(labelled)  # unlabelled volumes are skipped, as in the original
     expected = [HCP_STATES.index(s) for s in labelled]
     assert [int(np.argmax(r["onehot"])) for r in records] == expected

@@ -95,8 +95,20 @@ def test_fetch_writes_downloaded_files_byte_identical(fetched_dataset, s3_server
 
 def test_cli_fetch_is_idempotent_and_prints_progress(aws_env, tmp_path, capsys):
     out = tmp_path / "bids"
-    argv = ["fetch", str(out), "--subjects", "100307", "--tasks", "MOTOR", "--runs", "LR",
-            "--endpoint-url", aws_env["endpoint"], "--jobs", "2"]
+    argv = [
+        "fetch",
+        str(out),
+        "--subjects",
+        "100307",
+        "--tasks",
+        "MOTOR",
+        "--runs",
+        "LR",
+        "--endpoint-url",
+        aws_env["endpoint"],
+        "--jobs",
+        "2",
+    ]
     code, _, err = run_cli(argv, capsys)
     assert code == 0, err
     assert "ETA" in err and "KiB" in err and "files" in err
@@ -108,8 +120,22 @@ def test_cli_fetch_is_idempotent_and_prints_progress(aws_env, tmp_path, capsys):
 
 
 def test_fetch_n_subjects_takes_the_lowest_complete_ids(aws_env, tmp_path, capsys):
-    code, _, err = run_cli(["fetch", str(tmp_path / "b"), "--n-subjects", "1", "--tasks", "WM", "--runs", "RL",
-                            "--endpoint-url", aws_env["endpoint"], "--no-progress"], capsys)
+    code, _, err = run_cli(
+        [
+            "fetch",
+            str(tmp_path / "b"),
+            "--n-subjects",
+            "1",
+            "--tasks",
+            "WM",
+            "--runs",
+            "RL",
+            "--endpoint-url",
+            aws_env["endpoint"],
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "b").glob("sub-*")) == ["sub-100307"]
 
@@ -120,8 +146,9 @@ def test_list_prints_subjects_with_complete_data(aws_env, capsys):
     assert out.split() == ["100307", "100408"]
     code, out, _ = run_cli(["list", "--tasks", "MOTOR", "WM", "--endpoint-url", aws_env["endpoint"]], capsys)
     assert out.split() == ["100307"]
-    code, out, _ = run_cli(["list", "--tasks", "WM", "--runs", "LR", "--limit", "1",
-                            "--endpoint-url", aws_env["endpoint"]], capsys)
+    code, out, _ = run_cli(
+        ["list", "--tasks", "WM", "--runs", "LR", "--limit", "1", "--endpoint-url", aws_env["endpoint"]], capsys
+    )
     assert out.split() == ["100307"]
 
 
@@ -147,8 +174,9 @@ def test_transfer_broken_midway_is_retried_from_where_it_stopped(source, tmp_pat
     dest = tmp_path / "bold.nii.gz"
     client = FlakyClient(source.client, failures=2, budget=1000)
     sleeps = []
-    downloader = download.Downloader(dataclasses.replace(source, client=client), retries=3, backoff=0.5,
-                               chunk_size=256, sleep=sleeps.append)
+    downloader = download.Downloader(
+        dataclasses.replace(source, client=client), retries=3, backoff=0.5, chunk_size=256, sleep=sleeps.append
+    )
     downloader.download(download.Transfer(listed(source, BOLD_KEY), dest), quiet_progress())
     assert dest.read_bytes() == body
     assert [r.get("Range") for r in client.requests] == [None, "bytes=1000-", "bytes=2000-"]
@@ -161,13 +189,35 @@ def test_interrupted_fetch_leaves_no_final_file_and_resumes(aws_env, tmp_path, c
     client = FlakyClient(source.client, failures=100, budget=700, error=KeyboardInterrupt())
     downloader = download.Downloader(dataclasses.replace(source, client=client), jobs=1, chunk_size=256)
     with pytest.raises(KeyboardInterrupt):
-        cli.fetch(source, out, ["100307"], ["MOTOR"], ["LR"], jobs=1, progress=False, stream=io.StringIO(),
-                  downloader=downloader)
+        cli.fetch(
+            source,
+            out,
+            ["100307"],
+            ["MOTOR"],
+            ["LR"],
+            jobs=1,
+            progress=False,
+            stream=io.StringIO(),
+            downloader=downloader,
+        )
     bold = out / hcp_bids.run_files("100307", "MOTOR", "LR").bold
     assert download.part_path(bold).stat().st_size == 700
     assert not bold.exists(), "a partial file took the final name"
-    code, _, err = run_cli(["fetch", str(out), "--subjects", "100307", "--tasks", "MOTOR", "--runs", "LR",
-                            "--endpoint-url", aws_env["endpoint"]], capsys)
+    code, _, err = run_cli(
+        [
+            "fetch",
+            str(out),
+            "--subjects",
+            "100307",
+            "--tasks",
+            "MOTOR",
+            "--runs",
+            "LR",
+            "--endpoint-url",
+            aws_env["endpoint"],
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert bold.read_bytes() == aws_env["objects"][BOLD_KEY]
     assert not list(out.rglob("*.part"))
@@ -179,7 +229,8 @@ def test_corrupt_temp_file_is_discarded_and_downloaded_again(source, tmp_path, s
     download.part_path(dest).write_bytes(b"\0" * len(body))  # right size, wrong bytes
     sleeps = []
     download.Downloader(source, retries=1, sleep=sleeps.append).download(
-        download.Transfer(listed(source, BOLD_KEY), dest), quiet_progress())
+        download.Transfer(listed(source, BOLD_KEY), dest), quiet_progress()
+    )
     assert dest.read_bytes() == body
     assert len(sleeps) == 1
 
@@ -199,8 +250,22 @@ def test_download_gives_up_after_the_retries_and_reports_the_object(source, tmp_
 
 def test_missing_objects_are_summarised_and_incomplete_runs_skipped(aws_env, tmp_path, capsys):
     out = tmp_path / "bids"
-    code, _, err = run_cli(["fetch", str(out), "--subjects", "100307", "100408", "--tasks", "MOTOR", "WM",
-                            "--endpoint-url", aws_env["endpoint"], "--no-progress"], capsys)
+    code, _, err = run_cli(
+        [
+            "fetch",
+            str(out),
+            "--subjects",
+            "100307",
+            "100408",
+            "--tasks",
+            "MOTOR",
+            "WM",
+            "--endpoint-url",
+            aws_env["endpoint"],
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 6, err
     assert "100408 WM RL: 100408/MNINonLinear/Results/tfMRI_WM_RL/EVs/2bk_tools.txt (missing upstream)" in err
     assert "100408 anat -: 100408/MNINonLinear/T1w.nii.gz (missing upstream)" in err
@@ -213,8 +278,20 @@ def test_missing_objects_are_summarised_and_incomplete_runs_skipped(aws_env, tmp
 
 
 def test_nothing_to_fetch_is_an_error(aws_env, tmp_path, capsys):
-    code, _, err = run_cli(["fetch", str(tmp_path / "b"), "--subjects", "999999", "--tasks", "MOTOR",
-                            "--endpoint-url", aws_env["endpoint"], "--no-progress"], capsys)
+    code, _, err = run_cli(
+        [
+            "fetch",
+            str(tmp_path / "b"),
+            "--subjects",
+            "999999",
+            "--tasks",
+            "MOTOR",
+            "--endpoint-url",
+            aws_env["endpoint"],
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 3
     assert err.strip().splitlines()[-1].startswith("deeplight-bids-hcp: error: nothing could be fetched")
 
@@ -224,9 +301,26 @@ def test_nothing_to_fetch_is_an_error(aws_env, tmp_path, capsys):
 
 def test_bucket_and_prefix_options(aws_env, tmp_path, capsys):
     out = tmp_path / "bids"
-    code, _, err = run_cli(["fetch", str(out), "--subjects", "100307", "--tasks", "MOTOR", "--runs", "RL",
-                            "--bucket", MIRROR_BUCKET, "--prefix", MIRROR_PREFIX.rstrip("/"),
-                            "--endpoint-url", aws_env["endpoint"], "--no-progress"], capsys)
+    code, _, err = run_cli(
+        [
+            "fetch",
+            str(out),
+            "--subjects",
+            "100307",
+            "--tasks",
+            "MOTOR",
+            "--runs",
+            "RL",
+            "--bucket",
+            MIRROR_BUCKET,
+            "--prefix",
+            MIRROR_PREFIX.rstrip("/"),
+            "--endpoint-url",
+            aws_env["endpoint"],
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     key = f"{MIRROR_PREFIX}100307/MNINonLinear/Results/tfMRI_MOTOR_RL/tfMRI_MOTOR_RL.nii.gz"
     assert (out / hcp_bids.run_files("100307", "MOTOR", "RL").bold).read_bytes() == aws_env["mirror"][key]
@@ -240,11 +334,14 @@ def test_unknown_bucket_is_a_clear_error(aws_env, capsys):
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv, option", [
-    (["--tasks", "NOPE"], "--tasks NOPE"),
-    (["--runs", "AP"], "--runs AP"),
-    (["--subjects", "10/0"], "--subjects 10/0"),
-])
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["--tasks", "NOPE"], "--tasks NOPE"),
+        (["--runs", "AP"], "--runs AP"),
+        (["--subjects", "10/0"], "--subjects 10/0"),
+    ],
+)
 def test_bad_selection_names_the_option(aws_env, capsys, argv, option):
     code, _, err = run_cli(["list", *argv, "--endpoint-url", aws_env["endpoint"]], capsys)
     assert code == 2
@@ -255,14 +352,25 @@ def test_bad_selection_names_the_option(aws_env, capsys, argv, option):
 
 
 @pytest.mark.parametrize("key_id", ["AKIAWRONGWRONGWRONG0", None])
-def test_wrong_credentials_give_one_clear_line_without_secrets(aws_env, monkeypatch, tmp_path, capsys, caplog,
-                                                               key_id):
+def test_wrong_credentials_give_one_clear_line_without_secrets(aws_env, monkeypatch, tmp_path, capsys, caplog, key_id):
     secret = "wR0ngSecretKeyThatMustNeverBePrinted0000"
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id or aws_env["key_id"])  # None: right id, wrong secret
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     caplog.set_level(logging.DEBUG)
-    code, out, err = run_cli(["fetch", str(tmp_path / "b"), "--subjects", "100307", "--tasks", "MOTOR",
-                              "--endpoint-url", aws_env["endpoint"], "-vv"], capsys)
+    code, out, err = run_cli(
+        [
+            "fetch",
+            str(tmp_path / "b"),
+            "--subjects",
+            "100307",
+            "--tasks",
+            "MOTOR",
+            "--endpoint-url",
+            aws_env["endpoint"],
+            "-vv",
+        ],
+        capsys,
+    )
     assert code == 3
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("deeplight-bids-hcp: error: S3 refused access (")
@@ -274,8 +382,22 @@ def test_wrong_credentials_give_one_clear_line_without_secrets(aws_env, monkeypa
 
 def test_good_credentials_are_never_printed(aws_env, tmp_path, capsys, caplog):
     caplog.set_level(logging.DEBUG)
-    code, out, err = run_cli(["fetch", str(tmp_path / "b"), "--subjects", "100307", "--tasks", "MOTOR",
-                              "--runs", "LR", "--endpoint-url", aws_env["endpoint"], "-vv"], capsys)
+    code, out, err = run_cli(
+        [
+            "fetch",
+            str(tmp_path / "b"),
+            "--subjects",
+            "100307",
+            "--tasks",
+            "MOTOR",
+            "--runs",
+            "LR",
+            "--endpoint-url",
+            aws_env["endpoint"],
+            "-vv",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "credentials: environment variables" in err
     for text in (out, err, client_log(caplog)):
@@ -283,8 +405,12 @@ def test_good_credentials_are_never_printed(aws_env, tmp_path, capsys, caplog):
 
 
 def _write_profiles(path, **profiles):
-    path.write_text("".join(f"[{name}]\naws_access_key_id = {kid}\naws_secret_access_key = {secret}\n"
-                            for name, (kid, secret) in profiles.items()))
+    path.write_text(
+        "".join(
+            f"[{name}]\naws_access_key_id = {kid}\naws_secret_access_key = {secret}\n"
+            for name, (kid, secret) in profiles.items()
+        )
+    )
 
 
 def test_profile_hcp_is_the_default_and_profile_option_selects_another(aws_env, monkeypatch, tmp_path, capsys):
@@ -370,8 +496,10 @@ def test_gzip_fixture_is_a_real_nifti(s3_server):
 def test_unreachable_endpoint_is_a_clear_error_without_user_info(aws_env, capsys):
     code, _, err = run_cli(["list", "--endpoint-url", "http://someone:pa55word@127.0.0.1:1"], capsys)
     assert code == 3
-    assert err == ("deeplight-bids-hcp: error: cannot connect to http://127.0.0.1:1: check --endpoint-url and "
-                   "your network connection.\n")
+    assert err == (
+        "deeplight-bids-hcp: error: cannot connect to http://127.0.0.1:1: check --endpoint-url and "
+        "your network connection.\n"
+    )
 
 
 def test_main_exits_with_the_code(aws_env, tmp_path):

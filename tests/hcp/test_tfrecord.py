@@ -55,7 +55,7 @@ def test_volume_is_flattened_in_x_y_z_row_major_order(tmp_path, volumes):
     example = tf.train.Example.FromString(raw.numpy())
     flat = np.array(example.features.feature["volume"].float_list.value, dtype=np.float32)
     assert flat.size == 91 * 109 * 91
-    np.testing.assert_array_equal(flat[:91 * 109 * 91:109 * 91], volumes[0][:, 0, 0])  # x is the slowest axis
+    np.testing.assert_array_equal(flat[: 91 * 109 * 91 : 109 * 91], volumes[0][:, 0, 0])  # x is the slowest axis
     np.testing.assert_array_equal(flat[:91], volumes[0][0, 0, :])  # z is the fastest axis
     assert list(example.features.feature["onehot"].int64_list.value) == [int(i == 9) for i in range(20)]
 

@@ -81,8 +81,15 @@ def babs_path(request, tmp_path_factory):
 def rendered(babs_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("babs")
     env = dict(os.environ, PYTHONPATH=str(babs_path))
-    proc = subprocess.run([sys.executable, "-c", RENDER, str(CONFIG), str(out), CONTAINER_NAME], cwd=out, env=env,
-                          check=False, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", RENDER, str(CONFIG), str(out), CONTAINER_NAME],
+        cwd=out,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     loaded = json.loads((out / "loaded.json").read_text())
     return loaded, (out / "code" / "run_bidsapp.sh").read_text(), (out / "code" / "participant_job.sh").read_text()
@@ -104,7 +111,7 @@ def _app_arguments(run_script):
     command = re.search(r"^singularity run \\\n(.*?)\n\n", run_script, re.MULTILINE | re.DOTALL).group(1)
     words = shlex.split(command.replace("\\\n", " "))
     image = words.index(f"containers/.datalad/environments/{CONTAINER_NAME}/image")
-    return words[:image], words[image + 1:]
+    return words[:image], words[image + 1 :]
 
 
 def test_babs_run_script_calls_the_app_with_options_it_accepts(rendered, tmp_path):

@@ -43,16 +43,38 @@ def setup(tmp_path):
     scratch.mkdir()
     listing = tmp_path / "list.txt"
     listing.write_text("01\n02\n03\n")
-    env = {"PATH": "/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_JOB_ID": "77",
-           "SLURM_CPUS_PER_TASK": "3", "TMPDIR": str(scratch), "FAKE_RECORD": str(tmp_path / "record.json"),
-           "DEEPLIGHT_BIDS": str(fake), "FAKE_PYTHON": sys.executable}
-    return {"bids": bids, "out": tmp_path / "out", "list": listing, "env": env, "scratch": scratch,
-            "record": tmp_path / "record.json", "fake": fake, "tmp": tmp_path}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SLURM_ARRAY_TASK_ID": "2",
+        "SLURM_ARRAY_JOB_ID": "77",
+        "SLURM_CPUS_PER_TASK": "3",
+        "TMPDIR": str(scratch),
+        "FAKE_RECORD": str(tmp_path / "record.json"),
+        "DEEPLIGHT_BIDS": str(fake),
+        "FAKE_PYTHON": sys.executable,
+    }
+    return {
+        "bids": bids,
+        "out": tmp_path / "out",
+        "list": listing,
+        "env": env,
+        "scratch": scratch,
+        "record": tmp_path / "record.json",
+        "fake": fake,
+        "tmp": tmp_path,
+    }
 
 
 def _run(script, args, env, **kw):
-    return subprocess.run(["bash", str(HPC / script), *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=60, check=False, **kw)
+    return subprocess.run(
+        ["bash", str(HPC / script), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        **kw,
+    )
 
 
 def test_participant_task_runs_its_line_with_nprocs_and_private_scratch(setup):
@@ -80,21 +102,43 @@ def test_participant_task_in_container(setup):
     argv = json.loads(setup["record"].read_text())["argv"]
     work = argv[argv.index("--work-dir") + 1]
     bids, out = setup["bids"], setup["out"]
-    assert argv[:argv.index(str(image)) + 5] == [
-        "exec", "--cleanenv", "--env", f"TMPDIR={work}", "-B", f"{bids}:{bids}:ro", "-B", f"{out}:{out}",
-        "-B", f"{work}:{work}", str(image), "deeplight-bids", str(bids), str(out), "participant"]
+    assert argv[: argv.index(str(image)) + 5] == [
+        "exec",
+        "--cleanenv",
+        "--env",
+        f"TMPDIR={work}",
+        "-B",
+        f"{bids}:{bids}:ro",
+        "-B",
+        f"{out}:{out}",
+        "-B",
+        f"{work}:{work}",
+        str(image),
+        "deeplight-bids",
+        str(bids),
+        str(out),
+        "participant",
+    ]
     group = _run("group.sbatch", [bids, out, "--correct-only"], env)
     assert group.returncode == 0, group.stderr
     argv = json.loads(setup["record"].read_text())["argv"]
     assert argv[:2] == ["exec", "--cleanenv"] and argv[-5:] == [
-        "deeplight-bids", str(bids), str(out), "group", "--correct-only"]
+        "deeplight-bids",
+        str(bids),
+        str(out),
+        "group",
+        "--correct-only",
+    ]
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"SLURM_ARRAY_TASK_ID": ""}, "SLURM_ARRAY_TASK_ID is not set"),
-    ({"SLURM_ARRAY_TASK_ID": "4"}, "no participant on line 4"),
-    ({"DEEPLIGHT_CONTAINER": "/nonexistent/x.sif"}, "image not found"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"SLURM_ARRAY_TASK_ID": ""}, "SLURM_ARRAY_TASK_ID is not set"),
+        ({"SLURM_ARRAY_TASK_ID": "4"}, "no participant on line 4"),
+        ({"DEEPLIGHT_CONTAINER": "/nonexistent/x.sif"}, "image not found"),
+    ],
+)
 def test_participant_task_usage_errors_exit_2(setup, change, message):
     proc = _run("participant.sbatch", [setup["bids"], setup["out"], setup["list"]], dict(setup["env"], **change))
     assert proc.returncode == 2
@@ -105,8 +149,13 @@ def test_participant_task_usage_errors_exit_2(setup, change, message):
 
 def test_participant_task_sigterm_reaches_the_app_and_scratch_is_removed(setup):
     env = dict(setup["env"], FAKE_SLEEP="60")
-    proc = subprocess.Popen(["bash", str(HPC / "participant.sbatch"), str(setup["bids"]), str(setup["out"]),
-                             str(setup["list"])], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["bash", str(HPC / "participant.sbatch"), str(setup["bids"]), str(setup["out"]), str(setup["list"])],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     end = time.monotonic() + 30
     while not setup["record"].exists() and time.monotonic() < end:
         time.sleep(0.1)
@@ -118,9 +167,27 @@ def test_participant_task_sigterm_reaches_the_app_and_scratch_is_removed(setup):
 
 
 def test_submit_dry_run(setup):
-    proc = _run("submit.sh", [setup["bids"], setup["out"], "--throttle", "2", "--group-after", "any", "--cpus", "3",
-                              "--sbatch-arg=--partition=cpu", "--group-arg", "--correct-only", "--dry-run",
-                              "--", "--task", "motor"], setup["env"])
+    proc = _run(
+        "submit.sh",
+        [
+            setup["bids"],
+            setup["out"],
+            "--throttle",
+            "2",
+            "--group-after",
+            "any",
+            "--cpus",
+            "3",
+            "--sbatch-arg=--partition=cpu",
+            "--group-arg",
+            "--correct-only",
+            "--dry-run",
+            "--",
+            "--task",
+            "motor",
+        ],
+        setup["env"],
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     array = shlex.split(lines[0])
@@ -129,8 +196,8 @@ def test_submit_dry_run(setup):
     script = array.index(str(HPC / "participant.sbatch"))
     list_file = Path(array[script + 3])
     assert list_file.read_text() == "01\n02\n03\n"  # participants.tsv, CRLF tolerated
-    assert array[script + 1:script + 3] == [str(setup["bids"]), str(setup["out"])]
-    assert array[script + 4:] == ["--task", "motor"]
+    assert array[script + 1 : script + 3] == [str(setup["bids"]), str(setup["out"])]
+    assert array[script + 4 :] == ["--task", "motor"]
     group = shlex.split(lines[2])
     assert "--dependency=afterany:ARRAY_JOB_ID" in group and "--partition=cpu" in group
     assert group[-3:] == [str(setup["bids"]), str(setup["out"]), "--correct-only"]
@@ -143,10 +210,12 @@ def test_submit_selection_and_errors(setup):
     assert "--array=1-2%10" in proc.stdout and "group level" not in proc.stdout
     list_file = Path(shlex.split(proc.stdout.splitlines()[0])[-1])
     assert list_file.read_text() == "03\n01\n"
-    for extra, code, message in ((["--participant-label", "09"], 3, "no participant sub-09"),
-                                 (["--throttle", "0"], 2, "--throttle 0"),
-                                 (["--group-after", "maybe"], 2, "use ok or any"),
-                                 (["--bogus"], 2, "unknown option --bogus")):
+    for extra, code, message in (
+        (["--participant-label", "09"], 3, "no participant sub-09"),
+        (["--throttle", "0"], 2, "--throttle 0"),
+        (["--group-after", "maybe"], 2, "use ok or any"),
+        (["--bogus"], 2, "unknown option --bogus"),
+    ):
         proc = _run("submit.sh", [*args, *extra], setup["env"])
         assert proc.returncode == code and message in proc.stderr, (extra, proc.stderr)
     proc = _run("submit.sh", [setup["tmp"] / "missing", setup["out"]], setup["env"])

@@ -57,14 +57,20 @@ def _missing_binaries():
 def _ensure_slurm_installed():
     """``None`` when the SLURM and munge binaries are usable, else why not (the skip message)."""
     if os.geteuid() != 0:
-        return "the live SLURM test runs slurmctld/slurmd/munged as root (SlurmUser=root): run it as root (.ci/run does)"
+        return (
+            "the live SLURM test runs slurmctld/slurmd/munged as root (SlurmUser=root): run it as root (.ci/run does)"
+        )
     if not _missing_binaries():
         return None
     if shutil.which("apt-get") is None:
-        return f"slurm-wlm/munge not installed ({', '.join(_missing_binaries())} missing) and no apt-get to install them"
+        return (
+            f"slurm-wlm/munge not installed ({', '.join(_missing_binaries())} missing) and no apt-get to install them"
+        )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-q"],
-                ["apt-get", "install", "-y", "-q", "--no-install-recommends", "slurm-wlm", "munge"]):
+    for cmd in (
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "slurm-wlm", "munge"],
+    ):
         proc = subprocess.run(cmd, env=env, check=False, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             return f"slurm-wlm/munge cannot be installed ({' '.join(cmd)}: {proc.stderr.strip()[-300:]})"
@@ -142,15 +148,31 @@ class LiveSlurm:
             (root / sub).mkdir(parents=True)
         (root / "munge").chmod(0o755)
         ctld_port, slurmd_port = _free_ports(2)
-        self.conf.write_text(SLURM_CONF.format(root=root, ctld_port=ctld_port, slurmd_port=slurmd_port,
-                                               cpus=os.cpu_count() or 1,
-                                               memory=max(1024, min(8192, _total_memory_mb() - 512))))
-        subprocess.run(["mungekey", "--create", "--keyfile", str(root / "munge" / "munge.key")], check=True,
-                       capture_output=True)
+        self.conf.write_text(
+            SLURM_CONF.format(
+                root=root,
+                ctld_port=ctld_port,
+                slurmd_port=slurmd_port,
+                cpus=os.cpu_count() or 1,
+                memory=max(1024, min(8192, _total_memory_mb() - 512)),
+            )
+        )
+        subprocess.run(
+            ["mungekey", "--create", "--keyfile", str(root / "munge" / "munge.key")], check=True, capture_output=True
+        )
         munge = root / "munge"
-        self._spawn(["munged", "--foreground", "--force", f"--key-file={munge / 'munge.key'}",
-                     f"--socket={munge / 'munge.socket'}", f"--pid-file={munge / 'munged.pid'}",
-                     f"--log-file={munge / 'munged.log'}", f"--seed-file={munge / 'munged.seed'}"])
+        self._spawn(
+            [
+                "munged",
+                "--foreground",
+                "--force",
+                f"--key-file={munge / 'munge.key'}",
+                f"--socket={munge / 'munge.socket'}",
+                f"--pid-file={munge / 'munged.pid'}",
+                f"--log-file={munge / 'munged.log'}",
+                f"--seed-file={munge / 'munged.seed'}",
+            ]
+        )
         self._wait_for(lambda: (munge / "munge.socket").exists(), 30, "munged socket")
         self._spawn(["slurmctld", "-D", "-i"])
         self._spawn(["slurmd", "-D", "-N", "localhost"])
@@ -159,8 +181,9 @@ class LiveSlurm:
     def _spawn(self, cmd):
         with open(self.root / f"{Path(cmd[0]).name}.out", "w") as log:
             # own session: the finalizer stops each daemon with its whole process group
-            self.daemons.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                                 start_new_session=True))
+            self.daemons.append(
+                subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            )
 
     def _node_ready(self):
         for proc in self.daemons:
@@ -205,8 +228,10 @@ class LiveSlurm:
             if states and not any(s in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING") for s in states):
                 return
             time.sleep(2)
-        raise AssertionError(f"jobs {job_ids} not finished within {timeout} s: "
-                             f"{[(j.get('JobId'), j.get('JobState')) for jid in job_ids for j in self.jobs(jid)]}")
+        raise AssertionError(
+            f"jobs {job_ids} not finished within {timeout} s: "
+            f"{[(j.get('JobId'), j.get('JobState')) for jid in job_ids for j in self.jobs(jid)]}"
+        )
 
     def stop(self):
         """Cancel every job, then stop the daemons (SIGTERM to each process group, SIGKILL if needed)."""
@@ -244,8 +269,14 @@ def study_bids(tmp_path_factory):
     """sub-01: 2 runs; sub-02: 1 run; sub-03: 1 run whose preprocessed BOLD is 3D (bad input)."""
     from deeplight_bids.demo.synth import make_synthetic_dataset
 
-    ds = make_synthetic_dataset(tmp_path_factory.mktemp("slurm_study") / "bids", n_participants=3, n_runs=2,
-                                n_volumes=N_VOLUMES, seed=0, blocks_per_state=1)
+    ds = make_synthetic_dataset(
+        tmp_path_factory.mktemp("slurm_study") / "bids",
+        n_participants=3,
+        n_runs=2,
+        n_volumes=N_VOLUMES,
+        seed=0,
+        blocks_per_state=1,
+    )
     for sub in ("sub-02", "sub-03"):  # one run each: fewer volumes to compute
         for path in ds.bids_dir.rglob(f"{sub}_*run-2_*"):
             path.unlink()
@@ -256,12 +287,38 @@ def study_bids(tmp_path_factory):
 
 
 def _submit(slurm, bids, out, model, scratch, *extra):
-    env = dict(slurm.env, TMPDIR=str(scratch), DEEPLIGHT_BIDS=f"{sys.executable} -m deeplight_bids",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = slurm.run(["bash", str(SUBMIT), str(bids), str(out), "--cpus", "1", "--mem", "1G", "--time", "00:30:00",
-                      "--throttle", "2", "--group-after", "any", *extra, "--", "--weights", str(model),
-                      # jobs are subprocesses: the in-process test default of tests/conftest.py does not reach them
-                      "--quality-volumes", str(TEST_QUALITY_VOLUMES)], env=env)
+    env = dict(
+        slurm.env,
+        TMPDIR=str(scratch),
+        DEEPLIGHT_BIDS=f"{sys.executable} -m deeplight_bids",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    proc = slurm.run(
+        [
+            "bash",
+            str(SUBMIT),
+            str(bids),
+            str(out),
+            "--cpus",
+            "1",
+            "--mem",
+            "1G",
+            "--time",
+            "00:30:00",
+            "--throttle",
+            "2",
+            "--group-after",
+            "any",
+            *extra,
+            "--",
+            "--weights",
+            str(model),
+            # jobs are subprocesses: the in-process test default of tests/conftest.py does not reach them
+            "--quality-volumes",
+            str(TEST_QUALITY_VOLUMES),
+        ],
+        env=env,
+    )
     array_id = re.search(r"participant array: job (\d+)", proc.stdout).group(1)
     group_id = re.search(r"group level: job (\d+)", proc.stdout).group(1)
     list_file = Path(re.search(r"list (\S+)", proc.stdout).group(1))
@@ -281,8 +338,7 @@ def _time(stamp):
     return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
 
 
-def test_array_on_live_slurm_cancel_resume_failed_participant_and_group(slurm, study_bids, random_3d_model,
-                                                                        tmp_path):
+def test_array_on_live_slurm_cancel_resume_failed_participant_and_group(slurm, study_bids, random_3d_model, tmp_path):
     out = tmp_path / "deeplight"
     scratch = tmp_path / "node-scratch"
     scratch.mkdir()
@@ -298,7 +354,8 @@ def test_array_on_live_slurm_cancel_resume_failed_participant_and_group(slurm, s
         task = _by_label(slurm, array_id, labels).get("01", {})
         assert task.get("JobState") in ("PENDING", "RUNNING", None), (
             f"sub-01's task ended before its first run was written: {task}; log: "
-            + "".join(p.read_text() for p in (out / "logs" / "slurm").glob(f"participant_{array_id}_1.out")))
+            + "".join(p.read_text() for p in (out / "logs" / "slurm").glob(f"participant_{array_id}_1.out"))
+        )
         assert time.monotonic() < end, "sub-01's first run was not written in time"
         time.sleep(1)
     assert _by_label(slurm, array_id, labels)["01"]["JobState"] == "RUNNING"
@@ -320,23 +377,31 @@ def test_array_on_live_slurm_cancel_resume_failed_participant_and_group(slurm, s
     array_id, group_id, labels = _submit(slurm, study_bids, out, random_3d_model, scratch)
     slurm.wait_ended([array_id, group_id])
     tasks = _by_label(slurm, array_id, labels)
-    logs = {label: (out / "logs" / "slurm" / f"participant_{array_id}_{i}.out").read_text()
-            for i, label in enumerate(labels, start=1)}
+    logs = {
+        label: (out / "logs" / "slurm" / f"participant_{array_id}_{i}.out").read_text()
+        for i, label in enumerate(labels, start=1)
+    }
     states = {label: (t["JobState"], t["ExitCode"]) for label, t in tasks.items()}
     assert states == {"01": ("COMPLETED", "0:0"), "02": ("COMPLETED", "0:0"), "03": ("FAILED", f"{EXIT_INPUT}:0")}, (
-        states, logs)
+        states,
+        logs,
+    )
     assert re.search(r"deeplight-bids: error: .*sub-03_task-motor.*4D", logs["03"]), logs["03"]
     group = slurm.jobs(group_id)[0]
     assert (group["JobState"], group["ExitCode"]) == ("COMPLETED", "0:0"), (
-        group, (out / "logs" / "slurm" / f"group_{group_id}.out").read_text())
+        group,
+        (out / "logs" / "slurm" / f"group_{group_id}.out").read_text(),
+    )
     assert _time(group["StartTime"]) >= max(_time(t["EndTime"]) for t in tasks.values())
     assert list(scratch.iterdir()) == []
 
     # resumed: what was finished before is untouched, the rest is there now
     after = _sidecar_mtimes(out)
     assert {k: after[k] for k in before} == before
-    assert set(after) == {Path(f"sub-{s}/func/sub-{s}_task-motor{r}_desc-predictions_timeseries.json")
-                          for s, r in (("01", "_run-1"), ("01", "_run-2"), ("02", "_run-1"))}
+    assert set(after) == {
+        Path(f"sub-{s}/func/sub-{s}_task-motor{r}_desc-predictions_timeseries.json")
+        for s, r in (("01", "_run-1"), ("01", "_run-2"), ("02", "_run-1"))
+    }
     run_table = pd.read_csv(_latest_run_table(out, "sub-01"), sep="\t", keep_default_na=False)
     status = dict(zip(run_table["run"], run_table["status"] + ": " + run_table["detail"]))
     assert status["sub-01_task-motor_run-1"].startswith("skipped: outputs exist"), status
@@ -352,7 +417,10 @@ def test_array_on_live_slurm_cancel_resume_failed_participant_and_group(slurm, s
 
 def _latest_run_table(out, subject):
     """The newest ``logs/runs-*.tsv`` that mentions ``subject``."""
-    tables = [p for p in sorted((out / "logs").glob("runs-*.tsv"), key=lambda p: p.stat().st_mtime)
-              if subject in p.read_text()]
+    tables = [
+        p
+        for p in sorted((out / "logs").glob("runs-*.tsv"), key=lambda p: p.stat().st_mtime)
+        if subject in p.read_text()
+    ]
     assert tables, f"no run table of {subject} in {out / 'logs'}"
     return tables[-1]

@@ -107,8 +107,9 @@ def alpha_beta_rule(matrix, bias, x, relevance_out, alpha, beta):
     inhibiting = np.minimum(contributions, 0.0)
     z_activating = activating.sum(axis=1) + bias
     z_inhibiting = inhibiting.sum(axis=1) + bias
-    return (alpha * activating.T @ safe_divide(relevance_out, z_activating)
-            - beta * inhibiting.T @ safe_divide(relevance_out, z_inhibiting))
+    return alpha * activating.T @ safe_divide(relevance_out, z_activating) - beta * inhibiting.T @ safe_divide(
+        relevance_out, z_inhibiting
+    )
 
 
 def flat_rule(matrix, relevance_out):

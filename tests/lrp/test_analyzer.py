@@ -34,15 +34,17 @@ def randomise(model, rng, bias_scale=0.1):
 
 def bias_free_relu_net(rng):
     """Conv3D (stride 1, 2) + ReLU + GAP, no biases: a net for which LRP conserves."""
-    model = keras.Sequential([
-        keras.Input(SMALL_GRID),
-        keras.layers.Conv3D(4, 3, padding="same", activation="relu", use_bias=False),
-        keras.layers.SpatialDropout3D(0.5),
-        keras.layers.Conv3D(6, 3, strides=2, padding="same", activation="relu", use_bias=False),
-        keras.layers.Conv3D(3, 1, padding="same", use_bias=False),
-        keras.layers.ReLU(),
-        keras.layers.GlobalAveragePooling3D(),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input(SMALL_GRID),
+            keras.layers.Conv3D(4, 3, padding="same", activation="relu", use_bias=False),
+            keras.layers.SpatialDropout3D(0.5),
+            keras.layers.Conv3D(6, 3, strides=2, padding="same", activation="relu", use_bias=False),
+            keras.layers.Conv3D(3, 1, padding="same", use_bias=False),
+            keras.layers.ReLU(),
+            keras.layers.GlobalAveragePooling3D(),
+        ]
+    )
     return randomise(model, rng)
 
 
@@ -80,8 +82,12 @@ def test_input_relevance_sums_to_the_target_logit_for_a_bias_free_net(first_rule
     model = bias_free_relu_net(rng)
     composite = composites.Composite(
         first_map=[(types.Conv, first_rule)],
-        layer_map=[(types.Linear, rules.Epsilon(1e-9)), (types.GlobalAvgPool, rules.ZRule()),
-                   (types.PassThrough, rules.Pass())])
+        layer_map=[
+            (types.Linear, rules.Epsilon(1e-9)),
+            (types.GlobalAvgPool, rules.ZRule()),
+            (types.PassThrough, rules.Pass()),
+        ],
+    )
     x = small_inputs(rng)
     target = np.array([0, 1, 2])
     logits, relevance = LRPAnalyzer(model, composite).explain(x, target=target)
@@ -93,7 +99,8 @@ def test_input_relevance_sums_to_the_target_logit_for_a_bias_free_net(first_rule
 def test_epsilon_on_a_bias_free_relu_net_is_gradient_times_input(rng):
     model = bias_free_relu_net(rng)
     composite = composites.Composite(
-        [(types.Linear + types.GlobalAvgPool, rules.Epsilon(1e-9)), (types.PassThrough, rules.Pass())])
+        [(types.Linear + types.GlobalAvgPool, rules.Epsilon(1e-9)), (types.PassThrough, rules.Pass())]
+    )
     x = small_inputs(rng)
     target = np.array([2, 0, 1])
     _, relevance = LRPAnalyzer(model, composite).explain(x, target=target)
@@ -107,8 +114,9 @@ def test_epsilon_on_a_bias_free_relu_net_is_gradient_times_input(rng):
 
 
 def test_dropout_is_off(rng):
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="relu"), keras.layers.Dropout(0.9),
-                              keras.layers.Dense(2)])
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(5, activation="relu"), keras.layers.Dropout(0.9), keras.layers.Dense(2)]
+    )
     randomise(model, rng)
     x = rng.normal(size=(4, 6)).astype(np.float32)
     analyzer = LRPAnalyzer(model, "epsilon")
@@ -119,8 +127,14 @@ def test_dropout_is_off(rng):
 
 
 def test_unmapped_layer_type_raises_at_construction():
-    model = keras.Sequential([keras.Input(SMALL_GRID), keras.layers.Conv3D(2, 3, name="c"),
-                              keras.layers.MaxPooling3D(name="max_pool"), keras.layers.GlobalAveragePooling3D()])
+    model = keras.Sequential(
+        [
+            keras.Input(SMALL_GRID),
+            keras.layers.Conv3D(2, 3, name="c"),
+            keras.layers.MaxPooling3D(name="max_pool"),
+            keras.layers.GlobalAveragePooling3D(),
+        ]
+    )
     with pytest.raises(UnmappedLayerError, match="max_pool"):
         LRPAnalyzer(model)
 

@@ -56,8 +56,13 @@ OTHER_BACKENDS = [
 
 def run_backend(backend, out, grid, extra=()):
     env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "parity_cases.py"), "--grid", grid, "--out", str(out),
-                    *extra], env=env, check=True, capture_output=True, timeout=1800)
+    subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "parity_cases.py"), "--grid", grid, "--out", str(out), *extra],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=1800,
+    )
     result = np.load(out)
     assert str(result["backend"]) == backend
     return result
@@ -77,8 +82,7 @@ def small_runs(tmp_path_factory):
 
     def runs(backend, dtype):
         if (backend, dtype) not in cache:
-            cache[backend, dtype] = run_backend(backend, folder / f"{backend}_{dtype}.npz", "small",
-                                                ("--dtype", dtype))
+            cache[backend, dtype] = run_backend(backend, folder / f"{backend}_{dtype}.npz", "small", ("--dtype", dtype))
         return cache[backend, dtype]
 
     return runs
@@ -111,8 +115,11 @@ def test_backend_agrees_with_tensorflow_on_the_full_grid(tmp_path_factory, backe
     folder.mkdir(exist_ok=True)
     extra = ("--weights-2d", str(published_2d_weights), "--volumes", "1")
     reference_file = folder / "tensorflow.npz"
-    tf_result = np.load(reference_file) if reference_file.is_file() else run_backend(
-        "tensorflow", reference_file, "full", extra)
+    tf_result = (
+        np.load(reference_file)
+        if reference_file.is_file()
+        else run_backend("tensorflow", reference_file, "full", extra)
+    )
     other = run_backend(backend, folder / f"{backend}.npz", "full", extra)
     results = parity_cases.compare(tf_result, other)
     # the published +eps rule (deeplight_2d) is ill-conditioned on the published weights (see

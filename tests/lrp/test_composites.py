@@ -34,18 +34,22 @@ def test_every_layer_of_the_3d_model_is_mapped_by_preset_b_flat(full_3d_model):
 
 
 def dense_and_conv_model():
-    return keras.Sequential([
-        keras.Input((4, 4, 4, 1)),
-        keras.layers.Conv3D(2, 3, padding="same", activation="relu", name="first"),
-        keras.layers.Conv3D(2, 3, padding="same", activation="relu", name="second"),
-        keras.layers.Flatten(name="flatten"),
-        keras.layers.Dense(3, name="dense"),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((4, 4, 4, 1)),
+            keras.layers.Conv3D(2, 3, padding="same", activation="relu", name="first"),
+            keras.layers.Conv3D(2, 3, padding="same", activation="relu", name="second"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(3, name="dense"),
+        ]
+    )
 
 
 def test_first_map_applies_to_the_first_matching_layer_only():
-    assigned = dict((layer.name, rule) for layer, rule in
-                    composites.get_composite("preset_b_flat").assign(dense_and_conv_model().layers))
+    assigned = dict(
+        (layer.name, rule)
+        for layer, rule in composites.get_composite("preset_b_flat").assign(dense_and_conv_model().layers)
+    )
     assert isinstance(assigned["first"], rules.Flat)
     assert isinstance(assigned["second"], rules.AlphaBeta)
     assert isinstance(assigned["flatten"], rules.Pass)
@@ -53,9 +57,17 @@ def test_first_map_applies_to_the_first_matching_layer_only():
 
 
 def test_first_map_skips_layers_it_does_not_cover():
-    model = keras.Sequential([keras.Input((3, 4)), keras.layers.Flatten(name="flatten"),
-                              keras.layers.Dense(5, name="d1"), keras.layers.Dense(2, name="d2")])
-    assigned = dict((layer.name, rule) for layer, rule in composites.get_composite("preset_b_flat").assign(model.layers))
+    model = keras.Sequential(
+        [
+            keras.Input((3, 4)),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(5, name="d1"),
+            keras.layers.Dense(2, name="d2"),
+        ]
+    )
+    assigned = dict(
+        (layer.name, rule) for layer, rule in composites.get_composite("preset_b_flat").assign(model.layers)
+    )
     assert isinstance(assigned["flatten"], rules.Pass)
     assert isinstance(assigned["d1"], rules.Flat)
     assert isinstance(assigned["d2"], rules.Epsilon)
@@ -63,7 +75,9 @@ def test_first_map_skips_layers_it_does_not_cover():
 
 def test_first_match_wins():
     first, second = rules.Epsilon(0.5), rules.ZRule()
-    composite = composites.Composite(layer_map=[(types.Conv, first), (types.Linear, second), (types.PassThrough, rules.Pass())])
+    composite = composites.Composite(
+        layer_map=[(types.Conv, first), (types.Linear, second), (types.PassThrough, rules.Pass())]
+    )
     assigned = dict((layer.name, rule) for layer, rule in composite.assign(dense_and_conv_model().layers))
     assert assigned["first"] is first and assigned["second"] is first and assigned["dense"] is second
 
@@ -79,8 +93,9 @@ def test_epsilon_preset_uses_epsilon_1e_3_for_every_layer_with_weights():
 
 @pytest.mark.parametrize("preset", ["preset_b_flat", "epsilon"])
 def test_unmapped_layer_raises_naming_the_layer(preset):
-    model = keras.Sequential([keras.Input((4, 4, 4, 1)), keras.layers.MaxPooling3D(name="the_pool"),
-                              keras.layers.GlobalAveragePooling3D()])
+    model = keras.Sequential(
+        [keras.Input((4, 4, 4, 1)), keras.layers.MaxPooling3D(name="the_pool"), keras.layers.GlobalAveragePooling3D()]
+    )
     with pytest.raises(composites.UnmappedLayerError, match="the_pool.*MaxPooling3D"):
         composites.get_composite(preset).assign(model.layers)
 
@@ -100,6 +115,7 @@ def test_registry_names_and_unknown_name():
 
 
 # -- 2D-DeepLight: preset "deeplight_2d" (reference section 7) ---------------------------------
+
 
 def test_every_layer_of_the_2d_model_is_mapped_by_deeplight_2d():
     from deeplight_bids.lrp.lstm import LSTMEpsilon
@@ -198,8 +214,12 @@ def tiny_2d_model(seed, with_bias=True):
         layer.set_weights(lstm_to_keras(*original[direction], forget_bias=1.0 if with_bias else 0.0))
     linear = model.get_layer("linear")
     kernel, bias = linear.get_weights()
-    linear.set_weights([rng.normal(0, 0.5, kernel.shape).astype("float32"),
-                        (rng.normal(0, 0.2, bias.shape) if with_bias else np.zeros(bias.shape)).astype("float32")])
+    linear.set_weights(
+        [
+            rng.normal(0, 0.5, kernel.shape).astype("float32"),
+            (rng.normal(0, 0.2, bias.shape) if with_bias else np.zeros(bias.shape)).astype("float32"),
+        ]
+    )
     return model, original, rng
 
 
@@ -259,8 +279,9 @@ def test_deeplight_2d_matches_numpy_reference_through_the_whole_network(seed, co
     logits, relevance = analyzer.explain(x)
     assert relevance.shape == (2, *TINY_2D_SHAPE[:3])
     for sample in range(2):
-        expected_logits, expected = numpy_2d_lrp(model, original, x[sample], ref, eps=1e-3,
-                                                 signed=composite.endswith("signed"))
+        expected_logits, expected = numpy_2d_lrp(
+            model, original, x[sample], ref, eps=1e-3, signed=composite.endswith("signed")
+        )
         np.testing.assert_allclose(logits[sample], expected_logits, rtol=1e-4, atol=1e-5)
         assert np.abs(expected).max() > 0 and np.count_nonzero(expected) > expected.size // 4
         np.testing.assert_allclose(relevance[sample], expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())

@@ -132,7 +132,9 @@ def test_lstm_relevance_directions_and_eps_matter():
 
     got = np.asarray(lstm_relevance(layer, xs, relevance_out))
     expected_fw, _ = reference_bidirectional(original, xs, relevance_out, eps=1e-3)
-    np.testing.assert_allclose(got, expected_fw, rtol=RTOL64, atol=1e-9 if FLOAT64 else 1e-4 * np.abs(expected_fw).max())
+    np.testing.assert_allclose(
+        got, expected_fw, rtol=RTOL64, atol=1e-9 if FLOAT64 else 1e-4 * np.abs(expected_fw).max()
+    )
     # The forward cell's last slice reaches h_T most directly; reversed order would differ.
     swapped = np.concatenate([relevance_out[:, UNITS:], relevance_out[:, :UNITS]], axis=1)
     assert not np.allclose(np.asarray(lstm_relevance(layer, xs, swapped)), got)
@@ -153,7 +155,9 @@ def test_lstm_relevance_conserves_without_bias():
     # Per direction too: the forward half alone is conserved.
     forward_only = relevance_out * np.r_[np.ones(UNITS), np.zeros(UNITS)]
     np.testing.assert_allclose(
-        np.asarray(lstm_relevance(layer, xs, forward_only, eps=1e-12)).sum(axis=(1, 2)), forward_only.sum(axis=1), rtol=RTOL64
+        np.asarray(lstm_relevance(layer, xs, forward_only, eps=1e-12)).sum(axis=(1, 2)),
+        forward_only.sum(axis=1),
+        rtol=RTOL64,
     )
 
 
@@ -182,9 +186,12 @@ def test_rule_adapter_works_inside_a_compiled_function(signed):
     rule = rule_class(eps=1e-3)
     assert rule.describe()["epsilon"] == 1e-3 and rule.describe()["rule"] == rule_class.__name__
     graph = backend.compile_function(lambda x, r: rule(layer, x, r))
-    expected, _ = reference_bidirectional(original, xs.astype(np.float64), relevance_out.astype(np.float64), eps=1e-3,
-                                          signed=signed)
-    np.testing.assert_allclose(np.asarray(graph(xs, relevance_out)), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+    expected, _ = reference_bidirectional(
+        original, xs.astype(np.float64), relevance_out.astype(np.float64), eps=1e-3, signed=signed
+    )
+    np.testing.assert_allclose(
+        np.asarray(graph(xs, relevance_out)), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max()
+    )
     with pytest.raises(ValueError, match="eps > 0"):
         rule_class(eps=0)
 

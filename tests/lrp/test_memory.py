@@ -41,10 +41,21 @@ CHILD = textwrap.dedent("""
 
 def explain_in_child(batch, variant="new"):
     """Peak RSS (MiB) and facts of one full-grid ``LRPAnalyzer.explain`` in a fresh interpreter."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(batch), variant], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=600, check=False)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        KERAS_BACKEND="tensorflow",
+        CUDA_VISIBLE_DEVICES="",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(batch), variant],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -46,8 +46,12 @@ def random_case(rng, ref, layer, in_shape, batch=2):
 
 
 def per_sample(function, x, relevance_out, *args):
-    return np.stack([function(*args, xi.ravel().astype(np.float64), ri.ravel().astype(np.float64)).reshape(xi.shape)
-                     for xi, ri in zip(x, relevance_out)])
+    return np.stack(
+        [
+            function(*args, xi.ravel().astype(np.float64), ri.ravel().astype(np.float64)).reshape(xi.shape)
+            for xi, ri in zip(x, relevance_out)
+        ]
+    )
 
 
 def assert_relevance_close(actual, expected, rtol=1e-4):
@@ -70,8 +74,9 @@ def test_alpha_beta_matches_numpy(kind, alpha, beta, rng, ref):
     layer, in_shape = LAYERS[kind](rng)
     x, relevance_out, matrix, bias = random_case(rng, ref, layer, in_shape)
     actual = np.asarray(rules.AlphaBeta(alpha, beta)(layer, x, relevance_out))
-    expected = per_sample(lambda m, b, xi, ri: ref.alpha_beta_rule(m, b, xi, ri, alpha, beta),
-                          x, relevance_out, matrix, bias)
+    expected = per_sample(
+        lambda m, b, xi, ri: ref.alpha_beta_rule(m, b, xi, ri, alpha, beta), x, relevance_out, matrix, bias
+    )
     assert_relevance_close(actual, expected)
 
 
@@ -84,8 +89,10 @@ def test_flat_matches_numpy(kind, rng, ref):
     assert_relevance_close(actual, expected)
 
 
-@pytest.mark.parametrize("pool, shape", [(keras.layers.GlobalAveragePooling3D, (4, 3, 5, 3)),
-                                         (keras.layers.GlobalAveragePooling2D, (4, 3, 2))])
+@pytest.mark.parametrize(
+    "pool, shape",
+    [(keras.layers.GlobalAveragePooling3D, (4, 3, 5, 3)), (keras.layers.GlobalAveragePooling2D, (4, 3, 2))],
+)
 def test_z_rule_on_global_average_pooling_matches_numpy(pool, shape, rng, ref):
     layer = pool()
     x = rng.uniform(-0.5, 1.0, size=(2, *shape)).astype(np.float32)
@@ -103,8 +110,9 @@ def test_epsilon_on_global_average_pooling_matches_numpy(rng, ref):
     n_voxels = int(np.prod(shape[:-1]))
     averaging = np.kron(np.ones((1, n_voxels)) / n_voxels, np.eye(shape[-1]))  # (channels, voxels*channels)
     actual = np.asarray(rules.Epsilon(0.1)(layer, x, relevance_out))
-    expected = per_sample(lambda m, b, xi, ri: ref.epsilon_rule(m, b, xi, ri, 0.1), x, relevance_out,
-                          averaging, np.zeros(shape[-1]))
+    expected = per_sample(
+        lambda m, b, xi, ri: ref.epsilon_rule(m, b, xi, ri, 0.1), x, relevance_out, averaging, np.zeros(shape[-1])
+    )
     assert_relevance_close(actual, expected)
 
 
@@ -131,14 +139,17 @@ def test_batch_norm_scale_matches_numpy(shape, pass_output, rng, ref):
     assert not np.allclose(actual, relevance_out, atol=1e-2)  # not a pass-through
 
 
-@pytest.mark.parametrize("layer, in_shape", [
-    (keras.layers.ReLU(), (3, 4)),
-    (keras.layers.Activation("relu"), (3, 4)),
-    (keras.layers.Activation("linear"), (3, 4)),
-    (keras.layers.SpatialDropout3D(0.5), (2, 3, 2, 4)),
-    (keras.layers.Dropout(0.5), (5,)),
-    (keras.layers.Flatten(), (2, 3, 4)),
-])
+@pytest.mark.parametrize(
+    "layer, in_shape",
+    [
+        (keras.layers.ReLU(), (3, 4)),
+        (keras.layers.Activation("relu"), (3, 4)),
+        (keras.layers.Activation("linear"), (3, 4)),
+        (keras.layers.SpatialDropout3D(0.5), (2, 3, 2, 4)),
+        (keras.layers.Dropout(0.5), (5,)),
+        (keras.layers.Flatten(), (2, 3, 4)),
+    ],
+)
 def test_pass_hands_relevance_through_in_the_input_shape(layer, in_shape, rng):
     x = rng.normal(size=(2, *in_shape)).astype(np.float32)
     output_shape = np.asarray(layer(x, training=False)).shape
@@ -147,8 +158,10 @@ def test_pass_hands_relevance_through_in_the_input_shape(layer, in_shape, rng):
     np.testing.assert_array_equal(actual, relevance_out.reshape(x.shape))
 
 
-@pytest.mark.parametrize("layer", [keras.layers.Activation("softmax"), keras.layers.Activation("tanh"),
-                                   keras.layers.ReLU(negative_slope=0.1)])
+@pytest.mark.parametrize(
+    "layer",
+    [keras.layers.Activation("softmax"), keras.layers.Activation("tanh"), keras.layers.ReLU(negative_slope=0.1)],
+)
 def test_pass_refuses_activations_that_are_not_relu_or_linear(layer):
     with pytest.raises(ValueError, match="activation"):
         rules.Pass().check(layer)
@@ -179,16 +192,18 @@ def test_epsilon_needs_positive_eps():
         rules.Epsilon(0.0)
 
 
-@pytest.mark.parametrize("rule", [rules.Epsilon(1e-9), rules.AlphaBeta(2, 1), rules.AlphaBeta(1, 0), rules.Flat()],
-                         ids=repr)
+@pytest.mark.parametrize(
+    "rule", [rules.Epsilon(1e-9), rules.AlphaBeta(2, 1), rules.AlphaBeta(1, 0), rules.Flat()], ids=repr
+)
 @pytest.mark.parametrize("kind", LAYERS)
 def test_conservation_without_bias(kind, rule, rng, ref):
     layer, in_shape = LAYERS[kind](rng, use_bias=False)
     x, relevance_out, _, _ = random_case(rng, ref, layer, in_shape)
     relevance_in = np.asarray(rule(layer, x, relevance_out))
     axes = tuple(range(1, x.ndim))
-    np.testing.assert_allclose(relevance_in.sum(axis=axes), relevance_out.sum(axis=tuple(range(1, relevance_out.ndim))),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        relevance_in.sum(axis=axes), relevance_out.sum(axis=tuple(range(1, relevance_out.ndim))), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_z_rule_conserves_on_global_average_pooling(rng):

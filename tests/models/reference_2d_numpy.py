@@ -124,6 +124,7 @@ def forward_original(arrays, volumes_zyx):
 
 # -- LRP of the original (athms/evaluating-deeplight-transfer@4a8eeaa) -------------------------
 
+
 def conv_epsilon_lrp(images, kernel, activations, relevance, stride, eps):
     """``src/modules/convolution.py`` lines 119-126 (``_epsilon_lrp``).
 

@@ -193,7 +193,10 @@ def test_unknown_file_is_refused_before_unpickling(tmp_path):
 
 def test_trusted_file_is_loaded(tmp_path, published_arrays):
     path = tmp_path / "fine-tuned.npy"
-    keys = {f"<tf.Variable 'model/{name}:0' shape={value.shape} dtype=float32_ref>": value * 2 for name, value in published_arrays.items()}
+    keys = {
+        f"<tf.Variable 'model/{name}:0' shape={value.shape} dtype=float32_ref>": value * 2
+        for name, value in published_arrays.items()
+    }
     np.save(path, np.array(keys, dtype=object), allow_pickle=True)
     with pytest.raises(WeightsError, match="sha256"):
         load_published_2d(path)
@@ -225,5 +228,8 @@ def test_small_shape_builds_and_matches_reference():
     bare = build_2d_deeplight(n_states=3, input_shape=(4, 20, 18, 1), dropout=False)
     assert bare.output_shape == (None, 3)
     assert not [layer for layer in bare.layers if "dropout" in layer.name]
-    assert [layer.name for layer in bare.layers if layer.weights] == [f"conv_{k}" for k in range(1, 13)] + ["bilstm", "linear"]
+    assert [layer.name for layer in bare.layers if layer.weights] == [f"conv_{k}" for k in range(1, 13)] + [
+        "bilstm",
+        "linear",
+    ]
     assert bare.get_layer("bilstm").input.shape == (None, 4, 1 * 1 * 64)

@@ -53,8 +53,9 @@ def test_git_blob_matches_git(tmp_path):
 
 def test_keras_file_with_card_round_trip(tmp_path):
     model = randomise_weights(build_3d_deeplight(n_states=3, input_shape=(16, 20, 16, 1)), seed=2)
-    path = w.save_model(model, tmp_path / "m" / "demo.keras",
-                        {"architecture": "3D", "states": ["a", "b", "c"], "name": "demo"})
+    path = w.save_model(
+        model, tmp_path / "m" / "demo.keras", {"architecture": "3D", "states": ["a", "b", "c"], "name": "demo"}
+    )
     loaded = w.load_deeplight(str(path.parent))
     assert loaded.states == ("a", "b", "c") and loaded.name == "demo"
     x = np.random.default_rng(0).standard_normal((2, 16, 20, 16, 1)).astype(np.float32)

@@ -205,10 +205,7 @@ def _write(tmp_path, text, name="sub-01_task-x_events.tsv"):
 def test_read_events(tmp_path):
     path = _write(
         tmp_path,
-        "onset\tduration\ttrial_type\tresponse_time\n"
-        "0\t2.5\ta\tn/a\n"
-        "3.5\t1\tn/a\t0.4\n"
-        "10\t0\tb\t1\n",
+        "onset\tduration\ttrial_type\tresponse_time\n0\t2.5\ta\tn/a\n3.5\t1\tn/a\t0.4\n10\t0\tb\t1\n",
     )
     events = read_events(path)
     assert list(events.columns) == ["onset", "duration", "trial_type"]

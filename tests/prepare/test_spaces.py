@@ -32,8 +32,12 @@ def truth(points):
     def gauss(center, sigma):
         return np.exp(-np.sum((p - center) ** 2, axis=1) / (2 * sigma**2))
 
-    return (gauss([20, -40, 0], 25) + 0.6 * gauss([-30, 30, 20], 15) + 0.8 * gauss([0, 10, -30], 10)
-            + 4.0 * gauss(BLOB, 3.0))
+    return (
+        gauss([20, -40, 0], 25)
+        + 0.6 * gauss([-30, 30, 20], 15)
+        + 0.8 * gauss([0, 10, -30], 10)
+        + 4.0 * gauss(BLOB, 3.0)
+    )
 
 
 def world(affine, shape):
@@ -56,8 +60,10 @@ def reference_truth():
 @pytest.fixture(scope="module")
 def transform_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("xfm")
-    return {"forward": warp.write_itk_displacement_h5(folder / "forward.h5", warp.forward),
-            "inverted": warp.write_itk_displacement_h5(folder / "inverted.h5", warp.inverse)}
+    return {
+        "forward": warp.write_itk_displacement_h5(folder / "forward.h5", warp.forward),
+        "inverted": warp.write_itk_displacement_h5(folder / "inverted.h5", warp.inverse),
+    }
 
 
 def _resample(path, img, interpolation="continuous"):
@@ -124,9 +130,13 @@ def test_mask_nearest_and_mapping_computed_once(transform_files, warped_image):
 
 def _table_with(monkeypatch, path):
     data = path.read_bytes()
-    xfm = spaces.TransformFile(template="MNI152NLin6Asym", query=dict(spaces.MNI2009C_TO_6ASYM.query),
-                               filename=spaces.MNI2009C_TO_6ASYM.filename, md5=hashlib.md5(data).hexdigest(),
-                               size=len(data))
+    xfm = spaces.TransformFile(
+        template="MNI152NLin6Asym",
+        query=dict(spaces.MNI2009C_TO_6ASYM.query),
+        filename=spaces.MNI2009C_TO_6ASYM.filename,
+        md5=hashlib.md5(data).hexdigest(),
+        size=len(data),
+    )
     monkeypatch.setitem(spaces.KNOWN_SPACES, "MNI152NLin2009cAsym", spaces.KnownSpace("MNI152NLin2009cAsym", xfm))
     return xfm
 
@@ -188,8 +198,10 @@ def test_approximate_space_warns_once(monkeypatch, tmp_path, caplog):
 
 def test_refusal_is_one_line():
     line = spaces.refusal("T1w")
-    assert line == ("BOLD in space T1w; DeepLight needs MNI152NLin6Asym (or MNI152NLin2009cAsym): rerun fMRIPrep "
-                    "with --output-spaces MNI152NLin6Asym:res-2")
+    assert line == (
+        "BOLD in space T1w; DeepLight needs MNI152NLin6Asym (or MNI152NLin2009cAsym): rerun fMRIPrep "
+        "with --output-spaces MNI152NLin6Asym:res-2"
+    )
 
 
 def _dockerfile_bake():
@@ -201,7 +213,7 @@ def _dockerfile_bake():
     args = dict(re.findall(r"^ARG (TEMPLATEFLOW_XFM\w*)=(\S+)$", text, re.MULTILINE))
     start = text.index("RUN", text.index("ARG TEMPLATEFLOW_XFM_SIZE"))
     end_marker = 'chmod -R a+rX "${TEMPLATEFLOW_HOME}"'
-    command = text[start + 4:text.index(end_marker, start) + len(end_marker)]
+    command = text[start + 4 : text.index(end_marker, start) + len(end_marker)]
     for key, value in args.items():
         command = command.replace("${" + key + "}", value)
     return args, command
@@ -215,18 +227,31 @@ def test_dockerfile_bakes_the_table_s_transform(tmp_path):
 
     args, command = _dockerfile_bake()
     xfm = spaces.MNI2009C_TO_6ASYM
-    assert args == {"TEMPLATEFLOW_XFM": xfm.filename, "TEMPLATEFLOW_XFM_MD5": xfm.md5,
-                    "TEMPLATEFLOW_XFM_SIZE": str(xfm.size)}
+    assert args == {
+        "TEMPLATEFLOW_XFM": xfm.filename,
+        "TEMPLATEFLOW_XFM_MD5": xfm.md5,
+        "TEMPLATEFLOW_XFM_SIZE": str(xfm.size),
+    }
     # the build step refuses (and deletes) a file with another checksum; no network needed
     home = tmp_path / "tf"
     bad = home / "tpl-MNI152NLin6Asym" / xfm.filename
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not the transform")
-    env = {**os.environ, "TEMPLATEFLOW_HOME": str(home), "BUILD_CA_BUNDLE": "",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "TEMPLATEFLOW_HOME": str(home),
+        "BUILD_CA_BUNDLE": "",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
     for mode, code in (("required", 1), ("no", 0)):
-        proc = subprocess.run(["bash", "-ec", command], env={**env, "TEMPLATEFLOW_FETCH": mode},
-                              capture_output=True, text=True, timeout=300, check=False)
+        proc = subprocess.run(
+            ["bash", "-ec", command],
+            env={**env, "TEMPLATEFLOW_FETCH": mode},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert proc.returncode == code, proc.stderr[-1500:]
     assert not bad.exists()
 

@@ -49,7 +49,9 @@ def test_deletion_inputs_zero_top_voxels_inside_mask_only(linear):
     np.testing.assert_array_equal(inputs[0], volumes[0])
     flat = inputs.reshape(len(inputs), -1)
     outside = np.setdiff1d(np.arange(flat.shape[1]), mask_index)
-    np.testing.assert_array_equal(flat[:, outside], np.broadcast_to(volumes[0].reshape(-1)[outside], (len(flat), len(outside))))
+    np.testing.assert_array_equal(
+        flat[:, outside], np.broadcast_to(volumes[0].reshape(-1)[outside], (len(flat), len(outside)))
+    )
     rel = relevance_of(0).reshape(-1)
     for step, k in enumerate(counts[1:], start=1):
         removed = np.flatnonzero(flat[step] != flat[0])
@@ -86,16 +88,18 @@ def test_relevance_order_drops_logit_faster_than_random(linear):
 def test_reversed_relevance_is_worse_than_random(linear):
     """A map that ranks voxels backwards must not look faithful (the measure can fail)."""
     _, volumes, mask_index, logits_fn, targets, relevance_of = linear
-    frame = fa.deletion_curves(logits_fn, range(10), lambda v: volumes[v], lambda v: -relevance_of(v), targets,
-                               mask_index)
+    frame = fa.deletion_curves(
+        logits_fn, range(10), lambda v: volumes[v], lambda v: -relevance_of(v), targets, mask_index
+    )
     assert fa.area_between_curves(frame)["area_between_curves"] < 0
 
 
 def test_fractions_must_start_at_zero(linear):
     _, volumes, mask_index, logits_fn, targets, relevance_of = linear
     with pytest.raises(ValueError, match="start with 0"):
-        fa.deletion_curves(logits_fn, [0], lambda v: volumes[v], relevance_of, targets, mask_index,
-                           fractions=(0.1, 0.2))
+        fa.deletion_curves(
+            logits_fn, [0], lambda v: volumes[v], relevance_of, targets, mask_index, fractions=(0.1, 0.2)
+        )
 
 
 def test_known_logits_skip_the_unperturbed_pass(linear):
@@ -108,9 +112,11 @@ def test_known_logits_skip_the_unperturbed_pass(linear):
         return logits_fn(x)
 
     expected = fa.deletion_curves(logits_fn, range(4), lambda v: volumes[v], relevance_of, targets, mask_index)
-    frame = fa.deletion_curves(counting, range(4), lambda v: volumes[v], relevance_of, targets, mask_index,
-                               known_logits=logits_fn(volumes))
+    frame = fa.deletion_curves(
+        counting, range(4), lambda v: volumes[v], relevance_of, targets, mask_index, known_logits=logits_fn(volumes)
+    )
     assert seen == [2 * (len(fa.FRACTIONS) - 1)] * 4
     np.testing.assert_allclose(frame["logit"], expected["logit"], rtol=1e-6)
     assert frame[["volume", "order", "fraction", "decision_holds"]].equals(
-        expected[["volume", "order", "fraction", "decision_holds"]])
+        expected[["volume", "order", "fraction", "decision_holds"]]
+    )

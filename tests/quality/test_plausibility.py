@@ -56,8 +56,10 @@ def test_find_and_load_reference_files(tmp_path):
     _save(folder / "MOTOR_rh.nii", np.ones((3, 3, 3)))
     (folder / "notes.txt").write_text("x")
     found = pl.find_reference_files(folder, ["MOTOR_lh", "MOTOR_rh", "MOTOR_t"])
-    assert {k: v.name for k, v in found.items()} == {"MOTOR_lh": "label-MOTORlh_desc-glm_map.nii.gz",
-                                                     "MOTOR_rh": "MOTOR_rh.nii"}
+    assert {k: v.name for k, v in found.items()} == {
+        "MOTOR_lh": "label-MOTORlh_desc-glm_map.nii.gz",
+        "MOTOR_rh": "MOTOR_rh.nii",
+    }
     single = _save(tmp_path / "all.nii.gz", np.ones((3, 3, 3)))
     assert set(pl.find_reference_files(single, ["a", "b"])) == {"a", "b"}
     with pytest.raises(InputDataError, match="label-<state>"):

@@ -30,14 +30,16 @@ def test_ssim_one_voxel_from_the_formula():
     a_n = np.sign(a) * stats.rankdata(np.abs(a).ravel()).reshape(a.shape) / a.size
     b_n = np.sign(b) * stats.rankdata(np.abs(b).ravel()).reshape(b.shape) / b.size
     grid = np.arange(15) - 7
-    g = np.exp(-(grid[:, None, None] ** 2 + grid[None, :, None] ** 2 + grid[None, None, :] ** 2) / (2 * 1.5 ** 2))
-    g[np.sqrt(0 * g) + np.maximum.reduce(np.abs(np.meshgrid(grid, grid, grid, indexing="ij"))) > 5] = 0  # truncate 3.5 sigma
+    g = np.exp(-(grid[:, None, None] ** 2 + grid[None, :, None] ** 2 + grid[None, None, :] ** 2) / (2 * 1.5**2))
+    g[np.sqrt(0 * g) + np.maximum.reduce(np.abs(np.meshgrid(grid, grid, grid, indexing="ij"))) > 5] = (
+        0  # truncate 3.5 sigma
+    )
     g /= g.sum()
     mu_a, mu_b = (g * a_n).sum(), (g * b_n).sum()
-    va, vb = (g * a_n ** 2).sum() - mu_a ** 2, (g * b_n ** 2).sum() - mu_b ** 2
+    va, vb = (g * a_n**2).sum() - mu_a**2, (g * b_n**2).sum() - mu_b**2
     cov = (g * a_n * b_n).sum() - mu_a * mu_b
-    c1, c2 = 0.02 ** 2, 0.06 ** 2
-    expected = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a ** 2 + mu_b ** 2 + c1) * (va + vb + c2))
+    c1, c2 = 0.02**2, 0.06**2
+    expected = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (va + vb + c2))
     np.testing.assert_allclose(sanity._unit(a), a_n, rtol=1e-12)
     assert sanity._ssim_map(a_n, b_n)[7, 7, 7] == pytest.approx(expected, rel=1e-6)
 
@@ -69,11 +71,13 @@ def test_compare_maps_equals_scipy_spearman():
     mask[3:13, 2:14, 4:12] = True
     got = sanity.compare_maps(real, random, mask)
     assert got["spearman"] == pytest.approx(stats.spearmanr(real[mask], random[mask]).statistic, rel=1e-9)
-    assert got["spearman_abs"] == pytest.approx(stats.spearmanr(np.abs(real[mask]), np.abs(random[mask])).statistic,
-                                                rel=1e-9)
+    assert got["spearman_abs"] == pytest.approx(
+        stats.spearmanr(np.abs(real[mask]), np.abs(random[mask])).statistic, rel=1e-9
+    )
     # cutting to the mask's box changes nothing
-    assert got["ssim"] == pytest.approx(sanity._ssim_map(sanity._unit(real, mask), sanity._unit(random, mask))[mask]
-                                        .mean(), rel=1e-12)
+    assert got["ssim"] == pytest.approx(
+        sanity._ssim_map(sanity._unit(real, mask), sanity._unit(random, mask))[mask].mean(), rel=1e-12
+    )
 
 
 def test_compare_maps_and_flag():
@@ -137,8 +141,17 @@ def test_run_quality_writes_tables(small_model, tmp_path):
     targets = logits.argmax(axis=1)
     quality = RunQuality(small_model, analyzer.composite, Decoder(small_model), n_volumes=4, seed=1)
     outputs = naming.run_outputs(tmp_path, {"subject": "01", "task": "motor"})
-    summary = quality.evaluate(outputs, lambda a, b: x[a:b], lambda v: relevance[v], np.flatnonzero(mask.ravel()),
-                               logits, targets, ("lh", "rh", "t"), root=tmp_path, label="test")
+    summary = quality.evaluate(
+        outputs,
+        lambda a, b: x[a:b],
+        lambda v: relevance[v],
+        np.flatnonzero(mask.ravel()),
+        logits,
+        targets,
+        ("lh", "rh", "t"),
+        root=tmp_path,
+        label="test",
+    )
     curves = pd.read_csv(outputs["faithfulness"], sep="\t")
     checks = pd.read_csv(outputs["sanity"], sep="\t")
     assert len(curves) == 4 * len(faithfulness.FRACTIONS) * 2 and len(checks) == 4

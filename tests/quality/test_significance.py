@@ -16,8 +16,12 @@ def _design(n_blocks, length=5, states=("a", "b", "c"), gap=2):
 
 
 def test_blocks():
-    assert sig.blocks(["a", "a", None, "b", "b", "a", float("nan"), "a"]) == [(0, 2, "a"), (3, 5, "b"), (5, 6, "a"),
-                                                                              (7, 8, "a")]
+    assert sig.blocks(["a", "a", None, "b", "b", "a", float("nan"), "a"]) == [
+        (0, 2, "a"),
+        (3, 5, "b"),
+        (5, 6, "a"),
+        (7, 8, "a"),
+    ]
     assert sig.blocks([None, None]) == []
 
 
@@ -53,8 +57,14 @@ def test_chance_decoder_and_seed():
 
 
 def test_group_test_matches_scipy():
-    table = pd.DataFrame({"accuracy": [0.6, 0.7, 0.5, 0.8], "chance_level": [1 / 3] * 4, "significant": [1, 1, 0, 1],
-                          "p_binomial": [0.01, 0.001, 0.2, 0.0001]})
+    table = pd.DataFrame(
+        {
+            "accuracy": [0.6, 0.7, 0.5, 0.8],
+            "chance_level": [1 / 3] * 4,
+            "significant": [1, 1, 0, 1],
+            "p_binomial": [0.01, 0.001, 0.2, 0.0001],
+        }
+    )
     row = sig.group_test(table).iloc[0]
     ref = stats.ttest_1samp(table["accuracy"] - 1 / 3, 0, alternative="greater")
     assert row["t"] == pytest.approx(ref.statistic) and row["p_t"] == pytest.approx(ref.pvalue)

@@ -27,8 +27,13 @@ def small_dataset(tmp_path_factory):
     """3 participants, task motor, 20 volumes, TR 2 s, reference grid."""
     from deeplight_bids.demo.synth import make_synthetic_dataset
 
-    return build_once(tmp_path_factory, "rel_small_dataset", lambda folder: make_synthetic_dataset(
-        folder / "bids", n_participants=3, n_volumes=N_VOLUMES, seed=0, blocks_per_state=1))
+    return build_once(
+        tmp_path_factory,
+        "rel_small_dataset",
+        lambda folder: make_synthetic_dataset(
+            folder / "bids", n_participants=3, n_volumes=N_VOLUMES, seed=0, blocks_per_state=1
+        ),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -93,8 +98,15 @@ def ro_bind_available(tmp_path_factory):
     if exe is None:
         return False
     probe = tmp_path_factory.mktemp("ro_probe")
-    cmd = [exe, "-m", "--propagation", "private", "sh", "-c",
-           f"mount --bind -o ro '{probe}' '{probe}' && ! touch '{probe}/x' 2>/dev/null"]
+    cmd = [
+        exe,
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f"mount --bind -o ro '{probe}' '{probe}' && ! touch '{probe}/x' 2>/dev/null",
+    ]
     try:
         return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.SubprocessError):
@@ -104,8 +116,15 @@ def ro_bind_available(tmp_path_factory):
 def read_only_command(command, folder):
     """Wrap ``command`` so that ``folder`` is mounted read-only (same path) for it only."""
     inner = " ".join(f"'{c}'" for c in command)
-    return ["unshare", "-m", "--propagation", "private", "sh", "-c",
-            f"mount --bind -o ro '{folder}' '{folder}' && exec {inner}"]
+    return [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f"mount --bind -o ro '{folder}' '{folder}' && exec {inner}",
+    ]
 
 
 def files_under(root):
@@ -119,16 +138,31 @@ def concurrent_outputs(small_dataset, rel_model, tmp_path_factory, ro_bind_avail
     sub-01 with LRP (the uninterrupted reference of the interruption test), sub-02 and
     sub-03 decode only.  Returns (output_dir, {label: CompletedProcess-like}, read_only).
     """
+
     def build(folder):
         out = folder / "out"
         jobs = {}
         for label, extra in (("01", ["--batch-size", "4", *QUALITY_ARGS]), ("02", ["--no-lrp"]), ("03", ["--no-lrp"])):
-            cmd = cli_command([small_dataset.bids_dir, out, "participant", "--participant-label", label,
-                               "--weights", rel_model, "--skip-bids-validation", "--nprocs", "1", *extra])
+            cmd = cli_command(
+                [
+                    small_dataset.bids_dir,
+                    out,
+                    "participant",
+                    "--participant-label",
+                    label,
+                    "--weights",
+                    rel_model,
+                    "--skip-bids-validation",
+                    "--nprocs",
+                    "1",
+                    *extra,
+                ]
+            )
             if ro_bind_available:
                 cmd = read_only_command(cmd, small_dataset.bids_dir)
-            jobs[label] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                           env=cli_env())
+            jobs[label] = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env()
+            )
         results = {}
         for label, proc in jobs.items():
             stdout, stderr = proc.communicate(timeout=400)

@@ -31,8 +31,12 @@ def _clone(ds_root, label, src="01"):
         src_dir = base / f"sub-{src}"
         for path in src_dir.rglob("*"):
             if path.is_file():
-                target = base / f"sub-{label}" / path.relative_to(src_dir).parent / path.name.replace(
-                    f"sub-{src}", f"sub-{label}")
+                target = (
+                    base
+                    / f"sub-{label}"
+                    / path.relative_to(src_dir).parent
+                    / path.name.replace(f"sub-{src}", f"sub-{label}")
+                )
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, target)
     func = ds_root / f"sub-{label}" / "func"
@@ -99,8 +103,14 @@ def _build(root):
         img = nib.load(f[key])
         affine = np.diag([3.0, 3.0, 3.0, 1.0])
         affine[:3, 3] = [-90.0, -126.0, -72.0]
-        resample_img(img, target_affine=affine, target_shape=(61, 73, 61), interpolation=interp,
-                     force_resample=True, copy_header=True).to_filename(f[key])
+        resample_img(
+            img,
+            target_affine=affine,
+            target_shape=(61, 73, 61),
+            interpolation=interp,
+            force_resample=True,
+            copy_header=True,
+        ).to_filename(f[key])
     f = files["nanvox"] = _clone(root, "nanvox")
 
     def _poison(data):
@@ -122,8 +132,10 @@ def _build(root):
     nib.Nifti1Image(np.stack([np.asarray(img.dataobj)] * 2, axis=-1), img.affine).to_filename(f["mask"])
     f = files["maskgrid"] = _clone(root, "maskgrid")  # same space, other grid: warning, resampled
     img = nib.load(f["mask"])
-    nib.Nifti1Image(np.asarray(img.dataobj)[1:, 1:, 1:], img.affine @ np.array(
-        [[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 1], [0, 0, 0, 1.0]])).to_filename(f["mask"])
+    nib.Nifti1Image(
+        np.asarray(img.dataobj)[1:, 1:, 1:],
+        img.affine @ np.array([[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 1], [0, 0, 0, 1.0]]),
+    ).to_filename(f["mask"])
     f = files["noevents"] = _clone(root, "noevents")
     f["events"].unlink()
     f = files["eventsempty"] = _clone(root, "eventsempty")
@@ -152,8 +164,7 @@ def _build(root):
     f = files["dup"] = _clone(root, "dup")  # the same run in a second fMRIPrep folder
     second = root / "derivatives" / "fmriprep-rerun"
     shutil.copytree(root / "derivatives" / "fmriprep" / "sub-dup", second / "sub-dup")
-    shutil.copyfile(root / "derivatives" / "fmriprep" / "dataset_description.json",
-                    second / "dataset_description.json")
+    shutil.copyfile(root / "derivatives" / "fmriprep" / "dataset_description.json", second / "dataset_description.json")
     f["bold2"] = second / "sub-dup" / "func" / f["bold"].name
     return files
 
@@ -163,10 +174,18 @@ CASES = {
     "emptynii": ("failed", r"not a readable NIfTI image .*; re-create or re-download the file", "bold"),
     "trunc": ("failed", r"cannot read volumes .*truncated or corrupt.*; re-create or re-download the file", "bold"),
     "bold3d": ("failed", r"expected a 4D BOLD series .* got a 3D image.*; pass the run's \*_bold.nii.gz", "bold"),
-    "native": ("skipped", r"BOLD in space T1w; DeepLight needs MNI152NLin6Asym \(or MNI152NLin2009cAsym\): rerun "
-                          r"fMRIPrep with --output-spaces MNI152NLin6Asym:res-2", None),
-    "offgrid": ("failed", r"brain mask is empty on the MNI152NLin6Asym reference grid.*native space.*; pass the "
-                          r"run's brain mask in template space", "mask"),
+    "native": (
+        "skipped",
+        r"BOLD in space T1w; DeepLight needs MNI152NLin6Asym \(or MNI152NLin2009cAsym\): rerun "
+        r"fMRIPrep with --output-spaces MNI152NLin6Asym:res-2",
+        None,
+    ),
+    "offgrid": (
+        "failed",
+        r"brain mask is empty on the MNI152NLin6Asym reference grid.*native space.*; pass the "
+        r"run's brain mask in template space",
+        "mask",
+    ),
     "allnan": ("failed", r"the BOLD is NaN/inf or 0 in 100% of the brain mask .*; re-run the preprocessing", "bold"),
     "maskshift": ("failed", r"the BOLD is 0 in \d+% of the brain mask .*same space\? Pass the run's own mask", "bold"),
     "mask4d": ("failed", r"expected a 3D brain mask, got a 4D image.*; pass the run's \*_desc-brain_mask", "mask"),
@@ -174,20 +193,37 @@ CASES = {
     "eventsempty": ("failed", r"events file is empty; write a header", "events"),
     "notrialtype": ("failed", r"no 'trial_type' column .*; add a trial_type column", "events"),
     "naonset": ("failed", r"onset 'n/a' in data row 1 is not a number; every event needs a numeric onset", "events"),
-    "naduration": ("failed", r"duration 'n/a' in data row 1 is not a number; every event needs a numeric duration",
-                   "events"),
+    "naduration": (
+        "failed",
+        r"duration 'n/a' in data row 1 is not a number; every event needs a numeric duration",
+        "events",
+    ),
     "negdur": ("failed", r"negative duration -2.0 in data row 1; durations must be >= 0 seconds", "events"),
     "notr": ("skipped", r"RepetitionTime missing for .*; add it in seconds to .*_desc-preproc_bold.json", "bold"),
-    "dup": ("skipped", r"duplicate run: 2 preprocessed BOLD files .*; keep one, or select one with --derivatives",
-            "bold2"),
+    "dup": (
+        "skipped",
+        r"duplicate run: 2 preprocessed BOLD files .*; keep one, or select one with --derivatives",
+        "bold2",
+    ),
     # processed, with a one-line warning naming the file and what to check
     "grid3mm": ("done", None, None),
     "nanvox": ("done", r"NaN/inf voxel value\(s\) set to 0; check the preprocessing", "bold"),
-    "maskgrid": ("done", r"brain mask grid \(90, 108, 90\) differs from the BOLD grid .*check that the mask belongs",
-                 "mask"),
-    "late": ("done", r"1 of 2 event\(s\) start at or after the end of the run .*; check that the events file", "events"),
-    "trmismatch": ("done", r"RepetitionTime 1.5 s in the sidecar JSON differs from the NIfTI header \(pixdim\[4\] = 2 "
-                           r"s\); the sidecar is used", "bold"),
+    "maskgrid": (
+        "done",
+        r"brain mask grid \(90, 108, 90\) differs from the BOLD grid .*check that the mask belongs",
+        "mask",
+    ),
+    "late": (
+        "done",
+        r"1 of 2 event\(s\) start at or after the end of the run .*; check that the events file",
+        "events",
+    ),
+    "trmismatch": (
+        "done",
+        r"RepetitionTime 1.5 s in the sidecar JSON differs from the NIfTI header \(pixdim\[4\] = 2 "
+        r"s\); the sidecar is used",
+        "bold",
+    ),
 }
 
 
@@ -213,10 +249,21 @@ class _NoWritesUnder:
         if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
             mode, flags = args[1], args[2]
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or bool(
-                isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+                isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+            )
             paths = [args[0]]
-        elif event in ("os.mkdir", "os.rename", "os.replace", "os.remove", "os.rmdir", "os.truncate",
-                       "shutil.rmtree", "os.chmod", "os.symlink", "os.link"):
+        elif event in (
+            "os.mkdir",
+            "os.rename",
+            "os.replace",
+            "os.remove",
+            "os.rmdir",
+            "os.truncate",
+            "shutil.rmtree",
+            "os.chmod",
+            "os.symlink",
+            "os.link",
+        ):
             writing, paths = True, [a for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))]
         if writing:
             for p in paths:
@@ -243,8 +290,19 @@ def messy(small_dataset, rel_model, tmp_path_factory):
     guard = _NoWritesUnder(root)
     _NoWritesUnder.active = guard
     try:
-        code, stderr = cli_inprocess([root, out, "participant", "--weights", rel_model, "--no-lrp",
-                                      "--skip-bids-validation", "--batch-size", "10"])
+        code, stderr = cli_inprocess(
+            [
+                root,
+                out,
+                "participant",
+                "--weights",
+                rel_model,
+                "--no-lrp",
+                "--skip-bids-validation",
+                "--batch-size",
+                "10",
+            ]
+        )
     finally:
         _NoWritesUnder.active = None
     return {"root": root, "out": out, "files": files, "code": code, "stderr": stderr, "writes": guard.hits}
@@ -252,7 +310,7 @@ def messy(small_dataset, rel_model, tmp_path_factory):
 
 def _table_row(stderr, label):
     """(status, detail) of a run in the final summary table."""
-    summary = stderr[stderr.rindex("summary:"):]
+    summary = stderr[stderr.rindex("summary:") :]
     for line in summary.splitlines():
         if line.startswith(f"sub-{label}_task-motor "):
             _, status, detail = re.split(r"\s+", line, maxsplit=2)
@@ -317,30 +375,55 @@ def test_bad_input_case(messy, label):
 def test_nan_voxels_give_finite_outputs(messy):
     import pandas as pd
 
-    frame = pd.read_csv(messy["out"] / "sub-nanvox" / "func" / "sub-nanvox_task-motor_desc-predictions_timeseries.tsv",
-                        sep="\t")
+    frame = pd.read_csv(
+        messy["out"] / "sub-nanvox" / "func" / "sub-nanvox_task-motor_desc-predictions_timeseries.tsv", sep="\t"
+    )
     probs = frame[[c for c in frame.columns if c.startswith("prob_")]].to_numpy()
     assert np.isfinite(probs).all()
 
 
 def test_only_bad_runs_is_an_input_error(messy, rel_model, tmp_path):
-    code, stderr = cli_inprocess([messy["root"], tmp_path / "out", "participant", "--participant-label", "bold3d",
-                                  "--weights", rel_model, "--no-lrp", "--skip-bids-validation"])
+    code, stderr = cli_inprocess(
+        [
+            messy["root"],
+            tmp_path / "out",
+            "participant",
+            "--participant-label",
+            "bold3d",
+            "--weights",
+            rel_model,
+            "--no-lrp",
+            "--skip-bids-validation",
+        ]
+    )
     assert code == 3
-    assert_clean_error(stderr, "sub-bold3d_task-motor", messy["files"]["bold3d"]["bold"], "expected a 4D BOLD",
-                       "pass the run's")
+    assert_clean_error(
+        stderr, "sub-bold3d_task-motor", messy["files"]["bold3d"]["bold"], "expected a 4D BOLD", "pass the run's"
+    )
 
 
 def test_only_skipped_runs_is_an_input_error(messy, rel_model, tmp_path):
-    code, stderr = cli_inprocess([messy["root"], tmp_path / "out", "participant", "--participant-label", "noevents",
-                                  "--weights", rel_model, "--no-lrp", "--skip-bids-validation"])
+    code, stderr = cli_inprocess(
+        [
+            messy["root"],
+            tmp_path / "out",
+            "participant",
+            "--participant-label",
+            "noevents",
+            "--weights",
+            rel_model,
+            "--no-lrp",
+            "--skip-bids-validation",
+        ]
+    )
     assert code == 3
     assert_clean_error(stderr, "no run can be processed", "no events file", "add sub-noevents_task-motor_events.tsv")
 
 
 def test_participant_not_in_dataset(small_dataset, tmp_path):
-    code, stderr = cli_inprocess([small_dataset.bids_dir, tmp_path / "out", "participant", "--participant-label", "99",
-                                  "--skip-bids-validation"])
+    code, stderr = cli_inprocess(
+        [small_dataset.bids_dir, tmp_path / "out", "participant", "--participant-label", "99", "--skip-bids-validation"]
+    )
     assert code == 3
     assert_clean_error(stderr, str(small_dataset.bids_dir), "sub-99 not found", "fix --participant-label")
 
@@ -356,8 +439,7 @@ def test_filter_file_not_json(small_dataset, tmp_path):
 
 
 def test_output_inside_bids_dir(small_dataset):
-    proc = cli_subprocess([small_dataset.bids_dir, small_dataset.bids_dir / "derivatives" / "deeplight",
-                           "participant"])
+    proc = cli_subprocess([small_dataset.bids_dir, small_dataset.bids_dir / "derivatives" / "deeplight", "participant"])
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -374,8 +456,19 @@ def test_weights_wrong_file(small_dataset, tmp_path, kind):
     else:
         weights = tmp_path / "model.keras"
         weights.write_bytes(b"PK\x03\x04 broken zip")
-    code, stderr = cli_inprocess([small_dataset.bids_dir, tmp_path / "out", "participant", "--participant-label",
-                                  "01", "--weights", weights, "--skip-bids-validation", "--no-lrp"])
+    code, stderr = cli_inprocess(
+        [
+            small_dataset.bids_dir,
+            tmp_path / "out",
+            "participant",
+            "--participant-label",
+            "01",
+            "--weights",
+            weights,
+            "--skip-bids-validation",
+            "--no-lrp",
+        ]
+    )
     assert code == 4, stderr[-2000:]
     assert_clean_error(stderr, str(weights))
 
@@ -384,8 +477,9 @@ def test_unwritable_output_dir(small_dataset, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("a regular file where a folder is needed\n")
     out = blocker / "out"
-    code, stderr = cli_inprocess([small_dataset.bids_dir, out, "participant", "--participant-label", "01",
-                                  "--skip-bids-validation", "--no-lrp"])
+    code, stderr = cli_inprocess(
+        [small_dataset.bids_dir, out, "participant", "--participant-label", "01", "--skip-bids-validation", "--no-lrp"]
+    )
     assert code == 5
     assert_clean_error(stderr, str(out), "not writable", "choose a writable OUTPUT_DIR")
 
@@ -403,8 +497,19 @@ def test_disk_full_while_writing(small_dataset, rel_model, tmp_path, monkeypatch
         return real_replace(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(writers.os, "replace", full_disk)
-    argv = [small_dataset.bids_dir, out, "participant", "--participant-label", "01", "--weights", rel_model,
-            "--no-lrp", "--skip-bids-validation", "--batch-size", "10"]
+    argv = [
+        small_dataset.bids_dir,
+        out,
+        "participant",
+        "--participant-label",
+        "01",
+        "--weights",
+        rel_model,
+        "--no-lrp",
+        "--skip-bids-validation",
+        "--batch-size",
+        "10",
+    ]
     code, stderr = cli_inprocess(argv)
     monkeypatch.undo()
     func = out / "sub-01" / "func"

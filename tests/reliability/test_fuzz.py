@@ -16,12 +16,34 @@ from deeplight_bids.prepare.labels import read_events, volume_labels
 FUZZ = settings(deadline=None, max_examples=80, suppress_health_check=[HealthCheck.too_slow])
 
 _cell = st.one_of(
-    st.sampled_from(["0", "1.5", "-3", "12", "n/a", "", "nan", "inf", "-inf", "1e400", " 4 ", "lh", "rh", "t",
-                     "cue", "\"q\"", "1,5", "#", "\u00e9"]),
+    st.sampled_from(
+        [
+            "0",
+            "1.5",
+            "-3",
+            "12",
+            "n/a",
+            "",
+            "nan",
+            "inf",
+            "-inf",
+            "1e400",
+            " 4 ",
+            "lh",
+            "rh",
+            "t",
+            "cue",
+            '"q"',
+            "1,5",
+            "#",
+            "\u00e9",
+        ]
+    ),
     st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\t\n\r"), max_size=6),
 )
-_header = st.lists(st.sampled_from(["onset", "duration", "trial_type", "response_time", "onset ", "x", ""]),
-                   min_size=0, max_size=5)
+_header = st.lists(
+    st.sampled_from(["onset", "duration", "trial_type", "response_time", "onset ", "x", ""]), min_size=0, max_size=5
+)
 
 
 @st.composite
@@ -61,8 +83,12 @@ _events_frame = st.lists(
 
 
 @FUZZ
-@given(events=_events_frame, n_volumes=st.integers(0, 60), t_r=st.floats(0.2, 4.0),
-       mapping=st.dictionaries(st.sampled_from("abcd"), st.sampled_from(["A", "B"]), max_size=4))
+@given(
+    events=_events_frame,
+    n_volumes=st.integers(0, 60),
+    t_r=st.floats(0.2, 4.0),
+    mapping=st.dictionaries(st.sampled_from("abcd"), st.sampled_from(["A", "B"]), max_size=4),
+)
 def test_volume_labels_match_brute_force(events, n_volumes, t_r, mapping):
     labels = volume_labels(events, n_volumes, t_r, mapping)
     assert labels.shape == (n_volumes,)
@@ -85,23 +111,85 @@ def argv_world(tmp_path_factory):
     good.write_text('{"run": 1, "session": null}')
     bad = base / "bad.json"
     bad.write_text("[1, 2")
-    return {"bids": str(bids), "out": str(base / "out"), "good": str(good), "bad": str(bad),
-            "missing": str(base / "missing")}
+    return {
+        "bids": str(bids),
+        "out": str(base / "out"),
+        "good": str(good),
+        "bad": str(bad),
+        "missing": str(base / "missing"),
+    }
 
 
-_OPTIONS = ["--participant-label", "--participant_label", "--session-label", "-t", "--task", "--bids-filter-file",
-            "-d", "--derivatives", "--space", "--architecture", "--weights", "--state-map", "--lrp-target",
-            "--no-lrp", "--smoothing-fwhm", "--high-pass", "--nprocs", "--batch-size", "-w", "--work-dir",
-            "--overwrite", "-v", "-vv", "--skip-bids-validation", "--correct-only", "--reports-only", "--bogus"]
-_VALUES = ["01", "sub-01", "0", "-1", "1/128", "1/0", "none", "nan", "inf", "3D", "2D", "true", "predicted", "",
-           "x" * 300, "\u00e9\u00e8", "{good}", "{bad}", "{missing}", "{bids}", "{bids}/derivatives/x", "{out}"]
+_OPTIONS = [
+    "--participant-label",
+    "--participant_label",
+    "--session-label",
+    "-t",
+    "--task",
+    "--bids-filter-file",
+    "-d",
+    "--derivatives",
+    "--space",
+    "--architecture",
+    "--weights",
+    "--state-map",
+    "--lrp-target",
+    "--no-lrp",
+    "--smoothing-fwhm",
+    "--high-pass",
+    "--nprocs",
+    "--batch-size",
+    "-w",
+    "--work-dir",
+    "--overwrite",
+    "-v",
+    "-vv",
+    "--skip-bids-validation",
+    "--correct-only",
+    "--reports-only",
+    "--bogus",
+]
+_VALUES = [
+    "01",
+    "sub-01",
+    "0",
+    "-1",
+    "1/128",
+    "1/0",
+    "none",
+    "nan",
+    "inf",
+    "3D",
+    "2D",
+    "true",
+    "predicted",
+    "",
+    "x" * 300,
+    "\u00e9\u00e8",
+    "{good}",
+    "{bad}",
+    "{missing}",
+    "{bids}",
+    "{bids}/derivatives/x",
+    "{out}",
+]
 
 
 @FUZZ
-@given(tokens=st.lists(st.sampled_from(_OPTIONS + _VALUES), max_size=8),
-       head=st.sampled_from([["{bids}", "{out}", "participant"], ["{bids}", "{out}", "group"], ["{bids}", "{bids}/o",
-                             "participant"], ["{missing}", "{out}", "participant"], ["{bids}", "{out}", "sideways"],
-                             ["{bids}"], []]))
+@given(
+    tokens=st.lists(st.sampled_from(_OPTIONS + _VALUES), max_size=8),
+    head=st.sampled_from(
+        [
+            ["{bids}", "{out}", "participant"],
+            ["{bids}", "{out}", "group"],
+            ["{bids}", "{bids}/o", "participant"],
+            ["{missing}", "{out}", "participant"],
+            ["{bids}", "{out}", "sideways"],
+            ["{bids}"],
+            [],
+        ]
+    ),
+)
 def test_cli_arguments_never_traceback(argv_world, tokens, head):
     from deeplight_bids.cli.parser import parse_args
     from deeplight_bids.config import Config

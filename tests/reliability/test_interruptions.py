@@ -46,9 +46,22 @@ def test_sigterm_sigkill_resume_equals_uninterrupted(concurrent_outputs, small_d
     assert ref_results["01"].returncode == 0, ref_results["01"].stderr[-3000:]
     ref = run_files(ref_out)
     out = tmp_path / "out"
-    argv = [small_dataset.bids_dir, out, "participant", "--participant-label", "01", "--weights", rel_model,
-            "--skip-bids-validation", "--nprocs", "1", "--batch-size", "2", *QUALITY_ARGS,
-            "-vv"]  # -vv: a log line per batch
+    argv = [
+        small_dataset.bids_dir,
+        out,
+        "participant",
+        "--participant-label",
+        "01",
+        "--weights",
+        rel_model,
+        "--skip-bids-validation",
+        "--nprocs",
+        "1",
+        "--batch-size",
+        "2",
+        *QUALITY_ARGS,
+        "-vv",
+    ]  # -vv: a log line per batch
     files = run_files(out)
 
     # 1. SIGTERM: graceful, temporaries removed, nothing under a final run-output name

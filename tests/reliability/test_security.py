@@ -45,11 +45,25 @@ def test_cli_refuses_symlinked_participant_folder(small_dataset, rel_model, tmp_
     out.mkdir()
     outside.mkdir()
     (out / "sub-01").symlink_to(outside, target_is_directory=True)
-    code, stderr = cli_inprocess([small_dataset.bids_dir, out, "participant", "--participant-label", "01",
-                                  "--weights", rel_model, "--no-lrp", "--skip-bids-validation", "--batch-size", "10"])
+    code, stderr = cli_inprocess(
+        [
+            small_dataset.bids_dir,
+            out,
+            "participant",
+            "--participant-label",
+            "01",
+            "--weights",
+            rel_model,
+            "--no-lrp",
+            "--skip-bids-validation",
+            "--batch-size",
+            "10",
+        ]
+    )
     assert code == 5
-    assert_clean_error(stderr, str(out / "sub-01"), "refusing to write below a symbolic link",
-                       "replace the link with a folder")
+    assert_clean_error(
+        stderr, str(out / "sub-01"), "refusing to write below a symbolic link", "replace the link with a folder"
+    )
     assert list(outside.iterdir()) == []
 
 
@@ -66,8 +80,20 @@ def test_cli_refuses_untrusted_2d_pickle(small_dataset, tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "model-2D_DeepLight_desc-pretrained_model.npy"
     np.save(evil, np.array({"w": _Boom(marker)}, dtype=object), allow_pickle=True)
-    code, stderr = cli_inprocess([small_dataset.bids_dir, tmp_path / "out", "participant", "--participant-label",
-                                  "01", "--architecture", "2D", "--weights", evil, "--skip-bids-validation"])
+    code, stderr = cli_inprocess(
+        [
+            small_dataset.bids_dir,
+            tmp_path / "out",
+            "participant",
+            "--participant-label",
+            "01",
+            "--architecture",
+            "2D",
+            "--weights",
+            evil,
+            "--skip-bids-validation",
+        ]
+    )
     assert code == 4
     assert_clean_error(stderr, str(evil), "sha256")
     assert not marker.exists()
