@@ -148,12 +148,12 @@ def body_features(body, data: TrainingData, work_dir, batch_size, key_extra, log
     if path.is_file():
         log.info("fine-tune: reusing frozen-body features from %s", path)
         return np.load(path)
-    from deeplight_bids.models.train import StepProgress
+    from deeplight_bids.progress import SegmentProgress
 
     t0 = time.monotonic()
     batch = max(1, int(batch_size))
     n = len(data.samples)
-    progress = StepProgress(log, "volume")
+    progress = SegmentProgress("volume", log)
     progress.start(n, "fine-tune: frozen-body features")
     parts = []
     for start in range(0, n, batch):
