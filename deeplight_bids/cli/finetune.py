@@ -2,7 +2,7 @@
 
 import argparse
 
-from deeplight_bids.models.train import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS
+from deeplight_bids.config import default
 
 
 def add_finetune_arguments(parser):
@@ -29,34 +29,34 @@ def add_finetune_arguments(parser):
     group = parser.add_argument_group(
         "Fine-tuning options",
         "group level with --finetune: fit DeepLight to this dataset's states, evaluated on held-out participants")
-    group.add_argument("--finetune", action="store_true",
+    group.add_argument("--finetune", action="store_true", default=default("finetune"),
                        help="group level: fine-tune (transfer learning) instead of the group statistics%(default).0s")
-    group.add_argument("--init", choices=("pretrained", "scratch"), default="pretrained", dest="finetune_init",
+    group.add_argument("--init", choices=("pretrained", "scratch"), default=default("finetune_init"), dest="finetune_init",
                        help="start from the published body of --architecture (or --weights) with a new output "
                             "layer, or from random weights")
     group.add_argument("--states", nargs="+", metavar="STATE", dest="finetune_states",
                        help="states to train on, in output order (default: every labelled state found, "
                             "sorted)%(default).0s")
-    group.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS, help="training epochs")
+    group.add_argument("--epochs", type=positive_int, default=default("epochs"), help="training epochs")
     group.add_argument("--learning-rate", type=positive_float, metavar="LR",
                        help="Adam learning rate (default: 1e-3 for 3D, 1e-4 for 2D)%(default).0s")
-    group.add_argument("--finetune-batch-size", type=positive_int, metavar="N",
-                       help=f"training batch size (default: {DEFAULT_BATCH_SIZE}; --batch-size is for "
-                            "decoding)%(default).0s")
-    group.add_argument("--cv-folds", type=non_negative_int, default=0, metavar="K",
+    group.add_argument("--finetune-batch-size", type=positive_int, default=default("finetune_batch_size"),
+                       metavar="N", help="training batch size (default: %(default)s; --batch-size is for decoding)")
+    group.add_argument("--cv-folds", type=non_negative_int, default=default("cv_folds"), metavar="K",
                        help="participant-wise K-fold cross-validation (every participant is predicted by a model "
                             "that never saw it); 0: one split (see --val-participants)")
     group.add_argument("--val-participants", nargs="+", metavar="LABEL",
                        type=lambda v: str(v).removeprefix("sub-"),
                        help="participants held out for validation in the one-split mode "
                             "(default: the last 20%% of participants, at least one)%(default).0s")
-    group.add_argument("--early-stopping-patience", type=non_negative_int, default=0, metavar="N",
+    group.add_argument("--early-stopping-patience", type=non_negative_int,
+                       default=default("early_stopping_patience"), metavar="N",
                        help="stop after N epochs without a lower validation loss and keep the best weights "
                             "(0: train all epochs)")
-    group.add_argument("--seed", type=non_negative_int, default=0,
+    group.add_argument("--seed", type=non_negative_int, default=default("seed"),
                        help="random seed (folds, weights, shuffling; also the quality measures' volume choice, random "
                             "orders and randomised model, and the significance permutations)")
-    group.add_argument("--freeze-body", action="store_true",
+    group.add_argument("--freeze-body", action="store_true", default=default("freeze_body"),
                        help="train the output layer only (the body's features are computed once)%(default).0s")
     group.add_argument("--model-name", metavar="NAME",
                        help="folder name under OUTPUT_DIR/models (default: finetune-<architecture>-<init>"

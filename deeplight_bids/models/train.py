@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from deeplight_bids.config import default
 from deeplight_bids.derivatives.writers import atomic_path, write_json
 from deeplight_bids.progress import LOG_INTERVAL, SegmentProgress
 
@@ -13,8 +14,9 @@ LOGGER = logging.getLogger("deeplight_bids")
 
 #: Reference learning rates (sections 5 and 6).
 DEFAULT_LEARNING_RATE = {"3D": 1e-3, "2D": 1e-4}
-DEFAULT_EPOCHS = 10
-DEFAULT_BATCH_SIZE = 8
+#: Training epochs and batch size when none is given (the defaults of :class:`~deeplight_bids.config.FinetuneConfig`).
+DEFAULT_EPOCHS = default("epochs")
+DEFAULT_BATCH_SIZE = default("finetune_batch_size")
 
 #: Files in a training folder.
 CHECKPOINT_FILE = "checkpoint.keras"

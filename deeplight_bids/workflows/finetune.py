@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from deeplight_bids.bids.identity import digest
+from deeplight_bids.derivatives import naming
 from deeplight_bids.exceptions import EXIT_OK, UsageError, WeightsError
 from deeplight_bids.models import datasets, heldout
 from deeplight_bids.models.splits import participant_splits
@@ -87,7 +88,7 @@ class FinetuneJob:
         self.name = config.model_name or f"finetune-{self.arch}-{self.init}{suffix}"
         if not self.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise UsageError(f"--model-name {self.name!r}: use letters, digits, '-', '_' and '.' only.")
-        self.model_dir = Path(config.output_dir) / "models" / self.name
+        self.model_dir = naming.finetune_model_dir(config.output_dir, self.name)
         self.ckpt_root = Path(config.work_dir) / "finetune" / self.name
         self.data = None
         self.participants = []
@@ -208,7 +209,7 @@ class FinetuneJob:
                       len(held_samples), 1.0 / len(self.states))
         report = {"fold": fold or "single", "training_participants": train, "validation_participants": val,
                   "heldout_participants": held,
-                  "model": str((out_dir / f"{stem}.keras").relative_to(cfg.output_dir)), **metrics}
+                  "model": str(naming.finetune_outputs(out_dir, stem)["model"].relative_to(cfg.output_dir)), **metrics}
         return report, rows
 
     def write_summary(self, folds, seconds):
@@ -236,7 +237,7 @@ class FinetuneJob:
         }
         from deeplight_bids.derivatives.writers import write_json
 
-        write_json(self.model_dir / f"{self.name}_desc-heldout_summary.json", summary)
+        write_json(naming.finetune_heldout_outputs(self.model_dir, self.name)["summary_json"], summary)
         self.log.info("fine-tune %s: held-out accuracy %.3f over %d volumes of %d participants (chance %.3f); "
                       "outputs in %s", self.name, pooled["accuracy"], pooled["n_volumes"], len(rows) - 1,
                       1.0 / n_states, self.model_dir)
@@ -292,9 +293,9 @@ class FinetuneJob:
         from deeplight_bids.models.weights import save_model
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_model(float32_model(model, self.arch, len(self.states)), out_dir / f"{stem}.keras", card)
-        write_history(history, out_dir / f"{stem}_history.tsv", out_dir / f"{stem}_learningcurve.png",
-                      title=f"{stem}: {self.arch} {self.init}")
+        outputs = naming.finetune_outputs(out_dir, stem)
+        save_model(float32_model(model, self.arch, len(self.states)), outputs["model"], card)
+        write_history(history, outputs["history"], outputs["learning_curve"], title=f"{stem}: {self.arch} {self.init}")
 
     def _labels_identity(self):
         return datasets.labels_identity(self.data.runs, self.config.state_map_file, self.states)
