@@ -103,9 +103,9 @@ class Progress:
 
     def _line(self, now, status):
         rate = self.done / max(now - self._start, 1e-9)
-        left = (self.total - self.done) / rate if rate > 0 and self.total else float("inf")
+        left = (self.total - self.done) / rate if rate > 0 and self.total else None
         self.log.info("%s: %d of %d %ss (%d%%), %.2f %ss/s, about %s left", self.desc, self.done, self.total or 0,
-                      self.unit, 100 * self.done // max(self.total or 0, 1), rate, self.unit, _duration(left))
+                      self.unit, 100 * self.done // max(self.total or 0, 1), rate, self.unit, format_duration(left))
 
     def close(self):
         """End the segment (the bar shows its final count, then is cleared)."""
@@ -243,7 +243,7 @@ def format_bytes(n: float) -> str:
 
 
 def format_duration(seconds: float | None) -> str:
-    """``75`` -> ``"0:01:15"``; None -> ``"--:--"``."""
+    """``75`` -> ``"0:01:15"`` (hours:minutes:seconds); None (unknown) -> ``"--:--"``."""
     if seconds is None:
         return "--:--"
     seconds = int(round(seconds))
@@ -255,13 +255,3 @@ def _is_terminal(stream):
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # closed or not a file
         return False
-
-
-def _duration(seconds):
-    if seconds == float("inf"):
-        return "an unknown time"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
