@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from deeplight_bids.bids.identity import digest, file_identity
+from deeplight_bids.derivatives import naming
 from deeplight_bids.exceptions import InputDataError, NoRunsFoundError
 from deeplight_bids.models.weights import sha256sum
 
@@ -144,7 +145,7 @@ def body_features(body, data: TrainingData, work_dir, batch_size, key_extra, log
                                              for w in body.get_weights())).hexdigest()[:16]
     key = digest({"body": weights_digest, **key_extra, "entries": [e.key for e in data.entries],
                   "samples": [data.samples.entry.tolist(), data.samples.volume.tolist()]}, 16)
-    path = Path(work_dir) / "finetune" / "features" / f"{key}.npy"
+    path = naming.finetune_features_cache(work_dir, key)
     if path.is_file():
         log.info("fine-tune: reusing frozen-body features from %s", path)
         return np.load(path)

@@ -34,7 +34,6 @@ import json
 import logging
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -89,7 +88,7 @@ class FinetuneJob:
         if not self.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise UsageError(f"--model-name {self.name!r}: use letters, digits, '-', '_' and '.' only.")
         self.model_dir = naming.finetune_model_dir(config.output_dir, self.name)
-        self.ckpt_root = Path(config.work_dir) / "finetune" / self.name
+        self.ckpt_root = naming.finetune_work_dir(config.work_dir, self.name)
         self.data = None
         self.participants = []
         self.deterministic = False
