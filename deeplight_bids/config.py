@@ -144,7 +144,7 @@ class FinetuneConfig:
     learning_rate : float or None
         None: the architecture's reference rate.
     batch_size : int
-        Training batch size (``--finetune-batch-size``).
+        Training batch size (``--finetune-batch-size``; None: the default, 8).
     cv_folds : int
     val_participants : tuple of str or None
     early_stopping_patience : int
@@ -157,7 +157,7 @@ class FinetuneConfig:
     states: tuple | None = None
     epochs: int = 10
     learning_rate: float | None = None
-    batch_size: int | None = None
+    batch_size: int | None = 8
     cv_folds: int = 0
     val_participants: tuple | None = None
     early_stopping_patience: int = 0

@@ -27,12 +27,23 @@ def test_parser_defaults_are_the_sections_defaults():
         "relevance_maps",
         "reference_top_percent",
         "significance_permutations",
+        "finetune",
+        "finetune_init",
+        "epochs",
+        "finetune_batch_size",
+        "cv_folds",
+        "early_stopping_patience",
+        "seed",
+        "freeze_body",
     ):
         assert parser.get_default(dest) == default(dest), dest
     # (--quality-volumes reads run_quality.DEFAULT_VOLUMES, which is default("quality_volumes") but lowered
     # for this test session by tests/conftest.py)
     assert default("batch_size") == ParticipantConfig().batch_size == 4  # decoding's, not fine-tuning's
-    assert default("finetune_batch_size") is FinetuneConfig().batch_size
+    assert default("finetune_batch_size") == FinetuneConfig().batch_size == 8
+    from deeplight_bids.models.train import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS
+
+    assert (DEFAULT_EPOCHS, DEFAULT_BATCH_SIZE) == (default("epochs"), default("finetune_batch_size"))
 
 
 def test_flat_and_sectioned_access(tmp_path):

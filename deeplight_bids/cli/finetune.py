@@ -2,7 +2,7 @@
 
 import argparse
 
-from deeplight_bids.models.train import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS
+from deeplight_bids.config import default
 
 
 def add_finetune_arguments(parser):
@@ -33,12 +33,13 @@ def add_finetune_arguments(parser):
     group.add_argument(
         "--finetune",
         action="store_true",
+        default=default("finetune"),
         help="group level: fine-tune (transfer learning) instead of the group statistics%(default).0s",
     )
     group.add_argument(
         "--init",
         choices=("pretrained", "scratch"),
-        default="pretrained",
+        default=default("finetune_init"),
         dest="finetune_init",
         help="start from the published body of --architecture (or --weights) with a new output "
         "layer, or from random weights",
@@ -50,7 +51,7 @@ def add_finetune_arguments(parser):
         dest="finetune_states",
         help="states to train on, in output order (default: every labelled state found, sorted)%(default).0s",
     )
-    group.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS, help="training epochs")
+    group.add_argument("--epochs", type=positive_int, default=default("epochs"), help="training epochs")
     group.add_argument(
         "--learning-rate",
         type=positive_float,
@@ -60,13 +61,14 @@ def add_finetune_arguments(parser):
     group.add_argument(
         "--finetune-batch-size",
         type=positive_int,
+        default=default("finetune_batch_size"),
         metavar="N",
-        help=f"training batch size (default: {DEFAULT_BATCH_SIZE}; --batch-size is for decoding)%(default).0s",
+        help="training batch size (default: %(default)s; --batch-size is for decoding)",
     )
     group.add_argument(
         "--cv-folds",
         type=non_negative_int,
-        default=0,
+        default=default("cv_folds"),
         metavar="K",
         help="participant-wise K-fold cross-validation (every participant is predicted by a model "
         "that never saw it); 0: one split (see --val-participants)",
@@ -82,20 +84,21 @@ def add_finetune_arguments(parser):
     group.add_argument(
         "--early-stopping-patience",
         type=non_negative_int,
-        default=0,
+        default=default("early_stopping_patience"),
         metavar="N",
         help="stop after N epochs without a lower validation loss and keep the best weights (0: train all epochs)",
     )
     group.add_argument(
         "--seed",
         type=non_negative_int,
-        default=0,
+        default=default("seed"),
         help="random seed (folds, weights, shuffling; also the quality measures' volume choice, random "
         "orders and randomised model, and the significance permutations)",
     )
     group.add_argument(
         "--freeze-body",
         action="store_true",
+        default=default("freeze_body"),
         help="train the output layer only (the body's features are computed once)%(default).0s",
     )
     group.add_argument(

@@ -19,7 +19,8 @@ Per job and outside the BIDS tree (listed in ``.bidsignore``):
 * ``WORK_DIR/relevance_sums/<run>_sums.npz`` (per-state relevance sums of a finished run)
 
 Group level (``group/``, or ``group/model-<sha>/`` per model): :func:`group_output`;
-fine-tuning (``models/<name>/``): :func:`finetune_outputs`, :func:`finetune_comparison_output`;
+fine-tuning (``models/<name>/``): :func:`finetune_outputs`, :func:`finetune_comparison_output` (and in
+WORK_DIR :func:`finetune_work_dir`, :func:`finetune_features_cache`);
 the HCP download's BIDS names: :func:`hcp_run_stem`.
 """
 
@@ -253,6 +254,16 @@ def finetune_comparison_output(output_dir, architecture, frozen=False):
     """``OUTPUT_DIR/group/finetune-comparison_arch-<A>[_frozen].tsv`` (its sidecar: :func:`sidecar_of`)."""
     stem = f"finetune-comparison_arch-{architecture}" + ("_frozen" if frozen else "")
     return Path(output_dir) / GROUP_FOLDER / f"{stem}.tsv"
+
+
+def finetune_work_dir(work_dir, name):
+    """``WORK_DIR/finetune/<name>``: one fine-tuning's checkpoints, a folder per fold (resumed from there)."""
+    return Path(work_dir) / "finetune" / name
+
+
+def finetune_features_cache(work_dir, key):
+    """``WORK_DIR/finetune/features/<key>.npy``: frozen-body features, keyed by body, data and labels."""
+    return Path(work_dir) / "finetune" / "features" / f"{key}.npy"
 
 
 # -- HCP download (raw side and derivatives/hcp) ---------------------------------------------------

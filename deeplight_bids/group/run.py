@@ -158,25 +158,19 @@ def _write_state_maps(
         "participants": subjects,
     }
     # BIDS statistical derivatives, as nilearn and fitlins name them: the intercept's effect (the mean) and its t
-    path = folder / naming.group_name(task, "statmap", ".nii.gz", contrast=label, stat="effect", desc=desc, space=True)
-    side = sidecars.group_map_sidecar(
-        task, state, "mean", subjects, model, templates.provenance(), correct_only, n_vols
-    )
-    if sources:
-        side["Sources"] = [f"bids::{_rel(s, output_dir)}" for s in sources]
-    _write_map(path, mean, side)
-    entry["mean"] = _rel(path, output_dir)
-    if t is not None:
-        path = folder / naming.group_name(task, "statmap", ".nii.gz", contrast=label, stat="t", desc=desc, space=True)
+    for kind, stat, image in (("mean", "effect", mean), ("t", "t", t)):
+        if image is None:
+            entry[kind] = None
+            continue
+        path = folder / naming.group_name(task, "statmap", ".nii.gz", contrast=label, stat=stat, desc=desc, space=True)
         side = sidecars.group_map_sidecar(
-            task, state, "t", subjects, model, templates.provenance(), correct_only, n_vols
+            task, state, kind, subjects, model, templates.provenance(), correct_only, n_vols
         )
         if sources:
             side["Sources"] = [f"bids::{_rel(s, output_dir)}" for s in sources]
-        _write_map(path, t, side)
-        entry["t"] = _rel(path, output_dir)
-    else:
-        entry["t"] = None
+        _write_map(path, image, side)
+        entry[kind] = _rel(path, output_dir)
+    if t is None:
         entry["note"] = (
             f"{len(subjects)} participant(s): no t-map (needs at least {stats.MIN_T_PARTICIPANTS}); mean map only"
         )

@@ -3,7 +3,7 @@
 * :mod:`deeplight_bids.hcp.s3` - credentials, the S3 client and its errors;
   :mod:`~deeplight_bids.hcp.listing` - what HCP holds upstream;
   :mod:`~deeplight_bids.hcp.download` - resumable parallel downloads;
-  :mod:`~deeplight_bids.hcp.progress` - a bar on a terminal, a line a minute otherwise;
+  progress through :class:`deeplight_bids.progress.ByteProgress`;
 * :mod:`deeplight_bids.hcp.bids` - BIDS naming, events from HCP EV files, sidecars;
 * :mod:`deeplight_bids.hcp.cli` - the ``fetch`` and ``list`` commands;
 * :mod:`deeplight_bids.hcp.tfrecord` - export/import in the original DeepLight schema.

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deeplight_bids import __version__
+from deeplight_bids.derivatives.naming import hcp_run_stem, sidecar_of
 from deeplight_bids.derivatives.writers import write_json, write_text
 from deeplight_bids.exceptions import EventsError
 from deeplight_bids.states import HCP_TASK_STATES
@@ -119,11 +120,6 @@ class RunFiles:
     mask_json: str
 
 
-def run_entities(subject, task, run):
-    """The BIDS entity string shared by every file of one run, e.g. ``sub-1_task-WM_dir-LR``."""
-    return f"sub-{subject}_task-{task}_dir-{run}"
-
-
 def derivatives_dir():
     """Path of the HCP derivatives dataset, relative to OUTPUT_BIDS_DIR."""
     return f"derivatives/{DERIVATIVES_NAME}"
@@ -141,16 +137,17 @@ def run_files(subject, task, run):
     run : {"LR", "RL"}
         HCP run (phase-encoding direction).
     """
-    ents = run_entities(subject, task, run)
+    ents = hcp_run_stem(subject, task, run)
     raw_func = f"sub-{subject}/func/{ents}"
     deriv_func = f"{derivatives_dir()}/sub-{subject}/func/{ents}_space-{SPACE}_res-2"
+    bold, mask = f"{deriv_func}_desc-preproc_bold.nii.gz", f"{deriv_func}_desc-brain_mask.nii.gz"
     return RunFiles(
         events=f"{raw_func}_events.tsv",
         raw_bold=f"{raw_func}_bold.nii.gz",
-        bold=f"{deriv_func}_desc-preproc_bold.nii.gz",
-        bold_json=f"{deriv_func}_desc-preproc_bold.json",
-        mask=f"{deriv_func}_desc-brain_mask.nii.gz",
-        mask_json=f"{deriv_func}_desc-brain_mask.json",
+        bold=bold,
+        bold_json=str(sidecar_of(bold)),
+        mask=mask,
+        mask_json=str(sidecar_of(mask)),
     )
 
 
@@ -328,7 +325,7 @@ def write_run(root, subject, task, run, ev_dir):
 
 def write_t1w_sidecar(root, subject):
     """JSON sidecar of the subject's derivative T1w."""
-    write_json(Path(root) / t1w_file(subject).replace(".nii.gz", ".json"), {"SkullStripped": T1W_SKULL_STRIPPED})
+    write_json(Path(root) / sidecar_of(t1w_file(subject)), {"SkullStripped": T1W_SKULL_STRIPPED})
 
 
 def link_or_copy(source, dest):

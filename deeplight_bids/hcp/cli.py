@@ -45,7 +45,7 @@ from deeplight_bids.hcp.listing import (
     plan_subjects,
     results_dir,
 )
-from deeplight_bids.hcp.progress import Progress, format_bytes
+from deeplight_bids.progress import ByteProgress, format_bytes
 from deeplight_bids.states import HCP_TASK_STATES
 
 PROG = "deeplight-bids-hcp"
@@ -100,7 +100,7 @@ def fetch(source, output_dir, subjects, tasks, runs, jobs=4, retries=5, progress
         stream,
         f"{len(transfers)} file(s), {format_bytes(total)} from {source.where()} (credentials: {source.credentials})",
     )
-    bar = Progress(total, len(transfers), stream=stream, enabled=progress)
+    bar = ByteProgress(total, len(transfers), stream=stream, enabled=progress)
     downloader = downloader or Downloader(source, jobs=jobs, retries=retries)
     failed = downloader.download_all(transfers, bar)
     bar.close()

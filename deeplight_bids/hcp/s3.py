@@ -2,7 +2,7 @@
 
 The rest of the HCP download lives beside this module: :mod:`~deeplight_bids.hcp.listing`
 (what a subject and run have upstream), :mod:`~deeplight_bids.hcp.download` (resumable
-parallel downloads) and :mod:`~deeplight_bids.hcp.progress` (what the user sees).
+parallel downloads); what the user sees is :class:`deeplight_bids.progress.ByteProgress`.
 
 * Credentials come from boto3's standard chain and are never printed or logged; only
   their *source* ("profile 'hcp'", "environment variables") appears in messages.

@@ -118,7 +118,8 @@ def _example(tf, volume, state, task_id, subject_id, run_id, tr):
         "state": tf.train.Feature(int64_list=tf.train.Int64List(value=[local_state])),
         "onehot": tf.train.Feature(int64_list=tf.train.Int64List(value=onehot)),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: map fields (the features) in key order, so the bytes do not depend on the process
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def write_run_tfrecord(path, volumes, states, task_id, subject_id, run_id, tr, skip_unlabeled=True):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from deeplight_bids.bids.identity import digest, file_identity
+from deeplight_bids.derivatives import naming
 from deeplight_bids.exceptions import InputDataError, NoRunsFoundError
 from deeplight_bids.models.weights import sha256sum
 
@@ -187,16 +188,16 @@ def body_features(body, data: TrainingData, work_dir, batch_size, key_extra, log
         },
         16,
     )
-    path = Path(work_dir) / "finetune" / "features" / f"{key}.npy"
+    path = naming.finetune_features_cache(work_dir, key)
     if path.is_file():
         log.info("fine-tune: reusing frozen-body features from %s", path)
         return np.load(path)
-    from deeplight_bids.models.train import StepProgress
+    from deeplight_bids.progress import SegmentProgress
 
     t0 = time.monotonic()
     batch = max(1, int(batch_size))
     n = len(data.samples)
-    progress = StepProgress(log, "volume")
+    progress = SegmentProgress("volume", log)
     progress.start(n, "fine-tune: frozen-body features")
     parts = []
     for start in range(0, n, batch):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deeplight_bids.derivatives import naming
 from deeplight_bids.models.decode import softmax
 
 LOGGER = logging.getLogger("deeplight_bids")
@@ -96,10 +97,10 @@ def write_heldout_tables(model_dir, name, preds, states):
 
     from deeplight_bids.derivatives.writers import write_tsv
 
-    model_dir = Path(model_dir)
+    outputs = naming.finetune_heldout_outputs(model_dir, name)
     states = list(states)
     frame = pd.DataFrame(preds)
-    write_tsv(model_dir / f"{name}_desc-heldout_predictions.tsv", frame)
+    write_tsv(outputs["predictions"], frame)
     rows = []
     for subject, part in frame.groupby("participant_id", sort=True):
         acc, bacc = accuracy(
@@ -130,7 +131,7 @@ def write_heldout_tables(model_dir, name, preds, states):
             "chance_level": 1.0 / len(states),
         }
     )
-    write_tsv(model_dir / f"{name}_desc-heldout_summary.tsv", pd.DataFrame(rows))
+    write_tsv(outputs["summary"], pd.DataFrame(rows))
     return rows
 
 
@@ -140,7 +141,7 @@ def heldout_summaries(output_dir):
     Unreadable files are left out (a fine-tuning still writing, or a damaged file).
     """
     out = []
-    for path in sorted((Path(output_dir) / "models").glob("*/*_desc-heldout_summary.json")):
+    for path in sorted(Path(output_dir).glob(naming.FINETUNE_SUMMARY_GLOB)):
         try:
             out.append((path.stat().st_mtime, json.loads(path.read_text())))
         except (OSError, json.JSONDecodeError):
@@ -199,11 +200,10 @@ def write_comparison(output_dir, log=LOGGER):
                 "balanced_accuracy_pretrained": pretrained["heldout_balanced_accuracy_pooled"],
             }
         )
-        stem = f"finetune-comparison_arch-{arch}" + ("_frozen" if frozen else "")
-        tsv = output_dir / "group" / f"{stem}.tsv"
+        tsv = naming.finetune_comparison_output(output_dir, arch, frozen)
         write_tsv(tsv, pd.DataFrame(rows))
         write_json(
-            tsv.with_suffix(".json"),
+            naming.sidecar_of(tsv),
             {
                 "Description": "held-out accuracy of models fitted from scratch and from the pretrained body on the "
                 "same participant folds (each participant predicted by a model that never saw it)",

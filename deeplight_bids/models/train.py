@@ -2,21 +2,21 @@
 
 import contextlib
 import logging
-import sys
 import time
 
 import numpy as np
 
+from deeplight_bids.config import default
 from deeplight_bids.derivatives.writers import atomic_path, write_json
+from deeplight_bids.progress import LOG_INTERVAL, SegmentProgress
 
 LOGGER = logging.getLogger("deeplight_bids")
 
 #: Reference learning rates (sections 5 and 6).
 DEFAULT_LEARNING_RATE = {"3D": 1e-3, "2D": 1e-4}
-DEFAULT_EPOCHS = 10
-DEFAULT_BATCH_SIZE = 8
-#: Without a terminal, training progress is logged at most this often (seconds).
-LOG_EVERY = 60.0
+#: Training epochs and batch size when none is given (the defaults of :class:`~deeplight_bids.config.FinetuneConfig`).
+DEFAULT_EPOCHS = default("epochs")
+DEFAULT_BATCH_SIZE = default("finetune_batch_size")
 
 #: Files in a training folder.
 CHECKPOINT_FILE = "checkpoint.keras"
@@ -101,79 +101,11 @@ def precision_policy(name):
         keras.mixed_precision.set_global_policy(previous)
 
 
-class StepProgress:
-    """Progress of counted steps (batches, volumes): a tqdm bar on a terminal, else a log line now and then.
-
-    Each :meth:`start` begins a segment (an epoch, a pass over the volumes) with its own bar;
-    without a terminal one INFO line is logged at most every ``every`` seconds over all
-    segments, so a long fit is never silent for long and never floods a log.
-
-    Parameters
-    ----------
-    log : logging.Logger
-    unit : str
-        What a step is ("batch", "volume").
-    stream : file-like, optional
-        Where the bar is drawn (default: ``sys.stderr``); not a terminal: log lines.
-    clock : callable
-        ``time.monotonic``; replaceable in tests.
-    every : float
-        Seconds between two log lines (default :data:`LOG_EVERY`).
-    """
-
-    def __init__(self, log, unit="step", stream=None, clock=time.monotonic, every=LOG_EVERY):
-        self.log, self.unit, self.clock, self.every = log, unit, clock, every
-        self.stream = sys.stderr if stream is None else stream
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.bar = None
-        self.last_line = None
-
-    def start(self, total, desc):
-        """Begin a segment of ``total`` steps (None: unknown) called ``desc``."""
-        self.close()
-        self.total, self.desc, self.done, self.started = total, desc, 0, self.clock()
-        if self.last_line is None:
-            self.last_line = self.started
-        if self.tty:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit=self.unit, file=self.stream, leave=False, dynamic_ncols=True)
-
-    def update(self, n=1, **status):
-        """``n`` more steps done; ``status`` (e.g. ``loss="0.1234"``) is shown beside the count."""
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-            if status:
-                self.bar.set_postfix(status, refresh=False)
-            return
-        now = self.clock()
-        if now - self.last_line >= self.every:
-            self.last_line = now
-            shown = ", ".join(f"{k} {v}" for k, v in status.items())
-            self.log.info(
-                "%s, %s %d%s%s (%.0f s)",
-                self.desc,
-                self.unit,
-                self.done,
-                f"/{self.total}" if self.total else "",
-                f": {shown}" if shown else "",
-                now - self.started,
-            )
-
-    def close(self):
-        """End the segment (the bar shows its final count, then is cleared)."""
-        if self.bar is not None:
-            self.bar.refresh()  # the final count, whatever tqdm's redraw interval skipped
-            self.bar.close()
-            self.bar = None
-
-
-def _make_progress(epochs, log, stream=None, clock=time.monotonic, every=LOG_EVERY):
-    """Keras callback showing batch progress through a :class:`StepProgress`."""
+def _make_progress(epochs, log, stream=None, clock=None, every=LOG_INTERVAL):
+    """Keras callback showing batch progress through a :class:`~deeplight_bids.progress.SegmentProgress`."""
     import keras
 
-    progress = StepProgress(log, "batch", stream, clock, every)
+    progress = SegmentProgress("batch", log, every, stream, clock)
 
     class TrainingProgress(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):

@@ -271,13 +271,14 @@ def check_keras_archive(path, max_total=KERAS_MAX_TOTAL_BYTES, max_config=KERAS_
 
 
 def save_model(model: "keras.Model", path: str | os.PathLike, card: dict) -> Path:
-    """Save a Keras model as ``.keras`` plus its model card, atomically."""
+    """Save a Keras model as ``.keras`` plus its model card (its sidecar), atomically."""
+    from deeplight_bids.derivatives.naming import sidecar_of
     from deeplight_bids.derivatives.writers import atomic_path, write_json
 
     path = Path(path)
     with atomic_path(path) as tmp:
         model.save(tmp)
-    write_json(path.with_suffix(".json"), card)
+    write_json(sidecar_of(path), card)
     return path
 
 

@@ -34,11 +34,11 @@ import json
 import logging
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 
 from deeplight_bids.bids.identity import digest
+from deeplight_bids.derivatives import naming
 from deeplight_bids.exceptions import EXIT_OK, UsageError, WeightsError
 from deeplight_bids.models import datasets, heldout
 from deeplight_bids.models.splits import participant_splits
@@ -87,8 +87,8 @@ class FinetuneJob:
         self.name = config.model_name or f"finetune-{self.arch}-{self.init}{suffix}"
         if not self.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise UsageError(f"--model-name {self.name!r}: use letters, digits, '-', '_' and '.' only.")
-        self.model_dir = Path(config.output_dir) / "models" / self.name
-        self.ckpt_root = Path(config.work_dir) / "finetune" / self.name
+        self.model_dir = naming.finetune_model_dir(config.output_dir, self.name)
+        self.ckpt_root = naming.finetune_work_dir(config.work_dir, self.name)
         self.data = None
         self.participants = []
         self.deterministic = False
@@ -256,7 +256,7 @@ class FinetuneJob:
             "training_participants": train,
             "validation_participants": val,
             "heldout_participants": held,
-            "model": str((out_dir / f"{stem}.keras").relative_to(cfg.output_dir)),
+            "model": str(naming.finetune_outputs(out_dir, stem)["model"].relative_to(cfg.output_dir)),
             **metrics,
         }
         return report, rows
@@ -299,7 +299,7 @@ class FinetuneJob:
         }
         from deeplight_bids.derivatives.writers import write_json
 
-        write_json(self.model_dir / f"{self.name}_desc-heldout_summary.json", summary)
+        write_json(naming.finetune_heldout_outputs(self.model_dir, self.name)["summary_json"], summary)
         self.log.info(
             "fine-tune %s: held-out accuracy %.3f over %d volumes of %d participants (chance %.3f); outputs in %s",
             self.name,
@@ -399,13 +399,9 @@ class FinetuneJob:
         from deeplight_bids.models.weights import save_model
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_model(float32_model(model, self.arch, len(self.states)), out_dir / f"{stem}.keras", card)
-        write_history(
-            history,
-            out_dir / f"{stem}_history.tsv",
-            out_dir / f"{stem}_learningcurve.png",
-            title=f"{stem}: {self.arch} {self.init}",
-        )
+        outputs = naming.finetune_outputs(out_dir, stem)
+        save_model(float32_model(model, self.arch, len(self.states)), outputs["model"], card)
+        write_history(history, outputs["history"], outputs["learning_curve"], title=f"{stem}: {self.arch} {self.init}")
 
     def _labels_identity(self):
         return datasets.labels_identity(self.data.runs, self.config.state_map_file, self.states)

@@ -3,7 +3,8 @@
 import io
 import logging
 
-from deeplight_bids.models.train import LOG_EVERY, _make_progress
+from deeplight_bids.models.train import _make_progress
+from deeplight_bids.progress import LOG_INTERVAL
 
 
 class _Terminal(io.StringIO):
@@ -29,7 +30,7 @@ def test_log_lines_at_most_once_a_minute(caplog):
     callback = _make_progress(3, log, stream=io.StringIO(), clock=lambda: clock[0])
     _train(callback, epochs=3, batches=100, clock=clock, step=2.0)  # 600 s of training, a batch every 2 s
     lines = [r.getMessage() for r in caplog.records]
-    assert 600 / LOG_EVERY - 1 <= len(lines) <= 600 / LOG_EVERY  # never silent for long, never more than 1/min
+    assert 600 / LOG_INTERVAL - 1 <= len(lines) <= 600 / LOG_INTERVAL  # never silent for long, never more than 1/min
     assert all("batch" in line and "/100" in line and "loss" in line for line in lines), lines
     assert lines[0].startswith("epoch 1/3, batch 30/100")  # the first after one minute
 
@@ -47,12 +48,12 @@ def test_bar_on_a_terminal_and_no_log_lines(caplog):
 
 
 def test_step_progress_throttles_across_segments_and_counts_volumes(caplog):
-    from deeplight_bids.models.train import StepProgress
+    from deeplight_bids.progress import SegmentProgress
 
     clock = [0.0]
     log = logging.getLogger("deeplight_bids.test_progress")
     caplog.set_level(logging.INFO, logger=log.name)
-    progress = StepProgress(log, "volume", stream=io.StringIO(), clock=lambda: clock[0])
+    progress = SegmentProgress("volume", log, stream=io.StringIO(), clock=lambda: clock[0])
     for segment in range(3):  # three passes of 50 s each: lines at 60 s and 120 s only
         progress.start(10, f"pass {segment + 1}")
         for _ in range(10):

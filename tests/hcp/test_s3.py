@@ -10,9 +10,9 @@ import logging
 import botocore.exceptions as bce
 import pytest
 
+from deeplight_bids import progress as hcp_progress
 from deeplight_bids.hcp import bids as hcp_bids
 from deeplight_bids.hcp import cli, download, listing, s3
-from deeplight_bids.hcp import progress as hcp_progress
 from tests.hcp.conftest import MIRROR_BUCKET, MIRROR_PREFIX, MISSING_EV, MISSING_T1W, PREFIX
 
 BOLD_KEY = f"{PREFIX}100307/MNINonLinear/Results/tfMRI_MOTOR_LR/tfMRI_MOTOR_LR.nii.gz"
@@ -69,7 +69,7 @@ def client_log(caplog):
 
 
 def quiet_progress(total=0, files=0):
-    return hcp_progress.Progress(total, files, stream=io.StringIO(), enabled=False)
+    return hcp_progress.ByteProgress(total, files, stream=io.StringIO(), enabled=False)
 
 
 # --------------------------------------------------------------------------- fetch
@@ -442,7 +442,7 @@ def test_no_credentials_at_all_is_a_clear_error(aws_env, monkeypatch, capsys):
 def test_progress_shows_bytes_rate_and_eta():
     now = [100.0]
     stream = io.StringIO()
-    progress = hcp_progress.Progress(2048, 2, stream=stream, log_interval=0, clock=lambda: now[0])
+    progress = hcp_progress.ByteProgress(2048, 2, stream=stream, interval=0, clock=lambda: now[0])
     progress.add(512, transferred=False)  # resumed from disk: no speed credit
     now[0] += 4.0
     progress.add(512)  # 512 B in 4 s -> 128 B/s; 1024 B left -> 8 s
@@ -459,7 +459,7 @@ class _Terminal(io.StringIO):
 
 def test_progress_is_a_bar_on_a_terminal():
     stream = _Terminal()
-    progress = hcp_progress.Progress(4096, 2, stream=stream)
+    progress = hcp_progress.ByteProgress(4096, 2, stream=stream)
     progress.add(2048)
     progress.file_done()
     progress.add(2048)
@@ -473,7 +473,7 @@ def test_progress_is_a_bar_on_a_terminal():
 def test_progress_logs_at_most_one_line_a_minute_elsewhere():
     now = [0.0]
     stream = io.StringIO()
-    progress = hcp_progress.Progress(100 * 1024, 100, stream=stream, clock=lambda: now[0])
+    progress = hcp_progress.ByteProgress(100 * 1024, 100, stream=stream, clock=lambda: now[0])
     for _ in range(100):  # 100 files of 1 KiB, one every 5 s: 500 s
         now[0] += 5.0
         progress.add(1024)

@@ -87,3 +87,27 @@ def test_invalid_input_leaves_no_file(tmp_path, volumes):
     with pytest.raises(ValueError, match="one-hot index"):
         tfrecord.write_run_tfrecord(path, volumes[:1], [20], "MOTOR", 1, 0, 0.72)
     assert list(tmp_path.iterdir()) == []
+
+
+_SERIALISE = """
+import hashlib, sys
+import numpy as np
+import tensorflow as tf
+from deeplight_bids.hcp import tfrecord
+volume = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+sys.stdout.write(hashlib.sha256(tfrecord._example(tf, volume, 3, 1, 100307, 0, 0.72)).hexdigest())
+"""
+
+
+def test_example_bytes_do_not_depend_on_the_hash_seed():
+    """The features map is serialised in key order: the same volume gives the same bytes in every process."""
+    import os
+    import subprocess
+    import sys
+
+    digests = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        done = subprocess.run([sys.executable, "-c", _SERIALISE], env=env, capture_output=True, text=True, check=True)
+        digests.add(done.stdout.strip())
+    assert len(digests) == 1 and len(digests.pop()) == 64
