@@ -67,18 +67,9 @@ class Run:
     @property
     def label(self):
         """BIDS-style prefix of the run, e.g. ``sub-01_ses-1_task-motor_run-1``."""
-        keys = (
-            ("subject", "sub"),
-            ("session", "ses"),
-            ("task", "task"),
-            ("acquisition", "acq"),
-            ("ceagent", "ce"),
-            ("reconstruction", "rec"),
-            ("direction", "dir"),
-            ("run", "run"),
-            ("echo", "echo"),
-        )
-        return "_".join(f"{short}-{self.entities[k]}" for k, short in keys if self.entities.get(k) is not None)
+        from deeplight_bids.derivatives.naming import RUN_ENTITIES
+
+        return "_".join(f"{short}-{self.entities[k]}" for k, short in RUN_ENTITIES if self.entities.get(k) is not None)
 
 
 def find_derivatives(bids_dir: PathLike, derivatives: Sequence[PathLike] = ()) -> list[Path]:

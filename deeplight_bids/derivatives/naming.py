@@ -47,6 +47,8 @@ ENTITY_ORDER = (
     ("label", "label"),
     ("desc", "desc"),
 )
+#: The entities that identify a run (its label, e.g. ``sub-01_ses-1_task-motor_run-1``), in BIDS order.
+RUN_ENTITIES = tuple(e for e in ENTITY_ORDER if e[0] not in ("space", "res", "label", "desc"))
 
 
 def label_value(text):

@@ -716,12 +716,9 @@ class VolumeGzipNifti4D:
 
     def write(self, start, volumes):
         """Store ``volumes`` ``(n, x, y, z)`` at time indices ``start .. start + n - 1`` (compressed now when in order)."""
-        volumes = np.asarray(volumes, dtype=np.float32)
-        if volumes.ndim != 4 or volumes.shape[1:] != self.shape[:3] or not 0 <= start <= self.shape[3] - len(volumes):
-            raise ValueError(
-                f"expected volumes (n, {', '.join(map(str, self.shape[:3]))}) for time indices "
-                f"{start}..{start + len(volumes) - 1} of {self.shape[3]}; got {volumes.shape}"
-            )
+        from deeplight_bids.derivatives.writers import check_volume_block
+
+        volumes = check_volume_block(self.shape, start, volumes)
         for i, vol in enumerate(volumes):
             index = start + i
             if index < self._next or index in self._pending:

@@ -254,6 +254,31 @@ def nifti4d_header(shape, affine, t_r, description=""):
     return header
 
 
+def check_volume_block(shape, start, volumes):
+    """``volumes`` as float32 ``(n, x, y, z)``, checked to fit time indices ``start .. start + n - 1`` of ``shape``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(x, y, z, t)`` of the 4D file being written.
+    start : int
+    volumes : array-like
+        ``(n, x, y, z)``.
+
+    Raises
+    ------
+    ValueError
+        Wrong shape or time indices outside ``[0, t)``.
+    """
+    volumes = np.asarray(volumes, dtype=np.float32)
+    if volumes.ndim != 4 or volumes.shape[1:] != tuple(shape[:3]) or not 0 <= start <= shape[3] - len(volumes):
+        raise ValueError(
+            f"expected volumes (n, {', '.join(map(str, shape[:3]))}) for time indices "
+            f"{start}..{start + len(volumes) - 1} of {shape[3]}; got {volumes.shape}"
+        )
+    return volumes
+
+
 class StreamingNifti4D:
     """Write a 4D float32 NIfTI one volume at a time, with bounded memory.
 
@@ -330,12 +355,7 @@ class StreamingNifti4D:
         A volume that is Fortran-contiguous (e.g. the ``(x, y, z)`` transposed view of a
         model-order ``(z, y, x)`` map) is written without a copy.
         """
-        volumes = np.asarray(volumes, dtype=np.float32)
-        if volumes.ndim != 4 or volumes.shape[1:] != self.shape[:3] or not 0 <= start <= self.shape[3] - len(volumes):
-            raise ValueError(
-                f"expected volumes (n, {', '.join(map(str, self.shape[:3]))}) for time indices "
-                f"{start}..{start + len(volumes) - 1} of {self.shape[3]}; got {volumes.shape}"
-            )
+        volumes = check_volume_block(self.shape, start, volumes)
         for i, vol in enumerate(volumes):
             column_major = np.asfortranarray(vol).T  # (z, y, x) C-contiguous: NIfTI's byte order of the volume
             os.pwrite(
