@@ -49,9 +49,9 @@ def test_quality_numbers(demo):
     text = format_report(report)
     for word in ("faithfulness", "sanity", "significance", "plausibility of MOTOR_lh"):
         assert word in text, text
-    from deeplight_bids.config import Config
+    from deeplight_bids.config import default
 
-    n_quality = Config.__dataclass_fields__["quality_volumes"].default  # the participant level's default
+    n_quality = default("quality_volumes")  # the participant level's default
     curves = pd.read_csv(quality["faithfulness_tsv"], sep="\t")
     assert curves["volume"].nunique() == n_quality
     mean = curves.groupby(["order", "fraction"])["logit"].mean()

@@ -129,7 +129,8 @@ class LRPAnalyzer:
         """
 
         def part(t):
-            return None if t is None else ops.slice(t, [start] + [0] * (len(t.shape) - 1), [size, *t.shape[1:]])
+            # the other start indices share ``start``'s integer type (JAX refuses int32 beside int64 under x64)
+            return None if t is None else ops.slice(t, [start] + [start * 0] * (len(t.shape) - 1), [size, *t.shape[1:]])
 
         inputs, outputs, linears = ([part(t) for t in group] for group in records)
         return self._backward(self.layer_rules[: self.n_stem], inputs, outputs, linears, part(relevance))

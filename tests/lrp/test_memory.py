@@ -1,7 +1,8 @@
 """Peak memory of a full-grid 3D LRP pass (issue 19): at most 3 GiB at any batch size.
 
-The pass runs in a child process (a fresh interpreter: its ``ru_maxrss`` is this pass's
-peak and nothing else's).  Memory is deterministic enough to test, speed is not.  Before
+The pass runs in a child process and reads its own peak from ``VmHWM`` in
+``/proc/self/status`` (not ``ru_maxrss``: Linux carries the forking parent's resident size
+across ``execve`` into it, so a child of a 4 GB pytest worker would report 4 GB).  Memory is deterministic enough to test, speed is not.  Before
 the per-sample stem (``LRPAnalyzer(model, max_batch=None, stem_batch=None)``, the old
 behaviour) the same child peaked at 3695 MiB at batch 8 on a 2-core Intel Xeon (AVX-512), 2672 MiB after;
 RESULTS.md's AMD EPYC figures were 3495 MiB at batch 8 and up to 3450 MiB at batch 4.
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 RSS_LIMIT_MIB = 3 * 1024
 
 CHILD = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
     import numpy as np
     from deeplight_bids.lrp.analyzer import LRPAnalyzer
     from deeplight_bids.models.three import INPUT_SHAPE_3D, build_3d_deeplight
@@ -33,7 +34,9 @@ CHILD = textwrap.dedent("""
     x = np.random.default_rng(0).standard_normal((batch, *INPUT_SHAPE_3D)).astype(np.float32)
     analyzer = LRPAnalyzer(model, max_batch=None, stem_batch=None) if old else LRPAnalyzer(model)
     logits, relevance = analyzer.explain(x)
-    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    status = open("/proc/self/status").read()
+    peak_kib = int(status.split("VmHWM:")[1].split()[0])
+    print(json.dumps({"peak_rss_mib": peak_kib / 1024,
                       "shape": list(relevance.shape), "finite": bool(np.isfinite(relevance).all()),
                       "max_batch": analyzer.max_batch, "stem_batch": analyzer.stem_batch, "n_stem": analyzer.n_stem}))
 """)
