@@ -118,8 +118,8 @@ def decode_and_explain(
                 with np.errstate(divide="ignore", invalid="ignore"):
                     result.conservation[start:stop] = relevance.sum(axis=(1, 2, 3), dtype=np.float64) / explained
                 # (batch, z, y, x) C order is (batch, x, y, z) Fortran order per volume: the
-                # transposed view is what from_model_order would copy, and it goes into the
-                # NIfTI's column-major volumes (and the sums below) as contiguous copies.
+                # transposed view is the NIfTI's column-major volume without a copy, and it goes
+                # into the written volumes (and the sums below) as contiguous copies.
                 rel_xyz = masker.apply(relevance.transpose(0, 3, 2, 1))
                 stream.write(start, rel_xyz)
                 for j, tgt in enumerate(targets[start:stop]):
