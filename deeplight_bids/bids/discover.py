@@ -357,6 +357,20 @@ def _find_events(layout, entities):
     return Path(best.path) if best is not None else None
 
 
+def discover_selected_runs(layout: "BIDSLayout", config) -> list[Run]:
+    """:func:`discover_runs` with a job's selection: ``--space``, ``--participant-label``,
+    ``--session-label``, ``--task`` and ``--bids-filter-file`` of ``config``
+    (:class:`deeplight_bids.config.Config`)."""
+    return discover_runs(
+        layout,
+        space=config.space,
+        participant_label=config.participant_label,
+        session_label=config.session_label,
+        task=config.task,
+        bids_filters=config.bids_filters,
+    )
+
+
 def format_run_table(runs: Sequence[Run]) -> str:
     """A plain-text table of what will be processed and what is skipped, and why."""
     lines = [f"{'run':<48} {'status':<10} detail"]

@@ -60,20 +60,13 @@ def load_training_data(config, log=LOGGER) -> TrainingData:
     (sorted).  Raises :class:`~deeplight_bids.exceptions.InputDataError` when fewer than two
     states or two participants have labelled volumes, or a requested state has none.
     """
-    from deeplight_bids.bids.discover import build_layout, discover_runs, find_derivatives
+    from deeplight_bids.bids.discover import build_layout, discover_selected_runs, find_derivatives
     from deeplight_bids.prepare.cache import VolumeReader, label_volumes, prepare_cached
     from deeplight_bids.prepare.labels import load_state_map_file
 
     cfg = config
     layout = build_layout(cfg.bids_dir, find_derivatives(cfg.bids_dir, cfg.derivatives))
-    runs = discover_runs(
-        layout,
-        space=cfg.space,
-        participant_label=cfg.participant_label,
-        session_label=cfg.session_label,
-        task=cfg.task,
-        bids_filters=cfg.bids_filters,
-    )
+    runs = discover_selected_runs(layout, cfg)
     for run in runs:
         if run.skip_reason:
             log.warning("fine-tune: skipping %s: %s", run.label, run.skip_reason)

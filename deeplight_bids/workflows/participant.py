@@ -20,7 +20,7 @@ __all__ = ["RunProcessor", "RunResult", "run_participant_level"]
 
 def run_participant_level(config, log=LOGGER):
     """Process every selected run; returns (results, exit code)."""
-    from deeplight_bids.bids.discover import build_layout, discover_runs, find_derivatives, format_run_table
+    from deeplight_bids.bids.discover import build_layout, discover_selected_runs, find_derivatives, format_run_table
     from deeplight_bids.bids.validate import validate_bids
     from deeplight_bids.derivatives.stale import remove_job_temporaries
     from deeplight_bids.models.weights import load_deeplight
@@ -32,14 +32,7 @@ def run_participant_level(config, log=LOGGER):
     if not config.skip_bids_validation:
         validate_bids(config.bids_dir, log)
     layout = build_layout(config.bids_dir, derivatives)
-    runs = discover_runs(
-        layout,
-        space=config.space,
-        participant_label=config.participant_label,
-        session_label=config.session_label,
-        task=config.task,
-        bids_filters=config.bids_filters,
-    )
+    runs = discover_selected_runs(layout, config)
     log.info("runs found:\n%s", format_run_table(runs))
     todo = [r for r in runs if r.skip_reason is None]
     if not todo:
