@@ -92,22 +92,16 @@ class RunProcessor:
                 seed=config.seed,
                 max_batch=max_batch,
             )
-        self.settings_hash = resume.settings_hash(
+        job = (
             config,
             dl_model.weights_sha256,
             dl_model.architecture,
             user_state_map,
             self.quality.settings() if self.quality is not None else None,
         )
+        self.settings_hash = resume.settings_hash(*job)
         # the network pass's settings: all but --relevance-maps (keys the work folder's per-volume maps and sums)
-        self.pass_hash = resume.settings_hash(
-            config,
-            dl_model.weights_sha256,
-            dl_model.architecture,
-            user_state_map,
-            self.quality.settings() if self.quality is not None else None,
-            relevance_maps="volumes",
-        )
+        self.pass_hash = resume.settings_hash(*job, relevance_maps="volumes")
         self.summaries = ParticipantSummaries(
             config,
             self.states,
