@@ -253,6 +253,24 @@ BLOCK_COLUMNS = {
 }
 
 
+#: ``Description`` of each group table by its ``desc`` entity (``{task}``: the task label,
+#: ``{kind}``: ``counts`` or ``proportions`` of a confusion table).
+GROUP_TABLE_DESCRIPTIONS = {
+    "accuracy": "decoding performance per run and per participant, task {task}",
+    "accuracygroup": "across-participant summary of the participant-level metrics, task {task}",
+    "confusion": "confusion matrix ({kind}), labelled volumes of all participants pooled, task {task}",
+    "blocktime": "accuracy by volumes since block onset, task {task}",
+    "significance": "decoding accuracy against chance per participant (runs pooled), task {task}: permutation "
+    "test of block labels within runs, and binomial test",
+    "significancegroup": "one-sample t test (one-sided) of participants' accuracy minus chance, task {task}, and "
+    "the count of participants significantly above chance",
+    "faithfulness": "deletion curves per explained state, task {task}: mean over participants of the drop of the "
+    "explained logit as the most relevant (or random) in-mask voxels are set to 0",
+    "quality": "faithfulness and sanity (model-parameter randomisation) per participant, task {task}",
+    "plausibility": "relevance against reference maps per participant mean map and state, task {task}",
+}
+
+
 def group_provenance(task, model):
     """The block shared by every group table's sidecar: task, model and software version."""
     return {"Task": task, "Model": model, "SoftwareVersion": __version__}

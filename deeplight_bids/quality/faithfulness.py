@@ -35,6 +35,30 @@ COLUMNS = {
 }
 
 
+def sidecar(seed, n_mask_voxels, summary):
+    """The JSON sidecar of a run's deletion-curves table.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the volume choice and the random orders.
+    n_mask_voxels : int
+        In-mask voxels of the run (the fractions' denominator).
+    summary : dict
+        :func:`area_between_curves` of the table.
+    """
+    return {
+        **COLUMNS,
+        "Description": "deletion curves: the explained logit as the most relevant (or randomly chosen) in-mask "
+        "voxels are set to 0, the z-scored baseline, one row per volume x fraction x order",
+        "Fractions": list(FRACTIONS),
+        "Seed": seed,
+        "NumberOfMaskVoxels": n_mask_voxels,
+        "VolumeSelection": "stratified by predicted state (states take turns, seeded)",
+        "Summary": summary,
+    }
+
+
 def select_volumes(predicted, n, seed=0):
     """Up to ``n`` volume indices, stratified by predicted state.
 

@@ -178,6 +178,21 @@ def compare_maps(real, random, mask):
     return {"spearman": float(rho), "spearman_abs": float(rho_abs), "ssim": index}
 
 
+def sidecar(seed, summary):
+    """The JSON sidecar of a run's randomised-model table (``seed``: of the randomised copy;
+    ``summary``: :func:`summarize` of the table)."""
+    return {
+        **COLUMNS,
+        "Description": "model-parameter randomisation check (Adebayo et al. 2018): similarity of each map with "
+        "the map of a fully randomised copy of the model; high similarity means the maps do not "
+        "depend on what the model learned",
+        "Randomisation": "every kernel redrawn Glorot-uniform (numpy seed below); biases 0; batch normalisation "
+        "at its initial values",
+        "Seed": seed,
+        "Summary": summary,
+    }
+
+
 def summarize(frame):
     """Median similarities of a sanity table and whether they are high (flag).
 
