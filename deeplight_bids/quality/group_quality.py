@@ -11,45 +11,51 @@ import logging
 import numpy as np
 import pandas as pd
 
+from deeplight_bids.derivatives.sidecars import described
+
 from . import faithfulness, plausibility, sanity, significance
 
 LOGGER = logging.getLogger("deeplight_bids")
 
-CURVE_COLUMNS = {
-    "state": {"Description": "explained state (LRP target)"},
-    "order": {"Description": "order of removal ('relevance': most relevant first; 'random')"},
-    "fraction": {"Description": "share of in-mask voxels set to 0"},
-    "n_participants": {"Description": "participants with volumes of this state"},
-    "n_volumes": {"Description": "volumes, all participants"},
-    "logit_drop_mean": {
-        "Description": "mean over participants of the participant's mean drop of the explained logit",
-        "Units": "arbitrary",
-    },
-    "logit_drop_sd": {"Description": "SD over participants (ddof = 1)"},
-    "ci95_low": {"Description": "lower end of the t-based 95% interval of logit_drop_mean"},
-    "ci95_high": {"Description": "upper end of the t-based 95% interval of logit_drop_mean"},
-    "decision_holds": {"Description": "share of the volumes (pooled) whose decision holds after removal"},
-}
-PARTICIPANT_QUALITY_COLUMNS = {
-    "participant_id": {"Description": "participant"},
-    "n_runs": {"Description": "runs with quality measures"},
-    "area_between_curves": {
-        "Description": "mean over runs of the area between the random- and relevance-order "
-        "deletion curves (mean logit difference; > 0: the relevance order "
-        "lowers the explained logit faster)"
-    },
-    "aopc_relevance": {"Description": "mean over runs of the AOPC (mean logit drop) removing most relevant first"},
-    "aopc_random": {"Description": "mean over runs of the AOPC removing in random order"},
-    "median_spearman": {
-        "Description": "median over the run's volumes of the Spearman correlation with the "
-        "randomised model's maps (mean over runs)"
-    },
-    "median_ssim": {"Description": "median SSIM with the randomised model's maps (mean over runs)"},
-    "high_similarity": {
-        "Description": f"1 if a run's maps resemble the randomised model's (a median above {sanity.HIGH_SIMILARITY})",
-        "Levels": {"0": "no", "1": "yes"},
-    },
-}
+CURVE_COLUMNS = described(
+    {
+        "state": "explained state (LRP target)",
+        "order": "order of removal ('relevance': most relevant first; 'random')",
+        "fraction": "share of in-mask voxels set to 0",
+        "n_participants": "participants with volumes of this state",
+        "n_volumes": "volumes, all participants",
+        "logit_drop_mean": {
+            "Description": "mean over participants of the participant's mean drop of the explained logit",
+            "Units": "arbitrary",
+        },
+        "logit_drop_sd": "SD over participants (ddof = 1)",
+        "ci95_low": "lower end of the t-based 95% interval of logit_drop_mean",
+        "ci95_high": "upper end of the t-based 95% interval of logit_drop_mean",
+        "decision_holds": "share of the volumes (pooled) whose decision holds after removal",
+    }
+)
+PARTICIPANT_QUALITY_COLUMNS = described(
+    {
+        "participant_id": "participant",
+        "n_runs": "runs with quality measures",
+        "area_between_curves": (
+            "mean over runs of the area between the random- and relevance-order "
+            "deletion curves (mean logit difference; > 0: the relevance order "
+            "lowers the explained logit faster)"
+        ),
+        "aopc_relevance": "mean over runs of the AOPC (mean logit drop) removing most relevant first",
+        "aopc_random": "mean over runs of the AOPC removing in random order",
+        "median_spearman": (
+            "median over the run's volumes of the Spearman correlation with the "
+            "randomised model's maps (mean over runs)"
+        ),
+        "median_ssim": "median SSIM with the randomised model's maps (mean over runs)",
+        "high_similarity": {
+            "Description": f"1 if a run's maps resemble the randomised model's (a median above {sanity.HIGH_SIMILARITY})",
+            "Levels": {"0": "no", "1": "yes"},
+        },
+    }
+)
 
 
 def _quality_tsv(rec, kind):

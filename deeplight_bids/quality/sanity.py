@@ -10,26 +10,29 @@ parameters back at their initial values), by Spearman rank correlation and SSIM.
 import numpy as np
 from scipy import ndimage, stats
 
+from deeplight_bids.derivatives.sidecars import described
+
 #: Spearman correlation (or SSIM) above which the maps are flagged as not depending on the
 #: learned parameters (Adebayo et al. read values near 1 that way; 0.5 is our flag).
 HIGH_SIMILARITY = 0.5
 #: Gaussian window of SSIM, in voxels (Wang et al. 2004 use sigma 1.5).
 SSIM_SIGMA = 1.5
 
-COLUMNS = {
-    "volume": {"Description": "0-based index of the volume in the run"},
-    "state": {"Description": "state whose logit both maps explain (the LRP target of the trained model)"},
-    "spearman": {
-        "Description": "Spearman rank correlation of the trained and randomised model's relevance over "
-        "the in-mask voxels"
-    },
-    "spearman_abs": {"Description": "Spearman rank correlation of the absolute relevance values"},
-    "ssim": {
-        "Description": f"structural similarity (Wang et al. 2004; 3D Gaussian window, sigma {SSIM_SIGMA} "
-        "voxels) of the two maps after a signed rank transform over the in-mask voxels (sign(R) x "
-        "rank(|R|) / in-mask voxels; 0 outside), averaged over the in-mask voxels"
-    },
-}
+COLUMNS = described(
+    {
+        "volume": "0-based index of the volume in the run",
+        "state": "state whose logit both maps explain (the LRP target of the trained model)",
+        "spearman": (
+            "Spearman rank correlation of the trained and randomised model's relevance over the in-mask voxels"
+        ),
+        "spearman_abs": "Spearman rank correlation of the absolute relevance values",
+        "ssim": (
+            f"structural similarity (Wang et al. 2004; 3D Gaussian window, sigma {SSIM_SIGMA} "
+            "voxels) of the two maps after a signed rank transform over the in-mask voxels (sign(R) x "
+            "rank(|R|) / in-mask voxels; 0 outside), averaged over the in-mask voxels"
+        ),
+    }
+)
 
 
 def randomized_copy(model, seed=0):
