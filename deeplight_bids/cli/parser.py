@@ -88,6 +88,27 @@ def _strip_prefix(prefix):
     return _strip
 
 
+def action_parser(prog, description, actions):
+    """The parser of a ``deeplight-bids <command> <action>`` sub-command (``weights``, ``templates``).
+
+    Parameters
+    ----------
+    prog, description : str
+        As for :class:`argparse.ArgumentParser`.
+    actions : dict
+        Action name -> its help, in ``--help`` order; the chosen one is ``args.action``.
+
+    Returns
+    -------
+    parser : argparse.ArgumentParser
+    subparsers : dict
+        Action name -> its parser (to add the action's own arguments).
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="action", required=True)
+    return parser, {name: sub.add_parser(name, help=text) for name, text in actions.items()}
+
+
 def build_parser():
     """Build the argument parser of the main ``deeplight-bids`` command."""
     parser = argparse.ArgumentParser(
