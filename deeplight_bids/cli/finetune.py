@@ -1,6 +1,6 @@
 """The "Fine-tuning options" group of the main parser (``group --finetune``)."""
 
-from deeplight_bids.cli.types import non_negative_int, positive_float, positive_int
+from deeplight_bids.cli.types import label_without, non_negative_int, positive_float, positive_int
 from deeplight_bids.config import default
 
 
@@ -57,7 +57,7 @@ def add_finetune_arguments(parser):
         "--val-participants",
         nargs="+",
         metavar="LABEL",
-        type=lambda v: str(v).removeprefix("sub-"),
+        type=label_without("sub-"),
         help="participants held out for validation in the one-split mode "
         "(default: the last 20%% of participants, at least one)%(default).0s",
     )

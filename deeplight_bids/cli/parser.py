@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from deeplight_bids import __version__
-from deeplight_bids.cli.types import non_negative_float, percent, positive_int
+from deeplight_bids.cli.types import label_without, non_negative_float, percent, positive_int
 from deeplight_bids.config import default
 
 EXIT_CODES_HELP = """exit codes:
@@ -81,13 +81,6 @@ def _bids_filter(value, parser):
     return loaded
 
 
-def _strip_prefix(prefix):
-    def _strip(value):
-        return str(value).removeprefix(prefix)
-
-    return _strip
-
-
 def action_parser(prog, description, actions):
     """The parser of a ``deeplight-bids <command> <action>`` sub-command (``weights``, ``templates``).
 
@@ -142,14 +135,14 @@ def build_parser():
         "--participant-label",
         "--participant_label",
         nargs="+",
-        type=_strip_prefix("sub-"),
+        type=label_without("sub-"),
         metavar="LABEL",
         help="participants to process, with or without 'sub-' (default: all)",
     )
     g_bids.add_argument(
         "--session-label",
         nargs="+",
-        type=_strip_prefix("ses-"),
+        type=label_without("ses-"),
         metavar="LABEL",
         help="sessions to process, with or without 'ses-' (default: all)",
     )

@@ -1,4 +1,4 @@
-"""Checked numbers for argparse ``type=``: the one set of numeric validators of the command line.
+"""Argparse ``type=`` converters shared by the option groups: checked numbers and BIDS labels.
 
 A failed check raises :class:`argparse.ArgumentTypeError`, which argparse prints as
 ``argument --option: expected ..., got ...`` after the usage and exits with 2, so the
@@ -51,3 +51,12 @@ non_negative_int = number_in(int, "a whole number", 0)
 positive_float = number_in(float, "a number", 0, low_open=True)
 non_negative_float = number_in(float, "a number", 0)
 percent = number_in(float, "a percentage", 0, 100, low_open=True)
+
+
+def label_without(prefix):
+    """A ``type=`` converter: a BIDS label given with or without its ``prefix`` (``"sub-"``, ``"ses-"``)."""
+
+    def strip(value):
+        return str(value).removeprefix(prefix)
+
+    return strip
