@@ -1,31 +1,11 @@
 """The "Fine-tuning options" group of the main parser (``group --finetune``)."""
 
-import argparse
-
+from deeplight_bids.cli.types import label_without, non_negative_int, positive_float, positive_int
 from deeplight_bids.config import default
 
 
 def add_finetune_arguments(parser):
     """Add the "Fine-tuning options" group to the main parser."""
-
-    def bounded(cast, low, strict, what):
-        """A ``type=`` check: ``cast(value)`` must be > ``low`` (``strict``) or >= ``low``."""
-
-        def check(value):
-            try:
-                number = cast(value)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
-            if not (number > low if strict else number >= low):  # also refuses NaN
-                raise argparse.ArgumentTypeError(f"expected a number {'>' if strict else '>='} {low}, got {value!r}")
-            return number
-
-        return check
-
-    positive_int = bounded(int, 1, False, "a whole number")
-    non_negative_int = bounded(int, 0, False, "a whole number")
-    positive_float = bounded(float, 0, True, "a number")
-
     group = parser.add_argument_group(
         "Fine-tuning options",
         "group level with --finetune: fit DeepLight to this dataset's states, evaluated on held-out participants",
@@ -77,7 +57,7 @@ def add_finetune_arguments(parser):
         "--val-participants",
         nargs="+",
         metavar="LABEL",
-        type=lambda v: str(v).removeprefix("sub-"),
+        type=label_without("sub-"),
         help="participants held out for validation in the one-split mode "
         "(default: the last 20%% of participants, at least one)%(default).0s",
     )

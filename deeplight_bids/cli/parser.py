@@ -2,8 +2,9 @@
 
 ``deeplight-bids BIDS_DIR OUTPUT_DIR {participant,group} [options]`` plus the
 sub-commands ``deeplight-bids demo OUTPUT_DIR`` and ``deeplight-bids weights ...``.
-Validation lives in ``type=`` callables that either return a clean value or call
-``parser.error`` (usage + exit 2): a user mistake never produces a traceback.
+Validation lives in ``type=`` callables that either return a clean value or report the
+mistake (``parser.error``, or the numeric checks of :mod:`deeplight_bids.cli.types`; usage +
+exit 2): a user mistake never produces a traceback.
 """
 
 import argparse
@@ -12,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from deeplight_bids import __version__
+from deeplight_bids.cli.types import label_without, non_negative_float, percent, positive_int
 from deeplight_bids.config import default
 
 EXIT_CODES_HELP = """exit codes:
@@ -39,36 +41,6 @@ def _is_file(value, parser):
     if not path.is_file():
         parser.error(f"path is not a file: <{path}>.")
     return path
-
-
-def _min_one(value, parser):
-    try:
-        number = int(value)
-    except ValueError:
-        parser.error(f"expected a whole number, got {value!r}.")
-    if number < 1:
-        parser.error(f"expected a number >= 1, got {number}.")
-    return number
-
-
-def _non_negative_float(value, parser):
-    try:
-        number = float(value)
-    except ValueError:
-        parser.error(f"expected a number, got {value!r}.")
-    if not number >= 0:
-        parser.error(f"expected a number >= 0, got {value!r}.")
-    return number
-
-
-def _percent(value, parser):
-    try:
-        number = float(value)
-    except ValueError:
-        parser.error(f"expected a percentage, got {value!r}.")
-    if not 0 < number <= 100:
-        parser.error(f"expected a percentage in (0, 100], got {value!r}.")
-    return number
 
 
 def _high_pass(value, parser):
@@ -109,11 +81,25 @@ def _bids_filter(value, parser):
     return loaded
 
 
-def _strip_prefix(prefix):
-    def _strip(value):
-        return str(value).removeprefix(prefix)
+def action_parser(prog, description, actions):
+    """The parser of a ``deeplight-bids <command> <action>`` sub-command (``weights``, ``templates``).
 
-    return _strip
+    Parameters
+    ----------
+    prog, description : str
+        As for :class:`argparse.ArgumentParser`.
+    actions : dict
+        Action name -> its help, in ``--help`` order; the chosen one is ``args.action``.
+
+    Returns
+    -------
+    parser : argparse.ArgumentParser
+    subparsers : dict
+        Action name -> its parser (to add the action's own arguments).
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="action", required=True)
+    return parser, {name: sub.add_parser(name, help=text) for name, text in actions.items()}
 
 
 def build_parser():
@@ -134,10 +120,7 @@ def build_parser():
     )
     PathExists = partial(_path_exists, parser=parser)
     IsFile = partial(_is_file, parser=parser)
-    MinOne = partial(_min_one, parser=parser)
-    NonNegative = partial(_non_negative_float, parser=parser)
     HighPass = partial(_high_pass, parser=parser)
-    Percent = partial(_percent, parser=parser)
     BidsFilter = partial(_bids_filter, parser=parser)
 
     parser.add_argument(
@@ -152,14 +135,14 @@ def build_parser():
         "--participant-label",
         "--participant_label",
         nargs="+",
-        type=_strip_prefix("sub-"),
+        type=label_without("sub-"),
         metavar="LABEL",
         help="participants to process, with or without 'sub-' (default: all)",
     )
     g_bids.add_argument(
         "--session-label",
         nargs="+",
-        type=_strip_prefix("ses-"),
+        type=label_without("ses-"),
         metavar="LABEL",
         help="sessions to process, with or without 'ses-' (default: all)",
     )
@@ -263,7 +246,7 @@ def build_parser():
 
     g_quality.add_argument(
         "--quality-volumes",
-        type=MinOne,
+        type=positive_int,
         default=run_quality.DEFAULT_VOLUMES,
         metavar="N",
         help="participant level: volumes per run for the quality measures, stratified by predicted state",
@@ -278,7 +261,7 @@ def build_parser():
     )
     g_quality.add_argument(
         "--reference-top-percent",
-        type=Percent,
+        type=percent,
         default=default("reference_top_percent"),
         metavar="PCT",
         help="group level: the reference map's top PCT %% of brain voxels form its region "
@@ -286,7 +269,7 @@ def build_parser():
     )
     g_quality.add_argument(
         "--significance-permutations",
-        type=MinOne,
+        type=positive_int,
         default=default("significance_permutations"),
         metavar="N",
         help="group level: permutations of the block labels per participant and task for the "
@@ -296,7 +279,7 @@ def build_parser():
     g_prep = parser.add_argument_group("Preprocessing options (reference: DeepLight, Thomas et al. 2021)")
     g_prep.add_argument(
         "--smoothing-fwhm",
-        type=NonNegative,
+        type=non_negative_float,
         default=default("smoothing_fwhm"),
         metavar="MM",
         help="Gaussian smoothing FWHM in mm applied while masking (0 = none)",
@@ -313,13 +296,13 @@ def build_parser():
     g_perf.add_argument(
         "--nprocs",
         "--n-cpus",
-        type=MinOne,
+        type=positive_int,
         metavar="N",
         help="CPU threads for TensorFlow and preparation (default: all available)",
     )
     g_perf.add_argument(
         "--batch-size",
-        type=MinOne,
+        type=positive_int,
         default=default("batch_size"),
         metavar="N",
         help="volumes read, decoded, explained and written per step; on CPU the network takes at most 4 "

@@ -5,20 +5,22 @@
 set ``TEMPLATEFLOW_HOME`` there.  The container image holds them already.
 """
 
-import argparse
 import os
 import sys
 
+from deeplight_bids.cli.parser import action_parser
+
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="deeplight-bids templates",
-        description="TemplateFlow files used to bring MNI152NLin2009cAsym data onto the MNI152NLin6Asym grid. "
+    parser, _ = action_parser(
+        "deeplight-bids templates",
+        "TemplateFlow files used to bring MNI152NLin2009cAsym data onto the MNI152NLin6Asym grid. "
         "They are stored in $TEMPLATEFLOW_HOME (default: ~/.cache/templateflow).",
+        {
+            "list": "list the transform files and whether they are present and verified",
+            "fetch": "download the transform files (needs internet) and verify their checksums",
+        },
     )
-    sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("list", help="list the transform files and whether they are present and verified")
-    sub.add_parser("fetch", help="download the transform files (needs internet) and verify their checksums")
     return parser
 
 

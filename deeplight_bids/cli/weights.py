@@ -1,24 +1,28 @@
 """``deeplight-bids weights {list,fetch,convert}``: manage published and converted weights."""
 
-import argparse
 import sys
 from pathlib import Path
 
+from deeplight_bids.cli.parser import action_parser
+
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="deeplight-bids weights",
-        description="Manage DeepLight weights. Published files are cached in $DEEPLIGHT_WEIGHTS_DIR "
+    parser, actions = action_parser(
+        "deeplight-bids weights",
+        "Manage DeepLight weights. Published files are cached in $DEEPLIGHT_WEIGHTS_DIR "
         "(default: ~/.cache/deeplight-bids/weights).",
+        {
+            "list": "list the published weights and whether they are cached and verified",
+            "fetch": "download published weights (needs internet) and verify their checksum",
+            "convert": "convert the published 2D .npy into a .keras model with a model card",
+        },
     )
-    sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("list", help="list the published weights and whether they are cached and verified")
-    fetch = sub.add_parser("fetch", help="download published weights (needs internet) and verify their checksum")
-    fetch.add_argument("names", nargs="*", help="registry names (default: all)")
-    fetch.add_argument("--dest", type=Path, help="target folder (default: the weights cache)")
-    convert = sub.add_parser("convert", help="convert the published 2D .npy into a .keras model with a model card")
-    convert.add_argument("source", type=Path, help="the published model-2D_DeepLight_desc-pretrained_model.npy")
-    convert.add_argument("output", type=Path, help="output .keras path")
+    actions["fetch"].add_argument("names", nargs="*", help="registry names (default: all)")
+    actions["fetch"].add_argument("--dest", type=Path, help="target folder (default: the weights cache)")
+    actions["convert"].add_argument(
+        "source", type=Path, help="the published model-2D_DeepLight_desc-pretrained_model.npy"
+    )
+    actions["convert"].add_argument("output", type=Path, help="output .keras path")
     return parser
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deeplight_bids.derivatives.sidecars import described
+
 LOGGER = logging.getLogger("deeplight_bids")
 
 
@@ -446,15 +448,17 @@ def relevance_outputs_complete(mode, outputs):
 
 
 #: Column descriptions of the blocks TSV (BIDS sidecar entries).
-BLOCK_COLUMNS = {
-    "block": {"Description": "0-based index of the block's map in the 4D image"},
-    "trial_type": {"Description": "trial type of the event (events.tsv)"},
-    "state": {"Description": "model state of the trial type"},
-    "onset": {"Description": "onset of the event", "Units": "s"},
-    "duration": {"Description": "duration of the event", "Units": "s"},
-    "volumes": {"Description": "comma-separated 0-based indices of the volumes averaged (those the event labels)"},
-    "n_volumes": {"Description": "number of volumes averaged"},
-}
+BLOCK_COLUMNS = described(
+    {
+        "block": "0-based index of the block's map in the 4D image",
+        "trial_type": "trial type of the event (events.tsv)",
+        "state": "model state of the trial type",
+        "onset": {"Description": "onset of the event", "Units": "s"},
+        "duration": {"Description": "duration of the event", "Units": "s"},
+        "volumes": "comma-separated 0-based indices of the volumes averaged (those the event labels)",
+        "n_volumes": "number of volumes averaged",
+    }
+)
 
 
 class BackgroundWriter:

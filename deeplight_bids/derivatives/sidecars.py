@@ -20,35 +20,54 @@ LABEL_RULE = (
 #: ``Resolution`` of every map on the reference grid.
 RESOLUTION_TEXT = "2 mm isotropic MNI152NLin6Asym grid (91 x 109 x 91)"
 
+
+def described(columns):
+    """Column descriptions for a table's sidecar: a string is the column's ``Description``.
+
+    Parameters
+    ----------
+    columns : dict
+        Column name -> its description (str), or the column's sidecar entry (dict, e.g. with
+        ``Units`` or ``Levels``), in table order.
+
+    Returns
+    -------
+    dict
+        Column name -> sidecar entry (``{"Description": ...}`` for the strings), same order.
+    """
+    return {name: {"Description": entry} if isinstance(entry, str) else entry for name, entry in columns.items()}
+
+
 # -- participant level ----------------------------------------------------------------------------
 
-PREDICTION_COLUMNS = {
-    "volume": {"Description": "0-based index of the volume in the run"},
-    "onset": {"Description": "acquisition time of the volume, volume * RepetitionTime", "Units": "s"},
-    "true_state": {
-        "Description": "state from events.tsv after the haemodynamic shift (n/a: unlabelled "
-        "or trial type without a model state)"
-    },
-    "predicted_state": {"Description": "state with the highest probability"},
-    "correct": {
-        "Description": "1 if predicted_state equals true_state, 0 if not, n/a if the volume has no "
-        "state the model can output",
-        "Levels": {"0": "wrong", "1": "right"},
-    },
-    "training_participant": {
-        "Description": "1 if this participant was in the model's training data (n/a: unknown, e.g. published weights)"
-    },
-}
+PREDICTION_COLUMNS = described(
+    {
+        "volume": "0-based index of the volume in the run",
+        "onset": {"Description": "acquisition time of the volume, volume * RepetitionTime", "Units": "s"},
+        "true_state": (
+            "state from events.tsv after the haemodynamic shift (n/a: unlabelled or trial type without a model state)"
+        ),
+        "predicted_state": "state with the highest probability",
+        "correct": {
+            "Description": "1 if predicted_state equals true_state, 0 if not, n/a if the volume has no "
+            "state the model can output",
+            "Levels": {"0": "wrong", "1": "right"},
+        },
+        "training_participant": "1 if this participant was in the model's training data (n/a: unknown, e.g. published weights)",
+    }
+)
 LRP_TARGET_COLUMN = {"Description": "state whose logit the relevance map of this volume explains"}
 
-SUMMARY_COLUMNS = {
-    "run": {"Description": "run label, or 'all' for all runs of the task"},
-    "task": {"Description": "BIDS task label"},
-    "n_volumes": {"Description": "number of decoded volumes"},
-    "n_labelled": {"Description": "volumes with a state the model can output"},
-    "n_correct": {"Description": "labelled volumes decoded correctly"},
-    "accuracy": {"Description": "n_correct / n_labelled"},
-}
+SUMMARY_COLUMNS = described(
+    {
+        "run": "run label, or 'all' for all runs of the task",
+        "task": "BIDS task label",
+        "n_volumes": "number of decoded volumes",
+        "n_labelled": "volumes with a state the model can output",
+        "n_correct": "labelled volumes decoded correctly",
+        "accuracy": "n_correct / n_labelled",
+    }
+)
 
 
 def run_provenance(
@@ -204,52 +223,74 @@ def state_map_sidecar(task, state, n_volumes, lrp_target, model_provenance, lrp_
 
 # -- group level ----------------------------------------------------------------------------------
 
-ACCURACY_COLUMNS = {
-    "participant_id": {"Description": "participant label with 'sub-'"},
-    "session": {"Description": "session label of the run (n/a: none, or all sessions pooled)"},
-    "run": {"Description": "run name (source entities), or 'all' for all runs of the participant pooled"},
-    "level": {
-        "Description": "'run': one run; 'participant': all runs (and sessions) of the task pooled",
-        "Levels": {"run": "one run", "participant": "runs pooled"},
-    },
-    "n_volumes": {"Description": "number of decoded volumes"},
-    "n_labelled": {"Description": "volumes whose true state the model can output (correct is 1 or 0)"},
-    "n_correct": {"Description": "labelled volumes decoded correctly"},
-    "accuracy": {"Description": "n_correct / n_labelled"},
-    "balanced_accuracy": {"Description": "mean over the true states present of the per-state recall"},
-    "chance_level": {
-        "Description": "1 / n_states: accuracy (and balanced accuracy) expected from guessing "
-        "uniformly among the true states present"
-    },
-    "n_states": {"Description": "number of distinct true states among the labelled volumes"},
-}
-GROUP_COLUMNS = {
-    "metric": {"Description": "participant-level metric summarised (see the accuracy summary)"},
-    "n_participants": {"Description": "participants with a value"},
-    "mean": {"Description": "mean across participants"},
-    "sd": {"Description": "standard deviation across participants (ddof = 1; n/a for one participant)"},
-    "ci95_low": {
-        "Description": "lower end of the t-based 95% interval of the mean: mean - t(0.975, n-1) * sd / sqrt(n)"
-    },
-    "ci95_high": {"Description": "upper end of the t-based 95% interval of the mean"},
-    "min": {"Description": "lowest participant value"},
-    "max": {"Description": "highest participant value"},
-}
-BLOCK_COLUMNS = {
-    "volumes_since_onset": {
-        "Description": "0-based position of the volume in its block; a block is a maximal "
-        "stretch of consecutive volumes with the same true_state (labels include "
-        "the haemodynamic shift, so 0 is the first labelled volume of a block)",
-        "Units": "volumes",
-    },
-    "n_volumes": {"Description": "labelled volumes at this position, all participants"},
-    "n_correct": {"Description": "of which decoded correctly"},
-    "accuracy_pooled": {"Description": "n_correct / n_volumes"},
-    "n_participants": {"Description": "participants with volumes at this position"},
-    "accuracy_mean": {"Description": "mean across participants of the participant accuracy at this position"},
-    "accuracy_sd": {"Description": "SD across participants (ddof = 1)"},
-    "ci95_low": {"Description": "lower end of the t-based 95% interval of accuracy_mean"},
-    "ci95_high": {"Description": "upper end of the t-based 95% interval of accuracy_mean"},
+ACCURACY_COLUMNS = described(
+    {
+        "participant_id": "participant label with 'sub-'",
+        "session": "session label of the run (n/a: none, or all sessions pooled)",
+        "run": "run name (source entities), or 'all' for all runs of the participant pooled",
+        "level": {
+            "Description": "'run': one run; 'participant': all runs (and sessions) of the task pooled",
+            "Levels": {"run": "one run", "participant": "runs pooled"},
+        },
+        "n_volumes": "number of decoded volumes",
+        "n_labelled": "volumes whose true state the model can output (correct is 1 or 0)",
+        "n_correct": "labelled volumes decoded correctly",
+        "accuracy": "n_correct / n_labelled",
+        "balanced_accuracy": "mean over the true states present of the per-state recall",
+        "chance_level": (
+            "1 / n_states: accuracy (and balanced accuracy) expected from guessing "
+            "uniformly among the true states present"
+        ),
+        "n_states": "number of distinct true states among the labelled volumes",
+    }
+)
+GROUP_COLUMNS = described(
+    {
+        "metric": "participant-level metric summarised (see the accuracy summary)",
+        "n_participants": "participants with a value",
+        "mean": "mean across participants",
+        "sd": "standard deviation across participants (ddof = 1; n/a for one participant)",
+        "ci95_low": "lower end of the t-based 95% interval of the mean: mean - t(0.975, n-1) * sd / sqrt(n)",
+        "ci95_high": "upper end of the t-based 95% interval of the mean",
+        "min": "lowest participant value",
+        "max": "highest participant value",
+    }
+)
+BLOCK_COLUMNS = described(
+    {
+        "volumes_since_onset": {
+            "Description": "0-based position of the volume in its block; a block is a maximal "
+            "stretch of consecutive volumes with the same true_state (labels include "
+            "the haemodynamic shift, so 0 is the first labelled volume of a block)",
+            "Units": "volumes",
+        },
+        "n_volumes": "labelled volumes at this position, all participants",
+        "n_correct": "of which decoded correctly",
+        "accuracy_pooled": "n_correct / n_volumes",
+        "n_participants": "participants with volumes at this position",
+        "accuracy_mean": "mean across participants of the participant accuracy at this position",
+        "accuracy_sd": "SD across participants (ddof = 1)",
+        "ci95_low": "lower end of the t-based 95% interval of accuracy_mean",
+        "ci95_high": "upper end of the t-based 95% interval of accuracy_mean",
+    }
+)
+
+
+#: ``Description`` of each group table by its ``desc`` entity (``{task}``: the task label,
+#: ``{kind}``: ``counts`` or ``proportions`` of a confusion table).
+GROUP_TABLE_DESCRIPTIONS = {
+    "accuracy": "decoding performance per run and per participant, task {task}",
+    "accuracygroup": "across-participant summary of the participant-level metrics, task {task}",
+    "confusion": "confusion matrix ({kind}), labelled volumes of all participants pooled, task {task}",
+    "blocktime": "accuracy by volumes since block onset, task {task}",
+    "significance": "decoding accuracy against chance per participant (runs pooled), task {task}: permutation "
+    "test of block labels within runs, and binomial test",
+    "significancegroup": "one-sample t test (one-sided) of participants' accuracy minus chance, task {task}, and "
+    "the count of participants significantly above chance",
+    "faithfulness": "deletion curves per explained state, task {task}: mean over participants of the drop of the "
+    "explained logit as the most relevant (or random) in-mask voxels are set to 0",
+    "quality": "faithfulness and sanity (model-parameter randomisation) per participant, task {task}",
+    "plausibility": "relevance against reference maps per participant mean map and state, task {task}",
 }
 
 

@@ -29,6 +29,7 @@ nothing is pooled across models.
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,6 @@ LOGGER = logging.getLogger("deeplight_bids")
 
 GROUP_FOLDER = naming.GROUP_FOLDER
 MANIFEST = naming.group_manifest_output(".").name
-#: Kept for the callers that name a group file with it (quality tables): :func:`naming.group_name`.
-_name = naming.group_name
 
 
 def _model_folder(output_dir, key, model, n_models):
@@ -82,6 +81,40 @@ def _rel(path, output_dir):
 def _write_table(path, frame, columns, extra):
     write_tsv(path, frame)
     write_json(naming.sidecar_of(path), sidecars.table_sidecar(frame.columns, columns, extra))
+
+
+@dataclass(frozen=True)
+class GroupTables:
+    """Writes the group tables of one model and task, each a TSV with its JSON sidecar.
+
+    Attributes
+    ----------
+    folder : pathlib.Path
+        The model's group folder.
+    output_dir : pathlib.Path
+        OUTPUT_DIR; the manifest names files relative to it.
+    task : str
+    provenance : dict
+        Sidecar fields shared by the task's tables (:func:`sidecars.group_provenance`), written last.
+    """
+
+    folder: Path
+    output_dir: Path
+    task: str
+    provenance: dict
+
+    def write(self, desc, frame, columns, kind="summary", **fields):
+        """Write ``frame`` as the task's ``desc-<desc>_<kind>.tsv`` with its sidecar.
+
+        The sidecar holds the description of each column (from ``columns``), then the
+        table's ``Description`` (:data:`sidecars.GROUP_TABLE_DESCRIPTIONS`), ``fields``
+        (e.g. ``Seed``) and the provenance.  Returns the table's path relative to
+        OUTPUT_DIR, as the manifest records it.
+        """
+        path = self.folder / naming.group_name(self.task, kind, ".tsv", desc=desc)
+        description = sidecars.GROUP_TABLE_DESCRIPTIONS[desc].format(task=self.task, kind=kind)
+        _write_table(path, frame, columns, {"Description": description, **fields, **self.provenance})
+        return _rel(path, self.output_dir)
 
 
 def _write_map(path, data, sidecar):
@@ -203,48 +236,17 @@ def compute_group_outputs(config, inventory, templates):
                 len({r.subject for r in runs}),
             )
             extra = sidecars.group_provenance(task, model)
+            tables = GroupTables(folder, out, task, extra)
             entry = {"participants": sorted({r.subject for r in runs}), "runs": [r.label for r in runs]}
             table = stats.accuracy_table(runs)
-            path = folder / naming.group_name(task, "summary", ".tsv", desc="accuracy")
-            _write_table(
-                path,
-                table,
-                sidecars.ACCURACY_COLUMNS,
-                {"Description": f"decoding performance per run and per participant, task {task}", **extra},
-            )
-            entry["accuracy"] = _rel(path, out)
-            summary = stats.group_summary(table)
-            path = folder / naming.group_name(task, "summary", ".tsv", desc="accuracygroup")
-            _write_table(
-                path,
-                summary,
-                sidecars.GROUP_COLUMNS,
-                {"Description": f"across-participant summary of the participant-level metrics, task {task}", **extra},
-            )
-            entry["accuracy_group"] = _rel(path, out)
+            entry["accuracy"] = tables.write("accuracy", table, sidecars.ACCURACY_COLUMNS)
+            entry["accuracy_group"] = tables.write("accuracygroup", stats.group_summary(table), sidecars.GROUP_COLUMNS)
             counts, props = stats.confusion_tables(runs, states)
             for kind, frame in (("counts", counts), ("proportions", props)):
-                path = folder / naming.group_name(task, kind, ".tsv", desc="confusion")
-                cols = sidecars.confusion_columns(frame.columns[1:], kind)
-                _write_table(
-                    path,
-                    frame,
-                    cols,
-                    {
-                        "Description": f"confusion matrix ({kind}), labelled volumes of all "
-                        f"participants pooled, task {task}",
-                        **extra,
-                    },
-                )
-                entry[f"confusion_{kind}"] = _rel(path, out)
-            path = folder / naming.group_name(task, "accuracy", ".tsv", desc="blocktime")
-            _write_table(
-                path,
-                stats.block_time_table(runs),
-                sidecars.BLOCK_COLUMNS,
-                {"Description": f"accuracy by volumes since block onset, task {task}", **extra},
-            )
-            entry["blocktime"] = _rel(path, out)
+                columns = sidecars.confusion_columns(frame.columns[1:], kind)
+                entry[f"confusion_{kind}"] = tables.write("confusion", frame, columns, kind=kind)
+            blocks = stats.block_time_table(runs)
+            entry["blocktime"] = tables.write("blocktime", blocks, sidecars.BLOCK_COLUMNS, kind="accuracy")
 
             maps = [m for m in inventory.maps if m.key == key and m.task == task]
             correct = None
@@ -254,7 +256,7 @@ def compute_group_outputs(config, inventory, templates):
             entry["maps"] = _group_maps(folder, out, task, model, maps, templates, correct)
             from deeplight_bids.quality.group_quality import write_quality_tables
 
-            entry.update(write_quality_tables(config, folder, out, task, runs, maps, templates, extra))
+            entry.update(write_quality_tables(config, tables, runs, maps, templates))
             if not entry["maps"]:
                 entry["maps_note"] = "no relevance maps (participant level run with --no-lrp?)"
             group["Tasks"][task] = entry

@@ -286,6 +286,8 @@ class Epsilon(Rule):
     """
 
     supported = types.Linear + types.GlobalAvgPool
+    #: The rule as written in the sidecars (``describe()["formula"]``).
+    formula = "R_in = x * W^T (R_out / (z + eps*sign(z))), bias in z"
 
     def __init__(self, eps: float = 1e-6) -> None:
         if not eps > 0:
@@ -301,11 +303,7 @@ class Epsilon(Rule):
         return _fused(_epsilon_weights)(z, relevance_out, ops.cast(self.eps, z.dtype))
 
     def describe(self) -> dict:
-        return {
-            "rule": "Epsilon",
-            "epsilon": self.eps,
-            "formula": "R_in = x * W^T (R_out / (z + eps*sign(z))), bias in z",
-        }
+        return {**super().describe(), "epsilon": self.eps, "formula": self.formula}
 
 
 class PlusEpsilon(Epsilon):
@@ -323,15 +321,10 @@ class PlusEpsilon(Epsilon):
         Added to the denominator, > 0.
     """
 
+    formula = "R_in = x * W^T (R_out / (z + eps)), +eps whatever the sign of z (2D-DeepLight's code), bias in z"
+
     def output_gradient(self, z, relevance_out):
         return relevance_out / (z + ops.cast(self.eps, z.dtype))
-
-    def describe(self) -> dict:
-        return {
-            "rule": "PlusEpsilon",
-            "epsilon": self.eps,
-            "formula": "R_in = x * W^T (R_out / (z + eps)), +eps whatever the sign of z (2D-DeepLight's code), bias in z",
-        }
 
 
 class AlphaBeta(Rule):

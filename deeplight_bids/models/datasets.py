@@ -9,7 +9,7 @@ Batches are made by :func:`deeplight_bids.prepare.cache.make_volume_dataset` (vo
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ class TrainingData:
     participants : list of str
         Labels (without ``sub-``) of the participants with labelled volumes, sorted.
     reader : deeplight_bids.prepare.cache.VolumeReader
-        Reads batches of prepared volumes in model order.
+        Reads batches of prepared volumes in model order (made from ``entries``).
     """
 
     runs: list
@@ -50,7 +50,12 @@ class TrainingData:
     states: tuple
     samples: object
     participants: list
-    reader: object
+    reader: object = field(init=False)
+
+    def __post_init__(self):
+        from deeplight_bids.prepare.cache import VolumeReader
+
+        self.reader = VolumeReader(self.entries)
 
 
 def load_training_data(config, log=LOGGER) -> TrainingData:
@@ -61,7 +66,7 @@ def load_training_data(config, log=LOGGER) -> TrainingData:
     states or two participants have labelled volumes, or a requested state has none.
     """
     from deeplight_bids.bids.discover import build_layout, discover_selected_runs, find_derivatives
-    from deeplight_bids.prepare.cache import VolumeReader, label_volumes, prepare_cached
+    from deeplight_bids.prepare.cache import label_volumes, prepare_cached
     from deeplight_bids.prepare.labels import load_state_map_file
 
     cfg = config
@@ -109,15 +114,7 @@ def load_training_data(config, log=LOGGER) -> TrainingData:
         ", ".join(states),
         ", ".join(str(int((samples.label == i).sum())) for i in range(len(states))),
     )
-    return TrainingData(
-        runs=runs,
-        entries=entries,
-        cache_stats=cache_stats,
-        states=states,
-        samples=samples,
-        participants=participants,
-        reader=VolumeReader(entries),
-    )
+    return TrainingData(runs, entries, cache_stats, states, samples, participants)
 
 
 def labels_identity(runs, state_map_file, states) -> str:

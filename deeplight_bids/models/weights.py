@@ -35,40 +35,63 @@ ORIGINAL_COMMIT = "4a8eeaa174e61f5a81feb93489e3662891c30248"
 
 @dataclass(frozen=True)
 class PublishedWeights:
-    """One published weights file of the original DeepLight repository."""
+    """One published weights file of the original DeepLight repository.
 
-    name: str
+    Attributes
+    ----------
+    architecture : str
+        ``"3D"`` or ``"2D"``; the registry name is ``"<architecture>-pretrained"``.
+    filename : str
+        File name in the repository and in the cache.
+    repo_folder : str
+        Folder of the file in the repository at :data:`ORIGINAL_COMMIT`.
+    git_blob : str
+        Git blob hash of the file (checked when no ``sha256`` is known).
+    sha256, size : str or None, int or None
+        Expected checksum and size in bytes, where known.
+    states : tuple of str
+        Output states in model order.
+    """
+
     architecture: str
     filename: str
-    repo_path: str
+    repo_folder: str
     git_blob: str
     sha256: str | None = None
     size: int | None = None
     states: tuple = PRETRAINED_STATES
 
     @property
+    def name(self):
+        return f"{self.architecture}-pretrained"
+
+    @property
+    def repo_path(self):
+        return f"{self.repo_folder}/{self.filename}"
+
+    @property
     def url(self):
         return f"{ORIGINAL_REPOSITORY}/raw/{ORIGINAL_COMMIT}/{self.repo_path}"
 
 
-REGISTRY = {
-    "3D-pretrained": PublishedWeights(
-        name="3D-pretrained",
-        architecture="3D",
-        filename="model-3D_DeepLight_desc-pretrained_model.hdf5",
-        repo_path="src/deeplight/three/pretrained_model/model-3D_DeepLight_desc-pretrained_model.hdf5",
+_PUBLISHED = (
+    PublishedWeights(
+        "3D",
+        "model-3D_DeepLight_desc-pretrained_model.hdf5",
+        "src/deeplight/three/pretrained_model",
         git_blob="fc8de447a9e65595650f317d5f483b1f9d2df1a4",
     ),
-    "2D-pretrained": PublishedWeights(
-        name="2D-pretrained",
-        architecture="2D",
-        filename="model-2D_DeepLight_desc-pretrained_model.npy",
-        repo_path="src/deeplight/two/pretrained_model/model-2D_DeepLight_desc-pretrained_model.npy",
+    PublishedWeights(
+        "2D",
+        "model-2D_DeepLight_desc-pretrained_model.npy",
+        "src/deeplight/two/pretrained_model",
         git_blob="d5d6fa36a2feaf8da01edc580b253b08cf7142df",
         sha256="d1070ea1fadf4fc93f053c57bcadc6e37b38a6763276246efb25f35e1d1df90c",
         size=3573425,
     ),
-}
+)
+#: The published weights by name (``"3D-pretrained"``, ``"2D-pretrained"``).
+REGISTRY = {weights.name: weights for weights in _PUBLISHED}
 DEFAULT_WEIGHTS = {"3D": "3D-pretrained", "2D": "2D-pretrained"}
 
 

@@ -44,6 +44,11 @@ _BUTTERWORTH_ORDER = 5
 VOLUME_CHUNK = 32
 #: Voxels cleaned at once.
 VOXEL_CHUNK = 16384
+#: ``nilearn.signal.clean`` settings besides the run's high-pass and TR: linear detrend, no
+#: standardisation there (z-scoring follows, ddof 0), non-finite values set to 0, and
+#: ``butterworth__copy=True``: filter all columns in one vectorised sosfiltfilt (nilearn's
+#: default loops over voxels in Python: ~100x slower, same result).
+_CLEAN_SETTINGS = {"detrend": True, "standardize": None, "ensure_finite": True, "butterworth__copy": True}
 #: A voxel whose cleaned SD is at most this fraction of its magnitude counts as flat (-> 0).
 FLAT_TOLERANCE = 1e-6
 
@@ -397,17 +402,7 @@ def _clean_in_place(signals, t_r, high_pass):
         block = signals[:, start : start + VOXEL_CHUNK].astype(np.float64)
         block[~np.isfinite(block)] = 0.0
         scale = np.abs(block).max(axis=0)
-        # butterworth__copy=True: filter all columns in one vectorised sosfiltfilt
-        # (nilearn's default loops over voxels in Python: ~100x slower, same result).
-        cleaned = clean(
-            block,
-            detrend=True,
-            high_pass=high_pass,
-            t_r=t_r,
-            standardize=None,
-            ensure_finite=True,
-            butterworth__copy=True,
-        )
+        cleaned = clean(block, high_pass=high_pass, t_r=t_r, **_CLEAN_SETTINGS)
         cleaned = np.asarray(cleaned, dtype=np.float64)
         cleaned -= cleaned.mean(axis=0)
         sd = cleaned.std(axis=0)  # ddof=0: population SD, as the original

@@ -11,28 +11,59 @@ still equals the unperturbed one.
 import numpy as np
 import pandas as pd
 
+from deeplight_bids.derivatives.sidecars import described
+
 #: Shares of the in-mask voxels removed, most relevant (or random) first.
 FRACTIONS = (0.0, 0.01, 0.02, 0.05, 0.10, 0.20, 0.35, 0.50)
 #: Orders in which voxels are removed.
 ORDERS = ("relevance", "random")
 
-COLUMNS = {
-    "volume": {"Description": "0-based index of the volume in the run"},
-    "state": {"Description": "state whose logit the relevance map explains (the LRP target)"},
-    "order": {
-        "Description": "order of removal: 'relevance' (most relevant voxel first) or 'random' (seeded "
-        "permutation of the in-mask voxels)",
-        "Levels": {"relevance": "most relevant first", "random": "random order"},
-    },
-    "fraction": {"Description": "share of the in-mask voxels set to 0 (the z-scored baseline)", "Units": "arbitrary"},
-    "n_removed": {"Description": "number of in-mask voxels set to 0"},
-    "logit": {"Description": "logit of the explained state after removal", "Units": "arbitrary"},
-    "logit_drop": {"Description": "logit at fraction 0 minus logit after removal", "Units": "arbitrary"},
-    "decision_holds": {
-        "Description": "1 if the predicted state after removal equals the one without removal",
-        "Levels": {"0": "decision changed", "1": "decision holds"},
-    },
-}
+COLUMNS = described(
+    {
+        "volume": "0-based index of the volume in the run",
+        "state": "state whose logit the relevance map explains (the LRP target)",
+        "order": {
+            "Description": "order of removal: 'relevance' (most relevant voxel first) or 'random' (seeded "
+            "permutation of the in-mask voxels)",
+            "Levels": {"relevance": "most relevant first", "random": "random order"},
+        },
+        "fraction": {
+            "Description": "share of the in-mask voxels set to 0 (the z-scored baseline)",
+            "Units": "arbitrary",
+        },
+        "n_removed": "number of in-mask voxels set to 0",
+        "logit": {"Description": "logit of the explained state after removal", "Units": "arbitrary"},
+        "logit_drop": {"Description": "logit at fraction 0 minus logit after removal", "Units": "arbitrary"},
+        "decision_holds": {
+            "Description": "1 if the predicted state after removal equals the one without removal",
+            "Levels": {"0": "decision changed", "1": "decision holds"},
+        },
+    }
+)
+
+
+def sidecar(seed, n_mask_voxels, summary):
+    """The JSON sidecar of a run's deletion-curves table.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the volume choice and the random orders.
+    n_mask_voxels : int
+        In-mask voxels of the run (the fractions' denominator).
+    summary : dict
+        :func:`area_between_curves` of the table.
+    """
+    return {
+        **COLUMNS,
+        "Description": "deletion curves: the explained logit as the most relevant (or randomly chosen) in-mask "
+        "voxels are set to 0, the z-scored baseline, one row per volume x fraction x order",
+        "Fractions": list(FRACTIONS),
+        "Seed": seed,
+        "NumberOfMaskVoxels": n_mask_voxels,
+        "VolumeSelection": "stratified by predicted state (states take turns, seeded)",
+        "Summary": summary,
+    }
 
 
 def select_volumes(predicted, n, seed=0):

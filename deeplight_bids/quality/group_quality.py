@@ -11,45 +11,51 @@ import logging
 import numpy as np
 import pandas as pd
 
+from deeplight_bids.derivatives.sidecars import described
+
 from . import faithfulness, plausibility, sanity, significance
 
 LOGGER = logging.getLogger("deeplight_bids")
 
-CURVE_COLUMNS = {
-    "state": {"Description": "explained state (LRP target)"},
-    "order": {"Description": "order of removal ('relevance': most relevant first; 'random')"},
-    "fraction": {"Description": "share of in-mask voxels set to 0"},
-    "n_participants": {"Description": "participants with volumes of this state"},
-    "n_volumes": {"Description": "volumes, all participants"},
-    "logit_drop_mean": {
-        "Description": "mean over participants of the participant's mean drop of the explained logit",
-        "Units": "arbitrary",
-    },
-    "logit_drop_sd": {"Description": "SD over participants (ddof = 1)"},
-    "ci95_low": {"Description": "lower end of the t-based 95% interval of logit_drop_mean"},
-    "ci95_high": {"Description": "upper end of the t-based 95% interval of logit_drop_mean"},
-    "decision_holds": {"Description": "share of the volumes (pooled) whose decision holds after removal"},
-}
-PARTICIPANT_QUALITY_COLUMNS = {
-    "participant_id": {"Description": "participant"},
-    "n_runs": {"Description": "runs with quality measures"},
-    "area_between_curves": {
-        "Description": "mean over runs of the area between the random- and relevance-order "
-        "deletion curves (mean logit difference; > 0: the relevance order "
-        "lowers the explained logit faster)"
-    },
-    "aopc_relevance": {"Description": "mean over runs of the AOPC (mean logit drop) removing most relevant first"},
-    "aopc_random": {"Description": "mean over runs of the AOPC removing in random order"},
-    "median_spearman": {
-        "Description": "median over the run's volumes of the Spearman correlation with the "
-        "randomised model's maps (mean over runs)"
-    },
-    "median_ssim": {"Description": "median SSIM with the randomised model's maps (mean over runs)"},
-    "high_similarity": {
-        "Description": f"1 if a run's maps resemble the randomised model's (a median above {sanity.HIGH_SIMILARITY})",
-        "Levels": {"0": "no", "1": "yes"},
-    },
-}
+CURVE_COLUMNS = described(
+    {
+        "state": "explained state (LRP target)",
+        "order": "order of removal ('relevance': most relevant first; 'random')",
+        "fraction": "share of in-mask voxels set to 0",
+        "n_participants": "participants with volumes of this state",
+        "n_volumes": "volumes, all participants",
+        "logit_drop_mean": {
+            "Description": "mean over participants of the participant's mean drop of the explained logit",
+            "Units": "arbitrary",
+        },
+        "logit_drop_sd": "SD over participants (ddof = 1)",
+        "ci95_low": "lower end of the t-based 95% interval of logit_drop_mean",
+        "ci95_high": "upper end of the t-based 95% interval of logit_drop_mean",
+        "decision_holds": "share of the volumes (pooled) whose decision holds after removal",
+    }
+)
+PARTICIPANT_QUALITY_COLUMNS = described(
+    {
+        "participant_id": "participant",
+        "n_runs": "runs with quality measures",
+        "area_between_curves": (
+            "mean over runs of the area between the random- and relevance-order "
+            "deletion curves (mean logit difference; > 0: the relevance order "
+            "lowers the explained logit faster)"
+        ),
+        "aopc_relevance": "mean over runs of the AOPC (mean logit drop) removing most relevant first",
+        "aopc_random": "mean over runs of the AOPC removing in random order",
+        "median_spearman": (
+            "median over the run's volumes of the Spearman correlation with the "
+            "randomised model's maps (mean over runs)"
+        ),
+        "median_ssim": "median SSIM with the randomised model's maps (mean over runs)",
+        "high_similarity": {
+            "Description": f"1 if a run's maps resemble the randomised model's (a median above {sanity.HIGH_SIMILARITY})",
+            "Levels": {"0": "no", "1": "yes"},
+        },
+    }
+)
 
 
 def _quality_tsv(rec, kind):
@@ -142,21 +148,17 @@ def plausibility_for(config, maps, templates):
     return table, {s: str(f) for s, f in files.items()}
 
 
-def write_quality_tables(config, folder, output_dir, task, runs, maps, templates, extra):
+def write_quality_tables(config, tables, runs, maps, templates):
     """Write the quality tables of one model and task; returns manifest entries (relative paths).
 
     Parameters
     ----------
     config : deeplight_bids.config.Config
-    folder : pathlib.Path
-        The model's group folder.
-    output_dir : pathlib.Path
-    task : str
+    tables : deeplight_bids.group.run.GroupTables
+        Writer of the model's group tables for the task (folder, task, shared sidecar fields).
     runs : list of deeplight_bids.group.stats.RunRecord
     maps : list of deeplight_bids.group.stats.MapRecord
     templates : deeplight_bids.group.templates.Templates
-    extra : dict
-        Sidecar fields shared by the group tables (task, model, version).
 
     Returns
     -------
@@ -164,82 +166,31 @@ def write_quality_tables(config, folder, output_dir, task, runs, maps, templates
         ``significance``, ``significance_group`` and, when present, ``faithfulness``,
         ``quality_participants``, ``plausibility`` -> path relative to ``output_dir``.
     """
-    from deeplight_bids.group.run import _name, _rel, _write_table
-
     entry = {}
     alpha = 0.05
     perms = int(getattr(config, "significance_permutations", 1000))
     table = significance.participant_table(significance.runs_by_participant(runs), perms, seed=config.seed, alpha=alpha)
-    path = folder / _name(task, "summary", ".tsv", desc="significance")
-    _write_table(
-        path,
-        table,
-        significance.PARTICIPANT_COLUMNS,
-        {
-            "Description": f"decoding accuracy against chance per participant (runs pooled), task {task}: permutation "
-            "test of block labels within runs, and binomial test",
-            "Permutations": perms,
-            "Seed": config.seed,
-            "Alpha": alpha,
-            **extra,
-        },
-    )
-    entry["significance"] = _rel(path, output_dir)
-    path = folder / _name(task, "summary", ".tsv", desc="significancegroup")
-    _write_table(
-        path,
-        significance.group_test(table, alpha),
-        significance.GROUP_COLUMNS,
-        {
-            "Description": f"one-sample t test (one-sided) of participants' accuracy minus chance, task {task}, and the "
-            "count of participants significantly above chance",
-            **extra,
-        },
-    )
-    entry["significance_group"] = _rel(path, output_dir)
+    fields = {"Permutations": perms, "Seed": config.seed, "Alpha": alpha}
+    entry["significance"] = tables.write("significance", table, significance.PARTICIPANT_COLUMNS, **fields)
+    group_test = significance.group_test(table, alpha)
+    entry["significance_group"] = tables.write("significancegroup", group_test, significance.GROUP_COLUMNS)
 
+    # Faithfulness and sanity exist only for runs processed with the quality measures.
     curves = faithfulness_curves(runs)
     if len(curves):
-        path = folder / _name(task, "summary", ".tsv", desc="faithfulness")
-        _write_table(
-            path,
-            curves,
-            CURVE_COLUMNS,
-            {
-                "Description": f"deletion curves per explained state, task {task}: mean over participants of the drop "
-                "of the explained logit as the most relevant (or random) in-mask voxels are set to 0",
-                "Fractions": list(faithfulness.FRACTIONS),
-                **extra,
-            },
-        )
-        entry["faithfulness"] = _rel(path, output_dir)
+        fractions = list(faithfulness.FRACTIONS)
+        entry["faithfulness"] = tables.write("faithfulness", curves, CURVE_COLUMNS, Fractions=fractions)
     quality = participant_quality(runs)
     if len(quality):
-        path = folder / _name(task, "summary", ".tsv", desc="quality")
-        _write_table(
-            path,
-            quality,
-            PARTICIPANT_QUALITY_COLUMNS,
-            {
-                "Description": f"faithfulness and sanity (model-parameter randomisation) per participant, task {task}",
-                **extra,
-            },
-        )
-        entry["quality_participants"] = _rel(path, output_dir)
+        entry["quality_participants"] = tables.write("quality", quality, PARTICIPANT_QUALITY_COLUMNS)
     if getattr(config, "reference_map", None) is not None and maps:
         table, files = plausibility_for(config, maps, templates)
-        path = folder / _name(task, "summary", ".tsv", desc="plausibility")
-        _write_table(
-            path,
+        entry["plausibility"] = tables.write(
+            "plausibility",
             table,
             plausibility.COLUMNS,
-            {
-                "Description": f"relevance against reference maps per participant mean map and state, task {task}",
-                "ReferenceFiles": files,
-                "ReferenceTopPercent": config.reference_top_percent,
-                "BrainMask": templates.description,
-                **extra,
-            },
+            ReferenceFiles=files,
+            ReferenceTopPercent=config.reference_top_percent,
+            BrainMask=templates.description,
         )
-        entry["plausibility"] = _rel(path, output_dir)
     return entry

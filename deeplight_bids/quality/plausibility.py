@@ -18,25 +18,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from deeplight_bids.derivatives.sidecars import described
 from deeplight_bids.exceptions import InputDataError
 
-COLUMNS = {
-    "participant_id": {"Description": "participant ('group': the mean over participants' maps)"},
-    "state": {"Description": "explained state"},
-    "mass_accuracy": {
-        "Description": "share of the positive relevance inside the brain that lies in the reference "
-        "region (Arras et al. 2022)"
-    },
-    "rank_accuracy": {
-        "Description": "share of the K most relevant brain voxels inside the reference region, K = "
-        "region size (Arras et al. 2022)"
-    },
-    "pearson_r": {"Description": "Pearson correlation of relevance and reference values over the brain voxels"},
-    "region_voxels": {"Description": "voxels of the reference region (top k % of brain voxels, positive values)"},
-    "region_share": {
-        "Description": "region_voxels / brain voxels: the mass and rank accuracy of a map that ignores the region"
-    },
-}
+COLUMNS = described(
+    {
+        "participant_id": "participant ('group': the mean over participants' maps)",
+        "state": "explained state",
+        "mass_accuracy": (
+            "share of the positive relevance inside the brain that lies in the reference region (Arras et al. 2022)"
+        ),
+        "rank_accuracy": (
+            "share of the K most relevant brain voxels inside the reference region, K = region size (Arras et al. 2022)"
+        ),
+        "pearson_r": "Pearson correlation of relevance and reference values over the brain voxels",
+        "region_voxels": "voxels of the reference region (top k % of brain voxels, positive values)",
+        "region_share": "region_voxels / brain voxels: the mass and rank accuracy of a map that ignores the region",
+    }
+)
 NIFTI = re.compile(r"\.nii(\.gz)?$")
 
 

@@ -137,35 +137,9 @@ class RunQuality:
         checks = sanity.summarize(sanity_frame)
 
         write_tsv(outputs["faithfulness"], curves, root=root)
-        write_json(
-            outputs["faithfulness_json"],
-            root=root,
-            obj={
-                **faithfulness.COLUMNS,
-                "Description": "deletion curves: the explained logit as the most relevant (or randomly chosen) in-mask "
-                "voxels are set to 0, the z-scored baseline, one row per volume x fraction x order",
-                "Fractions": list(faithfulness.FRACTIONS),
-                "Seed": self.seed,
-                "NumberOfMaskVoxels": len(mask_index),
-                "VolumeSelection": "stratified by predicted state (states take turns, seeded)",
-                "Summary": faith,
-            },
-        )
+        write_json(outputs["faithfulness_json"], faithfulness.sidecar(self.seed, len(mask_index), faith), root=root)
         write_tsv(outputs["sanity"], sanity_frame, root=root)
-        write_json(
-            outputs["sanity_json"],
-            root=root,
-            obj={
-                **sanity.COLUMNS,
-                "Description": "model-parameter randomisation check (Adebayo et al. 2018): similarity of each map with "
-                "the map of a fully randomised copy of the model; high similarity means the maps do not "
-                "depend on what the model learned",
-                "Randomisation": "every kernel redrawn Glorot-uniform (numpy seed below); biases 0; batch normalisation "
-                "at its initial values",
-                "Seed": self.seed,
-                "Summary": checks,
-            },
-        )
+        write_json(outputs["sanity_json"], sanity.sidecar(self.seed, checks), root=root)
         seconds = time.monotonic() - t0
         if checks["high_similarity"]:
             LOGGER.warning(

@@ -10,26 +10,29 @@ parameters back at their initial values), by Spearman rank correlation and SSIM.
 import numpy as np
 from scipy import ndimage, stats
 
+from deeplight_bids.derivatives.sidecars import described
+
 #: Spearman correlation (or SSIM) above which the maps are flagged as not depending on the
 #: learned parameters (Adebayo et al. read values near 1 that way; 0.5 is our flag).
 HIGH_SIMILARITY = 0.5
 #: Gaussian window of SSIM, in voxels (Wang et al. 2004 use sigma 1.5).
 SSIM_SIGMA = 1.5
 
-COLUMNS = {
-    "volume": {"Description": "0-based index of the volume in the run"},
-    "state": {"Description": "state whose logit both maps explain (the LRP target of the trained model)"},
-    "spearman": {
-        "Description": "Spearman rank correlation of the trained and randomised model's relevance over "
-        "the in-mask voxels"
-    },
-    "spearman_abs": {"Description": "Spearman rank correlation of the absolute relevance values"},
-    "ssim": {
-        "Description": f"structural similarity (Wang et al. 2004; 3D Gaussian window, sigma {SSIM_SIGMA} "
-        "voxels) of the two maps after a signed rank transform over the in-mask voxels (sign(R) x "
-        "rank(|R|) / in-mask voxels; 0 outside), averaged over the in-mask voxels"
-    },
-}
+COLUMNS = described(
+    {
+        "volume": "0-based index of the volume in the run",
+        "state": "state whose logit both maps explain (the LRP target of the trained model)",
+        "spearman": (
+            "Spearman rank correlation of the trained and randomised model's relevance over the in-mask voxels"
+        ),
+        "spearman_abs": "Spearman rank correlation of the absolute relevance values",
+        "ssim": (
+            f"structural similarity (Wang et al. 2004; 3D Gaussian window, sigma {SSIM_SIGMA} "
+            "voxels) of the two maps after a signed rank transform over the in-mask voxels (sign(R) x "
+            "rank(|R|) / in-mask voxels; 0 outside), averaged over the in-mask voxels"
+        ),
+    }
+)
 
 
 def randomized_copy(model, seed=0):
@@ -176,6 +179,21 @@ def compare_maps(real, random, mask):
     rho_abs = _pearson(r_abs, q_abs) if np.ptp(r_abs) > 0 and np.ptp(q_abs) > 0 else np.nan
     index = _masked_ssim(_unit(real, mask, r_abs), _unit(random, mask, q_abs), mask)
     return {"spearman": float(rho), "spearman_abs": float(rho_abs), "ssim": index}
+
+
+def sidecar(seed, summary):
+    """The JSON sidecar of a run's randomised-model table (``seed``: of the randomised copy;
+    ``summary``: :func:`summarize` of the table)."""
+    return {
+        **COLUMNS,
+        "Description": "model-parameter randomisation check (Adebayo et al. 2018): similarity of each map with "
+        "the map of a fully randomised copy of the model; high similarity means the maps do not "
+        "depend on what the model learned",
+        "Randomisation": "every kernel redrawn Glorot-uniform (numpy seed below); biases 0; batch normalisation "
+        "at its initial values",
+        "Seed": seed,
+        "Summary": summary,
+    }
 
 
 def summarize(frame):

@@ -20,33 +20,38 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-PARTICIPANT_COLUMNS = {
-    "participant_id": {"Description": "participant"},
-    "n_runs": {"Description": "runs pooled"},
-    "n_labelled": {"Description": "labelled volumes with a state the model can output"},
-    "n_correct": {"Description": "labelled volumes decoded correctly"},
-    "accuracy": {"Description": "n_correct / n_labelled"},
-    "chance_level": {"Description": "1 / number of distinct labelled states"},
-    "n_blocks": {"Description": "blocks whose labels are permuted (summed over runs)"},
-    "n_permutations": {"Description": "block-label permutations"},
-    "null_mean": {"Description": "mean accuracy under the permuted block labels"},
-    "p_permutation": {"Description": "one-sided permutation p-value of accuracy (block labels permuted within runs)"},
-    "p_binomial": {
-        "Description": "one-sided binomial p-value of n_correct against chance_level (treats volumes as "
-        "independent: optimistic)"
-    },
-    "significant": {"Description": "1 if p_permutation < alpha", "Levels": {"0": "no", "1": "yes"}},
-}
-GROUP_COLUMNS = {
-    "n_participants": {"Description": "participants with labelled volumes"},
-    "mean_accuracy_minus_chance": {"Description": "mean over participants of accuracy - chance_level"},
-    "t": {"Description": "one-sample t statistic of accuracy - chance_level against 0"},
-    "df": {"Description": "degrees of freedom (n_participants - 1)"},
-    "p_t": {"Description": "one-sided p-value of the t test (accuracy above chance)"},
-    "n_significant": {"Description": "participants with p_permutation < alpha"},
-    "n_significant_binomial": {"Description": "participants with p_binomial < alpha"},
-    "alpha": {"Description": "significance level of the per-participant counts"},
-}
+from deeplight_bids.derivatives.sidecars import described
+
+PARTICIPANT_COLUMNS = described(
+    {
+        "participant_id": "participant",
+        "n_runs": "runs pooled",
+        "n_labelled": "labelled volumes with a state the model can output",
+        "n_correct": "labelled volumes decoded correctly",
+        "accuracy": "n_correct / n_labelled",
+        "chance_level": "1 / number of distinct labelled states",
+        "n_blocks": "blocks whose labels are permuted (summed over runs)",
+        "n_permutations": "block-label permutations",
+        "null_mean": "mean accuracy under the permuted block labels",
+        "p_permutation": "one-sided permutation p-value of accuracy (block labels permuted within runs)",
+        "p_binomial": (
+            "one-sided binomial p-value of n_correct against chance_level (treats volumes as independent: optimistic)"
+        ),
+        "significant": {"Description": "1 if p_permutation < alpha", "Levels": {"0": "no", "1": "yes"}},
+    }
+)
+GROUP_COLUMNS = described(
+    {
+        "n_participants": "participants with labelled volumes",
+        "mean_accuracy_minus_chance": "mean over participants of accuracy - chance_level",
+        "t": "one-sample t statistic of accuracy - chance_level against 0",
+        "df": "degrees of freedom (n_participants - 1)",
+        "p_t": "one-sided p-value of the t test (accuracy above chance)",
+        "n_significant": "participants with p_permutation < alpha",
+        "n_significant_binomial": "participants with p_binomial < alpha",
+        "alpha": "significance level of the per-participant counts",
+    }
+)
 
 
 def blocks(true_state):

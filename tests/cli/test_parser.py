@@ -114,3 +114,24 @@ def test_help_lists_every_option(capsys):
         "exit codes",
     ):
         assert option in text, option
+
+
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("--batch-size", "0", "argument --batch-size: expected a whole number >= 1, got '0'"),
+        ("--smoothing-fwhm", "nan", "argument --smoothing-fwhm: expected a number >= 0, got 'nan'"),
+        (
+            "--reference-top-percent",
+            "0",
+            "argument --reference-top-percent: expected a percentage in (0, 100], got '0'",
+        ),
+        ("--learning-rate", "0", "argument --learning-rate: expected a number > 0, got '0'"),
+        ("--cv-folds", "two", "argument --cv-folds: expected a whole number, got 'two'"),
+    ],
+)
+def test_number_errors_name_the_option(bids_dir, tmp_path, capsys, option, value, message):
+    with pytest.raises(SystemExit) as exc:
+        parse_args([str(bids_dir), str(tmp_path / "out"), "group", option, value])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
