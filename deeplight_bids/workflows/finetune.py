@@ -53,6 +53,7 @@ from deeplight_bids.models.surgery import (
 from deeplight_bids.models.train import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_LEARNING_RATE,
+    PRECISE_BN_VOLUMES,
     deterministic_ops,
     fit_resumable,
     precision_policy,
@@ -209,7 +210,7 @@ class FinetuneJob:
             )
             return split_body_head(built["model"], self.arch)[1] if cfg.freeze_body else built["model"]
 
-        make_train, val_ds = self._datasets(fold_index, tr, va, features)
+        make_train, val_ds, stats_ds = self._datasets(fold_index, tr, va, features)
         trained, state = fit_resumable(
             build,
             None,
@@ -223,6 +224,7 @@ class FinetuneJob:
             callbacks=self.callbacks,
             log=self.log,
             make_train_data=make_train,
+            statistics_data=stats_ds,
         )
         held_samples = data.samples.subset(held_mask)
         if cfg.freeze_body:
@@ -313,11 +315,18 @@ class FinetuneJob:
 
     # -- helpers -----------------------------------------------------------------------------
     def _datasets(self, fold_index, tr, va, features):
-        """``(make_train(start_epoch), validation dataset or None)`` of one fold: volumes, or frozen features."""
+        """``(make_train(start_epoch), validation dataset or None, statistics dataset)`` of one fold: volumes, or
+        frozen features.  The statistics dataset: at most :data:`~deeplight_bids.models.train.PRECISE_BN_VOLUMES`
+        training volumes spread evenly over them, in order, for the batch-norm statistics after the fit."""
         from deeplight_bids.prepare.cache import make_array_dataset, make_volume_dataset
 
         cfg, samples = self.config, self.data.samples
         seed = [cfg.seed, fold_index]
+        rows = np.flatnonzero(tr)
+        if len(rows) > PRECISE_BN_VOLUMES:
+            rows = rows[np.unique(np.linspace(0, len(rows) - 1, PRECISE_BN_VOLUMES).round().astype(int))]
+        statistics = np.zeros_like(tr)
+        statistics[rows] = True
         if cfg.freeze_body:
 
             def make_train(start_epoch):
@@ -329,6 +338,9 @@ class FinetuneJob:
                 make_array_dataset(features[va], samples.label[va], 64, shuffle=False, balance=False)
                 if va.any()
                 else None
+            )
+            stats_ds = make_array_dataset(
+                features[statistics], samples.label[statistics], self.batch_size, shuffle=False, balance=False
             )
         else:
 
@@ -342,7 +354,10 @@ class FinetuneJob:
                 if va.any()
                 else None
             )
-        return make_train, val_ds
+            stats_ds = make_volume_dataset(
+                self.data.reader, samples.subset(statistics), self.batch_size, shuffle=False, balance=False
+            )
+        return make_train, val_ds, stats_ds
 
     def _model_card(self, stem, fold, train, val, held, source, metrics, n_gpus, mixed):
         cfg = self.config
@@ -374,6 +389,8 @@ class FinetuneJob:
                 "class_balancing": "oversampling to the largest class per epoch",
                 "freeze_body": bool(cfg.freeze_body),
                 "early_stopping_patience": cfg.early_stopping_patience,
+                "batch_norm_statistics": "recomputed after the fit from the final weights' batch statistics on at "
+                f"most {PRECISE_BN_VOLUMES} training volumes (precise BN); frozen layers keep theirs",
                 "mixed_precision": bool(mixed),
                 "gpus": n_gpus,
                 **(
