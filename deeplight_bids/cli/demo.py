@@ -31,8 +31,13 @@ from deeplight_bids.quality.plausibility import relevance_in_region
 
 LOGGER = logging.getLogger("deeplight_bids")
 
-#: Weak-stripe response of the demo's planted regions (see make_synthetic_dataset).
-STRIPE_LOW = 0.25
+#: Weak-stripe response of the demo's planted regions (see make_synthetic_dataset): the full-strength
+#: stripes activate, the others deactivate at half strength.  Why a sign: the preparation z-scores
+#: every voxel over time, which erases amplitude, so stripes of full and quarter strength (0.25, before
+#: 2026-11-30) became the same time course and left/right motor regions differed only by position,
+#: which a network ending in global average pooling learns slowly (validation accuracy 0.50-0.81 over
+#: seeds 0-3); a sign pattern survives z-scoring as a local texture of each state.
+STRIPE_LOW = -0.5
 #: Share of each stripe period at full strength.
 STRIPE_DUTY = 0.5
 #: A fit below this accuracy on the validation participant did not generalise: refit.

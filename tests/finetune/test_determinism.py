@@ -25,7 +25,11 @@ def _fit(folder, seed):
     def make_train(start_epoch):
         return make_array_dataset(x, labels, 4, seed=[seed, 0], start_epoch=start_epoch)
 
-    model, state = fit_resumable(build, None, folder, "fp", 2, 1e-3, make_train_data=make_train)
+    statistics = make_array_dataset(x, labels, 4, shuffle=False, balance=False)  # precise BN must repeat too
+    model, state = fit_resumable(
+        build, None, folder, "fp", 2, 1e-3, make_train_data=make_train, statistics_data=statistics
+    )
+    assert state["bn_statistics_batches"] == 6
     return [w.copy() for w in model.get_weights()], state
 
 
