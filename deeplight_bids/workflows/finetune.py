@@ -242,7 +242,9 @@ class FinetuneJob:
         metrics = heldout.fold_metrics(state, held_samples.label, logits.argmax(axis=1), len(self.states))
         out_dir = self.model_dir / fold if fold else self.model_dir
         stem = f"{self.name}_{fold}" if fold else self.name
-        card = self._model_card(stem, fold, train, val, held, built.get("source"), metrics, n_gpus, mixed)
+        card = self._model_card(
+            stem, fold, train, val, held, built.get("source"), metrics, n_gpus, mixed, state["bn_statistics_batches"]
+        )
         self._save(full, state["history"], out_dir, stem, card)
         self.log.info(
             "fine-tune %s%s: held-out accuracy %.3f (balanced %.3f, %d volumes, chance %.3f)",
@@ -359,7 +361,7 @@ class FinetuneJob:
             )
         return make_train, val_ds, stats_ds
 
-    def _model_card(self, stem, fold, train, val, held, source, metrics, n_gpus, mixed):
+    def _model_card(self, stem, fold, train, val, held, source, metrics, n_gpus, mixed, bn_batches):
         cfg = self.config
         return {
             "name": stem,
@@ -389,8 +391,13 @@ class FinetuneJob:
                 "class_balancing": "oversampling to the largest class per epoch",
                 "freeze_body": bool(cfg.freeze_body),
                 "early_stopping_patience": cfg.early_stopping_patience,
-                "batch_norm_statistics": "recomputed after the fit from the final weights' batch statistics on at "
-                f"most {PRECISE_BN_VOLUMES} training volumes (precise BN); frozen layers keep theirs",
+                "batch_norm_statistics": (
+                    f"recomputed after the fit from the final weights' batch statistics on the training volumes "
+                    f"({bn_batches} batches; at most {PRECISE_BN_VOLUMES} volumes, spread evenly; precise BN)"
+                    if bn_batches
+                    else "moving averages of the last epochs (not recomputed: several GPUs, or no trainable "
+                    "batch-norm layer)"
+                ),
                 "mixed_precision": bool(mixed),
                 "gpus": n_gpus,
                 **(

@@ -78,6 +78,7 @@ def test_model_folder_and_card(cv_out):
     assert card["init_weights"]["sha256"].startswith("d1070ea1")
     assert len(card["inputs"]) == 2 and len(card["inputs"][0]["bold_sha256"]) == 64
     assert {"tensorflow", "keras", "deeplight_bids"} <= set(card["software"])
+    assert "batch_norm_statistics" in card["training"]
     history = pd.read_csv(fold / "finetune-2D-pretrained-frozen_fold-1_history.tsv", sep="\t")
     assert history["epoch"].tolist() == list(range(1, 9)) and {"loss", "accuracy"} <= set(history)
     assert (fold / "finetune-2D-pretrained-frozen_fold-1_learningcurve.png").stat().st_size > 1000
