@@ -293,8 +293,9 @@ def make_synthetic_dataset(
         memorising participants.  Region masks are unchanged.
     stripe_low : float, default=-1.0
         With ``stripes``, the response of the weak stripes relative to the strong ones
-        (``-1``: a pattern of signs; ``0 < stripe_low < 1``: the whole region activates,
-        alternately at full and at ``stripe_low`` strength).
+        (``-1``: a pattern of signs; ``0``: stripes of signal and stripes of none;
+        ``0 < stripe_low < 1``: the whole region activates, alternately at full and at
+        ``stripe_low`` strength).
     stripe_duty : float, default=0.5
         With ``stripes``, the share of each stripe period at full strength (the rest
         at ``stripe_low``).
