@@ -31,15 +31,13 @@ from deeplight_bids.quality.plausibility import relevance_in_region
 
 LOGGER = logging.getLogger("deeplight_bids")
 
-#: Weak-stripe response of the demo's planted regions (see make_synthetic_dataset): stripes of full
-#: strength alternate with stripes that do not respond.  Why: the preparation z-scores every voxel
-#: over time, which erases amplitude: stripes of full and quarter strength (0.25, before 2026-11-30)
-#: became the same time course, left and right motor regions differed only by position (which a
-#: network ending in global average pooling learns slowly: validation accuracy 0.50-0.81 over seeds
-#: 0-3), while stripes of opposite signs (-0.5) have no mean shift after z-scoring, so the fit decoded
-#: "t" as "neither lh nor rh" and its relevance fell outside its region (rank accuracy 0.01).  Stripes
-#: of signal and no signal keep both a positive region (the evidence) and a local texture.
-STRIPE_LOW = 0.0
+#: Weak-stripe response of the demo's planted regions (see make_synthetic_dataset): the whole region
+#: activates, alternately at full and at quarter strength.  Measured alternatives (2026-11-30,
+#: benchmarks/RESULTS.md "Demo fit"): stripes of opposite signs (-0.5) leave no mean shift after the
+#: per-voxel z-scoring, and the fit decoded "t" as "neither lh nor rh" (its relevance outside its
+#: region: rank accuracy 0.01); stripes of signal and none (0) kept plausible maps but failed the
+#: validation bar on 2 of 3 seeds.
+STRIPE_LOW = 0.25
 #: Share of each stripe period at full strength.
 STRIPE_DUTY = 0.5
 #: A fit below this accuracy on the validation participant did not generalise: refit.
