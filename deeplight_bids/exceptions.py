@@ -30,25 +30,30 @@ EXIT_PARTIAL = 6
 
 
 class DeepLightBidsError(Exception):
-    """Base class of all errors meant for the user (one line, no traceback)."""
+    """Base class of all errors meant for the user (one line, no traceback).
+
+    A subclass names its exit code in its header (``class UsageError(DeepLightBidsError,
+    exit_code=EXIT_USAGE)``); without one it keeps its parent's.
+    """
 
     exit_code = EXIT_INTERNAL
+
+    def __init_subclass__(cls, exit_code=None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if exit_code is not None:
+            cls.exit_code = exit_code
 
     def __init__(self, message):
         # One line: the CLI prints the message as is.
         super().__init__(" ".join(str(message).split()))
 
 
-class UsageError(DeepLightBidsError):
+class UsageError(DeepLightBidsError, exit_code=EXIT_USAGE):
     """A wrong combination of command-line options."""
 
-    exit_code = EXIT_USAGE
 
-
-class InputDataError(DeepLightBidsError):
+class InputDataError(DeepLightBidsError, exit_code=EXIT_INPUT):
     """Something in BIDS_DIR or the derivatives cannot be used."""
-
-    exit_code = EXIT_INPUT
 
 
 class NoRunsFoundError(InputDataError):
@@ -67,16 +72,12 @@ class MetadataError(InputDataError):
     """Required BIDS metadata (e.g. ``RepetitionTime``) is missing or inconsistent."""
 
 
-class WeightsError(DeepLightBidsError):
+class WeightsError(DeepLightBidsError, exit_code=EXIT_WEIGHTS):
     """Model weights are missing, corrupt, or do not match the architecture."""
 
-    exit_code = EXIT_WEIGHTS
 
-
-class OutputError(DeepLightBidsError):
+class OutputError(DeepLightBidsError, exit_code=EXIT_OUTPUT):
     """OUTPUT_DIR cannot be written."""
-
-    exit_code = EXIT_OUTPUT
 
 
 class LoggedWarning(UserWarning):

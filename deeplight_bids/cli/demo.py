@@ -101,17 +101,12 @@ def run_demo_command(argv):
         )
         return 2
     setup_logging(args.verbose)
+    same_name = ("epochs", "batch_size", "learning_rate", "signal", "region_radius", "seed", "nprocs")
     report = run_demo(
         args.output_dir,
         n_participants=args.participants,
         n_volumes=args.volumes,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        signal=args.signal,
-        region_radius=args.region_radius,
-        seed=args.seed,
-        nprocs=args.nprocs,
+        **{name: getattr(args, name) for name in same_name},  # options named as run_demo's parameters
     )
     print(format_report(report))
     return 0

@@ -1,6 +1,7 @@
 """The "Fine-tuning options" group of the main parser (``group --finetune``)."""
 
-from deeplight_bids.cli.types import label_without, non_negative_int, positive_float, positive_int
+from deeplight_bids.cli.parser import add_labels, add_option, add_switch
+from deeplight_bids.cli.types import non_negative_int, positive_float, positive_int
 from deeplight_bids.config import default
 
 
@@ -10,12 +11,7 @@ def add_finetune_arguments(parser):
         "Fine-tuning options",
         "group level with --finetune: fit DeepLight to this dataset's states, evaluated on held-out participants",
     )
-    group.add_argument(
-        "--finetune",
-        action="store_true",
-        default=default("finetune"),
-        help="group level: fine-tune (transfer learning) instead of the group statistics%(default).0s",
-    )
+    add_switch(group, "--finetune", "group level: fine-tune (transfer learning) instead of the group statistics")
     group.add_argument(
         "--init",
         choices=("pretrained", "scratch"),
@@ -31,56 +27,51 @@ def add_finetune_arguments(parser):
         dest="finetune_states",
         help="states to train on, in output order (default: every labelled state found, sorted)%(default).0s",
     )
-    group.add_argument("--epochs", type=positive_int, default=default("epochs"), help="training epochs")
+    add_option(group, "--epochs", positive_int, None, "training epochs")
     group.add_argument(
         "--learning-rate",
         type=positive_float,
         metavar="LR",
         help="Adam learning rate (default: 1e-3 for 3D, 1e-4 for 2D)%(default).0s",
     )
-    group.add_argument(
+    add_option(
+        group,
         "--finetune-batch-size",
-        type=positive_int,
-        default=default("finetune_batch_size"),
-        metavar="N",
-        help="training batch size (default: %(default)s; --batch-size is for decoding)",
+        positive_int,
+        "N",
+        "training batch size (default: %(default)s; --batch-size is for decoding)",
     )
-    group.add_argument(
+    add_option(
+        group,
         "--cv-folds",
-        type=non_negative_int,
-        default=default("cv_folds"),
-        metavar="K",
-        help="participant-wise K-fold cross-validation (every participant is predicted by a model "
+        non_negative_int,
+        "K",
+        "participant-wise K-fold cross-validation (every participant is predicted by a model "
         "that never saw it); 0: one split (see --val-participants)",
     )
-    group.add_argument(
+    add_labels(
+        group,
         "--val-participants",
-        nargs="+",
-        metavar="LABEL",
-        type=label_without("sub-"),
-        help="participants held out for validation in the one-split mode "
+        prefix="sub-",
+        text="participants held out for validation in the one-split mode "
         "(default: the last 20%% of participants, at least one)%(default).0s",
     )
-    group.add_argument(
+    add_option(
+        group,
         "--early-stopping-patience",
-        type=non_negative_int,
-        default=default("early_stopping_patience"),
-        metavar="N",
-        help="stop after N epochs without a lower validation loss and keep the best weights (0: train all epochs)",
+        non_negative_int,
+        "N",
+        "stop after N epochs without a lower validation loss and keep the best weights (0: train all epochs)",
     )
-    group.add_argument(
+    add_option(
+        group,
         "--seed",
-        type=non_negative_int,
-        default=default("seed"),
-        help="random seed (folds, weights, shuffling; also the quality measures' volume choice, random "
+        non_negative_int,
+        None,
+        "random seed (folds, weights, shuffling; also the quality measures' volume choice, random "
         "orders and randomised model, and the significance permutations)",
     )
-    group.add_argument(
-        "--freeze-body",
-        action="store_true",
-        default=default("freeze_body"),
-        help="train the output layer only (the body's features are computed once)%(default).0s",
-    )
+    add_switch(group, "--freeze-body", "train the output layer only (the body's features are computed once)")
     group.add_argument(
         "--model-name",
         metavar="NAME",

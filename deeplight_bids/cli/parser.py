@@ -81,6 +81,39 @@ def _bids_filter(value, parser):
     return loaded
 
 
+def _setting(flag):
+    """The configuration setting an option sets: ``"--batch-size"`` -> ``"batch_size"``."""
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def add_option(group, flag, check, metavar, text):
+    """Add an option that takes one value, checked by ``check``, and defaults to the configuration's.
+
+    Parameters
+    ----------
+    group : argparse._ArgumentGroup
+        Where the option is listed in ``--help``.
+    flag : str
+        ``"--batch-size"``; its setting (``dest``) and default are those of ``batch_size`` in
+        :func:`deeplight_bids.config.default`, the one source of the defaults.
+    check : callable
+        The ``type=`` converter (see :mod:`deeplight_bids.cli.types`).
+    metavar, text : str or None
+        The value's name and the help text (``None`` metavar: argparse's, the setting in capitals).
+    """
+    group.add_argument(flag, type=check, default=default(_setting(flag)), metavar=metavar, help=text)
+
+
+def add_switch(group, flag, text):
+    """Add an on/off option (``store_true``) whose default is the configuration's; its help shows no default."""
+    group.add_argument(flag, action="store_true", default=default(_setting(flag)), help=text + "%(default).0s")
+
+
+def add_labels(group, *flags, prefix, text):
+    """Add an option that takes one or more BIDS labels, each with or without ``prefix`` (``"sub-"``)."""
+    group.add_argument(*flags, nargs="+", type=label_without(prefix), metavar="LABEL", help=text)
+
+
 def action_parser(prog, description, actions):
     """The parser of a ``deeplight-bids <command> <action>`` sub-command (``weights``, ``templates``).
 
@@ -131,20 +164,15 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"deeplight-bids {__version__}")
 
     g_bids = parser.add_argument_group("Options for filtering BIDS queries")
-    g_bids.add_argument(
+    add_labels(
+        g_bids,
         "--participant-label",
         "--participant_label",
-        nargs="+",
-        type=label_without("sub-"),
-        metavar="LABEL",
-        help="participants to process, with or without 'sub-' (default: all)",
+        prefix="sub-",
+        text="participants to process, with or without 'sub-' (default: all)",
     )
-    g_bids.add_argument(
-        "--session-label",
-        nargs="+",
-        type=label_without("ses-"),
-        metavar="LABEL",
-        help="sessions to process, with or without 'ses-' (default: all)",
+    add_labels(
+        g_bids, "--session-label", prefix="ses-", text="sessions to process, with or without 'ses-' (default: all)"
     )
     g_bids.add_argument(
         "-t", "--task", nargs="+", metavar="TASK", help="task labels to process (case-insensitive; default: all)"
@@ -242,14 +270,12 @@ def build_parser():
         action="store_true",
         help="participant level: skip the quality measures (faster)",
     )
-    from deeplight_bids.quality import run_quality
-
-    g_quality.add_argument(
+    add_option(
+        g_quality,
         "--quality-volumes",
-        type=positive_int,
-        default=run_quality.DEFAULT_VOLUMES,
-        metavar="N",
-        help="participant level: volumes per run for the quality measures, stratified by predicted state",
+        positive_int,
+        "N",
+        "participant level: volumes per run for the quality measures, stratified by predicted state",
     )
     g_quality.add_argument(
         "--reference-map",
@@ -259,38 +285,32 @@ def build_parser():
         "(MNI152NLin6Asym; resampled onto the 2 mm grid): one NIfTI for every state, or a "
         "folder with one NIfTI per state named with 'label-<state>' or '<state>.nii[.gz]'",
     )
-    g_quality.add_argument(
+    add_option(
+        g_quality,
         "--reference-top-percent",
-        type=percent,
-        default=default("reference_top_percent"),
-        metavar="PCT",
-        help="group level: the reference map's top PCT %% of brain voxels form its region "
+        percent,
+        "PCT",
+        "group level: the reference map's top PCT %% of brain voxels form its region "
         "(relevance mass and rank accuracy)",
     )
-    g_quality.add_argument(
+    add_option(
+        g_quality,
         "--significance-permutations",
-        type=positive_int,
-        default=default("significance_permutations"),
-        metavar="N",
-        help="group level: permutations of the block labels per participant and task for the "
+        positive_int,
+        "N",
+        "group level: permutations of the block labels per participant and task for the "
         "test of accuracy against chance (seeded with --seed)",
     )
 
     g_prep = parser.add_argument_group("Preprocessing options (reference: DeepLight, Thomas et al. 2021)")
-    g_prep.add_argument(
+    add_option(
+        g_prep,
         "--smoothing-fwhm",
-        type=non_negative_float,
-        default=default("smoothing_fwhm"),
-        metavar="MM",
-        help="Gaussian smoothing FWHM in mm applied while masking (0 = none)",
+        non_negative_float,
+        "MM",
+        "Gaussian smoothing FWHM in mm applied while masking (0 = none)",
     )
-    g_prep.add_argument(
-        "--high-pass",
-        type=HighPass,
-        default=default("high_pass"),
-        metavar="HZ",
-        help="high-pass cut-off in Hz (e.g. 1/128), or 'none'",
-    )
+    add_option(g_prep, "--high-pass", HighPass, "HZ", "high-pass cut-off in Hz (e.g. 1/128), or 'none'")
 
     g_perf = parser.add_argument_group("Options to handle performance")
     g_perf.add_argument(
@@ -300,12 +320,12 @@ def build_parser():
         metavar="N",
         help="CPU threads for TensorFlow and preparation (default: all available)",
     )
-    g_perf.add_argument(
+    add_option(
+        g_perf,
         "--batch-size",
-        type=positive_int,
-        default=default("batch_size"),
-        metavar="N",
-        help="volumes read, decoded, explained and written per step; on CPU the network takes at most 4 "
+        positive_int,
+        "N",
+        "volumes read, decoded, explained and written per step; on CPU the network takes at most 4 "
         "at a time (bounded memory), on a GPU the whole batch",
     )
     g_perf.add_argument(

@@ -295,15 +295,10 @@ def validate_selection(tasks, runs, subjects=None):
 
 
 def _connect(args, jobs):
-    return s3.connect(
-        bucket=args.bucket,
-        prefix=args.prefix,
-        profile=args.profile,
-        endpoint_url=args.endpoint_url,
-        region=args.region,
-        unsigned=args.no_sign_request,
-        max_connections=jobs + 2,
-    )
+    """The S3 source the "S3" options name (all but --no-sign-request are :func:`s3.connect`'s parameters)."""
+    same_name = ("bucket", "prefix", "profile", "endpoint_url", "region")
+    location = {name: getattr(args, name) for name in same_name}
+    return s3.connect(**location, unsigned=args.no_sign_request, max_connections=jobs + 2)
 
 
 def run_fetch(args, stream):

@@ -73,14 +73,6 @@ class CacheEntry:
     meta: dict
 
     @property
-    def label(self):
-        return self.meta["run_label"]
-
-    @property
-    def subject(self):
-        return self.meta["subject"]
-
-    @property
     def n_volumes(self):
         return int(self.meta["n_volumes"])
 
