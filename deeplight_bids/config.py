@@ -94,7 +94,7 @@ class ParticipantConfig:
         Per run, faithfulness and sanity of the relevance maps (``--quality``/``--no-quality``).
     quality_volumes : int
         Volumes per run they use (``--quality-volumes``; also
-        :data:`deeplight_bids.quality.run_quality.DEFAULT_VOLUMES`, which the parser reads).
+        :data:`deeplight_bids.quality.run_quality.DEFAULT_VOLUMES`).
     """
 
     lrp: bool = True
