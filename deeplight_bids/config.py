@@ -214,6 +214,9 @@ class Config:
         Keras backend (``--backend``; set before Keras is imported).
     nprocs : int
         CPU threads (0: all).
+    mem_mb : int
+        Memory the job may use, in MB (``--mem-mb``; 0: detect, see
+        :func:`deeplight_bids.runtime.memory_limit`).
     overwrite : bool
         Recompute existing outputs (participant runs, fine-tuned models).
     seed : int
@@ -237,6 +240,7 @@ class Config:
     analysis_level: str = "participant"
     backend: str = "tensorflow"
     nprocs: int = 0
+    mem_mb: int = 0
     overwrite: bool = False
     seed: int = 0
     verbose: int = 0
@@ -290,6 +294,7 @@ class Config:
             analysis_level=args.analysis_level,
             backend=getattr(args, "backend", None) or os.environ.get("KERAS_BACKEND", default("backend")),
             nprocs=int(getattr(args, "nprocs", None) or os.cpu_count() or 1),
+            mem_mb=int(getattr(args, "mem_mb", None) or 0),
             overwrite=bool(arg("overwrite")),
             seed=int(arg("seed") or 0),
             verbose=int(arg("verbose")),

@@ -73,6 +73,62 @@ def compute_session(nprocs, precision=None, log=LOGGER):
         yield
 
 
+#: cgroup limits at or above this are "no limit" (the kernel's unlimited value is ~2**63).
+_UNLIMITED_BYTES = 2**60
+
+
+def memory_limit(requested_mb=0, environ=None, cgroup_root="/sys/fs/cgroup"):
+    """The memory this job may use, in MiB, and where that figure comes from.
+
+    In order: ``--mem-mb`` (``requested_mb`` > 0); the SLURM job's allocation
+    (``SLURM_MEM_PER_NODE``, else ``SLURM_MEM_PER_CPU`` x ``SLURM_CPUS_PER_TASK``, both in
+    MB as ``sbatch --mem`` sets them); the container's cgroup limit (v2 ``memory.max``, v1
+    ``memory/memory.limit_in_bytes``); the machine's physical memory.
+
+    Parameters
+    ----------
+    requested_mb : int
+        ``--mem-mb``; 0: detect.
+    environ : mapping, optional
+        Environment to read (default ``os.environ``).
+    cgroup_root : str or pathlib.Path
+        Where the cgroup file system is mounted.
+
+    Returns
+    -------
+    limit_mib : int or None
+        None only when nothing could be read.
+    source : str
+        E.g. ``"--mem-mb"``, ``"SLURM_MEM_PER_NODE"``, ``"cgroup memory.max"``, ``"physical memory"``.
+    """
+    from pathlib import Path
+
+    environ = os.environ if environ is None else environ
+    if requested_mb and int(requested_mb) > 0:
+        return int(requested_mb), "--mem-mb"
+    per_node = environ.get("SLURM_MEM_PER_NODE", "")
+    if per_node.isdigit() and int(per_node) > 0:
+        return int(per_node), "SLURM_MEM_PER_NODE"
+    per_cpu, cpus = environ.get("SLURM_MEM_PER_CPU", ""), environ.get("SLURM_CPUS_PER_TASK", "1")
+    if per_cpu.isdigit() and int(per_cpu) > 0:
+        return int(per_cpu) * (int(cpus) if cpus.isdigit() else 1), "SLURM_MEM_PER_CPU x SLURM_CPUS_PER_TASK"
+    root = Path(cgroup_root)
+    for name, path in (
+        ("cgroup memory.max", root / "memory.max"),
+        ("cgroup memory.limit_in_bytes", root / "memory" / "memory.limit_in_bytes"),
+    ):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < _UNLIMITED_BYTES:
+            return int(text) // 2**20, name
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20, "physical memory"
+    except (ValueError, OSError, AttributeError):
+        return None, "unknown"
+
+
 def setup_logging(verbose=0):
     """Log to stderr at INFO (``-vv``: DEBUG; ``verbose < 0``: WARNING) under the ``deeplight_bids`` logger."""
     from deeplight_bids.exceptions import LoggedWarning

@@ -16,7 +16,10 @@ input is at least :data:`STEM_FRACTION` of the largest layer input) runs one sam
 time in a second compiled function: its temporaries (a dozen full-grid tensors per
 sample, plus whatever scratch oneDNN picks on the host) are then those of one sample, so
 peak memory no longer grows with the batch.  LRP rules act on each sample on its own, so
-the numbers are the same.
+the numbers are the same.  That bound costs ~8 % of the LRP time on CPU (single-sample
+kernels and per-sample copies of the recorded activations), so it applies only where the
+job's memory is below :data:`WHOLE_STEM_MIN_MIB` (:func:`stem_batch_for_memory`; the limit
+from ``--mem-mb``, SLURM, the cgroup or the machine, :func:`deeplight_bids.runtime.memory_limit`).
 """
 
 from collections.abc import Sequence
@@ -29,6 +32,12 @@ from deeplight_bids.models.decode import in_chunks, join_chunks
 
 from . import types
 from .composites import get_composite
+
+#: Memory (MiB) from which the stem's backward pass takes the whole pass at once on CPU: the
+#: per-sample stem saves ~340 MiB per 4 volumes (peak 2380 -> 2041 MiB at batch 4 on an Intel
+#: Xeon, and up to 3450 MiB whole-pass measured on an AMD EPYC), so a job with less than twice the
+#: worst whole-pass peak keeps the bound and one with more keeps the speed.
+WHOLE_STEM_MIN_MIB = 6144
 
 #: A layer belongs to the per-sample stem when its input holds at least this share of the
 #: largest layer input (per sample); for 3D-DeepLight: conv_1 ... conv_3 (the 91x109x91x8 tensors).
@@ -58,8 +67,9 @@ class LRPAnalyzer:
         (4 on CPU, no limit with a GPU).
     stem_batch : int, None or "auto"
         Most samples per backward pass through the full-resolution stem (see the module
-        docstring); ``None``: the whole pass at once; ``"auto"`` (default): 1 on CPU, no
-        limit with a GPU.
+        docstring); ``None``: the whole pass at once; ``"auto"`` (default):
+        :func:`stem_batch_for_memory` of the detected memory limit (1 on CPU below
+        :data:`WHOLE_STEM_MIN_MIB`, else no limit; no limit with a GPU).
 
     Attributes
     ----------
@@ -91,7 +101,7 @@ class LRPAnalyzer:
             raise TypeError(f"model {model.name!r} is not built; give it an input shape first")
         self.model = model
         self.max_batch = network_batch_limit() if max_batch == "auto" else max_batch
-        self.stem_batch = (None if network_batch_limit() is None else 1) if stem_batch == "auto" else stem_batch
+        self.stem_batch = stem_batch_for_memory() if stem_batch == "auto" else stem_batch
         self.composite = get_composite(composite)
         self.layer_rules = self.composite.assign(model.layers)
         for layer, rule in self.layer_rules:
@@ -265,6 +275,32 @@ class LRPAnalyzer:
             "fused_activations": "rules use the linear part of a conv/dense layer; ReLU passes relevance unchanged",
             "layers": layer_entries,
         }
+
+
+def stem_batch_for_memory(limit_mib="detect"):
+    """Samples per backward step through the stem for a job with ``limit_mib`` MiB of memory.
+
+    Parameters
+    ----------
+    limit_mib : int, None or "detect"
+        The job's memory in MiB (``"detect"``: :func:`deeplight_bids.runtime.memory_limit`;
+        None: unknown, treated as enough).
+
+    Returns
+    -------
+    int or None
+        1 on CPU with less than :data:`WHOLE_STEM_MIN_MIB`; None (the whole pass at once)
+        otherwise and always with a GPU.
+    """
+    from deeplight_bids.models.decode import network_batch_limit
+
+    if network_batch_limit() is None:
+        return None
+    if limit_mib == "detect":
+        from deeplight_bids.runtime import memory_limit
+
+        limit_mib = memory_limit()[0]
+    return 1 if limit_mib is not None and limit_mib < WHOLE_STEM_MIN_MIB else None
 
 
 def stem_size(layers, input_shape):

@@ -42,15 +42,19 @@ class RunQuality:
         Seeds the volume choice, the random deletion order and the randomised copy.
     max_batch : int or None
         Most volumes per network call of the randomised copy's LRP.
+    stem_batch : int, None or "auto"
+        Its volumes per backward step through the full-resolution layers (see
+        :class:`~deeplight_bids.lrp.analyzer.LRPAnalyzer`).
     """
 
-    def __init__(self, model, composite, decoder, n_volumes=DEFAULT_VOLUMES, seed=0, max_batch=None):
+    def __init__(self, model, composite, decoder, n_volumes=DEFAULT_VOLUMES, seed=0, max_batch=None, stem_batch="auto"):
         self.model = model
         self.composite = composite
         self.decoder = decoder
         self.n_volumes = int(n_volumes)
         self.seed = int(seed)
         self.max_batch = max_batch
+        self.stem_batch = stem_batch
         self._random_analyzer = None
 
     def settings(self):
@@ -68,7 +72,10 @@ class RunQuality:
             from deeplight_bids.lrp.analyzer import LRPAnalyzer
 
             self._random_analyzer = LRPAnalyzer(
-                sanity.randomized_copy(self.model, self.seed), composite=self.composite, max_batch=self.max_batch
+                sanity.randomized_copy(self.model, self.seed),
+                composite=self.composite,
+                max_batch=self.max_batch,
+                stem_batch=self.stem_batch,
             )
         return self._random_analyzer
 

@@ -79,7 +79,21 @@ class RunProcessor:
                 if config.lrp_rule == "signed"
                 else "deeplight_2d"
             )
-            self.analyzer = LRPAnalyzer(dl_model.model, composite=composite, max_batch=max_batch)
+            from deeplight_bids.lrp.analyzer import stem_batch_for_memory
+            from deeplight_bids.runtime import memory_limit
+
+            limit_mib, source = memory_limit(getattr(config, "mem_mb", 0))
+            stem_batch = stem_batch_for_memory(limit_mib)
+            self.analyzer = LRPAnalyzer(dl_model.model, composite=composite, max_batch=max_batch, stem_batch=stem_batch)
+            if max_batch is not None:  # CPU: say which side of the memory/speed trade the job is on
+                LOGGER.info(
+                    "LRP: memory %s MiB (%s): the full-resolution layers' backward pass takes %s",
+                    limit_mib,
+                    source,
+                    "one volume at a time (bounded memory, ~8 %% slower)"
+                    if stem_batch
+                    else f"{max_batch} volumes at a time (--mem-mb below 6144 bounds memory instead)",
+                )
         self.quality = None
         if self.analyzer is not None and getattr(config, "quality", False):
             from deeplight_bids.quality.run_quality import RunQuality
@@ -91,6 +105,7 @@ class RunProcessor:
                 config.quality_volumes,
                 seed=config.seed,
                 max_batch=max_batch,
+                stem_batch=self.analyzer.stem_batch,
             )
         job = (
             config,

@@ -1,4 +1,4 @@
-"""Peak memory of a full-grid 3D LRP pass (issue 19): at most 3 GiB at any batch size.
+"""Peak memory of a full-grid 3D LRP pass (issue 19): at most 3 GiB at any batch size in a 3 GiB job.
 
 The pass runs in a child process and reads its own peak from ``VmHWM`` in
 ``/proc/self/status`` (not ``ru_maxrss``: Linux carries the forking parent's resident size
@@ -25,14 +25,16 @@ RSS_LIMIT_MIB = 3 * 1024
 CHILD = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from deeplight_bids.lrp.analyzer import LRPAnalyzer
+    from deeplight_bids.lrp.analyzer import LRPAnalyzer, stem_batch_for_memory
     from deeplight_bids.models.three import INPUT_SHAPE_3D, build_3d_deeplight
     from tests.models.legacy_h5 import randomise_weights
 
     batch, old = int(sys.argv[1]), sys.argv[2] == "old"
     model = randomise_weights(build_3d_deeplight(n_states=16), seed=3)
     x = np.random.default_rng(0).standard_normal((batch, *INPUT_SHAPE_3D)).astype(np.float32)
-    analyzer = LRPAnalyzer(model, max_batch=None, stem_batch=None) if old else LRPAnalyzer(model)
+    # "new": a job with 3 GiB (--mem-mb 3072, or a SLURM/cgroup limit of that size)
+    analyzer = (LRPAnalyzer(model, max_batch=None, stem_batch=None) if old
+                else LRPAnalyzer(model, stem_batch=stem_batch_for_memory(3072)))
     logits, relevance = analyzer.explain(x)
     status = open("/proc/self/status").read()
     peak_kib = int(status.split("VmHWM:")[1].split()[0])
@@ -67,6 +69,6 @@ def explain_in_child(batch, variant="new"):
 def test_full_grid_lrp_at_batch_8_stays_within_3_gib():
     result = explain_in_child(8)
     assert result["shape"] == [8, 91, 109, 91] and result["finite"]
-    # 4 volumes per pass on CPU, the 7 full-resolution layers (conv_1 ... conv_3) one volume at a time
+    # 4 volumes per pass on CPU; with 3 GiB the 7 full-resolution layers (conv_1 ... conv_3) one volume at a time
     assert (result["max_batch"], result["stem_batch"], result["n_stem"]) == (4, 1, 7)
     assert result["peak_rss_mib"] <= RSS_LIMIT_MIB, f"peak RSS {result['peak_rss_mib']:.0f} MiB"
