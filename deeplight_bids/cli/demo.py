@@ -302,25 +302,25 @@ def fit_demo_model(
         epochs,
         seed,
     )
-    finetune = Config(
-        bids_dir=bids_dir,
-        output_dir=output_dir,
-        work_dir=Path(output_dir) / "work",
-        analysis_level="group",
-        finetune=True,
-        architecture="3D",
-        finetune_init="scratch",
-        participant_label=(*training, validation),
-        model_name="demo-3D",
-        val_participants=(validation,),
-        epochs=epochs,
-        learning_rate=learning_rate,
-        finetune_batch_size=batch_size,
-        seed=seed,
-        overwrite=overwrite,
-        nprocs=threads,
-    )
-    return float(FinetuneJob(finetune).run()["heldout_accuracy_pooled"])
+    # 'group --finetune --init scratch' on the training and validation participants, by config section
+    inputs = {
+        "bids_dir": bids_dir,
+        "output_dir": output_dir,
+        "work_dir": Path(output_dir) / "work",
+        "architecture": "3D",
+        "participant_label": (*training, validation),
+    }
+    finetune = {
+        "enabled": True,
+        "init": "scratch",
+        "model_name": "demo-3D",
+        "val_participants": (validation,),
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "batch_size": batch_size,
+    }
+    config = Config(inputs, finetune=finetune, analysis_level="group", seed=seed, overwrite=overwrite, nprocs=threads)
+    return float(FinetuneJob(config).run()["heldout_accuracy_pooled"])
 
 
 def _dataset_truth(n_volumes, seed, region_radius):
