@@ -150,6 +150,9 @@ class FinetuneConfig:
     early_stopping_patience : int
     freeze_body : bool
     model_name : str or None
+    mix_same_state : float
+        Probability that a training volume is mixed with a volume of the same state from
+        another participant (``--mix-same-state``; 0: never).
     """
 
     enabled: bool = False
@@ -163,6 +166,7 @@ class FinetuneConfig:
     early_stopping_patience: int = 0
     freeze_body: bool = False
     model_name: str | None = None
+    mix_same_state: float = 0.0
 
 
 #: Section name -> dataclass.
@@ -345,6 +349,7 @@ class Config:
                 early_stopping_patience=int(arg("early_stopping_patience") or 0),
                 freeze_body=bool(arg("freeze_body")),
                 model_name=arg("model_name"),
+                mix_same_state=float(arg("mix_same_state")),
             ),
         )
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deeplight_bids.cli.types import probability
 from deeplight_bids.quality.plausibility import relevance_in_region
 
 LOGGER = logging.getLogger("deeplight_bids")
@@ -53,6 +54,7 @@ DEFAULTS = {
     "epochs": 4,
     "batch_size": 8,
     "learning_rate": 1e-3,
+    "mix_same_state": 0.5,
 }
 
 
@@ -65,25 +67,23 @@ def build_parser():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("output_dir", type=Path, help="folder for the dataset, the model and the outputs")
-    parser.add_argument(
-        "--participants",
-        type=int,
-        default=DEFAULTS["participants"],
-        help="synthetic participants (the last is held out, the one before validates the fit)",
-    )
-    parser.add_argument("--volumes", type=int, default=DEFAULTS["volumes"], help="volumes per run")
-    parser.add_argument(
-        "--signal",
-        type=float,
-        default=DEFAULTS["signal"],
-        help="peak signal change of a state's region, in percent of the mean intensity",
-    )
-    parser.add_argument(
-        "--region-radius", type=float, default=DEFAULTS["region_radius"], help="radius of each planted region in mm"
-    )
-    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="training epochs")
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="training batch size")
-    parser.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"], help="Adam learning rate")
+    # the options of the demo's dataset and fit, each defaulting to its DEFAULTS entry
+    for flag, cast, text in (
+        ("--participants", int, "synthetic participants (the last is held out, the one before validates the fit)"),
+        ("--volumes", int, "volumes per run"),
+        ("--signal", float, "peak signal change of a state's region, in percent of the mean intensity"),
+        ("--region-radius", float, "radius of each planted region in mm"),
+        ("--epochs", int, "training epochs"),
+        ("--batch-size", int, "training batch size"),
+        ("--learning-rate", float, "Adam learning rate"),
+        (
+            "--mix-same-state",
+            probability,
+            "share of training volumes mixed with a volume of the same state from another participant "
+            "(as 'group --finetune --mix-same-state')",
+        ),
+    ):
+        parser.add_argument(flag, type=cast, default=DEFAULTS[flag[2:].replace("-", "_")], help=text)
     parser.add_argument("--seed", type=int, default=0, help="random seed (data and training)")
     parser.add_argument("--nprocs", type=int, default=0, help="CPU threads (default: all)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -101,7 +101,7 @@ def run_demo_command(argv):
         )
         return 2
     setup_logging(args.verbose)
-    same_name = ("epochs", "batch_size", "learning_rate", "signal", "region_radius", "seed", "nprocs")
+    same_name = ("epochs", "batch_size", "learning_rate", "mix_same_state", "signal", "region_radius", "seed", "nprocs")
     report = run_demo(
         args.output_dir,
         n_participants=args.participants,
@@ -119,6 +119,7 @@ def run_demo(
     epochs=DEFAULTS["epochs"],
     batch_size=DEFAULTS["batch_size"],
     learning_rate=DEFAULTS["learning_rate"],
+    mix_same_state=DEFAULTS["mix_same_state"],
     seed=0,
     nprocs=0,
     lrp=True,
@@ -179,6 +180,7 @@ def run_demo(
                 seed=fit_seed,
                 threads=threads,
                 overwrite=fits > 1,
+                mix_same_state=mix_same_state,
             )
             if validation_accuracy >= MIN_VALIDATION_ACCURACY:
                 break
@@ -279,7 +281,17 @@ def split_participants(bids_dir):
 
 
 def fit_demo_model(
-    bids_dir, output_dir, training, validation, epochs, batch_size, learning_rate, seed, threads, overwrite=False
+    bids_dir,
+    output_dir,
+    training,
+    validation,
+    epochs,
+    batch_size,
+    learning_rate,
+    seed,
+    threads,
+    overwrite=False,
+    mix_same_state=DEFAULTS["mix_same_state"],
 ):
     """One fit of the demo's model (a random start); returns its accuracy on the validation participant.
 
@@ -318,6 +330,7 @@ def fit_demo_model(
         "epochs": epochs,
         "learning_rate": learning_rate,
         "batch_size": batch_size,
+        "mix_same_state": mix_same_state,
     }
     config = Config(inputs, finetune=finetune, analysis_level="group", seed=seed, overwrite=overwrite, nprocs=threads)
     return float(FinetuneJob(config).run()["heldout_accuracy_pooled"])

@@ -1,7 +1,7 @@
 """The "Fine-tuning options" group of the main parser (``group --finetune``)."""
 
 from deeplight_bids.cli.parser import add_labels, add_option, add_switch
-from deeplight_bids.cli.types import non_negative_int, positive_float, positive_int
+from deeplight_bids.cli.types import non_negative_int, positive_float, positive_int, probability
 from deeplight_bids.config import default
 
 
@@ -72,6 +72,16 @@ def add_finetune_arguments(parser):
         "orders and randomised model, and the significance permutations)",
     )
     add_switch(group, "--freeze-body", "train the output layer only (the body's features are computed once)")
+    add_option(
+        group,
+        "--mix-same-state",
+        probability,
+        "P",
+        "augmentation: with probability P a training volume is replaced by the mean of itself and a volume "
+        "of the same state from another training participant, drawn anew every epoch (keeps what the "
+        "participants share, halves each one's own noise: a brief fit on few participants cannot memorise "
+        "them; not with --freeze-body)",
+    )
     group.add_argument(
         "--model-name",
         metavar="NAME",

@@ -51,6 +51,7 @@ non_negative_int = number_in(int, "a whole number", 0)
 positive_float = number_in(float, "a number", 0, low_open=True)
 non_negative_float = number_in(float, "a number", 0)
 percent = number_in(float, "a percentage", 0, 100, low_open=True)
+probability = number_in(float, "a probability", 0, 1)
 
 
 def label_without(prefix):

@@ -344,28 +344,58 @@ def epoch_order(labels, rng, balance=True, shuffle=True):
     return order
 
 
-def make_volume_dataset(reader, samples, batch_size, shuffle=True, balance=True, seed=0, start_epoch=0):
+def make_volume_dataset(
+    reader, samples, batch_size, shuffle=True, balance=True, seed=0, start_epoch=0, mix_same_state=0.0
+):
     """``tf.data.Dataset`` of ``(volumes (b, z, y, x, 1) float32, labels (b,) int32)`` batches.
 
     Each pass over the dataset (one Keras epoch) draws a new order from ``seed`` and the
     epoch number (so a resumed run continues the same sequence of orders).
+
+    ``mix_same_state`` (probability, 0 to 1; training only): each volume is, with that
+    probability, replaced by the mean of itself and a volume of the same state from another
+    participant, drawn anew every epoch (see :func:`mix_partners`).
     """
     from deeplight_bids.backend import tensorflow_or_exit
 
     tf = tensorflow_or_exit("fine-tuning's tf.data input")
 
     state = {"epoch": int(start_epoch)}
+    partners = mix_partners(samples) if mix_same_state else None
 
     def generate():
         rng = np.random.default_rng([*(int(v) for v in np.atleast_1d(seed)), state["epoch"]])
         state["epoch"] += 1
         for i in epoch_order(samples.label, rng, balance=balance, shuffle=shuffle):
-            yield reader.volume(samples.entry[i], samples.volume[i]), np.int32(samples.label[i])
+            volume = reader.volume(samples.entry[i], samples.volume[i])
+            if mix_same_state and rng.random() < mix_same_state and len(partners[i]):
+                j = rng.choice(partners[i])
+                volume = 0.5 * (volume + reader.volume(samples.entry[j], samples.volume[j]))
+            yield volume, np.int32(samples.label[i])
 
     ds = tf.data.Dataset.from_generator(
         generate, output_signature=(tf.TensorSpec(MODEL_SHAPE, tf.float32), tf.TensorSpec((), tf.int32))
     )
     return _finish(ds, epoch_length(samples.label, balance), batch_size)
+
+
+def mix_partners(samples):
+    """For each sample, the samples of the same state (label) from other participants: whom it may be mixed with.
+
+    Same-state mixing (an intra-class form of mixup, Zhang et al. 2018) keeps what the
+    participants share in a state and halves what is one participant's own (noise, anatomy),
+    so a brief fit on few participants cannot memorise their volumes; labels stay one state.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        ``partners[i]``: indices into ``samples`` (empty when no other participant has that state).
+    """
+    label, subject = np.asarray(samples.label), np.asarray(samples.subject)
+    groups = {}
+    for key in set(zip(label.tolist(), subject.tolist())):
+        groups[key] = np.flatnonzero((label == key[0]) & (subject != key[1]))
+    return [groups[(lab, sub)] for lab, sub in zip(label.tolist(), subject.tolist())]
 
 
 def make_array_dataset(features, labels, batch_size, shuffle=True, balance=True, seed=0, start_epoch=0):

@@ -195,6 +195,7 @@ class FinetuneJob:
                 "seed": cfg.seed,
                 "freeze": cfg.freeze_body,
                 "patience": cfg.early_stopping_patience,
+                **({"mix_same_state": cfg.mix_same_state} if cfg.mix_same_state else {}),
                 "cache": [e.key for e in data.entries],
                 "n": int(tr.sum()),
                 "train3d": TRAIN_3D,
@@ -329,6 +330,8 @@ class FinetuneJob:
             rows = rows[np.unique(np.linspace(0, len(rows) - 1, PRECISE_BN_VOLUMES).round().astype(int))]
         statistics = np.zeros_like(tr)
         statistics[rows] = True
+        if cfg.freeze_body and cfg.mix_same_state:
+            self.log.warning("--mix-same-state is ignored with --freeze-body (the body's features are computed once)")
         if cfg.freeze_body:
 
             def make_train(start_epoch):
@@ -348,7 +351,12 @@ class FinetuneJob:
 
             def make_train(start_epoch):
                 return make_volume_dataset(
-                    self.data.reader, samples.subset(tr), self.batch_size, seed=seed, start_epoch=start_epoch
+                    self.data.reader,
+                    samples.subset(tr),
+                    self.batch_size,
+                    seed=seed,
+                    start_epoch=start_epoch,
+                    mix_same_state=cfg.mix_same_state,
                 )
 
             val_ds = (
@@ -389,6 +397,12 @@ class FinetuneJob:
                 "optimizer": "Adam",
                 "loss": "sparse categorical cross-entropy on logits",
                 "class_balancing": "oversampling to the largest class per epoch",
+                "same_state_mixing": (
+                    f"with probability {cfg.mix_same_state:g} a training volume is the mean of itself and a "
+                    "volume of the same state from another training participant, drawn anew every epoch"
+                    if cfg.mix_same_state and not cfg.freeze_body
+                    else "none"
+                ),
                 "freeze_body": bool(cfg.freeze_body),
                 "early_stopping_patience": cfg.early_stopping_patience,
                 "batch_norm_statistics": (
