@@ -327,7 +327,7 @@ def build_parser():
         metavar="MB",
         help="memory the job may use, in MB (default: the SLURM job's or the container's limit, else the "
         "machine's); below 6144 the LRP pass on CPU explains the full-resolution layers one volume at a time "
-        "(~340 MiB less peak memory per 4 volumes, ~8 %% slower)",
+        "(its peak then does not depend on the host's scratch for 4 volumes; ~8 %% slower)%(default).0s",
     )
     add_option(
         g_perf,
