@@ -92,6 +92,7 @@ def test_model_is_reusable_with_weights_option(demo):
     # the validation participant (restarts of a fit that did not generalise) is neither trained on nor held out
     assert card["init"] == "scratch" and card["heldout_participants"] == [report["validation"]]
     assert card["training"]["batch_norm_statistics"].startswith("recomputed after the fit"), card["training"]
+    assert card["training"]["same_state_mixing"].startswith("with probability 0.5 "), card["training"]
     assert report["validation"] not in report["training"] and report["validation"] != report["held_out"]
     assert 1 <= report["fits"] <= 3 and report["validation_accuracy"] >= 0.7
     assert (out / "models" / "demo-3D" / "demo-3D_learningcurve.png").is_file()
