@@ -19,6 +19,7 @@ def test_every_demo_option_reaches_run_demo(monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "format_report", lambda report: "")
     argv = [str(tmp_path), "--participants", "4", "--volumes", "7", "--epochs", "2", "--batch-size", "3"]
     argv += ["--learning-rate", "0.5", "--signal", "2.5", "--region-radius", "9", "--seed", "5", "--nprocs", "1"]
+    argv += ["--mix-same-state", "0.25"]
     assert demo.run_demo_command(argv) == 0
     assert calls == [
         (
@@ -29,6 +30,7 @@ def test_every_demo_option_reaches_run_demo(monkeypatch, tmp_path):
                 "epochs": 2,
                 "batch_size": 3,
                 "learning_rate": 0.5,
+                "mix_same_state": 0.25,
                 "signal": 2.5,
                 "region_radius": 9.0,
                 "seed": 5,
