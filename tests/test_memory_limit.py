@@ -56,3 +56,11 @@ def test_mem_mb_reaches_the_config(tmp_path):
     args = parse_args([str(bids), str(tmp_path / "out"), "participant", "--mem-mb", "4000"])
     assert Config.from_args(args).mem_mb == 4000
     assert Config.from_args(parse_args([str(bids), str(tmp_path / "out"), "participant"])).mem_mb == 0
+
+
+def test_mem_mb_help_names_the_threshold():
+    # the parser does not import the LRP module (Keras) for its help: its text repeats the number
+    from deeplight_bids.cli.parser import build_parser
+
+    help_text = build_parser().format_help().replace("\n", " ")
+    assert f"below {WHOLE_STEM_MIN_MIB} the LRP pass" in " ".join(help_text.split())

@@ -330,9 +330,11 @@ class FinetuneJob:
             rows = rows[np.unique(np.linspace(0, len(rows) - 1, PRECISE_BN_VOLUMES).round().astype(int))]
         statistics = np.zeros_like(tr)
         statistics[rows] = True
-        if cfg.freeze_body and cfg.mix_same_state:
-            self.log.warning("--mix-same-state is ignored with --freeze-body (the body's features are computed once)")
         if cfg.freeze_body:
+            if cfg.mix_same_state:
+                self.log.warning(
+                    "--mix-same-state is ignored with --freeze-body (the body's features are computed once)"
+                )
 
             def make_train(start_epoch):
                 return make_array_dataset(

@@ -68,7 +68,8 @@ class RunProcessor:
         self.decoder = Decoder(dl_model.model, max_batch=max_batch)
         self.analyzer = None
         if config.lrp:
-            from deeplight_bids.lrp.analyzer import LRPAnalyzer
+            from deeplight_bids.lrp.analyzer import WHOLE_STEM_MIN_MIB, LRPAnalyzer, stem_batch_for_memory
+            from deeplight_bids.runtime import memory_limit
 
             # reference section 7: iNNvestigate's preset B-flat for 3D, epsilon (LSTM rule included) for 2D,
             # stabilised as the original code (published) or sign-aware (--lrp-rule signed)
@@ -79,9 +80,6 @@ class RunProcessor:
                 if config.lrp_rule == "signed"
                 else "deeplight_2d"
             )
-            from deeplight_bids.lrp.analyzer import stem_batch_for_memory
-            from deeplight_bids.runtime import memory_limit
-
             limit_mib, source = memory_limit(getattr(config, "mem_mb", 0))
             stem_batch = stem_batch_for_memory(limit_mib)
             self.analyzer = LRPAnalyzer(dl_model.model, composite=composite, max_batch=max_batch, stem_batch=stem_batch)
@@ -92,7 +90,7 @@ class RunProcessor:
                     source,
                     "one volume at a time (bounded memory, ~8 %% slower)"
                     if stem_batch
-                    else f"{max_batch} volumes at a time (--mem-mb below 6144 bounds memory instead)",
+                    else f"{max_batch} volumes at a time (--mem-mb below {WHOLE_STEM_MIN_MIB} bounds memory instead)",
                 )
         self.quality = None
         if self.analyzer is not None and getattr(config, "quality", False):
