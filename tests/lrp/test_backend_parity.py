@@ -5,7 +5,7 @@ Each backend runs in its own process (Keras fixes the backend per process):
 ``deeplight_2d_signed`` on fixed seeded models and inputs.  Small grid here; the full
 grid (with the published 2D weights) is the slow test.  JAX and PyTorch are compared
 with TensorFlow.  PyTorch runs where it is installed: its CPU build
-(``pip install torch==2.13.0`` takes the CPU wheel from the CI machines' wheel folder)
+(``pip install torch==2.14.1 torchvision==0.29.1`` takes both from the CI machines' wheel folder)
 is part of CI; elsewhere run ``pip install torch --index-url
 https://download.pytorch.org/whl/cpu`` first (see docs/backends.rst).
 
@@ -47,7 +47,7 @@ import parity_cases
 
 TOLERANCE = {"3d": 2e-3, "2d": 1e-4, "2d_signed": 1e-4}
 TOLERANCE_FLOAT64 = {"3d": 1e-4, "2d": 1e-4, "2d_signed": 1e-4}
-TORCH_MISSING = "PyTorch not installed (CPU build: pip install torch==2.13.0 on the CI machines; see docs/backends.rst)"
+TORCH_MISSING = "PyTorch not installed (pip install torch==2.14.1 torchvision==0.29.1 on the CI machines; see docs/backends.rst)"
 OTHER_BACKENDS = [
     "jax",
     pytest.param("torch", marks=pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason=TORCH_MISSING)),
