@@ -35,7 +35,6 @@ Results go to ``--results`` under ``## Peers``.
 
 import argparse
 import datetime
-import json
 import os
 import subprocess
 import sys
@@ -64,34 +63,14 @@ def ours_worker(npz_path, batch, threads):
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
     from bench_3d import build_random_model
+    from torch_twin import save_keras
 
     from deeplight_bids.lrp.analyzer import LRPAnalyzer
 
     model = build_random_model()
     rng = np.random.default_rng(1)
     x = rng.standard_normal((batch, 91, 109, 91, 1)).astype(np.float32)
-    arrays, layers = {"x": x}, []
-    for i, layer in enumerate(model.layers):
-        kind = type(layer).__name__
-        entry = {"kind": kind}
-        if kind == "Conv3D":
-            kernel, bias = layer.get_weights()
-            arrays[f"{i}_kernel"], arrays[f"{i}_bias"] = kernel, bias
-            entry.update(
-                stride=int(layer.strides[0]),
-                k=int(layer.kernel_size[0]),
-                padding=layer.padding,
-                relu=layer.activation.__name__ == "relu",
-            )
-        elif kind == "BatchNormalization":
-            for name, value in zip(("gamma", "beta", "mean", "var"), layer.get_weights()):
-                arrays[f"{i}_{name}"] = value
-            entry["eps"] = float(layer.epsilon)
-        elif kind == "Activation":
-            entry["relu"] = layer.activation.__name__ == "relu"
-        layers.append(entry)
-    arrays["layers"] = np.array(json.dumps(layers))
-    np.savez(npz_path, **arrays)
+    save_keras(model, npz_path, x=x)
     analyzer = LRPAnalyzer(model, composite="preset_b_flat")
     logits, relevance = analyzer.explain(x)
     np.savez(str(npz_path) + ".ours.npz", logits=logits, relevance=relevance)
@@ -144,6 +123,7 @@ def zennit_worker(npz_path, threads):
     _import_zennit()
     import torch
     from torch import nn
+    from torch_twin import build_twin, channels_first
     from zennit.composites import SpecialFirstLayerMapComposite
     from zennit.core import BasicHook, Hook
     from zennit.rules import ClampMod, Flat, Norm, Pass
@@ -192,45 +172,8 @@ def zennit_worker(npz_path, threads):
             return self.__class__()
 
     data = np.load(npz_path)
-    x = torch.from_numpy(np.ascontiguousarray(np.transpose(data["x"], (0, 4, 1, 2, 3))))
-    shape = list(x.shape[2:])
-    modules = []
-    for i, entry in enumerate(json.loads(str(data["layers"]))):
-        kind = entry["kind"]
-        if kind == "Conv3D":
-            kernel = torch.from_numpy(np.ascontiguousarray(np.transpose(data[f"{i}_kernel"], (4, 3, 0, 1, 2))))
-            k, s = entry["k"], entry["stride"]
-            out = [-(-n // s) for n in shape]
-            pads = []
-            for n, o in zip(shape, out):
-                total = max((o - 1) * s + k - n, 0)
-                pads.append((total // 2, total - total // 2))
-            symmetric = all(a == b for a, b in pads)
-            if not symmetric:  # TF "same": the extra pad goes after
-                modules.append(nn.ConstantPad3d(tuple(v for a, b in reversed(pads) for v in (a, b)), 0.0))
-            conv = nn.Conv3d(
-                kernel.shape[1], kernel.shape[0], k, stride=s, padding=tuple(a for a, _ in pads) if symmetric else 0
-            )
-            conv.weight.data.copy_(kernel)
-            conv.bias.data.copy_(torch.from_numpy(data[f"{i}_bias"]))
-            modules.append(conv)
-            if entry["relu"]:
-                modules.append(nn.ReLU())
-            shape = out
-        elif kind == "BatchNormalization":
-            bn = nn.BatchNorm3d(len(data[f"{i}_gamma"]), eps=entry["eps"])
-            bn.weight.data.copy_(torch.from_numpy(data[f"{i}_gamma"]))
-            bn.bias.data.copy_(torch.from_numpy(data[f"{i}_beta"]))
-            bn.running_mean.copy_(torch.from_numpy(data[f"{i}_mean"]))
-            bn.running_var.copy_(torch.from_numpy(data[f"{i}_var"]))
-            modules.append(bn)
-        elif kind == "Activation" and entry["relu"]:
-            modules.append(nn.ReLU())
-        elif kind == "GlobalAveragePooling3D":
-            modules += [nn.AdaptiveAvgPool3d(1), nn.Flatten()]
-    model = nn.Sequential(*modules).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    x = channels_first(data["x"])
+    model = build_twin(data, str(data["layers"]), x.shape[2:])
     composite = SpecialFirstLayerMapComposite(
         layer_map=[
             (nn.ReLU, Pass()),

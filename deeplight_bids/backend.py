@@ -125,7 +125,7 @@ def fused(fn):
     return fn
 
 
-def vjp(forward, inputs, cotangents):
+def vjp(forward, inputs, cotangents, return_outputs=False):
     """Vector-Jacobian product: the gradient of ``sum(cotangents * forward(*inputs))`` w.r.t. ``inputs``.
 
     Parameters
@@ -136,10 +136,14 @@ def vjp(forward, inputs, cotangents):
     cotangents : tensor, list of tensors, or callable
         Same structure and shapes as ``forward``'s output; a callable gets the outputs
         and returns them (so the forward is computed once, as LRP rules need).
+    return_outputs : bool
+        Also return ``forward``'s outputs (e.g. the logits beside their gradient).
 
     Returns
     -------
     list of tensors, one per input
+        With ``return_outputs``: ``(outputs, gradients)``, ``outputs`` as ``forward``
+        returned them (one tensor or a list).
     """
     backend = name()
     inputs = list(inputs)
@@ -151,27 +155,44 @@ def vjp(forward, inputs, cotangents):
         chosen = cotangents(outputs[0] if len(outputs) == 1 else outputs) if callable(cotangents) else cotangents
         return as_list(chosen)
 
+    def result(outputs, gradients, single):
+        if not return_outputs:
+            return gradients
+        return (outputs[0] if single else outputs), gradients
+
     if backend == "tensorflow":
         import tensorflow as tf
 
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(inputs)
-            outputs = as_list(forward(*inputs))
-        return tape.gradient(outputs, inputs, output_gradients=cotangents_for(outputs))
+            raw = forward(*inputs)
+            outputs = as_list(raw)
+        gradients = tape.gradient(outputs, inputs, output_gradients=cotangents_for(outputs))
+        return result(outputs, gradients, not isinstance(raw, (list, tuple)))
     if backend == "jax":
         import jax
 
-        outputs, pullback = jax.vjp(lambda *args: as_list(forward(*args)), *inputs)
-        return list(pullback(cotangents_for(outputs)))
+        single = []
+        outputs, pullback = jax.vjp(lambda *args: as_list(_note_single(forward(*args), single)), *inputs)
+        return result(outputs, list(pullback(cotangents_for(outputs))), bool(single))
     import torch
 
     with torch.enable_grad():
         leaves = [x.detach().requires_grad_(True) for x in inputs]
-        outputs = as_list(forward(*leaves))
+        raw = forward(*leaves)
+        outputs = as_list(raw)
         with torch.no_grad():
             chosen = [c.detach() for c in cotangents_for([o.detach() for o in outputs])]
         grads = torch.autograd.grad(outputs, leaves, grad_outputs=chosen, allow_unused=True)
-    return [torch.zeros_like(x) if g is None else g.detach() for x, g in zip(leaves, grads)]
+    gradients = [torch.zeros_like(x) if g is None else g.detach() for x, g in zip(leaves, grads)]
+    return result([o.detach() for o in outputs], gradients, not isinstance(raw, (list, tuple)))
+
+
+def _note_single(out, flag):
+    """``out`` unchanged; appends to ``flag`` when it is one tensor (not a list), for :func:`vjp` under JAX."""
+    if not isinstance(out, (list, tuple)):
+        flag.append(True)
+    return out
 
 
 def read(variable):

@@ -7,7 +7,7 @@ classes grouped), :mod:`.composites` (layer type -> rule maps and named presets)
 
 from .analyzer import RELEVANCE_START, LRPAnalyzer
 from .composites import COMPOSITES, Composite, UnmappedLayerError, get_composite, register_composite
-from .rules import AlphaBeta, BatchNormScale, Epsilon, Flat, Pass, PlusEpsilon, Rule, ZRule
+from .rules import AlphaBeta, BatchNormScale, Epsilon, Flat, Pass, PlusEpsilon, Rule, ZPlus, ZRule
 
 __all__ = [
     "COMPOSITES",
@@ -22,6 +22,7 @@ __all__ = [
     "PlusEpsilon",
     "Rule",
     "UnmappedLayerError",
+    "ZPlus",
     "ZRule",
     "get_composite",
     "register_composite",

@@ -90,6 +90,9 @@ class LRPAnalyzer:
         If a rule cannot handle its layer (e.g. a softmax or tanh activation).
     """
 
+    #: The attribution family (:mod:`deeplight_bids.attribution.methods`).
+    family = "lrp"
+
     def __init__(self, model, composite="preset_b_flat", max_batch="auto", stem_batch="auto"):
         import keras
 
@@ -117,6 +120,10 @@ class LRPAnalyzer:
         )
         self._stem_graphs = {}  # compiled stem backward per chunk size (a static shape, also under jax.jit)
         self.description = self._describe()
+
+    def for_model(self, model):
+        """The same composite and batching on another model (e.g. a randomised copy)."""
+        return LRPAnalyzer(model, composite=self.composite, max_batch=self.max_batch, stem_batch=self.stem_batch)
 
     def _stem_graph(self, size):
         """:meth:`_stem_backward` for chunks of ``size`` samples, compiled (once per size)."""
@@ -213,7 +220,9 @@ class LRPAnalyzer:
             e.g. ``(batch, z, y, x)``.  Relevance starts as the target logit (all other
             logits 0).
         """
-        x = np.asarray(x, dtype=np.float32)
+        import keras
+
+        x = np.asarray(x, dtype=keras.backend.standardize_dtype(self.model.inputs[0].dtype))  # float32 but in tests
         expected = tuple(self.model.inputs[0].shape[1:])
         if x.ndim != len(expected) + 1 or any(e is not None and e != s for e, s in zip(expected, x.shape[1:])):
             raise ValueError(f"expected input of shape (batch, {', '.join(map(str, expected))}); got {x.shape}")
@@ -224,13 +233,13 @@ class LRPAnalyzer:
             if not self._split_stem:
                 logits, relevance, _ = self._explain_graph(x_part, target_part)
                 logit_parts.append(ops.convert_to_numpy(logits))
-                relevance_parts.append(ops.convert_to_numpy(relevance).astype(np.float32, copy=False))
+                relevance_parts.append(ops.convert_to_numpy(relevance).astype(x.dtype, copy=False))
                 continue
             logits, stem_relevance, _, records = self._explain_graph(x_part, target_part)
             logit_parts.append(ops.convert_to_numpy(logits))
             for c, d in in_chunks(b - a, self.stem_batch):
                 part = self._stem_graph(d - c)(stem_relevance, records, ops.convert_to_tensor(c, dtype="int32"))
-                relevance_parts.append(ops.convert_to_numpy(part).astype(np.float32, copy=False))
+                relevance_parts.append(ops.convert_to_numpy(part).astype(x.dtype, copy=False))
                 del part
             del stem_relevance, records
         logits, relevance = join_chunks(logit_parts), join_chunks(relevance_parts)
