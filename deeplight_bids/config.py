@@ -81,9 +81,24 @@ class ParticipantConfig:
     Attributes
     ----------
     lrp : bool
+        Explain the decisions (``--no-lrp``: decode only).
     lrp_target : {"predicted", "true"}
     lrp_rule : {"published", "signed"}
         2D LRP stabiliser: the original code's ``z + eps`` or ``z + eps * sign(z)``.
+    attribution : str
+        The method of the relevance maps (``--attribution``; ``"published"``: the published rule of the
+        architecture; :mod:`deeplight_bids.attribution.methods`).
+    ig_steps : int
+        Integrated gradients' points on the path (midpoint rule).
+    smoothgrad_samples : int
+    smoothgrad_noise : float
+        SmoothGrad's noise SD as a share of the input's SD.
+    lrp_epsilon : float
+        The epsilon of the zennit-convention LRP composites (methods epsilon, epsilon_plus, alpha2_beta1).
+    compare_attributions : tuple of str or None
+        ``--compare-attributions``: None off; empty: the standard set.
+    compare_volumes : int
+        Volumes per run for the comparison's checks.
     batch_size : int
         Volumes per step.
     relevance_maps : {"volumes", "blocks", "means"}
@@ -100,6 +115,13 @@ class ParticipantConfig:
     lrp: bool = True
     lrp_target: str = "predicted"
     lrp_rule: str = "published"
+    attribution: str = "published"
+    ig_steps: int = 32
+    smoothgrad_samples: int = 16
+    smoothgrad_noise: float = 0.2
+    lrp_epsilon: float = 0.25
+    compare_attributions: tuple | None = None
+    compare_volumes: int = 8
     batch_size: int = 4
     relevance_maps: str = "volumes"
     save_tfrecords: bool = False
@@ -324,6 +346,15 @@ class Config:
                 lrp=not getattr(args, "no_lrp", not default("lrp")),
                 lrp_target=arg("lrp_target"),
                 lrp_rule=arg("lrp_rule"),
+                attribution=arg("attribution"),
+                ig_steps=int(arg("ig_steps")),
+                smoothgrad_samples=int(arg("smoothgrad_samples")),
+                smoothgrad_noise=float(arg("smoothgrad_noise")),
+                lrp_epsilon=float(arg("lrp_epsilon")),
+                compare_attributions=(
+                    None if arg("compare_attributions") is None else tuple(arg("compare_attributions"))
+                ),
+                compare_volumes=int(arg("compare_volumes")),
                 batch_size=int(arg("batch_size")),
                 relevance_maps=arg("relevance_maps"),
                 save_tfrecords=bool(arg("save_tfrecords")),

@@ -68,6 +68,10 @@ class EventsError(InputDataError):
     """An ``events.tsv`` file is missing columns or holds invalid values."""
 
 
+class NonFiniteMapError(InputDataError):
+    """A run's attribution maps hold NaN or inf (the rule divided by 0 on its data): that run fails, others go on."""
+
+
 class MetadataError(InputDataError):
     """Required BIDS metadata (e.g. ``RepetitionTime``) is missing or inconsistent."""
 

@@ -1,21 +1,12 @@
 """Attribution methods beside LRP, and the registry of every method by name.
 
-:mod:`.gradients` holds the gradient-based methods (gradient, gradient x input,
-integrated gradients, SmoothGrad), written with ``keras.ops`` like the LRP rules;
-:mod:`.methods` names every method, LRP composites included (``--attribution``).
+:mod:`.methods` names every method, LRP composites included (``--attribution``), and
+imports no Keras (the command-line parser reads it); :mod:`.gradients` holds the
+gradient-based methods (gradient, gradient x input, integrated gradients, SmoothGrad),
+written with ``keras.ops`` like the LRP rules.
 """
 
-from .gradients import Gradient, GradientMethod, GradientXInput, IntegratedGradients, SmoothGrad, riemann_middle
-from .methods import (
-    CHOICES,
-    METHODS,
-    PUBLISHED,
-    STANDARD_SET,
-    AttributionMethod,
-    get_method,
-    published_method,
-    resolve,
-)
+from .methods import CHOICES, METHODS, PUBLISHED, STANDARD_SET, AttributionMethod, get_method, published_method, resolve
 
 __all__ = [
     "CHOICES",
@@ -23,13 +14,7 @@ __all__ = [
     "PUBLISHED",
     "STANDARD_SET",
     "AttributionMethod",
-    "Gradient",
-    "GradientMethod",
-    "GradientXInput",
-    "IntegratedGradients",
-    "SmoothGrad",
     "get_method",
     "published_method",
     "resolve",
-    "riemann_middle",
 ]

@@ -187,6 +187,17 @@ STANDARD_SET = (
 CHOICES = (PUBLISHED, *METHODS)
 
 
+def parameters_from(config):
+    """The methods' parameters from a :class:`~deeplight_bids.config.Config` (each method takes the ones it knows)."""
+    return {
+        "steps": config.ig_steps,
+        "samples": config.smoothgrad_samples,
+        "noise": config.smoothgrad_noise,
+        "seed": config.seed,
+        "epsilon": config.lrp_epsilon,
+    }
+
+
 def published_method(architecture, lrp_rule="published"):
     """The published rule's name for ``architecture`` (``lrp_rule``: 2D ``--lrp-rule``)."""
     if architecture == "3D":

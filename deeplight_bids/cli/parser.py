@@ -13,7 +13,10 @@ from functools import partial
 from pathlib import Path
 
 from deeplight_bids import __version__
-from deeplight_bids.cli.types import label_without, non_negative_float, percent, positive_int
+from deeplight_bids.attribution.methods import CHOICES as ATTRIBUTION_CHOICES
+from deeplight_bids.attribution.methods import PUBLISHED, STANDARD_SET
+from deeplight_bids.attribution.methods import resolve as resolve_attribution
+from deeplight_bids.cli.types import label_without, non_negative_float, number_in, percent, positive_float, positive_int
 from deeplight_bids.config import default
 
 EXIT_CODES_HELP = """exit codes:
@@ -253,6 +256,48 @@ def build_parser():
         "LSTM and output layer (composite deeplight_2d_signed), a deliberate deviation that "
         "avoids near-zero denominators. 3D always uses the published preset B-flat",
     )
+    g_model.add_argument(
+        "--attribution",
+        choices=ATTRIBUTION_CHOICES,
+        default=default("attribution"),
+        metavar="METHOD",
+        help="how each decision is explained (docs/quality.rst says which to choose): 'published' = the "
+        "published LRP rule (3D preset_b_flat; 2D deeplight_2d, or deeplight_2d_signed with --lrp-rule "
+        "signed); 'gradient', 'gradient_x_input', 'integrated_gradients' (--ig-steps), 'smoothgrad' "
+        "(--smoothgrad-samples, --smoothgrad-noise); LRP composites 'epsilon', 'epsilon_plus', "
+        "'alpha2_beta1' (--lrp-epsilon; zennit's conventions); or a published rule by name. The maps keep "
+        "their names; the sidecars record the method",
+    )
+    add_option(
+        g_model,
+        "--ig-steps",
+        number_in(int, "a whole number", 2),
+        "N",
+        "integrated gradients: points on the straight path from the baseline 0 (the z-scored run mean) to "
+        "the volume, midpoint rule; the cost is N gradient passes per volume",
+    )
+    add_option(
+        g_model,
+        "--smoothgrad-samples",
+        positive_int,
+        "N",
+        "SmoothGrad: noisy copies per volume (the cost is N gradient passes per volume)",
+    )
+    add_option(
+        g_model,
+        "--smoothgrad-noise",
+        positive_float,
+        "SHARE",
+        "SmoothGrad: noise SD as a share of the volume's SD",
+    )
+    add_option(
+        g_model,
+        "--lrp-epsilon",
+        positive_float,
+        "EPS",
+        "the epsilon of the LRP epsilon rule in the methods epsilon, epsilon_plus and alpha2_beta1 "
+        "(dense and recurrent layers; every layer for epsilon)",
+    )
 
     g_quality = parser.add_argument_group("Quality of the explanations and of the decoding (see docs/quality.rst)")
     g_quality.add_argument(
@@ -269,6 +314,23 @@ def build_parser():
         dest="no_quality",
         action="store_true",
         help="participant level: skip the quality measures (faster)",
+    )
+    g_quality.add_argument(
+        "--compare-attributions",
+        nargs="*",
+        choices=ATTRIBUTION_CHOICES,
+        metavar="METHOD",
+        help="participant level: per run, compare attribution methods on the same volumes (faithfulness, "
+        "randomisation cascade, class sensitivity, plausibility with --reference-map, cost) in one table; "
+        f"without names: {' '.join(STANDARD_SET)}",
+    )
+    add_option(
+        g_quality,
+        "--compare-volumes",
+        positive_int,
+        "N",
+        "participant level: volumes per run for --compare-attributions, stratified by predicted state (the "
+        "costliest checks of integrated gradients and SmoothGrad use at most half of them; the table says how many)",
     )
     add_option(
         g_quality,
@@ -406,6 +468,16 @@ def check_cross_arguments(parser, args):
         )
     if args.work_dir is not None and _inside(Path(args.work_dir).expanduser().absolute(), bids_dir):
         parser.error(f"the work folder <{args.work_dir}> is inside the BIDS dataset; choose a folder outside it.")
+    architecture = getattr(args, "architecture", default("architecture"))
+    for method in [getattr(args, "attribution", PUBLISHED), *(getattr(args, "compare_attributions", None) or ())]:
+        try:
+            resolve_attribution(method, architecture, getattr(args, "lrp_rule", default("lrp_rule")))
+        except ValueError as err:
+            parser.error(f"{err}.")
+    if getattr(args, "no_lrp", False) and (
+        getattr(args, "attribution", PUBLISHED) != PUBLISHED or getattr(args, "compare_attributions", None) is not None
+    ):
+        parser.error("--no-lrp writes no maps: leave out --attribution and --compare-attributions, or --no-lrp.")
     args.output_dir = output_dir
     return args
 

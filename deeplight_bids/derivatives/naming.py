@@ -98,6 +98,9 @@ def run_outputs(output_dir, run_entities):
             for kind in ("faithfulness", "sanity")
             for ext in ("", "_json")
         },
+        # --compare-attributions: attribution methods side by side (quality/compare.py)
+        "attributions": folder / build_name({**ents, "desc": "attributions"}, "summary", ".tsv"),
+        "attributions_json": folder / build_name({**ents, "desc": "attributions"}, "summary", ".json"),
         # --relevance-maps blocks: one map per event block; the TSV lists them (one JSON for both)
         "blocks": folder / blocks,
         "blocks_tsv": folder / blocks.replace(".nii.gz", ".tsv"),

@@ -24,7 +24,13 @@ def inputs_digest(run):
 
 
 def settings_hash(
-    config, weights_sha256, architecture, user_state_map=None, quality_settings=None, relevance_maps=None
+    config,
+    weights_sha256,
+    architecture,
+    user_state_map=None,
+    quality_settings=None,
+    relevance_maps=None,
+    comparison_settings=None,
 ):
     """16 hex digits identifying the settings that change a run's outputs.
 
@@ -43,6 +49,8 @@ def settings_hash(
     relevance_maps : str or None
         ``--relevance-maps`` to hash instead of the config's (``"volumes"``: the settings of the
         network pass, which every choice shares: the work folder's per-volume maps are keyed by it).
+    comparison_settings : dict or None
+        :meth:`AttributionComparison.settings` when ``--compare-attributions`` is on.
     """
     c = config
     settings = {
@@ -59,12 +67,28 @@ def settings_hash(
         settings["allow_approximate_space"] = True
     if architecture == "2D":
         settings["lrp_rule"] = c.lrp_rule
+    attribution = _attribution_settings(c, architecture)
+    if attribution is not None:  # only another method than the published rule, so earlier hashes stay valid
+        settings["attribution"] = attribution
     if quality_settings is not None:  # only when on, so outputs made before --quality keep their hash
         settings["quality"] = quality_settings
+    if comparison_settings is not None:  # likewise
+        settings["compare_attributions"] = comparison_settings
     maps = relevance_maps or c.relevance_maps
     if maps != "volumes":  # likewise
         settings["relevance_maps"] = maps
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _attribution_settings(config, architecture):
+    """The attribution method and its parameters, or None for the published rule (``--attribution``)."""
+    from deeplight_bids.attribution.methods import parameters_from, published_method, resolve
+
+    name = getattr(config, "attribution", "published")
+    method = resolve(name, architecture, config.lrp_rule)
+    if method.name == published_method(architecture, config.lrp_rule):
+        return None
+    return method.sidecar(parameters_from(config))
 
 
 def is_complete(outputs, config, settings, with_quality, run=None, log=LOGGER):
@@ -89,6 +113,12 @@ def is_complete(outputs, config, settings, with_quality, run=None, log=LOGGER):
     if config.lrp and not relevance_outputs_complete(config.relevance_maps, outputs):
         return False
     if with_quality and not (outputs["faithfulness"].is_file() and outputs["sanity"].is_file()):
+        return False
+    if (
+        getattr(config, "compare_attributions", None) is not None
+        and config.lrp
+        and not outputs["attributions"].is_file()
+    ):
         return False
     try:
         sidecar = json.loads(marker.read_text())

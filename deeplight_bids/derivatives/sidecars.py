@@ -156,7 +156,19 @@ def predictions_sidecar(states, with_lrp, provenance, accuracy, n_labelled):
     return {**columns, "Accuracy": accuracy, "NumberOfLabelledVolumes": n_labelled, **provenance}
 
 
-def relevance_sidecar(t_r, provenance, conservation, lrp_description, lrp_target, lrp_rule):
+def attribution_entries(lrp_description, attribution):
+    """The sidecar keys that say how the maps were made: ``Attribution`` and, for LRP, ``LRP`` (its rules)."""
+    if attribution is None:
+        return {"LRP": lrp_description}
+    entries = {"Attribution": attribution}
+    if attribution.get("Family") == "lrp":
+        entries["LRP"] = lrp_description
+    else:
+        entries["Attribution"] = {**attribution, "Details": lrp_description}
+    return entries
+
+
+def relevance_sidecar(t_r, provenance, conservation, lrp_description, lrp_target, lrp_rule, attribution=None):
     """Sidecar of a run's relevance maps (per volume, per block or none kept).
 
     Parameters
@@ -172,16 +184,20 @@ def relevance_sidecar(t_r, provenance, conservation, lrp_description, lrp_target
     lrp_target : {"predicted", "true"}
     lrp_rule : str
         ``--lrp-rule`` (2D) or ``"published"`` (3D).
+    attribution : dict or None
+        :meth:`deeplight_bids.attribution.methods.AttributionMethod.sidecar` of the method.
     """
     finite = conservation[np.isfinite(conservation)]
+    method = (attribution or {}).get("Method", "LRP")
+    kind = "LRP relevance" if (attribution or {}).get("Family", "lrp") == "lrp" else f"attribution ({method})"
     return {
-        "Description": "LRP relevance of each volume's decoding decision, one 3D map per volume, on the "
+        "Description": f"{kind} of each volume's decoding decision, one 3D map per volume, on the "
         "MNI152NLin6Asym 2 mm reference grid (x, y, z as in the NIfTI); positive values "
         "speak for the explained state",
         "RepetitionTime": t_r,
         "SkullStripped": True,
         "Resolution": RESOLUTION_TEXT,
-        "LRP": lrp_description,
+        **({"LRP": lrp_description} if "LRP" in attribution_entries(lrp_description, attribution) else {}),
         "LRPTarget": lrp_target,
         "SpatialReference": (
             f"https://templateflow.s3.amazonaws.com/tpl-{REFERENCE_SPACE}/tpl-{REFERENCE_SPACE}"
@@ -189,6 +205,7 @@ def relevance_sidecar(t_r, provenance, conservation, lrp_description, lrp_target
         ),
         "LRPRule": lrp_rule,
         "Units": "arbitrary (relevance)",
+        **{k: v for k, v in attribution_entries(lrp_description, attribution).items() if k != "LRP"},
         "Conservation": {
             "Description": "sum of each volume's relevance map divided by its explained logit, over the run's "
             "volumes (1 = conserved; neither rule conserves by design: biases and the BN rule "
@@ -207,16 +224,19 @@ def summary_sidecar(model_provenance):
     return {**SUMMARY_COLUMNS, "Model": model_provenance}
 
 
-def state_map_sidecar(task, state, n_volumes, lrp_target, model_provenance, lrp_description, settings_hash):
+def state_map_sidecar(
+    task, state, n_volumes, lrp_target, model_provenance, lrp_description, settings_hash, attribution=None
+):
     """Sidecar of a participant's mean relevance map of one task and explained state."""
+    kind = "LRP relevance" if (attribution or {}).get("Family", "lrp") == "lrp" else "attribution"
     return {
-        "Description": f"mean LRP relevance of the volumes of task {task} whose decision for state "
+        "Description": f"mean {kind} of the volumes of task {task} whose decision for state "
         f"{state} was explained (lrp_target == {state})",
         "State": state,
         "NumberOfVolumes": int(n_volumes),
         "LRPTarget": lrp_target,
         "Model": model_provenance,
-        "LRP": lrp_description,
+        **attribution_entries(lrp_description, attribution),
         "SettingsHash": settings_hash,
     }
 

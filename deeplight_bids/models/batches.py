@@ -55,6 +55,32 @@ class RunDecoding:
     counts: dict = field(default_factory=dict)
 
 
+def check_finite(maps, start, label, description=None):
+    """Raise :class:`~deeplight_bids.exceptions.NonFiniteMapError` when a map holds NaN or inf.
+
+    Parameters
+    ----------
+    maps : numpy.ndarray, shape (n, ...)
+        Maps of volumes ``start ... start + n - 1`` (as written: masked).
+    start : int
+    label : str
+        The run (named in the message).
+    description : dict or None
+        The explainer's description (its method or composite is named).
+    """
+    finite = np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
+    if finite.all():
+        return
+    from deeplight_bids.exceptions import NonFiniteMapError
+
+    bad = (np.flatnonzero(~finite) + start).tolist()
+    method = (description or {}).get("composite") or (description or {}).get("method") or "the attribution method"
+    raise NonFiniteMapError(
+        f"{label}: the maps of {len(bad)} volume(s) (first: volume {bad[0]}) hold NaN or inf values ({method} divided "
+        "by 0 on this run's data); nothing of this run is written: use --lrp-rule signed (2D) or another --attribution"
+    )
+
+
 def decode_and_explain(
     batches,
     n_volumes,
@@ -121,6 +147,7 @@ def decode_and_explain(
                 # transposed view is the NIfTI's column-major volume without a copy, and it goes
                 # into the written volumes (and the sums below) as contiguous copies.
                 rel_xyz = masker.apply(relevance.transpose(0, 3, 2, 1))
+                check_finite(rel_xyz, start, label, getattr(analyzer, "description", {}))
                 stream.write(start, rel_xyz)
                 for j, tgt in enumerate(targets[start:stop]):
                     if tgt not in result.sums:

@@ -30,10 +30,9 @@ class RunQuality:
 
     Parameters
     ----------
-    model : keras.Sequential
-        The trained model.
-    composite : Composite or str
-        The LRP composite of the maps (the randomised copy is explained with the same).
+    explainer : LRPAnalyzer or deeplight_bids.attribution.gradients.GradientMethod
+        The explainer of the run's maps, on the trained model (``explainer.model``); the
+        randomised copy is explained by the same method (``explainer.for_model``).
     decoder : deeplight_bids.models.decode.Decoder
         Batched logits of the trained model.
     n_volumes : int
@@ -41,20 +40,16 @@ class RunQuality:
     seed : int
         Seeds the volume choice, the random deletion order and the randomised copy.
     max_batch : int or None
-        Most volumes per network call of the randomised copy's LRP.
-    stem_batch : int, None or "auto"
-        Its volumes per backward step through the full-resolution layers (see
-        :class:`~deeplight_bids.lrp.analyzer.LRPAnalyzer`).
+        Most volumes per explainer call on the randomised copy.
     """
 
-    def __init__(self, model, composite, decoder, n_volumes=DEFAULT_VOLUMES, seed=0, max_batch=None, stem_batch="auto"):
-        self.model = model
-        self.composite = composite
+    def __init__(self, explainer, decoder, n_volumes=DEFAULT_VOLUMES, seed=0, max_batch=None):
+        self.explainer = explainer
+        self.model = explainer.model
         self.decoder = decoder
         self.n_volumes = int(n_volumes)
         self.seed = int(seed)
         self.max_batch = max_batch
-        self.stem_batch = stem_batch
         self._random_analyzer = None
 
     def settings(self):
@@ -63,20 +58,13 @@ class RunQuality:
             "volumes": self.n_volumes,
             "seed": self.seed,
             "fractions": list(faithfulness.FRACTIONS),
-            "randomisation": "kernels Glorot-uniform, other variables initial",
+            "randomisation": sanity.RANDOMISATION,
         }
 
     def random_analyzer(self):
-        """LRP of the randomised copy (built on first use, then kept)."""
+        """The run's method on the randomised copy (built on first use, then kept)."""
         if self._random_analyzer is None:
-            from deeplight_bids.lrp.analyzer import LRPAnalyzer
-
-            self._random_analyzer = LRPAnalyzer(
-                sanity.randomized_copy(self.model, self.seed),
-                composite=self.composite,
-                max_batch=self.max_batch,
-                stem_batch=self.stem_batch,
-            )
+            self._random_analyzer = self.explainer.for_model(sanity.randomized_copy(self.model, self.seed))
         return self._random_analyzer
 
     def evaluate(self, outputs, x_of, relevance_of, mask_index, logits, targets, states, root=None, label=""):
@@ -122,6 +110,7 @@ class RunQuality:
 
         rows = []
         mask = None
+        not_finite = []  # volumes whose randomised-model map has NaN or inf (rule not defined there)
         step = self.max_batch or 4  # a few volumes at a time: inputs and maps of 32 volumes would add ~250 MB
         for start in range(0, len(chosen), step):
             part = chosen[start : start + step]
@@ -131,17 +120,30 @@ class RunQuality:
                 mask = np.zeros(random_maps.shape[1:], dtype=bool)
                 mask.reshape(-1)[mask_index] = True
             for j, v in enumerate(part):
-                rows.append(
-                    {
-                        "volume": int(v),
-                        "state": states[int(targets[v])],
-                        **sanity.compare_maps(relevance_of(int(v)), random_maps[j], mask),
-                    }
-                )
+                if not np.isfinite(random_maps[j][mask]).all():
+                    not_finite.append(int(v))
+                    measures = {"spearman": float("nan"), "spearman_abs": float("nan"), "ssim": float("nan")}
+                else:
+                    measures = sanity.compare_maps(relevance_of(int(v)), random_maps[j], mask)
+                rows.append({"volume": int(v), "state": states[int(targets[v])], **measures})
         import pandas as pd
 
         sanity_frame = pd.DataFrame(rows, columns=list(sanity.COLUMNS))
         checks = sanity.summarize(sanity_frame)
+        if not_finite:
+            checks["not_evaluated"] = {
+                "volumes": not_finite,
+                "reason": "the method's map of the randomised model has NaN or inf values on these volumes (a "
+                "denominator of the rule at 0); they are left out of the medians",
+            }
+            LOGGER.warning(
+                "%s: sanity check: the randomised model's maps of %d of %d volumes are not finite (%s); "
+                "they are left out of the check",
+                label,
+                len(not_finite),
+                len(chosen),
+                getattr(self.explainer, "description", {}).get("composite") or type(self.explainer).__name__,
+            )
 
         write_tsv(outputs["faithfulness"], curves, root=root)
         write_json(outputs["faithfulness_json"], faithfulness.sidecar(self.seed, len(mask_index), faith), root=root)

@@ -3,8 +3,10 @@
 Relevance maps that barely change when the model's learned parameters are replaced by
 random ones do not explain what the model learned.  The efficient variant used here
 compares each map of the trained model with the map of the same volume from one fully
-randomised copy (every kernel redrawn, seeded; biases and batch-normalisation
-parameters back at their initial values), by Spearman rank correlation and SSIM.
+randomised copy (every kernel redrawn, seeded, at the trained kernel's scale; biases and
+batch-normalisation parameters back at their initial values), by Spearman rank
+correlation and SSIM.  :func:`cascade_blocks` and :func:`cascade_stages` give the
+cascading variant (top layers first) that ``--compare-attributions`` uses.
 """
 
 import numpy as np
@@ -35,19 +37,33 @@ COLUMNS = described(
 )
 
 
-def randomized_copy(model, seed=0):
-    """A copy of ``model`` with every learned parameter re-initialised (seeded).
+#: How :func:`randomized_copy` randomises a layer (sidecars, settings hash).
+RANDOMISATION = (
+    "kernels redrawn Glorot-uniform (seeded), then scaled to the SD of the trained kernel they replace; biases 0; "
+    "batch normalisation at its initial values (gamma 1, beta 0, moving mean 0, moving variance 1)"
+)
 
-    Kernels (every weight with two or more axes, LSTM recurrent kernels included) are
-    drawn from Glorot-uniform (Keras' default initialiser) with
-    ``numpy.random.default_rng(seed)``; the other variables keep the values a freshly
-    built copy starts with (biases 0, batch-normalisation gamma 1, beta 0, moving mean 0,
-    moving variance 1).
+
+def randomized_copy(model, seed=0, layers=None):
+    """A copy of ``model`` whose learned parameters are re-initialised (all, or those of ``layers``).
+
+    A randomised layer's kernels (every weight with two or more axes, LSTM recurrent
+    kernels included) are drawn from Glorot-uniform with
+    ``numpy.random.default_rng(seed)`` and scaled to the standard deviation of the trained
+    kernel they replace; its other variables take the values a freshly built copy starts
+    with (biases 0, batch-normalisation gamma 1, beta 0, moving mean 0, moving variance
+    1).  Keeping each kernel's scale keeps the activations of the randomised network at
+    the trained one's scale (Binder et al. 2023): plain Glorot kernels shrink 2D-DeepLight's
+    activations ~1000-fold over its 12 convolutions and LSTM (logits ~1e-3), where the
+    published 2D rule's ``z + eps`` denominators meet ``-eps`` and its maps became NaN
+    (issue 32).  Layers not randomised keep the trained values.
 
     Parameters
     ----------
     model : keras.Sequential
     seed : int
+    layers : collection of str or None
+        Names of the layers to randomise; None: every layer (full randomisation).
 
     Returns
     -------
@@ -60,14 +76,51 @@ def randomized_copy(model, seed=0):
     if not clone.built:
         clone.build(model.inputs[0].shape)
     rng = np.random.default_rng(seed)
-    for variable in clone.weights:
-        shape = tuple(variable.shape)
-        if len(shape) >= 2:
-            receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
-            fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
-            limit = np.sqrt(6.0 / (fan_in + fan_out))
-            variable.assign(rng.uniform(-limit, limit, size=shape).astype(variable.dtype))
+    for trained_layer, layer in zip(model.layers, clone.layers):
+        randomise = layers is None or layer.name in layers
+        for trained, variable in zip(trained_layer.weights, layer.weights):
+            if not randomise:
+                variable.assign(keras.ops.convert_to_numpy(trained.value))
+                continue
+            shape = tuple(variable.shape)
+            if len(shape) >= 2:
+                receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+                fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+                limit = np.sqrt(6.0 / (fan_in + fan_out))
+                drawn = rng.uniform(-limit, limit, size=shape)
+                scale = float(np.std(keras.ops.convert_to_numpy(trained.value), dtype=np.float64))
+                drawn *= scale / max(float(drawn.std()), 1e-30)
+                variable.assign(drawn.astype(variable.dtype))
     return clone
+
+
+def cascade_blocks(model):
+    """The model's layers in blocks for the randomisation cascade, top (output) block first.
+
+    A block starts at a layer with a kernel (convolution, dense, recurrent) and holds the
+    layers up to the next such layer (its dropout and batch normalisation), so
+    randomising the top ``k`` blocks randomises everything above the ``k``-th kernel from
+    the top (Adebayo et al. 2018's cascading randomisation).
+
+    Returns
+    -------
+    list of list of str
+        Layer names per block, the output block first.
+    """
+    blocks = []
+    for layer in model.layers:
+        has_kernel = any(len(v.shape) >= 2 for v in layer.weights)
+        if has_kernel or not blocks:
+            blocks.append([layer.name])
+        else:
+            blocks[-1].append(layer.name)
+    return blocks[::-1]
+
+
+def cascade_stages(n_blocks, n_stages=4):
+    """How many top blocks each stage of the cascade randomises: 1, ~a quarter, ~half, all (sorted, distinct)."""
+    sizes = {1, max(1, round(n_blocks / 4)), max(1, round(n_blocks / 2)), n_blocks}
+    return sorted(sizes)[-n_stages:] if n_stages < len(sizes) else sorted(sizes)
 
 
 def ssim(a, b, mask=None, sigma=SSIM_SIGMA):
@@ -189,8 +242,7 @@ def sidecar(seed, summary):
         "Description": "model-parameter randomisation check (Adebayo et al. 2018): similarity of each map with "
         "the map of a fully randomised copy of the model; high similarity means the maps do not "
         "depend on what the model learned",
-        "Randomisation": "every kernel redrawn Glorot-uniform (numpy seed below); biases 0; batch normalisation "
-        "at its initial values",
+        "Randomisation": RANDOMISATION,
         "Seed": seed,
         "Summary": summary,
     }

@@ -66,24 +66,28 @@ class RunProcessor:
         self.state_index = {s: i for i, s in enumerate(self.states)}
         max_batch = network_batch_limit()
         self.decoder = Decoder(dl_model.model, max_batch=max_batch)
-        self.analyzer = None
+        self.analyzer = None  # the explainer of the maps (an LRP analyzer or a gradient method)
+        self.method = None
         if config.lrp:
-            from deeplight_bids.lrp.analyzer import WHOLE_STEM_MIN_MIB, LRPAnalyzer, stem_batch_for_memory
+            from deeplight_bids.attribution.methods import parameters_from, resolve
+            from deeplight_bids.lrp.analyzer import WHOLE_STEM_MIN_MIB, stem_batch_for_memory
             from deeplight_bids.runtime import memory_limit
 
-            # reference section 7: iNNvestigate's preset B-flat for 3D, epsilon (LSTM rule included) for 2D,
-            # stabilised as the original code (published) or sign-aware (--lrp-rule signed)
-            composite = (
-                "preset_b_flat"
-                if dl_model.architecture == "3D"
-                else "deeplight_2d_signed"
-                if config.lrp_rule == "signed"
-                else "deeplight_2d"
-            )
+            # the published rule by default (reference section 7: iNNvestigate's preset B-flat for 3D, epsilon,
+            # LSTM rule included, for 2D, stabilised as the original code or sign-aware with --lrp-rule signed)
+            self.method = resolve(config.attribution, dl_model.architecture, config.lrp_rule)
             limit_mib, source = memory_limit(getattr(config, "mem_mb", 0))
             stem_batch = stem_batch_for_memory(limit_mib)
-            self.analyzer = LRPAnalyzer(dl_model.model, composite=composite, max_batch=max_batch, stem_batch=stem_batch)
-            if max_batch is not None:  # CPU: say which side of the memory/speed trade the job is on
+            self.analyzer = self.method.explainer(
+                dl_model.model, max_batch=max_batch, stem_batch=stem_batch, **parameters_from(config)
+            )
+            LOGGER.info(
+                "Attribution: %s (%s)%s",
+                self.method.name,
+                self.method.summary,
+                "" if config.attribution != "published" else "; the published rule",
+            )
+            if max_batch is not None and self.method.family == "lrp":  # CPU: the memory/speed trade of the job
                 LOGGER.info(
                     "LRP: memory %s MiB (%s): the full-resolution layers' backward pass takes %s",
                     limit_mib,
@@ -92,19 +96,21 @@ class RunProcessor:
                     if stem_batch
                     else f"{max_batch} volumes at a time (--mem-mb below {WHOLE_STEM_MIN_MIB} bounds memory instead)",
                 )
+        from deeplight_bids.attribution.methods import parameters_from
+
+        self.attribution = (
+            self.method.sidecar(parameters_from(config)) if self.method is not None else None
+        )  # the "Attribution" entry of the relevance sidecars
         self.quality = None
         if self.analyzer is not None and getattr(config, "quality", False):
             from deeplight_bids.quality.run_quality import RunQuality
 
             self.quality = RunQuality(
-                dl_model.model,
-                self.analyzer.composite,
-                self.decoder,
-                config.quality_volumes,
-                seed=config.seed,
-                max_batch=max_batch,
-                stem_batch=self.analyzer.stem_batch,
+                self.analyzer, self.decoder, config.quality_volumes, seed=config.seed, max_batch=max_batch
             )
+        self.comparison = None
+        if self.analyzer is not None and config.compare_attributions is not None:
+            self.comparison = self._comparison(dl_model, max_batch, stem_batch)
         job = (
             config,
             dl_model.weights_sha256,
@@ -112,7 +118,9 @@ class RunProcessor:
             user_state_map,
             self.quality.settings() if self.quality is not None else None,
         )
-        self.settings_hash = resume.settings_hash(*job)
+        self.settings_hash = resume.settings_hash(
+            *job, comparison_settings=self.comparison.settings() if self.comparison is not None else None
+        )
         # the network pass's settings: all but --relevance-maps (keys the work folder's per-volume maps and sums)
         self.pass_hash = resume.settings_hash(*job, relevance_maps="volumes")
         self.summaries = ParticipantSummaries(
@@ -123,6 +131,42 @@ class RunProcessor:
             self.settings_hash,
             self.quality is not None,
             pass_hash=self.pass_hash,
+            attribution=self.attribution,
+        )
+
+    def _comparison(self, dl_model, max_batch, stem_batch):
+        """The ``--compare-attributions`` evaluator: the published rule first, then the methods asked for."""
+        from deeplight_bids.attribution.methods import STANDARD_SET, parameters_from, published_method, resolve
+        from deeplight_bids.quality.compare import AttributionComparison
+
+        cfg = self.config
+        published = published_method(dl_model.architecture, cfg.lrp_rule)
+        methods = []
+        for name in [published, *(cfg.compare_attributions or STANDARD_SET)]:
+            method = resolve(name, dl_model.architecture, cfg.lrp_rule)
+            if method.name not in [m.name for m in methods]:
+                methods.append(method)
+        references = None
+        if cfg.reference_map is not None:
+            from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
+            from deeplight_bids.quality import plausibility
+
+            files = plausibility.find_reference_files(cfg.reference_map, self.states)
+            references = {
+                s: plausibility.load_reference(f, REFERENCE_SHAPE, REFERENCE_AFFINE) for s, f in files.items()
+            }
+        return AttributionComparison(
+            dl_model.model,
+            methods,
+            published,
+            self.decoder,
+            cfg.compare_volumes,
+            seed=cfg.seed,
+            max_batch=max_batch,
+            stem_batch=stem_batch,
+            parameters=parameters_from(cfg),
+            references=references,
+            reference_top_percent=cfg.reference_top_percent,
         )
 
     def is_complete(self, outputs, run=None):
@@ -292,6 +336,22 @@ class RunProcessor:
                     root=cfg.output_dir,
                     label=run.label,
                 )
+            if self.comparison is not None:
+                task_states = sorted(
+                    {self.state_index[s] for s in labelled["state_map"].values() if s in self.state_index}
+                )
+                quality = dict(quality or {})
+                quality["AttributionComparison"] = self.comparison.evaluate(
+                    outputs,
+                    batches.get,
+                    batches.index,
+                    decoding.logits,
+                    decoding.targets,
+                    self.states,
+                    task_states or range(len(self.states)),
+                    root=cfg.output_dir,
+                    label=run.label,
+                )
             if stream is not None:
                 stream.close()
         except BaseException:
@@ -339,7 +399,13 @@ class RunProcessor:
             stream.finish(
                 {
                     **sidecars.relevance_sidecar(
-                        run.t_r, provenance, decoding.conservation, self.analyzer.description, cfg.lrp_target, lrp_rule
+                        run.t_r,
+                        provenance,
+                        decoding.conservation,
+                        self.analyzer.description,
+                        cfg.lrp_target,
+                        lrp_rule,
+                        self.attribution,
                     ),
                     **masker.sidecar(),
                 }

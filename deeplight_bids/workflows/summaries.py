@@ -57,20 +57,32 @@ class ParticipantSummaries:
         Model output states.
     model_provenance : dict
     lrp_description : dict or None
-        The composite's description (None without LRP).
+        The explainer's description (None without maps).
+    attribution : dict or None
+        The method's ``Attribution`` sidecar entry.
     settings_hash : str
     with_quality : bool
         Runs are complete only with their quality tables.
     """
 
     def __init__(
-        self, config, states, model_provenance, lrp_description, settings_hash, with_quality, log=LOGGER, pass_hash=None
+        self,
+        config,
+        states,
+        model_provenance,
+        lrp_description,
+        settings_hash,
+        with_quality,
+        log=LOGGER,
+        pass_hash=None,
+        attribution=None,
     ):
         self.config = config
         self.states = tuple(states)
         self.state_index = {s: i for i, s in enumerate(self.states)}
         self.model_provenance = model_provenance
         self.lrp_description = lrp_description
+        self.attribution = attribution
         self.settings_hash = settings_hash
         self.pass_hash = pass_hash or settings_hash  # keys the work folder's relevance sums
         self.with_quality = with_quality
@@ -165,7 +177,14 @@ class ParticipantSummaries:
                 naming.sidecar_of(path),
                 root=cfg.output_dir,
                 obj=sidecars.state_map_sidecar(
-                    task, state, count, cfg.lrp_target, self.model_provenance, self.lrp_description, self.settings_hash
+                    task,
+                    state,
+                    count,
+                    cfg.lrp_target,
+                    self.model_provenance,
+                    self.lrp_description,
+                    self.settings_hash,
+                    self.attribution,
                 ),
             )
             written.append(path)

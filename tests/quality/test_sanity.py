@@ -113,6 +113,8 @@ def test_randomized_copy_seeded_and_independent(small_model):
         np.testing.assert_array_equal(w1, w2)
         if w0.ndim >= 2:
             assert not np.array_equal(w1, w3) and not np.array_equal(w1, w0)
+            # redrawn at the trained kernel's scale (issue 32: the randomised network keeps its activation scale)
+            assert np.std(w1) == pytest.approx(np.std(w0), rel=1e-5)
     for w0, w in zip(before, small_model.get_weights()):
         np.testing.assert_array_equal(w0, w)  # the trained model is untouched
     x = np.random.default_rng(0).normal(size=(2, 12, 14, 12, 1)).astype(np.float32)
@@ -139,7 +141,7 @@ def test_run_quality_writes_tables(small_model, tmp_path):
     analyzer = LRPAnalyzer(small_model, composite="preset_b_flat")
     logits, relevance = analyzer.explain(x)
     targets = logits.argmax(axis=1)
-    quality = RunQuality(small_model, analyzer.composite, Decoder(small_model), n_volumes=4, seed=1)
+    quality = RunQuality(analyzer, Decoder(small_model), n_volumes=4, seed=1)
     outputs = naming.run_outputs(tmp_path, {"subject": "01", "task": "motor"})
     summary = quality.evaluate(
         outputs,
@@ -164,3 +166,22 @@ def test_run_quality_writes_tables(small_model, tmp_path):
     zero = curves[(curves["fraction"] == 0) & (curves["order"] == "relevance")].set_index("volume")
     for v, row in zero.iterrows():
         assert row["logit"] == pytest.approx(logits[v, targets[v]], rel=1e-4, abs=1e-5)
+
+
+def test_randomized_copy_of_some_layers_keeps_the_others(small_model):
+    top = sanity.cascade_blocks(small_model)[0]
+    partly = sanity.randomized_copy(small_model, seed=5, layers=top)
+    for trained, layer in zip(small_model.layers, partly.layers):
+        for w0, w1 in zip(trained.get_weights(), layer.get_weights()):
+            if layer.name in top and w0.ndim >= 2:
+                assert not np.array_equal(w0, w1), layer.name
+            elif layer.name not in top:
+                np.testing.assert_array_equal(w0, w1)
+
+
+def test_cascade_blocks_and_stages(small_model):
+    blocks = sanity.cascade_blocks(small_model)
+    assert len(blocks) == 13  # twelve conv blocks and the output convolution
+    assert blocks[0][0] == "conv_13" and blocks[-1][:3] == ["conv_1", "dropout_1", "bn_1"]
+    assert sum(len(b) for b in blocks) == len(small_model.layers)
+    assert sanity.cascade_stages(13) == [1, 3, 6, 13] and sanity.cascade_stages(1) == [1]

@@ -1,0 +1,490 @@
+"""Attribution methods side by side on the same volumes of a run (``--compare-attributions``).
+
+Every method explains the same volumes (a stratified subsample, :func:`.faithfulness.select_volumes`)
+for the same target, and goes through the same checks:
+
+- **faithfulness**: deletion curves (:mod:`.faithfulness`; the random order is drawn once per
+  volume and shared by all methods), the area between them, that area relative to the
+  published rule's, and the removed fraction at which the decision first changes (as in
+  Thomas, Ré & Poldrack 2023);
+- **model randomisation as a cascade** (Adebayo et al. 2018): the top 1, ~1/4, ~1/2 and all
+  blocks of the model randomised (:func:`.sanity.cascade_blocks`, :func:`.sanity.randomized_copy`),
+  one median Spearman / SSIM per stage between the trained and the randomised model's maps;
+- **class sensitivity** (the random-logit test of Sixt, Granz & Landgraf 2020): the map for
+  the explained state against the map of each other state of the run's task (up to
+  :data:`MAX_OTHER_STATES`, the strongest logits first), same volume, median Spearman;
+- **plausibility** against ``--reference-map`` when given (relevance rank accuracy of the
+  explained state's reference region, Arras et al. 2022);
+- **cost**: seconds per volume, and relative to decoding the same volumes.
+
+A method *passes* when its deletion area is at least :data:`FAITHFUL_SHARE` of the published
+rule's, its median Spearman against the fully randomised model is at most
+:data:`RANDOM_SPEARMAN_MAX`, and its median Spearman against the other states' maps is at most
+:data:`CLASS_SPEARMAN_MAX`.  As Binder et al. (CVPR 2023) show, a randomisation test alone
+cannot rank methods; it stands here beside faithfulness, and neither says whether a map
+matches the brain (plausibility, the GLM).  Cost: the class check uses every volume and the
+cascade every other one; integrated gradients and SmoothGrad cost their steps or samples in
+gradient passes per map, so both their checks use every fourth volume (at least 2) and two
+cascade stages (top block, all blocks).  The table's ``n_volumes`` says how many.
+"""
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from deeplight_bids.derivatives.sidecars import described
+from deeplight_bids.derivatives.writers import write_json, write_tsv
+
+from . import faithfulness, plausibility, sanity
+
+LOGGER = logging.getLogger("deeplight_bids")
+
+
+class _NoRetracingNotes(logging.Filter):
+    """Drop TensorFlow's "triggered tf.function retracing" warning: each method and randomised copy traces its own
+    functions once, by design, which is not the repeated retracing the warning is about."""
+
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+logging.getLogger("tensorflow").addFilter(_NoRetracingNotes())
+
+#: A faithful method's deletion area is at least this share of the published rule's.
+FAITHFUL_SHARE = 0.5
+#: Most median Spearman correlation with the fully randomised model's maps.
+RANDOM_SPEARMAN_MAX = 0.2
+#: Most median Spearman correlation with the maps of the other states.
+CLASS_SPEARMAN_MAX = 0.5
+#: Other states per volume in the class-sensitivity check.
+MAX_OTHER_STATES = 4
+#: Methods whose class and randomisation checks use half the volumes and two cascade stages.
+COSTLY = ("integrated_gradients", "smoothgrad")
+
+COLUMNS = described(
+    {
+        "method": "attribution method (--attribution name)",
+        "family": {"Description": "'lrp' or 'gradient'", "Levels": {"lrp": "LRP composite", "gradient": "gradients"}},
+        "check": {
+            "Description": "what the row measures",
+            "Levels": {
+                "deletion_area": "area between the random- and relevance-order deletion curves (mean logit difference)",
+                "deletion_area_ratio": "deletion_area / the published rule's deletion_area",
+                "decision_change_fraction": "mean share of in-mask voxels removed (most relevant first) at which the "
+                "decision first changes; 1 where it never changed up to the largest fraction",
+                "randomisation_spearman": "median Spearman of the trained and the randomised model's maps",
+                "randomisation_ssim": "median SSIM of the trained and the randomised model's maps",
+                "class_sensitivity_spearman": "median Spearman of the explained state's map and the other states' maps",
+                "plausibility_rank_accuracy": "mean share of the K most relevant voxels inside the explained state's "
+                "reference region (K = region size)",
+                "seconds_per_volume": "seconds to explain one volume",
+                "cost_vs_decoding": "seconds_per_volume / seconds to decode one volume",
+            },
+        },
+        "stage": "randomisation cascade: blocks randomised from the top ('all' = the fully randomised model); "
+        "n/a for the other checks",
+        "value": "the measure",
+        "n_volumes": "volumes the measure is taken over",
+        "criterion": "the bar a method must meet (n/a: reported only)",
+        "passed": {"Description": "1 if the value meets the criterion", "Levels": {"0": "no", "1": "yes"}},
+    }
+)
+
+
+def spearman_in_mask(a, b, index):
+    """Spearman rank correlation of two maps over the flat ``index`` voxels (NaN when one is constant)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1)[index]
+    b = np.asarray(b, dtype=np.float64).reshape(-1)[index]
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(stats.spearmanr(a, b).statistic)
+
+
+def _median(values):
+    values = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    return float(np.median(values)) if values.size else float("nan")
+
+
+class AttributionComparison:
+    """Compare attribution methods on a run's volumes, one table per run.
+
+    Parameters
+    ----------
+    model : keras.Sequential
+        The trained model.
+    methods : sequence of AttributionMethod
+        The methods (:func:`deeplight_bids.attribution.methods.resolve`); the published rule
+        must be among them (the faithfulness bar is relative to it).
+    published : str
+        The published rule's method name.
+    decoder : deeplight_bids.models.decode.Decoder
+    n_volumes : int
+        Volumes per run (``--compare-volumes``).
+    seed : int
+        Seeds the volume choice, the random deletion orders and the randomised copies.
+    max_batch, stem_batch
+        Passed to every explainer.
+    parameters : dict
+        The methods' parameters (:func:`deeplight_bids.attribution.methods.parameters_from`).
+    references : dict or None
+        State name -> reference map ``(x, y, z)`` on the reference grid (``--reference-map``).
+    reference_top_percent : float
+    """
+
+    def __init__(
+        self,
+        model,
+        methods,
+        published,
+        decoder,
+        n_volumes=8,
+        seed=0,
+        max_batch=None,
+        stem_batch="auto",
+        parameters=None,
+        references=None,
+        reference_top_percent=10.0,
+    ):
+        names = [m.name for m in methods]
+        if published not in names:
+            raise ValueError(f"the comparison needs the published rule {published!r} among its methods; got {names}")
+        self.model = model
+        self.methods = list(methods)
+        self.published = published
+        self.decoder = decoder
+        self.n_volumes = int(n_volumes)
+        self.seed = int(seed)
+        self.max_batch = max_batch
+        self.stem_batch = stem_batch
+        self.parameters = dict(parameters or {})
+        self.references = references or {}
+        self.reference_top_percent = float(reference_top_percent)
+        self.blocks = sanity.cascade_blocks(model)
+        self.stages = sanity.cascade_stages(len(self.blocks))
+        self._randomised = {}
+
+    def settings(self):
+        """What the table depends on (for the run's settings hash)."""
+        return {
+            "methods": [m.sidecar(self.parameters) for m in self.methods],
+            "volumes": self.n_volumes,
+            "seed": self.seed,
+            "fractions": list(faithfulness.FRACTIONS),
+            "stages": self.stages,
+            "randomisation": sanity.RANDOMISATION,
+            "references": sorted(self.references),
+            "reference_top_percent": self.reference_top_percent if self.references else None,
+        }
+
+    def randomised(self, n_blocks):
+        """The model with its top ``n_blocks`` blocks randomised (built once per comparison)."""
+        if n_blocks not in self._randomised:
+            layers = {name for block in self.blocks[:n_blocks] for name in block}
+            self._randomised[n_blocks] = sanity.randomized_copy(self.model, self.seed, layers=layers)
+        return self._randomised[n_blocks]
+
+    # -- one run ------------------------------------------------------------------------------
+    def evaluate(self, outputs, x_of, mask_index, logits, targets, states, task_states, root=None, label=""):
+        """Run every method and check, write the table and its sidecar; returns the per-method summary.
+
+        Parameters
+        ----------
+        outputs : dict
+            The run's paths (:func:`deeplight_bids.derivatives.naming.run_outputs`).
+        x_of : callable
+            ``(start, stop) -> inputs (n, z, y, x, 1)`` of the run in model order.
+        mask_index : numpy.ndarray of int
+            Flat (z, y, x) C-order indices of the in-mask voxels.
+        logits : numpy.ndarray, shape (n_volumes, n_states)
+        targets : numpy.ndarray of int, shape (n_volumes,)
+            Explained state of each volume.
+        states : sequence of str
+            The model's output states.
+        task_states : sequence of int
+            Output indices of the run's task's states (the class-sensitivity check's alternatives).
+        root : path-like or None
+            OUTPUT_DIR (write guard).
+        label : str
+
+        Returns
+        -------
+        dict
+            Method name -> ``{"passes": bool, "deletion_area": ..., "randomisation_spearman": ...,
+            "class_sensitivity_spearman": ..., "seconds_per_volume": ...}``.
+        """
+        t_start = time.monotonic()
+        self._states = tuple(states)
+        chosen = faithfulness.select_volumes(logits.argmax(axis=1), self.n_volumes, self.seed)
+        x = np.concatenate([x_of(int(v), int(v) + 1) for v in chosen])
+        target = targets[chosen].astype(np.int32)
+        t0 = time.monotonic()
+        self.decoder.logits(x)
+        decode_seconds = (time.monotonic() - t0) / len(chosen)
+        LOGGER.info(
+            "%s: comparing %d attribution methods on %d volumes (%s)",
+            label,
+            len(self.methods),
+            len(chosen),
+            ", ".join(m.name for m in self.methods),
+        )
+        random_logits = self._random_order_logits(x, mask_index, chosen)
+        rows, summary, areas = [], {}, {}
+        for method in self.methods:
+            t_method = time.monotonic()
+            rows_m, info = self._one_method(method, x, chosen, target, logits, random_logits, mask_index, task_states)
+            info["cost_vs_decoding"] = info["seconds_per_volume"] / max(decode_seconds, 1e-9)
+            rows_m.append(self._row(method, "cost_vs_decoding", info["cost_vs_decoding"], len(chosen)))
+            areas[method.name] = info["deletion_area"]
+            rows.extend(rows_m)
+            summary[method.name] = info
+            LOGGER.info(
+                "%s: %s: deletion area %.3g, Spearman vs random model %.2f, vs other states %.2f, %.2f s/volume "
+                "(%.1f x decoding; %.0f s)",
+                label,
+                method.name,
+                info["deletion_area"],
+                info["randomisation_spearman"],
+                info["class_sensitivity_spearman"],
+                info["seconds_per_volume"],
+                info["cost_vs_decoding"],
+                time.monotonic() - t_method,
+            )
+        reference_area = areas[self.published]
+        for method in self.methods:
+            info = summary[method.name]
+            ratio = info["deletion_area"] / reference_area if reference_area > 0 else float("nan")
+            info["deletion_area_ratio"] = ratio
+            info["passes"] = bool(
+                ratio >= FAITHFUL_SHARE
+                and info["randomisation_spearman"] <= RANDOM_SPEARMAN_MAX
+                and info["class_sensitivity_spearman"] <= CLASS_SPEARMAN_MAX
+            )
+            rows.append(
+                self._row(
+                    method, "deletion_area_ratio", ratio, len(chosen), f">= {FAITHFUL_SHARE}", ratio >= FAITHFUL_SHARE
+                )
+            )
+        frame = pd.DataFrame(rows, columns=list(COLUMNS))
+        frame = frame.sort_values("method", kind="stable", key=_method_order(self.methods)).reset_index(drop=True)
+        write_tsv(outputs["attributions"], frame, root=root)
+        write_json(outputs["attributions_json"], self.sidecar(chosen, summary), root=root)
+        passing = [m for m, info in summary.items() if info["passes"]]
+        LOGGER.info(
+            "%s: attribution methods passing faithfulness, randomisation and class sensitivity: %s (%.0f s)",
+            label,
+            ", ".join(passing) or "none",
+            time.monotonic() - t_start,
+        )
+        return summary
+
+    def sidecar(self, chosen, summary):
+        return {
+            **COLUMNS,
+            "Description": "attribution methods compared on the same volumes of the run: faithfulness (deletion "
+            "curves), model randomisation as a cascade, class sensitivity, plausibility, cost; one row per method x "
+            "check (x cascade stage)",
+            "Volumes": [int(v) for v in chosen],
+            "Seed": self.seed,
+            "Fractions": list(faithfulness.FRACTIONS),
+            "CascadeBlocks": self.blocks,
+            "Randomisation": sanity.RANDOMISATION,
+            "Criteria": {
+                "faithfulness": f"deletion_area >= {FAITHFUL_SHARE} x the published rule's ({self.published})",
+                "randomisation": f"randomisation_spearman (stage all) <= {RANDOM_SPEARMAN_MAX}",
+                "class_sensitivity": f"class_sensitivity_spearman <= {CLASS_SPEARMAN_MAX}",
+            },
+            "Caveat": "a randomisation test alone cannot rank methods (Binder et al. 2023); faithful methods may "
+            "align less with GLM or meta-analysis maps (Thomas, Re & Poldrack 2023)",
+            "Methods": {m.name: m.sidecar(self.parameters) for m in self.methods},
+            "Summary": summary,
+        }
+
+    # -- the checks -------------------------------------------------------------------------------
+    def _random_order_logits(self, x, mask_index, chosen):
+        """Logits with in-mask voxels removed in a random order (per volume, seeded as the deletion curves)."""
+        counts = faithfulness.removal_counts(len(mask_index))[1:]
+        out = []
+        for j, v in enumerate(chosen):
+            order = np.random.default_rng([self.seed, int(v)]).permutation(mask_index)
+            out.append(self.decoder.logits(_removed(x[j], order, counts)))
+        return out
+
+    def _one_method(self, method, x, chosen, target, logits, random_logits, mask_index, task_states):
+        explainer = method.explainer(
+            self.model, max_batch=self.max_batch, stem_batch=self.stem_batch, **self.parameters
+        )
+        t0 = time.monotonic()
+        _, maps = explainer.explain(x, target=target)
+        seconds = (time.monotonic() - t0) / len(chosen)
+        rows = []
+        finite = np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
+        # faithfulness
+        counts = faithfulness.removal_counts(len(mask_index))
+        gaps, first_change = [], []
+        for j, v in enumerate(chosen):
+            if not finite[j]:
+                continue
+            rel = np.asarray(maps[j], dtype=np.float64).reshape(-1)[mask_index]
+            order = mask_index[np.argsort(-rel, kind="stable")]
+            removed = self.decoder.logits(_removed(x[j], order, counts[1:]))
+            t = int(target[j])
+            base = float(logits[v, t])
+            curve_rel = np.concatenate([[base], removed[:, t]])
+            curve_rnd = np.concatenate([[base], random_logits[j][:, t]])
+            gaps.append(curve_rnd - curve_rel)
+            decision = int(logits[v].argmax())
+            changed = np.flatnonzero(removed.argmax(axis=1) != decision)
+            first_change.append(float(faithfulness.FRACTIONS[changed[0] + 1]) if changed.size else 1.0)
+        fractions = np.asarray(faithfulness.FRACTIONS)
+        area = (
+            float(np.trapezoid(np.mean(gaps, axis=0), fractions) / (fractions[-1] - fractions[0]))
+            if gaps
+            else float("nan")
+        )
+        rows.append(self._row(method, "deletion_area", area, len(gaps)))
+        rows.append(
+            self._row(
+                method,
+                "decision_change_fraction",
+                float(np.mean(first_change)) if first_change else np.nan,
+                len(first_change),
+            )
+        )
+        # class sensitivity on every volume, the cascade on every other one; the costly methods: both on every
+        # fourth volume (at least 2) and the cascade's first and last stage only
+        costly = method.name in COSTLY
+        step = 4 if costly else 1
+        class_subset = _every(step, len(chosen), finite)
+        cascade_subset = _every(2 * step if not costly else step, len(chosen), finite)
+        stages = [self.stages[0], self.stages[-1]] if costly else self.stages
+        # class sensitivity: the other states of the task, strongest logit first
+        similarities = []
+        others = [
+            [s for s in sorted(task_states, key=lambda s: -logits[chosen[j], s]) if s != target[j]][:MAX_OTHER_STATES]
+            for j in class_subset
+        ]
+        for rank in range(max((len(o) for o in others), default=0)):
+            rows_with = [k for k, o in enumerate(others) if len(o) > rank]
+            if not rows_with:
+                continue
+            idx = class_subset[rows_with]
+            _, other_maps = explainer.explain(x[idx], target=np.asarray([others[k][rank] for k in rows_with]))
+            for k, j in enumerate(idx):
+                similarities.append(spearman_in_mask(maps[j], other_maps[k], mask_index))
+        class_spearman = _median(similarities)
+        rows.append(
+            self._row(
+                method,
+                "class_sensitivity_spearman",
+                class_spearman,
+                len(class_subset),
+                f"<= {CLASS_SPEARMAN_MAX}",
+                class_spearman <= CLASS_SPEARMAN_MAX,
+            )
+        )
+        # randomisation cascade
+        mask = np.zeros(maps.shape[1:], dtype=bool)
+        mask.reshape(-1)[mask_index] = True
+        full_spearman = float("nan")
+        for n_blocks in stages:
+            _, random_maps = explainer.for_model(self.randomised(n_blocks)).explain(
+                x[cascade_subset], target=target[cascade_subset]
+            )
+            measures = [
+                sanity.compare_maps(maps[j], random_maps[k], mask)
+                for k, j in enumerate(cascade_subset)
+                if np.isfinite(random_maps[k][mask]).all()
+            ]
+            stage = "all" if n_blocks == len(self.blocks) else str(n_blocks)
+            spearman = _median([m["spearman"] for m in measures])
+            ssim = _median([m["ssim"] for m in measures])
+            last = n_blocks == len(self.blocks)
+            rows.append(
+                self._row(
+                    method,
+                    "randomisation_spearman",
+                    spearman,
+                    len(measures),
+                    f"<= {RANDOM_SPEARMAN_MAX}" if last else "n/a",
+                    (spearman <= RANDOM_SPEARMAN_MAX) if last else None,
+                    stage,
+                )
+            )
+            rows.append(self._row(method, "randomisation_ssim", ssim, len(measures), stage=stage))
+            if last:
+                full_spearman = spearman
+        # plausibility
+        rank_accuracies = []
+        for j in range(len(chosen)):
+            reference = self.references.get(self._state_name(int(target[j])))
+            if reference is None or not finite[j]:
+                continue
+            brain = np.zeros(maps.shape[1:], dtype=bool)
+            brain.reshape(-1)[mask_index] = True
+            brain_xyz, map_xyz = brain.transpose(2, 1, 0), np.asarray(maps[j]).transpose(2, 1, 0)
+            region = plausibility.reference_region(reference, brain_xyz, self.reference_top_percent)
+            rank, _ = plausibility.relevance_in_region(map_xyz, region, brain_xyz)
+            rank_accuracies.append(rank)
+        if rank_accuracies:
+            rows.append(
+                self._row(
+                    method, "plausibility_rank_accuracy", float(np.nanmean(rank_accuracies)), len(rank_accuracies)
+                )
+            )
+        rows.append(self._row(method, "seconds_per_volume", seconds, len(chosen)))
+        info = {
+            "deletion_area": area,
+            "decision_change_fraction": float(np.mean(first_change)) if first_change else float("nan"),
+            "randomisation_spearman": full_spearman,
+            "class_sensitivity_spearman": class_spearman,
+            "seconds_per_volume": seconds,
+            "volumes": len(chosen),
+            "class_sensitivity_volumes": int(len(class_subset)),
+            "randomisation_volumes": int(len(cascade_subset)),
+            "stages": [("all" if s == len(self.blocks) else s) for s in stages],
+            "not_finite_volumes": [int(chosen[j]) for j in np.flatnonzero(~finite)],
+        }
+        if rank_accuracies:
+            info["plausibility_rank_accuracy"] = float(np.nanmean(rank_accuracies))
+        return rows, info
+
+    def _state_name(self, index):
+        return self._states[index]
+
+    @staticmethod
+    def _row(method, check, value, n, criterion="n/a", passed=None, stage="n/a"):
+        return {
+            "method": method.name,
+            "family": method.family,
+            "check": check,
+            "stage": stage,
+            "value": value,
+            "n_volumes": int(n),
+            "criterion": criterion,
+            "passed": "n/a" if passed is None else int(bool(passed)),
+        }
+
+
+def _every(step, n, finite):
+    """Indices ``0, step, 2 step, ...`` of ``n`` volumes whose maps are finite; at least 2 (where there are)."""
+    picked = [j for j in range(0, n, step) if finite[j]]
+    if len(picked) < 2:
+        picked = sorted(set(picked) | set([j for j in range(n) if finite[j]][:2]))
+    return np.asarray(picked, dtype=int)
+
+
+def _removed(volume, order, counts):
+    """Copies of ``volume`` with the first ``k`` voxels of ``order`` set to 0, one per ``k`` in ``counts``."""
+    flat = np.asarray(volume, dtype=np.float32).reshape(-1)
+    out = np.repeat(flat[None], len(counts), axis=0)
+    for i, k in enumerate(counts):
+        out[i, order[:k]] = 0.0
+    return out.reshape((len(counts), *np.shape(volume)))
+
+
+def _method_order(methods):
+    rank = {m.name: i for i, m in enumerate(methods)}
+    return lambda column: column.map(rank)

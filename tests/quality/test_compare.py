@@ -1,0 +1,140 @@
+"""--compare-attributions: every method through the same checks, on the same volumes, one table per run."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deeplight_bids.attribution.methods import get_method
+from deeplight_bids.quality import compare, sanity
+
+SHAPE = (12, 14, 12, 1)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    import keras
+
+    from deeplight_bids.models.decode import Decoder
+    from deeplight_bids.models.three import build_3d_deeplight
+    from tests.models.legacy_h5 import randomise_weights
+
+    keras.utils.set_random_seed(0)
+    model = randomise_weights(build_3d_deeplight(n_states=3, input_shape=SHAPE), seed=3)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((10, *SHAPE)).astype(np.float32)
+    mask = np.zeros(SHAPE[:-1], bool)
+    mask[2:10, 2:12, 2:10] = True
+    x[:, ~mask] = 0
+    decoder = Decoder(model)
+    logits = decoder.logits(x)
+    return model, x, mask, decoder, logits
+
+
+def test_table_has_every_check_of_every_method(setup, tmp_path):
+    from deeplight_bids.derivatives import naming
+
+    model, x, mask, decoder, logits = setup
+    methods = [get_method(n) for n in ("preset_b_flat", "gradient_x_input", "integrated_gradients", "epsilon_plus")]
+    comparison = compare.AttributionComparison(
+        model,
+        methods,
+        "preset_b_flat",
+        decoder,
+        n_volumes=8,
+        seed=1,
+        max_batch=4,
+        stem_batch=None,
+        parameters={"steps": 4},
+        references={"lh": np.pad(np.ones((4, 4, 4)), [(2, 6), (4, 6), (2, 6)]).astype(np.float32)},
+        reference_top_percent=10,
+    )
+    outputs = naming.run_outputs(tmp_path, {"subject": "01", "task": "motor"})
+    targets = logits.argmax(axis=1)
+    index = np.flatnonzero(mask.ravel())
+    summary = comparison.evaluate(
+        outputs, lambda a, b: x[a:b], index, logits, targets, ("lh", "rh", "t"), [0, 1, 2], root=tmp_path
+    )
+    table = pd.read_csv(outputs["attributions"], sep="\t", keep_default_na=False)
+    assert list(dict.fromkeys(table["method"])) == [m.name for m in methods]
+    stages = [str(s) for s in comparison.stages[:-1]] + ["all"]
+    for m in methods:
+        rows = table[table["method"] == m.name]
+        checks = set(rows["check"])
+        assert {
+            "deletion_area",
+            "deletion_area_ratio",
+            "decision_change_fraction",
+            "class_sensitivity_spearman",
+            "randomisation_spearman",
+            "randomisation_ssim",
+            "seconds_per_volume",
+            "cost_vs_decoding",
+        } <= checks
+        cascade = rows[rows["check"] == "randomisation_spearman"]["stage"].tolist()
+        assert cascade == (["1", "all"] if m.name == "integrated_gradients" else stages), m.name
+        info = summary[m.name]
+        assert info["passes"] == (
+            info["deletion_area_ratio"] >= compare.FAITHFUL_SHARE
+            and info["randomisation_spearman"] <= compare.RANDOM_SPEARMAN_MAX
+            and info["class_sensitivity_spearman"] <= compare.CLASS_SPEARMAN_MAX
+        )
+    reference = summary["preset_b_flat"]["deletion_area"]
+    for info in summary.values():  # relative to the published rule's area; undefined where that is not positive
+        if reference > 0:
+            assert info["deletion_area_ratio"] == pytest.approx(info["deletion_area"] / reference)
+        else:
+            assert np.isnan(info["deletion_area_ratio"]) and not info["passes"]
+    assert summary["integrated_gradients"]["randomisation_volumes"] == 2  # the costly checks: every fourth volume
+    assert summary["gradient_x_input"]["class_sensitivity_volumes"] == 8
+    side = json.loads(outputs["attributions_json"].read_text())
+    assert side["Volumes"] == sorted(side["Volumes"]) and len(side["Volumes"]) == 8
+    assert set(side["Methods"]) == {m.name for m in methods} and "Binder" in side["Caveat"]
+
+
+def test_checks_equal_their_definitions(setup, tmp_path):
+    """The full-randomisation and class-sensitivity values, recomputed by hand for one method."""
+    from deeplight_bids.derivatives import naming
+
+    model, x, mask, decoder, logits = setup
+    method = get_method("gradient_x_input")
+    comparison = compare.AttributionComparison(
+        model,
+        [get_method("preset_b_flat"), method],
+        "preset_b_flat",
+        decoder,
+        n_volumes=4,
+        seed=2,
+        max_batch=4,
+        stem_batch=None,
+    )
+    outputs = naming.run_outputs(tmp_path, {"subject": "01", "task": "motor"})
+    targets = logits.argmax(axis=1)
+    index = np.flatnonzero(mask.ravel())
+    summary = comparison.evaluate(
+        outputs, lambda a, b: x[a:b], index, logits, targets, ("lh", "rh", "t"), [0, 1, 2], root=tmp_path
+    )
+    chosen = np.asarray(json.loads(outputs["attributions_json"].read_text())["Volumes"])
+    explainer = method.explainer(model, max_batch=4)
+    _, maps = explainer.explain(x[chosen], target=targets[chosen])
+    randomised = explainer.for_model(sanity.randomized_copy(model, 2))
+    cascade = chosen[::2]
+    _, random_maps = randomised.explain(x[cascade], target=targets[cascade])
+    values = [sanity.compare_maps(maps[2 * k], random_maps[k], mask)["spearman"] for k in range(len(cascade))]
+    values = [v for v in values if np.isfinite(v)]  # (a randomised model's dead output gives a constant map)
+    expected = np.median(values) if values else np.nan
+    assert summary[method.name]["randomisation_spearman"] == pytest.approx(expected, abs=1e-6, nan_ok=True)
+    similarities = []
+    for j, v in enumerate(chosen):
+        for other in [s for s in np.argsort(-logits[v]) if s != targets[v]]:
+            _, other_map = explainer.explain(x[v : v + 1], target=int(other))
+            similarities.append(compare.spearman_in_mask(maps[j], other_map[0], index))
+    assert np.isfinite(similarities).all()
+    assert summary[method.name]["class_sensitivity_spearman"] == pytest.approx(np.median(similarities), abs=1e-6)
+
+
+def test_the_published_rule_must_be_compared(setup):
+    model, _, _, decoder, _ = setup
+    with pytest.raises(ValueError, match="published rule"):
+        compare.AttributionComparison(model, [get_method("gradient")], "preset_b_flat", decoder)
