@@ -311,6 +311,8 @@ GROUP_TABLE_DESCRIPTIONS = {
     "explained logit as the most relevant (or random) in-mask voxels are set to 0",
     "quality": "faithfulness and sanity (model-parameter randomisation) per participant, task {task}",
     "plausibility": "relevance against reference maps per participant mean map and state, task {task}",
+    "attributions": "attribution methods compared (--compare-attributions), medians over runs, task {task}: "
+    "faithfulness, model randomisation, class sensitivity, plausibility and cost",
 }
 
 

@@ -488,3 +488,113 @@ def _removed(volume, order, counts):
 def _method_order(methods):
     rank = {m.name: i for i, m in enumerate(methods)}
     return lambda column: column.map(rank)
+
+
+# -- pooled over runs (group level) -----------------------------------------------------------------
+
+POOLED_COLUMNS = described(
+    {
+        "method": "attribution method",
+        "family": "'lrp' or 'gradient'",
+        "n_runs": "runs compared",
+        "deletion_area": "median over runs of the area between the deletion curves (mean logit difference)",
+        "deletion_area_ratio": "median over runs of the deletion area relative to the published rule's",
+        "decision_change_fraction": "median over runs of the mean removed share at which the decision first changes",
+        "randomisation_spearman": "median over runs of the median Spearman with the fully randomised model's maps",
+        "randomisation_ssim": "median over runs of the median SSIM with the fully randomised model's maps",
+        "class_sensitivity_spearman": "median over runs of the median Spearman with the other states' maps",
+        "plausibility_rank_accuracy": "median over runs of the relevance rank accuracy (n/a without --reference-map)",
+        "cost_vs_decoding": "median over runs of the seconds per map relative to decoding",
+        "runs_passing": "runs in which the method passes all three checks",
+        "passes": {
+            "Description": "1 if the pooled medians pass all three checks (faithfulness, randomisation, class "
+            "sensitivity)",
+            "Levels": {"0": "no", "1": "yes"},
+        },
+    }
+)
+
+
+def _run_value(frame, check, stage="n/a"):
+    stages = frame["stage"].fillna("n/a").astype(str)  # (read back, "n/a" is NaN)
+    rows = frame[(frame["check"] == check) & (stages == stage)]
+    return float(rows["value"].iloc[0]) if len(rows) else float("nan")
+
+
+def pool(tables):
+    """One row per method from the per-run comparison tables (medians over runs; see :data:`POOLED_COLUMNS`).
+
+    Parameters
+    ----------
+    tables : sequence of pandas.DataFrame
+        Per-run tables as written by :meth:`AttributionComparison.evaluate`.
+    """
+    per_run = []
+    for frame in tables:
+        for method, rows in frame.groupby("method", sort=False):
+            values = {
+                "method": method,
+                "family": rows["family"].iloc[0],
+                **{
+                    c: _run_value(rows, c)
+                    for c in (
+                        "deletion_area",
+                        "deletion_area_ratio",
+                        "decision_change_fraction",
+                        "class_sensitivity_spearman",
+                        "plausibility_rank_accuracy",
+                        "cost_vs_decoding",
+                    )
+                },
+                "randomisation_spearman": _run_value(rows, "randomisation_spearman", "all"),
+                "randomisation_ssim": _run_value(rows, "randomisation_ssim", "all"),
+            }
+            values["passing"] = bool(
+                values["deletion_area_ratio"] >= FAITHFUL_SHARE
+                and values["randomisation_spearman"] <= RANDOM_SPEARMAN_MAX
+                and values["class_sensitivity_spearman"] <= CLASS_SPEARMAN_MAX
+            )
+            per_run.append(values)
+    if not per_run:
+        return pd.DataFrame(columns=list(POOLED_COLUMNS))
+    frame = pd.DataFrame(per_run)
+    order = list(dict.fromkeys(frame["method"]))
+    rows = []
+    for method in order:
+        sel = frame[frame["method"] == method]
+        row = {"method": method, "family": sel["family"].iloc[0], "n_runs": len(sel)}
+        for column in POOLED_COLUMNS:
+            if column in sel and column not in ("method", "family"):
+                values = sel[column].to_numpy(dtype=float)
+                row[column] = float(np.nanmedian(values)) if np.isfinite(values).any() else float("nan")
+        row["runs_passing"] = int(sel["passing"].sum())
+        row["passes"] = int(
+            row["deletion_area_ratio"] >= FAITHFUL_SHARE
+            and row["randomisation_spearman"] <= RANDOM_SPEARMAN_MAX
+            and row["class_sensitivity_spearman"] <= CLASS_SPEARMAN_MAX
+        )
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(POOLED_COLUMNS))
+
+
+def verdict(row):
+    """One sentence on a pooled row: which checks the method passes, with its numbers."""
+    fails = []
+    ratio, rnd, cls = row["deletion_area_ratio"], row["randomisation_spearman"], row["class_sensitivity_spearman"]
+    faithful = f"deletion area {ratio:.2f} x the published rule's"
+    random = f"Spearman {rnd:.2f} with the randomised model's maps"
+    classes = f"Spearman {cls:.2f} with other states' maps"
+    if not ratio >= FAITHFUL_SHARE:
+        fails.append(f"faithfulness ({faithful}; needs {FAITHFUL_SHARE})")
+    if not rnd <= RANDOM_SPEARMAN_MAX:
+        fails.append(f"model randomisation ({random}; needs <= {RANDOM_SPEARMAN_MAX})")
+    if not cls <= CLASS_SPEARMAN_MAX:
+        fails.append(f"class sensitivity ({classes}; needs <= {CLASS_SPEARMAN_MAX})")
+    if not fails:
+        return f"{row['method']} passes all three checks: {faithful}, {random}, {classes}."
+    meaning = (
+        " Its maps show where the input drives the network rather than why it chose this state."
+        if not cls <= CLASS_SPEARMAN_MAX
+        else ""
+    )
+    return f"{row['method']} fails {' and '.join(fails)}.{meaning}"

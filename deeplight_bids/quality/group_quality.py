@@ -13,7 +13,7 @@ import pandas as pd
 
 from deeplight_bids.derivatives.sidecars import described
 
-from . import faithfulness, plausibility, sanity, significance
+from . import compare, faithfulness, plausibility, sanity, significance
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -61,6 +61,13 @@ PARTICIPANT_QUALITY_COLUMNS = described(
 def _quality_tsv(rec, kind):
     path = rec.predictions.with_name(rec.predictions.name.replace("desc-predictions", f"desc-{kind}"))
     return path if path.is_file() else None
+
+
+def _comparison_tsv(rec):
+    """The run's ``--compare-attributions`` table, or None."""
+    name = rec.predictions.name.replace("desc-predictions_timeseries", "desc-attributions_summary")
+    path = rec.predictions.with_name(name)
+    return path if path.is_file() and path != rec.predictions else None
 
 
 def faithfulness_curves(runs):
@@ -164,8 +171,11 @@ def write_quality_tables(config, tables, runs, maps, templates):
     -------
     dict
         ``significance``, ``significance_group`` and, when present, ``faithfulness``,
-        ``quality_participants``, ``plausibility`` -> path relative to ``output_dir``.
+        ``quality_participants``, ``attributions`` (the pooled ``--compare-attributions`` tables),
+        ``plausibility`` -> path relative to ``output_dir``.
     """
+    from deeplight_bids.group.stats import read_tsv
+
     entry = {}
     alpha = 0.05
     perms = int(getattr(config, "significance_permutations", 1000))
@@ -183,6 +193,18 @@ def write_quality_tables(config, tables, runs, maps, templates):
     quality = participant_quality(runs)
     if len(quality):
         entry["quality_participants"] = tables.write("quality", quality, PARTICIPANT_QUALITY_COLUMNS)
+    compared = [read_tsv(path) for path in (_comparison_tsv(rec) for rec in runs) if path is not None]
+    if compared:
+        entry["attributions"] = tables.write(
+            "attributions",
+            compare.pool(compared),
+            compare.POOLED_COLUMNS,
+            Criteria={
+                "faithfulness": f"deletion_area_ratio >= {compare.FAITHFUL_SHARE}",
+                "randomisation": f"randomisation_spearman <= {compare.RANDOM_SPEARMAN_MAX}",
+                "class_sensitivity": f"class_sensitivity_spearman <= {compare.CLASS_SPEARMAN_MAX}",
+            },
+        )
     if getattr(config, "reference_map", None) is not None and maps:
         table, files = plausibility_for(config, maps, templates)
         entry["plausibility"] = tables.write(

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from . import sanity
+from . import compare, sanity
 
 
 def faithfulness_figure(curves, title):
@@ -78,6 +78,9 @@ def quality_html(output_dir, entry, task):
             parts.append(
                 "<p>Sanity check (Adebayo et al. 2018): no participant's maps resemble a randomised model's.</p>"
             )
+    pooled = _read_tsv(output_dir, entry["attributions"]) if entry.get("attributions") else None
+    if pooled is not None and len(pooled):
+        parts.append(comparison_html(pooled, task, table_html, figure_html, png_data_uri, esc))
     plaus = _read_tsv(output_dir, entry["plausibility"]) if entry.get("plausibility") else None
     if plaus is not None and len(plaus):
         parts.append(
@@ -86,3 +89,52 @@ def quality_html(output_dir, entry, task):
             "ignores the region) and Pearson r.</p>" + table_html(plaus)
         )
     return "".join(parts)
+
+
+def comparison_figure(pooled, title):
+    """The methods ranked: deletion area ratio, Spearman with the randomised model and with other states' maps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = pooled.sort_values(["passes", "deletion_area_ratio"], ascending=[False, False])
+    names = order["method"].tolist()
+    colours = ["tab:green" if p else "tab:grey" for p in order["passes"]]
+    panels = (
+        ("deletion_area_ratio", "deletion area / published rule's", compare.FAITHFUL_SHARE, "min"),
+        ("randomisation_spearman", "Spearman with randomised model", compare.RANDOM_SPEARMAN_MAX, "max"),
+        ("class_sensitivity_spearman", "Spearman with other states' maps", compare.CLASS_SPEARMAN_MAX, "max"),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(11, 0.35 * len(names) + 1.6), sharey=True)
+    for ax, (column, label, bar, kind) in zip(axes, panels):
+        ax.barh(names, order[column].to_numpy(dtype=float), color=colours)
+        ax.axvline(bar, color="tab:red", ls="--", lw=1)
+        ax.set_xlabel(f"{label} ({'>=' if kind == 'min' else '<='} {bar})", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def comparison_html(pooled, task, table_html, figure_html, png_data_uri, esc):
+    """The report's section on ``--compare-attributions``: ranked figure, table, one sentence per method."""
+    fig = comparison_figure(pooled, f"task {task}: attribution methods (median over runs; green: passes all three)")
+    sentences = "".join(f"<li>{esc(compare.verdict(row))}</li>" for _, row in pooled.iterrows())
+    passing = pooled[pooled["passes"] == 1]["method"].tolist()
+    return (
+        "<h4>Attribution methods compared</h4><p>Every method explained the same volumes of each run and went "
+        "through the same checks (docs/quality.rst): faithfulness (deletion curves, relative to the published "
+        f"rule), model randomisation (Adebayo et al. 2018, cascade; the fully randomised stage must give a "
+        f"Spearman <= {compare.RANDOM_SPEARMAN_MAX}) and class sensitivity (Sixt et al. 2020; the maps of other "
+        f"states must differ, Spearman <= {compare.CLASS_SPEARMAN_MAX}). Passing all three: "
+        f"<b>{esc(', '.join(passing) or 'none')}</b>.</p>"
+        + figure_html(png_data_uri(fig), "methods ranked; dashed: the bar of each check", f"attribution methods {task}")
+        + table_html(pooled)
+        + f"<ul>{sentences}</ul>"
+        + "<p class='note'>Caveat (Binder et al., CVPR 2023): a randomisation test alone cannot rank methods, and "
+        "Thomas, R&eacute; &amp; Poldrack (2023) found that the more faithful methods align less with GLM and "
+        "meta-analysis maps, and vice versa: choose by the question (where the model looks, or why it chose "
+        "this state).</p>"
+    )
