@@ -241,3 +241,27 @@ def test_default_2d_weights_resolve_from_the_registry_and_are_verified(weights_d
     monkeypatch.setenv("DEEPLIGHT_WEIGHTS_DIR", str(tmp_path / "empty"))
     with pytest.raises(WeightsError, match="published 2D weights not found"):
         load_deeplight(None, "2D")
+
+
+def test_2d_sanity_check_has_numbers_for_every_volume(run_2d):
+    """Issue 32: the randomised 2D model's maps are finite, so every checked volume has its numbers."""
+    out, _ = run_2d
+    files = _outputs(out)
+    sanity = _frame(files["pred"].with_name(files["pred"].name.replace("predictions", "sanity")))
+    assert len(sanity) > 0
+    assert np.isfinite(sanity[["spearman", "spearman_abs", "ssim"]].to_numpy()).all()
+    summary = json.loads(files["pred_json"].read_text())["Quality"]["Sanity"]
+    assert np.isfinite(summary["median_spearman"]) and "not_evaluated" not in summary
+
+
+def test_2d_group_report_sanity_numbers_are_real(run_2d, synthetic_dataset, tmp_path):
+    """The group level's per-participant sanity figures of a 2D run are numbers, not n/a."""
+    import shutil
+
+    out, _ = run_2d
+    copy = tmp_path / "deeplight"
+    shutil.copytree(out, copy)
+    assert cli([str(synthetic_dataset.bids_dir), str(copy), "group", "--skip-bids-validation"]) == 0
+    quality = next((copy / "group").glob("task-motor_desc-quality_summary.tsv"))
+    table = _frame(quality)
+    assert len(table) and np.isfinite(table[["median_spearman", "median_ssim"]].to_numpy()).all()

@@ -58,6 +58,11 @@ DEFAULTS = {
 }
 
 
+#: The demo's ``--compare-attributions`` (the standard set): 4 volumes, integrated gradients with 16 steps and
+#: SmoothGrad with 8 samples (the participant level's defaults: 8, 32, 16), so that it adds ~2 minutes, not ~7.
+COMPARISON = {"compare_attributions": (), "compare_volumes": 4, "ig_steps": 16, "smoothgrad_samples": 8}
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="deeplight-bids demo",
@@ -84,6 +89,12 @@ def build_parser():
         ),
     ):
         parser.add_argument(flag, type=cast, default=DEFAULTS[flag[2:].replace("-", "_")], help=text)
+    parser.add_argument(
+        "--no-compare",
+        dest="compare",
+        action="store_false",
+        help="skip the comparison of attribution methods on the held-out participant (about 2 minutes)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (data and training)")
     parser.add_argument("--nprocs", type=int, default=0, help="CPU threads (default: all)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -101,7 +112,17 @@ def run_demo_command(argv):
         )
         return 2
     setup_logging(args.verbose)
-    same_name = ("epochs", "batch_size", "learning_rate", "mix_same_state", "signal", "region_radius", "seed", "nprocs")
+    same_name = (
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "mix_same_state",
+        "signal",
+        "region_radius",
+        "seed",
+        "nprocs",
+        "compare",
+    )
     report = run_demo(
         args.output_dir,
         n_participants=args.participants,
@@ -127,6 +148,7 @@ def run_demo(
     region_radius=DEFAULTS["region_radius"],
     stripe_low=STRIPE_LOW,
     stripe_duty=STRIPE_DUTY,
+    compare=True,
 ):
     """Run the demo; returns a dict with accuracy, relevance shares and paths."""
     from deeplight_bids.config import Config
@@ -206,6 +228,7 @@ def run_demo(
         LOGGER.info("demo: reusing the model at %s", model_path)
     t_fit, cpu_fit = time.monotonic() - t_fit, _cpu_seconds() - cpu_fit
 
+    reference_dir = write_reference_maps(output_dir / "reference", info)
     config = Config(
         bids_dir=bids_dir,
         output_dir=out_dir,
@@ -215,6 +238,11 @@ def run_demo(
         lrp=lrp,
         batch_size=4,
         nprocs=nprocs or 1,
+        # the attribution methods side by side on the held-out participant (the standard set), with the planted
+        # regions as reference; fewer volumes, steps and samples than the defaults keep the demo short
+        **(COMPARISON if lrp and compare else {}),
+        reference_map=reference_dir,
+        reference_top_percent=round(_region_top_percent(info), 3),
     )
     results, code = run_participant_level(config)
     report = _evaluate(out_dir, held_out, info, states, lrp)
@@ -259,6 +287,7 @@ def dataset_settings(
     region_radius=DEFAULTS["region_radius"],
     stripe_low=STRIPE_LOW,
     stripe_duty=STRIPE_DUTY,
+    compare=True,
 ):
     """Keyword arguments of :func:`deeplight_bids.demo.synth.make_synthetic_dataset` for the demo's dataset."""
     return {
@@ -387,6 +416,11 @@ def write_reference_maps(folder, info):
     return folder
 
 
+def _region_top_percent(info):
+    """The planted regions are ~1 % of the brain: their own size is the fair top share (percent)."""
+    return 100.0 * max(int(r.sum()) for r in info.regions_by_state.values()) / int(info.brain_mask.sum())
+
+
 def _group_quality(bids_dir, out_dir, reference_dir, subject, info, seed):
     """Group level on the held-out participant with the planted regions as reference; the quality numbers."""
     import pandas as pd
@@ -395,9 +429,7 @@ def _group_quality(bids_dir, out_dir, reference_dir, subject, info, seed):
     from deeplight_bids.derivatives import naming
     from deeplight_bids.group.run import GROUP_FOLDER, run_group_level
 
-    write_reference_maps(reference_dir, info)
-    # the planted regions are ~1 % of the brain: their own size is the fair top share
-    top = 100.0 * max(int(r.sum()) for r in info.regions_by_state.values()) / int(info.brain_mask.sum())
+    top = _region_top_percent(info)
     config = Config(
         bids_dir=bids_dir,
         output_dir=out_dir,
@@ -421,6 +453,7 @@ def _group_quality(bids_dir, out_dir, reference_dir, subject, info, seed):
         "run": sidecar.get("Quality"),
         "significance": table("significance"),
         "plausibility": table("plausibility"),
+        "attributions": table("attributions"),
         "faithfulness_tsv": str(predictions["faithfulness"]),
         "sanity_tsv": str(predictions["sanity"]),
         "report": str(out_dir / "deeplight_report.html"),
@@ -461,6 +494,22 @@ def format_quality(quality):
                 f"{row['mass_accuracy']:.2f}, rank accuracy {row['rank_accuracy']:.2f}, Pearson r "
                 f"{row['pearson_r']:.2f} (region = {row['region_share']:.1%} of the brain)"
             )
+    pooled = quality.get("attributions")
+    if pooled is not None and len(pooled):
+        passing = pooled[pooled["passes"] == 1]["method"].tolist()
+        lines.append(
+            "  attribution methods compared (deletion area / published rule's, Spearman with the randomised model's "
+            "maps, with the other states' maps, rank accuracy in the planted region, cost / decoding):"
+        )
+        for _, row in pooled.iterrows():
+            lines.append(
+                f"    {row['method']:<22} {row['deletion_area_ratio']:5.2f} {row['randomisation_spearman']:6.2f} "
+                f"{row['class_sensitivity_spearman']:6.2f} {row['plausibility_rank_accuracy']:5.2f} "
+                f"{row['cost_vs_decoding']:6.1f}x  {'passes' if row['passes'] else 'fails'}"
+            )
+        lines.append(
+            f"  methods passing faithfulness, randomisation and class sensitivity: {', '.join(passing) or 'none'}"
+        )
     if quality.get("report"):
         lines.append(f"  report: {quality['report']}")
     return lines

@@ -343,7 +343,8 @@ def build_parser():
         "--reference-map",
         type=PathExists,
         metavar="FILE_OR_DIR",
-        help="group level: reference map(s) for plausibility on the reference grid's space "
+        help="group level (and --compare-attributions at the participant level): reference map(s) for "
+        "plausibility on the reference grid's space "
         "(MNI152NLin6Asym; resampled onto the 2 mm grid): one NIfTI for every state, or a "
         "folder with one NIfTI per state named with 'label-<state>' or '<state>.nii[.gz]'",
     )

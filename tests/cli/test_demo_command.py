@@ -19,7 +19,7 @@ def test_every_demo_option_reaches_run_demo(monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "format_report", lambda report: "")
     argv = [str(tmp_path), "--participants", "4", "--volumes", "7", "--epochs", "2", "--batch-size", "3"]
     argv += ["--learning-rate", "0.5", "--signal", "2.5", "--region-radius", "9", "--seed", "5", "--nprocs", "1"]
-    argv += ["--mix-same-state", "0.25"]
+    argv += ["--mix-same-state", "0.25", "--no-compare"]
     assert demo.run_demo_command(argv) == 0
     assert calls == [
         (
@@ -35,6 +35,7 @@ def test_every_demo_option_reaches_run_demo(monkeypatch, tmp_path):
                 "region_radius": 9.0,
                 "seed": 5,
                 "nprocs": 1,
+                "compare": False,
             },
         )
     ]

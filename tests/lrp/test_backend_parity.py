@@ -47,7 +47,9 @@ import parity_cases
 
 TOLERANCE = {"3d": 2e-3, "2d": 1e-4, "2d_signed": 1e-4}
 TOLERANCE_FLOAT64 = {"3d": 1e-4, "2d": 1e-4, "2d_signed": 1e-4}
-TORCH_MISSING = "PyTorch not installed (pip install torch==2.14.1 torchvision==0.29.1 on the CI machines; see docs/backends.rst)"
+TORCH_MISSING = (
+    "PyTorch not installed (pip install torch==2.14.1 torchvision==0.29.1 on the CI machines; see docs/backends.rst)"
+)
 OTHER_BACKENDS = [
     "jax",
     pytest.param("torch", marks=pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason=TORCH_MISSING)),
