@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from deeplight_bids import __version__
-from deeplight_bids.derivatives.writers import CODE_URL, write_text
+from deeplight_bids.derivatives.writers import code_url, write_text
 from deeplight_bids.group.stats import MIN_T_PARTICIPANTS
 from deeplight_bids.versions import software_versions
 
@@ -514,7 +514,7 @@ def methods_text(manifest, inventory, templates):
     return (
         f"Cognitive states were decoded from every volume of the preprocessed task-fMRI runs ({tasks}) of {n} "
         f"participant(s) with {arch} (DeepLight; Thomas et al., 2019; Thomas et al., 2021) using deeplight-bids "
-        f"{__version__} ({CODE_URL}). Runs were resampled to the MNI152NLin6Asym 2 mm grid, masked, smoothed "
+        f"{__version__}{f' ({code_url()})' if code_url() else ''}. Runs were resampled to the MNI152NLin6Asym 2 mm grid, masked, smoothed "
         "(3 mm FWHM unless stated otherwise in the output sidecars), linearly detrended, high-pass filtered and "
         "z-scored per voxel. Volumes were labelled from the events with a haemodynamic shift. Each decoding "
         "decision was explained with layer-wise relevance propagation (LRP; Bach et al., 2015). Decoding "
