@@ -270,12 +270,17 @@ def participant_run_log(output_dir):
 
 
 def _processing_section(inventory, output_dir=None):
+    from deeplight_bids.group.integrity import describe_fitting_participants, fitting_participants
+
+    fitted = fitting_participants(inventory)
     rows = []
     for sub in sorted(set(inventory.participants) | set(inventory.expected)):
         runs = [r for r in inventory.runs if r.subject == sub]
         issues = [p for p in inventory.problems if p["participant"] == sub]
         status = "processed" if runs and not issues else "partial" if runs else "skipped"
-        cls = {"processed": "ok", "partial": "bad", "skipped": "bad"}[status]
+        if sub in fitted:
+            status = "training participant (not decoded)"
+        cls = {"processed": "ok", "partial": "bad", "skipped": "bad"}.get(status, "")
         rows.append(
             f"<tr><td>sub-{esc(sub)}</td><td class='{cls}'>{status}</td><td class='num'>{len(runs)}</td>"
             f"<td>{esc(', '.join(sorted({r.task for r in runs})))}</td></tr>"
@@ -285,6 +290,8 @@ def _processing_section(inventory, output_dir=None):
         + "".join(rows)
         + "</table>"
     )
+    if fitted:
+        body += f"<p>{esc(describe_fitting_participants(fitted).capitalize())}.</p>"
     if inventory.problems:
         body += "<h3>Missing or partial outputs</h3>" + table_html(pd.DataFrame(inventory.problems))
     else:
