@@ -14,6 +14,7 @@ import pytest
 from deeplight_bids.cli.run import run as cli
 from deeplight_bids.prepare import spaces
 
+from .group.conftest import stage_templateflow_home
 from .prepare import synthetic_warp
 from .prepare.test_spaces import install_transform
 
@@ -164,5 +165,9 @@ def test_templates_command(tmp_path, monkeypatch, capsys):
     assert "error:" in err and spaces.MNI2009C_TO_6ASYM.filename in err and "Traceback" not in err
     path = synthetic_warp.write_itk_displacement_h5(tmp_path / "x.h5", synthetic_warp.forward, spacing=16.0)
     target = install_transform(monkeypatch, tmp_path, path)
+    assert cli(["templates", "list"]) == 3  # the group level's T1w and mask are not there yet
+    capsys.readouterr()
+    stage_templateflow_home(target.parents[1])
     assert cli(["templates", "list"]) == 0
-    assert f"verified  {target}" in capsys.readouterr().out
+    line = next(line for line in capsys.readouterr().out.splitlines() if "transform" in line)
+    assert "present, verified (MD5)" in line and line.endswith(str(target))

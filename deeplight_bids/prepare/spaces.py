@@ -50,6 +50,8 @@ __all__ = [
     "fetch_transform",
     "load_transform",
     "refusal",
+    "templateflow_get",
+    "templateflow_home",
 ]
 
 
@@ -132,8 +134,45 @@ def _file_md5(path, chunk=1 << 22):
     return digest.hexdigest()
 
 
+def templateflow_home():
+    """``$TEMPLATEFLOW_HOME``, else TemplateFlow's default (``~/.cache/templateflow`` on Linux).
+
+    Read without importing ``templateflow`` (whose import may set up the folder).
+    """
+    home = os.environ.get("TEMPLATEFLOW_HOME")
+    if not home:
+        try:
+            from platformdirs import user_cache_dir
+        except ImportError:  # templateflow depends on platformdirs; without it, its Linux default
+            return Path.home() / ".cache" / "templateflow"
+        home = user_cache_dir("templateflow")
+    return Path(home).absolute()
+
+
+def templateflow_get(template, **query):
+    """``templateflow.api.get(template, **query)`` without its console output: one path, or None.
+
+    TemplateFlow prints ``Downloading <url>`` and a progress bar on stderr, and an offline node
+    turns that into a ``requests`` error carrying a urllib3 repr; callers say in one plain line
+    what they do instead.  Raises whatever TemplateFlow raises (``OSError`` when offline).
+    """
+    import contextlib
+    import io
+
+    with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()):
+        try:
+            from templateflow import api
+
+            found = api.get(template, **query)
+        finally:
+            LOGGER.debug("TemplateFlow output: %s", err.getvalue().strip())
+    if isinstance(found, (list, tuple)):
+        found = found[0] if len(found) == 1 else None
+    return Path(found) if found else None
+
+
 def _how_to_provide(xfm):
-    home = os.environ.get("TEMPLATEFLOW_HOME", str(Path.home() / ".cache" / "templateflow"))
+    home = templateflow_home()
     return (
         f"run 'deeplight-bids templates fetch' on a machine with internet and copy {home} here (set "
         f"TEMPLATEFLOW_HOME to it), or use the container image (it holds the file), or pass "
@@ -143,12 +182,7 @@ def _how_to_provide(xfm):
 
 def _templateflow_get(xfm):
     """The file through ``templateflow.api.get`` (downloads into ``$TEMPLATEFLOW_HOME`` when online), or None."""
-    from templateflow import api
-
-    found = api.get(xfm.template, **xfm.query)
-    if isinstance(found, (list, tuple)):
-        found = found[0] if len(found) == 1 else None
-    return Path(found) if found else None
+    return templateflow_get(xfm.template, **xfm.query)
 
 
 def fetch_transform(xfm, download=True):
@@ -170,12 +204,10 @@ def fetch_transform(xfm, download=True):
         Not available (offline, not cached) or checksum mismatch; one line naming the file
         and how to provide it.
     """
-    path = None
-    home = os.environ.get("TEMPLATEFLOW_HOME")
-    if home:  # a pre-fetched file needs no templateflow call (no network probe)
-        candidate = Path(home) / f"tpl-{xfm.template}" / xfm.filename
-        # TemplateFlow's skeleton holds an empty placeholder for every file not yet downloaded
-        path = candidate if candidate.is_file() and candidate.stat().st_size > 0 else None
+    # a pre-fetched file needs no templateflow call (no network probe)
+    candidate = templateflow_home() / f"tpl-{xfm.template}" / xfm.filename
+    # TemplateFlow's skeleton holds an empty placeholder for every file not yet downloaded
+    path = candidate if candidate.is_file() and candidate.stat().st_size > 0 else None
     if path is None and download:
         try:
             path = _templateflow_get(xfm)
