@@ -23,7 +23,7 @@ def run_participant_level(config, log=LOGGER):
     """Process every selected run; returns (results, exit code)."""
     from deeplight_bids.bids.discover import build_layout, discover_selected_runs, find_derivatives, format_run_table
     from deeplight_bids.bids.validate import validate_bids
-    from deeplight_bids.derivatives.stale import remove_job_temporaries
+    from deeplight_bids.derivatives.stale import adopt_legacy_work_dir, remove_job_temporaries
     from deeplight_bids.models.weights import load_deeplight
     from deeplight_bids.preflight import no_runs_error, plan_before_compute
     from deeplight_bids.runtime import compute_session, log_file
@@ -41,6 +41,7 @@ def run_participant_level(config, log=LOGGER):
         _write_run_table(job["runs"], [RunResult(r.label, "skipped", r.skip_reason) for r in runs])
         raise no_runs_error(config.bids_dir, runs, job["runs"])
 
+    adopt_legacy_work_dir(config.output_dir, config.work_dir, log)
     remove_job_temporaries(config.output_dir, config.work_dir, {r.subject for r in todo}, log)
     user_state_map = _user_state_map(config)
     with compute_session(config.nprocs, log=log):
