@@ -16,7 +16,8 @@
 #                        MNI152NLin6Asym transform (checksum-verified)
 #   PIP_CONFIG_FILE      pip configuration used during the build only (e.g. a mounted file)
 #   BUILD_CA_BUNDLE      CA bundle used for downloads during the build only (mounted file)
-#   VERSION, VCS_REF, SOURCE_URL   OCI labels
+#   VERSION, VCS_REF, SOURCE_URL   OCI labels; SOURCE_URL (the repository built from, empty when
+#                        unknown) is also the outputs' GeneratedBy CodeURL (DEEPLIGHT_CODE_URL)
 #
 # Targets: the last stage (default) is the app; "test" adds the test suite and its extras.
 
@@ -168,7 +169,7 @@ sys.exit(f'checksum mismatch for {path} (expected {size} bytes, MD5 {md5})') if 
 FROM app AS runtime
 ARG VERSION=dev
 ARG VCS_REF=unknown
-ARG SOURCE_URL=https://github.com/deeplight-bids/deeplight-bids
+ARG SOURCE_URL=
 ARG TF_VARIANT=cpu
 LABEL org.opencontainers.image.title="deeplight-bids" \
       org.opencontainers.image.description="BIDS-App: DeepLight cognitive decoding of task fMRI with LRP explanations (${TF_VARIANT})" \
@@ -185,7 +186,8 @@ ENV HOME=/home/deeplight \
     TF_CPP_MIN_LOG_LEVEL=2 \
     DEEPLIGHT_WEIGHTS_DIR=/opt/deeplight-bids/weights \
     TEMPLATEFLOW_HOME=/opt/templateflow \
-    DEEPLIGHT_CONTAINER=docker
+    DEEPLIGHT_CONTAINER=docker \
+    DEEPLIGHT_CODE_URL=${SOURCE_URL}
 USER 1000:1000
 WORKDIR /home/deeplight
 ENTRYPOINT ["/run.py"]

@@ -26,6 +26,18 @@ from pathlib import Path
 
 from deeplight_bids import __version__
 
+#: The default work folder's name inside OUTPUT_DIR.  The leading dot keeps it out of what pybids
+#: indexes (it ignores every path with a "/." part) and of what bids-validator reads (dot files
+#: and folders are not part of a dataset), so the per-volume maps kept there are never seen twice,
+#: while it stays on OUTPUT_DIR's file system (the ``volumes`` output is a hard link to its file,
+#: no second copy) and travels with OUTPUT_DIR to the next job, container or cluster node.
+WORK_FOLDER = ".work"
+
+
+def default_work_dir(output_dir):
+    """``OUTPUT_DIR/.work``: the work folder when ``--work-dir`` is not given."""
+    return Path(output_dir) / WORK_FOLDER
+
 
 @dataclass(frozen=True)
 class InputsConfig:
@@ -34,7 +46,7 @@ class InputsConfig:
     Attributes
     ----------
     bids_dir, output_dir, work_dir : pathlib.Path
-        Input dataset (read only), derivatives output, scratch (default ``OUTPUT_DIR/work``).
+        Input dataset (read only), derivatives output, scratch (default ``OUTPUT_DIR/.work``, :data:`WORK_FOLDER`).
     derivatives : tuple of pathlib.Path
         Folders searched for preprocessed BOLD and masks.
     participant_label, session_label, task : tuple of str or None
@@ -327,7 +339,9 @@ class Config:
             inputs=InputsConfig(
                 bids_dir=Path(args.bids_dir),
                 output_dir=output_dir,
-                work_dir=Path(args.work_dir).absolute() if getattr(args, "work_dir", None) else output_dir / "work",
+                work_dir=Path(args.work_dir).absolute()
+                if getattr(args, "work_dir", None)
+                else default_work_dir(output_dir),
                 derivatives=tuple(Path(p) for p in (getattr(args, "derivatives", None) or ())),
                 participant_label=_tuple_or_none(arg("participant_label")),
                 session_label=_tuple_or_none(arg("session_label")),

@@ -5,7 +5,13 @@ signal must be decoded well above chance in a participant the model never saw, a
 the most relevant voxels must lie in the planted regions.
 """
 
+import contextlib
+import io
 import json
+import logging
+import os
+import shutil
+import sys
 
 import pytest
 
@@ -13,10 +19,37 @@ from deeplight_bids.cli.demo import format_report, run_demo
 from deeplight_bids.cli.run import run as cli
 
 
+class _Tee(io.StringIO):
+    """Keeps what is written to stderr and still shows it."""
+
+    def __init__(self, stream):
+        super().__init__()
+        self.stream = stream
+
+    def write(self, text):
+        self.stream.write(text)
+        return super().write(text)
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    """The demo, with what it printed on stderr and logged (INFO and above) kept as ``report["console"]``."""
     out = tmp_path_factory.mktemp("demo") / "demo-output"
-    report = run_demo(out)
+    logger = logging.getLogger("deeplight_bids")
+    records = io.StringIO()
+    handler = logging.StreamHandler(records)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    tee = _Tee(sys.stderr)
+    try:
+        with contextlib.redirect_stderr(tee):
+            report = run_demo(out)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    report["console"] = records.getvalue() + tee.getvalue()
     print(format_report(report))  # with -s: what a newcomer sees, times included
     return out, report
 
@@ -113,3 +146,80 @@ def test_model_is_reusable_with_weights_option(demo):
     header = frame[0].split("\t")
     # the held-out participant is marked as not in the model's training data
     assert {row.split("\t")[header.index("training_participant")] for row in frame[1:]} == {"0"}
+
+
+def test_offline_demo_prints_no_alarms(demo):
+    """Offline (as here and on compute nodes): no URL, no exception repr, no warning about the training
+    participants; one plain line on the templates used instead."""
+    _, report = demo
+    console = report["console"]
+    assert "no participant-level outputs" not in console, console
+    assert "training participants (not decoded" in console
+    assert "https://" not in console and "Downloading" not in console, console
+    assert "Error(" not in console and "Traceback" not in console, console
+    template_lines = [line for line in console.splitlines() if "templates:" in line]
+    assert len(template_lines) <= 1, template_lines  # none where TemplateFlow's files are present
+
+
+def test_pybids_sees_each_demo_output_once(demo):
+    """As users query outputs: BIDSLayout over BIDS_DIR with OUTPUT_DIR as derivatives (issue 29)."""
+    from bids import BIDSLayout
+
+    out, report = demo
+    layout = BIDSLayout(out / "bids", derivatives=out / "deeplight", validate=False)
+    held_out = report["held_out"]
+    relevance = layout.get(subject=held_out, desc="relevance", suffix="bold", extension=".nii.gz")
+    predictions = layout.get(subject=held_out, desc="predictions", suffix="timeseries", extension=".tsv")
+    assert len(relevance) == 1 and len(predictions) == 1, ([f.path for f in relevance], [f.path for f in predictions])
+    assert relevance[0].path.startswith(str(out / "deeplight" / f"sub-{held_out}"))
+
+
+def _sources(folder):
+    """``(sidecar, uri)`` of every ``Sources`` entry of the dataset at ``folder`` (dot folders are not part of it)."""
+    for sidecar in sorted(folder.rglob("*.json")):
+        if sidecar.name == "dataset_description.json" or any(
+            part.startswith(".") for part in sidecar.relative_to(folder).parts
+        ):
+            continue
+        for uri in json.loads(sidecar.read_text()).get("Sources", []):
+            yield sidecar, uri
+
+
+def test_every_bids_uri_resolves_after_moving_outputs_and_inputs(demo, tmp_path):
+    from deeplight_bids.derivatives.links import resolve_uri
+
+    out, _ = demo
+    moved = tmp_path / "elsewhere" / "study"
+    for name in ("bids", "deeplight"):
+        shutil.copytree(out / name, moved / name, copy_function=os.link)
+    checked = 0
+    for dataset in (moved / "deeplight", moved / "bids" / "derivatives" / "fmriprep"):
+        for sidecar, uri in _sources(dataset):
+            assert uri.startswith("bids:"), (sidecar, uri)
+            target = resolve_uri(uri, dataset)
+            assert target.is_file(), (sidecar, uri, target)
+            assert target.resolve().is_relative_to(moved.resolve()), (sidecar, uri, target)  # not the old place
+            checked += 1
+    assert checked >= 6  # predictions and relevance sidecars (3 each), the group maps, fMRIPrep's
+    description = (moved / "deeplight" / "dataset_description.json").read_text()
+    assert str(out) not in description and "file://" not in description
+
+
+def test_validator_has_nothing_to_say_about_links(demo):
+    import subprocess
+
+    from deeplight_bids.bids.validate import find_bids_validator
+
+    out, _ = demo
+    proc = subprocess.run(
+        [find_bids_validator(), str(out / "deeplight"), "--format", "json"], capture_output=True, text=True, timeout=300
+    )
+    issues = json.loads(proc.stdout)["issues"]["issues"]
+    about_links = [
+        i
+        for i in issues
+        if i.get("severity") in ("error", "warning")
+        and any(key in json.dumps(i) for key in ("Sources", "SourceDatasets", "DatasetLinks", "BIDS_URI", "bids:"))
+    ]
+    assert about_links == [], about_links
+    assert [i for i in issues if i.get("severity") == "error"] == []

@@ -14,6 +14,7 @@ import pytest
 from deeplight_bids.cli.run import run as cli
 from deeplight_bids.prepare import spaces
 
+from .group.conftest import stage_templateflow_home
 from .prepare import synthetic_warp
 from .prepare.test_spaces import install_transform
 
@@ -149,7 +150,8 @@ def test_labels_that_map_to_nothing_warn_once_and_group_reports(dataset, random_
     err = capsys.readouterr().err
     assert "Traceback" not in err
     # offline (no TemplateFlow here unless staged): the fallback warning is shown once, not also as a Python warning
-    assert len([line for line in err.splitlines() if "TemplateFlow MNI152NLin6Asym res-2 is unavailable" in line]) <= 1
+    assert len([line for line in err.splitlines() if "templates: TemplateFlow's MNI152NLin6Asym" in line]) <= 1
+    assert "https://" not in err and "Error(" not in err  # one plain line, no URL or exception repr
     report = (out / "deeplight_report.html").read_text()
     assert "no labelled volumes" in report and "--state-map" in report
     for table in (out / "group").glob("*.tsv"):
@@ -164,5 +166,9 @@ def test_templates_command(tmp_path, monkeypatch, capsys):
     assert "error:" in err and spaces.MNI2009C_TO_6ASYM.filename in err and "Traceback" not in err
     path = synthetic_warp.write_itk_displacement_h5(tmp_path / "x.h5", synthetic_warp.forward, spacing=16.0)
     target = install_transform(monkeypatch, tmp_path, path)
+    assert cli(["templates", "list"]) == 3  # the group level's T1w and mask are not there yet
+    capsys.readouterr()
+    stage_templateflow_home(target.parents[1])
     assert cli(["templates", "list"]) == 0
-    assert f"verified  {target}" in capsys.readouterr().out
+    line = next(line for line in capsys.readouterr().out.splitlines() if "transform" in line)
+    assert "present, verified (MD5)" in line and line.endswith(str(target))

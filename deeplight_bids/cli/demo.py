@@ -151,7 +151,7 @@ def run_demo(
     compare=True,
 ):
     """Run the demo; returns a dict with accuracy, relevance shares and paths."""
-    from deeplight_bids.config import Config
+    from deeplight_bids.config import Config, default_work_dir
     from deeplight_bids.demo.synth import make_synthetic_dataset
     from deeplight_bids.runtime import configure_threads as _configure_threads
     from deeplight_bids.workflows.participant import run_participant_level
@@ -232,7 +232,7 @@ def run_demo(
     config = Config(
         bids_dir=bids_dir,
         output_dir=out_dir,
-        work_dir=out_dir / "work",
+        work_dir=default_work_dir(out_dir),
         participant_label=(held_out,),
         weights=str(model_dir),
         lrp=lrp,
@@ -425,7 +425,7 @@ def _group_quality(bids_dir, out_dir, reference_dir, subject, info, seed):
     """Group level on the held-out participant with the planted regions as reference; the quality numbers."""
     import pandas as pd
 
-    from deeplight_bids.config import Config
+    from deeplight_bids.config import Config, default_work_dir
     from deeplight_bids.derivatives import naming
     from deeplight_bids.group.run import GROUP_FOLDER, run_group_level
 
@@ -433,7 +433,7 @@ def _group_quality(bids_dir, out_dir, reference_dir, subject, info, seed):
     config = Config(
         bids_dir=bids_dir,
         output_dir=out_dir,
-        work_dir=out_dir / "work",
+        work_dir=default_work_dir(out_dir),
         analysis_level="group",
         reference_map=reference_dir,
         reference_top_percent=round(top, 3),

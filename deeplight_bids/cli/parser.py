@@ -412,7 +412,7 @@ def build_parser():
         "--work-dir",
         type=Path,
         metavar="PATH",
-        help="scratch folder (default: OUTPUT_DIR/work; removable after a successful run)",
+        help="scratch folder (default: OUTPUT_DIR/.work, which pybids and bids-validator ignore; removable after a successful run)",
     )
 
     g_group = parser.add_argument_group("Group level options")

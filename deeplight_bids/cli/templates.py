@@ -1,39 +1,98 @@
-"""``deeplight-bids templates {list,fetch}``: the TemplateFlow files the app uses, for offline nodes.
+"""``deeplight-bids templates {list,fetch}``: every TemplateFlow file the app reads, for offline nodes.
 
-``fetch`` downloads (into ``$TEMPLATEFLOW_HOME``) and verifies the inter-template transforms of
-:data:`deeplight_bids.prepare.spaces.KNOWN_SPACES`; copy that folder to an offline node and
-set ``TEMPLATEFLOW_HOME`` there.  The container image holds them already.
+Both levels read TemplateFlow: the participant level the MNI152NLin2009cAsym ->
+MNI152NLin6Asym transform (:data:`deeplight_bids.prepare.spaces.KNOWN_SPACES`; runs in
+MNI152NLin2009cAsym), the group level the MNI152NLin6Asym res-2 T1w (the report's
+background) and brain mask (the group mask; :mod:`deeplight_bids.group.templates`).
+``fetch`` downloads what is missing into ``$TEMPLATEFLOW_HOME`` and verifies every file
+(the transform by its published checksum, the images as NIfTI on the 2 mm grid); copy that
+folder to an offline node (or into a container image) and set ``TEMPLATEFLOW_HOME`` there.
 """
 
-import os
 import sys
 
 from deeplight_bids.cli.parser import action_parser
+from deeplight_bids.exceptions import InputDataError
 
 
 def build_parser():
     parser, _ = action_parser(
         "deeplight-bids templates",
-        "TemplateFlow files used to bring MNI152NLin2009cAsym data onto the MNI152NLin6Asym grid. "
-        "They are stored in $TEMPLATEFLOW_HOME (default: ~/.cache/templateflow).",
+        "TemplateFlow files the app reads: the MNI152NLin2009cAsym -> MNI152NLin6Asym transform (participant "
+        "level, runs in MNI152NLin2009cAsym) and the MNI152NLin6Asym res-2 T1w and brain mask (group level: "
+        "report figures, group mask). Stored in $TEMPLATEFLOW_HOME (default: ~/.cache/templateflow).",
         {
-            "list": "list the transform files and whether they are present and verified",
-            "fetch": "download the transform files (needs internet) and verify their checksums",
+            "list": "list the files, whether each is present and verified (exit 3 if one is not)",
+            "fetch": "download the missing files (needs internet) and verify all of them",
         },
     )
     return parser
 
 
+def _template_items(download):
+    """``(level, what, path, status)`` of the group level's two images; raises one line if unavailable."""
+    from deeplight_bids.group.templates import FILE_NAMES, TemplatesUnavailable, fetch_template_files
+
+    what = {
+        "t1w": "MNI152NLin6Asym res-2 T1w (report figures)",
+        "mask": "MNI152NLin6Asym res-2 brain mask (group mask)",
+    }
+    try:
+        found = fetch_template_files(download=download)
+    except TemplatesUnavailable as err:
+        how = (
+            "run 'deeplight-bids templates fetch' on a machine with internet and copy $TEMPLATEFLOW_HOME here"
+            if not download or err.offline
+            else "check the TemplateFlow installation"
+        )
+        raise InputDataError(
+            f"TemplateFlow {', '.join(FILE_NAMES.values())}: not available ({err}); {how}; without them the "
+            "group level uses nilearn's MNI152 instead."
+        ) from None
+    return [
+        ("group", what[key], path, "fetched, verified" if fetched else "present, verified")
+        for key, (path, fetched) in found.items()
+    ]
+
+
+def _transform_items(download):
+    from deeplight_bids.prepare.spaces import KNOWN_SPACES, fetch_transform, templateflow_home
+
+    items = []
+    for space, known in KNOWN_SPACES.items():
+        xfm = known.transform
+        if xfm is None:
+            continue
+        local = templateflow_home() / f"tpl-{xfm.template}" / xfm.filename
+        present = local.is_file() and local.stat().st_size > 0
+        path = fetch_transform(xfm, download=download)  # raises a one-line error (exit 3)
+        status = "present, verified" if present else "fetched, verified"
+        items.append(("participant", f"{space} -> {xfm.template} transform", path, f"{status} (MD5)"))
+    return items
+
+
 def run_templates_command(argv):
-    from deeplight_bids.prepare.spaces import KNOWN_SPACES, fetch_transform
+    from deeplight_bids.prepare.spaces import templateflow_home
 
     args = build_parser().parse_args(argv)
-    home = os.environ.get("TEMPLATEFLOW_HOME", "~/.cache/templateflow (TEMPLATEFLOW_HOME unset)")
-    print(f"TEMPLATEFLOW_HOME: {home}")
-    for space, known in KNOWN_SPACES.items():
-        if known.transform is None:
-            print(f"{space:<22} no transform needed")
-            continue
-        path = fetch_transform(known.transform, download=args.action == "fetch")  # raises a one-line error
-        print(f"{space:<22} verified  {path}", file=sys.stdout)
+    download = args.action == "fetch"
+    print(f"TEMPLATEFLOW_HOME: {templateflow_home()}")
+    items = []
+    errors = []
+    for collect in (_transform_items, _template_items):
+        try:
+            items += collect(download)
+        except InputDataError as err:  # report every missing file, then fail
+            errors.append(err)
+    for level, what, path, status in items:
+        print(f"{level:<12} {what:<48} {status:<26} {path}")
+    if errors:
+        for err in errors[:-1]:  # the last one is printed by the command line as every error is
+            print(f"deeplight-bids: error: {err}", file=sys.stderr)
+        raise errors[-1]
+    if download:
+        print(
+            f"{len(items)} files ready in {templateflow_home()}: copy that folder to an offline node or image and "
+            "set TEMPLATEFLOW_HOME to it; both levels then read TemplateFlow's files without network."
+        )
     return 0

@@ -363,7 +363,7 @@ def make_synthetic_dataset(
             _write_bold(bold, data, affine, t_r)
             mask_data = brain[::-1] if grid == "ras" else brain
             _write_mask(mask, mask_data, affine)
-            source = f"bids::sub-{label}/func/{raw_bold.name}"
+            source = f"bids:raw:sub-{label}/func/{raw_bold.name}"  # DatasetLinks "raw" = ../..
             resolution = f"{'2' if grid != 'other' else '3'} mm isotropic (synthetic)"
             _write_json(
                 bold.with_name(bold.name.replace(".nii.gz", ".json")),
@@ -600,7 +600,7 @@ def _write_deriv_top(deriv):
         deriv / "dataset_description.json",
         {
             "Name": "Synthetic fMRIPrep-style derivatives",
-            "BIDSVersion": "1.9.0",
+            "BIDSVersion": "1.10.0",
             "DatasetType": "derivative",
             "GeneratedBy": [
                 {
@@ -609,6 +609,7 @@ def _write_deriv_top(deriv):
                     "Description": "deeplight_bids.demo.synth: fMRIPrep-style outputs with planted signal",
                 }
             ],
+            "DatasetLinks": {"raw": "../.."},
             "SourceDatasets": [{"URL": "../.."}],
         },
     )

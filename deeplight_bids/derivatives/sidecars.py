@@ -80,6 +80,7 @@ def run_provenance(
     inputs_digest,
     source_space,
     compute_backend,
+    dataset_roots,
 ):
     """The provenance block of one run's sidecars.
 
@@ -101,13 +102,18 @@ def run_provenance(
         :func:`deeplight_bids.preflight.source_space`.
     compute_backend : dict
         :func:`deeplight_bids.backend.versions`.
+    dataset_roots : dict
+        ``{name: root}`` of the source datasets (:func:`deeplight_bids.derivatives.links.dataset_roots`):
+        ``Sources`` are BIDS URIs ``bids:<name>:<path>`` that OUTPUT_DIR's ``DatasetLinks`` resolve.
 
     Returns
     -------
     dict
     """
+    from deeplight_bids.derivatives.links import source_uri
+
     return {
-        "Sources": [f"bids::{p}" for p in (run.bold, run.mask, run.events)],
+        "Sources": [source_uri(p, dataset_roots) for p in (run.bold, run.mask, run.events)],
         "Model": model_provenance,
         "Preprocessing": {
             "ReferenceGrid": {

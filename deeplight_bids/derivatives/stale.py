@@ -63,6 +63,43 @@ def stale_state_maps(output_dir, subject, task, written):
     return sorted(p for p in folder.glob(pattern) if p.name not in keep) if folder.is_dir() else []
 
 
+#: What an earlier version's default work folder (``OUTPUT_DIR/work``) holds (:func:`adopt_legacy_work_dir`).
+LEGACY_WORK_CONTENT = ("relevance_volumes", "relevance_sums", "prepared", "finetune")
+
+
+def adopt_legacy_work_dir(output_dir, work_dir, log=LOGGER):
+    """Move an earlier version's default work folder ``OUTPUT_DIR/work`` to ``work_dir`` (``OUTPUT_DIR/.work``).
+
+    Earlier versions kept the work folder at ``OUTPUT_DIR/work``, where pybids indexes its
+    per-volume maps as a second copy of the outputs.  When the default work folder is used, does
+    not exist yet, and ``OUTPUT_DIR/work`` holds what this app keeps there, it is renamed (same
+    file system: nothing is copied, its maps stay reusable); anything else is left alone.
+
+    Returns
+    -------
+    bool
+        True if the folder was moved.
+    """
+    from deeplight_bids.config import default_work_dir
+
+    legacy, work_dir = Path(output_dir) / "work", Path(work_dir)
+    if work_dir != default_work_dir(output_dir) or work_dir.exists() or not legacy.is_dir():
+        return False
+    if not any((legacy / name).exists() for name in LEGACY_WORK_CONTENT):
+        return False
+    try:
+        legacy.rename(work_dir)
+    except OSError as err:  # a concurrent job moved it first, or no permission: the old folder is only not reused
+        log.debug("could not move %s to %s: %s", legacy, work_dir, err)
+        return False
+    log.info(
+        "work folder: moved %s (an earlier version's default) to %s, where pybids and bids-validator ignore it",
+        legacy,
+        work_dir,
+    )
+    return True
+
+
 def remove_job_temporaries(output_dir, work_dir, subjects, log=LOGGER):
     """Temporaries of earlier jobs on this host that were killed, where this job writes.
 

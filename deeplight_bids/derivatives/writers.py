@@ -18,7 +18,7 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +43,15 @@ def _current_umask():
 
 _UMASK = _current_umask()
 
-CODE_URL = "https://github.com/deeplight-bids/deeplight-bids"
+
+def code_url():
+    """Where the code that wrote the outputs may be found, or None when not known.
+
+    Taken from ``DEEPLIGHT_CODE_URL`` (the container image sets it from its build's
+    ``SOURCE_URL``, the repository it was built from); no address is made up.
+    """
+    return os.environ.get("DEEPLIGHT_CODE_URL") or None
+
 
 #: OUTPUT_DIR of the command being run: the ``root`` of every write that names none.
 _OUTPUT_ROOT = contextvars.ContextVar("deeplight_bids_output_root", default=None)
@@ -404,17 +412,38 @@ class StreamingNifti4D:
             os.unlink(self._raw)
 
 
-def dataset_description(source_dirs: Sequence[PathLike] = ()) -> dict:
-    """The ``dataset_description.json`` content of OUTPUT_DIR (BIDS-Derivatives)."""
+def _source_roots(sources):
+    from deeplight_bids.derivatives.links import dataset_roots
+
+    if isinstance(sources, Mapping):
+        return {name: Path(root) for name, root in sources.items()}
+    sources = list(sources)
+    return dataset_roots(sources[0], sources[1:]) if sources else {}
+
+
+def dataset_description(
+    sources: "Mapping[str, PathLike] | Sequence[PathLike]" = (), output_dir: PathLike = "."
+) -> dict:
+    """The ``dataset_description.json`` content of OUTPUT_DIR (BIDS-Derivatives).
+
+    Parameters
+    ----------
+    sources : mapping or sequence
+        The source datasets: ``{name: root}`` (:func:`deeplight_bids.derivatives.links.dataset_roots`),
+        or BIDS_DIR followed by the derivative datasets read (named by that function).
+    output_dir : str or path
+        OUTPUT_DIR: ``DatasetLinks`` and ``SourceDatasets`` give the sources relative to it
+        (``../bids``), so the file does not depend on where the machine keeps the data.
+    """
+    from deeplight_bids.derivatives.links import dataset_links
+
     container = None
     if os.environ.get("DEEPLIGHT_CONTAINER"):
         container = {"Type": os.environ.get("DEEPLIGHT_CONTAINER"), "Tag": f"deeplight-bids:{__version__}"}
-    generated = {
-        "Name": "deeplight-bids",
-        "Version": __version__,
-        "CodeURL": CODE_URL,
-        "Description": "DeepLight decoding of task-fMRI volumes with LRP relevance maps",
-    }
+    generated = {"Name": "deeplight-bids", "Version": __version__}
+    if code_url():
+        generated["CodeURL"] = code_url()
+    generated["Description"] = "DeepLight decoding of task-fMRI volumes with LRP relevance maps"
     if container:
         generated["Container"] = container
     desc = {
@@ -429,9 +458,11 @@ def dataset_description(source_dirs: Sequence[PathLike] = ()) -> dict:
             "learning for whole-brain cognitive decoding, arXiv:2111.01562, and deeplight-bids."
         ),
     }
-    sources = [f"file://{Path(d).absolute()}" for d in source_dirs]
-    if sources:
-        desc["SourceDatasets"] = [{"URL": url} for url in sources]
+    links = dataset_links(_source_roots(sources), output_dir)
+    if links:
+        # the sidecars' Sources are bids:<name>:<path> URIs resolved through DatasetLinks
+        desc["DatasetLinks"] = links
+        desc["SourceDatasets"] = [{"URL": location} for location in links.values()]
     return desc
 
 
@@ -454,8 +485,10 @@ tfrecords
 """
 
 
-def write_dataset_files(output_dir: PathLike, source_dirs: Sequence[PathLike] = ()):
+def write_dataset_files(output_dir: PathLike, source_dirs: "Mapping[str, PathLike] | Sequence[PathLike]" = ()):
     """Write ``dataset_description.json``, ``.bidsignore`` and ``README`` (idempotent, atomic).
+
+    ``source_dirs``: as ``sources`` of :func:`dataset_description`.
 
     Concurrent jobs (SLURM arrays) each write the same content atomically: a reader
     always sees one complete version, never a mix.
@@ -465,7 +498,7 @@ def write_dataset_files(output_dir: PathLike, source_dirs: Sequence[PathLike] = 
     output_dir = Path(output_dir)
     names = dataset_outputs(output_dir)
     files = {
-        names["description"]: json.dumps(dataset_description(source_dirs), indent=2) + "\n",
+        names["description"]: json.dumps(dataset_description(source_dirs, output_dir), indent=2) + "\n",
         names["bidsignore"]: BIDSIGNORE,
         names["readme"]: (
             "# deeplight-bids outputs\n\nPer-volume DeepLight decoding (``*_desc-predictions_"

@@ -9,6 +9,9 @@
   sidecars' ``LRPTarget`` and ``SettingsHash``): maps of different settings are never
   pooled; the group level stops with one line naming which participants have which
   settings, before writing anything.
+* Participants of BIDS_DIR that a model was fitted on (its card's training and validation
+  participants) and that have no outputs are not decoded by design: they are set aside as
+  "training participants (not decoded)", not listed as problems (:func:`set_aside_fitting_participants`).
 """
 
 import gzip
@@ -23,6 +26,55 @@ LOGGER = logging.getLogger("deeplight_bids")
 
 #: Sidecar fields of a participant mean map that must agree for maps to be pooled.
 SETTINGS_FIELDS = ("LRPTarget", "SettingsHash")
+
+
+#: Model provenance keys naming the participants a model was fitted on, and their role.
+FITTING_KEYS = (("TrainingParticipants", "training"), ("ValidationParticipants", "validation"))
+
+
+def fitting_participants(inventory):
+    """Participants of BIDS_DIR without outputs that a model of the inventory was fitted on.
+
+    Parameters
+    ----------
+    inventory : deeplight_bids.group.stats.Inventory
+
+    Returns
+    -------
+    dict
+        ``{label: "training" | "validation"}``, sorted by label: expected participants (BIDS_DIR)
+        with no finished run whose label a model's ``TrainingParticipants`` or
+        ``ValidationParticipants`` lists ("training" wins where a card lists both).
+    """
+    decoded = set(inventory.participants)
+    expected = set(inventory.expected)
+    roles = {}
+    for model in inventory.models.values():
+        for key, role in FITTING_KEYS:
+            for label in (model or {}).get(key) or ():
+                label = str(label).removeprefix("sub-")
+                if label in expected and label not in decoded and roles.get(label) != "training":
+                    roles[label] = role
+    return dict(sorted(roles.items()))
+
+
+def set_aside_fitting_participants(inventory):
+    """Drop the "no participant-level outputs" problems of :func:`fitting_participants`; returns them.
+
+    Their outputs are missing by design (a model is not evaluated on the data it was fitted on), so
+    they are neither warnings nor problems; the report lists them as training participants.
+    """
+    roles = fitting_participants(inventory)
+    inventory.problems = [
+        p for p in inventory.problems if not (p["participant"] in roles and p["item"] == f"sub-{p['participant']}")
+    ]
+    return roles
+
+
+def describe_fitting_participants(roles):
+    """One line: ``training participants (not decoded; the model was fitted on them): 01, 02, 03, 04 (validation)``."""
+    labels = ", ".join(f"{label} (validation)" if role == "validation" else label for label, role in roles.items())
+    return f"training participants (not decoded; the model was fitted on them): {labels}"
 
 
 def _problem(inventory, subject, path, text, log):

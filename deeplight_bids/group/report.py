@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from deeplight_bids import __version__
-from deeplight_bids.derivatives.writers import CODE_URL, write_text
+from deeplight_bids.derivatives.writers import code_url, write_text
 from deeplight_bids.group.stats import MIN_T_PARTICIPANTS
 from deeplight_bids.versions import software_versions
 
@@ -270,12 +270,17 @@ def participant_run_log(output_dir):
 
 
 def _processing_section(inventory, output_dir=None):
+    from deeplight_bids.group.integrity import describe_fitting_participants, fitting_participants
+
+    fitted = fitting_participants(inventory)
     rows = []
     for sub in sorted(set(inventory.participants) | set(inventory.expected)):
         runs = [r for r in inventory.runs if r.subject == sub]
         issues = [p for p in inventory.problems if p["participant"] == sub]
         status = "processed" if runs and not issues else "partial" if runs else "skipped"
-        cls = {"processed": "ok", "partial": "bad", "skipped": "bad"}[status]
+        if sub in fitted:
+            status = "training participant (not decoded)"
+        cls = {"processed": "ok", "partial": "bad", "skipped": "bad"}.get(status, "")
         rows.append(
             f"<tr><td>sub-{esc(sub)}</td><td class='{cls}'>{status}</td><td class='num'>{len(runs)}</td>"
             f"<td>{esc(', '.join(sorted({r.task for r in runs})))}</td></tr>"
@@ -285,6 +290,8 @@ def _processing_section(inventory, output_dir=None):
         + "".join(rows)
         + "</table>"
     )
+    if fitted:
+        body += f"<p>{esc(describe_fitting_participants(fitted).capitalize())}.</p>"
     if inventory.problems:
         body += "<h3>Missing or partial outputs</h3>" + table_html(pd.DataFrame(inventory.problems))
     else:
@@ -514,7 +521,7 @@ def methods_text(manifest, inventory, templates):
     return (
         f"Cognitive states were decoded from every volume of the preprocessed task-fMRI runs ({tasks}) of {n} "
         f"participant(s) with {arch} (DeepLight; Thomas et al., 2019; Thomas et al., 2021) using deeplight-bids "
-        f"{__version__} ({CODE_URL}). Runs were resampled to the MNI152NLin6Asym 2 mm grid, masked, smoothed "
+        f"{__version__}{f' ({code_url()})' if code_url() else ''}. Runs were resampled to the MNI152NLin6Asym 2 mm grid, masked, smoothed "
         "(3 mm FWHM unless stated otherwise in the output sidecars), linearly detrended, high-pass filtered and "
         "z-scored per voxel. Volumes were labelled from the events with a haemodynamic shift. Each decoding "
         "decision was explained with layer-wise relevance propagation (LRP; Bach et al., 2015). Decoding "

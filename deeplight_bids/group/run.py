@@ -281,11 +281,15 @@ def run_group_level(config, log=LOGGER):
         from deeplight_bids.workflows.finetune import run_finetune
 
         return run_finetune(config, log=log)
+    from deeplight_bids.group.integrity import describe_fitting_participants, set_aside_fitting_participants
     from deeplight_bids.group.report import write_report
     from deeplight_bids.group.templates import load_templates
 
     out = Path(config.output_dir)
     inventory = _filter(stats.collect_inventory(out, config.bids_dir), config)
+    fitted = set_aside_fitting_participants(inventory)
+    if fitted:
+        log.info("group: %s", describe_fitting_participants(fitted))
     log.info(
         "group: %d finished runs of %d participants, %d model(s); %d problem(s) listed in the report",
         len(inventory.runs),

@@ -2,20 +2,18 @@
 
 The relevance maps live on the FSL/HCP MNI152 2 mm grid, which is TemplateFlow's
 ``MNI152NLin6Asym`` at ``res-2``; the figures use its T1w as background and the group
-maps are restricted to its brain mask.  TemplateFlow downloads the files on first use
-into ``$TEMPLATEFLOW_HOME``.  On an offline node (no cached copy, no network) the
-download fails: we fall back to nilearn's bundled MNI152 template (2009 symmetric, a
-close but not identical brain) resampled onto the reference grid, and say so with a
-warning, in the group-map sidecars and in the report.
-
-Note: ``templateflow`` reads ``TEMPLATEFLOW_HOME`` when it is first imported, so the
-variable must be set before anything imports it.
+maps are restricted to its brain mask.  The files are read from ``$TEMPLATEFLOW_HOME``
+(``deeplight-bids templates fetch`` puts them there, the container image holds them);
+where they are missing, TemplateFlow is asked to download them (quietly).  On an offline
+node without them (the usual case on compute nodes) we fall back to nilearn's bundled
+MNI152 template (2009 symmetric, a close but not identical brain) resampled onto the
+reference grid, and say so in one plain log line, in the group-map sidecars and in the
+report (:meth:`Templates.provenance`).
 """
 
 import logging
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -71,22 +69,86 @@ class Templates:
         return out
 
 
-def _templateflow_files():
-    """Paths of the two TemplateFlow files; raises on any failure (offline, not installed, ...)."""
-    from templateflow import api
+class TemplatesUnavailable(Exception):
+    """TemplateFlow's files are not on this machine and cannot be downloaded; ``offline`` says why."""
 
-    files = {}
-    for key, query in QUERIES.items():
-        found = api.get(TEMPLATE, **query)
-        if isinstance(found, (list, tuple)):
-            if len(found) != 1:
-                raise FileNotFoundError(f"TemplateFlow returned {len(found)} files for {TEMPLATE} {query}")
-            found = found[0]
-        path = Path(found)
-        if not path.is_file() or path.stat().st_size == 0:
-            raise FileNotFoundError(f"{path}: missing or empty")
-        files[key] = path
-    return files
+    def __init__(self, message, offline=False):
+        super().__init__(message)
+        self.offline = offline
+
+
+def template_paths():
+    """``{"t1w": path, "mask": path}`` where the two files lie under ``$TEMPLATEFLOW_HOME``."""
+    from deeplight_bids.prepare.spaces import templateflow_home
+
+    home = templateflow_home()
+    return {key: home / name for key, name in FILE_NAMES.items()}
+
+
+def check_template_file(path):
+    """Raise ValueError unless ``path`` is a 3D NIfTI on the 91 x 109 x 91, 2 mm grid."""
+    import nibabel as nib
+
+    from deeplight_bids.prepare.grid import REFERENCE_SHAPE
+
+    try:
+        img = nib.load(path)
+        shape, zooms = tuple(img.shape), tuple(float(z) for z in img.header.get_zooms()[:3])
+    except Exception as err:  # nibabel raises several types for a broken file
+        raise ValueError(f"{path}: not a readable NIfTI ({type(err).__name__})") from None
+    if shape != tuple(REFERENCE_SHAPE) or not np.allclose(zooms, RESOLUTION):
+        raise ValueError(f"{path}: shape {shape}, voxels {zooms} mm; expected {tuple(REFERENCE_SHAPE)}, 2 mm")
+
+
+def fetch_template_files(download=True):
+    """The two TemplateFlow files, from ``$TEMPLATEFLOW_HOME`` or downloaded there.
+
+    Parameters
+    ----------
+    download : bool
+        Ask TemplateFlow for a file that is not under ``$TEMPLATEFLOW_HOME`` (needs internet).
+
+    Returns
+    -------
+    dict
+        ``{"t1w": (path, fetched), "mask": (path, fetched)}``; ``fetched`` is True for a
+        file downloaded by this call.
+
+    Raises
+    ------
+    TemplatesUnavailable
+        A file is missing and cannot be downloaded (``offline`` True when TemplateFlow's
+        server cannot be reached), or is not a NIfTI on the reference grid.
+    """
+    from deeplight_bids.prepare.spaces import templateflow_get
+
+    out = {}
+    for key, local in template_paths().items():
+        fetched = False
+        # TemplateFlow's skeleton holds an empty placeholder for every file not yet downloaded
+        if not (local.is_file() and local.stat().st_size > 0):
+            if not download:
+                raise TemplatesUnavailable(f"{local} is missing")  # listed by 'templates list'
+            try:
+                found = templateflow_get(TEMPLATE, **QUERIES[key])
+            except OSError as err:  # requests' ConnectionError/Timeout are OSErrors: no connection
+                LOGGER.debug("TemplateFlow could not download %s: %r", FILE_NAMES[key], err)
+                raise TemplatesUnavailable(
+                    f"not in {local.parents[1]} and TemplateFlow's server cannot be reached", offline=True
+                ) from None
+            except Exception as err:  # not installed, no layout, ...: the same fallback, named
+                raise TemplatesUnavailable(
+                    f"not in {local.parents[1]} and TemplateFlow failed ({type(err).__name__})"
+                ) from None
+            if found is None or not found.is_file() or found.stat().st_size == 0:
+                raise TemplatesUnavailable(f"TemplateFlow returned no file for {FILE_NAMES[key]}")
+            local, fetched = found, True
+        try:
+            check_template_file(local)
+        except ValueError as err:
+            raise TemplatesUnavailable(f"{err}; delete it and run 'deeplight-bids templates fetch'") from None
+        out[key] = (local, fetched)
+    return out
 
 
 def _on_grid(img, interpolation):
@@ -122,26 +184,34 @@ def load_templates(allow_fallback=True):
     import nibabel as nib
 
     try:
-        files = _templateflow_files()
+        found = fetch_template_files(download=True)
+        files = {key: path for key, (path, _) in found.items()}
+        for key, (path, fetched) in found.items():
+            if fetched:
+                LOGGER.info("templates: downloaded TemplateFlow's %s into %s", FILE_NAMES[key], path.parent)
         t1w, mask = _finish(nib.load(files["t1w"]), nib.load(files["mask"]))
         return Templates(t1w, mask, "templateflow", f"TemplateFlow tpl-{TEMPLATE} res-{RESOLUTION:02d}", files)
-    except Exception as err:  # offline nodes raise requests' ConnectionError; anything else: same fallback
+    except TemplatesUnavailable as err:
         if not allow_fallback:
             raise
-        reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
-    return fallback_templates(reason)
+        return fallback_templates(str(err), offline=err.offline)
 
 
-def fallback_templates(reason=""):
-    """nilearn's bundled MNI152 (2009 symmetric) T1w and brain mask resampled onto the reference grid."""
+def fallback_templates(reason="", offline=False):
+    """nilearn's bundled MNI152 (2009 symmetric) T1w and brain mask resampled onto the reference grid.
+
+    Says so in one plain line: at INFO level when the node is merely offline (the usual case on
+    compute nodes), as a warning when TemplateFlow's files are there but unusable.
+    """
     from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
 
     message = (
-        f"TemplateFlow {TEMPLATE} res-{RESOLUTION} is unavailable ({reason}); using nilearn's bundled "
-        "MNI152 template resampled to the reference grid for figures and the group mask. To use TemplateFlow "
-        "on an offline node, pre-fetch it into $TEMPLATEFLOW_HOME."
+        f"templates: TemplateFlow's {TEMPLATE} res-{RESOLUTION} T1w and brain mask are not available ({reason}); "
+        "the report's figures and the group mask use nilearn's bundled MNI152 template instead. For "
+        "TemplateFlow's: run 'deeplight-bids templates fetch' on a machine with internet and set "
+        "TEMPLATEFLOW_HOME to (a copy of) that folder."
     )
-    LOGGER.warning("%s", message)
+    LOGGER.log(logging.INFO if offline else logging.WARNING, "%s", message)
     warnings.warn(message, TemplateFallbackWarning, stacklevel=2)
     t1w, mask = _finish(load_mni152_template(resolution=2), load_mni152_brain_mask(resolution=2))
     return Templates(

@@ -219,6 +219,9 @@ class DeepLightModel:
         }
         if self.card.get("training_participants"):
             info["TrainingParticipants"] = list(self.card["training_participants"])
+        if self.card.get("validation_participants"):
+            # fitted on too (early stopping, model choice): the group level does not expect outputs of them
+            info["ValidationParticipants"] = list(self.card["validation_participants"])
         return info
 
 

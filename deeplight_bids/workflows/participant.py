@@ -9,6 +9,7 @@ threads and logging in :mod:`deeplight_bids.runtime`.
 import logging
 
 from deeplight_bids.derivatives import naming, tables
+from deeplight_bids.derivatives.links import dataset_roots
 from deeplight_bids.derivatives.writers import ensure_writable, write_dataset_files, write_tsv
 from deeplight_bids.exceptions import EXIT_OK, EXIT_PARTIAL, DeepLightBidsError, InputDataError
 from deeplight_bids.workflows.run import RunProcessor, RunResult
@@ -22,7 +23,7 @@ def run_participant_level(config, log=LOGGER):
     """Process every selected run; returns (results, exit code)."""
     from deeplight_bids.bids.discover import build_layout, discover_selected_runs, find_derivatives, format_run_table
     from deeplight_bids.bids.validate import validate_bids
-    from deeplight_bids.derivatives.stale import remove_job_temporaries
+    from deeplight_bids.derivatives.stale import adopt_legacy_work_dir, remove_job_temporaries
     from deeplight_bids.models.weights import load_deeplight
     from deeplight_bids.preflight import no_runs_error, plan_before_compute
     from deeplight_bids.runtime import compute_session, log_file
@@ -40,6 +41,7 @@ def run_participant_level(config, log=LOGGER):
         _write_run_table(job["runs"], [RunResult(r.label, "skipped", r.skip_reason) for r in runs])
         raise no_runs_error(config.bids_dir, runs, job["runs"])
 
+    adopt_legacy_work_dir(config.output_dir, config.work_dir, log)
     remove_job_temporaries(config.output_dir, config.work_dir, {r.subject for r in todo}, log)
     user_state_map = _user_state_map(config)
     with compute_session(config.nprocs, log=log):
@@ -52,10 +54,11 @@ def run_participant_level(config, log=LOGGER):
             dl_model.weights_path,
         )
         space_plan, _ = plan_before_compute(config, todo, dl_model.states, user_state_map, layout.get_tasks(), log)
-        write_dataset_files(config.output_dir, [config.bids_dir, *derivatives])
+        roots = dataset_roots(config.bids_dir, derivatives)
+        write_dataset_files(config.output_dir, roots)
         job = _save_config(config)
         with log_file(job["log"], log):
-            processor = RunProcessor(dl_model, config, user_state_map, space_plan)
+            processor = RunProcessor(dl_model, config, user_state_map, space_plan, roots)
             results = [RunResult(r.label, "skipped", r.skip_reason) for r in runs if r.skip_reason]
             results += _process_runs(processor, todo, log)
             for subject in sorted({r.subject for r in todo}):

@@ -52,9 +52,12 @@ class RunProcessor:
     user_state_map : dict or None
         ``{task: {trial_type: state}}`` from ``--state-map``.
     space_plan : deeplight_bids.prepare.spaces.SpacePlan or None
+    dataset_roots : dict or None
+        ``{name: root}`` of the source datasets, as OUTPUT_DIR's ``DatasetLinks`` name them
+        (:func:`deeplight_bids.derivatives.links.dataset_roots`); None: found from the configuration.
     """
 
-    def __init__(self, dl_model, config, user_state_map=None, space_plan=None):
+    def __init__(self, dl_model, config, user_state_map=None, space_plan=None, dataset_roots=None):
         from deeplight_bids.models.decode import Decoder, network_batch_limit
         from deeplight_bids.prepare.spaces import SpacePlan
 
@@ -62,6 +65,12 @@ class RunProcessor:
         self.config = config
         self.user_state_map = user_state_map
         self.space_plan = space_plan or SpacePlan(allow_approximate=config.allow_approximate_space)
+        if dataset_roots is None:
+            from deeplight_bids.bids.discover import find_derivatives
+            from deeplight_bids.derivatives.links import dataset_roots as name_datasets
+
+            dataset_roots = name_datasets(config.bids_dir, find_derivatives(config.bids_dir, config.derivatives))
+        self.dataset_roots = dataset_roots
         self.states = tuple(dl_model.states)
         self.state_index = {s: i for i, s in enumerate(self.states)}
         max_batch = network_batch_limit()
@@ -393,6 +402,7 @@ class RunProcessor:
             digest,
             source_space(run),
             backend_versions(),
+            self.dataset_roots,
         )
         if self.analyzer is not None:
             lrp_rule = cfg.lrp_rule if self.dl_model.architecture == "2D" else "published"

@@ -33,7 +33,7 @@ def test_defaults_match_reference(bids_dir, tmp_path):
     assert config.lrp and config.lrp_target == "predicted" and config.lrp_rule == "published"
     signed = Config.from_args(parse_args([str(bids_dir), str(tmp_path / "out"), "participant", "--lrp-rule", "signed"]))
     assert signed.lrp_rule == "signed"
-    assert config.work_dir == tmp_path / "out" / "work"
+    assert config.work_dir == tmp_path / "out" / ".work"  # hidden from pybids and bids-validator
 
 
 def test_high_pass_fraction_and_none(bids_dir, tmp_path):

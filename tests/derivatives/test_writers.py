@@ -86,7 +86,9 @@ def test_dataset_files_idempotent(tmp_path):
     desc = json.loads((tmp_path / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative"
     assert desc["GeneratedBy"][0]["Name"] == "deeplight-bids"
-    assert desc["SourceDatasets"][0]["URL"].startswith("file://")
+    assert desc["DatasetLinks"] == {"raw": "bids"}  # relative to OUTPUT_DIR, no machine path
+    assert desc["SourceDatasets"] == [{"URL": "bids"}]
+    assert "CodeURL" not in desc["GeneratedBy"][0]  # no address is made up
     write_dataset_files(tmp_path, [tmp_path / "bids"])
     assert (tmp_path / "dataset_description.json").stat().st_mtime_ns == first
     assert "*_timeseries.tsv" in (tmp_path / ".bidsignore").read_text()

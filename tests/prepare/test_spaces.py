@@ -95,7 +95,7 @@ def test_transform_brings_the_warped_image_back(transform_files, warped_image, r
     assert np.abs(position - BLOB).max() <= 2.0
     assert position[0] < 0
     # world-coordinate resampling (the old behaviour, --allow-approximate-space) is measurably worse
-    approx = np.asarray(spaces.approximate_resampler(warped_image).dataobj)
+    approx = np.asarray(spaces.ApproximateResampler()(warped_image).dataobj)
     assert np.abs(blob_position(approx) - BLOB).max() >= 4.0
     assert np.corrcoef(approx[inside], reference_truth[inside])[0, 1] < corr - 0.02
 
@@ -182,6 +182,89 @@ def test_fetch_checks_checksum_and_explains_offline(monkeypatch, tmp_path, trans
     assert plan.resampler_for("MNI152NLin6Asym") == (spaces.to_reference_grid, None)
 
 
+def _smooth_field(shape, affine, n_volumes=2, seed=0):
+    """Random BOLD-like volumes with structure at the scale of a voxel (a hard case for interpolation)."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    vols = [gaussian_filter(rng.normal(size=shape), 1.0) for _ in range(n_volumes)]
+    data = np.stack([100 + 10 * v / v.std() for v in vols], axis=-1).astype(np.float32)
+    return nib.Nifti1Image(data, affine)
+
+
+def test_approximate_equals_the_old_path_on_fmriprep_grids():
+    """On MNI152NLin2009cAsym res-2 (and res-1) every 2 mm reference voxel centre is a source voxel centre:
+    neither nilearn's cubic spline (the old path) nor the precomputed trilinear weights interpolate."""
+    from deeplight_bids.prepare.grid import to_reference_grid
+
+    img = _smooth_field(SOURCE_SHAPE, SOURCE_AFFINE)
+    new = np.asarray(spaces.ApproximateResampler()(img).dataobj)
+    old = np.asarray(to_reference_grid(img, "continuous").dataobj)
+    assert new.shape == old.shape == (*REFERENCE_SHAPE, 2)
+    assert np.abs(new - old).max() <= 1e-4 * np.abs(old).max()  # float32 rounding
+    mask = nib.Nifti1Image((np.asarray(img.dataobj)[..., 0] > 100).astype(np.uint8), SOURCE_AFFINE)
+    resampler = spaces.ApproximateResampler()
+    assert np.array_equal(
+        np.asarray(resampler(mask, "nearest").dataobj), np.asarray(to_reference_grid(mask, "nearest").dataobj)
+    )
+
+
+def test_approximate_is_trilinear_on_other_grids():
+    """On a grid that does not share the reference's voxel centres (3 mm, shifted 0.7 mm) the new path is
+    nilearn's *linear* interpolation to float32 rounding; against the old cubic B-spline it differs by the
+    trilinear-vs-cubic interpolation error, which the 3 mm smoothing that follows keeps small."""
+    from nilearn.image import smooth_img
+
+    from deeplight_bids.prepare.grid import to_reference_grid
+
+    affine = np.array([[3.0, 0, 0, -95.3], [0, 3.0, 0, -131.3], [0, 0, 3.0, -77.3], [0, 0, 0, 1]])
+    img = _smooth_field((65, 77, 65), affine)
+    new = np.asarray(spaces.ApproximateResampler()(img).dataobj)
+    linear = np.asarray(to_reference_grid(img, "linear").dataobj)
+    cubic = np.asarray(to_reference_grid(img, "continuous").dataobj)
+    assert np.abs(new - linear).max() <= 1e-5 * np.abs(linear).max()
+    inside = np.zeros(REFERENCE_SHAPE, bool)
+    inside[3:-3, 3:-3, 3:-3] = True
+    inside &= cubic[..., 0] != 0
+    diff = (new - cubic)[inside]
+    assert np.abs(diff).max() > 0.01  # really another interpolation, not the same numbers
+    assert np.sqrt((diff**2).mean()) < 0.2 * 10  # rms below 20 % of the field's SD (10) on this rough field
+    smoothed = [np.asarray(smooth_img(nib.Nifti1Image(a, REFERENCE_AFFINE), 3.0).dataobj) for a in (new, cubic)]
+    assert np.corrcoef(smoothed[0][inside].ravel(), smoothed[1][inside].ravel())[0, 1] > 0.99
+
+
+def test_file_order_input_needs_no_copy_and_gives_the_same_maps(transform_files, warped_image):
+    """Chunks read from a NIfTI file are x-fastest (Fortran order): flattened as stored, same result."""
+    series = np.repeat(np.asarray(warped_image.dataobj)[..., None], 3, axis=3) * np.array([1, 2, 3], np.float32)
+    c_img = nib.Nifti1Image(np.ascontiguousarray(series), SOURCE_AFFINE)
+    f_img = nib.Nifti1Image(np.asfortranarray(series), SOURCE_AFFINE)
+    mask = (np.asarray(warped_image.dataobj) > 0.3).astype(np.uint8)
+    for resampler in (
+        spaces.ApproximateResampler(),
+        spaces.TemplateResampler(spaces.load_transform(transform_files["forward"]), None),
+    ):
+        assert np.allclose(np.asarray(resampler(c_img).dataobj), np.asarray(resampler(f_img).dataobj), atol=1e-6)
+        nearest = [
+            np.asarray(resampler(nib.Nifti1Image(layout(mask), SOURCE_AFFINE), "nearest").dataobj)
+            for layout in (np.ascontiguousarray, np.asfortranarray)
+        ]
+        assert np.array_equal(*nearest)
+
+
+def test_approximate_keeps_the_exact_paths_of_the_reference_grid():
+    from deeplight_bids.prepare.grid import to_reference_grid
+
+    data = np.random.default_rng(1).normal(size=(*REFERENCE_SHAPE, 2)).astype(np.float32)
+    on_grid = nib.Nifti1Image(data, REFERENCE_AFFINE)
+    assert spaces.ApproximateResampler()(on_grid) is on_grid
+    ras_affine = REFERENCE_AFFINE.copy()
+    ras_affine[0, 0], ras_affine[0, 3] = 2.0, -90.0
+    ras = nib.Nifti1Image(np.ascontiguousarray(data[::-1]), ras_affine)
+    assert np.array_equal(
+        np.asarray(spaces.ApproximateResampler()(ras).dataobj), np.asarray(to_reference_grid(ras).dataobj)
+    )
+
+
 def test_approximate_space_warns_once(monkeypatch, tmp_path, caplog):
     monkeypatch.setattr(spaces, "_templateflow_get", lambda xfm: None)
     monkeypatch.setenv("TEMPLATEFLOW_HOME", str(tmp_path / "empty"))
@@ -192,7 +275,8 @@ def test_approximate_space_warns_once(monkeypatch, tmp_path, caplog):
         plan.prepare(["MNI152NLin2009cAsym"])
         for _ in range(3):
             to_grid, provenance = plan.resampler_for("MNI152NLin2009cAsym")
-    assert provenance == "approximate" and to_grid is spaces.approximate_resampler
+    assert provenance == "approximate" and isinstance(to_grid, spaces.ApproximateResampler)
+    assert plan.resampler_for("MNI152NLin2009cAsym")[0] is to_grid  # one per job: weights built once per grid
     assert len([r for r in caplog.records if "allow-approximate-space" in r.getMessage()]) == 1
 
 

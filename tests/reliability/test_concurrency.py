@@ -22,7 +22,7 @@ def test_shared_files_not_corrupted(concurrent_outputs, small_dataset):
     out, _, _ = concurrent_outputs
     desc = json.loads((out / "dataset_description.json").read_text())
     sources = [small_dataset.bids_dir, small_dataset.derivatives_dir]
-    assert desc == dataset_description(sources)
+    assert desc == dataset_description(sources, out)
     assert (out / ".bidsignore").read_text() == BIDSIGNORE
     assert (out / "README.md").read_text().startswith("# deeplight-bids outputs\n")
     configs = sorted((out / "logs").glob("config-*.toml"))
