@@ -149,6 +149,74 @@ def dataset_outputs(output_dir):
     }
 
 
+# -- first-level GLM (deeplight_bids.glm) ---------------------------------------------------------
+#: Statistics written per GLM contrast: the effect (contrast estimate), its variance and the t statistic.
+GLM_STATS = ("effect", "variance", "t")
+#: ``desc`` of a participant's GLM maps: the fixed-effects combination of the runs of a task.
+GLM_PARTICIPANT_DESC = "fixedeffects"
+
+
+def glm_contrast_label(regressor, against):
+    """A contrast's BIDS label: ``"MOTORlh", "others"`` -> ``"MOTORlhVsOthers"`` (``against``: others/baseline)."""
+    return label_value(regressor) + "Vs" + against.capitalize()
+
+
+def statmap_name(entities, contrast, stat, desc=None):
+    """``<entities>_space-<s>_res-<r>_contrast-<c>_stat-<st>[_desc-<d>]_statmap.nii.gz`` (BIDS statistical map)."""
+    ents = {k: v for k, v in entities.items() if k in dict(ENTITY_ORDER) and k not in ("label", "desc")}
+    ents.update(space=REFERENCE_SPACE, res=REFERENCE_RES)
+    parts = [entity_stem(ents), f"contrast-{contrast}", f"stat-{stat}"] + ([f"desc-{desc}"] if desc else [])
+    return "_".join(parts) + "_statmap.nii.gz"
+
+
+def glm_run_outputs(output_dir, run_entities, contrasts=()):
+    """Paths of one run's first-level GLM outputs.
+
+    ``dict(design, design_json, maps)``: the design matrix ``..._desc-glm_timeseries.tsv``
+    and its sidecar (written last: it marks the run's GLM complete), and ``maps``
+    ``{(contrast, stat): ..._contrast-<c>_stat-<st>_statmap.nii.gz}`` for ``contrasts``
+    (labels) and :data:`GLM_STATS`.
+    """
+    ents = {k: v for k, v in run_entities.items() if k in dict(ENTITY_ORDER)}
+    folder = _folder(output_dir, ents)
+    design = build_name({**ents, "desc": "glm"}, "timeseries", ".tsv")
+    return {
+        "design": folder / design,
+        "design_json": folder / design.replace(".tsv", ".json"),
+        "maps": {(c, s): folder / statmap_name(ents, c, s) for c in contrasts for s in GLM_STATS},
+    }
+
+
+def glm_run_statmap_glob(output_dir, run_entities):
+    """``(folder, glob pattern)`` of every statistical map of one run (any contrast and statistic)."""
+    ents = {k: v for k, v in run_entities.items() if k in dict(ENTITY_ORDER)}
+    name = statmap_name(ents, "C", "S")
+    return _folder(output_dir, ents), name.replace("contrast-C_stat-S", "contrast-*_stat-*")
+
+
+def glm_participant_maps(output_dir, subject, task, contrast):
+    """``{stat: path}`` of a participant's fixed-effects GLM maps of one task and contrast (all runs)."""
+    ents = {"subject": subject, "task": task}
+    folder = _folder(output_dir, ents, session=False)
+    return {s: folder / statmap_name(ents, contrast, s, GLM_PARTICIPANT_DESC) for s in GLM_STATS}
+
+
+def glm_participant_glob(output_dir, subject, task):
+    """``(folder, glob pattern)`` of every fixed-effects GLM map of a participant and task."""
+    path = glm_participant_maps(output_dir, subject, task, "C")["t"]
+    return path.parent, path.name.replace("contrast-C_stat-t", "contrast-*_stat-*")
+
+
+def glm_agreement_output(output_dir, subject):
+    """``sub-<s>/func/sub-<s>_desc-glmagreement_summary.tsv``: relevance vs GLM, per run and per participant."""
+    ents = {"subject": subject, "desc": "glmagreement"}
+    return _folder(output_dir, ents, session=False) / build_name(ents, "summary", ".tsv")
+
+
+#: Glob (below OUTPUT_DIR) of every participant's GLM agreement table.
+GLM_AGREEMENT_GLOB = "sub-*/func/sub-*_desc-glmagreement_summary.tsv"
+
+
 # -- per job (outside the BIDS tree) ------------------------------------------------------------
 def job_log_stem(output_dir, participant_label=None):
     """``OUTPUT_DIR/logs/config-<date>-<time>-<pid>-<labels>`` without extension (one per job).
