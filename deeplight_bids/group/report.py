@@ -466,6 +466,9 @@ def _model_section(i, group, output_dir, templates):
 
         html_parts.append(quality_html(output_dir, entry, task))
         html_parts.append("<h4>Group relevance maps</h4>" + _maps_html(output_dir, entry, templates, task))
+        from deeplight_bids.glm.report_section import glm_html
+
+        html_parts.append(glm_html(output_dir, entry, task, templates))  # relevance beside the GLM (glm/)
     html_parts.append("</section>")
     return "".join(html_parts)
 
