@@ -316,6 +316,32 @@ def finetune_heldout_outputs(model_dir, name):
     }
 
 
+def linear_baseline_outputs(folder, stem, states):
+    """One fold's linear baseline decoder in ``folder`` (``models/<name>[/fold-<k>]``), named ``<stem>...``.
+
+    ``dict(model, weights)``: the fitted model ``<stem>_desc-linear_model.npz`` (arrays only) and
+    ``weights`` ``{state: <stem>_space-..._contrast-<state>_stat-weight_desc-linear_statmap.nii.gz}``.
+    """
+    folder = Path(folder)
+    grid = f"space-{REFERENCE_SPACE}_res-{REFERENCE_RES}"
+    return {
+        "model": folder / f"{stem}_desc-linear_model.npz",
+        "weights": {
+            s: folder / f"{stem}_{grid}_contrast-{label_value(s)}_stat-weight_desc-linear_statmap.nii.gz"
+            for s in states
+        },
+    }
+
+
+def linear_summary_outputs(model_dir, name):
+    """The linear baseline beside DeepLight over all folds: ``dict(summary, summary_json)`` in ``models/<name>``."""
+    model_dir = Path(model_dir)
+    return {
+        "summary": model_dir / f"{name}_desc-linear_summary.tsv",
+        "summary_json": model_dir / f"{name}_desc-linear_summary.json",
+    }
+
+
 #: Glob (below OUTPUT_DIR) of every fine-tuning's held-out summary.
 FINETUNE_SUMMARY_GLOB = "models/*/*_desc-heldout_summary.json"
 
