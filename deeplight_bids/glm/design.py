@@ -93,7 +93,7 @@ def state_design(events, state_map, n_volumes, t_r):
     trial_types = [str(t) for t in events["trial_type"]]
     unmapped = sorted({t for t in trial_types if t not in state_map})
     run_end = n_volumes * t_r
-    mapped = events[[t in state_map for t in trial_types]].copy()
+    mapped = events.loc[np.array([t in state_map for t in trial_types], dtype=bool)].copy()
     mapped["state"] = [state_map[t] for t in mapped["trial_type"]]
     inside = (mapped["onset"].to_numpy(float) < run_end) & (
         mapped["onset"].to_numpy(float) + mapped["duration"].to_numpy(float) > 0

@@ -308,6 +308,7 @@ def finetune_section(output_dir):
     """
     from deeplight_bids.group.stats import read_tsv
     from deeplight_bids.models.heldout import heldout_summaries
+    from deeplight_bids.models.linear_baseline import linear_columns
 
     output_dir = Path(output_dir)
     rows = []
@@ -324,6 +325,7 @@ def finetune_section(output_dir):
                 "held-out accuracy": s.get("heldout_accuracy_pooled"),
                 "balanced accuracy": s.get("heldout_balanced_accuracy_pooled"),
                 "chance": s.get("chance"),
+                **linear_columns(s),  # the linear baseline beside DeepLight (models/linear_baseline.py)
             }
         )
     comparisons = sorted((output_dir / "group").glob("finetune-comparison_arch-*.tsv"))

@@ -53,6 +53,7 @@ __all__ = [
     "LinearFold",
     "anova_f",
     "fit_fold",
+    "linear_columns",
     "paired_permutation_test",
     "predict_runs",
     "summarise",
@@ -601,3 +602,52 @@ def write_summary(model_dir, name, summary):
         },
     )
     return outputs
+
+
+def linear_columns(heldout_summary):
+    """The report's fine-tuning table columns of the linear baseline (held-out accuracy, paired test), from a
+    held-out summary JSON; "n/a" cells for fine-tunings made without it."""
+    linear = heldout_summary.get("linear_baseline") or {}
+    test = linear.get("paired_test_accuracy") or {}
+    return {
+        "linear baseline accuracy": linear.get("heldout_accuracy_pooled"),
+        "linear balanced accuracy": linear.get("heldout_balanced_accuracy_pooled"),
+        "DeepLight - linear, p (folds)": test.get("p_value") if test.get("test") else (test.get("note") and "no test"),
+        "linear cost (share of the DeepLight fit)": linear.get("cost_ratio"),
+    }
+
+
+def evaluate_participant(model_path, config, participant, log=LOGGER):
+    """Accuracy of a saved linear decoder on one participant's labelled volumes (prepared through the cache).
+
+    Parameters
+    ----------
+    model_path : path
+        ``<stem>_desc-linear_model.npz`` (:func:`write_fold`).
+    config : deeplight_bids.config.Config
+        ``bids_dir``, ``derivatives``, ``work_dir``, ``smoothing_fwhm``, ``high_pass``, ``state_map_file``.
+    participant : str
+        Label without ``sub-``.
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``balanced_accuracy``, ``n_volumes`` (labelled volumes of the model's states).
+    """
+    import dataclasses
+
+    from deeplight_bids.bids.discover import build_layout, discover_selected_runs, find_derivatives
+    from deeplight_bids.models.heldout import accuracy
+    from deeplight_bids.prepare.cache import label_volumes, prepare_cached
+    from deeplight_bids.prepare.labels import load_state_map_file
+
+    model = load_model(model_path)
+    cfg = dataclasses.replace(config.inputs, participant_label=(participant,))
+    layout = build_layout(cfg.bids_dir, find_derivatives(cfg.bids_dir, cfg.derivatives))
+    runs = [r for r in discover_selected_runs(layout, cfg) if r.skip_reason is None]
+    entries, _ = prepare_cached(runs, cfg.work_dir, cfg.smoothing_fwhm, cfg.high_pass, log=log)
+    state_maps = load_state_map_file(cfg.state_map_file) if cfg.state_map_file else None
+    samples, _ = label_volumes(entries, runs, model.states, state_maps)
+    predicted = predict_runs(model_path, entries, samples)
+    acc, bacc = accuracy(samples.label, predicted)
+    return {"accuracy": acc, "balanced_accuracy": bacc, "n_volumes": int(len(samples))}
