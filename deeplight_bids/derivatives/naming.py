@@ -7,10 +7,15 @@ Per run (source entities kept, then ``space-``/``res-``/``desc-``):
 * ``--relevance-maps blocks``: ``..._run-1_space-MNI152NLin6Asym_res-2_desc-blocks_relevance.nii.gz`` and ``.tsv``
   (+ one ``.json``)
 
+* first-level GLM (:mod:`deeplight_bids.glm`): ``..._run-1_space-MNI152NLin6Asym_res-2_contrast-<c>_stat-<st>_statmap.nii.gz``
+  (``<st>``: effect, variance, t; + ``.json``) and the design ``..._run-1_desc-glm_timeseries.tsv`` (+ ``.json``)
+
 Per participant and task (across sessions and runs):
 
 * ``sub-01/func/sub-01_task-motor_space-MNI152NLin6Asym_res-2_label-<state>_desc-mean_relevance.nii.gz``
 * ``sub-01/func/sub-01_desc-accuracy_summary.tsv`` (+ ``.json``)
+* ``sub-01/func/sub-01_task-motor_space-..._contrast-<c>_stat-<st>_desc-fixedeffects_statmap.nii.gz`` (two or
+  more runs) and ``sub-01/func/sub-01_desc-glmagreement_summary.tsv`` (+ ``.json``)
 
 Per job and outside the BIDS tree (listed in ``.bidsignore``):
 
@@ -19,7 +24,8 @@ Per job and outside the BIDS tree (listed in ``.bidsignore``):
 * ``WORK_DIR/relevance_sums/<run>_sums.npz`` (per-state relevance sums of a finished run)
 
 Group level (``group/``, or ``group/model-<sha>/`` per model): :func:`group_output`;
-fine-tuning (``models/<name>/``): :func:`finetune_outputs`, :func:`finetune_comparison_output` (and in
+fine-tuning (``models/<name>/``): :func:`finetune_outputs`, :func:`finetune_comparison_output`, the linear
+baseline's :func:`linear_baseline_outputs` and :func:`linear_summary_outputs` (and in
 WORK_DIR :func:`finetune_work_dir`, :func:`finetune_features_cache`);
 the HCP download's BIDS names: :func:`hcp_run_stem`.
 """
