@@ -161,7 +161,7 @@ class RunGLM:
         self._write(run, design, matrix, contrasts, fit, mask, space_transform)
         detail = (
             f"{len(design.states)} states, {len(contrasts)} contrasts, {self.settings['noise_model']}, "
-            f"df {fit.dof:g}; read {read_s:.1f} s, fit {fit.seconds:.1f} s"
+            f"df {fit.dof:g}; read {read_s:.1f} s, fit {fit.seconds:.1f} s, total {time.monotonic() - t0:.1f} s"
         )
         self.log.info("%s: GLM: %s", run.label, detail)
         return GLMRunResult(run.label, "done", detail, [c.label for c in contrasts])
