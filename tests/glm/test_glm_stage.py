@@ -176,3 +176,52 @@ def test_group_pools_the_agreement(participant_run, synthetic_dataset, tmp_path)
         assert entry["pearson_r"]["mean"] == pytest.approx(part.loc[state, "pearson_r"])
     report = (copy / "deeplight_report.html").read_text()
     assert "Relevance maps beside the dataset" in report and "task-motor_desc-glmagreement_summary.tsv" in report
+
+
+def test_two_runs_fixed_effects_and_agreement(tmp_path):
+    """Two runs: fixed-effects maps per contrast; a relevance map equal to a t-map agrees perfectly."""
+    from nilearn.glm import compute_fixed_effects
+
+    from deeplight_bids.bids.discover import build_layout, discover_selected_runs, find_derivatives
+    from deeplight_bids.config import Config
+    from deeplight_bids.demo.synth import make_synthetic_dataset
+    from deeplight_bids.glm.stage import RunGLM, participant_glm, participant_maps
+    from deeplight_bids.prepare.spaces import SpacePlan
+
+    data = make_synthetic_dataset(
+        tmp_path / "bids", n_participants=1, n_runs=2, n_volumes=SYNTH_VOLUMES, blocks_per_state=1
+    )
+    out = tmp_path / "out"
+    config = Config(bids_dir=data.bids_dir, output_dir=out)
+    runs = [r for r in discover_selected_runs(build_layout(data.bids_dir, find_derivatives(data.bids_dir, ())), config)]
+    assert len(runs) == 2
+    glm = RunGLM(config, SpacePlan())
+    assert [glm.process(r).status for r in runs] == ["done", "done"]
+    assert [glm.process(r).status for r in runs] == ["reused", "reused"]  # same settings and inputs
+    # a relevance map of MOTOR_lh that is the fixed-effects t-map itself; none for the other states
+    label = "MOTORlhVsOthers"
+    rel = naming.state_map_output(out, "01", "motor", "MOTOR_lh")
+    participant_glm(config, "01", runs, glm.settings_hash)  # the fixed-effects maps first
+    fixed = participant_maps(out, "01", "motor", runs, label)
+    assert fixed == naming.glm_participant_maps(out, "01", "motor", label)
+    rel.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(fixed["t"], rel)
+    table = participant_glm(config, "01", runs, glm.settings_hash)
+    assert list(table["level"]) == ["run", "run", "participant"] and set(table["state"]) == {"MOTOR_lh"}
+    participant = table[table["level"] == "participant"].iloc[0]
+    assert participant["pearson_r"] == pytest.approx(1.0) and participant["dice_top1"] == 1.0
+    assert (table[table["level"] == "run"]["pearson_r"] < 1).all()
+    maps = [naming.glm_run_outputs(out, r.entities, [label])["maps"] for r in runs]
+    dofs = [
+        json.loads(naming.glm_run_outputs(out, r.entities)["design_json"].read_text())["DegreesOfFreedom"] for r in runs
+    ]
+    mask = np.logical_and.reduce([np.asarray(nib.load(m[(label, "variance")]).dataobj) > 0 for m in maps])
+    effect, variance, t, _ = compute_fixed_effects(
+        [m[(label, "effect")] for m in maps],
+        [m[(label, "variance")] for m in maps],
+        nib.Nifti1Image(mask.astype(np.uint8), nib.load(fixed["t"]).affine),
+        dofs=dofs,
+    )
+    np.testing.assert_allclose(np.asarray(nib.load(fixed["t"]).dataobj), np.asarray(t.dataobj), rtol=1e-4, atol=1e-4)
+    side = json.loads(naming.sidecar_of(fixed["t"]).read_text())
+    assert side["Runs"] == [r.label for r in runs] and side["DegreesOfFreedom"] == sum(dofs)
