@@ -62,7 +62,6 @@ AGREEMENT_COLUMNS = {
     "relevance_map": "the mean relevance map compared (relative to OUTPUT_DIR)",
     "glm_map": "the GLM t-map compared (relative to OUTPUT_DIR)",
 }
-_DONE = ("done",)
 
 
 @dataclass

@@ -137,6 +137,12 @@ def test_awkward_events_finish_with_warnings_only(awkward_dataset, random_3d_mod
     assert not list(func.glob("*task-balloon*statmap*")) and not list(func.glob("*task-verb*statmap*"))
     table = pd.read_csv(naming.glm_agreement_output(out, "01"), sep="\t")
     assert set(table["task"]) <= {"motor"}
+    # --no-glm: no GLM outputs, no GLM lines
+    argv_off = [str(bids_dir), str(tmp_path / "off"), "participant", "--weights", str(random_3d_model)]
+    argv_off += ["--skip-bids-validation", "--no-lrp", "--task", "motor", "--no-glm"]
+    assert cli(argv_off) == 0
+    assert "GLM" not in capsys.readouterr().err
+    assert not [p for p in (tmp_path / "off").rglob("*") if "statmap" in p.name or "glm" in p.name]
     # the group level on these outputs: warnings at most, a report
     assert cli([str(bids_dir), str(out), "group", "--skip-bids-validation"]) == 0
     err = capsys.readouterr().err
