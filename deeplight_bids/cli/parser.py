@@ -314,8 +314,8 @@ def build_parser():
         choices=("ols", "ar1"),
         default=default("glm_noise_model"),
         help="participant level: the GLM's temporal noise model: 'ols' (fast; t values ignore the noise's "
-        "autocorrelation) or 'ar1' (nilearn's default, t values fit for inference; ~30 s more per 405-volume "
-        "run on 2 cores)",
+        "autocorrelation) or 'ar1' (nilearn's default, t values fit for inference; its fit takes ~8x as long: "
+        "~40 s more per 405-volume run on 2 cores)",
     )
     g_glm.add_argument(
         "--no-linear-baseline",
