@@ -11,7 +11,9 @@
 4. run the group level on it with the planted regions as ``--reference-map``
    (``OUTPUT_DIR/reference``): significance of decoding, plausibility, the report;
 5. print held-out accuracy, the share of relevance inside the planted regions and the
-   quality numbers.
+   quality numbers; then the evidence beside the maps (docs/glm.rst): per state the GLM's top 1 %
+   voxels in the planted region and the relevance-vs-GLM agreement of the held-out participant, and
+   the fit's linear baseline decoder on the held-out participant beside DeepLight.
 
 Everything is offline.  Re-running reuses the dataset and model already written.
 """

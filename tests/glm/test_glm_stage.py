@@ -119,6 +119,7 @@ def awkward_dataset(tmp_path_factory):
     return main.bids_dir, state_map
 
 
+@pytest.mark.slow  # three participant-level jobs and a group job on the full grid
 def test_awkward_events_finish_with_warnings_only(awkward_dataset, random_3d_model, tmp_path, capsys):
     bids_dir, state_map = awkward_dataset
     out = tmp_path / "out"
@@ -184,6 +185,7 @@ def test_group_pools_the_agreement(participant_run, synthetic_dataset, tmp_path)
     assert "Relevance maps beside the dataset" in report and "task-motor_desc-glmagreement_summary.tsv" in report
 
 
+@pytest.mark.slow  # a two-run dataset and two GLMs on the full grid
 def test_two_runs_fixed_effects_and_agreement(tmp_path):
     """Two runs: fixed-effects maps per contrast; a relevance map equal to a t-map agrees perfectly."""
     from nilearn.glm import compute_fixed_effects
