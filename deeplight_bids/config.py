@@ -122,6 +122,11 @@ class ParticipantConfig:
     quality_volumes : int
         Volumes per run they use (``--quality-volumes``; also
         :data:`deeplight_bids.quality.run_quality.DEFAULT_VOLUMES`).
+    glm : bool
+        Per run, the dataset's own first-level GLM and its agreement with the relevance maps
+        (``--no-glm`` turns it off; :mod:`deeplight_bids.glm`).
+    glm_noise_model : {"ols", "ar1"}
+        The GLM's temporal noise model (``--glm-noise-model``).
     """
 
     lrp: bool = True
@@ -139,6 +144,8 @@ class ParticipantConfig:
     save_tfrecords: bool = False
     quality: bool = True
     quality_volumes: int = 16
+    glm: bool = True
+    glm_noise_model: str = "ols"
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,9 @@ class FinetuneConfig:
     mix_same_state : float
         Probability that a training volume is mixed with a volume of the same state from
         another participant (``--mix-same-state``; 0: never).
+    linear_baseline : bool
+        Also fit a linear decoder on the same volumes and folds (``--no-linear-baseline``
+        turns it off; :mod:`deeplight_bids.models.linear_baseline`).
     """
 
     enabled: bool = False
@@ -201,6 +211,7 @@ class FinetuneConfig:
     freeze_body: bool = False
     model_name: str | None = None
     mix_same_state: float = 0.0
+    linear_baseline: bool = True
 
 
 #: Section name -> dataclass.
@@ -374,6 +385,8 @@ class Config:
                 save_tfrecords=bool(arg("save_tfrecords")),
                 quality=not getattr(args, "no_quality", not default("quality")),
                 quality_volumes=int(arg("quality_volumes")),
+                glm=not getattr(args, "no_glm", not default("glm")),
+                glm_noise_model=arg("glm_noise_model"),
             ),
             group=GroupConfig(
                 reference_map=Path(args.reference_map) if getattr(args, "reference_map", None) else None,
@@ -395,6 +408,7 @@ class Config:
                 freeze_body=bool(arg("freeze_body")),
                 model_name=arg("model_name"),
                 mix_same_state=float(arg("mix_same_state")),
+                linear_baseline=not getattr(args, "no_linear_baseline", not default("linear_baseline")),
             ),
         )
 

@@ -223,3 +223,29 @@ def test_validator_has_nothing_to_say_about_links(demo):
     ]
     assert about_links == [], about_links
     assert [i for i in issues if i.get("severity") == "error"] == []
+
+
+def test_glm_and_linear_baseline(demo):
+    """The GLM finds the planted regions; agreement tables per run, participant and group; the linear baseline on the
+    same held-out participant; the outputs stay BIDS-valid."""
+    import pandas as pd
+
+    from deeplight_bids.derivatives import naming
+
+    from .bids_validation import validator_errors
+
+    out, report = demo
+    text = format_report(report)
+    assert sorted(report["glm"]) == ["MOTOR_lh", "MOTOR_rh", "MOTOR_t"], text
+    for state, glm in report["glm"].items():
+        assert glm["glm_top1_in_region"] >= 0.8, (state, text)  # issue 26: >= 80 % of the top 1 % voxels
+    participant = pd.read_csv(naming.glm_agreement_output(out / "deeplight", report["held_out"]), sep="\t")
+    assert set(participant["level"]) == {"run", "participant"}
+    assert (out / "deeplight" / "group" / "task-motor_desc-glmagreement_summary.tsv").is_file()
+    linear = report["linear"]
+    assert linear["held_out"]["n_volumes"] == report["n_labelled"]  # the same labelled volumes as DeepLight's
+    assert linear["held_out"]["accuracy"] >= 0.6, text
+    assert linear["validation_participants"] == [[report["validation"]]]
+    assert f"held-out participant {report['held_out']}: accuracy" in text and "linear baseline" in text
+    errors, _ = validator_errors(out / "deeplight")
+    assert errors == []

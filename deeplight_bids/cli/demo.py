@@ -11,7 +11,9 @@
 4. run the group level on it with the planted regions as ``--reference-map``
    (``OUTPUT_DIR/reference``): significance of decoding, plausibility, the report;
 5. print held-out accuracy, the share of relevance inside the planted regions and the
-   quality numbers.
+   quality numbers; then the evidence beside the maps (docs/glm.rst): per state the GLM's top 1 %
+   voxels in the planted region and the relevance-vs-GLM agreement of the held-out participant, and
+   the fit's linear baseline decoder on the held-out participant beside DeepLight.
 
 Everything is offline.  Re-running reuses the dataset and model already written.
 """
@@ -246,6 +248,8 @@ def run_demo(
     )
     results, code = run_participant_level(config)
     report = _evaluate(out_dir, held_out, info, states, lrp)
+    report["glm"] = _glm_evidence(out_dir, held_out, info)  # the dataset's own GLM beside the maps
+    report["linear"] = _linear_evidence(model_dir, config, held_out)  # a linear decoder beside DeepLight
     if lrp:
         report["quality"] = _group_quality(bids_dir, out_dir, output_dir / "reference", held_out, info, seed)
     report.update(
@@ -401,6 +405,45 @@ def _evaluate(out_dir, subject, info, states, lrp):
     return report
 
 
+def _glm_evidence(out_dir, subject, info):
+    """Per state: the held-out participant's relevance-vs-GLM agreement and the GLM's top 1 % in the planted region."""
+    import nibabel as nib
+
+    from deeplight_bids.glm.agreement import region_share_top
+    from deeplight_bids.glm.group import read_agreement_tables
+
+    rows, missing = read_agreement_tables(out_dir, [subject])
+    evidence = {}
+    for row in rows[rows["level"] == "participant"].itertuples():
+        t_map = np.asarray(nib.load(out_dir / row.glm_map).dataobj, np.float32)
+        fitted = np.asarray(nib.load(out_dir / row.glm_map.replace("_stat-t_", "_stat-variance_")).dataobj) > 0
+        evidence[row.state] = {
+            "pearson_r": row.pearson_r,
+            "dice": {k: getattr(row, f"dice_top{k}") for k in (1, 5, 10)},
+            "glm_top1_in_region": region_share_top(t_map, info.regions_by_state[row.state], fitted, 1),
+        }
+    return evidence
+
+
+def _linear_evidence(model_dir, config, subject):
+    """The fit's linear baseline: on its own held-out (validation) participant, and applied to ``subject``."""
+    from deeplight_bids.derivatives import naming
+    from deeplight_bids.models.linear_baseline import evaluate_participant
+
+    name = Path(model_dir).name
+    summary_path = naming.finetune_heldout_outputs(model_dir, name)["summary_json"]
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    model = naming.linear_baseline_outputs(model_dir, name, ())["model"]
+    if "linear_baseline" not in summary or not model.is_file():
+        return {"note": f"no linear baseline in {model_dir} (fitted before it existed): remove the folder to refit"}
+    fit = summary["linear_baseline"]
+    return {
+        "fit": fit,
+        "validation_participants": [f["heldout_participants"] for f in fit["folds"]],
+        "held_out": evaluate_participant(model, config, subject),
+    }
+
+
 def write_reference_maps(folder, info):
     """The planted regions as reference maps, one ``label-<state>_mask.nii.gz`` (0/1) per state."""
     import nibabel as nib
@@ -515,6 +558,31 @@ def format_quality(quality):
     return lines
 
 
+def format_evidence(report):
+    """Lines of the demo's printout for the GLM and the linear baseline (docs/glm.rst)."""
+    lines = []
+    for state, glm in (report.get("glm") or {}).items():
+        r = glm["pearson_r"]
+        lines.append(
+            f"  GLM of {state} (vs the other states): {glm['glm_top1_in_region']:.0%} of its top 1 % voxels in the "
+            f"planted region; relevance vs GLM: r {'n/a' if r is None or r != r else f'{r:.2f}'}, Dice top 1/5/10 % "
+            + "/".join(f"{v:.2f}" for v in glm["dice"].values())
+        )
+    linear = report.get("linear") or {}
+    if linear.get("held_out"):
+        held, fit = linear["held_out"], linear["fit"]
+        lines.append(
+            f"  linear baseline (same training volumes and participants): held-out participant "
+            f"{report['held_out']}: accuracy {held['accuracy']:.3f} over {held['n_volumes']} volumes beside "
+            f"DeepLight's {report['accuracy']:.3f}; validation participant(s) "
+            f"{', '.join(' '.join(v) for v in linear['validation_participants'])}: {fit['heldout_accuracy_pooled']:.3f}"
+            f" beside DeepLight's {fit['deeplight_heldout_accuracy_pooled']:.3f}"
+        )
+    elif linear.get("note"):
+        lines.append(f"  linear baseline: {linear['note']}")
+    return lines
+
+
 def format_report(report):
     lines = [
         "",
@@ -540,6 +608,7 @@ def format_report(report):
         )
     if report.get("quality"):
         lines += format_quality(report["quality"])
+    lines += format_evidence(report)
     lines.append(
         f"  total time: {report['seconds']:.0f} s ({report['cpu_seconds']:.0f} s CPU); the fit: "
         f"{report['fit_seconds']:.0f} s ({report['fit_cpu_seconds']:.0f} s CPU)"

@@ -365,6 +365,28 @@ def build_parser():
         "test of accuracy against chance (seeded with --seed)",
     )
 
+    g_glm = parser.add_argument_group("Evidence beside the maps: the dataset's GLM and a linear decoder (docs/glm.rst)")
+    g_glm.add_argument(
+        "--no-glm",
+        action="store_true",
+        help="participant level: do not fit the first-level GLM of each run (state against the other states "
+        "and against baseline, on the decoder's data) nor compare it with the relevance maps",
+    )
+    g_glm.add_argument(
+        "--glm-noise-model",
+        choices=("ols", "ar1"),
+        default=default("glm_noise_model"),
+        help="participant level: the GLM's temporal noise model: 'ols' (fast; t values ignore the noise's "
+        "autocorrelation) or 'ar1' (nilearn's default, t values fit for inference; its fit takes ~8x as long: "
+        "~40 s more per 405-volume run on 2 cores)",
+    )
+    g_glm.add_argument(
+        "--no-linear-baseline",
+        action="store_true",
+        help="group --finetune: do not fit the linear baseline decoder (standardisation, ANOVA screening, "
+        "L2 logistic regression) on the same volumes and participant folds as DeepLight",
+    )
+
     g_prep = parser.add_argument_group("Preprocessing options (reference: DeepLight, Thomas et al. 2021)")
     add_option(
         g_prep,

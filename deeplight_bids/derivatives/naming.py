@@ -7,10 +7,15 @@ Per run (source entities kept, then ``space-``/``res-``/``desc-``):
 * ``--relevance-maps blocks``: ``..._run-1_space-MNI152NLin6Asym_res-2_desc-blocks_relevance.nii.gz`` and ``.tsv``
   (+ one ``.json``)
 
+* first-level GLM (:mod:`deeplight_bids.glm`): ``..._run-1_space-MNI152NLin6Asym_res-2_contrast-<c>_stat-<st>_statmap.nii.gz``
+  (``<st>``: effect, variance, t; + ``.json``) and the design ``..._run-1_desc-glm_timeseries.tsv`` (+ ``.json``)
+
 Per participant and task (across sessions and runs):
 
 * ``sub-01/func/sub-01_task-motor_space-MNI152NLin6Asym_res-2_label-<state>_desc-mean_relevance.nii.gz``
 * ``sub-01/func/sub-01_desc-accuracy_summary.tsv`` (+ ``.json``)
+* ``sub-01/func/sub-01_task-motor_space-..._contrast-<c>_stat-<st>_desc-fixedeffects_statmap.nii.gz`` (two or
+  more runs) and ``sub-01/func/sub-01_desc-glmagreement_summary.tsv`` (+ ``.json``)
 
 Per job and outside the BIDS tree (listed in ``.bidsignore``):
 
@@ -19,7 +24,8 @@ Per job and outside the BIDS tree (listed in ``.bidsignore``):
 * ``WORK_DIR/relevance_sums/<run>_sums.npz`` (per-state relevance sums of a finished run)
 
 Group level (``group/``, or ``group/model-<sha>/`` per model): :func:`group_output`;
-fine-tuning (``models/<name>/``): :func:`finetune_outputs`, :func:`finetune_comparison_output` (and in
+fine-tuning (``models/<name>/``): :func:`finetune_outputs`, :func:`finetune_comparison_output`, the linear
+baseline's :func:`linear_baseline_outputs` and :func:`linear_summary_outputs` (and in
 WORK_DIR :func:`finetune_work_dir`, :func:`finetune_features_cache`);
 the HCP download's BIDS names: :func:`hcp_run_stem`.
 """
@@ -152,6 +158,74 @@ def dataset_outputs(output_dir):
     }
 
 
+# -- first-level GLM (deeplight_bids.glm) ---------------------------------------------------------
+#: Statistics written per GLM contrast: the effect (contrast estimate), its variance and the t statistic.
+GLM_STATS = ("effect", "variance", "t")
+#: ``desc`` of a participant's GLM maps: the fixed-effects combination of the runs of a task.
+GLM_PARTICIPANT_DESC = "fixedeffects"
+
+
+def glm_contrast_label(regressor, against):
+    """A contrast's BIDS label: ``"MOTORlh", "others"`` -> ``"MOTORlhVsOthers"`` (``against``: others/baseline)."""
+    return label_value(regressor) + "Vs" + against.capitalize()
+
+
+def statmap_name(entities, contrast, stat, desc=None):
+    """``<entities>_space-<s>_res-<r>_contrast-<c>_stat-<st>[_desc-<d>]_statmap.nii.gz`` (BIDS statistical map)."""
+    ents = {k: v for k, v in entities.items() if k in dict(ENTITY_ORDER) and k not in ("label", "desc")}
+    ents.update(space=REFERENCE_SPACE, res=REFERENCE_RES)
+    parts = [entity_stem(ents), f"contrast-{contrast}", f"stat-{stat}"] + ([f"desc-{desc}"] if desc else [])
+    return "_".join(parts) + "_statmap.nii.gz"
+
+
+def glm_run_outputs(output_dir, run_entities, contrasts=()):
+    """Paths of one run's first-level GLM outputs.
+
+    ``dict(design, design_json, maps)``: the design matrix ``..._desc-glm_timeseries.tsv``
+    and its sidecar (written last: it marks the run's GLM complete), and ``maps``
+    ``{(contrast, stat): ..._contrast-<c>_stat-<st>_statmap.nii.gz}`` for ``contrasts``
+    (labels) and :data:`GLM_STATS`.
+    """
+    ents = {k: v for k, v in run_entities.items() if k in dict(ENTITY_ORDER)}
+    folder = _folder(output_dir, ents)
+    design = build_name({**ents, "desc": "glm"}, "timeseries", ".tsv")
+    return {
+        "design": folder / design,
+        "design_json": folder / design.replace(".tsv", ".json"),
+        "maps": {(c, s): folder / statmap_name(ents, c, s) for c in contrasts for s in GLM_STATS},
+    }
+
+
+def glm_run_statmap_glob(output_dir, run_entities):
+    """``(folder, glob pattern)`` of every statistical map of one run (any contrast and statistic)."""
+    ents = {k: v for k, v in run_entities.items() if k in dict(ENTITY_ORDER)}
+    name = statmap_name(ents, "C", "S")
+    return _folder(output_dir, ents), name.replace("contrast-C_stat-S", "contrast-*_stat-*")
+
+
+def glm_participant_maps(output_dir, subject, task, contrast):
+    """``{stat: path}`` of a participant's fixed-effects GLM maps of one task and contrast (all runs)."""
+    ents = {"subject": subject, "task": task}
+    folder = _folder(output_dir, ents, session=False)
+    return {s: folder / statmap_name(ents, contrast, s, GLM_PARTICIPANT_DESC) for s in GLM_STATS}
+
+
+def glm_participant_glob(output_dir, subject, task):
+    """``(folder, glob pattern)`` of every fixed-effects GLM map of a participant and task."""
+    path = glm_participant_maps(output_dir, subject, task, "C")["t"]
+    return path.parent, path.name.replace("contrast-C_stat-t", "contrast-*_stat-*")
+
+
+def glm_agreement_output(output_dir, subject):
+    """``sub-<s>/func/sub-<s>_desc-glmagreement_summary.tsv``: relevance vs GLM, per run and per participant."""
+    ents = {"subject": subject, "desc": "glmagreement"}
+    return _folder(output_dir, ents, session=False) / build_name(ents, "summary", ".tsv")
+
+
+#: Glob (below OUTPUT_DIR) of every participant's GLM agreement table.
+GLM_AGREEMENT_GLOB = "sub-*/func/sub-*_desc-glmagreement_summary.tsv"
+
+
 # -- per job (outside the BIDS tree) ------------------------------------------------------------
 def job_log_stem(output_dir, participant_label=None):
     """``OUTPUT_DIR/logs/config-<date>-<time>-<pid>-<labels>`` without extension (one per job).
@@ -248,6 +322,32 @@ def finetune_heldout_outputs(model_dir, name):
         "predictions": model_dir / f"{name}_desc-heldout_predictions.tsv",
         "summary": model_dir / f"{name}_desc-heldout_summary.tsv",
         "summary_json": model_dir / f"{name}_desc-heldout_summary.json",
+    }
+
+
+def linear_baseline_outputs(folder, stem, states):
+    """One fold's linear baseline decoder in ``folder`` (``models/<name>[/fold-<k>]``), named ``<stem>...``.
+
+    ``dict(model, weights)``: the fitted model ``<stem>_desc-linear_model.npz`` (arrays only) and
+    ``weights`` ``{state: <stem>_space-..._contrast-<state>_stat-weight_desc-linear_statmap.nii.gz}``.
+    """
+    folder = Path(folder)
+    grid = f"space-{REFERENCE_SPACE}_res-{REFERENCE_RES}"
+    return {
+        "model": folder / f"{stem}_desc-linear_model.npz",
+        "weights": {
+            s: folder / f"{stem}_{grid}_contrast-{label_value(s)}_stat-weight_desc-linear_statmap.nii.gz"
+            for s in states
+        },
+    }
+
+
+def linear_summary_outputs(model_dir, name):
+    """The linear baseline beside DeepLight over all folds: ``dict(summary, summary_json)`` in ``models/<name>``."""
+    model_dir = Path(model_dir)
+    return {
+        "summary": model_dir / f"{name}_desc-linear_summary.tsv",
+        "summary_json": model_dir / f"{name}_desc-linear_summary.json",
     }
 
 

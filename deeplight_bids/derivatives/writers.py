@@ -475,6 +475,8 @@ BIDSIGNORE = """\
 *_relevance.tsv
 *_summary.tsv
 *_summary.json
+*_statmap.nii.gz
+*_statmap.json
 *.html
 logs
 models

@@ -315,6 +315,7 @@ def finetune_section(output_dir):
     """
     from deeplight_bids.group.stats import read_tsv
     from deeplight_bids.models.heldout import heldout_summaries
+    from deeplight_bids.models.linear_baseline import linear_columns
 
     output_dir = Path(output_dir)
     rows = []
@@ -331,6 +332,7 @@ def finetune_section(output_dir):
                 "held-out accuracy": s.get("heldout_accuracy_pooled"),
                 "balanced accuracy": s.get("heldout_balanced_accuracy_pooled"),
                 "chance": s.get("chance"),
+                **linear_columns(s),  # the linear baseline beside DeepLight (models/linear_baseline.py)
             }
         )
     comparisons = sorted((output_dir / "group").glob("finetune-comparison_arch-*.tsv"))
@@ -473,6 +475,9 @@ def _model_section(i, group, output_dir, templates):
 
         html_parts.append(quality_html(output_dir, entry, task))
         html_parts.append("<h4>Group relevance maps</h4>" + _maps_html(output_dir, entry, templates, task))
+        from deeplight_bids.glm.report_section import glm_html
+
+        html_parts.append(glm_html(output_dir, entry, task, templates))  # relevance beside the GLM (glm/)
     html_parts.append("</section>")
     return "".join(html_parts)
 

@@ -257,6 +257,9 @@ def compute_group_outputs(config, inventory, templates):
             from deeplight_bids.quality.group_quality import write_quality_tables
 
             entry.update(write_quality_tables(config, tables, runs, maps, templates))
+            from deeplight_bids.glm.group import write_glm_tables
+
+            entry.update(write_glm_tables(config, folder, task, maps, extra))  # relevance vs the GLM (glm/)
             if not entry["maps"]:
                 entry["maps_note"] = "no relevance maps (participant level run with --no-lrp?)"
             group["Tasks"][task] = entry

@@ -212,6 +212,50 @@ def prepare_run(bold_img, mask_img, t_r, smoothing_fwhm=3.0, high_pass=1 / 128, 
             f"{bold_name}: {n_volumes} volume(s) are too few, need at least {needed}{why}; "
             "use a longer run" + (" or no high-pass filter." if high_pass else ".")
         )
+    raw, mask_bool = _masked_signals(bold, bold_name, mask, mask_name, smoothing_fwhm, to_grid)
+    _clean_in_place(raw, t_r, high_pass)
+    return PreparedRun(signals=raw, mask=mask_bool, t_r=t_r, source=bold_name)
+
+
+def masked_signals(bold_img, mask_img, smoothing_fwhm=3.0, source=None, to_grid=None):
+    """Step 1 of :func:`prepare_run` alone: the in-mask, smoothed BOLD on the reference grid, not cleaned.
+
+    The first-level GLM (:mod:`deeplight_bids.glm`) reads a run through this function, so it
+    sees the decoder's resampling, mask and smoothing, and models the drifts itself.
+
+    Parameters
+    ----------
+    bold_img, mask_img, smoothing_fwhm, source, to_grid
+        As for :func:`prepare_run`.
+
+    Returns
+    -------
+    signals : numpy.ndarray, shape (n_volumes, n_mask_voxels), float32
+        The BOLD values (smoothed, not detrended or scaled) of the voxels inside ``mask``,
+        in its C order.
+    mask : numpy.ndarray, shape (91, 109, 91), bool
+        The brain mask on the reference grid, array order (x, y, z).
+
+    Raises
+    ------
+    deeplight_bids.exceptions.ImageError
+        As :func:`prepare_run` (unreadable files, wrong dimensions, empty mask, BOLD and
+        mask in different spaces).
+    """
+    bold, bold_name = _load(bold_img, source)
+    mask, mask_name = _load(mask_img, None)
+    smoothing_fwhm = _check_fwhm(smoothing_fwhm)
+    if bold.ndim != 4:
+        raise ImageError(
+            f"{bold_name}: expected a 4D BOLD series (x, y, z, time), got a {bold.ndim}D image "
+            f"of shape {tuple(bold.shape)}; pass the run's *_bold.nii.gz."
+        )
+    return _masked_signals(bold, bold_name, mask, mask_name, smoothing_fwhm, to_grid)
+
+
+def _masked_signals(bold, bold_name, mask, mask_name, smoothing_fwhm, to_grid):
+    """Resample, mask and smooth in chunks of :data:`VOLUME_CHUNK` volumes; ``(signals, mask)``."""
+    n_volumes = int(bold.shape[3])
     to_grid = to_grid or to_reference_grid
     mask_on_grid = _mask_on_reference_grid(mask, mask_name, to_grid)
     mask_bool = mask_on_grid.get_fdata(dtype=np.float32) > 0
@@ -242,8 +286,7 @@ def prepare_run(bold_img, mask_img, t_r, smoothing_fwhm=3.0, high_pass=1 / 128, 
             bold_name,
             reader.nonfinite,
         )
-    _clean_in_place(raw, t_r, high_pass)
-    return PreparedRun(signals=raw, mask=mask_bool, t_r=t_r, source=bold_name)
+    return raw, mask_bool
 
 
 def _check_overlap(first_volumes, bold_name, mask_name, nonfinite=0):

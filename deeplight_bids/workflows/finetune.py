@@ -93,6 +93,7 @@ class FinetuneJob:
         self.data = None
         self.participants = []
         self.deterministic = False
+        self._linear_features = None  # the linear baseline's feature index, built once for all folds
 
     # -- stages ------------------------------------------------------------------------------
     def run(self):
@@ -169,6 +170,7 @@ class FinetuneJob:
         """Stages 3-5 for one fold: build, train (resumable), predict the held-out participants, save the model."""
         cfg, data = self.config, self.data
         fold, train, val, held = split
+        t_fit = time.monotonic()
         self.log.info(
             "fine-tune %s%s: training on %s; validation %s; held out %s",
             self.name,
@@ -241,12 +243,20 @@ class FinetuneJob:
             built["source"] = pretrained_source(self.arch, cfg.weights)
         rows = heldout.prediction_rows(held_samples, logits, self.states, fold)
         metrics = heldout.fold_metrics(state, held_samples.label, logits.argmax(axis=1), len(self.states))
+        seconds_fit = time.monotonic() - t_fit
         out_dir = self.model_dir / fold if fold else self.model_dir
         stem = f"{self.name}_{fold}" if fold else self.name
+        linear = self._linear_baseline(fold, tr, held_mask, rows, metrics) if cfg.linear_baseline else None
         card = self._model_card(
             stem, fold, train, val, held, built.get("source"), metrics, n_gpus, mixed, state["bn_statistics_batches"]
         )
+        if linear is not None:
+            card["linear_baseline"] = {**linear.metrics, "estimator": self._linear_estimator()}
         self._save(full, state["history"], out_dir, stem, card)
+        if linear is not None:
+            from deeplight_bids.models.linear_baseline import write_fold
+
+            write_fold(linear, out_dir, stem, root=cfg.output_dir)
         self.log.info(
             "fine-tune %s%s: held-out accuracy %.3f (balanced %.3f, %d volumes, chance %.3f)",
             self.name,
@@ -263,7 +273,10 @@ class FinetuneJob:
             "heldout_participants": held,
             "model": str(naming.finetune_outputs(out_dir, stem)["model"].relative_to(cfg.output_dir)),
             **metrics,
+            "seconds_fit": round(seconds_fit, 2),
         }
+        if linear is not None:
+            report["linear_baseline"] = linear.metrics
         return report, rows
 
     def write_summary(self, folds, seconds):
@@ -302,6 +315,14 @@ class FinetuneJob:
             "seconds": round(seconds, 1),
             "software": software_versions(),
         }
+        if all("linear_baseline" in f for f in fold_reports):  # the linear baseline beside DeepLight
+            from deeplight_bids.models import linear_baseline
+
+            preds = [r for _, fold in folds for r in fold]
+            seconds_fit = sum(f["seconds_fit"] for f in fold_reports)
+            summary["linear_baseline"] = linear_baseline.summarise(fold_reports, preds, self.states, seconds_fit)
+            linear_baseline.write_summary(self.model_dir, self.name, summary["linear_baseline"])
+            self._log_linear(summary["linear_baseline"])
         from deeplight_bids.derivatives.writers import write_json
 
         write_json(naming.finetune_heldout_outputs(self.model_dir, self.name)["summary_json"], summary)
@@ -315,6 +336,57 @@ class FinetuneJob:
             self.model_dir,
         )
         return summary
+
+    # -- the linear baseline (deeplight_bids.models.linear_baseline) ----------------------------
+    def _linear_baseline(self, fold, tr, held_mask, rows, metrics):
+        """The linear decoder of one fold on the same volumes; its predictions join the held-out rows."""
+        from deeplight_bids.models import linear_baseline
+
+        if self._linear_features is None:
+            self._linear_features = linear_baseline.InMaskFeatures(self.data.entries)
+        result = linear_baseline.fit_fold(
+            self.data, tr, held_mask, fold, self.config.seed, self._linear_features, self.log
+        )
+        labels = self.data.samples.label[held_mask]
+        for row, predicted, true in zip(rows, result.predicted, labels):
+            row["linear_predicted_state"] = self.states[predicted]
+            row["linear_correct"] = int(predicted == true)
+        self.log.info(
+            "fine-tune %s%s: linear baseline held-out accuracy %.3f (balanced %.3f) beside DeepLight's %.3f "
+            "(balanced %.3f); %d of %d voxels after screening, %.1f s",
+            self.name,
+            f" {fold}" if fold else "",
+            result.metrics["heldout_accuracy"],
+            result.metrics["heldout_balanced_accuracy"],
+            metrics["heldout_accuracy"],
+            metrics["heldout_balanced_accuracy"],
+            result.metrics["features"],
+            result.metrics["features_before_screening"],
+            result.metrics["seconds"],
+        )
+        return result
+
+    @staticmethod
+    def _linear_estimator():
+        from deeplight_bids.models.linear_baseline import estimator_description
+
+        return estimator_description()
+
+    def _log_linear(self, linear):
+        test = linear["paired_test_accuracy"]
+        self.log.info(
+            "fine-tune %s: held-out accuracy DeepLight %.3f, linear baseline %.3f (%s); linear fit %.1f s = %.1f %% "
+            "of DeepLight's %.1f s",
+            self.name,
+            linear["deeplight_heldout_accuracy_pooled"],
+            linear["heldout_accuracy_pooled"],
+            f"paired permutation test over {test['n_folds']} folds: p = {test['p_value']:.3g}"
+            if test.get("test")
+            else test["note"],
+            linear["seconds_linear"],
+            100 * (linear["cost_ratio"] or 0),
+            linear["seconds_deeplight_fit"],
+        )
 
     # -- helpers -----------------------------------------------------------------------------
     def _datasets(self, fold_index, tr, va, features):

@@ -68,6 +68,18 @@ def run_participant_level(config, log=LOGGER):
                 processor.write_participant_summaries(
                     subject, _all_runs_of(layout, config, subject, mine), map_tasks={r.entities["task"] for r in mine}
                 )
+            if config.glm:  # the dataset's own GLM beside the maps (deeplight_bids.glm): after the mean maps
+                from deeplight_bids.glm.stage import run_glm_stage
+
+                run_glm_stage(
+                    config,
+                    processor.space_plan,
+                    user_state_map,
+                    todo,
+                    results,
+                    lambda subject, mine: _all_runs_of(layout, config, subject, mine),
+                    log,
+                )
             log.info("summary:\n%s", tables.format_results(results))
             _write_run_table(job["runs"], results)
     return results, _exit_code(results, log)

@@ -57,6 +57,34 @@ def test_heldout_accuracy_far_above_chance(cv_out):
         assert (part["training_participant"] == 0).all()
 
 
+def test_linear_baseline_beside_deeplight(cv_out):
+    """The linear baseline: the same held-out participants and volumes per fold, both reported, a paired test."""
+    folder = cv_out / "models" / "finetune-2D-pretrained-frozen"
+    summary = json.loads((folder / "finetune-2D-pretrained-frozen_desc-heldout_summary.json").read_text())
+    linear = summary["linear_baseline"]
+    preds = pd.read_csv(folder / "finetune-2D-pretrained-frozen_desc-heldout_predictions.tsv", sep="\t")
+    assert preds["linear_predicted_state"].isin(STATES).all()
+    assert (preds["linear_correct"] == (preds["linear_predicted_state"] == preds["true_state"])).all()
+    assert linear["heldout_accuracy_pooled"] == pytest.approx(preds["linear_correct"].mean())
+    assert linear["deeplight_heldout_accuracy_pooled"] == pytest.approx(summary["heldout_accuracy_pooled"])
+    assert linear["heldout_accuracy_pooled"] >= 0.6  # the planted regions are easy for a linear decoder (chance 1/3)
+    for fold, report in zip(linear["folds"], summary["folds"]):
+        assert fold["heldout_participants"] == report["heldout_participants"]
+        assert fold["n_volumes"] == report["heldout_volumes"]
+        card = json.loads((folder / fold["fold"] / f"finetune-2D-pretrained-frozen_{fold['fold']}.json").read_text())
+        assert card["linear_baseline"]["heldout_accuracy"] == fold["accuracy_linear"]
+        assert card["metrics"]["heldout_accuracy"] == fold["accuracy_deeplight"]
+        weights = sorted((folder / fold["fold"]).glob("*_stat-weight_desc-linear_statmap.nii.gz"))
+        assert len(weights) == len(STATES)
+    test = linear["paired_test_accuracy"]
+    assert test["n_folds"] == 2 and test["exact"] and test["p_value"] in (0.5, 1.0)  # 2 folds: p >= 0.5
+    table = pd.read_csv(folder / "finetune-2D-pretrained-frozen_desc-linear_summary.tsv", sep="\t")
+    assert list(table["level"]) == ["fold", "fold"] + ["participant"] * 4 + ["pooled"]
+    assert linear["seconds_linear"] > 0 and linear["cost_ratio"] == pytest.approx(
+        linear["seconds_linear"] / linear["seconds_deeplight_fit"], rel=1e-3
+    )
+
+
 def test_model_folder_and_card(cv_out):
     fold = cv_out / "models" / "finetune-2D-pretrained-frozen" / "fold-1"
     card = json.loads((fold / "finetune-2D-pretrained-frozen_fold-1.json").read_text())

@@ -114,7 +114,15 @@ def test_report_is_self_contained(varied_out):
     shown = sum(bool(np.any(np.asarray(nib.load(out / (e["t"] or e["mean"])).dataobj))) for e in entries)
     assert shown >= 2
     quality_figures = int((out / "group" / "task-motor_desc-faithfulness_summary.tsv").is_file())  # deletion curves
-    assert len(refs.images) == 2 + 2 * shown + quality_figures
+    # the GLM section (deeplight_bids/glm/report_section.py): relevance and GLM side by side per state with both maps
+    pooled = pd.read_csv(out / "group" / "task-motor_desc-glmagreement_summary.tsv", sep="\t")
+    glm_states = set(pooled.loc[pooled["level"] == "participant", "state"])
+    glm_shown = sum(
+        e["state"] in glm_states and bool(np.any(np.asarray(nib.load(out / (e["t"] or e["mean"])).dataobj)))
+        for e in entries
+        if not e["correct_only"]
+    )
+    assert len(refs.images) == 2 + 2 * shown + quality_figures + 2 * glm_shown
     for href in refs.links:  # participant links are relative and exist
         if not href.startswith("#"):
             assert not href.startswith(("http:", "https:", "/")) and (out / href).is_file(), href

@@ -1,0 +1,155 @@
+"""Group level: the participants' relevance-vs-GLM agreement tables pooled per model and task.
+
+Writes ``group/[model-<sha>/]task-<t>_desc-glmagreement_summary.tsv`` (every run and
+participant row of the participants whose relevance maps this model made) and its JSON
+sidecar: the columns, and per state the mean, SD and range across participants of the
+participant-level Pearson r and Dice overlaps.  Outputs made before the GLM existed (or
+with ``--no-glm``) have no agreement tables: the group level says which participants lack
+them and how to add them, and goes on.
+
+The group second-level model of the GLM contrasts is not made here (the participants'
+GLM maps, :func:`deeplight_bids.glm.stage.participant_maps`, are its input).
+"""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from deeplight_bids.derivatives import naming
+from deeplight_bids.derivatives.writers import write_json, write_tsv
+from deeplight_bids.glm.agreement import TOP_PERCENTS
+from deeplight_bids.glm.stage import AGREEMENT_COLUMNS
+
+LOGGER = logging.getLogger("deeplight_bids")
+
+__all__ = ["MEASURES", "agreement_summary", "read_agreement_tables", "write_glm_tables"]
+
+#: The agreement measures summarised across participants.
+MEASURES = ("pearson_r", *(f"dice_top{k}" for k in TOP_PERCENTS))
+#: ``desc`` of the pooled table.
+DESC = "glmagreement"
+
+
+def read_agreement_tables(output_dir, subjects):
+    """``(rows, missing)``: the agreement tables of ``subjects`` concatenated, and the subjects without one."""
+    frames, missing = [], []
+    for subject in sorted(subjects):
+        path = naming.glm_agreement_output(output_dir, subject)
+        if not path.is_file():
+            missing.append(subject)
+            continue
+        try:
+            frame = pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False, dtype={"run": str})
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            missing.append(subject)
+            continue
+        frames.append(frame)
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(AGREEMENT_COLUMNS))
+    return rows, missing
+
+
+def agreement_summary(rows):
+    """Per state and attribution method: participants, and mean / SD / min / max of each measure (participant rows)."""
+    part = rows[rows["level"] == "participant"]
+    out = []
+    for (state, method), group in part.groupby(["state", "attribution_method"], sort=True):
+        entry = {"state": state, "attribution_method": method, "n_participants": int(group["participant_id"].nunique())}
+        for measure in MEASURES:
+            values = pd.to_numeric(group[measure], errors="coerce").dropna().to_numpy(float)
+            entry[measure] = {
+                "mean": float(values.mean()) if values.size else None,
+                "sd": float(values.std(ddof=1)) if values.size > 1 else None,
+                "min": float(values.min()) if values.size else None,
+                "max": float(values.max()) if values.size else None,
+            }
+        out.append(entry)
+    return out
+
+
+def write_glm_tables(config, folder, task, map_records, provenance, log=LOGGER):
+    """The pooled agreement table of one model and task; returns the group manifest's entries.
+
+    Parameters
+    ----------
+    config : deeplight_bids.config.Config
+        ``output_dir``.
+    folder : pathlib.Path
+        The model's group folder.
+    task : str
+    map_records : list of deeplight_bids.group.stats.MapRecord
+        This model's mean relevance maps of the task: only agreement rows of these maps are pooled.
+    provenance : dict
+        Sidecar fields shared by the task's group tables.
+
+    Returns
+    -------
+    dict
+        ``glm_agreement`` (the table, relative to OUTPUT_DIR) and ``glm_missing`` (participants
+        without an agreement table), or ``glm_note`` when no participant has one.
+    """
+    out = Path(config.output_dir).resolve()
+    subjects = sorted({m.subject for m in map_records})
+    if not subjects:
+        return {"glm_note": "no relevance maps: no agreement with the GLM to pool"}
+    rows, missing = read_agreement_tables(out, subjects)
+    mine = {str(Path(m.path).resolve().relative_to(out)) for m in map_records}
+    rows = rows[(rows["task"] == task) & rows["relevance_map"].isin(mine)].reset_index(drop=True)
+    how = "re-run the participant level for them (finished runs are kept; only the GLM is computed), without --no-glm"
+    if missing:
+        log.warning(
+            "group: task %s: no relevance-vs-GLM agreement table for %d participant(s) (%s): made before the GLM "
+            "was added, or with --no-glm; %s",
+            task,
+            len(missing),
+            ", ".join(f"sub-{s}" for s in missing),
+            how,
+        )
+    if not len(rows):
+        note = (
+            f"no relevance-vs-GLM agreement for task {task}: the participants' outputs have no GLM (made before it "
+            f"was added, with --no-glm, or no run's events made a design); {how}"
+        )
+        return {"glm_note": note, "glm_missing": missing}
+    path = folder / naming.group_name(task, "summary", ".tsv", desc=DESC)
+    write_tsv(path, rows)
+    summary = agreement_summary(rows)
+    write_json(
+        naming.sidecar_of(path),
+        {
+            "Description": f"relevance maps against GLM t-maps (each state against the mean of the other states), "
+            f"per run and per participant, all participants of task {task} (Thomas, Re & Poldrack, 2023)",
+            **{c: {"Description": d} for c, d in AGREEMENT_COLUMNS.items()},
+            "GroupSummary": summary,
+            "ParticipantsWithoutGLM": [f"sub-{s}" for s in missing],
+            **provenance,
+        },
+    )
+    for entry in summary:
+        r, d1 = entry["pearson_r"]["mean"], entry["dice_top1"]["mean"]
+        log.info(
+            "group: task %s, %s (%s): relevance vs GLM over %d participant(s): mean r %s, mean Dice top 1 %% %s",
+            task,
+            entry["state"],
+            entry["attribution_method"],
+            entry["n_participants"],
+            "n/a" if r is None else f"{r:.2f}",
+            "n/a" if d1 is None else f"{d1:.2f}",
+        )
+    return {"glm_agreement": str(path.relative_to(out)), "glm_missing": missing}
+
+
+def mean_t_map(output_dir, rows, state):
+    """Mean of the participants' GLM t-maps of ``state`` (for display only; no inference), or None."""
+    import nibabel as nib
+
+    part = rows[(rows["level"] == "participant") & (rows["state"] == state)]
+    paths = [Path(output_dir) / p for p in dict.fromkeys(part["glm_map"]) if (Path(output_dir) / p).is_file()]
+    if not paths:
+        return None, 0
+    total = None
+    for path in paths:
+        data = np.asarray(nib.load(path).dataobj, np.float64)
+        total = data if total is None else total + data
+    return (total / len(paths)).astype(np.float32), len(paths)

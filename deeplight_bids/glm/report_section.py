@@ -1,0 +1,117 @@
+"""The report's GLM part of one task: each state's relevance map beside the GLM's, and their agreement."""
+
+import numpy as np
+
+from deeplight_bids.glm.group import MEASURES, mean_t_map
+
+
+def _glass(img_or_data, title, templates, vmax=None):
+    """A small glass-brain PNG (data URI) of a reference-grid map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import nibabel as nib
+    from nilearn import plotting
+
+    from deeplight_bids.group.report import png_data_uri
+    from deeplight_bids.prepare.grid import REFERENCE_AFFINE
+
+    img = img_or_data if hasattr(img_or_data, "affine") else nib.Nifti1Image(img_or_data, REFERENCE_AFFINE)
+    data = np.asarray(img.dataobj, np.float32)
+    inside = np.abs(data[np.asarray(templates.mask.dataobj) > 0])
+    inside = inside[inside > 0]
+    threshold = float(np.percentile(inside, 95)) if inside.size else None
+    top = float(np.percentile(inside, 99.5)) if inside.size else 1.0
+    display = plotting.plot_glass_brain(
+        img,
+        threshold=threshold if threshold is not None and threshold < top else None,
+        colorbar=True,
+        plot_abs=False,
+        cmap="cold_hot",
+        vmax=vmax or top,
+        vmin=-(vmax or top),
+        title=title,
+        display_mode="lzr",
+    )
+    uri = png_data_uri(display)
+    display.close()
+    return uri
+
+
+def _side_by_side(left, right, caption):
+    from deeplight_bids.group.report import esc
+
+    return (
+        "<div class='fig' style='display:flex;gap:8px;flex-wrap:wrap'>"
+        f"<img src='{left}' alt='relevance' style='max-width:49%'><img src='{right}' alt='GLM' style='max-width:49%'>"
+        f"</div><div class='cap'>{esc(caption)}</div>"
+    )
+
+
+def glm_html(output_dir, entry, task, templates):
+    """HTML of the relevance-vs-GLM part of one task entry of the group manifest (a note when there is none)."""
+    from pathlib import Path
+
+    from deeplight_bids.group.report import _read_tsv, esc, table_html
+
+    head = "<h4>Relevance maps beside the dataset's own GLM</h4>"
+    if not entry.get("glm_agreement"):
+        note = entry.get("glm_note")
+        return head + f"<p class='warn'>{esc(note)}</p>" if note else ""
+    rows = _read_tsv(output_dir, entry["glm_agreement"])
+    if rows is None or not len(rows):
+        return head + "<p><em>no agreement rows</em></p>"
+    parts = [
+        head,
+        "<p>Per participant, each state's mean relevance map against the t-map of a first-level GLM of the same "
+        "runs (the state against the mean of the task's other states; see docs/glm.rst): Pearson r over the "
+        "voxels where the GLM was fitted, and the Dice overlap of the top 1, 5 and 10 % voxels of each map "
+        f"(Thomas, Ré &amp; Poldrack, 2023). Table: <code>{esc(entry['glm_agreement'])}</code>.</p>",
+    ]
+    missing = entry.get("glm_missing") or []
+    if missing:
+        parts.append(
+            f"<p class='warn'>No GLM for {len(missing)} participant(s) ({esc(', '.join('sub-' + s for s in missing))}):"
+            " outputs made before the GLM was added, or with --no-glm; re-run the participant level for them.</p>"
+        )
+    part = rows[rows["level"] == "participant"]
+    summary = []
+    for (state, method), group in part.groupby(["state", "attribution_method"], sort=True):
+        row = {"state": state, "attribution": method, "participants": int(group["participant_id"].nunique())}
+        for measure in MEASURES:
+            values = group[measure].astype(float)
+            row[f"{measure} mean"] = float(values.mean()) if values.notna().any() else None
+            row[f"{measure} sd"] = float(values.std(ddof=1)) if values.notna().sum() > 1 else None
+        summary.append(row)
+    import pandas as pd
+
+    parts.append(table_html(pd.DataFrame(summary), digits=2))
+    relevance_maps = {m["state"]: m for m in entry.get("maps", []) if not m.get("correct_only")}
+    for state in sorted(set(part["state"])):
+        rel = relevance_maps.get(state)
+        rel_rel = (rel.get("t") or rel.get("mean")) if rel else None
+        glm_mean, n = mean_t_map(output_dir, rows, state)
+        if not rel_rel or glm_mean is None or not (Path(output_dir) / rel_rel).is_file():
+            continue
+        import nibabel as nib
+
+        rel_img = nib.load(Path(output_dir) / rel_rel)
+        if not np.any(np.asarray(rel_img.dataobj)):
+            continue
+        kind = "t" if rel.get("t") else "mean"
+        left = _glass(rel_img, f"{task} {state}: relevance ({kind})", templates)
+        right = _glass(glm_mean, f"{task} {state}: GLM t vs others (mean of {n})", templates)
+        stats = part[part["state"] == state]
+        caption = (
+            f"left: group relevance map ({kind} across participants, {rel_rel}); right: mean of the {n} participants' "
+            "GLM t-maps (display only: the mean of t-maps is no group test); both thresholded at the 95th "
+            f"percentile of |value| in the brain. Agreement (participant level, mean): r "
+            f"{_fmt(stats['pearson_r'].astype(float).mean())}, Dice top 1 % {_fmt(stats['dice_top1'].astype(float).mean())}, "
+            f"top 5 % {_fmt(stats['dice_top5'].astype(float).mean())}, top 10 % {_fmt(stats['dice_top10'].astype(float).mean())}."
+        )
+        parts.append(f"<h5>{esc(state)}</h5>" + _side_by_side(left, right, caption))
+    return "".join(parts)
+
+
+def _fmt(value):
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.2f}"
