@@ -135,3 +135,53 @@ def test_number_errors_name_the_option(bids_dir, tmp_path, capsys, option, value
         parse_args([str(bids_dir), str(tmp_path / "out"), "group", option, value])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--attribution", "deeplift"], "invalid choice: 'deeplift'"),
+        (["--ig-steps", "0"], "argument --ig-steps: expected a whole number >= 2, got '0'"),
+        (["--smoothgrad-noise", "-1"], "argument --smoothgrad-noise"),
+        (["--compare-attributions", "gradient", "nope"], "invalid choice: 'nope'"),
+        (["--architecture", "2D", "--attribution", "preset_b_flat"], "applies to 3D-DeepLight only"),
+        (["--no-lrp", "--attribution", "gradient"], "--no-lrp writes no maps"),
+        (["--no-lrp", "--compare-attributions"], "--no-lrp writes no maps"),
+    ],
+)
+def test_bad_attribution_options_give_one_line_and_exit_2(bids_dir, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exc:
+        parse_args([str(bids_dir), str(tmp_path / "out"), "participant", *extra])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1
+
+
+def test_attribution_options_reach_the_config(bids_dir, tmp_path):
+    from deeplight_bids.config import Config
+
+    args = parse_args(
+        [
+            str(bids_dir),
+            str(tmp_path / "out"),
+            "participant",
+            "--attribution",
+            "integrated_gradients",
+            "--ig-steps",
+            "8",
+            "--compare-attributions",
+            "--compare-volumes",
+            "3",
+            "--lrp-epsilon",
+            "0.5",
+        ]
+    )
+    config = Config.from_args(args)
+    assert config.attribution == "integrated_gradients" and config.ig_steps == 8 and config.lrp_epsilon == 0.5
+    assert config.compare_attributions == () and config.compare_volumes == 3  # () = the standard set
+    assert (
+        Config.from_args(parse_args([str(bids_dir), str(tmp_path / "out"), "participant"])).compare_attributions is None
+    )
+    back = Config.from_dict(config.to_dict())
+    assert back.compare_attributions == () and back.attribution == "integrated_gradients"
