@@ -249,3 +249,29 @@ def test_glm_and_linear_baseline(demo):
     assert f"held-out participant {report['held_out']}: accuracy" in text and "linear baseline" in text
     errors, _ = validator_errors(out / "deeplight")
     assert errors == []
+
+
+def test_attribution_methods_compared(demo):
+    """Issue 25: the standard set compared on the held-out participant; at least one method passes the three checks,
+    the published rule fails class sensitivity (its maps barely change with the explained state), and every compared
+    method's maps are also compared with the GLM."""
+    import pandas as pd
+
+    out, report = demo
+    text = format_report(report)
+    pooled = report["quality"]["attributions"].set_index("method")
+    from deeplight_bids.attribution.methods import STANDARD_SET
+
+    assert set(pooled.index) == {"preset_b_flat", *[m for m in STANDARD_SET if m != "published"]}, text
+    passing = pooled[pooled["passes"] == 1]
+    assert len(passing) >= 1 and "gradient_x_input" in passing.index, text
+    assert (passing["deletion_area_ratio"] >= 0.5).all() and (passing["randomisation_spearman"] <= 0.2).all()
+    assert (passing["class_sensitivity_spearman"] <= 0.5).all()
+    assert pooled.loc["preset_b_flat", "class_sensitivity_spearman"] > 0.5, text
+    assert "methods passing faithfulness, randomisation and class sensitivity: " in text
+    html = (out / "deeplight" / "deeplight_report.html").read_text()
+    assert "Attribution methods compared" in html and "passes all three checks" in html
+    from deeplight_bids.derivatives import naming
+
+    agreement = pd.read_csv(naming.glm_agreement_output(out / "deeplight", report["held_out"]), sep="\t")
+    assert {"preset_b_flat", "gradient_x_input", "integrated_gradients"} <= set(agreement["attribution_method"])

@@ -254,6 +254,11 @@ def tfrecord_output(output_dir, subject, run_label):
     return Path(output_dir) / "tfrecords" / f"sub-{subject}" / f"{run_label}_volumes.tfrecords"
 
 
+def attribution_sums_output(work_dir, run_label):
+    """``WORK_DIR/attribution_sums/<run_label>_sums.npz``: per method and state, the compared volumes' map sums."""
+    return Path(work_dir) / "attribution_sums" / f"{run_label}_sums.npz"
+
+
 def state_sums_output(work_dir, run_label):
     """``WORK_DIR/relevance_sums/<run_label>_sums.npz``: a finished run's per-state relevance sums."""
     return Path(work_dir) / "relevance_sums" / f"{run_label}_sums.npz"

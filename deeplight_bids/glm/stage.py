@@ -22,6 +22,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -453,6 +454,47 @@ def _agreement_rows(config, subject, task, task_runs):
                     "glm_map": str(t_path.relative_to(root)),
                 }
             )
+        if part:
+            rows += _compared_method_rows(config, subject, task, task_runs, state, label, part, method)
+    return rows
+
+
+def _compared_method_rows(config, subject, task, task_runs, state, label, part, main_method):
+    """Agreement of the other ``--compare-attributions`` methods: their mean map of the compared volumes of
+    the state (all runs of the participant pooled) against the participant-level t-map."""
+    import nibabel as nib
+
+    from deeplight_bids.attribution.methods import get_method
+    from deeplight_bids.quality.compare import read_method_sums
+
+    pooled = {}
+    for run, _ in task_runs:
+        for method, by_state in read_method_sums(naming.attribution_sums_output(config.work_dir, run.label)).items():
+            if method == main_method or state not in by_state:
+                continue
+            total, count = pooled.get(method, (0.0, 0))
+            pooled[method] = (total + by_state[state][0], count + by_state[state][1])
+    if not pooled:
+        return []
+    t_map = np.asarray(nib.load(part["t"]).dataobj, np.float32)
+    mask = np.asarray(nib.load(part["variance"]).dataobj) > 0
+    rows = []
+    for method, (total, count) in pooled.items():
+        rows.append(
+            {
+                "participant_id": f"sub-{subject}",
+                "task": task,
+                "level": "participant",
+                "run": "all",
+                "state": state,
+                "contrast": label,
+                "attribution_method": method,
+                "attribution_signed": int(get_method(method).signed),
+                **agreement((total / count).astype(np.float32), t_map, mask),
+                "relevance_map": f"mean of the {count} volume(s) of {state} in --compare-attributions",
+                "glm_map": str(Path(part["t"]).relative_to(config.output_dir)),
+            }
+        )
     return rows
 
 

@@ -30,6 +30,7 @@ cascade stages (top block, all blocks).  The table's ``n_volumes`` says how many
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -187,7 +188,9 @@ class AttributionComparison:
         return self._randomised[n_blocks]
 
     # -- one run ------------------------------------------------------------------------------
-    def evaluate(self, outputs, x_of, mask_index, logits, targets, states, task_states, root=None, label=""):
+    def evaluate(
+        self, outputs, x_of, mask_index, logits, targets, states, task_states, root=None, label="", sums_path=None
+    ):
         """Run every method and check, write the table and its sidecar; returns the per-method summary.
 
         Parameters
@@ -208,6 +211,10 @@ class AttributionComparison:
         root : path-like or None
             OUTPUT_DIR (write guard).
         label : str
+        sums_path : path-like or None
+            Where to save each method's per-state sums of the compared volumes' maps (in-mask, NIfTI
+            order; :func:`read_method_sums`): the GLM's agreement table compares every method with
+            the GLM through them.
 
         Returns
         -------
@@ -231,6 +238,7 @@ class AttributionComparison:
             ", ".join(m.name for m in self.methods),
         )
         random_logits = self._random_order_logits(x, mask_index, chosen)
+        self._sums = {}
         rows, summary, areas = [], {}, {}
         for method in self.methods:
             t_method = time.monotonic()
@@ -269,6 +277,8 @@ class AttributionComparison:
             )
         frame = pd.DataFrame(rows, columns=list(COLUMNS))
         frame = frame.sort_values("method", kind="stable", key=_method_order(self.methods)).reset_index(drop=True)
+        if sums_path is not None:
+            save_method_sums(sums_path, self._sums, root=root)
         write_tsv(outputs["attributions"], frame, root=root)
         write_json(outputs["attributions_json"], self.sidecar(chosen, summary), root=root)
         passing = [m for m, info in summary.items() if info["passes"]]
@@ -321,6 +331,13 @@ class AttributionComparison:
         seconds = (time.monotonic() - t0) / len(chosen)
         rows = []
         finite = np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
+        sums = self._sums.setdefault(method.name, {})
+        for j in np.flatnonzero(finite):  # per-state sums of the maps inside the brain, NIfTI (x, y, z) order
+            flat = np.zeros(maps[j].size, dtype=np.float64)
+            flat[mask_index] = np.asarray(maps[j], dtype=np.float64).reshape(-1)[mask_index]
+            state = self._state_name(int(target[j]))
+            total, count = sums.get(state, (0.0, 0))
+            sums[state] = (total + flat.reshape(maps[j].shape).transpose(2, 1, 0), count + 1)
         # faithfulness
         counts = faithfulness.removal_counts(len(mask_index))
         gaps, first_change = [], []
@@ -466,6 +483,37 @@ class AttributionComparison:
             "criterion": criterion,
             "passed": "n/a" if passed is None else int(bool(passed)),
         }
+
+
+def save_method_sums(path, sums, root=None):
+    """Store ``{method: {state: (sum (x, y, z), count)}}`` (float32 sums) atomically in an ``.npz``."""
+    from deeplight_bids.derivatives.writers import atomic_path
+
+    arrays = {}
+    for method, by_state in sums.items():
+        for state, (total, count) in by_state.items():
+            arrays[f"sum|{method}|{state}"] = np.ascontiguousarray(total, dtype=np.float32)
+            arrays[f"count|{method}|{state}"] = np.array(int(count))
+    with atomic_path(path, root=root) as tmp:
+        with open(tmp, "wb") as fobj:
+            np.savez_compressed(fobj, **arrays)
+
+
+def read_method_sums(path):
+    """``{method: {state: (sum float64 (x, y, z), count)}}`` from :func:`save_method_sums`; ``{}`` if absent."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    out = {}
+    with np.load(path) as data:
+        for key in data.files:
+            kind, method, state = key.split("|", 2)
+            if kind == "sum":
+                out.setdefault(method, {})[state] = (
+                    data[key].astype(np.float64),
+                    int(data[f"count|{method}|{state}"]),
+                )
+    return out
 
 
 def _every(step, n, finite):

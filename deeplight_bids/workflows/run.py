@@ -360,6 +360,7 @@ class RunProcessor:
                     task_states or range(len(self.states)),
                     root=cfg.output_dir,
                     label=run.label,
+                    sums_path=naming.attribution_sums_output(cfg.work_dir, run.label),
                 )
             if stream is not None:
                 stream.close()
