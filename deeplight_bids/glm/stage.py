@@ -546,7 +546,8 @@ def run_glm_stage(config, space_plan, user_state_map, runs, results, all_runs_of
             config, subject, all_runs_of(subject, mine), glm.settings_hash, {r.entities["task"] for r in mine}, log
         )
         if frame is not None and len(frame):
-            part = frame[frame["level"] == "participant"]
+            # the run's own maps (the --compare-attributions methods' rows are in the table)
+            part = frame[(frame["level"] == "participant") & ~frame["relevance_map"].str.startswith("mean of the ")]
             log.info(
                 "sub-%s: relevance vs GLM (participant level): %s",
                 subject,
