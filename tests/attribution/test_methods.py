@@ -123,3 +123,20 @@ def test_bad_parameters_are_refused(model):
         SmoothGrad(model, noise=0)
     alphas, weights = riemann_middle(4)
     np.testing.assert_allclose(alphas, [0.125, 0.375, 0.625, 0.875]) and np.testing.assert_allclose(weights.sum(), 1)
+
+
+def test_every_method_runs_on_2d_deeplight():
+    """The methods of both families on 2D-DeepLight (slice convolutions and the bidirectional LSTM), small grid."""
+    import keras
+
+    from deeplight_bids.models.two import build_2d_deeplight
+    from tests.models.legacy_h5 import randomise_weights
+
+    keras.utils.set_random_seed(0)
+    model = randomise_weights(build_2d_deeplight(n_states=4, input_shape=(4, 16, 12, 1)), seed=4)
+    x = np.random.default_rng(1).standard_normal((2, 4, 16, 12, 1)).astype(np.float32)
+    for name, method in methods.METHODS.items():
+        if "2D" not in method.architectures:
+            continue
+        _, maps = method.explainer(model, max_batch=2, stem_batch=None, steps=4, samples=2).explain(x)
+        assert maps.shape == (2, 4, 16, 12) and np.isfinite(maps).all() and np.abs(maps).max() > 0, name
