@@ -40,6 +40,7 @@ only the effect is computed, and ``note`` says why.
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,7 +87,9 @@ class InferenceResult:
         z threshold of ``"fdr"`` (inf when no voxel survives), the smallest surviving z of
         ``"fwe-permutation"`` (None when none survives); None for ``"none"``.
     correction : str
-        The correction applied: one of :data:`CORRECTIONS`, or ``"not applied"`` when it could not be.
+        The correction applied: one of :data:`CORRECTIONS`; ``"not tested"`` when only the effect was
+        computed (``test=False``, or too few degrees of freedom); ``"not applied"`` when the
+        t-map exists but the correction could not be made (``note`` says why).
     requested : str
         The correction asked for.
     alpha : float
@@ -140,7 +143,7 @@ class InferenceResult:
     def threshold_text(self):
         """One line: the correction, q or alpha, threshold and surviving voxels (for captions and logs)."""
         if self.t is None:
-            return "effect only (no test)"
+            return f"effect only, not tested{': ' + self.note if self.note else ''}"
         n = f"{self.n_surviving} voxel(s) ({100 * self.surviving_share:.2f} % of the brain mask) survive"
         if self.correction == "fdr":
             thr = f"z ≥ {self.threshold:.2f}" if np.isfinite(self.threshold) else "no z reaches it"
@@ -158,7 +161,7 @@ class InferenceResult:
             "Design": {col: [float(v) for v in self.design[col]] for col in self.design.columns},
             "Contrast": [float(v) for v in self.contrast],
             "NumberOfParticipants": self.n_participants,
-            "DegreesOfFreedom": self.dof,
+            "DegreesOfFreedom": self.dof if self.t is not None else None,
             "Sidedness": "one-sided (H1: effect > 0)",
             "CorrectionRequested": self.requested,
             "Correction": self.correction,
@@ -299,14 +302,14 @@ def second_level_inference(
         affine=np.asarray(mask.affine),
     )
     if not test:
-        result.correction = "not applied"
+        result.correction = "not tested"
         return result
     if result.dof < MIN_DOF:
         result.notes.append(
             f"{n} participant(s), {result.dof} degree(s) of freedom: effect map only (a t-map needs "
             f"{MIN_DOF} degrees of freedom, {rank + MIN_DOF} participants for this design)."
         )
-        result.correction = "not applied"
+        result.correction = "not tested"
         return result
 
     from nilearn.glm.second_level import SecondLevelModel
@@ -335,9 +338,11 @@ def second_level_inference(
         from nilearn.glm import threshold_stats_img
 
         z_img = nib.Nifti1Image(result.z, mask.affine)
-        _, thr = threshold_stats_img(
-            z_img, mask_img=tested_img, alpha=alpha, height_control="fdr", cluster_threshold=0, two_sided=False
-        )
+        with warnings.catch_warnings():  # no voxel survives: the threshold is inf, which nilearn warns about
+            warnings.filterwarnings("ignore", message=".*must not exceed.*", category=UserWarning)
+            _, thr = threshold_stats_img(
+                z_img, mask_img=tested_img, alpha=alpha, height_control="fdr", cluster_threshold=0, two_sided=False
+            )
         result.threshold = float(thr)
         result.surviving = tested & (result.z >= thr)
         result.correction = "fdr"

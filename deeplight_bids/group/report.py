@@ -450,7 +450,13 @@ def _tests_html(output_dir, task_entry, templates, task):
     if attribution.get("Note"):
         parts.append(f"<p>Test against 0: {esc(attribution['Note'])}</p>")
     tests = task_entry.get("contrasts", [])
-    if not tests:
+    for skip in attribution.get("Skipped", []):
+        which = " (correctly decoded volumes only)" if skip.get("correct_only") else ""
+        parts.append(
+            f"<p class='warn'>{esc(skip['label'])}{esc(which)}: not computed, no participant has usable maps: "
+            f"{esc('; '.join(skip['left_out']))}.</p>"
+        )
+    if not tests and not attribution.get("Skipped"):
         parts.append("<p class='warn'>No contrast between states: the task has maps of fewer than 2 states.</p>")
     if task_entry.get("contrast_table"):
         table = _read_tsv(output_dir, task_entry["contrast_table"])
@@ -680,7 +686,7 @@ def group_maps_methods(manifest, templates):
             f"The mean maps were not tested against 0: the attribution ({', '.join(methods)}) is not signed, so "
             "relevance is non-negative almost everywhere and such a test would find the whole brain. "
         )
-    corrections = {i["Correction"] for i in infos if i["DegreesOfFreedom"] >= 2 and i["Correction"] != "not applied"}
+    corrections = {i["Correction"] for i in infos} - {"not tested", "not applied"}
     alphas = sorted({i["Alpha"] for i in infos})
     alpha = "/".join(f"{a:g}" for a in alphas)
     if "fdr" in corrections:
@@ -700,9 +706,7 @@ def group_maps_methods(manifest, templates):
         {
             i["NumberOfParticipants"]
             for i in infos
-            if i["CorrectionRequested"] == "fwe-permutation"
-            and i["Correction"] == "not applied"
-            and i["DegreesOfFreedom"] >= 2
+            if i["CorrectionRequested"] == "fwe-permutation" and i["Correction"] == "not applied"
         }
     )
     if impossible:
@@ -716,7 +720,7 @@ def group_maps_methods(manifest, templates):
             "Clusters of surviving voxels, with peaks at least 8 mm apart, were listed with nilearn "
             "get_clusters_table. "
         )
-    few = sorted({i["NumberOfParticipants"] for i in infos if i["DegreesOfFreedom"] < 2})
+    few = sorted({i["NumberOfParticipants"] for i in infos if i["NumberOfParticipants"] < MIN_T_PARTICIPANTS})
     if few:
         text += (
             f"With {'/'.join(map(str, few))} participant(s) only the effect maps were computed (a t-test needs "

@@ -149,7 +149,8 @@ def _group_maps(folder, output_dir, task, model, map_records, templates, config,
     tests : list of dict
         Manifest entries of the contrasts between states.
     attribution : dict
-        ``{"Attribution": record, "Signed": bool, "Note": text}``.
+        ``{"Attribution": record, "Signed": bool, "Note": text, "Skipped": [...]}``; ``Skipped``: the
+        tests no participant could enter (``label``, ``correct_only``, ``left_out`` with reasons).
     """
     states, per_state, n_vols, sources = _state_maps(map_records, model)
     record, signed = contrasts.task_attribution([r.metadata for r in map_records], model)
@@ -161,7 +162,7 @@ def _group_maps(folder, output_dir, task, model, map_records, templates, config,
         arrays = {s: {sub: v[0] for sub, v in for_correct[s].items()} for s in order}
         counts = {s: {sub: v[1] for sub, v in for_correct[s].items()} for s in order}
         sets.append((True, order, arrays, counts, {}))
-    maps, tests = [], []
+    maps, tests, skipped = [], [], []
     for correct_only, names, images, counts, srcs in sets:
         if not names:
             continue
@@ -180,15 +181,18 @@ def _group_maps(folder, output_dir, task, model, map_records, templates, config,
                 correct_only,
                 attribution,
             )
-            if entry is not None:
+            if entry.get("skipped"):
+                skipped.append(entry)
+            else:
                 (maps if test.kind == "zero" else tests).append(entry)
+    attribution["Skipped"] = skipped
     return maps, tests, attribution
 
 
 def _write_test(
     folder, output_dir, task, test, images, counts, sources, model, templates, config, correct_only, attribution
 ):
-    """Fit, threshold and write one test; returns its manifest entry (None without participants)."""
+    """Fit, threshold and write one test; returns its manifest entry (``skipped`` True without participants)."""
     zero = test.kind == "zero"
     scaling = "none" if zero else config.contrast_scaling  # the mean maps keep their units
     inside = np.asarray(templates.mask.dataobj) > 0
@@ -196,7 +200,12 @@ def _write_test(
     for sub, reason in left_out.items():
         LOGGER.warning("group: task %s, contrast %s: sub-%s left out (%s)", task, test.label, sub, reason)
     if not subjects:
-        return None
+        return {
+            "skipped": True,
+            "label": test.label,
+            "correct_only": correct_only,
+            "left_out": [f"sub-{s} ({reason})" for s, reason in left_out.items()],
+        }
     result = inference.second_level_inference(
         arrays,
         templates.mask,
@@ -295,8 +304,11 @@ CONTRAST_COLUMNS = {
     "others": {"Description": "the states subtracted (comma-separated; n/a for mean)"},
     "correct_only": {"Description": "1: from the correctly decoded volumes only (--correct-only), 0: all volumes"},
     "n_participants": {"Description": "participants in the test"},
-    "dof": {"Description": "degrees of freedom of the t statistic"},
-    "correction": {"Description": "correction applied: fdr, fwe-permutation, none, or 'not applied' (see note)"},
+    "dof": {"Description": "degrees of freedom of the t statistic (n/a: not tested)"},
+    "correction": {
+        "Description": "correction applied: fdr, fwe-permutation, none; 'not tested' (effect only) or 'not "
+        "applied' (the correction was impossible), see note"
+    },
     "alpha": {"Description": "FDR q or FWE alpha"},
     "threshold_z": {"Description": "z threshold (n/a: none, or no voxel survives)"},
     "voxels_mask": {"Description": "voxels in the template brain mask"},
@@ -327,7 +339,7 @@ def contrast_table(entries):
                 "others": ", ".join(e["others"]) or None,
                 "correct_only": int(e["correct_only"]),
                 "n_participants": e["n_participants"],
-                "dof": info["DegreesOfFreedom"] if info["DegreesOfFreedom"] >= inference.MIN_DOF else None,
+                "dof": info["DegreesOfFreedom"],
                 "correction": info["Correction"],
                 "alpha": info["Alpha"],
                 "threshold_z": info["Threshold"],
