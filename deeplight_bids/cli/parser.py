@@ -399,7 +399,7 @@ def build_parser():
         choices=("brain-mean", "none"),
         default=default("contrast_scaling"),
         help="group level: before states are compared, divide each participant's mean relevance map of each "
-        "state by its mean |relevance| in the brain mask ('brain-mean': compares where relevance lies; LRP "
+        "state by its mean absolute relevance in the brain mask ('brain-mean': compares where relevance lies; LRP "
         "gives a state explained with larger logits more relevance everywhere), or use the maps as written "
         "('none')",
     )

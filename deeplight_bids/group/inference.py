@@ -100,8 +100,8 @@ class InferenceResult:
     clusters : pandas.DataFrame or None
         One row per cluster peak and sub-peak (:data:`CLUSTER_COLUMNS`); None when nothing was thresholded.
     n_permutations : int or None
-    note : str or None
-        Why something was not computed.
+    notes : list of str
+        Why something was not computed (joined: :attr:`note`).
     design : pandas.DataFrame
     contrast : ndarray (n_columns,)
     affine : ndarray (4, 4)
