@@ -14,10 +14,14 @@ OUTPUT_DIR (see :mod:`deeplight_bids.group.stats`) and writes under ``OUTPUT_DIR
   chance (block permutation, binomial; group t test), ``desc-faithfulness``/``desc-quality``:
   deletion curves and sanity across participants, ``desc-plausibility`` with
   ``--reference-map`` (:mod:`deeplight_bids.quality.group_quality`);
-* ``task-<t>_space-MNI152NLin6Asym_res-2_contrast-<state>_stat-{effect,t}_statmap.nii.gz``
-  (BIDS statistical derivatives as nilearn and fitlins name them; ``effect``: the mean)
-  (+ ``.json`` with ``NumberOfParticipants``), and with ``--correct-only`` the same with
-  ``desc-correct``;
+* ``task-<t>_space-MNI152NLin6Asym_res-2_contrast-<state>_stat-effect_statmap.nii.gz``: each state's
+  mean map (BIDS statistical derivatives as nilearn and fitlins name them), tested against 0
+  (``stat-{t,z,p}``) only for signed attributions; ``contrast-<state>VsOthers`` (and with
+  ``--pairwise-contrasts`` ``<A>Vs<B>``) ``_stat-{effect,t,z,p}`` maps, the FWE p-map
+  (``stat-p_desc-fwe``) and the cluster table ``..._stat-z_clusters.tsv`` of each contrast
+  between states (:mod:`deeplight_bids.group.contrasts`, :mod:`deeplight_bids.group.inference`),
+  each with a ``.json`` sidecar naming the model and correction; with ``--correct-only`` the same
+  with ``desc-correct``; ``task-<t>_desc-contrasts_summary.tsv``: one row per test;
 * ``group_manifest.json``: what was written (read by ``--reports-only``);
 
 and the report ``OUTPUT_DIR/deeplight_report.html``.  When the runs were processed by
