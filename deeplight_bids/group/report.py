@@ -447,6 +447,8 @@ def _tests_html(output_dir, task_entry, templates, task):
     """The group relevance maps of a task made with contrasts (manifests from this version on)."""
     parts = []
     attribution = task_entry.get("attribution") or {}
+    if not task_entry.get("maps") and not task_entry.get("contrasts") and not attribution.get("Skipped"):
+        return f"<p><em>{esc(task_entry.get('maps_note', 'no group relevance maps'))}</em></p>"
     if attribution.get("Note"):
         parts.append(f"<p>Test against 0: {esc(attribution['Note'])}</p>")
     tests = task_entry.get("contrasts", [])
