@@ -162,6 +162,16 @@ class GroupConfig:
         Permutations of the block labels per participant and task.
     correct_only, reports_only : bool
         Add maps from correctly decoded volumes only; only rebuild the report.
+    group_threshold : {"fdr", "fwe-permutation", "none"}
+        Correction of the group maps' threshold (:mod:`deeplight_bids.group.inference`).
+    group_alpha : float
+        Its FDR q or FWE alpha.
+    group_permutations : int
+        Sign flips for ``fwe-permutation``.
+    pairwise_contrasts : bool
+        Also contrast each ordered pair of states (``--pairwise-contrasts``).
+    contrast_scaling : {"brain-mean", "none"}
+        Scaling of each participant's state maps before states are compared (``--contrast-scaling``).
     """
 
     reference_map: Path | None = None
@@ -169,6 +179,11 @@ class GroupConfig:
     significance_permutations: int = 1000
     correct_only: bool = False
     reports_only: bool = False
+    group_threshold: str = "fdr"
+    group_alpha: float = 0.05
+    group_permutations: int = 5000
+    pairwise_contrasts: bool = False
+    contrast_scaling: str = "brain-mean"
 
 
 @dataclass(frozen=True)
@@ -394,6 +409,11 @@ class Config:
                 significance_permutations=int(arg("significance_permutations")),
                 correct_only=bool(arg("correct_only")),
                 reports_only=bool(arg("reports_only")),
+                group_threshold=arg("group_threshold"),
+                group_alpha=float(arg("group_alpha")),
+                group_permutations=int(arg("group_permutations")),
+                pairwise_contrasts=bool(arg("pairwise_contrasts")),
+                contrast_scaling=arg("contrast_scaling"),
             ),
             finetune=FinetuneConfig(
                 enabled=bool(arg("finetune")),

@@ -449,6 +449,45 @@ def build_parser():
         action="store_true",
         help="group level: only rebuild OUTPUT_DIR/deeplight_report.html from existing group outputs",
     )
+    g_group.add_argument(
+        "--group-threshold",
+        choices=("fdr", "fwe-permutation", "none"),
+        default=default("group_threshold"),
+        help="group level: correction of the group maps' threshold (figures, cluster tables): 'fdr' = "
+        "Benjamini-Hochberg false discovery rate at q = --group-alpha (nilearn threshold_stats_img), "
+        "'fwe-permutation' = family-wise error at --group-alpha by max-t over sign flips (nilearn "
+        "non_parametric_inference; needs at least log2(1/alpha) participants, 5 for 0.05), 'none' = "
+        "unthresholded; tests are one-sided (state > the others)",
+    )
+    add_option(
+        g_group,
+        "--group-alpha",
+        number_in(float, "a probability", 0, 1, low_open=True),
+        "Q",
+        "group level: the FDR q or FWE alpha of --group-threshold",
+    )
+    add_option(
+        g_group,
+        "--group-permutations",
+        positive_int,
+        "N",
+        "group level: sign flips for --group-threshold fwe-permutation (seeded with --seed)",
+    )
+    add_switch(
+        g_group,
+        "--pairwise-contrasts",
+        "group level: besides each state vs the mean of the task's other states, contrast each ordered "
+        "pair of states (<A>Vs<B>)",
+    )
+    g_group.add_argument(
+        "--contrast-scaling",
+        choices=("brain-mean", "none"),
+        default=default("contrast_scaling"),
+        help="group level: before states are compared, divide each participant's mean relevance map of each "
+        "state by its mean absolute relevance in the brain mask ('brain-mean': compares where relevance lies; LRP "
+        "gives a state explained with larger logits more relevance everywhere), or use the maps as written "
+        "('none')",
+    )
 
     from deeplight_bids.cli.finetune import add_finetune_arguments
 

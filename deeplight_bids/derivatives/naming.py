@@ -23,7 +23,8 @@ Per job and outside the BIDS tree (listed in ``.bidsignore``):
 * ``tfrecords/sub-01/<run>_volumes.tfrecords`` (``--save-tfrecords``)
 * ``WORK_DIR/relevance_sums/<run>_sums.npz`` (per-state relevance sums of a finished run)
 
-Group level (``group/``, or ``group/model-<sha>/`` per model): :func:`group_output`;
+Group level (``group/``, or ``group/model-<sha>/`` per model): :func:`group_name`, the statistical maps and
+cluster table of a contrast :func:`group_contrast_outputs` (labels: :func:`contrast_label`);
 fine-tuning (``models/<name>/``): :func:`finetune_outputs`, :func:`finetune_comparison_output`, the linear
 baseline's :func:`linear_baseline_outputs` and :func:`linear_summary_outputs` (and in
 WORK_DIR :func:`finetune_work_dir`, :func:`finetune_features_cache`);
@@ -286,6 +287,34 @@ def group_name(task, suffix, extension, label=None, stat=None, desc=None, space=
     if desc:
         parts.append(f"desc-{desc}")
     return "_".join(parts + [suffix]) + extension
+
+
+def contrast_label(state, other=None):
+    """The ``contrast-`` label of a group contrast: ``"<state>"`` (against zero), ``"<state>Vs<other>"``, or
+    ``"<state>VsOthers"`` (``other`` is ``"Others"``); states as BIDS labels (``MOTOR_lh`` -> ``MOTORlh``)."""
+    if other is None:
+        return label_value(state)
+    return f"{label_value(state)}Vs{'Others' if other == 'Others' else label_value(other)}"
+
+
+def group_contrast_outputs(folder, task, contrast, desc=None):
+    """Files of one group contrast in ``folder``: ``dict(effect, t, z, p, fwe_p, clusters)``.
+
+    ``task-<t>_space-<s>_res-<r>_contrast-<c>_stat-{effect,t,z,p}[_desc-<d>]_statmap.nii.gz``, the
+    FWE-corrected p-map ``..._stat-p_desc-[<d>]fwe_statmap.nii.gz`` and the cluster table of the
+    z-map ``..._contrast-<c>_stat-z[_desc-<d>]_clusters.tsv``; each with a ``.json`` sidecar
+    (:func:`sidecar_of`).  ``contrast``: a label from :func:`contrast_label` (or any BIDS label).
+    """
+    folder = Path(folder)
+    contrast = label_value(contrast)
+    out = {
+        stat: folder / group_name(task, "statmap", ".nii.gz", contrast=contrast, stat=stat, desc=desc, space=True)
+        for stat in ("effect", "t", "z", "p")
+    }
+    fwe = f"{desc or ''}fwe"
+    out["fwe_p"] = folder / group_name(task, "statmap", ".nii.gz", contrast=contrast, stat="p", desc=fwe, space=True)
+    out["clusters"] = folder / group_name(task, "clusters", ".tsv", contrast=contrast, stat="z", desc=desc, space=True)
+    return out
 
 
 def group_folder(output_dir, model_sha=None):

@@ -86,10 +86,8 @@ def glm_html(output_dir, entry, task, templates):
     import pandas as pd
 
     parts.append(table_html(pd.DataFrame(summary), digits=2))
-    relevance_maps = {m["state"]: m for m in entry.get("maps", []) if not m.get("correct_only")}
     for state in sorted(set(part["state"])):
-        rel = relevance_maps.get(state)
-        rel_rel = (rel.get("t") or rel.get("mean")) if rel else None
+        rel_rel, kind = relevance_map_for(entry, state)
         glm_mean, n = mean_t_map(output_dir, rows, state)
         if not rel_rel or glm_mean is None or not (Path(output_dir) / rel_rel).is_file():
             continue
@@ -98,7 +96,6 @@ def glm_html(output_dir, entry, task, templates):
         rel_img = nib.load(Path(output_dir) / rel_rel)
         if not np.any(np.asarray(rel_img.dataobj)):
             continue
-        kind = "t" if rel.get("t") else "mean"
         left = _glass(rel_img, f"{task} {state}: relevance ({kind})", templates)
         right = _glass(glm_mean, f"{task} {state}: GLM t vs others (mean of {n})", templates)
         stats = part[part["state"] == state]
@@ -111,6 +108,28 @@ def glm_html(output_dir, entry, task, templates):
         )
         parts.append(f"<h5>{esc(state)}</h5>" + _side_by_side(left, right, caption))
     return "".join(parts)
+
+
+def relevance_map_for(entry, state):
+    """``(path relative to OUTPUT_DIR, kind)`` of the group relevance map to show beside a state's GLM map.
+
+    The state-vs-others contrast of the relevance maps (its z-map, else t, else effect) is what the GLM's
+    state-vs-others t-map is compared with; without it, the state's mean map; ``(None, None)`` if neither.
+    Manifests written before the group contrasts hold ``t`` / ``mean`` paths per map instead of ``files``.
+    """
+    for contrast in entry.get("contrasts", []):
+        if contrast.get("state") == state and contrast.get("kind") == "others" and not contrast.get("correct_only"):
+            files = contrast.get("files") or {}
+            for stat in ("z", "t", "effect"):
+                if files.get(stat):
+                    return files[stat], f"{stat} of {contrast.get('label', state)}"
+    for entry_map in entry.get("maps", []):
+        if entry_map.get("state") == state and not entry_map.get("correct_only"):
+            files = entry_map.get("files") or {"t": entry_map.get("t"), "effect": entry_map.get("mean")}
+            for stat, kind in (("t", "t"), ("effect", "mean")):
+                if files.get(stat):
+                    return files[stat], kind
+    return None, None
 
 
 def _fmt(value):

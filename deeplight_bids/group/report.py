@@ -174,13 +174,12 @@ def _threshold(data, mask, percentile=90):
     return float(np.percentile(inside, percentile)) if inside.size else None
 
 
-def map_figures(path, templates, title):
-    """(glass brain URI, slices URI, threshold) for one group map."""
-    import matplotlib
+def map_figures(path, templates, title, glass_only=False):
+    """(glass brain URI, slices URI or None, threshold) of a map drawn at the 90th percentile of its |values|.
 
-    matplotlib.use("Agg")
+    For maps without a statistical threshold (effect maps); ``glass_only``: no slices.
+    """
     import nibabel as nib
-    from nilearn import plotting
 
     img = nib.load(path)
     data = np.asarray(img.dataobj, dtype=np.float32)
@@ -189,6 +188,36 @@ def map_figures(path, templates, title):
     vmax = _threshold(data, mask, 99.5) or 1.0  # robust colour range: a few extreme voxels do not wash it out
     if thr is not None and thr >= vmax:
         thr = None
+    glass, slices = _draw(img, templates, title, thr, vmax, glass_only)
+    return glass, slices, thr
+
+
+def thresholded_figures(path, templates, title, threshold):
+    """(glass brain URI, slices URI) of a z-map showing only the voxels with z >= ``threshold`` (one-sided).
+
+    ``threshold`` None or infinite: the whole map, unthresholded.
+    """
+    import nibabel as nib
+
+    img = nib.load(path)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    inside = np.asarray(templates.mask.dataobj) > 0
+    if threshold is not None and np.isfinite(threshold):
+        kept = np.where(data >= threshold, data, 0.0).astype(np.float32)
+        vmax = float(max(kept.max(), threshold + 1e-3))
+        img = nib.Nifti1Image(kept, img.affine)
+        # a hair below the threshold: every kept voxel is drawn, the zeros are not
+        return _draw(img, templates, title, threshold - 1e-6 * max(abs(threshold), 1.0), vmax)
+    vmax = _threshold(data, inside.astype(np.uint8), 99.5) or 1.0
+    return _draw(img, templates, title, None, vmax)
+
+
+def _draw(img, templates, title, thr, vmax, glass_only=False):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from nilearn import plotting
+
     glass = plotting.plot_glass_brain(
         img,
         threshold=thr,
@@ -202,6 +231,8 @@ def map_figures(path, templates, title):
     )
     uri_glass = png_data_uri(glass)
     glass.close()
+    if glass_only:
+        return uri_glass, None
     slices = plotting.plot_stat_map(
         img,
         bg_img=templates.t1w,
@@ -217,7 +248,7 @@ def map_figures(path, templates, title):
     )
     uri_slices = png_data_uri(slices)
     slices.close()
-    return uri_glass, uri_slices, thr
+    return uri_glass, uri_slices
 
 
 # -------------------------------------------------------------------------------------------- sections
@@ -357,8 +388,109 @@ def _model_card(model):
     return "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + "</table>"
 
 
+#: Cluster-table rows shown in the report per contrast (the TSV has them all).
+REPORT_CLUSTER_ROWS = 8
+
+
+def _test_html(output_dir, entry, templates, task):
+    """Figures of one group test (a contrast, or a state's mean map) with its correction in the caption."""
+    import nibabel as nib
+
+    info = entry["inference"]
+    files = entry["files"]
+    n = entry["n_participants"]
+    which = "correctly decoded volumes only" if entry.get("correct_only") else "all explained volumes"
+    name = f"{entry['state']} (mean relevance)" if entry["kind"] == "mean" else entry["label"]
+    heading = f"<h4>{esc(name)} — {esc(which)}, {n} participant(s)</h4>"
+    what = f"<p>{esc(entry['description'])}.</p>"
+    if entry.get("left_out"):
+        what += f"<p class='warn'>Left out (maps missing for some states): {esc(', '.join(entry['left_out']))}</p>"
+    note = f"<p class='warn'>{esc(entry['note'])}</p>" if entry.get("note") else ""
+    if "z" not in files:  # no test: the effect (mean or difference), drawn for orientation
+        path = Path(output_dir) / files["effect"]
+        if not path.is_file():
+            return heading + f"<p class='bad'>missing: {esc(files['effect'])}</p>"
+        if not np.any(np.asarray(nib.load(path).dataobj)):
+            return heading + what + note + f"<p class='warn'>{esc(files['effect'])} is 0 everywhere.</p>"
+        glass, slices, thr = map_figures(path, templates, f"{task} {name} (effect, n={n})", glass_only=True)
+        thr_text = f"|value| ≥ {thr:.3g} (90th percentile of non-zero |values| in the brain mask)" if thr else "none"
+        cap = f"{files['effect']}: effect, not a statistic; drawn at {thr_text}, no test"
+        return heading + what + note + figure_html(glass, "glass brain: " + cap, f"glass brain {task} {name}")
+    path = Path(output_dir) / files["z"]
+    if not path.is_file():
+        return heading + f"<p class='bad'>missing: {esc(files['z'])}</p>"
+    thr = info.get("Threshold")
+    corrected = info.get("Correction") in ("fdr", "fwe-permutation")
+    if corrected and not info.get("VoxelsSurviving"):
+        note += (
+            f"<p class='warn'>No voxel survives ({esc(entry['threshold_text'])}); the z-map is drawn unthresholded "
+            "for orientation only.</p>"
+        )
+        thr = None
+    elif not corrected:
+        thr = None
+    title = f"{task} {name} (z, df={info['DegreesOfFreedom']}, n={n})"
+    glass, slices = thresholded_figures(path, templates, title, thr)
+    drawn = "voxels above the corrected threshold" if thr is not None else "unthresholded"
+    cap = f"{files['z']}; one-sided z (H1: effect > 0), {drawn}; {entry['threshold_text']}"
+    out = (
+        heading
+        + what
+        + note
+        + figure_html(glass, "glass brain: " + cap, f"glass brain {title}")
+        + figure_html(slices, "axial slices on the template: " + cap, f"slices {title}")
+    )
+    clusters = files.get("clusters")
+    if clusters:
+        table = _read_tsv(output_dir, clusters)
+        if table is not None and len(table):
+            shown = table.head(REPORT_CLUSTER_ROWS)
+            more = f" (first {len(shown)} of {len(table)} rows)" if len(table) > len(shown) else ""
+            out += f"<p>Clusters{esc(more)}: <code>{esc(clusters)}</code></p>" + table_html(shown, digits=2)
+        elif table is not None:
+            out += f"<p>Clusters: none (<code>{esc(clusters)}</code> has no rows).</p>"
+    return out
+
+
+def _tests_html(output_dir, task_entry, templates, task):
+    """The group relevance maps of a task made with contrasts (manifests from this version on)."""
+    parts = []
+    attribution = task_entry.get("attribution") or {}
+    if not task_entry.get("maps") and not task_entry.get("contrasts") and not attribution.get("Skipped"):
+        return f"<p><em>{esc(task_entry.get('maps_note', 'no group relevance maps'))}</em></p>"
+    if attribution.get("Note"):
+        parts.append(f"<p>Test against 0: {esc(attribution['Note'])}</p>")
+    tests = task_entry.get("contrasts", [])
+    for skip in attribution.get("Skipped", []):
+        which = " (correctly decoded volumes only)" if skip.get("correct_only") else ""
+        parts.append(
+            f"<p class='warn'>{esc(skip['label'])}{esc(which)}: not computed, no participant has usable maps: "
+            f"{esc('; '.join(skip['left_out']))}.</p>"
+        )
+    if not tests and not attribution.get("Skipped"):
+        parts.append("<p class='warn'>No contrast between states: the task has maps of fewer than 2 states.</p>")
+    if task_entry.get("contrast_table"):
+        table = _read_tsv(output_dir, task_entry["contrast_table"])
+        parts.append(
+            f"<p>Every test (<code>{esc(task_entry['contrast_table'])}</code>):</p>"
+            + table_html(table, [c for c in table.columns if c != "note"], digits=3)
+        )
+    if tests:
+        parts.append("<h4>Contrasts between states</h4>")
+        parts += [_test_html(output_dir, e, templates, task) for e in tests]
+    maps = task_entry.get("maps", [])
+    if maps:
+        parts.append("<h4>Mean relevance per state</h4>")
+        parts += [_test_html(output_dir, e, templates, task) for e in maps]
+    return "".join(parts)
+
+
 def _maps_html(output_dir, task_entry, templates, task):
     import nibabel as nib
+
+    if "contrasts" in task_entry:
+        return _tests_html(output_dir, task_entry, templates, task)
+    # group outputs made before contrasts: each state's mean and one-sample t-map
 
     out = []
     for entry in task_entry.get("maps", []):
@@ -512,6 +644,105 @@ def _participant_section(inventory):
     return "".join(out)
 
 
+def _task_entries(manifest):
+    return [entry for g in manifest.get("ModelGroups", []) for entry in g.get("Tasks", {}).values()]
+
+
+def group_maps_methods(manifest, templates):
+    """The methods sentences of the group relevance maps, from what the manifest says was computed."""
+    mask = f"{'TemplateFlow MNI152NLin6Asym' if templates.source == 'templateflow' else 'nilearn MNI152'} brain mask"
+    entries = _task_entries(manifest)
+    if not any("contrasts" in e for e in entries):  # group outputs made before contrasts
+        return (
+            "Group relevance maps are the voxel-wise mean of the participant mean maps of each state and a one-sample "
+            "t statistic (intercept-only second-level model, nilearn; Abraham et al., 2014) within the "
+            f"{mask} (Ciric et al., 2022)."
+        )
+    tests = [t for e in entries for t in e.get("contrasts", []) + e.get("maps", [])]
+    infos = [t["inference"] for t in tests]
+    kinds = {t["kind"] for t in tests}
+    tested_zero = any(t["kind"] == "mean" and "z" in t["files"] for t in tests)
+    methods = sorted(
+        {
+            (e.get("attribution") or {}).get("Attribution", {}).get("Method", "?")
+            if isinstance((e.get("attribution") or {}).get("Attribution", {}).get("Method"), str)
+            else "mixed"
+            for e in entries
+        }
+    )
+    signed = {bool((e.get("attribution") or {}).get("Signed")) for e in entries}
+    text = (
+        "For each state, the participant mean relevance maps were averaged voxel-wise within the "
+        f"{mask} (Ciric et al., 2022). "
+    )
+    if "others" in kinds or "pair" in kinds:
+        text += (
+            "States were compared within participants: for each state, the difference between its mean relevance "
+            "map and the mean of the maps of the task's other states (the other state, with two states) was "
+            "computed per participant"
+            + (", and likewise for each ordered pair of states" if "pair" in kinds and "others" in kinds else "")
+            + (
+                " after dividing each participant's map of each state by its mean absolute relevance in the mask "
+                "(LRP conserves the explained logit, so states explained with larger logits carry more relevance "
+                "everywhere; the scaling compares where relevance lies)"
+                if any(t.get("scaling") == "brain-mean" for t in tests)
+                else ""
+            )
+            + ", and tested across participants with a one-sample (paired) t-test: a second-level model "
+            "(nilearn SecondLevelModel, ordinary least squares, intercept-only design, no additional smoothing; "
+            "Abraham et al., 2014), one-sided (H1: the state exceeds the others), in the voxels of the mask whose "
+            "values differed between participants. "
+        )
+    if tested_zero:
+        text += "Each state's mean map was also tested against 0 in the same way, the attribution being signed. "
+    elif False in signed:
+        text += (
+            f"The mean maps were not tested against 0: the attribution ({', '.join(methods)}) is not signed, so "
+            "relevance is non-negative almost everywhere and such a test would find the whole brain. "
+        )
+    corrections = {i["Correction"] for i in infos} - {"not tested", "not applied"}
+    alphas = sorted({i["Alpha"] for i in infos})
+    alpha = "/".join(f"{a:g}" for a in alphas)
+    if "fdr" in corrections:
+        text += (
+            f"Maps were thresholded at a false discovery rate of q = {alpha} (Benjamini-Hochberg on the voxel-wise "
+            "z-map, nilearn threshold_stats_img). "
+        )
+    if "fwe-permutation" in corrections:
+        perms = sorted({i["NumberOfPermutations"] for i in infos if i["NumberOfPermutations"]})
+        text += (
+            f"Maps were thresholded at a family-wise error rate of {alpha} (voxel-level maximum t over "
+            f"{'/'.join(map(str, perms))} random sign flips, nilearn non_parametric_inference). "
+        )
+    if "none" in corrections:
+        text += "Maps were not thresholded (no correction for multiple comparisons). "
+    impossible = sorted(
+        {
+            i["NumberOfParticipants"]
+            for i in infos
+            if i["CorrectionRequested"] == "fwe-permutation" and i["Correction"] == "not applied"
+        }
+    )
+    if impossible:
+        text += (
+            "FWE correction by sign flipping was requested but not possible with "
+            f"{'/'.join(map(str, impossible))} participants (too few sign patterns to reach the alpha); those maps "
+            "were not thresholded. "
+        )
+    if corrections - {"none"}:
+        text += (
+            "Clusters of surviving voxels, with peaks at least 8 mm apart, were listed with nilearn "
+            "get_clusters_table. "
+        )
+    few = sorted({i["NumberOfParticipants"] for i in infos if i["NumberOfParticipants"] < MIN_T_PARTICIPANTS})
+    if few:
+        text += (
+            f"With {'/'.join(map(str, few))} participant(s) only the effect maps were computed (a t-test needs "
+            "at least 3). "
+        )
+    return text.strip()
+
+
 def methods_text(manifest, inventory, templates):
     models = [g["Model"] for g in manifest.get("ModelGroups", [])]
     arch = ", ".join(sorted({m.get("Architecture", "?") for m in models}))
@@ -531,11 +762,8 @@ def methods_text(manifest, inventory, templates):
         "z-scored per voxel. Volumes were labelled from the events with a haemodynamic shift. Each decoding "
         "decision was explained with layer-wise relevance propagation (LRP; Bach et al., 2015). Decoding "
         "accuracy, balanced accuracy and the chance level (1 / number of states) were computed per participant; "
-        "across participants we report the mean, SD and a t-based 95% interval. Group relevance maps are the "
-        "voxel-wise mean of the participant mean maps of each state and a one-sample t statistic "
-        "(intercept-only second-level model, nilearn; Abraham et al., 2014) within the "
-        f"{'TemplateFlow MNI152NLin6Asym' if templates.source == 'templateflow' else 'nilearn MNI152'} brain mask "
-        f"(Ciric et al., 2022).{correct}"
+        "across participants we report the mean, SD and a t-based 95% interval. "
+        f"{group_maps_methods(manifest, templates)}{correct}"
     )
 
 

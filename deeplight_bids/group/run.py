@@ -14,10 +14,14 @@ OUTPUT_DIR (see :mod:`deeplight_bids.group.stats`) and writes under ``OUTPUT_DIR
   chance (block permutation, binomial; group t test), ``desc-faithfulness``/``desc-quality``:
   deletion curves and sanity across participants, ``desc-plausibility`` with
   ``--reference-map`` (:mod:`deeplight_bids.quality.group_quality`);
-* ``task-<t>_space-MNI152NLin6Asym_res-2_contrast-<state>_stat-{effect,t}_statmap.nii.gz``
-  (BIDS statistical derivatives as nilearn and fitlins name them; ``effect``: the mean)
-  (+ ``.json`` with ``NumberOfParticipants``), and with ``--correct-only`` the same with
-  ``desc-correct``;
+* ``task-<t>_space-MNI152NLin6Asym_res-2_contrast-<state>_stat-effect_statmap.nii.gz``: each state's
+  mean map (BIDS statistical derivatives as nilearn and fitlins name them), tested against 0
+  (``stat-{t,z,p}``) only for signed attributions; ``contrast-<state>VsOthers`` (and with
+  ``--pairwise-contrasts`` ``<A>Vs<B>``) ``_stat-{effect,t,z,p}`` maps, the FWE p-map
+  (``stat-p_desc-fwe``) and the cluster table ``..._stat-z_clusters.tsv`` of each contrast
+  between states (:mod:`deeplight_bids.group.contrasts`, :mod:`deeplight_bids.group.inference`),
+  each with a ``.json`` sidecar naming the model and correction; with ``--correct-only`` the same
+  with ``desc-correct``; ``task-<t>_desc-contrasts_summary.tsv``: one row per test;
 * ``group_manifest.json``: what was written (read by ``--reports-only``);
 
 and the report ``OUTPUT_DIR/deeplight_report.html``.  When the runs were processed by
@@ -36,10 +40,10 @@ import numpy as np
 
 from deeplight_bids import __version__
 from deeplight_bids.derivatives import naming, sidecars
-from deeplight_bids.derivatives.writers import write_json, write_nifti, write_tsv
+from deeplight_bids.derivatives.writers import write_json, write_tsv
 from deeplight_bids.exceptions import EXIT_OK, InputDataError
-from deeplight_bids.group import stats
-from deeplight_bids.prepare.grid import REFERENCE_AFFINE, is_on_reference_grid
+from deeplight_bids.group import contrasts, inference, stats
+from deeplight_bids.prepare.grid import is_on_reference_grid
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -117,97 +121,242 @@ class GroupTables:
         return _rel(path, self.output_dir)
 
 
-def _write_map(path, data, sidecar):
+def _state_maps(map_records, model):
+    """``(states, {state: {subject: image}}, {state: {subject: n volumes}}, {state: [paths]})`` of a task's maps.
+
+    Images are nibabel proxies (read when a statistic needs them); maps not 3D on the
+    reference grid are left out with a warning.
+    """
     import nibabel as nib
 
-    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), REFERENCE_AFFINE)
-    img.header.set_xyzt_units("mm")
-    img.set_sform(REFERENCE_AFFINE, code=4)
-    img.set_qform(REFERENCE_AFFINE, code=4)
-    write_nifti(path, img)
-    write_json(naming.sidecar_of(path), sidecar)
-
-
-def _group_maps(folder, output_dir, task, model, map_records, templates, correct_only_means=None):
-    """Write mean (+ t) maps per state; returns the manifest entries."""
-    import nibabel as nib
-
-    entries = []
-    by_label = {}
-    for rec in map_records:
-        by_label.setdefault(rec.state, []).append(rec)
-    states = [s for s in model.get("States", []) if s in by_label] + sorted(
-        set(by_label) - set(model.get("States", []))
-    )
-    for state in states:
-        recs = sorted(by_label[state], key=lambda r: r.subject)
-        imgs, subjects, n_vols = [], [], {}
-        for rec in recs:
-            img = nib.load(rec.path)
-            if not is_on_reference_grid(img) or img.ndim != 3:
-                LOGGER.warning("%s: not a 3D map on the reference grid; left out of the group map", rec.path)
-                continue
-            imgs.append(img)
-            subjects.append(rec.subject)
-            n_vols[rec.subject] = rec.metadata.get("NumberOfVolumes", 0)
-        if not imgs:
+    per_state, n_vols, sources = {}, {}, {}
+    for rec in sorted(map_records, key=lambda r: (r.state, r.subject)):
+        img = nib.load(rec.path)
+        if not is_on_reference_grid(img) or img.ndim != 3:
+            LOGGER.warning("%s: not a 3D map on the reference grid; left out of the group map", rec.path)
             continue
-        entries.append(
-            _write_state_maps(
+        per_state.setdefault(rec.state, {})[rec.subject] = img
+        n_vols.setdefault(rec.state, {})[rec.subject] = rec.metadata.get("NumberOfVolumes", 0)
+        sources.setdefault(rec.state, []).append(str(rec.path))
+    order = model.get("States", [])
+    states = [s for s in order if s in per_state] + sorted(set(per_state) - set(order))
+    return states, per_state, n_vols, sources
+
+
+def _group_maps(folder, output_dir, task, model, map_records, templates, config, correct_only_means=None):
+    """Write the state maps and the contrasts between states of one task.
+
+    Returns
+    -------
+    maps : list of dict
+        Manifest entries of the state maps (mean, tested against 0 for signed attributions).
+    tests : list of dict
+        Manifest entries of the contrasts between states.
+    attribution : dict
+        ``{"Attribution": record, "Signed": bool, "Note": text, "Skipped": [...]}``; ``Skipped``: the
+        tests no participant could enter (``label``, ``correct_only``, ``left_out`` with reasons).
+    """
+    states, per_state, n_vols, sources = _state_maps(map_records, model)
+    record, signed = contrasts.task_attribution([r.metadata for r in map_records], model)
+    attribution = {"Attribution": record, "Signed": signed, "Note": contrasts.against_zero_note(record, signed)}
+    sets = [(False, states, per_state, n_vols, sources)]
+    for_correct = correct_only_means or {}
+    if for_correct:
+        order = [s for s in states if s in for_correct] + [s for s in for_correct if s not in states]
+        arrays = {s: {sub: v[0] for sub, v in for_correct[s].items()} for s in order}
+        counts = {s: {sub: v[1] for sub, v in for_correct[s].items()} for s in order}
+        sets.append((True, order, arrays, counts, {}))
+    maps, tests, skipped = [], [], []
+    for correct_only, names, images, counts, srcs in sets:
+        if not names:
+            continue
+        for test in contrasts.state_contrasts(names, pairwise=config.pairwise_contrasts, against_zero=True):
+            entry = _write_test(
                 folder,
                 output_dir,
                 task,
-                state,
-                imgs,
-                subjects,
+                test,
+                images,
+                counts,
+                srcs,
                 model,
                 templates,
-                False,
-                n_vols,
-                [str(r.path) for r in recs],
+                config,
+                correct_only,
+                attribution,
             )
-        )
-    for state, per in (correct_only_means or {}).items():
-        subjects = list(per)
-        arrays = [per[s][0] for s in subjects]
-        n_vols = {s: per[s][1] for s in subjects}
-        entries.append(
-            _write_state_maps(folder, output_dir, task, state, arrays, subjects, model, templates, True, n_vols, None)
-        )
-    return entries
+            if entry.get("skipped"):
+                skipped.append(entry)
+            else:
+                (maps if test.kind == "zero" else tests).append(entry)
+    attribution["Skipped"] = skipped
+    return maps, tests, attribution
 
 
-def _write_state_maps(
-    folder, output_dir, task, state, images, subjects, model, templates, correct_only, n_vols, sources
+def _write_test(
+    folder, output_dir, task, test, images, counts, sources, model, templates, config, correct_only, attribution
 ):
-    label = stats.state_label(state)
+    """Fit, threshold and write one test; returns its manifest entry (``skipped`` True without participants)."""
+    zero = test.kind == "zero"
+    scaling = "none" if zero else config.contrast_scaling  # the mean maps keep their units
+    inside = np.asarray(templates.mask.dataobj) > 0
+    subjects, arrays, left_out = contrasts.participant_maps(images, test, mask=inside, scaling=scaling)
+    for sub, reason in left_out.items():
+        LOGGER.warning("group: task %s, contrast %s: sub-%s left out (%s)", task, test.label, sub, reason)
+    if not subjects:
+        return {
+            "skipped": True,
+            "label": test.label,
+            "correct_only": correct_only,
+            "left_out": [f"sub-{s} ({reason})" for s, reason in left_out.items()],
+        }
+    result = inference.second_level_inference(
+        arrays,
+        templates.mask,
+        correction=config.group_threshold,
+        alpha=config.group_alpha,
+        n_permutations=config.group_permutations,
+        seed=config.seed,
+        test=attribution["Signed"] or not zero,
+    )
+    del arrays
     desc = "correct" if correct_only else None
-    mean, t = stats.one_sample_maps(images, templates.mask)
+    paths = naming.group_contrast_outputs(folder, task, test.label, desc=desc)
+    which = (
+        "participant means over the correctly decoded volumes of each state"
+        if correct_only
+        else "participant mean relevance maps (label-<state>_desc-mean)"
+    )
+    side = {
+        "Description": f"group {test.describe()}, task {task}, from the {which}; 0 outside the brain mask",
+        "Task": task,
+        "State": test.state,
+        "Contrast": test.label,
+        "ContrastKind": {"zero": "against zero", "others": "state vs the mean of the other states"}.get(
+            test.kind, "state vs state"
+        ),
+        "ContrastWeights": test.weights(),
+        "NumberOfParticipants": len(subjects),
+        "Participants": [f"sub-{s}" for s in subjects],
+        "ParticipantsLeftOut": {f"sub-{s}": reason for s, reason in left_out.items()},
+        "Scaling": {"Method": scaling, "Description": contrasts.SCALING_TEXT[scaling]},
+        "CorrectOnly": bool(correct_only),
+        "Resolution": sidecars.RESOLUTION_TEXT,
+        "SkullStripped": True,
+        "Mask": templates.provenance(),
+        "Model": model,
+        "Attribution": attribution["Attribution"],
+        "SoftwareVersion": __version__,
+        "NumberOfVolumes": {
+            f"sub-{sub}": {s: int(counts.get(s, {}).get(sub, 0)) for s in test.states} for sub in subjects
+        },
+    }
+    if zero:
+        side["AgainstZero"] = attribution["Note"]
+    srcs = [p for s in test.states for p in sources.get(s, [])]
+    if srcs:
+        side["Sources"] = [f"bids::{_rel(p, output_dir)}" for p in srcs]
+    written = inference.write_inference(result, paths, side)
+    files = {kind: _rel(path, output_dir) for kind, path in written.items()}
+    LOGGER.info(
+        "group: task %s, contrast %s%s (%d participants): %s",
+        task,
+        test.label,
+        " (correct only)" if correct_only else "",
+        len(subjects),
+        result.threshold_text(),
+    )
     entry = {
-        "state": state,
-        "label": label,
+        "kind": "mean" if zero else test.kind,
+        "state": test.state,
+        "others": list(test.others),
+        "label": test.label,
+        "description": test.describe(),
         "correct_only": correct_only,
         "n_participants": len(subjects),
         "participants": subjects,
+        "left_out": [f"sub-{s} ({reason})" for s, reason in left_out.items()],
+        "scaling": scaling,
+        "files": files,
+        "inference": result.summary(),
+        "threshold_text": result.threshold_text(),
+        "n_clusters": 0
+        if result.clusters is None
+        else int(result.clusters["cluster_id"].astype(str).str.isdigit().sum()),
+        # the keys of group outputs made before contrasts (read by older reports): the mean and its t-map
+        "mean": files["effect"] if zero else None,
+        "t": files.get("t") if zero else None,
     }
-    # BIDS statistical derivatives, as nilearn and fitlins name them: the intercept's effect (the mean) and its t
-    for kind, stat, image in (("mean", "effect", mean), ("t", "t", t)):
-        if image is None:
-            entry[kind] = None
-            continue
-        path = folder / naming.group_name(task, "statmap", ".nii.gz", contrast=label, stat=stat, desc=desc, space=True)
-        side = sidecars.group_map_sidecar(
-            task, state, kind, subjects, model, templates.provenance(), correct_only, n_vols
-        )
-        if sources:
-            side["Sources"] = [f"bids::{_rel(s, output_dir)}" for s in sources]
-        _write_map(path, image, side)
-        entry[kind] = _rel(path, output_dir)
-    if t is None:
-        entry["note"] = (
-            f"{len(subjects)} participant(s): no t-map (needs at least {stats.MIN_T_PARTICIPANTS}); mean map only"
-        )
+    if result.clusters is not None and len(result.clusters):
+        top = result.clusters.loc[result.clusters["peak_stat"].astype(float).idxmax()]
+        entry["peak"] = {"peak_stat": float(top["peak_stat"]), **{f"peak_{a}": float(top[a]) for a in "xyz"}}
+    if result.note:
+        entry["note"] = result.note
+    elif zero and not attribution["Signed"]:
+        entry["note"] = attribution["Note"]
     return entry
+
+
+#: Columns of ``task-<t>_desc-contrasts_summary.tsv`` (one row per group test).
+CONTRAST_COLUMNS = {
+    "contrast": {"Description": "contrast- label of the maps (<state>: the state's mean map; <A>Vs<B>, <A>VsOthers)"},
+    "kind": {
+        "Description": "mean (the state's mean map, tested against 0 only for signed attributions), others "
+        "(state minus the mean of the other states) or pair (state minus one other state)"
+    },
+    "state": {"Description": "the state with weight +1"},
+    "others": {"Description": "the states subtracted (comma-separated; n/a for mean)"},
+    "correct_only": {"Description": "1: from the correctly decoded volumes only (--correct-only), 0: all volumes"},
+    "n_participants": {"Description": "participants in the test"},
+    "dof": {"Description": "degrees of freedom of the t statistic (n/a: not tested)"},
+    "correction": {
+        "Description": "correction applied: fdr, fwe-permutation, none; 'not tested' (effect only) or 'not "
+        "applied' (the correction was impossible), see note"
+    },
+    "alpha": {"Description": "FDR q or FWE alpha"},
+    "threshold_z": {"Description": "z threshold (n/a: none, or no voxel survives)"},
+    "voxels_mask": {"Description": "voxels in the template brain mask"},
+    "voxels_tested": {"Description": "voxels tested (brain mask minus voxels equal in every participant)"},
+    "voxels_surviving": {"Description": "voxels above the corrected threshold"},
+    "share_surviving": {"Description": "voxels_surviving / voxels_mask"},
+    "n_clusters": {"Description": "clusters of surviving voxels (cluster table)"},
+    "peak_stat": {"Description": "largest z of the surviving voxels (n/a: none)"},
+    "peak_x": {"Description": "its x coordinate", "Units": "mm"},
+    "peak_y": {"Description": "its y coordinate", "Units": "mm"},
+    "peak_z": {"Description": "its z coordinate", "Units": "mm"},
+    "note": {"Description": "why something was not computed (n/a: everything was)"},
+}
+
+
+def contrast_table(entries):
+    """One row per group test of a task (:data:`CONTRAST_COLUMNS`) from the manifest entries."""
+    import pandas as pd
+
+    rows = []
+    for e in entries:
+        info = e["inference"]
+        rows.append(
+            {
+                "contrast": e["label"],
+                "kind": e["kind"],
+                "state": e["state"],
+                "others": ", ".join(e["others"]) or None,
+                "correct_only": int(e["correct_only"]),
+                "n_participants": e["n_participants"],
+                "dof": info["DegreesOfFreedom"],
+                "correction": info["Correction"],
+                "alpha": info["Alpha"],
+                "threshold_z": info["Threshold"],
+                "voxels_mask": info["VoxelsInMask"],
+                "voxels_tested": info["VoxelsTested"],
+                "voxels_surviving": info["VoxelsSurviving"],
+                "share_surviving": info["ShareOfMaskSurviving"],
+                "n_clusters": e["n_clusters"],
+                **e.get("peak", {"peak_stat": None, "peak_x": None, "peak_y": None, "peak_z": None}),
+                "note": e.get("note"),
+            }
+        )
+    return pd.DataFrame(rows, columns=list(CONTRAST_COLUMNS))
 
 
 def compute_group_outputs(config, inventory, templates):
@@ -253,7 +402,19 @@ def compute_group_outputs(config, inventory, templates):
             if config.correct_only:
                 LOGGER.info("group: task %s: reading per-volume relevance maps for --correct-only", task)
                 correct = stats.correct_only_participant_means(runs, states, output_dir=out)
-            entry["maps"] = _group_maps(folder, out, task, model, maps, templates, correct)
+            entry["maps"], entry["contrasts"], entry["attribution"] = _group_maps(
+                folder, out, task, model, maps, templates, config, correct
+            )
+            if entry["maps"] or entry["contrasts"]:
+                frame = contrast_table(entry["maps"] + entry["contrasts"])
+                path = folder / naming.group_name(task, "summary", ".tsv", desc="contrasts")
+                _write_table(
+                    path,
+                    frame,
+                    CONTRAST_COLUMNS,
+                    {"Description": f"group relevance tests of task {task}: one row per contrast", **extra},
+                )
+                entry["contrast_table"] = _rel(path, out)
             from deeplight_bids.quality.group_quality import write_quality_tables
 
             entry.update(write_quality_tables(config, tables, runs, maps, templates))

@@ -38,13 +38,15 @@ Metrics
 
 Relevance maps
 --------------
-Per model, task and state: the participant mean maps (``label-<state>_desc-mean``) are
-averaged (``stat-effect``) and tested voxel-wise against 0 with a one-sample t-test
-(``stat-t``, nilearn ``SecondLevelModel`` with an intercept-only design, i.e. the
-one-sample t statistic ``mean / (SD / √n)``, df = n - 1), inside the template brain mask
-(0 outside; voxels with zero variance get t = 0).  No t-map is made for a single
-participant.  ``--correct-only``: the same, from participant means over only the correctly
-decoded volumes of each state (read from the 4D per-volume maps, a few volumes at a time).
+Per model and task (:mod:`deeplight_bids.group.contrasts`, statistics in
+:mod:`deeplight_bids.group.inference`): each state's participant mean maps
+(``label-<state>_desc-mean``) are averaged (``contrast-<state>_stat-effect``); the states are
+compared within participants (``contrast-<state>VsOthers`` / ``<A>Vs<B>``: paired second-level
+model, ``stat-{effect,t,z,p}``, a corrected threshold and a cluster table); a state's mean map
+is tested against 0 only when the attribution method is signed.  From
+:data:`MIN_T_PARTICIPANTS` participants on; below, effect maps only.  ``--correct-only``:
+the same, from participant means over only the correctly decoded volumes of each state
+(read from the 4D per-volume maps, a few volumes at a time).
 """
 
 import logging
@@ -518,43 +520,9 @@ def block_time_table(runs):
 # --------------------------------------------------------------------------------------------
 # relevance maps
 # --------------------------------------------------------------------------------------------
-#: Fewest participants for a group t-map (below: mean maps only; with 2 the t has 1 degree of freedom).
+#: Fewest participants for a group t-map of a one-sample (or paired) test (below: effect maps only; with 2 the t
+#: has 1 degree of freedom); see :data:`deeplight_bids.group.inference.MIN_DOF`.
 MIN_T_PARTICIPANTS = 3
-
-
-def one_sample_maps(images, mask):
-    """Voxel-wise mean and one-sample t of 3D maps inside ``mask``; t is None below :data:`MIN_T_PARTICIPANTS` maps.
-
-    Parameters
-    ----------
-    images : list of nibabel.Nifti1Image or ndarray (x, y, z)
-    mask : nibabel.Nifti1Image
-        Brain mask on the same grid.
-
-    Returns
-    -------
-    (mean ndarray, t ndarray or None) float32, 0 outside the mask.
-    """
-    import nibabel as nib
-
-    inside = np.asarray(mask.dataobj) > 0
-    arrays = [np.asarray(img.dataobj if hasattr(img, "dataobj") else img, dtype=np.float64) for img in images]
-    stack = np.stack(arrays)
-    mean = np.where(inside, stack.mean(axis=0), 0.0).astype(np.float32)
-    if len(arrays) < MIN_T_PARTICIPANTS:
-        return mean, None
-    from nilearn.glm.second_level import SecondLevelModel
-
-    imgs = [nib.Nifti1Image(a.astype(np.float32), mask.affine) for a in arrays]
-    design = pd.DataFrame({"intercept": np.ones(len(imgs))})
-    model = SecondLevelModel(mask_img=mask, smoothing_fwhm=None, minimize_memory=True)
-    with np.errstate(divide="ignore", invalid="ignore"):  # zero-variance voxels: handled below
-        model.fit(imgs, design_matrix=design)
-        t_img = model.compute_contrast("intercept", output_type="stat")
-    t = np.asarray(t_img.dataobj, dtype=np.float64)
-    zero_var = stack.std(axis=0) == 0
-    t[~np.isfinite(t) | zero_var | ~inside] = 0.0
-    return mean, t.astype(np.float32)
 
 
 def correct_only_participant_means(runs, states, output_dir=None):

@@ -159,3 +159,62 @@ def varied_out(participant_out, group_bids, staged_templateflow, tmp_path_factor
         return out, code
 
     return build_once(tmp_path_factory, "group_varied_out", build)
+
+
+#: Where ``synthetic_out`` adds relevance to MOTOR_lh: a 5-voxel cube (reference-grid indices).
+SYNTHETIC_REGION = (slice(20, 25), slice(50, 55), slice(55, 60))
+
+
+def write_synthetic_state_maps(out, seed=0, effect=3.0, noise=0.005):
+    """Replace every participant mean relevance map in ``out`` by a synthetic one with a known difference.
+
+    Each map is a positive pattern shared by all maps (1 + 0.2 U(0, 1)) plus Gaussian noise
+    (SD ``noise``) inside the template brain mask, 0 outside; MOTOR_lh maps get ``effect``
+    more in :data:`SYNTHETIC_REGION`.  The files are replaced (atomic rename, so hard-linked
+    originals stay untouched); the sidecars are kept, less any ``Attribution`` record (as
+    written before attribution methods existed).  Returns the region as a boolean array.
+    """
+    import nibabel as nib
+
+    from deeplight_bids.derivatives.writers import write_json, write_nifti
+    from deeplight_bids.group.templates import load_templates
+
+    inside = np.asarray(load_templates().mask.dataobj) > 0
+    region = np.zeros(inside.shape, bool)
+    region[SYNTHETIC_REGION] = True
+    assert (region & inside).sum() == region.sum()
+    rng = np.random.default_rng(seed)
+    pattern = 1.0 + 0.2 * rng.random(inside.shape)
+    for path in sorted(Path(out).glob("sub-*/func/*_desc-mean_relevance.nii.gz")):  # test helper
+        img = nib.load(path)
+        data = pattern + noise * rng.standard_normal(inside.shape)
+        if "label-MOTORlh_" in path.name:
+            data = data + effect * region
+        data = np.where(inside, data, 0.0).astype(np.float32)
+        write_nifti(path, nib.Nifti1Image(data, img.affine, img.header))
+        side = path.with_name(path.name.replace(".nii.gz", ".json"))
+        meta = json.loads(side.read_text())
+        meta.pop("Attribution", None)
+        write_json(side, meta)
+    return region
+
+
+@pytest.fixture(scope="session")
+def synthetic_out(participant_out, group_bids, staged_templateflow, tmp_path_factory):
+    """(output dir, exit code, region): the group level (defaults) on synthetic mean maps with a known difference.
+
+    Three participants give the t statistic 2 degrees of freedom: for the region to pass FDR among
+    ~200 000 voxels its t must be in the hundreds, hence the small noise of the maps.
+    """
+
+    def build(folder):
+        out = link_copy(
+            participant_out,
+            folder / "deeplight",
+            ignore=shutil.ignore_patterns("group", "deeplight_report.html"),
+        )
+        region = write_synthetic_state_maps(out)
+        code = cli([str(group_bids.bids_dir), str(out), "group"])
+        return out, code, region
+
+    return build_once(tmp_path_factory, "group_synthetic_out", build)

@@ -54,13 +54,17 @@ def test_single_state_and_one_run():
 
 
 def test_t_maps_need_three_participants():
+    from deeplight_bids.group.inference import second_level_inference
+
     rng = np.random.default_rng(0)
     mask = nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), REFERENCE_AFFINE)
     maps = [rng.normal(size=(4, 4, 4)) for _ in range(3)]
-    mean, t = stats.one_sample_maps(maps[:2], mask)
-    assert t is None and np.allclose(mean, np.mean(maps[:2], axis=0), atol=1e-6)
-    mean, t = stats.one_sample_maps(maps, mask)
-    assert t is not None and t.shape == (4, 4, 4)
+    two = second_level_inference(maps[:2], mask)
+    assert two.t is None and two.z is None and two.correction == "not tested"
+    assert np.allclose(two.effect, np.mean(maps[:2], axis=0), atol=1e-6)
+    assert "effect map only" in two.note and str(stats.MIN_T_PARTICIPANTS) in two.note
+    three = second_level_inference(maps, mask)
+    assert three.t is not None and three.t.shape == (4, 4, 4) and three.dof == 2
 
 
 def test_volume_counts_are_plural_aware():

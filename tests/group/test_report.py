@@ -109,29 +109,33 @@ def test_report_is_self_contained(varied_out):
     import nibabel as nib
 
     manifest = json.loads((out / "group" / "group_manifest.json").read_text())
-    entries = manifest["ModelGroups"][0]["Tasks"]["motor"]["maps"]
-    assert len(entries) >= 4  # 3 states (all volumes) + correct only where some volume was right
-    shown = sum(bool(np.any(np.asarray(nib.load(out / (e["t"] or e["mean"])).dataobj))) for e in entries)
-    assert shown >= 2
+    task = manifest["ModelGroups"][0]["Tasks"]["motor"]
+    assert len(task["maps"]) >= 4  # 3 states (all volumes) + correct only where some volume was right
+
+    def figures(entry):  # a tested map: glass brain + slices; an effect map: glass brain; an all-zero map: none
+        if not np.any(np.asarray(nib.load(out / entry["files"]["effect"]).dataobj)):
+            return 0
+        return 2 if "z" in entry["files"] else 1
+
+    shown = [figures(e) for e in task["maps"] + task["contrasts"]]
+    assert sum(1 for f in shown if f) >= 2
     quality_figures = int((out / "group" / "task-motor_desc-faithfulness_summary.tsv").is_file())  # deletion curves
     # the GLM section (deeplight_bids/glm/report_section.py): relevance and GLM side by side per state with both maps
+    from deeplight_bids.glm.report_section import relevance_map_for
+
     pooled = pd.read_csv(out / "group" / "task-motor_desc-glmagreement_summary.tsv", sep="\t")
     glm_states = set(pooled.loc[pooled["level"] == "participant", "state"])
-    glm_shown = sum(
-        e["state"] in glm_states and bool(np.any(np.asarray(nib.load(out / (e["t"] or e["mean"])).dataobj)))
-        for e in entries
-        if not e["correct_only"]
-    )
-    assert len(refs.images) == 2 + 2 * shown + quality_figures + 2 * glm_shown
+    glm_shown = 0
+    for state in glm_states:
+        path, _ = relevance_map_for(task, state)
+        glm_shown += bool(path) and bool(np.any(np.asarray(nib.load(out / path).dataobj)))
+    assert len(refs.images) == 2 + sum(shown) + quality_figures + 2 * glm_shown
     for href in refs.links:  # participant links are relative and exist
         if not href.startswith("#"):
             assert not href.startswith(("http:", "https:", "/")) and (out / href).is_file(), href
     text = report.read_text()
-    t_maps = [e for e in entries if e["t"]]
-    # every t-map figure states its degrees of freedom (3 participants: 2)
-    assert t_maps and text.count("one-sample t, 2 degrees of freedom (3 participants)") == 2 * len(
-        [e for e in t_maps if np.any(np.asarray(nib.load(out / e["t"]).dataobj))]
-    )
+    # the random model's maps are not signed (published preset): the means are drawn as effects, never as tests
+    assert text.count("effect, not a statistic; drawn at") == sum(1 for f in shown if f == 1)
     for needle in (
         "Summary",
         "Processed and skipped",
@@ -189,12 +193,15 @@ def test_one_participant(one_participant_out):
     assert code == 0
     group = out / "group"
     assert not list(group.glob("*_stat-t_*"))
-    means = sorted(group.glob(f"task-motor_{SPACE}_contrast-*_stat-effect_statmap.nii.gz"))
-    assert len(means) == 3
+    means = sorted(group.glob(f"task-motor_{SPACE}_contrast-MOTOR*_stat-effect_statmap.nii.gz"))
+    labels = sorted(p.name.split("contrast-")[1].split("_")[0] for p in means)
+    assert labels == ["MOTORlh", "MOTORrh", "MOTORt"]
     sidecar = json.loads(means[0].with_name(means[0].name.replace(".nii.gz", ".json")).read_text())
     assert sidecar["NumberOfParticipants"] == 1
     text = (out / "deeplight_report.html").read_text()
-    assert "no t-map" in text
+    assert "With 1 participant(s) only the effect maps were computed" in text
+    # the random model gives sub-01 no relevance for two states: no contrast, and the report says why
+    assert text.count("not computed, no participant has usable maps: sub-01 (relevance 0 everywhere") == 3
     # missing (sub-03) and partial (sub-02) participant outputs are listed, not fatal
     assert "sub-03" in text and "no participant-level outputs" in text
     assert "sub-02_task-motor_desc-predictions_timeseries.tsv" in text and "unfinished run" in text

@@ -149,37 +149,95 @@ def _mask(out):
     return np.asarray(templates.mask.dataobj) > 0
 
 
-def test_group_maps_match_scipy(varied_out):
+def _participant_maps(out, label):
+    maps = sorted(out.glob(f"sub-*/func/*_task-motor_{SPACE}_label-{label}_desc-mean_relevance.nii.gz"))
+    return {p.name.split("_")[0]: nib.load(p).get_fdata() for p in maps}
+
+
+def test_state_means_are_averaged_not_tested(varied_out):
+    """The published preset is not signed: each state's mean map is written, without a test against 0."""
     out, _ = varied_out
     inside = _mask(out)
-    checked = 0
     for state in STATES:
         label = state.replace("_", "")
-        maps = sorted(out.glob(f"sub-*/func/*_task-motor_{SPACE}_label-{label}_desc-mean_relevance.nii.gz"))
+        maps = _participant_maps(out, label)
         assert len(maps) == 3
-        data = np.stack([nib.load(p).get_fdata() for p in maps])
-        mean_img = nib.load(out / GROUP / f"task-motor_{SPACE}_contrast-{label}_stat-effect_statmap.nii.gz")
-        t_img = nib.load(out / GROUP / f"task-motor_{SPACE}_contrast-{label}_stat-t_statmap.nii.gz")
-        np.testing.assert_allclose(mean_img.affine, nib.load(maps[0]).affine)
+        data = np.stack(list(maps.values()))
+        path = out / GROUP / f"task-motor_{SPACE}_contrast-{label}_stat-effect_statmap.nii.gz"
+        mean_img = nib.load(path)
+        np.testing.assert_allclose(mean_img.affine, nib.load(next(out.glob("sub-01/func/*_relevance.nii.gz"))).affine)
         mean = mean_img.get_fdata()
         scale = np.abs(data).max()
         np.testing.assert_allclose(mean[inside], data.mean(axis=0)[inside], rtol=1e-5, atol=1e-6 * scale)
         assert np.all(mean[~inside] == 0)
-        sidecar = json.loads((out / GROUP / f"task-motor_{SPACE}_contrast-{label}_stat-t_statmap.json").read_text())
-        assert sidecar["NumberOfParticipants"] == 3 and sidecar["DegreesOfFreedom"] == 2
-        assert sidecar["Model"]["States"] == STATES and sidecar["Resolution"]
-        t_expected = sps.ttest_1samp(data[:, inside], 0.0, axis=0).statistic
-        t_got = t_img.get_fdata()[inside]
-        ok = np.isfinite(t_expected) & (data[:, inside].std(axis=0) > 0)
-        if not ok.any():  # the random model gives all-zero relevance for some targets: t is 0 then
-            assert np.all(t_img.get_fdata() == 0)
-            continue
+        assert not list((out / GROUP).glob(f"task-motor_{SPACE}_contrast-{label}_stat-[tzp]_*"))
+        sidecar = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+        assert sidecar["NumberOfParticipants"] == 3 and sidecar["Model"]["States"] == STATES
+        assert sidecar["Attribution"]["Method"] == "preset_b_flat" and sidecar["Attribution"]["Signed"] is False
+        assert "not signed" in sidecar["AgainstZero"] and sidecar["StatisticalModel"]["Correction"] == "not tested"
+
+
+def test_contrasts_between_states_match_scipy(synthetic_out):
+    """<state>VsOthers: paired t of the brain-mean-scaled differences, FDR-thresholded, with a cluster table."""
+    out, code, region = synthetic_out
+    assert code == 0
+    inside = _mask(out)
+    maps = {s: _participant_maps(out, s.replace("_", "")) for s in STATES}
+    checked = 0
+    for state in STATES:
+        label = f"{state.replace('_', '')}VsOthers"
+        others = [o for o in STATES if o != state]
+        usable = sorted(maps[state])
+        assert len(usable) == 3
+        path = out / GROUP / f"task-motor_{SPACE}_contrast-{label}_stat-t_statmap.nii.gz"
+
+        def scaled(s, sub):
+            return maps[s][sub] / np.abs(maps[s][sub][inside]).mean()
+
+        diffs = np.stack([scaled(state, sub) - np.mean([scaled(o, sub) for o in others], axis=0) for sub in usable])
+        effect = nib.load(path.with_name(path.name.replace("stat-t", "stat-effect"))).get_fdata()
+        np.testing.assert_allclose(effect[inside], diffs.mean(axis=0)[inside], rtol=1e-4, atol=1e-6)
+        tested = inside & (diffs.std(axis=0) > 0)
+        t_expected = sps.ttest_1samp(diffs[:, tested], 0.0, axis=0).statistic
+        t_got = nib.load(path).get_fdata()
+        np.testing.assert_allclose(t_got[tested], t_expected, rtol=1e-3, atol=1e-4)  # float32 maps; |t| up to 1e4
+        assert np.all(t_got[~tested] == 0)
+        z = nib.load(path.with_name(path.name.replace("stat-t", "stat-z"))).get_fdata()
+        p_expected = sps.t.sf(t_expected, len(usable) - 1)
+        np.testing.assert_allclose(z[tested], sps.norm.isf(p_expected), rtol=1e-3, atol=1e-3)
+        side = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+        model = side["StatisticalModel"]
+        assert model["Correction"] == "fdr" and model["Alpha"] == 0.05 and model["DegreesOfFreedom"] == len(usable) - 1
+        assert side["Scaling"]["Method"] == "brain-mean" and side["ContrastWeights"][others[0]] == -0.5
+        # FDR by hand: Benjamini-Hochberg on the one-sided p of the tested voxels
+        p_sorted = np.sort(p_expected)
+        m = len(p_sorted)
+        below = np.nonzero(p_sorted <= 0.05 * np.arange(1, m + 1) / m)[0]
+        n_expected = 0 if not len(below) else int((p_expected <= p_sorted[below[-1]]).sum())
+        assert abs(model["VoxelsSurviving"] - n_expected) <= max(2, 0.002 * n_expected)  # float32 ties at the edge
+        clusters = out / GROUP / f"task-motor_{SPACE}_contrast-{label}_stat-z_clusters.tsv"
+        cluster_side = json.loads(naming_sidecar(clusters).read_text())
+        assert all(cluster_side[c]["Description"] for c in read_tsv(clusters).columns)
+        surviving = tested & (z >= model["Threshold"]) if model["Threshold"] is not None else tested & False
+        if state == "MOTOR_lh":  # the known difference is found, and not much more
+            assert (surviving & region).sum() >= 0.9 * region.sum()
+            assert (surviving & ~region).sum() <= 0.05 * surviving.sum() + 5
+            table = read_tsv(clusters)
+            peak = np.linalg.inv(nib.load(path).affine) @ np.array([*table.loc[0, ["x", "y", "z"]], 1.0])
+            assert region[tuple(int(round(v)) for v in peak[:3])]
+        else:  # the others have less relevance there: nothing survives "state > others" but noise
+            assert (surviving & region).sum() == 0 and surviving.sum() <= 5
         checked += 1
-        # relevance is masked to each run's brain mask: template voxels outside every run's mask are 0
-        assert ok[np.abs(data[:, inside]).max(axis=0) > 0].mean() > 0.9
-        np.testing.assert_allclose(t_got[ok], t_expected[ok], rtol=1e-4, atol=1e-4)
-        assert np.all(t_got[~ok] == 0) and np.all(t_img.get_fdata()[~inside] == 0)
-    assert checked >= 1
+    summary = read_tsv(out / GROUP / "task-motor_desc-contrasts_summary.tsv")
+    assert set(summary["contrast"]) >= {s.replace("_", "") for s in STATES}
+    assert set(summary.loc[summary["kind"] == "mean", "correction"]) == {"not tested"}
+    assert checked == 3
+
+
+def naming_sidecar(path):
+    from deeplight_bids.derivatives.naming import sidecar_of
+
+    return sidecar_of(path)
 
 
 def test_correct_only_maps_match(varied_out):
@@ -216,7 +274,9 @@ def test_correct_only_maps_match(varied_out):
 def test_every_tsv_has_a_sidecar_describing_its_columns(varied_out):
     out, _ = varied_out
     tsvs = sorted((out / GROUP).glob("*.tsv"))
-    assert len(tsvs) == 9  # 5 + significance, significancegroup, faithfulness, quality (quality.group_quality)
+    # 5 + significance, significancegroup, faithfulness, quality (quality.group_quality) + contrasts (no cluster
+    # table: the random model's maps are 0 for two states, so no contrast between states is computed)
+    assert len(tsvs) == 10
     for path in tsvs:
         sidecar = json.loads(path.with_suffix(".json").read_text())
         for column in read_tsv(path).columns:
