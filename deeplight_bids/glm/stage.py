@@ -468,6 +468,8 @@ def _compared_method_rows(config, subject, task, task_runs, state, label, part, 
     from deeplight_bids.quality.compare import read_method_sums
 
     pooled = {}
+    if config.work_dir is None:  # (no work folder, no comparison sums)
+        return []
     for run, _ in task_runs:
         for method, by_state in read_method_sums(naming.attribution_sums_output(config.work_dir, run.label)).items():
             if method == main_method or state not in by_state:

@@ -275,8 +275,9 @@ def test_every_tsv_has_a_sidecar_describing_its_columns(varied_out):
     out, _ = varied_out
     tsvs = sorted((out / GROUP).glob("*.tsv"))
     # 5 + significance, significancegroup, faithfulness, quality (quality.group_quality) + contrasts (no cluster
-    # table: the random model's maps are 0 for two states, so no contrast between states is computed)
-    assert len(tsvs) == 10
+    # table: the random model's maps are 0 for two states, so no contrast between states is computed) + the pooled
+    # GLM agreement (glm.group)
+    assert len(tsvs) == 11
     for path in tsvs:
         sidecar = json.loads(path.with_suffix(".json").read_text())
         for column in read_tsv(path).columns:
