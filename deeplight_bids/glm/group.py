@@ -7,8 +7,11 @@ participant-level Pearson r and Dice overlaps.  Outputs made before the GLM exis
 with ``--no-glm``) have no agreement tables: the group level says which participants lack
 them and how to add them, and goes on.
 
-The group second-level model of the GLM contrasts is not made here (the participants'
-GLM maps, :func:`deeplight_bids.glm.stage.participant_maps`, are its input).
+:func:`write_glm_group_maps` fits the group second-level model of each state's GLM contrast
+(the state against the others) with the same statistics as the relevance contrasts
+(:func:`deeplight_bids.group.inference.second_level_inference`: one-sample test of the
+participants' effect maps, the same ``--group-threshold``), so relevance and GLM are compared
+like for like; ``..._contrast-<State>VsOthers_stat-{effect,t,z,p}_desc-glm_statmap.nii.gz``.
 """
 
 import logging
@@ -24,7 +27,7 @@ from deeplight_bids.glm.stage import AGREEMENT_COLUMNS
 
 LOGGER = logging.getLogger("deeplight_bids")
 
-__all__ = ["MEASURES", "agreement_summary", "read_agreement_tables", "write_glm_tables"]
+__all__ = ["MEASURES", "agreement_summary", "read_agreement_tables", "write_glm_group_maps", "write_glm_tables"]
 
 #: The agreement measures summarised across participants.
 MEASURES = ("pearson_r", *(f"dice_top{k}" for k in TOP_PERCENTS))
@@ -137,7 +140,92 @@ def write_glm_tables(config, folder, task, map_records, provenance, log=LOGGER):
             "n/a" if r is None else f"{r:.2f}",
             "n/a" if d1 is None else f"{d1:.2f}",
         )
-    return {"glm_agreement": str(path.relative_to(out)), "glm_missing": missing}
+    return {"glm_agreement": str(path.relative_to(out)), "glm_missing": missing, "glm_rows": rows}
+
+
+def write_glm_group_maps(config, folder, task, rows, templates, provenance, log=LOGGER):
+    """Group second level of each state's GLM contrast (state vs others); returns the manifest entries.
+
+    Parameters
+    ----------
+    config : deeplight_bids.config.Config
+        ``output_dir``, ``group_threshold``, ``group_alpha``, ``group_permutations``, ``seed``.
+    folder : pathlib.Path
+        The model's group folder.
+    task : str
+    rows : pandas.DataFrame
+        The pooled agreement rows (:func:`write_glm_tables`): their participant-level ``glm_map`` (t-map)
+        names each participant's GLM maps; the effect map beside it enters the model.
+    templates : deeplight_bids.group.templates.Templates
+        The brain mask.
+    provenance : dict
+        Sidecar fields shared by the task's group outputs.
+
+    Returns
+    -------
+    list of dict
+        One entry per contrast: ``state``, ``label``, ``n_participants``, ``files`` (relative to
+        OUTPUT_DIR), ``threshold_text``, ``inference``.
+    """
+    import nibabel as nib
+
+    from deeplight_bids.group import inference
+    from deeplight_bids.group.stats import MIN_T_PARTICIPANTS
+
+    out = Path(config.output_dir).resolve()
+    part = rows[rows["level"] == "participant"]
+    part = part[~part["relevance_map"].astype(str).str.startswith("mean of the ")]
+    entries = []
+    for (state, label), sel in part.groupby(["state", "contrast"], sort=True):
+        effect_of = {}
+        for subject, t_map in zip(sel["participant_id"], sel["glm_map"]):
+            effect = out / str(t_map).replace("_stat-t_", "_stat-effect_")
+            if effect.is_file():
+                effect_of[subject] = effect
+        if not effect_of:
+            continue
+        subjects = sorted(effect_of)
+        arrays = [np.asarray(nib.load(effect_of[s]).dataobj, np.float32) for s in subjects]
+        result = inference.second_level_inference(
+            arrays,
+            templates.mask,
+            correction=config.group_threshold,
+            alpha=config.group_alpha,
+            n_permutations=config.group_permutations,
+            seed=config.seed,
+            test=len(subjects) >= MIN_T_PARTICIPANTS,
+        )
+        if len(subjects) < MIN_T_PARTICIPANTS:
+            result.notes.append(f"{len(subjects)} participant(s): effect map only (a test needs {MIN_T_PARTICIPANTS})")
+        paths = naming.group_contrast_outputs(folder, task, label, desc="glm")
+        sidecar = {
+            "Description": f"group GLM contrast {label} (the state {state} against the mean of the task's other "
+            f"states), task {task}: one-sample test of the participants' first-level effect maps (fixed effects "
+            "of their runs), the same statistics as the relevance contrasts; 0 outside the brain mask",
+            "Task": task,
+            "State": state,
+            "Contrast": label,
+            "NumberOfParticipants": len(subjects),
+            "Participants": list(subjects),
+            "Sources": [f"bids::{effect_of[s].relative_to(out)}" for s in subjects],
+            "Mask": templates.provenance(),
+            **provenance,
+        }
+        written = inference.write_inference(result, paths, sidecar)
+        log.info(
+            "group: task %s, GLM contrast %s (%d participants): %s", task, label, len(subjects), result.threshold_text()
+        )
+        entries.append(
+            {
+                "state": state,
+                "label": label,
+                "n_participants": len(subjects),
+                "files": {kind: str(path.relative_to(out)) for kind, path in written.items()},
+                "threshold_text": result.threshold_text(),
+                "inference": result.summary(),
+            }
+        )
+    return entries
 
 
 def mean_t_map(output_dir, rows, state):

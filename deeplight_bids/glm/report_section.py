@@ -88,7 +88,14 @@ def glm_html(output_dir, entry, task, templates):
     parts.append(table_html(pd.DataFrame(summary), digits=2))
     for state in sorted(set(part["state"])):
         rel_rel, kind = relevance_map_for(entry, state)
-        glm_mean, n = mean_t_map(output_dir, rows, state)
+        group_glm = next((c for c in entry.get("glm_contrasts", []) if c["state"] == state), None)
+        glm_path = (group_glm or {}).get("files", {}).get("z") if group_glm else None
+        if glm_path and (Path(output_dir) / glm_path).is_file():
+            import nibabel as nib
+
+            glm_mean, n = nib.load(Path(output_dir) / glm_path), group_glm["n_participants"]
+        else:
+            glm_mean, n = mean_t_map(output_dir, rows, state)
         if not rel_rel or glm_mean is None or not (Path(output_dir) / rel_rel).is_file():
             continue
         import nibabel as nib
@@ -97,11 +104,20 @@ def glm_html(output_dir, entry, task, templates):
         if not np.any(np.asarray(rel_img.dataobj)):
             continue
         left = _glass(rel_img, f"{task} {state}: relevance ({kind})", templates)
-        right = _glass(glm_mean, f"{task} {state}: GLM t vs others (mean of {n})", templates)
         stats = part[part["state"] == state]
+        if glm_path and group_glm:
+            right = _glass(glm_mean, f"{task} {state}: GLM z vs others ({n} participants)", templates)
+            about_right = (
+                f"right: the group GLM contrast's z-map ({glm_path}; the same second-level statistics as the "
+                f"relevance contrasts: {group_glm['threshold_text']})"
+            )
+        else:
+            right = _glass(glm_mean, f"{task} {state}: GLM t vs others (mean of {n})", templates)
+            about_right = (
+                f"right: mean of the {n} participants' GLM t-maps (display only: the mean of t-maps is no group test)"
+            )
         caption = (
-            f"left: group relevance map ({kind} across participants, {rel_rel}); right: mean of the {n} participants' "
-            "GLM t-maps (display only: the mean of t-maps is no group test); both thresholded at the 95th "
+            f"left: group relevance map ({kind} across participants, {rel_rel}); {about_right}; both drawn at the 95th "
             f"percentile of |value| in the brain. Agreement (participant level, mean): r "
             f"{_fmt(stats['pearson_r'].astype(float).mean())}, Dice top 1 % {_fmt(stats['dice_top1'].astype(float).mean())}, "
             f"top 5 % {_fmt(stats['dice_top5'].astype(float).mean())}, top 10 % {_fmt(stats['dice_top10'].astype(float).mean())}."

@@ -420,7 +420,13 @@ def compute_group_outputs(config, inventory, templates):
             entry.update(write_quality_tables(config, tables, runs, maps, templates))
             from deeplight_bids.glm.group import write_glm_tables
 
-            entry.update(write_glm_tables(config, folder, task, maps, extra))  # relevance vs the GLM (glm/)
+            glm = write_glm_tables(config, folder, task, maps, extra)  # relevance vs the GLM (glm/)
+            rows = glm.pop("glm_rows", None)
+            entry.update(glm)
+            if rows is not None and len(rows):
+                from deeplight_bids.glm.group import write_glm_group_maps
+
+                entry["glm_contrasts"] = write_glm_group_maps(config, folder, task, rows, templates, extra)
             if not entry["maps"]:
                 entry["maps_note"] = "no relevance maps (participant level run with --no-lrp?)"
             group["Tasks"][task] = entry

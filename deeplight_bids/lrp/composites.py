@@ -265,7 +265,7 @@ def _zennit_composite(name, zennit_name, conv_rule, epsilon=1e-6, stabilizer=1e-
 #: The epsilon of the zennit-convention composites' epsilon rule (``--lrp-epsilon``): Montavon et al.
 #: (2019, "Layer-wise relevance propagation: an overview") use ~0.25 so that weak or contradictory
 #: contributions are absorbed; at 1e-6 the rule divides by near-zero sums of mixed-sign terms, whose
-#: float32 rounding then dominates the map (measured: 1.2e-2 of max |R| between two float32
+#: float32 rounding then dominates the map (measured: 1.2e-2 of the largest relevance between two float32
 #: implementations on the full grid, against 1e-6 for the gradient).
 DEFAULT_LRP_EPSILON = 0.25
 

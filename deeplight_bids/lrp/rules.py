@@ -431,7 +431,7 @@ class AlphaBeta(Rule):
         ``z_a = W+ x+ + W- x-`` and ``z_i = W- x+ + W+ x-`` are sums of terms of one sign,
         so they are computed without cancellation (the two-convolution form above gets them
         as half-sums of ``W x`` and ``|W| |x|``, whose float32 rounding dominates where a
-        unit's contributions nearly cancel: up to 3e-3 of max |R| against zennit, 1e-7 in
+        unit's contributions nearly cancel: up to 3e-3 of the largest relevance against zennit, 1e-7 in
         float64).  Cost: four convolutions and their transposes (two for :class:`ZPlus`).
         """
         kernel, bias = layer_parameters(layer)

@@ -276,8 +276,10 @@ def test_every_tsv_has_a_sidecar_describing_its_columns(varied_out):
     tsvs = sorted((out / GROUP).glob("*.tsv"))
     # 5 + significance, significancegroup, faithfulness, quality (quality.group_quality) + contrasts (no cluster
     # table: the random model's maps are 0 for two states, so no contrast between states is computed) + the pooled
-    # GLM agreement (glm.group)
-    assert len(tsvs) == 11
+    # GLM agreement (glm.group) + the cluster table of each state's group GLM contrast (glm.group.write_glm_group_maps)
+    glm_clusters = [p for p in tsvs if p.name.endswith("_desc-glm_clusters.tsv")]
+    assert len(glm_clusters) == 3  # one per state (the GLM maps are not the random model's: all three are tested)
+    assert len(tsvs) == 11 + len(glm_clusters)
     for path in tsvs:
         sidecar = json.loads(path.with_suffix(".json").read_text())
         for column in read_tsv(path).columns:
