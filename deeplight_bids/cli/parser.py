@@ -33,15 +33,19 @@ ANALYSIS_LEVELS = ("participant", "group")
 
 
 def _path_exists(value, parser):
-    path = Path(value).expanduser()
-    if not path.exists():
+    try:
+        path = Path(value).expanduser()
+        exists = path.exists()  # raises OSError for a name the file system refuses (e.g. over 255 bytes)
+    except (OSError, RuntimeError, ValueError) as err:  # RuntimeError: "~user" of no such user
+        parser.error(f"not a usable path: <{value}> ({getattr(err, 'strerror', None) or err}).")
+    if not exists:
         parser.error(f"path does not exist: <{path}>.")
     return path.absolute()
 
 
 def _is_file(value, parser):
     path = _path_exists(value, parser)
-    if not path.is_file():
+    if not path.is_file():  # exists() succeeded: is_file() cannot raise for the name
         parser.error(f"path is not a file: <{path}>.")
     return path
 
