@@ -13,6 +13,7 @@ import contextvars
 import errno
 import gzip
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,6 +27,8 @@ import numpy as np
 
 from deeplight_bids import __version__
 from deeplight_bids.exceptions import OutputError
+
+LOGGER = logging.getLogger("deeplight_bids")
 
 if TYPE_CHECKING:
     import nibabel as nib
@@ -510,8 +513,31 @@ def write_dataset_files(output_dir: PathLike, source_dirs: "Mapping[str, PathLik
     }
     for path, text in files.items():
         try:
-            if not path.is_symlink() and path.is_file() and path.read_text() == text:
-                continue  # concurrent jobs: same content, nothing to do
-        except (OSError, UnicodeDecodeError):
+            if not path.is_symlink() and path.is_file():
+                old = path.read_bytes()
+                if old == text.encode():
+                    continue  # concurrent jobs: same content, nothing to do
+                damage = _damage_of(path, old, text)
+                if damage:
+                    LOGGER.warning("%s: damaged (%s); rewritten", path, damage)
+        except OSError:
             pass  # unreadable: rewrite it
         write_text(path, text, root=output_dir)
+
+
+def _damage_of(path, old, text):
+    """Why an existing dataset file is damaged (empty, truncated, not text, not JSON), or None (an older version)."""
+    if not old:
+        return "empty"
+    try:
+        decoded = old.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not text (another file?)"
+    if path.suffix == ".json":
+        try:
+            json.loads(decoded)
+        except ValueError:
+            return "not valid JSON (truncated or another file?)"
+    elif text.startswith(decoded):
+        return f"{len(old)} of {len(text.encode())} bytes (truncated)"
+    return None
