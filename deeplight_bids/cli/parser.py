@@ -478,6 +478,13 @@ def build_parser():
     g_other.add_argument(
         "--overwrite", action="store_true", help="recompute runs whose outputs already exist (default: skip them)"
     )
+    add_switch(
+        g_other,
+        "--verify",
+        "participant level: check a finished OUTPUT_DIR (e.g. after copying it) for damaged files against the "
+        "sizes and checksums its runs recorded, recompute nothing, write nothing; lists the damaged files and "
+        "exits with 5 if any (a re-run without --verify recomputes them)",
+    )
     g_other.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv: debug, and tracebacks for errors)"
     )
@@ -505,6 +512,11 @@ def check_cross_arguments(parser, args):
         getattr(args, "attribution", PUBLISHED) != PUBLISHED or getattr(args, "compare_attributions", None) is not None
     ):
         parser.error("--no-lrp writes no maps: leave out --attribution and --compare-attributions, or --no-lrp.")
+    if getattr(args, "verify", False) and (args.analysis_level != "participant" or args.overwrite):
+        parser.error(
+            "--verify checks a participant-level OUTPUT_DIR and recomputes nothing: use it with "
+            "'participant' and without --overwrite."
+        )
     args.output_dir = output_dir
     return args
 

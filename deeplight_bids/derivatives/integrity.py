@@ -400,3 +400,146 @@ def _zip_reason(path):
     with zipfile.ZipFile(path) as archive:
         bad = archive.testzip()
     return None if bad is None else f"zip member {bad} is corrupt"
+
+
+# -- --verify: a finished OUTPUT_DIR checked without recomputing ----------------------------------------------
+def verify_output_dir(output_dir, work_dir=None, subjects=None, log=LOGGER):
+    """Check every file of a finished OUTPUT_DIR (and its work folder) without recomputing anything.
+
+    Files listed by a record (the completion markers' ``"Files"``) are checked against it, the
+    per-volume maps with every gzip member decompressed (``full=True``); the markers must parse;
+    every other file (written before records existed, job logs, the work folder's relevance sums)
+    must read through (:func:`readable`).  Nothing is written.
+
+    Parameters
+    ----------
+    output_dir : path-like
+    work_dir : path-like or None
+        Default: ``OUTPUT_DIR/.work``.
+    subjects : iterable of str or None
+        Participant labels (without ``sub-``): only their folders (and the folders outside any
+        participant's) are checked; None: all.
+
+    Returns
+    -------
+    checked : int
+        Files checked.
+    damaged : list of Damage
+    """
+    from deeplight_bids.config import default_work_dir
+
+    output_dir = Path(output_dir)
+    work_dir = Path(work_dir) if work_dir is not None else default_work_dir(output_dir)
+    wanted = None if not subjects else {f"sub-{str(s).removeprefix('sub-')}" for s in subjects}
+
+    def selected(path):
+        try:
+            top = path.relative_to(output_dir).parts[0]
+        except ValueError:
+            return True  # the work folder elsewhere
+        return wanted is None or not top.startswith("sub-") or top in wanted
+
+    files = [p for p in _walk(output_dir, work_dir) if selected(p)]
+    covered, damaged = set(), []
+    for path in files:
+        if not path.name.endswith(".json"):
+            continue
+        obj, reason = read_marker(path)
+        if obj is None or not isinstance(obj.get(FILES_KEY), dict):
+            continue
+        covered.add(path)
+        record = obj[FILES_KEY]
+        if path.parent.name == "relevance_volumes" and "volumes" in record:  # the work copy's own record
+            target = path.with_name(path.name.replace(".json", ".nii.gz"))
+            covered.add(target)
+            why = check(target, record["volumes"], full=True) if target.exists() else None
+            if why is not None:
+                damaged.append(Damage(target, why, cache=True))
+            continue
+        for entry in record.values():
+            if not isinstance(entry, dict) or "Path" not in entry:
+                continue
+            target = path_of(entry, output_dir, work_dir)
+            cache = entry.get("In") == WORK
+            if target in covered or (cache and not target.exists()):
+                covered.add(target)
+                continue
+            covered.add(target)
+            why = check(target, entry, full=True)
+            if why is not None and cache and cache_intact(target):
+                why = None  # rewritten by another job sharing the work folder, and sound
+            if why is not None:
+                damaged.append(Damage(target, why, cache))
+    from deeplight_bids.derivatives.writers import dataset_file_damage
+
+    for path in files:
+        if path in covered:
+            continue
+        why = readable(path)
+        if why is None and path.parent == output_dir and path.name in ("README.md", ".bidsignore"):
+            why = dataset_file_damage(path)
+        if why is not None:
+            damaged.append(Damage(path, why, cache=path.is_relative_to(work_dir)))
+    seen, unique = set(), []
+    for damage in damaged:
+        if damage.path not in seen:
+            seen.add(damage.path)
+            unique.append(damage)
+    return len(set(files) | covered), sorted(unique, key=lambda d: str(d.path))
+
+
+def _walk(output_dir, work_dir):
+    """Every file of OUTPUT_DIR and the work folder; temporaries (hidden names) left out, but ``.bidsignore``."""
+    out, work = Path(output_dir), Path(work_dir)
+    found = []
+    for root in dict.fromkeys((out, work)):
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob("*")):
+            if not path.is_file() or path.is_symlink():
+                continue
+            base = work if path.is_relative_to(work) else root
+            parts = path.relative_to(base).parts
+            if any(p.startswith(".") for p in parts) and not (base == out and parts == (".bidsignore",)):
+                continue
+            found.append(path)
+    return list(dict.fromkeys(found))
+
+
+def run_verify(config, log=LOGGER):
+    """``participant --verify``: list the damaged files of OUTPUT_DIR; exit code 0, or OutputError (5) if any."""
+    import time
+
+    from deeplight_bids.exceptions import EXIT_OK, OutputError
+
+    began = time.monotonic()
+    checked, damaged = verify_output_dir(
+        config.output_dir, config.work_dir, getattr(config, "participant_label", None), log
+    )
+    out = Path(config.output_dir)
+    for damage in damaged:
+        top = damage.path.relative_to(out).parts[0] if damage.path.is_relative_to(out) else None
+        if damage.cache:
+            where = "a work-folder cache: a participant re-run makes it again"
+        elif top == "logs":
+            where = "a record of an earlier job: not made again"
+        elif top == "group" or damage.path.name == "deeplight_report.html":
+            where = "the group level writes it again"
+        elif top == "models":
+            where = "fine-tuning output: fine-tune again with --overwrite"
+        else:
+            where = "a participant re-run recomputes it"
+        log.error("damaged: %s: %s (%s)", damage.path, damage.reason, where)
+    log.info(
+        "verify: %d file(s) of %s checked in %.1f s, %d damaged",
+        checked,
+        config.output_dir,
+        time.monotonic() - began,
+        len(damaged),
+    )
+    if damaged:
+        raise OutputError(
+            f"{config.output_dir}: {len(damaged)} damaged file(s) (listed above); re-run the participant level "
+            "without --verify (it recomputes them), then the group level."
+        )
+    return EXIT_OK

@@ -505,11 +505,7 @@ def write_dataset_files(output_dir: PathLike, source_dirs: "Mapping[str, PathLik
     files = {
         names["description"]: json.dumps(dataset_description(source_dirs, output_dir), indent=2) + "\n",
         names["bidsignore"]: BIDSIGNORE,
-        names["readme"]: (
-            "# deeplight-bids outputs\n\nPer-volume DeepLight decoding (``*_desc-predictions_"
-            "timeseries.tsv``) and LRP relevance maps (``*_desc-relevance_bold.nii.gz``), "
-            "written by deeplight-bids " + __version__ + ".\n"
-        ),
+        names["readme"]: readme_text(),
     }
     for path, text in files.items():
         try:
@@ -523,6 +519,24 @@ def write_dataset_files(output_dir: PathLike, source_dirs: "Mapping[str, PathLik
         except OSError:
             pass  # unreadable: rewrite it
         write_text(path, text, root=output_dir)
+
+
+def readme_text():
+    """The ``README.md`` of OUTPUT_DIR."""
+    return (
+        "# deeplight-bids outputs\n\nPer-volume DeepLight decoding (``*_desc-predictions_"
+        "timeseries.tsv``) and LRP relevance maps (``*_desc-relevance_bold.nii.gz``), "
+        "written by deeplight-bids " + __version__ + ".\n"
+    )
+
+
+def dataset_file_damage(path):
+    """Why OUTPUT_DIR's ``README.md`` or ``.bidsignore`` is damaged (this version's text cut short, empty, not
+    text), or None (as written, or an older version's)."""
+    path = Path(path)
+    text = {"README.md": readme_text(), ".bidsignore": BIDSIGNORE}.get(path.name)
+    old = path.read_bytes()
+    return None if text is None or old == text.encode() else _damage_of(path, old, text)
 
 
 def _damage_of(path, old, text):

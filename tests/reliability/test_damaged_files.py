@@ -253,8 +253,8 @@ def test_damaged_markers_are_named_and_recomputed(reference, small_dataset, rel_
     """
     markers = {k: rel for k, (rel, how) in MARKERS.items() if mode == "empty" or how != "network"}
     picked = {**{name: rel for name, (rel, _, marker) in KINDS.items() if marker in markers}, **markers}
-    paths, _, later = _round(reference, small_dataset.bids_dir, rel_model, tmp_path / "out", picked, mode)
-    assert_named(later, [paths[k] for k in markers])
+    paths, first, later = _round(reference, small_dataset.bids_dir, rel_model, tmp_path / "out", picked, mode)
+    assert_named(first + later, [paths[k] for k in markers])  # the group's: by its first run, on the damage
     assert_equal_outputs(reference, tmp_path / "out")
 
 
@@ -322,3 +322,42 @@ def test_damaged_run_marker_is_one_line_and_a_recompute(reference, mode, tmp_pat
     assert not resume.is_complete(outputs, config, "any settings", True, log=Log())
     marker_lines = [line for line in lines if str(out / MARKER) in line and "damaged" in line]
     assert len(marker_lines) == 1, lines
+
+
+def test_verify_lists_damaged_files_and_writes_nothing(reference, small_dataset, tmp_path):
+    """``participant --verify``: 0 on the finished OUTPUT_DIR; one line per damaged file and exit 5 after damage,
+    a changed byte inside a gzip member of the per-volume maps included; nothing written."""
+    from tests.conftest import tree_digest
+
+    out = _copy(reference, tmp_path / "out")
+    argv = [small_dataset.bids_dir, out, "participant", "--verify", "--skip-bids-validation"]
+    code, stderr = cli_inprocess(argv)
+    assert code == 0, stderr[-3000:]
+    assert ", 0 damaged" in stderr
+    relevance = resolve(out, KINDS["per-volume relevance (and its work-folder hard link)"][0])
+    with open(relevance, "r+b") as fobj:  # one byte in the middle of a member: same size, same member trailers
+        fobj.seek(relevance.stat().st_size // 2)
+        byte = fobj.read(1)
+        fobj.seek(-1, 1)
+        fobj.write(bytes([byte[0] ^ 0xFF]))
+    # job logs have no record: found when unreadable (empty, not text, no header), not when cut short
+    modes = {
+        "predictions table": "truncate",
+        "relevance sums (work)": "empty",
+        "group map": "other",
+        "job run table": "empty",
+        "README": "truncate",
+    }
+    picked = {name: resolve(out, KINDS[name][0]) for name in modes}
+    for name, path in picked.items():
+        damage(path, modes[name])
+    before = tree_digest(out)
+    code, stderr = cli_inprocess(argv)
+    assert code == 5, stderr[-3000:]
+    assert tree_digest(out) == before  # nothing written, nothing removed
+    damaged_lines = [line for line in stderr.splitlines() if "damaged: " in line]
+    for path in [relevance, *picked.values()]:
+        assert sum(str(path) in line for line in damaged_lines) == 1, (path, stderr[-3000:])
+    # the work folder's copy is the same file (a hard link): listed too
+    assert any("relevance_volumes" in line and relevance.name in line for line in damaged_lines)
+    assert_named(stderr, [])  # no traceback
