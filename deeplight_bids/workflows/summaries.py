@@ -23,13 +23,21 @@ def save_state_sums(path, sums, counts, settings_hash, inputs_digest, root=None)
     Keyed by the settings and by the identity of the run's inputs, so sums of another
     dataset or other settings sharing the work folder are never reused.
     """
-    arrays = {}
+    import zipfile
+
+    arrays = {"settings": np.array(settings_hash), "inputs": np.array(inputs_digest)}
     for idx, total in sums.items():
         arrays[f"sum_{idx}"] = np.ascontiguousarray(total, dtype=np.float32)
         arrays[f"count_{idx}"] = np.array(counts[idx])
     with atomic_path(path, root=root) as tmp:
-        with open(tmp, "wb") as fobj:
-            np.savez_compressed(fobj, settings=np.array(settings_hash), inputs=np.array(inputs_digest), **arrays)
+        # np.savez_compressed's layout, with fixed member time stamps: the same sums give the same bytes, so the
+        # file's checksum in the run's record does not change when a re-run writes it again
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+            for key, array in arrays.items():
+                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with archive.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
 
 
 def read_state_sums(path, settings_hash, inputs_digest, log=LOGGER):
