@@ -344,11 +344,12 @@ def readable(path):
                 return None if fobj.read(8) == b"\x89PNG\r\n\x1a\n" else "not a PNG image"
         path.read_text(encoding="utf-8")
     except Exception as err:  # noqa: BLE001  (any reader error is the reason)
-        return _reason(err)
+        return describe_error(err)
     return None
 
 
-def _reason(err):
+def describe_error(err):
+    """An exception as a few words on one line (the reason in a "damaged (...)" line)."""
     text = f"{type(err).__name__}: {err}".strip().rstrip(":")
     return " ".join(text.split())[:200]
 
@@ -378,7 +379,7 @@ def _nifti_reason(path):
             for block in iter(lambda: fobj.read(_CHUNK), b""):
                 total += len(block)
     except (zlib.error, gzip.BadGzipFile) as err:
-        return _reason(err)
+        return describe_error(err)
     return None if total >= expected else f"{total} of {expected} bytes of image data"
 
 

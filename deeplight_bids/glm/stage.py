@@ -296,7 +296,7 @@ def _load(path):
         return nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header)
     except Exception as err:  # noqa: BLE001  (nibabel, gzip and zlib errors of a damaged file)
         raise OutputError(
-            f"{path}: damaged ({integrity._reason(err)}); re-run the participant level for this participant."
+            f"{path}: damaged ({integrity.describe_error(err)}); re-run the participant level for this participant."
         ) from None
 
 

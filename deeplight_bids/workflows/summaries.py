@@ -59,9 +59,11 @@ def read_state_sums(path, settings_hash, inputs_digest, log=LOGGER):
                 if k.startswith("sum_")
             }
     except Exception as err:  # noqa: BLE001  (zipfile, zlib, numpy and OS errors of a damaged file)
-        from deeplight_bids.derivatives.integrity import Damage, _reason
+        from deeplight_bids.derivatives.integrity import Damage, describe_error
 
-        log.warning("%s", Damage(path, _reason(err)).line("removed; the sums are made again from the per-volume maps"))
+        log.warning(
+            "%s", Damage(path, describe_error(err)).line("removed; the sums are made again from the per-volume maps")
+        )
         path.unlink(missing_ok=True)
         return None
 
@@ -145,10 +147,10 @@ class ParticipantSummaries:
                 total += volume
                 out[idx] = (total, count + 1)
         except Exception as err:  # noqa: BLE001  (a damaged map: gzip, zlib, nibabel errors)
-            from deeplight_bids.derivatives.integrity import _reason
+            from deeplight_bids.derivatives.integrity import describe_error
 
             raise OutputError(
-                f"{sources[0]}: damaged ({_reason(err)}); re-run the participant level for "
+                f"{sources[0]}: damaged ({describe_error(err)}); re-run the participant level for "
                 f"sub-{run.subject} with --overwrite."
             ) from None
         # kept again in the work folder (the next job reads them instead of the maps)
