@@ -122,6 +122,9 @@ class ParticipantConfig:
     quality_volumes : int
         Volumes per run they use (``--quality-volumes``; also
         :data:`deeplight_bids.quality.run_quality.DEFAULT_VOLUMES`).
+    verify : bool
+        ``--verify``: check a finished OUTPUT_DIR for damaged files, recompute nothing
+        (:func:`deeplight_bids.derivatives.integrity.verify_output_dir`).
     glm : bool
         Per run, the dataset's own first-level GLM and its agreement with the relevance maps
         (``--no-glm`` turns it off; :mod:`deeplight_bids.glm`).
@@ -146,6 +149,7 @@ class ParticipantConfig:
     quality_volumes: int = 16
     glm: bool = True
     glm_noise_model: str = "ols"
+    verify: bool = False
 
 
 @dataclass(frozen=True)
@@ -402,6 +406,7 @@ class Config:
                 quality_volumes=int(arg("quality_volumes")),
                 glm=not getattr(args, "no_glm", not default("glm")),
                 glm_noise_model=arg("glm_noise_model"),
+                verify=bool(arg("verify")),
             ),
             group=GroupConfig(
                 reference_map=Path(args.reference_map) if getattr(args, "reference_map", None) else None,

@@ -33,15 +33,19 @@ ANALYSIS_LEVELS = ("participant", "group")
 
 
 def _path_exists(value, parser):
-    path = Path(value).expanduser()
-    if not path.exists():
+    try:
+        path = Path(value).expanduser()
+        exists = path.exists()  # raises OSError for a name the file system refuses (e.g. over 255 bytes)
+    except (OSError, RuntimeError, ValueError) as err:  # RuntimeError: "~user" of no such user
+        parser.error(f"not a usable path: <{value}> ({getattr(err, 'strerror', None) or err}).")
+    if not exists:
         parser.error(f"path does not exist: <{path}>.")
     return path.absolute()
 
 
 def _is_file(value, parser):
     path = _path_exists(value, parser)
-    if not path.is_file():
+    if not path.is_file():  # exists() succeeded: is_file() cannot raise for the name
         parser.error(f"path is not a file: <{path}>.")
     return path
 
@@ -513,6 +517,13 @@ def build_parser():
     g_other.add_argument(
         "--overwrite", action="store_true", help="recompute runs whose outputs already exist (default: skip them)"
     )
+    add_switch(
+        g_other,
+        "--verify",
+        "participant level: check a finished OUTPUT_DIR (e.g. after copying it) for damaged files against the "
+        "sizes and checksums its runs recorded, recompute nothing, write nothing; lists the damaged files and "
+        "exits with 5 if any (a re-run without --verify recomputes them)",
+    )
     g_other.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv: debug, and tracebacks for errors)"
     )
@@ -540,6 +551,11 @@ def check_cross_arguments(parser, args):
         getattr(args, "attribution", PUBLISHED) != PUBLISHED or getattr(args, "compare_attributions", None) is not None
     ):
         parser.error("--no-lrp writes no maps: leave out --attribution and --compare-attributions, or --no-lrp.")
+    if getattr(args, "verify", False) and (args.analysis_level != "participant" or args.overwrite):
+        parser.error(
+            "--verify checks a participant-level OUTPUT_DIR and recomputes nothing: use it with "
+            "'participant' and without --overwrite."
+        )
     args.output_dir = output_dir
     return args
 

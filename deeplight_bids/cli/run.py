@@ -61,6 +61,10 @@ def run(argv=None):
         from deeplight_bids.derivatives.writers import output_root
 
         with output_root(config.output_dir):  # every writer of either level guards OUTPUT_DIR
+            if config.analysis_level == "participant" and config.verify:  # reads only
+                from deeplight_bids.derivatives.integrity import run_verify
+
+                return run_verify(config)
             if config.analysis_level == "participant":
                 from deeplight_bids.workflows.participant import run_participant_level
 

@@ -343,9 +343,16 @@ class RunRelevanceOutputs:
             stale += [self.outputs["blocks"], self.outputs["blocks_tsv"]]
         remove_stale(stale, f"relevance maps of another --relevance-maps choice (now: {self.mode})")
         if self.scratch is not None and self.scratch[0].is_file():
+            from deeplight_bids.derivatives.integrity import FILES_KEY, fingerprint
+
             write_json(
                 self.scratch[1],
-                {"Key": self.key, "SettingsHash": sidecar.get("SettingsHash"), "Sidecar": sidecar},
+                {
+                    "Key": self.key,
+                    "SettingsHash": sidecar.get("SettingsHash"),
+                    "Sidecar": sidecar,
+                    FILES_KEY: {"volumes": fingerprint(self.scratch[0])},  # checked before the maps are reused
+                },
                 root=self.root,
             )
 
@@ -365,7 +372,7 @@ def link_or_copy(source, target, root=None):
             shutil.copyfile(source, tmp)
 
 
-def reuse_scratch(mode, outputs, scratch_dir, key, settings_hash, blocks_of, root=None):
+def reuse_scratch(mode, outputs, scratch_dir, key, settings_hash, blocks_of, root=None, files_of=None, log=LOGGER):
     """Make a run's ``mode`` outputs from the work folder's per-volume maps of an earlier pass, without the network.
 
     Done only when the work folder's maps were made under the same ``key`` (settings
@@ -388,22 +395,31 @@ def reuse_scratch(mode, outputs, scratch_dir, key, settings_hash, blocks_of, roo
         ``n_volumes -> event_blocks(...)`` of the run (called for ``blocks``).
     root : path-like or None
         OUTPUT_DIR.
+    files_of : callable or None
+        ``() -> dict``: the run's ``"Files"`` record (:func:`deeplight_bids.derivatives.resume.files_record`),
+        written into the predictions sidecar with the new settings hash.
 
     Returns
     -------
     bool
         True when the outputs were made; False: nothing was changed (run the network).
+
+    Notes
+    -----
+    Nothing is reused from damaged files: the work folder's maps must match the size and
+    gzip member CRCs their record lists, and the run's other outputs (predictions, quality
+    tables) those of the predictions sidecar.
     """
     import json
 
+    from deeplight_bids.derivatives import integrity
     from deeplight_bids.derivatives.writers import write_json
     from deeplight_bids.readback import iter_volumes
 
     volumes, record_path = scratch_paths(scratch_dir, outputs)
-    try:
-        record = json.loads(record_path.read_text())
-        predictions = json.loads(outputs["predictions_json"].read_text())
-    except (OSError, ValueError):
+    record, _ = integrity.read_marker(record_path)
+    predictions, _ = integrity.read_marker(outputs["predictions_json"])
+    if record is None or predictions is None:
         return False
     if (
         record.get("Key") != json.loads(json.dumps(key))
@@ -412,9 +428,26 @@ def reuse_scratch(mode, outputs, scratch_dir, key, settings_hash, blocks_of, roo
         or predictions.get("SettingsHash") != record.get("SettingsHash")
     ):
         return False
+    own = (record.get(integrity.FILES_KEY) or {}).get("volumes")
+    reason = integrity.check(volumes, own) if isinstance(own, dict) else None
+    if reason is None and integrity.member_trailers(volumes) is None:
+        reason = "not the gzip file written (its members are not one per volume)"
+    if reason is not None:
+        log.warning("%s", integrity.Damage(volumes, reason).line("removed; the maps are computed again"))
+        for path in (volumes, record_path):
+            path.unlink(missing_ok=True)
+        return False
+    made = set(RELEVANCE_OUTPUT_KEYS) | {"predictions_json"}
+    others = [k for k in (predictions.get(integrity.FILES_KEY) or {}) if k in outputs and k not in made]
+    if integrity.verify(predictions.get(integrity.FILES_KEY), root, scratch_dir, keys=others):
+        return False  # the predictions or quality tables are damaged too: the network pass makes them again
     import nibabel as nib
 
-    n_volumes, t_r = nib.load(volumes).shape[3], float(nib.load(volumes).header.get_zooms()[3])
+    try:
+        header = nib.load(volumes).header
+        n_volumes, t_r = int(header.get_data_shape()[3]), float(header.get_zooms()[3])
+    except Exception:  # noqa: BLE001  (a header that matched its record cannot fail; be safe: recompute)
+        return False
     target = RunRelevanceOutputs(
         mode,
         outputs,
@@ -436,8 +469,53 @@ def reuse_scratch(mode, outputs, scratch_dir, key, settings_hash, blocks_of, roo
         raise
     sidecar = {**record["Sidecar"], "SettingsHash": settings_hash}
     target.finish(sidecar)
-    LOGGER.info("--relevance-maps %s: made from the per-volume maps %s (no network pass)", mode, volumes)
-    write_json(outputs["predictions_json"], {**predictions, "SettingsHash": settings_hash}, root=root)
+    log.info("--relevance-maps %s: made from the per-volume maps %s (no network pass)", mode, volumes)
+    marker = {**predictions, "SettingsHash": settings_hash}
+    if files_of is not None:
+        marker[integrity.FILES_KEY] = files_of()
+    write_json(outputs["predictions_json"], marker, root=root)
+    return True
+
+
+#: The outputs :func:`reuse_scratch` makes from the work folder's per-volume maps.
+RELEVANCE_OUTPUT_KEYS = ("relevance", "relevance_json", "blocks", "blocks_tsv", "blocks_json")
+
+
+def restore_scratch(outputs, scratch_dir, key, root=None, log=LOGGER):
+    """``--relevance-maps volumes``: put back a finished run's work-folder copy of its per-volume maps, if missing.
+
+    The copy is a hard link to the output (no disk space; a copy on another file system)
+    and its record is made from the output's sidecar, which holds the same entries.  Done
+    after a damaged copy was removed, or the work folder cleaned, so that another
+    ``--relevance-maps`` choice later needs no network pass.
+
+    Returns
+    -------
+    bool
+        True when the copy was put back.
+    """
+    from deeplight_bids.derivatives.integrity import FILES_KEY, fingerprint, member_trailers, read_marker
+    from deeplight_bids.derivatives.writers import write_json
+
+    volumes, record_path = scratch_paths(scratch_dir, outputs)
+    if volumes.is_file() and record_path.is_file():
+        return False
+    sidecar, _ = read_marker(outputs["relevance_json"])
+    if sidecar is None or not outputs["relevance"].is_file() or member_trailers(outputs["relevance"]) is None:
+        return False
+    record_path.unlink(missing_ok=True)
+    link_or_copy(outputs["relevance"], volumes, root)
+    write_json(
+        record_path,
+        {
+            "Key": key,
+            "SettingsHash": sidecar.get("SettingsHash"),
+            "Sidecar": sidecar,
+            FILES_KEY: {"volumes": fingerprint(volumes)},
+        },
+        root=root,
+    )
+    log.info("%s: put back in the work folder (a hard link to %s)", volumes, outputs["relevance"].name)
     return True
 
 

@@ -4,14 +4,22 @@ The predictions sidecar JSON is written last and records a hash of the settings 
 produced the run (:func:`settings_hash`) and the identity of its inputs
 (:func:`inputs_digest`); a re-run skips runs complete for the same settings and inputs,
 and recomputes those made with other settings or from changed inputs, or left unfinished.
+
+The sidecar also records every file the run wrote, with its size and checksum
+(:func:`files_record`, :mod:`deeplight_bids.derivatives.integrity`): a run whose outputs do
+not match is recomputed (one line per damaged file says which and why); a damaged work-folder
+cache is removed and made again from the outputs.
 """
 
 import hashlib
 import json
 import logging
+import os
+from pathlib import Path
 
 from deeplight_bids import __version__
-from deeplight_bids.derivatives.relevance import relevance_outputs_complete
+from deeplight_bids.derivatives import integrity, naming
+from deeplight_bids.derivatives.relevance import relevance_outputs_complete, scratch_paths
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -91,6 +99,124 @@ def _attribution_settings(config, architecture):
     return method.sidecar(parameters_from(config))
 
 
+#: Keys of a run's record that are work-folder caches (see :func:`run_files`).
+CACHE_KEYS = ("cache_volumes", "cache_volumes_json", "cache_sums")
+
+
+def run_files(outputs, work_dir, label):
+    """``{key: path}`` of every file a run may write: its outputs and its work-folder caches.
+
+    Parameters
+    ----------
+    outputs : dict
+        :func:`deeplight_bids.derivatives.naming.run_outputs`.
+    work_dir : path-like
+        The work folder.
+    label : str
+        The run's label (names its relevance sums).
+    """
+    files = {key: path for key, path in outputs.items() if key != "predictions_json"}
+    volumes, record = scratch_paths(work_dir, outputs)
+    files.update(cache_volumes=volumes, cache_volumes_json=record, cache_sums=naming.state_sums_output(work_dir, label))
+    return files
+
+
+def files_record(outputs, config, label):
+    """The ``"Files"`` entry of a run's completion marker: size and checksum of every file it wrote."""
+    return integrity.record(run_files(outputs, config.work_dir, label), config.output_dir, config.work_dir)
+
+
+#: Verified markers of this process: ``{(path, device, inode, size, mtime): damaged}`` (a marker is
+#: rewritten, so its identity changes, whenever its run is recomputed).
+_VERIFIED = {}
+
+
+def verify_run(marker, sidecar, config, label, log=LOGGER):
+    """Check the files a finished run recorded; remove damaged caches; True when every output is intact.
+
+    One line per damaged file: an output (the run is recomputed), or a work-folder cache
+    (removed: it is made again from the outputs).  In ``--relevance-maps volumes`` the
+    per-volume output and its work-folder copy are one file (a hard link): damage to it is
+    reported for both, and both are recomputed.
+
+    Parameters
+    ----------
+    marker : pathlib.Path
+        The predictions sidecar.
+    sidecar : dict
+        Its content.
+    config : deeplight_bids.config.Config
+    label : str
+        The run's label (log lines).
+    """
+    files = sidecar.get(integrity.FILES_KEY)
+    if not isinstance(files, dict):
+        return True  # made before records: existence only, as then
+    try:
+        stat = os.stat(marker)
+        memo = (str(marker), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        memo = None
+    if memo is not None and memo in _VERIFIED:
+        return _VERIFIED[memo]
+    damaged = [
+        d
+        for d in integrity.verify(files, config.output_dir, config.work_dir)
+        if not d.cache or not integrity.cache_intact(d.path)  # a sound cache that another job rewrote is kept
+    ]
+    outputs_ok = not any(not d.cache for d in damaged)
+    output_paths = {d.path for d in damaged if not d.cache}
+    for damage in damaged:
+        if not damage.cache:
+            log.warning("%s: %s", label, damage.line("the run is recomputed"))
+            continue
+        linked = next((p for p in output_paths if integrity.same_inode(p, damage.path)), None)
+        if linked is not None:
+            log.warning("%s: %s", label, damage.line(f"the same file as {linked.name} (a hard link): both recomputed"))
+        elif damage.path.parent.name == "relevance_volumes" and config.relevance_maps != "volumes":
+            log.warning("%s: %s", label, damage.line("removed; another --relevance-maps choice runs the network again"))
+        else:
+            log.warning("%s: %s", label, damage.line("removed; made again from the run's outputs"))
+        _remove_cache(damage.path, config.work_dir)
+    if outputs_ok and not _sums_source(files, sidecar, config):
+        outputs_ok = False  # no intact per-volume maps to make the relevance sums from: the network pass again
+        log.warning(
+            "%s: its relevance sums (work folder) are missing or were damaged, and no per-volume maps are kept "
+            "to make them from (--relevance-maps %s): the run is recomputed",
+            label,
+            config.relevance_maps,
+        )
+    if memo is not None:
+        _VERIFIED[memo] = outputs_ok
+    return outputs_ok
+
+
+def _remove_cache(path, work_dir):
+    """Remove a damaged cache file (and the record of the per-volume maps with them)."""
+    path = Path(path)
+    targets = [path]
+    if path.parent.name == "relevance_volumes" and path.name.endswith(".nii.gz"):
+        targets.append(path.with_name(path.name.replace(".nii.gz", ".json")))
+    for target in targets:
+        try:
+            target.unlink(missing_ok=True)
+        except OSError as err:
+            LOGGER.debug("could not remove %s: %s", target, err)
+
+
+def _sums_source(files, sidecar, config):
+    """False when the run's relevance sums are gone and no per-volume maps are left to make them from."""
+    if not config.lrp:
+        return True
+    sums = files.get("cache_sums")
+    if sums is None or integrity.path_of(sums, config.output_dir, config.work_dir).is_file():
+        return True
+    return any(
+        key in files and integrity.path_of(files[key], config.output_dir, config.work_dir).is_file()
+        for key in ("relevance", "cache_volumes")
+    )
+
+
 def is_complete(outputs, config, settings, with_quality, run=None, log=LOGGER):
     """True when a previous run with the same settings (and, given ``run``, the same inputs) finished all outputs.
 
@@ -120,9 +246,14 @@ def is_complete(outputs, config, settings, with_quality, run=None, log=LOGGER):
         and not outputs["attributions"].is_file()
     ):
         return False
-    try:
-        sidecar = json.loads(marker.read_text())
-    except (OSError, json.JSONDecodeError):
+    sidecar, reason = integrity.read_marker(marker)
+    if sidecar is None:
+        log.warning(
+            "%s: %s: damaged (%s); the run is recomputed",
+            run.label if run is not None else marker.parent,
+            marker,
+            reason,
+        )
         return False
     if sidecar.get("SettingsHash") != settings:
         return False
@@ -131,4 +262,5 @@ def is_complete(outputs, config, settings, with_quality, run=None, log=LOGGER):
             "%s: its BOLD, mask or events file changed since its outputs were made: they are out of date", run.label
         )
         return False
-    return True
+    label = run.label if run is not None else marker.name
+    return verify_run(marker, sidecar, config, label, log)

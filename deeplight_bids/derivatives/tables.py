@@ -53,8 +53,30 @@ def in_training_set(card, subject):
 
 
 def read_predictions(path):
-    """A predictions table as written (``n/a`` as missing)."""
-    return pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
+    """A predictions table as written (``n/a`` as missing).
+
+    Raises
+    ------
+    deeplight_bids.exceptions.OutputError
+        The file is missing, empty, truncated or not a predictions table: one line naming
+        it and the fix (exit code 5), never a pandas traceback.
+    """
+    from deeplight_bids.exceptions import OutputError
+
+    try:
+        frame = pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
+        missing = {"volume", "predicted_state", "correct"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"no column {', '.join(sorted(missing))}")
+        if frame["volume"].dtype.kind not in "iu":
+            raise ValueError("its volume column is not whole numbers")
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        raise OutputError(
+            f"{path}: damaged ({reason}); re-run the participant level for this participant (with --overwrite if "
+            "it says the outputs exist)."
+        ) from None
+    return frame
 
 
 def accuracy_row(label, task, frame):

@@ -13,6 +13,7 @@ import contextvars
 import errno
 import gzip
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,6 +27,8 @@ import numpy as np
 
 from deeplight_bids import __version__
 from deeplight_bids.exceptions import OutputError
+
+LOGGER = logging.getLogger("deeplight_bids")
 
 if TYPE_CHECKING:
     import nibabel as nib
@@ -502,16 +505,53 @@ def write_dataset_files(output_dir: PathLike, source_dirs: "Mapping[str, PathLik
     files = {
         names["description"]: json.dumps(dataset_description(source_dirs, output_dir), indent=2) + "\n",
         names["bidsignore"]: BIDSIGNORE,
-        names["readme"]: (
-            "# deeplight-bids outputs\n\nPer-volume DeepLight decoding (``*_desc-predictions_"
-            "timeseries.tsv``) and LRP relevance maps (``*_desc-relevance_bold.nii.gz``), "
-            "written by deeplight-bids " + __version__ + ".\n"
-        ),
+        names["readme"]: readme_text(),
     }
     for path, text in files.items():
         try:
-            if not path.is_symlink() and path.is_file() and path.read_text() == text:
-                continue  # concurrent jobs: same content, nothing to do
-        except (OSError, UnicodeDecodeError):
+            if not path.is_symlink() and path.is_file():
+                old = path.read_bytes()
+                if old == text.encode():
+                    continue  # concurrent jobs: same content, nothing to do
+                damage = _damage_of(path, old, text)
+                if damage:
+                    LOGGER.warning("%s: damaged (%s); rewritten", path, damage)
+        except OSError:
             pass  # unreadable: rewrite it
         write_text(path, text, root=output_dir)
+
+
+def readme_text():
+    """The ``README.md`` of OUTPUT_DIR."""
+    return (
+        "# deeplight-bids outputs\n\nPer-volume DeepLight decoding (``*_desc-predictions_"
+        "timeseries.tsv``) and LRP relevance maps (``*_desc-relevance_bold.nii.gz``), "
+        "written by deeplight-bids " + __version__ + ".\n"
+    )
+
+
+def dataset_file_damage(path):
+    """Why OUTPUT_DIR's ``README.md`` or ``.bidsignore`` is damaged (this version's text cut short, empty, not
+    text), or None (as written, or an older version's)."""
+    path = Path(path)
+    text = {"README.md": readme_text(), ".bidsignore": BIDSIGNORE}.get(path.name)
+    old = path.read_bytes()
+    return None if text is None or old == text.encode() else _damage_of(path, old, text)
+
+
+def _damage_of(path, old, text):
+    """Why an existing dataset file is damaged (empty, truncated, not text, not JSON), or None (an older version)."""
+    if not old:
+        return "empty"
+    try:
+        decoded = old.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not text (another file?)"
+    if path.suffix == ".json":
+        try:
+            json.loads(decoded)
+        except ValueError:
+            return "not valid JSON (truncated or another file?)"
+    elif text.startswith(decoded):
+        return f"{len(old)} of {len(text.encode())} bytes (truncated)"
+    return None

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from deeplight_bids import __version__
-from deeplight_bids.derivatives import naming, resume
+from deeplight_bids.derivatives import integrity, naming, resume
 from deeplight_bids.derivatives.stale import remove_stale
 from deeplight_bids.derivatives.writers import write_json, write_nifti, write_tsv
 from deeplight_bids.exceptions import DeepLightBidsError
@@ -118,15 +118,26 @@ class RunGLM:
     def is_complete(self, run):
         """True when the run's GLM outputs exist for these settings and inputs."""
         outputs = naming.glm_run_outputs(self.config.output_dir, run.entities)
-        side = _read_json(outputs["design_json"])
-        if side is None or not outputs["design"].is_file():
+        side, reason = integrity.read_marker(outputs["design_json"])
+        if side is None:
+            if reason != "missing":
+                self.log.warning(
+                    "%s: %s: damaged (%s); the run's GLM is fitted again", run.label, outputs["design_json"], reason
+                )
+            return False
+        if not outputs["design"].is_file():
             return False
         if side.get("SettingsHash") != self.settings_hash or side.get("InputsDigest") != resume.inputs_digest(run):
             return False
         labels = [c["Name"] for c in side.get("Contrasts", [])]
-        return all(
+        if not all(
             p.is_file() for p in naming.glm_run_outputs(self.config.output_dir, run.entities, labels)["maps"].values()
-        )
+        ):
+            return False
+        damaged = integrity.verify(side.get(integrity.FILES_KEY), self.config.output_dir, self.config.work_dir)
+        for damage in damaged:
+            self.log.warning("%s: %s", run.label, damage.line("the run's GLM is fitted again"))
+        return not damaged
 
     def process(self, run):
         """The GLM of one run (or its reason to have none); returns a :class:`GLMRunResult`."""
@@ -192,6 +203,11 @@ class RunGLM:
         frame = matrix.reset_index(drop=True)
         frame.insert(0, "onset", np.arange(len(frame)) * float(run.t_r))
         write_tsv(outputs["design"], frame, root=root)
+        files = {"design": outputs["design"]}
+        for (contrast, stat), path in outputs["maps"].items():
+            files[f"{contrast}_{stat}"] = path
+            files[f"{contrast}_{stat}_json"] = naming.sidecar_of(path)
+        description[integrity.FILES_KEY] = integrity.record(files, root)  # verified by a re-run
         write_json(outputs["design_json"], description, root=root)  # last: marks the run's GLM complete
 
     def design_description(self, run, design, matrix, contrasts, fit, space_transform):
@@ -270,6 +286,21 @@ def _read_json(path):
         return None
 
 
+def _load(path):
+    """A NIfTI image the participant level wrote, read in full; a damaged one is one line (exit code 5)."""
+    import nibabel as nib
+
+    from deeplight_bids.exceptions import OutputError
+
+    try:
+        img = nib.load(path)
+        return nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header)
+    except Exception as err:  # noqa: BLE001  (nibabel, gzip and zlib errors of a damaged file)
+        raise OutputError(
+            f"{path}: damaged ({integrity.describe_error(err)}); re-run the participant level for this participant."
+        ) from None
+
+
 def _n_volumes(bold):
     import nibabel as nib
 
@@ -313,7 +344,13 @@ def participant_glm(config, subject, runs, settings_hash, map_tasks=None, log=LO
     for run in runs:
         side = _read_json(naming.glm_run_outputs(root, run.entities)["design_json"])
         if side and side.get("SettingsHash") == settings_hash and side.get("InputsDigest") == resume.inputs_digest(run):
-            done.setdefault(run.entities["task"], []).append((run, side))
+            damaged = integrity.verify(side.get(integrity.FILES_KEY), root, config.work_dir)
+            for damage in damaged:  # a run of another job (this job's runs were checked and fitted again)
+                log.warning("%s: %s", run.label, damage.line("left out; re-run the participant level for it"))
+            if not damaged:
+                done.setdefault(run.entities["task"], []).append((run, side))
+    path = naming.glm_agreement_output(root, subject)
+    integrity.report_record(naming.sidecar_of(path), root, log=log, prefix=f"sub-{subject}: ")
     rows = []
     for task in sorted(done):
         task_runs = sorted(done[task], key=lambda rs: rs[0].label)
@@ -323,8 +360,13 @@ def participant_glm(config, subject, runs, settings_hash, map_tasks=None, log=LO
     if not done:
         return None
     frame = pd.DataFrame(rows, columns=list(AGREEMENT_COLUMNS))
-    path = naming.glm_agreement_output(root, subject)
     write_tsv(path, frame, root=root)
+    files = {"agreement": path}
+    for task in done:  # the fixed-effects maps (a re-run checks them)
+        folder, pattern = naming.glm_participant_glob(root, subject, task)
+        for found in sorted(folder.glob(pattern)) if folder.is_dir() else ():
+            files[found.name] = found
+            files[naming.sidecar_of(found).name] = naming.sidecar_of(found)
     write_json(
         naming.sidecar_of(path),
         {
@@ -332,6 +374,7 @@ def participant_glm(config, subject, runs, settings_hash, map_tasks=None, log=LO
             "the mean of the other states), per run and per participant (Thomas, Re & Poldrack, 2023)",
             **{c: {"Description": d} for c, d in AGREEMENT_COLUMNS.items()},
             "SettingsHash": settings_hash,
+            integrity.FILES_KEY: integrity.record(files, root),
         },
         root=root,
     )
@@ -355,8 +398,8 @@ def _fixed_effects(config, subject, task, task_runs, log):
         if len(members) < 2:
             continue  # one run: its own maps are the participant's (participant_maps), no copy
         paths = [naming.glm_run_outputs(root, r.entities, [label])["maps"] for r, _ in members]
-        effects = [nib.load(p[(label, "effect")]) for p in paths]
-        variances = [nib.load(p[(label, "variance")]) for p in paths]
+        effects = [_load(p[(label, "effect")]) for p in paths]
+        variances = [_load(p[(label, "variance")]) for p in paths]
         support = np.logical_and.reduce([np.asarray(v.dataobj) > 0 for v in variances])
         if not support.any():
             log.warning(
@@ -411,7 +454,6 @@ def _attribution(sidecar):
 
 
 def _agreement_rows(config, subject, task, task_runs):
-    import nibabel as nib
 
     root = config.output_dir
     rows = []
@@ -428,7 +470,7 @@ def _agreement_rows(config, subject, task, task_runs):
         rel_path = naming.state_map_output(root, subject, task, state)
         if not rel_path.is_file():
             continue
-        relevance = np.asarray(nib.load(rel_path).dataobj, np.float32)
+        relevance = np.asarray(_load(rel_path).dataobj, np.float32)
         method, signed = _attribution(_read_json(naming.sidecar_of(rel_path)))
         maps = [(lab, m.get((label, "t")), m.get((label, "variance")), lvl) for lab, m, lvl in targets]
         part = participant_maps(root, subject, task, [r for r, _ in task_runs], label)
@@ -437,8 +479,8 @@ def _agreement_rows(config, subject, task, task_runs):
         for run_label, t_path, var_path, level in maps:
             if t_path is None or not t_path.is_file() or not var_path.is_file():
                 continue
-            t_map = np.asarray(nib.load(t_path).dataobj, np.float32)
-            mask = np.asarray(nib.load(var_path).dataobj) > 0
+            t_map = np.asarray(_load(t_path).dataobj, np.float32)
+            mask = np.asarray(_load(var_path).dataobj) > 0
             rows.append(
                 {
                     "participant_id": f"sub-{subject}",

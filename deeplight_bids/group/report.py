@@ -15,6 +15,7 @@ import base64
 import html
 import io
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -290,7 +291,15 @@ def participant_run_log(output_dir):
     for path in sorted(Path(output_dir, "logs").glob("runs-*.tsv")):
         try:
             frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            if not {"run", "status", "detail"} <= set(frame.columns):
+                raise ValueError("no run, status and detail columns")
+        except (OSError, ValueError, UnicodeDecodeError) as err:  # pandas' parser errors are ValueErrors
+            logging.getLogger("deeplight_bids").warning(
+                "group: %s: damaged (%s); left out of the report's run table (a record of an earlier job: "
+                "not made again)",
+                path,
+                " ".join(str(err).split())[:160],
+            )
             continue
         frame["log"] = path.name
         frames.append(frame)

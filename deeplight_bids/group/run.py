@@ -30,7 +30,6 @@ more than one model (architecture / weights checksum), each model gets its own f
 nothing is pooled across models.
 """
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -442,7 +441,14 @@ def read_manifest(output_dir):
             f"{output_dir}: no group outputs to report on ({_rel(path, output_dir)} missing); run "
             "the group level without --reports-only first."
         )
-    return json.loads(path.read_text())
+    from deeplight_bids.derivatives.integrity import read_marker
+
+    manifest, reason = read_marker(path)
+    if manifest is None:
+        raise InputDataError(
+            f"{path}: damaged ({reason}); run the group level without --reports-only to write the group outputs again."
+        )
+    return manifest
 
 
 def run_group_level(config, log=LOGGER):
@@ -472,10 +478,25 @@ def run_group_level(config, log=LOGGER):
     manifest = read_manifest(out) if config.reports_only else None
     templates = load_templates()
     if manifest is None:
+        from deeplight_bids.derivatives.integrity import report_record
         from deeplight_bids.group.integrity import screen_inventory
 
         screen_inventory(inventory, config.correct_only, log)  # before any write: nothing half-written
+        report_record(naming.group_manifest_output(out), out, log=log, prefix="group: ")  # all rewritten below
         manifest = compute_group_outputs(config, inventory, templates)
     path = write_report(out, manifest, inventory, templates, config)
     log.info("group: report written to %s", path)
+    _record_group_files(out, manifest, path)
     return EXIT_OK
+
+
+def _record_group_files(out, manifest, report):
+    """The manifest again, with the size and checksum of every group output and the report (``--verify``)."""
+    from deeplight_bids.derivatives.integrity import FILES_KEY, record
+
+    folder = Path(out) / naming.GROUP_FOLDER
+    marker = naming.group_manifest_output(out)
+    files = {str(p.relative_to(out)): p for p in sorted(folder.rglob("*")) if p.is_file() and p != marker}
+    files = {k: p for k, p in files.items() if not p.name.startswith(".")}  # temporaries of concurrent jobs
+    files[Path(report).name] = Path(report)
+    write_json(marker, {**manifest, FILES_KEY: record(files, out)}, root=out)

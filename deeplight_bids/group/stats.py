@@ -169,12 +169,13 @@ def read_tsv(path):
         return pd.DataFrame()
 
 
-def _layout(output_dir):
+def _layout(output_dir, skip=()):
     from bids.layout import BIDSLayout, BIDSLayoutIndexer
 
     # pybids matches these against paths relative to OUTPUT_DIR, with a leading "/"
     names = "|".join(NON_PARTICIPANT_FOLDERS + ("code", "sourcedata", "stimuli"))
     ignore = [re.compile(rf"^/({names})(/|$)"), re.compile(r"/\.")]
+    ignore += [re.compile("^/" + re.escape(str(Path(p).relative_to(output_dir))) + "$") for p in skip]
     indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, index_metadata=True)
     return BIDSLayout(output_dir, validate=False, is_derivative=True, indexer=indexer)
 
@@ -214,12 +215,31 @@ def collect_inventory(output_dir, bids_dir=None):
         raise _no_outputs_error(output_dir, "the folder does not exist")
     if not (output_dir / "dataset_description.json").is_file():
         raise _no_outputs_error(output_dir, "no dataset_description.json")
+    from deeplight_bids.derivatives.integrity import damaged_sidecars, read_marker
+
+    description = output_dir / "dataset_description.json"
+    if read_marker(description)[0] is None:
+        raise InputDataError(
+            f"{description}: damaged ({read_marker(description)[1]}); re-run the participant level for any "
+            "participant (it writes the file again), then the group level."
+        )
+    damaged = damaged_sidecars(output_dir)  # one unreadable JSON stops pybids' whole index: left out instead
     try:
-        layout = _layout(output_dir)
+        layout = _layout(output_dir, [p for p, _ in damaged])
     except Exception as err:  # pybids raises ValueError/BIDSValidationError on a broken description
         raise _no_outputs_error(output_dir, f"pybids cannot index it: {err}") from err
 
     inv = Inventory(output_dir, expected=expected_participants(bids_dir))
+    for path, reason in damaged:
+        subject = path.relative_to(output_dir).parts[0].removeprefix("sub-")
+        inv.problems.append(
+            {
+                "participant": subject,
+                "item": path.name,
+                "problem": f"damaged JSON sidecar ({reason}): its file is not used; re-run the participant level "
+                f"for sub-{subject}",
+            }
+        )
     relevance = {
         _run_key(f.get_entities()): Path(f.path)
         for f in layout.get(desc="relevance", suffix="bold", extension=".nii.gz")

@@ -180,8 +180,15 @@ def body_features(body, data: TrainingData, work_dir, batch_size, key_extra, log
     )
     path = naming.finetune_features_cache(work_dir, key)
     if path.is_file():
-        log.info("fine-tune: reusing frozen-body features from %s", path)
-        return np.load(path)
+        try:
+            features = np.load(path, allow_pickle=False)
+            if features.ndim != 2 or len(features) != len(data.samples):
+                raise ValueError(f"shape {features.shape}, not ({len(data.samples)}, features)")
+            log.info("fine-tune: reusing frozen-body features from %s", path)
+            return features
+        except (OSError, ValueError, EOFError) as err:  # damaged: computed again (a cache)
+            log.warning("%s: damaged (%s); computed again", path, " ".join(str(err).split())[:120])
+            path.unlink(missing_ok=True)
     from deeplight_bids.progress import SegmentProgress
 
     t0 = time.monotonic()

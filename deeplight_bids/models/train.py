@@ -243,9 +243,17 @@ def fit_resumable(
     state_path = folder / STATE_FILE
     state = None
     if state_path.is_file() and (folder / CHECKPOINT_FILE).is_file():
+        from deeplight_bids.derivatives.integrity import readable
+
         try:
             saved = json.loads(state_path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # damaged (UnicodeDecodeError is a ValueError): start over
+            saved = {}
+        damage = readable(folder / CHECKPOINT_FILE)  # the zip's CRC-32s: a damaged checkpoint is not loaded
+        if not isinstance(saved, dict) or damage is not None:
+            log.warning(
+                "%s: damaged checkpoint (%s); starting over", folder, damage or "its state is not a JSON object"
+            )
             saved = {}
         if saved.get("fingerprint") == fingerprint:
             state = {k: v for k, v in saved.items() if k != "fingerprint"}

@@ -243,8 +243,13 @@ def load_model_card(keras_path):
         )
     try:
         card = json.loads(card_path.read_text())
-    except json.JSONDecodeError as err:
-        raise WeightsError(f"{card_path}: model card is not valid JSON ({err}).") from err
+    except (OSError, ValueError) as err:  # truncated, emptied, another file (UnicodeDecodeError is a ValueError)
+        raise WeightsError(
+            f"{card_path}: model card is damaged or not valid JSON ({' '.join(str(err).split())[:120]}); restore "
+            "the card written with the model (or fine-tune again)."
+        ) from None
+    if not isinstance(card, dict):
+        raise WeightsError(f"{card_path}: model card is not a JSON object; restore the card written with the model.")
     if not isinstance(card.get("states"), list) or not card["states"]:
         raise WeightsError(f"{card_path}: model card has no 'states' list; it must name the outputs in order.")
     return card

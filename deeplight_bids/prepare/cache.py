@@ -134,8 +134,25 @@ def _prepare_one(bold, mask, t_r, smoothing_fwhm, high_pass, folder, meta, space
     return meta
 
 
-def _entry_ok(folder):
-    return all((folder / name).is_file() for name in ("signals.npy", "mask.npy", "meta.json"))
+def _entry_ok(folder, log=None):
+    """True when a cache entry is complete and readable; a damaged one (``log`` given) is one line, and prepared again."""
+    names = ("signals.npy", "mask.npy", "meta.json")
+    if not all((folder / name).is_file() for name in names):
+        return False
+    from deeplight_bids.derivatives.integrity import read_marker
+
+    try:
+        for name in ("signals.npy", "mask.npy"):  # the header, and the data's full length (memory-mapped)
+            array = np.load(folder / name, mmap_mode="r", allow_pickle=False)
+            del array
+        meta, reason = read_marker(folder / "meta.json")
+        if meta is None:
+            raise ValueError(f"meta.json {reason}")
+    except (OSError, ValueError, EOFError) as err:
+        if log is not None:
+            log.warning("%s: damaged cache entry (%s); prepared again", folder, " ".join(str(err).split())[:120])
+        return False
+    return True
 
 
 def prepare_cached(runs, work_dir, smoothing_fwhm=3.0, high_pass=1 / 128, nprocs=1, log=LOGGER):
@@ -166,7 +183,7 @@ def prepare_cached(runs, work_dir, smoothing_fwhm=3.0, high_pass=1 / 128, nprocs
         key, content = cache_key(run, smoothing_fwhm, high_pass)
         keys.append(key)
         folder = root / key
-        if _entry_ok(folder):
+        if _entry_ok(folder, log):
             stats.reused.append(run.label)
             continue
         if any(m.get("inputs", {}).get("bold", {}).get("path") == content["bold"]["path"] for m in earlier.values()):
@@ -223,7 +240,7 @@ def prepare_cached(runs, work_dir, smoothing_fwhm=3.0, high_pass=1 / 128, nprocs
 def _read_index(root):
     try:
         index = json.loads((root / INDEX_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # damaged: rebuilt by _write_index
         return {}
     return index if isinstance(index, dict) else {}
 
@@ -234,7 +251,7 @@ def _write_index(root):
         if folder.is_dir() and not folder.name.startswith(".") and _entry_ok(folder):
             try:
                 index[folder.name] = json.loads((folder / "meta.json").read_text())
-            except (OSError, json.JSONDecodeError):
+            except (OSError, ValueError):
                 continue
     write_json(root / INDEX_FILE, index)
 

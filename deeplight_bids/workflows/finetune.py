@@ -142,7 +142,7 @@ class FinetuneJob:
         for card_path in sorted(self.model_dir.glob("**/*.json")):
             try:
                 card = json.loads(card_path.read_text())
-            except (OSError, json.JSONDecodeError):
+            except (OSError, ValueError):  # damaged (or not a card): not ours to judge here
                 continue
             if isinstance(card, dict) and "states" in card and "architecture" in card:
                 if list(card["states"]) != list(self.states) or card["architecture"] != self.arch:

@@ -14,11 +14,13 @@ import numpy as np
 from deeplight_bids.backend import versions as backend_versions
 from deeplight_bids.bids.headers import check_headers
 from deeplight_bids.derivatives import naming, resume, sidecars, tables
+from deeplight_bids.derivatives.integrity import FILES_KEY
 from deeplight_bids.derivatives.relevance import (
     BackgroundWriter,
     RelevanceMasker,
     RunRelevanceOutputs,
     event_blocks,
+    restore_scratch,
     reuse_scratch,
 )
 from deeplight_bids.derivatives.writers import write_json, write_tsv
@@ -191,6 +193,8 @@ class RunProcessor:
         cfg = self.config
         outputs = naming.run_outputs(cfg.output_dir, run.entities)
         if not cfg.overwrite and self.is_complete(outputs, run):
+            if self.analyzer is not None and cfg.relevance_maps == "volumes":  # a damaged work copy was removed
+                restore_scratch(outputs, cfg.work_dir, [self.pass_hash, resume.inputs_digest(run)], cfg.output_dir)
             return RunResult(run.label, "skipped", "outputs exist (same settings); use --overwrite to recompute")
         if not cfg.overwrite and self.analyzer is not None and self._reuse_scratch(run, outputs):
             return RunResult(run.label, "done", "relevance maps made from the work folder's per-volume maps")
@@ -230,6 +234,7 @@ class RunProcessor:
             self.settings_hash,
             blocks_of,
             cfg.output_dir,
+            files_of=lambda: resume.files_record(outputs, cfg, run.label),
         )
 
     def _prepare(self, run):
@@ -442,5 +447,7 @@ class RunProcessor:
         )
         if quality is not None:
             sidecar["Quality"] = quality
+        # every file written, with its size and checksum: a re-run verifies them (derivatives/integrity.py)
+        sidecar[FILES_KEY] = resume.files_record(outputs, cfg, run.label)
         write_json(outputs["predictions_json"], sidecar, root=cfg.output_dir)  # last: marks the run complete
         return accuracy, int(decodable.sum())

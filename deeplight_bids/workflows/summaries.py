@@ -9,7 +9,7 @@ import logging
 
 import numpy as np
 
-from deeplight_bids.derivatives import naming, resume, sidecars, tables
+from deeplight_bids.derivatives import integrity, naming, resume, sidecars, tables
 from deeplight_bids.derivatives.stale import remove_stale, stale_state_maps
 from deeplight_bids.derivatives.writers import atomic_path, write_json, write_nifti, write_tsv
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE
@@ -23,28 +23,49 @@ def save_state_sums(path, sums, counts, settings_hash, inputs_digest, root=None)
     Keyed by the settings and by the identity of the run's inputs, so sums of another
     dataset or other settings sharing the work folder are never reused.
     """
-    arrays = {}
+    import zipfile
+
+    arrays = {"settings": np.array(settings_hash), "inputs": np.array(inputs_digest)}
     for idx, total in sums.items():
         arrays[f"sum_{idx}"] = np.ascontiguousarray(total, dtype=np.float32)
         arrays[f"count_{idx}"] = np.array(counts[idx])
     with atomic_path(path, root=root) as tmp:
-        with open(tmp, "wb") as fobj:
-            np.savez_compressed(fobj, settings=np.array(settings_hash), inputs=np.array(inputs_digest), **arrays)
+        # np.savez_compressed's layout, with fixed member time stamps: the same sums give the same bytes, so the
+        # file's checksum in the run's record does not change when a re-run writes it again
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+            for key, array in arrays.items():
+                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with archive.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
 
 
-def read_state_sums(path, settings_hash, inputs_digest):
-    """``{state index: (sum float64, count)}`` from :func:`save_state_sums`, or None if missing or of other keys."""
+def read_state_sums(path, settings_hash, inputs_digest, log=LOGGER):
+    """``{state index: (sum float64, count)}`` from :func:`save_state_sums`, or None if missing or of other keys.
+
+    A damaged file (truncated, emptied, another file) is removed with one log line and read
+    as missing: the caller makes the sums again from the run's per-volume maps.
+    """
     if not path.is_file():
         return None
-    with np.load(path) as data:
-        key = (str(data["settings"]), str(data["inputs"]) if "inputs" in data.files else None)
-        if key != (settings_hash, inputs_digest):
-            return None
-        return {
-            int(k[4:]): (data[k].astype(np.float64), int(data[f"count_{k[4:]}"]))
-            for k in data.files
-            if k.startswith("sum_")
-        }
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            key = (str(data["settings"]), str(data["inputs"]) if "inputs" in data.files else None)
+            if key != (settings_hash, inputs_digest):
+                return None
+            return {
+                int(k[4:]): (data[k].astype(np.float64), int(data[f"count_{k[4:]}"]))
+                for k in data.files
+                if k.startswith("sum_")
+            }
+    except Exception as err:  # noqa: BLE001  (zipfile, zlib, numpy and OS errors of a damaged file)
+        from deeplight_bids.derivatives.integrity import Damage, describe_error
+
+        log.warning(
+            "%s", Damage(path, describe_error(err)).line("removed; the sums are made again from the per-volume maps")
+        )
+        path.unlink(missing_ok=True)
+        return None
 
 
 class ParticipantSummaries:
@@ -90,10 +111,12 @@ class ParticipantSummaries:
 
     def _load_state_sums(self, run):
         """Per-state relevance sums of a finished run (recomputed from its outputs if the work dir was cleaned)."""
-        import nibabel as nib
+        from deeplight_bids.derivatives.relevance import scratch_paths
+        from deeplight_bids.exceptions import OutputError
+        from deeplight_bids.readback import iter_volumes
 
         path = naming.state_sums_output(self.config.work_dir, run.label)
-        stored = read_state_sums(path, self.pass_hash, resume.inputs_digest(run))
+        stored = read_state_sums(path, self.pass_hash, resume.inputs_digest(run), self.log)
         if stored is not None:
             return stored
         if path.is_file():
@@ -104,20 +127,43 @@ class ParticipantSummaries:
                 path,
             )
         outputs = naming.run_outputs(self.config.output_dir, run.entities)
-        if not outputs["relevance"].is_file():  # --relevance-maps blocks/means keep no per-volume maps
-            from deeplight_bids.exceptions import OutputError
-
+        # the per-volume maps: the output (--relevance-maps volumes) or the work folder's copy (any choice)
+        sources = [p for p in (outputs["relevance"], scratch_paths(self.config.work_dir, outputs)[0]) if p.is_file()]
+        if not sources:
             raise OutputError(
                 f"{path}: missing, and the run's per-volume maps were not kept (--relevance-maps "
                 f"{self.config.relevance_maps}); re-run the participant level with --overwrite."
             )
         frame = tables.read_predictions(outputs["predictions"])
-        data = np.asarray(nib.load(outputs["relevance"]).dataobj, dtype=np.float32)
+        targets = frame["lrp_target"].to_numpy(dtype=object)
         out = {}
-        for state, rows in frame.groupby("lrp_target").groups.items():
-            idx = self.state_index[state]
-            out[idx] = (data[..., np.asarray(rows)].sum(axis=-1, dtype=np.float64), len(rows))
-        return out
+        try:
+            for index, volume in iter_volumes(sources[0], range(len(frame)), dtype=np.float32):
+                state = targets[index]
+                if not isinstance(state, str):
+                    continue
+                idx = self.state_index[state]
+                total, count = out.get(idx, (np.zeros(volume.shape, np.float64), 0))
+                total += volume
+                out[idx] = (total, count + 1)
+        except Exception as err:  # noqa: BLE001  (a damaged map: gzip, zlib, nibabel errors)
+            from deeplight_bids.derivatives.integrity import describe_error
+
+            raise OutputError(
+                f"{sources[0]}: damaged ({describe_error(err)}); re-run the participant level for "
+                f"sub-{run.subject} with --overwrite."
+            ) from None
+        # kept again in the work folder (the next job reads them instead of the maps)
+        save_state_sums(
+            path,
+            {i: total for i, (total, _) in out.items()},
+            {i: count for i, (_, count) in out.items()},
+            self.pass_hash,
+            resume.inputs_digest(run),
+            root=self.config.output_dir,
+        )
+        # as read back from them (float32), so that the mean maps are those of the next job, to the bit
+        return {i: (total.astype(np.float32).astype(np.float64), count) for i, (total, count) in out.items()}
 
     def write(self, subject, runs, map_tasks=None):
         """Mean relevance map per task and explained state, and the accuracy summary TSV.
@@ -136,26 +182,38 @@ class ParticipantSummaries:
         ]
         if not done:
             return
+        out = naming.summary_output(cfg.output_dir, subject)
+        # the summaries of an earlier job, checked against their record before they are replaced (one line each)
+        integrity.report_record(naming.sidecar_of(out), cfg.output_dir, log=self.log, prefix=f"sub-{subject}: ")
         rows = []
         for run in done:
             outputs = naming.run_outputs(cfg.output_dir, run.entities)
             rows.append(
                 tables.accuracy_row(run.label, run.entities["task"], tables.read_predictions(outputs["predictions"]))
             )
-        out = naming.summary_output(cfg.output_dir, subject)
         write_tsv(out, tables.accuracy_summary(rows), root=cfg.output_dir)
-        write_json(naming.sidecar_of(out), sidecars.summary_sidecar(self.model_provenance), root=cfg.output_dir)
         tasks = sorted({r.entities["task"] for r in done} & set(map_tasks or {r.entities["task"] for r in done}))
         if not cfg.lrp:
             for task in tasks:  # mean maps of an earlier LRP run: no longer what this participant's runs hold
                 remove_stale(stale_state_maps(cfg.output_dir, subject, task, ()), "mean map of other settings (LRP)")
-            return
-        for task in tasks:
-            written = self._write_state_maps(subject, task, [r for r in done if r.entities["task"] == task])
-            remove_stale(
-                stale_state_maps(cfg.output_dir, subject, task, written),
-                f"mean map of other settings (no volume explained for its state with --lrp-target {cfg.lrp_target})",
-            )
+        else:
+            for task in tasks:
+                written = self._write_state_maps(subject, task, [r for r in done if r.entities["task"] == task])
+                remove_stale(
+                    stale_state_maps(cfg.output_dir, subject, task, written),
+                    "mean map of other settings (no volume explained for its state with --lrp-target "
+                    f"{cfg.lrp_target})",
+                )
+        # last: the sidecar records the summary and every mean map of the participant (a re-run checks them)
+        files = {"summary": out}
+        for task in sorted({r.entities["task"] for r in runs}):
+            folder, pattern = naming.state_map_glob(cfg.output_dir, subject, task)
+            for path in sorted(folder.glob(pattern)) if folder.is_dir() else ():
+                files[path.name] = path
+                files[naming.sidecar_of(path).name] = naming.sidecar_of(path)
+        side = sidecars.summary_sidecar(self.model_provenance)
+        side[integrity.FILES_KEY] = integrity.record(files, cfg.output_dir)
+        write_json(naming.sidecar_of(out), side, root=cfg.output_dir)
 
     def _write_state_maps(self, subject, task, runs):
         import nibabel as nib
