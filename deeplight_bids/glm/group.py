@@ -116,14 +116,16 @@ def write_glm_tables(config, folder, task, map_records, provenance, log=LOGGER):
         )
         return {"glm_note": note, "glm_missing": missing}
     path = folder / naming.group_name(task, "summary", ".tsv", desc=DESC)
-    write_tsv(path, rows)
+    # (no "task" column: the file name holds the task, and pybids refuses a sidecar whose "task" key, the column's
+    # description, contradicts the name's task entity)
+    write_tsv(path, rows.drop(columns=["task"]))
     summary = agreement_summary(rows)
     write_json(
         naming.sidecar_of(path),
         {
             "Description": f"relevance maps against GLM t-maps (each state against the mean of the other states), "
             f"per run and per participant, all participants of task {task} (Thomas, Re & Poldrack, 2023)",
-            **{c: {"Description": d} for c, d in AGREEMENT_COLUMNS.items()},
+            **{c: {"Description": d} for c, d in AGREEMENT_COLUMNS.items() if c != "task"},
             "GroupSummary": summary,
             "ParticipantsWithoutGLM": [f"sub-{s}" for s in missing],
             **provenance,

@@ -156,7 +156,8 @@ class RunGLM:
         state_map = resolve_state_map(run.entities["task"], self.user_state_map)
         design = state_design(events, state_map, n_volumes, run.t_r)
         if design.skip_reason:
-            return self._skip(run, design.skip_reason)
+            # no trial type maps to a state: the start-up label table has warned about it once for the task
+            return self._skip(run, design.skip_reason, warn=bool(design.states))
         matrix = first_level.design_matrix(design, n_volumes, run.t_r, cfg.high_pass)
         n_states = len(design.states)
         rank = int(np.linalg.matrix_rank(matrix.to_numpy(float)[:, :n_states]))
@@ -177,8 +178,8 @@ class RunGLM:
         self.log.info("%s: GLM: %s", run.label, detail)
         return GLMRunResult(run.label, "done", detail, [c.label for c in contrasts])
 
-    def _skip(self, run, reason):
-        self.log.warning("%s: no GLM: %s", run.label, reason)
+    def _skip(self, run, reason, warn=True):
+        (self.log.warning if warn else self.log.info)("%s: no GLM: %s", run.label, reason)
         outputs = naming.glm_run_outputs(self.config.output_dir, run.entities)
         remove_stale(
             [outputs["design"], *_run_statmaps(self.config.output_dir, run.entities)],

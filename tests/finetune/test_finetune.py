@@ -115,7 +115,9 @@ def test_model_folder_and_card(cv_out):
 
 def test_participant_level_marks_training_participants(cv_out, ft_dataset, ft_work):
     weights = cv_out / "models" / "finetune-2D-pretrained-frozen" / "fold-1"
-    card = json.loads(next(weights.glob("*.json")).read_text())
+    card = json.loads(
+        (weights / "finetune-2D-pretrained-frozen_fold-1.json").read_text()
+    )  # (beside: the linear baseline's)
     out = cv_out / "decoded"
     subjects = [card["training_participants"][0], card["heldout_participants"][0]]
     argv = [

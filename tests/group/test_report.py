@@ -216,11 +216,17 @@ def test_one_participant(one_participant_out):
 
 def test_reports_only_rebuilds_the_report(one_participant_out, group_bids):
     out, _ = one_participant_out
-    stamps = {p: p.stat().st_mtime_ns for p in (out / "group").iterdir()}
+    manifest = out / "group" / "group_manifest.json"
+    before = json.loads(manifest.read_text())
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "group").iterdir() if p != manifest}
     (out / "deeplight_report.html").unlink()
     assert cli([str(group_bids.bids_dir), str(out), "group", "--reports-only"]) == 0
     assert (out / "deeplight_report.html").is_file()
-    assert {p: p.stat().st_mtime_ns for p in (out / "group").iterdir()} == stamps
+    assert {p: p.stat().st_mtime_ns for p in (out / "group").iterdir() if p != manifest} == stamps
+    # the manifest is written again only to record the new report's size and checksum (--verify)
+    after = json.loads(manifest.read_text())
+    assert {k: v for k, v in after.items() if k != "Files"} == {k: v for k, v in before.items() if k != "Files"}
+    assert "deeplight_report.html" in after["Files"]
 
 
 def test_models_are_never_mixed(varied_out, group_bids, tmp_path):
