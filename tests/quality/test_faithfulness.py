@@ -1,6 +1,7 @@
 """Deletion curves on a linear model, where the exact relevance is known (w * x)."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from deeplight_bids.quality import faithfulness as fa
@@ -94,6 +95,35 @@ def test_reversed_relevance_is_worse_than_random(linear):
     assert fa.area_between_curves(frame)["area_between_curves"] < 0
 
 
+def test_volumes_share_network_calls_and_the_table_is_the_same(linear):
+    """Perturbed copies of several volumes go through the network together (up to ``max_inputs`` per call,
+    whole volumes, at least one); the table does not depend on how they were grouped."""
+    _, volumes, mask_index, logits_fn, targets, relevance_of = linear
+    per_volume = 2 * (len(fa.FRACTIONS) - 1)
+    tables = {}
+    for max_inputs in (1, per_volume, 3 * per_volume + 1):
+        seen = []
+
+        def counting(x, seen=seen):
+            seen.append(len(x))
+            return logits_fn(x)
+
+        tables[max_inputs] = fa.deletion_curves(
+            counting,
+            range(7),
+            lambda v: volumes[v],
+            relevance_of,
+            targets,
+            mask_index,
+            known_logits=logits_fn(volumes),
+            max_inputs=max_inputs,
+        )
+        expected_calls = [per_volume] * 7 if max_inputs <= per_volume else [3 * per_volume] * 2 + [per_volume]
+        assert seen == expected_calls, (max_inputs, seen)
+    for table in tables.values():
+        pd.testing.assert_frame_equal(table, tables[1])
+
+
 def test_fractions_must_start_at_zero(linear):
     _, volumes, mask_index, logits_fn, targets, relevance_of = linear
     with pytest.raises(ValueError, match="start with 0"):
@@ -112,10 +142,18 @@ def test_known_logits_skip_the_unperturbed_pass(linear):
         return logits_fn(x)
 
     expected = fa.deletion_curves(logits_fn, range(4), lambda v: volumes[v], relevance_of, targets, mask_index)
+    per_volume = 2 * (len(fa.FRACTIONS) - 1)
     frame = fa.deletion_curves(
-        counting, range(4), lambda v: volumes[v], relevance_of, targets, mask_index, known_logits=logits_fn(volumes)
+        counting,
+        range(4),
+        lambda v: volumes[v],
+        relevance_of,
+        targets,
+        mask_index,
+        known_logits=logits_fn(volumes),
+        max_inputs=per_volume,
     )
-    assert seen == [2 * (len(fa.FRACTIONS) - 1)] * 4
+    assert seen == [per_volume] * 4
     np.testing.assert_allclose(frame["logit"], expected["logit"], rtol=1e-6)
     assert frame[["volume", "order", "fraction", "decision_holds"]].equals(
         expected[["volume", "order", "fraction", "decision_holds"]]
