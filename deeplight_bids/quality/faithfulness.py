@@ -64,6 +64,8 @@ def sidecar(seed, n_mask_voxels, summary):
         "Seed": seed,
         "NumberOfMaskVoxels": n_mask_voxels,
         "VolumeSelection": "stratified by predicted state (states take turns, seeded)",
+        "Precision": "Summary.area_between_curves_se: standard error of the area over the volumes (the SD of the "
+        "volumes' own areas / sqrt(volumes)); more volumes (--quality-volumes) lower it as 1 / sqrt(volumes)",
         "Summary": summary,
     }
 
@@ -252,7 +254,8 @@ def area_between_curves(frame):
     dict
         ``aopc_relevance``, ``aopc_random``, ``area_between_curves``,
         ``decision_holds_at_max_relevance``, ``decision_holds_at_max_random`` (shares),
-        ``n_volumes``; NaN values where the table is empty.
+        ``n_volumes``, ``area_between_curves_se`` (its standard error over the volumes: the
+        SD of the volumes' own areas / sqrt(volumes)); NaN values where the table is empty.
     """
     if frame.empty:
         nan = float("nan")
@@ -263,6 +266,7 @@ def area_between_curves(frame):
             "decision_holds_at_max_relevance": nan,
             "decision_holds_at_max_random": nan,
             "n_volumes": 0,
+            "area_between_curves_se": nan,
         }
     steps = frame[frame["fraction"] > 0]
     out = {f"aopc_{o}": float(steps.loc[steps["order"] == o, "logit_drop"].mean()) for o in ORDERS}
@@ -275,4 +279,11 @@ def area_between_curves(frame):
     for o in ORDERS:
         out[f"decision_holds_at_max_{o}"] = float(last.loc[last["order"] == o, "decision_holds"].mean())
     out["n_volumes"] = int(frame["volume"].nunique())
+    # the run's figure is the mean of the volumes' own areas (trapezoids are linear): its standard error
+    per_volume = frame.pivot_table(index="volume", columns=["order", "fraction"], values="logit")
+    gaps = (per_volume["random"] - per_volume["relevance"]).reindex(columns=fr).to_numpy()
+    areas = np.trapezoid(gaps, fr, axis=1) / width if width > 0 else np.full(len(gaps), np.nan)
+    out["area_between_curves_se"] = (
+        float(np.std(areas, ddof=1) / np.sqrt(len(areas))) if len(areas) > 1 else float("nan")
+    )
     return out

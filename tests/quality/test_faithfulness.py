@@ -74,6 +74,14 @@ def test_relevance_order_drops_logit_faster_than_random(linear):
     assert all(mean["relevance"][f] < mean["random"][f] for f in fa.FRACTIONS[1:])
     summary = fa.area_between_curves(frame)
     assert summary["area_between_curves"] > 0
+    # the run's area is the mean of the volumes' own areas; its standard error is theirs over sqrt(volumes)
+    areas = []
+    for _, part in frame.groupby("volume"):
+        wide = part.pivot_table(index="fraction", columns="order", values="logit").sort_index()
+        fr = wide.index.to_numpy()
+        areas.append(np.trapezoid(wide["random"] - wide["relevance"], fr) / (fr[-1] - fr[0]))
+    assert summary["area_between_curves"] == pytest.approx(np.mean(areas), rel=1e-9)
+    assert summary["area_between_curves_se"] == pytest.approx(np.std(areas, ddof=1) / np.sqrt(10), rel=1e-3)
     assert summary["aopc_relevance"] > summary["aopc_random"]
     assert summary["n_volumes"] == 10
     # the exact drop at one step: the sum of the removed voxels' relevance
