@@ -25,7 +25,7 @@ DEFAULT_VOLUMES = default("quality_volumes")
 COPIES = (
     "one randomised copy of the model per checked volume, drawn with numpy.random.default_rng([seed, volume]): the "
     "medians then average over as many random draws as volumes (one copy for all volumes left the medians depending "
-    "on that one draw: their spread over draws was ~0.13, ten times their standard error over volumes)"
+    "on that one draw: the median Spearman's SD over draws was 0.21, 13 times its standard error over volumes)"
 )
 #: Bootstrap draws for the standard errors of the medians (seeded; a few milliseconds).
 BOOTSTRAP_DRAWS = 1000
@@ -50,12 +50,14 @@ class RunQuality:
 
     Notes
     -----
-    Precision (measured on the demo's fitted model, benchmarks/bench_quality_precision.py): the
-    area between the deletion curves varies from volume to volume (SD ~2 logits around a
-    run's ~2.3), so its standard error falls as 1 / sqrt(volumes) and hardly depends on the
-    fractions (:data:`.faithfulness.FRACTIONS`); the medians of the sanity check depend on the
-    randomised model drawn, hence :data:`COPIES`.  Each run's own standard errors are written
-    beside the figures (``*_se`` in the sidecars' summaries).
+    Precision (measured on two runs of the demo's fitted model, benchmarks/bench_quality_precision.py,
+    RESULTS.md "Quality precision"): the area between the deletion curves varies from volume to
+    volume (SD ~2 logits around a run's ~2.3), so its standard error falls as 1 / sqrt(volumes)
+    (21-24 % of the area at the default 12 volumes) and hardly depends on the fractions
+    (:data:`.faithfulness.FRACTIONS`); the medians of the sanity check depend on the randomised
+    model drawn, hence :data:`COPIES` (standard error ~0.08 at 12 volumes, against ~0.20 with one
+    copy at any number of volumes).  Each run's own standard errors are written beside the
+    figures (``*_se`` in the sidecars' summaries).
     """
 
     def __init__(self, explainer, decoder, n_volumes=DEFAULT_VOLUMES, seed=0, max_batch=None):
