@@ -54,11 +54,11 @@ INDEX_FILE = "index.json"
 MODEL_SHAPE = (REFERENCE_SHAPE[2], REFERENCE_SHAPE[1], REFERENCE_SHAPE[0], 1)
 _FLOAT16_MAX = 65000.0
 #: tf.data's autotuning of the training pipelines (off).  Our pipelines have nothing to tune (one Python
-#: generator, a fixed prefetch of 2 batches), but with autotuning on, deleting an iterator (Keras makes a new
-#: one every epoch and for every validation pass; precise BN makes one) waited on an idle tf.data thread:
-#: profiles of the demo's fit (py-spy, per-thread run-queue times) showed 10-30 s stretches in which no thread
-#: of the process ran, the main thread in ``~IteratorResource`` -> ``~LogicalThreadWrapper``; with autotuning
-#: off they are gone and the batches are the same (benchmarks/bench_fit.py measures both).
+#: generator, a fixed prefetch of 2 batches), but with autotuning on, deleting an iterator sometimes waited on
+#: an idle tf.data thread: in three profiled demo fits (py-spy; per-thread run-queue times) the process stood
+#: still for 5-30 s at the end of the fit and of precise BN, no thread running, the main thread in
+#: ``~IteratorResource`` -> ``~LogicalThreadWrapper``; with autotuning off no such pause was seen and the
+#: batches are the same (benchmarks/bench_fit.py runs the demo's fit both ways).
 TF_DATA_AUTOTUNE = False
 
 
