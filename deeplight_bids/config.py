@@ -146,7 +146,7 @@ class ParticipantConfig:
     relevance_maps: str = "volumes"
     save_tfrecords: bool = False
     quality: bool = True
-    quality_volumes: int = 16
+    quality_volumes: int = 12
     glm: bool = True
     glm_noise_model: str = "ols"
     verify: bool = False

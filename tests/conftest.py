@@ -22,7 +22,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SYNTH_VOLUMES = 30
-#: --quality-volumes of the participant level in tests (the default, 32, is the demo test's).
+#: --quality-volumes of in-process CLI calls in tests (:func:`fewer_quality_volumes`); the default
+#: (``config.default("quality_volumes")``) is what the demo and its test use.
 TEST_QUALITY_VOLUMES = 4
 
 
@@ -60,12 +61,18 @@ def build_once(tmp_path_factory, name, build):
 
 @pytest.fixture(scope="session", autouse=True)
 def fewer_quality_volumes():
-    """In-process CLI calls measure quality on 4 volumes by default, not 32: about a minute less per
-    participant run on 2 cores.  Tests that need more ask for them (--quality-volumes)."""
-    from deeplight_bids.quality import run_quality
+    """In-process CLI calls measure quality on :data:`TEST_QUALITY_VOLUMES` volumes by default, not the
+    participant level's default: the parser (``cli/parser.py``) takes every option's default from
+    ``config.default`` when it is built, so its ``default`` is wrapped here.  Configs made without the parser
+    (the demo) keep the real default.  Tests that need more volumes ask for them (--quality-volumes)."""
+    from deeplight_bids import config
+    from deeplight_bids.cli import parser
+
+    def default(name):
+        return TEST_QUALITY_VOLUMES if name == "quality_volumes" else config.default(name)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(run_quality, "DEFAULT_VOLUMES", TEST_QUALITY_VOLUMES)
+    mp.setattr(parser, "default", default)
     yield
     mp.undo()
 

@@ -37,13 +37,25 @@ def test_parser_defaults_are_the_sections_defaults():
         "freeze_body",
     ):
         assert parser.get_default(dest) == default(dest), dest
-    # (--quality-volumes reads run_quality.DEFAULT_VOLUMES, which is default("quality_volumes") but lowered
-    # for this test session by tests/conftest.py)
+    # (--quality-volumes is left out: its parser default is lowered for this test session by the
+    # fewer_quality_volumes fixture of tests/conftest.py; test_parser_quality_volumes_in_tests checks it)
     assert default("batch_size") == ParticipantConfig().batch_size == 4  # decoding's, not fine-tuning's
     assert default("finetune_batch_size") == FinetuneConfig().batch_size == 8
     from deeplight_bids.models.train import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS
 
     assert (DEFAULT_EPOCHS, DEFAULT_BATCH_SIZE) == (default("epochs"), default("finetune_batch_size"))
+
+
+def test_parser_quality_volumes_in_tests(tmp_path):
+    """The fewer_quality_volumes fixture acts: in-process CLI calls get 4 quality volumes unless they ask, while
+    the configuration's own default (the demo's) stays the participant level's."""
+    from tests.conftest import TEST_QUALITY_VOLUMES
+
+    argv = _argv(tmp_path)
+    assert TEST_QUALITY_VOLUMES < default("quality_volumes") == ParticipantConfig().quality_volumes
+    assert Config.from_args(parse_args(argv)).participant.quality_volumes == TEST_QUALITY_VOLUMES
+    asked = Config.from_args(parse_args([*argv, "--quality-volumes", "9"]))
+    assert asked.participant.quality_volumes == 9
 
 
 def test_flat_and_sectioned_access(tmp_path):

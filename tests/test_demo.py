@@ -83,6 +83,7 @@ def test_quality_numbers(demo):
     for word in ("faithfulness", "sanity", "significance", "plausibility of MOTOR_lh"):
         assert word in text, text
     from deeplight_bids.config import default
+    from deeplight_bids.quality import faithfulness
 
     n_quality = default("quality_volumes")  # the participant level's default
     curves = pd.read_csv(quality["faithfulness_tsv"], sep="\t")
@@ -91,7 +92,7 @@ def test_quality_numbers(demo):
     # the trained model's maps are faithful: removing the most relevant voxels lowers the explained
     # logit faster than removing as many random ones
     assert quality["run"]["Faithfulness"]["area_between_curves"] > 0, text
-    for fraction in (0.05, 0.1, 0.2):
+    for fraction in faithfulness.FRACTIONS[1:-1]:
         assert mean["relevance"][fraction] < mean["random"][fraction], (fraction, text)
     checks = pd.read_csv(quality["sanity_tsv"], sep="\t")
     assert len(checks) == n_quality and checks["spearman"].between(-1, 1).all() and checks["ssim"].between(-1, 1).all()

@@ -53,6 +53,13 @@ INDEX_FILE = "index.json"
 #: Model-order shape of one volume, (z, y, x, 1).
 MODEL_SHAPE = (REFERENCE_SHAPE[2], REFERENCE_SHAPE[1], REFERENCE_SHAPE[0], 1)
 _FLOAT16_MAX = 65000.0
+#: tf.data's autotuning of the training pipelines (off).  Our pipelines have nothing to tune (one Python
+#: generator, a fixed prefetch of 2 batches), but with autotuning on, deleting an iterator sometimes waited on
+#: an idle tf.data thread: in three profiled demo fits (py-spy; per-thread run-queue times) the process stood
+#: still for 5-30 s at the end of the fit and of precise BN, no thread running, the main thread in
+#: ``~IteratorResource`` -> ``~LogicalThreadWrapper``; with autotuning off no such pause was seen and the
+#: batches are the same (benchmarks/bench_fit.py runs the demo's fit both ways).
+TF_DATA_AUTOTUNE = False
 
 
 @dataclass
@@ -452,4 +459,7 @@ def _finish(ds, n, batch_size):
     tf = tensorflow_or_exit("fine-tuning's tf.data input")
 
     n_batches = -(-int(n) // int(batch_size))
-    return ds.batch(int(batch_size)).apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(2)
+    ds = ds.batch(int(batch_size)).apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(2)
+    options = tf.data.Options()
+    options.autotune.enabled = bool(TF_DATA_AUTOTUNE)
+    return ds.with_options(options)

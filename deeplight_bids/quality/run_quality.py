@@ -18,11 +18,17 @@ from . import faithfulness, sanity
 
 LOGGER = logging.getLogger("deeplight_bids")
 
-#: Default volumes per run (``--quality-volumes``; the one default is the config's).  16 keeps the
-#: measures within +25 % of a participant run's time (benchmarks/RESULTS.md, "Quality"); with three
-#: states that is 5-6 volumes per predicted state, enough for the sign of the area between the
-#: deletion curves and for median similarities, not for per-volume detail (ask for more with the option).
+#: Default volumes per run (``--quality-volumes``; the one default is the config's), chosen by the
+#: precision it buys (benchmarks/RESULTS.md, "Quality precision"): see :class:`RunQuality`.
 DEFAULT_VOLUMES = default("quality_volumes")
+#: How the randomised models of the sanity check are drawn (sidecars, settings hash).
+COPIES = (
+    "one randomised copy of the model per checked volume, drawn with numpy.random.default_rng([seed, volume]): the "
+    "medians then average over as many random draws as volumes (one copy for all volumes left the medians depending "
+    "on that one draw: the median Spearman's SD over draws was 0.21, 13 times its standard error over volumes)"
+)
+#: Bootstrap draws for the standard errors of the medians (seeded; a few milliseconds).
+BOOTSTRAP_DRAWS = 1000
 
 
 class RunQuality:
@@ -40,7 +46,18 @@ class RunQuality:
     seed : int
         Seeds the volume choice, the random deletion order and the randomised copy.
     max_batch : int or None
-        Most volumes per explainer call on the randomised copy.
+        Kept for the callers; each volume's randomised map is one call (its own copy).
+
+    Notes
+    -----
+    Precision (measured on two runs of the demo's fitted model, benchmarks/bench_quality_precision.py,
+    RESULTS.md "Quality precision"): the area between the deletion curves varies from volume to
+    volume (SD ~2 logits around a run's ~2.3), so its standard error falls as 1 / sqrt(volumes)
+    (21-24 % of the area at the default 12 volumes) and hardly depends on the fractions
+    (:data:`.faithfulness.FRACTIONS`); the medians of the sanity check depend on the randomised
+    model drawn, hence :data:`COPIES` (standard error ~0.08 at 12 volumes, against ~0.20 with one
+    copy at any number of volumes).  Each run's own standard errors are written beside the
+    figures (``*_se`` in the sidecars' summaries).
     """
 
     def __init__(self, explainer, decoder, n_volumes=DEFAULT_VOLUMES, seed=0, max_batch=None):
@@ -50,7 +67,7 @@ class RunQuality:
         self.n_volumes = int(n_volumes)
         self.seed = int(seed)
         self.max_batch = max_batch
-        self._random_analyzer = None
+        self._random = None  # (randomised copy, its explainer), built on first use and redrawn per volume
 
     def settings(self):
         """What the outputs depend on (for the run's settings hash)."""
@@ -59,13 +76,26 @@ class RunQuality:
             "seed": self.seed,
             "fractions": list(faithfulness.FRACTIONS),
             "randomisation": sanity.RANDOMISATION,
+            "copies": COPIES,
         }
 
-    def random_analyzer(self):
-        """The run's method on the randomised copy (built on first use, then kept)."""
-        if self._random_analyzer is None:
-            self._random_analyzer = self.explainer.for_model(sanity.randomized_copy(self.model, self.seed))
-        return self._random_analyzer
+    def random_analyzer(self, volume):
+        """The run's method on the randomised copy of ``volume`` (seed ``[seed, volume]``).
+
+        The copy and its explainer are built once; later volumes redraw the copy's kernels in
+        place (:func:`.sanity.redraw`), so the explainer's compiled function is traced once.
+        Under JAX, whose compiled functions keep the values they were traced with, each volume
+        gets a new explainer.
+        """
+        from deeplight_bids import backend
+
+        seed = [self.seed, int(volume)]
+        if self._random is None or backend.name() == "jax":
+            copy = sanity.randomized_copy(self.model, seed)
+            self._random = (copy, self.explainer.for_model(copy))
+        else:
+            sanity.redraw(self._random[0], self.model, seed)
+        return self._random[1]
 
     def evaluate(self, outputs, x_of, relevance_of, mask_index, logits, targets, states, root=None, label=""):
         """Compute, write both tables and their sidecars; returns the summary for the predictions sidecar.
@@ -111,25 +141,22 @@ class RunQuality:
         rows = []
         mask = None
         not_finite = []  # volumes whose randomised-model map has NaN or inf (rule not defined there)
-        step = self.max_batch or 4  # a few volumes at a time: inputs and maps of 32 volumes would add ~250 MB
-        for start in range(0, len(chosen), step):
-            part = chosen[start : start + step]
-            x = np.concatenate([x_of(int(v), int(v) + 1) for v in part])
-            _, random_maps = self.random_analyzer().explain(x, target=targets[part].astype(np.int32))
+        for v in chosen:
+            target = targets[v : v + 1].astype(np.int32)
+            _, random_map = self.random_analyzer(v).explain(x_of(int(v), int(v) + 1), target=target)
             if mask is None:
-                mask = np.zeros(random_maps.shape[1:], dtype=bool)
+                mask = np.zeros(random_map.shape[1:], dtype=bool)
                 mask.reshape(-1)[mask_index] = True
-            for j, v in enumerate(part):
-                if not np.isfinite(random_maps[j][mask]).all():
-                    not_finite.append(int(v))
-                    measures = {"spearman": float("nan"), "spearman_abs": float("nan"), "ssim": float("nan")}
-                else:
-                    measures = sanity.compare_maps(relevance_of(int(v)), random_maps[j], mask)
-                rows.append({"volume": int(v), "state": states[int(targets[v])], **measures})
+            if not np.isfinite(random_map[0][mask]).all():
+                not_finite.append(int(v))
+                measures = {"spearman": float("nan"), "spearman_abs": float("nan"), "ssim": float("nan")}
+            else:
+                measures = sanity.compare_maps(relevance_of(int(v)), random_map[0], mask)
+            rows.append({"volume": int(v), "state": states[int(targets[v])], **measures})
         import pandas as pd
 
         sanity_frame = pd.DataFrame(rows, columns=list(sanity.COLUMNS))
-        checks = sanity.summarize(sanity_frame)
+        checks = sanity.summarize(sanity_frame, draws=BOOTSTRAP_DRAWS, seed=self.seed)
         if not_finite:
             checks["not_evaluated"] = {
                 "volumes": not_finite,
@@ -148,7 +175,7 @@ class RunQuality:
         write_tsv(outputs["faithfulness"], curves, root=root)
         write_json(outputs["faithfulness_json"], faithfulness.sidecar(self.seed, len(mask_index), faith), root=root)
         write_tsv(outputs["sanity"], sanity_frame, root=root)
-        write_json(outputs["sanity_json"], sanity.sidecar(self.seed, checks), root=root)
+        write_json(outputs["sanity_json"], sanity.sidecar(self.seed, checks, COPIES), root=root)
         seconds = time.monotonic() - t0
         if checks["high_similarity"]:
             LOGGER.warning(

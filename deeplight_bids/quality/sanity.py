@@ -75,8 +75,33 @@ def randomized_copy(model, seed=0, layers=None):
     clone = keras.models.clone_model(model)
     if not clone.built:
         clone.build(model.inputs[0].shape)
+    redraw(clone, model, seed, layers)
+    return clone
+
+
+def redraw(copy, model, seed=0, layers=None):
+    """Draw the randomised kernels of ``copy`` anew, in place: ``copy`` then holds ``randomized_copy(model, seed)``.
+
+    Only kernels are drawn; the other variables of a randomised layer keep the initial values
+    the clone started with, which no draw changes, so ``copy`` must come from
+    :func:`randomized_copy` of the same ``model`` and ``layers``.  An explainer of ``copy`` whose
+    compiled function reads the variables at each call (TensorFlow, PyTorch) then explains the
+    new draw without being traced again; under JAX compiled functions hold the values they were
+    traced with (build a new explainer after a redraw there).
+
+    Parameters
+    ----------
+    copy, model : keras.Sequential
+        Same architecture.
+    seed : int or sequence of int
+        Seeds ``numpy.random.default_rng`` (e.g. ``[seed, volume]``).
+    layers : collection of str or None
+        As :func:`randomized_copy`.
+    """
+    import keras
+
     rng = np.random.default_rng(seed)
-    for trained_layer, layer in zip(model.layers, clone.layers):
+    for trained_layer, layer in zip(model.layers, copy.layers):
         randomise = layers is None or layer.name in layers
         for trained, variable in zip(trained_layer.weights, layer.weights):
             if not randomise:
@@ -91,7 +116,6 @@ def randomized_copy(model, seed=0, layers=None):
                 scale = float(np.std(keras.ops.convert_to_numpy(trained.value), dtype=np.float64))
                 drawn *= scale / max(float(drawn.std()), 1e-30)
                 variable.assign(drawn.astype(variable.dtype))
-    return clone
 
 
 def cascade_blocks(model):
@@ -234,22 +258,40 @@ def compare_maps(real, random, mask):
     return {"spearman": float(rho), "spearman_abs": float(rho_abs), "ssim": index}
 
 
-def sidecar(seed, summary):
-    """The JSON sidecar of a run's randomised-model table (``seed``: of the randomised copy;
-    ``summary``: :func:`summarize` of the table)."""
+def sidecar(seed, summary, copies=None):
+    """The JSON sidecar of a run's randomised-model table (``seed``: of the randomised copies;
+    ``summary``: :func:`summarize` of the table; ``copies``: how the copies were drawn, if said)."""
     return {
         **COLUMNS,
         "Description": "model-parameter randomisation check (Adebayo et al. 2018): similarity of each map with "
         "the map of a fully randomised copy of the model; high similarity means the maps do not "
         "depend on what the model learned",
         "Randomisation": RANDOMISATION,
+        **({"RandomisedCopies": copies} if copies else {}),
+        **(
+            {
+                "Precision": "Summary.median_*_se: bootstrap standard errors of the medians over the volumes (with "
+                "one randomised copy per volume they include the spread over random draws)"
+            }
+            if "median_spearman_se" in summary
+            else {}
+        ),
         "Seed": seed,
         "Summary": summary,
     }
 
 
-def summarize(frame):
-    """Median similarities of a sanity table and whether they are high (flag).
+def summarize(frame, draws=0, seed=0):
+    """Median similarities of a sanity table, whether they are high (flag), and their standard errors.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The per-volume table (:data:`COLUMNS`).
+    draws : int
+        Bootstrap draws over the volumes for the standard errors of the medians (0: none).
+    seed : int
+        Seeds the bootstrap.
 
     Returns
     -------
@@ -257,11 +299,23 @@ def summarize(frame):
         ``median_spearman``, ``median_spearman_abs``, ``median_ssim``, ``n_volumes``,
         ``high_similarity`` (True when the median Spearman or SSIM exceeds
         :data:`HIGH_SIMILARITY`; the absolute-value Spearman is reported, not flagged: the
-        magnitude of any LRP map follows the input's, trained or not).
+        magnitude of any LRP map follows the input's, trained or not); with ``draws``, also
+        ``median_spearman_se`` and ``median_ssim_se``: the bootstrap standard errors over the
+        volumes (with one randomised copy per volume they include the spread over random draws).
     """
     med = {
         f"median_{c}": float(frame[c].median()) if len(frame) else float("nan")
         for c in ("spearman", "spearman_abs", "ssim")
     }
     high = any(med[k] > HIGH_SIMILARITY for k in ("median_spearman", "median_ssim") if np.isfinite(med[k]))
-    return {**med, "n_volumes": len(frame), "high_similarity": bool(high), "high_similarity_threshold": HIGH_SIMILARITY}
+    out = {**med, "n_volumes": len(frame), "high_similarity": bool(high), "high_similarity_threshold": HIGH_SIMILARITY}
+    if draws:
+        rng = np.random.default_rng(seed)
+        for c in ("spearman", "ssim"):
+            values = frame[c].dropna().to_numpy(dtype=np.float64)
+            if len(values) < 2:
+                out[f"median_{c}_se"] = float("nan")
+                continue
+            resampled = np.median(values[rng.integers(0, len(values), (int(draws), len(values)))], axis=1)
+            out[f"median_{c}_se"] = float(resampled.std(ddof=1))
+    return out

@@ -1,6 +1,7 @@
 """Deletion curves on a linear model, where the exact relevance is known (w * x)."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from deeplight_bids.quality import faithfulness as fa
@@ -73,6 +74,14 @@ def test_relevance_order_drops_logit_faster_than_random(linear):
     assert all(mean["relevance"][f] < mean["random"][f] for f in fa.FRACTIONS[1:])
     summary = fa.area_between_curves(frame)
     assert summary["area_between_curves"] > 0
+    # the run's area is the mean of the volumes' own areas; its standard error is theirs over sqrt(volumes)
+    areas = []
+    for _, part in frame.groupby("volume"):
+        wide = part.pivot_table(index="fraction", columns="order", values="logit").sort_index()
+        fr = wide.index.to_numpy()
+        areas.append(np.trapezoid(wide["random"] - wide["relevance"], fr) / (fr[-1] - fr[0]))
+    assert summary["area_between_curves"] == pytest.approx(np.mean(areas), rel=1e-9)
+    assert summary["area_between_curves_se"] == pytest.approx(np.std(areas, ddof=1) / np.sqrt(10), rel=1e-3)
     assert summary["aopc_relevance"] > summary["aopc_random"]
     assert summary["n_volumes"] == 10
     # the exact drop at one step: the sum of the removed voxels' relevance
@@ -94,6 +103,35 @@ def test_reversed_relevance_is_worse_than_random(linear):
     assert fa.area_between_curves(frame)["area_between_curves"] < 0
 
 
+def test_volumes_share_network_calls_and_the_table_is_the_same(linear):
+    """Perturbed copies of several volumes go through the network together (up to ``max_inputs`` per call,
+    whole volumes, at least one); the table does not depend on how they were grouped."""
+    _, volumes, mask_index, logits_fn, targets, relevance_of = linear
+    per_volume = 2 * (len(fa.FRACTIONS) - 1)
+    tables = {}
+    for max_inputs in (1, per_volume, 3 * per_volume + 1):
+        seen = []
+
+        def counting(x, seen=seen):
+            seen.append(len(x))
+            return logits_fn(x)
+
+        tables[max_inputs] = fa.deletion_curves(
+            counting,
+            range(7),
+            lambda v: volumes[v],
+            relevance_of,
+            targets,
+            mask_index,
+            known_logits=logits_fn(volumes),
+            max_inputs=max_inputs,
+        )
+        expected_calls = [per_volume] * 7 if max_inputs <= per_volume else [3 * per_volume] * 2 + [per_volume]
+        assert seen == expected_calls, (max_inputs, seen)
+    for table in tables.values():
+        pd.testing.assert_frame_equal(table, tables[1])
+
+
 def test_fractions_must_start_at_zero(linear):
     _, volumes, mask_index, logits_fn, targets, relevance_of = linear
     with pytest.raises(ValueError, match="start with 0"):
@@ -112,10 +150,18 @@ def test_known_logits_skip_the_unperturbed_pass(linear):
         return logits_fn(x)
 
     expected = fa.deletion_curves(logits_fn, range(4), lambda v: volumes[v], relevance_of, targets, mask_index)
+    per_volume = 2 * (len(fa.FRACTIONS) - 1)
     frame = fa.deletion_curves(
-        counting, range(4), lambda v: volumes[v], relevance_of, targets, mask_index, known_logits=logits_fn(volumes)
+        counting,
+        range(4),
+        lambda v: volumes[v],
+        relevance_of,
+        targets,
+        mask_index,
+        known_logits=logits_fn(volumes),
+        max_inputs=per_volume,
     )
-    assert seen == [2 * (len(fa.FRACTIONS) - 1)] * 4
+    assert seen == [per_volume] * 4
     np.testing.assert_allclose(frame["logit"], expected["logit"], rtol=1e-6)
     assert frame[["volume", "order", "fraction", "decision_holds"]].equals(
         expected[["volume", "order", "fraction", "decision_holds"]]

@@ -121,6 +121,28 @@ def test_randomized_copy_seeded_and_independent(small_model):
     assert one.predict(x, verbose=0).shape == (2, 3)
 
 
+def test_redraw_in_place_is_a_new_copy_and_explainers_see_it(small_model):
+    """redraw(copy, model, s) leaves copy equal to randomized_copy(model, s), and an explainer traced before the
+    redraw explains the new draw (its compiled function reads the variables at each call)."""
+    from deeplight_bids.lrp.analyzer import LRPAnalyzer
+
+    x = np.random.default_rng(2).normal(size=(1, 12, 14, 12, 1)).astype(np.float32)
+    target = np.array([1], np.int32)
+    copy = sanity.randomized_copy(small_model, seed=[3, 0])
+    traced = LRPAnalyzer(copy, composite="preset_b_flat")
+    _, first = traced.explain(x, target=target)
+    sanity.redraw(copy, small_model, [3, 7])
+    fresh = sanity.randomized_copy(small_model, seed=[3, 7])
+    for a, b in zip(copy.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    _, again = traced.explain(x, target=target)
+    _, expected = LRPAnalyzer(fresh, composite="preset_b_flat").explain(x, target=target)
+    scale = np.abs(expected).max()
+    assert scale > 0
+    np.testing.assert_allclose(again / scale, expected / scale, rtol=0, atol=1e-5)
+    assert np.abs(again - first).max() > 0.1 * scale  # the traced function did not keep the first draw
+
+
 def test_run_quality_writes_tables(small_model, tmp_path):
     """The per-run evaluator on a small model: both tables, their sidecars, the summary."""
     import json
@@ -166,6 +188,23 @@ def test_run_quality_writes_tables(small_model, tmp_path):
     zero = curves[(curves["fraction"] == 0) & (curves["order"] == "relevance")].set_index("volume")
     for v, row in zero.iterrows():
         assert row["logit"] == pytest.approx(logits[v, targets[v]], rel=1e-4, abs=1e-5)
+    # the precision of each figure, from the run's own volumes (the formula: test_faithfulness.py)
+    assert side["Summary"]["area_between_curves_se"] > 0 and "Precision" in side
+    sanity_side = json.loads(outputs["sanity_json"].read_text())
+    assert sanity_side["RandomisedCopies"] and "Precision" in sanity_side
+    assert all(sanity_side["Summary"][f"median_{m}_se"] > 0 for m in ("spearman", "ssim"))
+    # every volume is compared with its own randomised copy (seed [1, volume]): a volume's numbers do not depend
+    # on which other volumes were chosen, and they are those of a copy drawn with its seed
+    v = int(checks["volume"].iloc[-1])
+    own = LRPAnalyzer(sanity.randomized_copy(small_model, [1, v]), composite="preset_b_flat")
+    _, own_map = own.explain(x[v : v + 1], target=targets[v : v + 1].astype(np.int32))
+    expected = sanity.compare_maps(relevance[v], own_map[0], mask)
+    row = checks.set_index("volume").loc[v]
+    assert row["spearman"] == pytest.approx(expected["spearman"], abs=1e-6)
+    assert row["ssim"] == pytest.approx(expected["ssim"], abs=1e-6)
+    first = int(checks["volume"].iloc[0])
+    other = sanity.compare_maps(relevance[first], own_map[0], mask)  # another volume's copy gives other numbers
+    assert checks.set_index("volume").loc[first, "spearman"] != pytest.approx(other["spearman"], abs=1e-6)
 
 
 def test_randomized_copy_of_some_layers_keeps_the_others(small_model):
