@@ -117,7 +117,7 @@ def test_quality_numbers(demo):
     assert "Plausibility against the reference maps" in html and "Is decoding above chance?" in html
 
 
-def test_model_is_reusable_with_weights_option(demo):
+def test_model_is_reusable_with_weights_option(demo, tmp_path):
     out, report = demo
     card = json.loads((out / "models" / "demo-3D" / "demo-3D.json").read_text())
     assert card["states"] == ["MOTOR_lh", "MOTOR_rh", "MOTOR_t"]
@@ -130,13 +130,16 @@ def test_model_is_reusable_with_weights_option(demo):
     assert report["validation"] not in report["training"] and report["validation"] != report["held_out"]
     assert 1 <= report["fits"] <= 3 and report["validation_accuracy"] >= 0.7
     assert (out / "models" / "demo-3D" / "demo-3D_learningcurve.png").is_file()
-    # the printed rerun command works as printed (minus the program name)
+    # the printed rerun command works as printed (minus the program name), into another output folder: with
+    # --no-lrp it would rightly remove the relevance outputs that the other tests of this module read
     argv = report["rerun"].split()[1:]
+    assert argv[1] == str(out / "deeplight")
+    argv[1] = str(tmp_path / "rerun")
     assert cli(argv + ["--skip-bids-validation", "--no-lrp"]) == 0
     frame = (
         (
-            out
-            / "deeplight"
+            tmp_path
+            / "rerun"
             / f"sub-{report['held_out']}"
             / "func"
             / f"sub-{report['held_out']}_task-motor_desc-predictions_timeseries.tsv"

@@ -114,7 +114,7 @@ def state_design(events, state_map, n_volumes, t_r):
         shown = ", ".join(unmapped[:6]) + (" ..." if len(unmapped) > 6 else "") if unmapped else "none"
         design.skip_reason = (
             f"no trial type of its events maps to a model state (trial types: {shown}); "
-            "map them with --state-map to model them"
+            "the label table at the start of the job says how to map them"
         )
     elif len(states) < 2:
         design.skip_reason = (

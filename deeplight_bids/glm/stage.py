@@ -29,6 +29,7 @@ import pandas as pd
 
 from deeplight_bids import __version__
 from deeplight_bids.derivatives import integrity, naming, resume
+from deeplight_bids.derivatives.links import source_uri
 from deeplight_bids.derivatives.stale import remove_stale
 from deeplight_bids.derivatives.writers import write_json, write_nifti, write_tsv
 from deeplight_bids.exceptions import DeepLightBidsError
@@ -107,10 +108,16 @@ class RunGLM:
         ``--state-map``.
     """
 
-    def __init__(self, config, space_plan, user_state_map=None, log=LOGGER):
+    def __init__(self, config, space_plan, user_state_map=None, log=LOGGER, dataset_roots=None):
         self.config = config
         self.space_plan = space_plan
         self.user_state_map = user_state_map
+        if dataset_roots is None:  # {name: root} of the source datasets (their BIDS URIs), as the decoder finds them
+            from deeplight_bids.bids.discover import find_derivatives
+            from deeplight_bids.derivatives.links import dataset_roots as name_datasets
+
+            dataset_roots = name_datasets(config.bids_dir, find_derivatives(config.bids_dir, config.derivatives))
+        self.dataset_roots = dataset_roots
         self.settings = first_level.glm_settings(config)
         self.settings_hash = first_level.glm_settings_hash(self.settings, user_state_map)
         self.log = log
@@ -156,8 +163,7 @@ class RunGLM:
         state_map = resolve_state_map(run.entities["task"], self.user_state_map)
         design = state_design(events, state_map, n_volumes, run.t_r)
         if design.skip_reason:
-            # no trial type maps to a state: the start-up label table has warned about it once for the task
-            return self._skip(run, design.skip_reason, warn=bool(design.states))
+            return self._skip(run, design.skip_reason)
         matrix = first_level.design_matrix(design, n_volumes, run.t_r, cfg.high_pass)
         n_states = len(design.states)
         rank = int(np.linalg.matrix_rank(matrix.to_numpy(float)[:, :n_states]))
@@ -178,8 +184,8 @@ class RunGLM:
         self.log.info("%s: GLM: %s", run.label, detail)
         return GLMRunResult(run.label, "done", detail, [c.label for c in contrasts])
 
-    def _skip(self, run, reason, warn=True):
-        (self.log.warning if warn else self.log.info)("%s: no GLM: %s", run.label, reason)
+    def _skip(self, run, reason):
+        self.log.warning("%s: no GLM: %s", run.label, reason)
         outputs = naming.glm_run_outputs(self.config.output_dir, run.entities)
         remove_stale(
             [outputs["design"], *_run_statmaps(self.config.output_dir, run.entities)],
@@ -245,7 +251,8 @@ class RunGLM:
             "RepetitionTime": float(run.t_r),
             "ReferenceGrid": {"Space": REFERENCE_SPACE, "Resolution": naming.REFERENCE_RES},
             "SpaceTransform": space_transform,
-            "Sources": [f"bids::{p}" for p in (run.bold, run.mask, run.events)],
+            # the same URIs as the relevance sidecars' (bids:<dataset>:<path>, through DatasetLinks)
+            "Sources": [source_uri(p, self.dataset_roots) for p in (run.bold, run.mask, run.events)],
             "Settings": self.settings,
             "SettingsHash": self.settings_hash,
             "InputsDigest": resume.inputs_digest(run),
@@ -544,7 +551,7 @@ def _compared_method_rows(config, subject, task, task_runs, state, label, part, 
 
 
 # -- the stage ---------------------------------------------------------------------------------------
-def run_glm_stage(config, space_plan, user_state_map, runs, results, all_runs_of, log=LOGGER):
+def run_glm_stage(config, space_plan, user_state_map, runs, results, all_runs_of, log=LOGGER, dataset_roots=None):
     """GLM of the job's finished runs, then per participant fixed effects and agreement.
 
     Parameters
@@ -559,6 +566,10 @@ def run_glm_stage(config, space_plan, user_state_map, runs, results, all_runs_of
     all_runs_of : callable
         ``all_runs_of(subject, job_runs)`` -> every run of the participant (their GLMs, when
         complete, enter the participant's maps and table).
+    log : logging.Logger
+    dataset_roots : dict or None
+        ``{name: root}`` of the source datasets (:func:`deeplight_bids.derivatives.links.dataset_roots`):
+        the sidecars name their sources as BIDS URIs through the output's ``DatasetLinks``.
 
     Returns
     -------
@@ -570,7 +581,7 @@ def run_glm_stage(config, space_plan, user_state_map, runs, results, all_runs_of
         if r.status == "done" or (r.status == "skipped" and r.detail.startswith("outputs exist"))
     }
     todo = [r for r in runs if r.label in finished]
-    glm = RunGLM(config, space_plan, user_state_map, log)
+    glm = RunGLM(config, space_plan, user_state_map, log, dataset_roots)
     out = []
     if todo:
         log.info("GLM: first-level models of %d run(s) (%s noise model)", len(todo), glm.settings["noise_model"])

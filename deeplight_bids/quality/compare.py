@@ -505,14 +505,24 @@ def read_method_sums(path):
     if not path.is_file():
         return {}
     out = {}
-    with np.load(path) as data:
-        for key in data.files:
-            kind, method, state = key.split("|", 2)
-            if kind == "sum":
-                out.setdefault(method, {})[state] = (
-                    data[key].astype(np.float64),
-                    int(data[f"count|{method}|{state}"]),
-                )
+    try:
+        with np.load(path) as data:
+            for key in data.files:
+                kind, method, state = key.split("|", 2)
+                if kind == "sum":
+                    out.setdefault(method, {})[state] = (
+                        data[key].astype(np.float64),
+                        int(data[f"count|{method}|{state}"]),
+                    )
+    except Exception as err:  # noqa: BLE001 - a damaged work file costs the GLM rows of the compared methods only
+        from deeplight_bids.derivatives.integrity import describe_error
+
+        LOGGER.warning(
+            "%s: unreadable (%s); the compared methods get no GLM agreement rows: re-run with --overwrite to remake it",
+            path,
+            describe_error(err),
+        )
+        return {}
     return out
 
 

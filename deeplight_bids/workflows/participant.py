@@ -79,6 +79,7 @@ def run_participant_level(config, log=LOGGER):
                     results,
                     lambda subject, mine: _all_runs_of(layout, config, subject, mine),
                     log,
+                    roots,
                 )
             log.info("summary:\n%s", tables.format_results(results))
             _write_run_table(job["runs"], results)

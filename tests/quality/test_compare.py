@@ -138,3 +138,21 @@ def test_the_published_rule_must_be_compared(setup):
     model, _, _, decoder, _ = setup
     with pytest.raises(ValueError, match="published rule"):
         compare.AttributionComparison(model, [get_method("gradient")], "preset_b_flat", decoder)
+
+
+def test_method_sums_round_trip_and_damaged_file(tmp_path, caplog):
+    """The per-method sums kept for the GLM agreement read back as written; a damaged file costs those rows only
+    (one warning naming the file and the fix), never a traceback."""
+    from deeplight_bids.quality.compare import read_method_sums, save_method_sums
+
+    total = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    path = tmp_path / "sums.npz"
+    save_method_sums(path, {"gradient": {"MOTOR_lh": (total, 3)}})
+    back = read_method_sums(path)
+    assert list(back) == ["gradient"] and back["gradient"]["MOTOR_lh"][1] == 3
+    np.testing.assert_array_equal(back["gradient"]["MOTOR_lh"][0], total)
+    path.write_bytes(path.read_bytes()[:40])  # cut short, as by a full disk
+    with caplog.at_level("WARNING", logger="deeplight_bids"):
+        assert read_method_sums(path) == {}
+    assert str(path) in caplog.text and "--overwrite" in caplog.text
+    assert read_method_sums(tmp_path / "absent.npz") == {}
