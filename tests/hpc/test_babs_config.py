@@ -58,7 +58,7 @@ json.dump({"babs": babs.__version__, "zip_foldernames": zip_foldernames, "output
 @pytest.fixture(scope="module")
 def babs_path(request, tmp_path_factory):
     """A folder holding babs (no dependencies) and the packages it imports; installed once per cache."""
-    cache = request.config.cache
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
     target = Path(cache.mkdir(f"babs-{BABS_VERSION}")) if cache else tmp_path_factory.mktemp(f"babs-{BABS_VERSION}")
     site = target / "site"
     if not (site / "babs").is_dir():

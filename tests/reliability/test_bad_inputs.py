@@ -242,7 +242,8 @@ class _NoWritesUnder:
 
     @staticmethod
     def hook(event, args):
-        self = _NoWritesUnder.active
+        # (at interpreter shutdown the module's globals are None, and audit hooks cannot be removed)
+        self = _NoWritesUnder.active if _NoWritesUnder is not None else None
         if self is None:
             return
         paths, writing = [], False
