@@ -62,6 +62,13 @@ def main(argv=None):
     explainers = {n: get_method(n).explainer(model, **parameters) for n in names}
     decoder = Decoder(model, max_batch=4)
     calls = {"decode": lambda: decoder.logits(x), **{n: (lambda e=e: e.explain(x)) for n, e in explainers.items()}}
+    # The gradient over as many network passes as one volume of integrated gradients or SmoothGrad makes (8
+    # volumes per input volume, in calls of --batch): their floor is steps (samples) x the gradient's cost
+    # *sustained* over many passes, which one call of --batch volumes (a fraction of a second) underestimates.
+    repeats = 8
+    x_long = np.concatenate([x] * repeats)
+    calls["gradient, sustained"] = lambda: explainers["gradient"].explain(x_long)
+    volumes_of = {"gradient, sustained": len(x_long)}
     for name, call in calls.items():  # warm-up: trace every function once
         t0 = time.perf_counter()
         call()
@@ -72,19 +79,24 @@ def main(argv=None):
             t0 = time.perf_counter()
             call()
             best[name] = min(best[name], time.perf_counter() - t0)
-        print(f"round {r + 1}: " + ", ".join(f"{n} {best[n] / args.batch:.2f}" for n in calls), flush=True)
-    per_volume = {name: seconds / args.batch for name, seconds in best.items()}
+        print(
+            f"round {r + 1}: " + ", ".join(f"{n} {best[n] / volumes_of.get(n, args.batch):.3f}" for n in calls),
+            flush=True,
+        )
+    per_volume = {name: seconds / volumes_of.get(name, args.batch) for name, seconds in best.items()}
     decode, gradient, published = per_volume["decode"], per_volume["gradient"], per_volume["preset_b_flat"]
+    sustained = per_volume["gradient, sustained"]
     targets = {
         "gradient": ("<= 3.5 x decoding", per_volume["gradient"] / decode <= 3.5),
         "gradient_x_input": ("<= 3.5 x decoding", per_volume["gradient_x_input"] / decode <= 3.5),
         "integrated_gradients": (
-            f"<= 1.15 x {args.ig_steps} x gradient",
-            per_volume["integrated_gradients"] <= 1.15 * args.ig_steps * gradient,
+            f"<= 1.15 x {args.ig_steps} x gradient, sustained ({per_volume['integrated_gradients'] / (args.ig_steps * sustained):.2f})",
+            per_volume["integrated_gradients"] <= 1.15 * args.ig_steps * sustained,
         ),
         "smoothgrad": (
-            f"<= 1.15 x {args.smoothgrad_samples} x gradient",
-            per_volume["smoothgrad"] <= 1.15 * args.smoothgrad_samples * gradient,
+            f"<= 1.15 x {args.smoothgrad_samples} x gradient, sustained "
+            f"({per_volume['smoothgrad'] / (args.smoothgrad_samples * sustained):.2f})",
+            per_volume["smoothgrad"] <= 1.15 * args.smoothgrad_samples * sustained,
         ),
         **{
             n: ("<= 1.15 x preset_b_flat", per_volume[n] <= 1.15 * published)
@@ -140,7 +152,10 @@ def main(argv=None):
         f"Command: `python benchmarks/bench_attributions.py --batch {args.batch} --rounds {args.rounds}` "
         f"(best of {args.rounds} rounds, methods in turn; load average after: {load[0]:.2f}).\n\n"
         + "\n".join(lines)
-        + "\n"
+        + "\n\n"
+        + f"`gradient, sustained`: the gradient of {len(x_long)} volumes in {len(x_long) // args.batch} calls of "
+        f"{args.batch}, the floor that integrated gradients and SmoothGrad are held to (each volume of theirs is "
+        f"{args.ig_steps} or {args.smoothgrad_samples} gradient passes); `gradient` is one call of {args.batch}.\n"
         + comparison
     )
     print(text)

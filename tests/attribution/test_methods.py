@@ -121,6 +121,8 @@ def test_bad_parameters_are_refused(model):
         IntegratedGradients(model, steps=1)
     with pytest.raises(ValueError, match="noise share"):
         SmoothGrad(model, noise=0)
+    # the sidecar names the rule that is computed
+    assert IntegratedGradients(model, steps=4).parameters()["rule"] == "riemann_middle"
     alphas, weights = riemann_middle(4)
     np.testing.assert_allclose(alphas, [0.125, 0.375, 0.625, 0.875]) and np.testing.assert_allclose(weights.sum(), 1)
 
