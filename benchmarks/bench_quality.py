@@ -11,7 +11,7 @@ first with ``--no-quality``, then with the quality measures (default), each into
 output folder.  Reported: both wall times and CPU times (user + system of the child), the
 overhead (with / without - 1; the CPU-time overhead does not depend on how busy a shared machine
 is), the quality step's own time (from its log line) against the decode + LRP time of the same
-run (the sum of its batch times, logged with ``-v``; issue 27's target: the quality step <= 15 %
+run (the sum of its batch times, logged with ``-vv``; issue 27's target: the quality step <= 15 %
 of a 405-volume run's decode + LRP), and the machine's load average before and after (a busy
 machine slows both runs).
 ``--quality-volumes`` defaults to the participant level's default.  Written under ``## Quality`` in ``--results``.
@@ -79,7 +79,7 @@ def main(argv=None):
                 dataset.bids_dir,
                 tmp / "quality",
                 *common,
-                "-v",  # the batch loop's per-batch times: decode + LRP
+                "-vv",  # the batch loop's per-batch times (DEBUG lines): decode + LRP
                 "--quality-volumes",
                 args.quality_volumes,
                 "--work-dir",
