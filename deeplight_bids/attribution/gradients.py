@@ -28,7 +28,7 @@ import numpy as np
 from keras import ops
 
 from deeplight_bids import backend
-from deeplight_bids.models.decode import in_chunks, join_chunks
+from deeplight_bids.models.decode import in_chunks, join_chunks, target_indices
 
 #: How the explained output is chosen (written to the sidecars).
 TARGET = "logit of the target output (the argmax of the logits, i.e. the predicted state, unless a target is given)"
@@ -196,17 +196,7 @@ class GradientMethod:
         return x
 
     def _check_target(self, target, batch_size):
-        if target is None:
-            return np.full(batch_size, -1, dtype=np.int32)
-        target = np.asarray(target)
-        if target.ndim == 0:
-            target = np.full(batch_size, target)
-        n_out = self.model.outputs[0].shape[-1]
-        if target.shape != (batch_size,) or not np.issubdtype(target.dtype, np.integer):
-            raise ValueError(f"target must be None or {batch_size} integer output indices; got {target!r}")
-        if target.min() < 0 or target.max() >= n_out:
-            raise ValueError(f"target indices must lie in [0, {n_out}); got {target.tolist()}")
-        return target.astype(np.int32)
+        return target_indices(target, batch_size, self.model.outputs[0].shape[-1])
 
     def __repr__(self):
         params = ", ".join(f"{k}={v!r}" for k, v in self.parameters().items())

@@ -105,6 +105,17 @@ def find_derivatives(bids_dir: PathLike, derivatives: Sequence[PathLike] = ()) -
     return out
 
 
+def job_dataset_roots(config) -> dict[str, Path]:
+    """``{name: root}`` of the datasets a job reads: BIDS_DIR and the derivatives :func:`find_derivatives` finds.
+
+    What the outputs' ``DatasetLinks`` and the sidecars' BIDS URIs name
+    (:func:`deeplight_bids.derivatives.links.dataset_roots`).
+    """
+    from deeplight_bids.derivatives.links import dataset_roots
+
+    return dataset_roots(config.bids_dir, find_derivatives(config.bids_dir, config.derivatives))
+
+
 def _dataset_type(folder):
     try:
         return json.loads((Path(folder) / "dataset_description.json").read_text()).get("DatasetType", "raw")

@@ -113,10 +113,9 @@ class RunGLM:
         self.space_plan = space_plan
         self.user_state_map = user_state_map
         if dataset_roots is None:  # {name: root} of the source datasets (their BIDS URIs), as the decoder finds them
-            from deeplight_bids.bids.discover import find_derivatives
-            from deeplight_bids.derivatives.links import dataset_roots as name_datasets
+            from deeplight_bids.bids.discover import job_dataset_roots
 
-            dataset_roots = name_datasets(config.bids_dir, find_derivatives(config.bids_dir, config.derivatives))
+            dataset_roots = job_dataset_roots(config)
         self.dataset_roots = dataset_roots
         self.settings = first_level.glm_settings(config)
         self.settings_hash = first_level.glm_settings_hash(self.settings, user_state_map)

@@ -28,7 +28,7 @@ import numpy as np
 from keras import ops
 
 from deeplight_bids import backend
-from deeplight_bids.models.decode import in_chunks, join_chunks
+from deeplight_bids.models.decode import in_chunks, join_chunks, target_indices
 
 from . import types
 from .composites import get_composite
@@ -249,17 +249,7 @@ class LRPAnalyzer:
 
     def _check_target(self, target, batch_size):
         """``(batch,)`` int32 indices; -1 asks the graph for the argmax."""
-        if target is None:
-            return np.full(batch_size, -1, dtype=np.int32)
-        target = np.asarray(target)
-        if target.ndim == 0:
-            target = np.full(batch_size, target)
-        n_out = self.model.outputs[0].shape[-1]
-        if target.shape != (batch_size,) or not np.issubdtype(target.dtype, np.integer):
-            raise ValueError(f"target must be None or {batch_size} integer output indices; got {target!r}")
-        if target.min() < 0 or target.max() >= n_out:
-            raise ValueError(f"target indices must lie in [0, {n_out}); got {target.tolist()}")
-        return target.astype(np.int32)
+        return target_indices(target, batch_size, self.model.outputs[0].shape[-1])
 
     def _describe(self):
         layer_entries, epsilons, batch_norm = [], set(), set()

@@ -28,6 +28,25 @@ def join_chunks(parts):
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
+def target_indices(target, batch_size, n_out):
+    """The output to explain per sample, as the explainers take it: ``(batch_size,)`` int32.
+
+    ``None`` gives -1 everywhere (the compiled graph then takes each sample's argmax); one
+    integer is used for every sample.  Raises ``ValueError`` for anything else than
+    ``batch_size`` integers in ``[0, n_out)``.
+    """
+    if target is None:
+        return np.full(batch_size, -1, dtype=np.int32)
+    target = np.asarray(target)
+    if target.ndim == 0:
+        target = np.full(batch_size, target)
+    if target.shape != (batch_size,) or not np.issubdtype(target.dtype, np.integer):
+        raise ValueError(f"target must be None or {batch_size} integer output indices; got {target!r}")
+    if target.min() < 0 or target.max() >= n_out:
+        raise ValueError(f"target indices must lie in [0, {n_out}); got {target.tolist()}")
+    return target.astype(np.int32)
+
+
 def softmax(logits, dtype=np.float64):
     """Row-wise softmax (numerically stable) computed in ``dtype``; ``(batch, n_states)``."""
     logits = np.asarray(logits, dtype=dtype)

@@ -68,10 +68,9 @@ class RunProcessor:
         self.user_state_map = user_state_map
         self.space_plan = space_plan or SpacePlan(allow_approximate=config.allow_approximate_space)
         if dataset_roots is None:
-            from deeplight_bids.bids.discover import find_derivatives
-            from deeplight_bids.derivatives.links import dataset_roots as name_datasets
+            from deeplight_bids.bids.discover import job_dataset_roots
 
-            dataset_roots = name_datasets(config.bids_dir, find_derivatives(config.bids_dir, config.derivatives))
+            dataset_roots = job_dataset_roots(config)
         self.dataset_roots = dataset_roots
         self.states = tuple(dl_model.states)
         self.state_index = {s: i for i, s in enumerate(self.states)}
