@@ -24,6 +24,7 @@ timings under load are not comparable.
 
 import argparse
 import datetime
+import os
 import sys
 import time
 from pathlib import Path
@@ -84,8 +85,12 @@ def measure(n_volumes, chunk=CHUNK, seed=0):
     return times, max_diff
 
 
-def measure_prepare(n_volumes, t_r=2.0, seed=1):
-    """Seconds of ``prepare_run`` (mask, resample, smooth, detrend, high-pass, z-score) on each path."""
+def measure_prepare(n_volumes, threads, t_r=2.0, seed=1):
+    """Seconds of ``prepare_run`` (mask, resample, smooth, detrend, high-pass, z-score) on each path.
+
+    old: nilearn's per-volume resampling and the cleaning on one thread (the code before issue 29);
+    new: the precomputed weights and the cleaning on ``threads`` threads (``--nprocs``).
+    """
     import nibabel as nib
 
     from deeplight_bids.prepare.clean import prepare_run
@@ -100,9 +105,9 @@ def measure_prepare(n_volumes, t_r=2.0, seed=1):
     inside[10:-10, 12:-12, 10:-10] = 1
     mask = nib.Nifti1Image(inside, SOURCE_AFFINE)
     out = {}
-    for name, to_grid in (("old", to_reference_grid), ("new", ApproximateResampler())):
+    for name, to_grid, n_threads in (("old", to_reference_grid, 1), ("new", ApproximateResampler(), threads)):
         t0 = time.perf_counter()
-        out[name] = prepare_run(bold, mask, t_r, to_grid=to_grid, source=f"{name} path")
+        out[name] = prepare_run(bold, mask, t_r, to_grid=to_grid, source=f"{name} path", n_threads=n_threads)
         out[f"{name}_s"] = time.perf_counter() - t0
         print(f"  prepare_run, {name} path: {out[f'{name}_s']:.1f} s", flush=True)
     same_mask = bool(np.array_equal(out["old"].mask, out["new"].mask))
@@ -113,9 +118,12 @@ def measure_prepare(n_volumes, t_r=2.0, seed=1):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--volumes", type=int, default=200)
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="cleaning threads of the new path (--nprocs)"
+    )
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
-    prep_old, prep_new, same_mask, prep_diff = measure_prepare(args.volumes)
+    prep_old, prep_new, same_mask, prep_diff = measure_prepare(args.volumes, args.threads)
     times, max_diff = measure(args.volumes)
     old = times["old_mask"] + times["old_bold"]
     new = times["new_setup"] + times["new_mask"] + times["new_bold"]
@@ -127,10 +135,12 @@ def main(argv=None):
             f"Command: `python benchmarks/bench_approximate_space.py --volumes {args.volumes}`. "
             f"`--allow-approximate-space` resampling of a {args.volumes}-volume run (random values) and its mask on the "
             f"97 x 115 x 97 MNI152NLin2009cAsym res-2 grid onto the reference grid, in chunks of {CHUNK} volumes (as "
-            "`prepare_run` reads them), old and new in one process (`prepare_run`: old first, then new)."
+            "`prepare_run` reads them), old and new in one process (`prepare_run`: old first, then new). `prepare_run` "
+            f"old: the code before issue 29 (nilearn per volume, cleaning on 1 thread); new: precomputed weights and "
+            f"the per-voxel cleaning on {args.threads} threads (`--nprocs {args.threads}`; bit-identical to 1 thread)."
         ),
         "",
-        "| step | old: nilearn `resample_img` per volume, s | new: precomputed weights, s |",
+        "| step | old: nilearn `resample_img` per volume, 1 thread, s | new: precomputed weights, threads, s |",
         "|---|---:|---:|",
         f"| **`prepare_run` of the run (resample, mask, smooth 3 mm, detrend, high-pass, z-score)** | "
         f"**{prep_old:.2f}** | **{prep_new:.2f}** |",

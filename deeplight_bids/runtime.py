@@ -129,12 +129,31 @@ def memory_limit(requested_mb=0, environ=None, cgroup_root="/sys/fs/cgroup"):
         return None, "unknown"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (as logging's own last-resort handler).
+
+    A handler bound to the ``sys.stderr`` of the moment would keep writing to a stream that an embedding
+    program (a notebook, a test's captured stderr) has since replaced and closed.
+    """
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ and setStream assign it; the current stderr wins
+        pass
+
+
 def setup_logging(verbose=0):
     """Log to stderr at INFO (``-vv``: DEBUG; ``verbose < 0``: WARNING) under the ``deeplight_bids`` logger."""
     from deeplight_bids.exceptions import LoggedWarning
 
     level = logging.WARNING if verbose < 0 else logging.INFO if verbose < 2 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s deeplight-bids %(levelname)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger("deeplight_bids")
     root.handlers[:] = [handler]

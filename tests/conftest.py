@@ -59,6 +59,25 @@ def build_once(tmp_path_factory, name, build):
         return value
 
 
+@pytest.fixture(autouse=True)
+def restore_package_loggers():
+    """Each test leaves the package's loggers as it found them.
+
+    An in-process CLI call (``setup_logging``) replaces the ``deeplight_bids`` logger's handlers and turns
+    its propagation off; a handler bound to a stream that a test closes after it (``capsys``,
+    ``redirect_stderr``) would make every later log line of that worker a "Logging error" on stderr.
+    """
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("deeplight_bids", "deeplight_bids.hcp")]
+    saved = [(log.handlers[:], log.level, log.propagate) for log in loggers]
+    yield
+    for log, (handlers, level, propagate) in zip(loggers, saved):
+        log.handlers[:] = handlers
+        log.setLevel(level)
+        log.propagate = propagate
+
+
 @pytest.fixture(scope="session", autouse=True)
 def fewer_quality_volumes():
     """In-process CLI calls measure quality on :data:`TEST_QUALITY_VOLUMES` volumes by default, not the

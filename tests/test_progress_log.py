@@ -38,3 +38,24 @@ def test_bar_on_a_terminal(caplog):
             progress.update(10)
     assert "run:" in stream.getvalue() and "/10 [" in stream.getvalue()  # the bar was drawn
     assert not caplog.records  # the bar replaces the log lines
+
+
+def test_log_lines_follow_the_current_stderr():
+    """The terminal handler writes to the ``sys.stderr`` of the moment, not to the one it was set up under: a
+    stream replaced and closed since (a notebook cell, a test's captured stderr) must not turn every later log
+    line into a "Logging error"."""
+    import contextlib
+    import io
+    import logging
+
+    from deeplight_bids.runtime import setup_logging
+
+    log = logging.getLogger("deeplight_bids")
+    first, later = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(first):
+        setup_logging()
+        log.info("first line")
+    first.close()
+    with contextlib.redirect_stderr(later):
+        log.info("later line")
+    assert "later line" in later.getvalue() and "Logging error" not in later.getvalue()

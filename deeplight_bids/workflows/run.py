@@ -243,7 +243,13 @@ class RunProcessor:
         LOGGER.info("%s: preparing (mask, smooth %.3g mm, detrend, high-pass, z-score)", run.label, cfg.smoothing_fwhm)
         to_grid, space_transform = self.space_plan.resampler_for(run.space or REFERENCE_SPACE)
         prepared = prepare_run(
-            run.bold, run.mask, run.t_r, smoothing_fwhm=cfg.smoothing_fwhm, high_pass=cfg.high_pass, to_grid=to_grid
+            run.bold,
+            run.mask,
+            run.t_r,
+            smoothing_fwhm=cfg.smoothing_fwhm,
+            high_pass=cfg.high_pass,
+            to_grid=to_grid,
+            n_threads=cfg.nprocs,
         )
         return prepared, space_transform
 

@@ -89,6 +89,19 @@ def test_constant_voxel_is_zero_and_nan_becomes_finite():
     np.testing.assert_allclose(_column(prepared, (44, 54, 44)).std(), 1.0, atol=1e-5)
 
 
+def test_threads_give_the_same_bits(monkeypatch):
+    """The per-voxel cleaning on several threads (``--nprocs``) is bit-identical to one thread."""
+    from deeplight_bids.prepare import clean
+
+    monkeypatch.setattr(clean, "VOXEL_CHUNK", 50)  # 216 voxels: 5 blocks, the last one short
+    rng = np.random.default_rng(4)
+    img = _bold({(41, 51, 41): np.full(30, 7.0)}, 30, rng, noise=3.0)
+    one = prepare_run(img, _box_mask(), 2.0, n_threads=1)
+    several = prepare_run(img, _box_mask(), 2.0, n_threads=3)
+    assert np.count_nonzero(one.signals) > 0
+    np.testing.assert_array_equal(several.signals, one.signals)
+
+
 def test_all_constant_run_is_all_zero():
     prepared = prepare_run(_bold({}, 20, base=50.0), _box_mask(), 2.0)
     assert np.count_nonzero(prepared.signals) == 0
