@@ -132,7 +132,7 @@ def main(argv=None):
         "",
         f"Date: {datetime.date.today().isoformat()}. Machine: {machine_description()}.",
         (
-            f"Command: `python benchmarks/bench_approximate_space.py --volumes {args.volumes}`. "
+            f"Command: `python benchmarks/bench_approximate_space.py --volumes {args.volumes} --threads {args.threads}`. "
             f"`--allow-approximate-space` resampling of a {args.volumes}-volume run (random values) and its mask on the "
             f"97 x 115 x 97 MNI152NLin2009cAsym res-2 grid onto the reference grid, in chunks of {CHUNK} volumes (as "
             "`prepare_run` reads them), old and new in one process (`prepare_run`: old first, then new). `prepare_run` "
