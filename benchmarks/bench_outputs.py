@@ -13,7 +13,7 @@ Usage::
    (:class:`~deeplight_bids.derivatives.writers.StreamingNifti4D`, one gzip stream, level 1)
    and masked to the run's brain mask as the participant level writes them now
    (:class:`~deeplight_bids.derivatives.relevance.RelevanceMasker` and
-   :class:`~deeplight_bids.derivatives.relevance.VolumeGzipNifti4D`: one gzip member per
+   :class:`~deeplight_bids.derivatives.volume_gzip.VolumeGzipNifti4D`: one gzip member per
    volume, level 1), with float32 kept whole (23 mantissa bits) and rounded to the
    default 16; and as ``--relevance-maps blocks`` writes them (one mean map per 12-volume
    block every 20 volumes).  Sizes in MiB and relative to the measured 1288 MiB of a
@@ -76,11 +76,8 @@ def make_relevance(workdir, n_distinct):
 
 def write_series(path, maps, n_volumes, t_r, mask=None, keepbits=None):
     """Unmasked through the old writer (``mask`` None), else masked through the participant level's writer."""
-    from deeplight_bids.derivatives.relevance import (
-        RELEVANCE_GZIP_LEVEL,
-        RelevanceMasker,
-        VolumeGzipNifti4D,
-    )
+    from deeplight_bids.derivatives.relevance import RELEVANCE_GZIP_LEVEL, RelevanceMasker
+    from deeplight_bids.derivatives.volume_gzip import VolumeGzipNifti4D
     from deeplight_bids.derivatives.writers import StreamingNifti4D
     from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
 
@@ -144,8 +141,8 @@ def blocks_size(path, maps, mask, n_volumes, cycle=20, block=12):
         RELEVANCE_KEEPBITS,
         BlockMeans,
         RelevanceMasker,
-        VolumeGzipNifti4D,
     )
+    from deeplight_bids.derivatives.volume_gzip import VolumeGzipNifti4D
     from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
 
     index = np.arange(n_volumes)

@@ -8,7 +8,7 @@ The package is organised along the data flow of one participant-level run::
 and the group level in ``group/``.
 """
 
-__version__ = "0.1.0"
+from deeplight_bids._version import __version__
 
 __all__ = ["__version__", "load_relevance"]
 

@@ -24,7 +24,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deeplight_bids import __version__
+from deeplight_bids._version import __version__
 
 #: The default work folder's name inside OUTPUT_DIR.  The leading dot keeps it out of what pybids
 #: indexes (it ignores every path with a "/." part) and of what bids-validator reads (dot files

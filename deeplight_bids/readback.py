@@ -17,6 +17,7 @@ import pandas as pd
 from deeplight_bids.derivatives import naming
 from deeplight_bids.derivatives.writers import gzip_module
 from deeplight_bids.exceptions import InputDataError
+from deeplight_bids.utils.tsv import read_tsv
 
 KINDS = ("volumes", "blocks", "means")
 #: file name ends of the per-run relevance files, by kind
@@ -28,7 +29,7 @@ def iter_volumes(path, wanted, chunk=16, dtype=np.float64, copy=True):
     """Yield ``(index, volume)`` for the wanted volume indices of a 4D NIfTI, in order.
 
     A file written one gzip member per volume
-    (:class:`~deeplight_bids.derivatives.relevance.VolumeGzipNifti4D`, the participant
+    (:class:`~deeplight_bids.derivatives.volume_gzip.VolumeGzipNifti4D`, the participant
     level's relevance files) is read member by member: only the wanted volumes are
     decompressed.  Any other file is read once, front to back, ``chunk`` volumes at a time,
     so memory stays at ``chunk`` volumes whatever the run length.
@@ -83,7 +84,7 @@ def iter_volumes(path, wanted, chunk=16, dtype=np.float64, copy=True):
         return vol
 
     if str(path).endswith(".gz"):  # written one gzip member per volume: only the wanted members are decompressed
-        from deeplight_bids.derivatives.relevance import member_extents, read_volumes
+        from deeplight_bids.derivatives.volume_gzip import member_extents, read_volumes
 
         extents = member_extents(path)
         if extents is not None and len(extents) == shape[3]:
@@ -153,7 +154,7 @@ def _run_files(output_dir, subject, task, run, session, filters=None, kind="volu
 
 
 def _read_table(path):
-    return pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
+    return read_tsv(path, allow_empty=False)
 
 
 def _matches_state(values, state):

@@ -4,7 +4,7 @@ import platform
 import sys
 from importlib import metadata
 
-from deeplight_bids import __version__
+from deeplight_bids._version import __version__
 
 #: Distributions whose versions are recorded (those not installed are left out).
 PACKAGES = (

@@ -81,17 +81,17 @@ def restore_package_loggers():
 @pytest.fixture(scope="session", autouse=True)
 def fewer_quality_volumes():
     """In-process CLI calls measure quality on :data:`TEST_QUALITY_VOLUMES` volumes by default, not the
-    participant level's default: the parser (``cli/parser.py``) takes every option's default from
-    ``config.default`` when it is built, so its ``default`` is wrapped here.  Configs made without the parser
+    participant level's default: the parser's option helpers (``cli/options.py``) take every option's default
+    from ``config.default`` when the parser is built, so their ``default`` is wrapped here.  Configs made without the parser
     (the demo) keep the real default.  Tests that need more volumes ask for them (--quality-volumes)."""
     from deeplight_bids import config
-    from deeplight_bids.cli import parser
+    from deeplight_bids.cli import options
 
     def default(name):
         return TEST_QUALITY_VOLUMES if name == "quality_volumes" else config.default(name)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(parser, "default", default)
+    mp.setattr(options, "default", default)
     yield
     mp.undo()
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from deeplight_bids.cli.types import probability
 from deeplight_bids.quality.plausibility import relevance_in_region
+from deeplight_bids.utils.tsv import read_tsv
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -380,11 +381,10 @@ def _dataset_truth(n_volumes, seed, region_radius):
 
 def _evaluate(out_dir, subject, info, states, lrp):
     import nibabel as nib
-    import pandas as pd
 
     from deeplight_bids.derivatives import naming
 
-    summary = pd.read_csv(naming.summary_output(out_dir, subject), sep="\t", na_values="n/a", keep_default_na=False)
+    summary = read_tsv(naming.summary_output(out_dir, subject), allow_empty=False)
     overall = summary[summary["run"] == "all"]
     accuracy = float(overall["n_correct"].sum() / overall["n_labelled"].sum())
     report = {
@@ -412,7 +412,7 @@ def _glm_evidence(out_dir, subject, info):
     import nibabel as nib
 
     from deeplight_bids.glm.agreement import region_share_top
-    from deeplight_bids.glm.group import read_agreement_tables
+    from deeplight_bids.group.glm import read_agreement_tables
 
     rows, missing = read_agreement_tables(out_dir, [subject])
     evidence = {}
@@ -468,7 +468,6 @@ def _region_top_percent(info):
 
 def _group_quality(bids_dir, out_dir, reference_dir, subject, info, seed):
     """Group level on the held-out participant with the planted regions as reference; the quality numbers."""
-    import pandas as pd
 
     from deeplight_bids.config import Config, default_work_dir
     from deeplight_bids.derivatives import naming
@@ -490,7 +489,7 @@ def _group_quality(bids_dir, out_dir, reference_dir, subject, info, seed):
 
     def table(desc):
         path = group / f"task-{task}_desc-{desc}_summary.tsv"
-        return pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False) if path.is_file() else None
+        return read_tsv(path, allow_empty=False) if path.is_file() else None
 
     predictions = naming.run_outputs(out_dir, {"subject": subject, "task": task})
     sidecar = json.loads(predictions["predictions_json"].read_text())

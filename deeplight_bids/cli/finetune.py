@@ -1,6 +1,6 @@
 """The "Fine-tuning options" group of the main parser (``group --finetune``)."""
 
-from deeplight_bids.cli.parser import add_labels, add_option, add_switch
+from deeplight_bids.cli.options import add_labels, add_option, add_switch
 from deeplight_bids.cli.types import non_negative_int, positive_float, positive_int, probability
 from deeplight_bids.config import default
 

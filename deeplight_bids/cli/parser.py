@@ -12,11 +12,12 @@ import json
 from functools import partial
 from pathlib import Path
 
-from deeplight_bids import __version__
+from deeplight_bids._version import __version__
 from deeplight_bids.attribution.methods import CHOICES as ATTRIBUTION_CHOICES
 from deeplight_bids.attribution.methods import PUBLISHED, STANDARD_SET
 from deeplight_bids.attribution.methods import resolve as resolve_attribution
-from deeplight_bids.cli.types import label_without, non_negative_float, number_in, percent, positive_float, positive_int
+from deeplight_bids.cli.options import add_labels, add_option, add_switch
+from deeplight_bids.cli.types import non_negative_float, number_in, percent, positive_float, positive_int
 from deeplight_bids.config import default
 
 EXIT_CODES_HELP = """exit codes:
@@ -86,60 +87,6 @@ def _bids_filter(value, parser):
             f"--bids-filter-file: <{path}> must hold a JSON object (entity: value), not {type(loaded).__name__}."
         )
     return loaded
-
-
-def _setting(flag):
-    """The configuration setting an option sets: ``"--batch-size"`` -> ``"batch_size"``."""
-    return flag.removeprefix("--").replace("-", "_")
-
-
-def add_option(group, flag, check, metavar, text):
-    """Add an option that takes one value, checked by ``check``, and defaults to the configuration's.
-
-    Parameters
-    ----------
-    group : argparse._ArgumentGroup
-        Where the option is listed in ``--help``.
-    flag : str
-        ``"--batch-size"``; its setting (``dest``) and default are those of ``batch_size`` in
-        :func:`deeplight_bids.config.default`, the one source of the defaults.
-    check : callable
-        The ``type=`` converter (see :mod:`deeplight_bids.cli.types`).
-    metavar, text : str or None
-        The value's name and the help text (``None`` metavar: argparse's, the setting in capitals).
-    """
-    group.add_argument(flag, type=check, default=default(_setting(flag)), metavar=metavar, help=text)
-
-
-def add_switch(group, flag, text):
-    """Add an on/off option (``store_true``) whose default is the configuration's; its help shows no default."""
-    group.add_argument(flag, action="store_true", default=default(_setting(flag)), help=text + "%(default).0s")
-
-
-def add_labels(group, *flags, prefix, text):
-    """Add an option that takes one or more BIDS labels, each with or without ``prefix`` (``"sub-"``)."""
-    group.add_argument(*flags, nargs="+", type=label_without(prefix), metavar="LABEL", help=text)
-
-
-def action_parser(prog, description, actions):
-    """The parser of a ``deeplight-bids <command> <action>`` sub-command (``weights``, ``templates``).
-
-    Parameters
-    ----------
-    prog, description : str
-        As for :class:`argparse.ArgumentParser`.
-    actions : dict
-        Action name -> its help, in ``--help`` order; the chosen one is ``args.action``.
-
-    Returns
-    -------
-    parser : argparse.ArgumentParser
-    subparsers : dict
-        Action name -> its parser (to add the action's own arguments).
-    """
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    sub = parser.add_subparsers(dest="action", required=True)
-    return parser, {name: sub.add_parser(name, help=text) for name, text in actions.items()}
 
 
 def build_parser():

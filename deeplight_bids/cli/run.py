@@ -70,6 +70,10 @@ def run(argv=None):
 
                 _, code = run_participant_level(config)
                 return code
+            if config.finetune.enabled:  # group --finetune: the model is fitted, not the group level run
+                from deeplight_bids.workflows.finetune import run_finetune
+
+                return run_finetune(config)
             from deeplight_bids.group.run import run_group_level
 
             return run_group_level(config)

@@ -11,7 +11,7 @@ folder to an offline node (or into a container image) and set ``TEMPLATEFLOW_HOM
 
 import sys
 
-from deeplight_bids.cli.parser import action_parser
+from deeplight_bids.cli.options import action_parser
 from deeplight_bids.exceptions import InputDataError
 
 

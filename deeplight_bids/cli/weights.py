@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from deeplight_bids.cli.parser import action_parser
+from deeplight_bids.cli.options import action_parser
 
 
 def build_parser():

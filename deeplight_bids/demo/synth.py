@@ -59,7 +59,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from deeplight_bids import __version__
+from deeplight_bids._version import __version__
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_RES, REFERENCE_SHAPE, REFERENCE_SPACE
 from deeplight_bids.states import HCP_TASK_STATES, hcp_state_map, hcp_task_name
 

@@ -8,7 +8,7 @@ checksum:
 * ``"SHA256"`` of the whole file, for every file but the per-volume and per-block
   relevance maps (tables, sidecars, mean maps, the relevance sums: at most a few MB each);
 * ``"GzipMembers"`` and ``"MemberCRC"`` for the per-volume and per-block relevance maps,
-  written one gzip member per volume (:class:`~deeplight_bids.derivatives.relevance.VolumeGzipNifti4D`):
+  written one gzip member per volume (:class:`~deeplight_bids.derivatives.volume_gzip.VolumeGzipNifti4D`):
   the number of members and a SHA-256 of their trailers (each member's CRC-32 and length
   of its data, which gzip keeps anyway).  Checking it reads 28 bytes per volume, not the
   file; a truncated, emptied or replaced file, or one with a member missing or changed in
@@ -30,6 +30,8 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from deeplight_bids.utils.tsv import read_tsv
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -69,7 +71,7 @@ def member_trailers(path):
     The trailer of a gzip member is the CRC-32 and the length of its data (RFC 1952); only
     the members' 20-byte headers (their sizes) and 8-byte trailers are read.
     """
-    from deeplight_bids.derivatives.relevance import member_sizes
+    from deeplight_bids.derivatives.volume_gzip import member_sizes
 
     with open(path, "rb") as fobj:
         size = os.fstat(fobj.fileno()).st_size
@@ -180,7 +182,7 @@ def _inflate_all(path):
     """None when every gzip member of ``path`` decompresses and matches its CRC-32, else the reason."""
     import zlib
 
-    from deeplight_bids.derivatives.relevance import inflate_member, member_extents
+    from deeplight_bids.derivatives.volume_gzip import inflate_member, member_extents
 
     with open(path, "rb") as fobj:
         for index, (offset, size) in enumerate(member_extents(path)):
@@ -355,9 +357,7 @@ def describe_error(err):
 
 
 def _tsv_reason(path):
-    import pandas as pd
-
-    frame = pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
+    frame = read_tsv(path, allow_empty=False)
     return None if len(frame.columns) else "no header"
 
 

@@ -11,23 +11,20 @@ not match is recomputed (one line per damaged file says which and why); a damage
 cache is removed and made again from the outputs.
 """
 
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
 
-from deeplight_bids import __version__
+from deeplight_bids._version import __version__
 from deeplight_bids.derivatives import integrity, naming
 from deeplight_bids.derivatives.relevance import relevance_outputs_complete, scratch_paths
+from deeplight_bids.utils.identity import digest, run_inputs_digest
 
 LOGGER = logging.getLogger("deeplight_bids")
 
 
 def inputs_digest(run):
-    """Identity of the run's BOLD, mask and events (path, size, mtime, SHA-256): see bids/identity.py."""
-    from deeplight_bids.bids.identity import run_inputs_digest
-
+    """Identity of the run's BOLD, mask and events (path, size, mtime, SHA-256): see utils/identity.py."""
     return run_inputs_digest(run)
 
 
@@ -85,7 +82,7 @@ def settings_hash(
     maps = relevance_maps or c.relevance_maps
     if maps != "volumes":  # likewise
         settings["relevance_maps"] = maps
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(settings, length=16)
 
 
 def _attribution_settings(config, architecture):

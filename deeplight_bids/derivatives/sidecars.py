@@ -9,7 +9,7 @@ take these dicts as they are (key order is the order written).
 
 import numpy as np
 
-from deeplight_bids import __version__
+from deeplight_bids._version import __version__
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_RES, REFERENCE_SHAPE, REFERENCE_SPACE
 
 #: How volumes get their state (predictions sidecar, ``Labelling.Rule``).

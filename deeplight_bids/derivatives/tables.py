@@ -3,6 +3,8 @@
 import numpy as np
 import pandas as pd
 
+from deeplight_bids.utils.tsv import read_tsv
+
 
 def predictions_frame(states, t_r, labels, true_idx, pred_idx, probs, targets=None, in_training=None):
     """One row per volume of a run (``*_desc-predictions_timeseries.tsv``).
@@ -64,7 +66,7 @@ def read_predictions(path):
     from deeplight_bids.exceptions import OutputError
 
     try:
-        frame = pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
+        frame = read_tsv(path, allow_empty=False)
         missing = {"volume", "predicted_state", "correct"} - set(frame.columns)
         if missing:
             raise ValueError(f"no column {', '.join(sorted(missing))}")

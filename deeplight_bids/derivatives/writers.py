@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deeplight_bids import __version__
+from deeplight_bids._version import __version__
 from deeplight_bids.exceptions import OutputError
 
 LOGGER = logging.getLogger("deeplight_bids")

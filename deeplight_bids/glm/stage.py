@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deeplight_bids import __version__
+from deeplight_bids._version import __version__
 from deeplight_bids.derivatives import integrity, naming, resume
 from deeplight_bids.derivatives.links import source_uri
 from deeplight_bids.derivatives.stale import remove_stale

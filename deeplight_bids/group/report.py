@@ -11,9 +11,6 @@ accuracy by time in block, group relevance maps per state (nilearn plots on the
 template), then per-participant sections, software versions and methods text.
 """
 
-import base64
-import html
-import io
 import json
 import logging
 import time
@@ -22,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deeplight_bids import __version__
+from deeplight_bids._version import __version__
 from deeplight_bids.derivatives.writers import code_url, write_text
+from deeplight_bids.group.html import esc, figure_html, png_data_uri, read_table, table_html
 from deeplight_bids.group.stats import MIN_T_PARTICIPANTS
 from deeplight_bids.versions import software_versions
 
@@ -57,56 +55,6 @@ border:1px solid #ddd}.cap{font-size:.85em;color:#555}.box{background:#f8f9fa;bo
 padding:10px;white-space:pre-wrap;font-size:.9em}code{background:#f4f4f4;padding:0 3px}
 .model{border-left:4px solid #2c3e50;padding-left:12px;margin:12px 0}
 """
-
-
-# -------------------------------------------------------------------------------------------- helpers
-def esc(value):
-    return html.escape(str(value))
-
-
-def _fmt(value, digits=3):
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "n/a"
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.{digits}f}"
-    return esc(value)
-
-
-def table_html(frame, columns=None, digits=3):
-    if frame is None or len(frame) == 0:
-        return "<p><em>no rows</em></p>"
-    columns = columns or list(frame.columns)
-    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
-    rows = []
-    for _, row in frame.iterrows():
-        cells = []
-        for c in columns:
-            v = row[c]
-            num = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-            if isinstance(v, float) and pd.isna(v):
-                v = None
-            cells.append(f"<td class='num'>{_fmt(v, digits)}</td>" if num else f"<td>{_fmt(v, digits)}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
-
-
-def png_data_uri(fig_or_display, dpi=80):
-    """Render a matplotlib Figure or a nilearn display into a ``data:image/png;base64,...`` URI."""
-    buf = io.BytesIO()
-    fig = fig_or_display.frame_axes.figure if hasattr(fig_or_display, "frame_axes") else fig_or_display
-    fig.savefig(buf, format="png", dpi=dpi, facecolor=fig.get_facecolor())
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def figure_html(uri, caption, alt):
-    return f"<div class='fig'><img src='{uri}' alt='{esc(alt)}'><div class='cap'>{esc(caption)}</div></div>"
-
-
-def _read_tsv(output_dir, rel):
-    from deeplight_bids.group.stats import read_tsv
-
-    path = Path(output_dir) / rel
-    return read_tsv(path) if path.is_file() else None
 
 
 # -------------------------------------------------------------------------------------------- figures
@@ -451,7 +399,7 @@ def _test_html(output_dir, entry, templates, task):
     )
     clusters = files.get("clusters")
     if clusters:
-        table = _read_tsv(output_dir, clusters)
+        table = read_table(output_dir, clusters)
         if table is not None and len(table):
             shown = table.head(REPORT_CLUSTER_ROWS)
             more = f" (first {len(shown)} of {len(table)} rows)" if len(table) > len(shown) else ""
@@ -479,7 +427,7 @@ def _tests_html(output_dir, task_entry, templates, task):
     if not tests and not attribution.get("Skipped"):
         parts.append("<p class='warn'>No contrast between states: the task has maps of fewer than 2 states.</p>")
     if task_entry.get("contrast_table"):
-        table = _read_tsv(output_dir, task_entry["contrast_table"])
+        table = read_table(output_dir, task_entry["contrast_table"])
         parts.append(
             f"<p>Every test (<code>{esc(task_entry['contrast_table'])}</code>):</p>"
             + table_html(table, [c for c in table.columns if c != "note"], digits=3)
@@ -576,8 +524,8 @@ def _model_section(i, group, output_dir, templates):
     ]
     for task, entry in group["Tasks"].items():
         html_parts.append(f"<h3 id='model-{i}-task-{esc(task)}'>Task {esc(task)}</h3>")
-        summary = _read_tsv(output_dir, entry["accuracy_group"])
-        table = _read_tsv(output_dir, entry["accuracy"])
+        summary = read_table(output_dir, entry["accuracy_group"])
+        table = read_table(output_dir, entry["accuracy"])
         html_parts.append("<h4>Decoding performance across participants</h4>")
         html_parts.append(table_html(summary))
         if summary is not None and int(summary["n_participants"].max()) < 2:
@@ -585,8 +533,8 @@ def _model_section(i, group, output_dir, templates):
         html_parts.append("<h4>Per participant and run</h4>")
         html_parts.append(table_html(table))
         html_parts.append(_not_computed_html(table, task))
-        counts = _read_tsv(output_dir, entry["confusion_counts"])
-        props = _read_tsv(output_dir, entry["confusion_proportions"])
+        counts = read_table(output_dir, entry["confusion_counts"])
+        props = read_table(output_dir, entry["confusion_proportions"])
         if counts is not None and len(counts):
             fig = confusion_figure(counts, props, f"task {task}: confusion (counts and row proportions)")
             html_parts.append(
@@ -597,7 +545,7 @@ def _model_section(i, group, output_dir, templates):
                     f"confusion matrix {task}",
                 )
             )
-        block = _read_tsv(output_dir, entry["blocktime"])
+        block = read_table(output_dir, entry["blocktime"])
         if block is not None and len(block):
             chance = None
             if summary is not None:
@@ -612,11 +560,11 @@ def _model_section(i, group, output_dir, templates):
                     f"block time accuracy {task}",
                 )
             )
-        from deeplight_bids.quality.report_section import quality_html
+        from deeplight_bids.group.quality_section import quality_html
 
         html_parts.append(quality_html(output_dir, entry, task))
         html_parts.append("<h4>Group relevance maps</h4>" + _maps_html(output_dir, entry, templates, task))
-        from deeplight_bids.glm.report_section import glm_html
+        from deeplight_bids.group.glm_section import glm_html
 
         html_parts.append(glm_html(output_dir, entry, task, templates))  # relevance beside the GLM (glm/)
     html_parts.append("</section>")

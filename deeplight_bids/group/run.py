@@ -13,7 +13,7 @@ OUTPUT_DIR (see :mod:`deeplight_bids.group.stats`) and writes under ``OUTPUT_DIR
 * ``task-<t>_desc-significance_summary.tsv`` / ``desc-significancegroup``: accuracy against
   chance (block permutation, binomial; group t test), ``desc-faithfulness``/``desc-quality``:
   deletion curves and sanity across participants, ``desc-plausibility`` with
-  ``--reference-map`` (:mod:`deeplight_bids.quality.group_quality`);
+  ``--reference-map`` (:mod:`deeplight_bids.group.quality`);
 * ``task-<t>_space-MNI152NLin6Asym_res-2_contrast-<state>_stat-effect_statmap.nii.gz``: each state's
   mean map (BIDS statistical derivatives as nilearn and fitlins name them), tested against 0
   (``stat-{t,z,p}``) only for signed attributions; ``contrast-<state>VsOthers`` (and with
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deeplight_bids import __version__
+from deeplight_bids._version import __version__
 from deeplight_bids.derivatives import naming, sidecars
 from deeplight_bids.derivatives.writers import write_json, write_tsv
 from deeplight_bids.exceptions import EXIT_OK, InputDataError
@@ -414,16 +414,16 @@ def compute_group_outputs(config, inventory, templates):
                     {"Description": f"group relevance tests of task {task}: one row per contrast", **extra},
                 )
                 entry["contrast_table"] = _rel(path, out)
-            from deeplight_bids.quality.group_quality import write_quality_tables
+            from deeplight_bids.group.quality import write_quality_tables
 
             entry.update(write_quality_tables(config, tables, runs, maps, templates))
-            from deeplight_bids.glm.group import write_glm_tables
+            from deeplight_bids.group.glm import write_glm_tables
 
             glm = write_glm_tables(config, folder, task, maps, extra)  # relevance vs the GLM (glm/)
             rows = glm.pop("glm_rows", None)
             entry.update(glm)
             if rows is not None and len(rows):
-                from deeplight_bids.glm.group import write_glm_group_maps
+                from deeplight_bids.group.glm import write_glm_group_maps
 
                 entry["glm_contrasts"] = write_glm_group_maps(config, folder, task, rows, templates, extra)
             if not entry["maps"]:
@@ -452,11 +452,13 @@ def read_manifest(output_dir):
 
 
 def run_group_level(config, log=LOGGER):
-    """Group level (or only its report with ``config.reports_only``); returns the exit code."""
-    if config.finetune.enabled:
-        from deeplight_bids.workflows.finetune import run_finetune
+    """Group level (or only its report with ``config.reports_only``); returns the exit code.
 
-        return run_finetune(config, log=log)
+    ``group --finetune`` is not this: the command line hands it to
+    :func:`deeplight_bids.workflows.finetune.run_finetune`.
+    """
+    if config.finetune.enabled:
+        raise ValueError("run_group_level: fine-tuning runs through deeplight_bids.workflows.finetune.run_finetune")
     from deeplight_bids.group.integrity import describe_fitting_participants, set_aside_fitting_participants
     from deeplight_bids.group.report import write_report
     from deeplight_bids.group.templates import load_templates

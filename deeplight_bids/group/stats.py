@@ -59,6 +59,8 @@ import pandas as pd
 
 from deeplight_bids.derivatives.naming import label_value
 from deeplight_bids.exceptions import InputDataError
+from deeplight_bids.models.metrics import decoding_metrics
+from deeplight_bids.utils.tsv import read_tsv
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -159,14 +161,6 @@ class Inventory:
 
     def tasks_of(self, key):
         return sorted({r.task for r in self.runs if r.key == key})
-
-
-def read_tsv(path):
-    """A TSV as a DataFrame; an empty file (no header; older group outputs) is an empty frame."""
-    try:
-        return pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
 
 
 def _layout(output_dir, skip=()):
@@ -336,33 +330,6 @@ def collect_inventory(output_dir, bids_dir=None):
 def labelled_frame(frame):
     """Rows with a state the model can output (``correct`` 1 or 0)."""
     return frame[frame["correct"].notna()]
-
-
-def decoding_metrics(true, pred):
-    """dict(n_labelled, n_correct, accuracy, balanced_accuracy, chance_level, n_states)."""
-    true = np.asarray(true, dtype=object)
-    pred = np.asarray(pred, dtype=object)
-    n = len(true)
-    if n == 0:
-        return {
-            "n_labelled": 0,
-            "n_correct": 0,
-            "accuracy": np.nan,
-            "balanced_accuracy": np.nan,
-            "chance_level": np.nan,
-            "n_states": 0,
-        }
-    hit = true == pred
-    states = sorted(set(true))
-    recalls = [hit[true == s].mean() for s in states]
-    return {
-        "n_labelled": n,
-        "n_correct": int(hit.sum()),
-        "accuracy": float(hit.mean()),
-        "balanced_accuracy": float(np.mean(recalls)),
-        "chance_level": 1.0 / len(states),
-        "n_states": len(states),
-    }
 
 
 def t_interval(values, level=0.95):

@@ -44,7 +44,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from deeplight_bids import __version__
+from deeplight_bids._version import __version__
 from deeplight_bids.derivatives.naming import hcp_run_stem, sidecar_of
 from deeplight_bids.derivatives.writers import write_json, write_text
 from deeplight_bids.exceptions import EventsError

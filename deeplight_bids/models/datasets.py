@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deeplight_bids.bids.identity import digest, file_identity
 from deeplight_bids.derivatives import naming
 from deeplight_bids.exceptions import InputDataError, NoRunsFoundError
-from deeplight_bids.models.weights import sha256sum
+from deeplight_bids.utils.identity import digest, file_identity, sha256sum
 
 LOGGER = logging.getLogger("deeplight_bids")
 

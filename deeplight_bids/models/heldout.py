@@ -31,10 +31,10 @@ def predict_logits(model, reader, samples, batch_size):
 def accuracy(labels, pred):
     """``(accuracy, balanced accuracy)`` of predicted vs true labels; ``(None, None)`` when empty.
 
-    As :func:`deeplight_bids.group.stats.decoding_metrics` (balanced: the mean of the
+    As :func:`deeplight_bids.models.metrics.decoding_metrics` (balanced: the mean of the
     per-state recalls of the states present).
     """
-    from deeplight_bids.group.stats import decoding_metrics
+    from deeplight_bids.models.metrics import decoding_metrics
 
     if not len(labels):
         return None, None

@@ -34,7 +34,7 @@ from deeplight_bids.models.two import (
     build_2d_deeplight,
     slice_feature_shape,
 )
-from deeplight_bids.models.weights import sha256sum
+from deeplight_bids.utils.identity import sha256sum
 
 #: File name and sha256 of the published weights (reference section 6).
 PUBLISHED_2D_FILENAME = "model-2D_DeepLight_desc-pretrained_model.npy"

@@ -28,6 +28,7 @@ from deeplight_bids.exceptions import WeightsError
 if TYPE_CHECKING:
     import keras
 from deeplight_bids.states import PRETRAINED_STATES
+from deeplight_bids.utils.identity import sha256sum
 
 ORIGINAL_REPOSITORY = "https://github.com/athms/evaluating-deeplight-transfer"
 ORIGINAL_COMMIT = "4a8eeaa174e61f5a81feb93489e3662891c30248"
@@ -102,15 +103,6 @@ def weights_cache_dir():
         return Path(env).expanduser()
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return cache / "deeplight-bids" / "weights"
-
-
-def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks of ``chunk`` bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fobj:
-        for block in iter(lambda: fobj.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def git_blob_sha1(path, chunk=1 << 20):
@@ -447,10 +439,8 @@ def _load_file(path, architecture, build_3d, published=None):
             ) from err
         return DeepLightModel(model, "3D", tuple(states), path, digest, name=published.name if published else path.stem)
     if suffix == ".npy":
-        try:
-            from deeplight_bids.models.published_2d import convert_published_2d, load_published_2d
-        except ImportError as err:
-            raise WeightsError(f"{path}: 2D-DeepLight weights are not supported in this version.") from err
+        from deeplight_bids.models.published_2d import convert_published_2d, load_published_2d
+
         # load_published_2d checks the sha256 before unpickling; convert_published_2d names
         # a missing/extra key or wrong shape in one line (both raise WeightsError).
         states = published.states if published else PRETRAINED_STATES

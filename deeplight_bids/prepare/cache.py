@@ -14,7 +14,7 @@ form:
     ``key -> meta`` of every prepared run (the index).
 
 ``key`` is a SHA-256 over the BOLD and mask identities (resolved path, size, modification
-time and content SHA-256; :mod:`deeplight_bids.bids.identity`), the repetition time, the
+time and content SHA-256; :mod:`deeplight_bids.utils.identity`), the repetition time, the
 preprocessing parameters and :data:`CACHE_VERSION`: editing or replacing an input (even
 with its old time stamp) or changing ``--smoothing-fwhm`` / ``--high-pass`` prepares again
 (logged with the run's name), anything else reuses the cache.  Entries are written to a temporary folder and renamed, so an interrupted
@@ -43,6 +43,7 @@ import numpy as np
 
 from deeplight_bids.derivatives.writers import write_json
 from deeplight_bids.prepare.grid import REFERENCE_SHAPE
+from deeplight_bids.utils.identity import digest, file_identity
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -93,8 +94,6 @@ class CacheEntry:
 
 def cache_key(run, smoothing_fwhm, high_pass):
     """Key of a run's prepared data: inputs (path, size, mtime, SHA-256) + preprocessing parameters."""
-    from deeplight_bids.bids.identity import file_identity
-
     content = {
         "version": CACHE_VERSION,
         "bold": file_identity(run.bold),
@@ -103,7 +102,7 @@ def cache_key(run, smoothing_fwhm, high_pass):
         "smoothing_fwhm": float(smoothing_fwhm),
         "high_pass": None if high_pass is None else float(high_pass),
     }
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24], content
+    return digest(content, length=24), content
 
 
 def cache_dir(work_dir):

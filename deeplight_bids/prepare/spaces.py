@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 from deeplight_bids.exceptions import InputDataError
-from deeplight_bids.models.weights import sha256sum
 from deeplight_bids.prepare.grid import (
     REFERENCE_AFFINE,
     REFERENCE_SHAPE,
@@ -36,6 +35,7 @@ from deeplight_bids.prepare.grid import (
     is_on_reference_grid,
     to_reference_grid,
 )
+from deeplight_bids.utils.identity import sha256sum
 
 LOGGER = logging.getLogger("deeplight_bids")
 

@@ -37,7 +37,6 @@ import time
 
 import numpy as np
 
-from deeplight_bids.bids.identity import digest
 from deeplight_bids.derivatives import naming
 from deeplight_bids.exceptions import EXIT_OK, UsageError, WeightsError
 from deeplight_bids.models import datasets, heldout
@@ -60,6 +59,7 @@ from deeplight_bids.models.train import (
     training_devices,
     write_history,
 )
+from deeplight_bids.utils.identity import digest
 from deeplight_bids.versions import software_versions
 
 LOGGER = logging.getLogger("deeplight_bids")

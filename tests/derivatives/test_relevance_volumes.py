@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from deeplight_bids.derivatives.relevance import (
+from deeplight_bids.derivatives.volume_gzip import (
     VolumeGzipNifti4D,
     member_sizes,
     round_mantissa,

@@ -120,8 +120,8 @@ def test_report_is_self_contained(varied_out):
     shown = [figures(e) for e in task["maps"] + task["contrasts"]]
     assert sum(1 for f in shown if f) >= 2
     quality_figures = int((out / "group" / "task-motor_desc-faithfulness_summary.tsv").is_file())  # deletion curves
-    # the GLM section (deeplight_bids/glm/report_section.py): relevance and GLM side by side per state with both maps
-    from deeplight_bids.glm.report_section import relevance_map_for
+    # the GLM section (deeplight_bids/group/glm_section.py): relevance and GLM side by side per state with both maps
+    from deeplight_bids.group.glm_section import relevance_map_for
 
     pooled = pd.read_csv(out / "group" / "task-motor_desc-glmagreement_summary.tsv", sep="\t")
     glm_states = set(pooled.loc[pooled["level"] == "participant", "state"])

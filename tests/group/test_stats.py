@@ -13,6 +13,7 @@ import pytest
 from scipy import stats as sps
 
 from deeplight_bids.group import stats
+from deeplight_bids.models.metrics import decoding_metrics
 
 from .conftest import STATES, read_tsv
 
@@ -31,12 +32,12 @@ def _predictions(out):
 def test_decoding_metrics_by_hand():
     true = ["a", "a", "a", "a", "b", "b"]
     pred = ["a", "a", "a", "b", "a", "b"]
-    m = stats.decoding_metrics(true, pred)
+    m = decoding_metrics(true, pred)
     assert m["n_labelled"] == 6 and m["n_correct"] == 4
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["balanced_accuracy"] == pytest.approx((3 / 4 + 1 / 2) / 2)
     assert m["chance_level"] == pytest.approx(1 / 2)
-    empty = stats.decoding_metrics([], [])
+    empty = decoding_metrics([], [])
     assert empty["n_labelled"] == 0 and np.isnan(empty["accuracy"])
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from deeplight_bids import __version__
+from deeplight_bids._version import __version__
 from deeplight_bids.cli.parser import build_parser
 
 REPO = Path(__file__).resolve().parents[2]

@@ -24,8 +24,8 @@ from deeplight_bids.models.published_2d import (  # noqa: E402
     variable_name,
 )
 from deeplight_bids.models.two import build_2d_deeplight, slice_feature_shape  # noqa: E402
-from deeplight_bids.models.weights import sha256sum  # noqa: E402
 from deeplight_bids.states import PRETRAINED_STATES  # noqa: E402
+from deeplight_bids.utils.identity import sha256sum  # noqa: E402
 
 try:
     from . import reference_2d_numpy as reference

@@ -18,7 +18,7 @@ from .test_damaged_files import MODES, damage
 @pytest.fixture
 def member_file(tmp_path):
     """A 4D relevance file written one gzip member per volume (8 volumes of 6 x 5 x 4)."""
-    from deeplight_bids.derivatives.relevance import VolumeGzipNifti4D
+    from deeplight_bids.derivatives.volume_gzip import VolumeGzipNifti4D
 
     rng = np.random.default_rng(0)
     path = tmp_path / "sub-01_task-x_desc-relevance_bold.nii.gz"
@@ -44,7 +44,7 @@ def test_member_record_reads_trailers_and_full_check_finds_a_changed_byte(member
     entry = integrity.fingerprint(member_file)
     assert entry["GzipMembers"] == 8 and "SHA256" not in entry
     with open(member_file, "r+b") as fobj:  # one byte inside member 3's compressed data: size and trailers unchanged
-        extents = __import__("deeplight_bids.derivatives.relevance", fromlist=["x"]).member_extents(member_file)
+        extents = __import__("deeplight_bids.derivatives.volume_gzip", fromlist=["x"]).member_extents(member_file)
         offset, size = extents[3]
         fobj.seek(offset + size // 2)
         byte = fobj.read(1)

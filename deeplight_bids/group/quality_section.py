@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from . import compare, sanity
+from deeplight_bids.quality import compare, sanity
 
 
 def faithfulness_figure(curves, title):
@@ -34,17 +34,11 @@ def faithfulness_figure(curves, title):
 
 def quality_html(output_dir, entry, task):
     """HTML of the quality tables of one task entry of the group manifest ('' when there are none)."""
-    from deeplight_bids.group.report import (
-        _read_tsv,
-        esc,
-        figure_html,
-        png_data_uri,
-        table_html,
-    )
+    from deeplight_bids.group.html import esc, figure_html, png_data_uri, read_table, table_html
 
     parts = []
-    group = _read_tsv(output_dir, entry["significance_group"]) if entry.get("significance_group") else None
-    table = _read_tsv(output_dir, entry["significance"]) if entry.get("significance") else None
+    group = read_table(output_dir, entry["significance_group"]) if entry.get("significance_group") else None
+    table = read_table(output_dir, entry["significance"]) if entry.get("significance") else None
     if table is not None:
         parts.append(
             "<h4>Is decoding above chance?</h4><p>Per participant: permutation test of the block labels "
@@ -52,7 +46,7 @@ def quality_html(output_dir, entry, task):
             "optimistic); group: one-sample t test of accuracy minus chance.</p>"
         )
         parts.append(table_html(group) + table_html(table))
-    curves = _read_tsv(output_dir, entry["faithfulness"]) if entry.get("faithfulness") else None
+    curves = read_table(output_dir, entry["faithfulness"]) if entry.get("faithfulness") else None
     if curves is not None and len(curves):
         fig = faithfulness_figure(curves, f"task {task}: deletion curves (mean over participants, 95% interval)")
         parts.append(
@@ -64,7 +58,7 @@ def quality_html(output_dir, entry, task):
                 f"deletion curves {task}",
             )
         )
-    quality = _read_tsv(output_dir, entry["quality_participants"]) if entry.get("quality_participants") else None
+    quality = read_table(output_dir, entry["quality_participants"]) if entry.get("quality_participants") else None
     if quality is not None and len(quality):
         parts.append("<h4>Faithfulness and sanity per participant</h4>" + table_html(quality))
         flagged = quality[quality["high_similarity"] == 1]["participant_id"].tolist()
@@ -78,10 +72,10 @@ def quality_html(output_dir, entry, task):
             parts.append(
                 "<p>Sanity check (Adebayo et al. 2018): no participant's maps resemble a randomised model's.</p>"
             )
-    pooled = _read_tsv(output_dir, entry["attributions"]) if entry.get("attributions") else None
+    pooled = read_table(output_dir, entry["attributions"]) if entry.get("attributions") else None
     if pooled is not None and len(pooled):
         parts.append(comparison_html(pooled, task, table_html, figure_html, png_data_uri, esc))
-    plaus = _read_tsv(output_dir, entry["plausibility"]) if entry.get("plausibility") else None
+    plaus = read_table(output_dir, entry["plausibility"]) if entry.get("plausibility") else None
     if plaus is not None and len(plaus):
         parts.append(
             "<h4>Plausibility against the reference maps</h4><p>Relevance mass and rank accuracy inside "

@@ -1,4 +1,4 @@
-"""Identity of input files, the part of every cache key that says *what* a cache entry was made from.
+"""Hashes and the identity of input files, the part of every cache key that says *what* a cache entry was made from.
 
 A cache in the work folder (per-run relevance sums, prepared volumes, fine-tuning
 features and checkpoints) is reused only when both its settings and the identity of its
@@ -20,9 +20,17 @@ import logging
 import os
 from pathlib import Path
 
-from deeplight_bids.models.weights import sha256sum
-
 LOGGER = logging.getLogger("deeplight_bids")
+
+
+def sha256sum(path, chunk=1 << 20):
+    """Hex SHA-256 of a file's content, read in chunks of ``chunk`` bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fobj:
+        for block in iter(lambda: fobj.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
 
 #: (resolved path, size, mtime_ns, ctime_ns, device, inode) -> sha256 hex digest, for this process.
 _DIGESTS = {}

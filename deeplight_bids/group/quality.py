@@ -12,8 +12,7 @@ import numpy as np
 import pandas as pd
 
 from deeplight_bids.derivatives.sidecars import described
-
-from . import compare, faithfulness, plausibility, sanity, significance
+from deeplight_bids.quality import compare, faithfulness, plausibility, sanity, significance
 
 LOGGER = logging.getLogger("deeplight_bids")
 

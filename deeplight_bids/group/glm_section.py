@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from deeplight_bids.glm.group import MEASURES, mean_t_map
+from deeplight_bids.group.glm import MEASURES, mean_t_map
 
 
 def _glass(img_or_data, title, templates, vmax=None):
@@ -13,7 +13,7 @@ def _glass(img_or_data, title, templates, vmax=None):
     import nibabel as nib
     from nilearn import plotting
 
-    from deeplight_bids.group.report import png_data_uri
+    from deeplight_bids.group.html import png_data_uri
     from deeplight_bids.prepare.grid import REFERENCE_AFFINE
 
     img = img_or_data if hasattr(img_or_data, "affine") else nib.Nifti1Image(img_or_data, REFERENCE_AFFINE)
@@ -39,7 +39,7 @@ def _glass(img_or_data, title, templates, vmax=None):
 
 
 def _side_by_side(left, right, caption):
-    from deeplight_bids.group.report import esc
+    from deeplight_bids.group.html import esc
 
     return (
         "<div class='fig' style='display:flex;gap:8px;flex-wrap:wrap'>"
@@ -52,13 +52,13 @@ def glm_html(output_dir, entry, task, templates):
     """HTML of the relevance-vs-GLM part of one task entry of the group manifest (a note when there is none)."""
     from pathlib import Path
 
-    from deeplight_bids.group.report import _read_tsv, esc, table_html
+    from deeplight_bids.group.html import esc, read_table, table_html
 
     head = "<h4>Relevance maps beside the dataset's own GLM</h4>"
     if not entry.get("glm_agreement"):
         note = entry.get("glm_note")
         return head + f"<p class='warn'>{esc(note)}</p>" if note else ""
-    rows = _read_tsv(output_dir, entry["glm_agreement"])
+    rows = read_table(output_dir, entry["glm_agreement"])
     if rows is None or not len(rows):
         return head + "<p><em>no agreement rows</em></p>"
     parts = [

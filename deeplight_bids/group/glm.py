@@ -24,6 +24,7 @@ from deeplight_bids.derivatives import naming
 from deeplight_bids.derivatives.writers import write_json, write_tsv
 from deeplight_bids.glm.agreement import TOP_PERCENTS
 from deeplight_bids.glm.stage import AGREEMENT_COLUMNS
+from deeplight_bids.utils.tsv import read_tsv
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -44,7 +45,7 @@ def read_agreement_tables(output_dir, subjects):
             missing.append(subject)
             continue
         try:
-            frame = pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False, dtype={"run": str})
+            frame = read_tsv(path, allow_empty=False, dtype={"run": str})
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
             missing.append(subject)
             continue
