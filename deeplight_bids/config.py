@@ -15,6 +15,28 @@ Every setting also reads as a flat attribute (``config.batch_size`` is
 ``config.participant.batch_size``; the fine-tuning settings keep their command-line
 names: ``config.finetune_init`` is ``config.finetune.init``), and :class:`Config` takes
 flat keyword arguments, so ``Config(bids_dir=..., output_dir=..., epochs=3)`` works.
+
+Every field of a section and every setting of :class:`Config` itself says, in its field
+metadata (key :data:`OUTPUTS`), how it bears on a participant-level run's outputs, i.e. on
+whether a re-run may keep them (:func:`deeplight_bids.derivatives.resume.settings_hash`):
+
+``"hashed"`` (:data:`HASHED`)
+    Changes the outputs and enters the settings hash wherever it does: directly, or through
+    the attribution method's parameters, :meth:`RunQuality.settings
+    <deeplight_bids.quality.run_quality.RunQuality.settings>` or
+    :meth:`AttributionComparison.settings <deeplight_bids.quality.compare.AttributionComparison.settings>`.
+``"inputs"`` (:data:`INPUTS`)
+    Selects which runs and files are read; a run's files are identified by its inputs digest.
+``"elsewhere"`` (:data:`ELSEWHERE`)
+    Changes outputs, but another check covers it: the weights' SHA-256, the ``--state-map``
+    content, or the GLM stage's own settings hash.
+``"neutral"`` (:data:`NEUTRAL`)
+    Does not change a run's outputs: where they go, resources, logging, modes.
+``"group"`` (:data:`GROUP`)
+    Read by the group level only.
+
+A new option needs one (``tests/derivatives/test_settings_hash.py`` fails without it, and
+checks that each ``"hashed"`` one changes the hash); :func:`output_decisions` lists them.
 """
 
 import dataclasses
@@ -32,6 +54,16 @@ from deeplight_bids._version import __version__
 #: while it stays on OUTPUT_DIR's file system (the ``volumes`` output is a hard link to its file,
 #: no second copy) and travels with OUTPUT_DIR to the next job, container or cluster node.
 WORK_FOLDER = ".work"
+
+#: Field-metadata key of a setting's bearing on a run's outputs, and its values (see the module docstring).
+OUTPUTS = "outputs"
+HASHED, INPUTS, ELSEWHERE, NEUTRAL, GROUP = "hashed", "inputs", "elsewhere", "neutral", "group"
+DECISIONS = (HASHED, INPUTS, ELSEWHERE, NEUTRAL, GROUP)
+
+
+def _setting(default, outputs):
+    """A dataclass field with its default and its :data:`OUTPUTS` decision."""
+    return field(default=default, metadata={OUTPUTS: outputs})
 
 
 def default_work_dir(output_dir):
@@ -68,22 +100,22 @@ class InputsConfig:
         Hz.
     """
 
-    bids_dir: Path | None = None
-    output_dir: Path | None = None
-    work_dir: Path | None = None
-    derivatives: tuple = ()
-    participant_label: tuple | None = None
-    session_label: tuple | None = None
-    task: tuple | None = None
-    bids_filters: dict = field(default_factory=dict)
-    space: str | None = None
-    allow_approximate_space: bool = False
-    skip_bids_validation: bool = False
-    architecture: str = "3D"
-    weights: str | None = None
-    state_map_file: Path | None = None
-    smoothing_fwhm: float = 3.0
-    high_pass: float | None = 1.0 / 128
+    bids_dir: Path | None = _setting(None, INPUTS)
+    output_dir: Path | None = _setting(None, NEUTRAL)  # where they go; each OUTPUT_DIR is resumed on its own
+    work_dir: Path | None = _setting(None, NEUTRAL)
+    derivatives: tuple = _setting((), INPUTS)
+    participant_label: tuple | None = _setting(None, INPUTS)
+    session_label: tuple | None = _setting(None, INPUTS)
+    task: tuple | None = _setting(None, INPUTS)
+    bids_filters: dict = field(default_factory=dict, metadata={OUTPUTS: INPUTS})
+    space: str | None = _setting(None, INPUTS)  # picks the BOLD file of the run
+    allow_approximate_space: bool = _setting(False, HASHED)
+    skip_bids_validation: bool = _setting(False, NEUTRAL)
+    architecture: str = _setting("3D", ELSEWHERE)  # picks the weights (their SHA-256)
+    weights: str | None = _setting(None, ELSEWHERE)
+    state_map_file: Path | None = _setting(None, ELSEWHERE)  # its content is hashed (user_state_map)
+    smoothing_fwhm: float = _setting(3.0, HASHED)
+    high_pass: float | None = _setting(1.0 / 128, HASHED)
 
 
 @dataclass(frozen=True)
@@ -132,24 +164,24 @@ class ParticipantConfig:
         The GLM's temporal noise model (``--glm-noise-model``).
     """
 
-    lrp: bool = True
-    lrp_target: str = "predicted"
-    lrp_rule: str = "published"
-    attribution: str = "published"
-    ig_steps: int = 32
-    smoothgrad_samples: int = 16
-    smoothgrad_noise: float = 0.2
-    lrp_epsilon: float = 0.25
-    compare_attributions: tuple | None = None
-    compare_volumes: int = 8
-    batch_size: int = 4
-    relevance_maps: str = "volumes"
-    save_tfrecords: bool = False
-    quality: bool = True
-    quality_volumes: int = 12
-    glm: bool = True
-    glm_noise_model: str = "ols"
-    verify: bool = False
+    lrp: bool = _setting(True, HASHED)
+    lrp_target: str = _setting("predicted", HASHED)
+    lrp_rule: str = _setting("published", HASHED)
+    attribution: str = _setting("published", HASHED)
+    ig_steps: int = _setting(32, HASHED)  # this and the next three: the methods' parameters
+    smoothgrad_samples: int = _setting(16, HASHED)
+    smoothgrad_noise: float = _setting(0.2, HASHED)
+    lrp_epsilon: float = _setting(0.25, HASHED)
+    compare_attributions: tuple | None = _setting(None, HASHED)  # this and the next: the comparison's settings
+    compare_volumes: int = _setting(8, HASHED)
+    batch_size: int = _setting(4, NEUTRAL)  # each volume's maps are the same in any batch
+    relevance_maps: str = _setting("volumes", HASHED)
+    save_tfrecords: bool = _setting(False, HASHED)  # only when on (added with issue 28)
+    quality: bool = _setting(True, HASHED)  # this and the next: RunQuality.settings
+    quality_volumes: int = _setting(12, HASHED)
+    glm: bool = _setting(True, ELSEWHERE)  # the GLM stage has its own markers and settings hash
+    glm_noise_model: str = _setting("ols", ELSEWHERE)
+    verify: bool = _setting(False, NEUTRAL)
 
 
 @dataclass(frozen=True)
@@ -178,16 +210,16 @@ class GroupConfig:
         Scaling of each participant's state maps before states are compared (``--contrast-scaling``).
     """
 
-    reference_map: Path | None = None
-    reference_top_percent: float = 10.0
-    significance_permutations: int = 1000
-    correct_only: bool = False
-    reports_only: bool = False
-    group_threshold: str = "fdr"
-    group_alpha: float = 0.05
-    group_permutations: int = 5000
-    pairwise_contrasts: bool = False
-    contrast_scaling: str = "brain-mean"
+    reference_map: Path | None = _setting(None, HASHED)  # --compare-attributions: its states and files
+    reference_top_percent: float = _setting(10.0, HASHED)
+    significance_permutations: int = _setting(1000, GROUP)
+    correct_only: bool = _setting(False, GROUP)
+    reports_only: bool = _setting(False, GROUP)
+    group_threshold: str = _setting("fdr", GROUP)
+    group_alpha: float = _setting(0.05, GROUP)
+    group_permutations: int = _setting(5000, GROUP)
+    pairwise_contrasts: bool = _setting(False, GROUP)
+    contrast_scaling: str = _setting("brain-mean", GROUP)
 
 
 @dataclass(frozen=True)
@@ -218,19 +250,19 @@ class FinetuneConfig:
         turns it off; :mod:`deeplight_bids.models.linear_baseline`).
     """
 
-    enabled: bool = False
-    init: str = "pretrained"
-    states: tuple | None = None
-    epochs: int = 10
-    learning_rate: float | None = None
-    batch_size: int | None = 8
-    cv_folds: int = 0
-    val_participants: tuple | None = None
-    early_stopping_patience: int = 0
-    freeze_body: bool = False
-    model_name: str | None = None
-    mix_same_state: float = 0.0
-    linear_baseline: bool = True
+    enabled: bool = _setting(False, GROUP)
+    init: str = _setting("pretrained", GROUP)
+    states: tuple | None = _setting(None, GROUP)
+    epochs: int = _setting(10, GROUP)
+    learning_rate: float | None = _setting(None, GROUP)
+    batch_size: int | None = _setting(8, GROUP)
+    cv_folds: int = _setting(0, GROUP)
+    val_participants: tuple | None = _setting(None, GROUP)
+    early_stopping_patience: int = _setting(0, GROUP)
+    freeze_body: bool = _setting(False, GROUP)
+    model_name: str | None = _setting(None, GROUP)
+    mix_same_state: float = _setting(0.0, GROUP)
+    linear_baseline: bool = _setting(True, GROUP)
 
 
 #: Section name -> dataclass.
@@ -255,6 +287,18 @@ def _flat_names():
 
 #: Flat setting name -> (section, field).
 FLAT_NAMES = _flat_names()
+
+
+def output_decisions():
+    """Flat setting name -> its :data:`OUTPUTS` decision (None where a field has none).
+
+    Covers every field of the sections (under its flat name, e.g. ``"finetune_batch_size"``)
+    and :class:`Config`'s own settings.
+    """
+    flat = {where: name for name, where in FLAT_NAMES.items()}  # the aliases come last, so they win
+    fields = [(flat[section, f.name], f) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    fields += [(f.name, f) for f in dataclasses.fields(Config) if f.name not in SECTIONS]
+    return {name: f.metadata.get(OUTPUTS) for name, f in fields}
 
 
 def default(name):
@@ -305,14 +349,14 @@ class Config:
     participant: ParticipantConfig
     group: GroupConfig
     finetune: FinetuneConfig
-    analysis_level: str = "participant"
-    backend: str = "tensorflow"
-    nprocs: int = 0
-    mem_mb: int = 0
-    overwrite: bool = False
-    seed: int = 0
-    verbose: int = 0
-    version: str = __version__
+    analysis_level: str = _setting("participant", NEUTRAL)
+    backend: str = _setting("tensorflow", NEUTRAL)  # the same maps up to rounding (recorded in the sidecars)
+    nprocs: int = _setting(0, NEUTRAL)
+    mem_mb: int = _setting(0, NEUTRAL)
+    overwrite: bool = _setting(False, NEUTRAL)
+    seed: int = _setting(0, HASHED)  # quality, comparison and SmoothGrad settings
+    verbose: int = _setting(0, NEUTRAL)
+    version: str = _setting(__version__, NEUTRAL)  # a record: the hash takes the running version
 
     def __init__(self, inputs=None, participant=None, group=None, finetune=None, **settings):
         given = {"inputs": inputs, "participant": participant, "group": group, "finetune": finetune}

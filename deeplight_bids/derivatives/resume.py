@@ -41,6 +41,9 @@ def settings_hash(
 
     Settings added after the first release enter the hash only when they differ from
     their default, so outputs made before them keep their hash (and are not recomputed).
+    Which settings of :class:`~deeplight_bids.config.Config` must enter it is declared with
+    each field (:func:`deeplight_bids.config.output_decisions`; checked by
+    ``tests/derivatives/test_settings_hash.py``).
 
     Parameters
     ----------
@@ -79,6 +82,11 @@ def settings_hash(
         settings["quality"] = quality_settings
     if comparison_settings is not None:  # likewise
         settings["compare_attributions"] = comparison_settings
+        references = _reference_digests(c, comparison_settings)
+        if references:  # the comparison's settings name the states with a reference map, not the maps themselves
+            settings["reference_maps"] = references
+    if c.save_tfrecords:  # only when on, likewise: a run finished without its TFRecords is not complete with them
+        settings["save_tfrecords"] = True
     maps = relevance_maps or c.relevance_maps
     if maps != "volumes":  # likewise
         settings["relevance_maps"] = maps
@@ -94,6 +102,17 @@ def _attribution_settings(config, architecture):
     if method.name == published_method(architecture, config.lrp_rule):
         return None
     return method.sidecar(parameters_from(config))
+
+
+def _reference_digests(config, comparison_settings):
+    """``{state: SHA-256}`` of the ``--reference-map`` files the comparison reads, or None without them."""
+    states = comparison_settings.get("references")
+    if not states or getattr(config, "reference_map", None) is None:
+        return None
+    from deeplight_bids.quality.plausibility import find_reference_files
+
+    files = find_reference_files(config.reference_map, states)
+    return {state: integrity.sha256_of(path) for state, path in sorted(files.items())}
 
 
 #: Keys of a run's record that are work-folder caches (see :func:`run_files`).
