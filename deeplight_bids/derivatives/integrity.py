@@ -31,6 +31,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from deeplight_bids.utils.identity import sha256sum
 from deeplight_bids.utils.tsv import read_tsv
 
 LOGGER = logging.getLogger("deeplight_bids")
@@ -54,15 +55,6 @@ class Damage:
     def line(self, action):
         """``<path>: damaged (<reason>); <action>`` (one line)."""
         return f"{self.path}: damaged ({self.reason}); {action}"
-
-
-def sha256_of(path):
-    """SHA-256 (hex) of a file's content, read in 4 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fobj:
-        for block in iter(lambda: fobj.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def member_trailers(path):
@@ -95,7 +87,7 @@ def fingerprint(path):
     if members is not None:
         entry["GzipMembers"], entry["MemberCRC"] = members
     else:
-        entry["SHA256"] = sha256_of(path)
+        entry["SHA256"] = sha256sum(path, chunk=_CHUNK)
     return entry
 
 
@@ -164,7 +156,7 @@ def check(path, entry, full=False):
         return f"{size} bytes, {want} recorded" + (" (truncated)" if size < want else "")
     try:
         if "SHA256" in entry:
-            return None if sha256_of(path) == entry["SHA256"] else "its SHA-256 differs from the record"
+            return None if sha256sum(path, chunk=_CHUNK) == entry["SHA256"] else "its SHA-256 differs from the record"
         if "MemberCRC" in entry:
             members = member_trailers(path)
             if members is None:

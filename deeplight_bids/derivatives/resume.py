@@ -18,7 +18,7 @@ from pathlib import Path
 from deeplight_bids._version import __version__
 from deeplight_bids.derivatives import integrity, naming
 from deeplight_bids.derivatives.relevance import relevance_outputs_complete, scratch_paths
-from deeplight_bids.utils.identity import digest, run_inputs_digest
+from deeplight_bids.utils.identity import digest, run_inputs_digest, sha256sum
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -112,7 +112,7 @@ def _reference_digests(config, comparison_settings):
     from deeplight_bids.quality.plausibility import find_reference_files
 
     files = find_reference_files(config.reference_map, states)
-    return {state: integrity.sha256_of(path) for state, path in sorted(files.items())}
+    return {state: sha256sum(path) for state, path in sorted(files.items())}
 
 
 #: Keys of a run's record that are work-folder caches (see :func:`run_files`).
