@@ -189,15 +189,7 @@ def write_glm_group_maps(config, folder, task, rows, templates, provenance, log=
             continue
         subjects = sorted(effect_of)
         arrays = [np.asarray(nib.load(effect_of[s]).dataobj, np.float32) for s in subjects]
-        result = inference.second_level_inference(
-            arrays,
-            templates.mask,
-            correction=config.group_threshold,
-            alpha=config.group_alpha,
-            n_permutations=config.group_permutations,
-            seed=config.seed,
-            test=len(subjects) >= MIN_T_PARTICIPANTS,
-        )
+        result = inference.group_test(arrays, templates.mask, config, test=len(subjects) >= MIN_T_PARTICIPANTS)
         if len(subjects) < MIN_T_PARTICIPANTS:
             result.notes.append(f"{len(subjects)} participant(s): effect map only (a test needs {MIN_T_PARTICIPANTS})")
         paths = naming.group_contrast_outputs(folder, task, label, desc="glm")

@@ -224,6 +224,23 @@ def _as_array(img):
     return np.asarray(img.dataobj if hasattr(img, "dataobj") else img, dtype=np.float64)
 
 
+def group_test(maps, mask, config, test=True):
+    """:func:`second_level_inference` of a one-sample test with the group level's settings.
+
+    ``--group-threshold``, ``--group-alpha``, ``--group-permutations`` and ``--seed`` of ``config``
+    (one place for the group maps of relevance and of the GLM).
+    """
+    return second_level_inference(
+        maps,
+        mask,
+        correction=config.group_threshold,
+        alpha=config.group_alpha,
+        n_permutations=config.group_permutations,
+        seed=config.seed,
+        test=test,
+    )
+
+
 def second_level_inference(
     maps,
     mask,

@@ -209,15 +209,7 @@ def _write_test(
             "correct_only": correct_only,
             "left_out": [f"sub-{s} ({reason})" for s, reason in left_out.items()],
         }
-    result = inference.second_level_inference(
-        arrays,
-        templates.mask,
-        correction=config.group_threshold,
-        alpha=config.group_alpha,
-        n_permutations=config.group_permutations,
-        seed=config.seed,
-        test=attribution["Signed"] or not zero,
-    )
+    result = inference.group_test(arrays, templates.mask, config, test=attribution["Signed"] or not zero)
     del arrays
     desc = "correct" if correct_only else None
     paths = naming.group_contrast_outputs(folder, task, test.label, desc=desc)
