@@ -13,6 +13,7 @@ import pandas as pd
 
 from deeplight_bids.derivatives.sidecars import described
 from deeplight_bids.quality import compare, faithfulness, plausibility, sanity, significance
+from deeplight_bids.utils.tsv import read_tsv
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -71,7 +72,7 @@ def _comparison_tsv(rec):
 
 def faithfulness_curves(runs):
     """Mean deletion curves per state and order with 95 % intervals over participants."""
-    from deeplight_bids.group.stats import read_tsv, t_interval
+    from deeplight_bids.group.stats import t_interval
 
     frames = []
     for rec in runs:
@@ -173,11 +174,9 @@ def write_quality_tables(config, tables, runs, maps, templates):
         ``quality_participants``, ``attributions`` (the pooled ``--compare-attributions`` tables),
         ``plausibility`` -> path relative to ``output_dir``.
     """
-    from deeplight_bids.group.stats import read_tsv
-
     entry = {}
     alpha = 0.05
-    perms = int(getattr(config, "significance_permutations", 1000))
+    perms = int(config.group.significance_permutations)
     table = significance.participant_table(significance.runs_by_participant(runs), perms, seed=config.seed, alpha=alpha)
     fields = {"Permutations": perms, "Seed": config.seed, "Alpha": alpha}
     entry["significance"] = tables.write("significance", table, significance.PARTICIPANT_COLUMNS, **fields)

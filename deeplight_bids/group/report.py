@@ -23,6 +23,7 @@ from deeplight_bids._version import __version__
 from deeplight_bids.derivatives.writers import code_url, write_text
 from deeplight_bids.group.html import esc, figure_html, png_data_uri, read_table, table_html
 from deeplight_bids.group.stats import MIN_T_PARTICIPANTS
+from deeplight_bids.utils.tsv import read_tsv
 from deeplight_bids.versions import software_versions
 
 REPORT_NAME = "deeplight_report.html"
@@ -301,7 +302,6 @@ def finetune_section(output_dir):
     Reads ``OUTPUT_DIR/models/*/*_desc-heldout_summary.json`` (one row per fine-tuning) and
     ``OUTPUT_DIR/group/finetune-comparison_arch-*.tsv`` (the paper's central comparison).
     """
-    from deeplight_bids.group.stats import read_tsv
     from deeplight_bids.models.heldout import heldout_summaries
     from deeplight_bids.models.linear_baseline import linear_columns
 

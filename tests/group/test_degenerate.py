@@ -8,6 +8,7 @@ import pandas as pd
 
 from deeplight_bids.group import report, stats
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE
+from deeplight_bids.utils.tsv import read_tsv
 
 N = 12
 
@@ -38,9 +39,9 @@ def test_no_labelled_volumes_gives_tables_with_headers(tmp_path):
     assert len(counts) == 0 and "true_state" in counts.columns
     path = tmp_path / "b.tsv"
     block.to_csv(path, sep="\t", index=False)
-    assert stats.read_tsv(path).columns[0] == "volumes_since_onset"
+    assert read_tsv(path).columns[0] == "volumes_since_onset"
     path.write_text("")  # an empty file (written by older versions) reads as an empty table, no exception
-    assert stats.read_tsv(path).empty
+    assert read_tsv(path).empty
     note = report._not_computed_html(table, "x")
     assert "no labelled volumes" in note and "--state-map" in note
     assert report._not_computed_html(stats.accuracy_table([_record("01")]), "x") == ""
