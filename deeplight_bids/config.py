@@ -55,6 +55,10 @@ from deeplight_bids._version import __version__
 #: no second copy) and travels with OUTPUT_DIR to the next job, container or cluster node.
 WORK_FOLDER = ".work"
 
+#: ``--relevance-maps``: per volume, per event block, or only the per-state means (one definition: the parser,
+#: the writer and the reader take it from here).
+RELEVANCE_MAP_KINDS = ("volumes", "blocks", "means")
+
 #: Field-metadata key of a setting's bearing on a run's outputs, and its values (see the module docstring).
 OUTPUTS = "outputs"
 HASHED, INPUTS, ELSEWHERE, NEUTRAL, GROUP = "hashed", "inputs", "elsewhere", "neutral", "group"

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from deeplight_bids.config import RELEVANCE_MAP_KINDS
 from deeplight_bids.derivatives import naming
 from deeplight_bids.derivatives.writers import gzip_module
 from deeplight_bids.exceptions import InputDataError
 from deeplight_bids.utils.tsv import read_tsv
 
-KINDS = ("volumes", "blocks", "means")
 #: file name ends of the per-run relevance files, by kind
 _RUN_FILES = {"volumes": "desc-relevance_bold.nii.gz", "blocks": "desc-blocks_relevance.nii.gz"}
 _SHORT_TO_LONG = {short: key for key, short in naming.ENTITY_ORDER}
@@ -229,8 +229,8 @@ def load_relevance(
 
     from deeplight_bids.prepare.grid import REFERENCE_AFFINE
 
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    if kind not in RELEVANCE_MAP_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(RELEVANCE_MAP_KINDS)}; got {kind!r}")
     if kind == "means":
         return _load_means(output_dir, subject, task, state)
     selected = []

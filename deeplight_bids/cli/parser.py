@@ -18,7 +18,7 @@ from deeplight_bids.attribution.methods import PUBLISHED, STANDARD_SET
 from deeplight_bids.attribution.methods import resolve as resolve_attribution
 from deeplight_bids.cli.options import add_labels, add_option, add_switch
 from deeplight_bids.cli.types import non_negative_float, number_in, percent, positive_float, positive_int
-from deeplight_bids.config import default
+from deeplight_bids.config import RELEVANCE_MAP_KINDS, default
 
 EXIT_CODES_HELP = """exit codes:
   0  success (every selected run processed or already done)
@@ -447,7 +447,7 @@ def build_parser():
     g_out = parser.add_argument_group("Output options")
     g_out.add_argument(
         "--relevance-maps",
-        choices=("volumes", "blocks", "means"),
+        choices=RELEVANCE_MAP_KINDS,
         default=default("relevance_maps"),
         help="relevance written per run (masked to the run's brain mask): one map per volume, one mean "
         "map per event block / trial (4D + TSV), or none (the per-state mean maps per participant "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deeplight_bids.config import RELEVANCE_MAP_KINDS
 from deeplight_bids.derivatives.sidecars import described
 from deeplight_bids.derivatives.volume_gzip import VolumeGzipNifti4D, round_mantissa
 
@@ -88,10 +89,6 @@ class RelevanceMasker:
         }
 
 
-#: ``--relevance-maps`` choices: what is written per run besides the per-state means.
-RELEVANCE_MAPS = ("volumes", "blocks", "means")
-
-
 def event_blocks(events, n_volumes, t_r, state_map):
     """The volumes each mapped event labels, by the labelling rule of :func:`~deeplight_bids.prepare.labels.volume_labels`.
 
@@ -117,16 +114,14 @@ def event_blocks(events, n_volumes, t_r, state_map):
     """
     import pandas as pd
 
-    from deeplight_bids.prepare.labels import TIME_TOLERANCE
+    from deeplight_bids.prepare.labels import labelled_events, labelling_window
 
     block_of_volume = np.full(int(n_volumes), -1, dtype=int)
     times = np.arange(int(n_volumes)) * float(t_r)
-    mapped = events[events["trial_type"].isin(list(state_map))]
-    order = np.argsort(mapped["onset"].to_numpy(dtype=float), kind="stable")  # later onset wins, as in the labels
-    rows = mapped.iloc[order]
+    rows = labelled_events(events, state_map)  # later onset wins, as in the labels
     for k, (onset, duration) in enumerate(zip(rows["onset"].to_numpy(float), rows["duration"].to_numpy(float))):
-        inside = (times >= onset + t_r - TIME_TOLERANCE) & (times <= onset + duration + 2.0 * t_r + TIME_TOLERANCE)
-        block_of_volume[inside] = k
+        start, stop = labelling_window(onset, duration, t_r)
+        block_of_volume[(times >= start) & (times <= stop)] = k
     table, renumber = [], np.full(len(rows) + 1, -1, dtype=int)
     for k, (_, event) in enumerate(rows.iterrows()):
         volumes = np.flatnonzero(block_of_volume == k)
@@ -247,8 +242,8 @@ class RunRelevanceOutputs:
     ):
         from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
 
-        if mode not in RELEVANCE_MAPS:
-            raise ValueError(f"mode must be one of {RELEVANCE_MAPS}, got {mode!r}")
+        if mode not in RELEVANCE_MAP_KINDS:
+            raise ValueError(f"mode must be one of {RELEVANCE_MAP_KINDS}, got {mode!r}")
         self.mode, self.outputs, self.root, self.key = mode, outputs, root, key
         self.scratch = scratch_paths(scratch_dir, outputs) if scratch_dir is not None else None
         self.volumes = self.blocks = None

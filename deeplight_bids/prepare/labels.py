@@ -187,18 +187,32 @@ def volume_labels(events, n_volumes, t_r, state_map):
     if n_volumes == 0 or len(events) == 0:
         return labels
     times = np.arange(int(n_volumes)) * t_r
-    mapped = events[events["trial_type"].isin(list(state_map))]
-    # Stable sort: equal onsets keep file order, so the later row is applied last and wins.
-    order = np.argsort(mapped["onset"].to_numpy(dtype=float), kind="stable")
-    onsets = mapped["onset"].to_numpy(dtype=float)[order]
-    durations = mapped["duration"].to_numpy(dtype=float)[order]
-    trial_types = mapped["trial_type"].to_numpy()[order]
-    for onset, duration, trial_type in zip(onsets, durations, trial_types):
-        start = onset + t_r - TIME_TOLERANCE
-        stop = onset + duration + 2.0 * t_r + TIME_TOLERANCE
-        inside = (times >= start) & (times <= stop)
-        labels[inside] = state_map[trial_type]
+    rows = labelled_events(events, state_map)
+    onsets = rows["onset"].to_numpy(dtype=float)
+    durations = rows["duration"].to_numpy(dtype=float)
+    for onset, duration, trial_type in zip(onsets, durations, rows["trial_type"].to_numpy()):
+        start, stop = labelling_window(onset, duration, t_r)
+        labels[(times >= start) & (times <= stop)] = state_map[trial_type]
     return labels
+
+
+def labelled_events(events, state_map):
+    """The events whose trial type maps to a state, by onset.
+
+    The sort is stable: equal onsets keep file order, so where windows overlap the later row is
+    applied last and wins (the labels and the relevance blocks alike).
+    """
+    mapped = events[events["trial_type"].isin(list(state_map))]
+    return mapped.iloc[np.argsort(mapped["onset"].to_numpy(dtype=float), kind="stable")]
+
+
+def labelling_window(onset, duration, t_r):
+    """``(start, stop)``, in seconds, of the volumes an event labels (both included; the module docstring).
+
+    From one TR after the onset to two TRs after the onset plus duration (the haemodynamic delay), widened by
+    :data:`TIME_TOLERANCE` against rounding of onsets and repetition times.
+    """
+    return onset + t_r - TIME_TOLERANCE, onset + duration + 2.0 * t_r + TIME_TOLERANCE
 
 
 def check_t_r(t_r):
