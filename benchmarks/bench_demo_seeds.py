@@ -5,11 +5,11 @@ Usage::
     python benchmarks/bench_demo_seeds.py [--seeds 0-9] [--results benchmarks/RESULTS.md] [--threads 2]
 
 For each seed, in a fresh temporary folder: the demo's synthetic dataset
-(:func:`deeplight_bids.cli.demo.dataset_settings`, the demo's defaults and that seed), then
-the demo's first fit (:func:`deeplight_bids.cli.demo.fit_demo_model`, the function the demo
+(:func:`deeplight_bids.workflows.demo.dataset_settings`, the demo's defaults and that seed), then
+the demo's first fit (:func:`deeplight_bids.workflows.demo.fit_demo_model`, the function the demo
 calls, with the demo's defaults: that seed for the model, the same participants for
 training and validation).  Reported per seed: the accuracy on the validation participant,
-whether it reaches the demo's bar (:data:`deeplight_bids.cli.demo.MIN_VALIDATION_ACCURACY`,
+whether it reaches the demo's bar (:data:`deeplight_bids.workflows.demo.MIN_VALIDATION_ACCURACY`,
 below which the demo refits), and the wall and CPU seconds of the dataset and of the fit
 (CPU = user + system time of this process and its workers, which depends little on how busy
 the shared machine is).  Only the fit is run, not the participant and group levels of the demo.
@@ -38,14 +38,14 @@ def _seeds(text):
 
 def _cpu_seconds():
     """The demo's own measure: this process and its finished workers."""
-    from deeplight_bids.cli import demo
+    from deeplight_bids.workflows import demo
 
     return demo._cpu_seconds()
 
 
 def measure(seed, threads, folder):
     """One seed: ``(validation accuracy, dataset wall s, dataset CPU s, fit wall s, fit CPU s)``."""
-    from deeplight_bids.cli.demo import (
+    from deeplight_bids.workflows.demo import (
         DEFAULTS,
         dataset_settings,
         fit_demo_model,
@@ -81,7 +81,7 @@ def main(argv=None):
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
 
-    from deeplight_bids.cli.demo import DEFAULTS, MIN_VALIDATION_ACCURACY
+    from deeplight_bids.workflows.demo import DEFAULTS, MIN_VALIDATION_ACCURACY
     from deeplight_bids.cli.run import setup_logging
     from deeplight_bids.runtime import configure_threads as _configure_threads
 

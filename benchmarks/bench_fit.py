@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/bench_fit.py [--epochs 2] [--threads 2 1] [--data DIR] [--results benchmarks/RESULTS.md]
 
-The demo's dataset (:func:`deeplight_bids.cli.demo.dataset_settings`, seed 0: 5 participants of
+The demo's dataset (:func:`deeplight_bids.workflows.demo.dataset_settings`, seed 0: 5 participants of
 60 volumes, full reference grid) is made in ``--data`` (default: a temporary folder; an existing
 one is reused) and its runs are prepared into the work-folder cache once.  Then each case runs
 in a fresh child process with ``--nprocs`` threads (``deeplight_bids.runtime.configure_threads``),
@@ -116,7 +116,7 @@ def child(case, threads, data, epochs):
     import keras
     import numpy as np
 
-    from deeplight_bids.cli.demo import DEFAULTS, split_participants
+    from deeplight_bids.workflows.demo import DEFAULTS, split_participants
     from deeplight_bids.config import Config
     from deeplight_bids.models import train
     from deeplight_bids.models.surgery import build_finetune_model
@@ -213,7 +213,7 @@ def child(case, threads, data, epochs):
 
 def prepare(data):
     """The demo's dataset (seed 0) in ``data/bids`` and its runs in the cache ``data/work`` (made once)."""
-    from deeplight_bids.cli.demo import dataset_settings
+    from deeplight_bids.workflows.demo import dataset_settings
     from deeplight_bids.demo.synth import make_synthetic_dataset
 
     data = Path(data)
@@ -225,7 +225,7 @@ def prepare(data):
 
 
 def prepare_child(data):
-    from deeplight_bids.cli.demo import split_participants
+    from deeplight_bids.workflows.demo import split_participants
     from deeplight_bids.config import Config
     from deeplight_bids.models.datasets import load_training_data
 

@@ -343,7 +343,7 @@ def main(argv=None):
 
     names = ["demo held-out"] + ([f"extra {args.extra_volumes} volumes"] if args.extra_volumes else [])
     if not args.analyse_only:
-        from deeplight_bids.cli.demo import DEFAULTS, STRIPE_DUTY, STRIPE_LOW, split_participants
+        from deeplight_bids.workflows.demo import DEFAULTS, STRIPE_DUTY, STRIPE_LOW, split_participants
         from deeplight_bids.demo.synth import make_synthetic_dataset
 
         model_dir = args.demo / "models" / "demo-3D"

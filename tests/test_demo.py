@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-from deeplight_bids.cli.demo import format_report, run_demo
 from deeplight_bids.cli.run import run as cli
+from deeplight_bids.workflows.demo import format_report, run_demo
 
 
 class _Tee(io.StringIO):
