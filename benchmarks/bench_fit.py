@@ -18,10 +18,10 @@ class-balanced volumes per epoch, 18 batches of 8), seed 0, TensorFlow op determ
     input pipeline, no callbacks), once per epoch;
 ``fit loop``
     :func:`~deeplight_bids.models.train.fit_resumable` on the same training batches through the
-    project's input pipeline (:func:`~deeplight_bids.prepare.cache.make_volume_dataset`, the demo's
+    project's input pipeline (:func:`~deeplight_bids.models.input_pipeline.make_volume_dataset`, the demo's
     ``--mix-same-state 0.5``), with its callbacks (progress, a checkpoint every epoch), no validation;
 ``fit loop, autotune on``
-    the same with tf.data's autotuning on (:data:`deeplight_bids.prepare.cache.TF_DATA_AUTOTUNE`),
+    the same with tf.data's autotuning on (:data:`deeplight_bids.models.input_pipeline.TF_DATA_AUTOTUNE`),
     as before issue 27 (2 threads only);
 ``demo fit``
     the fit as the demo runs it: also the validation participant's 48 volumes evaluated after
@@ -120,7 +120,7 @@ def child(case, threads, data, epochs):
     from deeplight_bids.config import Config
     from deeplight_bids.models import train
     from deeplight_bids.models.surgery import build_finetune_model
-    from deeplight_bids.prepare import cache
+    from deeplight_bids.models import input_pipeline
     from deeplight_bids.workflows.finetune import FinetuneJob
 
     data = Path(data)
@@ -152,7 +152,7 @@ def child(case, threads, data, epochs):
     samples = job.data.samples
     tr = np.isin(samples.subject, training)
     va = np.isin(samples.subject, validation)
-    cache.TF_DATA_AUTOTUNE = case.endswith("autotune on")
+    input_pipeline.TF_DATA_AUTOTUNE = case.endswith("autotune on")
     make_train, val_ds, stats_ds = job._datasets(0, tr, va, None)
     n_states = len(job.states)
     clock = Clock()

@@ -2,8 +2,8 @@
 
 The runs are discovered as the participant level does, prepared once into the work-folder
 cache (:mod:`deeplight_bids.prepare.cache`) and their volumes labelled with the states.
-Batches are made by :func:`deeplight_bids.prepare.cache.make_volume_dataset` (volumes) and
-:func:`~deeplight_bids.prepare.cache.make_array_dataset` (features).
+Batches are made by :func:`deeplight_bids.models.input_pipeline.make_volume_dataset` (volumes) and
+:func:`~deeplight_bids.models.input_pipeline.make_array_dataset` (features).
 """
 
 import hashlib

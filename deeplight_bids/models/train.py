@@ -44,7 +44,7 @@ def enable_determinism(seed, log=LOGGER):
     dropout); ``tf.config.experimental.enable_op_determinism`` makes TensorFlow pick
     deterministic kernels (reductions, convolution gradients; on a GPU an op without one
     raises).  The input order is already drawn from NumPy generators seeded with the seed
-    (:func:`deeplight_bids.prepare.cache.make_volume_dataset`).  Op determinism is
+    (:func:`deeplight_bids.models.input_pipeline.make_volume_dataset`).  Op determinism is
     process-wide: prefer :func:`deterministic_ops`, which switches it off again.
 
     Returns

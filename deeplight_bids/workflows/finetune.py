@@ -393,7 +393,7 @@ class FinetuneJob:
         """``(make_train(start_epoch), validation dataset or None, statistics dataset)`` of one fold: volumes, or
         frozen features.  The statistics dataset: at most :data:`~deeplight_bids.models.train.PRECISE_BN_VOLUMES`
         training volumes spread evenly over them, in order, for the batch-norm statistics after the fit."""
-        from deeplight_bids.prepare.cache import make_array_dataset, make_volume_dataset
+        from deeplight_bids.models.input_pipeline import make_array_dataset, make_volume_dataset
 
         cfg, samples = self.config, self.data.samples
         seed = [cfg.seed, fold_index]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from deeplight_bids.bids.discover import build_layout, discover_runs, find_derivatives
+from deeplight_bids.models import input_pipeline
 from deeplight_bids.prepare import cache
 
 
@@ -56,16 +57,16 @@ def test_reader_rebuilds_model_order_volumes(runs, ft_work):
 
 def test_balanced_shuffled_epochs_and_dataset(runs, ft_work):
     labels = np.array([0] * 10 + [1] * 3 + [2] * 5)
-    order = cache.epoch_order(labels, np.random.default_rng(0))
+    order = input_pipeline.epoch_order(labels, np.random.default_rng(0))
     assert np.bincount(labels[order]).tolist() == [10, 10, 10]
-    assert cache.epoch_length(labels) == 30
-    assert sorted(cache.epoch_order(labels, np.random.default_rng(0), balance=False)) == list(range(18))
+    assert input_pipeline.epoch_length(labels) == 30
+    assert sorted(input_pipeline.epoch_order(labels, np.random.default_rng(0), balance=False)) == list(range(18))
 
     entries, _ = cache.prepare_cached(runs, ft_work)
     samples, counts = cache.label_volumes(entries, runs, ("MOTOR_lh", "MOTOR_rh", "MOTOR_t"))
     assert set(counts) == {"MOTOR_lh", "MOTOR_rh", "MOTOR_t"} and len(samples) == sum(counts.values())
     one = samples.of_subjects(["01"])
-    ds = cache.make_volume_dataset(cache.VolumeReader(entries), one, batch_size=4, seed=1)
+    ds = input_pipeline.make_volume_dataset(cache.VolumeReader(entries), one, batch_size=4, seed=1)
     seen = []
     for x, y in ds.take(2):
         assert tuple(x.shape[1:]) == (91, 109, 91, 1) and x.dtype.name == "float32"

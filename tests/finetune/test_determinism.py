@@ -4,10 +4,10 @@ import numpy as np
 
 
 def _fit(folder, seed):
+    from deeplight_bids.models.input_pipeline import make_array_dataset
     from deeplight_bids.models.surgery import TRAIN_3D
     from deeplight_bids.models.three import build_3d_deeplight
     from deeplight_bids.models.train import enable_determinism, fit_resumable
-    from deeplight_bids.prepare.cache import make_array_dataset
 
     assert enable_determinism(seed)
     rng = np.random.default_rng(0)  # the data are the same for both fits; the seed drives the rest

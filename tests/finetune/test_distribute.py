@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import deeplight_bids.models.train as train
-    from deeplight_bids.prepare.cache import make_array_dataset
+    from deeplight_bids.models.input_pipeline import make_array_dataset
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     train.training_devices = lambda: (2, strategy, False)

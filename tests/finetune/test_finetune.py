@@ -197,8 +197,8 @@ def test_fit_resumable_full_model(tmp_path):
     """The checkpoint holds model and optimizer: interrupted + resumed == trained straight through."""
     import keras
 
+    from deeplight_bids.models.input_pipeline import make_array_dataset
     from deeplight_bids.models.train import fit_resumable
-    from deeplight_bids.prepare.cache import make_array_dataset
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((32, 6)).astype(np.float32)

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from deeplight_bids.prepare.cache import MODEL_SHAPE, Samples, make_volume_dataset, mix_partners
+from deeplight_bids.models.input_pipeline import make_volume_dataset, mix_partners
+from deeplight_bids.prepare.cache import MODEL_SHAPE, Samples
 
 
 class ConstantReader:
