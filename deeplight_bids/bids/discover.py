@@ -7,18 +7,22 @@ honoured).  Runs that cannot be processed are kept with a ``skip_reason`` so the
 command line can print what is processed and what is skipped, and why.
 """
 
+from __future__ import annotations
+
 import json
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from deeplight_bids.exceptions import InputDataError, NoRunsFoundError
 
 if TYPE_CHECKING:
     from bids import BIDSLayout
+
+    from deeplight_bids.config import Config
 
 #: A path given as text or as a path object.
 PathLike = str | os.PathLike
@@ -61,11 +65,11 @@ class Run:
     metadata: dict = field(default_factory=dict)
 
     @property
-    def subject(self):
+    def subject(self) -> str:
         return self.entities["subject"]
 
     @property
-    def label(self):
+    def label(self) -> str:
         """BIDS-style prefix of the run, e.g. ``sub-01_ses-1_task-motor_run-1``."""
         from deeplight_bids.derivatives.naming import RUN_ENTITIES
 
@@ -105,7 +109,7 @@ def find_derivatives(bids_dir: PathLike, derivatives: Sequence[PathLike] = ()) -
     return out
 
 
-def job_dataset_roots(config) -> dict[str, Path]:
+def job_dataset_roots(config: Config) -> dict[str, Path]:
     """``{name: root}`` of the datasets a job reads: BIDS_DIR and the derivatives :func:`find_derivatives` finds.
 
     What the outputs' ``DatasetLinks`` and the sidecars' BIDS URIs name
@@ -123,7 +127,7 @@ def _dataset_type(folder):
         return None
 
 
-def build_layout(bids_dir: PathLike, derivatives: Sequence[PathLike]) -> "BIDSLayout":
+def build_layout(bids_dir: PathLike, derivatives: Sequence[PathLike]) -> BIDSLayout:
     """A :class:`bids.BIDSLayout` over the raw dataset and its derivatives (read only)."""
     from bids import BIDSLayout
 
@@ -140,7 +144,7 @@ def build_layout(bids_dir: PathLike, derivatives: Sequence[PathLike]) -> "BIDSLa
         raise InputDataError(f"{bids_dir}: pybids could not index the dataset ({err}).") from err
 
 
-def entity_value(value):
+def entity_value(value: object) -> int | str:
     """What an entity value means, for matching across datasets: ``"01"``, ``"1"`` and ``1`` -> ``1``.
 
     fMRIPrep writes ``run-1`` for a raw ``run-01`` (pybids reads run as an integer), so
@@ -177,7 +181,7 @@ def _query_filters(participant_label=None, session_label=None, task=None, bids_f
 
 
 def discover_runs(
-    layout: "BIDSLayout",
+    layout: BIDSLayout,
     space: str | None = None,
     participant_label: Sequence[str] | None = None,
     session_label: Sequence[str] | None = None,
@@ -232,7 +236,7 @@ def discover_runs(
             f"for {searched}); run fMRIPrep first or point --derivatives at its outputs."
         )
 
-    by_run = {}
+    by_run: dict[tuple[tuple[str, int | str], ...], list[Any]] = {}
     for bold in bolds:
         by_run.setdefault(_run_key(bold.entities), []).append(bold)
 
@@ -283,7 +287,7 @@ def discover_runs(
         run.mask = _find_mask(layout, bold)
         run.events = _find_events(layout, entities)
         run.t_r = _repetition_time(run.metadata)
-        stem = run.bold.name.split("_desc-")[0]
+        stem = run.bold.name.split("_desc-")[0]  # type: ignore[union-attr]  # bold set just above
         if run.mask is None:
             run.skip_reason = (
                 f"no brain mask next to {run.bold}; add {stem}_desc-brain_mask.nii.gz (fMRIPrep writes it)"
@@ -294,7 +298,7 @@ def discover_runs(
                 "(onset, duration, trial_type) beside the raw BOLD"
             )
         elif run.t_r is None:
-            sidecar = run.bold.name.split(".")[0] + ".json"
+            sidecar = run.bold.name.split(".")[0] + ".json"  # type: ignore[union-attr]  # bold set above
             got = run.metadata.get("RepetitionTime")
             why = "missing" if got is None else f"invalid ({got!r})"
             run.skip_reason = (
@@ -368,7 +372,7 @@ def _find_events(layout, entities):
     return Path(best.path) if best is not None else None
 
 
-def discover_selected_runs(layout: "BIDSLayout", config) -> list[Run]:
+def discover_selected_runs(layout: BIDSLayout, config: Config) -> list[Run]:
     """:func:`discover_runs` with a job's selection: ``--space``, ``--participant-label``,
     ``--session-label``, ``--task`` and ``--bids-filter-file`` of ``config``
     (:class:`deeplight_bids.config.Config`)."""

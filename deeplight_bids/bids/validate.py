@@ -1,6 +1,10 @@
 """The BIDS validator call: ``bids-validator-deno`` on BIDS_DIR before a participant job."""
 
+from __future__ import annotations
+
 import json
+import logging
+import os
 import re
 import shutil
 import subprocess
@@ -10,14 +14,14 @@ from pathlib import Path
 from deeplight_bids.exceptions import InputDataError
 
 
-def find_bids_validator():
+def find_bids_validator() -> str | None:
     """Path of ``bids-validator-deno`` (on PATH, or beside the running interpreter), or None."""
     # beside the interpreter too: a venv's bin/ is often not on PATH
     beside = Path(sys.executable).parent / "bids-validator-deno"
     return shutil.which("bids-validator-deno") or (str(beside) if beside.is_file() else None)
 
 
-def validate_bids(bids_dir, log):
+def validate_bids(bids_dir: str | os.PathLike[str], log: logging.Logger) -> None:
     """Run bids-validator-deno on BIDS_DIR when installed; errors stop the run.
 
     Raises

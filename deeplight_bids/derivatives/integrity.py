@@ -24,15 +24,23 @@ Files without a record (written before records existed, the group level's output
 logs) are checked by reading them through (:func:`readable`).
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from deeplight_bids.utils.identity import sha256sum
 from deeplight_bids.utils.tsv import read_tsv
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Iterable, Mapping
+
+    from deeplight_bids.config import Config
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -52,12 +60,12 @@ class Damage:
     reason: str
     cache: bool = False
 
-    def line(self, action):
+    def line(self, action: str) -> str:
         """``<path>: damaged (<reason>); <action>`` (one line)."""
         return f"{self.path}: damaged ({self.reason}); {action}"
 
 
-def member_trailers(path):
+def member_trailers(path: str | os.PathLike[str]) -> tuple[int, str] | None:
     """``(number of members, SHA-256 of their trailers)`` of a one-member-per-volume gzip file, else None.
 
     The trailer of a gzip member is the CRC-32 and the length of its data (RFC 1952); only
@@ -78,11 +86,11 @@ def member_trailers(path):
     return len(sizes), digest.hexdigest()
 
 
-def fingerprint(path):
+def fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Record entry of one file: ``{"Size": bytes, "SHA256": hex}`` or, for a one-member-per-volume gzip
     file (the per-volume and per-block relevance maps), ``{"Size", "GzipMembers", "MemberCRC"}``."""
     path = Path(path)
-    entry = {"Size": path.stat().st_size}
+    entry: dict[str, Any] = {"Size": path.stat().st_size}
     members = member_trailers(path) if path.name.endswith(".nii.gz") else None
     if members is not None:
         entry["GzipMembers"], entry["MemberCRC"] = members
@@ -91,7 +99,11 @@ def fingerprint(path):
     return entry
 
 
-def record(files, output_dir, work_dir=None):
+def record(
+    files: Mapping[str, str | os.PathLike[str]],
+    output_dir: str | os.PathLike[str],
+    work_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, dict[str, Any]]:
     """The ``"Files"`` record of a marker: one entry per existing file.
 
     Parameters
@@ -124,13 +136,15 @@ def _where(path, output_dir, work_dir):
     return OUTPUT, None
 
 
-def path_of(entry, output_dir, work_dir):
+def path_of(
+    entry: Mapping[str, Any], output_dir: str | os.PathLike[str] | None, work_dir: str | os.PathLike[str] | None
+) -> Path:
     """The file of a record entry, below OUTPUT_DIR or the work folder."""
     base = work_dir if entry.get("In") == WORK else output_dir
     return Path(base) / entry["Path"] if base is not None else Path(entry["Path"])
 
 
-def check(path, entry, full=False):
+def check(path: str | os.PathLike[str], entry: Mapping[str, Any], full: bool = False) -> str | None:
     """None when ``path`` matches its record ``entry``, else the reason (a few words).
 
     Parameters
@@ -186,7 +200,13 @@ def _inflate_all(path):
     return None
 
 
-def verify(files, output_dir, work_dir, full=False, keys=None):
+def verify(
+    files: Mapping[str, Any] | None,
+    output_dir: str | os.PathLike[str] | None,
+    work_dir: str | os.PathLike[str] | None,
+    full: bool = False,
+    keys: Collection[str] | None = None,
+) -> list[Damage]:
     """The damaged files of a ``"Files"`` record.
 
     A missing output is damaged; a missing cache is not (the work folder may be cleaned),
@@ -222,7 +242,7 @@ def verify(files, output_dir, work_dir, full=False, keys=None):
     return damaged
 
 
-def cache_intact(path):
+def cache_intact(path: str | os.PathLike[str]) -> bool:
     """True when a work-folder cache is sound by itself (it may have been rewritten by another job).
 
     A work folder may be shared by several OUTPUT_DIRs: a cache that another job rewrote no
@@ -238,11 +258,11 @@ def cache_intact(path):
         return isinstance(entry, dict) and check(path, entry) is None
     if name.endswith(".json"):
         own, reason = read_marker(path)
-        return reason is None and "Key" in own
+        return reason is None and "Key" in own  # type: ignore[operator]  # own is a dict when reason is None
     return readable(path) is None
 
 
-def read_marker(path):
+def read_marker(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, str | None]:
     """A marker's JSON object, or ``(None, reason)`` when it is missing or unreadable: ``(dict|None, str|None)``."""
     path = Path(path)
     try:
@@ -262,7 +282,14 @@ def read_marker(path):
     return obj, None
 
 
-def report_record(marker, output_dir, work_dir=None, action="rewritten", log=LOGGER, prefix=""):
+def report_record(
+    marker: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    work_dir: str | os.PathLike[str] | None = None,
+    action: str = "rewritten",
+    log: logging.Logger = LOGGER,
+    prefix: str = "",
+) -> list[Path]:
     """Log one line per damaged file of the record in ``marker`` (the marker included); returns their paths.
 
     For files that are written again in any case (a participant's summaries, the group's outputs): the
@@ -273,7 +300,7 @@ def report_record(marker, output_dir, work_dir=None, action="rewritten", log=LOG
         return []
     obj, reason = read_marker(marker)
     if obj is None:
-        log.warning("%s%s", prefix, Damage(marker, reason).line(action))
+        log.warning("%s%s", prefix, Damage(marker, reason).line(action))  # type: ignore[arg-type]  # str: obj is None
         return [marker]
     damaged = verify(obj.get(FILES_KEY), output_dir, work_dir)
     for damage in damaged:
@@ -281,7 +308,7 @@ def report_record(marker, output_dir, work_dir=None, action="rewritten", log=LOG
     return [d.path for d in damaged]
 
 
-def damaged_sidecars(output_dir):
+def damaged_sidecars(output_dir: str | os.PathLike[str]) -> list[tuple[Path, str | None]]:
     """``[(path, reason)]`` of the participant JSON sidecars under ``OUTPUT_DIR/sub-*`` that do not parse.
 
     pybids stops indexing a whole folder at the first unreadable sidecar: the group level
@@ -297,7 +324,7 @@ def damaged_sidecars(output_dir):
     return found
 
 
-def same_inode(a, b):
+def same_inode(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """True when ``a`` and ``b`` are the same file (hard links): damage to one is damage to both."""
     try:
         return os.path.samefile(a, b)
@@ -306,7 +333,7 @@ def same_inode(a, b):
 
 
 # -- files without a record: read through ---------------------------------------------------------------------
-def readable(path):
+def readable(path: str | os.PathLike[str]) -> str | None:
     """None when a file the app wrote reads through by its kind (extension), else the reason.
 
     ``.json`` parses; ``.tsv`` parses with a header; ``.nii``/``.nii.gz`` loads and its data
@@ -342,7 +369,7 @@ def readable(path):
     return None
 
 
-def describe_error(err):
+def describe_error(err: BaseException) -> str:
     """An exception as a few words on one line (the reason in a "damaged (...)" line)."""
     text = f"{type(err).__name__}: {err}".strip().rstrip(":")
     return " ".join(text.split())[:200]
@@ -396,7 +423,12 @@ def _zip_reason(path):
 
 
 # -- --verify: a finished OUTPUT_DIR checked without recomputing ----------------------------------------------
-def verify_output_dir(output_dir, work_dir=None, subjects=None, log=LOGGER):
+def verify_output_dir(
+    output_dir: str | os.PathLike[str],
+    work_dir: str | os.PathLike[str] | None = None,
+    subjects: Iterable[str] | None = None,
+    log: logging.Logger = LOGGER,
+) -> tuple[int, list[Damage]]:
     """Check every file of a finished OUTPUT_DIR (and its work folder) without recomputing anything.
 
     Files listed by a record (the completion markers' ``"Files"``) are checked against it, the
@@ -499,7 +531,7 @@ def _walk(output_dir, work_dir):
     return list(dict.fromkeys(found))
 
 
-def run_verify(config, log=LOGGER):
+def run_verify(config: Config, log: logging.Logger = LOGGER) -> int:
     """``participant --verify``: list the damaged files of OUTPUT_DIR; exit code 0, or OutputError (5) if any."""
     import time
 

@@ -31,12 +31,18 @@ WORK_DIR :func:`finetune_work_dir`, :func:`finetune_features_cache`);
 the HCP download's BIDS names: :func:`hcp_run_stem`.
 """
 
+from __future__ import annotations
+
 import os
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from deeplight_bids.prepare.grid import REFERENCE_RES, REFERENCE_SPACE
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
 
 #: BIDS entity order and short keys.
 ENTITY_ORDER = (
@@ -58,17 +64,17 @@ ENTITY_ORDER = (
 RUN_ENTITIES = tuple(e for e in ENTITY_ORDER if e[0] not in ("space", "res", "label", "desc"))
 
 
-def label_value(text):
+def label_value(text: object) -> str:
     """A BIDS label (alphanumeric only) from free text: ``"MOTOR_lf"`` -> ``"MOTORlf"``."""
     return re.sub(r"[^A-Za-z0-9]", "", str(text))
 
 
-def entity_stem(entities):
+def entity_stem(entities: Mapping[str, Any]) -> str:
     """``<key>-<value>_...`` in BIDS entity order (:data:`ENTITY_ORDER`); empty values left out."""
     return "_".join(f"{short}-{entities[key]}" for key, short in ENTITY_ORDER if entities.get(key) not in (None, ""))
 
 
-def build_name(entities, suffix, extension):
+def build_name(entities: Mapping[str, Any], suffix: str, extension: str) -> str:
     """``<entity stem>_<suffix><extension>`` (see :func:`entity_stem`)."""
     stem = entity_stem(entities)
     return (f"{stem}_{suffix}" if stem else suffix) + extension
@@ -81,7 +87,7 @@ def _folder(output_dir, entities, session=True):
     return folder / "func"
 
 
-def run_outputs(output_dir, run_entities):
+def run_outputs(output_dir: str | os.PathLike[str], run_entities: Mapping[str, Any]) -> dict[str, Path]:
     """Paths of the per-run outputs.
 
     ``dict(predictions, predictions_json, relevance, relevance_json, faithfulness,
@@ -115,7 +121,7 @@ def run_outputs(output_dir, run_entities):
     }
 
 
-def state_map_output(output_dir, subject, task, state):
+def state_map_output(output_dir: str | os.PathLike[str], subject: str, task: str, state: str) -> Path:
     """Path of a participant's mean relevance map for one state of one task."""
     ents = {
         "subject": subject,
@@ -128,19 +134,19 @@ def state_map_output(output_dir, subject, task, state):
     return _folder(output_dir, ents, session=False) / build_name(ents, "relevance", ".nii.gz")
 
 
-def summary_output(output_dir, subject):
+def summary_output(output_dir: str | os.PathLike[str], subject: str) -> Path:
     """Path of a participant's accuracy summary TSV."""
     ents = {"subject": subject, "desc": "accuracy"}
     return _folder(output_dir, ents, session=False) / build_name(ents, "summary", ".tsv")
 
 
-def state_map_glob(output_dir, subject, task):
+def state_map_glob(output_dir: str | os.PathLike[str], subject: str, task: str) -> tuple[Path, str]:
     """``(folder, glob pattern)`` matching every mean relevance map of ``subject`` for ``task`` (any state)."""
     path = state_map_output(output_dir, subject, task, "STATE")
     return path.parent, path.name.replace("label-STATE_", "label-*_")
 
 
-def sidecar_of(path):
+def sidecar_of(path: str | os.PathLike[str]) -> Path:
     """The JSON sidecar of an output: ``x.nii.gz`` / ``x.tsv`` / ``x.<ext>`` -> ``x.json``."""
     path = Path(path)
     for ext in (".nii.gz", ".tsv"):
@@ -149,7 +155,7 @@ def sidecar_of(path):
     return path.with_suffix(".json")
 
 
-def dataset_outputs(output_dir):
+def dataset_outputs(output_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """The dataset-level files of OUTPUT_DIR: ``dict(description, bidsignore, readme)``."""
     output_dir = Path(output_dir)
     return {
@@ -166,12 +172,12 @@ GLM_STATS = ("effect", "variance", "t")
 GLM_PARTICIPANT_DESC = "fixedeffects"
 
 
-def glm_contrast_label(regressor, against):
+def glm_contrast_label(regressor: str, against: str) -> str:
     """A contrast's BIDS label: ``"MOTORlh", "others"`` -> ``"MOTORlhVsOthers"`` (``against``: others/baseline)."""
     return label_value(regressor) + "Vs" + against.capitalize()
 
 
-def statmap_name(entities, contrast, stat, desc=None):
+def statmap_name(entities: Mapping[str, Any], contrast: str, stat: str, desc: str | None = None) -> str:
     """``<entities>_space-<s>_res-<r>_contrast-<c>_stat-<st>[_desc-<d>]_statmap.nii.gz`` (BIDS statistical map)."""
     ents = {k: v for k, v in entities.items() if k in dict(ENTITY_ORDER) and k not in ("label", "desc")}
     ents.update(space=REFERENCE_SPACE, res=REFERENCE_RES)
@@ -179,7 +185,9 @@ def statmap_name(entities, contrast, stat, desc=None):
     return "_".join(parts) + "_statmap.nii.gz"
 
 
-def glm_run_outputs(output_dir, run_entities, contrasts=()):
+def glm_run_outputs(
+    output_dir: str | os.PathLike[str], run_entities: Mapping[str, Any], contrasts: Iterable[str] = ()
+) -> dict[str, Any]:
     """Paths of one run's first-level GLM outputs.
 
     ``dict(design, design_json, maps)``: the design matrix ``..._desc-glm_timeseries.tsv``
@@ -197,27 +205,27 @@ def glm_run_outputs(output_dir, run_entities, contrasts=()):
     }
 
 
-def glm_run_statmap_glob(output_dir, run_entities):
+def glm_run_statmap_glob(output_dir: str | os.PathLike[str], run_entities: Mapping[str, Any]) -> tuple[Path, str]:
     """``(folder, glob pattern)`` of every statistical map of one run (any contrast and statistic)."""
     ents = {k: v for k, v in run_entities.items() if k in dict(ENTITY_ORDER)}
     name = statmap_name(ents, "C", "S")
     return _folder(output_dir, ents), name.replace("contrast-C_stat-S", "contrast-*_stat-*")
 
 
-def glm_participant_maps(output_dir, subject, task, contrast):
+def glm_participant_maps(output_dir: str | os.PathLike[str], subject: str, task: str, contrast: str) -> dict[str, Path]:
     """``{stat: path}`` of a participant's fixed-effects GLM maps of one task and contrast (all runs)."""
     ents = {"subject": subject, "task": task}
     folder = _folder(output_dir, ents, session=False)
     return {s: folder / statmap_name(ents, contrast, s, GLM_PARTICIPANT_DESC) for s in GLM_STATS}
 
 
-def glm_participant_glob(output_dir, subject, task):
+def glm_participant_glob(output_dir: str | os.PathLike[str], subject: str, task: str) -> tuple[Path, str]:
     """``(folder, glob pattern)`` of every fixed-effects GLM map of a participant and task."""
     path = glm_participant_maps(output_dir, subject, task, "C")["t"]
     return path.parent, path.name.replace("contrast-C_stat-t", "contrast-*_stat-*")
 
 
-def glm_agreement_output(output_dir, subject):
+def glm_agreement_output(output_dir: str | os.PathLike[str], subject: str) -> Path:
     """``sub-<s>/func/sub-<s>_desc-glmagreement_summary.tsv``: relevance vs GLM, per run and per participant."""
     ents = {"subject": subject, "desc": "glmagreement"}
     return _folder(output_dir, ents, session=False) / build_name(ents, "summary", ".tsv")
@@ -228,7 +236,7 @@ GLM_AGREEMENT_GLOB = "sub-*/func/sub-*_desc-glmagreement_summary.tsv"
 
 
 # -- per job (outside the BIDS tree) ------------------------------------------------------------
-def job_log_stem(output_dir, participant_label=None):
+def job_log_stem(output_dir: str | os.PathLike[str], participant_label: Sequence[str] | None = None) -> Path:
     """``OUTPUT_DIR/logs/config-<date>-<time>-<pid>-<labels>`` without extension (one per job).
 
     The process id keeps concurrent jobs started in the same second apart; ``<labels>``
@@ -240,7 +248,7 @@ def job_log_stem(output_dir, participant_label=None):
     return Path(output_dir) / "logs" / f"config-{stamp}-{labels}"
 
 
-def job_outputs(stem):
+def job_outputs(stem: str | os.PathLike[str]) -> dict[str, Path]:
     """``dict(config, log, runs)``: the job's settings TOML, log copy and run table beside ``stem``."""
     stem = Path(stem)
     return {
@@ -250,17 +258,17 @@ def job_outputs(stem):
     }
 
 
-def tfrecord_output(output_dir, subject, run_label):
+def tfrecord_output(output_dir: str | os.PathLike[str], subject: str, run_label: str) -> Path:
     """``OUTPUT_DIR/tfrecords/sub-<subject>/<run_label>_volumes.tfrecords`` (``--save-tfrecords``)."""
     return Path(output_dir) / "tfrecords" / f"sub-{subject}" / f"{run_label}_volumes.tfrecords"
 
 
-def attribution_sums_output(work_dir, run_label):
+def attribution_sums_output(work_dir: str | os.PathLike[str], run_label: str) -> Path:
     """``WORK_DIR/attribution_sums/<run_label>_sums.npz``: per method and state, the compared volumes' map sums."""
     return Path(work_dir) / "attribution_sums" / f"{run_label}_sums.npz"
 
 
-def state_sums_output(work_dir, run_label):
+def state_sums_output(work_dir: str | os.PathLike[str], run_label: str) -> Path:
     """``WORK_DIR/relevance_sums/<run_label>_sums.npz``: a finished run's per-state relevance sums."""
     return Path(work_dir) / "relevance_sums" / f"{run_label}_sums.npz"
 
@@ -270,7 +278,16 @@ def state_sums_output(work_dir, run_label):
 GROUP_FOLDER = "group"
 
 
-def group_name(task, suffix, extension, label=None, stat=None, desc=None, space=False, contrast=None):
+def group_name(
+    task: str,
+    suffix: str,
+    extension: str,
+    label: str | None = None,
+    stat: str | None = None,
+    desc: str | None = None,
+    space: bool = False,
+    contrast: str | None = None,
+) -> str:
     """A group output's file name.
 
     ``task-<t>[_space-<s>_res-<r>][_label-<l>][_contrast-<c>][_stat-<st>][_desc-<d>]_<suffix><extension>``.
@@ -289,7 +306,7 @@ def group_name(task, suffix, extension, label=None, stat=None, desc=None, space=
     return "_".join(parts + [suffix]) + extension
 
 
-def contrast_label(state, other=None):
+def contrast_label(state: str, other: str | None = None) -> str:
     """The ``contrast-`` label of a group contrast: ``"<state>"`` (against zero), ``"<state>Vs<other>"``, or
     ``"<state>VsOthers"`` (``other`` is ``"Others"``); states as BIDS labels (``MOTOR_lh`` -> ``MOTORlh``)."""
     if other is None:
@@ -297,7 +314,9 @@ def contrast_label(state, other=None):
     return f"{label_value(state)}Vs{'Others' if other == 'Others' else label_value(other)}"
 
 
-def group_contrast_outputs(folder, task, contrast, desc=None):
+def group_contrast_outputs(
+    folder: str | os.PathLike[str], task: str, contrast: str, desc: str | None = None
+) -> dict[str, Path]:
     """Files of one group contrast in ``folder``: ``dict(effect, t, z, p, fwe_p, clusters)``.
 
     ``task-<t>_space-<s>_res-<r>_contrast-<c>_stat-{effect,t,z,p}[_desc-<d>]_statmap.nii.gz``, the
@@ -317,7 +336,7 @@ def group_contrast_outputs(folder, task, contrast, desc=None):
     return out
 
 
-def group_folder(output_dir, model_sha=None):
+def group_folder(output_dir: str | os.PathLike[str], model_sha: str | None = None) -> Path:
     """``OUTPUT_DIR/group``, or ``OUTPUT_DIR/group/model-<12 hex digits>`` when several models are pooled apart."""
     base = Path(output_dir) / GROUP_FOLDER
     if model_sha is None:
@@ -325,18 +344,18 @@ def group_folder(output_dir, model_sha=None):
     return base / f"model-{label_value(str(model_sha)[:12]) or 'unknown'}"
 
 
-def group_manifest_output(output_dir):
+def group_manifest_output(output_dir: str | os.PathLike[str]) -> Path:
     """``OUTPUT_DIR/group/group_manifest.json``: what the group level wrote (read by ``--reports-only``)."""
     return Path(output_dir) / GROUP_FOLDER / "group_manifest.json"
 
 
 # -- fine-tuning ---------------------------------------------------------------------------------
-def finetune_model_dir(output_dir, name):
+def finetune_model_dir(output_dir: str | os.PathLike[str], name: str) -> Path:
     """``OUTPUT_DIR/models/<name>``: one fine-tuning's models and tables."""
     return Path(output_dir) / "models" / name
 
 
-def finetune_outputs(folder, stem):
+def finetune_outputs(folder: str | os.PathLike[str], stem: str) -> dict[str, Path]:
     """Files of one fitted model in ``folder`` (``models/<name>[/fold-<k>]``), named ``<stem>...``.
 
     ``dict(model, history, learning_curve)``.
@@ -349,7 +368,7 @@ def finetune_outputs(folder, stem):
     }
 
 
-def finetune_heldout_outputs(model_dir, name):
+def finetune_heldout_outputs(model_dir: str | os.PathLike[str], name: str) -> dict[str, Path]:
     """Held-out tables of one fine-tuning: ``dict(predictions, summary, summary_json)`` in ``models/<name>``."""
     model_dir = Path(model_dir)
     return {
@@ -359,7 +378,7 @@ def finetune_heldout_outputs(model_dir, name):
     }
 
 
-def linear_baseline_outputs(folder, stem, states):
+def linear_baseline_outputs(folder: str | os.PathLike[str], stem: str, states: Iterable[str]) -> dict[str, Any]:
     """One fold's linear baseline decoder in ``folder`` (``models/<name>[/fold-<k>]``), named ``<stem>...``.
 
     ``dict(model, weights)``: the fitted model ``<stem>_desc-linear_model.npz`` (arrays only) and
@@ -376,7 +395,7 @@ def linear_baseline_outputs(folder, stem, states):
     }
 
 
-def linear_summary_outputs(model_dir, name):
+def linear_summary_outputs(model_dir: str | os.PathLike[str], name: str) -> dict[str, Path]:
     """The linear baseline beside DeepLight over all folds: ``dict(summary, summary_json)`` in ``models/<name>``."""
     model_dir = Path(model_dir)
     return {
@@ -389,23 +408,23 @@ def linear_summary_outputs(model_dir, name):
 FINETUNE_SUMMARY_GLOB = "models/*/*_desc-heldout_summary.json"
 
 
-def finetune_comparison_output(output_dir, architecture, frozen=False):
+def finetune_comparison_output(output_dir: str | os.PathLike[str], architecture: str, frozen: bool = False) -> Path:
     """``OUTPUT_DIR/group/finetune-comparison_arch-<A>[_frozen].tsv`` (its sidecar: :func:`sidecar_of`)."""
     stem = f"finetune-comparison_arch-{architecture}" + ("_frozen" if frozen else "")
     return Path(output_dir) / GROUP_FOLDER / f"{stem}.tsv"
 
 
-def finetune_work_dir(work_dir, name):
+def finetune_work_dir(work_dir: str | os.PathLike[str], name: str) -> Path:
     """``WORK_DIR/finetune/<name>``: one fine-tuning's checkpoints, a folder per fold (resumed from there)."""
     return Path(work_dir) / "finetune" / name
 
 
-def finetune_features_cache(work_dir, key):
+def finetune_features_cache(work_dir: str | os.PathLike[str], key: str) -> Path:
     """``WORK_DIR/finetune/features/<key>.npy``: frozen-body features, keyed by body, data and labels."""
     return Path(work_dir) / "finetune" / "features" / f"{key}.npy"
 
 
 # -- HCP download (raw side and derivatives/hcp) ---------------------------------------------------
-def hcp_run_stem(subject, task, direction):
+def hcp_run_stem(subject: str, task: str, direction: str) -> str:
     """``sub-<id>_task-<T>_dir-<D>``: the entities of an HCP run in the downloaded BIDS dataset."""
     return entity_stem({"subject": subject, "task": task, "direction": direction})

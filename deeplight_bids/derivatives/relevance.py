@@ -8,14 +8,25 @@ almost no space), and the fraction of the absolute relevance that was cut off is
 per run in the relevance sidecar, so that nothing is hidden.
 """
 
+from __future__ import annotations
+
 import logging
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deeplight_bids.config import RELEVANCE_MAP_KINDS
 from deeplight_bids.derivatives.sidecars import described
 from deeplight_bids.derivatives.volume_gzip import VolumeGzipNifti4D, round_mantissa
+
+if TYPE_CHECKING:
+    import queue
+    from collections.abc import Callable, Mapping, Sequence
+
+    import numpy.typing as npt
+    import pandas as pd
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -38,12 +49,12 @@ class RelevanceMasker:
         Per volume seen so far: ``sum |R| outside the mask / sum |R|`` (0 for an all-zero map).
     """
 
-    def __init__(self, mask, keepbits=None):
+    def __init__(self, mask: npt.ArrayLike, keepbits: int | None = None):
         self.mask = np.asarray(mask, dtype=bool)
         self.keepbits = RELEVANCE_KEEPBITS if keepbits is None else int(keepbits)
-        self.outside_fractions = []
+        self.outside_fractions: list[float] = []
 
-    def apply(self, volumes):
+    def apply(self, volumes: npt.ArrayLike) -> np.ndarray:
         """Masked copies of ``volumes``; the outside fractions are recorded.
 
         Parameters
@@ -71,7 +82,7 @@ class RelevanceMasker:
         np.copyto(out, np.float32(0), where=~self.mask)  # +0.0, not -0.0 as a multiplication would leave
         return round_mantissa(out, self.keepbits)
 
-    def sidecar(self):
+    def sidecar(self) -> dict[str, Any]:
         """Sidecar entries: the mask rule and the outside fraction's median and max over the run's volumes."""
         fractions = np.asarray(self.outside_fractions, dtype=np.float64)
         return {
@@ -89,7 +100,9 @@ class RelevanceMasker:
         }
 
 
-def event_blocks(events, n_volumes, t_r, state_map):
+def event_blocks(
+    events: pd.DataFrame, n_volumes: int, t_r: float, state_map: Mapping[str, str]
+) -> tuple[pd.DataFrame, np.ndarray]:
     """The volumes each mapped event labels, by the labelling rule of :func:`~deeplight_bids.prepare.labels.volume_labels`.
 
     Parameters
@@ -122,6 +135,7 @@ def event_blocks(events, n_volumes, t_r, state_map):
     for k, (onset, duration) in enumerate(zip(rows["onset"].to_numpy(float), rows["duration"].to_numpy(float))):
         start, stop = labelling_window(onset, duration, t_r)
         block_of_volume[(times >= start) & (times <= stop)] = k
+    table: list[dict[str, Any]]
     table, renumber = [], np.full(len(rows) + 1, -1, dtype=int)
     for k, (_, event) in enumerate(rows.iterrows()):
         volumes = np.flatnonzero(block_of_volume == k)
@@ -159,7 +173,7 @@ class BlockMeans:
     not grow with the number of blocks of a run.
     """
 
-    def __init__(self, block_of_volume, stream):
+    def __init__(self, block_of_volume: npt.ArrayLike, stream: VolumeGzipNifti4D):
         self.block_of_volume = np.asarray(block_of_volume, dtype=int)
         self.stream = stream
         self.last = {
@@ -167,9 +181,9 @@ class BlockMeans:
             for b in np.unique(self.block_of_volume)
             if b >= 0
         }
-        self.open = {}
+        self.open: dict[int, tuple[np.ndarray, int]] = {}
 
-    def add(self, start, volumes):
+    def add(self, start: int, volumes: np.ndarray) -> None:
         """Add the maps ``volumes`` ``(n, x, y, z)`` of time indices ``start ..``; write finished blocks."""
         for i, volume in enumerate(volumes):
             index = start + i
@@ -183,7 +197,7 @@ class BlockMeans:
                 total, count = self.open.pop(block)
                 self.stream.write(block, (total / count).astype(np.float32)[None])
 
-    def close(self):
+    def close(self) -> Path:
         if self.open:
             raise RuntimeError(f"blocks {sorted(self.open)} not finished: not every volume was added")
         return self.stream.close()
@@ -196,7 +210,7 @@ RELEVANCE_GZIP_LEVEL = 1
 RELEVANCE_KEEPBITS = 16
 
 
-def scratch_paths(scratch_dir, outputs):
+def scratch_paths(scratch_dir: str | os.PathLike[str], outputs: Mapping[str, Path]) -> tuple[Path, Path]:
     """``(per-volume maps, record)`` of a run in the work folder: ``<work>/relevance_volumes/<name>`` and its ``.json``."""
     folder = Path(scratch_dir) / "relevance_volumes"
     name = outputs["relevance"].name
@@ -237,8 +251,21 @@ class RunRelevanceOutputs:
         from the one that exists).
     """
 
+    volumes: VolumeGzipNifti4D | None
+    blocks: BlockMeans | None
+    block_table: pd.DataFrame | None
+
     def __init__(
-        self, mode, outputs, n_volumes, t_r, blocks=None, scratch_dir=None, root=None, key=None, per_volume=True
+        self,
+        mode: str,
+        outputs: Mapping[str, Path],
+        n_volumes: int,
+        t_r: float,
+        blocks: tuple[pd.DataFrame, np.ndarray] | None = None,
+        scratch_dir: str | os.PathLike[str] | None = None,
+        root: str | os.PathLike[str] | None = None,
+        key: Sequence[Any] | None = None,
+        per_volume: bool = True,
     ):
         from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
 
@@ -249,7 +276,7 @@ class RunRelevanceOutputs:
         self.volumes = self.blocks = None
         self.block_table = None
         self.busy_s = 0.0  # seconds spent compressing and writing
-        keep = {"level": RELEVANCE_GZIP_LEVEL, "keepbits": RELEVANCE_KEEPBITS, "root": root}
+        keep: dict[str, Any] = {"level": RELEVANCE_GZIP_LEVEL, "keepbits": RELEVANCE_KEEPBITS, "root": root}
         if per_volume and (self.scratch is not None or mode == "volumes"):
             target = self.scratch[0] if self.scratch is not None else outputs["relevance"]
             if self.scratch is not None:
@@ -263,7 +290,7 @@ class RunRelevanceOutputs:
                 **keep,
             )
         if mode == "blocks":
-            self.block_table, block_of_volume = blocks
+            self.block_table, block_of_volume = blocks  # type: ignore[misc]  # given in blocks mode
             if len(self.block_table):
                 stream = VolumeGzipNifti4D(
                     outputs["blocks"],
@@ -275,7 +302,7 @@ class RunRelevanceOutputs:
                 )
                 self.blocks = BlockMeans(block_of_volume, stream)
 
-    def write(self, start, volumes):
+    def write(self, start: int, volumes: np.ndarray) -> None:
         """Relevance maps ``(n, x, y, z)`` (masked) of time indices ``start .. start + n - 1``."""
         import time
 
@@ -286,24 +313,24 @@ class RunRelevanceOutputs:
             self.blocks.add(start, volumes)
         self.busy_s += time.perf_counter() - began
 
-    def read(self, index):
+    def read(self, index: int) -> np.ndarray:
         """Per-volume map ``index`` as written, ``(z, y, x)``."""
         if self.volumes is None:
             raise LookupError(f"--relevance-maps {self.mode} without a work folder keeps no per-volume maps")
         return self.volumes.read(index)
 
-    def close(self):
+    def close(self) -> None:
         if self.volumes is not None:
             self.volumes.close()
         if self.blocks is not None:
             self.blocks.close()
 
-    def abort(self):
+    def abort(self) -> None:
         for stream in (self.volumes, self.blocks.stream if self.blocks is not None else None):
             if stream is not None:
                 stream.abort()
 
-    def finish(self, sidecar):
+    def finish(self, sidecar: Mapping[str, Any]) -> None:
         """Write the outputs' sidecars (and link the per-volume maps); remove this run's outputs of the other modes.
 
         The work folder's record (written last) names the settings hash of ``sidecar``.
@@ -333,7 +360,7 @@ class RunRelevanceOutputs:
                 },
                 root=self.root,
             )
-            if not len(self.block_table):
+            if not len(self.block_table):  # type: ignore[arg-type]  # set in blocks mode
                 stale.append(self.outputs["blocks"])  # no block in this run: no image, an empty table
         else:
             stale += [self.outputs["blocks"], self.outputs["blocks_tsv"]]
@@ -353,7 +380,9 @@ class RunRelevanceOutputs:
             )
 
 
-def link_or_copy(source, target, root=None):
+def link_or_copy(
+    source: str | os.PathLike[str], target: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+) -> None:
     """Put ``source`` at ``target`` atomically: a hard link (no copy, same file system) or else a copy."""
     import os
     import shutil
@@ -368,7 +397,17 @@ def link_or_copy(source, target, root=None):
             shutil.copyfile(source, tmp)
 
 
-def reuse_scratch(mode, outputs, scratch_dir, key, settings_hash, blocks_of, root=None, files_of=None, log=LOGGER):
+def reuse_scratch(
+    mode: str,
+    outputs: Mapping[str, Path],
+    scratch_dir: str | os.PathLike[str],
+    key: Sequence[Any],
+    settings_hash: str,
+    blocks_of: Callable[[int], tuple[pd.DataFrame, np.ndarray]],
+    root: str | os.PathLike[str] | None = None,
+    files_of: Callable[[], dict[str, Any]] | None = None,
+    log: logging.Logger = LOGGER,
+) -> bool:
     """Make a run's ``mode`` outputs from the work folder's per-volume maps of an earlier pass, without the network.
 
     Done only when the work folder's maps were made under the same ``key`` (settings
@@ -440,7 +479,7 @@ def reuse_scratch(mode, outputs, scratch_dir, key, settings_hash, blocks_of, roo
     import nibabel as nib
 
     try:
-        header = nib.load(volumes).header
+        header: Any = nib.load(volumes).header  # a Nifti1Header (nibabel types load() as any image)
         n_volumes, t_r = int(header.get_data_shape()[3]), float(header.get_zooms()[3])
     except Exception:  # noqa: BLE001  (a header that matched its record cannot fail; be safe: recompute)
         return False
@@ -477,7 +516,13 @@ def reuse_scratch(mode, outputs, scratch_dir, key, settings_hash, blocks_of, roo
 RELEVANCE_OUTPUT_KEYS = ("relevance", "relevance_json", "blocks", "blocks_tsv", "blocks_json")
 
 
-def restore_scratch(outputs, scratch_dir, key, root=None, log=LOGGER):
+def restore_scratch(
+    outputs: Mapping[str, Path],
+    scratch_dir: str | os.PathLike[str],
+    key: Sequence[Any],
+    root: str | os.PathLike[str] | None = None,
+    log: logging.Logger = LOGGER,
+) -> bool:
     """``--relevance-maps volumes``: put back a finished run's work-folder copy of its per-volume maps, if missing.
 
     The copy is a hard link to the output (no disk space; a copy on another file system)
@@ -515,7 +560,7 @@ def restore_scratch(outputs, scratch_dir, key, root=None, log=LOGGER):
     return True
 
 
-def relevance_outputs_complete(mode, outputs):
+def relevance_outputs_complete(mode: str, outputs: Mapping[str, Path]) -> bool:
     """True when the run's relevance outputs of ``--relevance-maps`` ``mode`` exist (for resuming)."""
     need = {"volumes": ("relevance", "relevance_json"), "blocks": ("blocks_tsv", "blocks_json"), "means": ()}[mode]
     return all(outputs[key].is_file() for key in need)
@@ -555,13 +600,14 @@ class BackgroundWriter:
 
     _STOP = object()
 
-    def __init__(self, target, max_pending=2):
+    def __init__(self, target: Any, max_pending: int = 2):
         import queue
         import threading
 
+        # duck-typed: RunRelevanceOutputs, or any object with write/read/close/abort (and finish)
         self.target = target
-        self.error = None
-        self._queue = queue.Queue(maxsize=max_pending)
+        self.error: BaseException | None = None
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
         self._thread = threading.Thread(target=self._run, name="deeplight-relevance-writer", daemon=True)
         self._thread.start()
 
@@ -577,13 +623,13 @@ class BackgroundWriter:
                     self.error = err
             self._queue.task_done()
 
-    def write(self, start, volumes):
+    def write(self, start: int, volumes: np.ndarray) -> None:
         """Queue ``volumes`` ``(n, x, y, z)`` for time indices ``start ..`` (a copy is not made: do not reuse them)."""
         if self.error is not None:
             raise self.error
         self._queue.put((start, volumes))
 
-    def read(self, index):
+    def read(self, index: int) -> np.ndarray:
         """Volume ``index`` as written, ``(z, y, x)``: waits for the queued writes first."""
         self._queue.join()
         if self.error is not None:
@@ -595,7 +641,7 @@ class BackgroundWriter:
             self._queue.put(self._STOP)
             self._thread.join()
 
-    def close(self):
+    def close(self) -> Any:
         """Wait for the queued writes, then close the target; the thread's error, if any, is raised."""
         self._join()
         if self.error is not None:
@@ -606,9 +652,9 @@ class BackgroundWriter:
             LOGGER.info("relevance writer: %.1f s of compression and writes, beside the network", busy)
         return result
 
-    def abort(self):
+    def abort(self) -> None:
         self._join()
         self.target.abort()
 
-    def finish(self, sidecar):
+    def finish(self, sidecar: Mapping[str, Any]) -> Any:
         return self.target.finish(sidecar)

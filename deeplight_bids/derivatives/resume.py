@@ -11,32 +11,41 @@ not match is recomputed (one line per damaged file says which and why); a damage
 cache is removed and made again from the outputs.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from deeplight_bids._version import __version__
 from deeplight_bids.derivatives import integrity, naming
 from deeplight_bids.derivatives.relevance import relevance_outputs_complete, scratch_paths
 from deeplight_bids.utils.identity import digest, run_inputs_digest, sha256sum
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from deeplight_bids.bids.discover import Run
+    from deeplight_bids.config import Config
+
 LOGGER = logging.getLogger("deeplight_bids")
 
 
-def inputs_digest(run):
+def inputs_digest(run: Run) -> str:
     """Identity of the run's BOLD, mask and events (path, size, mtime, SHA-256): see utils/identity.py."""
     return run_inputs_digest(run)
 
 
 def settings_hash(
-    config,
-    weights_sha256,
-    architecture,
-    user_state_map=None,
-    quality_settings=None,
-    relevance_maps=None,
-    comparison_settings=None,
-):
+    config: Config,
+    weights_sha256: str,
+    architecture: str,
+    user_state_map: dict[str, Any] | None = None,
+    quality_settings: dict[str, Any] | None = None,
+    relevance_maps: str | None = None,
+    comparison_settings: dict[str, Any] | None = None,
+) -> str:
     """16 hex digits identifying the settings that change a run's outputs.
 
     Settings added after the first release enter the hash only when they differ from
@@ -61,7 +70,7 @@ def settings_hash(
         :meth:`AttributionComparison.settings` when ``--compare-attributions`` is on.
     """
     c = config
-    settings = {
+    settings: dict[str, Any] = {
         "weights": weights_sha256,
         "lrp": c.lrp,
         "target": c.lrp_target,
@@ -119,7 +128,7 @@ def _reference_digests(config, comparison_settings):
 CACHE_KEYS = ("cache_volumes", "cache_volumes_json", "cache_sums")
 
 
-def run_files(outputs, work_dir, label):
+def run_files(outputs: Mapping[str, Path], work_dir: str | os.PathLike[str], label: str) -> dict[str, Path]:
     """``{key: path}`` of every file a run may write: its outputs and its work-folder caches.
 
     Parameters
@@ -137,17 +146,19 @@ def run_files(outputs, work_dir, label):
     return files
 
 
-def files_record(outputs, config, label):
+def files_record(outputs: Mapping[str, Path], config: Config, label: str) -> dict[str, dict[str, Any]]:
     """The ``"Files"`` entry of a run's completion marker: size and checksum of every file it wrote."""
     return integrity.record(run_files(outputs, config.work_dir, label), config.output_dir, config.work_dir)
 
 
 #: Verified markers of this process: ``{(path, device, inode, size, mtime): damaged}`` (a marker is
 #: rewritten, so its identity changes, whenever its run is recomputed).
-_VERIFIED = {}
+_VERIFIED: dict[tuple[str, int, int, int, int], bool] = {}
 
 
-def verify_run(marker, sidecar, config, label, log=LOGGER):
+def verify_run(
+    marker: Path, sidecar: Mapping[str, Any], config: Config, label: str, log: logging.Logger = LOGGER
+) -> bool:
     """Check the files a finished run recorded; remove damaged caches; True when every output is intact.
 
     One line per damaged file: an output (the run is recomputed), or a work-folder cache
@@ -233,7 +244,14 @@ def _sums_source(files, sidecar, config):
     )
 
 
-def is_complete(outputs, config, settings, with_quality, run=None, log=LOGGER):
+def is_complete(
+    outputs: Mapping[str, Path],
+    config: Config,
+    settings: str,
+    with_quality: bool,
+    run: Run | None = None,
+    log: logging.Logger = LOGGER,
+) -> bool:
     """True when a previous run with the same settings (and, given ``run``, the same inputs) finished all outputs.
 
     Parameters

@@ -7,10 +7,21 @@ predictions and the relevance sidecars; the model block (``Model``) is the model
 take these dicts as they are (key order is the order written).
 """
 
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from deeplight_bids._version import __version__
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_RES, REFERENCE_SHAPE, REFERENCE_SPACE
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from deeplight_bids.bids.discover import Run
+    from deeplight_bids.config import Config
 
 #: How volumes get their state (predictions sidecar, ``Labelling.Rule``).
 LABEL_RULE = (
@@ -21,7 +32,7 @@ LABEL_RULE = (
 RESOLUTION_TEXT = "2 mm isotropic MNI152NLin6Asym grid (91 x 109 x 91)"
 
 
-def described(columns):
+def described(columns: Mapping[str, str | dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Column descriptions for a table's sidecar: a string is the column's ``Description``.
 
     Parameters
@@ -71,17 +82,17 @@ SUMMARY_COLUMNS = described(
 
 
 def run_provenance(
-    run,
-    model_provenance,
-    config,
-    labelling,
-    space_transform,
-    settings_hash,
-    inputs_digest,
-    source_space,
-    compute_backend,
-    dataset_roots,
-):
+    run: Run,
+    model_provenance: dict[str, Any],
+    config: Config,
+    labelling: Mapping[str, Any],
+    space_transform: dict[str, Any] | None,
+    settings_hash: str,
+    inputs_digest: str,
+    source_space: dict[str, Any],
+    compute_backend: dict[str, Any],
+    dataset_roots: Mapping[str, str | os.PathLike[str]],
+) -> dict[str, Any]:
     """The provenance block of one run's sidecars.
 
     Parameters
@@ -113,7 +124,8 @@ def run_provenance(
     from deeplight_bids.derivatives.links import source_uri
 
     return {
-        "Sources": [source_uri(p, dataset_roots) for p in (run.bold, run.mask, run.events)],
+        # a processed run has all three files
+        "Sources": [source_uri(p, dataset_roots) for p in (run.bold, run.mask, run.events)],  # type: ignore[arg-type]
         "Model": model_provenance,
         "Preprocessing": {
             "ReferenceGrid": {
@@ -140,7 +152,13 @@ def run_provenance(
     }
 
 
-def predictions_sidecar(states, with_lrp, provenance, accuracy, n_labelled):
+def predictions_sidecar(
+    states: Iterable[str],
+    with_lrp: bool,
+    provenance: Mapping[str, Any],
+    accuracy: float | None,
+    n_labelled: int,
+) -> dict[str, Any]:
     """Sidecar of ``*_desc-predictions_timeseries.tsv``: every column, accuracy, then the provenance.
 
     Parameters
@@ -162,11 +180,11 @@ def predictions_sidecar(states, with_lrp, provenance, accuracy, n_labelled):
     return {**columns, "Accuracy": accuracy, "NumberOfLabelledVolumes": n_labelled, **provenance}
 
 
-def attribution_entries(lrp_description, attribution):
+def attribution_entries(lrp_description: dict[str, Any] | None, attribution: dict[str, Any] | None) -> dict[str, Any]:
     """The sidecar keys that say how the maps were made: ``Attribution`` and, for LRP, ``LRP`` (its rules)."""
     if attribution is None:
         return {"LRP": lrp_description}
-    entries = {"Attribution": attribution}
+    entries: dict[str, Any] = {"Attribution": attribution}
     if attribution.get("Family") == "lrp":
         entries["LRP"] = lrp_description
     else:
@@ -174,7 +192,15 @@ def attribution_entries(lrp_description, attribution):
     return entries
 
 
-def relevance_sidecar(t_r, provenance, conservation, lrp_description, lrp_target, lrp_rule, attribution=None):
+def relevance_sidecar(
+    t_r: float,
+    provenance: Mapping[str, Any],
+    conservation: np.ndarray,
+    lrp_description: dict[str, Any] | None,
+    lrp_target: str,
+    lrp_rule: str,
+    attribution: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Sidecar of a run's relevance maps (per volume, per block or none kept).
 
     Parameters
@@ -225,14 +251,21 @@ def relevance_sidecar(t_r, provenance, conservation, lrp_description, lrp_target
     }
 
 
-def summary_sidecar(model_provenance):
+def summary_sidecar(model_provenance: dict[str, Any]) -> dict[str, Any]:
     """Sidecar of ``sub-<l>_desc-accuracy_summary.tsv``."""
     return {**SUMMARY_COLUMNS, "Model": model_provenance}
 
 
 def state_map_sidecar(
-    task, state, n_volumes, lrp_target, model_provenance, lrp_description, settings_hash, attribution=None
-):
+    task: str,
+    state: str,
+    n_volumes: int,
+    lrp_target: str,
+    model_provenance: dict[str, Any],
+    lrp_description: dict[str, Any] | None,
+    settings_hash: str,
+    attribution: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Sidecar of a participant's mean relevance map of one task and explained state."""
     kind = "LRP relevance" if (attribution or {}).get("Family", "lrp") == "lrp" else "attribution"
     return {
@@ -322,12 +355,14 @@ GROUP_TABLE_DESCRIPTIONS = {
 }
 
 
-def group_provenance(task, model):
+def group_provenance(task: str, model: dict[str, Any] | None) -> dict[str, Any]:
     """The block shared by every group table's sidecar: task, model and software version."""
     return {"Task": task, "Model": model, "SoftwareVersion": __version__}
 
 
-def table_sidecar(columns, described, extra):
+def table_sidecar(
+    columns: Iterable[str], described: Mapping[str, dict[str, Any]], extra: Mapping[str, Any]
+) -> dict[str, Any]:
     """A table's sidecar: a description of each of ``columns`` (from ``described``), then ``extra``.
 
     Columns without a description are state columns of a confusion table ("count of
@@ -337,7 +372,7 @@ def table_sidecar(columns, described, extra):
     return {**out, **extra}
 
 
-def confusion_columns(states, kind):
+def confusion_columns(states: Iterable[str], kind: str) -> dict[str, dict[str, Any]]:
     """Column descriptions of a confusion table (``kind``: ``"counts"`` or ``"proportions"``)."""
     cols = {"true_state": {"Description": "true state (rows)"}}
     cols.update(
@@ -355,7 +390,16 @@ def confusion_columns(states, kind):
     return cols
 
 
-def group_map_sidecar(task, state, stat, subjects, model, mask_provenance, correct_only, n_volumes=None):
+def group_map_sidecar(
+    task: str,
+    state: str,
+    stat: str,
+    subjects: Sequence[str],
+    model: dict[str, Any] | None,
+    mask_provenance: dict[str, Any],
+    correct_only: bool,
+    n_volumes: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
     """Sidecar of a group statistical map (``stat``: ``"mean"`` (the effect) or ``"t"``).
 
     Parameters
@@ -383,7 +427,7 @@ def group_map_sidecar(task, state, stat, subjects, model, mask_provenance, corre
             f"task {task}, state {state}; nilearn SecondLevelModel, intercept-only design; 0 outside the brain "
             "mask and where all participants have the same value"
         )
-    out = {
+    out: dict[str, Any] = {
         "Description": desc,
         "Task": task,
         "State": state,

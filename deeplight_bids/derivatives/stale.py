@@ -8,15 +8,22 @@ the group level would pool them with the new ones.  They are removed (a JSON sid
 together with its image) and each removal is logged with the file's name.
 """
 
+from __future__ import annotations
+
 import logging
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deeplight_bids.derivatives import naming
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 LOGGER = logging.getLogger("deeplight_bids")
 
 
-def remove_stale(paths, reason, log=LOGGER):
+def remove_stale(paths: Iterable[str | os.PathLike[str]], reason: str, log: logging.Logger = LOGGER) -> list[Path]:
     """Remove ``paths`` (and their JSON sidecars) that exist; one log line each.
 
     Parameters
@@ -42,7 +49,9 @@ def remove_stale(paths, reason, log=LOGGER):
     return removed
 
 
-def stale_state_maps(output_dir, subject, task, written):
+def stale_state_maps(
+    output_dir: str | os.PathLike[str], subject: str, task: str, written: Iterable[str | os.PathLike[str]]
+) -> list[Path]:
     """The participant's mean relevance maps of ``task`` that are not in ``written``.
 
     Parameters
@@ -67,7 +76,11 @@ def stale_state_maps(output_dir, subject, task, written):
 LEGACY_WORK_CONTENT = ("relevance_volumes", "relevance_sums", "prepared", "finetune")
 
 
-def adopt_legacy_work_dir(output_dir, work_dir, log=LOGGER):
+def adopt_legacy_work_dir(
+    output_dir: str | os.PathLike[str],
+    work_dir: str | os.PathLike[str],
+    log: logging.Logger = LOGGER,
+) -> bool:
     """Move an earlier version's default work folder ``OUTPUT_DIR/work`` to ``work_dir`` (``OUTPUT_DIR/.work``).
 
     Earlier versions kept the work folder at ``OUTPUT_DIR/work``, where pybids indexes its
@@ -100,7 +113,12 @@ def adopt_legacy_work_dir(output_dir, work_dir, log=LOGGER):
     return True
 
 
-def remove_job_temporaries(output_dir, work_dir, subjects, log=LOGGER):
+def remove_job_temporaries(
+    output_dir: str | os.PathLike[str],
+    work_dir: str | os.PathLike[str],
+    subjects: Iterable[str],
+    log: logging.Logger = LOGGER,
+) -> None:
     """Temporaries of earlier jobs on this host that were killed, where this job writes.
 
     Only the folders of this job's participants (``subjects``, labels without ``sub-``)
@@ -111,6 +129,7 @@ def remove_job_temporaries(output_dir, work_dir, subjects, log=LOGGER):
     from deeplight_bids.derivatives.writers import remove_stale_temporaries
 
     out, work = Path(output_dir), Path(work_dir)
+    folder: str | Path  # a label, then a path
     for folder in sorted(subjects):
         remove_stale_temporaries(out / f"sub-{folder}", log)
     sums = naming.state_sums_output(work, "x").parent

@@ -1,12 +1,40 @@
 """The participant level's tables: per-volume predictions, per-participant accuracy, the job's run table."""
 
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import pandas as pd
 
 from deeplight_bids.utils.tsv import read_tsv
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from typing import Protocol
 
-def predictions_frame(states, t_r, labels, true_idx, pred_idx, probs, targets=None, in_training=None):
+    class _RunOutcome(Protocol):
+        """What the run table reads of a run's result (``deeplight_bids.workflows.run.RunResult``)."""
+
+        @property
+        def label(self) -> str: ...
+        @property
+        def status(self) -> str: ...
+        @property
+        def detail(self) -> str | None: ...
+
+
+def predictions_frame(
+    states: Sequence[str],
+    t_r: float,
+    labels: Sequence[str | None],
+    true_idx: np.ndarray,
+    pred_idx: np.ndarray,
+    probs: np.ndarray,
+    targets: np.ndarray | None = None,
+    in_training: int | None = None,
+) -> pd.DataFrame:
     """One row per volume of a run (``*_desc-predictions_timeseries.tsv``).
 
     Parameters
@@ -46,7 +74,7 @@ def predictions_frame(states, t_r, labels, true_idx, pred_idx, probs, targets=No
     return frame
 
 
-def in_training_set(card, subject):
+def in_training_set(card: Mapping[str, Any] | None, subject: str | None) -> int | None:
     """1/0 when the model card lists its training participants, else None (unknown, e.g. published weights)."""
     trained_on = card.get("training_participants") if card else None
     if trained_on and subject is not None:
@@ -54,7 +82,7 @@ def in_training_set(card, subject):
     return None
 
 
-def read_predictions(path):
+def read_predictions(path: str | os.PathLike[str]) -> pd.DataFrame:
     """A predictions table as written (``n/a`` as missing).
 
     Raises
@@ -81,7 +109,7 @@ def read_predictions(path):
     return frame
 
 
-def accuracy_row(label, task, frame):
+def accuracy_row(label: str, task: str, frame: pd.DataFrame) -> dict[str, Any]:
     """One run's row of the participant's accuracy summary, from its predictions table."""
     labelled = frame["correct"].notna()
     n_lab = int(labelled.sum())
@@ -96,7 +124,7 @@ def accuracy_row(label, task, frame):
     }
 
 
-def accuracy_summary(rows):
+def accuracy_summary(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """The participant's accuracy summary: the runs' rows, then one ``all`` row per task (runs pooled)."""
     summary = pd.DataFrame(rows)
     for task, group in summary.groupby("task"):
@@ -113,14 +141,14 @@ def accuracy_summary(rows):
     return summary
 
 
-def run_table(results):
+def run_table(results: Iterable[_RunOutcome]) -> pd.DataFrame:
     """What happened to every run of a job (``run``, ``status``, ``detail``): read by the group report."""
     return pd.DataFrame(
         [{"run": r.label, "status": r.status, "detail": r.detail} for r in results], columns=["run", "status", "detail"]
     )
 
 
-def format_results(results):
+def format_results(results: Sequence[_RunOutcome]) -> str:
     """The job's closing summary as text: one line per run, then the counts per status."""
     lines = [f"{'run':<48} {'status':<8} detail"]
     lines += [f"{r.label:<48} {r.status:<8} {r.detail}" for r in results]

@@ -6,7 +6,19 @@ Written by the participant level (:class:`VolumeGzipNifti4D`, through
 Any gzip reader sees one stream (RFC 1952 allows several members).
 """
 
+from __future__ import annotations
+
+from typing import IO, TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Iterable, Iterator, Sequence
+    from pathlib import Path
+    from types import ModuleType
+
+    import numpy.typing as npt
 
 #: gzip FEXTRA subfield id of a member's total size (RFC 1952 section 2.3.1.1; BGZF's "BC" is the same idea,
 #: but its 16-bit size is too small for a 3.6 MB volume): 4 bytes, little-endian, header to trailer included.
@@ -14,7 +26,7 @@ MEMBER_SIZE_FIELD = b"DL"
 _MEMBER_HEADER = 20  # 10 fixed bytes + XLEN (2) + SI1 SI2 LEN (4) + the size (4)
 
 
-def round_mantissa(values, keepbits):
+def round_mantissa(values: np.ndarray, keepbits: int) -> np.ndarray:
     """Round float32 values to ``keepbits`` mantissa bits (round to nearest, ties to even).
 
     The relative change of each value is at most ``2**-(keepbits + 1)``; zeros, signs and
@@ -46,7 +58,7 @@ def round_mantissa(values, keepbits):
     return values
 
 
-def gzip_member(data, level):
+def gzip_member(data: bytes | bytearray | memoryview, level: int) -> bytes:
     """One gzip member holding ``data`` (bytes-like) whose FEXTRA records the member's size (:data:`MEMBER_SIZE_FIELD`).
 
     Compressed with ISA-L when installed (levels 0-3), else zlib; no time stamp, no name,
@@ -55,6 +67,7 @@ def gzip_member(data, level):
     import struct
     import zlib
 
+    deflate: ModuleType  # ISA-L's zlib or the standard library's
     try:
         from isal import isal_zlib as deflate
 
@@ -76,7 +89,7 @@ def gzip_member(data, level):
     return header + body + struct.pack("<II", deflate.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF)
 
 
-def member_sizes(fobj, file_size):
+def member_sizes(fobj: IO[bytes], file_size: int) -> list[int] | None:
     """Sizes of the gzip members of a file written by :class:`VolumeGzipNifti4D`, or None for any other gzip file.
 
     Reads 20 bytes per member (the header with its size), not the data.
@@ -103,7 +116,7 @@ def member_sizes(fobj, file_size):
     return sizes
 
 
-def inflate_member(member):
+def inflate_member(member: bytes) -> bytes:
     """The data of one gzip member (bytes); its CRC and length are checked."""
     from deeplight_bids.derivatives.writers import gzip_module
 
@@ -146,7 +159,17 @@ class VolumeGzipNifti4D:
     arrived (those waiting are held in memory).  Memory: a few volumes.
     """
 
-    def __init__(self, path, shape, affine, t_r, description="", root=None, level=1, keepbits=23):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        shape: Sequence[int],
+        affine: np.ndarray,
+        t_r: float,
+        description: str = "",
+        root: str | os.PathLike[str] | None = None,
+        level: int = 1,
+        keepbits: int = 23,
+    ):
         import io
         import os
         import tempfile
@@ -167,11 +190,11 @@ class VolumeGzipNifti4D:
         header.write_to(buf)
         self._prefix = buf.getvalue().ljust(int(header["vox_offset"]), b"\0")
         self._volume_bytes = int(np.prod(self.shape[:3])) * 4
-        self._pending = {}
+        self._pending: dict[int, np.ndarray] = {}
         self._next = 0
-        self._offsets = []  # (offset, size) of the members written
+        self._offsets: list[tuple[int, int]] = []  # (offset, size) of the members written
         self._position = 0
-        self._tmp = None
+        self._tmp: str | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, self._tmp = tempfile.mkstemp(
@@ -184,7 +207,7 @@ class VolumeGzipNifti4D:
                 "OUTPUT_DIR (and --work-dir)."
             ) from err
 
-    def write(self, start, volumes):
+    def write(self, start: int, volumes: npt.ArrayLike) -> None:
         """Store ``volumes`` ``(n, x, y, z)`` at time indices ``start .. start + n - 1`` (compressed now when in order)."""
         from deeplight_bids.derivatives.writers import check_volume_block
 
@@ -215,7 +238,7 @@ class VolumeGzipNifti4D:
         self._position += len(member)
         self._next += 1
 
-    def read(self, index):
+    def read(self, index: int) -> np.ndarray:
         """Volume ``index`` as written (after rounding), ``(z, y, x)`` float32."""
         index = int(index)
         if index in self._pending:
@@ -230,7 +253,7 @@ class VolumeGzipNifti4D:
         nx, ny, nz = self.shape[:3]
         return np.frombuffer(data[-self._volume_bytes :], dtype=np.float32).reshape(nz, ny, nx)
 
-    def close(self):
+    def close(self) -> Path:
         """Check every volume was written, move the file into place; returns the final path."""
         import os
 
@@ -243,8 +266,9 @@ class VolumeGzipNifti4D:
                 raise RuntimeError(f"{self.path.name}: volumes {missing[:10]} of {self.shape[3]} never written")
             try:
                 self._file.close()
-                os.chmod(self._tmp, 0o666 & ~_UMASK)
-                os.replace(self._tmp, self.path)
+                # self._tmp is a str once __init__ returned
+                os.chmod(self._tmp, 0o666 & ~_UMASK)  # type: ignore[arg-type]
+                os.replace(self._tmp, self.path)  # type: ignore[arg-type]
             except OSError as err:
                 raise OutputError(
                     f"{self.path}: write failed ({err.strerror or err}); check free space and permissions."
@@ -253,7 +277,7 @@ class VolumeGzipNifti4D:
             self.abort()
         return self.path
 
-    def abort(self):
+    def abort(self) -> None:
         """Remove the temporary file (on error; after :meth:`close`, nothing to do)."""
         import os
 
@@ -264,7 +288,7 @@ class VolumeGzipNifti4D:
         self._pending.clear()
 
 
-def member_extents(path):
+def member_extents(path: str | os.PathLike[str]) -> list[tuple[int, int]] | None:
     """``[(offset, size), ...]`` of the gzip members of a :class:`VolumeGzipNifti4D` file, or None for another file.
 
     Reads each member's 20-byte header, not its data.
@@ -279,7 +303,7 @@ def member_extents(path):
     return list(zip(offsets.tolist(), sizes))
 
 
-def read_volumes(path, wanted, volume_bytes):
+def read_volumes(path: str | os.PathLike[str], wanted: Iterable[int], volume_bytes: int) -> Iterator[tuple[int, bytes]]:
     """Yield ``(index, raw bytes)`` of the wanted volumes of a :class:`VolumeGzipNifti4D` file, one at a time.
 
     Only the members of the wanted volumes are read and decompressed.
@@ -296,7 +320,7 @@ def read_volumes(path, wanted, volume_bytes):
     extents = member_extents(path)
     with open(path, "rb") as fobj:
         for index in wanted:
-            offset, size = extents[index]
+            offset, size = extents[index]  # type: ignore[index]  # not None: the file is one member per volume
             fobj.seek(offset)
             data = inflate_member(fobj.read(size))
             if len(data) < volume_bytes:

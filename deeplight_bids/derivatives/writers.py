@@ -8,6 +8,8 @@ the ``root`` of the outputs (OUTPUT_DIR), so is writing below a symbolically lin
 folder inside it (OUTPUT_DIR itself may be a link), so no write leaves OUTPUT_DIR.
 """
 
+from __future__ import annotations
+
 import contextlib
 import contextvars
 import errno
@@ -31,7 +33,10 @@ from deeplight_bids.exceptions import OutputError
 LOGGER = logging.getLogger("deeplight_bids")
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     import nibabel as nib
+    import numpy.typing as npt
     import pandas as pd
 
 #: A path given as text or as a path object.
@@ -47,7 +52,7 @@ def _current_umask():
 _UMASK = _current_umask()
 
 
-def code_url():
+def code_url() -> str | None:
     """Where the code that wrote the outputs may be found, or None when not known.
 
     Taken from ``DEEPLIGHT_CODE_URL`` (the container image sets it from its build's
@@ -57,11 +62,11 @@ def code_url():
 
 
 #: OUTPUT_DIR of the command being run: the ``root`` of every write that names none.
-_OUTPUT_ROOT = contextvars.ContextVar("deeplight_bids_output_root", default=None)
+_OUTPUT_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("deeplight_bids_output_root", default=None)
 
 
 @contextlib.contextmanager
-def output_root(path):
+def output_root(path: PathLike) -> Iterator[Path]:
     """Within this context every writer guards ``path`` (OUTPUT_DIR) as its ``root``.
 
     The command line runs each level inside it, so writers that are not handed a
@@ -75,7 +80,7 @@ def output_root(path):
         _OUTPUT_ROOT.reset(token)
 
 
-def _check_target(path, root=None):
+def _check_target(path: PathLike, root: PathLike | None = None) -> Path:
     """Refuse ``path`` if it is a symbolic link, or (given ``root``) below a linked folder inside ``root``.
 
     Folders are checked before any is created, so a linked sub-folder of OUTPUT_DIR
@@ -105,7 +110,7 @@ def _check_target(path, root=None):
     return path
 
 
-def ensure_writable(folder):
+def ensure_writable(folder: PathLike) -> Path:
     """Create ``folder`` if needed and check that a file can be created in it (else OutputError)."""
     folder = Path(folder)
     try:
@@ -126,7 +131,7 @@ def _host_tag():
     return "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:40] or "host"
 
 
-def owner_tag():
+def owner_tag() -> str:
     """``<host>-<pid>``: put into temporary names so a later run can tell whose they are."""
     return f"{_host_tag()}-{os.getpid()}"
 
@@ -134,7 +139,7 @@ def owner_tag():
 _TEMP_PATTERN = re.compile(r"^\.(?:.+\.)?(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.[^/]*(?:\.tmp|\.stream)[^/]*$")
 
 
-def remove_stale_temporaries(folder, log=None, recursive=True):
+def remove_stale_temporaries(folder: PathLike, log: logging.Logger | None = None, recursive: bool = True) -> list[Path]:
     """Delete temporaries left in ``folder`` (and below, with ``recursive``) by writers that were killed.
 
     (SIGKILL, out of memory: no chance to clean up.)  Temporaries (``.<name>.<host>-<pid>.<random>.tmp...`` and ``.stream.<host>-<pid>.<random>.nii``)
@@ -203,7 +208,7 @@ def atomic_path(path: PathLike, root: PathLike | None = None) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def gzip_module():
+def gzip_module() -> ModuleType:
     """``isal.igzip`` (ISA-L: the same gzip format, level 1 about 20x and reading about 2x faster than zlib's) when
     installed, else the standard library's ``gzip``."""
     try:
@@ -235,20 +240,20 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def write_tsv(path: PathLike, frame: "pd.DataFrame", root: PathLike | None = None) -> Path:
+def write_tsv(path: PathLike, frame: pd.DataFrame, root: PathLike | None = None) -> Path:
     """Write a pandas DataFrame as BIDS TSV (tab separated, ``n/a`` for missing)."""
     with atomic_path(path, root) as tmp:
         frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
     return Path(path)
 
 
-def write_nifti(path: PathLike, img: "nib.Nifti1Image", root: PathLike | None = None) -> Path:
+def write_nifti(path: PathLike, img: nib.Nifti1Image, root: PathLike | None = None) -> Path:
     with atomic_path(path, root) as tmp:
         img.to_filename(str(tmp))
     return Path(path)
 
 
-def nifti4d_header(shape, affine, t_r, description=""):
+def nifti4d_header(shape: Sequence[int], affine: np.ndarray, t_r: float, description: str = "") -> nib.Nifti1Header:
     """NIfTI-1 header of a 4D float32 image: ``shape`` ``(x, y, z, t)``, ``affine`` (4, 4) as q- and s-form
     (code 4, MNI), zooms from the affine and ``t_r`` (s), ``description`` (79 characters at most)."""
     import nibabel as nib
@@ -265,7 +270,7 @@ def nifti4d_header(shape, affine, t_r, description=""):
     return header
 
 
-def check_volume_block(shape, start, volumes):
+def check_volume_block(shape: Sequence[int], start: int, volumes: npt.ArrayLike) -> np.ndarray:
     """``volumes`` as float32 ``(n, x, y, z)``, checked to fit time indices ``start .. start + n - 1`` of ``shape``.
 
     Parameters
@@ -318,7 +323,16 @@ class StreamingNifti4D:
     memory map; the gzip stream is deterministic (no time stamp, no file name).
     """
 
-    def __init__(self, path, shape, affine, t_r, scratch_dir=None, description="", root=None):
+    def __init__(
+        self,
+        path: PathLike,
+        shape: Sequence[int],
+        affine: np.ndarray,
+        t_r: float,
+        scratch_dir: PathLike | None = None,
+        description: str = "",
+        root: PathLike | None = None,
+    ):
         self.root = root
         self.path = _check_target(path, root)
         self.shape = tuple(int(s) for s in shape)
@@ -360,7 +374,7 @@ class StreamingNifti4D:
         self._volume_bytes = int(np.prod(self.shape[:3])) * 4
         self._data = open(self._raw, "r+b")
 
-    def write(self, start, volumes):
+    def write(self, start: int, volumes: npt.ArrayLike) -> None:
         """Store ``volumes`` ``(n, x, y, z)`` at time indices ``start .. start + n - 1``.
 
         A volume that is Fortran-contiguous (e.g. the ``(x, y, z)`` transposed view of a
@@ -370,16 +384,18 @@ class StreamingNifti4D:
         for i, vol in enumerate(volumes):
             column_major = np.asfortranarray(vol).T  # (z, y, x) C-contiguous: NIfTI's byte order of the volume
             os.pwrite(
-                self._data.fileno(), memoryview(column_major).cast("B"), self._offset + (start + i) * self._volume_bytes
+                self._data.fileno(),
+                memoryview(column_major).cast("B"),  # type: ignore[arg-type]  # an ndarray is a buffer
+                self._offset + (start + i) * self._volume_bytes,
             )
 
-    def read(self, index):
+    def read(self, index: int) -> np.ndarray:
         """Volume ``index`` as written, ``(z, y, x)`` float32 (NIfTI's column-major (x, y, z) in C order)."""
         nx, ny, nz = self.shape[:3]
         raw = os.pread(self._data.fileno(), self._volume_bytes, self._offset + int(index) * self._volume_bytes)
         return np.frombuffer(raw, dtype=np.float32).reshape(nz, ny, nx)
 
-    def close(self, compresslevel=1):
+    def close(self, compresslevel: int = 1) -> Path:
         """Compress and move into place; returns the final path.
 
         Level 1: on float relevance maps level 4 compressed only a few percent better
@@ -395,7 +411,7 @@ class StreamingNifti4D:
         try:
             with atomic_path(self.path, self.root) as tmp:
                 with (
-                    open(self._raw, "rb") as src,
+                    open(self._raw, "rb") as src,  # type: ignore[arg-type]  # a str once __init__ returned
                     open(tmp, "wb") as raw_dst,
                     module.GzipFile(
                         filename="", mode="wb", fileobj=raw_dst, compresslevel=compresslevel, mtime=0
@@ -406,7 +422,7 @@ class StreamingNifti4D:
             self.abort()
         return self.path
 
-    def abort(self):
+    def abort(self) -> None:
         """Remove the temporary file (on error)."""
         if hasattr(self, "_data"):
             self._data.close()
@@ -424,9 +440,7 @@ def _source_roots(sources):
     return dataset_roots(sources[0], sources[1:]) if sources else {}
 
 
-def dataset_description(
-    sources: "Mapping[str, PathLike] | Sequence[PathLike]" = (), output_dir: PathLike = "."
-) -> dict:
+def dataset_description(sources: Mapping[str, PathLike] | Sequence[PathLike] = (), output_dir: PathLike = ".") -> dict:
     """The ``dataset_description.json`` content of OUTPUT_DIR (BIDS-Derivatives).
 
     Parameters
@@ -443,13 +457,13 @@ def dataset_description(
     container = None
     if os.environ.get("DEEPLIGHT_CONTAINER"):
         container = {"Type": os.environ.get("DEEPLIGHT_CONTAINER"), "Tag": f"deeplight-bids:{__version__}"}
-    generated = {"Name": "deeplight-bids", "Version": __version__}
+    generated: dict[str, Any] = {"Name": "deeplight-bids", "Version": __version__}
     if code_url():
         generated["CodeURL"] = code_url()
     generated["Description"] = "DeepLight decoding of task-fMRI volumes with LRP relevance maps"
     if container:
         generated["Container"] = container
-    desc = {
+    desc: dict[str, Any] = {
         "Name": "deeplight-bids outputs",
         "BIDSVersion": "1.10.0",
         "DatasetType": "derivative",
@@ -490,7 +504,7 @@ tfrecords
 """
 
 
-def write_dataset_files(output_dir: PathLike, source_dirs: "Mapping[str, PathLike] | Sequence[PathLike]" = ()):
+def write_dataset_files(output_dir: PathLike, source_dirs: Mapping[str, PathLike] | Sequence[PathLike] = ()) -> None:
     """Write ``dataset_description.json``, ``.bidsignore`` and ``README`` (idempotent, atomic).
 
     ``source_dirs``: as ``sources`` of :func:`dataset_description`.
@@ -521,7 +535,7 @@ def write_dataset_files(output_dir: PathLike, source_dirs: "Mapping[str, PathLik
         write_text(path, text, root=output_dir)
 
 
-def readme_text():
+def readme_text() -> str:
     """The ``README.md`` of OUTPUT_DIR."""
     return (
         "# deeplight-bids outputs\n\nPer-volume DeepLight decoding (``*_desc-predictions_"
@@ -530,7 +544,7 @@ def readme_text():
     )
 
 
-def dataset_file_damage(path):
+def dataset_file_damage(path: PathLike) -> str | None:
     """Why OUTPUT_DIR's ``README.md`` or ``.bidsignore`` is damaged (this version's text cut short, empty, not
     text), or None (as written, or an older version's)."""
     path = Path(path)

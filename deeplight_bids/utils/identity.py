@@ -14,16 +14,34 @@ once per file per process: the digest is remembered under (path, size, mtime, in
 the same run's inputs several times hashes them once.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Protocol
+
+    class _RunFiles(Protocol):
+        """The input files of a run (``deeplight_bids.bids.discover.Run``; this layer may not import it)."""
+
+        @property
+        def bold(self) -> str | os.PathLike[str] | None: ...
+        @property
+        def mask(self) -> str | os.PathLike[str] | None: ...
+        @property
+        def events(self) -> str | os.PathLike[str] | None: ...
+
 
 LOGGER = logging.getLogger("deeplight_bids")
 
 
-def sha256sum(path, chunk=1 << 20):
+def sha256sum(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's content, read in chunks of ``chunk`` bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as fobj:
@@ -33,10 +51,10 @@ def sha256sum(path, chunk=1 << 20):
 
 
 #: (resolved path, size, mtime_ns, ctime_ns, device, inode) -> sha256 hex digest, for this process.
-_DIGESTS = {}
+_DIGESTS: dict[tuple[str, int, int, int, int, int], str] = {}
 
 
-def file_identity(path):
+def file_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Identity of one input file.
 
     Parameters
@@ -59,12 +77,12 @@ def file_identity(path):
     return {"path": str(resolved), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sha256": digest}
 
 
-def files_identity(paths):
+def files_identity(paths: Mapping[str, str | os.PathLike[str] | None]) -> dict[str, dict[str, Any] | None]:
     """``{name: file_identity}`` of named input files (``None`` paths give ``None``)."""
     return {name: (None if path is None else file_identity(path)) for name, path in paths.items()}
 
 
-def run_inputs(run):
+def run_inputs(run: _RunFiles) -> dict[str, dict[str, Any] | None]:
     """Identity of the files one run's results derive from: BOLD, brain mask and events.
 
     Parameters
@@ -81,11 +99,11 @@ def run_inputs(run):
     return files_identity({"bold": run.bold, "mask": run.mask, "events": events})
 
 
-def digest(obj, length=24):
+def digest(obj: object, length: int = 24) -> str:
     """Short hex SHA-256 of a JSON-serialisable object (sorted keys): a cache key."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
-def run_inputs_digest(run):
+def run_inputs_digest(run: _RunFiles) -> str:
     """:func:`digest` of :func:`run_inputs`: one string naming what a run's results were made from."""
     return digest(run_inputs(run))

@@ -1,11 +1,16 @@
 """Reading the TSV tables this app writes: tab-separated, ``n/a`` for a missing value (BIDS)."""
 
+from __future__ import annotations
+
+import os
+from typing import Any
+
 import pandas as pd
 
 __all__ = ["read_tsv"]
 
 
-def read_tsv(path, allow_empty=True, **kwargs):
+def read_tsv(path: str | os.PathLike[str], allow_empty: bool = True, **kwargs: Any) -> pd.DataFrame:
     """A BIDS TSV as a DataFrame: ``n/a`` is missing, other strings stay strings.
 
     Parameters
