@@ -50,8 +50,12 @@ gives the same map without a user file.  For any other task ``state_map`` is the
 identity (``trial_type -> trial_type``) and must be passed as a user state map.
 """
 
+from __future__ import annotations
+
 import json
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,8 +166,8 @@ class SyntheticDataset:
     runs : list of SyntheticRun
     """
 
-    bids_dir: Path
-    derivatives_dir: Path
+    bids_dir: Path | None
+    derivatives_dir: Path | None
     participants: list
     task: str
     states: tuple
@@ -179,12 +183,12 @@ class SyntheticDataset:
     runs: list = field(default_factory=list)
 
     @property
-    def regions_by_state(self):
+    def regions_by_state(self) -> dict[str, np.ndarray]:
         """``state name -> bool (91, 109, 91)`` region (x, y, z)."""
         return {self.state_map[t]: mask for t, mask in self.regions.items()}
 
 
-def region_center(states, state):
+def region_center(states: Sequence[str], state: str) -> tuple[float, ...]:
     """MNI coordinate (mm) of ``state``'s region among ``states`` (see module doc)."""
     spare = iter(_SPARE_CENTERS)
     for name in states:
@@ -194,7 +198,13 @@ def region_center(states, state):
     raise KeyError(state)
 
 
-def planted_truth(task="motor", states=None, region_radius=REGION_RADIUS, n_volumes=60, t_r=2.0):
+def planted_truth(
+    task: str = "motor",
+    states: Sequence[str] | None = None,
+    region_radius: float = REGION_RADIUS,
+    n_volumes: int = 60,
+    t_r: float = 2.0,
+) -> SyntheticDataset:
     """The truth :func:`make_synthetic_dataset` plants, without writing a dataset.
 
     Regions, brain mask, states and state map depend only on ``task``, ``states`` and
@@ -231,24 +241,24 @@ def planted_truth(task="motor", states=None, region_radius=REGION_RADIUS, n_volu
 
 
 def make_synthetic_dataset(
-    root,
-    n_participants=4,
-    n_runs=1,
-    task="motor",
-    n_volumes=60,
-    t_r=2.0,
-    states=None,
-    seed=0,
-    noise=1.0,
-    signal=2.0,
-    space=REFERENCE_SPACE,
-    grid="reference",
-    blocks_per_state=2,
-    region_radius=REGION_RADIUS,
-    stripes=False,
-    stripe_low=-1.0,
-    stripe_duty=0.5,
-):
+    root: str | os.PathLike[str],
+    n_participants: int = 4,
+    n_runs: int = 1,
+    task: str = "motor",
+    n_volumes: int = 60,
+    t_r: float = 2.0,
+    states: Sequence[str] | None = None,
+    seed: int = 0,
+    noise: float = 1.0,
+    signal: float = 2.0,
+    space: str = REFERENCE_SPACE,
+    grid: str = "reference",
+    blocks_per_state: int = 2,
+    region_radius: float = REGION_RADIUS,
+    stripes: bool = False,
+    stripe_low: float = -1.0,
+    stripe_duty: float = 0.5,
+) -> SyntheticDataset:
     """Write a small synthetic BIDS dataset with fMRIPrep-style derivatives.
 
     Parameters

@@ -15,7 +15,10 @@ largest magnitude).  Ties are broken by voxel order (``numpy.argsort``, stable),
 result is reproducible.
 """
 
+from __future__ import annotations
+
 import math
+from typing import Any
 
 import numpy as np
 
@@ -31,19 +34,19 @@ def _top(values, n):
     return order[:n]
 
 
-def n_top(n_voxels, percent):
+def n_top(n_voxels: int, percent: float) -> int:
     """``ceil(percent / 100 * n_voxels)``, at least 1."""
     return max(1, math.ceil(percent / 100.0 * n_voxels - 1e-9))
 
 
-def dice_top(a, b, percent):
+def dice_top(a: np.ndarray, b: np.ndarray, percent: float) -> float:
     """Dice overlap of the top ``percent`` % of ``a`` and of ``b`` (1-D arrays of equal length)."""
     n = n_top(len(a), percent)
     top_a, top_b = _top(a, n), _top(b, n)
     return float(2 * np.intersect1d(top_a, top_b).size / (top_a.size + top_b.size))
 
 
-def agreement(relevance, t_map, mask):
+def agreement(relevance: np.ndarray, t_map: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     """Pearson r and top-k % Dice of a relevance map and a GLM t-map inside ``mask``.
 
     Parameters
@@ -61,7 +64,7 @@ def agreement(relevance, t_map, mask):
     """
     a = np.asarray(relevance, dtype=np.float64)[mask]
     b = np.asarray(t_map, dtype=np.float64)[mask]
-    out = {"n_voxels": int(a.size)}
+    out: dict[str, Any] = {"n_voxels": int(a.size)}
     finite = np.isfinite(a) & np.isfinite(b)
     a, b = a[finite], b[finite]
     r = None
@@ -73,7 +76,7 @@ def agreement(relevance, t_map, mask):
     return out
 
 
-def region_share_top(values, region, mask, percent=1):
+def region_share_top(values: np.ndarray, region: np.ndarray, mask: np.ndarray, percent: float = 1) -> float:
     """Share of the top ``percent`` % of in-mask voxels of ``values`` that lie in ``region``.
 
     Parameters

@@ -14,6 +14,9 @@ against the others needs others) and state regressors that are not collinear;
 :func:`state_design` says why when it cannot make one.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,12 +57,12 @@ class StateDesign:
     skip_reason: str | None = None
 
 
-def regressor_names(states):
+def regressor_names(states: Iterable[str]) -> dict[str, str]:
     """``{state: name}``: alphanumeric names (``"MOTOR_lh"`` -> ``"MOTORlh"``), unique, not starting with a digit.
 
     Names that would collide or start with a digit become ``"state<i>"`` (``i``: position).
     """
-    names = {}
+    names: dict[str, str] = {}
     for i, state in enumerate(states):
         name = label_value(state)
         if not name or name[0].isdigit() or name in names.values():
@@ -68,7 +71,7 @@ def regressor_names(states):
     return names
 
 
-def state_design(events, state_map, n_volumes, t_r):
+def state_design(events: pd.DataFrame, state_map: Mapping[str, str], n_volumes: int, t_r: float) -> StateDesign:
     """The states of a run's design from its events and the label plan.
 
     Parameters

@@ -32,17 +32,26 @@ noise model hardly changes; ``ar1`` gives t values and degrees of freedom fit fo
 values are inflated by the autocorrelation of fMRI noise).
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import logging
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deeplight_bids.derivatives import naming
 from deeplight_bids.glm.design import StateDesign
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from deeplight_bids.config import Config
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -90,16 +99,16 @@ class Contrast:
     against: str
     weights: dict
 
-    def vector(self, columns):
+    def vector(self, columns: Sequence[str]) -> np.ndarray:
         """The weights over the design's ``columns`` (0 for drifts and the constant)."""
         return np.array([float(self.weights.get(c, 0.0)) for c in columns])
 
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
         """JSON-ready description for the sidecars."""
         return {"Name": self.label, "State": self.state, "Against": self.against, "Weights": self.weights}
 
 
-def contrasts_of(design: StateDesign):
+def contrasts_of(design: StateDesign) -> list[Contrast]:
     """Per state: against the mean of the other states, then against baseline (implicit: time in no state)."""
     out = []
     names = design.regressors
@@ -114,14 +123,14 @@ def contrasts_of(design: StateDesign):
     return out
 
 
-def drift_settings(high_pass):
+def drift_settings(high_pass: float | None) -> dict[str, Any]:
     """``make_first_level_design_matrix`` drift arguments: a cosine basis up to ``high_pass`` Hz, or a linear trend."""
     if high_pass is None:
         return {"drift_model": "polynomial", "drift_order": 1}
     return {"drift_model": "cosine", "high_pass": float(high_pass)}
 
 
-def design_matrix(design: StateDesign, n_volumes, t_r, high_pass):
+def design_matrix(design: StateDesign, n_volumes: int, t_r: float, high_pass: float | None) -> pd.DataFrame:
     """The run's design matrix (pandas.DataFrame, one row per volume): states convolved with the HRF, drifts, constant.
 
     Parameters
@@ -146,9 +155,9 @@ def design_matrix(design: StateDesign, n_volumes, t_r, high_pass):
         )
 
 
-def glm_settings(config, noise_model=None):
+def glm_settings(config: Config, noise_model: str | None = None) -> dict[str, Any]:
     """The settings that change a run's GLM outputs (recorded in its sidecars; hashed by :func:`glm_settings_hash`)."""
-    settings = {
+    settings: dict[str, Any] = {
         "glm_version": GLM_VERSION,
         "noise_model": noise_model or config.glm_noise_model,
         "hrf_model": HRF_MODEL,
@@ -160,7 +169,7 @@ def glm_settings(config, noise_model=None):
     return settings
 
 
-def glm_settings_hash(settings, user_state_map=None):
+def glm_settings_hash(settings: Mapping[str, Any], user_state_map: Mapping[str, str] | None = None) -> str:
     """16 hex digits over :func:`glm_settings` and the ``--state-map`` (the design's states come from it)."""
     text = json.dumps({**settings, "state_map": user_state_map}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -189,7 +198,13 @@ class GLMFit:
     seconds: float
 
 
-def fit_glm(signals, matrix, contrasts, noise_model="ols", chunk=VOXEL_CHUNK):
+def fit_glm(
+    signals: np.ndarray,
+    matrix: pd.DataFrame,
+    contrasts: Sequence[Contrast],
+    noise_model: str = "ols",
+    chunk: int = VOXEL_CHUNK,
+) -> GLMFit:
     """Fit the GLM voxel chunk by voxel chunk and compute the contrasts.
 
     Parameters

@@ -18,11 +18,16 @@ relevance maps exist), for every run of the job that the decoder finished:
    (:mod:`deeplight_bids.glm.agreement`).
 """
 
+from __future__ import annotations
+
 import json
 import logging
+import os
 import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +42,13 @@ from deeplight_bids.glm import first_level
 from deeplight_bids.glm.agreement import TOP_PERCENTS, agreement
 from deeplight_bids.glm.design import state_design
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE, REFERENCE_SPACE
+
+if TYPE_CHECKING:
+    from deeplight_bids.bids.discover import Run
+    from deeplight_bids.config import Config
+    from deeplight_bids.glm.design import StateDesign
+    from deeplight_bids.glm.first_level import Contrast, GLMFit
+    from deeplight_bids.prepare.spaces import SpacePlan
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -108,7 +120,14 @@ class RunGLM:
         ``--state-map``.
     """
 
-    def __init__(self, config, space_plan, user_state_map=None, log=LOGGER, dataset_roots=None):
+    def __init__(
+        self,
+        config: Config,
+        space_plan: SpacePlan,
+        user_state_map: Mapping[str, str] | None = None,
+        log: logging.Logger = LOGGER,
+        dataset_roots: dict[str, Path] | None = None,
+    ):
         self.config = config
         self.space_plan = space_plan
         self.user_state_map = user_state_map
@@ -121,7 +140,7 @@ class RunGLM:
         self.settings_hash = first_level.glm_settings_hash(self.settings, user_state_map)
         self.log = log
 
-    def is_complete(self, run):
+    def is_complete(self, run: Run) -> bool:
         """True when the run's GLM outputs exist for these settings and inputs."""
         outputs = naming.glm_run_outputs(self.config.output_dir, run.entities)
         side, reason = integrity.read_marker(outputs["design_json"])
@@ -145,7 +164,7 @@ class RunGLM:
             self.log.warning("%s: %s", run.label, damage.line("the run's GLM is fitted again"))
         return not damaged
 
-    def process(self, run):
+    def process(self, run: Run) -> GLMRunResult:
         """The GLM of one run (or its reason to have none); returns a :class:`GLMRunResult`."""
         from deeplight_bids.exceptions import EventsError
         from deeplight_bids.prepare.clean import masked_signals
@@ -160,10 +179,11 @@ class RunGLM:
             return self._skip(run, f"its events cannot be read ({err})")
         n_volumes = _n_volumes(run.bold)
         state_map = resolve_state_map(run.entities["task"], self.user_state_map)
-        design = state_design(events, state_map, n_volumes, run.t_r)
+        # ignores: Run types t_r (and its files) Optional; a run the decoder finished has them
+        design = state_design(events, state_map, n_volumes, run.t_r)  # type: ignore[arg-type]
         if design.skip_reason:
             return self._skip(run, design.skip_reason)
-        matrix = first_level.design_matrix(design, n_volumes, run.t_r, cfg.high_pass)
+        matrix = first_level.design_matrix(design, n_volumes, run.t_r, cfg.high_pass)  # type: ignore[arg-type]
         n_states = len(design.states)
         rank = int(np.linalg.matrix_rank(matrix.to_numpy(float)[:, :n_states]))
         if rank < n_states:
@@ -216,7 +236,15 @@ class RunGLM:
         description[integrity.FILES_KEY] = integrity.record(files, root)  # verified by a re-run
         write_json(outputs["design_json"], description, root=root)  # last: marks the run's GLM complete
 
-    def design_description(self, run, design, matrix, contrasts, fit, space_transform):
+    def design_description(
+        self,
+        run: Run,
+        design: StateDesign,
+        matrix: pd.DataFrame,
+        contrasts: Sequence[Contrast],
+        fit: GLMFit,
+        space_transform: Any,
+    ) -> dict[str, Any]:
         """The design sidecar (also the core of every map's sidecar)."""
         import nilearn
 
@@ -247,11 +275,11 @@ class RunGLM:
             "Contrasts": [c.describe() for c in contrasts],
             "DegreesOfFreedom": fit.dof,
             "NumberOfVolumes": int(len(matrix)),
-            "RepetitionTime": float(run.t_r),
+            "RepetitionTime": float(run.t_r),  # type: ignore[arg-type]  # a finished run has a t_r
             "ReferenceGrid": {"Space": REFERENCE_SPACE, "Resolution": naming.REFERENCE_RES},
             "SpaceTransform": space_transform,
             # the same URIs as the relevance sidecars' (bids:<dataset>:<path>, through DatasetLinks)
-            "Sources": [source_uri(p, self.dataset_roots) for p in (run.bold, run.mask, run.events)],
+            "Sources": [source_uri(p, self.dataset_roots) for p in (run.bold, run.mask, run.events)],  # type: ignore[arg-type]  # its files exist
             "Settings": self.settings,
             "SettingsHash": self.settings_hash,
             "InputsDigest": resume.inputs_digest(run),
@@ -259,11 +287,17 @@ class RunGLM:
         }
 
 
-def statmap_sidecar(contrast, stat, design, level="run", runs=None):
+def statmap_sidecar(
+    contrast: Contrast,
+    stat: str,
+    design: Mapping[str, Any],
+    level: str = "run",
+    runs: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Sidecar of one GLM map: the contrast, the statistic, degrees of freedom and the design."""
     what, units = _STAT_TEXT[stat]
     against = "the mean of the other states" if contrast.against == "others" else "baseline"
-    side = {
+    side: dict[str, Any] = {
         "Description": f"{what} of state {contrast.state} against {against}"
         + (" (fixed effects over the participant's runs)" if level == "participant" else ""),
         "Contrast": contrast.describe(),
@@ -327,7 +361,14 @@ def _run_statmaps(output_dir, entities):
 
 
 # -- participant level -------------------------------------------------------------------------------
-def participant_glm(config, subject, runs, settings_hash, map_tasks=None, log=LOGGER):
+def participant_glm(
+    config: Config,
+    subject: str,
+    runs: Sequence[Run],
+    settings_hash: str,
+    map_tasks: Collection[str] | None = None,
+    log: logging.Logger = LOGGER,
+) -> pd.DataFrame | None:
     """Fixed-effects maps per task and the agreement table of one participant.
 
     Parameters
@@ -347,7 +388,7 @@ def participant_glm(config, subject, runs, settings_hash, map_tasks=None, log=LO
         The agreement table written (None: no run of the participant has a GLM).
     """
     root = config.output_dir
-    done = {}
+    done: dict[str, list[tuple[Run, dict[str, Any]]]] = {}
     for run in runs:
         side = _read_json(naming.glm_run_outputs(root, run.entities)["design_json"])
         if side and side.get("SettingsHash") == settings_hash and side.get("InputsDigest") == resume.inputs_digest(run):
@@ -432,7 +473,9 @@ def _fixed_effects(config, subject, task, task_runs, log):
     remove_stale(stale, "fixed-effects GLM map of a contrast the participant's runs no longer have", log)
 
 
-def participant_maps(output_dir, subject, task, runs, contrast):
+def participant_maps(
+    output_dir: str | os.PathLike[str], subject: str, task: str, runs: Sequence[Run], contrast: str
+) -> dict[str, Path] | None:
     """``{stat: path}`` of a participant's GLM maps of one task and contrast, or None.
 
     The fixed-effects maps (``desc-fixedeffects``) when two or more of ``runs`` (the
@@ -550,7 +593,16 @@ def _compared_method_rows(config, subject, task, task_runs, state, label, part, 
 
 
 # -- the stage ---------------------------------------------------------------------------------------
-def run_glm_stage(config, space_plan, user_state_map, runs, results, all_runs_of, log=LOGGER, dataset_roots=None):
+def run_glm_stage(
+    config: Config,
+    space_plan: SpacePlan,
+    user_state_map: Mapping[str, str] | None,
+    runs: Sequence[Run],
+    results: Sequence[Any],  # workflows.run.RunResult: a higher layer, not imported here
+    all_runs_of: Callable[[str, list[Run]], Sequence[Run]],
+    log: logging.Logger = LOGGER,
+    dataset_roots: dict[str, Path] | None = None,
+) -> list[GLMRunResult]:
     """GLM of the job's finished runs, then per participant fixed effects and agreement.
 
     Parameters

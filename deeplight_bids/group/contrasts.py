@@ -24,7 +24,11 @@ sidecars; maps written before attribution methods were recorded are the publishe
 not signed); otherwise only that map's mean (``stat-effect``) is written.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -56,17 +60,17 @@ class StateContrast:
     others: tuple = ()
 
     @property
-    def states(self):
+    def states(self) -> tuple[str, ...]:
         """Every state whose map the contrast needs."""
         return (self.state, *self.others)
 
-    def weights(self):
+    def weights(self) -> dict[str, float]:
         """``{state: weight}``: +1 for the state, -1 / len(others) for each other."""
         out = {self.state: 1.0}
         out.update({s: -1.0 / len(self.others) for s in self.others})
         return out
 
-    def describe(self):
+    def describe(self) -> str:
         """What the per-participant map of this contrast is, in words."""
         if self.kind == "zero":
             return f"mean relevance map of {self.state} (tested against 0)"
@@ -78,7 +82,7 @@ class StateContrast:
         )
 
 
-def state_contrasts(states, pairwise=False, against_zero=False):
+def state_contrasts(states: Iterable[str], pairwise: bool = False, against_zero: bool = False) -> list[StateContrast]:
     """The tests made for a task's states, in the order of ``states``.
 
     Parameters
@@ -120,7 +124,12 @@ SCALING_TEXT = {
 }
 
 
-def participant_maps(per_state, contrast, mask=None, scaling="none"):
+def participant_maps(
+    per_state: Mapping[str, Mapping[str, Any]],
+    contrast: StateContrast,
+    mask: np.ndarray | None = None,
+    scaling: str = "none",
+) -> tuple[list[str], list[np.ndarray], dict[str, str]]:
     """The per-participant maps of ``contrast``: ``(subjects, arrays, left_out)``.
 
     Parameters
@@ -154,6 +163,8 @@ def participant_maps(per_state, contrast, mask=None, scaling="none"):
         for sub in everyone
         if not all(sub in h for h in have)
     }
+    arrays: list[np.ndarray]
+    total: Any  # 0.0, then the weighted sum of the state arrays
     subjects, arrays = [], []
     for sub in sorted(everyone - set(left_out)):
         total, empty = 0.0, []
@@ -178,7 +189,7 @@ def _array(image):
     return np.asarray(image.dataobj if hasattr(image, "dataobj") else image, dtype=np.float64)
 
 
-def attribution_of(metadata, model=None):
+def attribution_of(metadata: Mapping[str, Any], model: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``Attribution`` record of a map's sidecar, with the default for sidecars written before it existed.
 
     Parameters
@@ -200,7 +211,9 @@ def attribution_of(metadata, model=None):
     return {"Method": PRESET_METHODS.get(arch, PRESET_METHODS["3D"]), "Signed": False, "Recorded": False}
 
 
-def task_attribution(metadatas, model=None):
+def task_attribution(
+    metadatas: Iterable[Mapping[str, Any]], model: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], bool]:
     """The attribution shared by a task's maps: ``(record, signed)``.
 
     ``signed`` is True only when every map's method is signed; maps of different methods
@@ -217,7 +230,7 @@ def task_attribution(metadatas, model=None):
     return record, signed
 
 
-def against_zero_note(record, signed):
+def against_zero_note(record: Mapping[str, Any], signed: bool) -> str:
     """Why the one-sample test against 0 is or is not made, for the report and the sidecars."""
     method = record["Method"] if isinstance(record["Method"], str) else ", ".join(record["Method"])
     assumed = "" if record.get("Recorded") else " (no Attribution record in the sidecars: the published preset)"

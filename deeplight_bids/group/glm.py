@@ -14,8 +14,13 @@ participants' effect maps, the same ``--group-threshold``), so relevance and GLM
 like for like; ``..._contrast-<State>VsOthers_stat-{effect,t,z,p}_desc-glm_statmap.nii.gz``.
 """
 
+from __future__ import annotations
+
 import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +30,11 @@ from deeplight_bids.derivatives.writers import write_json, write_tsv
 from deeplight_bids.glm.agreement import TOP_PERCENTS
 from deeplight_bids.glm.stage import AGREEMENT_COLUMNS
 from deeplight_bids.utils.tsv import read_tsv
+
+if TYPE_CHECKING:
+    from deeplight_bids.config import Config
+    from deeplight_bids.group.stats import MapRecord
+    from deeplight_bids.group.templates import Templates
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -36,7 +46,9 @@ MEASURES = ("pearson_r", *(f"dice_top{k}" for k in TOP_PERCENTS))
 DESC = "glmagreement"
 
 
-def read_agreement_tables(output_dir, subjects):
+def read_agreement_tables(
+    output_dir: str | os.PathLike[str], subjects: Iterable[str]
+) -> tuple[pd.DataFrame, list[str]]:
     """``(rows, missing)``: the agreement tables of ``subjects`` concatenated, and the subjects without one."""
     frames, missing = [], []
     for subject in sorted(subjects):
@@ -54,12 +66,16 @@ def read_agreement_tables(output_dir, subjects):
     return rows, missing
 
 
-def agreement_summary(rows):
+def agreement_summary(rows: pd.DataFrame) -> list[dict[str, Any]]:
     """Per state and attribution method: participants, and mean / SD / min / max of each measure (participant rows)."""
     part = rows[rows["level"] == "participant"]
     out = []
     for (state, method), group in part.groupby(["state", "attribution_method"], sort=True):
-        entry = {"state": state, "attribution_method": method, "n_participants": int(group["participant_id"].nunique())}
+        entry: dict[str, Any] = {
+            "state": state,
+            "attribution_method": method,
+            "n_participants": int(group["participant_id"].nunique()),
+        }
         for measure in MEASURES:
             values = pd.to_numeric(group[measure], errors="coerce").dropna().to_numpy(float)
             entry[measure] = {
@@ -72,7 +88,14 @@ def agreement_summary(rows):
     return out
 
 
-def write_glm_tables(config, folder, task, map_records, provenance, log=LOGGER):
+def write_glm_tables(
+    config: Config,
+    folder: Path,
+    task: str,
+    map_records: Sequence[MapRecord],
+    provenance: Mapping[str, Any],
+    log: logging.Logger = LOGGER,
+) -> dict[str, Any]:
     """The pooled agreement table of one model and task; returns the group manifest's entries.
 
     Parameters
@@ -146,7 +169,15 @@ def write_glm_tables(config, folder, task, map_records, provenance, log=LOGGER):
     return {"glm_agreement": str(path.relative_to(out)), "glm_missing": missing, "glm_rows": rows}
 
 
-def write_glm_group_maps(config, folder, task, rows, templates, provenance, log=LOGGER):
+def write_glm_group_maps(
+    config: Config,
+    folder: Path,
+    task: str,
+    rows: pd.DataFrame,
+    templates: Templates,
+    provenance: Mapping[str, Any],
+    log: logging.Logger = LOGGER,
+) -> list[dict[str, Any]]:
     """Group second level of each state's GLM contrast (state vs others); returns the manifest entries.
 
     Parameters
@@ -188,7 +219,8 @@ def write_glm_group_maps(config, folder, task, rows, templates, provenance, log=
         if not effect_of:
             continue
         subjects = sorted(effect_of)
-        arrays = [np.asarray(nib.load(effect_of[s]).dataobj, np.float32) for s in subjects]
+        # nib.load() is typed as any image format; these are NIfTI images, which have dataobj
+        arrays = [np.asarray(nib.load(effect_of[s]).dataobj, np.float32) for s in subjects]  # type: ignore[attr-defined]
         result = inference.group_test(arrays, templates.mask, config, test=len(subjects) >= MIN_T_PARTICIPANTS)
         if len(subjects) < MIN_T_PARTICIPANTS:
             result.notes.append(f"{len(subjects)} participant(s): effect map only (a test needs {MIN_T_PARTICIPANTS})")
@@ -223,7 +255,7 @@ def write_glm_group_maps(config, folder, task, rows, templates, provenance, log=
     return entries
 
 
-def mean_t_map(output_dir, rows, state):
+def mean_t_map(output_dir: str | os.PathLike[str], rows: pd.DataFrame, state: str) -> tuple[np.ndarray | None, int]:
     """Mean of the participants' GLM t-maps of ``state`` (for display only; no inference), or None."""
     import nibabel as nib
 
@@ -231,8 +263,8 @@ def mean_t_map(output_dir, rows, state):
     paths = [Path(output_dir) / p for p in dict.fromkeys(part["glm_map"]) if (Path(output_dir) / p).is_file()]
     if not paths:
         return None, 0
-    total = None
+    total: Any = None  # the sum of the maps (ndarray) once one is read
     for path in paths:
-        data = np.asarray(nib.load(path).dataobj, np.float64)
+        data = np.asarray(nib.load(path).dataobj, np.float64)  # type: ignore[attr-defined]  # a NIfTI
         total = data if total is None else total + data
     return (total / len(paths)).astype(np.float32), len(paths)

@@ -1,8 +1,17 @@
 """The report's GLM part of one task: each state's relevance map beside the GLM's, and their agreement."""
 
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from deeplight_bids.group.glm import MEASURES, mean_t_map
+
+if TYPE_CHECKING:
+    from deeplight_bids.group.templates import Templates
 
 
 def _glass(img_or_data, title, templates, vmax=None):
@@ -48,7 +57,7 @@ def _side_by_side(left, right, caption):
     )
 
 
-def glm_html(output_dir, entry, task, templates):
+def glm_html(output_dir: str | os.PathLike[str], entry: Mapping[str, Any], task: str, templates: Templates) -> str:
     """HTML of the relevance-vs-GLM part of one task entry of the group manifest (a note when there is none)."""
     from pathlib import Path
 
@@ -88,7 +97,8 @@ def glm_html(output_dir, entry, task, templates):
     parts.append(table_html(pd.DataFrame(summary), digits=2))
     for state in sorted(set(part["state"])):
         rel_rel, kind = relevance_map_for(entry, state)
-        group_glm = next((c for c in entry.get("glm_contrasts", []) if c["state"] == state), None)
+        group_glm: Any = next((c for c in entry.get("glm_contrasts", []) if c["state"] == state), None)
+        glm_mean: Any  # a NIfTI image (group z-map) or an array (mean of the t-maps)
         glm_path = (group_glm or {}).get("files", {}).get("z") if group_glm else None
         if glm_path and (Path(output_dir) / glm_path).is_file():
             import nibabel as nib
@@ -100,7 +110,7 @@ def glm_html(output_dir, entry, task, templates):
             continue
         import nibabel as nib
 
-        rel_img = nib.load(Path(output_dir) / rel_rel)
+        rel_img: Any = nib.load(Path(output_dir) / rel_rel)  # a NIfTI image
         if not np.any(np.asarray(rel_img.dataobj)):
             continue
         left = _glass(rel_img, f"{task} {state}: relevance ({kind})", templates)
@@ -126,7 +136,7 @@ def glm_html(output_dir, entry, task, templates):
     return "".join(parts)
 
 
-def relevance_map_for(entry, state):
+def relevance_map_for(entry: Mapping[str, Any], state: str) -> tuple[str, str] | tuple[None, None]:
     """``(path relative to OUTPUT_DIR, kind)`` of the group relevance map to show beside a state's GLM map.
 
     The state-vs-others contrast of the relevance maps (its z-map, else t, else effect) is what the GLM's

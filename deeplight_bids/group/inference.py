@@ -38,13 +38,24 @@ Below :data:`MIN_DOF` degrees of freedom (fewer than 3 participants for a one-sa
 only the effect is computed, and ``note`` says why.
 """
 
+from __future__ import annotations
+
 import logging
 import math
+import os
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    import nibabel as nib
+
+    from deeplight_bids.config import Config
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -131,22 +142,22 @@ class InferenceResult:
     notes: list = field(default_factory=list)
 
     @property
-    def note(self):
+    def note(self) -> str | None:
         """The notes joined into one sentence-separated text (None without notes)."""
         return " ".join(self.notes) or None
 
     @property
-    def surviving_share(self):
+    def surviving_share(self) -> float:
         """Share of the brain mask above the threshold (0 when nothing was thresholded)."""
         return self.n_surviving / self.n_mask if self.n_mask else 0.0
 
-    def threshold_text(self):
+    def threshold_text(self) -> str:
         """One line: the correction, q or alpha, threshold and surviving voxels (for captions and logs)."""
         if self.t is None:
             return f"effect only, not tested{': ' + self.note if self.note else ''}"
         n = f"{self.n_surviving} voxel(s) ({100 * self.surviving_share:.2f} % of the brain mask) survive"
-        if self.correction == "fdr":
-            thr = f"z ≥ {self.threshold:.2f}" if np.isfinite(self.threshold) else "no z reaches it"
+        if self.correction == "fdr":  # FDR always sets a threshold (inf when no voxel survives)
+            thr = f"z ≥ {self.threshold:.2f}" if np.isfinite(self.threshold) else "no z reaches it"  # type: ignore[arg-type]
             return f"FDR q = {self.alpha:g} (Benjamini-Hochberg, one-sided; {thr}): {n}"
         if self.correction == "fwe-permutation":
             thr = f"; z ≥ {self.threshold:.2f}" if self.threshold is not None else ""
@@ -155,7 +166,7 @@ class InferenceResult:
             return f"not thresholded: {self.note}"
         return "no correction, not thresholded"
 
-    def summary(self):
+    def summary(self) -> dict[str, Any]:
         """JSON-friendly dict of the model, correction and counts (for sidecars and manifests)."""
         return {
             "Design": {col: [float(v) for v in self.design[col]] for col in self.design.columns},
@@ -177,12 +188,12 @@ class InferenceResult:
         }
 
 
-def intercept_design(n):
+def intercept_design(n: int) -> pd.DataFrame:
     """The one-sample design: one column ``intercept`` of ``n`` ones."""
     return pd.DataFrame({"intercept": np.ones(n)})
 
 
-def permutations_possible(design):
+def permutations_possible(design: pd.DataFrame) -> int:
     """Distinct relabellings of ``design`` under the null: 2^n sign flips (intercept only), n! otherwise.
 
     For designs with more columns n! is an upper bound (ties in the design reduce it).
@@ -192,7 +203,7 @@ def permutations_possible(design):
     return 2**n if intercept_only else math.factorial(n)
 
 
-def permutation_allowed(design, alpha):
+def permutation_allowed(design: pd.DataFrame, alpha: float) -> tuple[bool, str | None]:
     """(allowed, reason): whether the smallest permutation p-value, 1/relabellings, can reach ``alpha``."""
     possible = permutations_possible(design)
     if 1.0 / possible <= alpha:
@@ -224,7 +235,7 @@ def _as_array(img):
     return np.asarray(img.dataobj if hasattr(img, "dataobj") else img, dtype=np.float64)
 
 
-def group_test(maps, mask, config, test=True):
+def group_test(maps: Sequence[Any], mask: nib.Nifti1Image, config: Config, test: bool = True) -> InferenceResult:
     """:func:`second_level_inference` of a one-sample test with the group level's settings.
 
     ``--group-threshold``, ``--group-alpha``, ``--group-permutations`` and ``--seed`` of ``config``
@@ -242,17 +253,17 @@ def group_test(maps, mask, config, test=True):
 
 
 def second_level_inference(
-    maps,
-    mask,
-    design=None,
-    contrast=None,
-    correction="fdr",
-    alpha=0.05,
-    n_permutations=DEFAULT_PERMUTATIONS,
-    seed=0,
-    n_jobs=1,
-    test=True,
-):
+    maps: Sequence[Any],
+    mask: nib.Nifti1Image,
+    design: pd.DataFrame | None = None,
+    contrast: str | Sequence[float] | np.ndarray | None = None,
+    correction: str = "fdr",
+    alpha: float = 0.05,
+    n_permutations: int = DEFAULT_PERMUTATIONS,
+    seed: int = 0,
+    n_jobs: int = 1,
+    test: bool = True,
+) -> InferenceResult:
     """Fit a second-level model to per-participant maps, test one contrast and threshold it.
 
     Parameters
@@ -397,7 +408,7 @@ def second_level_inference(
     return result
 
 
-def cluster_table(z, surviving, affine):
+def cluster_table(z: np.ndarray, surviving: np.ndarray, affine: np.ndarray) -> pd.DataFrame:
     """Clusters of the surviving voxels of a z-map, with peaks and sub-peaks (:data:`CLUSTER_COLUMNS`).
 
     Parameters
@@ -443,7 +454,12 @@ def cluster_table(z, surviving, affine):
     return table[columns].reset_index(drop=True)
 
 
-def write_inference(result, paths, sidecar, writer=None):
+def write_inference(
+    result: InferenceResult,
+    paths: Mapping[str, Path],
+    sidecar: Mapping[str, Any],
+    writer: Callable[[Path, np.ndarray, np.ndarray | None, dict[str, Any]], object] | None = None,
+) -> dict[str, Path]:
     """Write the maps and the cluster table of one contrast; returns ``{kind: path}`` of what was written.
 
     Parameters
@@ -469,7 +485,7 @@ def write_inference(result, paths, sidecar, writer=None):
 
     writer = writer or write_map
     model = result.summary()
-    written = {}
+    written: dict[str, Path] = {}
     descriptions = {
         "effect": "contrast estimate c·beta of the second-level model",
         "t": f"t statistic of the contrast (df = {result.dof})",
@@ -501,7 +517,9 @@ def write_inference(result, paths, sidecar, writer=None):
     return written
 
 
-def write_map(path, data, affine, sidecar):
+def write_map(
+    path: str | os.PathLike[str], data: np.ndarray, affine: np.ndarray | None, sidecar: Mapping[str, Any]
+) -> None:
     """Write a 3D map as float32 NIfTI (sform/qform code 4: MNI) with its JSON sidecar, atomically."""
     import nibabel as nib
 

@@ -14,13 +14,20 @@
   "training participants (not decoded)", not listed as problems (:func:`set_aside_fitting_participants`).
 """
 
+from __future__ import annotations
+
 import gzip
 import logging
 import zlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from deeplight_bids.exceptions import InputDataError
+
+if TYPE_CHECKING:
+    from deeplight_bids.group.stats import Inventory
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -32,7 +39,7 @@ SETTINGS_FIELDS = ("LRPTarget", "SettingsHash")
 FITTING_KEYS = (("TrainingParticipants", "training"), ("ValidationParticipants", "validation"))
 
 
-def fitting_participants(inventory):
+def fitting_participants(inventory: Inventory) -> dict[str, str]:
     """Participants of BIDS_DIR without outputs that a model of the inventory was fitted on.
 
     Parameters
@@ -48,7 +55,7 @@ def fitting_participants(inventory):
     """
     decoded = set(inventory.participants)
     expected = set(inventory.expected)
-    roles = {}
+    roles: dict[str, str] = {}
     for model in inventory.models.values():
         for key, role in FITTING_KEYS:
             for label in (model or {}).get(key) or ():
@@ -58,7 +65,7 @@ def fitting_participants(inventory):
     return dict(sorted(roles.items()))
 
 
-def set_aside_fitting_participants(inventory):
+def set_aside_fitting_participants(inventory: Inventory) -> dict[str, str]:
     """Drop the "no participant-level outputs" problems of :func:`fitting_participants`; returns them.
 
     Their outputs are missing by design (a model is not evaluated on the data it was fitted on), so
@@ -71,7 +78,7 @@ def set_aside_fitting_participants(inventory):
     return roles
 
 
-def describe_fitting_participants(roles):
+def describe_fitting_participants(roles: Mapping[str, str]) -> str:
     """One line: ``training participants (not decoded; the model was fitted on them): 01, 02, 03, 04 (validation)``."""
     labels = ", ".join(f"{label} (validation)" if role == "validation" else label for label, role in roles.items())
     return f"training participants (not decoded; the model was fitted on them): {labels}"
@@ -145,7 +152,7 @@ def _check_settings(inventory):
         )
 
 
-def screen_inventory(inventory, correct_only=False, log=LOGGER):
+def screen_inventory(inventory: Inventory, correct_only: bool = False, log: logging.Logger = LOGGER) -> Inventory:
     """Drop unreadable inputs (listed as problems) and refuse mixed settings, before any group write.
 
     Parameters

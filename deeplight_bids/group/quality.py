@@ -6,7 +6,11 @@ every table is a TSV with a JSON sidecar under the model's group folder, and its
 goes into the group manifest (read by the report, :mod:`.report_section`).
 """
 
+from __future__ import annotations
+
 import logging
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -14,6 +18,11 @@ import pandas as pd
 from deeplight_bids.derivatives.sidecars import described
 from deeplight_bids.quality import compare, faithfulness, plausibility, sanity, significance
 from deeplight_bids.utils.tsv import read_tsv
+
+if TYPE_CHECKING:
+    from deeplight_bids.config import Config
+    from deeplight_bids.group.stats import MapRecord, RunRecord
+    from deeplight_bids.group.templates import Templates
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -70,7 +79,7 @@ def _comparison_tsv(rec):
     return path if path.is_file() and path != rec.predictions else None
 
 
-def faithfulness_curves(runs):
+def faithfulness_curves(runs: Iterable[RunRecord]) -> pd.DataFrame:
     """Mean deletion curves per state and order with 95 % intervals over participants."""
     from deeplight_bids.group.stats import t_interval
 
@@ -106,9 +115,9 @@ def faithfulness_curves(runs):
     return pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
 
 
-def participant_quality(runs):
+def participant_quality(runs: Iterable[RunRecord]) -> pd.DataFrame:
     """Per participant: faithfulness and sanity summaries from the runs' predictions sidecars."""
-    per = {}
+    per: dict[str, list[dict[str, Any]]] = {}
     for rec in runs:
         quality = rec.metadata.get("Quality")  # the predictions sidecar
         if quality:
@@ -136,7 +145,9 @@ def participant_quality(runs):
     return pd.DataFrame(rows, columns=list(PARTICIPANT_QUALITY_COLUMNS))
 
 
-def plausibility_for(config, maps, templates):
+def plausibility_for(
+    config: Config, maps: Sequence[MapRecord], templates: Templates
+) -> tuple[pd.DataFrame, dict[str, str]]:
     """Plausibility table of the participant mean maps of one task against ``config.reference_map``."""
     import nibabel as nib
 
@@ -147,7 +158,8 @@ def plausibility_for(config, maps, templates):
     references = {s: plausibility.load_reference(f, REFERENCE_SHAPE, REFERENCE_AFFINE) for s, f in files.items()}
     brain = np.asarray(templates.mask.dataobj) > 0
     loaded = [
-        (m.subject, m.state, np.asarray(nib.load(m.path).dataobj, dtype=np.float32))
+        # nib.load() is typed as any image format; the mean maps are NIfTI images, which have dataobj
+        (m.subject, m.state, np.asarray(nib.load(m.path).dataobj, dtype=np.float32))  # type: ignore[attr-defined]
         for m in maps
         if m.state in references
     ]
@@ -155,7 +167,13 @@ def plausibility_for(config, maps, templates):
     return table, {s: str(f) for s, f in files.items()}
 
 
-def write_quality_tables(config, tables, runs, maps, templates):
+def write_quality_tables(
+    config: Config,
+    tables: Any,  # group.run.GroupTables (group.run imports this module: no import back)
+    runs: Sequence[RunRecord],
+    maps: Sequence[MapRecord],
+    templates: Templates,
+) -> dict[str, str]:
     """Write the quality tables of one model and task; returns manifest entries (relative paths).
 
     Parameters
@@ -174,11 +192,11 @@ def write_quality_tables(config, tables, runs, maps, templates):
         ``quality_participants``, ``attributions`` (the pooled ``--compare-attributions`` tables),
         ``plausibility`` -> path relative to ``output_dir``.
     """
-    entry = {}
+    entry: dict[str, str] = {}
     alpha = 0.05
     perms = int(config.group.significance_permutations)
     table = significance.participant_table(significance.runs_by_participant(runs), perms, seed=config.seed, alpha=alpha)
-    fields = {"Permutations": perms, "Seed": config.seed, "Alpha": alpha}
+    fields: dict[str, Any] = {"Permutations": perms, "Seed": config.seed, "Alpha": alpha}
     entry["significance"] = tables.write("significance", table, significance.PARTICIPANT_COLUMNS, **fields)
     group_test = significance.group_test(table, alpha)
     entry["significance_group"] = tables.write("significancegroup", group_test, significance.GROUP_COLUMNS)

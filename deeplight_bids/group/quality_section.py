@@ -1,11 +1,21 @@
 """The report's quality part of one task: significance, faithfulness, sanity, plausibility."""
 
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from deeplight_bids.quality import compare, sanity
 
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
 
-def faithfulness_figure(curves, title):
+
+def faithfulness_figure(curves: pd.DataFrame, title: str) -> Figure:
     """Mean deletion curves (logit drop vs removed fraction) per state, both orders, 95 % intervals."""
     import matplotlib
 
@@ -32,7 +42,7 @@ def faithfulness_figure(curves, title):
     return fig
 
 
-def quality_html(output_dir, entry, task):
+def quality_html(output_dir: str | os.PathLike[str], entry: Mapping[str, Any], task: str) -> str:
     """HTML of the quality tables of one task entry of the group manifest ('' when there are none)."""
     from deeplight_bids.group.html import esc, figure_html, png_data_uri, read_table, table_html
 
@@ -85,7 +95,7 @@ def quality_html(output_dir, entry, task):
     return "".join(parts)
 
 
-def comparison_figure(pooled, title):
+def comparison_figure(pooled: pd.DataFrame, title: str) -> Figure:
     """The methods ranked: deletion area ratio, Spearman with the randomised model and with other states' maps."""
     import matplotlib
 
@@ -112,7 +122,14 @@ def comparison_figure(pooled, title):
     return fig
 
 
-def comparison_html(pooled, task, table_html, figure_html, png_data_uri, esc):
+def comparison_html(
+    pooled: pd.DataFrame,
+    task: str,
+    table_html: Callable[..., str],
+    figure_html: Callable[[str, str, str], str],
+    png_data_uri: Callable[..., str],
+    esc: Callable[[object], str],
+) -> str:
     """The report's section on ``--compare-attributions``: ranked figure, table, one sentence per method."""
     fig = comparison_figure(pooled, f"task {task}: attribution methods (median over runs; green: passes all three)")
     sentences = "".join(f"<li>{esc(compare.verdict(row))}</li>" for _, row in pooled.iterrows())

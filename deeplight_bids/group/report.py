@@ -11,10 +11,15 @@ accuracy by time in block, group relevance maps per state (nilearn plots on the
 template), then per-participant sections, software versions and methods text.
 """
 
+from __future__ import annotations
+
 import json
 import logging
+import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +30,13 @@ from deeplight_bids.group.html import esc, figure_html, png_data_uri, read_table
 from deeplight_bids.group.stats import MIN_T_PARTICIPANTS
 from deeplight_bids.utils.tsv import read_tsv
 from deeplight_bids.versions import software_versions
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from deeplight_bids.config import Config
+    from deeplight_bids.group.stats import Inventory
+    from deeplight_bids.group.templates import Templates
 
 REPORT_NAME = "deeplight_report.html"
 
@@ -59,7 +71,7 @@ padding:10px;white-space:pre-wrap;font-size:.9em}code{background:#f4f4f4;padding
 
 
 # -------------------------------------------------------------------------------------------- figures
-def confusion_figure(counts, props, title):
+def confusion_figure(counts: pd.DataFrame, props: pd.DataFrame, title: str) -> Figure:
     from matplotlib.figure import Figure
 
     rows = list(props["true_state"])
@@ -91,7 +103,7 @@ def confusion_figure(counts, props, title):
     return fig
 
 
-def blocktime_figure(frame, chance, title):
+def blocktime_figure(frame: pd.DataFrame, chance: float | None, title: str) -> Figure:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.5, 3))
@@ -124,14 +136,16 @@ def _threshold(data, mask, percentile=90):
     return float(np.percentile(inside, percentile)) if inside.size else None
 
 
-def map_figures(path, templates, title, glass_only=False):
+def map_figures(
+    path: str | os.PathLike[str], templates: Templates, title: str, glass_only: bool = False
+) -> tuple[str, str | None, float | None]:
     """(glass brain URI, slices URI or None, threshold) of a map drawn at the 90th percentile of its |values|.
 
     For maps without a statistical threshold (effect maps); ``glass_only``: no slices.
     """
     import nibabel as nib
 
-    img = nib.load(path)
+    img: Any = nib.load(path)  # a NIfTI image (nibabel types load() as any format)
     data = np.asarray(img.dataobj, dtype=np.float32)
     mask = np.asarray(templates.mask.dataobj)
     thr = _threshold(data, mask)
@@ -142,14 +156,16 @@ def map_figures(path, templates, title, glass_only=False):
     return glass, slices, thr
 
 
-def thresholded_figures(path, templates, title, threshold):
+def thresholded_figures(
+    path: str | os.PathLike[str], templates: Templates, title: str, threshold: float | None
+) -> tuple[str, str | None]:
     """(glass brain URI, slices URI) of a z-map showing only the voxels with z >= ``threshold`` (one-sided).
 
     ``threshold`` None or infinite: the whole map, unthresholded.
     """
     import nibabel as nib
 
-    img = nib.load(path)
+    img: Any = nib.load(path)  # a NIfTI image (nibabel types load() as any format)
     data = np.asarray(img.dataobj, dtype=np.float32)
     inside = np.asarray(templates.mask.dataobj) > 0
     if threshold is not None and np.isfinite(threshold):
@@ -234,7 +250,7 @@ def _summary_section(manifest, inventory, templates, config):
     return "<section id='summary'><h2>Summary</h2>" + body + "</section>"
 
 
-def participant_run_log(output_dir):
+def participant_run_log(output_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """Latest status of every run from the participant jobs' ``logs/runs-*.tsv`` (skips and failures with reasons)."""
     frames = []
     for path in sorted(Path(output_dir, "logs").glob("runs-*.tsv")):
@@ -296,7 +312,7 @@ def _processing_section(inventory, output_dir=None):
     return "<section id='processing'><h2>Processed and skipped</h2>" + body + "</section>"
 
 
-def finetune_section(output_dir):
+def finetune_section(output_dir: str | os.PathLike[str]) -> str:
     """Fine-tuned models (``group --finetune``) and the scratch-vs-pretrained comparisons; "" if none.
 
     Reads ``OUTPUT_DIR/models/*/*_desc-heldout_summary.json`` (one row per fine-tuning) and
@@ -605,7 +621,7 @@ def _task_entries(manifest):
     return [entry for g in manifest.get("ModelGroups", []) for entry in g.get("Tasks", {}).values()]
 
 
-def group_maps_methods(manifest, templates):
+def group_maps_methods(manifest: Mapping[str, Any], templates: Templates) -> str:
     """The methods sentences of the group relevance maps, from what the manifest says was computed."""
     mask = f"{'TemplateFlow MNI152NLin6Asym' if templates.source == 'templateflow' else 'nilearn MNI152'} brain mask"
     entries = _task_entries(manifest)
@@ -700,7 +716,7 @@ def group_maps_methods(manifest, templates):
     return text.strip()
 
 
-def methods_text(manifest, inventory, templates):
+def methods_text(manifest: Mapping[str, Any], inventory: Inventory, templates: Templates) -> str:
     models = [g["Model"] for g in manifest.get("ModelGroups", [])]
     arch = ", ".join(sorted({m.get("Architecture", "?") for m in models}))
     n = len(inventory.participants)
@@ -724,7 +740,13 @@ def methods_text(manifest, inventory, templates):
     )
 
 
-def write_report(output_dir, manifest, inventory, templates, config=None):
+def write_report(
+    output_dir: str | os.PathLike[str],
+    manifest: Mapping[str, Any],
+    inventory: Inventory,
+    templates: Templates,
+    config: Config | None = None,
+) -> Path:
     """Build and write ``OUTPUT_DIR/deeplight_report.html``; returns its path."""
     import matplotlib
 

@@ -30,10 +30,15 @@ more than one model (architecture / weights checksum), each model gets its own f
 nothing is pooled across models.
 """
 
+from __future__ import annotations
+
 import logging
+import os
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,6 +48,12 @@ from deeplight_bids.derivatives.writers import write_json, write_tsv
 from deeplight_bids.exceptions import EXIT_OK, InputDataError
 from deeplight_bids.group import contrasts, inference, stats
 from deeplight_bids.prepare.grid import is_on_reference_grid
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from deeplight_bids.config import Config
+    from deeplight_bids.group.templates import Templates
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -106,7 +117,9 @@ class GroupTables:
     task: str
     provenance: dict
 
-    def write(self, desc, frame, columns, kind="summary", **fields):
+    def write(
+        self, desc: str, frame: pd.DataFrame, columns: Mapping[str, Any], kind: str = "summary", **fields: Any
+    ) -> str:
         """Write ``frame`` as the task's ``desc-<desc>_<kind>.tsv`` with its sidecar.
 
         The sidecar holds the description of each column (from ``columns``), then the
@@ -319,7 +332,7 @@ CONTRAST_COLUMNS = {
 }
 
 
-def contrast_table(entries):
+def contrast_table(entries: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per group test of a task (:data:`CONTRAST_COLUMNS`) from the manifest entries."""
     import pandas as pd
 
@@ -350,11 +363,11 @@ def contrast_table(entries):
     return pd.DataFrame(rows, columns=list(CONTRAST_COLUMNS))
 
 
-def compute_group_outputs(config, inventory, templates):
+def compute_group_outputs(config: Config, inventory: stats.Inventory, templates: Templates) -> dict[str, Any]:
     """Write every group table and map; returns the manifest dict."""
     out = Path(config.output_dir)
     keys = sorted(inventory.models)
-    manifest = {
+    manifest: dict[str, Any] = {
         "GeneratedBy": {"Name": "deeplight-bids", "Version": __version__},
         "Created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "CorrectOnly": bool(config.correct_only),
@@ -377,7 +390,7 @@ def compute_group_outputs(config, inventory, templates):
             )
             extra = sidecars.group_provenance(task, model)
             tables = GroupTables(folder, out, task, extra)
-            entry = {"participants": sorted({r.subject for r in runs}), "runs": [r.label for r in runs]}
+            entry: dict[str, Any] = {"participants": sorted({r.subject for r in runs}), "runs": [r.label for r in runs]}
             table = stats.accuracy_table(runs)
             entry["accuracy"] = tables.write("accuracy", table, sidecars.ACCURACY_COLUMNS)
             entry["accuracy_group"] = tables.write("accuracygroup", stats.group_summary(table), sidecars.GROUP_COLUMNS)
@@ -426,7 +439,7 @@ def compute_group_outputs(config, inventory, templates):
     return manifest
 
 
-def read_manifest(output_dir):
+def read_manifest(output_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = naming.group_manifest_output(output_dir)
     if not path.is_file():
         raise InputDataError(
@@ -443,7 +456,7 @@ def read_manifest(output_dir):
     return manifest
 
 
-def run_group_level(config, log=LOGGER):
+def run_group_level(config: Config, log: logging.Logger = LOGGER) -> int:
     """Group level (or only its report with ``config.reports_only``); returns the exit code.
 
     ``group --finetune`` is not this: the command line hands it to

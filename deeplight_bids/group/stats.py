@@ -49,10 +49,15 @@ the same, from participant means over only the correctly decoded volumes of each
 (read from the 4D per-volume maps, a few volumes at a time).
 """
 
+from __future__ import annotations
+
 import logging
+import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -72,7 +77,7 @@ RUN_ENTITIES = ("subject", "session", "task", "acquisition", "ceagent", "reconst
 # --------------------------------------------------------------------------------------------
 # inventory of participant outputs
 # --------------------------------------------------------------------------------------------
-def model_key(model):
+def model_key(model: Mapping[str, Any] | None) -> str:
     """Identity of a model: architecture + weights checksum (never mixed at the group level)."""
     model = model or {}
     return f"{model.get('Architecture', 'unknown')}:{model.get('WeightsSHA256', 'unknown')}"
@@ -88,23 +93,23 @@ class RunRecord:
     relevance: Path | None = None
 
     @property
-    def subject(self):
+    def subject(self) -> str:
         return self.entities["subject"]
 
     @property
-    def task(self):
+    def task(self) -> str:
         return self.entities["task"]
 
     @property
-    def model(self):
+    def model(self) -> dict[str, Any]:
         return self.metadata.get("Model", {})
 
     @property
-    def key(self):
+    def key(self) -> str:
         return model_key(self.model)
 
     @property
-    def label(self):
+    def label(self) -> str:
         return "_".join(
             f"{short}-{self.entities[k]}"
             for k, short in (
@@ -118,7 +123,7 @@ class RunRecord:
             if self.entities.get(k) not in (None, "")
         )
 
-    def read(self):
+    def read(self) -> pd.DataFrame:
         return read_tsv(self.predictions)
 
 
@@ -133,11 +138,11 @@ class MapRecord:
     metadata: dict
 
     @property
-    def key(self):
+    def key(self) -> str:
         return model_key(self.metadata.get("Model"))
 
     @property
-    def state(self):
+    def state(self) -> str:
         return self.metadata.get("State", self.label)
 
 
@@ -153,13 +158,13 @@ class Inventory:
     models: dict = field(default_factory=dict)  # key -> Model provenance
 
     @property
-    def participants(self):
+    def participants(self) -> list[str]:
         return sorted({r.subject for r in self.runs})
 
-    def runs_of(self, key, task=None):
+    def runs_of(self, key: str, task: str | None = None) -> list[RunRecord]:
         return [r for r in self.runs if r.key == key and (task is None or r.task == task)]
 
-    def tasks_of(self, key):
+    def tasks_of(self, key: str) -> list[str]:
         return sorted({r.task for r in self.runs if r.key == key})
 
 
@@ -185,7 +190,7 @@ def _run_key(entities):
     return tuple(str(entities.get(k)) if entities.get(k) is not None else "" for k in RUN_ENTITIES)
 
 
-def expected_participants(bids_dir):
+def expected_participants(bids_dir: str | os.PathLike[str] | None) -> list[str]:
     """Participant labels of BIDS_DIR (participants.tsv, else the sub-* folders); [] if unknown."""
     if bids_dir is None or not Path(bids_dir).is_dir():
         return []
@@ -202,7 +207,7 @@ def expected_participants(bids_dir):
     return sorted(labels)
 
 
-def collect_inventory(output_dir, bids_dir=None):
+def collect_inventory(output_dir: str | os.PathLike[str], bids_dir: str | os.PathLike[str] | None = None) -> Inventory:
     """Index OUTPUT_DIR with pybids; raises InputDataError when there is nothing to combine."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
@@ -327,12 +332,12 @@ def collect_inventory(output_dir, bids_dir=None):
 # --------------------------------------------------------------------------------------------
 # decoding performance
 # --------------------------------------------------------------------------------------------
-def labelled_frame(frame):
+def labelled_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows with a state the model can output (``correct`` 1 or 0)."""
     return frame[frame["correct"].notna()]
 
 
-def t_interval(values, level=0.95):
+def t_interval(values: Iterable[float | None], level: float = 0.95) -> tuple[int, float, float, float, float]:
     """(n, mean, sd, low, high) of ``values`` (NaNs dropped); SD/interval NaN for n < 2."""
     from scipy import stats
 
@@ -348,10 +353,10 @@ def t_interval(values, level=0.95):
     return n, mean, sd, mean - half, mean + half
 
 
-def accuracy_table(runs):
+def accuracy_table(runs: Iterable[RunRecord]) -> pd.DataFrame:
     """Per run and per participant (runs pooled) rows for the runs of one model and task."""
     rows = []
-    pooled = {}
+    pooled: dict[str, dict[str, Any]] = {}
     for rec in sorted(runs, key=lambda r: r.label):
         full = rec.read()
         frame = labelled_frame(full)
@@ -399,7 +404,7 @@ def accuracy_table(runs):
     return pd.DataFrame(rows, columns=columns)
 
 
-def group_summary(table):
+def group_summary(table: pd.DataFrame) -> pd.DataFrame:
     """mean, SD, 95% interval across participants of the participant-level metrics."""
     part = table[table["level"] == "participant"]
     rows = []
@@ -421,7 +426,7 @@ def group_summary(table):
     return pd.DataFrame(rows)
 
 
-def confusion_tables(runs, states):
+def confusion_tables(runs: Iterable[RunRecord], states: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(counts, row-normalised) DataFrames; index = true states present, columns = model states."""
     true, pred = [], []
     for rec in runs:
@@ -439,7 +444,7 @@ def confusion_tables(runs, states):
     return counts.reset_index(), norm.reset_index()
 
 
-def block_positions(true_state):
+def block_positions(true_state: Sequence[Any]) -> np.ndarray:
     """0-based position of each volume in its block (runs of identical, non-missing true_state); NaN if unlabelled."""
     pos = np.full(len(true_state), np.nan)
     prev, k = None, 0
@@ -453,9 +458,9 @@ def block_positions(true_state):
     return pos
 
 
-def block_time_table(runs):
+def block_time_table(runs: Iterable[RunRecord]) -> pd.DataFrame:
     """Accuracy by volumes since block onset: pooled, and mean/SD/95% interval over participants."""
-    per = {}  # subject -> DataFrame(position, correct)
+    per: dict[str, Any] = {}  # subject -> DataFrame(position, correct)
     for rec in runs:
         frame = rec.read()
         frame = frame.assign(
@@ -512,7 +517,9 @@ def block_time_table(runs):
 MIN_T_PARTICIPANTS = 3
 
 
-def correct_only_participant_means(runs, states, output_dir=None):
+def correct_only_participant_means(
+    runs: Iterable[RunRecord], states: Sequence[str], output_dir: str | os.PathLike[str] | None = None
+) -> dict[str, dict[str, tuple[np.ndarray, int]]]:
     """``{state: {subject: (mean map, n volumes)}}`` over correctly decoded volumes of each state.
 
     A volume counts for state s when ``correct == 1``, ``true_state == s`` and its map
@@ -523,7 +530,7 @@ def correct_only_participant_means(runs, states, output_dir=None):
     """
     from deeplight_bids.readback import load_relevance
 
-    sums = {}
+    sums: dict[str, dict[str, tuple[Any, int]]] = {}
     for rec in runs:
         if rec.relevance is None:
             continue
@@ -552,5 +559,5 @@ def correct_only_participant_means(runs, states, output_dir=None):
     return {s: {sub: (total / n, n) for sub, (total, n) in sorted(sums[s].items())} for s in ordered}
 
 
-def state_label(state):
+def state_label(state: str) -> str:
     return label_value(state)

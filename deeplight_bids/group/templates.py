@@ -11,9 +11,14 @@ reference grid, and say so in one plain log line, in the group-map sidecars and 
 report (:meth:`Templates.provenance`).
 """
 
+from __future__ import annotations
+
 import logging
+import os
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +29,7 @@ LOGGER = logging.getLogger("deeplight_bids")
 TEMPLATE = "MNI152NLin6Asym"
 RESOLUTION = 2
 #: The TemplateFlow queries (``templateflow.api.get`` keyword arguments) of the two images.
-QUERIES = {
+QUERIES: dict[str, dict[str, Any]] = {
     "t1w": {"resolution": RESOLUTION, "desc": None, "suffix": "T1w", "extension": ".nii.gz"},
     "mask": {"resolution": RESOLUTION, "desc": "brain", "suffix": "mask", "extension": ".nii.gz"},
 }
@@ -56,14 +61,19 @@ class Templates:
         ``{"t1w": path, "mask": path}`` of the TemplateFlow files (empty for the fallback).
     """
 
-    t1w: object
-    mask: object
+    t1w: Any  # nibabel.Nifti1Image
+    mask: Any  # nibabel.Nifti1Image
     source: str
     description: str
     files: dict = field(default_factory=dict)
 
-    def provenance(self):
-        out = {"Source": self.source, "Description": self.description, "Template": TEMPLATE, "Resolution": RESOLUTION}
+    def provenance(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "Source": self.source,
+            "Description": self.description,
+            "Template": TEMPLATE,
+            "Resolution": RESOLUTION,
+        }
         if self.files:
             out["Files"] = {k: str(v) for k, v in self.files.items()}
         return out
@@ -72,12 +82,12 @@ class Templates:
 class TemplatesUnavailable(Exception):
     """TemplateFlow's files are not on this machine and cannot be downloaded; ``offline`` says why."""
 
-    def __init__(self, message, offline=False):
+    def __init__(self, message: str, offline: bool = False):
         super().__init__(message)
         self.offline = offline
 
 
-def template_paths():
+def template_paths() -> dict[str, Path]:
     """``{"t1w": path, "mask": path}`` where the two files lie under ``$TEMPLATEFLOW_HOME``."""
     from deeplight_bids.prepare.spaces import templateflow_home
 
@@ -85,14 +95,14 @@ def template_paths():
     return {key: home / name for key, name in FILE_NAMES.items()}
 
 
-def check_template_file(path):
+def check_template_file(path: str | os.PathLike[str]) -> None:
     """Raise ValueError unless ``path`` is a 3D NIfTI on the 91 x 109 x 91, 2 mm grid."""
     import nibabel as nib
 
     from deeplight_bids.prepare.grid import REFERENCE_SHAPE
 
     try:
-        img = nib.load(path)
+        img: Any = nib.load(path)  # a NIfTI (nibabel types load() as any image format)
         shape, zooms = tuple(img.shape), tuple(float(z) for z in img.header.get_zooms()[:3])
     except Exception as err:  # nibabel raises several types for a broken file
         raise ValueError(f"{path}: not a readable NIfTI ({type(err).__name__})") from None
@@ -100,7 +110,7 @@ def check_template_file(path):
         raise ValueError(f"{path}: shape {shape}, voxels {zooms} mm; expected {tuple(REFERENCE_SHAPE)}, 2 mm")
 
 
-def fetch_template_files(download=True):
+def fetch_template_files(download: bool = True) -> dict[str, tuple[Path, bool]]:
     """The two TemplateFlow files, from ``$TEMPLATEFLOW_HOME`` or downloaded there.
 
     Parameters
@@ -122,7 +132,7 @@ def fetch_template_files(download=True):
     """
     from deeplight_bids.prepare.spaces import templateflow_get
 
-    out = {}
+    out: dict[str, tuple[Path, bool]] = {}
     for key, local in template_paths().items():
         fetched = False
         # TemplateFlow's skeleton holds an empty placeholder for every file not yet downloaded
@@ -169,7 +179,7 @@ def _finish(t1w_img, mask_img):
     return t1w, mask
 
 
-def load_templates(allow_fallback=True):
+def load_templates(allow_fallback: bool = True) -> Templates:
     """T1w and brain mask of MNI152NLin6Asym res-2, from TemplateFlow or the nilearn fallback.
 
     Parameters
@@ -197,7 +207,7 @@ def load_templates(allow_fallback=True):
         return fallback_templates(str(err), offline=err.offline)
 
 
-def fallback_templates(reason="", offline=False):
+def fallback_templates(reason: str = "", offline: bool = False) -> Templates:
     """nilearn's bundled MNI152 (2009 symmetric) T1w and brain mask resampled onto the reference grid.
 
     Says so in one plain line: at INFO level when the node is merely offline (the usual case on
