@@ -1,14 +1,20 @@
 """``deeplight-bids demo OUTPUT_DIR``: the command line of the demo workflow (:mod:`deeplight_bids.workflows.demo`)."""
 
+from __future__ import annotations
+
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deeplight_bids.cli.types import probability
 from deeplight_bids.workflows.demo import DEFAULTS, format_report, run_demo
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
-def build_parser():
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deeplight-bids demo",
         description="Synthetic end-to-end demo: make a dataset, fit 3D-DeepLight on all participants but two (one "
@@ -46,7 +52,7 @@ def build_parser():
     return parser
 
 
-def run_demo_command(argv):
+def run_demo_command(argv: Sequence[str] | None) -> int:
     from deeplight_bids.runtime import setup_logging
 
     args = build_parser().parse_args(argv)

@@ -1,11 +1,18 @@
 """The "Fine-tuning options" group of the main parser (``group --finetune``)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from deeplight_bids.cli.options import add_labels, add_option, add_switch
 from deeplight_bids.cli.types import non_negative_int, positive_float, positive_int, probability
 from deeplight_bids.config import default
 
+if TYPE_CHECKING:
+    import argparse
 
-def add_finetune_arguments(parser):
+
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Add the "Fine-tuning options" group to the main parser."""
     group = parser.add_argument_group(
         "Fine-tuning options",

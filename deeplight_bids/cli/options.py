@@ -5,10 +5,16 @@ beside it (:mod:`~deeplight_bids.cli.finetune`, :mod:`~deeplight_bids.cli.weight
 :mod:`~deeplight_bids.cli.templates`).
 """
 
+from __future__ import annotations
+
 import argparse
+from typing import TYPE_CHECKING, Any
 
 from deeplight_bids.cli.types import label_without
 from deeplight_bids.config import default
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["action_parser", "add_labels", "add_option", "add_switch"]
 
@@ -18,7 +24,13 @@ def _setting(flag):
     return flag.removeprefix("--").replace("-", "_")
 
 
-def add_option(group, flag, check, metavar, text):
+def add_option(
+    group: argparse._ArgumentGroup,
+    flag: str,
+    check: Callable[[str], Any],
+    metavar: str | None,
+    text: str | None,
+) -> None:
     """Add an option that takes one value, checked by ``check``, and defaults to the configuration's.
 
     Parameters
@@ -36,17 +48,19 @@ def add_option(group, flag, check, metavar, text):
     group.add_argument(flag, type=check, default=default(_setting(flag)), metavar=metavar, help=text)
 
 
-def add_switch(group, flag, text):
+def add_switch(group: argparse._ArgumentGroup, flag: str, text: str) -> None:
     """Add an on/off option (``store_true``) whose default is the configuration's; its help shows no default."""
     group.add_argument(flag, action="store_true", default=default(_setting(flag)), help=text + "%(default).0s")
 
 
-def add_labels(group, *flags, prefix, text):
+def add_labels(group: argparse._ArgumentGroup, *flags: str, prefix: str, text: str) -> None:
     """Add an option that takes one or more BIDS labels, each with or without ``prefix`` (``"sub-"``)."""
     group.add_argument(*flags, nargs="+", type=label_without(prefix), metavar="LABEL", help=text)
 
 
-def action_parser(prog, description, actions):
+def action_parser(
+    prog: str, description: str, actions: dict[str, str]
+) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The parser of a ``deeplight-bids <command> <action>`` sub-command (``weights``, ``templates``).
 
     Parameters

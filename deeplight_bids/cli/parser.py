@@ -7,10 +7,13 @@ mistake (``parser.error``, or the numeric checks of :mod:`deeplight_bids.cli.typ
 exit 2): a user mistake never produces a traceback.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deeplight_bids._version import __version__
 from deeplight_bids.attribution.methods import CHOICES as ATTRIBUTION_CHOICES
@@ -19,6 +22,9 @@ from deeplight_bids.attribution.methods import resolve as resolve_attribution
 from deeplight_bids.cli.options import add_labels, add_option, add_switch
 from deeplight_bids.cli.types import non_negative_float, number_in, percent, positive_float, positive_int
 from deeplight_bids.config import RELEVANCE_MAP_KINDS, default
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 EXIT_CODES_HELP = """exit codes:
   0  success (every selected run processed or already done)
@@ -89,7 +95,7 @@ def _bids_filter(value, parser):
     return loaded
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the main ``deeplight-bids`` command."""
     parser = argparse.ArgumentParser(
         prog="deeplight-bids",
@@ -477,7 +483,7 @@ def build_parser():
     return parser
 
 
-def check_cross_arguments(parser, args):
+def check_cross_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """Checks that need several arguments (after parsing); calls ``parser.error``."""
     bids_dir = Path(args.bids_dir).resolve()
     output_dir = Path(args.output_dir).expanduser().absolute()
@@ -515,7 +521,7 @@ def _inside(path, parent):
     return True
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` and run the cross-argument checks."""
     parser = build_parser()
     args = parser.parse_args(argv)

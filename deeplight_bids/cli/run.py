@@ -4,13 +4,19 @@ Sub-commands that do not follow the BIDS-Apps positionals are dispatched first:
 ``deeplight-bids demo OUTPUT_DIR`` and ``deeplight-bids weights {list,fetch,convert}``.
 """
 
+from __future__ import annotations
+
 import contextlib
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING, NoReturn
 
 from deeplight_bids.exceptions import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, DeepLightBidsError, Interrupted
 from deeplight_bids.runtime import setup_logging
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -22,12 +28,12 @@ def _fail(err, verbose):
     return err.exit_code
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the command line; exits the process with the documented exit code."""
     sys.exit(run(argv))
 
 
-def run(argv=None):
+def run(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the exit code (no ``sys.exit``; for tests)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "demo":

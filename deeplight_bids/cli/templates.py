@@ -9,13 +9,20 @@ background) and brain mask (the group mask; :mod:`deeplight_bids.group.templates
 folder to an offline node (or into a container image) and set ``TEMPLATEFLOW_HOME`` there.
 """
 
+from __future__ import annotations
+
 import sys
+from typing import TYPE_CHECKING
 
 from deeplight_bids.cli.options import action_parser
 from deeplight_bids.exceptions import InputDataError
 
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
-def build_parser():
+
+def build_parser() -> argparse.ArgumentParser:
     parser, _ = action_parser(
         "deeplight-bids templates",
         "TemplateFlow files the app reads: the MNI152NLin2009cAsym -> MNI152NLin6Asym transform (participant "
@@ -71,7 +78,7 @@ def _transform_items(download):
     return items
 
 
-def run_templates_command(argv):
+def run_templates_command(argv: Sequence[str] | None) -> int:
     from deeplight_bids.prepare.spaces import templateflow_home
 
     args = build_parser().parse_args(argv)
@@ -87,8 +94,8 @@ def run_templates_command(argv):
     for level, what, path, status in items:
         print(f"{level:<12} {what:<48} {status:<26} {path}")
     if errors:
-        for err in errors[:-1]:  # the last one is printed by the command line as every error is
-            print(f"deeplight-bids: error: {err}", file=sys.stderr)
+        for error in errors[:-1]:  # the last one is printed by the command line as every error is
+            print(f"deeplight-bids: error: {error}", file=sys.stderr)
         raise errors[-1]
     if download:
         print(

@@ -5,11 +5,21 @@ A failed check raises :class:`argparse.ArgumentTypeError`, which argparse prints
 message names the option and no traceback is shown.
 """
 
+from __future__ import annotations
+
 import argparse
 import math
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+_Number = TypeVar("_Number", int, float)
 
 
-def number_in(cast, what, low, high=math.inf, *, low_open=False):
+def number_in(
+    cast: Callable[[str], _Number], what: str, low: float, high: float = math.inf, *, low_open: bool = False
+) -> Callable[[str], _Number]:
     """A ``type=`` check: ``cast(value)`` must lie in ``[low, high]`` (``(low, high]`` with ``low_open``).
 
     Parameters
@@ -54,7 +64,7 @@ percent = number_in(float, "a percentage", 0, 100, low_open=True)
 probability = number_in(float, "a probability", 0, 1)
 
 
-def label_without(prefix):
+def label_without(prefix: str) -> Callable[[str], str]:
     """A ``type=`` converter: a BIDS label given with or without its ``prefix`` (``"sub-"``, ``"ses-"``)."""
 
     def strip(value):

@@ -1,12 +1,19 @@
 """``deeplight-bids weights {list,fetch,convert}``: manage published and converted weights."""
 
+from __future__ import annotations
+
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deeplight_bids.cli.options import action_parser
 
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
-def build_parser():
+
+def build_parser() -> argparse.ArgumentParser:
     parser, actions = action_parser(
         "deeplight-bids weights",
         "Manage DeepLight weights. Published files are cached in $DEEPLIGHT_WEIGHTS_DIR "
@@ -26,7 +33,7 @@ def build_parser():
     return parser
 
 
-def run_weights_command(argv):
+def run_weights_command(argv: Sequence[str] | None) -> int:
     from deeplight_bids.models import weights as w
 
     args = build_parser().parse_args(argv)

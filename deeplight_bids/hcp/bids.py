@@ -39,16 +39,22 @@ Choices, and why:
   placeholder for an empty EV and is dropped (it is no event at time 0).
 """
 
+from __future__ import annotations
+
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from deeplight_bids._version import __version__
 from deeplight_bids.derivatives.naming import hcp_run_stem, sidecar_of
 from deeplight_bids.derivatives.writers import write_json, write_text
 from deeplight_bids.exceptions import EventsError
 from deeplight_bids.states import HCP_TASK_STATES
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 HCP_TR = 0.72
 HCP_RUNS = ("LR", "RL")
@@ -120,12 +126,12 @@ class RunFiles:
     mask_json: str
 
 
-def derivatives_dir():
+def derivatives_dir() -> str:
     """Path of the HCP derivatives dataset, relative to OUTPUT_BIDS_DIR."""
     return f"derivatives/{DERIVATIVES_NAME}"
 
 
-def run_files(subject, task, run):
+def run_files(subject: str, task: str, run: str) -> RunFiles:
     """Relative paths of all BIDS files of one run.
 
     Parameters
@@ -151,7 +157,7 @@ def run_files(subject, task, run):
     )
 
 
-def t1w_file(subject):
+def t1w_file(subject: str) -> str:
     """Relative path of the subject's MNINonLinear T1w in the derivatives."""
     return f"{derivatives_dir()}/sub-{subject}/anat/sub-{subject}_space-{SPACE}_desc-preproc_T1w.nii.gz"
 
@@ -159,7 +165,7 @@ def t1w_file(subject):
 # --------------------------------------------------------------------------- events
 
 
-def read_ev_file(path):
+def read_ev_file(path: str | os.PathLike[str]) -> list[tuple[float, float]]:
     """Read an FSL 3-column EV file into ``[(onset, duration), ...]``.
 
     Empty files and FSL's ``0 0 0`` empty-EV placeholder give no rows.
@@ -187,7 +193,7 @@ def read_ev_file(path):
     return rows
 
 
-def events_from_ev_dir(ev_dir, task):
+def events_from_ev_dir(ev_dir: str | os.PathLike[str], task: str) -> list[tuple[float, float, str]]:
     """Build the events of one run from its HCP ``EVs`` directory.
 
     Parameters
@@ -202,7 +208,7 @@ def events_from_ev_dir(ev_dir, task):
     list of tuple
         ``(onset, duration, trial_type)`` sorted by onset, then trial type.
     """
-    events = []
+    events: list[tuple[float, float, str]] = []
     for name, trial_type in HCP_EV_FILES[task].items():
         path = Path(ev_dir) / name
         if not path.is_file():
@@ -211,7 +217,7 @@ def events_from_ev_dir(ev_dir, task):
     return sorted(events, key=lambda row: (row[0], row[2]))
 
 
-def format_events_tsv(events):
+def format_events_tsv(events: Iterable[tuple[float, float, str]]) -> str:
     """Text of a BIDS ``events.tsv`` with columns onset, duration, trial_type."""
     lines = ["onset\tduration\ttrial_type"]
     lines += [f"{_number(onset)}\t{_number(duration)}\t{trial_type}" for onset, duration, trial_type in events]
@@ -226,7 +232,7 @@ def _number(value):
 # --------------------------------------------------------------------------- dataset files
 
 
-def raw_dataset_description(bucket, prefix):
+def raw_dataset_description(bucket: str, prefix: str) -> dict[str, Any]:
     """``dataset_description.json`` content of the raw side."""
     return {
         "Name": f"Human Connectome Project task fMRI ({prefix.strip('/') or bucket})",
@@ -243,7 +249,7 @@ def raw_dataset_description(bucket, prefix):
     }
 
 
-def derivatives_dataset_description(bucket, prefix):
+def derivatives_dataset_description(bucket: str, prefix: str) -> dict[str, Any]:
     """``dataset_description.json`` content of ``derivatives/hcp``."""
     return {
         "Name": "HCP minimally preprocessed task fMRI (MNINonLinear)",
@@ -258,7 +264,7 @@ def derivatives_dataset_description(bucket, prefix):
     }
 
 
-def bold_sidecar(task):
+def bold_sidecar(task: str) -> dict[str, Any]:
     """JSON sidecar of a derivative BOLD run."""
     return {
         "TaskName": task,
@@ -268,12 +274,14 @@ def bold_sidecar(task):
     }
 
 
-def mask_sidecar():
+def mask_sidecar() -> dict[str, Any]:
     """JSON sidecar of a derivative brain mask (HCP ``brainmask_fs.2``)."""
     return {"Type": "Brain", "Resolution": "2 mm isotropic, 91x109x91 (FSL MNI152 2 mm grid)"}
 
 
-def write_dataset_files(root, bucket, prefix, subjects, tasks):
+def write_dataset_files(
+    root: str | os.PathLike[str], bucket: str, prefix: str, subjects: Iterable[str], tasks: Iterable[str]
+) -> None:
     """Write the dataset-level files of both the raw and the derivatives dataset.
 
     Parameters
@@ -308,7 +316,9 @@ def write_dataset_files(root, bucket, prefix, subjects, tasks):
         )
 
 
-def write_run(root, subject, task, run, ev_dir):
+def write_run(
+    root: str | os.PathLike[str], subject: str, task: str, run: str, ev_dir: str | os.PathLike[str]
+) -> RunFiles:
     """Write the BIDS files of one downloaded run.
 
     Expects the BOLD and mask already downloaded to their derivative paths; writes the
@@ -323,12 +333,12 @@ def write_run(root, subject, task, run, ev_dir):
     return files
 
 
-def write_t1w_sidecar(root, subject):
+def write_t1w_sidecar(root: str | os.PathLike[str], subject: str) -> None:
     """JSON sidecar of the subject's derivative T1w."""
     write_json(Path(root) / sidecar_of(t1w_file(subject)), {"SkullStripped": T1W_SKULL_STRIPPED})
 
 
-def link_or_copy(source, dest):
+def link_or_copy(source: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
     """Make ``dest`` the same file as ``source``: a hard link, else a copy.
 
     An existing ``dest`` is replaced, so a re-downloaded source is never shadowed by

@@ -17,12 +17,15 @@ summary and in ``sourcedata/hcp/missing_upstream.tsv``); 130 interrupted (run th
 command again to resume).
 """
 
+from __future__ import annotations
+
 import argparse
 import logging
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from deeplight_bids._version import __version__
 from deeplight_bids.derivatives.writers import write_text
@@ -48,6 +51,10 @@ from deeplight_bids.hcp.listing import (
 from deeplight_bids.progress import ByteProgress, format_bytes
 from deeplight_bids.states import HCP_TASK_STATES
 
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Iterable, Sequence
+
 PROG = "deeplight-bids-hcp"
 EXIT_INTERRUPTED = 130
 log = logging.getLogger("deeplight_bids.hcp")
@@ -64,13 +71,24 @@ class FetchResult:
     missing: list = field(default_factory=list)  # rows of missing_rows
 
     @property
-    def exit_code(self):
+    def exit_code(self) -> int:
         if not self.runs_written:
             return NoRunsFoundError.exit_code
         return EXIT_PARTIAL if self.missing else EXIT_OK
 
 
-def fetch(source, output_dir, subjects, tasks, runs, jobs=4, retries=5, progress=True, stream=None, downloader=None):
+def fetch(
+    source: s3.S3Source,
+    output_dir: str | os.PathLike[str],
+    subjects: Iterable[str],
+    tasks: Iterable[str],
+    runs: Iterable[str],
+    jobs: int = 4,
+    retries: int = 5,
+    progress: bool = True,
+    stream: TextIO | None = None,
+    downloader: Downloader | None = None,
+) -> FetchResult:
     """Download HCP runs and write them as a BIDS dataset with derivatives.
 
     Parameters
@@ -182,7 +200,7 @@ def _say(stream, line):
 # --------------------------------------------------------------------------- argparse
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """The ``deeplight-bids-hcp`` argument parser."""
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -267,7 +285,9 @@ def _non_negative_int(text):
     return value
 
 
-def validate_selection(tasks, runs, subjects=None):
+def validate_selection(
+    tasks: Iterable[str], runs: Iterable[str], subjects: Iterable[str] | None = None
+) -> tuple[list[str], list[str], list[str] | None]:
     """Normalized ``(tasks, runs, subjects)``; :class:`UsageError` naming the bad option."""
     tasks_out = []
     for task in tasks:
@@ -301,7 +321,7 @@ def _connect(args, jobs):
     return s3.connect(**location, unsigned=args.no_sign_request, max_connections=jobs + 2)
 
 
-def run_fetch(args, stream):
+def run_fetch(args: argparse.Namespace, stream: TextIO) -> int:
     tasks, runs, subjects = validate_selection(args.tasks, args.runs, args.subjects)
     _check_writable(args.output_dir)
     source = _connect(args, args.jobs)
@@ -337,7 +357,7 @@ def run_fetch(args, stream):
     return result.exit_code
 
 
-def run_list(args, out, stream):
+def run_list(args: argparse.Namespace, out: TextIO, stream: TextIO) -> int:
     tasks, runs, subjects = validate_selection(args.tasks, args.runs, args.subjects)
     source = _connect(args, args.jobs)
     found = find_complete_subjects(source, tasks, runs, limit=args.limit, jobs=args.jobs, candidates=subjects)
@@ -375,12 +395,12 @@ def _setup_logging(verbosity, stream):
     logging.getLogger("boto3").setLevel(logging.WARNING)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point; exits with the code documented in the module docstring."""
     sys.exit(run(argv))
 
 
-def run(argv=None, stdout=None, stderr=None):
+def run(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run the command line and return the exit code (never raises for user errors)."""
     stdout = sys.stdout if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr

@@ -10,6 +10,8 @@
   the object at once.  Wrong credentials abort everything with one clear line.
 """
 
+from __future__ import annotations
+
 import hashlib
 import logging
 import os
@@ -20,11 +22,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import botocore.exceptions as bce
 
 from deeplight_bids.hcp.listing import S3Object
 from deeplight_bids.hcp.s3 import IntegrityError, access_error, error_code, is_transient
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from deeplight_bids.hcp.s3 import S3Source
+    from deeplight_bids.progress import ByteProgress
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +53,13 @@ class Transfer:
     dest: Path
 
 
-def part_path(dest):
+def part_path(dest: str | os.PathLike[str]) -> Path:
     """The hidden temp file a download of ``dest`` is written to (ignored by BIDS tools)."""
     dest = Path(dest)
     return dest.with_name(f".{dest.name}.part")
 
 
-def is_downloaded(transfer):
+def is_downloaded(transfer: Transfer) -> bool:
     """True when the final file exists with the listed size.
 
     Final names are only ever created by renaming a verified temp file, so size is
@@ -75,7 +84,7 @@ def _file_md5(path, chunk_size=CHUNK_SIZE):
     return digest.hexdigest()
 
 
-def verify_part(transfer, part):
+def verify_part(transfer: Transfer, part: Path) -> None:
     """Raise :class:`IntegrityError` unless ``part`` matches the listed size and MD5 ETag."""
     size = part.stat().st_size
     if size != transfer.obj.size:
@@ -102,7 +111,15 @@ class Downloader:
         ``time.sleep``; replaceable in tests.
     """
 
-    def __init__(self, source, jobs=4, retries=5, backoff=1.0, chunk_size=CHUNK_SIZE, sleep=time.sleep):
+    def __init__(
+        self,
+        source: S3Source,
+        jobs: int = 4,
+        retries: int = 5,
+        backoff: float = 1.0,
+        chunk_size: int = CHUNK_SIZE,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.source = source
         self.jobs = max(1, int(jobs))
         self.retries = max(0, int(retries))
@@ -111,7 +128,7 @@ class Downloader:
         self.sleep = sleep
         self._stop = threading.Event()
 
-    def download(self, transfer, progress):
+    def download(self, transfer: Transfer, progress: ByteProgress) -> int:
         """Download one object (resuming a temp file); return the bytes transferred.
 
         Raises
@@ -198,7 +215,7 @@ class Downloader:
             raise
         return written
 
-    def download_all(self, transfers, progress):
+    def download_all(self, transfers: Iterable[Transfer], progress: ByteProgress) -> dict[str, str]:
         """Download ``transfers`` in parallel.
 
         Returns

@@ -5,13 +5,24 @@ A run needs its BOLD series, its brain mask and the EV files of its states
 subject also its T1w.  Listings are small (three per run) and run in parallel.
 """
 
+from __future__ import annotations
+
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import botocore.exceptions as bce
 
 from deeplight_bids.hcp.bids import HCP_EV_FILES
 from deeplight_bids.hcp.s3 import access_error
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from deeplight_bids.hcp.s3 import S3Source
+
+    #: ``(subject, task, run, key, reason)`` of an object not obtained (:func:`missing_rows`).
+    MissingRow = tuple[str, str, str, str, str]
 
 
 @dataclass(frozen=True)
@@ -23,7 +34,7 @@ class S3Object:
     etag: str
 
 
-def list_objects(source, prefix):
+def list_objects(source: S3Source, prefix: str) -> dict[str, S3Object]:
     """All objects whose key starts with ``prefix``, as ``{key: S3Object}``."""
     found = {}
     paginator = source.client.get_paginator("list_objects_v2")
@@ -39,7 +50,7 @@ def list_objects(source, prefix):
     return found
 
 
-def list_subjects(source):
+def list_subjects(source: S3Source) -> list[str]:
     """HCP subject ids (folder names of digits) directly under the release prefix, sorted."""
     subjects = []
     paginator = source.client.get_paginator("list_objects_v2")
@@ -57,12 +68,12 @@ def list_subjects(source):
     return sorted(subjects, key=lambda s: (len(s), s))
 
 
-def results_dir(prefix, subject, task, run):
+def results_dir(prefix: str, subject: str, task: str, run: str) -> str:
     """Key prefix of one HCP run: ``<prefix><subject>/MNINonLinear/Results/tfMRI_<TASK>_<RUN>/``."""
     return f"{prefix}{subject}/MNINonLinear/Results/tfMRI_{task}_{run}/"
 
 
-def run_keys(prefix, subject, task, run):
+def run_keys(prefix: str, subject: str, task: str, run: str) -> dict[str, str]:
     """The S3 keys one run needs, as ``{role: key}``.
 
     Roles: ``"bold"``, ``"mask"`` and ``"ev:<file name>"`` for each state EV file.
@@ -73,7 +84,7 @@ def run_keys(prefix, subject, task, run):
     return keys
 
 
-def t1w_key(prefix, subject):
+def t1w_key(prefix: str, subject: str) -> str:
     """S3 key of the subject's MNINonLinear T1w."""
     return f"{prefix}{subject}/MNINonLinear/T1w.nii.gz"
 
@@ -85,11 +96,11 @@ class RunPlan:
     subject: str
     task: str
     run: str
-    objects: dict = field(default_factory=dict)
-    missing: list = field(default_factory=list)
+    objects: dict[str, S3Object] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
 
     @property
-    def complete(self):
+    def complete(self) -> bool:
         return not self.missing
 
 
@@ -98,16 +109,16 @@ class SubjectPlan:
     """What S3 holds for one subject."""
 
     subject: str
-    runs: list
-    t1w: S3Object = None
-    t1w_missing: str = None
+    runs: list[RunPlan]
+    t1w: S3Object | None = None
+    t1w_missing: str | None = None
 
     @property
-    def complete(self):
+    def complete(self) -> bool:
         return all(run.complete for run in self.runs)
 
 
-def plan_run(source, subject, task, run):
+def plan_run(source: S3Source, subject: str, task: str, run: str) -> RunPlan:
     """List what one run has upstream (3 small listings: BOLD, mask, EVs)."""
     keys = run_keys(source.prefix, subject, task, run)
     base = results_dir(source.prefix, subject, task, run)
@@ -123,7 +134,9 @@ def plan_run(source, subject, task, run):
     return plan
 
 
-def plan_subject(source, subject, tasks, runs, with_t1w=True):
+def plan_subject(
+    source: S3Source, subject: str, tasks: Iterable[str], runs: Iterable[str], with_t1w: bool = True
+) -> SubjectPlan:
     """List what one subject has upstream for the given tasks and runs."""
     plans = [plan_run(source, subject, task, run) for task in tasks for run in runs]
     plan = SubjectPlan(subject, plans)
@@ -134,13 +147,27 @@ def plan_subject(source, subject, tasks, runs, with_t1w=True):
     return plan
 
 
-def plan_subjects(source, subjects, tasks, runs, jobs=8, with_t1w=True):
+def plan_subjects(
+    source: S3Source,
+    subjects: Iterable[str],
+    tasks: Iterable[str],
+    runs: Iterable[str],
+    jobs: int = 8,
+    with_t1w: bool = True,
+) -> list[SubjectPlan]:
     """:func:`plan_subject` for many subjects in parallel, in the order given."""
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         return list(pool.map(lambda s: plan_subject(source, s, tasks, runs, with_t1w), subjects))
 
 
-def find_complete_subjects(source, tasks, runs, limit=None, jobs=8, candidates=None):
+def find_complete_subjects(
+    source: S3Source,
+    tasks: Iterable[str],
+    runs: Iterable[str],
+    limit: int | None = None,
+    jobs: int = 8,
+    candidates: Iterable[str] | None = None,
+) -> list[str]:
     """Subjects whose every requested task and run is complete upstream.
 
     Parameters
@@ -162,7 +189,7 @@ def find_complete_subjects(source, tasks, runs, limit=None, jobs=8, candidates=N
     return complete
 
 
-def missing_rows(plans, failed=None):
+def missing_rows(plans: Iterable[SubjectPlan], failed: dict[str, str] | None = None) -> list[MissingRow]:
     """Rows ``(subject, task, run, key, reason)`` for every object not obtained.
 
     Parameters
@@ -186,7 +213,7 @@ def missing_rows(plans, failed=None):
     return rows
 
 
-def format_missing_summary(rows, prefix="", max_lines=20):
+def format_missing_summary(rows: Sequence[MissingRow], prefix: str = "", max_lines: int = 20) -> list[str]:
     """Human-readable lines for :func:`missing_rows` (keys shown relative to the prefix)."""
     if not rows:
         return []

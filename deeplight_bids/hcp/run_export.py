@@ -1,13 +1,31 @@
 """The participant level's ``--save-tfrecords`` hook: one run's prepared volumes in the original TFRecord schema."""
 
+from __future__ import annotations
+
 import logging
+from typing import TYPE_CHECKING
 
 from deeplight_bids.derivatives import naming
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+
+    import numpy as np
+
+    from deeplight_bids.bids.discover import Run
 
 LOGGER = logging.getLogger("deeplight_bids")
 
 
-def save_run_tfrecords(run, volumes, labels, output_dir, log=LOGGER):
+def save_run_tfrecords(
+    run: Run,
+    volumes: Callable[[int, int], np.ndarray],
+    labels: Sequence[str | None],
+    output_dir: str | os.PathLike[str],
+    log: logging.Logger = LOGGER,
+) -> Path | None:
     """Export a run's prepared, labelled volumes (reference §9) to ``OUTPUT_DIR/tfrecords/sub-<l>/``.
 
     Parameters
@@ -43,6 +61,7 @@ def save_run_tfrecords(run, volumes, labels, output_dir, log=LOGGER):
     direction = str(run.entities.get("direction", "")).upper()
     run_id = hcp_run_id(direction) if direction in ("LR", "RL") else int(run.entities.get("run") or 0)
     path = naming.tfrecord_output(output_dir, subject, run.label)
-    n_written = write_run_tfrecord(path, volumes, states, hcp_task_id(task), int(subject), run_id, run.t_r)
+    # a prepared run has its t_r (Run.t_r is None only for runs skipped before preparation)
+    n_written = write_run_tfrecord(path, volumes, states, hcp_task_id(task), int(subject), run_id, run.t_r)  # type: ignore[arg-type]
     log.info("%s: wrote %s labelled volumes to %s", run.label, n_written, path)
     return path

@@ -14,8 +14,11 @@ parallel downloads); what the user sees is :class:`deeplight_bids.progress.ByteP
   (:func:`access_error`).
 """
 
+from __future__ import annotations
+
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import boto3
@@ -25,6 +28,9 @@ import urllib3.exceptions
 from botocore.config import Config
 
 from deeplight_bids.exceptions import InputDataError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 DEFAULT_BUCKET = "hcp-openaccess"
 DEFAULT_PREFIX = "HCP_1200/"
@@ -79,24 +85,24 @@ class IntegrityError(Exception):
 class S3Source:
     """Where HCP data is read from, and a printable description of the access."""
 
-    client: object
+    client: Any  # a boto3 S3 client (untyped)
     bucket: str
     prefix: str
     endpoint: str
     credentials: str
 
-    def where(self):
+    def where(self) -> str:
         """``s3://bucket/prefix at <endpoint>`` for messages."""
         return f"s3://{self.bucket}/{self.prefix} at {self.endpoint}"
 
 
-def normalize_prefix(prefix):
+def normalize_prefix(prefix: str | None) -> str:
     """Release prefix with exactly one trailing slash (empty stays empty)."""
     prefix = (prefix or "").strip("/")
     return f"{prefix}/" if prefix else ""
 
 
-def redact_url(url):
+def redact_url(url: str | None) -> str:
     """``url`` without user:password, for printing."""
     if not url:
         return "the default AWS S3 endpoint"
@@ -105,7 +111,7 @@ def redact_url(url):
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def open_session(profile=None, environ=None):
+def open_session(profile: str | None = None, environ: Mapping[str, str] | None = None) -> tuple[Any, str]:
     """Open a boto3 session following the credential order of this module.
 
     Returns
@@ -139,15 +145,15 @@ def open_session(profile=None, environ=None):
 
 
 def connect(
-    bucket=DEFAULT_BUCKET,
-    prefix=DEFAULT_PREFIX,
-    profile=None,
-    endpoint_url=None,
-    region=None,
-    unsigned=False,
-    max_connections=10,
-    environ=None,
-):
+    bucket: str = DEFAULT_BUCKET,
+    prefix: str = DEFAULT_PREFIX,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    unsigned: bool = False,
+    max_connections: int = 10,
+    environ: Mapping[str, str] | None = None,
+) -> S3Source:
     """Make an S3 client for the HCP bucket.
 
     Parameters
@@ -199,7 +205,7 @@ def connect(
     return S3Source(client, bucket, normalize_prefix(prefix), redact_url(endpoint_url), source)
 
 
-def access_error(exc, source, what):
+def access_error(exc: BaseException, source: S3Source, what: str) -> S3AccessError | None:
     """Turn a boto error that is the user's to fix into an :class:`S3AccessError`, else None.
 
     Parameters
@@ -236,13 +242,13 @@ def access_error(exc, source, what):
     return None
 
 
-def error_code(exc):
+def error_code(exc: BaseException) -> str:
     """The S3 error code of a ClientError (``"NoSuchKey"``), or ``""``."""
     response = getattr(exc, "response", None)
     return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
 
 
-def http_status(exc):
+def http_status(exc: BaseException) -> int:
     """The HTTP status of a ClientError, or 0."""
     response = getattr(exc, "response", None)
     if not isinstance(response, dict):
@@ -250,7 +256,7 @@ def http_status(exc):
     return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
-def is_transient(exc):
+def is_transient(exc: BaseException) -> bool:
     """Whether retrying ``exc`` later may succeed."""
     if isinstance(exc, (IntegrityError, *_TRANSIENT_EXCEPTIONS)):
         return True

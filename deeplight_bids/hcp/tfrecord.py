@@ -31,13 +31,19 @@ Choices:
   name is always complete.
 """
 
+from __future__ import annotations
+
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deeplight_bids.prepare.grid import REFERENCE_SHAPE
 from deeplight_bids.states import HCP_STATES, HCP_TASK_STATES
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
 N_STATES = len(HCP_STATES)
 VOLUME_SIZE = int(np.prod(REFERENCE_SHAPE))
@@ -45,12 +51,12 @@ UNLABELED = -1
 _BATCH = 16
 
 
-def hcp_task_id(task):
+def hcp_task_id(task: str) -> int:
     """Index of an HCP task in alphabetical order (``"EMOTION"`` 0 ... ``"WM"`` 6)."""
     return list(HCP_TASK_STATES).index(str(task).upper())
 
 
-def hcp_run_id(run):
+def hcp_run_id(run: str) -> int:
     """Index of an HCP run (``"LR"`` 0, ``"RL"`` 1)."""
     return ("LR", "RL").index(str(run).upper())
 
@@ -66,7 +72,7 @@ def _task_offsets():
 _TASK_OFFSETS = _task_offsets()
 
 
-def within_task_state(global_state, task_id):
+def within_task_state(global_state: int, task_id: int) -> int:
     """Rank of global state index ``global_state`` within the task ``task_id``.
 
     Raises
@@ -122,7 +128,16 @@ def _example(tf, volume, state, task_id, subject_id, run_id, tr):
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
-def write_run_tfrecord(path, volumes, states, task_id, subject_id, run_id, tr, skip_unlabeled=True):
+def write_run_tfrecord(
+    path: str | os.PathLike[str],
+    volumes: Iterable[np.ndarray] | Callable[[int, int], np.ndarray],
+    states: Sequence[int],
+    task_id: int | str,
+    subject_id: int | str,
+    run_id: int | str,
+    tr: float,
+    skip_unlabeled: bool = True,
+) -> int:
     """Write one run's labelled volumes as a TFRecord file in the original schema.
 
     Parameters
@@ -186,7 +201,7 @@ def write_run_tfrecord(path, volumes, states, task_id, subject_id, run_id, tr, s
     return written
 
 
-def feature_spec():
+def feature_spec() -> dict[str, Any]:
     """The ``tf.io.parse_single_example`` spec of the schema."""
     from deeplight_bids.backend import tensorflow_or_exit
 
@@ -203,7 +218,7 @@ def feature_spec():
     }
 
 
-def read_tfrecord(path):
+def read_tfrecord(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Iterate over the examples of a TFRecord file written in the schema.
 
     Yields

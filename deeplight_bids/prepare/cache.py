@@ -28,6 +28,8 @@ largest class), batching and prefetching; at most a few batches of full volumes 
 memory at once.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import logging
@@ -38,12 +40,20 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deeplight_bids.derivatives.writers import write_json
 from deeplight_bids.prepare.grid import REFERENCE_SHAPE
 from deeplight_bids.utils.identity import digest, file_identity
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+    import numpy.typing as npt
+
+    from deeplight_bids.bids.discover import Run
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -74,31 +84,31 @@ class CacheEntry:
     meta: dict
 
     @property
-    def n_volumes(self):
+    def n_volumes(self) -> int:
         return int(self.meta["n_volumes"])
 
-    def signals(self):
+    def signals(self) -> np.ndarray:
         """Memory-mapped float16 ``(n_volumes, n_mask_voxels)``."""
         return np.load(self.folder / "signals.npy", mmap_mode="r")
 
-    def mask(self):
+    def mask(self) -> np.ndarray:
         return np.load(self.folder / "mask.npy")
 
 
-def cache_key(run, smoothing_fwhm, high_pass):
+def cache_key(run: Run, smoothing_fwhm: float, high_pass: float | None) -> tuple[str, dict[str, Any]]:
     """Key of a run's prepared data: inputs (path, size, mtime, SHA-256) + preprocessing parameters."""
     content = {
         "version": CACHE_VERSION,
         "bold": file_identity(run.bold),
         "mask": file_identity(run.mask),
-        "t_r": float(run.t_r),
+        "t_r": float(run.t_r),  # type: ignore[arg-type]  # processable runs have their t_r
         "smoothing_fwhm": float(smoothing_fwhm),
         "high_pass": None if high_pass is None else float(high_pass),
     }
     return digest(content, length=24), content
 
 
-def cache_dir(work_dir):
+def cache_dir(work_dir: str | os.PathLike[str]) -> Path:
     return Path(work_dir) / CACHE_FOLDER
 
 
@@ -154,7 +164,14 @@ def _entry_ok(folder, log=None):
     return True
 
 
-def prepare_cached(runs, work_dir, smoothing_fwhm=3.0, high_pass=1 / 128, nprocs=1, log=LOGGER):
+def prepare_cached(
+    runs: Sequence[Run],
+    work_dir: str | os.PathLike[str],
+    smoothing_fwhm: float = 3.0,
+    high_pass: float | None = 1 / 128,
+    nprocs: int = 1,
+    log: logging.Logger = LOGGER,
+) -> tuple[list[CacheEntry], CacheStats]:
     """Prepare ``runs`` into the cache (in parallel), reusing entries already there.
 
     Parameters
@@ -203,7 +220,7 @@ def prepare_cached(runs, work_dir, smoothing_fwhm=3.0, high_pass=1 / 128, nprocs
             (
                 str(run.bold),
                 str(run.mask),
-                float(run.t_r),
+                float(run.t_r),  # type: ignore[arg-type]  # processable runs have their t_r
                 smoothing_fwhm,
                 high_pass,
                 str(folder),
@@ -268,15 +285,20 @@ class Samples:
     def __len__(self):
         return len(self.label)
 
-    def subset(self, keep):
+    def subset(self, keep: npt.ArrayLike) -> Samples:
         keep = np.asarray(keep)
         return Samples(self.entry[keep], self.volume[keep], self.label[keep], self.subject[keep], self.run_label[keep])
 
-    def of_subjects(self, subjects):
+    def of_subjects(self, subjects: Iterable[str]) -> Samples:
         return self.subset(np.isin(self.subject, list(subjects)))
 
 
-def label_volumes(entries, runs, states, state_maps=None):
+def label_volumes(
+    entries: Iterable[CacheEntry],
+    runs: Iterable[Run],
+    states: Sequence[str] | None,
+    state_maps: Mapping[str, Mapping[str, str]] | None = None,
+) -> tuple[Samples, dict[str, int]]:
     """Labelled volumes of the cached runs whose state is in ``states``.
 
     Returns
@@ -289,10 +311,11 @@ def label_volumes(entries, runs, states, state_maps=None):
 
     index = {s: i for i, s in enumerate(states)} if states is not None else None
     rows = []
-    counts = {}
+    counts: dict[str, int] = {}
     for e_idx, (entry, run) in enumerate(zip(entries, runs)):
         state_map = resolve_state_map(run.entities["task"], state_maps)
-        labels = volume_labels(read_events(run.events), entry.n_volumes, run.t_r, state_map)
+        # runs with labels have their events file and t_r (Run: None only before discovery fills them)
+        labels = volume_labels(read_events(run.events), entry.n_volumes, run.t_r, state_map)  # type: ignore[arg-type]
         for v, state in enumerate(labels):
             if state is None:
                 continue
@@ -331,11 +354,11 @@ class VolumeReader:
             self._signals[e] = (entry.signals(), self._index[key])
         return self._signals[e]
 
-    def volume(self, e, v):
+    def volume(self, e: int, v: int) -> np.ndarray:
         signals, flat = self._open(int(e))
         out = np.zeros(int(np.prod(MODEL_SHAPE)), np.float32)
         out[flat] = signals[int(v)]
         return out.reshape(MODEL_SHAPE)
 
-    def batch(self, samples, start, stop):
+    def batch(self, samples: Samples, start: int, stop: int) -> np.ndarray:
         return np.stack([self.volume(samples.entry[i], samples.volume[i]) for i in range(start, stop)])

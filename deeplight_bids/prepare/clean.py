@@ -21,12 +21,15 @@ Only the masked 2D array ``(n_volumes, n_mask_voxels)`` is kept; full volumes ar
 rebuilt in batches by :meth:`PreparedRun.volumes`.
 """
 
+from __future__ import annotations
+
 import logging
 import math
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
@@ -34,6 +37,12 @@ import numpy as np
 from deeplight_bids.exceptions import ImageError, MetadataError, UsageError
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE, is_on_reference_grid, to_reference_grid
 from deeplight_bids.prepare.labels import check_t_r
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable
+
+    from nibabel.spatialimages import SpatialImage
 
 __all__ = ["FLAT_TOLERANCE", "MAX_EMPTY_MASK_FRACTION", "MIN_VOLUMES", "PreparedRun", "min_volumes", "prepare_run"]
 
@@ -94,16 +103,16 @@ class PreparedRun:
             )
 
     @property
-    def n_volumes(self):
+    def n_volumes(self) -> int:
         """Number of volumes (time points) in the run."""
         return int(self.signals.shape[0])
 
     @property
-    def affine(self):
+    def affine(self) -> np.ndarray:
         """The reference affine (4, 4) of :meth:`volumes`, in mm."""
         return REFERENCE_AFFINE.copy()
 
-    def volumes(self, start, stop):
+    def volumes(self, start: int, stop: int) -> np.ndarray:
         """Full volumes ``start..stop-1`` on the reference grid.
 
         Parameters
@@ -127,7 +136,7 @@ class PreparedRun:
         return out
 
 
-def min_volumes(t_r, high_pass):
+def min_volumes(t_r: float, high_pass: float | None) -> int:
     """Fewest volumes :func:`prepare_run` accepts.
 
     Parameters
@@ -152,7 +161,16 @@ def min_volumes(t_r, high_pass):
     return max(MIN_VOLUMES, padlen + 1)
 
 
-def prepare_run(bold_img, mask_img, t_r, smoothing_fwhm=3.0, high_pass=1 / 128, source=None, to_grid=None, n_threads=1):
+def prepare_run(
+    bold_img: str | os.PathLike[str] | SpatialImage,
+    mask_img: str | os.PathLike[str] | SpatialImage,
+    t_r: float,
+    smoothing_fwhm: float | None = 3.0,
+    high_pass: float | None = 1 / 128,
+    source: str | None = None,
+    to_grid: Callable[..., Any] | None = None,
+    n_threads: int = 1,
+) -> PreparedRun:
     """Mask, smooth, detrend, high-pass and z-score one run on the reference grid.
 
     Parameters
@@ -220,7 +238,13 @@ def prepare_run(bold_img, mask_img, t_r, smoothing_fwhm=3.0, high_pass=1 / 128, 
     return PreparedRun(signals=raw, mask=mask_bool, t_r=t_r, source=bold_name)
 
 
-def masked_signals(bold_img, mask_img, smoothing_fwhm=3.0, source=None, to_grid=None):
+def masked_signals(
+    bold_img: str | os.PathLike[str] | SpatialImage,
+    mask_img: str | os.PathLike[str] | SpatialImage,
+    smoothing_fwhm: float | None = 3.0,
+    source: str | None = None,
+    to_grid: Callable[..., Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Step 1 of :func:`prepare_run` alone: the in-mask, smoothed BOLD on the reference grid, not cleaned.
 
     The first-level GLM (:mod:`deeplight_bids.glm`) reads a run through this function, so it

@@ -4,10 +4,17 @@ The grid is that of HCP ``MNINonLinear`` data and TemplateFlow ``MNI152NLin6Asym
 ``res-2``: shape ``(91, 109, 91)``, x stored right-to-left ("LAS").
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import nibabel as nib
 import numpy as np
 
 from deeplight_bids.exceptions import ImageError
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 REFERENCE_SHAPE = (91, 109, 91)
 REFERENCE_AFFINE = np.array(
@@ -20,7 +27,7 @@ REFERENCE_RES = "2"
 _ATOL = 1e-3  # mm: header round-off tolerated when comparing affines
 
 
-def is_on_reference_grid(img):
+def is_on_reference_grid(img: SpatialImage) -> bool:
     """True when ``img`` has the reference shape (first 3 axes) and affine."""
     return tuple(img.shape[:3]) == REFERENCE_SHAPE and np.allclose(img.affine, REFERENCE_AFFINE, atol=_ATOL)
 
@@ -45,7 +52,7 @@ def _axis_permutation_to_reference(img):
     return transform
 
 
-def to_reference_grid(img, interpolation="continuous"):
+def to_reference_grid(img: SpatialImage, interpolation: str = "continuous") -> SpatialImage:
     """Return ``img`` on the reference grid, never mirrored.
 
     * already on the grid: returned unchanged (no copy, no interpolation);

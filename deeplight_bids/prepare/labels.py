@@ -26,17 +26,26 @@ State maps come from :func:`resolve_state_map`: a user JSON map
 (:func:`deeplight_bids.states.hcp_state_map`), else nothing is mapped.
 """
 
+from __future__ import annotations
+
 import json
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from deeplight_bids.exceptions import EventsError, InputDataError
 from deeplight_bids.states import hcp_state_map
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from deeplight_bids.bids.discover import Run
 
 __all__ = [
     "TIME_TOLERANCE",
@@ -58,7 +67,7 @@ _NA_STRINGS = ("n/a", "")
 _REQUIRED = ("onset", "duration")
 
 
-def read_events(path):
+def read_events(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a BIDS ``events.tsv`` file.
 
     Parameters
@@ -152,7 +161,7 @@ def _numeric_column(values, name, path):
     return result
 
 
-def volume_labels(events, n_volumes, t_r, state_map):
+def volume_labels(events: pd.DataFrame, n_volumes: int, t_r: float, state_map: Mapping[str, str]) -> np.ndarray:
     """Label each volume of a run with a cognitive state (reference section 3).
 
     Parameters
@@ -196,7 +205,7 @@ def volume_labels(events, n_volumes, t_r, state_map):
     return labels
 
 
-def labelled_events(events, state_map):
+def labelled_events(events: pd.DataFrame, state_map: Mapping[str, str]) -> pd.DataFrame:
     """The events whose trial type maps to a state, by onset.
 
     The sort is stable: equal onsets keep file order, so where windows overlap the later row is
@@ -206,7 +215,7 @@ def labelled_events(events, state_map):
     return mapped.iloc[np.argsort(mapped["onset"].to_numpy(dtype=float), kind="stable")]
 
 
-def labelling_window(onset, duration, t_r):
+def labelling_window(onset: float, duration: float, t_r: float) -> tuple[float, float]:
     """``(start, stop)``, in seconds, of the volumes an event labels (both included; the module docstring).
 
     From one TR after the onset to two TRs after the onset plus duration (the haemodynamic delay), widened by
@@ -215,7 +224,7 @@ def labelling_window(onset, duration, t_r):
     return onset + t_r - TIME_TOLERANCE, onset + duration + 2.0 * t_r + TIME_TOLERANCE
 
 
-def check_t_r(t_r):
+def check_t_r(t_r: Any) -> float:  # Any: it validates an unchecked value (metadata, argument)
     """``t_r`` as a float number of seconds; ``ValueError`` unless it is a positive finite number."""
     try:
         value = float(t_r)
@@ -226,7 +235,7 @@ def check_t_r(t_r):
     return value
 
 
-def unmapped_trial_types(events, state_map):
+def unmapped_trial_types(events: pd.DataFrame, state_map: Mapping[str, str]) -> list[str]:
     """Trial types of ``events`` that ``state_map`` does not map.
 
     Parameters
@@ -244,7 +253,7 @@ def unmapped_trial_types(events, state_map):
     return sorted({str(t) for t in events["trial_type"] if t not in state_map})
 
 
-def resolve_state_map(task, user_map=None):
+def resolve_state_map(task: str, user_map: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
     """The ``trial_type -> state`` map used for a task.
 
     Parameters
@@ -272,7 +281,7 @@ def resolve_state_map(task, user_map=None):
     return hcp_state_map(task)
 
 
-def load_state_map_file(path):
+def load_state_map_file(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
     """Read a user state map from JSON.
 
     The file holds ``{"<task>": {"<trial_type>": "<state>", ...}, ...}``.  A state of
@@ -347,7 +356,7 @@ class TaskLabels:
     to_model: dict
 
     @property
-    def unmapped(self):
+    def unmapped(self) -> list[str]:
         return [t for t in self.trial_types if t not in self.to_model]
 
 
@@ -360,10 +369,10 @@ class LabelPlan:
     source: str = "HCP vocabulary"
 
     @property
-    def unlabelled_tasks(self):
+    def unlabelled_tasks(self) -> list[TaskLabels]:
         return [t for t in self.tasks if not t.to_model]
 
-    def table(self):
+    def table(self) -> str:
         """Plain-text table: task, trial type, model state (or ``-`` when it labels nothing)."""
         lines = [f"{'task':<20} {'trial_type':<28} model state ({self.source})"]
         for task in self.tasks:
@@ -371,7 +380,7 @@ class LabelPlan:
                 lines.append(f"{task.task:<20} {trial_type:<28} {task.to_model.get(trial_type, '-')}")
         return "\n".join(lines)
 
-    def warning(self):
+    def warning(self) -> str | None:
         """The one warning for tasks none of whose trial types maps to a model state (None: no such task)."""
         empty = self.unlabelled_tasks
         if not empty:
@@ -385,13 +394,19 @@ class LabelPlan:
         )
 
 
-def state_map_example(trial_types, model_states):
+def state_map_example(trial_types: Iterable[str], model_states: Iterable[str]) -> dict[str, str]:
     """``{trial_type: state}``: each trial type paired with a model state in turn (a template to edit)."""
     states = list(model_states) or ["<state>"]
     return {t: states[i % len(states)] for i, t in enumerate(trial_types)}
 
 
-def plan_labels(runs, model_states, user_map=None, state_map_path=None, dataset_tasks=None):
+def plan_labels(
+    runs: Iterable[Run],
+    model_states: Iterable[str],
+    user_map: Mapping[str, Mapping[str, str]] | None = None,
+    state_map_path: str | os.PathLike[str] | None = None,
+    dataset_tasks: Sequence[str] | None = None,
+) -> LabelPlan:
     """Decide, before any compute, which trial types label which model state, per task.
 
     Parameters
@@ -419,11 +434,12 @@ def plan_labels(runs, model_states, user_map=None, state_map_path=None, dataset_
         type not in that task's events: one line listing the valid names.
     """
     model_states = tuple(model_states)
-    by_task = {}
+    by_task: dict[str, set[str]] = {}
     for run in runs:
         types = by_task.setdefault(run.entities["task"], set())
         try:
-            types.update(str(t) for t in read_events(run.events)["trial_type"])
+            # a run without events (None) raises TypeError, caught below
+            types.update(str(t) for t in read_events(run.events)["trial_type"])  # type: ignore[arg-type]
         except (EventsError, TypeError):
             continue
     if user_map:

@@ -18,11 +18,14 @@ Anything else (``T1w``, ``func``, ``fsnative``, no ``space`` entity, unknown tem
 refused: decoding a native-space image as if it were MNI would be silently wrong.
 """
 
+from __future__ import annotations
+
 import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +39,11 @@ from deeplight_bids.prepare.grid import (
     to_reference_grid,
 )
 from deeplight_bids.utils.identity import sha256sum
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
+    from scipy import sparse
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -82,7 +90,7 @@ class TransformFile:
     size: int
 
     @property
-    def templateflow_name(self):
+    def templateflow_name(self) -> str:
         return f"tpl-{self.template}/{self.filename}"
 
 
@@ -119,7 +127,7 @@ class SpaceTransformError(InputDataError):
     """A transform file is missing (offline) or corrupt."""
 
 
-def refusal(space):
+def refusal(space: str | None) -> str:
     """Why a BOLD in ``space`` (None: no ``space`` entity) cannot be used, one line without the run label."""
     shown = f"space {space}" if space else "native space (no space entity)"
     return (
@@ -136,7 +144,7 @@ def _file_md5(path, chunk=1 << 22):
     return digest.hexdigest()
 
 
-def templateflow_home():
+def templateflow_home() -> Path:
     """``$TEMPLATEFLOW_HOME``, else TemplateFlow's default (``~/.cache/templateflow`` on Linux).
 
     Read without importing ``templateflow`` (whose import may set up the folder).
@@ -151,7 +159,7 @@ def templateflow_home():
     return Path(home).absolute()
 
 
-def templateflow_get(template, **query):
+def templateflow_get(template: str, **query: Any) -> Path | None:
     """``templateflow.api.get(template, **query)`` without its console output: one path, or None.
 
     TemplateFlow prints ``Downloading <url>`` and a progress bar on stderr, and an offline node
@@ -187,7 +195,7 @@ def _templateflow_get(xfm):
     return templateflow_get(xfm.template, **xfm.query)
 
 
-def fetch_transform(xfm, download=True):
+def fetch_transform(xfm: TransformFile, download: bool = True) -> Path:
     """Local path of a TemplateFlow transform file, its checksum verified.
 
     Parameters
@@ -257,7 +265,7 @@ class TemplateResampler:
         self._linear = {}
         self._nearest = {}
 
-    def source_points(self):
+    def source_points(self) -> np.ndarray:
         """``(91*109*91, 3)`` source-template RAS mm of the reference voxels (C order of the grid)."""
         if self._source_points is None:
             ijk = np.indices(REFERENCE_SHAPE, dtype=np.float32).reshape(3, -1).T
@@ -266,7 +274,7 @@ class TemplateResampler:
             self.transform = None  # the dense field (~0.6 GB in memory for TemplateFlow's) is not needed again
         return self._source_points
 
-    def coordinates(self, affine, shape):
+    def coordinates(self, affine: np.ndarray, shape: Sequence[int] | np.ndarray) -> np.ndarray:
         """Voxel coordinates ``(3, 91*109*91)`` of the reference voxels in an image with ``affine``/``shape``.
 
         Points where the transform is undefined (NaN: outside its field) are put far outside
@@ -288,7 +296,9 @@ class TemplateResampler:
             return idx[0] + shape[0] * (idx[1] + shape[1] * idx[2])
         return (idx[0] * shape[1] + idx[1]) * shape[2] + idx[2]
 
-    def linear_weights(self, affine, shape, order="C"):
+    def linear_weights(
+        self, affine: np.ndarray, shape: Sequence[int] | np.ndarray, order: str = "C"
+    ) -> sparse.csr_matrix:
         """Sparse ``(91*109*91, prod(shape[:3]))`` trilinear interpolation matrix.
 
         Rows: reference voxels in C order; columns: source voxels in ``order`` ("C" or "F").
@@ -319,7 +329,7 @@ class TemplateResampler:
             )
         return self._linear[key]
 
-    def nearest_index(self, affine, shape, order="C"):
+    def nearest_index(self, affine: np.ndarray, shape: Sequence[int] | np.ndarray, order: str = "C") -> np.ndarray:
         """Flat source index (``order`` "C" or "F") of the nearest voxel of each reference voxel (-1: outside)."""
         key = self._key(affine, shape, order)
         if key not in self._nearest:
@@ -355,7 +365,7 @@ class TemplateResampler:
         return result
 
 
-def load_transform(path):
+def load_transform(path: str | os.PathLike[str]) -> Any:
     """Read an ITK/ANTs composite ``.h5`` (affine and/or displacement field) with nitransforms."""
     from nitransforms.manip import TransformChain
 
@@ -417,7 +427,7 @@ class SpacePlan:
     resolved: dict = field(default_factory=dict)
     _transforms: dict = field(default_factory=dict)
 
-    def prepare(self, spaces, download=True):
+    def prepare(self, spaces: Iterable[str], download: bool = True) -> None:
         """Fetch and verify the transform files the ``spaces`` need; raises :class:`SpaceTransformError`."""
         warned = False
         for space in sorted(set(spaces)):
@@ -442,7 +452,7 @@ class SpacePlan:
                 continue
             self.resolved[space] = (path, sha256sum(path))
 
-    def resampler_for(self, space):
+    def resampler_for(self, space: str) -> tuple[Callable[..., Any], dict[str, Any] | str | None]:
         """``(to_grid callable, SpaceTransform provenance)`` for a run whose BOLD is in ``space``."""
         xfm = KNOWN_SPACES[space].transform
         if xfm is None:
