@@ -8,12 +8,16 @@ The package is organised along the data flow of one participant-level run::
 and the group level in ``group/``.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from deeplight_bids._version import __version__
 
 __all__ = ["__version__", "load_relevance"]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # lazy: ``import deeplight_bids`` stays light (no nibabel, pandas or TensorFlow)
     if name == "load_relevance":
         from deeplight_bids.readback import load_relevance

@@ -9,8 +9,14 @@ must run before anything imports ``keras`` (the CLI calls it first thing).  This
 module imports neither Keras nor a backend at module level.
 """
 
+from __future__ import annotations
+
+import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
 
 #: Keras backends the models and LRP run on.
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -19,7 +25,7 @@ BACKENDS = ("tensorflow", "jax", "torch")
 DEFAULT_BACKEND = "tensorflow"
 
 
-def select_backend(name=None):
+def select_backend(name: str | None = None) -> str:
     """Set ``KERAS_BACKEND`` to ``name`` before Keras is imported; return the backend in force.
 
     Parameters
@@ -51,14 +57,14 @@ def select_backend(name=None):
     return name
 
 
-def name():
+def name() -> str:
     """The Keras backend in force (imports Keras)."""
     import keras
 
     return keras.backend.backend()
 
 
-def check_installed(backend):
+def check_installed(backend: str) -> None:
     """Raise ``ImportError`` with the install hint when ``backend``'s package is missing."""
     module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[backend]
     try:
@@ -71,7 +77,7 @@ def check_installed(backend):
         ) from err
 
 
-def versions():
+def versions() -> dict[str, str]:
     """``{"keras": ..., "backend": ..., "<backend package>": version}`` for provenance."""
     import keras
 
@@ -80,7 +86,7 @@ def versions():
     return {"keras": keras.__version__, "backend": backend, backend: getattr(module, "__version__", "unknown")}
 
 
-def compile_function(fn, reduce_retracing=True):
+def compile_function(fn: Callable[..., Any], reduce_retracing: bool = True) -> Callable[..., Any]:
     """``fn`` compiled for repeated calls: ``tf.function`` (TensorFlow), ``jax.jit`` (JAX), eager under PyTorch.
 
     ``fn`` takes and returns backend tensors; under JAX it must be pure (layers read
@@ -113,7 +119,7 @@ def compile_function(fn, reduce_retracing=True):
     return no_grad
 
 
-def fused(fn):
+def fused(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` as one XLA-fused kernel under TensorFlow (element-wise chains); unchanged elsewhere.
 
     Under JAX the whole analyzer is one XLA program already; under PyTorch it stays eager.
@@ -125,7 +131,12 @@ def fused(fn):
     return fn
 
 
-def vjp(forward, inputs, cotangents, return_outputs=False):
+def vjp(
+    forward: Callable[..., Any],
+    inputs: Sequence[Any],
+    cotangents: Any,
+    return_outputs: bool = False,
+) -> Any:
     """Vector-Jacobian product: the gradient of ``sum(cotangents * forward(*inputs))`` w.r.t. ``inputs``.
 
     Parameters
@@ -172,7 +183,7 @@ def vjp(forward, inputs, cotangents, return_outputs=False):
     if backend == "jax":
         import jax
 
-        single = []
+        single: list[bool] = []
         outputs, pullback = jax.vjp(lambda *args: as_list(_note_single(forward(*args), single)), *inputs)
         return result(outputs, list(pullback(cotangents_for(outputs))), bool(single))
     import torch
@@ -195,7 +206,7 @@ def _note_single(out, flag):
     return out
 
 
-def read(variable):
+def read(variable: Any) -> Any:
     """The current value of a Keras variable as a plain backend tensor (not the variable object)."""
     value = getattr(variable, "value", variable)
     if name() == "tensorflow":
@@ -205,7 +216,7 @@ def read(variable):
     return value
 
 
-def has_gpu():
+def has_gpu() -> bool:
     """Whether the backend sees a GPU."""
     backend = name()
     if backend == "tensorflow":
@@ -221,7 +232,7 @@ def has_gpu():
     return bool(torch.cuda.is_available())
 
 
-def configure_threads(nprocs, log):
+def configure_threads(nprocs: int, log: logging.Logger) -> None:
     """Intra-op thread pool of the backend for ``--nprocs`` (logged; JAX's is fixed at start-up)."""
     backend = name()
     nprocs = int(nprocs)
@@ -250,7 +261,7 @@ def configure_threads(nprocs, log):
         log.info("JAX threads: XLA's defaults (--nprocs %d is not applied under JAX)", nprocs)
 
 
-def tensorflow_or_exit(purpose):
+def tensorflow_or_exit(purpose: str) -> ModuleType:
     """``import tensorflow`` for a TensorFlow-only feature, or raise a one-line error naming it.
 
     Raises

@@ -39,10 +39,12 @@ A new option needs one (``tests/derivatives/test_settings_hash.py`` fails withou
 checks that each ``"hashed"`` one changes the hash); :func:`output_decisions` lists them.
 """
 
+import argparse
 import dataclasses
 import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,7 +72,7 @@ def _setting(default, outputs):
     return field(default=default, metadata={OUTPUTS: outputs})
 
 
-def default_work_dir(output_dir):
+def default_work_dir(output_dir: str | os.PathLike) -> Path:
     """``OUTPUT_DIR/.work``: the work folder when ``--work-dir`` is not given."""
     return Path(output_dir) / WORK_FOLDER
 
@@ -293,7 +295,7 @@ def _flat_names():
 FLAT_NAMES = _flat_names()
 
 
-def output_decisions():
+def output_decisions() -> dict[str, str | None]:
     """Flat setting name -> its :data:`OUTPUTS` decision (None where a field has none).
 
     Covers every field of the sections (under its flat name, e.g. ``"finetune_batch_size"``)
@@ -305,7 +307,7 @@ def output_decisions():
     return {name: f.metadata.get(OUTPUTS) for name, f in fields}
 
 
-def default(name):
+def default(name: str) -> typing.Any:
     """The default of a setting by its flat name (e.g. ``"batch_size"``, ``"finetune_init"``, ``"nprocs"``)."""
     if name in FLAT_NAMES:
         section, key = FLAT_NAMES[name]
@@ -362,12 +364,19 @@ class Config:
     verbose: int = _setting(0, NEUTRAL)
     version: str = _setting(__version__, NEUTRAL)  # a record: the hash takes the running version
 
-    def __init__(self, inputs=None, participant=None, group=None, finetune=None, **settings):
+    def __init__(
+        self,
+        inputs: "InputsConfig | dict[str, typing.Any] | None" = None,
+        participant: "ParticipantConfig | dict[str, typing.Any] | None" = None,
+        group: "GroupConfig | dict[str, typing.Any] | None" = None,
+        finetune: "FinetuneConfig | dict[str, typing.Any] | bool | None" = None,
+        **settings: typing.Any,
+    ) -> None:
         given = {"inputs": inputs, "participant": participant, "group": group, "finetune": finetune}
         if isinstance(finetune, bool):  # the flat setting --finetune, not the section
             given["finetune"] = None
             settings["finetune"] = finetune
-        values = {name: {} for name in SECTIONS}
+        values: dict[str, dict[str, typing.Any]] = {name: {} for name in SECTIONS}
         own = {}
         own_names = {f.name for f in dataclasses.fields(Config)} - set(SECTIONS)
         for name, value in settings.items():
@@ -388,7 +397,7 @@ class Config:
             if f.name not in SECTIONS:
                 object.__setattr__(self, f.name, own.get(f.name, f.default))
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> typing.Any:
         # only called for names that are not attributes: the flat view of the sections
         if name in FLAT_NAMES:
             section, key = FLAT_NAMES[name]
@@ -396,7 +405,7 @@ class Config:
         raise AttributeError(f"'Config' has no setting {name!r}")
 
     @classmethod
-    def from_args(cls, args):
+    def from_args(cls, args: argparse.Namespace) -> typing.Self:
         """Build from an :class:`argparse.Namespace` of :func:`cli.parser.parse_args`.
 
         Options absent from ``args`` take their defaults from the sections.
@@ -486,7 +495,7 @@ class Config:
         )
 
     # -- TOML ------------------------------------------------------------------------------------
-    def to_dict(self):
+    def to_dict(self) -> dict[str, typing.Any]:
         """TOML-friendly nested dict: the job's settings, then one table per section.
 
         Paths are strings, tuples lists, pybids queries ``"Query.NONE"``/``"Query.ANY"``.
@@ -512,7 +521,7 @@ class Config:
         return out
 
     @classmethod
-    def from_dict(cls, data):
+    def from_dict(cls, data: Mapping[str, typing.Any]) -> typing.Self:
         """Inverse of :meth:`to_dict` (unknown keys are an error naming them)."""
         own = {k: v for k, v in data.items() if k not in SECTIONS}
         sections = {}
@@ -526,7 +535,7 @@ class Config:
             sections[name] = section_cls(**{k: _from_toml(v, hints[k], fields[k].default) for k, v in table.items()})
         return cls(**sections, **own)
 
-    def save(self, path, root=None):
+    def save(self, path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
         """Write :meth:`to_dict` as TOML to ``path`` (atomic); returns the path.
 
         ``root``: OUTPUT_DIR, see :func:`deeplight_bids.derivatives.writers.atomic_path`.
@@ -538,7 +547,7 @@ class Config:
         return write_text(path, tomli_w.dumps(self.to_dict()), root=root)
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path: str | os.PathLike) -> typing.Self:
         """Read a TOML written by :meth:`save`."""
         import tomllib
 

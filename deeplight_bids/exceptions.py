@@ -20,6 +20,10 @@ Exit codes (documented in the README and ``--help``):
 ==== ==============================================================
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
@@ -38,12 +42,12 @@ class DeepLightBidsError(Exception):
 
     exit_code = EXIT_INTERNAL
 
-    def __init_subclass__(cls, exit_code=None, **kwargs):
+    def __init_subclass__(cls, exit_code: int | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if exit_code is not None:
             cls.exit_code = exit_code
 
-    def __init__(self, message):
+    def __init__(self, message: object) -> None:
         # One line: the CLI prints the message as is.
         super().__init__(" ".join(str(message).split()))
 
@@ -96,7 +100,7 @@ class Interrupted(BaseException):
     blocks remove temporary files, and the command line exits with ``128 + signum``.
     """
 
-    def __init__(self, signum):
+    def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = int(signum)
         self.exit_code = 128 + self.signum

@@ -9,19 +9,35 @@
   error now; a task whose labels map to nothing gets one warning with an example).
 """
 
+from __future__ import annotations
+
 import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from deeplight_bids.exceptions import NoRunsFoundError
+
+if TYPE_CHECKING:
+    from deeplight_bids.bids.discover import Run
+    from deeplight_bids.config import Config
+    from deeplight_bids.prepare.labels import LabelPlan
+    from deeplight_bids.prepare.spaces import SpacePlan
 
 LOGGER = logging.getLogger("deeplight_bids")
 
 
-def plural(count, word, words=None):
+def plural(count: int, word: str, words: str | None = None) -> str:
     """``"1 volume"``, ``"2 volumes"``."""
     return f"{count} {word if count == 1 else (words or word + 's')}"
 
 
-def no_runs_error(bids_dir, runs, table_path=None, shown=3):
+def no_runs_error(
+    bids_dir: str | os.PathLike,
+    runs: Sequence[Run],
+    table_path: str | os.PathLike | None = None,
+    shown: int = 3,
+) -> NoRunsFoundError:
     """The error for a job in which no run can be processed: runs grouped by reason, at most ``shown`` reasons.
 
     Parameters
@@ -36,7 +52,7 @@ def no_runs_error(bids_dir, runs, table_path=None, shown=3):
     -------
     NoRunsFoundError
     """
-    groups = {}
+    groups: dict[str | None, list[str]] = {}
     for run in runs:
         groups.setdefault(run.skip_reason, []).append(run.label)
     parts = []
@@ -54,7 +70,14 @@ def no_runs_error(bids_dir, runs, table_path=None, shown=3):
     )
 
 
-def plan_before_compute(config, todo, model_states, user_state_map, dataset_tasks, log=LOGGER):
+def plan_before_compute(
+    config: Config,
+    todo: Sequence[Run],
+    model_states: Sequence[str],
+    user_state_map: Mapping[str, Mapping[str, str]] | None,
+    dataset_tasks: Sequence[str] | None,
+    log: logging.Logger = LOGGER,
+) -> tuple[SpacePlan, LabelPlan]:
     """Space plan and label plan of a job; raises an input error before anything is computed.
 
     Returns
@@ -74,6 +97,6 @@ def plan_before_compute(config, todo, model_states, user_state_map, dataset_task
     return spaces, labels
 
 
-def source_space(run):
+def source_space(run: Run) -> dict[str, str | None]:
     """``SourceSpace`` of the sidecars: the preprocessed BOLD's space and resolution."""
     return {"Space": run.space, "Resolution": None if run.res is None else str(run.res)}

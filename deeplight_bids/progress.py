@@ -13,10 +13,14 @@ every ``interval`` seconds, so long work is never silent for long and never floo
   ``stream`` (the command's own output), a first one at once and a last one on close.
 """
 
+from __future__ import annotations
+
 import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import IO, Any, Literal, Self
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -51,17 +55,22 @@ class Progress:
         False: count only, show nothing.
     """
 
+    total: int | None
+    _bar: Any  # a tqdm bar, or None
+    _last: float | None
+    _start: float
+
     def __init__(
         self,
-        total=None,
-        desc="",
-        unit="volume",
-        log=LOGGER,
-        interval=LOG_INTERVAL,
-        stream=None,
-        clock=None,
-        enabled=True,
-    ):
+        total: int | None = None,
+        desc: str = "",
+        unit: str = "volume",
+        log: logging.Logger = LOGGER,
+        interval: float = LOG_INTERVAL,
+        stream: IO[str] | None = None,
+        clock: Callable[[], float] | None = None,
+        enabled: bool = True,
+    ) -> None:
         self.unit = unit
         self.log = log
         self.interval = float(interval)
@@ -75,7 +84,7 @@ class Progress:
         if total is not None:
             self.start(total, desc)
 
-    def start(self, total, desc):
+    def start(self, total: int | None, desc: str) -> None:
         """Begin a segment of ``total`` units (None: unknown) called ``desc``, with a bar of its own."""
         self._end_bar()
         self.total = None if total is None else int(total)
@@ -91,7 +100,7 @@ class Progress:
         settings = {"leave": False, "dynamic_ncols": True, **options}
         return tqdm(total=self.total, desc=self.desc, unit=self.unit, file=self.stream, **settings)
 
-    def update(self, n=1, **status):
+    def update(self, n: int = 1, **status: Any) -> None:
         """``n`` more units done; ``status`` (e.g. ``loss="0.1234"``) is shown beside the count."""
         self.done += n
         if self._bar is not None:
@@ -125,7 +134,7 @@ class Progress:
             format_duration(left),
         )
 
-    def close(self):
+    def close(self) -> None:
         """End the segment (the bar shows its final count, then is cleared)."""
         self._end_bar()
 
@@ -135,10 +144,10 @@ class Progress:
             self._bar.close()
             self._bar = None
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.close()
         return False
 
@@ -150,7 +159,14 @@ class SegmentProgress(Progress):
     step count and the status passed to :meth:`update`, and the seconds of the segment.
     """
 
-    def __init__(self, unit="step", log=LOGGER, interval=LOG_INTERVAL, stream=None, clock=None):
+    def __init__(
+        self,
+        unit: str = "step",
+        log: logging.Logger = LOGGER,
+        interval: float = LOG_INTERVAL,
+        stream: IO[str] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         super().__init__(None, "", unit, log, interval, stream, clock)
 
     def _line(self, now, status):
@@ -187,7 +203,17 @@ class ByteProgress(Progress):
         ``time.monotonic``; replaceable in tests.
     """
 
-    def __init__(self, total_bytes, total_files, stream=None, enabled=True, interval=LOG_INTERVAL, clock=None):
+    total: int  # always known for a download
+
+    def __init__(
+        self,
+        total_bytes: int,
+        total_files: int,
+        stream: IO[str] | None = None,
+        enabled: bool = True,
+        interval: float = LOG_INTERVAL,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.total_files = int(total_files)
         self.transferred = 0
         self.done_files = 0
@@ -199,23 +225,23 @@ class ByteProgress(Progress):
         return super()._open_bar(unit_scale=True, unit_divisor=1024, leave=True, postfix=f"files 0/{self.total_files}")
 
     @property
-    def done_bytes(self):
+    def done_bytes(self) -> int:
         """Bytes done (downloaded, or found on disk)."""
         return self.done
 
-    def add(self, nbytes, transferred=True):
+    def add(self, nbytes: int, transferred: bool = True) -> None:
         """Count ``nbytes`` more as done (``transferred=False``: found on disk, e.g. resumed)."""
         with self._lock:
             if transferred:
                 self.transferred += nbytes
             self.update(nbytes)
 
-    def rewind(self, nbytes):
+    def rewind(self, nbytes: int) -> None:
         """Un-count ``nbytes`` (a temp file was discarded)."""
         with self._lock:
             self.update(-nbytes)
 
-    def file_done(self):
+    def file_done(self) -> None:
         """Count one more file as complete."""
         with self._lock:
             self.done_files += 1
@@ -223,14 +249,14 @@ class ByteProgress(Progress):
                 self._bar.set_postfix_str(f"files {self.done_files}/{self.total_files}", refresh=False)
             self._tick()
 
-    def eta(self):
+    def eta(self) -> float | None:
         """Seconds left at the rate of this session, or None when unknown."""
         elapsed = self.clock() - self._start
         if self.transferred <= 0 or elapsed <= 0:
             return None
         return max(self.total - self.done, 0) / (self.transferred / elapsed)
 
-    def render(self, width=24):
+    def render(self, width: int = 24) -> str:
         """One status line: bar, percentage, bytes, rate, ETA, files."""
         fraction = self.done / self.total if self.total else 1.0
         filled = int(round(width * min(max(fraction, 0.0), 1.0)))
@@ -246,7 +272,7 @@ class ByteProgress(Progress):
         self.stream.write(self.render() + "\n")
         self.stream.flush()
 
-    def close(self):
+    def close(self) -> None:
         """Show the final state (the bar closed, or a last status line)."""
         with self._lock:
             if not self.enabled:

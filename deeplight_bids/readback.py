@@ -7,11 +7,17 @@ one gzip member per volume, or else front to back through the gzip stream a few 
 at a time), so a 405-volume run is never held in memory whole.
 """
 
+from __future__ import annotations
+
 import json
+import os
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from deeplight_bids.config import RELEVANCE_MAP_KINDS
@@ -20,12 +26,21 @@ from deeplight_bids.derivatives.writers import gzip_module
 from deeplight_bids.exceptions import InputDataError
 from deeplight_bids.utils.tsv import read_tsv
 
+if TYPE_CHECKING:
+    import nibabel as nib
+
 #: file name ends of the per-run relevance files, by kind
 _RUN_FILES = {"volumes": "desc-relevance_bold.nii.gz", "blocks": "desc-blocks_relevance.nii.gz"}
 _SHORT_TO_LONG = {short: key for key, short in naming.ENTITY_ORDER}
 
 
-def iter_volumes(path, wanted, chunk=16, dtype=np.float64, copy=True):
+def iter_volumes(
+    path: str | os.PathLike,
+    wanted: Iterable[int],
+    chunk: int = 16,
+    dtype: npt.DTypeLike = np.float64,
+    copy: bool = True,
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(index, volume)`` for the wanted volume indices of a 4D NIfTI, in order.
 
     A file written one gzip member per volume
@@ -55,7 +70,7 @@ def iter_volumes(path, wanted, chunk=16, dtype=np.float64, copy=True):
     """
     import nibabel as nib
 
-    img = nib.load(path)
+    img: Any = nib.load(path)  # nibabel's stubs type load() as FileBasedImage (no shape, affine, dataobj)
     header = img.header
     shape = img.shape
     if len(shape) != 4:
@@ -106,7 +121,7 @@ def iter_volumes(path, wanted, chunk=16, dtype=np.float64, copy=True):
                 yield w, scaled(arr[w - start])
 
 
-def parse_entities(path):
+def parse_entities(path: str | os.PathLike) -> dict[str, str]:
     """BIDS entities of an output file name: ``{"subject": "01", "task": "motor", ...}`` (long keys)."""
     stem = Path(path).name.split(".")[0]
     out = {}
@@ -163,8 +178,16 @@ def _matches_state(values, state):
 
 
 def load_relevance(
-    output_dir, subject, task, run=None, state=None, kind="volumes", session=None, volumes=None, filters=None
-):
+    output_dir: str | os.PathLike,
+    subject: str,
+    task: str,
+    run: int | str | None = None,
+    state: str | None = None,
+    kind: str = "volumes",
+    session: str | None = None,
+    volumes: Iterable[int] | None = None,
+    filters: Mapping[str, Any] | None = None,
+) -> tuple[nib.Nifti1Image, pd.DataFrame]:
     """Relevance maps of one participant and task from OUTPUT_DIR, with the matching table rows.
 
     Parameters
@@ -254,7 +277,7 @@ def load_relevance(
         rows.insert(0, "source", path.name)
         selected.append((path, rows))
     n_total = sum(len(rows) for _, rows in selected)
-    first = nib.load(selected[0][0])
+    first: Any = nib.load(selected[0][0])  # a Nifti1Image (see iter_volumes)
     data = np.zeros((*first.shape[:3], n_total), dtype=np.float32, order="F")
     filled = 0
     for path, rows in selected:

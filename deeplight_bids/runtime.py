@@ -5,11 +5,15 @@ before it builds a model, so thread pools are set once from ``--nprocs`` and a
 precision policy set for a stage is restored when the stage ends, also on error.
 """
 
+from __future__ import annotations
+
 import contextlib
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -17,7 +21,7 @@ LOGGER = logging.getLogger("deeplight_bids")
 FILE_LOG_FORMAT = "%(asctime)s %(levelname)s: %(message)s"
 
 
-def configure_threads(nprocs, log=LOGGER):
+def configure_threads(nprocs: int, log: logging.Logger = LOGGER) -> None:
     """The Keras backend's thread pools for ``--nprocs`` (TensorFlow: intra-op N, inter-op at most 2).
 
     Logs the settings in force (e.g. ``TensorFlow threads: intra-op N, inter-op M``), so
@@ -36,7 +40,7 @@ def configure_threads(nprocs, log=LOGGER):
 
 
 @contextlib.contextmanager
-def precision_policy(name):
+def precision_policy(name: str) -> Iterator[Any]:
     """Keras' global dtype policy ``name`` (e.g. ``"mixed_float16"``) inside, the previous one after.
 
     The previous policy is restored in ``finally``, so an error inside never leaves a
@@ -53,7 +57,7 @@ def precision_policy(name):
 
 
 @contextlib.contextmanager
-def compute_session(nprocs, precision=None, log=LOGGER):
+def compute_session(nprocs: int, precision: str | None = None, log: logging.Logger = LOGGER) -> Iterator[None]:
     """Set up the backend for one job: thread pools from ``nprocs``, optionally a precision policy.
 
     Parameters
@@ -77,7 +81,11 @@ def compute_session(nprocs, precision=None, log=LOGGER):
 _UNLIMITED_BYTES = 2**60
 
 
-def memory_limit(requested_mb=0, environ=None, cgroup_root="/sys/fs/cgroup"):
+def memory_limit(
+    requested_mb: int = 0,
+    environ: Mapping[str, str] | None = None,
+    cgroup_root: str | os.PathLike = "/sys/fs/cgroup",
+) -> tuple[int | None, str]:
     """The memory this job may use, in MiB, and where that figure comes from.
 
     In order: ``--mem-mb`` (``requested_mb`` > 0); the SLURM job's allocation
@@ -148,7 +156,7 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(verbose=0):
+def setup_logging(verbose: int = 0) -> None:
     """Log to stderr at INFO (``-vv``: DEBUG; ``verbose < 0``: WARNING) under the ``deeplight_bids`` logger."""
     from deeplight_bids.exceptions import LoggedWarning
 
@@ -166,7 +174,7 @@ def setup_logging(verbose=0):
 
 
 @contextlib.contextmanager
-def log_file(path, log=LOGGER):
+def log_file(path: str | os.PathLike, log: logging.Logger = LOGGER) -> Iterator[logging.FileHandler | None]:
     """Copy the log of this job to ``path`` (``OUTPUT_DIR/logs/*.log``, as fMRIPrep keeps its logs) while inside.
 
     A file that cannot be opened is a warning, not an error: the job logs to the terminal only.

@@ -6,6 +6,8 @@ alphabetical order, giving 20 states.  Both published models decode the first 16
 (``WM`` was held out for the transfer experiments).
 """
 
+from __future__ import annotations
+
 HCP_TASK_STATES = {
     "EMOTION": ("fear", "neut"),
     "GAMBLING": ("loss", "neut", "win"),
@@ -31,7 +33,7 @@ _HCP_TRIAL_TYPE_ALIASES = {
 }
 
 
-def hcp_task_name(task):
+def hcp_task_name(task: str | None) -> str | None:
     """Return the HCP task name (``"MOTOR"``) for a BIDS task label, or None.
 
     BIDS task labels are matched case-insensitively (``motor``, ``MOTOR``), also
@@ -45,7 +47,7 @@ def hcp_task_name(task):
     return key if key in HCP_TASK_STATES else None
 
 
-def hcp_state_map(task):
+def hcp_state_map(task: str | None) -> dict[str, str]:
     """Map trial types of an HCP task to ``"<TASK>_<state>"`` names.
 
     Parameters

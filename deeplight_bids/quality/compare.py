@@ -28,11 +28,17 @@ gradient passes per map, so both their checks use every fourth volume (at least 
 cascade stages (top block, all blocks).  The table's ``n_volumes`` says how many.
 """
 
+from __future__ import annotations
+
 import logging
+import os
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from scipy import stats
 
@@ -96,7 +102,7 @@ COLUMNS = described(
 )
 
 
-def spearman_in_mask(a, b, index):
+def spearman_in_mask(a: npt.ArrayLike, b: npt.ArrayLike, index: np.ndarray) -> float:
     """Spearman rank correlation of two maps over the flat ``index`` voxels (NaN when one is constant)."""
     a = np.asarray(a, dtype=np.float64).reshape(-1)[index]
     b = np.asarray(b, dtype=np.float64).reshape(-1)[index]
@@ -169,7 +175,7 @@ class AttributionComparison:
         self._randomised = {}
         self._working_copy = None  # the cascade's model on TensorFlow and PyTorch (_stage_explainer)
 
-    def settings(self):
+    def settings(self) -> dict[str, Any]:
         """What the table depends on (for the run's settings hash)."""
         return {
             "methods": [m.sidecar(self.parameters) for m in self.methods],
@@ -182,7 +188,7 @@ class AttributionComparison:
             "reference_top_percent": self.reference_top_percent if self.references else None,
         }
 
-    def randomised(self, n_blocks):
+    def randomised(self, n_blocks: int) -> Any:
         """The model with its top ``n_blocks`` blocks randomised (built once per comparison)."""
         if n_blocks not in self._randomised:
             layers = {name for block in self.blocks[:n_blocks] for name in block}
@@ -218,8 +224,18 @@ class AttributionComparison:
 
     # -- one run ------------------------------------------------------------------------------
     def evaluate(
-        self, outputs, x_of, mask_index, logits, targets, states, task_states, root=None, label="", sums_path=None
-    ):
+        self,
+        outputs: Mapping[str, Path],
+        x_of: Callable[[int, int], np.ndarray],
+        mask_index: np.ndarray,
+        logits: np.ndarray,
+        targets: np.ndarray,
+        states: Sequence[str],
+        task_states: Sequence[int],
+        root: str | os.PathLike | None = None,
+        label: str = "",
+        sums_path: str | os.PathLike | None = None,
+    ) -> dict[str, dict[str, Any]]:
         """Run every method and check, write the table and its sidecar; returns the per-method summary.
 
         Parameters
@@ -267,7 +283,7 @@ class AttributionComparison:
             ", ".join(m.name for m in self.methods),
         )
         random_logits = self._random_order_logits(x, mask_index, chosen)
-        self._sums = {}
+        self._sums: dict[str, dict[str, tuple[np.ndarray, int]]] = {}
         rows, summary, areas = [], {}, {}
         for method in self.methods:
             t_method = time.monotonic()
@@ -319,7 +335,7 @@ class AttributionComparison:
         )
         return summary
 
-    def sidecar(self, chosen, summary):
+    def sidecar(self, chosen: Sequence[int] | np.ndarray, summary: Mapping[str, Any]) -> dict[str, Any]:
         return {
             **COLUMNS,
             "Description": "attribution methods compared on the same volumes of the run: faithfulness (deletion "
@@ -513,26 +529,30 @@ class AttributionComparison:
         }
 
 
-def save_method_sums(path, sums, root=None):
+def save_method_sums(
+    path: str | os.PathLike,
+    sums: Mapping[str, Mapping[str, tuple[np.ndarray, int]]],
+    root: str | os.PathLike | None = None,
+) -> None:
     """Store ``{method: {state: (sum (x, y, z), count)}}`` (float32 sums) atomically in an ``.npz``."""
     from deeplight_bids.derivatives.writers import atomic_path
 
-    arrays = {}
+    arrays: dict[str, np.ndarray] = {}
     for method, by_state in sums.items():
         for state, (total, count) in by_state.items():
             arrays[f"sum|{method}|{state}"] = np.ascontiguousarray(total, dtype=np.float32)
             arrays[f"count|{method}|{state}"] = np.array(int(count))
     with atomic_path(path, root=root) as tmp:
         with open(tmp, "wb") as fobj:
-            np.savez_compressed(fobj, **arrays)
+            np.savez_compressed(fobj, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
 
 
-def read_method_sums(path):
+def read_method_sums(path: str | os.PathLike) -> dict[str, dict[str, tuple[np.ndarray, int]]]:
     """``{method: {state: (sum float64 (x, y, z), count)}}`` from :func:`save_method_sums`; ``{}`` if absent."""
     path = Path(path)
     if not path.is_file():
         return {}
-    out = {}
+    out: dict[str, dict[str, tuple[np.ndarray, int]]] = {}
     try:
         with np.load(path) as data:
             for key in data.files:
@@ -607,7 +627,7 @@ def _run_value(frame, check, stage="n/a"):
     return float(rows["value"].iloc[0]) if len(rows) else float("nan")
 
 
-def pool(tables):
+def pool(tables: Iterable[pd.DataFrame]) -> pd.DataFrame:
     """One row per method from the per-run comparison tables (medians over runs; see :data:`POOLED_COLUMNS`).
 
     Parameters
@@ -663,7 +683,7 @@ def pool(tables):
     return pd.DataFrame(rows, columns=list(POOLED_COLUMNS))
 
 
-def verdict(row):
+def verdict(row: pd.Series | Mapping[str, Any]) -> str:
     """One sentence on a pooled row: which checks the method passes, with its numbers."""
     fails = []
     ratio, rnd, cls = row["deletion_area_ratio"], row["randomisation_spearman"], row["class_sensitivity_spearman"]

@@ -8,7 +8,13 @@ removed fractions :data:`FRACTIONS` for both orders, with whether the decision (
 still equals the unperturbed one.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from deeplight_bids.derivatives.sidecars import described
@@ -49,7 +55,7 @@ COLUMNS = described(
 )
 
 
-def sidecar(seed, n_mask_voxels, summary):
+def sidecar(seed: int, n_mask_voxels: int, summary: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON sidecar of a run's deletion-curves table.
 
     Parameters
@@ -75,7 +81,7 @@ def sidecar(seed, n_mask_voxels, summary):
     }
 
 
-def select_volumes(predicted, n, seed=0):
+def select_volumes(predicted: npt.ArrayLike, n: int, seed: int = 0) -> np.ndarray:
     """Up to ``n`` volume indices, stratified by predicted state.
 
     States take turns (in order of their index), each giving one of its volumes drawn
@@ -98,7 +104,7 @@ def select_volumes(predicted, n, seed=0):
     predicted = np.asarray(predicted)
     rng = np.random.default_rng(seed)
     pools = [list(rng.permutation(np.flatnonzero(predicted == s))) for s in np.unique(predicted)]
-    chosen = []
+    chosen: list[int] = []
     while len(chosen) < min(int(n), len(predicted)):
         for pool in pools:
             if pool and len(chosen) < n:
@@ -106,12 +112,18 @@ def select_volumes(predicted, n, seed=0):
     return np.sort(np.asarray(chosen, dtype=int))
 
 
-def removal_counts(n_mask, fractions=FRACTIONS):
+def removal_counts(n_mask: int, fractions: Sequence[float] = FRACTIONS) -> np.ndarray:
     """Voxels removed at each fraction: ``round(fraction * n_mask)``, shape (n_fractions,)."""
     return np.rint(np.asarray(fractions, dtype=float) * int(n_mask)).astype(int)
 
 
-def deletion_inputs(x, relevance, mask_index, rng, fractions=FRACTIONS):
+def deletion_inputs(
+    x: np.ndarray,
+    relevance: np.ndarray,
+    mask_index: np.ndarray,
+    rng: np.random.Generator,
+    fractions: Sequence[float] = FRACTIONS,
+) -> tuple[np.ndarray, np.ndarray]:
     """The perturbed copies of one volume, for both orders.
 
     Parameters
@@ -150,17 +162,17 @@ def deletion_inputs(x, relevance, mask_index, rng, fractions=FRACTIONS):
 
 
 def deletion_curves(
-    logits_fn,
-    volumes,
-    x_of,
-    relevance_of,
-    targets,
-    mask_index,
-    seed=0,
-    fractions=FRACTIONS,
-    known_logits=None,
-    max_inputs=DELETION_BATCH,
-):
+    logits_fn: Callable[[np.ndarray], npt.ArrayLike],
+    volumes: Sequence[int] | np.ndarray,
+    x_of: Callable[[int], np.ndarray],
+    relevance_of: Callable[[int], np.ndarray],
+    targets: np.ndarray,
+    mask_index: np.ndarray,
+    seed: int = 0,
+    fractions: Sequence[float] = FRACTIONS,
+    known_logits: np.ndarray | None = None,
+    max_inputs: int = DELETION_BATCH,
+) -> pd.DataFrame:
     """Deletion curves of several volumes, one table.
 
     Parameters
@@ -240,7 +252,7 @@ def deletion_curves(
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-def area_between_curves(frame):
+def area_between_curves(frame: pd.DataFrame) -> dict[str, Any]:
     """AOPC-style summaries of a deletion table.
 
     ``aopc_<order>``: the mean logit drop over the removal steps (fractions > 0), averaged

@@ -12,8 +12,13 @@ positive values only.  Per participant mean relevance map and state:
 * Pearson r of relevance and reference over the brain voxels.
 """
 
+from __future__ import annotations
+
+import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,7 +44,7 @@ COLUMNS = described(
 NIFTI = re.compile(r"\.nii(\.gz)?$")
 
 
-def relevance_in_region(relevance_map, region, brain):
+def relevance_in_region(relevance_map: np.ndarray, region: np.ndarray, brain: np.ndarray) -> tuple[float, float]:
     """Relevance rank and mass accuracy of a map for a region (Arras et al. 2022, CLEVR-XAI).
 
     Parameters
@@ -65,7 +70,7 @@ def relevance_in_region(relevance_map, region, brain):
     return float(region.ravel()[top].mean()), float(positive[region].sum() / total)
 
 
-def reference_region(reference, brain, top_percent):
+def reference_region(reference: np.ndarray, brain: np.ndarray, top_percent: float) -> np.ndarray:
     """Top ``top_percent`` % of the brain voxels by reference value, positive values only (bool array)."""
     values = reference[brain]
     if values.size == 0:
@@ -74,7 +79,7 @@ def reference_region(reference, brain, top_percent):
     return brain & (reference >= threshold) & (reference > 0)
 
 
-def compare(relevance_map, reference, brain, top_percent):
+def compare(relevance_map: np.ndarray, reference: np.ndarray, brain: np.ndarray, top_percent: float) -> dict[str, Any]:
     """All plausibility numbers of one map against one reference (dict of :data:`COLUMNS` values)."""
     region = reference_region(reference, brain, top_percent)
     rank, mass = relevance_in_region(relevance_map, region, brain)
@@ -93,7 +98,7 @@ def _label(text):
     return re.sub(r"[^A-Za-z0-9]", "", str(text)).lower()
 
 
-def find_reference_files(path, states):
+def find_reference_files(path: str | os.PathLike, states: Sequence[str]) -> dict[str, Path]:
     """``state -> file`` of ``--reference-map``: a file serves every state; a folder one file per state.
 
     In a folder a file belongs to a state when its name holds ``label-<state>`` or its
@@ -128,7 +133,7 @@ def find_reference_files(path, states):
     return found
 
 
-def load_reference(path, shape, affine):
+def load_reference(path: str | os.PathLike, shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
     """A reference map resampled onto the grid ``(shape, affine)`` (float32; NaN -> 0).
 
     Raises
@@ -140,7 +145,7 @@ def load_reference(path, shape, affine):
     from nilearn.image import resample_img
 
     try:
-        img = nib.load(str(path))
+        img: Any = nib.load(str(path))  # nibabel's stubs type load() as FileBasedImage (no shape, affine)
         data_shape = img.shape
     except Exception as err:  # nibabel raises several types for bad files
         raise InputDataError(f"{path}: cannot read the reference map ({err}); give a 3D NIfTI image.") from err
@@ -160,7 +165,12 @@ def load_reference(path, shape, affine):
     return np.nan_to_num(np.asarray(img.dataobj, dtype=np.float32))
 
 
-def plausibility_table(maps, references, brain, top_percent):
+def plausibility_table(
+    maps: Iterable[tuple[str, str, np.ndarray]],
+    references: Mapping[str, np.ndarray],
+    brain: np.ndarray,
+    top_percent: float,
+) -> pd.DataFrame:
     """Rows per participant map and state, plus a ``group`` row per state (the mean map).
 
     Parameters
@@ -177,6 +187,7 @@ def plausibility_table(maps, references, brain, top_percent):
     pandas.DataFrame
         Columns of :data:`COLUMNS`.
     """
+    by_state: dict[str, list[np.ndarray]]
     rows, by_state = [], {}
     for participant, state, data in maps:
         if state not in references:

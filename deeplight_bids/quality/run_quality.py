@@ -6,8 +6,14 @@ randomisation check (:mod:`.sanity`).  Two tables per run, each with a JSON side
 their summaries go into the run's predictions sidecar under ``"Quality"``.
 """
 
+from __future__ import annotations
+
 import logging
+import os
 import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +75,7 @@ class RunQuality:
         self.max_batch = max_batch
         self._random = None  # (randomised copy, its explainer), built on first use and redrawn per volume
 
-    def settings(self):
+    def settings(self) -> dict[str, Any]:
         """What the outputs depend on (for the run's settings hash)."""
         return {
             "volumes": self.n_volumes,
@@ -79,7 +85,7 @@ class RunQuality:
             "copies": COPIES,
         }
 
-    def random_analyzer(self, volume):
+    def random_analyzer(self, volume: int) -> Any:
         """The run's method on the randomised copy of ``volume`` (seed ``[seed, volume]``).
 
         The copy and its explainer are built once; later volumes redraw the copy's kernels in
@@ -97,7 +103,18 @@ class RunQuality:
             sanity.redraw(self._random[0], self.model, seed)
         return self._random[1]
 
-    def evaluate(self, outputs, x_of, relevance_of, mask_index, logits, targets, states, root=None, label=""):
+    def evaluate(
+        self,
+        outputs: Mapping[str, Path],
+        x_of: Callable[[int, int], np.ndarray],
+        relevance_of: Callable[[int], np.ndarray],
+        mask_index: np.ndarray,
+        logits: np.ndarray,
+        targets: np.ndarray,
+        states: Sequence[str],
+        root: str | os.PathLike | None = None,
+        label: str = "",
+    ) -> dict[str, Any]:
         """Compute, write both tables and their sidecars; returns the summary for the predictions sidecar.
 
         Parameters

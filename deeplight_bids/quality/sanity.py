@@ -9,10 +9,19 @@ correlation and SSIM.  :func:`cascade_blocks` and :func:`cascade_stages` give th
 cascading variant (top layers first) that ``--compare-attributions`` uses.
 """
 
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage, stats
 
 from deeplight_bids.derivatives.sidecars import described
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Spearman correlation (or SSIM) above which the maps are flagged as not depending on the
 #: learned parameters (Adebayo et al. read values near 1 that way; 0.5 is our flag).
@@ -44,7 +53,7 @@ RANDOMISATION = (
 )
 
 
-def randomized_copy(model, seed=0, layers=None):
+def randomized_copy(model: Any, seed: int | Sequence[int] = 0, layers: Collection[str] | None = None) -> Any:
     """A copy of ``model`` whose learned parameters are re-initialised (all, or those of ``layers``).
 
     A randomised layer's kernels (every weight with two or more axes, LSTM recurrent
@@ -79,7 +88,7 @@ def randomized_copy(model, seed=0, layers=None):
     return clone
 
 
-def redraw(copy, model, seed=0, layers=None):
+def redraw(copy: Any, model: Any, seed: int | Sequence[int] = 0, layers: Collection[str] | None = None) -> None:
     """Draw the randomised kernels of ``copy`` anew, in place: ``copy`` then holds ``randomized_copy(model, seed)``.
 
     Only kernels are drawn; the other variables of a randomised layer keep the initial values
@@ -118,7 +127,7 @@ def redraw(copy, model, seed=0, layers=None):
                 variable.assign(drawn.astype(variable.dtype))
 
 
-def cascade_blocks(model):
+def cascade_blocks(model: Any) -> list[list[str]]:
     """The model's layers in blocks for the randomisation cascade, top (output) block first.
 
     A block starts at a layer with a kernel (convolution, dense, recurrent) and holds the
@@ -131,7 +140,7 @@ def cascade_blocks(model):
     list of list of str
         Layer names per block, the output block first.
     """
-    blocks = []
+    blocks: list[list[str]] = []
     for layer in model.layers:
         has_kernel = any(len(v.shape) >= 2 for v in layer.weights)
         if has_kernel or not blocks:
@@ -141,13 +150,13 @@ def cascade_blocks(model):
     return blocks[::-1]
 
 
-def cascade_stages(n_blocks, n_stages=4):
+def cascade_stages(n_blocks: int, n_stages: int = 4) -> list[int]:
     """How many top blocks each stage of the cascade randomises: 1, ~a quarter, ~half, all (sorted, distinct)."""
     sizes = {1, max(1, round(n_blocks / 4)), max(1, round(n_blocks / 2)), n_blocks}
     return sorted(sizes)[-n_stages:] if n_stages < len(sizes) else sorted(sizes)
 
 
-def ssim(a, b, mask=None, sigma=SSIM_SIGMA):
+def ssim(a: npt.ArrayLike, b: npt.ArrayLike, mask: npt.ArrayLike | None = None, sigma: float = SSIM_SIGMA) -> float:
     """Structural similarity of two maps of any dimension (Wang et al. 2004).
 
     Each map goes through a signed rank transform first (:func:`_unit`: ranks over the
@@ -230,7 +239,7 @@ def _pearson(a, b):
     return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
 
 
-def compare_maps(real, random, mask):
+def compare_maps(real: np.ndarray, random: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """Similarity of a trained and a randomised model's map of one volume.
 
     Both maps are compared inside ``mask`` only (what either holds outside is ignored).
@@ -258,7 +267,7 @@ def compare_maps(real, random, mask):
     return {"spearman": float(rho), "spearman_abs": float(rho_abs), "ssim": index}
 
 
-def sidecar(seed, summary, copies=None):
+def sidecar(seed: int, summary: Mapping[str, Any], copies: str | None = None) -> dict[str, Any]:
     """The JSON sidecar of a run's randomised-model table (``seed``: of the randomised copies;
     ``summary``: :func:`summarize` of the table; ``copies``: how the copies were drawn, if said)."""
     return {
@@ -281,7 +290,7 @@ def sidecar(seed, summary, copies=None):
     }
 
 
-def summarize(frame, draws=0, seed=0):
+def summarize(frame: pd.DataFrame, draws: int = 0, seed: int = 0) -> dict[str, Any]:
     """Median similarities of a sanity table, whether they are high (flag), and their standard errors.
 
     Parameters

@@ -14,9 +14,14 @@
   count of participants whose permutation p is below ``alpha``.
 """
 
+from __future__ import annotations
+
 import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from scipy import stats
 
@@ -54,7 +59,7 @@ GROUP_COLUMNS = described(
 )
 
 
-def blocks(true_state):
+def blocks(true_state: Iterable[Any]) -> list[tuple[int, int, Any]]:
     """Blocks of one run: ``[(start, stop, state), ...]`` over maximal stretches of one labelled state.
 
     Parameters
@@ -62,6 +67,8 @@ def blocks(true_state):
     true_state : sequence
         Per volume state, ``None``/NaN where unlabelled.
     """
+    out: list[tuple[int, int, Any]]
+    start: Any  # None outside a block, the block's first index inside one
     out, start, prev = [], None, None
     for i, s in enumerate(list(true_state) + [None]):
         missing = s is None or (isinstance(s, float) and np.isnan(s))
@@ -72,7 +79,11 @@ def blocks(true_state):
     return out
 
 
-def permutation_test(runs, n_permutations=1000, seed=0):
+def permutation_test(
+    runs: Iterable[tuple[Iterable[Any], npt.ArrayLike]],
+    n_permutations: int = 1000,
+    seed: int | Sequence[int] = 0,
+) -> dict[str, Any]:
     """Block-label permutation test of the accuracy of one participant's runs (pooled).
 
     Parameters
@@ -132,7 +143,12 @@ def permutation_test(runs, n_permutations=1000, seed=0):
     }
 
 
-def participant_table(runs_by_participant, n_permutations=1000, seed=0, alpha=0.05):
+def participant_table(
+    runs_by_participant: Mapping[str, Sequence[tuple[Sequence[Any], Sequence[Any]]]],
+    n_permutations: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
     """One row per participant (runs pooled) with both tests.
 
     Parameters
@@ -171,7 +187,7 @@ def participant_table(runs_by_participant, n_permutations=1000, seed=0, alpha=0.
     return pd.DataFrame(rows, columns=list(PARTICIPANT_COLUMNS))
 
 
-def group_test(table, alpha=0.05):
+def group_test(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """One-sample t test of accuracy - chance over participants, and counts of significant participants.
 
     Returns
@@ -197,9 +213,11 @@ def group_test(table, alpha=0.05):
     return pd.DataFrame([row], columns=list(GROUP_COLUMNS))
 
 
-def runs_by_participant(run_records):
+def runs_by_participant(
+    run_records: Iterable[Any],  # group.stats.RunRecord: the group layer, not imported here (tests/test_layers.py)
+) -> dict[str, list[tuple[list[Any], list[Any]]]]:
     """``participant -> [(true_state, predicted_state), ...]`` from group-level run records (labelled only)."""
-    out = {}
+    out: dict[str, list[tuple[list[Any], list[Any]]]] = {}
     for rec in sorted(run_records, key=lambda r: r.label):
         frame = rec.read()
         true = frame["true_state"].astype(object).where(frame["true_state"].notna() & frame["correct"].notna(), None)

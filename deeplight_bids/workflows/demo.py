@@ -18,17 +18,24 @@
 Everything is offline.  Re-running reuses the dataset and model already written.
 """
 
+from __future__ import annotations
+
 import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deeplight_bids.quality.plausibility import relevance_in_region
 from deeplight_bids.utils.tsv import read_tsv
+
+if TYPE_CHECKING:
+    from deeplight_bids.demo.synth import SyntheticDataset
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -46,7 +53,7 @@ MIN_VALIDATION_ACCURACY = 0.7
 #: Fits (random starts) at most.
 MAX_FITS = 3
 #: The demo's defaults (command line and :func:`run_demo`); ``benchmarks/bench_demo_seeds.py`` fits with them.
-DEFAULTS = {
+DEFAULTS: dict[str, Any] = {
     "participants": 5,
     "volumes": 60,
     "signal": 6.0,
@@ -62,26 +69,26 @@ DEFAULTS = {
 #: SmoothGrad with 4 samples (the participant level's defaults: 8, 32, 16), so that it adds ~1 minute, not ~7.
 #: Measured on the demo's held-out participant: the same methods pass as with 4 volumes, 16 steps and 8 samples
 #: (benchmarks/RESULTS.md, "Whole demo").
-COMPARISON = {"compare_attributions": (), "compare_volumes": 2, "ig_steps": 8, "smoothgrad_samples": 4}
+COMPARISON: dict[str, Any] = {"compare_attributions": (), "compare_volumes": 2, "ig_steps": 8, "smoothgrad_samples": 4}
 
 
 def run_demo(
-    output_dir,
-    n_participants=DEFAULTS["participants"],
-    n_volumes=DEFAULTS["volumes"],
-    epochs=DEFAULTS["epochs"],
-    batch_size=DEFAULTS["batch_size"],
-    learning_rate=DEFAULTS["learning_rate"],
-    mix_same_state=DEFAULTS["mix_same_state"],
-    seed=0,
-    nprocs=0,
-    lrp=True,
-    signal=DEFAULTS["signal"],
-    region_radius=DEFAULTS["region_radius"],
-    stripe_low=STRIPE_LOW,
-    stripe_duty=STRIPE_DUTY,
-    compare=True,
-):
+    output_dir: str | os.PathLike,
+    n_participants: int = DEFAULTS["participants"],
+    n_volumes: int = DEFAULTS["volumes"],
+    epochs: int = DEFAULTS["epochs"],
+    batch_size: int = DEFAULTS["batch_size"],
+    learning_rate: float = DEFAULTS["learning_rate"],
+    mix_same_state: float = DEFAULTS["mix_same_state"],
+    seed: int = 0,
+    nprocs: int = 0,
+    lrp: bool = True,
+    signal: float = DEFAULTS["signal"],
+    region_radius: float = DEFAULTS["region_radius"],
+    stripe_low: float = STRIPE_LOW,
+    stripe_duty: float = STRIPE_DUTY,
+    compare: bool = True,
+) -> dict[str, Any]:
     """Run the demo; returns a dict with accuracy, relevance shares and paths."""
     from deeplight_bids.config import Config, default_work_dir
     from deeplight_bids.demo.synth import make_synthetic_dataset
@@ -214,15 +221,15 @@ def _cpu_seconds():
 
 
 def dataset_settings(
-    n_participants=DEFAULTS["participants"],
-    n_volumes=DEFAULTS["volumes"],
-    seed=0,
-    signal=DEFAULTS["signal"],
-    region_radius=DEFAULTS["region_radius"],
-    stripe_low=STRIPE_LOW,
-    stripe_duty=STRIPE_DUTY,
-    compare=True,
-):
+    n_participants: int = DEFAULTS["participants"],
+    n_volumes: int = DEFAULTS["volumes"],
+    seed: int = 0,
+    signal: float = DEFAULTS["signal"],
+    region_radius: float = DEFAULTS["region_radius"],
+    stripe_low: float = STRIPE_LOW,
+    stripe_duty: float = STRIPE_DUTY,
+    compare: bool = True,
+) -> dict[str, Any]:
     """Keyword arguments of :func:`deeplight_bids.demo.synth.make_synthetic_dataset` for the demo's dataset."""
     return {
         "n_participants": n_participants,
@@ -236,7 +243,7 @@ def dataset_settings(
     }
 
 
-def split_participants(bids_dir):
+def split_participants(bids_dir: str | os.PathLike) -> tuple[list[str], str, str]:
     """``(training labels, validation label, held-out label)``: the last participant is held out, the one before
     validates the fit, the others train."""
     participants = sorted(p.name[4:] for p in Path(bids_dir).glob("sub-*") if p.is_dir())
@@ -244,18 +251,18 @@ def split_participants(bids_dir):
 
 
 def fit_demo_model(
-    bids_dir,
-    output_dir,
-    training,
-    validation,
-    epochs,
-    batch_size,
-    learning_rate,
-    seed,
-    threads,
-    overwrite=False,
-    mix_same_state=DEFAULTS["mix_same_state"],
-):
+    bids_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    training: Sequence[str],
+    validation: str,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    threads: int,
+    overwrite: bool = False,
+    mix_same_state: float = DEFAULTS["mix_same_state"],
+) -> float:
     """One fit of the demo's model (a random start); returns its accuracy on the validation participant.
 
     The fine-tuning machinery of ``group --finetune`` from scratch: trains on ``training``,
@@ -373,7 +380,7 @@ def _linear_evidence(model_dir, config, subject):
     }
 
 
-def write_reference_maps(folder, info):
+def write_reference_maps(folder: str | os.PathLike, info: SyntheticDataset) -> Path:
     """The planted regions as reference maps, one ``label-<state>_mask.nii.gz`` (0/1) per state."""
     import nibabel as nib
 
@@ -431,7 +438,7 @@ def _group_quality(bids_dir, out_dir, reference_dir, subject, info, seed):
     }
 
 
-def format_quality(quality):
+def format_quality(quality: Mapping[str, Any]) -> list[str]:
     """Lines of the demo's printout for the quality numbers."""
     lines = []
     run = quality.get("run") or {}
@@ -486,7 +493,7 @@ def format_quality(quality):
     return lines
 
 
-def format_evidence(report):
+def format_evidence(report: Mapping[str, Any]) -> list[str]:
     """Lines of the demo's printout for the GLM and the linear baseline (docs/glm.rst)."""
     lines = []
     for state, glm in (report.get("glm") or {}).items():
@@ -511,7 +518,7 @@ def format_evidence(report):
     return lines
 
 
-def format_report(report):
+def format_report(report: Mapping[str, Any]) -> str:
     lines = [
         "",
         "deeplight-bids demo",

@@ -30,10 +30,14 @@ training, and a held-out participant never chooses an epoch (see
 :mod:`deeplight_bids.models.splits`).
 """
 
+from __future__ import annotations
+
 import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -62,6 +66,9 @@ from deeplight_bids.models.train import (
 from deeplight_bids.utils.identity import digest
 from deeplight_bids.versions import software_versions
 
+if TYPE_CHECKING:
+    from deeplight_bids.config import Config
+
 LOGGER = logging.getLogger("deeplight_bids")
 
 
@@ -76,7 +83,7 @@ class FinetuneJob:
         Extra callbacks for every fit.
     """
 
-    def __init__(self, config, callbacks=(), log=LOGGER):
+    def __init__(self, config: Config, callbacks: Sequence[Any] = (), log: logging.Logger = LOGGER) -> None:
         self.config = config
         self.callbacks = list(callbacks)
         self.log = log
@@ -90,13 +97,14 @@ class FinetuneJob:
             raise UsageError(f"--model-name {self.name!r}: use letters, digits, '-', '_' and '.' only.")
         self.model_dir = naming.finetune_model_dir(config.output_dir, self.name)
         self.ckpt_root = naming.finetune_work_dir(config.work_dir, self.name)
-        self.data = None
-        self.participants = []
+        # a datasets.TrainingData from load_data() on (the first stage); Any: its fields are typed `object` there
+        self.data: Any = None
+        self.participants: list[str] = []
         self.deterministic = False
         self._linear_features = None  # the linear baseline's feature index, built once for all folds
 
     # -- stages ------------------------------------------------------------------------------
-    def run(self):
+    def run(self) -> dict[str, Any]:
         """Fit, evaluate and write every fold; returns the held-out summary (dict).
 
         TensorFlow op determinism (the whole job) and, on a GPU, the mixed-precision policy
@@ -116,24 +124,24 @@ class FinetuneJob:
             heldout.write_comparison(self.config.output_dir, self.log)
         return summary
 
-    def load_data(self):
+    def load_data(self) -> None:
         """Stage 1: prepared, labelled volumes (``self.data``) and their participants."""
         self.data = datasets.load_training_data(self.config, self.log)
         self.participants = self.data.participants
 
     @property
-    def states(self):
+    def states(self) -> tuple[str, ...]:
         """State names in output order (after :meth:`load_data`)."""
         return self.data.states
 
-    def splits(self):
+    def splits(self) -> list[tuple[str, list[str], list[str], list[str]]]:
         """Stage 2: list of ``(fold name, training, validation, held out)`` participant lists."""
         cfg = self.config
         return participant_splits(
             self.participants, cfg.cv_folds, cfg.val_participants, cfg.early_stopping_patience, cfg.seed, self.log
         )
 
-    def check_existing(self):
+    def check_existing(self) -> None:
         """An existing model folder of other states: refuse (or remove with --overwrite)."""
         if self.config.overwrite:
             shutil.rmtree(self.model_dir, ignore_errors=True)
@@ -152,7 +160,7 @@ class FinetuneJob:
                         "--model-name, matching --states, or --overwrite."
                     )
 
-    def body_features(self):
+    def body_features(self) -> np.ndarray:
         """``--freeze-body``: the frozen body's features of every volume (the body is the same in every fold)."""
         cfg = self.config
         model, _ = build_finetune_model(self.arch, len(self.states), self.init, cfg.weights, cfg.seed, self.log)
@@ -166,7 +174,14 @@ class FinetuneJob:
             self.log,
         )
 
-    def fit_fold(self, fold_index, split, features, n_gpus, mixed):
+    def fit_fold(
+        self,
+        fold_index: int,
+        split: tuple[str, list[str], list[str], list[str]],
+        features: np.ndarray | None,
+        n_gpus: int,
+        mixed: bool,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Stages 3-5 for one fold: build, train (resumable), predict the held-out participants, save the model."""
         cfg, data = self.config, self.data
         fold, train, val, held = split
@@ -235,7 +250,8 @@ class FinetuneJob:
                 build()
             full = built["model"]
             copy_head(trained, full)
-            logits = np.asarray(trained.predict(features[held_mask], batch_size=64, verbose=0), np.float32)
+            # features is given whenever --freeze-body is (run())
+            logits = np.asarray(trained.predict(features[held_mask], batch_size=64, verbose=0), np.float32)  # type: ignore[index]
         else:
             full = trained
             logits = heldout.predict_logits(full, data.reader, held_samples, cfg.batch_size)
@@ -279,7 +295,9 @@ class FinetuneJob:
             report["linear_baseline"] = linear.metrics
         return report, rows
 
-    def write_summary(self, folds, seconds):
+    def write_summary(
+        self, folds: Sequence[tuple[dict[str, Any], list[dict[str, Any]]]], seconds: float
+    ) -> dict[str, Any]:
         """Held-out predictions, per-participant and pooled summaries of all folds."""
         cfg = self.config
         fold_reports = [report for report, _ in folds]
@@ -522,7 +540,7 @@ class FinetuneJob:
         return datasets.weights_identity(self.config.weights, self.init)
 
 
-def run_finetune(config, callbacks=(), log=LOGGER):
+def run_finetune(config: Config, callbacks: Sequence[Any] = (), log: logging.Logger = LOGGER) -> int:
     """Run ``group --finetune``; returns the exit code (errors raise :class:`DeepLightBidsError`)."""
     from deeplight_bids.runtime import configure_threads as _configure_threads
 

@@ -6,7 +6,10 @@ A short list of stages; the work is done by the packages that own it: discovery 
 threads and logging in :mod:`deeplight_bids.runtime`.
 """
 
+from __future__ import annotations
+
 import logging
+from typing import TYPE_CHECKING
 
 from deeplight_bids.derivatives import naming, tables
 from deeplight_bids.derivatives.links import dataset_roots
@@ -14,12 +17,15 @@ from deeplight_bids.derivatives.writers import ensure_writable, write_dataset_fi
 from deeplight_bids.exceptions import EXIT_OK, EXIT_PARTIAL, DeepLightBidsError, InputDataError
 from deeplight_bids.workflows.run import RunProcessor, RunResult
 
+if TYPE_CHECKING:
+    from deeplight_bids.config import Config
+
 LOGGER = logging.getLogger("deeplight_bids")
 
 __all__ = ["RunProcessor", "RunResult", "run_participant_level"]
 
 
-def run_participant_level(config, log=LOGGER):
+def run_participant_level(config: Config, log: logging.Logger = LOGGER) -> tuple[list[RunResult], int]:
     """Process every selected run; returns (results, exit code)."""
     from deeplight_bids.bids.discover import build_layout, discover_selected_runs, find_derivatives, format_run_table
     from deeplight_bids.bids.validate import validate_bids
@@ -38,7 +44,8 @@ def run_participant_level(config, log=LOGGER):
     todo = [r for r in runs if r.skip_reason is None]
     if not todo:
         job = _save_config(config)
-        _write_run_table(job["runs"], [RunResult(r.label, "skipped", r.skip_reason) for r in runs])
+        # no run to do: every run has a skip_reason
+        _write_run_table(job["runs"], [RunResult(r.label, "skipped", r.skip_reason) for r in runs])  # type: ignore[arg-type]
         raise no_runs_error(config.bids_dir, runs, job["runs"])
 
     adopt_legacy_work_dir(config.output_dir, config.work_dir, log)

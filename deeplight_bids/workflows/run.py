@@ -5,9 +5,14 @@ last and records the settings and inputs that produced the run
 (:mod:`deeplight_bids.derivatives.resume`), so a re-run skips complete runs.
 """
 
+from __future__ import annotations
+
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +34,9 @@ from deeplight_bids.models.decode import softmax
 from deeplight_bids.preflight import plural, source_space
 from deeplight_bids.prepare.grid import REFERENCE_SPACE
 from deeplight_bids.workflows.summaries import ParticipantSummaries, save_state_sums
+
+if TYPE_CHECKING:
+    from deeplight_bids.bids.discover import Run
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -179,16 +187,18 @@ class RunProcessor:
             reference_top_percent=cfg.reference_top_percent,
         )
 
-    def is_complete(self, outputs, run=None):
+    def is_complete(self, outputs: Mapping[str, Path], run: Run | None = None) -> bool:
         """True when a previous run with these settings (and, given ``run``, inputs) finished all outputs."""
         return resume.is_complete(outputs, self.config, self.settings_hash, self.quality is not None, run)
 
-    def write_participant_summaries(self, subject, runs, map_tasks=None):
+    def write_participant_summaries(
+        self, subject: str, runs: Iterable[Run], map_tasks: Iterable[str] | None = None
+    ) -> None:
         """See :meth:`ParticipantSummaries.write`."""
         self.summaries.write(subject, runs, map_tasks)
 
     # -- one run: a list of stages ------------------------------------------------------------
-    def process(self, run):
+    def process(self, run: Run) -> RunResult:
         cfg = self.config
         outputs = naming.run_outputs(cfg.output_dir, run.entities)
         if not cfg.overwrite and self.is_complete(outputs, run):

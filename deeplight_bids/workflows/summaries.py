@@ -5,7 +5,13 @@ whichever job made it; per-state relevance sums of each run are kept in the work
 (:func:`save_state_sums`) and recomputed from the run's maps if the work folder was cleaned.
 """
 
+from __future__ import annotations
+
 import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,10 +20,20 @@ from deeplight_bids.derivatives.stale import remove_stale, stale_state_maps
 from deeplight_bids.derivatives.writers import atomic_path, write_json, write_nifti, write_tsv
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE
 
+if TYPE_CHECKING:
+    from deeplight_bids.bids.discover import Run
+
 LOGGER = logging.getLogger("deeplight_bids")
 
 
-def save_state_sums(path, sums, counts, settings_hash, inputs_digest, root=None):
+def save_state_sums(
+    path: str | os.PathLike,
+    sums: Mapping[int, np.ndarray],
+    counts: Mapping[int, int],
+    settings_hash: str,
+    inputs_digest: str,
+    root: str | os.PathLike | None = None,
+) -> None:
     """Store a run's per-state relevance sums ``{state index: (91, 109, 91) sum}`` and volume counts.
 
     Keyed by the settings and by the identity of the run's inputs, so sums of another
@@ -40,7 +56,9 @@ def save_state_sums(path, sums, counts, settings_hash, inputs_digest, root=None)
                     np.lib.format.write_array(member, array, allow_pickle=False)
 
 
-def read_state_sums(path, settings_hash, inputs_digest, log=LOGGER):
+def read_state_sums(
+    path: Path, settings_hash: str, inputs_digest: str | None, log: logging.Logger = LOGGER
+) -> dict[int, tuple[np.ndarray, int]] | None:
     """``{state index: (sum float64, count)}`` from :func:`save_state_sums`, or None if missing or of other keys.
 
     A damaged file (truncated, emptied, another file) is removed with one log line and read
@@ -165,7 +183,7 @@ class ParticipantSummaries:
         # as read back from them (float32), so that the mean maps are those of the next job, to the bit
         return {i: (total.astype(np.float32).astype(np.float64), count) for i, (total, count) in out.items()}
 
-    def write(self, subject, runs, map_tasks=None):
+    def write(self, subject: str, runs: Iterable[Run], map_tasks: Iterable[str] | None = None) -> None:
         """Mean relevance map per task and explained state, and the accuracy summary TSV.
 
         ``runs`` are all the participant's runs (those complete for these settings are
