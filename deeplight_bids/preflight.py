@@ -93,7 +93,7 @@ def plan_before_compute(
     if warning:
         log.warning("%s", warning)
     spaces = SpacePlan(allow_approximate=config.allow_approximate_space)
-    spaces.prepare({r.space for r in todo})
+    spaces.prepare({r.space for r in todo})  # type: ignore[misc]  # a run to process has its space
     return spaces, labels
 
 

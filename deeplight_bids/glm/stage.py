@@ -124,7 +124,7 @@ class RunGLM:
         self,
         config: Config,
         space_plan: SpacePlan,
-        user_state_map: Mapping[str, str] | None = None,
+        user_state_map: Mapping[str, Mapping[str, str]] | None = None,
         log: logging.Logger = LOGGER,
         dataset_roots: dict[str, Path] | None = None,
     ):
@@ -174,7 +174,7 @@ class RunGLM:
         if not cfg.overwrite and self.is_complete(run):
             return GLMRunResult(run.label, "reused", "GLM outputs exist (same settings)")
         try:
-            events = read_events(run.events)
+            events = read_events(run.events)  # type: ignore[arg-type]  # a run the decoder finished has events
         except EventsError as err:
             return self._skip(run, f"its events cannot be read ({err})")
         n_volumes = _n_volumes(run.bold)
@@ -191,7 +191,7 @@ class RunGLM:
         contrasts = first_level.contrasts_of(design)
         t0 = time.monotonic()
         to_grid, space_transform = self.space_plan.resampler_for(run.space or REFERENCE_SPACE)
-        signals, mask = masked_signals(run.bold, run.mask, cfg.smoothing_fwhm, to_grid=to_grid)
+        signals, mask = masked_signals(run.bold, run.mask, cfg.smoothing_fwhm, to_grid=to_grid)  # type: ignore[arg-type]
         read_s = time.monotonic() - t0
         fit = first_level.fit_glm(signals, matrix, contrasts, self.settings["noise_model"])
         del signals
@@ -596,7 +596,7 @@ def _compared_method_rows(config, subject, task, task_runs, state, label, part, 
 def run_glm_stage(
     config: Config,
     space_plan: SpacePlan,
-    user_state_map: Mapping[str, str] | None,
+    user_state_map: Mapping[str, Mapping[str, str]] | None,
     runs: Sequence[Run],
     results: Sequence[Any],  # workflows.run.RunResult: a higher layer, not imported here
     all_runs_of: Callable[[str, list[Run]], Sequence[Run]],

@@ -99,8 +99,8 @@ def cache_key(run: Run, smoothing_fwhm: float, high_pass: float | None) -> tuple
     """Key of a run's prepared data: inputs (path, size, mtime, SHA-256) + preprocessing parameters."""
     content = {
         "version": CACHE_VERSION,
-        "bold": file_identity(run.bold),
-        "mask": file_identity(run.mask),
+        "bold": file_identity(run.bold),  # type: ignore[arg-type]  # a processable run has its files
+        "mask": file_identity(run.mask),  # type: ignore[arg-type]
         "t_r": float(run.t_r),  # type: ignore[arg-type]  # processable runs have their t_r
         "smoothing_fwhm": float(smoothing_fwhm),
         "high_pass": None if high_pass is None else float(high_pass),
