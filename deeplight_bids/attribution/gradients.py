@@ -22,7 +22,11 @@ are split into at most ``max_batch`` samples per pass (memory grows with the sam
 one pass), integrated gradients' and SmoothGrad's steps and noise samples included.
 """
 
+from __future__ import annotations
+
 import zlib
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 from keras import ops
@@ -34,7 +38,7 @@ from deeplight_bids.models.decode import in_chunks, join_chunks, target_indices
 TARGET = "logit of the target output (the argmax of the logits, i.e. the predicted state, unless a target is given)"
 
 
-def riemann_middle(steps):
+def riemann_middle(steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Points and weights of the midpoint rule on [0, 1] (Captum's ``riemann_middle``).
 
     The midpoint rule, not Captum's default Gauss-Legendre nor its ``riemann_trapezoid``
@@ -86,7 +90,7 @@ class GradientMethod:
     formula = "R = dy_t/dx"
     reference = "Simonyan, Vedaldi & Zisserman 2014; Captum Saliency(abs=False)"
 
-    def __init__(self, model, max_batch="auto"):
+    def __init__(self, model: Any, max_batch: int | Literal["auto"] | None = "auto") -> None:
         import keras
 
         from deeplight_bids.models.decode import network_batch_limit
@@ -101,11 +105,11 @@ class GradientMethod:
         self.description = self.describe()
 
     # -- what subclasses state ------------------------------------------------------------
-    def parameters(self):
+    def parameters(self) -> dict[str, Any]:
         """The method's parameters (for the sidecars and the settings hash)."""
         return {}
 
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
         return {
             "method": self.name,
             "family": self.family,
@@ -116,7 +120,7 @@ class GradientMethod:
             "target": TARGET,
         }
 
-    def for_model(self, model):
+    def for_model(self, model: Any) -> GradientMethod:
         """The same method and parameters on another model (e.g. a randomised copy)."""
         return type(self)(model, max_batch=self.max_batch, **self.parameters())
 
@@ -132,14 +136,14 @@ class GradientMethod:
         logits, (gradient,) = backend.vjp(lambda a: self.model(a, training=False), [x], cotangent, return_outputs=True)
         return logits, gradient
 
-    def gradient(self, x, target):
+    def gradient(self, x: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(logits, gradient)`` of ``x`` (one pass, any size up to memory), as NumPy float32."""
         logits, gradient = self._gradient_graph(
             ops.convert_to_tensor(np.asarray(x, dtype=self.input_dtype)), ops.convert_to_tensor(target.astype(np.int32))
         )
         return ops.convert_to_numpy(logits), ops.convert_to_numpy(gradient)
 
-    def logits(self, x):
+    def logits(self, x: np.ndarray) -> np.ndarray:
         """Logits of ``x``, ``max_batch`` samples at a time."""
         parts = []
         for a, b in in_chunks(len(x), self.max_batch):
@@ -147,7 +151,9 @@ class GradientMethod:
         return join_chunks(parts)
 
     # -- the public call -------------------------------------------------------------------
-    def explain(self, x, target=None):
+    def explain(
+        self, x: np.ndarray, target: int | Sequence[int] | np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Logits and one map per sample for one target output.
 
         Parameters
@@ -198,7 +204,7 @@ class GradientMethod:
     def _check_target(self, target, batch_size):
         return target_indices(target, batch_size, self.model.outputs[0].shape[-1])
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.parameters().items())
         return f"{type(self).__name__}({params})"
 
@@ -262,21 +268,21 @@ class IntegratedGradients(_PathMethod):
     formula = "R = (x - x0) * sum_k w_k dy_t/dx(x0 + a_k (x - x0)), x0 = 0, midpoint rule"
     reference = 'Sundararajan, Taly & Yan 2017; Captum IntegratedGradients(method="riemann_middle", baselines=0)'
 
-    def __init__(self, model, max_batch="auto", steps=32):
+    def __init__(self, model: Any, max_batch: int | Literal["auto"] | None = "auto", steps: int = 32) -> None:
         self.steps = int(steps)
         if self.steps < 2:
             raise ValueError(f"integrated gradients needs at least 2 steps; got {steps}")
         self.alphas, self.weights = riemann_middle(self.steps)
         super().__init__(model, max_batch=max_batch)
 
-    def parameters(self):
+    def parameters(self) -> dict[str, Any]:
         return {
             "steps": self.steps,
             "baseline": "0 (the z-scored run mean of every voxel)",
             "rule": "riemann_middle",  # the midpoint rule (Captum's name), as computed
         }
 
-    def for_model(self, model):
+    def for_model(self, model: Any) -> IntegratedGradients:
         return type(self)(model, max_batch=self.max_batch, steps=self.steps)
 
     def _points_of(self, x_one, index):
@@ -311,7 +317,14 @@ class SmoothGrad(_PathMethod):
     formula = "R = mean_k dy_t/dx(x + n_k), n_k ~ N(0, (noise * SD(x))^2)"
     reference = 'Smilkov et al. 2017; Captum NoiseTunnel(Saliency(abs=False), nt_type="smoothgrad")'
 
-    def __init__(self, model, max_batch="auto", samples=16, noise=0.2, seed=0):
+    def __init__(
+        self,
+        model: Any,
+        max_batch: int | Literal["auto"] | None = "auto",
+        samples: int = 16,
+        noise: float = 0.2,
+        seed: int = 0,
+    ) -> None:
         self.samples = int(samples)
         self.noise = float(noise)
         self.seed = int(seed)
@@ -319,16 +332,16 @@ class SmoothGrad(_PathMethod):
             raise ValueError(f"SmoothGrad needs at least 1 sample; got {samples}")
         if not self.noise > 0:
             raise ValueError(f"SmoothGrad needs a noise share > 0; got {noise}")
-        self._given_noise = None
+        self._given_noise: np.ndarray | None = None
         super().__init__(model, max_batch=max_batch)
 
-    def parameters(self):
+    def parameters(self) -> dict[str, Any]:
         return {"samples": self.samples, "noise": self.noise, "seed": self.seed}
 
-    def for_model(self, model):
+    def for_model(self, model: Any) -> SmoothGrad:
         return type(self)(model, max_batch=self.max_batch, samples=self.samples, noise=self.noise, seed=self.seed)
 
-    def noise_for(self, x_one):
+    def noise_for(self, x_one: np.ndarray) -> np.ndarray:
         """The noise added to one input: ``(samples, *x_one.shape)`` float32."""
         x_one = np.ascontiguousarray(x_one)
         rng = np.random.default_rng([self.seed, zlib.crc32(x_one.tobytes())])
@@ -339,7 +352,9 @@ class SmoothGrad(_PathMethod):
         noise *= np.float32(sd)
         return noise.astype(x_one.dtype, copy=False)
 
-    def explain_with_noise(self, x, target, noise):
+    def explain_with_noise(
+        self, x: np.ndarray, target: int | Sequence[int] | np.ndarray | None, noise: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`explain` with given noise ``(batch, samples, *input shape)`` instead of drawn noise (tests)."""
         self._given_noise = np.asarray(noise)
         try:

@@ -11,7 +11,16 @@ explainer has the same interface: ``explain(x, target) -> (logits, maps)``,
 model, e.g. a randomised copy).
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from deeplight_bids.config import Config
+    from deeplight_bids.lrp.analyzer import LRPAnalyzer
+
+    from .gradients import GradientMethod
 
 #: ``--attribution``'s default: the published rule of the architecture.
 PUBLISHED = "published"
@@ -50,7 +59,13 @@ class AttributionMethod:
     explainer_class: str | None = None
     parameters: tuple = field(default_factory=tuple)
 
-    def explainer(self, model, max_batch="auto", stem_batch="auto", **parameters):
+    def explainer(
+        self,
+        model: Any,
+        max_batch: int | Literal["auto"] | None = "auto",
+        stem_batch: int | Literal["auto"] | None = "auto",
+        **parameters: Any,
+    ) -> LRPAnalyzer | GradientMethod:
         """An explainer of ``model`` (parameters it does not take are ignored).
 
         Parameters
@@ -67,13 +82,14 @@ class AttributionMethod:
             from deeplight_bids.lrp.analyzer import LRPAnalyzer
             from deeplight_bids.lrp.composites import COMPOSITES
 
-            composite = COMPOSITES[self.composite](**taken)
+            # an lrp method always names its composite, a gradient one its class (METHODS below)
+            composite = COMPOSITES[self.composite](**taken)  # type: ignore[index]
             return LRPAnalyzer(model, composite=composite, max_batch=max_batch, stem_batch=stem_batch)
         from . import gradients
 
-        return getattr(gradients, self.explainer_class)(model, max_batch=max_batch, **taken)
+        return getattr(gradients, self.explainer_class)(model, max_batch=max_batch, **taken)  # type: ignore[arg-type]
 
-    def sidecar(self, parameters=None):
+    def sidecar(self, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
         """The ``"Attribution"`` entry of the relevance sidecars."""
         taken = {k: v for k, v in (parameters or {}).items() if k in self.parameters}
         return {
@@ -187,7 +203,7 @@ STANDARD_SET = (
 CHOICES = (PUBLISHED, *METHODS)
 
 
-def parameters_from(config):
+def parameters_from(config: Config) -> dict[str, Any]:
     """The methods' parameters from a :class:`~deeplight_bids.config.Config` (each method takes the ones it knows)."""
     return {
         "steps": config.ig_steps,
@@ -198,14 +214,14 @@ def parameters_from(config):
     }
 
 
-def published_method(architecture, lrp_rule="published"):
+def published_method(architecture: str, lrp_rule: str = "published") -> str:
     """The published rule's name for ``architecture`` (``lrp_rule``: 2D ``--lrp-rule``)."""
     if architecture == "3D":
         return "preset_b_flat"
     return "deeplight_2d_signed" if lrp_rule == "signed" else "deeplight_2d"
 
 
-def resolve(name, architecture, lrp_rule="published"):
+def resolve(name: str, architecture: str, lrp_rule: str = "published") -> AttributionMethod:
     """The :class:`AttributionMethod` that ``name`` means for ``architecture``.
 
     Parameters
@@ -233,14 +249,14 @@ def resolve(name, architecture, lrp_rule="published"):
     return method
 
 
-def get_method(name):
+def get_method(name: str) -> AttributionMethod:
     """The registered :class:`AttributionMethod` called ``name``."""
     if name not in METHODS:
         raise ValueError(f"unknown attribution method {name!r}; must be one of {', '.join(CHOICES)}")
     return METHODS[name]
 
 
-def for_outputs(sidecar, architecture="3D"):
+def for_outputs(sidecar: dict[str, Any] | None, architecture: str = "3D") -> dict[str, Any]:
     """The ``"Attribution"`` entry of a relevance sidecar, or the published rule's for outputs made before it existed."""
     entry = (sidecar or {}).get("Attribution")
     if entry:

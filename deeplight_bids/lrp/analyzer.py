@@ -22,7 +22,10 @@ job's memory is below :data:`WHOLE_STEM_MIN_MIB` (:func:`stem_batch_for_memory`;
 from ``--mem-mb``, SLURM, the cgroup or the machine, :func:`deeplight_bids.runtime.memory_limit`).
 """
 
-from collections.abc import Sequence
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from keras import ops
@@ -32,6 +35,9 @@ from deeplight_bids.models.decode import in_chunks, join_chunks, target_indices
 
 from . import types
 from .composites import get_composite
+
+if TYPE_CHECKING:
+    from .composites import Composite
 
 #: Memory (MiB) from which the stem's backward pass takes the whole pass at once on CPU: the
 #: per-sample stem saves ~340 MiB per 4 volumes (peak 2380 -> 2041 MiB at batch 4 on an Intel
@@ -93,7 +99,13 @@ class LRPAnalyzer:
     #: The attribution family (:mod:`deeplight_bids.attribution.methods`).
     family = "lrp"
 
-    def __init__(self, model, composite="preset_b_flat", max_batch="auto", stem_batch="auto"):
+    def __init__(
+        self,
+        model: Any,
+        composite: str | Composite = "preset_b_flat",
+        max_batch: int | Literal["auto"] | None = "auto",
+        stem_batch: int | Literal["auto"] | None = "auto",
+    ) -> None:
         import keras
 
         from deeplight_bids.models.decode import network_batch_limit
@@ -118,10 +130,11 @@ class LRPAnalyzer:
         self._explain_graph = backend.compile_function(
             lambda x, target: self._forward_backward(x, target, stop_at_stem=self._split_stem), reduce_retracing=False
         )
-        self._stem_graphs = {}  # compiled stem backward per chunk size (a static shape, also under jax.jit)
+        # compiled stem backward per chunk size (a static shape, also under jax.jit)
+        self._stem_graphs: dict[int, Callable[..., Any]] = {}
         self.description = self._describe()
 
-    def for_model(self, model):
+    def for_model(self, model: Any) -> LRPAnalyzer:
         """The same composite and batching on another model (e.g. a randomised copy)."""
         return LRPAnalyzer(model, composite=self.composite, max_batch=self.max_batch, stem_batch=self.stem_batch)
 
@@ -276,7 +289,7 @@ class LRPAnalyzer:
         }
 
 
-def stem_batch_for_memory(limit_mib="detect"):
+def stem_batch_for_memory(limit_mib: int | Literal["detect"] | None = "detect") -> int | None:
     """Samples per backward step through the stem for a job with ``limit_mib`` MiB of memory.
 
     Parameters
@@ -299,10 +312,11 @@ def stem_batch_for_memory(limit_mib="detect"):
         from deeplight_bids.runtime import memory_limit
 
         limit_mib = memory_limit()[0]
-    return 1 if limit_mib is not None and limit_mib < WHOLE_STEM_MIN_MIB else None
+    # (mypy does not narrow the str literal away on the path that skips the branch above)
+    return 1 if limit_mib is not None and limit_mib < WHOLE_STEM_MIN_MIB else None  # type: ignore[operator]
 
 
-def stem_size(layers, input_shape):
+def stem_size(layers: Sequence[Any], input_shape: tuple[Any, ...]) -> int:
     """How many leading layers form the full-resolution stem (see :data:`STEM_FRACTION`).
 
     Parameters

@@ -42,12 +42,18 @@ any DeepLight (the 2D model's LSTM gets the sign-aware :class:`~.lstm.LSTMSigned
   convention) on convs, epsilon on dense layers (zennit ``EpsilonAlpha2Beta1``).
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from keras.layers import Layer
 
 from . import rules, types
 from .rules import Rule
+
+if TYPE_CHECKING:
+    from .lstm import LSTMEpsilon
 
 
 class UnmappedLayerError(TypeError):
@@ -72,8 +78,8 @@ class Composite:
 
     def __init__(
         self,
-        layer_map: Sequence[tuple[tuple[type, ...], Rule]],
-        first_map: Sequence[tuple[tuple[type, ...], Rule]] = (),
+        layer_map: Sequence[tuple[tuple[type, ...], Rule | LSTMEpsilon]],
+        first_map: Sequence[tuple[tuple[type, ...], Rule | LSTMEpsilon]] = (),
         name: str = "custom",
         reference: str | None = None,
     ) -> None:
@@ -89,7 +95,7 @@ class Composite:
                 return rule
         return None
 
-    def assign(self, layers: Sequence[Layer]) -> list[Rule]:
+    def assign(self, layers: Sequence[Layer]) -> list[tuple[Layer, Rule | LSTMEpsilon]]:
         """The rule for every layer, in order.
 
         Parameters
@@ -122,15 +128,15 @@ class Composite:
             assigned.append((layer, rule))
         return assigned
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Composite(name={self.name!r}, first_map={self.first_map!r}, layer_map={self.layer_map!r})"
 
 
 #: Preset factories by name; each call returns a fresh :class:`Composite`.
-COMPOSITES = {}
+COMPOSITES: dict[str, Callable[..., Composite]] = {}
 
 
-def register_composite(name: str) -> Callable[[Callable[..., "Composite"]], Callable[..., "Composite"]]:
+def register_composite(name: str) -> Callable[[Callable[..., Composite]], Callable[..., Composite]]:
     """Decorator registering a zero-argument factory of a :class:`Composite` under ``name``."""
 
     def decorator(factory):
@@ -140,7 +146,7 @@ def register_composite(name: str) -> Callable[[Callable[..., "Composite"]], Call
     return decorator
 
 
-def get_composite(composite: "str | Composite") -> "Composite":
+def get_composite(composite: str | Composite) -> Composite:
     """A :class:`Composite` from a registered name or the object itself.
 
     Raises

@@ -34,6 +34,10 @@ over time, forward then backward), batched, on any Keras backend; the layer's
 variables are only read.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from keras import ops
 
 from deeplight_bids import backend
@@ -113,7 +117,7 @@ def _direction_relevance(kernel, recurrent_kernel, bias, x_seq, relevance_h, eps
     return ops.transpose(relevance_x, (1, 0, 2))
 
 
-def _lstm_weights(lstm, dtype):
+def _lstm_weights(lstm: Any, dtype: str) -> tuple[Any, Any, Any]:
     """``kernel, recurrent_kernel, bias`` of a Keras LSTM layer as tensors of ``dtype``."""
     import keras
 
@@ -136,7 +140,7 @@ def _lstm_weights(lstm, dtype):
     return kernel, recurrent_kernel, bias
 
 
-def lstm_relevance(bilstm_layer, x_seq, relevance_out, eps=1e-3, signed=False):
+def lstm_relevance(bilstm_layer: Any, x_seq: Any, relevance_out: Any, eps: float = 1e-3, signed: bool = False) -> Any:
     """Relevance at the input sequence of a bidirectional LSTM (reference section 7).
 
     Parameters
@@ -213,15 +217,15 @@ class LSTMEpsilon:
     #: Stabiliser ``z + eps * sign(z)`` (True) or ``z + eps`` (False).
     signed = False
 
-    def __init__(self, eps=1e-3):
+    def __init__(self, eps: float = 1e-3) -> None:
         if not eps > 0:
             raise ValueError(f"{type(self).__name__} needs eps > 0; got {eps}")
         self.eps = float(eps)
 
-    def __call__(self, layer, x_in, relevance_out, y_out=None):
+    def __call__(self, layer: Any, x_in: Any, relevance_out: Any, y_out: Any | None = None) -> Any:
         return lstm_relevance(layer, x_in, relevance_out, eps=self.eps, signed=self.signed)
 
-    def describe(self):
+    def describe(self) -> dict:
         """JSON-serialisable description for output sidecars."""
         stabiliser = "eps*sign(z)" if self.signed else "eps (whatever the sign of z, as the original code)"
         return {
@@ -234,7 +238,7 @@ class LSTMEpsilon:
             ),
         }
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}(eps={self.eps!r})"
 
 

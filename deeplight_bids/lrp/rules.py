@@ -27,6 +27,9 @@ backends; the gradient and the fused element-wise kernels come from
 :mod:`deeplight_bids.backend`.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
 from typing import Any
 
 from keras import ops
@@ -43,12 +46,12 @@ Tensor = Any
 KERAS_EPSILON = 1e-7
 
 
-def sign_stabilise(z, eps):
+def sign_stabilise(z: Tensor, eps: float | Tensor) -> Tensor:
     """``z + eps * sign(z)`` with ``sign(0) = +1`` (same shape as ``z``)."""
     return z + eps * ops.where(z >= 0, ops.ones_like(z), -ops.ones_like(z))
 
 
-def safe_divide(a, b, factor=KERAS_EPSILON):
+def safe_divide(a: Tensor, b: Tensor, factor: float = KERAS_EPSILON) -> Tensor:
     """``a / b`` where exact zeros of ``b`` are replaced by ``factor`` (iNNvestigate's ``safe_divide``)."""
     # where(b == 0, factor, b) is b + factor * (b == 0) exactly, in two element-wise ops instead of four
     return a / ops.where(ops.equal(b, 0), ops.cast(factor, b.dtype), b)
@@ -134,7 +137,7 @@ def _is_box_conv(layer):
     )
 
 
-_FUSED = {}
+_FUSED: dict[Callable[..., Any], Callable[..., Any]] = {}
 
 
 def _fused(fn):
@@ -160,7 +163,7 @@ def _check_linear(layer):
         )
 
 
-def linear_forward(layer, x, kernel, bias):
+def linear_forward(layer: Layer, x: Tensor, kernel: Tensor, bias: Tensor | None) -> Tensor:
     """Linear part of a conv or dense layer with the given (modified) parameters.
 
     Parameters
@@ -188,7 +191,7 @@ def linear_forward(layer, x, kernel, bias):
     return z
 
 
-def layer_parameters(layer):
+def layer_parameters(layer: Layer) -> tuple[Tensor, Tensor | None]:
     """``(kernel, bias)`` of a conv or dense layer as tensors (bias ``None`` when unused)."""
     kernel = backend.read(layer.kernel)
     bias = backend.read(layer.bias) if layer.use_bias else None
@@ -208,7 +211,7 @@ class Rule:
         Layer classes the rule applies to; others raise ``TypeError``.
     """
 
-    supported = types.Linear
+    supported: tuple[type, ...] = types.Linear
 
     def __call__(self, layer: Layer, x_in: Tensor, relevance_out: Tensor, y_out: Tensor | None = None) -> Tensor:
         """Relevance of the input of ``layer``.
@@ -246,20 +249,20 @@ class Rule:
         if isinstance(layer, types.Linear):
             _check_linear(layer)
 
-    def modify_input(self, x):
+    def modify_input(self, x: Tensor) -> Tensor:
         """The input the modified forward starts from (default: ``x``)."""
         return x
 
-    def forward(self, layer, inputs):
+    def forward(self, layer: Layer, inputs: Tensor) -> Tensor:
         """Modified forward (default: linear part of the layer with its own parameters)."""
         kernel, bias = layer_parameters(layer)
         return linear_forward(layer, inputs, kernel, bias)
 
-    def output_gradient(self, z, relevance_out):
+    def output_gradient(self, z: Tensor, relevance_out: Tensor) -> Tensor:
         """Weights sent back through the gradient (default: ``safe_divide(R_out, z)``)."""
         return safe_divide(relevance_out, z)
 
-    def reduce(self, inputs, gradient):
+    def reduce(self, inputs: Tensor, gradient: Tensor) -> Tensor:
         """Input relevance from the gradient (default: ``inputs * gradient``)."""
         return inputs * gradient
 
@@ -267,7 +270,7 @@ class Rule:
         """JSON-serialisable description of the rule and its parameters."""
         return {"rule": type(self).__name__}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k not in ("rule", "formula"))
         return f"{type(self).__name__}({params})"
 
@@ -285,7 +288,7 @@ class Epsilon(Rule):
         Stabiliser added to the denominator, > 0.
     """
 
-    supported = types.Linear + types.GlobalAvgPool
+    supported: tuple[type, ...] = types.Linear + types.GlobalAvgPool
     #: The rule as written in the sidecars (``describe()["formula"]``).
     formula = "R_in = x * W^T (R_out / (z + eps*sign(z))), bias in z"
 
@@ -294,12 +297,12 @@ class Epsilon(Rule):
             raise ValueError(f"Epsilon needs eps > 0; got {eps}")
         self.eps = float(eps)
 
-    def forward(self, layer, inputs):
+    def forward(self, layer: Layer, inputs: Tensor) -> Tensor:
         if isinstance(layer, types.GlobalAvgPool):
             return layer(inputs)
         return super().forward(layer, inputs)
 
-    def output_gradient(self, z, relevance_out):
+    def output_gradient(self, z: Tensor, relevance_out: Tensor) -> Tensor:
         return _fused(_epsilon_weights)(z, relevance_out, ops.cast(self.eps, z.dtype))
 
     def describe(self) -> dict:
@@ -323,7 +326,7 @@ class PlusEpsilon(Epsilon):
 
     formula = "R_in = x * W^T (R_out / (z + eps)), +eps whatever the sign of z (2D-DeepLight's code), bias in z"
 
-    def output_gradient(self, z, relevance_out):
+    def output_gradient(self, z: Tensor, relevance_out: Tensor) -> Tensor:
         return relevance_out / (z + ops.cast(self.eps, z.dtype))
 
 
@@ -464,13 +467,13 @@ class AlphaBeta(Rule):
         return x_pos * grad_pos + x_neg * grad_neg
 
     @staticmethod
-    def linear_output(layer, x):
+    def linear_output(layer: Layer, x: Tensor) -> Tensor:
         """``W x`` of ``layer`` (no bias, no activation): what :meth:`__call__` takes as ``linear_out``."""
         kernel, _ = layer_parameters(layer)
         return linear_forward(layer, x, kernel, None)
 
     @staticmethod
-    def finish_forward(layer, linear):
+    def finish_forward(layer: Layer, linear: Tensor) -> Tensor:
         """The layer's output from its :meth:`linear_output`: bias added, fused activation applied."""
         if layer.use_bias:
             linear = linear + backend.read(layer.bias)
@@ -557,10 +560,10 @@ class Flat(Rule):
         (spread,) = backend.vjp(lambda a: layer.convolution_op(a, ones_kernel), [ones_in], weights)
         return ops.broadcast_to(spread, ops.shape(x_in)) if in_channels != 1 else spread
 
-    def modify_input(self, x):
+    def modify_input(self, x: Tensor) -> Tensor:
         return ops.ones_like(x)
 
-    def forward(self, layer, inputs):
+    def forward(self, layer: Layer, inputs: Tensor) -> Tensor:
         kernel, _ = layer_parameters(layer)
         return linear_forward(layer, inputs, ops.ones_like(kernel), None)
 
@@ -577,9 +580,9 @@ class ZRule(Rule):
     part of ``z``.
     """
 
-    supported = types.Linear + types.GlobalAvgPool
+    supported: tuple[type, ...] = types.Linear + types.GlobalAvgPool
 
-    def forward(self, layer, inputs):
+    def forward(self, layer: Layer, inputs: Tensor) -> Tensor:
         if isinstance(layer, types.GlobalAvgPool):
             return layer(inputs)
         return super().forward(layer, inputs)
@@ -600,7 +603,7 @@ class Pass(Rule):
     it through when no canonizer has merged it into a neighbouring layer).
     """
 
-    supported = types.PassThrough + types.BatchNorm
+    supported: tuple[type, ...] = types.PassThrough + types.BatchNorm
 
     def __call__(self, layer: Layer, x_in: Tensor, relevance_out: Tensor, y_out: Tensor | None = None) -> Tensor:
         self.check(layer)
@@ -630,7 +633,7 @@ class BatchNormScale(Rule):
     ``beta - mean * scale`` absorbs the rest, so the rule does not conserve relevance.
     """
 
-    supported = types.BatchNorm
+    supported: tuple[type, ...] = types.BatchNorm
 
     def __call__(self, layer: Layer, x_in: Tensor, relevance_out: Tensor, y_out: Tensor | None = None) -> Tensor:
         self.check(layer)

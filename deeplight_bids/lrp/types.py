@@ -5,6 +5,10 @@ composite's layer map (:mod:`deeplight_bids.lrp.composites`).  2D and 3D variant
 grouped together, as in zennit's ``types``.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from keras import activations, layers
 
 from deeplight_bids.models.two import FoldSlices, UnfoldSlices
@@ -60,7 +64,7 @@ SampleWise = (
 PASSABLE_ACTIVATIONS = (activations.relu, activations.linear)
 
 
-def activation_name(layer):
+def activation_name(layer: Any) -> str | None:
     """Name of the fused or stand-alone activation of ``layer`` (``None`` if it has none)."""
     activation = getattr(layer, "activation", None)
     if activation is None:
@@ -68,7 +72,7 @@ def activation_name(layer):
     return getattr(activation, "__name__", type(activation).__name__)
 
 
-def has_passable_activation(layer):
+def has_passable_activation(layer: Any) -> bool:
     """Whether ``layer`` has no activation, or a ReLU / linear one (see :data:`PASSABLE_ACTIVATIONS`)."""
     if isinstance(layer, layers.ReLU):
         # A leaky or thresholded ReLU is not the identity on its positive part only.

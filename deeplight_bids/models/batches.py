@@ -1,13 +1,23 @@
 """The batch loop of one run: model-order batches -> logits (and LRP relevance) -> streamed maps and sums."""
 
+from __future__ import annotations
+
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deeplight_bids.prepare.grid import REFERENCE_SHAPE
 from deeplight_bids.progress import Progress
+
+if TYPE_CHECKING:
+    from deeplight_bids.attribution.gradients import GradientMethod
+    from deeplight_bids.lrp.analyzer import LRPAnalyzer
+    from deeplight_bids.prepare.clean import PreparedRun
+
+    from .decode import Decoder
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -20,14 +30,14 @@ class ModelOrderBatches:
     into NIfTI order and then transposed into a second array.
     """
 
-    def __init__(self, prepared):
+    def __init__(self, prepared: PreparedRun) -> None:
         self.signals = prepared.signals
         x, y, z = np.nonzero(prepared.mask)  # the signals' column order (C order of the mask)
         nx, ny, nz = prepared.mask.shape
         self.shape = (nz, ny, nx, 1)
         self.index = (z * ny + y) * nx + x
 
-    def get(self, start, stop):
+    def get(self, start: int, stop: int) -> np.ndarray:
         out = np.zeros((stop - start, int(np.prod(self.shape))), dtype=np.float32)
         out[:, self.index] = self.signals[start:stop]
         return out.reshape((stop - start, *self.shape))
@@ -55,7 +65,7 @@ class RunDecoding:
     counts: dict = field(default_factory=dict)
 
 
-def check_finite(maps, start, label, description=None):
+def check_finite(maps: np.ndarray, start: int, label: str, description: dict[str, Any] | None = None) -> None:
     """Raise :class:`~deeplight_bids.exceptions.NonFiniteMapError` when a map holds NaN or inf.
 
     Parameters
@@ -82,19 +92,19 @@ def check_finite(maps, start, label, description=None):
 
 
 def decode_and_explain(
-    batches,
-    n_volumes,
-    n_states,
-    batch_size,
-    decoder,
-    analyzer=None,
-    lrp_target="predicted",
-    true_idx=None,
-    masker=None,
-    stream=None,
-    label="run",
-    log=LOGGER,
-):
+    batches: ModelOrderBatches,
+    n_volumes: int,
+    n_states: int,
+    batch_size: int,
+    decoder: Decoder,
+    analyzer: LRPAnalyzer | GradientMethod | None = None,
+    lrp_target: str = "predicted",
+    true_idx: np.ndarray | None = None,
+    masker: Any = None,
+    stream: Any = None,
+    label: str = "run",
+    log: logging.Logger = LOGGER,
+) -> RunDecoding:
     """Decode (and, given ``analyzer``, explain) every volume of a run, ``batch_size`` at a time.
 
     Relevance maps are masked (``masker``), handed to ``stream`` (a background writer)
@@ -136,7 +146,7 @@ def decode_and_explain(
                 target = None
                 if lrp_target == "true":
                     pred = decoder.logits(x).argmax(axis=1)
-                    true = true_idx[start:stop]
+                    true = true_idx[start:stop]  # type: ignore[index]  # given with lrp_target 'true'
                     target = np.where(true >= 0, true, pred)
                 batch_logits, relevance = analyzer.explain(x, target=target)
                 targets[start:stop] = batch_logits.argmax(axis=1) if target is None else target

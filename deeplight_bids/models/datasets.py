@@ -6,17 +6,28 @@ Batches are made by :func:`deeplight_bids.models.input_pipeline.make_volume_data
 :func:`~deeplight_bids.models.input_pipeline.make_array_dataset` (features).
 """
 
+from __future__ import annotations
+
 import hashlib
 import logging
 import time
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deeplight_bids.derivatives import naming
 from deeplight_bids.exceptions import InputDataError, NoRunsFoundError
 from deeplight_bids.utils.identity import digest, file_identity, sha256sum
+
+if TYPE_CHECKING:
+    import os
+
+    from deeplight_bids.bids.discover import Run
+    from deeplight_bids.config import Config
+    from deeplight_bids.prepare.cache import Samples, VolumeReader
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -47,17 +58,17 @@ class TrainingData:
     entries: list
     cache_stats: object
     states: tuple
-    samples: object
+    samples: Samples
     participants: list
-    reader: object = field(init=False)
+    reader: VolumeReader = field(init=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         from deeplight_bids.prepare.cache import VolumeReader
 
         self.reader = VolumeReader(self.entries)
 
 
-def load_training_data(config, log=LOGGER) -> TrainingData:
+def load_training_data(config: Config, log: logging.Logger = LOGGER) -> TrainingData:
     """Discover, prepare (cached) and label the runs ``config`` selects.
 
     States: ``config.finetune_states`` in that order, else every labelled state found
@@ -116,7 +127,7 @@ def load_training_data(config, log=LOGGER) -> TrainingData:
     return TrainingData(runs, entries, cache_stats, states, samples, participants)
 
 
-def labels_identity(runs, state_map_file, states) -> str:
+def labels_identity(runs: Sequence[Run], state_map_file: str | os.PathLike | None, states: Sequence[str]) -> str:
     """What the labels derive from (the cache entries key the BOLD and mask): events files and state map."""
     state_map = file_identity(state_map_file) if state_map_file else None
     return digest(
@@ -128,7 +139,7 @@ def labels_identity(runs, state_map_file, states) -> str:
     )
 
 
-def weights_identity(weights, init):
+def weights_identity(weights: str | os.PathLike | None, init: str) -> str | os.PathLike | list[Any] | None:
     """``--weights`` as given, and the identity of the file(s) it names (a re-saved file is other weights)."""
     if weights is None or init == "scratch" or not Path(weights).exists():
         return weights  # published weights are verified by checksum when loaded
@@ -136,12 +147,12 @@ def weights_identity(weights, init):
     return [str(weights), *(file_identity(f) for f in files)]
 
 
-def input_checksums(runs, subjects) -> list[dict]:
+def input_checksums(runs: Sequence[Run], subjects: Collection[str]) -> list[dict]:
     """sha256 of the BOLD, mask and events files of the runs of ``subjects`` (for the model card)."""
     return [
         {
             "run": run.label,
-            "bold": run.bold.name,
+            "bold": run.bold.name,  # type: ignore[union-attr]  # processable runs have a BOLD file
             "bold_sha256": sha256sum(run.bold),
             "mask_sha256": sha256sum(run.mask),
             "events_sha256": sha256sum(run.events),
@@ -151,7 +162,14 @@ def input_checksums(runs, subjects) -> list[dict]:
     ]
 
 
-def body_features(body, data: TrainingData, work_dir, batch_size, key_extra, log=LOGGER) -> np.ndarray:
+def body_features(
+    body: Any,
+    data: TrainingData,
+    work_dir: str | os.PathLike,
+    batch_size: int,
+    key_extra: dict[str, Any],
+    log: logging.Logger = LOGGER,
+) -> np.ndarray:
     """Frozen-body features of every sample, computed once and kept in ``WORK_DIR/finetune/features``.
 
     The body is the same in every fold (same init, same seed), so one pass over the volumes

@@ -1,6 +1,14 @@
 """Batched forward pass: logits -> probabilities and predicted states."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 #: Volumes per network call on CPU.  On 2 CPU cores batches of 4 and 8 volumes decode (and
 #: explain) at the same speed, but the activations of the full-resolution layers grow with
@@ -10,25 +18,25 @@ import numpy as np
 CPU_NETWORK_BATCH = 4
 
 
-def network_batch_limit():
+def network_batch_limit() -> int | None:
     """Most volumes per network call: :data:`CPU_NETWORK_BATCH` on CPU, ``None`` (no limit) with a GPU."""
     from deeplight_bids import backend
 
     return None if backend.has_gpu() else CPU_NETWORK_BATCH
 
 
-def in_chunks(n, max_batch):
+def in_chunks(n: int, max_batch: int | None) -> list[tuple[int, int]]:
     """``(start, stop)`` pairs covering ``range(n)`` in pieces of at most ``max_batch`` (``None``: one piece)."""
     step = n if not max_batch else int(max_batch)
     return [(start, min(start + step, n)) for start in range(0, n, max(step, 1))]
 
 
-def join_chunks(parts):
+def join_chunks(parts: Sequence[np.ndarray]) -> np.ndarray:
     """Arrays of consecutive chunks -> one array (the only part itself, uncopied, when there is one)."""
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def target_indices(target, batch_size, n_out):
+def target_indices(target: int | Sequence[int] | np.ndarray | None, batch_size: int, n_out: int) -> np.ndarray:
     """The output to explain per sample, as the explainers take it: ``(batch_size,)`` int32.
 
     ``None`` gives -1 everywhere (the compiled graph then takes each sample's argmax); one
@@ -47,7 +55,7 @@ def target_indices(target, batch_size, n_out):
     return target.astype(np.int32)
 
 
-def softmax(logits, dtype=np.float64):
+def softmax(logits: np.ndarray, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
     """Row-wise softmax (numerically stable) computed in ``dtype``; ``(batch, n_states)``."""
     logits = np.asarray(logits, dtype=dtype)
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -67,14 +75,14 @@ class Decoder:
         :func:`network_batch_limit`); ``None``: the whole batch at once.
     """
 
-    def __init__(self, model, max_batch=None):
+    def __init__(self, model: Any, max_batch: int | None = None) -> None:
         from deeplight_bids import backend
 
         self.model = model
         self.max_batch = max_batch
         self._forward = backend.compile_function(lambda x: model(x, training=False))
 
-    def logits(self, x):
+    def logits(self, x: np.ndarray) -> np.ndarray:
         """Logits ``(batch, n_states)`` float32 for model-order input ``(batch, z, y, x, 1)``."""
         from keras import ops
 

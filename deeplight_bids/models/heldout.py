@@ -7,19 +7,28 @@ pooled); and, once models from ``--init scratch`` and ``--init pretrained`` exis
 same folds, ``OUTPUT_DIR/group/finetune-comparison_arch-<A>[_frozen].{tsv,json}``.
 """
 
+from __future__ import annotations
+
 import json
 import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deeplight_bids.derivatives import naming
 from deeplight_bids.models.decode import softmax
 
+if TYPE_CHECKING:
+    import os
+
+    from deeplight_bids.prepare.cache import Samples, VolumeReader
+
 LOGGER = logging.getLogger("deeplight_bids")
 
 
-def predict_logits(model, reader, samples, batch_size):
+def predict_logits(model: Any, reader: VolumeReader, samples: Samples, batch_size: int) -> np.ndarray:
     """Logits ``(n_samples, n_states)`` float32 of ``samples`` read in batches of ``batch_size``."""
     out = np.zeros((len(samples), int(model.output_shape[-1])), np.float32)
     for start in range(0, len(samples), batch_size):
@@ -28,7 +37,9 @@ def predict_logits(model, reader, samples, batch_size):
     return out
 
 
-def accuracy(labels, pred):
+def accuracy(
+    labels: Sequence[int] | np.ndarray, pred: Sequence[int] | np.ndarray
+) -> tuple[float, float] | tuple[None, None]:
     """``(accuracy, balanced accuracy)`` of predicted vs true labels; ``(None, None)`` when empty.
 
     As :func:`deeplight_bids.models.metrics.decoding_metrics` (balanced: the mean of the
@@ -42,7 +53,7 @@ def accuracy(labels, pred):
     return metrics["accuracy"], metrics["balanced_accuracy"]
 
 
-def prediction_rows(samples, logits, states, fold):
+def prediction_rows(samples: Samples, logits: np.ndarray, states: Sequence[str], fold: str) -> list[dict[str, Any]]:
     """One row per held-out volume: true and predicted state, correctness and the softmax probabilities."""
     pred = logits.argmax(axis=1)
     probs = softmax(logits, np.float32)  # float32 as the fine-tuning tables have always been written
@@ -63,7 +74,9 @@ def prediction_rows(samples, logits, states, fold):
     return rows
 
 
-def fold_metrics(state, labels, pred, n_states):
+def fold_metrics(
+    state: dict[str, Any], labels: Sequence[int] | np.ndarray, pred: Sequence[int] | np.ndarray, n_states: int
+) -> dict[str, Any]:
     """Training history and held-out accuracy of one fold (``state``: see :func:`~.train.fit_resumable`)."""
     history = state["history"]
     last = history[-1] if history else {}
@@ -85,7 +98,9 @@ def fold_metrics(state, labels, pred, n_states):
     }
 
 
-def write_heldout_tables(model_dir, name, preds, states):
+def write_heldout_tables(
+    model_dir: str | os.PathLike, name: str, preds: list[dict[str, Any]], states: Iterable[str]
+) -> list[dict[str, Any]]:
     """Write the predictions and per-participant summary TSVs.
 
     Returns
@@ -135,7 +150,7 @@ def write_heldout_tables(model_dir, name, preds, states):
     return rows
 
 
-def heldout_summaries(output_dir):
+def heldout_summaries(output_dir: str | os.PathLike) -> list[tuple[float, dict[str, Any]]]:
     """``[(modification time, summary dict)]`` of every ``OUTPUT_DIR/models/*/*_desc-heldout_summary.json``.
 
     Unreadable files are left out (a fine-tuning still writing, or a damaged file).
@@ -149,7 +164,7 @@ def heldout_summaries(output_dir):
     return out
 
 
-def write_comparison(output_dir, log=LOGGER):
+def write_comparison(output_dir: str | os.PathLike, log: logging.Logger = LOGGER) -> list[Path]:
     """Side-by-side held-out accuracy of ``--init scratch`` and ``--init pretrained`` on the same folds.
 
     Scans ``OUTPUT_DIR/models/*/*_desc-heldout_summary.json``; for every architecture with
@@ -162,7 +177,7 @@ def write_comparison(output_dir, log=LOGGER):
     from deeplight_bids.derivatives.writers import write_json, write_tsv
 
     output_dir = Path(output_dir)
-    groups = {}
+    groups: dict[tuple[Any, ...], dict[str, tuple[float, dict[str, Any]]]] = {}
     for mtime, s in heldout_summaries(output_dir):
         folds = tuple(tuple(f["heldout_participants"]) for f in s.get("folds", []))
         key = (s["architecture"], bool(s.get("freeze_body")), tuple(s["states"]), folds)

@@ -4,9 +4,17 @@ Volumes come from the prepared-run cache (:class:`deeplight_bids.prepare.cache.V
 in-memory arrays (a frozen body's features); :mod:`deeplight_bids.workflows.finetune` fits on them.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from deeplight_bids.prepare.cache import MODEL_SHAPE
+
+if TYPE_CHECKING:
+    from deeplight_bids.prepare.cache import Samples, VolumeReader
 
 #: tf.data's autotuning of the training pipelines (off).  Our pipelines have nothing to tune (one Python
 #: generator, a fixed prefetch of 2 batches), but with autotuning on, deleting an iterator sometimes waited on
@@ -17,7 +25,9 @@ from deeplight_bids.prepare.cache import MODEL_SHAPE
 TF_DATA_AUTOTUNE = False
 
 
-def epoch_order(labels, rng, balance=True, shuffle=True):
+def epoch_order(
+    labels: Sequence[int] | np.ndarray, rng: np.random.Generator, balance: bool = True, shuffle: bool = True
+) -> np.ndarray:
     """Indices of one epoch: with ``balance`` every class is oversampled to the largest class."""
     labels = np.asarray(labels)
     if balance and len(labels):
@@ -37,8 +47,15 @@ def epoch_order(labels, rng, balance=True, shuffle=True):
 
 
 def make_volume_dataset(
-    reader, samples, batch_size, shuffle=True, balance=True, seed=0, start_epoch=0, mix_same_state=0.0
-):
+    reader: VolumeReader,
+    samples: Samples,
+    batch_size: int,
+    shuffle: bool = True,
+    balance: bool = True,
+    seed: int | Sequence[int] = 0,
+    start_epoch: int = 0,
+    mix_same_state: float = 0.0,
+) -> Any:
     """``tf.data.Dataset`` of ``(volumes (b, z, y, x, 1) float32, labels (b,) int32)`` batches.
 
     Each pass over the dataset (one Keras epoch) draws a new order from ``seed`` and the
@@ -71,7 +88,7 @@ def make_volume_dataset(
     return _finish(ds, epoch_length(samples.label, balance), batch_size)
 
 
-def mix_partners(samples):
+def mix_partners(samples: Samples) -> list[np.ndarray]:
     """For each sample, the samples of the same state (label) from other participants: whom it may be mixed with.
 
     Same-state mixing (an intra-class form of mixup, Zhang et al. 2018) keeps what the
@@ -90,7 +107,15 @@ def mix_partners(samples):
     return [groups[(lab, sub)] for lab, sub in zip(label.tolist(), subject.tolist())]
 
 
-def make_array_dataset(features, labels, batch_size, shuffle=True, balance=True, seed=0, start_epoch=0):
+def make_array_dataset(
+    features: np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    batch_size: int,
+    shuffle: bool = True,
+    balance: bool = True,
+    seed: int | Sequence[int] = 0,
+    start_epoch: int = 0,
+) -> Any:
     """Like :func:`make_volume_dataset` for in-memory arrays (e.g. frozen-body features)."""
     from deeplight_bids.backend import tensorflow_or_exit
 
@@ -112,7 +137,7 @@ def make_array_dataset(features, labels, batch_size, shuffle=True, balance=True,
     return _finish(ds, epoch_length(labels, balance), batch_size)
 
 
-def epoch_length(labels, balance=True):
+def epoch_length(labels: Sequence[int] | np.ndarray, balance: bool = True) -> int:
     """Samples per epoch (with ``balance``: classes x the largest class)."""
     labels = np.asarray(labels)
     if not balance or not len(labels):

@@ -34,16 +34,28 @@ the standardised voxels, 0 for voxels the screening left out), and the fitted mo
 NumPy archive (arrays only, no pickle) that :func:`predict_runs` applies to new runs.
 """
 
+from __future__ import annotations
+
 import itertools
 import logging
 import math
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deeplight_bids.derivatives import naming
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
+
+if TYPE_CHECKING:
+    import os
+
+    from deeplight_bids.config import Config
+    from deeplight_bids.models.datasets import TrainingData
+    from deeplight_bids.prepare.cache import CacheEntry, Samples
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -89,7 +101,7 @@ class InMaskFeatures:
         Flat indices (C order of the (x, y, z) reference grid) of the union of the masks.
     """
 
-    def __init__(self, entries):
+    def __init__(self, entries: Iterable[CacheEntry]) -> None:
         self.entries = list(entries)
         masks = [np.asarray(e.mask(), bool) for e in self.entries]
         union = np.logical_or.reduce(masks)
@@ -100,10 +112,15 @@ class InMaskFeatures:
         self._columns = [position[np.flatnonzero(m)] for m in masks]
 
     @property
-    def n_features(self):
+    def n_features(self) -> int:
         return int(self.voxels.size)
 
-    def matrix(self, samples, rows=None, columns=None):
+    def matrix(
+        self,
+        samples: Samples,
+        rows: Sequence[int] | np.ndarray | None = None,
+        columns: Sequence[int] | np.ndarray | None = None,
+    ) -> np.ndarray:
         """Feature rows ``(len(rows), n_columns)`` float32 of ``samples`` (``rows``: indices into it, default all).
 
         ``columns``: feature indices to keep (default all), in that order.
@@ -121,7 +138,7 @@ class InMaskFeatures:
             at = np.flatnonzero(entry_of == e)
             signals = self.entries[int(e)].signals()
             cols = self._columns[int(e)]
-            src = slice(None)
+            src: slice | np.ndarray = slice(None)
             if keep is not None:
                 cols = keep[cols]
                 src = cols >= 0
@@ -133,7 +150,7 @@ class InMaskFeatures:
         return out
 
 
-def anova_f(features, samples, rows, n_states):
+def anova_f(features: InMaskFeatures, samples: Samples, rows: np.ndarray, n_states: int) -> np.ndarray:
     """One-way ANOVA F of every feature over ``rows`` of ``samples`` (as :func:`sklearn.feature_selection.f_classif`).
 
     Computed from per-state sums and the total sum of squares, :data:`CHUNK` volumes at a time.
@@ -222,11 +239,11 @@ class LinearFold:
     predicted: np.ndarray
     metrics: dict = field(default_factory=dict)
 
-    def decision(self, x):
+    def decision(self, x: np.ndarray) -> np.ndarray:
         """Scores ``(n, n_states)`` of feature rows ``x`` (the kept voxels, raw values)."""
         return ((x - self.mean) / self.scale) @ self.coef.T + self.intercept
 
-    def weight_map(self, index):
+    def weight_map(self, index: int) -> np.ndarray:
         """The weights of state ``index`` on the reference grid ``(91, 109, 91)`` float32 (0 where not kept)."""
         out = np.zeros(int(np.prod(REFERENCE_SHAPE)), np.float32)
         out[self.voxels] = self.coef[index]
@@ -246,7 +263,15 @@ def _pipeline(seed):
     )
 
 
-def fit_fold(data, train_mask, held_mask, fold="", seed=0, features=None, log=LOGGER):
+def fit_fold(
+    data: TrainingData,
+    train_mask: np.ndarray,
+    held_mask: np.ndarray,
+    fold: str = "",
+    seed: int = 0,
+    features: InMaskFeatures | None = None,
+    log: logging.Logger = LOGGER,
+) -> LinearFold:
     """Fit the linear decoder on ``train_mask`` samples of ``data`` and predict ``held_mask`` ones.
 
     Parameters
@@ -329,7 +354,7 @@ def fit_fold(data, train_mask, held_mask, fold="", seed=0, features=None, log=LO
     return result
 
 
-def estimator_description():
+def estimator_description() -> dict[str, str]:
     """What the linear decoder is, for the model card and summaries."""
     return {
         "pipeline": "scikit-learn: ANOVA F screening (f_classif on the training volumes) of the top "
@@ -344,7 +369,9 @@ def estimator_description():
     }
 
 
-def write_fold(result, out_dir, stem, root=None):
+def write_fold(
+    result: LinearFold, out_dir: str | os.PathLike, stem: str, root: str | os.PathLike | None = None
+) -> dict[str, Any]:
     """The fold's weight map per state (BIDS statistical maps) and the model archive; returns their paths."""
     import nibabel as nib
 
@@ -387,7 +414,7 @@ def write_fold(result, out_dir, stem, root=None):
     return outputs
 
 
-def load_model(path):
+def load_model(path: str | os.PathLike) -> LinearFold:
     """A :class:`LinearFold` (no predictions) from the archive :func:`write_fold` wrote."""
     with np.load(path, allow_pickle=False) as data:
         return LinearFold(
@@ -403,7 +430,7 @@ def load_model(path):
         )
 
 
-def predict_runs(model_path, entries, samples):
+def predict_runs(model_path: str | os.PathLike, entries: Sequence[CacheEntry], samples: Samples) -> np.ndarray:
     """Predicted state indices of ``samples`` (of cache ``entries``) by a saved linear decoder.
 
     Voxels of the model outside a run's mask count as 0, as DeepLight sees them.
@@ -426,7 +453,7 @@ def predict_runs(model_path, entries, samples):
     return out
 
 
-def paired_permutation_test(deeplight, linear, seed=0):
+def paired_permutation_test(deeplight: Sequence[float], linear: Sequence[float], seed: int = 0) -> dict[str, Any]:
     """Paired comparison of two decoders' accuracies over folds: sign-flip permutation test (two-sided).
 
     Parameters
@@ -443,7 +470,7 @@ def paired_permutation_test(deeplight, linear, seed=0):
     """
     d = np.asarray(deeplight, float) - np.asarray(linear, float)
     k = int(d.size)
-    out = {"n_folds": k, "mean_difference": float(d.mean()) if k else None}
+    out: dict[str, Any] = {"n_folds": k, "mean_difference": float(d.mean()) if k else None}
     if k < 2:
         out.update(
             test=None,
@@ -472,7 +499,12 @@ def paired_permutation_test(deeplight, linear, seed=0):
     return out
 
 
-def summarise(fold_reports, prediction_rows, states, deeplight_seconds):
+def summarise(
+    fold_reports: list[dict[str, Any]],
+    prediction_rows: list[dict[str, Any]],
+    states: Sequence[str],
+    deeplight_seconds: float,
+) -> dict[str, Any]:
     """The linear baseline beside DeepLight over all folds: pooled, per participant, per fold and the paired test.
 
     Parameters
@@ -551,7 +583,7 @@ def summarise(fold_reports, prediction_rows, states, deeplight_seconds):
     }
 
 
-def write_summary(model_dir, name, summary):
+def write_summary(model_dir: str | os.PathLike, name: str, summary: dict[str, Any]) -> dict[str, Path]:
     """``<name>_desc-linear_summary.tsv`` (per fold, per participant, pooled: both decoders) and its JSON."""
     import pandas as pd
 
@@ -605,7 +637,7 @@ def write_summary(model_dir, name, summary):
     return outputs
 
 
-def linear_columns(heldout_summary):
+def linear_columns(heldout_summary: dict[str, Any]) -> dict[str, Any]:
     """The report's fine-tuning table columns of the linear baseline (held-out accuracy, paired test), from a
     held-out summary JSON; "n/a" cells for fine-tunings made without it."""
     linear = heldout_summary.get("linear_baseline") or {}
@@ -618,7 +650,9 @@ def linear_columns(heldout_summary):
     }
 
 
-def evaluate_participant(model_path, config, participant, log=LOGGER):
+def evaluate_participant(
+    model_path: str | os.PathLike, config: Config, participant: str, log: logging.Logger = LOGGER
+) -> dict[str, Any]:
     """Accuracy of a saved linear decoder on one participant's labelled volumes (prepared through the cache).
 
     Parameters
@@ -644,7 +678,8 @@ def evaluate_participant(model_path, config, participant, log=LOGGER):
 
     model = load_model(model_path)
     cfg = dataclasses.replace(config.inputs, participant_label=(participant,))
-    layout = build_layout(cfg.bids_dir, find_derivatives(cfg.bids_dir, cfg.derivatives))
+    # (bids_dir is set whenever a participant is evaluated)
+    layout = build_layout(cfg.bids_dir, find_derivatives(cfg.bids_dir, cfg.derivatives))  # type: ignore[arg-type]
     runs = [r for r in discover_selected_runs(layout, cfg) if r.skip_reason is None]
     entries, _ = prepare_cached(runs, cfg.work_dir, cfg.smoothing_fwhm, cfg.high_pass, log=log)
     state_maps = load_state_map_file(cfg.state_map_file) if cfg.state_map_file else None

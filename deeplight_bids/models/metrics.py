@@ -1,11 +1,16 @@
 """Decoding accuracy of predicted against true states (participant, held-out and group tables)."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 __all__ = ["decoding_metrics"]
 
 
-def decoding_metrics(true, pred):
+def decoding_metrics(true: Sequence[Any] | np.ndarray, pred: Sequence[Any] | np.ndarray) -> dict[str, Any]:
     """dict(n_labelled, n_correct, accuracy, balanced_accuracy, chance_level, n_states)."""
     true = np.asarray(true, dtype=object)
     pred = np.asarray(pred, dtype=object)

@@ -21,8 +21,13 @@ Conversion (original layout -> Keras layer of :func:`build_2d_deeplight`):
 ======================================  ==============================================
 """
 
+from __future__ import annotations
+
+import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +40,9 @@ from deeplight_bids.models.two import (
     slice_feature_shape,
 )
 from deeplight_bids.utils.identity import sha256sum
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 #: File name and sha256 of the published weights (reference section 6).
 PUBLISHED_2D_FILENAME = "model-2D_DeepLight_desc-pretrained_model.npy"
@@ -55,7 +63,7 @@ _KERAS_GATES = ("i", "f", "j", "o")
 _VARIABLE_RE = re.compile(r"^<tf\.Variable '(?:model/)?(?P<name>[^':]+)(?::\d+)?'.*>$")
 
 
-def variable_name(key):
+def variable_name(key: object) -> str:
     """Short variable name of a published key.
 
     ``"<tf.Variable 'model/conv2d_1/weights:0' shape=(3, 3, 1, 8) dtype=float32_ref>"``
@@ -69,7 +77,7 @@ def variable_name(key):
     return re.sub(r":\d+$", "", name)
 
 
-def expected_shapes_2d(n_states=16, lstm_input=768, units=64):
+def expected_shapes_2d(n_states: int = 16, lstm_input: int = 768, units: int = 64) -> dict[str, tuple[int, ...]]:
     """Shapes of the published arrays by short name (original layout).
 
     Parameters
@@ -86,7 +94,7 @@ def expected_shapes_2d(n_states=16, lstm_input=768, units=64):
     dict
         ``short name -> shape``, 34 entries for the reference architecture.
     """
-    shapes = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     channels = 1
     for scope, (filters, _) in zip(CONV_SCOPES_2D, CONV_BLOCKS_2D):
         shapes[f"{scope}/weights"] = (3, 3, channels, filters)
@@ -102,7 +110,7 @@ def expected_shapes_2d(n_states=16, lstm_input=768, units=64):
     return shapes
 
 
-def load_published_2d(path, trusted=False):
+def load_published_2d(path: str | os.PathLike, trusted: bool = False) -> dict[str, np.ndarray]:
     """Load the published 2D-DeepLight ``.npy`` after checking its sha256.
 
     Parameters
@@ -153,7 +161,9 @@ def load_published_2d(path, trusted=False):
     return arrays
 
 
-def check_arrays_2d(arrays, n_states=16, lstm_input=768, units=64):
+def check_arrays_2d(
+    arrays: Mapping[str, np.ndarray], n_states: int = 16, lstm_input: int = 768, units: int = 64
+) -> dict[str, np.ndarray]:
     """Check names and shapes of published-layout arrays.
 
     Parameters
@@ -191,7 +201,14 @@ def check_arrays_2d(arrays, n_states=16, lstm_input=768, units=64):
     return named
 
 
-def lstm_to_keras(weights_xh, biases_xh, weights_hh, biases_hh, forget_bias=FORGET_BIAS, dtype=np.float32):
+def lstm_to_keras(
+    weights_xh: np.ndarray,
+    biases_xh: np.ndarray,
+    weights_hh: np.ndarray,
+    biases_hh: np.ndarray,
+    forget_bias: float = FORGET_BIAS,
+    dtype: npt.DTypeLike = np.float32,
+) -> list[np.ndarray]:
     """Convert one original LSTM direction to Keras ``[kernel, recurrent_kernel, bias]``.
 
     Parameters
@@ -227,7 +244,12 @@ def lstm_to_keras(weights_xh, biases_xh, weights_hh, biases_hh, forget_bias=FORG
     return [np.ascontiguousarray(kernel), np.ascontiguousarray(recurrent), bias]
 
 
-def convert_published_2d(arrays, n_states=16, input_shape=None, name="DeepLight2D"):
+def convert_published_2d(
+    arrays: Mapping[str, np.ndarray],
+    n_states: int = 16,
+    input_shape: Sequence[int] | None = None,
+    name: str = "DeepLight2D",
+) -> Any:
     """Build 2D-DeepLight and set the published (original-layout) weights.
 
     Parameters
@@ -273,7 +295,9 @@ def convert_published_2d(arrays, n_states=16, input_shape=None, name="DeepLight2
     return model
 
 
-def save_converted(model, out_path, source_path, states=None):
+def save_converted(
+    model: Any, out_path: str | os.PathLike, source_path: str | os.PathLike, states: Sequence[str] | None = None
+) -> tuple[Path, Path]:
     """Write a converted model as ``.keras`` plus a model-card JSON beside it.
 
     Parameters
@@ -333,7 +357,7 @@ def save_converted(model, out_path, source_path, states=None):
     return out_path, card_path
 
 
-def load_converted(path):
+def load_converted(path: str | os.PathLike) -> Any:
     """Load a ``.keras`` file written by :func:`save_converted` (no pickle, safe mode).
 
     Parameters

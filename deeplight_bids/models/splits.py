@@ -7,7 +7,10 @@ nothing; with early stopping a validation participant is drawn (seeded) from the
 participants (issue 13).
 """
 
+from __future__ import annotations
+
 import logging
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -19,13 +22,20 @@ LOGGER = logging.getLogger("deeplight_bids")
 VALIDATION_SHARE = 0.2
 
 
-def make_folds(participants, k, seed):
+def make_folds(participants: Iterable[str], k: int, seed: int) -> list[list[str]]:
     """Participant-wise folds: shuffled with ``seed``, dealt round-robin; each fold sorted."""
     order = list(np.random.default_rng(int(seed)).permutation(sorted(participants)))
     return [sorted(str(p) for p in order[i::k]) for i in range(k)]
 
 
-def participant_splits(participants, cv_folds=0, val_participants=None, early_stopping_patience=0, seed=0, log=LOGGER):
+def participant_splits(
+    participants: Iterable[str],
+    cv_folds: int = 0,
+    val_participants: Sequence[str] | None = None,
+    early_stopping_patience: int = 0,
+    seed: int = 0,
+    log: logging.Logger = LOGGER,
+) -> list[tuple[str, list[str], list[str], list[str]]]:
     """Training, validation and held-out participants of every fold.
 
     Parameters

@@ -5,7 +5,11 @@ is :data:`BODY_END`.  With ``--freeze-body`` the model is cut there into a body 
 features, run once per volume) and a head (features -> logits, the only part trained).
 """
 
+from __future__ import annotations
+
 import logging
+import os
+from typing import Any
 
 from deeplight_bids.exceptions import WeightsError
 from deeplight_bids.models.train import precision_policy
@@ -19,10 +23,10 @@ BODY_END = {"3D": "bn_12", "2D": "bilstm"}
 #: 3D training set-up: SpatialDropout3D(0.2) of the original stalls short fits on small
 #: data (features maps of 8 channels dropped whole); a positive output bias keeps the output
 #: ReLU alive; faster batch-norm statistics for short fits.  Dropout is inactive when decoding.
-TRAIN_3D = {"dropout_rate": 0.0, "output_bias": 0.1, "bn_momentum": 0.8}
+TRAIN_3D: dict[str, Any] = {"dropout_rate": 0.0, "output_bias": 0.1, "bn_momentum": 0.8}
 
 
-def build_architecture(architecture: str, n_states: int):
+def build_architecture(architecture: str, n_states: int) -> Any:
     """A fresh (random) DeepLight of ``architecture`` ("3D" or "2D") with ``n_states`` logits."""
     from deeplight_bids.models.three import build_3d_deeplight
     from deeplight_bids.models.two import build_2d_deeplight
@@ -37,14 +41,21 @@ def _source_record(src) -> dict:
     return {"name": src.name, "file": str(src.weights_path), "sha256": src.weights_sha256, "states": list(src.states)}
 
 
-def pretrained_source(architecture: str, weights=None) -> dict:
+def pretrained_source(architecture: str, weights: str | os.PathLike | None = None) -> dict:
     """The model-card record of the weights ``--init pretrained`` takes its body from."""
     from deeplight_bids.models.weights import load_deeplight
 
     return _source_record(load_deeplight(weights, architecture))
 
 
-def build_finetune_model(architecture, n_states, init, weights=None, seed=0, log=LOGGER):
+def build_finetune_model(
+    architecture: str,
+    n_states: int,
+    init: str,
+    weights: str | os.PathLike | None = None,
+    seed: int = 0,
+    log: logging.Logger = LOGGER,
+) -> tuple[Any, dict | None]:
     """A DeepLight model with ``n_states`` outputs: published (or ``weights``) body + new head, or random.
 
     Parameters
@@ -104,7 +115,7 @@ def build_finetune_model(architecture, n_states, init, weights=None, seed=0, log
     return model, _source_record(src)
 
 
-def split_body_head(model, architecture):
+def split_body_head(model: Any, architecture: str) -> tuple[Any, Any]:
     """``(body, head)``: body maps volumes to features, head maps features to logits (fresh layers)."""
     import keras
 
@@ -122,14 +133,14 @@ def split_body_head(model, architecture):
     return body, head
 
 
-def copy_head(head, model):
+def copy_head(head: Any, model: Any) -> None:
     """Copy trained head weights back into the full model (layers matched by name)."""
     for layer in head.layers:
         if layer.weights:
             model.get_layer(layer.name).set_weights(layer.get_weights())
 
 
-def float32_model(model, architecture, n_states):
+def float32_model(model: Any, architecture: str, n_states: int) -> Any:
     """``model`` itself when it computes in float32, else a float32 copy (for saving)."""
     if getattr(model, "dtype_policy", None) is None or model.dtype_policy.name == "float32":
         return model

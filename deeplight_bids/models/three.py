@@ -10,6 +10,11 @@ can be mapped by name; the layer *order* matches the published Keras-2 Sequentia
 ``Model.load_weights`` on the published whole-model ``.hdf5`` fills it.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 #: (filters, stride) of the twelve 3x3x3 conv blocks.
@@ -33,8 +38,13 @@ INPUT_SHAPE_3D = (91, 109, 91, 1)
 
 
 def build_3d_deeplight(
-    n_states=16, input_shape=INPUT_SHAPE_3D, dropout_rate=0.2, output_bias=0.0, bn_momentum=0.99, name="DeepLight3D"
-):
+    n_states: int = 16,
+    input_shape: Sequence[int] = INPUT_SHAPE_3D,
+    dropout_rate: float = 0.2,
+    output_bias: float = 0.0,
+    bn_momentum: float = 0.99,
+    name: str = "DeepLight3D",
+) -> Any:
     """Build (uncompiled) 3D-DeepLight.
 
     Parameters
@@ -84,7 +94,7 @@ def build_3d_deeplight(
     return model
 
 
-def to_model_order(volumes_xyz):
+def to_model_order(volumes_xyz: np.ndarray) -> np.ndarray:
     """``(batch, x, y, z)`` NIfTI-order volumes -> ``(batch, z, y, x, 1)`` model input (float32)."""
     volumes_xyz = np.asarray(volumes_xyz, dtype=np.float32)
     if volumes_xyz.ndim != 4:

@@ -1,14 +1,21 @@
 """Fitting DeepLight: checkpointed, resumable Keras training (``group --finetune`` and the demo)."""
 
+from __future__ import annotations
+
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deeplight_bids.config import default
 from deeplight_bids.derivatives.writers import atomic_path, write_json
 from deeplight_bids.progress import LOG_INTERVAL, SegmentProgress
+
+if TYPE_CHECKING:
+    import os
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -27,7 +34,7 @@ STATE_FILE = "training_state.json"
 PRECISE_BN_VOLUMES = 512
 
 
-def training_devices():
+def training_devices() -> tuple[int, Any, bool]:
     """``(n_gpus, strategy or None, mixed_precision)``: MirroredStrategy with several GPUs, float16 on GPU."""
     from deeplight_bids.backend import tensorflow_or_exit
 
@@ -37,7 +44,7 @@ def training_devices():
     return len(gpus), strategy, bool(gpus)
 
 
-def enable_determinism(seed, log=LOGGER):
+def enable_determinism(seed: int, log: logging.Logger = LOGGER) -> bool:
     """Same seed, same model: seed every generator and make TensorFlow's ops deterministic.
 
     ``keras.utils.set_random_seed`` seeds Python, NumPy and TensorFlow (initial weights,
@@ -69,7 +76,7 @@ def enable_determinism(seed, log=LOGGER):
 
 
 @contextlib.contextmanager
-def deterministic_ops(seed, log=LOGGER):
+def deterministic_ops(seed: int, log: logging.Logger = LOGGER) -> Iterator[bool]:
     """Context: :func:`enable_determinism` on entry, op determinism off again on exit.
 
     Yields True when op determinism is on.  Decoding and LRP in the same process run
@@ -86,7 +93,7 @@ def deterministic_ops(seed, log=LOGGER):
 
 
 @contextlib.contextmanager
-def precision_policy(name):
+def precision_policy(name: str | None) -> Iterator[None]:
     """Context: Keras' global dtype policy set to ``name`` (e.g. "mixed_float16"), the previous one restored.
 
     ``name=None`` leaves the policy as it is.  Models built inside compute with the policy.
@@ -177,20 +184,20 @@ def _make_checkpointer(folder, fingerprint, state, patience, epochs, log):
 
 
 def fit_resumable(
-    build_model,
-    train_data,
-    folder,
-    fingerprint,
-    epochs,
-    learning_rate,
-    val_data=None,
-    patience=0,
-    restore_best=True,
-    callbacks=(),
-    log=LOGGER,
-    make_train_data=None,
-    statistics_data=None,
-):
+    build_model: Callable[[], Any],
+    train_data: Any,
+    folder: str | os.PathLike,
+    fingerprint: str,
+    epochs: int,
+    learning_rate: float,
+    val_data: Any = None,
+    patience: int = 0,
+    restore_best: bool = True,
+    callbacks: Sequence[Any] = (),
+    log: logging.Logger = LOGGER,
+    make_train_data: Callable[[int], Any] | None = None,
+    statistics_data: Any = None,
+) -> tuple[Any, dict[str, Any]]:
     """Fit with a checkpoint every epoch; re-running with the same ``fingerprint`` resumes.
 
     Parameters
@@ -285,7 +292,7 @@ def fit_resumable(
     state["resumed_from"] = state["epoch"]
     if state["epoch"] < epochs and not state.get("stopped_early"):
         if train_data is None:
-            train_data = make_train_data(state["epoch"])
+            train_data = make_train_data(state["epoch"])  # type: ignore[misc]  # given when train_data is None
         checkpointer = _make_checkpointer(folder, fingerprint, state, patience, epochs, log)
         progress = _make_progress(epochs, log)
         model.fit(
@@ -314,7 +321,7 @@ def fit_resumable(
     return model, state
 
 
-def recompute_batch_norm_statistics(model, batches):
+def recompute_batch_norm_statistics(model: Any, batches: Iterable[Any]) -> int:
     """Set every trainable batch-norm layer's moving mean and variance to the average of its batch
     statistics over ``batches``, computed with the final weights ("precise BN", Wu & Johnson 2021).
 
@@ -358,7 +365,7 @@ def recompute_batch_norm_statistics(model, batches):
         model(x, training=True)
         return [(layer.moving_mean.value, layer.moving_variance.value) for layer in layers]
 
-    sums = [[0.0, 0.0] for _ in layers]
+    sums: list[list[Any]] = [[0.0, 0.0] for _ in layers]  # float64 arrays after the first batch
     count, seen = 0, 0
     try:
         for layer in layers:
@@ -380,7 +387,12 @@ def recompute_batch_norm_statistics(model, batches):
     return count
 
 
-def write_history(history, tsv_path, png_path=None, title=""):
+def write_history(
+    history: list[dict[str, Any]],
+    tsv_path: str | os.PathLike,
+    png_path: str | os.PathLike | None = None,
+    title: str = "",
+) -> None:
     """History TSV (one row per epoch) and a learning-curve PNG (loss and accuracy, matplotlib Agg)."""
     import pandas as pd
 

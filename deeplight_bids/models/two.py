@@ -32,7 +32,11 @@ and by LRP):
 ==================  ===========================================================
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 from keras import layers, ops
@@ -68,7 +72,7 @@ LSTM_UNITS_2D = 64
 INPUT_SHAPE_2D = (91, 109, 91, 1)
 
 
-def slice_feature_shape(input_shape=INPUT_SHAPE_2D):
+def slice_feature_shape(input_shape: Sequence[int] = INPUT_SHAPE_2D) -> tuple[int, int, int]:
     """Per-slice output shape ``(y', x', 64)`` of the conv stack for an input shape.
 
     Parameters
@@ -96,12 +100,12 @@ class FoldSlices(keras.layers.Layer):
     LRP hands relevance back by reshaping).
     """
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         batch, n_slices = input_shape[0], input_shape[1]
         folded = None if batch is None or n_slices is None else batch * n_slices
         return (folded, *input_shape[2:])
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         return ops.reshape(inputs, (-1, *inputs.shape[2:]))
 
 
@@ -115,22 +119,24 @@ class UnfoldSlices(keras.layers.Layer):
         Number of slices ``z`` per sample.
     """
 
-    def __init__(self, n_slices, **kwargs):
+    def __init__(self, n_slices: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.n_slices = int(n_slices)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[Any, ...]) -> tuple[int | None, ...]:
         batch = None if input_shape[0] is None else input_shape[0] // self.n_slices
         return (batch, self.n_slices, math.prod(input_shape[1:]))
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         return ops.reshape(inputs, (-1, self.n_slices, math.prod(inputs.shape[1:])))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "n_slices": self.n_slices}
 
 
-def build_2d_deeplight(n_states=16, input_shape=INPUT_SHAPE_2D, dropout=True, name="DeepLight2D"):
+def build_2d_deeplight(
+    n_states: int = 16, input_shape: Sequence[int] = INPUT_SHAPE_2D, dropout: bool = True, name: str = "DeepLight2D"
+) -> Any:
     """Build (uncompiled) 2D-DeepLight.
 
     Parameters

@@ -14,14 +14,17 @@ Published files live in a cache folder: ``$DEEPLIGHT_WEIGHTS_DIR`` if set, else
 ``$XDG_CACHE_HOME/deeplight-bids/weights`` (``~/.cache/...``).
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import os
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from deeplight_bids.exceptions import WeightsError
 
@@ -63,15 +66,15 @@ class PublishedWeights:
     states: tuple = PRETRAINED_STATES
 
     @property
-    def name(self):
+    def name(self) -> str:
         return f"{self.architecture}-pretrained"
 
     @property
-    def repo_path(self):
+    def repo_path(self) -> str:
         return f"{self.repo_folder}/{self.filename}"
 
     @property
-    def url(self):
+    def url(self) -> str:
         return f"{ORIGINAL_REPOSITORY}/raw/{ORIGINAL_COMMIT}/{self.repo_path}"
 
 
@@ -96,7 +99,7 @@ REGISTRY = {weights.name: weights for weights in _PUBLISHED}
 DEFAULT_WEIGHTS = {"3D": "3D-pretrained", "2D": "2D-pretrained"}
 
 
-def weights_cache_dir():
+def weights_cache_dir() -> Path:
     """Folder of the published weights (``$DEEPLIGHT_WEIGHTS_DIR`` or the user cache)."""
     env = os.environ.get("DEEPLIGHT_WEIGHTS_DIR")
     if env:
@@ -105,7 +108,7 @@ def weights_cache_dir():
     return cache / "deeplight-bids" / "weights"
 
 
-def git_blob_sha1(path, chunk=1 << 20):
+def git_blob_sha1(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """The git blob id of a file (``git hash-object``), to check files named by blob."""
     size = Path(path).stat().st_size
     digest = hashlib.sha1(f"blob {size}\0".encode())
@@ -115,14 +118,14 @@ def git_blob_sha1(path, chunk=1 << 20):
     return digest.hexdigest()
 
 
-def verify_published(entry, path):
+def verify_published(entry: PublishedWeights, path: str | os.PathLike) -> bool:
     """True when ``path`` is exactly the published file ``entry`` (by sha256 or git blob)."""
     if entry.sha256 is not None:
         return sha256sum(path) == entry.sha256
     return git_blob_sha1(path) == entry.git_blob
 
 
-def published_path(name):
+def published_path(name: str) -> Path:
     """Cached path of a published file, verified; WeightsError with a fix if missing or corrupt."""
     entry = REGISTRY[name]
     path = weights_cache_dir() / entry.filename
@@ -140,7 +143,9 @@ def published_path(name):
     return path
 
 
-def fetch_published(name, dest_dir=None, progress=print):
+def fetch_published(
+    name: str, dest_dir: str | os.PathLike | None = None, progress: Callable[[str], Any] = print
+) -> Path:
     """Download a published file from the original repository at its pinned commit.
 
     Written to a temporary file, verified, then renamed: a partial download is never
@@ -192,7 +197,7 @@ class DeepLightModel:
         Model card (training data, preprocessing, ...); empty for published weights.
     """
 
-    model: object
+    model: Any
     architecture: str
     states: tuple
     weights_path: Path
@@ -200,7 +205,7 @@ class DeepLightModel:
     name: str = ""
     card: dict = field(default_factory=dict)
 
-    def provenance(self):
+    def provenance(self) -> dict[str, Any]:
         """JSON-serialisable description for output sidecars."""
         info = {
             "Architecture": f"{self.architecture}-DeepLight",
@@ -217,7 +222,7 @@ class DeepLightModel:
         return info
 
 
-def model_card_path(keras_path):
+def model_card_path(keras_path: str | os.PathLike) -> Path | None:
     """Model card JSON beside a ``.keras`` file: ``<stem>.json`` (or ``model_card.json``)."""
     keras_path = Path(keras_path)
     for cand in (keras_path.with_suffix(".json"), keras_path.parent / "model_card.json"):
@@ -226,7 +231,7 @@ def model_card_path(keras_path):
     return None
 
 
-def load_model_card(keras_path):
+def load_model_card(keras_path: str | os.PathLike) -> dict[str, Any]:
     card_path = model_card_path(keras_path)
     if card_path is None:
         raise WeightsError(
@@ -252,7 +257,9 @@ KERAS_MAX_TOTAL_BYTES = 2 << 30
 KERAS_MAX_CONFIG_BYTES = 16 << 20
 
 
-def check_keras_archive(path, max_total=KERAS_MAX_TOTAL_BYTES, max_config=KERAS_MAX_CONFIG_BYTES):
+def check_keras_archive(
+    path: str | os.PathLike, max_total: int = KERAS_MAX_TOTAL_BYTES, max_config: int = KERAS_MAX_CONFIG_BYTES
+) -> None:
     """Refuse a ``.keras`` archive that is not a zip or whose members inflate beyond the bounds.
 
     Parameters
@@ -293,7 +300,7 @@ def check_keras_archive(path, max_total=KERAS_MAX_TOTAL_BYTES, max_config=KERAS_
         )
 
 
-def save_model(model: "keras.Model", path: str | os.PathLike, card: dict) -> Path:
+def save_model(model: keras.Model, path: str | os.PathLike, card: dict) -> Path:
     """Save a Keras model as ``.keras`` plus its model card (its sidecar), atomically."""
     from deeplight_bids.derivatives.naming import sidecar_of
     from deeplight_bids.derivatives.writers import atomic_path, write_json
