@@ -22,7 +22,7 @@ from deeplight_bids.exceptions import InputDataError, NoRunsFoundError
 if TYPE_CHECKING:
     from bids import BIDSLayout
 
-    from deeplight_bids.config import Config
+    from deeplight_bids.config import Config, InputsConfig
 
 #: A path given as text or as a path object.
 PathLike = str | os.PathLike
@@ -372,7 +372,7 @@ def _find_events(layout, entities):
     return Path(best.path) if best is not None else None
 
 
-def discover_selected_runs(layout: BIDSLayout, config: Config) -> list[Run]:
+def discover_selected_runs(layout: BIDSLayout, config: Config | InputsConfig) -> list[Run]:
     """:func:`discover_runs` with a job's selection: ``--space``, ``--participant-label``,
     ``--session-label``, ``--task`` and ``--bids-filter-file`` of ``config``
     (:class:`deeplight_bids.config.Config`)."""

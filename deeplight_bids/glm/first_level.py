@@ -169,7 +169,9 @@ def glm_settings(config: Config, noise_model: str | None = None) -> dict[str, An
     return settings
 
 
-def glm_settings_hash(settings: Mapping[str, Any], user_state_map: Mapping[str, Mapping[str, str]] | None = None) -> str:
+def glm_settings_hash(
+    settings: Mapping[str, Any], user_state_map: Mapping[str, Mapping[str, str]] | None = None
+) -> str:
     """16 hex digits over :func:`glm_settings` and the ``--state-map`` (the design's states come from it)."""
     text = json.dumps({**settings, "state_map": user_state_map}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

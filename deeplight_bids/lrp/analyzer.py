@@ -312,8 +312,7 @@ def stem_batch_for_memory(limit_mib: int | Literal["detect"] | None = "detect") 
         from deeplight_bids.runtime import memory_limit
 
         limit_mib = memory_limit()[0]
-    # (mypy does not narrow the str literal away on the path that skips the branch above)
-    return 1 if limit_mib is not None and limit_mib < WHOLE_STEM_MIN_MIB else None  # type: ignore[operator]
+    return 1 if limit_mib is not None and limit_mib < WHOLE_STEM_MIN_MIB else None
 
 
 def stem_size(layers: Sequence[Any], input_shape: tuple[Any, ...]) -> int:
