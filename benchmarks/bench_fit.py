@@ -116,8 +116,7 @@ def child(case, threads, data, epochs):
     import keras
     import numpy as np
 
-    from deeplight_bids.workflows.demo import DEFAULTS, split_participants
-    from deeplight_bids.config import Config
+    from deeplight_bids.workflows.demo import demo_fit_config, split_participants
     from deeplight_bids.models import train
     from deeplight_bids.models.surgery import build_finetune_model
     from deeplight_bids.models import input_pipeline
@@ -125,27 +124,9 @@ def child(case, threads, data, epochs):
 
     data = Path(data)
     training, validation, _ = split_participants(data / "bids")
-    config = Config(
-        {
-            "bids_dir": data / "bids",
-            "output_dir": data / "out",
-            "work_dir": data / "work",
-            "architecture": "3D",
-            "participant_label": (*training, validation),
-        },
-        finetune={
-            "enabled": True,
-            "init": "scratch",
-            "model_name": "bench-fit",
-            "val_participants": (validation,),
-            "epochs": epochs,
-            "learning_rate": DEFAULTS["learning_rate"],
-            "batch_size": DEFAULTS["batch_size"],
-            "mix_same_state": DEFAULTS["mix_same_state"],
-        },
-        analysis_level="group",
-        seed=0,
-        nprocs=threads,
+    # the demo's fit settings (workflows.demo.demo_fit_config); work folder data/work, as prepared by the parent
+    config = demo_fit_config(
+        data / "bids", data, training, validation, epochs=epochs, threads=threads, model_name="bench-fit"
     )
     job = FinetuneJob(config)
     job.load_data()

@@ -35,6 +35,7 @@ from deeplight_bids.quality.plausibility import relevance_in_region
 from deeplight_bids.utils.tsv import read_tsv
 
 if TYPE_CHECKING:
+    from deeplight_bids.config import Config
     from deeplight_bids.demo.synth import SyntheticDataset
 
 LOGGER = logging.getLogger("deeplight_bids")
@@ -274,7 +275,6 @@ def fit_demo_model(
     float
         Accuracy on the validation participant's labelled volumes (chance 1 / states).
     """
-    from deeplight_bids.config import Config
     from deeplight_bids.workflows.finetune import FinetuneJob
 
     LOGGER.info(
@@ -284,7 +284,43 @@ def fit_demo_model(
         epochs,
         seed,
     )
-    # 'group --finetune --init scratch' on the training and validation participants, by config section
+    config = demo_fit_config(
+        bids_dir,
+        output_dir,
+        training,
+        validation,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        threads=threads,
+        overwrite=overwrite,
+        mix_same_state=mix_same_state,
+    )
+    return float(FinetuneJob(config).run()["heldout_accuracy_pooled"])
+
+
+def demo_fit_config(
+    bids_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    training: Sequence[str],
+    validation: str,
+    epochs: int = DEFAULTS["epochs"],
+    batch_size: int = DEFAULTS["batch_size"],
+    learning_rate: float = DEFAULTS["learning_rate"],
+    seed: int = 0,
+    threads: int = 0,
+    overwrite: bool = False,
+    mix_same_state: float = DEFAULTS["mix_same_state"],
+    model_name: str = "demo-3D",
+) -> Config:
+    """The settings of the demo's fit: ``group --finetune --init scratch`` on the training and validation participants.
+
+    Also what ``benchmarks/bench_fit.py`` fits with (under another ``model_name``); the work folder is
+    ``OUTPUT_DIR/work``.
+    """
+    from deeplight_bids.config import Config
+
     inputs = {
         "bids_dir": bids_dir,
         "output_dir": output_dir,
@@ -295,15 +331,14 @@ def fit_demo_model(
     finetune = {
         "enabled": True,
         "init": "scratch",
-        "model_name": "demo-3D",
+        "model_name": model_name,
         "val_participants": (validation,),
         "epochs": epochs,
         "learning_rate": learning_rate,
         "batch_size": batch_size,
         "mix_same_state": mix_same_state,
     }
-    config = Config(inputs, finetune=finetune, analysis_level="group", seed=seed, overwrite=overwrite, nprocs=threads)
-    return float(FinetuneJob(config).run()["heldout_accuracy_pooled"])
+    return Config(inputs, finetune=finetune, analysis_level="group", seed=seed, overwrite=overwrite, nprocs=threads)
 
 
 def _dataset_truth(n_volumes, seed, region_radius):
