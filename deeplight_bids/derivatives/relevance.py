@@ -105,6 +105,10 @@ def event_blocks(
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """The volumes each mapped event labels, by the labelling rule of :func:`~deeplight_bids.prepare.labels.volume_labels`.
 
+    An *event* block (one per event, for ``--relevance-maps blocks``), not a *label* block: two events of
+    one state in a row are two blocks here, one stretch of a state in
+    :func:`deeplight_bids.quality.significance.blocks` (the permutation test's and accuracy-by-time's unit).
+
     Parameters
     ----------
     events : pandas.DataFrame

@@ -65,6 +65,7 @@ import pandas as pd
 from deeplight_bids.derivatives.naming import label_value
 from deeplight_bids.exceptions import InputDataError
 from deeplight_bids.models.metrics import decoding_metrics
+from deeplight_bids.quality.significance import blocks
 from deeplight_bids.utils.tsv import read_tsv
 
 LOGGER = logging.getLogger("deeplight_bids")
@@ -445,16 +446,10 @@ def confusion_tables(runs: Iterable[RunRecord], states: Sequence[str]) -> tuple[
 
 
 def block_positions(true_state: Sequence[Any]) -> np.ndarray:
-    """0-based position of each volume in its block (runs of identical, non-missing true_state); NaN if unlabelled."""
+    """0-based position of each volume in its block (:func:`deeplight_bids.quality.significance.blocks`); NaN if unlabelled."""
     pos = np.full(len(true_state), np.nan)
-    prev, k = None, 0
-    for i, s in enumerate(true_state):
-        if s is None or (isinstance(s, float) and np.isnan(s)):
-            prev = None
-            continue
-        k = k + 1 if s == prev else 0
-        pos[i] = k
-        prev = s
+    for start, stop, _ in blocks(true_state):
+        pos[start:stop] = np.arange(stop - start)
     return pos
 
 
