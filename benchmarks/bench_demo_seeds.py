@@ -46,8 +46,8 @@ def _cpu_seconds():
 def measure(seed, threads, folder):
     """One seed: ``(validation accuracy, dataset wall s, dataset CPU s, fit wall s, fit CPU s)``."""
     from deeplight_bids.workflows.demo import (
-        DEFAULTS,
         dataset_settings,
+        demo_fit_config,
         fit_demo_model,
         split_participants,
     )
@@ -59,17 +59,8 @@ def measure(seed, threads, folder):
     data_wall, data_cpu = time.monotonic() - wall, _cpu_seconds() - cpu
     training, validation, _ = split_participants(bids)
     wall, cpu = time.monotonic(), _cpu_seconds()
-    accuracy = fit_demo_model(
-        bids,
-        folder,
-        training,
-        validation,
-        epochs=DEFAULTS["epochs"],
-        batch_size=DEFAULTS["batch_size"],
-        learning_rate=DEFAULTS["learning_rate"],
-        seed=seed,
-        threads=threads,
-    )
+    # the demo's defaults (demo_fit_config's), as the demo fits
+    accuracy = fit_demo_model(demo_fit_config(bids, folder, training, validation, seed=seed, threads=threads))
     return accuracy, data_wall, data_cpu, time.monotonic() - wall, _cpu_seconds() - cpu
 
 

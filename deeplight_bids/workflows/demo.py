@@ -132,17 +132,19 @@ def run_demo(
         for fits in range(1, MAX_FITS + 1):
             fit_seed = seed + 1000 * (fits - 1)
             validation_accuracy = fit_demo_model(
-                bids_dir,
-                output_dir,
-                training,
-                validation,
-                epochs=epochs,
-                batch_size=batch_size,
-                learning_rate=learning_rate,
-                seed=fit_seed,
-                threads=threads,
-                overwrite=fits > 1,
-                mix_same_state=mix_same_state,
+                demo_fit_config(
+                    bids_dir,
+                    output_dir,
+                    training,
+                    validation,
+                    epochs=epochs,
+                    batch_size=batch_size,
+                    learning_rate=learning_rate,
+                    seed=fit_seed,
+                    threads=threads,
+                    overwrite=fits > 1,
+                    mix_same_state=mix_same_state,
+                )
             )
             if validation_accuracy >= MIN_VALIDATION_ACCURACY:
                 break
@@ -251,23 +253,12 @@ def split_participants(bids_dir: str | os.PathLike) -> tuple[list[str], str, str
     return participants[:-2], participants[-2], participants[-1]
 
 
-def fit_demo_model(
-    bids_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    training: Sequence[str],
-    validation: str,
-    epochs: int,
-    batch_size: int,
-    learning_rate: float,
-    seed: int,
-    threads: int,
-    overwrite: bool = False,
-    mix_same_state: float = DEFAULTS["mix_same_state"],
-) -> float:
+def fit_demo_model(config: Config) -> float:
     """One fit of the demo's model (a random start); returns its accuracy on the validation participant.
 
-    The fine-tuning machinery of ``group --finetune`` from scratch: trains on ``training``,
-    validates on ``validation`` and writes ``OUTPUT_DIR/models/demo-3D``.  The demo and
+    The fine-tuning machinery of ``group --finetune`` from scratch with the settings of
+    :func:`demo_fit_config`: trains on its training participants, validates on its validation
+    participant and writes ``OUTPUT_DIR/models/<model name>``.  The demo and
     ``benchmarks/bench_demo_seeds.py`` both call this, so the benchmark measures the demo's fit.
 
     Returns
@@ -277,25 +268,14 @@ def fit_demo_model(
     """
     from deeplight_bids.workflows.finetune import FinetuneJob
 
+    validation = config.finetune.val_participants or ()  # both set by demo_fit_config
+    participants = config.inputs.participant_label or ()
     LOGGER.info(
         "demo: fitting 3D-DeepLight from scratch on participants %s, validating on %s (%d epochs, seed %d)",
-        ", ".join(training),
-        validation,
-        epochs,
-        seed,
-    )
-    config = demo_fit_config(
-        bids_dir,
-        output_dir,
-        training,
-        validation,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        seed=seed,
-        threads=threads,
-        overwrite=overwrite,
-        mix_same_state=mix_same_state,
+        ", ".join(p for p in participants if p not in validation),
+        ", ".join(validation),
+        config.finetune.epochs,
+        config.seed,
     )
     return float(FinetuneJob(config).run()["heldout_accuracy_pooled"])
 
