@@ -74,7 +74,7 @@ def _best(fn, repeats):
     return min(times)
 
 
-def profile_layers(batch, repeats):
+def profile_layers(batch, repeats, composite="preset_b_flat"):
     import tensorflow as tf
     from bench_3d import build_random_model
     from keras import ops
@@ -84,7 +84,7 @@ def profile_layers(batch, repeats):
     from deeplight_bids.models.three import INPUT_SHAPE_3D
 
     model = build_random_model()
-    analyzer = LRPAnalyzer(model, composite="preset_b_flat")
+    analyzer = LRPAnalyzer(model, composite=composite)
     x = np.random.default_rng(0).standard_normal((batch, *INPUT_SHAPE_3D)).astype(np.float32)
 
     @tf.function
@@ -222,13 +222,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--composite", default="preset_b_flat", help="LRP composite to profile (default: the published preset_b_flat)"
+    )
     parser.add_argument("--onednn-verbose", action="store_true")
     parser.add_argument("--json", help="write the per-layer rows here")
     args = parser.parse_args(argv)
     if args.onednn_verbose:
         onednn_verbose(args.batch)
         return
-    rows, t_lrp, t_dec = profile_layers(args.batch, args.repeats)
+    rows, t_lrp, t_dec = profile_layers(args.batch, args.repeats, args.composite)
     print_layers(rows, t_lrp, t_dec, args.batch)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "explain_s": t_lrp, "decode_s": t_dec}, indent=1))
