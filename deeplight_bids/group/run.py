@@ -302,34 +302,36 @@ def _write_test(
 
 
 #: Columns of ``task-<t>_desc-contrasts_summary.tsv`` (one row per group test).
-CONTRAST_COLUMNS = {
-    "contrast": {"Description": "contrast- label of the maps (<state>: the state's mean map; <A>Vs<B>, <A>VsOthers)"},
-    "kind": {
-        "Description": "mean (the state's mean map, tested against 0 only for signed attributions), others "
-        "(state minus the mean of the other states) or pair (state minus one other state)"
-    },
-    "state": {"Description": "the state with weight +1"},
-    "others": {"Description": "the states subtracted (comma-separated; n/a for mean)"},
-    "correct_only": {"Description": "1: from the correctly decoded volumes only (--correct-only), 0: all volumes"},
-    "n_participants": {"Description": "participants in the test"},
-    "dof": {"Description": "degrees of freedom of the t statistic (n/a: not tested)"},
-    "correction": {
-        "Description": "correction applied: fdr, fwe-permutation, none; 'not tested' (effect only) or 'not "
-        "applied' (the correction was impossible), see note"
-    },
-    "alpha": {"Description": "FDR q or FWE alpha"},
-    "threshold_z": {"Description": "z threshold (n/a: none, or no voxel survives)"},
-    "voxels_mask": {"Description": "voxels in the template brain mask"},
-    "voxels_tested": {"Description": "voxels tested (brain mask minus voxels equal in every participant)"},
-    "voxels_surviving": {"Description": "voxels above the corrected threshold"},
-    "share_surviving": {"Description": "voxels_surviving / voxels_mask"},
-    "n_clusters": {"Description": "clusters of surviving voxels (cluster table)"},
-    "peak_stat": {"Description": "largest z of the surviving voxels (n/a: none)"},
-    "peak_x": {"Description": "its x coordinate", "Units": "mm"},
-    "peak_y": {"Description": "its y coordinate", "Units": "mm"},
-    "peak_z": {"Description": "its z coordinate", "Units": "mm"},
-    "note": {"Description": "why something was not computed (n/a: everything was)"},
-}
+CONTRAST_COLUMNS = sidecars.described(
+    {
+        "contrast": "contrast- label of the maps (<state>: the state's mean map; <A>Vs<B>, <A>VsOthers)",
+        "kind": (
+            "mean (the state's mean map, tested against 0 only for signed attributions), others "
+            "(state minus the mean of the other states) or pair (state minus one other state)"
+        ),
+        "state": "the state with weight +1",
+        "others": "the states subtracted (comma-separated; n/a for mean)",
+        "correct_only": "1: from the correctly decoded volumes only (--correct-only), 0: all volumes",
+        "n_participants": "participants in the test",
+        "dof": "degrees of freedom of the t statistic (n/a: not tested)",
+        "correction": (
+            "correction applied: fdr, fwe-permutation, none; 'not tested' (effect only) or 'not "
+            "applied' (the correction was impossible), see note"
+        ),
+        "alpha": "FDR q or FWE alpha",
+        "threshold_z": "z threshold (n/a: none, or no voxel survives)",
+        "voxels_mask": "voxels in the template brain mask",
+        "voxels_tested": "voxels tested (brain mask minus voxels equal in every participant)",
+        "voxels_surviving": "voxels above the corrected threshold",
+        "share_surviving": "voxels_surviving / voxels_mask",
+        "n_clusters": "clusters of surviving voxels (cluster table)",
+        "peak_stat": "largest z of the surviving voxels (n/a: none)",
+        "peak_x": {"Description": "its x coordinate", "Units": "mm"},
+        "peak_y": {"Description": "its y coordinate", "Units": "mm"},
+        "peak_z": {"Description": "its z coordinate", "Units": "mm"},
+        "note": "why something was not computed (n/a: everything was)",
+    }
+)
 
 
 def contrast_table(entries: Iterable[Mapping[str, Any]]) -> pd.DataFrame:

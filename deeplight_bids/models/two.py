@@ -142,7 +142,7 @@ def build_2d_deeplight(
     Parameters
     ----------
     n_states : int
-        Number of output states (16 for the published weights).
+        Output states of the softmax-free output layer; the published weights have 16.
     input_shape : tuple of int
         ``(z, y, x, 1)``; ``(91, 109, 91, 1)`` on the reference grid, smaller shapes are
         for tests.  The LSTM input size is derived from it (768 on the reference grid).

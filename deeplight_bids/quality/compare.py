@@ -240,22 +240,14 @@ class AttributionComparison:
 
         Parameters
         ----------
-        outputs : dict
-            The run's paths (:func:`deeplight_bids.derivatives.naming.run_outputs`).
-        x_of : callable
-            ``(start, stop) -> inputs (n, z, y, x, 1)`` of the run in model order.
-        mask_index : numpy.ndarray of int
-            Flat (z, y, x) C-order indices of the in-mask voxels.
-        logits : numpy.ndarray, shape (n_volumes, n_states)
+        outputs, x_of, mask_index, logits, root, label
+            As :meth:`deeplight_bids.quality.run_quality.RunQuality.evaluate`.
         targets : numpy.ndarray of int, shape (n_volumes,)
             Explained state of each volume.
         states : sequence of str
             The model's output states.
         task_states : sequence of int
             Output indices of the run's task's states (the class-sensitivity check's alternatives).
-        root : path-like or None
-            OUTPUT_DIR (write guard).
-        label : str
         sums_path : path-like or None
             Where to save each method's per-state sums of the compared volumes' maps (in-mask, NIfTI
             order; :func:`read_method_sums`): the GLM's agreement table compares every method with

@@ -66,6 +66,10 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+#: The settings of the demo's fit that its command line can change (:func:`demo_fit_config`).
+FIT_SETTINGS = ("epochs", "batch_size", "learning_rate", "mix_same_state")
+
+
 #: The demo's ``--compare-attributions`` (the standard set): 2 volumes, integrated gradients with 8 steps and
 #: SmoothGrad with 4 samples (the participant level's defaults: 8, 32, 16), so that it adds ~1 minute, not ~7.
 #: Measured on the demo's held-out participant: the same methods pass as with 4 volumes, 16 steps and 8 samples
@@ -101,7 +105,15 @@ def run_demo(
     bids_dir = output_dir / "bids"
     model_dir = output_dir / "models" / "demo-3D"
     out_dir = output_dir / "deeplight"
-    settings = dataset_settings(n_participants, n_volumes, seed, signal, region_radius, stripe_low, stripe_duty)
+    settings = dataset_settings(
+        seed,
+        n_participants=n_participants,
+        n_volumes=n_volumes,
+        signal=signal,
+        region_radius=region_radius,
+        stripe_low=stripe_low,
+        stripe_duty=stripe_duty,
+    )
     stamp = output_dir / "bids_settings.json"
     if stamp.is_file() and json.loads(stamp.read_text()) != settings:
         # a dataset made with other settings: remake it, and refit
@@ -137,12 +149,12 @@ def run_demo(
                     output_dir,
                     training,
                     validation,
-                    epochs=epochs,
-                    batch_size=batch_size,
-                    learning_rate=learning_rate,
                     seed=fit_seed,
                     threads=threads,
                     overwrite=fits > 1,
+                    epochs=epochs,
+                    batch_size=batch_size,
+                    learning_rate=learning_rate,
                     mix_same_state=mix_same_state,
                 )
             )
@@ -223,27 +235,24 @@ def _cpu_seconds():
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def dataset_settings(
-    n_participants: int = DEFAULTS["participants"],
-    n_volumes: int = DEFAULTS["volumes"],
-    seed: int = 0,
-    signal: float = DEFAULTS["signal"],
-    region_radius: float = DEFAULTS["region_radius"],
-    stripe_low: float = STRIPE_LOW,
-    stripe_duty: float = STRIPE_DUTY,
-    compare: bool = True,
-) -> dict[str, Any]:
-    """Keyword arguments of :func:`deeplight_bids.demo.synth.make_synthetic_dataset` for the demo's dataset."""
-    return {
-        "n_participants": n_participants,
-        "n_volumes": n_volumes,
-        "seed": seed,
-        "signal": signal,
-        "region_radius": region_radius,
-        "stripes": True,
-        "stripe_low": stripe_low,
-        "stripe_duty": stripe_duty,
+def dataset_settings(seed: int = 0, **dataset: Any) -> dict[str, Any]:
+    """Keyword arguments of :func:`deeplight_bids.demo.synth.make_synthetic_dataset` for the demo's dataset.
+
+    ``dataset``: any of ``n_participants``, ``n_volumes``, ``signal``, ``region_radius``, ``stripe_low`` and
+    ``stripe_duty``; the demo's defaults (:data:`DEFAULTS`, :data:`STRIPE_LOW`, :data:`STRIPE_DUTY`) otherwise.
+    """
+    defaults = {
+        "n_participants": DEFAULTS["participants"],
+        "n_volumes": DEFAULTS["volumes"],
+        "signal": DEFAULTS["signal"],
+        "region_radius": DEFAULTS["region_radius"],
+        "stripe_low": STRIPE_LOW,
+        "stripe_duty": STRIPE_DUTY,
     }
+    unknown = sorted(set(dataset) - set(defaults))
+    if unknown:
+        raise TypeError(f"dataset_settings: unknown settings {unknown}; known: {list(defaults)}")
+    return {**defaults, **dataset, "seed": seed, "stripes": True}
 
 
 def split_participants(bids_dir: str | os.PathLike) -> tuple[list[str], str, str]:
@@ -285,20 +294,21 @@ def demo_fit_config(
     output_dir: str | os.PathLike,
     training: Sequence[str],
     validation: str,
-    epochs: int = DEFAULTS["epochs"],
-    batch_size: int = DEFAULTS["batch_size"],
-    learning_rate: float = DEFAULTS["learning_rate"],
     seed: int = 0,
     threads: int = 0,
     overwrite: bool = False,
-    mix_same_state: float = DEFAULTS["mix_same_state"],
     model_name: str = "demo-3D",
+    **fit: Any,
 ) -> Config:
     """The settings of the demo's fit: ``group --finetune --init scratch`` on the training and validation participants.
 
     Also what ``benchmarks/bench_fit.py`` fits with (under another ``model_name``); the work folder is
-    ``OUTPUT_DIR/work``.
+    ``OUTPUT_DIR/work``.  ``fit``: any of :data:`FIT_SETTINGS` (``epochs``, ``batch_size``,
+    ``learning_rate``, ``mix_same_state``), each :data:`DEFAULTS`' value unless given.
     """
+    unknown = sorted(set(fit) - set(FIT_SETTINGS))
+    if unknown:
+        raise TypeError(f"demo_fit_config: unknown fit settings {unknown}; known: {list(FIT_SETTINGS)}")
     from deeplight_bids.config import Config
 
     inputs = {
@@ -313,10 +323,7 @@ def demo_fit_config(
         "init": "scratch",
         "model_name": model_name,
         "val_participants": (validation,),
-        "epochs": epochs,
-        "learning_rate": learning_rate,
-        "batch_size": batch_size,
-        "mix_same_state": mix_same_state,
+        **{name: fit.get(name, DEFAULTS[name]) for name in FIT_SETTINGS},
     }
     return Config(inputs, finetune=finetune, analysis_level="group", seed=seed, overwrite=overwrite, nprocs=threads)
 
@@ -471,40 +478,50 @@ def format_quality(quality: Mapping[str, Any]) -> list[str]:
             f"SSIM {checks['median_ssim']:.2f}"
             + (" - HIGH: the maps do not depend on the learning" if checks["high_similarity"] else " (low: good)")
         )
-    sig = quality.get("significance")
-    if sig is not None and len(sig):
-        row = sig.iloc[0]
-        lines.append(
-            f"  significance: accuracy {row['accuracy']:.3f} vs chance {row['chance_level']:.3f}; block "
-            f"permutation p = {row['p_permutation']:.3g} ({int(row['n_permutations'])} permutations of "
-            f"{int(row['n_blocks'])} blocks), binomial p = {row['p_binomial']:.3g}"
-        )
-    plaus = quality.get("plausibility")
-    if plaus is not None and len(plaus):
-        for _, row in plaus[plaus["participant_id"] != "group"].iterrows():
-            lines.append(
-                f"  plausibility of {row['state']} vs its planted region: mass accuracy "
-                f"{row['mass_accuracy']:.2f}, rank accuracy {row['rank_accuracy']:.2f}, Pearson r "
-                f"{row['pearson_r']:.2f} (region = {row['region_share']:.1%} of the brain)"
-            )
-    pooled = quality.get("attributions")
-    if pooled is not None and len(pooled):
-        passing = pooled[pooled["passes"] == 1]["method"].tolist()
-        lines.append(
-            "  attribution methods compared (deletion area / published rule's, Spearman with the randomised model's "
-            "maps, with the other states' maps, rank accuracy in the planted region, cost / decoding):"
-        )
-        for _, row in pooled.iterrows():
-            lines.append(
-                f"    {row['method']:<22} {row['deletion_area_ratio']:5.2f} {row['randomisation_spearman']:6.2f} "
-                f"{row['class_sensitivity_spearman']:6.2f} {row['plausibility_rank_accuracy']:5.2f} "
-                f"{row['cost_vs_decoding']:6.1f}x  {'passes' if row['passes'] else 'fails'}"
-            )
-        lines.append(
-            f"  methods passing faithfulness, randomisation and class sensitivity: {', '.join(passing) or 'none'}"
-        )
+    for key, lines_of in (
+        ("significance", _significance_lines),
+        ("plausibility", _plausibility_lines),
+        ("attributions", _attribution_lines),
+    ):
+        table = quality.get(key)
+        if table is not None and len(table):
+            lines += lines_of(table)
     if quality.get("report"):
         lines.append(f"  report: {quality['report']}")
+    return lines
+
+
+def _significance_lines(table):
+    row = table.iloc[0]
+    return [
+        f"  significance: accuracy {row['accuracy']:.3f} vs chance {row['chance_level']:.3f}; block "
+        f"permutation p = {row['p_permutation']:.3g} ({int(row['n_permutations'])} permutations of "
+        f"{int(row['n_blocks'])} blocks), binomial p = {row['p_binomial']:.3g}"
+    ]
+
+
+def _plausibility_lines(table):
+    return [
+        f"  plausibility of {row['state']} vs its planted region: mass accuracy "
+        f"{row['mass_accuracy']:.2f}, rank accuracy {row['rank_accuracy']:.2f}, Pearson r "
+        f"{row['pearson_r']:.2f} (region = {row['region_share']:.1%} of the brain)"
+        for _, row in table[table["participant_id"] != "group"].iterrows()
+    ]
+
+
+def _attribution_lines(table):
+    passing = table[table["passes"] == 1]["method"].tolist()
+    lines = [
+        "  attribution methods compared (deletion area / published rule's, Spearman with the randomised model's "
+        "maps, with the other states' maps, rank accuracy in the planted region, cost / decoding):"
+    ]
+    for _, row in table.iterrows():
+        lines.append(
+            f"    {row['method']:<22} {row['deletion_area_ratio']:5.2f} {row['randomisation_spearman']:6.2f} "
+            f"{row['class_sensitivity_spearman']:6.2f} {row['plausibility_rank_accuracy']:5.2f} "
+            f"{row['cost_vs_decoding']:6.1f}x  {'passes' if row['passes'] else 'fails'}"
+        )
+    lines.append(f"  methods passing faithfulness, randomisation and class sensitivity: {', '.join(passing) or 'none'}")
     return lines
 
 
