@@ -31,6 +31,7 @@ EXIT_INPUT = 3
 EXIT_WEIGHTS = 4
 EXIT_OUTPUT = 5
 EXIT_PARTIAL = 6
+EXIT_INTERRUPTED = 130
 
 
 class DeepLightBidsError(Exception):

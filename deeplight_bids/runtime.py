@@ -10,10 +10,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import warnings
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TextIO
+
+from deeplight_bids.exceptions import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    DeepLightBidsError,
+    Interrupted,
+)
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -193,3 +203,107 @@ def log_file(path: str | os.PathLike, log: logging.Logger = LOGGER) -> Iterator[
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+# -- the command lines' error shell --------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def terminate_as_exception() -> Iterator[None]:
+    """Turn SIGTERM (``kill``, SLURM/PBS time limits) into :class:`~deeplight_bids.exceptions.Interrupted` inside.
+
+    The exception unwinds the stack like Ctrl-C, so temporaries are removed and no
+    partial file is left under a final name.  Only possible in the main thread.
+    """
+
+    def _raise(signum, frame):
+        raise Interrupted(signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_guarded(
+    job: Callable[[], int | None],
+    prog: str,
+    resume_hint: str,
+    output_name: str = "OUTPUT_DIR",
+    memory_hint: str = "",
+    verbose: int = 0,
+    stderr: TextIO | None = None,
+    log: logging.Logger = LOGGER,
+    trace_user_errors: bool = True,
+) -> int:
+    """Run one command's ``job`` and turn what it raises into one line on stderr and an exit code.
+
+    The one error shell of every command line (``deeplight-bids`` and its sub-commands,
+    ``deeplight-bids-hcp``): a user's mistake or an environment problem is one line that
+    names the file and the fix, never a traceback (``-vv`` adds it to the log).
+
+    Parameters
+    ----------
+    job : callable
+        ``job() -> exit code`` (``None``: 0).
+    prog : str
+        Program name that starts each line, e.g. ``"deeplight-bids"``.
+    resume_hint : str
+        What an interrupted user should do, e.g. ``"finished runs are kept, re-run to resume."``.
+    output_name : str
+        How the help names the output folder (an ``OSError`` asks to check its space and permissions).
+    memory_hint : str
+        The fix for ``MemoryError``, e.g. ``"lower --batch-size."``.
+    verbose : int
+        ``-v`` count; from 2 the traceback of an error is logged.
+    stderr : file-like or None
+        Where the line goes (``sys.stderr`` at the time of the error when None).
+    log : logging.Logger
+    trace_user_errors : bool
+        Log the traceback of a user error at ``-vv`` (internal errors' always are); the HCP
+        download does not: botocore's frames would show request details.
+
+    Returns
+    -------
+    int
+        The job's exit code, or the error's: :class:`~deeplight_bids.exceptions.DeepLightBidsError`
+        its ``exit_code``, SIGTERM its own, Ctrl-C 130, anything else 1 (an internal error).
+    """
+
+    def say(line):
+        print(f"{prog}: {line}", file=sys.stderr if stderr is None else stderr)
+
+    try:
+        with terminate_as_exception():
+            code = job()
+    except DeepLightBidsError as err:
+        if verbose >= 2 and trace_user_errors:
+            log.exception("error")
+        say(f"error: {err}")
+        return err.exit_code
+    except Interrupted as err:
+        say(f"terminated by signal {signal.Signals(err.signum).name}; temporary files removed, {resume_hint}")
+        return err.exit_code
+    except KeyboardInterrupt:
+        say(f"interrupted; {resume_hint}")
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        say(f"error: out of memory{'; ' + memory_hint if memory_hint else '.'}")
+        return EXIT_INTERNAL
+    except OSError as exc:
+        log.debug("file system error", exc_info=True)
+        say(
+            f"error: {getattr(exc, 'filename', None) or 'output'}: {exc.strerror or exc}; "
+            f"check free disk space and permissions of {output_name}."
+        )
+        return EXIT_OUTPUT
+    except Exception as exc:  # a bug: one line by default, the traceback with -vv
+        log.debug("internal error", exc_info=True)
+        say(f"error: internal error ({type(exc).__name__}); please report it with the -vv output.")
+        return EXIT_INTERNAL
+    return EXIT_OK if code is None else code

@@ -6,14 +6,12 @@ Sub-commands that do not follow the BIDS-Apps positionals are dispatched first:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
-from deeplight_bids.exceptions import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, DeepLightBidsError, Interrupted
-from deeplight_bids.runtime import setup_logging
+from deeplight_bids.exceptions import EXIT_USAGE
+from deeplight_bids.runtime import run_guarded, setup_logging
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -21,11 +19,15 @@ if TYPE_CHECKING:
 LOGGER = logging.getLogger("deeplight_bids")
 
 
-def _fail(err, verbose):
-    if verbose >= 2:
-        LOGGER.exception("error")
-    print(f"deeplight-bids: error: {err}", file=sys.stderr)
-    return err.exit_code
+def _guard(job, *args, verbose=0):
+    """``job(*args)`` in the command lines' one error shell (:func:`deeplight_bids.runtime.run_guarded`)."""
+    return run_guarded(
+        lambda: job(*args),
+        "deeplight-bids",
+        "finished runs are kept, re-run to resume.",
+        memory_hint="lower --batch-size.",
+        verbose=verbose,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -85,47 +87,3 @@ def run(argv: Sequence[str] | None = None) -> int:
             return run_group_level(config)
 
     return _guard(_run, verbose=config.verbose)
-
-
-@contextlib.contextmanager
-def _terminate_as_exception():
-    """Turn SIGTERM (``kill``, SLURM/PBS time limits) into :class:`Interrupted` while inside.
-
-    The exception unwinds the stack like Ctrl-C, so temporaries are removed and no
-    partial file is left under a final name.  Only possible in the main thread.
-    """
-
-    def _raise(signum, frame):
-        raise Interrupted(signum)
-
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise)
-    except ValueError:  # not the main thread (embedded use): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _guard(func, *args, verbose=0):
-    try:
-        with _terminate_as_exception():
-            code = func(*args)
-    except DeepLightBidsError as err:
-        return _fail(err, verbose)
-    except Interrupted as err:
-        print(
-            f"deeplight-bids: terminated by signal {signal.Signals(err.signum).name}; temporary files removed, "
-            "finished runs are kept, re-run to resume.",
-            file=sys.stderr,
-        )
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("deeplight-bids: interrupted; finished runs are kept, re-run to resume.", file=sys.stderr)
-        return 130
-    except MemoryError:
-        print("deeplight-bids: error: out of memory; lower --batch-size.", file=sys.stderr)
-        return EXIT_INTERNAL
-    return EXIT_OK if code is None else code

@@ -30,10 +30,8 @@ from typing import TYPE_CHECKING, NoReturn, TextIO
 from deeplight_bids._version import __version__
 from deeplight_bids.derivatives.writers import write_text
 from deeplight_bids.exceptions import (
-    EXIT_INTERNAL,
     EXIT_OK,
     EXIT_PARTIAL,
-    DeepLightBidsError,
     NoRunsFoundError,
     OutputError,
     UsageError,
@@ -49,6 +47,7 @@ from deeplight_bids.hcp.listing import (
     results_dir,
 )
 from deeplight_bids.progress import ByteProgress, format_bytes
+from deeplight_bids.runtime import run_guarded
 from deeplight_bids.states import HCP_TASK_STATES
 
 if TYPE_CHECKING:
@@ -56,7 +55,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
 PROG = "deeplight-bids-hcp"
-EXIT_INTERRUPTED = 130
 log = logging.getLogger("deeplight_bids.hcp")
 
 
@@ -406,26 +404,20 @@ def run(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr:
     stderr = sys.stderr if stderr is None else stderr
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose, stderr)
-    try:
-        if args.command == "fetch":
-            return run_fetch(args, stderr)
-        return run_list(args, stdout, stderr)
-    except DeepLightBidsError as exc:
-        stderr.write(f"{PROG}: error: {exc}\n")
-        return exc.exit_code
-    except KeyboardInterrupt:
-        stderr.write(f"{PROG}: interrupted; run the same command again to resume (partial files are kept).\n")
-        return EXIT_INTERRUPTED
-    except OSError as exc:
-        stderr.write(
-            f"{PROG}: error: {getattr(exc, 'filename', None) or 'output'}: {exc.strerror or exc}; "
-            "check free disk space and permissions of OUTPUT_BIDS_DIR.\n"
-        )
-        return OutputError.exit_code
-    except Exception as exc:  # a bug: one line by default, the traceback with -vv
-        log.debug("internal error", exc_info=True)
-        stderr.write(f"{PROG}: error: internal error ({type(exc).__name__}); please report it with the -vv output.\n")
-        return EXIT_INTERNAL
+
+    def job():
+        return run_fetch(args, stderr) if args.command == "fetch" else run_list(args, stdout, stderr)
+
+    return run_guarded(
+        job,
+        PROG,
+        "run the same command again to resume (partial files are kept).",
+        output_name="OUTPUT_BIDS_DIR",
+        verbose=args.verbose,
+        stderr=stderr,
+        log=log,
+        trace_user_errors=False,
+    )
 
 
 if __name__ == "__main__":
