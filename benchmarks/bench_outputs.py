@@ -12,7 +12,7 @@ Usage::
    those maps, cycled to ``--volumes`` volumes, are written unmasked as before this change
    (:class:`~deeplight_bids.derivatives.writers.StreamingNifti4D`, one gzip stream, level 1)
    and masked to the run's brain mask as the participant level writes them now
-   (:class:`~deeplight_bids.derivatives.relevance.RelevanceMasker` and
+   (:class:`~deeplight_bids.derivatives.masking.RelevanceMasker` and
    :class:`~deeplight_bids.derivatives.volume_gzip.VolumeGzipNifti4D`: one gzip member per
    volume, level 1), with float32 kept whole (23 mantissa bits) and rounded to the
    default 16; and as ``--relevance-maps blocks`` writes them (one mean map per 12-volume
@@ -76,7 +76,8 @@ def make_relevance(workdir, n_distinct):
 
 def write_series(path, maps, n_volumes, t_r, mask=None, keepbits=None):
     """Unmasked through the old writer (``mask`` None), else masked through the participant level's writer."""
-    from deeplight_bids.derivatives.relevance import RELEVANCE_GZIP_LEVEL, RelevanceMasker
+    from deeplight_bids.derivatives.masking import RelevanceMasker
+    from deeplight_bids.derivatives.volume_gzip import RELEVANCE_GZIP_LEVEL
     from deeplight_bids.derivatives.volume_gzip import VolumeGzipNifti4D
     from deeplight_bids.derivatives.writers import StreamingNifti4D
     from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
@@ -101,7 +102,7 @@ def write_series(path, maps, n_volumes, t_r, mask=None, keepbits=None):
 def sizes(args, workdir):
     """Write the series unmasked and masked (23 and 16 mantissa bits); returns (rows, OUTPUT_DIR of the default file)."""
     from deeplight_bids.derivatives import naming
-    from deeplight_bids.derivatives.relevance import RELEVANCE_KEEPBITS
+    from deeplight_bids.derivatives.volume_gzip import RELEVANCE_KEEPBITS
 
     maps, mask, _ = make_relevance(workdir, args.distinct)
     out = Path(workdir) / "out"
@@ -136,13 +137,9 @@ def sizes(args, workdir):
 
 def blocks_size(path, maps, mask, n_volumes, cycle=20, block=12):
     """``--relevance-maps blocks``: one masked mean map per block of ``block`` volumes every ``cycle`` volumes."""
-    from deeplight_bids.derivatives.relevance import (
-        RELEVANCE_GZIP_LEVEL,
-        RELEVANCE_KEEPBITS,
-        BlockMeans,
-        RelevanceMasker,
-    )
-    from deeplight_bids.derivatives.volume_gzip import VolumeGzipNifti4D
+    from deeplight_bids.derivatives.blocks import BlockMeans
+    from deeplight_bids.derivatives.masking import RelevanceMasker
+    from deeplight_bids.derivatives.volume_gzip import RELEVANCE_GZIP_LEVEL, RELEVANCE_KEEPBITS, VolumeGzipNifti4D
     from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
 
     index = np.arange(n_volumes)

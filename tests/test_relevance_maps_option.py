@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from deeplight_bids.cli.run import run as cli
-from deeplight_bids.derivatives.relevance import event_blocks
+from deeplight_bids.derivatives.blocks import event_blocks
 from deeplight_bids.prepare.labels import read_events
 
 from .bids_validation import validator_errors

@@ -569,3 +569,15 @@ def _damage_of(path, old, text):
     elif text.startswith(decoded):
         return f"{len(old)} of {len(text.encode())} bytes (truncated)"
     return None
+
+
+def link_or_copy(
+    source: str | os.PathLike[str], target: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+) -> None:
+    """Put ``source`` at ``target`` atomically: a hard link (no copy, same file system) or else a copy."""
+    with atomic_path(target, root) as tmp:
+        os.unlink(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:  # another file system, or links not supported
+            shutil.copyfile(source, tmp)

@@ -120,8 +120,8 @@ def decode_and_explain(
         ``"true"`` explains the labelled state (``true_idx``; unlabelled volumes: the predicted one).
     true_idx : ndarray of int, shape (n_volumes,)
         True state index per volume (-1: none).
-    masker : deeplight_bids.derivatives.relevance.RelevanceMasker
-    stream : deeplight_bids.derivatives.relevance.BackgroundWriter
+    masker : deeplight_bids.derivatives.masking.RelevanceMasker
+    stream : deeplight_bids.derivatives.background.BackgroundWriter
     label : str
         The run's label (log lines, progress).
 

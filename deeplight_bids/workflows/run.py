@@ -19,15 +19,12 @@ import numpy as np
 from deeplight_bids.backend import versions as backend_versions
 from deeplight_bids.bids.headers import check_headers
 from deeplight_bids.derivatives import naming, resume, sidecars, tables
+from deeplight_bids.derivatives.background import BackgroundWriter
+from deeplight_bids.derivatives.blocks import event_blocks
 from deeplight_bids.derivatives.integrity import FILES_KEY
-from deeplight_bids.derivatives.relevance import (
-    BackgroundWriter,
-    RelevanceMasker,
-    RunRelevanceOutputs,
-    event_blocks,
-    restore_scratch,
-    reuse_scratch,
-)
+from deeplight_bids.derivatives.masking import RelevanceMasker
+from deeplight_bids.derivatives.relevance import RunRelevanceOutputs
+from deeplight_bids.derivatives.relevance_reuse import restore_scratch, reuse_scratch
 from deeplight_bids.derivatives.writers import write_json, write_tsv
 from deeplight_bids.models.batches import ModelOrderBatches, decode_and_explain
 from deeplight_bids.models.decode import softmax
@@ -316,7 +313,7 @@ class RunProcessor:
         cfg = self.config
         n_vol = prepared.n_volumes
         stream = None
-        masker = RelevanceMasker(prepared.mask)  # relevance inside the brain (derivatives/relevance.py)
+        masker = RelevanceMasker(prepared.mask)  # relevance inside the brain (derivatives/masking.py)
         if self.analyzer is not None:
             blocks = (
                 event_blocks(labelled["events"], n_vol, run.t_r, labelled["state_map"])

@@ -4,7 +4,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from deeplight_bids.derivatives.relevance import BlockMeans, event_blocks
+from deeplight_bids.derivatives.blocks import BlockMeans, event_blocks
 from deeplight_bids.derivatives.writers import StreamingNifti4D
 from deeplight_bids.prepare.labels import volume_labels
 
@@ -74,7 +74,7 @@ class _Recorder:
 
 
 def test_background_writer_keeps_order():
-    from deeplight_bids.derivatives.relevance import BackgroundWriter
+    from deeplight_bids.derivatives.background import BackgroundWriter
 
     target = _Recorder()
     writer = BackgroundWriter(target, max_pending=1)
@@ -88,7 +88,7 @@ def test_background_writer_keeps_order():
 def test_background_writer_error_stops_the_run():
     import pytest
 
-    from deeplight_bids.derivatives.relevance import BackgroundWriter
+    from deeplight_bids.derivatives.background import BackgroundWriter
 
     target = _Recorder(fail_at=3)
     writer = BackgroundWriter(target, max_pending=1)

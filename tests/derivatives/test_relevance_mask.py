@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from deeplight_bids.derivatives.relevance import RelevanceMasker
+from deeplight_bids.derivatives.masking import RelevanceMasker
 
 
 def _mask():
