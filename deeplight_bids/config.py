@@ -106,9 +106,10 @@ class InputsConfig:
         Hz.
     """
 
-    bids_dir: Path | None = _setting(None, INPUTS)
-    output_dir: Path | None = _setting(None, NEUTRAL)  # where they go; each OUTPUT_DIR is resumed on its own
-    work_dir: Path | None = _setting(None, NEUTRAL)
+    # Typed as set: every job sets the three folders (Config.from_args; None only in a bare Config()).
+    bids_dir: Path = _setting(None, INPUTS)
+    output_dir: Path = _setting(None, NEUTRAL)  # where they go; each OUTPUT_DIR is resumed on its own
+    work_dir: Path = _setting(None, NEUTRAL)
     derivatives: tuple = _setting((), INPUTS)
     participant_label: tuple | None = _setting(None, INPUTS)
     session_label: tuple | None = _setting(None, INPUTS)

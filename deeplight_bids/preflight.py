@@ -87,12 +87,12 @@ def plan_before_compute(
     from deeplight_bids.prepare.labels import plan_labels
     from deeplight_bids.prepare.spaces import SpacePlan
 
-    labels = plan_labels(todo, model_states, user_state_map, config.state_map_file, dataset_tasks)
+    labels = plan_labels(todo, model_states, user_state_map, config.inputs.state_map_file, dataset_tasks)
     log.info("labels (trial type -> model state; '-': labels nothing):\n%s", labels.table())
     warning = labels.warning()
     if warning:
         log.warning("%s", warning)
-    spaces = SpacePlan(allow_approximate=config.allow_approximate_space)
+    spaces = SpacePlan(allow_approximate=config.inputs.allow_approximate_space)
     spaces.prepare({r.space for r in todo})  # type: ignore[misc]  # a run to process has its space
     return spaces, labels
 

@@ -80,6 +80,27 @@ def test_flat_and_sectioned_access(tmp_path):
         config.nprocs = 3
 
 
+def test_the_package_reads_settings_through_their_sections():
+    """Inside the package a setting is read from its section (``config.participant.batch_size``), not through
+    the flat view (``config.batch_size``, kept for users and tests): what a stage depends on shows in its code."""
+    import re
+    from pathlib import Path
+
+    from deeplight_bids.config import FLAT_NAMES, SECTIONS
+
+    package = Path(__file__).resolve().parents[1] / "deeplight_bids"
+    pattern = re.compile(r"(?<![\w])(?:self\.|job\.)?(?:config|cfg)\.([a-z_]+)\b")
+    flat = [
+        f"{path.relative_to(package)}:{number}: {line.strip()}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "config.py"
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        for name in pattern.findall(line)
+        if name in FLAT_NAMES and name not in SECTIONS
+    ]
+    assert not flat, "\n".join(flat)
+
+
 def test_toml_round_trip_of_a_parsed_command_line(tmp_path):
     """Every kind of value survives save -> load: paths, tuples, None over a non-None default, pybids queries."""
     from bids.layout import Query

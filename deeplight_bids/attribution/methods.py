@@ -206,11 +206,11 @@ CHOICES = (PUBLISHED, *METHODS)
 def parameters_from(config: Config) -> dict[str, Any]:
     """The methods' parameters from a :class:`~deeplight_bids.config.Config` (each method takes the ones it knows)."""
     return {
-        "steps": config.ig_steps,
-        "samples": config.smoothgrad_samples,
-        "noise": config.smoothgrad_noise,
+        "steps": config.participant.ig_steps,
+        "samples": config.participant.smoothgrad_samples,
+        "noise": config.participant.smoothgrad_noise,
         "seed": config.seed,
-        "epsilon": config.lrp_epsilon,
+        "epsilon": config.participant.lrp_epsilon,
     }
 
 

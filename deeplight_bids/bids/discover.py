@@ -117,7 +117,7 @@ def job_dataset_roots(config: Config) -> dict[str, Path]:
     """
     from deeplight_bids.derivatives.links import dataset_roots
 
-    return dataset_roots(config.bids_dir, find_derivatives(config.bids_dir, config.derivatives))
+    return dataset_roots(config.inputs.bids_dir, find_derivatives(config.inputs.bids_dir, config.inputs.derivatives))
 
 
 def _dataset_type(folder):
@@ -372,17 +372,16 @@ def _find_events(layout, entities):
     return Path(best.path) if best is not None else None
 
 
-def discover_selected_runs(layout: BIDSLayout, config: Config | InputsConfig) -> list[Run]:
+def discover_selected_runs(layout: BIDSLayout, inputs: InputsConfig) -> list[Run]:
     """:func:`discover_runs` with a job's selection: ``--space``, ``--participant-label``,
-    ``--session-label``, ``--task`` and ``--bids-filter-file`` of ``config``
-    (:class:`deeplight_bids.config.Config`)."""
+    ``--session-label``, ``--task`` and ``--bids-filter-file`` (the job's ``config.inputs``)."""
     return discover_runs(
         layout,
-        space=config.space,
-        participant_label=config.participant_label,
-        session_label=config.session_label,
-        task=config.task,
-        bids_filters=config.bids_filters,
+        space=inputs.space,
+        participant_label=inputs.participant_label,
+        session_label=inputs.session_label,
+        task=inputs.task,
+        bids_filters=inputs.bids_filters,
     )
 
 

@@ -68,8 +68,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     def _run():
         from deeplight_bids.derivatives.writers import output_root
 
-        with output_root(config.output_dir):  # every writer of either level guards OUTPUT_DIR
-            if config.analysis_level == "participant" and config.verify:  # reads only
+        with output_root(config.inputs.output_dir):  # every writer of either level guards OUTPUT_DIR
+            if config.analysis_level == "participant" and config.participant.verify:  # reads only
                 from deeplight_bids.derivatives.integrity import run_verify
 
                 return run_verify(config)

@@ -539,9 +539,9 @@ def run_verify(config: Config, log: logging.Logger = LOGGER) -> int:
 
     began = time.monotonic()
     checked, damaged = verify_output_dir(
-        config.output_dir, config.work_dir, getattr(config, "participant_label", None), log
+        config.inputs.output_dir, config.inputs.work_dir, config.inputs.participant_label, log
     )
-    out = Path(config.output_dir)
+    out = Path(config.inputs.output_dir)
     for damage in damaged:
         top = damage.path.relative_to(out).parts[0] if damage.path.is_relative_to(out) else None
         if damage.cache:
@@ -558,13 +558,13 @@ def run_verify(config: Config, log: logging.Logger = LOGGER) -> int:
     log.info(
         "verify: %d file(s) of %s checked in %.1f s, %d damaged",
         checked,
-        config.output_dir,
+        config.inputs.output_dir,
         time.monotonic() - began,
         len(damaged),
     )
     if damaged:
         raise OutputError(
-            f"{config.output_dir}: {len(damaged)} damaged file(s) (listed above); re-run the participant level "
+            f"{config.inputs.output_dir}: {len(damaged)} damaged file(s) (listed above); re-run the participant level "
             "without --verify (it recomputes them), then the group level."
         )
     return EXIT_OK

@@ -106,9 +106,9 @@ def _attribution_settings(config, architecture):
     """The attribution method and its parameters, or None for the published rule (``--attribution``)."""
     from deeplight_bids.attribution.methods import parameters_from, published_method, resolve
 
-    name = getattr(config, "attribution", "published")
-    method = resolve(name, architecture, config.lrp_rule)
-    if method.name == published_method(architecture, config.lrp_rule):
+    name = config.participant.attribution
+    method = resolve(name, architecture, config.participant.lrp_rule)
+    if method.name == published_method(architecture, config.participant.lrp_rule):
         return None
     return method.sidecar(parameters_from(config))
 
@@ -116,11 +116,11 @@ def _attribution_settings(config, architecture):
 def _reference_digests(config, comparison_settings):
     """``{state: SHA-256}`` of the ``--reference-map`` files the comparison reads, or None without them."""
     states = comparison_settings.get("references")
-    if not states or getattr(config, "reference_map", None) is None:
+    if not states or config.group.reference_map is None:
         return None
     from deeplight_bids.quality.plausibility import find_reference_files
 
-    files = find_reference_files(config.reference_map, states)
+    files = find_reference_files(config.group.reference_map, states)
     return {state: sha256sum(path) for state, path in sorted(files.items())}
 
 
@@ -148,7 +148,9 @@ def run_files(outputs: Mapping[str, Path], work_dir: str | os.PathLike[str], lab
 
 def files_record(outputs: Mapping[str, Path], config: Config, label: str) -> dict[str, dict[str, Any]]:
     """The ``"Files"`` entry of a run's completion marker: size and checksum of every file it wrote."""
-    return integrity.record(run_files(outputs, config.work_dir, label), config.output_dir, config.work_dir)
+    return integrity.record(
+        run_files(outputs, config.inputs.work_dir, label), config.inputs.output_dir, config.inputs.work_dir
+    )
 
 
 #: Verified markers of this process: ``{(path, device, inode, size, mtime): damaged}`` (a marker is
@@ -188,7 +190,7 @@ def verify_run(
         return _VERIFIED[memo]
     damaged = [
         d
-        for d in integrity.verify(files, config.output_dir, config.work_dir)
+        for d in integrity.verify(files, config.inputs.output_dir, config.inputs.work_dir)
         if not d.cache or not integrity.cache_intact(d.path)  # a sound cache that another job rewrote is kept
     ]
     outputs_ok = not any(not d.cache for d in damaged)
@@ -200,18 +202,18 @@ def verify_run(
         linked = next((p for p in output_paths if integrity.same_inode(p, damage.path)), None)
         if linked is not None:
             log.warning("%s: %s", label, damage.line(f"the same file as {linked.name} (a hard link): both recomputed"))
-        elif damage.path.parent.name == "relevance_volumes" and config.relevance_maps != "volumes":
+        elif damage.path.parent.name == "relevance_volumes" and config.participant.relevance_maps != "volumes":
             log.warning("%s: %s", label, damage.line("removed; another --relevance-maps choice runs the network again"))
         else:
             log.warning("%s: %s", label, damage.line("removed; made again from the run's outputs"))
-        _remove_cache(damage.path, config.work_dir)
+        _remove_cache(damage.path, config.inputs.work_dir)
     if outputs_ok and not _sums_source(files, sidecar, config):
         outputs_ok = False  # no intact per-volume maps to make the relevance sums from: the network pass again
         log.warning(
             "%s: its relevance sums (work folder) are missing or were damaged, and no per-volume maps are kept "
             "to make them from (--relevance-maps %s): the run is recomputed",
             label,
-            config.relevance_maps,
+            config.participant.relevance_maps,
         )
     if memo is not None:
         _VERIFIED[memo] = outputs_ok
@@ -233,13 +235,13 @@ def _remove_cache(path, work_dir):
 
 def _sums_source(files, sidecar, config):
     """False when the run's relevance sums are gone and no per-volume maps are left to make them from."""
-    if not config.lrp:
+    if not config.participant.lrp:
         return True
     sums = files.get("cache_sums")
-    if sums is None or integrity.path_of(sums, config.output_dir, config.work_dir).is_file():
+    if sums is None or integrity.path_of(sums, config.inputs.output_dir, config.inputs.work_dir).is_file():
         return True
     return any(
-        key in files and integrity.path_of(files[key], config.output_dir, config.work_dir).is_file()
+        key in files and integrity.path_of(files[key], config.inputs.output_dir, config.inputs.work_dir).is_file()
         for key in ("relevance", "cache_volumes")
     )
 
@@ -270,13 +272,13 @@ def is_complete(
     marker = outputs["predictions_json"]
     if not marker.is_file() or not outputs["predictions"].is_file():
         return False
-    if config.lrp and not relevance_outputs_complete(config.relevance_maps, outputs):
+    if config.participant.lrp and not relevance_outputs_complete(config.participant.relevance_maps, outputs):
         return False
     if with_quality and not (outputs["faithfulness"].is_file() and outputs["sanity"].is_file()):
         return False
     if (
-        getattr(config, "compare_attributions", None) is not None
-        and config.lrp
+        config.participant.compare_attributions is not None
+        and config.participant.lrp
         and not outputs["attributions"].is_file()
     ):
         return False

@@ -159,12 +159,12 @@ def glm_settings(config: Config, noise_model: str | None = None) -> dict[str, An
     """The settings that change a run's GLM outputs (recorded in its sidecars; hashed by :func:`glm_settings_hash`)."""
     settings: dict[str, Any] = {
         "glm_version": GLM_VERSION,
-        "noise_model": noise_model or config.glm_noise_model,
+        "noise_model": noise_model or config.participant.glm_noise_model,
         "hrf_model": HRF_MODEL,
-        "smoothing_fwhm": config.smoothing_fwhm,
-        "high_pass": config.high_pass,
+        "smoothing_fwhm": config.inputs.smoothing_fwhm,
+        "high_pass": config.inputs.high_pass,
     }
-    if config.allow_approximate_space:
+    if config.inputs.allow_approximate_space:
         settings["allow_approximate_space"] = True
     return settings
 

@@ -142,7 +142,7 @@ class RunGLM:
 
     def is_complete(self, run: Run) -> bool:
         """True when the run's GLM outputs exist for these settings and inputs."""
-        outputs = naming.glm_run_outputs(self.config.output_dir, run.entities)
+        outputs = naming.glm_run_outputs(self.config.inputs.output_dir, run.entities)
         side, reason = integrity.read_marker(outputs["design_json"])
         if side is None:
             if reason != "missing":
@@ -156,10 +156,13 @@ class RunGLM:
             return False
         labels = [c["Name"] for c in side.get("Contrasts", [])]
         if not all(
-            p.is_file() for p in naming.glm_run_outputs(self.config.output_dir, run.entities, labels)["maps"].values()
+            p.is_file()
+            for p in naming.glm_run_outputs(self.config.inputs.output_dir, run.entities, labels)["maps"].values()
         ):
             return False
-        damaged = integrity.verify(side.get(integrity.FILES_KEY), self.config.output_dir, self.config.work_dir)
+        damaged = integrity.verify(
+            side.get(integrity.FILES_KEY), self.config.inputs.output_dir, self.config.inputs.work_dir
+        )
         for damage in damaged:
             self.log.warning("%s: %s", run.label, damage.line("the run's GLM is fitted again"))
         return not damaged
@@ -183,7 +186,7 @@ class RunGLM:
         design = state_design(events, state_map, n_volumes, run.t_r)  # type: ignore[arg-type]
         if design.skip_reason:
             return self._skip(run, design.skip_reason)
-        matrix = first_level.design_matrix(design, n_volumes, run.t_r, cfg.high_pass)  # type: ignore[arg-type]
+        matrix = first_level.design_matrix(design, n_volumes, run.t_r, cfg.inputs.high_pass)  # type: ignore[arg-type]
         n_states = len(design.states)
         rank = int(np.linalg.matrix_rank(matrix.to_numpy(float)[:, :n_states]))
         if rank < n_states:
@@ -191,7 +194,7 @@ class RunGLM:
         contrasts = first_level.contrasts_of(design)
         t0 = time.monotonic()
         to_grid, space_transform = self.space_plan.resampler_for(run.space or REFERENCE_SPACE)
-        signals, mask = masked_signals(run.bold, run.mask, cfg.smoothing_fwhm, to_grid=to_grid)  # type: ignore[arg-type]
+        signals, mask = masked_signals(run.bold, run.mask, cfg.inputs.smoothing_fwhm, to_grid=to_grid)  # type: ignore[arg-type]
         read_s = time.monotonic() - t0
         fit = first_level.fit_glm(signals, matrix, contrasts, self.settings["noise_model"])
         del signals
@@ -205,9 +208,9 @@ class RunGLM:
 
     def _skip(self, run, reason):
         self.log.warning("%s: no GLM: %s", run.label, reason)
-        outputs = naming.glm_run_outputs(self.config.output_dir, run.entities)
+        outputs = naming.glm_run_outputs(self.config.inputs.output_dir, run.entities)
         remove_stale(
-            [outputs["design"], *_run_statmaps(self.config.output_dir, run.entities)],
+            [outputs["design"], *_run_statmaps(self.config.inputs.output_dir, run.entities)],
             "GLM of other events or settings (this run now has no GLM)",
             self.log,
         )
@@ -215,7 +218,7 @@ class RunGLM:
 
     def _write(self, run, design, matrix, contrasts, fit, mask, space_transform):
         cfg = self.config
-        root = cfg.output_dir
+        root = cfg.inputs.output_dir
         labels = [c.label for c in contrasts]
         outputs = naming.glm_run_outputs(root, run.entities, labels)
         description = self.design_description(run, design, matrix, contrasts, fit, space_transform)
@@ -248,7 +251,7 @@ class RunGLM:
         """The design sidecar (also the core of every map's sidecar)."""
         import nilearn
 
-        drift = first_level.drift_settings(self.config.high_pass)
+        drift = first_level.drift_settings(self.config.inputs.high_pass)
         return {
             "Description": f"first-level GLM design matrix of run {run.label}: one row per volume (onset in s), "
             "the states convolved with the HRF, the drift regressors and the constant",
@@ -264,7 +267,7 @@ class RunGLM:
                 "SignalScaling": "percent signal change per voxel (nilearn mean_scaling; FirstLevelModel "
                 "signal_scaling=0)",
                 "SliceTimeRef": 0.0,
-                "SmoothingFWHM": self.config.smoothing_fwhm,
+                "SmoothingFWHM": self.config.inputs.smoothing_fwhm,
                 "SmoothingFWHMUnits": "mm",
                 "DesignRank": fit.rank,
             },
@@ -387,12 +390,12 @@ def participant_glm(
     pandas.DataFrame or None
         The agreement table written (None: no run of the participant has a GLM).
     """
-    root = config.output_dir
+    root = config.inputs.output_dir
     done: dict[str, list[tuple[Run, dict[str, Any]]]] = {}
     for run in runs:
         side = _read_json(naming.glm_run_outputs(root, run.entities)["design_json"])
         if side and side.get("SettingsHash") == settings_hash and side.get("InputsDigest") == resume.inputs_digest(run):
-            damaged = integrity.verify(side.get(integrity.FILES_KEY), root, config.work_dir)
+            damaged = integrity.verify(side.get(integrity.FILES_KEY), root, config.inputs.work_dir)
             for damage in damaged:  # a run of another job (this job's runs were checked and fitted again)
                 log.warning("%s: %s", run.label, damage.line("left out; re-run the participant level for it"))
             if not damaged:
@@ -436,7 +439,7 @@ def _fixed_effects(config, subject, task, task_runs, log):
 
     from deeplight_bids.glm.first_level import Contrast
 
-    root = config.output_dir
+    root = config.inputs.output_dir
     contrasts = {}
     for run, side in task_runs:
         for c in side["Contrasts"]:
@@ -505,7 +508,7 @@ def _attribution(sidecar):
 
 def _agreement_rows(config, subject, task, task_runs):
 
-    root = config.output_dir
+    root = config.inputs.output_dir
     rows = []
     states = {}
     for _, side in task_runs:
@@ -560,10 +563,12 @@ def _compared_method_rows(config, subject, task, task_runs, state, label, part, 
     from deeplight_bids.quality.compare import read_method_sums
 
     pooled = {}
-    if config.work_dir is None:  # (no work folder, no comparison sums)
+    if config.inputs.work_dir is None:  # (no work folder, no comparison sums)
         return []
     for run, _ in task_runs:
-        for method, by_state in read_method_sums(naming.attribution_sums_output(config.work_dir, run.label)).items():
+        for method, by_state in read_method_sums(
+            naming.attribution_sums_output(config.inputs.work_dir, run.label)
+        ).items():
             if method == main_method or state not in by_state:
                 continue
             total, count = pooled.get(method, (0.0, 0))
@@ -586,7 +591,7 @@ def _compared_method_rows(config, subject, task, task_runs, state, label, part, 
                 "attribution_signed": int(get_method(method).signed),
                 **agreement((total / count).astype(np.float32), t_map, mask),
                 "relevance_map": f"mean of the {count} volume(s) of {state} in --compare-attributions",
-                "glm_map": str(Path(part["t"]).relative_to(config.output_dir)),
+                "glm_map": str(Path(part["t"]).relative_to(config.inputs.output_dir)),
             }
         )
     return rows

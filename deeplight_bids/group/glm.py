@@ -116,7 +116,7 @@ def write_glm_tables(
         ``glm_agreement`` (the table, relative to OUTPUT_DIR) and ``glm_missing`` (participants
         without an agreement table), or ``glm_note`` when no participant has one.
     """
-    out = Path(config.output_dir).resolve()
+    out = Path(config.inputs.output_dir).resolve()
     subjects = sorted({m.subject for m in map_records})
     if not subjects:
         return {"glm_note": "no relevance maps: no agreement with the GLM to pool"}
@@ -206,7 +206,7 @@ def write_glm_group_maps(
     from deeplight_bids.group import inference
     from deeplight_bids.group.stats import MIN_T_PARTICIPANTS
 
-    out = Path(config.output_dir).resolve()
+    out = Path(config.inputs.output_dir).resolve()
     part = rows[rows["level"] == "participant"]
     part = part[~part["relevance_map"].astype(str).str.startswith("mean of the ")]
     entries = []

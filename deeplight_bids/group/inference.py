@@ -244,9 +244,9 @@ def group_test(maps: Sequence[Any], mask: nib.Nifti1Image, config: Config, test:
     return second_level_inference(
         maps,
         mask,
-        correction=config.group_threshold,
-        alpha=config.group_alpha,
-        n_permutations=config.group_permutations,
+        correction=config.group.group_threshold,
+        alpha=config.group.group_alpha,
+        n_permutations=config.group.group_permutations,
         seed=config.seed,
         test=test,
     )

@@ -148,13 +148,16 @@ def participant_quality(runs: Iterable[RunRecord]) -> pd.DataFrame:
 def plausibility_for(
     config: Config, maps: Sequence[MapRecord], templates: Templates
 ) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Plausibility table of the participant mean maps of one task against ``config.reference_map``."""
+    """Plausibility table of the participant mean maps of one task against ``config.group.reference_map``."""
     import nibabel as nib
 
     from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
 
+    reference_map = config.group.reference_map
+    if reference_map is None:
+        raise ValueError("group_plausibility needs --reference-map (config.group.reference_map)")
     states = sorted({m.state for m in maps})
-    files = plausibility.find_reference_files(config.reference_map, states)
+    files = plausibility.find_reference_files(reference_map, states)
     references = {s: plausibility.load_reference(f, REFERENCE_SHAPE, REFERENCE_AFFINE) for s, f in files.items()}
     brain = np.asarray(templates.mask.dataobj) > 0
     loaded = [
@@ -163,7 +166,7 @@ def plausibility_for(
         for m in maps
         if m.state in references
     ]
-    table = plausibility.plausibility_table(loaded, references, brain, config.reference_top_percent)
+    table = plausibility.plausibility_table(loaded, references, brain, config.group.reference_top_percent)
     return table, {s: str(f) for s, f in files.items()}
 
 
@@ -221,14 +224,14 @@ def write_quality_tables(
                 "class_sensitivity": f"class_sensitivity_spearman <= {compare.CLASS_SPEARMAN_MAX}",
             },
         )
-    if getattr(config, "reference_map", None) is not None and maps:
+    if config.group.reference_map is not None and maps:
         table, files = plausibility_for(config, maps, templates)
         entry["plausibility"] = tables.write(
             "plausibility",
             table,
             plausibility.COLUMNS,
             ReferenceFiles=files,
-            ReferenceTopPercent=config.reference_top_percent,
+            ReferenceTopPercent=config.group.reference_top_percent,
             BrainMask=templates.description,
         )
     return entry

@@ -69,8 +69,8 @@ def _model_folder(output_dir, key, model, n_models):
 
 def _filter(inventory, config):
     """Apply --participant-label / --task to the inventory."""
-    labels = set(config.participant_label or ())
-    tasks = {t.lower() for t in (config.task or ())}
+    labels = set(config.inputs.participant_label or ())
+    tasks = {t.lower() for t in (config.inputs.task or ())}
     if labels:
         inventory.runs = [r for r in inventory.runs if r.subject in labels]
         inventory.maps = [m for m in inventory.maps if m.subject in labels]
@@ -182,7 +182,7 @@ def _group_maps(folder, output_dir, task, model, map_records, templates, config,
     for correct_only, names, images, counts, srcs in sets:
         if not names:
             continue
-        for test in contrasts.state_contrasts(names, pairwise=config.pairwise_contrasts, against_zero=True):
+        for test in contrasts.state_contrasts(names, pairwise=config.group.pairwise_contrasts, against_zero=True):
             entry = _write_test(
                 folder,
                 output_dir,
@@ -210,7 +210,7 @@ def _write_test(
 ):
     """Fit, threshold and write one test; returns its manifest entry (``skipped`` True without participants)."""
     zero = test.kind == "zero"
-    scaling = "none" if zero else config.contrast_scaling  # the mean maps keep their units
+    scaling = "none" if zero else config.group.contrast_scaling  # the mean maps keep their units
     inside = np.asarray(templates.mask.dataobj) > 0
     subjects, arrays, left_out = contrasts.participant_maps(images, test, mask=inside, scaling=scaling)
     for sub, reason in left_out.items():
@@ -367,12 +367,12 @@ def contrast_table(entries: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 def compute_group_outputs(config: Config, inventory: stats.Inventory, templates: Templates) -> dict[str, Any]:
     """Write every group table and map; returns the manifest dict."""
-    out = Path(config.output_dir)
+    out = Path(config.inputs.output_dir)
     keys = sorted(inventory.models)
     manifest: dict[str, Any] = {
         "GeneratedBy": {"Name": "deeplight-bids", "Version": __version__},
         "Created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "CorrectOnly": bool(config.correct_only),
+        "CorrectOnly": bool(config.group.correct_only),
         "Templates": templates.provenance(),
         "ModelGroups": [],
     }
@@ -405,7 +405,7 @@ def compute_group_outputs(config: Config, inventory: stats.Inventory, templates:
 
             maps = [m for m in inventory.maps if m.key == key and m.task == task]
             correct = None
-            if config.correct_only:
+            if config.group.correct_only:
                 LOGGER.info("group: task %s: reading per-volume relevance maps for --correct-only", task)
                 correct = stats.correct_only_participant_means(runs, states, output_dir=out)
             entry["maps"], entry["contrasts"], entry["attribution"] = _group_maps(
@@ -459,7 +459,7 @@ def read_manifest(output_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def run_group_level(config: Config, log: logging.Logger = LOGGER) -> int:
-    """Group level (or only its report with ``config.reports_only``); returns the exit code.
+    """Group level (or only its report with ``config.group.reports_only``); returns the exit code.
 
     ``group --finetune`` is not this: the command line hands it to
     :func:`deeplight_bids.workflows.finetune.run_finetune`.
@@ -470,8 +470,8 @@ def run_group_level(config: Config, log: logging.Logger = LOGGER) -> int:
     from deeplight_bids.group.report import write_report
     from deeplight_bids.group.templates import load_templates
 
-    out = Path(config.output_dir)
-    inventory = _filter(stats.collect_inventory(out, config.bids_dir), config)
+    out = Path(config.inputs.output_dir)
+    inventory = _filter(stats.collect_inventory(out, config.inputs.bids_dir), config)
     fitted = set_aside_fitting_participants(inventory)
     if fitted:
         log.info("group: %s", describe_fitting_participants(fitted))
@@ -484,13 +484,13 @@ def run_group_level(config: Config, log: logging.Logger = LOGGER) -> int:
     )
     for problem in inventory.problems:
         log.warning("group: %s %s: %s", problem["participant"], problem["item"], problem["problem"])
-    manifest = read_manifest(out) if config.reports_only else None
+    manifest = read_manifest(out) if config.group.reports_only else None
     templates = load_templates()
     if manifest is None:
         from deeplight_bids.derivatives.integrity import report_record
         from deeplight_bids.group.integrity import screen_inventory
 
-        screen_inventory(inventory, config.correct_only, log)  # before any write: nothing half-written
+        screen_inventory(inventory, config.group.correct_only, log)  # before any write: nothing half-written
         report_record(naming.group_manifest_output(out), out, log=log, prefix="group: ")  # all rewritten below
         manifest = compute_group_outputs(config, inventory, templates)
     path = write_report(out, manifest, inventory, templates, config)

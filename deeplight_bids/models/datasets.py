@@ -71,7 +71,7 @@ class TrainingData:
 def load_training_data(config: Config, log: logging.Logger = LOGGER) -> TrainingData:
     """Discover, prepare (cached) and label the runs ``config`` selects.
 
-    States: ``config.finetune_states`` in that order, else every labelled state found
+    States: ``config.finetune.states`` in that order, else every labelled state found
     (sorted).  Raises :class:`~deeplight_bids.exceptions.InputDataError` when fewer than two
     states or two participants have labelled volumes, or a requested state has none.
     """
@@ -80,25 +80,25 @@ def load_training_data(config: Config, log: logging.Logger = LOGGER) -> Training
     from deeplight_bids.prepare.labels import load_state_map_file
 
     cfg = config
-    layout = build_layout(cfg.bids_dir, find_derivatives(cfg.bids_dir, cfg.derivatives))
-    runs = discover_selected_runs(layout, cfg)
+    layout = build_layout(cfg.inputs.bids_dir, find_derivatives(cfg.inputs.bids_dir, cfg.inputs.derivatives))
+    runs = discover_selected_runs(layout, cfg.inputs)
     for run in runs:
         if run.skip_reason:
             log.warning("fine-tune: skipping %s: %s", run.label, run.skip_reason)
     runs = [r for r in runs if r.skip_reason is None]
     if not runs:
-        raise NoRunsFoundError(f"{cfg.bids_dir}: no processable runs to fine-tune on (see the warnings above).")
-    state_maps = load_state_map_file(cfg.state_map_file) if cfg.state_map_file else None
+        raise NoRunsFoundError(f"{cfg.inputs.bids_dir}: no processable runs to fine-tune on (see the warnings above).")
+    state_maps = load_state_map_file(cfg.inputs.state_map_file) if cfg.inputs.state_map_file else None
     entries, cache_stats = prepare_cached(
-        runs, cfg.work_dir, cfg.smoothing_fwhm, cfg.high_pass, nprocs=cfg.nprocs, log=log
+        runs, cfg.inputs.work_dir, cfg.inputs.smoothing_fwhm, cfg.inputs.high_pass, nprocs=cfg.nprocs, log=log
     )
     _, counts = label_volumes(entries, runs, None, state_maps)
-    if cfg.finetune_states:
-        states = tuple(cfg.finetune_states)
+    if cfg.finetune.states:
+        states = tuple(cfg.finetune.states)
         empty = [s for s in states if not counts.get(s)]
         if empty:
             raise InputDataError(
-                f"{cfg.bids_dir}: state(s) {', '.join(empty)} have no labelled volumes (found: "
+                f"{cfg.inputs.bids_dir}: state(s) {', '.join(empty)} have no labelled volumes (found: "
                 f"{', '.join(f'{s} ({n})' for s, n in sorted(counts.items())) or 'none'}); fix --states, the "
                 "events files or --state-map."
             )
@@ -106,14 +106,14 @@ def load_training_data(config: Config, log: logging.Logger = LOGGER) -> Training
         states = tuple(sorted(counts))
     if len(states) < 2:
         raise InputDataError(
-            f"{cfg.bids_dir}: fine-tuning needs at least 2 states with labelled volumes, found "
+            f"{cfg.inputs.bids_dir}: fine-tuning needs at least 2 states with labelled volumes, found "
             f"{', '.join(states) or 'none'}; check the events files (trial_type) and --state-map."
         )
     samples, _ = label_volumes(entries, runs, states, state_maps)
     participants = sorted(set(samples.subject))
     if len(participants) < 2:
         raise InputDataError(
-            f"{cfg.bids_dir}: held-out evaluation needs at least 2 participants with labelled volumes, found "
+            f"{cfg.inputs.bids_dir}: held-out evaluation needs at least 2 participants with labelled volumes, found "
             f"{len(participants)} ({', '.join('sub-' + p for p in participants) or 'none'}); add "
             "participants or widen --participant-label."
         )

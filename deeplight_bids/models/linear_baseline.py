@@ -677,12 +677,11 @@ def evaluate_participant(
     from deeplight_bids.prepare.labels import load_state_map_file
 
     model = load_model(model_path)
-    cfg = dataclasses.replace(config.inputs, participant_label=(participant,))
-    # (bids_dir is set whenever a participant is evaluated)
-    layout = build_layout(cfg.bids_dir, find_derivatives(cfg.bids_dir, cfg.derivatives))  # type: ignore[arg-type]
-    runs = [r for r in discover_selected_runs(layout, cfg) if r.skip_reason is None]
-    entries, _ = prepare_cached(runs, cfg.work_dir, cfg.smoothing_fwhm, cfg.high_pass, log=log)  # type: ignore[arg-type]
-    state_maps = load_state_map_file(cfg.state_map_file) if cfg.state_map_file else None
+    inputs = dataclasses.replace(config.inputs, participant_label=(participant,))
+    layout = build_layout(inputs.bids_dir, find_derivatives(inputs.bids_dir, inputs.derivatives))
+    runs = [r for r in discover_selected_runs(layout, inputs) if r.skip_reason is None]
+    entries, _ = prepare_cached(runs, inputs.work_dir, inputs.smoothing_fwhm, inputs.high_pass, log=log)
+    state_maps = load_state_map_file(inputs.state_map_file) if inputs.state_map_file else None
     samples, _ = label_volumes(entries, runs, model.states, state_maps)
     predicted = predict_runs(model_path, entries, samples)
     acc, bacc = accuracy(samples.label, predicted)

@@ -87,16 +87,16 @@ class FinetuneJob:
         self.config = config
         self.callbacks = list(callbacks)
         self.log = log
-        self.arch = config.architecture
-        self.init = config.finetune_init
-        self.lr = config.learning_rate or DEFAULT_LEARNING_RATE[self.arch]
-        self.batch_size = config.finetune_batch_size or DEFAULT_BATCH_SIZE
-        suffix = "-frozen" if config.freeze_body else ""
-        self.name = config.model_name or f"finetune-{self.arch}-{self.init}{suffix}"
+        self.arch = config.inputs.architecture
+        self.init = config.finetune.init
+        self.lr = config.finetune.learning_rate or DEFAULT_LEARNING_RATE[self.arch]
+        self.batch_size = config.finetune.batch_size or DEFAULT_BATCH_SIZE
+        suffix = "-frozen" if config.finetune.freeze_body else ""
+        self.name = config.finetune.model_name or f"finetune-{self.arch}-{self.init}{suffix}"
         if not self.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise UsageError(f"--model-name {self.name!r}: use letters, digits, '-', '_' and '.' only.")
-        self.model_dir = naming.finetune_model_dir(config.output_dir, self.name)
-        self.ckpt_root = naming.finetune_work_dir(config.work_dir, self.name)
+        self.model_dir = naming.finetune_model_dir(config.inputs.output_dir, self.name)
+        self.ckpt_root = naming.finetune_work_dir(config.inputs.work_dir, self.name)
         # a datasets.TrainingData from load_data() on (the first stage); Any: its fields are typed `object` there
         self.data: Any = None
         self.participants: list[str] = []
@@ -118,10 +118,10 @@ class FinetuneJob:
             splits = self.splits()
             n_gpus, _, mixed = training_devices()
             with precision_policy("mixed_float16" if mixed else None):
-                features = self.body_features() if self.config.freeze_body else None
+                features = self.body_features() if self.config.finetune.freeze_body else None
                 folds = [self.fit_fold(i, split, features, n_gpus, mixed) for i, split in enumerate(splits)]
             summary = self.write_summary(folds, time.monotonic() - t_start)
-            heldout.write_comparison(self.config.output_dir, self.log)
+            heldout.write_comparison(self.config.inputs.output_dir, self.log)
         return summary
 
     def load_data(self) -> None:
@@ -138,7 +138,12 @@ class FinetuneJob:
         """Stage 2: list of ``(fold name, training, validation, held out)`` participant lists."""
         cfg = self.config
         return participant_splits(
-            self.participants, cfg.cv_folds, cfg.val_participants, cfg.early_stopping_patience, cfg.seed, self.log
+            self.participants,
+            cfg.finetune.cv_folds,
+            cfg.finetune.val_participants,
+            cfg.finetune.early_stopping_patience,
+            cfg.seed,
+            self.log,
         )
 
     def check_existing(self) -> None:
@@ -163,13 +168,13 @@ class FinetuneJob:
     def body_features(self) -> np.ndarray:
         """``--freeze-body``: the frozen body's features of every volume (the body is the same in every fold)."""
         cfg = self.config
-        model, _ = build_finetune_model(self.arch, len(self.states), self.init, cfg.weights, cfg.seed, self.log)
+        model, _ = build_finetune_model(self.arch, len(self.states), self.init, cfg.inputs.weights, cfg.seed, self.log)
         body, _ = split_body_head(model, self.arch)
         return datasets.body_features(
             body,
             self.data,
-            cfg.work_dir,
-            cfg.batch_size,
+            cfg.inputs.work_dir,
+            cfg.participant.batch_size,
             {"arch": self.arch, "events": self._labels_identity()},
             self.log,
         )
@@ -210,9 +215,9 @@ class FinetuneJob:
                 "lr": self.lr,
                 "batch": self.batch_size,
                 "seed": cfg.seed,
-                "freeze": cfg.freeze_body,
-                "patience": cfg.early_stopping_patience,
-                **({"mix_same_state": cfg.mix_same_state} if cfg.mix_same_state else {}),
+                "freeze": cfg.finetune.freeze_body,
+                "patience": cfg.finetune.early_stopping_patience,
+                **({"mix_same_state": cfg.finetune.mix_same_state} if cfg.finetune.mix_same_state else {}),
                 "cache": [e.key for e in data.entries],
                 "n": int(tr.sum()),
                 "train3d": TRAIN_3D,
@@ -224,9 +229,9 @@ class FinetuneJob:
 
         def build():
             built["model"], built["source"] = build_finetune_model(
-                self.arch, len(self.states), self.init, cfg.weights, cfg.seed, self.log
+                self.arch, len(self.states), self.init, cfg.inputs.weights, cfg.seed, self.log
             )
-            return split_body_head(built["model"], self.arch)[1] if cfg.freeze_body else built["model"]
+            return split_body_head(built["model"], self.arch)[1] if cfg.finetune.freeze_body else built["model"]
 
         make_train, val_ds, stats_ds = self._datasets(fold_index, tr, va, features)
         trained, state = fit_resumable(
@@ -234,18 +239,18 @@ class FinetuneJob:
             None,
             self.ckpt_root / (fold or "single"),
             fingerprint,
-            cfg.epochs,
+            cfg.finetune.epochs,
             self.lr,
             val_data=val_ds,
-            patience=cfg.early_stopping_patience if va.any() else 0,
-            restore_best=bool(cfg.early_stopping_patience),
+            patience=cfg.finetune.early_stopping_patience if va.any() else 0,
+            restore_best=bool(cfg.finetune.early_stopping_patience),
             callbacks=self.callbacks,
             log=self.log,
             make_train_data=make_train,
             statistics_data=stats_ds,
         )
         held_samples = data.samples.subset(held_mask)
-        if cfg.freeze_body:
+        if cfg.finetune.freeze_body:
             if "model" not in built:  # resumed: the body is rebuilt the same way
                 build()
             full = built["model"]
@@ -254,15 +259,15 @@ class FinetuneJob:
             logits = np.asarray(trained.predict(features[held_mask], batch_size=64, verbose=0), np.float32)  # type: ignore[index]
         else:
             full = trained
-            logits = heldout.predict_logits(full, data.reader, held_samples, cfg.batch_size)
+            logits = heldout.predict_logits(full, data.reader, held_samples, cfg.participant.batch_size)
         if built.get("source") is None and self.init == "pretrained":  # resumed: the model was not built
-            built["source"] = pretrained_source(self.arch, cfg.weights)
+            built["source"] = pretrained_source(self.arch, cfg.inputs.weights)
         rows = heldout.prediction_rows(held_samples, logits, self.states, fold)
         metrics = heldout.fold_metrics(state, held_samples.label, logits.argmax(axis=1), len(self.states))
         seconds_fit = time.monotonic() - t_fit
         out_dir = self.model_dir / fold if fold else self.model_dir
         stem = f"{self.name}_{fold}" if fold else self.name
-        linear = self._linear_baseline(fold, tr, held_mask, rows, metrics) if cfg.linear_baseline else None
+        linear = self._linear_baseline(fold, tr, held_mask, rows, metrics) if cfg.finetune.linear_baseline else None
         card = self._model_card(
             stem, fold, train, val, held, built.get("source"), metrics, n_gpus, mixed, state["bn_statistics_batches"]
         )
@@ -272,7 +277,7 @@ class FinetuneJob:
         if linear is not None:
             from deeplight_bids.models.linear_baseline import write_fold
 
-            write_fold(linear, out_dir, stem, root=cfg.output_dir)
+            write_fold(linear, out_dir, stem, root=cfg.inputs.output_dir)
         self.log.info(
             "fine-tune %s%s: held-out accuracy %.3f (balanced %.3f, %d volumes, chance %.3f)",
             self.name,
@@ -287,7 +292,7 @@ class FinetuneJob:
             "training_participants": train,
             "validation_participants": val,
             "heldout_participants": held,
-            "model": str(naming.finetune_outputs(out_dir, stem)["model"].relative_to(cfg.output_dir)),
+            "model": str(naming.finetune_outputs(out_dir, stem)["model"].relative_to(cfg.inputs.output_dir)),
             **metrics,
             "seconds_fit": round(seconds_fit, 2),
         }
@@ -310,13 +315,13 @@ class FinetuneJob:
             "name": self.name,
             "architecture": self.arch,
             "init": self.init,
-            "freeze_body": bool(cfg.freeze_body),
+            "freeze_body": bool(cfg.finetune.freeze_body),
             "states": list(self.states),
             "seed": cfg.seed,
-            "cv_folds": int(cfg.cv_folds or 0),
+            "cv_folds": int(cfg.finetune.cv_folds or 0),
             "learning_rate": self.lr,
             "batch_size": self.batch_size,
-            "epochs": cfg.epochs,
+            "epochs": cfg.finetune.epochs,
             "heldout_accuracy_pooled": pooled["accuracy"],
             "heldout_balanced_accuracy_pooled": pooled["balanced_accuracy"],
             "heldout_accuracy_mean_over_participants": float(np.mean([r["accuracy"] for r in rows[:-1]])),
@@ -324,7 +329,8 @@ class FinetuneJob:
             "n_volumes": pooled["n_volumes"],
             # never since issue 13: early stopping validates on a participant that is not held out
             "validation_used_for_early_stopping": any(
-                set(f["validation_participants"]) & set(f["heldout_participants"]) and cfg.early_stopping_patience
+                set(f["validation_participants"]) & set(f["heldout_participants"])
+                and cfg.finetune.early_stopping_patience
                 for f in fold_reports
             ),
             "folds": fold_reports,
@@ -420,8 +426,8 @@ class FinetuneJob:
             rows = rows[np.unique(np.linspace(0, len(rows) - 1, PRECISE_BN_VOLUMES).round().astype(int))]
         statistics = np.zeros_like(tr)
         statistics[rows] = True
-        if cfg.freeze_body:
-            if cfg.mix_same_state:
+        if cfg.finetune.freeze_body:
+            if cfg.finetune.mix_same_state:
                 self.log.warning(
                     "--mix-same-state is ignored with --freeze-body (the body's features are computed once)"
                 )
@@ -448,7 +454,7 @@ class FinetuneJob:
                     self.batch_size,
                     seed=seed,
                     start_epoch=start_epoch,
-                    mix_same_state=cfg.mix_same_state,
+                    mix_same_state=cfg.finetune.mix_same_state,
                 )
 
             val_ds = (
@@ -474,29 +480,29 @@ class FinetuneJob:
             "validation_participants": list(val),
             "heldout_participants": list(held),
             "preprocessing": {
-                "smoothing_fwhm": cfg.smoothing_fwhm,
-                "high_pass": cfg.high_pass,
-                "space": cfg.space,
+                "smoothing_fwhm": cfg.inputs.smoothing_fwhm,
+                "high_pass": cfg.inputs.high_pass,
+                "space": cfg.inputs.space,
                 "grid": "MNI152NLin6Asym 2 mm (91, 109, 91), (z, y, x) input",
             },
             "training": {
                 "deterministic": bool(self.deterministic),
                 "determinism": "keras.utils.set_random_seed(seed) + TensorFlow op determinism; input "
                 "order from NumPy generators seeded with the seed",
-                "epochs": cfg.epochs,
+                "epochs": cfg.finetune.epochs,
                 "learning_rate": self.lr,
                 "batch_size": self.batch_size,
                 "optimizer": "Adam",
                 "loss": "sparse categorical cross-entropy on logits",
                 "class_balancing": "oversampling to the largest class per epoch",
                 "same_state_mixing": (
-                    f"with probability {cfg.mix_same_state:g} a training volume is the mean of itself and a "
+                    f"with probability {cfg.finetune.mix_same_state:g} a training volume is the mean of itself and a "
                     "volume of the same state from another training participant, drawn anew every epoch"
-                    if cfg.mix_same_state and not cfg.freeze_body
+                    if cfg.finetune.mix_same_state and not cfg.finetune.freeze_body
                     else "none"
                 ),
-                "freeze_body": bool(cfg.freeze_body),
-                "early_stopping_patience": cfg.early_stopping_patience,
+                "freeze_body": bool(cfg.finetune.freeze_body),
+                "early_stopping_patience": cfg.finetune.early_stopping_patience,
                 "batch_norm_statistics": (
                     f"recomputed after the fit from the final weights' batch statistics on the training volumes "
                     f"({bn_batches} batches; at most {PRECISE_BN_VOLUMES} volumes, spread evenly; precise BN)"
@@ -520,7 +526,7 @@ class FinetuneJob:
             "metrics": metrics,
             "software": software_versions(),
             "inputs": datasets.input_checksums(self.data.runs, set(train) | set(val)),
-            "dataset": str(cfg.bids_dir),
+            "dataset": str(cfg.inputs.bids_dir),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "description": "fine-tuned by 'deeplight-bids ... group --finetune'",
         }
@@ -534,10 +540,10 @@ class FinetuneJob:
         write_history(history, outputs["history"], outputs["learning_curve"], title=f"{stem}: {self.arch} {self.init}")
 
     def _labels_identity(self):
-        return datasets.labels_identity(self.data.runs, self.config.state_map_file, self.states)
+        return datasets.labels_identity(self.data.runs, self.config.inputs.state_map_file, self.states)
 
     def _weights_identity(self):
-        return datasets.weights_identity(self.config.weights, self.init)
+        return datasets.weights_identity(self.config.inputs.weights, self.init)
 
 
 def run_finetune(config: Config, callbacks: Sequence[Any] = (), log: logging.Logger = LOGGER) -> int:

@@ -34,25 +34,25 @@ def run_participant_level(config: Config, log: logging.Logger = LOGGER) -> tuple
     from deeplight_bids.preflight import no_runs_error, plan_before_compute
     from deeplight_bids.runtime import compute_session, log_file
 
-    ensure_writable(config.output_dir)  # fail fast, before discovery and the model
-    derivatives = find_derivatives(config.bids_dir, config.derivatives)
-    if not config.skip_bids_validation:
-        validate_bids(config.bids_dir, log)
-    layout = build_layout(config.bids_dir, derivatives)
-    runs = discover_selected_runs(layout, config)
+    ensure_writable(config.inputs.output_dir)  # fail fast, before discovery and the model
+    derivatives = find_derivatives(config.inputs.bids_dir, config.inputs.derivatives)
+    if not config.inputs.skip_bids_validation:
+        validate_bids(config.inputs.bids_dir, log)
+    layout = build_layout(config.inputs.bids_dir, derivatives)
+    runs = discover_selected_runs(layout, config.inputs)
     log.info("runs found:\n%s", format_run_table(runs))
     todo = [r for r in runs if r.skip_reason is None]
     if not todo:
         job = _save_config(config)
         # no run to do: every run has a skip_reason
         _write_run_table(job["runs"], [RunResult(r.label, "skipped", r.skip_reason) for r in runs])  # type: ignore[arg-type]
-        raise no_runs_error(config.bids_dir, runs, job["runs"])
+        raise no_runs_error(config.inputs.bids_dir, runs, job["runs"])
 
-    adopt_legacy_work_dir(config.output_dir, config.work_dir, log)
-    remove_job_temporaries(config.output_dir, config.work_dir, {r.subject for r in todo}, log)
+    adopt_legacy_work_dir(config.inputs.output_dir, config.inputs.work_dir, log)
+    remove_job_temporaries(config.inputs.output_dir, config.inputs.work_dir, {r.subject for r in todo}, log)
     user_state_map = _user_state_map(config)
     with compute_session(config.nprocs, log=log):
-        dl_model = load_deeplight(config.weights, config.architecture)
+        dl_model = load_deeplight(config.inputs.weights, config.inputs.architecture)
         log.info(
             "model: %s-DeepLight '%s' (%d states) from %s",
             dl_model.architecture,
@@ -61,8 +61,8 @@ def run_participant_level(config: Config, log: logging.Logger = LOGGER) -> tuple
             dl_model.weights_path,
         )
         space_plan, _ = plan_before_compute(config, todo, dl_model.states, user_state_map, layout.get_tasks(), log)
-        roots = dataset_roots(config.bids_dir, derivatives)
-        write_dataset_files(config.output_dir, roots)
+        roots = dataset_roots(config.inputs.bids_dir, derivatives)
+        write_dataset_files(config.inputs.output_dir, roots)
         job = _save_config(config)
         with log_file(job["log"], log):
             processor = RunProcessor(dl_model, config, user_state_map, space_plan, roots)
@@ -75,7 +75,9 @@ def run_participant_level(config: Config, log: logging.Logger = LOGGER) -> tuple
                 processor.write_participant_summaries(
                     subject, _all_runs_of(layout, config, subject, mine), map_tasks={r.entities["task"] for r in mine}
                 )
-            if config.glm:  # the dataset's own GLM beside the maps (deeplight_bids.glm): after the mean maps
+            if (
+                config.participant.glm
+            ):  # the dataset's own GLM beside the maps (deeplight_bids.glm): after the mean maps
                 from deeplight_bids.glm.stage import run_glm_stage
 
                 run_glm_stage(
@@ -134,11 +136,11 @@ def _exit_code(results, log):
 
 
 def _user_state_map(config):
-    if config.state_map_file is None:
+    if config.inputs.state_map_file is None:
         return None
     from deeplight_bids.prepare.labels import load_state_map_file
 
-    return load_state_map_file(config.state_map_file)
+    return load_state_map_file(config.inputs.state_map_file)
 
 
 def _all_runs_of(layout, config, subject, fallback):
@@ -147,7 +149,7 @@ def _all_runs_of(layout, config, subject, fallback):
     from deeplight_bids.exceptions import NoRunsFoundError
 
     try:
-        runs = discover_runs(layout, space=config.space, participant_label=[subject])
+        runs = discover_runs(layout, space=config.inputs.space, participant_label=[subject])
     except NoRunsFoundError:
         return fallback
     return [r for r in runs if r.skip_reason is None] or fallback
@@ -155,8 +157,8 @@ def _all_runs_of(layout, config, subject, fallback):
 
 def _save_config(config):
     """Write this job's settings to ``OUTPUT_DIR/logs/config-*.toml``; returns :func:`naming.job_outputs`."""
-    job = naming.job_outputs(naming.job_log_stem(config.output_dir, config.participant_label))
-    config.save(job["config"], root=config.output_dir)
+    job = naming.job_outputs(naming.job_log_stem(config.inputs.output_dir, config.inputs.participant_label))
+    config.save(job["config"], root=config.inputs.output_dir)
     return job
 
 

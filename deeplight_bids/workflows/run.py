@@ -71,7 +71,7 @@ class RunProcessor:
         self.dl_model = dl_model
         self.config = config
         self.user_state_map = user_state_map
-        self.space_plan = space_plan or SpacePlan(allow_approximate=config.allow_approximate_space)
+        self.space_plan = space_plan or SpacePlan(allow_approximate=config.inputs.allow_approximate_space)
         if dataset_roots is None:
             from deeplight_bids.bids.discover import job_dataset_roots
 
@@ -83,15 +83,15 @@ class RunProcessor:
         self.decoder = Decoder(dl_model.model, max_batch=max_batch)
         self.analyzer = None  # the explainer of the maps (an LRP analyzer or a gradient method)
         self.method = None
-        if config.lrp:
+        if config.participant.lrp:
             from deeplight_bids.attribution.methods import parameters_from, resolve
             from deeplight_bids.lrp.analyzer import WHOLE_STEM_MIN_MIB, stem_batch_for_memory
             from deeplight_bids.runtime import memory_limit
 
             # the published rule by default (reference section 7: iNNvestigate's preset B-flat for 3D, epsilon,
             # LSTM rule included, for 2D, stabilised as the original code or sign-aware with --lrp-rule signed)
-            self.method = resolve(config.attribution, dl_model.architecture, config.lrp_rule)
-            limit_mib, source = memory_limit(getattr(config, "mem_mb", 0))
+            self.method = resolve(config.participant.attribution, dl_model.architecture, config.participant.lrp_rule)
+            limit_mib, source = memory_limit(config.mem_mb)
             stem_batch = stem_batch_for_memory(limit_mib)
             self.analyzer = self.method.explainer(
                 dl_model.model, max_batch=max_batch, stem_batch=stem_batch, **parameters_from(config)
@@ -100,7 +100,7 @@ class RunProcessor:
                 "Attribution: %s (%s)%s",
                 self.method.name,
                 self.method.summary,
-                "" if config.attribution != "published" else "; the published rule",
+                "" if config.participant.attribution != "published" else "; the published rule",
             )
             if max_batch is not None and self.method.family == "lrp":  # CPU: the memory/speed trade of the job
                 LOGGER.info(
@@ -117,14 +117,14 @@ class RunProcessor:
             self.method.sidecar(parameters_from(config)) if self.method is not None else None
         )  # the "Attribution" entry of the relevance sidecars
         self.quality = None
-        if self.analyzer is not None and getattr(config, "quality", False):
+        if self.analyzer is not None and config.participant.quality:
             from deeplight_bids.quality.run_quality import RunQuality
 
             self.quality = RunQuality(
-                self.analyzer, self.decoder, config.quality_volumes, seed=config.seed, max_batch=max_batch
+                self.analyzer, self.decoder, config.participant.quality_volumes, seed=config.seed, max_batch=max_batch
             )
         self.comparison = None
-        if self.analyzer is not None and config.compare_attributions is not None:
+        if self.analyzer is not None and config.participant.compare_attributions is not None:
             self.comparison = self._comparison(dl_model, max_batch, stem_batch)
         job = (
             config,
@@ -155,18 +155,18 @@ class RunProcessor:
         from deeplight_bids.quality.compare import AttributionComparison
 
         cfg = self.config
-        published = published_method(dl_model.architecture, cfg.lrp_rule)
+        published = published_method(dl_model.architecture, cfg.participant.lrp_rule)
         methods = []
-        for name in [published, *(cfg.compare_attributions or STANDARD_SET)]:
-            method = resolve(name, dl_model.architecture, cfg.lrp_rule)
+        for name in [published, *(cfg.participant.compare_attributions or STANDARD_SET)]:
+            method = resolve(name, dl_model.architecture, cfg.participant.lrp_rule)
             if method.name not in [m.name for m in methods]:
                 methods.append(method)
         references = None
-        if cfg.reference_map is not None:
+        if cfg.group.reference_map is not None:
             from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
             from deeplight_bids.quality import plausibility
 
-            files = plausibility.find_reference_files(cfg.reference_map, self.states)
+            files = plausibility.find_reference_files(cfg.group.reference_map, self.states)
             references = {
                 s: plausibility.load_reference(f, REFERENCE_SHAPE, REFERENCE_AFFINE) for s, f in files.items()
             }
@@ -175,13 +175,13 @@ class RunProcessor:
             methods,
             published,
             self.decoder,
-            cfg.compare_volumes,
+            cfg.participant.compare_volumes,
             seed=cfg.seed,
             max_batch=max_batch,
             stem_batch=stem_batch,
             parameters=parameters_from(cfg),
             references=references,
-            reference_top_percent=cfg.reference_top_percent,
+            reference_top_percent=cfg.group.reference_top_percent,
         )
 
     def is_complete(self, outputs: Mapping[str, Path], run: Run | None = None) -> bool:
@@ -197,10 +197,14 @@ class RunProcessor:
     # -- one run: a list of stages ------------------------------------------------------------
     def process(self, run: Run) -> RunResult:
         cfg = self.config
-        outputs = naming.run_outputs(cfg.output_dir, run.entities)
+        outputs = naming.run_outputs(cfg.inputs.output_dir, run.entities)
         if not cfg.overwrite and self.is_complete(outputs, run):
-            if self.analyzer is not None and cfg.relevance_maps == "volumes":  # a damaged work copy was removed
-                restore_scratch(outputs, cfg.work_dir, [self.pass_hash, resume.inputs_digest(run)], cfg.output_dir)
+            if (
+                self.analyzer is not None and cfg.participant.relevance_maps == "volumes"
+            ):  # a damaged work copy was removed
+                restore_scratch(
+                    outputs, cfg.inputs.work_dir, [self.pass_hash, resume.inputs_digest(run)], cfg.inputs.output_dir
+                )
             return RunResult(run.label, "skipped", "outputs exist (same settings); use --overwrite to recompute")
         if not cfg.overwrite and self.analyzer is not None and self._reuse_scratch(run, outputs):
             return RunResult(run.label, "done", "relevance maps made from the work folder's per-volume maps")
@@ -208,10 +212,10 @@ class RunProcessor:
         check_headers(run)
         prepared, space_transform = self._prepare(run)
         labelled = self._label(run, prepared.n_volumes)
-        if cfg.save_tfrecords:
+        if cfg.participant.save_tfrecords:
             from deeplight_bids.hcp.run_export import save_run_tfrecords
 
-            save_run_tfrecords(run, prepared.volumes, labelled["labels"], cfg.output_dir)
+            save_run_tfrecords(run, prepared.volumes, labelled["labels"], cfg.inputs.output_dir)
         decoding, quality, masker, stream = self._decode_and_explain(run, prepared, labelled, outputs)
         accuracy, n_labelled = self._write_outputs(
             run, outputs, decoding, quality, masker, stream, labelled, space_transform
@@ -233,13 +237,13 @@ class RunProcessor:
             )
 
         return reuse_scratch(
-            cfg.relevance_maps,
+            cfg.participant.relevance_maps,
             outputs,
-            cfg.work_dir,
+            cfg.inputs.work_dir,
             [self.pass_hash, resume.inputs_digest(run)],
             self.settings_hash,
             blocks_of,
-            cfg.output_dir,
+            cfg.inputs.output_dir,
             files_of=lambda: resume.files_record(outputs, cfg, run.label),
         )
 
@@ -247,14 +251,16 @@ class RunProcessor:
         from deeplight_bids.prepare.clean import prepare_run
 
         cfg = self.config
-        LOGGER.info("%s: preparing (mask, smooth %.3g mm, detrend, high-pass, z-score)", run.label, cfg.smoothing_fwhm)
+        LOGGER.info(
+            "%s: preparing (mask, smooth %.3g mm, detrend, high-pass, z-score)", run.label, cfg.inputs.smoothing_fwhm
+        )
         to_grid, space_transform = self.space_plan.resampler_for(run.space or REFERENCE_SPACE)
         prepared = prepare_run(
             run.bold,
             run.mask,
             run.t_r,
-            smoothing_fwhm=cfg.smoothing_fwhm,
-            high_pass=cfg.high_pass,
+            smoothing_fwhm=cfg.inputs.smoothing_fwhm,
+            high_pass=cfg.inputs.high_pass,
             to_grid=to_grid,
             n_threads=cfg.nprocs,
         )
@@ -317,19 +323,19 @@ class RunProcessor:
         if self.analyzer is not None:
             blocks = (
                 event_blocks(labelled["events"], n_vol, run.t_r, labelled["state_map"])
-                if cfg.relevance_maps == "blocks"
+                if cfg.participant.relevance_maps == "blocks"
                 else None
             )
             # written by a thread beside the network (bounded queue; its errors stop the run)
             stream = BackgroundWriter(
                 RunRelevanceOutputs(
-                    cfg.relevance_maps,
+                    cfg.participant.relevance_maps,
                     outputs,
                     n_vol,
                     run.t_r,
                     blocks,
-                    scratch_dir=cfg.work_dir,
-                    root=cfg.output_dir,
+                    scratch_dir=cfg.inputs.work_dir,
+                    root=cfg.inputs.output_dir,
                     key=[self.pass_hash, resume.inputs_digest(run)],
                 )
             )
@@ -339,10 +345,10 @@ class RunProcessor:
                 batches,
                 n_vol,
                 len(self.states),
-                cfg.batch_size,
+                cfg.participant.batch_size,
                 self.decoder,
                 self.analyzer,
-                cfg.lrp_target,
+                cfg.participant.lrp_target,
                 labelled["true_idx"],
                 masker,
                 stream,
@@ -359,7 +365,7 @@ class RunProcessor:
                     decoding.logits,
                     decoding.targets,
                     self.states,
-                    root=cfg.output_dir,
+                    root=cfg.inputs.output_dir,
                     label=run.label,
                 )
             if self.comparison is not None:
@@ -375,9 +381,9 @@ class RunProcessor:
                     decoding.targets,
                     self.states,
                     task_states or range(len(self.states)),
-                    root=cfg.output_dir,
+                    root=cfg.inputs.output_dir,
                     label=run.label,
-                    sums_path=naming.attribution_sums_output(cfg.work_dir, run.label),
+                    sums_path=naming.attribution_sums_output(cfg.inputs.work_dir, run.label),
                 )
             if stream is not None:
                 stream.close()
@@ -423,7 +429,7 @@ class RunProcessor:
             self.dataset_roots,
         )
         if self.analyzer is not None:
-            lrp_rule = cfg.lrp_rule if self.dl_model.architecture == "2D" else "published"
+            lrp_rule = cfg.participant.lrp_rule if self.dl_model.architecture == "2D" else "published"
             stream.finish(
                 {
                     **sidecars.relevance_sidecar(
@@ -431,7 +437,7 @@ class RunProcessor:
                         provenance,
                         decoding.conservation,
                         self.analyzer.description,
-                        cfg.lrp_target,
+                        cfg.participant.lrp_target,
                         lrp_rule,
                         self.attribution,
                     ),
@@ -439,12 +445,12 @@ class RunProcessor:
                 }
             )
             save_state_sums(
-                naming.state_sums_output(cfg.work_dir, run.label),
+                naming.state_sums_output(cfg.inputs.work_dir, run.label),
                 decoding.sums,
                 decoding.counts,
                 self.pass_hash,
                 digest,
-                root=cfg.output_dir,
+                root=cfg.inputs.output_dir,
             )
         else:
             from deeplight_bids.derivatives.stale import remove_stale
@@ -453,7 +459,7 @@ class RunProcessor:
                 [outputs["relevance"], outputs["blocks"], outputs["blocks_tsv"]],
                 "relevance of other settings (this run was re-done with --no-lrp)",
             )
-        write_tsv(outputs["predictions"], frame, root=cfg.output_dir)
+        write_tsv(outputs["predictions"], frame, root=cfg.inputs.output_dir)
         sidecar = sidecars.predictions_sidecar(
             self.states, self.analyzer is not None, provenance, accuracy, int(decodable.sum())
         )
@@ -461,5 +467,5 @@ class RunProcessor:
             sidecar["Quality"] = quality
         # every file written, with its size and checksum: a re-run verifies them (derivatives/integrity.py)
         sidecar[FILES_KEY] = resume.files_record(outputs, cfg, run.label)
-        write_json(outputs["predictions_json"], sidecar, root=cfg.output_dir)  # last: marks the run complete
+        write_json(outputs["predictions_json"], sidecar, root=cfg.inputs.output_dir)  # last: marks the run complete
         return accuracy, int(decodable.sum())

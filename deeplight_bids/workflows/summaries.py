@@ -133,7 +133,7 @@ class ParticipantSummaries:
         from deeplight_bids.exceptions import OutputError
         from deeplight_bids.readback import iter_volumes
 
-        path = naming.state_sums_output(self.config.work_dir, run.label)
+        path = naming.state_sums_output(self.config.inputs.work_dir, run.label)
         stored = read_state_sums(path, self.pass_hash, resume.inputs_digest(run), self.log)
         if stored is not None:
             return stored
@@ -144,13 +144,15 @@ class ParticipantSummaries:
                 run.label,
                 path,
             )
-        outputs = naming.run_outputs(self.config.output_dir, run.entities)
+        outputs = naming.run_outputs(self.config.inputs.output_dir, run.entities)
         # the per-volume maps: the output (--relevance-maps volumes) or the work folder's copy (any choice)
-        sources = [p for p in (outputs["relevance"], scratch_paths(self.config.work_dir, outputs)[0]) if p.is_file()]
+        sources = [
+            p for p in (outputs["relevance"], scratch_paths(self.config.inputs.work_dir, outputs)[0]) if p.is_file()
+        ]
         if not sources:
             raise OutputError(
                 f"{path}: missing, and the run's per-volume maps were not kept (--relevance-maps "
-                f"{self.config.relevance_maps}); re-run the participant level with --overwrite."
+                f"{self.config.participant.relevance_maps}); re-run the participant level with --overwrite."
             )
         frame = tables.read_predictions(outputs["predictions"])
         targets = frame["lrp_target"].to_numpy(dtype=object)
@@ -178,7 +180,7 @@ class ParticipantSummaries:
             {i: count for i, (_, count) in out.items()},
             self.pass_hash,
             resume.inputs_digest(run),
-            root=self.config.output_dir,
+            root=self.config.inputs.output_dir,
         )
         # as read back from them (float32), so that the mean maps are those of the next job, to the bit
         return {i: (total.astype(np.float32).astype(np.float64), count) for i, (total, count) in out.items()}
@@ -195,43 +197,50 @@ class ParticipantSummaries:
             r
             for r in runs
             if resume.is_complete(
-                naming.run_outputs(cfg.output_dir, r.entities), cfg, self.settings_hash, self.with_quality, r, self.log
+                naming.run_outputs(cfg.inputs.output_dir, r.entities),
+                cfg,
+                self.settings_hash,
+                self.with_quality,
+                r,
+                self.log,
             )
         ]
         if not done:
             return
-        out = naming.summary_output(cfg.output_dir, subject)
+        out = naming.summary_output(cfg.inputs.output_dir, subject)
         # the summaries of an earlier job, checked against their record before they are replaced (one line each)
-        integrity.report_record(naming.sidecar_of(out), cfg.output_dir, log=self.log, prefix=f"sub-{subject}: ")
+        integrity.report_record(naming.sidecar_of(out), cfg.inputs.output_dir, log=self.log, prefix=f"sub-{subject}: ")
         rows = []
         for run in done:
-            outputs = naming.run_outputs(cfg.output_dir, run.entities)
+            outputs = naming.run_outputs(cfg.inputs.output_dir, run.entities)
             rows.append(
                 tables.accuracy_row(run.label, run.entities["task"], tables.read_predictions(outputs["predictions"]))
             )
-        write_tsv(out, tables.accuracy_summary(rows), root=cfg.output_dir)
+        write_tsv(out, tables.accuracy_summary(rows), root=cfg.inputs.output_dir)
         tasks = sorted({r.entities["task"] for r in done} & set(map_tasks or {r.entities["task"] for r in done}))
-        if not cfg.lrp:
+        if not cfg.participant.lrp:
             for task in tasks:  # mean maps of an earlier LRP run: no longer what this participant's runs hold
-                remove_stale(stale_state_maps(cfg.output_dir, subject, task, ()), "mean map of other settings (LRP)")
+                remove_stale(
+                    stale_state_maps(cfg.inputs.output_dir, subject, task, ()), "mean map of other settings (LRP)"
+                )
         else:
             for task in tasks:
                 written = self._write_state_maps(subject, task, [r for r in done if r.entities["task"] == task])
                 remove_stale(
-                    stale_state_maps(cfg.output_dir, subject, task, written),
+                    stale_state_maps(cfg.inputs.output_dir, subject, task, written),
                     "mean map of other settings (no volume explained for its state with --lrp-target "
-                    f"{cfg.lrp_target})",
+                    f"{cfg.participant.lrp_target})",
                 )
         # last: the sidecar records the summary and every mean map of the participant (a re-run checks them)
         files = {"summary": out}
         for task in sorted({r.entities["task"] for r in runs}):
-            folder, pattern = naming.state_map_glob(cfg.output_dir, subject, task)
+            folder, pattern = naming.state_map_glob(cfg.inputs.output_dir, subject, task)
             for path in sorted(folder.glob(pattern)) if folder.is_dir() else ():
                 files[path.name] = path
                 files[naming.sidecar_of(path).name] = naming.sidecar_of(path)
         side = sidecars.summary_sidecar(self.model_provenance)
-        side[integrity.FILES_KEY] = integrity.record(files, cfg.output_dir)
-        write_json(naming.sidecar_of(out), side, root=cfg.output_dir)
+        side[integrity.FILES_KEY] = integrity.record(files, cfg.inputs.output_dir)
+        write_json(naming.sidecar_of(out), side, root=cfg.inputs.output_dir)
 
     def _write_state_maps(self, subject, task, runs):
         import nibabel as nib
@@ -245,18 +254,18 @@ class ParticipantSummaries:
         written = []
         for idx, (total, count) in sorted(totals.items()):
             state = self.states[idx]
-            path = naming.state_map_output(cfg.output_dir, subject, task, state)
+            path = naming.state_map_output(cfg.inputs.output_dir, subject, task, state)
             img = nib.Nifti1Image((total / count).astype(np.float32), REFERENCE_AFFINE)
             img.header.set_xyzt_units("mm")
-            write_nifti(path, img, root=cfg.output_dir)
+            write_nifti(path, img, root=cfg.inputs.output_dir)
             write_json(
                 naming.sidecar_of(path),
-                root=cfg.output_dir,
+                root=cfg.inputs.output_dir,
                 obj=sidecars.state_map_sidecar(
                     task,
                     state,
                     count,
-                    cfg.lrp_target,
+                    cfg.participant.lrp_target,
                     self.model_provenance,
                     self.lrp_description,
                     self.settings_hash,

@@ -301,7 +301,8 @@ def test_damaged_run_marker_is_one_line_and_a_recompute(reference, mode, tmp_pat
     damage(out / MARKER, mode)
     outputs = naming.run_outputs(out, {"subject": "01", "task": "motor"})
     config = SimpleNamespace(
-        output_dir=out, work_dir=out / ".work", lrp=True, relevance_maps="volumes", compare_attributions=None
+        inputs=SimpleNamespace(output_dir=out, work_dir=out / ".work"),
+        participant=SimpleNamespace(lrp=True, relevance_maps="volumes", compare_attributions=None),
     )
     lines = []
 
