@@ -29,8 +29,10 @@ from deeplight_bids.utils.tsv import read_tsv
 if TYPE_CHECKING:
     import nibabel as nib
 
-#: file name ends of the per-run relevance files, by kind
-_RUN_FILES = {"volumes": "desc-relevance_bold.nii.gz", "blocks": "desc-blocks_relevance.nii.gz"}
+#: file name ends of the per-run relevance files, by kind.  Found by name (a glob in one participant's folder)
+#: rather than pybids, whose index of a whole OUTPUT_DIR takes seconds to minutes: a notebook reading one
+#: participant's maps stays fast and imports nothing heavy; the names come from derivatives.naming.
+_RUN_FILES = {"volumes": naming.run_output_ending("relevance"), "blocks": naming.run_output_ending("blocks")}
 _SHORT_TO_LONG = {short: key for key, short in naming.ENTITY_ORDER}
 
 

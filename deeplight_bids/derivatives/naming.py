@@ -121,6 +121,17 @@ def run_outputs(output_dir: str | os.PathLike[str], run_entities: Mapping[str, A
     }
 
 
+def run_output_ending(key: str) -> str:
+    """The fixed end of a per-run output's name, after the run's own entities.
+
+    E.g. ``run_output_ending("relevance")`` is ``"space-MNI152NLin6Asym_res-2_desc-relevance_bold.nii.gz"``;
+    ``key`` is one of :func:`run_outputs`' keys.  For readers that find outputs by name
+    (:mod:`deeplight_bids.readback`), so that the names have one owner, this module.
+    """
+    name = run_outputs(".", {"subject": "x", "task": "x"})[key].name
+    return name.split("_task-x_", 1)[1]
+
+
 def state_map_output(output_dir: str | os.PathLike[str], subject: str, task: str, state: str) -> Path:
     """Path of a participant's mean relevance map for one state of one task."""
     ents = {
