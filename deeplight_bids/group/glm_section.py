@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from markupsafe import Markup
 
 from deeplight_bids.group.glm import MEASURES, mean_t_map
 
@@ -47,42 +48,19 @@ def _glass(img_or_data, title, templates, vmax=None):
     return uri
 
 
-def _side_by_side(left, right, caption):
-    from deeplight_bids.group.html import esc
-
-    return (
-        "<div class='fig' style='display:flex;gap:8px;flex-wrap:wrap'>"
-        f"<img src='{left}' alt='relevance' style='max-width:49%'><img src='{right}' alt='GLM' style='max-width:49%'>"
-        f"</div><div class='cap'>{esc(caption)}</div>"
-    )
-
-
-def glm_html(output_dir: str | os.PathLike[str], entry: Mapping[str, Any], task: str, templates: Templates) -> str:
+def glm_html(output_dir: str | os.PathLike[str], entry: Mapping[str, Any], task: str, templates: Templates) -> Markup:
     """HTML of the relevance-vs-GLM part of one task entry of the group manifest (a note when there is none)."""
     from pathlib import Path
 
-    from deeplight_bids.group.html import esc, read_table, table_html
+    from deeplight_bids.group.html import read_table, render
 
-    head = "<h4>Relevance maps beside the dataset's own GLM</h4>"
     if not entry.get("glm_agreement"):
         note = entry.get("glm_note")
-        return head + f"<p class='warn'>{esc(note)}</p>" if note else ""
+        return render("glm.html", note=note) if note else Markup("")
     rows = read_table(output_dir, entry["glm_agreement"])
     if rows is None or not len(rows):
-        return head + "<p><em>no agreement rows</em></p>"
-    parts = [
-        head,
-        "<p>Per participant, each state's mean relevance map against the t-map of a first-level GLM of the same "
-        "runs (the state against the mean of the task's other states; see docs/glm.rst): Pearson r over the "
-        "voxels where the GLM was fitted, and the Dice overlap of the top 1, 5 and 10 % voxels of each map "
-        f"(Thomas, Ré &amp; Poldrack, 2023). Table: <code>{esc(entry['glm_agreement'])}</code>.</p>",
-    ]
+        return render("glm.html", note=None, summary=None)
     missing = entry.get("glm_missing") or []
-    if missing:
-        parts.append(
-            f"<p class='warn'>No GLM for {len(missing)} participant(s) ({esc(', '.join('sub-' + s for s in missing))}):"
-            " outputs made before the GLM was added, or with --no-glm; re-run the participant level for them.</p>"
-        )
     part = rows[rows["level"] == "participant"]
     summary = []
     for (state, method), group in part.groupby(["state", "attribution_method"], sort=True):
@@ -94,7 +72,7 @@ def glm_html(output_dir: str | os.PathLike[str], entry: Mapping[str, Any], task:
         summary.append(row)
     import pandas as pd
 
-    parts.append(table_html(pd.DataFrame(summary), digits=2))
+    states = []
     for state in sorted(set(part["state"])):
         rel_rel, kind = relevance_map_for(entry, state)
         group_glm: Any = next((c for c in entry.get("glm_contrasts", []) if c["state"] == state), None)
@@ -132,8 +110,16 @@ def glm_html(output_dir: str | os.PathLike[str], entry: Mapping[str, Any], task:
             f"{_fmt(stats['pearson_r'].astype(float).mean())}, Dice top 1 % {_fmt(stats['dice_top1'].astype(float).mean())}, "
             f"top 5 % {_fmt(stats['dice_top5'].astype(float).mean())}, top 10 % {_fmt(stats['dice_top10'].astype(float).mean())}."
         )
-        parts.append(f"<h5>{esc(state)}</h5>" + _side_by_side(left, right, caption))
-    return "".join(parts)
+        states.append({"state": state, "left": left, "right": right, "caption": caption})
+    return render(
+        "glm.html",
+        note=None,
+        summary=pd.DataFrame(summary),
+        agreement=entry["glm_agreement"],
+        missing=missing,
+        missing_text=", ".join("sub-" + s for s in missing),
+        states=states,
+    )
 
 
 def relevance_map_for(entry: Mapping[str, Any], state: str) -> tuple[str, str] | tuple[None, None]:

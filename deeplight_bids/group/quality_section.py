@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,6 +12,7 @@ from deeplight_bids.quality import compare, sanity
 
 if TYPE_CHECKING:
     import pandas as pd
+    from markupsafe import Markup
     from matplotlib.figure import Figure
 
 
@@ -42,57 +43,36 @@ def faithfulness_figure(curves: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def quality_html(output_dir: str | os.PathLike[str], entry: Mapping[str, Any], task: str) -> str:
+def quality_html(output_dir: str | os.PathLike[str], entry: Mapping[str, Any], task: str) -> Markup:
     """HTML of the quality tables of one task entry of the group manifest ('' when there are none)."""
-    from deeplight_bids.group.html import esc, figure_html, png_data_uri, read_table, table_html
+    from deeplight_bids.group.html import png_data_uri, read_table, render
 
-    parts = []
-    group = read_table(output_dir, entry["significance_group"]) if entry.get("significance_group") else None
-    table = read_table(output_dir, entry["significance"]) if entry.get("significance") else None
-    if table is not None:
-        parts.append(
-            "<h4>Is decoding above chance?</h4><p>Per participant: permutation test of the block labels "
-            "within runs (temporal structure kept) and binomial test (treats volumes as independent, so "
-            "optimistic); group: one-sample t test of accuracy minus chance.</p>"
-        )
-        parts.append(table_html(group) + table_html(table))
-    curves = read_table(output_dir, entry["faithfulness"]) if entry.get("faithfulness") else None
-    if curves is not None and len(curves):
+    def table(key):
+        return read_table(output_dir, entry[key]) if entry.get(key) else None
+
+    def rows(frame):  # an empty table shows nothing, not "no rows"
+        return frame if frame is not None and len(frame) else None
+
+    curves = rows(table("faithfulness"))
+    faithfulness = None
+    if curves is not None:
         fig = faithfulness_figure(curves, f"task {task}: deletion curves (mean over participants, 95% interval)")
-        parts.append(
-            "<h4>Faithfulness of the relevance maps</h4>"
-            + figure_html(
-                png_data_uri(fig),
-                "drop of the explained logit as the most relevant (red) or randomly chosen (grey) "
-                "in-mask voxels are set to 0; a faithful map drops the logit faster than random",
-                f"deletion curves {task}",
-            )
-        )
-    quality = read_table(output_dir, entry["quality_participants"]) if entry.get("quality_participants") else None
-    if quality is not None and len(quality):
-        parts.append("<h4>Faithfulness and sanity per participant</h4>" + table_html(quality))
-        flagged = quality[quality["high_similarity"] == 1]["participant_id"].tolist()
-        if flagged:
-            parts.append(
-                f"<p class='warn'>Sanity check failed for {esc(', '.join(flagged))}: the relevance maps "
-                f"resemble those of a randomised model (median Spearman or SSIM above "
-                f"{sanity.HIGH_SIMILARITY}); they may not show what the model learned.</p>"
-            )
-        else:
-            parts.append(
-                "<p>Sanity check (Adebayo et al. 2018): no participant's maps resemble a randomised model's.</p>"
-            )
-    pooled = read_table(output_dir, entry["attributions"]) if entry.get("attributions") else None
-    if pooled is not None and len(pooled):
-        parts.append(comparison_html(pooled, task, table_html, figure_html, png_data_uri, esc))
-    plaus = read_table(output_dir, entry["plausibility"]) if entry.get("plausibility") else None
-    if plaus is not None and len(plaus):
-        parts.append(
-            "<h4>Plausibility against the reference maps</h4><p>Relevance mass and rank accuracy inside "
-            "each reference region (Arras et al. 2022; compare with region_share, the value of a map that "
-            "ignores the region) and Pearson r.</p>" + table_html(plaus)
-        )
-    return "".join(parts)
+        faithfulness = png_data_uri(fig)
+    participants = rows(table("quality_participants"))
+    flagged = [] if participants is None else participants[participants["high_similarity"] == 1]["participant_id"]
+    pooled = rows(table("attributions"))
+    return render(
+        "quality.html",
+        task=task,
+        significance_group=table("significance_group"),
+        significance=table("significance"),
+        faithfulness=faithfulness,
+        participants=participants,
+        flagged=", ".join(flagged),
+        high_similarity=sanity.HIGH_SIMILARITY,
+        comparison=None if pooled is None else comparison_html(pooled, task),
+        plausibility=rows(table("plausibility")),
+    )
 
 
 def comparison_figure(pooled: pd.DataFrame, title: str) -> Figure:
@@ -122,30 +102,18 @@ def comparison_figure(pooled: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def comparison_html(
-    pooled: pd.DataFrame,
-    task: str,
-    table_html: Callable[..., str],
-    figure_html: Callable[[str, str, str], str],
-    png_data_uri: Callable[..., str],
-    esc: Callable[[object], str],
-) -> str:
+def comparison_html(pooled: pd.DataFrame, task: str) -> Markup:
     """The report's section on ``--compare-attributions``: ranked figure, table, one sentence per method."""
+    from deeplight_bids.group.html import png_data_uri, render
+
     fig = comparison_figure(pooled, f"task {task}: attribution methods (median over runs; green: passes all three)")
-    sentences = "".join(f"<li>{esc(compare.verdict(row))}</li>" for _, row in pooled.iterrows())
-    passing = pooled[pooled["passes"] == 1]["method"].tolist()
-    return (
-        "<h4>Attribution methods compared</h4><p>Every method explained the same volumes of each run and went "
-        "through the same checks (docs/quality.rst): faithfulness (deletion curves, relative to the published "
-        f"rule), model randomisation (Adebayo et al. 2018, cascade; the fully randomised stage must give a "
-        f"Spearman <= {compare.RANDOM_SPEARMAN_MAX}) and class sensitivity (Sixt et al. 2020; the maps of other "
-        f"states must differ, Spearman <= {compare.CLASS_SPEARMAN_MAX}). Passing all three: "
-        f"<b>{esc(', '.join(passing) or 'none')}</b>.</p>"
-        + figure_html(png_data_uri(fig), "methods ranked; dashed: the bar of each check", f"attribution methods {task}")
-        + table_html(pooled)
-        + f"<ul>{sentences}</ul>"
-        + "<p class='note'>Caveat (Binder et al., CVPR 2023): a randomisation test alone cannot rank methods, and "
-        "Thomas, R&eacute; &amp; Poldrack (2023) found that the more faithful methods align less with GLM and "
-        "meta-analysis maps, and vice versa: choose by the question (where the model looks, or why it chose "
-        "this state).</p>"
+    return render(
+        "comparison.html",
+        task=task,
+        uri=png_data_uri(fig),
+        pooled=pooled,
+        verdicts=[compare.verdict(row) for _, row in pooled.iterrows()],
+        passing=", ".join(pooled[pooled["passes"] == 1]["method"].tolist()) or "none",
+        random_max=compare.RANDOM_SPEARMAN_MAX,
+        class_max=compare.CLASS_SPEARMAN_MAX,
     )

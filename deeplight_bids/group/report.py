@@ -9,6 +9,9 @@ Sections: summary, processed and skipped participants (partial outputs listed),
 per model (never mixed): model card, per task accuracy tables, confusion heatmaps,
 accuracy by time in block, group relevance maps per state (nilearn plots on the
 template), then per-participant sections, software versions and methods text.
+
+The functions here compute each section's numbers, tables and figures; the markup is in the jinja2
+templates of ``deeplight_bids/group/templates/`` (:func:`deeplight_bids.group.html.render`).
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 
 from deeplight_bids._version import __version__
 from deeplight_bids.derivatives.writers import code_url, write_text
-from deeplight_bids.group.html import esc, figure_html, png_data_uri, read_table, table_html
+from deeplight_bids.group.html import png_data_uri, read_table, render
 from deeplight_bids.group.stats import MIN_T_PARTICIPANTS
 from deeplight_bids.utils.tsv import read_tsv
 from deeplight_bids.versions import software_versions
@@ -53,21 +57,6 @@ CITATIONS = [
     "Abraham, A., et al. (2014). Machine learning for neuroimaging with scikit-learn (nilearn). Frontiers in "
     "Neuroinformatics, 8, 14. doi:10.3389/fninf.2014.00014",
 ]
-
-CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fff}
-header{background:#2c3e50;color:#fff;padding:14px 24px}header h1{margin:0;font-size:1.5em}
-nav{background:#ecf0f1;padding:6px 24px;position:sticky;top:0;border-bottom:1px solid #ccc}
-nav a{margin-right:14px;color:#2c3e50;text-decoration:none;font-weight:600}
-main{padding:6px 24px 40px}h2{border-bottom:2px solid #2c3e50;padding-bottom:3px;margin-top:28px}
-h3{color:#2c3e50}table{border-collapse:collapse;margin:8px 0 14px;font-size:.9em}
-th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f4f6f7}
-td.num{text-align:right;font-family:monospace}.warn{background:#fff3cd;border:1px solid #e0c060;padding:8px;
-margin:8px 0}.ok{color:#1e7e34}.bad{color:#b02a37}.fig{margin:8px 0 16px}.fig img{max-width:100%;
-border:1px solid #ddd}.cap{font-size:.85em;color:#555}.box{background:#f8f9fa;border:1px solid #ddd;
-padding:10px;white-space:pre-wrap;font-size:.9em}code{background:#f4f4f4;padding:0 3px}
-.model{border-left:4px solid #2c3e50;padding-left:12px;margin:12px 0}
-"""
 
 
 # -------------------------------------------------------------------------------------------- figures
@@ -236,18 +225,12 @@ def _summary_section(manifest, inventory, templates, config):
         ("template", templates.description),
         ("group outputs created", manifest.get("Created", "n/a")),
     ]
-    body = "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + "</table>"
-    if templates.source != "templateflow":
-        body += (
-            "<div class='warn'>TemplateFlow was unavailable: figures and the group mask use nilearn's bundled "
-            "MNI152 template resampled to the reference grid.</div>"
-        )
-    if len(manifest.get("ModelGroups", [])) > 1:
-        body += (
-            "<div class='warn'>The runs were processed by several different models; each model is reported "
-            "separately and nothing is pooled across models.</div>"
-        )
-    return "<section id='summary'><h2>Summary</h2>" + body + "</section>"
+    return render(
+        "summary.html",
+        rows=rows,
+        fallback_template=templates.source != "templateflow",
+        several_models=len(manifest.get("ModelGroups", [])) > 1,
+    )
 
 
 def participant_run_log(output_dir: str | os.PathLike[str]) -> pd.DataFrame:
@@ -285,34 +268,30 @@ def _processing_section(inventory, output_dir=None):
         status = "processed" if runs and not issues else "partial" if runs else "skipped"
         if sub in fitted:
             status = "training participant (not decoded)"
-        cls = {"processed": "ok", "partial": "bad", "skipped": "bad"}.get(status, "")
         rows.append(
-            f"<tr><td>sub-{esc(sub)}</td><td class='{cls}'>{status}</td><td class='num'>{len(runs)}</td>"
-            f"<td>{esc(', '.join(sorted({r.task for r in runs})))}</td></tr>"
+            {
+                "subject": sub,
+                "status": status,
+                "css": {"processed": "ok", "partial": "bad", "skipped": "bad"}.get(status, ""),
+                "runs": len(runs),
+                "tasks": ", ".join(sorted({r.task for r in runs})),
+            }
         )
-    body = (
-        "<table><tr><th>participant</th><th>status</th><th>finished runs</th><th>tasks</th></tr>"
-        + "".join(rows)
-        + "</table>"
-    )
-    if fitted:
-        body += f"<p>{esc(describe_fitting_participants(fitted).capitalize())}.</p>"
-    if inventory.problems:
-        body += "<h3>Missing or partial outputs</h3>" + table_html(pd.DataFrame(inventory.problems))
-    else:
-        body += "<p class='ok'>No missing or partial participant outputs.</p>"
+    bad_runs = None
     if output_dir is not None:
         runs = participant_run_log(output_dir)
         bad = runs[runs["status"].isin(["skipped", "failed"]) & ~runs["detail"].str.startswith("outputs exist")]
-        if len(bad):
-            body += (
-                "<h3>Runs skipped or failed at the participant level</h3>"
-                "<p>From <code>logs/runs-*.tsv</code> (latest job per run).</p>" + table_html(bad)
-            )
-    return "<section id='processing'><h2>Processed and skipped</h2>" + body + "</section>"
+        bad_runs = bad if len(bad) else None
+    return render(
+        "processing.html",
+        rows=rows,
+        fitted=describe_fitting_participants(fitted).capitalize() if fitted else "",
+        problems=pd.DataFrame(inventory.problems) if inventory.problems else None,
+        bad_runs=bad_runs,
+    )
 
 
-def finetune_section(output_dir: str | os.PathLike[str]) -> str:
+def finetune_section(output_dir: str | os.PathLike[str]) -> Markup:
     """Fine-tuned models (``group --finetune``) and the scratch-vs-pretrained comparisons; "" if none.
 
     Reads ``OUTPUT_DIR/models/*/*_desc-heldout_summary.json`` (one row per fine-tuning) and
@@ -341,24 +320,15 @@ def finetune_section(output_dir: str | os.PathLike[str]) -> str:
         )
     comparisons = sorted((output_dir / "group").glob("finetune-comparison_arch-*.tsv"))
     if not rows and not comparisons:
-        return ""
-    body = (
-        "<p>Held-out accuracy of the models fitted by <code>group --finetune</code>: every volume is predicted "
-        "by a model that never saw its participant.</p>" + table_html(pd.DataFrame(rows))
+        return Markup("")
+    return render(
+        "finetune.html",
+        models=pd.DataFrame(rows),
+        comparisons=[
+            (path.stem.replace("finetune-comparison_", ""), path.relative_to(output_dir), read_tsv(path))
+            for path in comparisons
+        ],
     )
-    for path in comparisons:
-        frame = read_tsv(path)
-        body += (
-            f"<h3>Scratch vs pretrained: {esc(path.stem.replace('finetune-comparison_', ''))}</h3>"
-            f"<p>From <code>{esc(path.relative_to(output_dir))}</code>: the same participant folds, "
-            "difference = pretrained - scratch.</p>" + table_html(frame)
-        )
-    return "<section id='finetune'><h2>Fine-tuning</h2>" + body + "</section>"
-
-
-def _model_card(model):
-    rows = [(k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in model.items()]
-    return "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + "</table>"
 
 
 #: Cluster-table rows shown in the report per contrast (the TSV has them all).
@@ -372,33 +342,39 @@ def _test_html(output_dir, entry, templates, task):
     info = entry["inference"]
     files = entry["files"]
     n = entry["n_participants"]
-    which = "correctly decoded volumes only" if entry.get("correct_only") else "all explained volumes"
     name = f"{entry['state']} (mean relevance)" if entry["kind"] == "mean" else entry["label"]
-    heading = f"<h4>{esc(name)} — {esc(which)}, {n} participant(s)</h4>"
-    what = f"<p>{esc(entry['description'])}.</p>"
-    if entry.get("left_out"):
-        what += f"<p class='warn'>Left out (maps missing for some states): {esc(', '.join(entry['left_out']))}</p>"
-    note = f"<p class='warn'>{esc(entry['note'])}</p>" if entry.get("note") else ""
+    view = {
+        "name": name,
+        "which": "correctly decoded volumes only" if entry.get("correct_only") else "all explained volumes",
+        "n": n,
+        "missing": None,
+        "description": entry["description"],
+        "left_out": ", ".join(entry["left_out"]) if entry.get("left_out") else "",
+        "note": entry.get("note") or "",
+        "no_survivor": False,
+        "threshold_text": entry.get("threshold_text", ""),
+        "zero": None,
+        "figures": [],
+        "clusters": None,
+    }
     if "z" not in files:  # no test: the effect (mean or difference), drawn for orientation
         path = Path(output_dir) / files["effect"]
         if not path.is_file():
-            return heading + f"<p class='bad'>missing: {esc(files['effect'])}</p>"
+            return render("group_test.html", **{**view, "missing": files["effect"]})
         if not np.any(np.asarray(nib.load(path).dataobj)):
-            return heading + what + note + f"<p class='warn'>{esc(files['effect'])} is 0 everywhere.</p>"
+            return render("group_test.html", **{**view, "zero": files["effect"]})
         glass, slices, thr = map_figures(path, templates, f"{task} {name} (effect, n={n})", glass_only=True)
         thr_text = f"|value| ≥ {thr:.3g} (90th percentile of non-zero |values| in the brain mask)" if thr else "none"
         cap = f"{files['effect']}: effect, not a statistic; drawn at {thr_text}, no test"
-        return heading + what + note + figure_html(glass, "glass brain: " + cap, f"glass brain {task} {name}")
+        view["figures"] = [_figure(glass, "glass brain: " + cap, f"glass brain {task} {name}")]
+        return render("group_test.html", **view)
     path = Path(output_dir) / files["z"]
     if not path.is_file():
-        return heading + f"<p class='bad'>missing: {esc(files['z'])}</p>"
+        return render("group_test.html", **{**view, "missing": files["z"]})
     thr = info.get("Threshold")
     corrected = info.get("Correction") in ("fdr", "fwe-permutation")
     if corrected and not info.get("VoxelsSurviving"):
-        note += (
-            f"<p class='warn'>No voxel survives ({esc(entry['threshold_text'])}); the z-map is drawn unthresholded "
-            "for orientation only.</p>"
-        )
+        view["no_survivor"] = True  # the z-map drawn unthresholded, for orientation
         thr = None
     elif not corrected:
         thr = None
@@ -406,56 +382,50 @@ def _test_html(output_dir, entry, templates, task):
     glass, slices = thresholded_figures(path, templates, title, thr)
     drawn = "voxels above the corrected threshold" if thr is not None else "unthresholded"
     cap = f"{files['z']}; one-sided z (H1: effect > 0), {drawn}; {entry['threshold_text']}"
-    out = (
-        heading
-        + what
-        + note
-        + figure_html(glass, "glass brain: " + cap, f"glass brain {title}")
-        + figure_html(slices, "axial slices on the template: " + cap, f"slices {title}")
-    )
+    view["figures"] = [
+        _figure(glass, "glass brain: " + cap, f"glass brain {title}"),
+        _figure(slices, "axial slices on the template: " + cap, f"slices {title}"),
+    ]
     clusters = files.get("clusters")
-    if clusters:
-        table = read_table(output_dir, clusters)
-        if table is not None and len(table):
-            shown = table.head(REPORT_CLUSTER_ROWS)
-            more = f" (first {len(shown)} of {len(table)} rows)" if len(table) > len(shown) else ""
-            out += f"<p>Clusters{esc(more)}: <code>{esc(clusters)}</code></p>" + table_html(shown, digits=2)
-        elif table is not None:
-            out += f"<p>Clusters: none (<code>{esc(clusters)}</code> has no rows).</p>"
-    return out
+    table = read_table(output_dir, clusters) if clusters else None
+    if table is not None:
+        shown = table.head(REPORT_CLUSTER_ROWS) if len(table) else None
+        more = f" (first {len(shown)} of {len(table)} rows)" if shown is not None and len(table) > len(shown) else ""
+        view["clusters"] = {"path": clusters, "shown": shown, "more": more}
+    return render("group_test.html", **view)
+
+
+def _figure(uri, caption, alt):
+    """A figure of a template's ``figures`` list (``figure(uri, caption, alt)`` there)."""
+    return {"uri": uri, "caption": caption, "alt": alt}
 
 
 def _tests_html(output_dir, task_entry, templates, task):
     """The group relevance maps of a task made with contrasts (manifests from this version on)."""
-    parts = []
     attribution = task_entry.get("attribution") or {}
     if not task_entry.get("maps") and not task_entry.get("contrasts") and not attribution.get("Skipped"):
-        return f"<p><em>{esc(task_entry.get('maps_note', 'no group relevance maps'))}</em></p>"
-    if attribution.get("Note"):
-        parts.append(f"<p>Test against 0: {esc(attribution['Note'])}</p>")
+        return render("group_tests.html", empty=task_entry.get("maps_note", "no group relevance maps"))
     tests = task_entry.get("contrasts", [])
-    for skip in attribution.get("Skipped", []):
-        which = " (correctly decoded volumes only)" if skip.get("correct_only") else ""
-        parts.append(
-            f"<p class='warn'>{esc(skip['label'])}{esc(which)}: not computed, no participant has usable maps: "
-            f"{esc('; '.join(skip['left_out']))}.</p>"
-        )
-    if not tests and not attribution.get("Skipped"):
-        parts.append("<p class='warn'>No contrast between states: the task has maps of fewer than 2 states.</p>")
-    if task_entry.get("contrast_table"):
-        table = read_table(output_dir, task_entry["contrast_table"])
-        parts.append(
-            f"<p>Every test (<code>{esc(task_entry['contrast_table'])}</code>):</p>"
-            + table_html(table, [c for c in table.columns if c != "note"], digits=3)
-        )
-    if tests:
-        parts.append("<h4>Contrasts between states</h4>")
-        parts += [_test_html(output_dir, e, templates, task) for e in tests]
-    maps = task_entry.get("maps", [])
-    if maps:
-        parts.append("<h4>Mean relevance per state</h4>")
-        parts += [_test_html(output_dir, e, templates, task) for e in maps]
-    return "".join(parts)
+    table = read_table(output_dir, task_entry["contrast_table"]) if task_entry.get("contrast_table") else None
+    return render(
+        "group_tests.html",
+        empty=None,
+        attribution_note=attribution.get("Note"),
+        skipped=[
+            {
+                "label": skip["label"],
+                "which": " (correctly decoded volumes only)" if skip.get("correct_only") else "",
+                "left_out": "; ".join(skip["left_out"]),
+            }
+            for skip in attribution.get("Skipped", [])
+        ],
+        no_contrast=not tests and not attribution.get("Skipped"),
+        contrast_table=task_entry.get("contrast_table"),
+        contrast_frame=table,
+        contrast_columns=[c for c in table.columns if c != "note"] if task_entry.get("contrast_table") else None,
+        contrasts=[_test_html(output_dir, e, templates, task) for e in tests],
+        maps=[_test_html(output_dir, e, templates, task) for e in task_entry.get("maps", [])],
+    )
 
 
 def _maps_html(output_dir, task_entry, templates, task):
@@ -464,50 +434,48 @@ def _maps_html(output_dir, task_entry, templates, task):
     if "contrasts" in task_entry:
         return _tests_html(output_dir, task_entry, templates, task)
     # group outputs made before contrasts: each state's mean and one-sample t-map
-
-    out = []
+    maps = []
     for entry in task_entry.get("maps", []):
         stat_rel = entry.get("t") or entry["mean"]
         stat = "t" if entry.get("t") else "mean"
-        which = "correctly decoded volumes only" if entry.get("correct_only") else "all explained volumes"
         n = entry["n_participants"]
+        view = {
+            "state": entry["state"],
+            "which": "correctly decoded volumes only" if entry.get("correct_only") else "all explained volumes",
+            "n": n,
+            "no_t": not entry.get("t"),
+            "missing": None,
+            "zero": None,
+            "figures": [],
+        }
+        maps.append(view)
+        path = Path(output_dir) / stat_rel
+        if not path.is_file():
+            view["missing"] = stat_rel
+            continue
+        if not np.any(np.asarray(nib.load(path).dataobj)):
+            view["zero"] = stat_rel
+            continue
         title = (
             f"{task} {entry['state']} ({stat}, df={n - 1}, n={n})"
             if stat == "t"
             else f"{task} {entry['state']} (mean, n={n})"
         )
-        heading = f"<h4>{esc(entry['state'])} — {esc(which)}, {n} participant(s)</h4>"
-        note = ""
-        if not entry.get("t"):
-            note = (
-                f"<p class='warn'>{n} participant(s): no t-map (computed from {MIN_T_PARTICIPANTS} participants "
-                "on); the mean map is shown.</p>"
-            )
-        path = Path(output_dir) / stat_rel
-        if not path.is_file():
-            out.append(heading + f"<p class='bad'>missing: {esc(stat_rel)}</p>")
-            continue
-        if not np.any(np.asarray(nib.load(path).dataobj)):
-            out.append(
-                heading + note + f"<p class='warn'>{esc(stat_rel)} is 0 everywhere: no relevance for this "
-                "state (e.g. LRP gives none for a target the model never favours).</p>"
-            )
-            continue
         glass, slices, thr = map_figures(path, templates, title)
         thr_text = f"|value| ≥ {thr:.3g} (90th percentile of non-zero |values| in the brain mask)" if thr else "none"
         cap = f"{stat_rel}; threshold {thr_text}"
         if stat == "t":
             cap = f"one-sample t, {n - 1} degrees of freedom ({n} participants); " + cap
-        out.append(
-            heading
-            + note
-            + figure_html(glass, "glass brain: " + cap, f"glass brain {title}")
-            + figure_html(slices, "axial slices on the template: " + cap, f"slices {title}")
-        )
-    if not out:
-        note = task_entry.get("maps_note", "no group relevance maps")
-        return f"<p><em>{esc(note)}</em></p>"
-    return "".join(out)
+        view["figures"] = [
+            _figure(glass, "glass brain: " + cap, f"glass brain {title}"),
+            _figure(slices, "axial slices on the template: " + cap, f"slices {title}"),
+        ]
+    return render(
+        "group_maps_legacy.html",
+        maps=maps,
+        min_t=MIN_T_PARTICIPANTS,
+        empty=task_entry.get("maps_note", "no group relevance maps"),
+    )
 
 
 def _volumes(count):
@@ -520,47 +488,34 @@ def _volumes(count):
 def _not_computed_html(table, task):
     """What could not be computed for a task with no labelled volumes, and why (empty string otherwise)."""
     if table is None or "n_labelled" not in table or len(table) == 0 or table["n_labelled"].fillna(0).sum() > 0:
-        return ""
-    return (
-        f"<p class='warn'>Task {esc(task)}: no labelled volumes — none of its trial types maps to a state the "
-        "model can output, so accuracy, the confusion matrix and accuracy by time in block cannot be computed "
-        "(volumes were decoded; see <code>predicted_state</code>). To label them, re-run the participant level "
-        "with <code>--state-map FILE</code> (JSON <code>{task: {trial_type: state}}</code>).</p>"
-    )
+        return Markup("")
+    return render("not_computed.html", task=task)
 
 
 def _model_section(i, group, output_dir, templates):
+    from deeplight_bids.group.glm_section import glm_html
+    from deeplight_bids.group.quality_section import quality_html
+
     model = group["Model"]
     title = f"{model.get('Architecture', '?')} '{model.get('Name', '?')}' (weights sha256 {str(model.get('WeightsSHA256', '?'))[:12]}…)"
-    html_parts = [
-        f"<section id='model-{i}' class='model'><h2>Model {i + 1}: {esc(title)}</h2>",
-        "<h3>Model card</h3>",
-        _model_card(model),
-        f"<p>Group outputs: <code>{esc(group['Folder'] if group['Folder'] != '.' else 'group')}</code></p>",
-    ]
+    tasks = []
     for task, entry in group["Tasks"].items():
-        html_parts.append(f"<h3 id='model-{i}-task-{esc(task)}'>Task {esc(task)}</h3>")
         summary = read_table(output_dir, entry["accuracy_group"])
         table = read_table(output_dir, entry["accuracy"])
-        html_parts.append("<h4>Decoding performance across participants</h4>")
-        html_parts.append(table_html(summary))
-        if summary is not None and int(summary["n_participants"].max()) < 2:
-            html_parts.append("<p><em>One participant: no SD or interval.</em></p>")
-        html_parts.append("<h4>Per participant and run</h4>")
-        html_parts.append(table_html(table))
-        html_parts.append(_not_computed_html(table, task))
+        view = {
+            "name": task,
+            "summary": summary,
+            "one_participant": summary is not None and int(summary["n_participants"].max()) < 2,
+            "accuracy": table,
+            "not_computed": _not_computed_html(table, task),
+            "confusion": None,
+            "blocktime": None,
+        }
         counts = read_table(output_dir, entry["confusion_counts"])
         props = read_table(output_dir, entry["confusion_proportions"])
         if counts is not None and len(counts):
             fig = confusion_figure(counts, props, f"task {task}: confusion (counts and row proportions)")
-            html_parts.append(
-                "<h4>Confusion matrix</h4>"
-                + figure_html(
-                    png_data_uri(fig),
-                    "labelled volumes of all participants pooled; each cell: count and row proportion",
-                    f"confusion matrix {task}",
-                )
-            )
+            view["confusion"] = png_data_uri(fig)
         block = read_table(output_dir, entry["blocktime"])
         if block is not None and len(block):
             chance = None
@@ -568,53 +523,51 @@ def _model_section(i, group, output_dir, templates):
                 row = summary[summary["metric"] == "chance_level"]
                 chance = float(row["mean"].iloc[0]) if len(row) else None
             fig = blocktime_figure(block, chance, f"task {task}: accuracy by time in block")
-            html_parts.append(
-                "<h4>Accuracy by time within a block</h4>"
-                + figure_html(
-                    png_data_uri(fig),
-                    "block = consecutive volumes with the same (haemodynamically shifted) true state",
-                    f"block time accuracy {task}",
-                )
-            )
-        from deeplight_bids.group.quality_section import quality_html
-
-        html_parts.append(quality_html(output_dir, entry, task))
-        html_parts.append("<h4>Group relevance maps</h4>" + _maps_html(output_dir, entry, templates, task))
-        from deeplight_bids.group.glm_section import glm_html
-
-        html_parts.append(glm_html(output_dir, entry, task, templates))  # relevance beside the GLM (glm/)
-    html_parts.append("</section>")
-    return "".join(html_parts)
+            view["blocktime"] = png_data_uri(fig)
+        view["quality"] = quality_html(output_dir, entry, task)
+        view["maps"] = _maps_html(output_dir, entry, templates, task)
+        view["glm"] = glm_html(output_dir, entry, task, templates)  # relevance beside the GLM (glm/)
+        tasks.append(view)
+    return render(
+        "model.html",
+        index=i,
+        title=title,
+        card=[(k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in model.items()],
+        folder=group["Folder"] if group["Folder"] != "." else "group",
+        tasks=tasks,
+    )
 
 
 def _participant_section(inventory):
-    out = ["<section id='participants'><h2>Participants</h2>"]
     root = inventory.output_dir
+    participants = []
     for sub in inventory.participants:
-        out.append(f"<h3 id='sub-{esc(sub)}'>sub-{esc(sub)}</h3><ul>")
+        runs = []
         for rec in sorted((r for r in inventory.runs if r.subject == sub), key=lambda r: r.label):
             acc = rec.metadata.get("Accuracy")
-            acc_text = f"accuracy {acc:.3f}" if isinstance(acc, (int, float)) else "accuracy n/a"
-            links = [f"<a href='{esc(rec.predictions.relative_to(root).as_posix())}'>predictions</a>"]
+            links = [(rec.predictions.relative_to(root).as_posix(), "predictions")]
             if rec.relevance is not None:
-                links.append(f"<a href='{esc(rec.relevance.relative_to(root).as_posix())}'>relevance (4D)</a>")
-            out.append(
-                f"<li>{esc(rec.label)}: {acc_text}, model {esc(rec.model.get('Name', '?'))} — "
-                + " · ".join(links)
-                + "</li>"
+                links.append((rec.relevance.relative_to(root).as_posix(), "relevance (4D)"))
+            runs.append(
+                {
+                    "label": rec.label,
+                    "accuracy": f"accuracy {acc:.3f}" if isinstance(acc, (int, float)) else "accuracy n/a",
+                    "model": rec.model.get("Name", "?"),
+                    "links": links,
+                }
             )
-        for m in sorted((m for m in inventory.maps if m.subject == sub), key=lambda m: (m.task, m.label)):
-            out.append(
-                f"<li>mean relevance, task {esc(m.task)}, state {esc(m.state)} "
-                f"({esc(_volumes(m.metadata.get('NumberOfVolumes')))}): "
-                f"<a href='{esc(m.path.relative_to(root).as_posix())}'>map</a></li>"
-            )
-        issues = [p for p in inventory.problems if p["participant"] == sub]
-        for p in issues:
-            out.append(f"<li class='bad'>{esc(p['item'])}: {esc(p['problem'])}</li>")
-        out.append("</ul>")
-    out.append("</section>")
-    return "".join(out)
+        maps = [
+            {
+                "task": m.task,
+                "state": m.state,
+                "volumes": _volumes(m.metadata.get("NumberOfVolumes")),
+                "href": m.path.relative_to(root).as_posix(),
+            }
+            for m in sorted((m for m in inventory.maps if m.subject == sub), key=lambda m: (m.task, m.label))
+        ]
+        problems = [p for p in inventory.problems if p["participant"] == sub]
+        participants.append({"subject": sub, "runs": runs, "maps": maps, "problems": problems})
+    return render("participants.html", participants=participants)
 
 
 def _task_entries(manifest):
@@ -753,13 +706,9 @@ def write_report(
     matplotlib.use("Agg")
     output_dir = Path(output_dir)
     groups = manifest.get("ModelGroups", [])
-    nav = ["<a href='#summary'>Summary</a>", "<a href='#processing'>Processed</a>"]
-    nav += [f"<a href='#model-{i}'>Model {i + 1}</a>" for i in range(len(groups))]
-    nav += [
-        "<a href='#participants'>Participants</a>",
-        "<a href='#software'>Software</a>",
-        "<a href='#methods'>Methods</a>",
-    ]
+    # the nav lists the fine-tuning after the models, the page shows it after the participants
+    nav = [("summary", "Summary"), ("processing", "Processed")]
+    nav += [(f"model-{i}", f"Model {i + 1}") for i in range(len(groups))]
     sections = [
         _summary_section(manifest, inventory, templates, config or object()),
         _processing_section(inventory, output_dir),
@@ -768,29 +717,22 @@ def write_report(
     sections.append(_participant_section(inventory))
     finetune = finetune_section(output_dir)
     if finetune:
-        nav.insert(-3, "<a href='#finetune'>Fine-tuning</a>")
+        nav.append(("finetune", "Fine-tuning"))
         sections.append(finetune)
-    versions = software_versions()
+    nav += [("participants", "Participants"), ("software", "Software"), ("methods", "Methods")]
     sections.append(
-        "<section id='software'><h2>Software versions</h2>"
-        + "<table>"
-        + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in versions.items())
-        + "</table>"
-        + f"<p>Templates: {esc(json.dumps(templates.provenance()))}</p></section>"
+        render(
+            "software.html",
+            versions=list(software_versions().items()),
+            provenance=json.dumps(templates.provenance()),
+        )
     )
-    cites = "".join(f"<li>{esc(c)}</li>" for c in CITATIONS)
-    sections.append(
-        "<section id='methods'><h2>Methods (boilerplate)</h2><p>You may copy this text into a methods "
-        "section; check the numbers against your settings.</p>"
-        f"<div class='box'>{esc(methods_text(manifest, inventory, templates))}</div>"
-        f"<h3>References</h3><ol>{cites}</ol></section>"
+    sections.append(render("methods.html", text=methods_text(manifest, inventory, templates), citations=CITATIONS))
+    doc = render(
+        "report.html",
+        version=__version__,
+        stamp=time.strftime("%Y-%m-%d %H:%M:%S"),
+        nav=nav,
+        sections=sections,
     )
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    doc = (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>deeplight-bids group report</title><style>{CSS}</style></head><body>"
-        f"<header><h1>deeplight-bids group report</h1><div>deeplight-bids {esc(__version__)} · {esc(stamp)}</div>"
-        f"</header><nav>{''.join(nav)}</nav><main>{''.join(sections)}</main></body></html>\n"
-    )
-    return write_text(output_dir / REPORT_NAME, doc, root=output_dir)
+    return write_text(output_dir / REPORT_NAME, str(doc) + "\n", root=output_dir)

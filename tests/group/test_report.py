@@ -262,3 +262,34 @@ def test_models_are_never_mixed(varied_out, group_bids, tmp_path):
     assert not list((out / "group" / "model-ffffffffffff").glob("*_stat-t_*"))
     text = (out / "deeplight_report.html").read_text()
     assert "several different models" in text and "Model 2" in text
+
+
+def test_report_template_escapes_values_and_lists_every_section(tmp_path):
+    """The templates escape values as :func:`html.escape` did before them, and the nav links every section.
+
+    MarkupSafe (jinja2's own escaping) would write a quote as ``&#39;``: the report's bytes would change.
+    """
+    from types import SimpleNamespace
+
+    from deeplight_bids.group.report import write_report
+    from deeplight_bids.group.stats import Inventory
+
+    label = "01<script>alert('x')</script>"
+    inventory = Inventory(
+        tmp_path, expected=[label], problems=[{"participant": label, "item": "a & b", "problem": "<i>"}]
+    )
+    templates = SimpleNamespace(
+        description="MNI <b>'152'</b>", source="templateflow", provenance=lambda: {"Template": '<"x">'}
+    )
+    (tmp_path / "group").mkdir()
+    (tmp_path / "group" / "finetune-comparison_arch-2D.tsv").write_text("fold\tdifference\nall\t0.25\n")
+    text = write_report(tmp_path, {"ModelGroups": [], "Created": "<script>"}, inventory, templates).read_text()
+    assert "<script>" not in text and "<i>" not in text
+    assert "<td>sub-01&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;</td><td class='bad'>skipped</td>" in text
+    assert "<td>a &amp; b</td><td>&lt;i&gt;</td>" in text and "<td>MNI &lt;b&gt;&#x27;152&#x27;&lt;/b&gt;</td>" in text
+    assert "Templates: {&quot;Template&quot;: &quot;&lt;\\&quot;x\\&quot;&gt;&quot;}" in text
+    sections = re.findall(r"<section id='([^']+)'", text)
+    nav = re.search(r"<nav>(.*?)</nav>", text).group(1)
+    assert sections == ["summary", "processing", "participants", "finetune", "software", "methods"]
+    assert sorted(re.findall(r"<a href='#([^']+)'>", nav)) == sorted(sections)
+    assert text.startswith("<!DOCTYPE html><html lang='en'><head>") and text.endswith("</html>\n")
