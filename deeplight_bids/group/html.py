@@ -2,7 +2,7 @@
 
 The report (:mod:`deeplight_bids.group.report`) and its sections (:mod:`~deeplight_bids.group.quality_section`,
 :mod:`~deeplight_bids.group.glm_section`) compute their numbers, tables and figures in Python and hand them to
-the templates of ``deeplight_bids/group/templates/`` (:func:`render`), which hold the markup.
+the templates of ``deeplight_bids/group/report_templates/`` (:func:`render`), which hold the markup.
 
 Two rules of those templates (both keep the report as it was written before the templates, byte for byte):
 
@@ -63,7 +63,7 @@ class JoinLines(jinja2.ext.Extension):
 def environment() -> jinja2.Environment:
     """The report's jinja2 environment (built once): the package's templates, escaped, strict about names."""
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("deeplight_bids.group", "templates"),
+        loader=jinja2.PackageLoader("deeplight_bids.group", "report_templates"),
         autoescape=jinja2.select_autoescape(["html"]),
         finalize=_escaped,
         undefined=jinja2.StrictUndefined,  # a misspelt name fails instead of leaving a hole in the report
@@ -76,7 +76,7 @@ def environment() -> jinja2.Environment:
 
 
 def render(template: str, /, **context: Any) -> Markup:
-    """The template ``template`` of ``deeplight_bids/group/templates/`` rendered with ``context``.
+    """The template ``template`` of ``deeplight_bids/group/report_templates/`` rendered with ``context``.
 
     ``template`` is positional-only: ``name`` and the like stay free for the context.
     """

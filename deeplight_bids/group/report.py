@@ -11,7 +11,7 @@ accuracy by time in block, group relevance maps per state (nilearn plots on the
 template), then per-participant sections, software versions and methods text.
 
 The functions here compute each section's numbers, tables and figures; the markup is in the jinja2
-templates of ``deeplight_bids/group/templates/`` (:func:`deeplight_bids.group.html.render`).
+templates of ``deeplight_bids/group/report_templates/`` (:func:`deeplight_bids.group.html.render`).
 """
 
 from __future__ import annotations
