@@ -158,13 +158,9 @@ class GradientMethod:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Logits and one map per sample for one target output.
 
-        Parameters
-        ----------
-        x : numpy.ndarray
-            ``(batch, *model input shape)`` float32, e.g. ``(batch, z, y, x, 1)``.
-        target : None, int or array-like of int
-            ``None``: each sample's predicted output; else ``(batch,)`` output indices
-            (or one int for all samples).
+        The same call as :meth:`deeplight_bids.lrp.LRPAnalyzer.explain` (``x`` of shape
+        ``(batch, *model input shape)``; ``target`` None for each sample's predicted output,
+        else one output index per sample or one for all), so either explains a run.
 
         Returns
         -------
