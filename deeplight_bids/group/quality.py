@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from deeplight_bids.derivatives.sidecars import described
+from deeplight_bids.group.stats import t_interval
+from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
 from deeplight_bids.quality import compare, faithfulness, plausibility, sanity, significance
 from deeplight_bids.utils.tsv import read_tsv
 
@@ -81,8 +83,6 @@ def _comparison_tsv(rec):
 
 def faithfulness_curves(runs: Iterable[RunRecord]) -> pd.DataFrame:
     """Mean deletion curves per state and order with 95 % intervals over participants."""
-    from deeplight_bids.group.stats import t_interval
-
     frames = []
     for rec in runs:
         if not rec.metadata.get("Quality"):
@@ -150,8 +150,6 @@ def plausibility_for(
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Plausibility table of the participant mean maps of one task against ``config.reference_map``."""
     import nibabel as nib
-
-    from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
 
     states = sorted({m.state for m in maps})
     files = plausibility.find_reference_files(config.reference_map, states)
