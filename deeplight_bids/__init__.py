@@ -18,8 +18,8 @@ __all__ = ["__version__", "load_relevance"]
 
 
 def __getattr__(name: str) -> Any:
-    # lazy: ``import deeplight_bids`` stays light (no nibabel, pandas or TensorFlow)
     if name == "load_relevance":
+        # deferred: ``import deeplight_bids`` stays light (readback loads nibabel, pandas and SciPy)
         from deeplight_bids.readback import load_relevance
 
         return load_relevance

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
+from deeplight_bids.exceptions import UsageError
+
 #: Keras backends the models and LRP run on.
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -272,8 +274,6 @@ def tensorflow_or_exit(purpose: str) -> ModuleType:
     try:
         import tensorflow as tf
     except ImportError as err:
-        from deeplight_bids.exceptions import UsageError
-
         raise UsageError(
             f"{purpose} needs TensorFlow, which is not installed; install it (pip install tensorflow) or leave "
             f"that option out"

@@ -543,7 +543,7 @@ class Config:
         """
         import tomli_w
 
-        from deeplight_bids.derivatives.writers import write_text
+        from deeplight_bids.derivatives.writers import write_text  # deferred: keeps NumPy out of --help
 
         return write_text(path, tomli_w.dumps(self.to_dict()), root=root)
 

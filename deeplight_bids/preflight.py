@@ -84,8 +84,8 @@ def plan_before_compute(
     -------
     (deeplight_bids.prepare.spaces.SpacePlan, deeplight_bids.prepare.labels.LabelPlan)
     """
-    from deeplight_bids.prepare.labels import plan_labels
-    from deeplight_bids.prepare.spaces import SpacePlan
+    from deeplight_bids.prepare.labels import plan_labels  # deferred: loads pandas
+    from deeplight_bids.prepare.spaces import SpacePlan  # deferred: loads nibabel and SciPy
 
     labels = plan_labels(todo, model_states, user_state_map, config.inputs.state_map_file, dataset_tasks)
     log.info("labels (trial type -> model state; '-': labels nothing):\n%s", labels.table())

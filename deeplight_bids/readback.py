@@ -22,8 +22,10 @@ import pandas as pd
 
 from deeplight_bids.config import RELEVANCE_MAP_KINDS
 from deeplight_bids.derivatives import naming
+from deeplight_bids.derivatives.volume_gzip import member_extents, read_volumes
 from deeplight_bids.derivatives.writers import gzip_module
 from deeplight_bids.exceptions import InputDataError
+from deeplight_bids.prepare.grid import REFERENCE_AFFINE
 from deeplight_bids.utils.tsv import read_tsv
 
 if TYPE_CHECKING:
@@ -101,8 +103,6 @@ def iter_volumes(
         return vol
 
     if str(path).endswith(".gz"):  # written one gzip member per volume: only the wanted members are decompressed
-        from deeplight_bids.derivatives.volume_gzip import member_extents, read_volumes
-
         extents = member_extents(path)
         if extents is not None and len(extents) == shape[3]:
             for w, raw in read_volumes(path, wanted, vol_bytes):
@@ -251,8 +251,6 @@ def load_relevance(
     True
     """
     import nibabel as nib
-
-    from deeplight_bids.prepare.grid import REFERENCE_AFFINE
 
     if kind not in RELEVANCE_MAP_KINDS:
         raise ValueError(f"kind must be one of {', '.join(RELEVANCE_MAP_KINDS)}; got {kind!r}")

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TextIO
 
+from deeplight_bids import backend
 from deeplight_bids.exceptions import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -23,6 +24,7 @@ from deeplight_bids.exceptions import (
     EXIT_OUTPUT,
     DeepLightBidsError,
     Interrupted,
+    LoggedWarning,
 )
 
 LOGGER = logging.getLogger("deeplight_bids")
@@ -44,8 +46,6 @@ def configure_threads(nprocs: int, log: logging.Logger = LOGGER) -> None:
         CPU threads (>= 1).
     log : logging.Logger
     """
-    from deeplight_bids import backend
-
     backend.configure_threads(nprocs, log)
 
 
@@ -168,8 +168,6 @@ class _StderrHandler(logging.StreamHandler):
 
 def setup_logging(verbose: int = 0) -> None:
     """Log to stderr at INFO (``-vv``: DEBUG; ``verbose < 0``: WARNING) under the ``deeplight_bids`` logger."""
-    from deeplight_bids.exceptions import LoggedWarning
-
     level = logging.WARNING if verbose < 0 else logging.INFO if verbose < 2 else logging.DEBUG
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s deeplight-bids %(levelname)s: %(message)s", "%H:%M:%S"))

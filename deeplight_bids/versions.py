@@ -4,6 +4,7 @@ import platform
 import sys
 from importlib import metadata
 
+from deeplight_bids import backend
 from deeplight_bids._version import __version__
 
 #: Distributions whose versions are recorded (those not installed are left out).
@@ -40,7 +41,5 @@ def software_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     if "keras" in sys.modules:  # never import Keras (and its backend) only to say which one it would be
-        from deeplight_bids import backend
-
         out.update(backend.versions())
     return out

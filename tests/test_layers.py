@@ -132,3 +132,45 @@ def test_no_import_circles():
         if v not in index:
             visit(v)
     assert not circles, "import circles: " + "; ".join(" <-> ".join(c) for c in circles)
+
+
+def _function_level_imports(path):
+    """``(line, statement)`` of each import of the package inside a function (not under ``if TYPE_CHECKING:``)."""
+    source = path.read_text()
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    found = []
+
+    def visit(node, in_function, type_checking):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Import, ast.ImportFrom)) and in_function and not type_checking:
+                own = isinstance(child, ast.ImportFrom) and (
+                    child.level or (child.module or "").startswith("deeplight_bids")
+                )
+                own = own or any(a.name.startswith("deeplight_bids") for a in getattr(child, "names", []))
+                if own:
+                    found.append((child, lines[max(child.lineno - 2, 0) : child.end_lineno]))
+            visit(
+                child,
+                in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)),
+                type_checking or (isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test)),
+            )
+
+    visit(tree, False, False)
+    return found
+
+
+def test_function_level_imports_say_why_they_wait():
+    """The package's own imports sit at module top; one that waits in its function says why (docs/development.rst).
+
+    The comment, on the import or the line above it, starts ``# deferred:`` or contains ``deferred:``.
+    """
+    silent = [
+        f"deeplight_bids.{name}:{node.lineno} {ast.unparse(node)}"
+        for name, path in sorted(_modules().items())
+        for node, lines in _function_level_imports(path)
+        if not any("deferred:" in line for line in lines)
+    ]
+    assert not silent, "function-level imports of the package without a '# deferred: <why>' comment:\n" + "\n".join(
+        silent
+    )

@@ -34,7 +34,7 @@ import numpy as np
 from keras import ops
 
 from deeplight_bids import backend
-from deeplight_bids.models.decode import in_chunks, join_chunks, target_indices
+from deeplight_bids.models.decode import in_chunks, join_chunks, network_batch_limit, target_indices
 
 #: How the explained output is chosen (written to the sidecars).
 TARGET = "logit of the target output (the argmax of the logits, i.e. the predicted state, unless a target is given)"
@@ -94,8 +94,6 @@ class GradientMethod:
 
     def __init__(self, model: Any, max_batch: int | Literal["auto"] | None = "auto") -> None:
         import keras
-
-        from deeplight_bids.models.decode import network_batch_limit
 
         if not getattr(model, "built", False):
             raise TypeError(f"model {getattr(model, 'name', model)!r} is not built; give it an input shape first")

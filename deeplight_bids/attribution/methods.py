@@ -79,13 +79,13 @@ class AttributionMethod:
         """
         taken = {k: v for k, v in parameters.items() if k in self.parameters}
         if self.family == "lrp":
-            from deeplight_bids.lrp.analyzer import LRPAnalyzer
-            from deeplight_bids.lrp.composites import COMPOSITES
+            from deeplight_bids.lrp.analyzer import LRPAnalyzer  # deferred: loads TensorFlow/Keras
+            from deeplight_bids.lrp.composites import COMPOSITES  # deferred: loads TensorFlow/Keras
 
             # an lrp method always names its composite, a gradient one its class (METHODS below)
             composite = COMPOSITES[self.composite](**taken)  # type: ignore[index]
             return LRPAnalyzer(model, composite=composite, max_batch=max_batch, stem_batch=stem_batch)
-        from . import gradients
+        from . import gradients  # deferred: loads TensorFlow/Keras
 
         return getattr(gradients, self.explainer_class)(model, max_batch=max_batch, **taken)  # type: ignore[arg-type]
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deeplight_bids.derivatives.links import dataset_roots
 from deeplight_bids.exceptions import InputDataError, NoRunsFoundError
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class Run:
     @property
     def label(self) -> str:
         """BIDS-style prefix of the run, e.g. ``sub-01_ses-1_task-motor_run-1``."""
-        from deeplight_bids.derivatives.naming import RUN_ENTITIES
+        from deeplight_bids.derivatives.naming import RUN_ENTITIES  # deferred: loads nibabel and SciPy
 
         return "_".join(f"{short}-{self.entities[k]}" for k, short in RUN_ENTITIES if self.entities.get(k) is not None)
 
@@ -115,8 +116,6 @@ def job_dataset_roots(config: Config) -> dict[str, Path]:
     What the outputs' ``DatasetLinks`` and the sidecars' BIDS URIs name
     (:func:`deeplight_bids.derivatives.links.dataset_roots`).
     """
-    from deeplight_bids.derivatives.links import dataset_roots
-
     return dataset_roots(config.inputs.bids_dir, find_derivatives(config.inputs.bids_dir, config.inputs.derivatives))
 
 
@@ -240,6 +239,7 @@ def discover_runs(
     for bold in bolds:
         by_run.setdefault(_run_key(bold.entities), []).append(bold)
 
+    # deferred: loads nibabel and SciPy
     from deeplight_bids.prepare.spaces import KNOWN_SPACES, SPACE_PREFERENCE, refusal
 
     runs = []

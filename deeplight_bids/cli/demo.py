@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deeplight_bids.cli.types import probability
+from deeplight_bids.runtime import setup_logging
 from deeplight_bids.workflows.demo import DEFAULTS, format_report, run_demo
 
 if TYPE_CHECKING:
@@ -53,8 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_demo_command(argv: Sequence[str] | None) -> int:
-    from deeplight_bids.runtime import setup_logging
-
     args = build_parser().parse_args(argv)
     if args.participants < 3:
         print(

@@ -19,6 +19,7 @@ from deeplight_bids._version import __version__
 from deeplight_bids.attribution.methods import CHOICES as ATTRIBUTION_CHOICES
 from deeplight_bids.attribution.methods import PUBLISHED, STANDARD_SET
 from deeplight_bids.attribution.methods import resolve as resolve_attribution
+from deeplight_bids.cli.finetune import add_finetune_arguments
 from deeplight_bids.cli.options import add_labels, add_option, add_switch
 from deeplight_bids.cli.types import non_negative_float, number_in, percent, positive_float, positive_int
 from deeplight_bids.config import RELEVANCE_MAP_KINDS, default
@@ -445,8 +446,6 @@ def build_parser() -> argparse.ArgumentParser:
         "gives a state explained with larger logits more relevance everywhere), or use the maps as written "
         "('none')",
     )
-
-    from deeplight_bids.cli.finetune import add_finetune_arguments
 
     add_finetune_arguments(parser)
 

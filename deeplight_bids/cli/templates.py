@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _template_items(download):
     """``(level, what, path, status)`` of the group level's two images; raises one line if unavailable."""
+    # deferred: keeps NumPy out of --help
     from deeplight_bids.group.templates import FILE_NAMES, TemplatesUnavailable, fetch_template_files
 
     what = {
@@ -63,6 +64,7 @@ def _template_items(download):
 
 
 def _transform_items(download):
+    # deferred: loads nibabel and SciPy
     from deeplight_bids.prepare.spaces import KNOWN_SPACES, fetch_transform, templateflow_home
 
     items = []
@@ -79,7 +81,7 @@ def _transform_items(download):
 
 
 def run_templates_command(argv: Sequence[str] | None) -> int:
-    from deeplight_bids.prepare.spaces import templateflow_home
+    from deeplight_bids.prepare.spaces import templateflow_home  # deferred: loads nibabel and SciPy
 
     args = build_parser().parse_args(argv)
     download = args.action == "fetch"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deeplight_bids.cli.options import action_parser
+from deeplight_bids.models import weights as w
 
 if TYPE_CHECKING:
     import argparse
@@ -34,8 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_weights_command(argv: Sequence[str] | None) -> int:
-    from deeplight_bids.models import weights as w
-
     args = build_parser().parse_args(argv)
     if args.action == "list":
         cache = w.weights_cache_dir()
@@ -59,6 +58,7 @@ def run_weights_command(argv: Sequence[str] | None) -> int:
             print(path)
         return 0
     if args.action == "convert":
+        # deferred: loads TensorFlow/Keras
         from deeplight_bids.models.published_2d import convert_published_2d, load_published_2d, save_converted
 
         model = convert_published_2d(load_published_2d(args.source))

@@ -46,9 +46,9 @@ def event_blocks(
         The block of each volume, -1 where no mapped event labels it.  A volume that
         two events label belongs to the later onset (as its label does).
     """
-    # deferred: both load pandas, which the participant level needs only in blocks mode
     import pandas as pd
 
+    # deferred: loads pandas, which the participant level needs only in blocks mode
     from deeplight_bids.prepare.labels import labelled_events, labelling_window
 
     block_of_volume = np.full(int(n_volumes), -1, dtype=int)

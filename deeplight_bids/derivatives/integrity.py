@@ -34,6 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deeplight_bids.config import default_work_dir
+from deeplight_bids.derivatives.volume_gzip import inflate_member, member_extents, member_sizes
+from deeplight_bids.derivatives.writers import dataset_file_damage, gzip_module
+from deeplight_bids.exceptions import EXIT_OK, OutputError
 from deeplight_bids.utils.identity import sha256sum
 from deeplight_bids.utils.tsv import read_tsv
 
@@ -71,8 +75,6 @@ def member_trailers(path: str | os.PathLike[str]) -> tuple[int, str] | None:
     The trailer of a gzip member is the CRC-32 and the length of its data (RFC 1952); only
     the members' 20-byte headers (their sizes) and 8-byte trailers are read.
     """
-    from deeplight_bids.derivatives.volume_gzip import member_sizes
-
     with open(path, "rb") as fobj:
         size = os.fstat(fobj.fileno()).st_size
         sizes = member_sizes(fobj, size)
@@ -187,8 +189,6 @@ def check(path: str | os.PathLike[str], entry: Mapping[str, Any], full: bool = F
 def _inflate_all(path):
     """None when every gzip member of ``path`` decompresses and matches its CRC-32, else the reason."""
     import zlib
-
-    from deeplight_bids.derivatives.volume_gzip import inflate_member, member_extents
 
     with open(path, "rb") as fobj:
         for index, (offset, size) in enumerate(member_extents(path)):
@@ -389,7 +389,6 @@ def _nifti_reason(path):
 
     img = nib.load(path)
     expected = int(img.dataobj.offset) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
-    from deeplight_bids.derivatives.writers import gzip_module
 
     opener = gzip_module().open if str(path).endswith(".gz") else open
     total = 0
@@ -451,8 +450,6 @@ def verify_output_dir(
         Files checked.
     damaged : list of Damage
     """
-    from deeplight_bids.config import default_work_dir
-
     output_dir = Path(output_dir)
     work_dir = Path(work_dir) if work_dir is not None else default_work_dir(output_dir)
     wanted = None if not subjects else {f"sub-{str(s).removeprefix('sub-')}" for s in subjects}
@@ -495,7 +492,6 @@ def verify_output_dir(
                 why = None  # rewritten by another job sharing the work folder, and sound
             if why is not None:
                 damaged.append(Damage(target, why, cache))
-    from deeplight_bids.derivatives.writers import dataset_file_damage
 
     for path in files:
         if path in covered:
@@ -534,8 +530,6 @@ def _walk(output_dir, work_dir):
 def run_verify(config: Config, log: logging.Logger = LOGGER) -> int:
     """``participant --verify``: list the damaged files of OUTPUT_DIR; exit code 0, or OutputError (5) if any."""
     import time
-
-    from deeplight_bids.exceptions import EXIT_OK, OutputError
 
     began = time.monotonic()
     checked, damaged = verify_output_dir(

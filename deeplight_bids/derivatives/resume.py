@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deeplight_bids._version import __version__
+from deeplight_bids.attribution.methods import parameters_from, published_method, resolve
 from deeplight_bids.derivatives import integrity, naming
 from deeplight_bids.derivatives.relevance import relevance_outputs_complete, scratch_paths
+from deeplight_bids.quality.plausibility import find_reference_files
 from deeplight_bids.utils.identity import digest, run_inputs_digest, sha256sum
 
 if TYPE_CHECKING:
@@ -104,8 +106,6 @@ def settings_hash(
 
 def _attribution_settings(config, architecture):
     """The attribution method and its parameters, or None for the published rule (``--attribution``)."""
-    from deeplight_bids.attribution.methods import parameters_from, published_method, resolve
-
     name = config.participant.attribution
     method = resolve(name, architecture, config.participant.lrp_rule)
     if method.name == published_method(architecture, config.participant.lrp_rule):
@@ -118,7 +118,6 @@ def _reference_digests(config, comparison_settings):
     states = comparison_settings.get("references")
     if not states or config.group.reference_map is None:
         return None
-    from deeplight_bids.quality.plausibility import find_reference_files
 
     files = find_reference_files(config.group.reference_map, states)
     return {state: sha256sum(path) for state, path in sorted(files.items())}

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deeplight_bids._version import __version__
+from deeplight_bids.derivatives.links import source_uri
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_RES, REFERENCE_SHAPE, REFERENCE_SPACE
 
 if TYPE_CHECKING:
@@ -121,8 +122,6 @@ def run_provenance(
     -------
     dict
     """
-    from deeplight_bids.derivatives.links import source_uri
-
     return {
         # a processed run has all three files
         "Sources": [source_uri(p, dataset_roots) for p in (run.bold, run.mask, run.events)],  # type: ignore[arg-type]

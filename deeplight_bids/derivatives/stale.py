@@ -15,7 +15,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from deeplight_bids.config import default_work_dir
 from deeplight_bids.derivatives import naming
+from deeplight_bids.derivatives.writers import remove_stale_temporaries
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -93,8 +95,6 @@ def adopt_legacy_work_dir(
     bool
         True if the folder was moved.
     """
-    from deeplight_bids.config import default_work_dir
-
     legacy, work_dir = Path(output_dir) / "work", Path(work_dir)
     if work_dir != default_work_dir(output_dir) or work_dir.exists() or not legacy.is_dir():
         return False
@@ -126,8 +126,6 @@ def remove_job_temporaries(
     places are searched without descending, so a job's start does not walk a whole
     shared OUTPUT_DIR.  See :func:`deeplight_bids.derivatives.writers.remove_stale_temporaries`.
     """
-    from deeplight_bids.derivatives.writers import remove_stale_temporaries
-
     out, work = Path(output_dir), Path(work_dir)
     folder: str | Path  # a label, then a path
     for folder in sorted(subjects):

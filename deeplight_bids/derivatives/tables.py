@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from deeplight_bids.exceptions import OutputError
 from deeplight_bids.utils.tsv import read_tsv
 
 if TYPE_CHECKING:
@@ -91,8 +92,6 @@ def read_predictions(path: str | os.PathLike[str]) -> pd.DataFrame:
         The file is missing, empty, truncated or not a predictions table: one line naming
         it and the fix (exit code 5), never a pandas traceback.
     """
-    from deeplight_bids.exceptions import OutputError
-
     try:
         frame = read_tsv(path, allow_empty=False)
         missing = {"volume", "predicted_state", "correct"} - set(frame.columns)

@@ -12,6 +12,16 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
+from deeplight_bids.derivatives.writers import (
+    _UMASK,
+    _check_target,
+    check_volume_block,
+    gzip_module,
+    nifti4d_header,
+    owner_tag,
+)
+from deeplight_bids.exceptions import OutputError
+
 if TYPE_CHECKING:
     import os
     from collections.abc import Iterable, Iterator, Sequence
@@ -118,8 +128,6 @@ def member_sizes(fobj: IO[bytes], file_size: int) -> list[int] | None:
 
 def inflate_member(member: bytes) -> bytes:
     """The data of one gzip member (bytes); its CRC and length are checked."""
-    from deeplight_bids.derivatives.writers import gzip_module
-
     return gzip_module().decompress(member)
 
 
@@ -174,13 +182,6 @@ class VolumeGzipNifti4D:
         import os
         import tempfile
 
-        from deeplight_bids.derivatives.writers import (
-            _check_target,
-            nifti4d_header,
-            owner_tag,
-        )
-        from deeplight_bids.exceptions import OutputError
-
         self.path = _check_target(path, root)
         self.shape = tuple(int(s) for s in shape)
         self.level, self.keepbits = int(level), int(keepbits)
@@ -209,8 +210,6 @@ class VolumeGzipNifti4D:
 
     def write(self, start: int, volumes: npt.ArrayLike) -> None:
         """Store ``volumes`` ``(n, x, y, z)`` at time indices ``start .. start + n - 1`` (compressed now when in order)."""
-        from deeplight_bids.derivatives.writers import check_volume_block
-
         volumes = check_volume_block(self.shape, start, volumes)
         for i, vol in enumerate(volumes):
             index = start + i
@@ -222,8 +221,6 @@ class VolumeGzipNifti4D:
             self._append(self._pending.pop(self._next))
 
     def _append(self, column_major):
-        from deeplight_bids.exceptions import OutputError
-
         data = column_major.tobytes()
         if self._next == 0:
             data = self._prefix + data
@@ -256,9 +253,6 @@ class VolumeGzipNifti4D:
     def close(self) -> Path:
         """Check every volume was written, move the file into place; returns the final path."""
         import os
-
-        from deeplight_bids.derivatives.writers import _UMASK
-        from deeplight_bids.exceptions import OutputError
 
         try:
             if self._next != self.shape[3]:

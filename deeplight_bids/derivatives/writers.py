@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deeplight_bids._version import __version__
+from deeplight_bids.derivatives.links import dataset_links, dataset_roots
 from deeplight_bids.exceptions import OutputError
 
 LOGGER = logging.getLogger("deeplight_bids")
@@ -432,8 +433,6 @@ class StreamingNifti4D:
 
 
 def _source_roots(sources):
-    from deeplight_bids.derivatives.links import dataset_roots
-
     if isinstance(sources, Mapping):
         return {name: Path(root) for name, root in sources.items()}
     sources = list(sources)
@@ -452,8 +451,6 @@ def dataset_description(sources: Mapping[str, PathLike] | Sequence[PathLike] = (
         OUTPUT_DIR: ``DatasetLinks`` and ``SourceDatasets`` give the sources relative to it
         (``../bids``), so the file does not depend on where the machine keeps the data.
     """
-    from deeplight_bids.derivatives.links import dataset_links
-
     container = None
     if os.environ.get("DEEPLIGHT_CONTAINER"):
         container = {"Type": os.environ.get("DEEPLIGHT_CONTAINER"), "Tag": f"deeplight-bids:{__version__}"}
@@ -512,7 +509,7 @@ def write_dataset_files(output_dir: PathLike, source_dirs: Mapping[str, PathLike
     Concurrent jobs (SLURM arrays) each write the same content atomically: a reader
     always sees one complete version, never a mix.
     """
-    from deeplight_bids.derivatives.naming import dataset_outputs
+    from deeplight_bids.derivatives.naming import dataset_outputs  # deferred: loads nibabel and SciPy
 
     output_dir = Path(output_dir)
     names = dataset_outputs(output_dir)

@@ -33,21 +33,27 @@ import numpy as np
 import pandas as pd
 
 from deeplight_bids._version import __version__
+from deeplight_bids.attribution.methods import get_method
+from deeplight_bids.bids.discover import job_dataset_roots
 from deeplight_bids.derivatives import integrity, naming, resume
 from deeplight_bids.derivatives.links import source_uri
 from deeplight_bids.derivatives.stale import remove_stale
 from deeplight_bids.derivatives.writers import write_json, write_nifti, write_tsv
-from deeplight_bids.exceptions import DeepLightBidsError
+from deeplight_bids.exceptions import DeepLightBidsError, EventsError, ImageError, OutputError
 from deeplight_bids.glm import first_level
 from deeplight_bids.glm.agreement import TOP_PERCENTS, agreement
 from deeplight_bids.glm.design import state_design
+from deeplight_bids.glm.first_level import Contrast
+from deeplight_bids.prepare.clean import masked_signals
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE, REFERENCE_SPACE
+from deeplight_bids.prepare.labels import read_events, resolve_state_map
+from deeplight_bids.quality.compare import read_method_sums
 
 if TYPE_CHECKING:
     from deeplight_bids.bids.discover import Run
     from deeplight_bids.config import Config
     from deeplight_bids.glm.design import StateDesign
-    from deeplight_bids.glm.first_level import Contrast, GLMFit
+    from deeplight_bids.glm.first_level import GLMFit
     from deeplight_bids.prepare.spaces import SpacePlan
 
 LOGGER = logging.getLogger("deeplight_bids")
@@ -132,8 +138,6 @@ class RunGLM:
         self.space_plan = space_plan
         self.user_state_map = user_state_map
         if dataset_roots is None:  # {name: root} of the source datasets (their BIDS URIs), as the decoder finds them
-            from deeplight_bids.bids.discover import job_dataset_roots
-
             dataset_roots = job_dataset_roots(config)
         self.dataset_roots = dataset_roots
         self.settings = first_level.glm_settings(config)
@@ -169,10 +173,6 @@ class RunGLM:
 
     def process(self, run: Run) -> GLMRunResult:
         """The GLM of one run (or its reason to have none); returns a :class:`GLMRunResult`."""
-        from deeplight_bids.exceptions import EventsError
-        from deeplight_bids.prepare.clean import masked_signals
-        from deeplight_bids.prepare.labels import read_events, resolve_state_map
-
         cfg = self.config
         if not cfg.overwrite and self.is_complete(run):
             return GLMRunResult(run.label, "reused", "GLM outputs exist (same settings)")
@@ -334,8 +334,6 @@ def _load(path):
     """A NIfTI image the participant level wrote, read in full; a damaged one is one line (exit code 5)."""
     import nibabel as nib
 
-    from deeplight_bids.exceptions import OutputError
-
     try:
         img = nib.load(path)
         return nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header)
@@ -347,8 +345,6 @@ def _load(path):
 
 def _n_volumes(bold):
     import nibabel as nib
-
-    from deeplight_bids.exceptions import ImageError
 
     try:
         shape = nib.load(bold).shape
@@ -436,8 +432,6 @@ def _fixed_effects(config, subject, task, task_runs, log):
     """``desc-fixedeffects`` maps of every contrast of the task's runs (nilearn's compute_fixed_effects)."""
     import nibabel as nib
     from nilearn.glm import compute_fixed_effects
-
-    from deeplight_bids.glm.first_level import Contrast
 
     root = config.inputs.output_dir
     contrasts = {}
@@ -558,9 +552,6 @@ def _compared_method_rows(config, subject, task, task_runs, state, label, part, 
     """Agreement of the other ``--compare-attributions`` methods: their mean map of the compared volumes of
     the state (all runs of the participant pooled) against the participant-level t-map."""
     import nibabel as nib
-
-    from deeplight_bids.attribution.methods import get_method
-    from deeplight_bids.quality.compare import read_method_sums
 
     pooled = {}
     if config.inputs.work_dir is None:  # (no work folder, no comparison sums)

@@ -29,6 +29,8 @@ from deeplight_bids.derivatives import naming
 from deeplight_bids.derivatives.writers import write_json, write_tsv
 from deeplight_bids.glm.agreement import TOP_PERCENTS
 from deeplight_bids.glm.stage import AGREEMENT_COLUMNS
+from deeplight_bids.group import inference
+from deeplight_bids.group.stats import MIN_T_PARTICIPANTS
 from deeplight_bids.utils.tsv import read_tsv
 
 if TYPE_CHECKING:
@@ -202,9 +204,6 @@ def write_glm_group_maps(
         OUTPUT_DIR), ``threshold_text``, ``inference``.
     """
     import nibabel as nib
-
-    from deeplight_bids.group import inference
-    from deeplight_bids.group.stats import MIN_T_PARTICIPANTS
 
     out = Path(config.inputs.output_dir).resolve()
     part = rows[rows["level"] == "participant"]

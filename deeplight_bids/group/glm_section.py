@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from markupsafe import Markup
 
 from deeplight_bids.group.glm import MEASURES, mean_t_map
+from deeplight_bids.group.html import png_data_uri, read_table, render
+from deeplight_bids.prepare.grid import REFERENCE_AFFINE
 
 if TYPE_CHECKING:
     from deeplight_bids.group.templates import Templates
@@ -22,9 +25,6 @@ def _glass(img_or_data, title, templates, vmax=None):
     matplotlib.use("Agg")
     import nibabel as nib
     from nilearn import plotting
-
-    from deeplight_bids.group.html import png_data_uri
-    from deeplight_bids.prepare.grid import REFERENCE_AFFINE
 
     img = img_or_data if hasattr(img_or_data, "affine") else nib.Nifti1Image(img_or_data, REFERENCE_AFFINE)
     data = np.asarray(img.dataobj, np.float32)
@@ -50,10 +50,6 @@ def _glass(img_or_data, title, templates, vmax=None):
 
 def glm_html(output_dir: str | os.PathLike[str], entry: Mapping[str, Any], task: str, templates: Templates) -> Markup:
     """HTML of the relevance-vs-GLM part of one task entry of the group manifest (a note when there is none)."""
-    from pathlib import Path
-
-    from deeplight_bids.group.html import read_table, render
-
     if not entry.get("glm_agreement"):
         note = entry.get("glm_note")
         return render("glm.html", note=note) if note else Markup("")

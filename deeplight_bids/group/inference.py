@@ -52,6 +52,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from deeplight_bids.derivatives.writers import write_json, write_nifti, write_tsv
+
 if TYPE_CHECKING:
     import nibabel as nib
 
@@ -480,8 +482,7 @@ def write_inference(
     dict
         ``kind -> pathlib.Path`` for each file written (``effect`` always).
     """
-    from deeplight_bids.derivatives import naming, sidecars
-    from deeplight_bids.derivatives.writers import write_json, write_tsv
+    from deeplight_bids.derivatives import naming, sidecars  # deferred: loads nibabel and SciPy
 
     writer = writer or write_map
     model = result.summary()
@@ -523,8 +524,7 @@ def write_map(
     """Write a 3D map as float32 NIfTI (sform/qform code 4: MNI) with its JSON sidecar, atomically."""
     import nibabel as nib
 
-    from deeplight_bids.derivatives import naming
-    from deeplight_bids.derivatives.writers import write_json, write_nifti
+    from deeplight_bids.derivatives import naming  # deferred: loads nibabel and SciPy
 
     img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
     img.header.set_xyzt_units("mm")

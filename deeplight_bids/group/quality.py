@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from deeplight_bids.derivatives.sidecars import described
+from deeplight_bids.group.stats import t_interval
+from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
 from deeplight_bids.quality import compare, faithfulness, plausibility, sanity, significance
 from deeplight_bids.utils.tsv import read_tsv
 
@@ -81,8 +83,6 @@ def _comparison_tsv(rec):
 
 def faithfulness_curves(runs: Iterable[RunRecord]) -> pd.DataFrame:
     """Mean deletion curves per state and order with 95 % intervals over participants."""
-    from deeplight_bids.group.stats import t_interval
-
     frames = []
     for rec in runs:
         if not rec.metadata.get("Quality"):
@@ -151,11 +151,9 @@ def plausibility_for(
     """Plausibility table of the participant mean maps of one task against ``config.group.reference_map``."""
     import nibabel as nib
 
-    from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
-
     reference_map = config.group.reference_map
     if reference_map is None:
-        raise ValueError("group_plausibility needs --reference-map (config.group.reference_map)")
+        raise ValueError("plausibility_for needs --reference-map (config.group.reference_map)")
     states = sorted({m.state for m in maps})
     files = plausibility.find_reference_files(reference_map, states)
     references = {s: plausibility.load_reference(f, REFERENCE_SHAPE, REFERENCE_AFFINE) for s, f in files.items()}

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deeplight_bids.group.html import png_data_uri, read_table, render
 from deeplight_bids.quality import compare, sanity
 
 if TYPE_CHECKING:
@@ -45,7 +46,6 @@ def faithfulness_figure(curves: pd.DataFrame, title: str) -> Figure:
 
 def quality_html(output_dir: str | os.PathLike[str], entry: Mapping[str, Any], task: str) -> Markup:
     """HTML of the quality tables of one task entry of the group manifest ('' when there are none)."""
-    from deeplight_bids.group.html import png_data_uri, read_table, render
 
     def table(key):
         return read_table(output_dir, entry[key]) if entry.get(key) else None
@@ -104,8 +104,6 @@ def comparison_figure(pooled: pd.DataFrame, title: str) -> Figure:
 
 def comparison_html(pooled: pd.DataFrame, task: str) -> Markup:
     """The report's section on ``--compare-attributions``: ranked figure, table, one sentence per method."""
-    from deeplight_bids.group.html import png_data_uri, render
-
     fig = comparison_figure(pooled, f"task {task}: attribution methods (median over runs; green: passes all three)")
     return render(
         "comparison.html",

@@ -30,8 +30,14 @@ from markupsafe import Markup
 
 from deeplight_bids._version import __version__
 from deeplight_bids.derivatives.writers import code_url, write_text
+from deeplight_bids.group.glm_section import glm_html
 from deeplight_bids.group.html import png_data_uri, read_table, render
+from deeplight_bids.group.integrity import describe_fitting_participants, fitting_participants
+from deeplight_bids.group.quality_section import quality_html
 from deeplight_bids.group.stats import MIN_T_PARTICIPANTS
+from deeplight_bids.models.heldout import heldout_summaries
+from deeplight_bids.models.linear_baseline import linear_columns
+from deeplight_bids.preflight import plural
 from deeplight_bids.utils.tsv import read_tsv
 from deeplight_bids.versions import software_versions
 
@@ -213,7 +219,7 @@ def _summary_section(manifest, inventory, templates, config):
     tasks = sorted({r.task for r in inventory.runs})
     rows = [
         ("OUTPUT_DIR", str(inventory.output_dir)),
-        ("BIDS_DIR", str(getattr(config, "bids_dir", "")) or "n/a"),
+        ("BIDS_DIR", str(config.inputs.bids_dir) if config is not None else "n/a"),
         ("participants with outputs", f"{len(parts)}" + (f" of {n_exp} in BIDS_DIR" if n_exp else "")),
         ("finished runs", str(len(inventory.runs))),
         ("tasks", ", ".join(tasks)),
@@ -258,8 +264,6 @@ def participant_run_log(output_dir: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 def _processing_section(inventory, output_dir=None):
-    from deeplight_bids.group.integrity import describe_fitting_participants, fitting_participants
-
     fitted = fitting_participants(inventory)
     rows = []
     for sub in sorted(set(inventory.participants) | set(inventory.expected)):
@@ -297,9 +301,6 @@ def finetune_section(output_dir: str | os.PathLike[str]) -> Markup:
     Reads ``OUTPUT_DIR/models/*/*_desc-heldout_summary.json`` (one row per fine-tuning) and
     ``OUTPUT_DIR/group/finetune-comparison_arch-*.tsv`` (the paper's central comparison).
     """
-    from deeplight_bids.models.heldout import heldout_summaries
-    from deeplight_bids.models.linear_baseline import linear_columns
-
     output_dir = Path(output_dir)
     rows = []
     for _, s in heldout_summaries(output_dir):
@@ -480,8 +481,6 @@ def _maps_html(output_dir, task_entry, templates, task):
 
 def _volumes(count):
     """``"1 volume"``, ``"12 volumes"``, ``"? volumes"``."""
-    from deeplight_bids.preflight import plural
-
     return plural(count, "volume") if isinstance(count, int) else "? volumes"
 
 
@@ -493,9 +492,6 @@ def _not_computed_html(table, task):
 
 
 def _model_section(i, group, output_dir, templates):
-    from deeplight_bids.group.glm_section import glm_html
-    from deeplight_bids.group.quality_section import quality_html
-
     model = group["Model"]
     title = f"{model.get('Architecture', '?')} '{model.get('Name', '?')}' (weights sha256 {str(model.get('WeightsSHA256', '?'))[:12]}…)"
     tasks = []
@@ -710,7 +706,7 @@ def write_report(
     nav = [("summary", "Summary"), ("processing", "Processed")]
     nav += [(f"model-{i}", f"Model {i + 1}") for i in range(len(groups))]
     sections = [
-        _summary_section(manifest, inventory, templates, config or object()),
+        _summary_section(manifest, inventory, templates, config),
         _processing_section(inventory, output_dir),
     ]
     sections += [_model_section(i, g, output_dir, templates) for i, g in enumerate(groups)]

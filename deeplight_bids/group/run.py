@@ -44,9 +44,19 @@ import numpy as np
 
 from deeplight_bids._version import __version__
 from deeplight_bids.derivatives import naming, sidecars
+from deeplight_bids.derivatives.integrity import FILES_KEY, read_marker, record, report_record
 from deeplight_bids.derivatives.writers import write_json, write_tsv
 from deeplight_bids.exceptions import EXIT_OK, InputDataError
 from deeplight_bids.group import contrasts, inference, stats
+from deeplight_bids.group.glm import write_glm_group_maps, write_glm_tables
+from deeplight_bids.group.integrity import (
+    describe_fitting_participants,
+    screen_inventory,
+    set_aside_fitting_participants,
+)
+from deeplight_bids.group.quality import write_quality_tables
+from deeplight_bids.group.report import write_report
+from deeplight_bids.group.templates import load_templates
 from deeplight_bids.prepare.grid import is_on_reference_grid
 
 if TYPE_CHECKING:
@@ -421,17 +431,13 @@ def compute_group_outputs(config: Config, inventory: stats.Inventory, templates:
                     {"Description": f"group relevance tests of task {task}: one row per contrast", **extra},
                 )
                 entry["contrast_table"] = _rel(path, out)
-            from deeplight_bids.group.quality import write_quality_tables
 
             entry.update(write_quality_tables(config, tables, runs, maps, templates))
-            from deeplight_bids.group.glm import write_glm_tables
 
             glm = write_glm_tables(config, folder, task, maps, extra)  # relevance vs the GLM (glm/)
             rows = glm.pop("glm_rows", None)
             entry.update(glm)
             if rows is not None and len(rows):
-                from deeplight_bids.group.glm import write_glm_group_maps
-
                 entry["glm_contrasts"] = write_glm_group_maps(config, folder, task, rows, templates, extra)
             if not entry["maps"]:
                 entry["maps_note"] = "no relevance maps (participant level run with --no-lrp?)"
@@ -448,7 +454,6 @@ def read_manifest(output_dir: str | os.PathLike[str]) -> dict[str, Any]:
             f"{output_dir}: no group outputs to report on ({_rel(path, output_dir)} missing); run "
             "the group level without --reports-only first."
         )
-    from deeplight_bids.derivatives.integrity import read_marker
 
     manifest, reason = read_marker(path)
     if manifest is None:
@@ -466,9 +471,6 @@ def run_group_level(config: Config, log: logging.Logger = LOGGER) -> int:
     """
     if config.finetune.enabled:
         raise ValueError("run_group_level: fine-tuning runs through deeplight_bids.workflows.finetune.run_finetune")
-    from deeplight_bids.group.integrity import describe_fitting_participants, set_aside_fitting_participants
-    from deeplight_bids.group.report import write_report
-    from deeplight_bids.group.templates import load_templates
 
     out = Path(config.inputs.output_dir)
     inventory = _filter(stats.collect_inventory(out, config.inputs.bids_dir), config)
@@ -487,9 +489,6 @@ def run_group_level(config: Config, log: logging.Logger = LOGGER) -> int:
     manifest = read_manifest(out) if config.group.reports_only else None
     templates = load_templates()
     if manifest is None:
-        from deeplight_bids.derivatives.integrity import report_record
-        from deeplight_bids.group.integrity import screen_inventory
-
         screen_inventory(inventory, config.group.correct_only, log)  # before any write: nothing half-written
         report_record(naming.group_manifest_output(out), out, log=log, prefix="group: ")  # all rewritten below
         manifest = compute_group_outputs(config, inventory, templates)
@@ -501,8 +500,6 @@ def run_group_level(config: Config, log: logging.Logger = LOGGER) -> int:
 
 def _record_group_files(out, manifest, report):
     """The manifest again, with the size and checksum of every group output and the report (``--verify``)."""
-    from deeplight_bids.derivatives.integrity import FILES_KEY, record
-
     folder = Path(out) / naming.GROUP_FOLDER
     marker = naming.group_manifest_output(out)
     files = {str(p.relative_to(out)): p for p in sorted(folder.rglob("*")) if p.is_file() and p != marker}

@@ -62,6 +62,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from deeplight_bids import readback
+from deeplight_bids.derivatives.integrity import damaged_sidecars, read_marker
 from deeplight_bids.derivatives.naming import label_value
 from deeplight_bids.exceptions import InputDataError
 from deeplight_bids.models.metrics import decoding_metrics
@@ -215,7 +217,6 @@ def collect_inventory(output_dir: str | os.PathLike[str], bids_dir: str | os.Pat
         raise _no_outputs_error(output_dir, "the folder does not exist")
     if not (output_dir / "dataset_description.json").is_file():
         raise _no_outputs_error(output_dir, "no dataset_description.json")
-    from deeplight_bids.derivatives.integrity import damaged_sidecars, read_marker
 
     description = output_dir / "dataset_description.json"
     if read_marker(description)[0] is None:
@@ -523,8 +524,6 @@ def correct_only_participant_means(
     state at a time (only those volumes are held in memory).  ``output_dir``: OUTPUT_DIR
     (default: three or four folders above each run's relevance file).
     """
-    from deeplight_bids.readback import load_relevance
-
     sums: dict[str, dict[str, tuple[Any, int]]] = {}
     for rec in runs:
         if rec.relevance is None:
@@ -539,7 +538,7 @@ def correct_only_participant_means(
         out = output_dir or rec.relevance.parents[3 if rec.entities.get("session") else 2]
         exact = {key: rec.entities.get(key) for key in RUN_ENTITIES if key not in ("subject", "task")}
         for state, rows in sel.groupby("true_state", sort=False):
-            img, table = load_relevance(
+            img, table = readback.load_relevance(
                 out, rec.subject, rec.task, state=state, volumes=rows["volume"].astype(int), filters=exact
             )
             if set(table["source"]) != {rec.relevance.name}:

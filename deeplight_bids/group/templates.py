@@ -89,7 +89,7 @@ class TemplatesUnavailable(Exception):
 
 def template_paths() -> dict[str, Path]:
     """``{"t1w": path, "mask": path}`` where the two files lie under ``$TEMPLATEFLOW_HOME``."""
-    from deeplight_bids.prepare.spaces import templateflow_home
+    from deeplight_bids.prepare.spaces import templateflow_home  # deferred: loads nibabel and SciPy
 
     home = templateflow_home()
     return {key: home / name for key, name in FILE_NAMES.items()}
@@ -99,7 +99,7 @@ def check_template_file(path: str | os.PathLike[str]) -> None:
     """Raise ValueError unless ``path`` is a 3D NIfTI on the 91 x 109 x 91, 2 mm grid."""
     import nibabel as nib
 
-    from deeplight_bids.prepare.grid import REFERENCE_SHAPE
+    from deeplight_bids.prepare.grid import REFERENCE_SHAPE  # deferred: loads nibabel and SciPy
 
     try:
         img: Any = nib.load(path)  # a NIfTI (nibabel types load() as any image format)
@@ -130,7 +130,7 @@ def fetch_template_files(download: bool = True) -> dict[str, tuple[Path, bool]]:
         A file is missing and cannot be downloaded (``offline`` True when TemplateFlow's
         server cannot be reached), or is not a NIfTI on the reference grid.
     """
-    from deeplight_bids.prepare.spaces import templateflow_get
+    from deeplight_bids.prepare.spaces import templateflow_get  # deferred: loads nibabel and SciPy
 
     out: dict[str, tuple[Path, bool]] = {}
     for key, local in template_paths().items():
@@ -162,7 +162,7 @@ def fetch_template_files(download: bool = True) -> dict[str, tuple[Path, bool]]:
 
 
 def _on_grid(img, interpolation):
-    from deeplight_bids.prepare.grid import to_reference_grid
+    from deeplight_bids.prepare.grid import to_reference_grid  # deferred: loads nibabel and SciPy
 
     return to_reference_grid(img, interpolation=interpolation)
 
@@ -170,7 +170,7 @@ def _on_grid(img, interpolation):
 def _finish(t1w_img, mask_img):
     import nibabel as nib
 
-    from deeplight_bids.prepare.grid import REFERENCE_AFFINE
+    from deeplight_bids.prepare.grid import REFERENCE_AFFINE  # deferred: loads nibabel and SciPy
 
     t1w = _on_grid(t1w_img, "continuous")
     mask = _on_grid(mask_img, "nearest")

@@ -6,6 +6,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from deeplight_bids.derivatives import naming
+from deeplight_bids.hcp.tfrecord import hcp_run_id, hcp_task_id, write_run_tfrecord
+from deeplight_bids.states import HCP_STATES, hcp_task_name
 
 if TYPE_CHECKING:
     import os
@@ -45,9 +47,6 @@ def save_run_tfrecords(
     pathlib.Path or None
         The file written.
     """
-    from deeplight_bids.hcp.tfrecord import hcp_run_id, hcp_task_id, write_run_tfrecord
-    from deeplight_bids.states import HCP_STATES, hcp_task_name
-
     task = hcp_task_name(run.entities["task"])
     subject = str(run.subject)
     if task is None or not subject.isdigit():

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deeplight_bids.backend import tensorflow_or_exit
 from deeplight_bids.prepare.grid import REFERENCE_SHAPE
 from deeplight_bids.states import HCP_STATES, HCP_TASK_STATES
 
@@ -166,8 +167,6 @@ def write_run_tfrecord(
     int
         Number of examples written.
     """
-    from deeplight_bids.backend import tensorflow_or_exit
-
     tf = tensorflow_or_exit("TFRecord export/reading (--save-tfrecords, HCP TFRecords)")
 
     states = [int(s) for s in states]
@@ -203,8 +202,6 @@ def write_run_tfrecord(
 
 def feature_spec() -> dict[str, Any]:
     """The ``tf.io.parse_single_example`` spec of the schema."""
-    from deeplight_bids.backend import tensorflow_or_exit
-
     tf = tensorflow_or_exit("TFRecord export/reading (--save-tfrecords, HCP TFRecords)")
 
     return {
@@ -228,8 +225,6 @@ def read_tfrecord(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
         ``subject_id``, ``run_id``, ``state`` as int; ``tr`` as float; ``onehot``
         int64 array of 20.
     """
-    from deeplight_bids.backend import tensorflow_or_exit
-
     tf = tensorflow_or_exit("TFRecord export/reading (--save-tfrecords, HCP TFRecords)")
 
     spec = feature_spec()

@@ -31,7 +31,8 @@ import numpy as np
 from keras import ops
 
 from deeplight_bids import backend
-from deeplight_bids.models.decode import in_chunks, join_chunks, target_indices
+from deeplight_bids.models.decode import in_chunks, join_chunks, network_batch_limit, target_indices
+from deeplight_bids.runtime import memory_limit
 
 from . import types
 from .composites import get_composite
@@ -107,8 +108,6 @@ class LRPAnalyzer:
         stem_batch: int | Literal["auto"] | None = "auto",
     ) -> None:
         import keras
-
-        from deeplight_bids.models.decode import network_batch_limit
 
         if not isinstance(model, keras.Sequential):
             raise TypeError(f"LRPAnalyzer needs a keras.Sequential model; got {type(model).__name__}")
@@ -304,13 +303,9 @@ def stem_batch_for_memory(limit_mib: int | Literal["detect"] | None = "detect") 
         1 on CPU with less than :data:`WHOLE_STEM_MIN_MIB`; None (the whole pass at once)
         otherwise and always with a GPU.
     """
-    from deeplight_bids.models.decode import network_batch_limit
-
     if network_batch_limit() is None:
         return None
     if limit_mib == "detect":
-        from deeplight_bids.runtime import memory_limit
-
         limit_mib = memory_limit()[0]
     return 1 if limit_mib is not None and limit_mib < WHOLE_STEM_MIN_MIB else None
 

@@ -45,15 +45,12 @@ any DeepLight (the 2D model's LSTM gets the sign-aware :class:`~.lstm.LSTMSigned
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from keras.layers import Layer
 
 from . import rules, types
+from .lstm import LSTMEpsilon, LSTMSignedEpsilon
 from .rules import Rule
-
-if TYPE_CHECKING:
-    from .lstm import LSTMEpsilon
 
 
 class UnmappedLayerError(TypeError):
@@ -203,8 +200,6 @@ def deeplight_2d(epsilon: float = 1e-3) -> Composite:
     relevances summed); ``FoldSlices`` / ``UnfoldSlices``, ``Dropout`` /
     ``SpatialDropout2D``: :class:`~.rules.Pass`.
     """
-    from .lstm import LSTMEpsilon
-
     return Composite(
         name="deeplight_2d",
         reference=(
@@ -231,8 +226,6 @@ def deeplight_2d_signed(epsilon: float = 1e-3) -> Composite:
     near-zero denominators where a cell state or candidate pre-activation is near
     ``-eps``; the maps differ substantially from the published code's.
     """
-    from .lstm import LSTMSignedEpsilon
-
     return Composite(
         name="deeplight_2d_signed",
         reference=(
@@ -249,8 +242,6 @@ def deeplight_2d_signed(epsilon: float = 1e-3) -> Composite:
 
 
 def _zennit_composite(name, zennit_name, conv_rule, epsilon=1e-6, stabilizer=1e-6):
-    from .lstm import LSTMSignedEpsilon
-
     return Composite(
         name=name,
         reference=(

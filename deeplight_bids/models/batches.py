@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deeplight_bids.exceptions import NonFiniteMapError
 from deeplight_bids.prepare.grid import REFERENCE_SHAPE
 from deeplight_bids.progress import Progress
 
@@ -81,7 +82,6 @@ def check_finite(maps: np.ndarray, start: int, label: str, description: dict[str
     finite = np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
     if finite.all():
         return
-    from deeplight_bids.exceptions import NonFiniteMapError
 
     bad = (np.flatnonzero(~finite) + start).tolist()
     method = (description or {}).get("composite") or (description or {}).get("method") or "the attribution method"

@@ -18,8 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deeplight_bids.bids.discover import build_layout, discover_selected_runs, find_derivatives
 from deeplight_bids.derivatives import naming
+from deeplight_bids.derivatives.writers import atomic_path
 from deeplight_bids.exceptions import InputDataError, NoRunsFoundError
+from deeplight_bids.prepare.cache import VolumeReader, label_volumes, prepare_cached
+from deeplight_bids.progress import SegmentProgress
 from deeplight_bids.utils.identity import digest, file_identity, sha256sum
 
 if TYPE_CHECKING:
@@ -27,7 +31,7 @@ if TYPE_CHECKING:
 
     from deeplight_bids.bids.discover import Run
     from deeplight_bids.config import Config
-    from deeplight_bids.prepare.cache import Samples, VolumeReader
+    from deeplight_bids.prepare.cache import Samples
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -63,8 +67,6 @@ class TrainingData:
     reader: VolumeReader = field(init=False)
 
     def __post_init__(self) -> None:
-        from deeplight_bids.prepare.cache import VolumeReader
-
         self.reader = VolumeReader(self.entries)
 
 
@@ -75,9 +77,7 @@ def load_training_data(config: Config, log: logging.Logger = LOGGER) -> Training
     (sorted).  Raises :class:`~deeplight_bids.exceptions.InputDataError` when fewer than two
     states or two participants have labelled volumes, or a requested state has none.
     """
-    from deeplight_bids.bids.discover import build_layout, discover_selected_runs, find_derivatives
-    from deeplight_bids.prepare.cache import label_volumes, prepare_cached
-    from deeplight_bids.prepare.labels import load_state_map_file
+    from deeplight_bids.prepare.labels import load_state_map_file  # deferred: loads pandas
 
     cfg = config
     layout = build_layout(cfg.inputs.bids_dir, find_derivatives(cfg.inputs.bids_dir, cfg.inputs.derivatives))
@@ -181,8 +181,6 @@ def body_features(
     numpy.ndarray
         ``(n_samples, *feature shape)`` float32, in the order of ``data.samples``.
     """
-    from deeplight_bids.derivatives.writers import atomic_path
-
     weights_digest = hashlib.sha256(
         b"".join(np.ascontiguousarray(w).tobytes() for w in body.get_weights())
     ).hexdigest()[:16]
@@ -206,7 +204,6 @@ def body_features(
         except (OSError, ValueError, EOFError) as err:  # damaged: computed again (a cache)
             log.warning("%s: damaged (%s); computed again", path, " ".join(str(err).split())[:120])
             path.unlink(missing_ok=True)
-    from deeplight_bids.progress import SegmentProgress
 
     t0 = time.monotonic()
     batch = max(1, int(batch_size))

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deeplight_bids import backend
+
 if TYPE_CHECKING:
     import numpy.typing as npt
 
@@ -20,8 +22,6 @@ CPU_NETWORK_BATCH = 4
 
 def network_batch_limit() -> int | None:
     """Most volumes per network call: :data:`CPU_NETWORK_BATCH` on CPU, ``None`` (no limit) with a GPU."""
-    from deeplight_bids import backend
-
     return None if backend.has_gpu() else CPU_NETWORK_BATCH
 
 
@@ -76,8 +76,6 @@ class Decoder:
     """
 
     def __init__(self, model: Any, max_batch: int | None = None) -> None:
-        from deeplight_bids import backend
-
         self.model = model
         self.max_batch = max_batch
         self._forward = backend.compile_function(lambda x: model(x, training=False))

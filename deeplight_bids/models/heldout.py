@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deeplight_bids.derivatives import naming
+from deeplight_bids.derivatives.writers import write_json, write_tsv
 from deeplight_bids.models.decode import softmax
+from deeplight_bids.models.metrics import decoding_metrics
 
 if TYPE_CHECKING:
     import os
@@ -45,8 +47,6 @@ def accuracy(
     As :func:`deeplight_bids.models.metrics.decoding_metrics` (balanced: the mean of the
     per-state recalls of the states present).
     """
-    from deeplight_bids.models.metrics import decoding_metrics
-
     if not len(labels):
         return None, None
     metrics = decoding_metrics(np.asarray(labels).tolist(), np.asarray(pred).tolist())
@@ -110,8 +110,6 @@ def write_heldout_tables(
     """
     import pandas as pd
 
-    from deeplight_bids.derivatives.writers import write_tsv
-
     outputs = naming.finetune_heldout_outputs(model_dir, name)
     states = list(states)
     frame = pd.DataFrame(preds)
@@ -173,8 +171,6 @@ def write_comparison(output_dir: str | os.PathLike, log: logging.Logger = LOGGER
     ``OUTPUT_DIR/group/finetune-comparison_arch-<A>[_frozen].{tsv,json}``.  Returns the written paths.
     """
     import pandas as pd
-
-    from deeplight_bids.derivatives.writers import write_json, write_tsv
 
     output_dir = Path(output_dir)
     groups: dict[tuple[Any, ...], dict[str, tuple[float, dict[str, Any]]]] = {}

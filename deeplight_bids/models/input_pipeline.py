@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deeplight_bids.backend import tensorflow_or_exit
 from deeplight_bids.prepare.cache import MODEL_SHAPE
 
 if TYPE_CHECKING:
@@ -65,8 +66,6 @@ def make_volume_dataset(
     probability, replaced by the mean of itself and a volume of the same state from another
     participant, drawn anew every epoch (see :func:`mix_partners`).
     """
-    from deeplight_bids.backend import tensorflow_or_exit
-
     tf = tensorflow_or_exit("fine-tuning's tf.data input")
 
     state = {"epoch": int(start_epoch)}
@@ -117,8 +116,6 @@ def make_array_dataset(
     start_epoch: int = 0,
 ) -> Any:
     """Like :func:`make_volume_dataset` for in-memory arrays (e.g. frozen-body features)."""
-    from deeplight_bids.backend import tensorflow_or_exit
-
     tf = tensorflow_or_exit("fine-tuning's tf.data input")
 
     features = np.asarray(features, np.float32)
@@ -147,8 +144,6 @@ def epoch_length(labels: Sequence[int] | np.ndarray, balance: bool = True) -> in
 
 
 def _finish(ds, n, batch_size):
-    from deeplight_bids.backend import tensorflow_or_exit
-
     tf = tensorflow_or_exit("fine-tuning's tf.data input")
 
     n_batches = -(-int(n) // int(batch_size))

@@ -47,7 +47,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deeplight_bids.bids.discover import build_layout, discover_selected_runs, find_derivatives
 from deeplight_bids.derivatives import naming
+from deeplight_bids.derivatives.writers import atomic_path, write_json, write_nifti, write_tsv
+from deeplight_bids.models.heldout import accuracy
+from deeplight_bids.prepare.cache import label_volumes, prepare_cached
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
 
 if TYPE_CHECKING:
@@ -290,8 +294,6 @@ def fit_fold(
     -------
     LinearFold
     """
-    from deeplight_bids.models.heldout import accuracy
-
     t0 = time.monotonic()
     features = features or InMaskFeatures(data.entries)
     n_states = len(data.states)
@@ -374,8 +376,6 @@ def write_fold(
 ) -> dict[str, Any]:
     """The fold's weight map per state (BIDS statistical maps) and the model archive; returns their paths."""
     import nibabel as nib
-
-    from deeplight_bids.derivatives.writers import atomic_path, write_json, write_nifti
 
     outputs = naming.linear_baseline_outputs(out_dir, stem, result.states)
     for i, state in enumerate(result.states):
@@ -521,8 +521,6 @@ def summarise(
     -------
     dict
     """
-    from deeplight_bids.models.heldout import accuracy
-
     states = list(states)
     true = [states.index(r["true_state"]) for r in prediction_rows]
     lin = [states.index(r["linear_predicted_state"]) for r in prediction_rows]
@@ -586,8 +584,6 @@ def summarise(
 def write_summary(model_dir: str | os.PathLike, name: str, summary: dict[str, Any]) -> dict[str, Path]:
     """``<name>_desc-linear_summary.tsv`` (per fold, per participant, pooled: both decoders) and its JSON."""
     import pandas as pd
-
-    from deeplight_bids.derivatives.writers import write_json, write_tsv
 
     rows = [
         {
@@ -671,10 +667,7 @@ def evaluate_participant(
     """
     import dataclasses
 
-    from deeplight_bids.bids.discover import build_layout, discover_selected_runs, find_derivatives
-    from deeplight_bids.models.heldout import accuracy
-    from deeplight_bids.prepare.cache import label_volumes, prepare_cached
-    from deeplight_bids.prepare.labels import load_state_map_file
+    from deeplight_bids.prepare.labels import load_state_map_file  # deferred: loads pandas
 
     model = load_model(model_path)
     inputs = dataclasses.replace(config.inputs, participant_label=(participant,))

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deeplight_bids.derivatives.writers import atomic_path, write_json
 from deeplight_bids.exceptions import WeightsError
 from deeplight_bids.models.two import (
     CONV_BLOCKS_2D,
@@ -39,7 +40,9 @@ from deeplight_bids.models.two import (
     build_2d_deeplight,
     slice_feature_shape,
 )
+from deeplight_bids.states import PRETRAINED_STATES
 from deeplight_bids.utils.identity import sha256sum
+from deeplight_bids.versions import software_versions
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -318,10 +321,6 @@ def save_converted(
     tuple of Path
         ``(model_path, card_path)``.  Both are written atomically (temp file + rename).
     """
-
-    from deeplight_bids.derivatives.writers import atomic_path, write_json
-    from deeplight_bids.states import PRETRAINED_STATES
-    from deeplight_bids.versions import software_versions
 
     out_path = Path(out_path)
     if out_path.suffix != ".keras":

@@ -12,7 +12,9 @@ import os
 from typing import Any
 
 from deeplight_bids.exceptions import WeightsError
+from deeplight_bids.models.three import build_3d_deeplight
 from deeplight_bids.models.train import precision_policy
+from deeplight_bids.models.weights import load_deeplight
 
 LOGGER = logging.getLogger("deeplight_bids")
 
@@ -28,8 +30,7 @@ TRAIN_3D: dict[str, Any] = {"dropout_rate": 0.0, "output_bias": 0.1, "bn_momentu
 
 def build_architecture(architecture: str, n_states: int) -> Any:
     """A fresh (random) DeepLight of ``architecture`` ("3D" or "2D") with ``n_states`` logits."""
-    from deeplight_bids.models.three import build_3d_deeplight
-    from deeplight_bids.models.two import build_2d_deeplight
+    from deeplight_bids.models.two import build_2d_deeplight  # deferred: loads TensorFlow/Keras
 
     if architecture == "3D":
         return build_3d_deeplight(n_states=n_states, **TRAIN_3D)
@@ -43,8 +44,6 @@ def _source_record(src) -> dict:
 
 def pretrained_source(architecture: str, weights: str | os.PathLike | None = None) -> dict:
     """The model-card record of the weights ``--init pretrained`` takes its body from."""
-    from deeplight_bids.models.weights import load_deeplight
-
     return _source_record(load_deeplight(weights, architecture))
 
 
@@ -77,8 +76,6 @@ def build_finetune_model(
         Where the body came from (path, sha256, name) for ``init="pretrained"``.
     """
     import keras
-
-    from deeplight_bids.models.weights import load_deeplight
 
     keras.utils.set_random_seed(int(seed))
     model = build_architecture(architecture, n_states)

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deeplight_bids.backend import tensorflow_or_exit
 from deeplight_bids.config import default
-from deeplight_bids.derivatives.writers import atomic_path, write_json
+from deeplight_bids.derivatives.writers import atomic_path, write_json, write_tsv
 from deeplight_bids.progress import LOG_INTERVAL, SegmentProgress
 
 if TYPE_CHECKING:
@@ -36,8 +37,6 @@ PRECISE_BN_VOLUMES = 512
 
 def training_devices() -> tuple[int, Any, bool]:
     """``(n_gpus, strategy or None, mixed_precision)``: MirroredStrategy with several GPUs, float16 on GPU."""
-    from deeplight_bids.backend import tensorflow_or_exit
-
     tf = tensorflow_or_exit("fine-tuning (tf.data input, MirroredStrategy)")
     gpus = tf.config.list_physical_devices("GPU")
     strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else None
@@ -243,14 +242,14 @@ def fit_resumable(
 
     import keras
 
-    import deeplight_bids.models.two  # noqa: F401  (registers 2D layers for loading checkpoints)
+    import deeplight_bids.models.two  # noqa: F401  (registers 2D layers for loading checkpoints; deferred: loads TensorFlow/Keras)
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state_path = folder / STATE_FILE
     state = None
     if state_path.is_file() and (folder / CHECKPOINT_FILE).is_file():
-        from deeplight_bids.derivatives.integrity import readable
+        from deeplight_bids.derivatives.integrity import readable  # deferred: loads pandas
 
         try:
             saved = json.loads(state_path.read_text())
@@ -395,8 +394,6 @@ def write_history(
 ) -> None:
     """History TSV (one row per epoch) and a learning-curve PNG (loss and accuracy, matplotlib Agg)."""
     import pandas as pd
-
-    from deeplight_bids.derivatives.writers import write_tsv
 
     frame = pd.DataFrame(history)
     write_tsv(tsv_path, frame)

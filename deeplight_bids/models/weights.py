@@ -302,8 +302,8 @@ def check_keras_archive(
 
 def save_model(model: keras.Model, path: str | os.PathLike, card: dict) -> Path:
     """Save a Keras model as ``.keras`` plus its model card (its sidecar), atomically."""
-    from deeplight_bids.derivatives.naming import sidecar_of
-    from deeplight_bids.derivatives.writers import atomic_path, write_json
+    from deeplight_bids.derivatives.naming import sidecar_of  # deferred: loads nibabel and SciPy
+    from deeplight_bids.derivatives.writers import atomic_path, write_json  # deferred: keeps NumPy out of --help
 
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -332,7 +332,7 @@ def load_deeplight(weights: str | os.PathLike | None = None, architecture: str =
     WeightsError
         Missing, corrupt or mismatching weights (one line saying what to do).
     """
-    from deeplight_bids.models.three import build_3d_deeplight
+    from deeplight_bids.models.three import build_3d_deeplight  # deferred: keeps NumPy out of --help
 
     if architecture not in DEFAULT_WEIGHTS:
         raise WeightsError(f"unknown architecture {architecture!r}; expected one of {', '.join(DEFAULT_WEIGHTS)}.")
@@ -374,7 +374,7 @@ def _is_2d_model(model):
     """Whether a Keras model has 2D-DeepLight's structure (slice folding and a bidirectional LSTM)."""
     import keras
 
-    from deeplight_bids.models.two import FoldSlices
+    from deeplight_bids.models.two import FoldSlices  # deferred: loads TensorFlow/Keras
 
     found = {type(layer) for layer in getattr(model, "layers", [])}
     return any(issubclass(t, FoldSlices) for t in found) and any(
@@ -405,7 +405,7 @@ def _load_file(path, architecture, build_3d, published=None):
     if suffix == ".keras":
         import keras
 
-        import deeplight_bids.models.two  # noqa: F401  (registers the 2D model's custom layers)
+        import deeplight_bids.models.two  # noqa: F401  (registers the 2D model's custom layers; deferred: loads TensorFlow/Keras)
 
         card = load_model_card(path)
         check_keras_archive(path)
@@ -446,6 +446,7 @@ def _load_file(path, architecture, build_3d, published=None):
             ) from err
         return DeepLightModel(model, "3D", tuple(states), path, digest, name=published.name if published else path.stem)
     if suffix == ".npy":
+        # deferred: loads TensorFlow/Keras
         from deeplight_bids.models.published_2d import convert_published_2d, load_published_2d
 
         # load_published_2d checks the sha256 before unpickling; convert_published_2d names

@@ -46,6 +46,7 @@ import numpy as np
 
 from deeplight_bids.derivatives.writers import write_json
 from deeplight_bids.prepare.grid import REFERENCE_SHAPE
+from deeplight_bids.prepare.spaces import SpacePlan
 from deeplight_bids.utils.identity import digest, file_identity
 
 if TYPE_CHECKING:
@@ -114,8 +115,7 @@ def cache_dir(work_dir: str | os.PathLike[str]) -> Path:
 
 def _prepare_one(bold, mask, t_r, smoothing_fwhm, high_pass, folder, meta, space=None):
     """Prepare one run and write its cache entry (runs in a worker process)."""
-    from deeplight_bids.prepare.clean import prepare_run
-    from deeplight_bids.prepare.spaces import SpacePlan
+    from deeplight_bids.prepare.clean import prepare_run  # deferred: loads pandas
 
     t0 = time.monotonic()
     to_grid = SpacePlan().resampler_for(space)[0] if space else None  # 2009c: TemplateFlow's transform
@@ -148,7 +148,7 @@ def _entry_ok(folder, log=None):
     names = ("signals.npy", "mask.npy", "meta.json")
     if not all((folder / name).is_file() for name in names):
         return False
-    from deeplight_bids.derivatives.integrity import read_marker
+    from deeplight_bids.derivatives.integrity import read_marker  # deferred: loads pandas
 
     try:
         for name in ("signals.npy", "mask.npy"):  # the header, and the data's full length (memory-mapped)
@@ -307,7 +307,7 @@ def label_volumes(
     counts : dict
         ``state -> number of labelled volumes`` (all states found, also those not in ``states``).
     """
-    from deeplight_bids.prepare.labels import read_events, resolve_state_map, volume_labels
+    from deeplight_bids.prepare.labels import read_events, resolve_state_map, volume_labels  # deferred: loads pandas
 
     index = {s: i for i, s in enumerate(states)} if states is not None else None
     rows = []

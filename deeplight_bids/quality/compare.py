@@ -43,8 +43,9 @@ import pandas as pd
 from scipy import stats
 
 from deeplight_bids import backend
+from deeplight_bids.derivatives.integrity import describe_error
 from deeplight_bids.derivatives.sidecars import described
-from deeplight_bids.derivatives.writers import write_json, write_tsv
+from deeplight_bids.derivatives.writers import atomic_path, write_json, write_tsv
 
 from . import faithfulness, plausibility, sanity
 
@@ -527,8 +528,6 @@ def save_method_sums(
     root: str | os.PathLike | None = None,
 ) -> None:
     """Store ``{method: {state: (sum (x, y, z), count)}}`` (float32 sums) atomically in an ``.npz``."""
-    from deeplight_bids.derivatives.writers import atomic_path
-
     arrays: dict[str, np.ndarray] = {}
     for method, by_state in sums.items():
         for state, (total, count) in by_state.items():
@@ -555,8 +554,6 @@ def read_method_sums(path: str | os.PathLike) -> dict[str, dict[str, tuple[np.nd
                         int(data[f"count|{method}|{state}"]),
                     )
     except Exception as err:  # noqa: BLE001 - a damaged work file costs the GLM rows of the compared methods only
-        from deeplight_bids.derivatives.integrity import describe_error
-
         LOGGER.warning(
             "%s: unreadable (%s); the compared methods get no GLM agreement rows: re-run with --overwrite to remake it",
             path,

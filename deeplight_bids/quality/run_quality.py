@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from deeplight_bids import backend
 from deeplight_bids.config import default
 from deeplight_bids.derivatives.writers import write_json, write_tsv
 
@@ -93,8 +94,6 @@ class RunQuality:
         Under JAX, whose compiled functions keep the values they were traced with, each volume
         gets a new explainer.
         """
-        from deeplight_bids import backend
-
         seed = [self.seed, int(volume)]
         if self._random is None or backend.name() == "jax":
             copy = sanity.randomized_copy(self.model, seed)

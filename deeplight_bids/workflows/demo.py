@@ -31,11 +31,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deeplight_bids.config import Config, default_work_dir
+from deeplight_bids.demo.synth import make_synthetic_dataset, planted_truth
+from deeplight_bids.derivatives import naming
+from deeplight_bids.glm.agreement import region_share_top
+from deeplight_bids.prepare.grid import REFERENCE_AFFINE
 from deeplight_bids.quality.plausibility import relevance_in_region
+from deeplight_bids.runtime import configure_threads as _configure_threads
 from deeplight_bids.utils.tsv import read_tsv
 
 if TYPE_CHECKING:
-    from deeplight_bids.config import Config
     from deeplight_bids.demo.synth import SyntheticDataset
 
 LOGGER = logging.getLogger("deeplight_bids")
@@ -95,9 +100,7 @@ def run_demo(
     compare: bool = True,
 ) -> dict[str, Any]:
     """Run the demo; returns a dict with accuracy, relevance shares and paths."""
-    from deeplight_bids.config import Config, default_work_dir
-    from deeplight_bids.demo.synth import make_synthetic_dataset
-    from deeplight_bids.runtime import configure_threads as _configure_threads
+    # deferred: keeps `demo --help` fast (the whole participant pipeline)
     from deeplight_bids.workflows.participant import run_participant_level
 
     t_start, cpu_start = time.monotonic(), _cpu_seconds()
@@ -275,6 +278,7 @@ def fit_demo_model(config: Config) -> float:
     float
         Accuracy on the validation participant's labelled volumes (chance 1 / states).
     """
+    # deferred: keeps `demo --help` fast (the fine-tuning pipeline)
     from deeplight_bids.workflows.finetune import FinetuneJob
 
     validation = config.finetune.val_participants or ()  # both set by demo_fit_config
@@ -309,7 +313,6 @@ def demo_fit_config(
     unknown = sorted(set(fit) - set(FIT_SETTINGS))
     if unknown:
         raise TypeError(f"demo_fit_config: unknown fit settings {unknown}; known: {list(FIT_SETTINGS)}")
-    from deeplight_bids.config import Config
 
     inputs = {
         "bids_dir": bids_dir,
@@ -330,15 +333,11 @@ def demo_fit_config(
 
 def _dataset_truth(n_volumes, seed, region_radius):
     """Planted regions, brain and states of the demo dataset (they depend on neither the seed nor the data)."""
-    from deeplight_bids.demo.synth import planted_truth
-
     return planted_truth(n_volumes=n_volumes, region_radius=region_radius)
 
 
 def _evaluate(out_dir, subject, info, states, lrp):
     import nibabel as nib
-
-    from deeplight_bids.derivatives import naming
 
     summary = read_tsv(naming.summary_output(out_dir, subject), allow_empty=False)
     overall = summary[summary["run"] == "all"]
@@ -367,8 +366,7 @@ def _glm_evidence(out_dir, subject, info):
     """Per state: the held-out participant's relevance-vs-GLM agreement and the GLM's top 1 % in the planted region."""
     import nibabel as nib
 
-    from deeplight_bids.glm.agreement import region_share_top
-    from deeplight_bids.group.glm import read_agreement_tables
+    from deeplight_bids.group.glm import read_agreement_tables  # deferred: keeps `demo --help` fast (the group level)
 
     rows, missing = read_agreement_tables(out_dir, [subject])
     evidence = {}
@@ -385,7 +383,7 @@ def _glm_evidence(out_dir, subject, info):
 
 def _linear_evidence(model_dir, config, subject):
     """The fit's linear baseline: on its own held-out (validation) participant, and applied to ``subject``."""
-    from deeplight_bids.derivatives import naming
+    # deferred: keeps `demo --help` fast (the data pipeline)
     from deeplight_bids.models.linear_baseline import evaluate_participant
 
     name = Path(model_dir).name
@@ -406,9 +404,6 @@ def write_reference_maps(folder: str | os.PathLike, info: SyntheticDataset) -> P
     """The planted regions as reference maps, one ``label-<state>_mask.nii.gz`` (0/1) per state."""
     import nibabel as nib
 
-    from deeplight_bids.derivatives import naming
-    from deeplight_bids.prepare.grid import REFERENCE_AFFINE
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for state, region in info.regions_by_state.items():
@@ -425,8 +420,7 @@ def _region_top_percent(info):
 def _group_quality(bids_dir, out_dir, reference_dir, subject, info, seed):
     """Group level on the held-out participant with the planted regions as reference; the quality numbers."""
 
-    from deeplight_bids.config import Config, default_work_dir
-    from deeplight_bids.derivatives import naming
+    # deferred: keeps `demo --help` fast (the group level, scipy.stats)
     from deeplight_bids.group.run import GROUP_FOLDER, run_group_level
 
     top = _region_top_percent(info)

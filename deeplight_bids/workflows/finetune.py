@@ -42,8 +42,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deeplight_bids.derivatives import naming
+from deeplight_bids.derivatives.writers import write_json
 from deeplight_bids.exceptions import EXIT_OK, UsageError, WeightsError
-from deeplight_bids.models import datasets, heldout
+from deeplight_bids.models import datasets, heldout, linear_baseline
+from deeplight_bids.models.input_pipeline import make_array_dataset, make_volume_dataset
+from deeplight_bids.models.linear_baseline import estimator_description, write_fold
 from deeplight_bids.models.splits import participant_splits
 from deeplight_bids.models.surgery import (
     TRAIN_3D,
@@ -63,6 +66,8 @@ from deeplight_bids.models.train import (
     training_devices,
     write_history,
 )
+from deeplight_bids.models.weights import save_model
+from deeplight_bids.runtime import configure_threads as _configure_threads
 from deeplight_bids.utils.identity import digest
 from deeplight_bids.versions import software_versions
 
@@ -275,8 +280,6 @@ class FinetuneJob:
             card["linear_baseline"] = {**linear.metrics, "estimator": self._linear_estimator()}
         self._save(full, state["history"], out_dir, stem, card)
         if linear is not None:
-            from deeplight_bids.models.linear_baseline import write_fold
-
             write_fold(linear, out_dir, stem, root=cfg.inputs.output_dir)
         self.log.info(
             "fine-tune %s%s: held-out accuracy %.3f (balanced %.3f, %d volumes, chance %.3f)",
@@ -340,14 +343,11 @@ class FinetuneJob:
             "software": software_versions(),
         }
         if all("linear_baseline" in f for f in fold_reports):  # the linear baseline beside DeepLight
-            from deeplight_bids.models import linear_baseline
-
             preds = [r for _, fold in folds for r in fold]
             seconds_fit = sum(f["seconds_fit"] for f in fold_reports)
             summary["linear_baseline"] = linear_baseline.summarise(fold_reports, preds, self.states, seconds_fit)
             linear_baseline.write_summary(self.model_dir, self.name, summary["linear_baseline"])
             self._log_linear(summary["linear_baseline"])
-        from deeplight_bids.derivatives.writers import write_json
 
         write_json(naming.finetune_heldout_outputs(self.model_dir, self.name)["summary_json"], summary)
         self.log.info(
@@ -364,8 +364,6 @@ class FinetuneJob:
     # -- the linear baseline (deeplight_bids.models.linear_baseline) ----------------------------
     def _linear_baseline(self, fold, tr, held_mask, rows, metrics):
         """The linear decoder of one fold on the same volumes; its predictions join the held-out rows."""
-        from deeplight_bids.models import linear_baseline
-
         if self._linear_features is None:
             self._linear_features = linear_baseline.InMaskFeatures(self.data.entries)
         result = linear_baseline.fit_fold(
@@ -392,8 +390,6 @@ class FinetuneJob:
 
     @staticmethod
     def _linear_estimator():
-        from deeplight_bids.models.linear_baseline import estimator_description
-
         return estimator_description()
 
     def _log_linear(self, linear):
@@ -417,8 +413,6 @@ class FinetuneJob:
         """``(make_train(start_epoch), validation dataset or None, statistics dataset)`` of one fold: volumes, or
         frozen features.  The statistics dataset: at most :data:`~deeplight_bids.models.train.PRECISE_BN_VOLUMES`
         training volumes spread evenly over them, in order, for the batch-norm statistics after the fit."""
-        from deeplight_bids.models.input_pipeline import make_array_dataset, make_volume_dataset
-
         cfg, samples = self.config, self.data.samples
         seed = [cfg.seed, fold_index]
         rows = np.flatnonzero(tr)
@@ -532,8 +526,6 @@ class FinetuneJob:
         }
 
     def _save(self, model, history, out_dir, stem, card):
-        from deeplight_bids.models.weights import save_model
-
         out_dir.mkdir(parents=True, exist_ok=True)
         outputs = naming.finetune_outputs(out_dir, stem)
         save_model(float32_model(model, self.arch, len(self.states)), outputs["model"], card)
@@ -548,8 +540,6 @@ class FinetuneJob:
 
 def run_finetune(config: Config, callbacks: Sequence[Any] = (), log: logging.Logger = LOGGER) -> int:
     """Run ``group --finetune``; returns the exit code (errors raise :class:`DeepLightBidsError`)."""
-    from deeplight_bids.runtime import configure_threads as _configure_threads
-
     _configure_threads(config.nprocs)
     FinetuneJob(config, callbacks=callbacks, log=log).run()
     return EXIT_OK

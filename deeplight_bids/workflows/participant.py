@@ -11,10 +11,24 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from deeplight_bids.bids.discover import (
+    build_layout,
+    discover_runs,
+    discover_selected_runs,
+    find_derivatives,
+    format_run_table,
+)
+from deeplight_bids.bids.validate import validate_bids
 from deeplight_bids.derivatives import naming, tables
 from deeplight_bids.derivatives.links import dataset_roots
+from deeplight_bids.derivatives.stale import adopt_legacy_work_dir, remove_job_temporaries
 from deeplight_bids.derivatives.writers import ensure_writable, write_dataset_files, write_tsv
-from deeplight_bids.exceptions import EXIT_OK, EXIT_PARTIAL, DeepLightBidsError, InputDataError
+from deeplight_bids.exceptions import EXIT_OK, EXIT_PARTIAL, DeepLightBidsError, InputDataError, NoRunsFoundError
+from deeplight_bids.glm.stage import run_glm_stage
+from deeplight_bids.models.weights import load_deeplight
+from deeplight_bids.preflight import no_runs_error, plan_before_compute
+from deeplight_bids.prepare.labels import load_state_map_file
+from deeplight_bids.runtime import compute_session, log_file
 from deeplight_bids.workflows.run import RunProcessor, RunResult
 
 if TYPE_CHECKING:
@@ -27,13 +41,6 @@ __all__ = ["RunProcessor", "RunResult", "run_participant_level"]
 
 def run_participant_level(config: Config, log: logging.Logger = LOGGER) -> tuple[list[RunResult], int]:
     """Process every selected run; returns (results, exit code)."""
-    from deeplight_bids.bids.discover import build_layout, discover_selected_runs, find_derivatives, format_run_table
-    from deeplight_bids.bids.validate import validate_bids
-    from deeplight_bids.derivatives.stale import adopt_legacy_work_dir, remove_job_temporaries
-    from deeplight_bids.models.weights import load_deeplight
-    from deeplight_bids.preflight import no_runs_error, plan_before_compute
-    from deeplight_bids.runtime import compute_session, log_file
-
     ensure_writable(config.inputs.output_dir)  # fail fast, before discovery and the model
     derivatives = find_derivatives(config.inputs.bids_dir, config.inputs.derivatives)
     if not config.inputs.skip_bids_validation:
@@ -78,8 +85,6 @@ def run_participant_level(config: Config, log: logging.Logger = LOGGER) -> tuple
             if (
                 config.participant.glm
             ):  # the dataset's own GLM beside the maps (deeplight_bids.glm): after the mean maps
-                from deeplight_bids.glm.stage import run_glm_stage
-
                 run_glm_stage(
                     config,
                     processor.space_plan,
@@ -138,16 +143,12 @@ def _exit_code(results, log):
 def _user_state_map(config):
     if config.inputs.state_map_file is None:
         return None
-    from deeplight_bids.prepare.labels import load_state_map_file
 
     return load_state_map_file(config.inputs.state_map_file)
 
 
 def _all_runs_of(layout, config, subject, fallback):
     """Every processable run of ``subject`` in the dataset (any task or session)."""
-    from deeplight_bids.bids.discover import discover_runs
-    from deeplight_bids.exceptions import NoRunsFoundError
-
     try:
         runs = discover_runs(layout, space=config.inputs.space, participant_label=[subject])
     except NoRunsFoundError:

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from deeplight_bids.attribution.methods import STANDARD_SET, parameters_from, published_method, resolve
 from deeplight_bids.backend import versions as backend_versions
+from deeplight_bids.bids.discover import job_dataset_roots
 from deeplight_bids.bids.headers import check_headers
 from deeplight_bids.derivatives import naming, resume, sidecars, tables
 from deeplight_bids.derivatives.background import BackgroundWriter
@@ -25,11 +27,20 @@ from deeplight_bids.derivatives.integrity import FILES_KEY
 from deeplight_bids.derivatives.masking import RelevanceMasker
 from deeplight_bids.derivatives.relevance import RunRelevanceOutputs
 from deeplight_bids.derivatives.relevance_reuse import restore_scratch, reuse_scratch
+from deeplight_bids.derivatives.stale import remove_stale
 from deeplight_bids.derivatives.writers import write_json, write_tsv
+from deeplight_bids.hcp.run_export import save_run_tfrecords
 from deeplight_bids.models.batches import ModelOrderBatches, decode_and_explain
-from deeplight_bids.models.decode import softmax
+from deeplight_bids.models.decode import Decoder, network_batch_limit, softmax
 from deeplight_bids.preflight import plural, source_space
-from deeplight_bids.prepare.grid import REFERENCE_SPACE
+from deeplight_bids.prepare.clean import prepare_run
+from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE, REFERENCE_SPACE
+from deeplight_bids.prepare.labels import read_events, resolve_state_map, unmapped_trial_types, volume_labels
+from deeplight_bids.prepare.spaces import SpacePlan
+from deeplight_bids.quality import plausibility
+from deeplight_bids.quality.compare import AttributionComparison
+from deeplight_bids.quality.run_quality import RunQuality
+from deeplight_bids.runtime import memory_limit
 from deeplight_bids.workflows.summaries import ParticipantSummaries, save_state_sums
 
 if TYPE_CHECKING:
@@ -65,16 +76,11 @@ class RunProcessor:
     """
 
     def __init__(self, dl_model, config, user_state_map=None, space_plan=None, dataset_roots=None):
-        from deeplight_bids.models.decode import Decoder, network_batch_limit
-        from deeplight_bids.prepare.spaces import SpacePlan
-
         self.dl_model = dl_model
         self.config = config
         self.user_state_map = user_state_map
         self.space_plan = space_plan or SpacePlan(allow_approximate=config.inputs.allow_approximate_space)
         if dataset_roots is None:
-            from deeplight_bids.bids.discover import job_dataset_roots
-
             dataset_roots = job_dataset_roots(config)
         self.dataset_roots = dataset_roots
         self.states = tuple(dl_model.states)
@@ -84,9 +90,8 @@ class RunProcessor:
         self.analyzer = None  # the explainer of the maps (an LRP analyzer or a gradient method)
         self.method = None
         if config.participant.lrp:
-            from deeplight_bids.attribution.methods import parameters_from, resolve
+            # deferred: loads TensorFlow/Keras
             from deeplight_bids.lrp.analyzer import WHOLE_STEM_MIN_MIB, stem_batch_for_memory
-            from deeplight_bids.runtime import memory_limit
 
             # the published rule by default (reference section 7: iNNvestigate's preset B-flat for 3D, epsilon,
             # LSTM rule included, for 2D, stabilised as the original code or sign-aware with --lrp-rule signed)
@@ -111,15 +116,12 @@ class RunProcessor:
                     if stem_batch
                     else f"{max_batch} volumes at a time (--mem-mb below {WHOLE_STEM_MIN_MIB} bounds memory instead)",
                 )
-        from deeplight_bids.attribution.methods import parameters_from
 
         self.attribution = (
             self.method.sidecar(parameters_from(config)) if self.method is not None else None
         )  # the "Attribution" entry of the relevance sidecars
         self.quality = None
         if self.analyzer is not None and config.participant.quality:
-            from deeplight_bids.quality.run_quality import RunQuality
-
             self.quality = RunQuality(
                 self.analyzer, self.decoder, config.participant.quality_volumes, seed=config.seed, max_batch=max_batch
             )
@@ -151,9 +153,6 @@ class RunProcessor:
 
     def _comparison(self, dl_model, max_batch, stem_batch):
         """The ``--compare-attributions`` evaluator: the published rule first, then the methods asked for."""
-        from deeplight_bids.attribution.methods import STANDARD_SET, parameters_from, published_method, resolve
-        from deeplight_bids.quality.compare import AttributionComparison
-
         cfg = self.config
         published = published_method(dl_model.architecture, cfg.participant.lrp_rule)
         methods = []
@@ -163,9 +162,6 @@ class RunProcessor:
                 methods.append(method)
         references = None
         if cfg.group.reference_map is not None:
-            from deeplight_bids.prepare.grid import REFERENCE_AFFINE, REFERENCE_SHAPE
-            from deeplight_bids.quality import plausibility
-
             files = plausibility.find_reference_files(cfg.group.reference_map, self.states)
             references = {
                 s: plausibility.load_reference(f, REFERENCE_SHAPE, REFERENCE_AFFINE) for s, f in files.items()
@@ -213,8 +209,6 @@ class RunProcessor:
         prepared, space_transform = self._prepare(run)
         labelled = self._label(run, prepared.n_volumes)
         if cfg.participant.save_tfrecords:
-            from deeplight_bids.hcp.run_export import save_run_tfrecords
-
             save_run_tfrecords(run, prepared.volumes, labelled["labels"], cfg.inputs.output_dir)
         decoding, quality, masker, stream = self._decode_and_explain(run, prepared, labelled, outputs)
         accuracy, n_labelled = self._write_outputs(
@@ -227,8 +221,6 @@ class RunProcessor:
 
     def _reuse_scratch(self, run, outputs):
         """Another ``--relevance-maps`` choice of an earlier pass: its outputs from the work folder, no network."""
-        from deeplight_bids.prepare.labels import read_events, resolve_state_map
-
         cfg = self.config
 
         def blocks_of(n_vol):
@@ -248,8 +240,6 @@ class RunProcessor:
         )
 
     def _prepare(self, run):
-        from deeplight_bids.prepare.clean import prepare_run
-
         cfg = self.config
         LOGGER.info(
             "%s: preparing (mask, smooth %.3g mm, detrend, high-pass, z-score)", run.label, cfg.inputs.smoothing_fwhm
@@ -268,13 +258,6 @@ class RunProcessor:
 
     def _label(self, run, n_vol):
         """State per volume from the events (haemodynamic shift), and what could not be labelled."""
-        from deeplight_bids.prepare.labels import (
-            read_events,
-            resolve_state_map,
-            unmapped_trial_types,
-            volume_labels,
-        )
-
         events = read_events(run.events)
         state_map = resolve_state_map(run.entities["task"], self.user_state_map)
         unmapped = unmapped_trial_types(events, state_map)
@@ -453,8 +436,6 @@ class RunProcessor:
                 root=cfg.inputs.output_dir,
             )
         else:
-            from deeplight_bids.derivatives.stale import remove_stale
-
             remove_stale(
                 [outputs["relevance"], outputs["blocks"], outputs["blocks_tsv"]],
                 "relevance of other settings (this run was re-done with --no-lrp)",

@@ -16,9 +16,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from deeplight_bids.derivatives import integrity, naming, resume, sidecars, tables
+from deeplight_bids.derivatives.integrity import Damage, describe_error
+from deeplight_bids.derivatives.relevance import scratch_paths
 from deeplight_bids.derivatives.stale import remove_stale, stale_state_maps
 from deeplight_bids.derivatives.writers import atomic_path, write_json, write_nifti, write_tsv
+from deeplight_bids.exceptions import OutputError
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE
+from deeplight_bids.readback import iter_volumes
 
 if TYPE_CHECKING:
     from deeplight_bids.bids.discover import Run
@@ -77,8 +81,6 @@ def read_state_sums(
                 if k.startswith("sum_")
             }
     except Exception as err:  # noqa: BLE001  (zipfile, zlib, numpy and OS errors of a damaged file)
-        from deeplight_bids.derivatives.integrity import Damage, describe_error
-
         log.warning(
             "%s", Damage(path, describe_error(err)).line("removed; the sums are made again from the per-volume maps")
         )
@@ -129,10 +131,6 @@ class ParticipantSummaries:
 
     def _load_state_sums(self, run):
         """Per-state relevance sums of a finished run (recomputed from its outputs if the work dir was cleaned)."""
-        from deeplight_bids.derivatives.relevance import scratch_paths
-        from deeplight_bids.exceptions import OutputError
-        from deeplight_bids.readback import iter_volumes
-
         path = naming.state_sums_output(self.config.inputs.work_dir, run.label)
         stored = read_state_sums(path, self.pass_hash, resume.inputs_digest(run), self.log)
         if stored is not None:
@@ -167,8 +165,6 @@ class ParticipantSummaries:
                 total += volume
                 out[idx] = (total, count + 1)
         except Exception as err:  # noqa: BLE001  (a damaged map: gzip, zlib, nibabel errors)
-            from deeplight_bids.derivatives.integrity import describe_error
-
             raise OutputError(
                 f"{sources[0]}: damaged ({describe_error(err)}); re-run the participant level for "
                 f"sub-{run.subject} with --overwrite."
