@@ -73,7 +73,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from deeplight_bids.workflows.demo import DEFAULTS, MIN_VALIDATION_ACCURACY
-    from deeplight_bids.cli.run import setup_logging
+    from deeplight_bids.cli.main import setup_logging
     from deeplight_bids.runtime import configure_threads as _configure_threads
 
     setup_logging(0)

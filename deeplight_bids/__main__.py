@@ -1,6 +1,6 @@
 """``python -m deeplight_bids`` runs the command-line interface."""
 
-from deeplight_bids.cli.run import main
+from deeplight_bids.cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -150,7 +150,7 @@ def participant_run(synthetic_dataset, random_3d_model, tmp_path_factory):
     """
 
     def build(folder):
-        from deeplight_bids.cli.run import run as cli
+        from deeplight_bids.cli.main import run as cli
 
         out = folder / "deeplight"
         before = tree_digest(synthetic_dataset.bids_dir)

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from deeplight_bids.cli.run import run as cli
+from deeplight_bids.cli.main import run as cli
 from deeplight_bids.workflows.demo import format_report, run_demo
 
 

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from deeplight_bids.cli.run import run as cli
+from deeplight_bids.cli.main import run as cli
 from deeplight_bids.prepare import spaces
 
 from .group.conftest import stage_templateflow_home

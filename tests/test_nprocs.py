@@ -18,7 +18,7 @@ THREADS = re.compile(r"TensorFlow threads: intra-op (\d+), inter-op (\d+) \(--np
 
 
 def _cli(*args):
-    code = "import sys; from deeplight_bids.cli.run import main; sys.exit(main())"
+    code = "import sys; from deeplight_bids.cli.main import main; sys.exit(main())"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
 

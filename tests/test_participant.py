@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deeplight_bids.cli.run import run as cli
+from deeplight_bids.cli.main import run as cli
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE
 
 from .bids_validation import validator_errors

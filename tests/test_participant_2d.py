@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deeplight_bids.cli.run import run as cli
+from deeplight_bids.cli.main import run as cli
 from deeplight_bids.exceptions import WeightsError
 from deeplight_bids.prepare.grid import REFERENCE_AFFINE
 from deeplight_bids.states import PRETRAINED_STATES

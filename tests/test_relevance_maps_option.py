@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deeplight_bids.cli.run import run as cli
+from deeplight_bids.cli.main import run as cli
 from deeplight_bids.derivatives.blocks import event_blocks
 from deeplight_bids.prepare.labels import read_events
 

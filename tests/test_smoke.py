@@ -12,7 +12,7 @@ import sys
 import pandas as pd
 import pytest
 
-from deeplight_bids.cli.run import run as cli
+from deeplight_bids.cli.main import run as cli
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from deeplight_bids.cli.run import run as cli
+from deeplight_bids.cli.main import run as cli
 from deeplight_bids.group import templates
 from deeplight_bids.prepare import spaces
 

@@ -1,7 +1,7 @@
 """Group-level quality tables: significance of decoding, faithfulness and sanity across
 participants, plausibility against ``--reference-map``.
 
-Called once per model and task by :func:`deeplight_bids.group.run.compute_group_outputs`;
+Called once per model and task by :func:`deeplight_bids.group.level.compute_group_outputs`;
 every table is a TSV with a JSON sidecar under the model's group folder, and its path
 goes into the group manifest (read by the report, :mod:`.report_section`).
 """
@@ -170,7 +170,7 @@ def plausibility_for(
 
 def write_quality_tables(
     config: Config,
-    tables: Any,  # group.run.GroupTables (group.run imports this module: no import back)
+    tables: Any,  # group.level.GroupTables (group.level imports this module: no import back)
     runs: Sequence[RunRecord],
     maps: Sequence[MapRecord],
     templates: Templates,
@@ -180,7 +180,7 @@ def write_quality_tables(
     Parameters
     ----------
     config : deeplight_bids.config.Config
-    tables : deeplight_bids.group.run.GroupTables
+    tables : deeplight_bids.group.level.GroupTables
         Writer of the model's group tables for the task (folder, task, shared sidecar fields).
     runs : list of deeplight_bids.group.stats.RunRecord
     maps : list of deeplight_bids.group.stats.MapRecord

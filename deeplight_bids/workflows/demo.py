@@ -421,7 +421,7 @@ def _group_quality(bids_dir, out_dir, reference_dir, subject, info, seed):
     """Group level on the held-out participant with the planted regions as reference; the quality numbers."""
 
     # deferred: keeps `demo --help` fast (the group level, scipy.stats)
-    from deeplight_bids.group.run import GROUP_FOLDER, run_group_level
+    from deeplight_bids.group.level import GROUP_FOLDER, run_group_level
 
     top = _region_top_percent(info)
     config = Config(

@@ -149,7 +149,7 @@ def test_participant_task_and_filters(dataset):
 
 
 def test_raw_dataset_without_derivatives_is_a_clear_error(dataset, tmp_path, capsys):
-    from deeplight_bids.cli.run import run as cli
+    from deeplight_bids.cli.main import run as cli
 
     shutil.rmtree(dataset / "derivatives")
     code = cli([str(dataset), str(tmp_path / "out"), "participant", "--skip-bids-validation"])
@@ -171,7 +171,7 @@ def test_bids_dir_that_is_a_derivative_dataset(dataset, synthetic_dataset):
 
 
 def test_bids_dir_that_is_a_file_is_one_plain_line(tmp_path, capsys):
-    from deeplight_bids.cli.run import run as cli
+    from deeplight_bids.cli.main import run as cli
 
     bids = tmp_path / "dataset.txt"
     bids.write_text("not a folder\n")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deeplight_bids.cli.run import run as cli
+from deeplight_bids.cli.main import run as cli
 from deeplight_bids.derivatives import naming
 from deeplight_bids.glm.agreement import region_share_top
 

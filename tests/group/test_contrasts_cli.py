@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
+from deeplight_bids.cli.main import run as cli
 from deeplight_bids.cli.parser import parse_args
-from deeplight_bids.cli.run import run as cli
 from deeplight_bids.config import Config
 from deeplight_bids.derivatives.writers import write_json
 

@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from deeplight_bids.cli.run import run as cli
+from deeplight_bids.cli.main import run as cli
 
 from .conftest import N_VOLUMES, link_copy
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deeplight_bids.cli.run import run as cli
+from deeplight_bids.cli.main import run as cli
 
 from .conftest import link_copy
 

@@ -73,7 +73,7 @@ def random_pretrained_like(tmp_path_factory):
 
 
 def test_fetch_then_participant_level_and_tfrecords(app_tree, random_pretrained_like, tmp_path, monkeypatch):
-    from deeplight_bids.cli.run import run as cli
+    from deeplight_bids.cli.main import run as cli
     from deeplight_bids.hcp import cli as hcp_cli
     from deeplight_bids.hcp import s3
     from deeplight_bids.hcp.tfrecord import read_tfrecord

@@ -47,7 +47,7 @@ def cli_inprocess(argv):
 
     argparse errors raise SystemExit: its code is returned as the exit code.
     """
-    from deeplight_bids.cli.run import run
+    from deeplight_bids.cli.main import run
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):

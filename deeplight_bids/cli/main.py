@@ -84,7 +84,7 @@ def run(argv: Sequence[str] | None = None) -> int:
                 from deeplight_bids.workflows.finetune import run_finetune  # deferred: loads nibabel and SciPy
 
                 return run_finetune(config)
-            from deeplight_bids.group.run import run_group_level  # deferred: loads nibabel, pandas and SciPy
+            from deeplight_bids.group.level import run_group_level  # deferred: loads nibabel, pandas and SciPy
 
             return run_group_level(config)
 
