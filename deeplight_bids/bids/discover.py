@@ -69,6 +69,37 @@ class Run:
     def subject(self) -> str:
         return self.entities["subject"]
 
+    # Checked access for code that handles processable runs only (discovery set these, or skip_reason says why
+    # not): the files and TR as non-optional types, and a clear error instead of a None further down.
+    @property
+    def bold_file(self) -> Path:
+        """``bold``, which a processable run has."""
+        return self._required(self.bold, "preprocessed BOLD")
+
+    @property
+    def mask_file(self) -> Path:
+        """``mask``, which a processable run has."""
+        return self._required(self.mask, "brain mask")
+
+    @property
+    def events_file(self) -> Path:
+        """``events``, for the steps that need a run's events (labels, GLM)."""
+        return self._required(self.events, "events.tsv")
+
+    @property
+    def repetition_time(self) -> float:
+        """``t_r`` in seconds, which a processable run has."""
+        return float(self._required(self.t_r, "RepetitionTime"))
+
+    def _required(self, value, what):
+        if value is None:
+            raise InputDataError(
+                f"{self.label}: no {what} found for this run"
+                + (f" ({self.skip_reason})" if self.skip_reason else "")
+                + "; check the run's files in BIDS_DIR and its derivatives."
+            )
+        return value
+
     @property
     def label(self) -> str:
         """BIDS-style prefix of the run, e.g. ``sub-01_ses-1_task-motor_run-1``."""
@@ -287,7 +318,7 @@ def discover_runs(
         run.mask = _find_mask(layout, bold)
         run.events = _find_events(layout, entities)
         run.t_r = _repetition_time(run.metadata)
-        stem = run.bold.name.split("_desc-")[0]  # type: ignore[union-attr]  # bold set just above
+        stem = run.bold_file.name.split("_desc-")[0]
         if run.mask is None:
             run.skip_reason = (
                 f"no brain mask next to {run.bold}; add {stem}_desc-brain_mask.nii.gz (fMRIPrep writes it)"
@@ -298,7 +329,7 @@ def discover_runs(
                 "(onset, duration, trial_type) beside the raw BOLD"
             )
         elif run.t_r is None:
-            sidecar = run.bold.name.split(".")[0] + ".json"  # type: ignore[union-attr]  # bold set above
+            sidecar = run.bold_file.name.split(".")[0] + ".json"
             got = run.metadata.get("RepetitionTime")
             why = "missing" if got is None else f"invalid ({got!r})"
             run.skip_reason = (

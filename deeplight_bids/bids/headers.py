@@ -29,8 +29,8 @@ def check_headers(run: Run, log: logging.Logger = LOGGER) -> None:
     bold: Any
     mask: Any
     try:
-        bold = nib.load(run.bold)  # type: ignore[arg-type]
-        mask = nib.load(run.mask)  # type: ignore[arg-type]
+        bold = nib.load(run.bold_file)
+        mask = nib.load(run.mask_file)
     except Exception:  # unreadable files get their one-line error from prepare_run
         return
     if len(bold.shape) == 4:

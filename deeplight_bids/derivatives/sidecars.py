@@ -124,7 +124,7 @@ def run_provenance(
     """
     return {
         # a processed run has all three files
-        "Sources": [source_uri(p, dataset_roots) for p in (run.bold, run.mask, run.events)],  # type: ignore[arg-type]
+        "Sources": [source_uri(p, dataset_roots) for p in (run.bold_file, run.mask_file, run.events_file)],
         "Model": model_provenance,
         "Preprocessing": {
             "ReferenceGrid": {

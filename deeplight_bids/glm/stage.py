@@ -177,16 +177,16 @@ class RunGLM:
         if not cfg.overwrite and self.is_complete(run):
             return GLMRunResult(run.label, "reused", "GLM outputs exist (same settings)")
         try:
-            events = read_events(run.events)  # type: ignore[arg-type]  # a run the decoder finished has events
+            events = read_events(run.events_file)
         except EventsError as err:
             return self._skip(run, f"its events cannot be read ({err})")
         n_volumes = _n_volumes(run.bold)
         state_map = resolve_state_map(run.entities["task"], self.user_state_map)
         # ignores: Run types t_r (and its files) Optional; a run the decoder finished has them
-        design = state_design(events, state_map, n_volumes, run.t_r)  # type: ignore[arg-type]
+        design = state_design(events, state_map, n_volumes, run.repetition_time)
         if design.skip_reason:
             return self._skip(run, design.skip_reason)
-        matrix = first_level.design_matrix(design, n_volumes, run.t_r, cfg.inputs.high_pass)  # type: ignore[arg-type]
+        matrix = first_level.design_matrix(design, n_volumes, run.repetition_time, cfg.inputs.high_pass)
         n_states = len(design.states)
         rank = int(np.linalg.matrix_rank(matrix.to_numpy(float)[:, :n_states]))
         if rank < n_states:
@@ -194,7 +194,7 @@ class RunGLM:
         contrasts = first_level.contrasts_of(design)
         t0 = time.monotonic()
         to_grid, space_transform = self.space_plan.resampler_for(run.space or REFERENCE_SPACE)
-        signals, mask = masked_signals(run.bold, run.mask, cfg.inputs.smoothing_fwhm, to_grid=to_grid)  # type: ignore[arg-type]
+        signals, mask = masked_signals(run.bold_file, run.mask_file, cfg.inputs.smoothing_fwhm, to_grid=to_grid)
         read_s = time.monotonic() - t0
         fit = first_level.fit_glm(signals, matrix, contrasts, self.settings["noise_model"])
         del signals
@@ -278,11 +278,11 @@ class RunGLM:
             "Contrasts": [c.describe() for c in contrasts],
             "DegreesOfFreedom": fit.dof,
             "NumberOfVolumes": int(len(matrix)),
-            "RepetitionTime": float(run.t_r),  # type: ignore[arg-type]  # a finished run has a t_r
+            "RepetitionTime": run.repetition_time,
             "ReferenceGrid": {"Space": REFERENCE_SPACE, "Resolution": naming.REFERENCE_RES},
             "SpaceTransform": space_transform,
             # the same URIs as the relevance sidecars' (bids:<dataset>:<path>, through DatasetLinks)
-            "Sources": [source_uri(p, self.dataset_roots) for p in (run.bold, run.mask, run.events)],  # type: ignore[arg-type]  # its files exist
+            "Sources": [source_uri(p, self.dataset_roots) for p in (run.bold_file, run.mask_file, run.events_file)],
             "Settings": self.settings,
             "SettingsHash": self.settings_hash,
             "InputsDigest": resume.inputs_digest(run),

@@ -61,6 +61,6 @@ def save_run_tfrecords(
     run_id = hcp_run_id(direction) if direction in ("LR", "RL") else int(run.entities.get("run") or 0)
     path = naming.tfrecord_output(output_dir, subject, run.label)
     # a prepared run has its t_r (Run.t_r is None only for runs skipped before preparation)
-    n_written = write_run_tfrecord(path, volumes, states, hcp_task_id(task), int(subject), run_id, run.t_r)  # type: ignore[arg-type]
+    n_written = write_run_tfrecord(path, volumes, states, hcp_task_id(task), int(subject), run_id, run.repetition_time)
     log.info("%s: wrote %s labelled volumes to %s", run.label, n_written, path)
     return path

@@ -152,10 +152,10 @@ def input_checksums(runs: Sequence[Run], subjects: Collection[str]) -> list[dict
     return [
         {
             "run": run.label,
-            "bold": run.bold.name,  # type: ignore[union-attr]  # processable runs have a BOLD file
-            "bold_sha256": sha256sum(run.bold),  # type: ignore[arg-type]  # (as above: all three files)
-            "mask_sha256": sha256sum(run.mask),  # type: ignore[arg-type]
-            "events_sha256": sha256sum(run.events),  # type: ignore[arg-type]
+            "bold": run.bold_file.name,
+            "bold_sha256": sha256sum(run.bold_file),
+            "mask_sha256": sha256sum(run.mask_file),
+            "events_sha256": sha256sum(run.events_file),
         }
         for run in runs
         if run.subject in subjects

@@ -100,9 +100,9 @@ def cache_key(run: Run, smoothing_fwhm: float, high_pass: float | None) -> tuple
     """Key of a run's prepared data: inputs (path, size, mtime, SHA-256) + preprocessing parameters."""
     content = {
         "version": CACHE_VERSION,
-        "bold": file_identity(run.bold),  # type: ignore[arg-type]  # a processable run has its files
-        "mask": file_identity(run.mask),  # type: ignore[arg-type]
-        "t_r": float(run.t_r),  # type: ignore[arg-type]  # processable runs have their t_r
+        "bold": file_identity(run.bold_file),
+        "mask": file_identity(run.mask_file),
+        "t_r": run.repetition_time,
         "smoothing_fwhm": float(smoothing_fwhm),
         "high_pass": None if high_pass is None else float(high_pass),
     }
@@ -220,7 +220,7 @@ def prepare_cached(
             (
                 str(run.bold),
                 str(run.mask),
-                float(run.t_r),  # type: ignore[arg-type]  # processable runs have their t_r
+                run.repetition_time,
                 smoothing_fwhm,
                 high_pass,
                 str(folder),
@@ -315,7 +315,7 @@ def label_volumes(
     for e_idx, (entry, run) in enumerate(zip(entries, runs)):
         state_map = resolve_state_map(run.entities["task"], state_maps)
         # runs with labels have their events file and t_r (Run: None only before discovery fills them)
-        labels = volume_labels(read_events(run.events), entry.n_volumes, run.t_r, state_map)  # type: ignore[arg-type]
+        labels = volume_labels(read_events(run.events_file), entry.n_volumes, run.repetition_time, state_map)
         for v, state in enumerate(labels):
             if state is None:
                 continue

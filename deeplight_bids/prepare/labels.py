@@ -437,10 +437,11 @@ def plan_labels(
     by_task: dict[str, set[str]] = {}
     for run in runs:
         types = by_task.setdefault(run.entities["task"], set())
+        if run.events is None:
+            continue
         try:
-            # a run without events (None) raises TypeError, caught below
-            types.update(str(t) for t in read_events(run.events)["trial_type"])  # type: ignore[arg-type]
-        except (EventsError, TypeError):
+            types.update(str(t) for t in read_events(run.events)["trial_type"])
+        except EventsError:
             continue
     if user_map:
         _check_user_map(user_map, by_task, model_states, state_map_path, dataset_tasks)

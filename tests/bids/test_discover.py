@@ -181,3 +181,19 @@ def test_bids_dir_that_is_a_file_is_one_plain_line(tmp_path, capsys):
     assert code == 3
     assert err.splitlines() == [err] and "\x1b" not in err and "deno" not in err and ".ts:" not in err
     assert str(bids) in err and "is a file, not a folder" in err
+
+
+def test_checked_access_to_a_runs_files_names_the_run_and_the_reason():
+    """``Run.bold_file`` and friends: the path of a processable run, one clear error for a skipped one."""
+    from pathlib import Path
+
+    from deeplight_bids.bids.discover import Run
+    from deeplight_bids.exceptions import InputDataError
+
+    ok = Run(entities={"subject": "01", "task": "motor"}, bold=Path("b.nii.gz"), mask=Path("m.nii.gz"), t_r=0.72)
+    assert (ok.bold_file, ok.mask_file, ok.repetition_time) == (Path("b.nii.gz"), Path("m.nii.gz"), 0.72)
+    skipped = Run(entities={"subject": "01", "task": "motor"}, skip_reason="no brain mask next to b.nii.gz")
+    with pytest.raises(InputDataError, match=r"sub-01_task-motor: no brain mask found .*\(no brain mask next to"):
+        _ = skipped.mask_file
+    with pytest.raises(InputDataError, match="no events.tsv found"):
+        _ = ok.events_file
