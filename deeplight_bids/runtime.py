@@ -238,6 +238,7 @@ def run_guarded(
     stderr: TextIO | None = None,
     log: logging.Logger = LOGGER,
     trace_user_errors: bool = True,
+    removes_temporaries: bool = True,
 ) -> int:
     """Run one command's ``job`` and turn what it raises into one line on stderr and an exit code.
 
@@ -265,6 +266,9 @@ def run_guarded(
     trace_user_errors : bool
         Log the traceback of a user error at ``-vv`` (internal errors' always are); the HCP
         download does not: botocore's frames would show request details.
+    removes_temporaries : bool
+        Whether unwinding on SIGTERM removes the job's temporary files (the atomic writers'), as the
+        SIGTERM line then says; the HCP download keeps its partial files to resume them.
 
     Returns
     -------
@@ -285,7 +289,8 @@ def run_guarded(
         say(f"error: {err}")
         return err.exit_code
     except Interrupted as err:
-        say(f"terminated by signal {signal.Signals(err.signum).name}; temporary files removed, {resume_hint}")
+        removed = "temporary files removed, " if removes_temporaries else ""
+        say(f"terminated by signal {signal.Signals(err.signum).name}; {removed}{resume_hint}")
         return err.exit_code
     except KeyboardInterrupt:
         say(f"interrupted; {resume_hint}")

@@ -6,7 +6,6 @@ Sub-commands that do not follow the BIDS-Apps positionals are dispatched first:
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
@@ -18,8 +17,6 @@ from deeplight_bids.runtime import run_guarded, setup_logging
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-LOGGER = logging.getLogger("deeplight_bids")
 
 
 def _guard(job, *args, verbose=0):

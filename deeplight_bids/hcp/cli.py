@@ -417,6 +417,7 @@ def run(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr:
         stderr=stderr,
         log=log,
         trace_user_errors=False,
+        removes_temporaries=False,
     )
 
 
