@@ -215,6 +215,10 @@ class GroupConfig:
         Also contrast each ordered pair of states (``--pairwise-contrasts``).
     contrast_scaling : {"brain-mean", "none"}
         Scaling of each participant's state maps before states are compared (``--contrast-scaling``).
+    download_templates : bool
+        Ask TemplateFlow for the report's template files when they are not under ``$TEMPLATEFLOW_HOME``
+        (needs internet; a machine without it waits a few seconds for the refusal). Not an option: the
+        demo, offline by design, turns it off; either way nilearn's MNI152 stands in for missing files.
     """
 
     reference_map: Path | None = _setting(None, HASHED)  # --compare-attributions: its states and files
@@ -227,6 +231,7 @@ class GroupConfig:
     group_permutations: int = _setting(5000, GROUP)
     pairwise_contrasts: bool = _setting(False, GROUP)
     contrast_scaling: str = _setting("brain-mean", GROUP)
+    download_templates: bool = _setting(True, GROUP)
 
 
 @dataclass(frozen=True)

@@ -487,7 +487,7 @@ def run_group_level(config: Config, log: logging.Logger = LOGGER) -> int:
     for problem in inventory.problems:
         log.warning("group: %s %s: %s", problem["participant"], problem["item"], problem["problem"])
     manifest = read_manifest(out) if config.group.reports_only else None
-    templates = load_templates()
+    templates = load_templates(download=config.group.download_templates)
     if manifest is None:
         screen_inventory(inventory, config.group.correct_only, log)  # before any write: nothing half-written
         report_record(naming.group_manifest_output(out), out, log=log, prefix="group: ")  # all rewritten below

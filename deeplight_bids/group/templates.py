@@ -179,13 +179,16 @@ def _finish(t1w_img, mask_img):
     return t1w, mask
 
 
-def load_templates(allow_fallback: bool = True) -> Templates:
+def load_templates(allow_fallback: bool = True, download: bool = True) -> Templates:
     """T1w and brain mask of MNI152NLin6Asym res-2, from TemplateFlow or the nilearn fallback.
 
     Parameters
     ----------
     allow_fallback : bool
         If False, a TemplateFlow failure is raised instead of falling back.
+    download : bool
+        Ask TemplateFlow for files not under ``$TEMPLATEFLOW_HOME`` (False: offline by choice, no
+        network probe; the fallback is then said at INFO level, as for an offline node).
 
     Returns
     -------
@@ -194,7 +197,7 @@ def load_templates(allow_fallback: bool = True) -> Templates:
     import nibabel as nib
 
     try:
-        found = fetch_template_files(download=True)
+        found = fetch_template_files(download=download)
         files = {key: path for key, (path, _) in found.items()}
         for key, (path, fetched) in found.items():
             if fetched:
@@ -204,7 +207,7 @@ def load_templates(allow_fallback: bool = True) -> Templates:
     except TemplatesUnavailable as err:
         if not allow_fallback:
             raise
-        return fallback_templates(str(err), offline=err.offline)
+        return fallback_templates(str(err), offline=err.offline or not download)
 
 
 def fallback_templates(reason: str = "", offline: bool = False) -> Templates:

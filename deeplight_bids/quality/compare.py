@@ -15,7 +15,8 @@ for the same target, and goes through the same checks:
   :data:`MAX_OTHER_STATES`, the strongest logits first), same volume, median Spearman;
 - **plausibility** against ``--reference-map`` when given (relevance rank accuracy of the
   explained state's reference region, Arras et al. 2022);
-- **cost**: seconds per volume, and relative to decoding the same volumes.
+- **cost**: seconds per map, and relative to decoding the same volumes, timed on the class-sensitivity
+  check's maps (a method's first call also compiles it: ~1-3 s that a run pays once).
 
 A method *passes* when its deletion area is at least :data:`FAITHFUL_SHARE` of the published
 rule's, its median Spearman against the fully randomised model is at most
@@ -89,7 +90,8 @@ COLUMNS = described(
                 "class_sensitivity_spearman": "median Spearman of the explained state's map and the other states' maps",
                 "plausibility_rank_accuracy": "mean share of the K most relevant voxels inside the explained state's "
                 "reference region (K = region size)",
-                "seconds_per_volume": "seconds to explain one volume",
+                "seconds_per_volume": "seconds to explain one volume, over the class-sensitivity check's maps (the "
+                "first call of a method also compiles it; n_volumes: the maps timed)",
                 "cost_vs_decoding": "seconds_per_volume / seconds to decode one volume",
             },
         },
@@ -196,32 +198,40 @@ class AttributionComparison:
             self._randomised[n_blocks] = sanity.randomized_copy(self.model, self.seed, layers=layers)
         return self._randomised[n_blocks]
 
-    def _stage_explainer(self, explainer):
-        """``n_blocks -> explainer`` of the model with its top ``n_blocks`` blocks randomised.
+    def _explainers(self, method):
+        """``(explainer of the trained model, n_blocks -> explainer of the model with its top n_blocks randomised)``.
 
         TensorFlow and PyTorch read a model's variables at each call of a compiled function, so one
-        explainer of a working copy serves every stage: the stage's values are assigned to the copy
-        (the same values as :meth:`randomised`, so the same maps) and nothing is traced again (a trace
-        of an LRP composite takes ~1 s, a stage's maps a fraction of that).  Under JAX compiled
-        functions hold the values they were traced with: one explainer per stage.
+        explainer of a working copy serves the trained model and every stage: each stage's values are
+        assigned to the copy (the same values as :meth:`randomised`, so the same maps) and nothing is
+        traced again (a trace of an LRP composite takes ~2 s, its maps of two volumes ~0.5 s).  The
+        trained model's values are assigned first (the previous method left the copy randomised).
+        Under JAX compiled functions hold the values they were traced with: one explainer per model.
         """
+        options = {"max_batch": self.max_batch, "stem_batch": self.stem_batch, **self.parameters}
         if backend.name() == "jax":
-            return lambda n_blocks: explainer.for_model(self.randomised(n_blocks))
+            trained = method.explainer(self.model, **options)
+            return trained, lambda n_blocks: trained.for_model(self.randomised(n_blocks))
         if self._working_copy is None:
-            import keras
+            import keras  # deferred: loads TensorFlow
 
             self._working_copy = keras.models.clone_model(self.model)
             if not self._working_copy.built:
                 self._working_copy.build(self.model.inputs[0].shape)
         working = self._working_copy
-        working_explainer = explainer.for_model(working)
+
+        def assign(model):
+            for variable, value in zip(working.weights, model.weights):
+                variable.assign(value.value)
+
+        assign(self.model)
+        explainer = method.explainer(working, **options)
 
         def for_stage(n_blocks):
-            for variable, value in zip(working.weights, self.randomised(n_blocks).weights):
-                variable.assign(value.value)
-            return working_explainer
+            assign(self.randomised(n_blocks))
+            return explainer
 
-        return for_stage
+        return explainer, for_stage
 
     # -- one run ------------------------------------------------------------------------------
     def evaluate(
@@ -265,6 +275,7 @@ class AttributionComparison:
         chosen = faithfulness.select_volumes(logits.argmax(axis=1), self.n_volumes, self.seed)
         x = np.concatenate([x_of(int(v), int(v) + 1) for v in chosen])
         target = targets[chosen].astype(np.int32)
+        self.decoder.logits(x)  # a batch of this size may need compiling: timed on the second call
         t0 = time.monotonic()
         self.decoder.logits(x)
         decode_seconds = (time.monotonic() - t0) / len(chosen)
@@ -282,7 +293,7 @@ class AttributionComparison:
             t_method = time.monotonic()
             rows_m, info = self._one_method(method, x, chosen, target, logits, random_logits, mask_index, task_states)
             info["cost_vs_decoding"] = info["seconds_per_volume"] / max(decode_seconds, 1e-9)
-            rows_m.append(self._row(method, "cost_vs_decoding", info["cost_vs_decoding"], len(chosen)))
+            rows_m.append(self._row(method, "cost_vs_decoding", info["cost_vs_decoding"], info["cost_maps"]))
             areas[method.name] = info["deletion_area"]
             rows.extend(rows_m)
             summary[method.name] = info
@@ -361,12 +372,10 @@ class AttributionComparison:
         return out
 
     def _one_method(self, method, x, chosen, target, logits, random_logits, mask_index, task_states):
-        explainer = method.explainer(
-            self.model, max_batch=self.max_batch, stem_batch=self.stem_batch, **self.parameters
-        )
+        explainer, stage_explainer = self._explainers(method)
         t0 = time.monotonic()
         _, maps = explainer.explain(x, target=target)
-        seconds = (time.monotonic() - t0) / len(chosen)
+        seconds = (time.monotonic() - t0) / len(chosen)  # includes compiling: replaced by a later call's below
         rows = []
         finite = np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
         sums = self._sums.setdefault(method.name, {})
@@ -416,7 +425,7 @@ class AttributionComparison:
         cascade_subset = _every(2 * step if not costly else step, len(chosen), finite)
         stages = [self.stages[0], self.stages[-1]] if costly else self.stages
         # class sensitivity: the other states of the task, strongest logit first
-        similarities = []
+        similarities, class_seconds, class_maps = [], 0.0, 0
         others = [
             [s for s in sorted(task_states, key=lambda s: -logits[chosen[j], s]) if s != target[j]][:MAX_OTHER_STATES]
             for j in class_subset
@@ -426,10 +435,14 @@ class AttributionComparison:
             if not rows_with:
                 continue
             idx = class_subset[rows_with]
+            t0 = time.monotonic()
             _, other_maps = explainer.explain(x[idx], target=np.asarray([others[k][rank] for k in rows_with]))
+            class_seconds, class_maps = class_seconds + time.monotonic() - t0, class_maps + len(idx)
             for k, j in enumerate(idx):
                 similarities.append(spearman_in_mask(maps[j], other_maps[k], mask_index))
         class_spearman = _median(similarities)
+        if class_maps:  # the cost of a compiled explainer, without its first call's tracing
+            seconds = class_seconds / class_maps
         rows.append(
             self._row(
                 method,
@@ -444,11 +457,11 @@ class AttributionComparison:
         mask = np.zeros(maps.shape[1:], dtype=bool)
         mask.reshape(-1)[mask_index] = True
         full_spearman = float("nan")
-        stage_explainer = self._stage_explainer(explainer)
+        prepared = {int(j): sanity.PreparedMap(maps[j], mask) for j in cascade_subset}  # compared at every stage
         for n_blocks in stages:
             _, random_maps = stage_explainer(n_blocks).explain(x[cascade_subset], target=target[cascade_subset])
             measures = [
-                sanity.compare_maps(maps[j], random_maps[k], mask)
+                sanity.compare_maps(prepared[int(j)], random_maps[k])
                 for k, j in enumerate(cascade_subset)
                 if np.isfinite(random_maps[k][mask]).all()
             ]
@@ -488,13 +501,14 @@ class AttributionComparison:
                     method, "plausibility_rank_accuracy", float(np.nanmean(rank_accuracies)), len(rank_accuracies)
                 )
             )
-        rows.append(self._row(method, "seconds_per_volume", seconds, len(chosen)))
+        rows.append(self._row(method, "seconds_per_volume", seconds, class_maps or len(chosen)))
         info = {
             "deletion_area": area,
             "decision_change_fraction": float(np.mean(first_change)) if first_change else float("nan"),
             "randomisation_spearman": full_spearman,
             "class_sensitivity_spearman": class_spearman,
             "seconds_per_volume": seconds,
+            "cost_maps": class_maps or len(chosen),
             "volumes": len(chosen),
             "class_sensitivity_volumes": int(len(class_subset)),
             "randomisation_volumes": int(len(cascade_subset)),

@@ -188,26 +188,37 @@ def _masked_ssim(a, b, mask, sigma=SSIM_SIGMA):
     The maps are cut to the mask's bounding box plus the window's reach (zeros beyond it
     change nothing in constant mode), which makes a brain-masked full grid ~2x cheaper.
     """
-    reach = int(3.5 * float(sigma) + 0.5) + 1
-    where = np.argwhere(mask)
-    if not len(where):
+    box = _ssim_box(mask, sigma)
+    if box is None:
         return float("nan")
-    box = tuple(slice(max(lo - reach, 0), hi + 1 + reach) for lo, hi in zip(where.min(axis=0), where.max(axis=0)))
     return float(_ssim_map(a[box], b[box], sigma)[mask[box]].mean())
 
 
-def _ssim_map(a, b, sigma=SSIM_SIGMA):
-    """SSIM index at every voxel of two signed-rank maps (values in [-1, 1]; ``L = 2``)."""
+def _ssim_box(mask, sigma=SSIM_SIGMA):
+    """The mask's bounding box plus the Gaussian window's reach (slices), or None for an empty mask."""
+    reach = int(3.5 * float(sigma) + 0.5) + 1
+    where = np.argwhere(mask)
+    if not len(where):
+        return None
+    return tuple(slice(max(lo - reach, 0), hi + 1 + reach) for lo, hi in zip(where.min(axis=0), where.max(axis=0)))
+
+
+def _blur(v, sigma=SSIM_SIGMA):
+    return ndimage.gaussian_filter(v, sigma, mode="constant", truncate=3.5)
+
+
+def _ssim_map(a, b, sigma=SSIM_SIGMA, blurred_a=None):
+    """SSIM index at every voxel of two signed-rank maps (values in [-1, 1]; ``L = 2``).
+
+    ``blurred_a``: ``(blur(a), blur(a * a))`` when the caller has them (one map compared with several).
+    """
     dynamic_range = 2.0
     c1, c2 = (0.01 * dynamic_range) ** 2, (0.03 * dynamic_range) ** 2
-
-    def blur(v):
-        return ndimage.gaussian_filter(v, sigma, mode="constant", truncate=3.5)
-
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
+    mu_a, sq_a = (_blur(a, sigma), _blur(a * a, sigma)) if blurred_a is None else blurred_a
+    mu_b = _blur(b, sigma)
+    var_a = sq_a - mu_a**2
+    var_b = _blur(b * b, sigma) - mu_b**2
+    cov = _blur(a * b, sigma) - mu_a * mu_b
     return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
 
 
@@ -239,7 +250,32 @@ def _pearson(a, b):
     return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
 
 
-def compare_maps(real: np.ndarray, random: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+class PreparedMap:
+    """A trained model's map ready to be compared with several randomised ones (:func:`compare_maps`).
+
+    Its ranks, signed rank transform and SSIM window statistics are computed once (a cascade
+    compares one map with each stage's).
+
+    Parameters
+    ----------
+    real : numpy.ndarray, e.g. ``(z, y, x)``
+    mask : numpy.ndarray of bool, same shape
+    """
+
+    def __init__(self, real: np.ndarray, mask: np.ndarray) -> None:
+        self.mask = np.asarray(mask, dtype=bool)
+        self.values = np.asarray(real, dtype=np.float64)[self.mask]
+        self.ranks = stats.rankdata(self.values)
+        self.abs_ranks = stats.rankdata(np.abs(self.values))
+        self.box = _ssim_box(self.mask)
+        unit = _unit(real, self.mask, self.abs_ranks)
+        self.unit = unit[self.box] if self.box is not None else unit
+        self.blurred = (_blur(self.unit), _blur(self.unit * self.unit)) if self.box is not None else None
+
+
+def compare_maps(
+    real: np.ndarray | PreparedMap, random: np.ndarray, mask: np.ndarray | None = None
+) -> dict[str, float]:
     """Similarity of a trained and a randomised model's map of one volume.
 
     Both maps are compared inside ``mask`` only (what either holds outside is ignored).
@@ -249,21 +285,29 @@ def compare_maps(real: np.ndarray, random: np.ndarray, mask: np.ndarray) -> dict
 
     Parameters
     ----------
-    real, random : numpy.ndarray, same shape (e.g. ``(z, y, x)``)
-    mask : numpy.ndarray of bool, same shape
+    real : numpy.ndarray (e.g. ``(z, y, x)``) or PreparedMap
+        The trained model's map; a :class:`PreparedMap` (which holds its mask) when it is
+        compared with several maps.
+    random : numpy.ndarray, same shape
+    mask : numpy.ndarray of bool, same shape (None with a PreparedMap)
 
     Returns
     -------
     dict
         ``spearman``, ``spearman_abs``, ``ssim`` (NaN where a map is constant).
     """
-    mask = np.asarray(mask, dtype=bool)
-    r = np.asarray(real, dtype=np.float64)[mask]
+    prepared = real if isinstance(real, PreparedMap) else PreparedMap(real, np.asarray(mask, dtype=bool))
+    mask = prepared.mask
+    r = prepared.values
     q = np.asarray(random, dtype=np.float64)[mask]
-    r_abs, q_abs = stats.rankdata(np.abs(r)), stats.rankdata(np.abs(q))
-    rho = _pearson(stats.rankdata(r), stats.rankdata(q)) if np.ptp(r) > 0 and np.ptp(q) > 0 else np.nan
+    r_abs, q_abs = prepared.abs_ranks, stats.rankdata(np.abs(q))
+    rho = _pearson(prepared.ranks, stats.rankdata(q)) if np.ptp(r) > 0 and np.ptp(q) > 0 else np.nan
     rho_abs = _pearson(r_abs, q_abs) if np.ptp(r_abs) > 0 and np.ptp(q_abs) > 0 else np.nan
-    index = _masked_ssim(_unit(real, mask, r_abs), _unit(random, mask, q_abs), mask)
+    if prepared.box is None:
+        index = float("nan")
+    else:
+        other = _unit(random, mask, q_abs)[prepared.box]
+        index = float(_ssim_map(prepared.unit, other, blurred_a=prepared.blurred)[mask[prepared.box]].mean())
     return {"spearman": float(rho), "spearman_abs": float(rho_abs), "ssim": index}
 
 

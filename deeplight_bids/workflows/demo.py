@@ -432,6 +432,7 @@ def _group_quality(bids_dir, out_dir, reference_dir, subject, info, seed):
         reference_map=reference_dir,
         reference_top_percent=round(top, 3),
         seed=seed,
+        download_templates=False,  # offline by design: TemplateFlow's files if cached, else nilearn's MNI152
     )
     run_group_level(config)
     group = out_dir / GROUP_FOLDER

@@ -64,3 +64,20 @@ def test_offline_fallback_to_nilearn(tmp_path):
     assert info["mask_values"] == [0, 1]
     assert 0.1 < info["mask_fraction"] < 0.5  # a brain, not an empty or full box
     assert info["t1w_std"] > 0
+
+
+def test_without_download_templateflow_is_never_asked(tmp_path, monkeypatch):
+    """``download=False`` (the demo's group level, offline by design): the files under TEMPLATEFLOW_HOME when there,
+    else nilearn's MNI152 at once, without the few seconds a network probe waits for its refusal."""
+    from deeplight_bids.group import templates
+    from deeplight_bids.prepare import spaces
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("TemplateFlow was asked")
+
+    monkeypatch.setattr(spaces, "templateflow_get", refuse)
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(tmp_path / "empty"))
+    with pytest.warns(templates.TemplateFallbackWarning, match="is missing"):
+        assert templates.load_templates(download=False).source == "nilearn"
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(stage_templateflow_home(tmp_path / "tf")))
+    assert templates.load_templates(download=False).source == "templateflow"

@@ -135,26 +135,36 @@ def test_checks_equal_their_definitions(setup, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["preset_b_flat", "alpha2_beta1", "gradient", "smoothgrad"])
-def test_cascade_stages_on_one_working_copy_equal_a_model_per_stage(setup, name):
-    """The cascade assigns each stage's randomised values to one working copy (no new trace per stage under
-    TensorFlow and PyTorch); its maps are those of an explainer built on the stage's own randomised model, and the
-    trained model is left as it was."""
+def test_trained_model_and_cascade_stages_on_one_working_copy_equal_a_model_each(setup, name):
+    """One explainer of a working copy serves the trained model and every cascade stage (each stage's randomised values
+    are assigned to the copy: no new trace under TensorFlow and PyTorch); its maps are those of an explainer built on
+    the trained model and on each stage's own randomised model, and the trained model is left as it was."""
     import keras
 
     model, x, mask, decoder, logits = setup
     method = get_method(name)
     comparison = compare.AttributionComparison(
-        model, [get_method("preset_b_flat"), method], "preset_b_flat", decoder, seed=3, max_batch=4, stem_batch=None
+        model,
+        [get_method("preset_b_flat"), method],
+        "preset_b_flat",
+        decoder,
+        seed=3,
+        max_batch=4,
+        stem_batch=None,
+        parameters={"samples": 3},
     )
     before = [keras.ops.convert_to_numpy(w.value).copy() for w in model.weights]
     explainer = method.explainer(model, max_batch=4, stem_batch=None, samples=3)
-    stage_explainer = comparison._stage_explainer(explainer)
     target = logits[:3].argmax(axis=1)
-    assert len(comparison.stages) >= 2
-    for n_blocks in comparison.stages + comparison.stages[:1]:  # back to the first: nothing of a later stage stays
-        _, expected = explainer.for_model(comparison.randomised(n_blocks)).explain(x[:3], target=target)
-        _, got = stage_explainer(n_blocks).explain(x[:3], target=target)
-        np.testing.assert_array_equal(got, expected)
+    _, trained_maps = explainer.explain(x[:3], target=target)
+    for _ in range(2):  # the second time after the stages: the trained values are assigned again
+        trained, stage_explainer = comparison._explainers(method)
+        np.testing.assert_array_equal(trained.explain(x[:3], target=target)[1], trained_maps)
+        assert len(comparison.stages) >= 2
+        for n_blocks in comparison.stages + comparison.stages[:1]:  # back to the first: nothing of a later one stays
+            _, expected = explainer.for_model(comparison.randomised(n_blocks)).explain(x[:3], target=target)
+            _, got = stage_explainer(n_blocks).explain(x[:3], target=target)
+            np.testing.assert_array_equal(got, expected)
     for w, value in zip(model.weights, before):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(w.value), value)
 

@@ -79,6 +79,11 @@ def test_compare_maps_equals_scipy_spearman():
         sanity._ssim_map(sanity._unit(real, mask), sanity._unit(random, mask))[mask].mean(), rel=1e-12
     )
 
+    # a map prepared once and compared with several gives the same numbers, to the bit
+    prepared = sanity.PreparedMap(real, mask)
+    for other in (random, random[::-1], 0 * random):
+        np.testing.assert_equal(sanity.compare_maps(prepared, other), sanity.compare_maps(real, other, mask))
+
 
 def test_compare_maps_and_flag():
     rng = np.random.default_rng(2)
