@@ -116,7 +116,9 @@ def _table(args, rows, load_before, defaults, bar):
         (
             f"The demo's first fit (`fit_demo_model`, defaults: {defaults['participants']} participants x "
             f"{defaults['volumes']} volumes, signal {defaults['signal']} %, {defaults['epochs']} epochs, batch "
-            f"{defaults['batch_size']}, learning rate {defaults['learning_rate']:g}), one seed for data and model; the "
+            f"{defaults['batch_size']}, learning rate {defaults['learning_rate']:g}, same-state mixing "
+            f"{defaults['mix_same_state']:g}, batch-norm statistics recomputed after the fit), one seed for data and "
+            "model; the "
             f"bar is validation accuracy >= {bar} (chance 1/3). CPU = user + system seconds of the process and "
             "of the volume preparation's worker processes:"
         ),

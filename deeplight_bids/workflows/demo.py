@@ -64,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "volumes": 60,
     "signal": 6.0,
     "region_radius": 16.0,
-    "epochs": 4,
+    "epochs": 3,
     "batch_size": 8,
     "learning_rate": 1e-3,
     "mix_same_state": 0.5,
