@@ -179,19 +179,7 @@ def ssim(a: npt.ArrayLike, b: npt.ArrayLike, mask: npt.ArrayLike | None = None, 
         Mean SSIM over ``mask``, in [-1, 1]; 1 for maps equal up to a positive factor.
     """
     mask = np.ones(np.shape(a), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    return _masked_ssim(_unit(a, mask), _unit(b, mask), mask, sigma)
-
-
-def _masked_ssim(a, b, mask, sigma=SSIM_SIGMA):
-    """Mean over ``mask`` of :func:`_ssim_map` of two maps that are 0 outside ``mask``.
-
-    The maps are cut to the mask's bounding box plus the window's reach (zeros beyond it
-    change nothing in constant mode), which makes a brain-masked full grid ~2x cheaper.
-    """
-    box = _ssim_box(mask, sigma)
-    if box is None:
-        return float("nan")
-    return float(_ssim_map(a[box], b[box], sigma)[mask[box]].mean())
+    return PreparedMap(a, mask, sigma).ssim(_unit(b, mask))
 
 
 def _ssim_box(mask, sigma=SSIM_SIGMA):
@@ -260,17 +248,31 @@ class PreparedMap:
     ----------
     real : numpy.ndarray, e.g. ``(z, y, x)``
     mask : numpy.ndarray of bool, same shape
+    sigma : float
+        SSIM's window width in voxels.
     """
 
-    def __init__(self, real: np.ndarray, mask: np.ndarray) -> None:
+    def __init__(self, real: npt.ArrayLike, mask: npt.ArrayLike, sigma: float = SSIM_SIGMA) -> None:
         self.mask = np.asarray(mask, dtype=bool)
+        self.sigma = sigma
         self.values = np.asarray(real, dtype=np.float64)[self.mask]
         self.ranks = stats.rankdata(self.values)
         self.abs_ranks = stats.rankdata(np.abs(self.values))
-        self.box = _ssim_box(self.mask)
-        unit = _unit(real, self.mask, self.abs_ranks)
-        self.unit = unit[self.box] if self.box is not None else unit
-        self.blurred = (_blur(self.unit), _blur(self.unit * self.unit)) if self.box is not None else None
+        # SSIM on the mask's bounding box plus the window's reach (zeros beyond it change nothing in
+        # constant mode), which makes a brain-masked full grid ~2x cheaper
+        self.box = _ssim_box(self.mask, sigma)
+        if self.box is not None:
+            self.unit = _unit(real, self.mask, self.abs_ranks)[self.box]
+            self.blurred = (_blur(self.unit, sigma), _blur(self.unit * self.unit, sigma))
+
+    def ssim(self, other_unit: np.ndarray) -> float:
+        """Mean SSIM over the mask of this map's and ``other_unit``'s signed rank transforms (:func:`_unit`,
+        full grid); NaN for an empty mask."""
+        if self.box is None:
+            return float("nan")
+        return float(
+            _ssim_map(self.unit, other_unit[self.box], self.sigma, blurred_a=self.blurred)[self.mask[self.box]].mean()
+        )
 
 
 def compare_maps(
@@ -296,19 +298,19 @@ def compare_maps(
     dict
         ``spearman``, ``spearman_abs``, ``ssim`` (NaN where a map is constant).
     """
-    prepared = real if isinstance(real, PreparedMap) else PreparedMap(real, np.asarray(mask, dtype=bool))
+    if isinstance(real, PreparedMap):
+        prepared = real
+    elif mask is None:
+        raise TypeError("compare_maps: a plain map needs its mask (a PreparedMap holds its own)")
+    else:
+        prepared = PreparedMap(real, mask)
     mask = prepared.mask
     r = prepared.values
     q = np.asarray(random, dtype=np.float64)[mask]
     r_abs, q_abs = prepared.abs_ranks, stats.rankdata(np.abs(q))
     rho = _pearson(prepared.ranks, stats.rankdata(q)) if np.ptp(r) > 0 and np.ptp(q) > 0 else np.nan
     rho_abs = _pearson(r_abs, q_abs) if np.ptp(r_abs) > 0 and np.ptp(q_abs) > 0 else np.nan
-    if prepared.box is None:
-        index = float("nan")
-    else:
-        other = _unit(random, mask, q_abs)[prepared.box]
-        index = float(_ssim_map(prepared.unit, other, blurred_a=prepared.blurred)[mask[prepared.box]].mean())
-    return {"spearman": float(rho), "spearman_abs": float(rho_abs), "ssim": index}
+    return {"spearman": float(rho), "spearman_abs": float(rho_abs), "ssim": prepared.ssim(_unit(random, mask, q_abs))}
 
 
 def sidecar(seed: int, summary: Mapping[str, Any], copies: str | None = None) -> dict[str, Any]:
