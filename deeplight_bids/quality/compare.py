@@ -359,6 +359,18 @@ class AttributionComparison:
             "align less with GLM or meta-analysis maps (Thomas, Re & Poldrack 2023)",
             "Methods": {m.name: m.sidecar(self.parameters) for m in self.methods},
             "Summary": summary,
+            "SummaryKeys": {
+                "checks": "deletion_area, deletion_area_ratio, decision_change_fraction, randomisation_spearman (stage "
+                "all), class_sensitivity_spearman, plausibility_rank_accuracy, seconds_per_volume, cost_vs_decoding: "
+                "as the table's check levels",
+                "passes": "all three criteria met",
+                "volumes": "volumes compared",
+                "class_sensitivity_volumes": "volumes of the class check",
+                "randomisation_volumes": "volumes of the randomisation cascade",
+                "stages": "the cascade's stages (blocks randomised from the top; 'all': every block)",
+                "cost_maps": "maps seconds_per_volume was timed on (the class check's; the first maps where it has none)",
+                "not_finite_volumes": "volumes whose map was not finite (left out of the checks)",
+            },
         }
 
     # -- the checks -------------------------------------------------------------------------------

@@ -91,6 +91,10 @@ def test_table_has_every_check_of_every_method(setup, tmp_path):
     side = json.loads(outputs["attributions_json"].read_text())
     assert side["Volumes"] == sorted(side["Volumes"]) and len(side["Volumes"]) == 8
     assert set(side["Methods"]) == {m.name for m in methods} and "Binder" in side["Caveat"]
+    checks = side["SummaryKeys"]["checks"].split(":")[0]
+    described = set(side["SummaryKeys"]) | {part.split()[0] for part in checks.split(",")}
+    for info in side["Summary"].values():  # every key of the per-method summary is described
+        assert set(info) <= described, set(info) - described
 
 
 def test_checks_equal_their_definitions(setup, tmp_path):
